@@ -1,0 +1,1 @@
+"""ccproxy's shared library: what every service needs, nothing service-specific."""

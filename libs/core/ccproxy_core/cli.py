@@ -1,0 +1,127 @@
+"""The ``ccproxy`` command line: one entry point for every way ccproxy runs.
+
+``serve`` wires gateway, api-forwarder and auth into one process (it is the composition root,
+so it imports the service packages lazily; no service imports another).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from ccproxy_core.server import StartupError, serve_app
+from ccproxy_core.settings import Settings, is_loopback
+
+app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI APIs.", no_args_is_help=True)
+
+
+def fail(message: str) -> None:
+    typer.echo(f"ccproxy: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings with CLI flags on top; a bad config file is one clear line, not a traceback."""
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition("__")
+        nested.setdefault(section, {})[key] = value
+    try:
+        return Settings(**nested)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        fail(f"invalid setting {where}: {first['msg']} (check the environment, .env and ccproxy.toml)")
+    except (ValueError, OSError) as exc:  # malformed TOML or unreadable .env
+        fail(f"cannot read the configuration: {exc}")
+    raise AssertionError("unreachable")
+
+
+def check_bind(settings: Settings) -> None:
+    if not is_loopback(settings.server.host) and settings.security.auth_token is None:
+        fail(
+            f"refusing to listen on {settings.server.host} without client authentication: anyone on "
+            "the network could use your Claude account. Set SECURITY__AUTH_TOKEN (make one with "
+            "`ccproxy generate-token`) or bind to 127.0.0.1."
+        )
+
+
+def build_local_app(settings: Settings) -> Any:
+    """Gateway + api-forwarder + auth in one process (the embedded defaults)."""
+    from starlette.applications import Starlette
+
+    from ccproxy_auth.manager import CredentialManager
+    from ccproxy_forwarder.forwarder import ApiForwarder
+    from ccproxy_gateway.app import Gateway, create_app
+
+    tokens = CredentialManager(settings)
+    forwarder = ApiForwarder(settings.anthropic, tokens)
+    gateway = Gateway(settings, forwarder, tokens.status)
+    web = create_app(gateway)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await forwarder.aclose()
+
+    web.router.lifespan_context = lifespan
+    return web
+
+
+def startup_report(settings: Settings) -> None:
+    import asyncio
+    import logging
+
+    from ccproxy_auth.manager import CredentialManager
+
+    status = asyncio.run(CredentialManager(settings).status())
+    log = logging.getLogger("ccproxy")
+    if not status.available:
+        if status.detail and "cannot read" in status.detail or "not valid JSON" in (status.detail or ""):
+            fail(status.detail or "credentials unreadable")
+        log.warning("no usable Claude credentials: %s", status.detail)
+    else:
+        log.info("credentials: %s from %s", status.kind, status.source)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (SERVER__HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (SERVER__PORT).")] = None,
+    auth_token: Annotated[
+        str | None, typer.Option("--auth-token", help="Client token (SECURITY__AUTH_TOKEN).")
+    ] = None,
+) -> None:
+    """Run everything in one process, with embedded defaults."""
+    from ccproxy_core import logging as cclog
+
+    settings = load_settings(server__host=host, server__port=port, security__auth_token=auth_token)
+    cclog.configure(settings.server.log_level)
+    check_bind(settings)
+    startup_report(settings)
+    try:
+        serve_app(build_local_app(settings), settings.server.host, settings.server.port, settings.server.log_level)
+    except StartupError as exc:
+        fail(str(exc))
+
+
+@app.command("generate-token")
+def generate_token() -> None:
+    """Print a new strong client token (for SECURITY__AUTH_TOKEN)."""
+    typer.echo("cc-" + secrets.token_urlsafe(32))
+
+
+def main() -> None:
+    try:
+        app()
+    except StartupError as exc:
+        typer.echo(f"ccproxy: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,122 @@
+"""Errors, rendered in the format the client spoke.
+
+A service raises :class:`ProxyError` with an Anthropic error type; the edge turns it into
+``{"type": "error", "error": {...}}`` for Anthropic clients or ``{"error": {...}}`` for OpenAI
+clients, with the status code the situation calls for.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel
+
+ClientFormat = Literal["anthropic", "openai"]
+
+#: Anthropic error type for each status code we produce or relay.
+ANTHROPIC_TYPE_BY_STATUS: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+#: OpenAI error type for each Anthropic error type.
+OPENAI_TYPE_BY_ANTHROPIC: dict[str, str] = {
+    "invalid_request_error": "invalid_request_error",
+    "authentication_error": "authentication_error",
+    "billing_error": "insufficient_quota",
+    "permission_error": "permission_error",
+    "not_found_error": "not_found_error",
+    "request_too_large": "invalid_request_error",
+    "rate_limit_error": "rate_limit_exceeded",
+    "timeout_error": "timeout",
+    "api_error": "server_error",
+    "overloaded_error": "server_error",
+}
+
+
+class ProxyError(Exception):
+    """An error the client should see, with its status and Anthropic error type."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type or ANTHROPIC_TYPE_BY_STATUS.get(status, "api_error")
+        self.headers = headers or {}
+        self.param = param
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    type: Literal["error"] = "error"
+    error: AnthropicErrorDetail
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorDetail
+
+
+def anthropic_error_body(error_type: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+
+
+def openai_error_body(
+    error_type: str, message: str, param: str | None = None, code: str | int | None = None
+) -> bytes:
+    body = OpenAIError(
+        error=OpenAIErrorDetail(
+            message=message,
+            type=OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type),
+            param=param,
+            code=code if code is not None else error_type,
+        )
+    )
+    return body.model_dump_json().encode()
+
+
+def render_error(error: ProxyError, fmt: ClientFormat) -> bytes:
+    if fmt == "openai":
+        return openai_error_body(error.error_type, error.message, error.param)
+    return anthropic_error_body(error.error_type, error.message)
+
+
+def parse_anthropic_error(body: bytes) -> tuple[str, str] | None:
+    """(type, message) from an upstream Anthropic error body, or None if it is not one."""
+    try:
+        data = orjson.loads(body)
+        err = data["error"]
+        return str(err["type"]), str(err["message"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None

@@ -1,0 +1,165 @@
+"""The contract between the gateway and the api-forwarder.
+
+The gateway hands the forwarder one Anthropic-format request; the forwarder answers with the
+upstream's status, headers and a byte stream, relayed untouched. In one process this is a method
+call; in the stack, :class:`HttpForwarder` carries the same thing over pooled keep-alive HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from ccproxy_core.errors import ProxyError, parse_anthropic_error
+from ccproxy_core.internal import INTERNAL_SECRET_HEADER
+
+#: Set on a forwarder response that carries ccproxy's own error rather than the upstream's.
+PROXY_ERROR_HEADER = "x-ccproxy-error"
+
+
+@dataclass(slots=True)
+class ForwardRequest:
+    #: Upstream path, e.g. ``/v1/messages`` or ``/v1/messages/count_tokens``.
+    path: str
+    #: The client's headers (the forwarder decides which to drop).
+    headers: dict[str, str]
+    #: The parsed JSON body: the forwarder injects the identity block into it.
+    body: dict[str, Any]
+    #: Query string without ``?`` (Claude Code sends ``beta=true``).
+    query: str = ""
+    #: Routing hints (sticky session key, client key id) that are not sent upstream.
+    hints: dict[str, str] = field(default_factory=dict)
+
+
+class UpstreamReply:
+    """The upstream's answer: status and headers now, body as it arrives."""
+
+    def __init__(
+        self,
+        status: int,
+        headers: dict[str, str],
+        chunks: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]],
+        account: str | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self._chunks = chunks
+        self._close = close
+        self.account = account
+
+    @property
+    def is_stream(self) -> bool:
+        return self.headers.get("content-type", "").startswith("text/event-stream")
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def read(self) -> bytes:
+        try:
+            return b"".join([chunk async for chunk in self._chunks])
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._close()
+
+
+class Forwarder(Protocol):
+    async def forward(self, request: ForwardRequest) -> UpstreamReply:
+        """Send ``request`` upstream. Raises ProxyError when no upstream answer exists
+        (no credentials, upstream unreachable, timeout)."""
+        ...
+
+
+#: Response headers that describe the connection, not the content: never relayed.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "host",
+    }
+)
+
+
+class HttpForwarder:
+    """The gateway's client of a forwarder running as its own service."""
+
+    def __init__(self, base_url: str, internal_secret: str, read_timeout: float = 600.0) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._secret = internal_secret
+        self._read_timeout = read_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._read_timeout),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def forward(self, request: ForwardRequest) -> UpstreamReply:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers[INTERNAL_SECRET_HEADER] = self._secret
+        headers["content-type"] = "application/json"
+        for name, value in request.hints.items():
+            headers[f"x-ccproxy-hint-{name}"] = value
+        url = f"{self._base_url}/internal/forward{request.path}"
+        if request.query:
+            url += "?" + request.query
+        try:
+            resp = await self._client().post(url, data=orjson.dumps(request.body), headers=headers)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ProxyError(502, f"api-forwarder unreachable: {type(exc).__name__}") from exc
+        reply_headers = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+        if reply_headers.pop(PROXY_ERROR_HEADER, None):
+            body = await resp.read()
+            resp.release()
+            parsed = parse_anthropic_error(body)
+            error_type, message = parsed or ("api_error", "api-forwarder error")
+            raise ProxyError(resp.status, message, error_type, headers=_retry_after(reply_headers))
+        return UpstreamReply(
+            resp.status,
+            reply_headers,
+            _iter_body(resp),
+            _closer(resp),
+            account=reply_headers.get("x-ccproxy-account"),
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _retry_after(headers: dict[str, str]) -> dict[str, str]:
+    return {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
+
+
+async def _iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.content.iter_any():
+            yield chunk
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ProxyError(502, f"api-forwarder connection lost: {type(exc).__name__}") from exc
+
+
+def _closer(resp: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        resp.close()
+
+    return close

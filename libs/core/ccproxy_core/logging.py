@@ -1,0 +1,65 @@
+"""Logging that cannot leak secrets.
+
+Every record passes through :class:`RedactingFilter`, which masks anything that looks like a
+token (``sk-ant-…``, bearer values, JWT-ish strings) and every secret registered at run time
+with :func:`register_secret` (access and refresh tokens, client keys, internal secrets).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+_PATTERNS = [
+    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]{8,}"),
+    re.compile(r"(?i)((?:access|refresh)_?token[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._~+/=\-]{8,}"),
+    re.compile(r"(?i)((?:x-api-key|api_key|authorization)[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._~+/=\-]{8,}"),
+]
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` wherever it would appear in a log line from now on."""
+    if value and len(value) >= 8:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    for pattern in _PATTERNS:
+        text = pattern.sub(
+            lambda m: (m.group(1) if m.groups() else "") + "[REDACTED]", text
+        )
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:
+            # Tracebacks are rendered later; keep their text clean too.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def configure(level: str = "info") -> None:
+    """Install one redacting handler on the root logger (and on uvicorn's loggers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    logging.getLogger("uvicorn.access").addFilter(RedactingFilter())

@@ -1,0 +1,49 @@
+"""Prometheus metrics, one registry per service instance (so one process can host several).
+
+Labels never carry secrets: routes are templates, accounts are names, keys are key ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.service = service
+        self.requests = Counter(
+            "ccproxy_requests_total", "Client requests by route and status",
+            ["service", "route", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ccproxy_request_duration_seconds", "Time from request to the last byte of the answer",
+            ["service", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.first_byte = Histogram(
+            "ccproxy_time_to_first_byte_seconds", "Time from request to the first byte of the answer",
+            ["service", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.upstream = Counter(
+            "ccproxy_upstream_responses_total", "Upstream answers by status and account",
+            ["service", "status", "account"], registry=self.registry,
+        )
+        self.tokens = Counter(
+            "ccproxy_tokens_total", "Tokens by model and kind (input, output, cache_read, cache_write)",
+            ["service", "model", "kind"], registry=self.registry,
+        )
+        self.active_streams = Gauge(
+            "ccproxy_active_streams", "Streams being relayed now", ["service"], registry=self.registry,
+        )
+        self.refreshes = Counter(
+            "ccproxy_token_refreshes_total", "OAuth token refreshes by outcome",
+            ["service", "outcome"], registry=self.registry,
+        )
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,68 @@
+"""Server-sent events: an incremental decoder and an encoder.
+
+The relay path never decodes: it forwards bytes as they come. Decoding is for the places that
+must understand a stream (translation to OpenAI, usage accounting), and works on arbitrary
+chunk boundaries, since the network splits events anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import orjson
+
+
+@dataclass(slots=True)
+class ServerSentEvent:
+    event: str
+    data: str
+
+    def json(self) -> object:
+        return orjson.loads(self.data)
+
+
+class SSEDecoder:
+    """Feed bytes, get complete events (per the WHATWG event-stream rules we need)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> Iterator[ServerSentEvent]:
+        self._buffer += chunk
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                return
+            raw = self._buffer[:end]
+            self._buffer = self._buffer[end + 1 :]
+            line = raw.rstrip(b"\r").decode("utf-8")
+            if not line:
+                if self._data or self._event:
+                    yield ServerSentEvent(self._event or "message", "\n".join(self._data))
+                self._event, self._data = "", []
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                self._event = value
+            elif field == "data":
+                self._data.append(value)
+
+
+async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
+    decoder = SSEDecoder()
+    async for chunk in chunks:
+        for event in decoder.feed(chunk):
+            yield event
+
+
+def encode_event(event: str | None, data: bytes | str) -> bytes:
+    """One SSE frame. ``data`` is already serialised (JSON, or ``[DONE]``)."""
+    payload = data.encode() if isinstance(data, str) else data
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + payload + b"\n\n"

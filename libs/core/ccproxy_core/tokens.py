@@ -1,0 +1,44 @@
+"""The credential the forwarder puts on an upstream request, and who hands it out.
+
+Auth owns credentials; the forwarder only asks a :class:`TokenSource` for one. In one process
+the source is auth's manager itself; in the stack it is an HTTP client to the auth service.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, SecretStr
+
+
+class Credential(BaseModel):
+    kind: Literal["oauth", "api_key"]
+    secret: SecretStr
+    #: Epoch seconds; None for API keys, which do not expire.
+    expires_at: float | None = None
+    account: str = "default"
+
+    def expires_within(self, seconds: float) -> bool:
+        return self.expires_at is not None and self.expires_at - time.time() < seconds
+
+
+class CredentialStatus(BaseModel):
+    """What may be said about credentials without revealing them (health, status pages)."""
+
+    available: bool
+    kind: str | None = None
+    source: str | None = None
+    account: str | None = None
+    expires_at: float | None = None
+    subscription_type: str | None = None
+    detail: str | None = None
+
+
+class TokenSource(Protocol):
+    async def get(self, *, rejected: str | None = None) -> Credential:
+        """A usable credential. ``rejected``: a secret the upstream just refused (401), so
+        refresh unless someone already replaced it. Raises ProxyError when there is none."""
+        ...
+
+    async def status(self) -> CredentialStatus: ...

@@ -1,0 +1,1 @@
+"""The auth service: upstream credentials, their refresh, and (later) client keys."""

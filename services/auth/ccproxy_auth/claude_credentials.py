@@ -1,0 +1,152 @@
+"""The Claude CLI's own credentials, read and written where the CLI keeps them.
+
+File: ``$CLAUDE_CONFIG_DIR/.credentials.json`` (default ``~/.claude``), key ``claudeAiOauth``.
+Keyring: service ``Claude Code-credentials``. A refresh rotates the refresh token, so the new
+pair is written back to the same place (atomically, mode 0600, every other key kept) or the CLI
+would be left holding a dead token.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+KEYRING_SERVICE = "Claude Code-credentials"
+
+
+class CredentialsError(Exception):
+    """The credentials exist but cannot be used (unreadable, malformed)."""
+
+
+class ClaudeOAuth(BaseModel):
+    """The ``claudeAiOauth`` object. Unknown keys are kept, so writing back loses nothing."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    access_token: str = Field(alias="accessToken")
+    refresh_token: str | None = Field(default=None, alias="refreshToken")
+    #: Epoch milliseconds.
+    expires_at: int | None = Field(default=None, alias="expiresAt")
+    scopes: list[str] = Field(default_factory=list)
+    subscription_type: str | None = Field(default=None, alias="subscriptionType")
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class CredentialStore(Protocol):
+    """Somewhere the CLI's credentials live."""
+
+    name: str
+
+    def load(self) -> ClaudeOAuth | None: ...
+
+    def save(self, oauth: ClaudeOAuth) -> None: ...
+
+
+class FileStore:
+    """``.credentials.json``: read the whole document, replace ``claudeAiOauth``, keep the rest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = f"file:{path}"
+
+    def _document(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CredentialsError(f"cannot read {self.path}: {exc.strerror}") from exc
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CredentialsError(f"{self.path} is not valid JSON (line {exc.lineno})") from exc
+        if not isinstance(doc, dict):
+            raise CredentialsError(f"{self.path} does not hold a JSON object")
+        return doc
+
+    def load(self) -> ClaudeOAuth | None:
+        doc = self._document()
+        if doc is None or "claudeAiOauth" not in doc:
+            return None
+        try:
+            return ClaudeOAuth.model_validate(doc["claudeAiOauth"])
+        except ValueError as exc:
+            raise CredentialsError(f"{self.path}: claudeAiOauth is malformed") from exc
+
+    def save(self, oauth: ClaudeOAuth) -> None:
+        doc = self._document() or {}
+        previous = doc.get("claudeAiOauth")
+        merged = dict(previous) if isinstance(previous, dict) else {}
+        merged.update(oauth.dump())
+        doc["claudeAiOauth"] = merged
+        write_private_json(self.path, doc)
+
+
+class KeyringStore:
+    """The OS keyring entry the CLI uses on desktops (macOS Keychain, Secret Service)."""
+
+    name = "keyring"
+
+    def __init__(self, username: str | None = None) -> None:
+        self.username = username or getpass.getuser()
+
+    def _get(self) -> dict[str, Any] | None:
+        try:
+            import keyring
+            from keyring.errors import KeyringError
+        except ImportError:
+            return None
+        try:
+            raw = keyring.get_password(KEYRING_SERVICE, self.username)
+        except (KeyringError, RuntimeError) as exc:
+            log.debug("keyring unavailable: %s", type(exc).__name__)
+            return None
+        if not raw:
+            return None
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise CredentialsError("the keyring entry is not valid JSON") from exc
+        return doc if isinstance(doc, dict) else None
+
+    def load(self) -> ClaudeOAuth | None:
+        doc = self._get()
+        if not doc or "claudeAiOauth" not in doc:
+            return None
+        return ClaudeOAuth.model_validate(doc["claudeAiOauth"])
+
+    def save(self, oauth: ClaudeOAuth) -> None:
+        import keyring
+
+        doc = self._get() or {}
+        merged = dict(doc.get("claudeAiOauth") or {})
+        merged.update(oauth.dump())
+        doc["claudeAiOauth"] = merged
+        keyring.set_password(KEYRING_SERVICE, self.username, json.dumps(doc))
+
+
+def write_private_json(path: Path, doc: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with a 0600 file: a reader sees the old or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

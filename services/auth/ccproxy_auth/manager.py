@@ -1,0 +1,189 @@
+"""Hands out a usable upstream credential, refreshing it single-flight.
+
+Twenty requests that meet an expired token must cause one refresh, not twenty: refresh tokens
+rotate and each works once, so a second concurrent refresh would lose the account. Inside one
+process an asyncio lock serialises refreshes; across processes (auth replicas) a lock in Redis
+does, with a timeout so a crashed holder cannot block refresh forever. After taking the lock we
+re-read the store (the fencing check): if someone else already refreshed, we use their token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.logging import register_secret
+from ccproxy_core.settings import Settings
+from ccproxy_core.tokens import Credential, CredentialStatus
+
+from ccproxy_auth import oauth
+from ccproxy_auth.claude_credentials import (
+    ClaudeOAuth,
+    CredentialsError,
+    CredentialStore,
+    FileStore,
+    KeyringStore,
+)
+
+log = logging.getLogger(__name__)
+
+NO_CREDENTIALS = (
+    "No Claude credentials found. Log in with the Claude CLI (`claude`, then /login), "
+    "or set AUTH__API_KEY to use an Anthropic API key."
+)
+
+
+class CredentialManager:
+    """The token source of one account (the Claude CLI's login, or an API key)."""
+
+    def __init__(self, settings: Settings, redis: Any | None = None, account: str = "default") -> None:
+        self._settings = settings
+        self._redis = redis
+        self.account = account
+        self._lock = asyncio.Lock()
+        self._cached: ClaudeOAuth | None = None
+        self._store: CredentialStore | None = None
+        self.refresh_count = 0
+        api_key = settings.auth.api_key
+        self._api_key = api_key.get_secret_value() if api_key else None
+        register_secret(self._api_key)
+
+    # -- where the credentials are ------------------------------------------------------
+
+    def stores(self) -> list[CredentialStore]:
+        stores: list[CredentialStore] = [
+            FileStore(Path(self._settings.claude_config_dir()) / ".credentials.json")
+        ]
+        if self._settings.auth.use_keyring:
+            stores.append(KeyringStore())
+        return stores
+
+    def _load(self) -> ClaudeOAuth | None:
+        """Read the credentials again from wherever they are (the CLI may have changed them)."""
+        for store in self.stores():
+            found = store.load()
+            if found is not None:
+                self._store = store
+                register_secret(found.access_token)
+                register_secret(found.refresh_token)
+                self._cached = found
+                return found
+        self._cached = None
+        return None
+
+    # -- TokenSource --------------------------------------------------------------------
+
+    async def get(self, *, rejected: str | None = None) -> Credential:
+        if self._api_key:
+            return Credential(kind="api_key", secret=self._api_key, account=self.account)
+        current = self._cached or await asyncio.to_thread(self._load_or_fail)
+        if self._usable(current, rejected):
+            return self._credential(current)
+        async with self._single_flight():
+            # Fencing: the token may have been refreshed while we waited for the lock.
+            current = await asyncio.to_thread(self._load_or_fail)
+            if self._usable(current, rejected):
+                return self._credential(current)
+            return self._credential(await self._refresh(current))
+
+    async def status(self) -> CredentialStatus:
+        if self._api_key:
+            return CredentialStatus(available=True, kind="api_key", source="settings", account=self.account)
+        try:
+            found = await asyncio.to_thread(self._load)
+        except CredentialsError as exc:
+            return CredentialStatus(available=False, detail=str(exc), account=self.account)
+        if found is None:
+            return CredentialStatus(available=False, detail=NO_CREDENTIALS, account=self.account)
+        expires = found.expires_at / 1000 if found.expires_at else None
+        usable = expires is None or expires > time.time() or bool(found.refresh_token)
+        return CredentialStatus(
+            available=usable,
+            kind="oauth",
+            source=self._store.name if self._store else None,
+            account=self.account,
+            expires_at=expires,
+            subscription_type=found.subscription_type,
+            detail=None if usable else "access token expired and no refresh token",
+        )
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _load_or_fail(self) -> ClaudeOAuth:
+        try:
+            found = self._load()
+        except CredentialsError as exc:
+            raise ProxyError(401, f"Claude credentials unusable: {exc}", "authentication_error") from exc
+        if found is None:
+            raise ProxyError(401, NO_CREDENTIALS, "authentication_error")
+        return found
+
+    def _usable(self, oauth_: ClaudeOAuth, rejected: str | None) -> bool:
+        if rejected is not None and oauth_.access_token == rejected:
+            return False
+        if oauth_.expires_at is None:
+            return True
+        margin = self._settings.oauth.refresh_margin_seconds
+        return oauth_.expires_at / 1000 - time.time() > margin
+
+    def _credential(self, oauth_: ClaudeOAuth) -> Credential:
+        expires = oauth_.expires_at / 1000 if oauth_.expires_at else None
+        return Credential(kind="oauth", secret=oauth_.access_token, expires_at=expires, account=self.account)
+
+    async def _refresh(self, current: ClaudeOAuth) -> ClaudeOAuth:
+        if not current.refresh_token:
+            raise ProxyError(
+                401, "Claude access token expired and there is no refresh token; log in again.",
+                "authentication_error",
+            )
+        try:
+            answer = await oauth.refresh(self._settings.oauth, current.refresh_token)
+        except oauth.OAuthError as exc:
+            log.warning("token refresh for account %s failed: %s", self.account, exc)
+            raise ProxyError(
+                401,
+                f"Claude token refresh failed ({exc}); log in again with `claude` or `ccproxy auth login`.",
+                "authentication_error",
+            ) from exc
+        self.refresh_count += 1
+        register_secret(answer.access_token)
+        register_secret(answer.refresh_token)
+        updated = current.model_copy(
+            update={
+                "access_token": answer.access_token,
+                "refresh_token": answer.refresh_token or current.refresh_token,
+                "expires_at": answer.expires_at_ms(),
+            }
+        )
+        store = self._store
+        if store is not None:
+            await asyncio.to_thread(store.save, updated)
+        self._cached = updated
+        log.info("refreshed the access token of account %s", self.account)
+        return updated
+
+    @contextlib.asynccontextmanager
+    async def _single_flight(self) -> AsyncIterator[None]:
+        async with self._lock:
+            if self._redis is None:
+                yield
+                return
+            lock = self._redis.lock(
+                f"{self._settings.redis.key_prefix}lock:refresh:{self.account}",
+                timeout=60,
+                blocking_timeout=90,
+            )
+            acquired = await lock.acquire()
+            if not acquired:
+                raise ProxyError(503, "timed out waiting for another replica's token refresh")
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    await lock.release()

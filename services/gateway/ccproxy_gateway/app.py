@@ -1,0 +1,195 @@
+"""The gateway's public API as a Starlette app.
+
+Routes are plain functions over a :class:`Gateway`, which holds what they share: settings,
+the forwarder (a local object or an HTTP client to the forwarder service), client auth and
+metrics. Error bodies follow the format the client spoke.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ccproxy_core.errors import ClientFormat, ProxyError, render_error
+from ccproxy_core.forwarding import ForwardRequest, Forwarder
+from ccproxy_core.metrics import Metrics
+from ccproxy_core.models import cost_usd, models_listing
+from ccproxy_core.settings import Settings
+from ccproxy_core.tokens import CredentialStatus
+
+from ccproxy_gateway.body import read_json_object
+from ccproxy_gateway.client_auth import ClientAuth
+from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic, until_disconnect
+from ccproxy_gateway.usage import Usage
+
+log = logging.getLogger(__name__)
+
+StatusProvider = Callable[[], Awaitable[CredentialStatus]]
+
+
+def client_format(path: str) -> ClientFormat:
+    return "openai" if path.endswith(("/chat/completions", "/responses")) else "anthropic"
+
+
+def error_response(exc: ProxyError, fmt: ClientFormat) -> Response:
+    status = exc.status if exc.status != 499 else 400
+    return Response(render_error(exc, fmt), status_code=status, media_type="application/json", headers=exc.headers)
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        forwarder: Forwarder,
+        credential_status: StatusProvider,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.forwarder = forwarder
+        self.credential_status = credential_status
+        self.metrics = metrics or Metrics("gateway")
+        token = settings.security.auth_token
+        self.client_auth = ClientAuth(token.get_secret_value() if token else None)
+
+    def record(self, route: str, status: int, started: float, usage: Usage, first_byte: float | None) -> None:
+        m = self.metrics
+        m.requests.labels(m.service, route, str(status)).inc()
+        m.latency.labels(m.service, route).observe(time.perf_counter() - started)
+        if first_byte is not None:
+            m.first_byte.labels(m.service, route).observe(first_byte)
+        if usage.model:
+            for kind, n in (
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+                ("cache_read", usage.cache_read_tokens),
+                ("cache_write", usage.cache_write_tokens),
+            ):
+                if n:
+                    m.tokens.labels(m.service, usage.model, kind).inc(n)
+
+    async def read_body(self, request: Request) -> dict[str, Any]:
+        return await read_json_object(request, self.settings.server.max_body_bytes)
+
+    async def forward_anthropic(self, request: Request, path: str, route: str) -> Response:
+        """Authenticate, validate lightly, forward, relay: the API-mode Messages path."""
+        started = time.perf_counter()
+        self.client_auth.check(request)
+        body = await self.read_body(request)
+        validate_messages_request(body, count_tokens=path.endswith("count_tokens"))
+        forward = ForwardRequest(
+            path=path,
+            headers=dict(request.headers),
+            body=body,
+            query=request.url.query,
+        )
+        reply = await until_disconnect(request, self.forwarder.forward(forward))
+        self.metrics.upstream.labels(self.metrics.service, str(reply.status), reply.account or "").inc()
+        if reply.is_stream and reply.status == 200:
+            self.metrics.active_streams.labels(self.metrics.service).inc()
+
+            def done(usage: Usage, first_byte: float | None) -> None:
+                self.metrics.active_streams.labels(self.metrics.service).dec()
+                self.record(route, reply.status, started, usage, first_byte)
+
+            return relay_anthropic(reply, started, done)
+        content, usage = await until_disconnect(request, read_reply(reply))
+        self.record(route, reply.status, started, usage, time.perf_counter() - started)
+        return Response(content, status_code=reply.status, headers=client_headers(reply))
+
+
+def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) -> None:
+    """Check only what ccproxy itself relies on; everything else passes through untouched."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ProxyError(400, "model: a model name is required", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise ProxyError(400, "messages: a list of messages is required", param="messages")
+    if not count_tokens and "max_tokens" in body and not isinstance(body["max_tokens"], int):
+        raise ProxyError(400, "max_tokens: must be an integer", param="max_tokens")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ProxyError(400, "stream: must be a boolean", param="stream")
+
+
+def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    async def messages(request: Request) -> Response:
+        return await gateway.forward_anthropic(request, "/v1/messages", "/api/v1/messages")
+
+    async def count_tokens(request: Request) -> Response:
+        return await gateway.forward_anthropic(
+            request, "/v1/messages/count_tokens", "/api/v1/messages/count_tokens"
+        )
+
+    async def models(request: Request) -> Response:
+        gateway.client_auth.check(request)
+        return JSONResponse(models_listing())
+
+    async def preflight(request: Request) -> Response:
+        # Older Claude Code versions send HEAD to the base URL before anything else.
+        return Response(status_code=200)
+
+    async def status(request: Request) -> Response:
+        gateway.client_auth.check(request)
+        creds = await gateway.credential_status()
+        return JSONResponse(
+            {
+                "status": "ok" if creds.available else "degraded",
+                "mode": "api",
+                "upstream": gateway.settings.anthropic.base_url,
+                "credentials": creds.model_dump(exclude_none=True),
+                "client_auth": gateway.client_auth.enabled,
+            }
+        )
+
+    async def health(request: Request) -> Response:
+        creds = await gateway.credential_status()
+        body = {
+            "status": "ok",
+            "ready": creds.available,
+            "checks": {"credentials": creds.model_dump(exclude_none=True)},
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def on_proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        if exc.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
+        gateway.metrics.requests.labels(gateway.metrics.service, request.url.path, str(exc.status)).inc()
+        return error_response(exc, client_format(request.url.path))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(ProxyError(exc.status_code, str(exc.detail)), client_format(request.url.path))
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
+        return error_response(ProxyError(500, "internal error in ccproxy"), client_format(request.url.path))
+
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", gateway.metrics.endpoint, methods=["GET"]),
+        Route("/api", preflight, methods=["HEAD", "GET"]),
+        Route("/api/", preflight, methods=["HEAD", "GET"]),
+        Route("/api/v1/messages", messages, methods=["POST"]),
+        Route("/api/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        Route("/api/v1/models", models, methods=["GET"]),
+        Route("/api/models", models, methods=["GET"]),
+        Route("/api/status", status, methods=["GET"]),
+        *(extra_routes or []),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={ProxyError: on_proxy_error, HTTPException: on_http_error, Exception: on_crash},
+    )
+
+
+__all__ = ["Gateway", "cost_usd", "create_app"]

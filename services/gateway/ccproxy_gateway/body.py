@@ -1,0 +1,36 @@
+"""Reading a client's JSON body: size-capped, content-type checked, clear 4xx on bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from ccproxy_core.errors import ProxyError
+
+
+async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type.split(";")[0].lower():
+        raise ProxyError(415, f"Content-Type must be application/json, not {content_type!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ProxyError(413, f"request body is larger than the limit of {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ProxyError(413, f"request body is larger than the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise ProxyError(400, "request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError(400, f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProxyError(400, f"request body must be a JSON object, not {type(data).__name__}")
+    return data
