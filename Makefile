@@ -1,0 +1,24 @@
+# The two commands a new user or CI types: `make run` and `make test`.
+.PHONY: setup setup-test run test lint bench up
+
+setup:
+	./scripts/setup.sh
+
+setup-test: setup
+	./scripts/setup-test-deps.sh
+
+run: setup
+	uv run --frozen ccproxy serve
+
+up: setup
+	uv run --frozen ccproxy up
+
+test: setup-test
+	uv run --frozen pytest
+
+lint: setup
+	uv run --frozen ruff check libs services tests bench
+	uv run --frozen mypy libs services
+
+bench: setup-test
+	uv run --frozen python -m bench
