@@ -55,10 +55,8 @@ class AnthropicSettings(BaseModel):
     base_url: str = "https://api.anthropic.com"
     version: str = "2023-06-01"
     connect_timeout: float = 10.0
-    #: Longest wait for the upstream's response headers.
+    #: Longest silence from the upstream: waiting for its headers, or between two stream chunks.
     read_timeout: float = 600.0
-    #: Longest silence between two chunks of a stream.
-    stream_idle_timeout: float = 300.0
     max_connections: int = 200
 
 
