@@ -34,8 +34,9 @@ def load_settings(**overrides: Any) -> Settings:
             continue
         section, _, key = dotted.partition("__")
         nested.setdefault(section, {})[key] = value
+    init: dict[str, Any] = dict(nested)
     try:
-        return Settings(**nested)
+        return Settings(**init)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -85,7 +86,7 @@ def startup_report(settings: Settings) -> None:
     status = asyncio.run(CredentialManager(settings).status())
     log = logging.getLogger("ccproxy")
     if not status.available:
-        if status.detail and "cannot read" in status.detail or "not valid JSON" in (status.detail or ""):
+        if (status.detail and "cannot read" in status.detail) or "not valid JSON" in (status.detail or ""):
             fail(status.detail or "credentials unreadable")
         log.warning("no usable Claude credentials: %s", status.detail)
     else:

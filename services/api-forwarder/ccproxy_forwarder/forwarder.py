@@ -17,7 +17,6 @@ from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest, UpstreamReply
 from ccproxy_core.settings import AnthropicSettings
 from ccproxy_core.tokens import Credential, TokenSource
-
 from ccproxy_forwarder.injection import inject_identity, upstream_headers
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from ccproxy_core.errors import ProxyError
-from ccproxy_core.logging import register_secret
-from ccproxy_core.settings import Settings
-from ccproxy_core.tokens import Credential, CredentialStatus
+from pydantic import SecretStr
 
 from ccproxy_auth import oauth
 from ccproxy_auth.claude_credentials import (
@@ -30,6 +27,10 @@ from ccproxy_auth.claude_credentials import (
     FileStore,
     KeyringStore,
 )
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.logging import register_secret
+from ccproxy_core.settings import Settings
+from ccproxy_core.tokens import Credential, CredentialStatus
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class CredentialManager:
 
     async def get(self, *, rejected: str | None = None) -> Credential:
         if self._api_key:
-            return Credential(kind="api_key", secret=self._api_key, account=self.account)
-        current = self._cached or await asyncio.to_thread(self._load_or_fail)
+            return Credential(kind="api_key", secret=SecretStr(self._api_key), account=self.account)
+        current = self._cached
+        if current is None:
+            current = await asyncio.to_thread(self._load_or_fail)
         if self._usable(current, rejected):
             return self._credential(current)
         async with self._single_flight():
@@ -134,7 +137,9 @@ class CredentialManager:
 
     def _credential(self, oauth_: ClaudeOAuth) -> Credential:
         expires = oauth_.expires_at / 1000 if oauth_.expires_at else None
-        return Credential(kind="oauth", secret=oauth_.access_token, expires_at=expires, account=self.account)
+        return Credential(
+            kind="oauth", secret=SecretStr(oauth_.access_token), expires_at=expires, account=self.account
+        )
 
     async def _refresh(self, current: ClaudeOAuth) -> ClaudeOAuth:
         if not current.refresh_token:

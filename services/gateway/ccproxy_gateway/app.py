@@ -20,12 +20,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ccproxy_core.errors import ClientFormat, ProxyError, render_error
-from ccproxy_core.forwarding import ForwardRequest, Forwarder
+from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.models import cost_usd, models_listing
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
-
 from ccproxy_gateway.body import read_json_object
 from ccproxy_gateway.client_auth import ClientAuth
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic, until_disconnect

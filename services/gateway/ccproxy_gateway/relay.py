@@ -18,7 +18,6 @@ from starlette.responses import Response, StreamingResponse
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.forwarding import UpstreamReply
 from ccproxy_core.sse import encode_event
-
 from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
 
 T = TypeVar("T")
