@@ -78,19 +78,27 @@ def build_local_app(settings: Settings) -> Any:
 
 
 def startup_report(settings: Settings) -> None:
-    import asyncio
+    """Stop on credentials that exist but cannot be read; warn when there are none."""
     import logging
 
+    from ccproxy_auth.claude_credentials import CredentialsError
     from ccproxy_auth.manager import CredentialManager
 
-    status = asyncio.run(CredentialManager(settings).status())
+    manager = CredentialManager(settings)
     log = logging.getLogger("ccproxy")
-    if not status.available:
-        if (status.detail and "cannot read" in status.detail) or "not valid JSON" in (status.detail or ""):
-            fail(status.detail or "credentials unreadable")
-        log.warning("no usable Claude credentials: %s", status.detail)
+    if settings.auth.api_key is not None:
+        log.info("credentials: Anthropic API key from settings")
+        return
+    try:
+        found = next((c for c in (store.load() for store in manager.stores()) if c is not None), None)
+    except CredentialsError as exc:
+        fail(f"{exc}; fix or remove the file, then log in again with `claude`")
+        return
+    if found is None:
+        log.warning("no Claude credentials found: requests will fail until you log in with `claude` "
+                    "(or set AUTH__API_KEY)")
     else:
-        log.info("credentials: %s from %s", status.kind, status.source)
+        log.info("credentials: Claude subscription (%s)", found.subscription_type or "unknown plan")
 
 
 @app.command()
