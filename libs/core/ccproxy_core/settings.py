@@ -92,22 +92,68 @@ class ClickHouseSettings(BaseModel):
     url: str | None = None
 
 
+PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"]
+
+
 class ClaudeOptions(BaseModel):
+    """What every SDK-mode run of Claude Code starts from (claude-agent-sdk's options).
+
+    A request may change only the fields named in ``CLAUDE__OVERRIDABLE_OPTIONS`` (docs/sdk.md).
+    """
+
+    #: Working directory of a run; relative paths are under the workspace root. Unset: the root.
     cwd: str | None = None
-    permission_mode: str | None = None
+    #: default, acceptEdits, plan, bypassPermissions, dontAsk or auto. Unset: Claude Code's default.
+    permission_mode: PermissionMode | None = None
     allowed_tools: list[str] = Field(default_factory=list)
     disallowed_tools: list[str] = Field(default_factory=list)
     max_turns: int | None = None
+    #: Unset: the model the client asked for.
     model: str | None = None
     append_system_prompt: str | None = None
     max_thinking_tokens: int | None = None
+    #: MCP servers Claude Code may use, by name (stdio, sse or http configs, as in ``.mcp.json``).
     mcp_servers: dict[str, Any] = Field(default_factory=dict)
+    #: More directories Claude Code may read and edit besides ``cwd``.
+    add_dirs: list[str] = Field(default_factory=list)
+    #: MCP tool Claude Code asks before a tool use (``--permission-prompt-tool``).
+    permission_prompt_tool_name: str | None = None
+    #: Stop a run once it has cost this much (USD, as Claude Code reckons it).
+    max_budget_usd: float | None = None
 
 
 class ClaudeSettings(BaseModel):
+    """SDK mode: Claude Code runs on sdk-workers (docs/sdk.md)."""
+
+    #: How Claude Code's own tool uses and results reach the client: forward, formatted, ignore.
     sdk_message_mode: Literal["forward", "formatted", "ignore"] = "forward"
+    #: In ``formatted`` mode, indent the JSON of tool inputs and results.
     pretty_format: bool = True
     options: ClaudeOptions = Field(default_factory=ClaudeOptions)
+    #: The Claude Code CLI to run. Unset: ``node_modules/.bin/claude`` under the current
+    #: directory (the pinned npm CLI), else ``claude`` on PATH, else the SDK's bundled CLI.
+    cli_path: str | None = None
+    #: Every run's ``cwd`` must lie inside it. Unset: ``options.cwd``, else ``<data_dir>/workspace``.
+    workspace_root: Path | None = None
+    #: Options a client may set per request (body field ``claude_options``); others get a 403.
+    overridable_options: list[str] = Field(
+        default_factory=lambda: [
+            "model", "max_turns", "cwd", "permission_mode", "disallowed_tools",
+            "append_system_prompt", "max_thinking_tokens",
+        ]
+    )
+    #: Seconds a request may wait for a free sdk-worker before it gets a 503.
+    queue_timeout: float = 30.0
+    #: Seconds a run may take; then Claude Code is stopped.
+    run_timeout: float = 900.0
+    #: Runs one sdk-worker does at once (each one is a Claude Code process).
+    max_concurrent_runs: int = 4
+    #: The arq queue (under ``REDIS__KEY_PREFIX``); workers and gateways of one deployment share it.
+    queue_name: str = "sdk:queue"
+    #: Seconds between a worker's looks at the queue.
+    poll_interval: float = 0.1
+    #: Seconds an unused Claude Code session stays resumable (its transcript is kept in Redis).
+    session_ttl: int = 7 * 24 * 3600
 
 
 class ServicesSettings(BaseModel):
