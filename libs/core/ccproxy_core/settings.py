@@ -90,6 +90,26 @@ class RedisSettings(BaseModel):
 class ClickHouseSettings(BaseModel):
     #: Unset: embedded (``ccproxy serve``).
     url: str | None = None
+    #: Database holding the access log (created with its tables on start).
+    database: str = "ccproxy"
+
+
+class AnalyticsSettings(BaseModel):
+    """The access log's path: gateway -> Redis stream -> analytics -> ClickHouse (docs/analytics.md)."""
+
+    #: Redis stream of access-log events (under ``REDIS__KEY_PREFIX``).
+    stream: str = "access-log"
+    #: Approximate cap on the stream: events wait there while ClickHouse is down, up to this many.
+    stream_maxlen: int = 1_000_000
+    #: Events a gateway holds in memory while Redis is unreachable (then the oldest are dropped).
+    buffer_size: int = 10_000
+    #: Consumer group of the analytics service.
+    group: str = "analytics"
+    #: Events per ClickHouse insert, and the longest an event waits for a batch to fill.
+    batch_size: int = 1000
+    batch_seconds: float = 1.0
+    #: Warn (and show it in ``/logs/status``) when more events than this wait to be written.
+    backlog_warning: int = 10_000
 
 
 PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"]
@@ -181,6 +201,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
     data_dir: Path = Field(default_factory=default_data_dir)

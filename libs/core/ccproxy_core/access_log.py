@@ -1,0 +1,444 @@
+"""Access-log events: one per client request, from the gateway to analytics through Redis.
+
+The gateway builds a :class:`RequestLog` when a request arrives, the route fills it in as it
+learns things (model, account, usage), and when the answer is over (sent, failed or cancelled)
+it becomes one :class:`AccessLogEvent` handed to :class:`AccessLogEmitter`.
+
+Emitting never waits and never fails: ``emit`` appends to a bounded in-memory buffer and a
+background task moves the buffer to a Redis stream (``XADD ... MAXLEN ~``). While Redis is
+unreachable the buffer holds the events and the task retries; only when the buffer is full are
+the oldest events dropped, and each drop is counted (``ccproxy_access_log_events_total
+{outcome="dropped"}``) and logged. The event never carries a secret: the client is named by its
+key's id and name, never the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+from pydantic import BaseModel
+
+from ccproxy_core.models import cost_usd
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from ccproxy_core.forwarding import UpstreamReply
+    from ccproxy_core.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: Stream field that holds the JSON event (one field, so the schema can grow).
+EVENT_FIELD = "e"
+
+Outcome = Literal["ok", "error", "cancelled"]
+
+
+class AccessLogEvent(BaseModel):
+    """One finished client request. Times are UTC; durations in milliseconds."""
+
+    v: int = 1
+    request_id: str
+    started_at: datetime
+    first_byte_at: datetime | None = None
+    finished_at: datetime
+    duration_ms: float
+    #: First content token of a stream (``content_block_delta``); None for non-stream answers.
+    ttft_ms: float | None = None
+    mode: Literal["api", "sdk"] = "api"
+    #: Route template, e.g. ``/api/v1/messages`` (never a query string).
+    endpoint: str
+    method: str = "POST"
+    client_format: str = "anthropic"
+    #: Who asked: the id and name the client-auth step produced (``default``: the shared token,
+    #: ``anonymous``: no client auth). Never the key itself.
+    key_id: str = "anonymous"
+    key_name: str = ""
+    account: str = ""
+    model_requested: str = ""
+    model_used: str = ""
+    stream: bool = False
+    status: int
+    outcome: Outcome = "ok"
+    error_type: str = ""
+    stop_reason: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+    sdk_cost_usd: float | None = None
+    upstream_request_id: str = ""
+    user_agent: str = ""
+    client_addr: str = ""
+    #: The subscription's quota as the upstream reported it on this answer
+    #: (``anthropic-ratelimit-unified-*``): status and 5-hour / 7-day utilisation (0..1).
+    quota_status: str = ""
+    quota_5h_utilization: float | None = None
+    quota_7d_utilization: float | None = None
+    #: Seconds the upstream asked us to wait (``retry-after`` on 429/529): an account cooldown.
+    retry_after_s: float | None = None
+    #: SDK mode: the Claude Code session, its turns, tool uses and permission prompts.
+    sdk_session_id: str = ""
+    sdk_turns: int = 0
+    sdk_tool_uses: int = 0
+    permissions_requested: int = 0
+    permissions_approved: int = 0
+    permissions_denied: int = 0
+
+    def to_stream(self) -> dict[str, bytes]:
+        return {EVENT_FIELD: orjson.dumps(self.model_dump(mode="json"))}
+
+    @classmethod
+    def from_stream(cls, fields: dict[Any, Any]) -> AccessLogEvent:
+        raw = fields.get(EVENT_FIELD.encode(), fields.get(EVENT_FIELD))
+        if raw is None:
+            raise ValueError("stream entry has no event field")
+        return cls.model_validate(orjson.loads(raw))
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+class RequestLog:
+    """What the gateway learns about one request while serving it; becomes one event.
+
+    Routes reach it through ``request.state.access_log`` and set attributes directly; times are
+    taken with ``time.time()`` for wall clock and ``time.perf_counter()`` for durations.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        method: str = "POST",
+        mode: Literal["api", "sdk"] = "api",
+        client_format: str = "anthropic",
+        user_agent: str = "",
+        client_addr: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        self.request_id = request_id or f"req_{uuid.uuid4().hex}"
+        self.wall_start = time.time()
+        self.started = time.perf_counter()
+        self.first_byte: float | None = None
+        self.first_token: float | None = None
+        self.endpoint = endpoint
+        self.method = method
+        self.mode: Literal["api", "sdk"] = mode
+        self.client_format = client_format
+        self.user_agent = user_agent
+        self.client_addr = client_addr
+        self.key_id = "anonymous"
+        self.key_name = ""
+        self.account = ""
+        self.model_requested = ""
+        self.model_used = ""
+        self.stream = False
+        self.status = 0
+        self.error_type = ""
+        self.stop_reason = ""
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.sdk_cost_usd: float | None = None
+        self.upstream_request_id = ""
+        self.quota_status = ""
+        self.quota_5h_utilization: float | None = None
+        self.quota_7d_utilization: float | None = None
+        self.retry_after_s: float | None = None
+        #: Extra event fields (SDK counters and the like), by field name.
+        self.extra: dict[str, Any] = {}
+        self.completed = False
+        self.finished = False
+
+    def mark_first_byte(self) -> None:
+        if self.first_byte is None:
+            self.first_byte = time.perf_counter()
+
+    def mark_first_token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+
+    def set_identity(self, key_id: str, key_name: str = "") -> None:
+        self.key_id, self.key_name = key_id, key_name
+
+    def set_error(self, status: int, error_type: str) -> None:
+        self.status, self.error_type = status, error_type
+
+    def note_upstream(self, reply: UpstreamReply) -> None:
+        """Account, upstream request id, and the quota headers of an upstream answer."""
+        headers = reply.headers
+        self.account = reply.account or self.account
+        self.upstream_request_id = headers.get("request-id", self.upstream_request_id)
+        self.quota_status = headers.get("anthropic-ratelimit-unified-status", self.quota_status)
+        self.quota_5h_utilization = _float(headers.get("anthropic-ratelimit-unified-5h-utilization"))
+        self.quota_7d_utilization = _float(headers.get("anthropic-ratelimit-unified-7d-utilization"))
+        if reply.status in (429, 529):
+            self.retry_after_s = _float(headers.get("retry-after"))
+
+    def set_usage(
+        self,
+        model: str = "",
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        stop_reason: str | None = None,
+    ) -> None:
+        self.model_used = model or self.model_used
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.cache_read_tokens = cache_read_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.stop_reason = stop_reason or self.stop_reason
+
+    def event(self, outcome: Outcome | None = None) -> AccessLogEvent:
+        end = time.perf_counter()
+        status = self.status or 500
+        if outcome is None:
+            outcome = "ok" if status < 400 and not self.error_type else "error"
+        model = self.model_used or self.model_requested
+        fields: dict[str, Any] = {
+            "request_id": self.request_id,
+            "started_at": _utc(self.wall_start),
+            "first_byte_at": (
+                _utc(self.wall_start + self.first_byte - self.started) if self.first_byte is not None else None
+            ),
+            "finished_at": _utc(self.wall_start + end - self.started),
+            "duration_ms": round((end - self.started) * 1000, 3),
+            "ttft_ms": (
+                round((self.first_token - self.started) * 1000, 3) if self.first_token is not None else None
+            ),
+            "mode": self.mode,
+            "endpoint": self.endpoint,
+            "method": self.method,
+            "client_format": self.client_format,
+            "key_id": self.key_id,
+            "key_name": self.key_name,
+            "account": self.account,
+            "model_requested": self.model_requested,
+            "model_used": self.model_used,
+            "stream": self.stream,
+            "status": status,
+            "outcome": outcome,
+            "error_type": self.error_type,
+            "stop_reason": self.stop_reason,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cost_usd": cost_usd(
+                model, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens
+            ),
+            "sdk_cost_usd": self.sdk_cost_usd,
+            "upstream_request_id": self.upstream_request_id,
+            "user_agent": self.user_agent,
+            "client_addr": self.client_addr,
+            "quota_status": self.quota_status,
+            "quota_5h_utilization": self.quota_5h_utilization,
+            "quota_7d_utilization": self.quota_7d_utilization,
+            "retry_after_s": self.retry_after_s,
+        }
+        fields.update(self.extra)
+        return AccessLogEvent.model_validate(fields)
+
+
+class AccessLogEmitter:
+    """Fire-and-forget delivery of events to a Redis stream, with a bounded buffer and retry.
+
+    With no Redis (``redis=None``) events are only counted: for tests that build a gateway alone.
+    """
+
+    def __init__(
+        self,
+        redis: Redis | None,
+        stream: str,
+        maxlen: int = 1_000_000,
+        buffer_size: int = 10_000,
+        metrics: Metrics | None = None,
+        batch: int = 500,
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.maxlen = maxlen
+        self.batch = batch
+        self.metrics = metrics
+        self._buffer: collections.deque[AccessLogEvent] = collections.deque()
+        self._inflight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._buffer_size = buffer_size
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.dropped = 0
+        self.sent = 0
+        self._last_drop_warning = 0.0
+        self._redis_down_since: float | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Events not yet in Redis (waiting, or being written now)."""
+        return len(self._buffer) + self._inflight
+
+    def emit(self, event: AccessLogEvent) -> None:
+        """Queue ``event`` for the stream. Never blocks, never raises."""
+        try:
+            self._count("emitted")
+            if self.redis is None:
+                return
+            if len(self._buffer) >= self._buffer_size:
+                self._buffer.popleft()
+                self.dropped += 1
+                self._count("dropped")
+                now = time.monotonic()
+                if now - self._last_drop_warning > 10:
+                    self._last_drop_warning = now
+                    log.warning(
+                        "access log: Redis unreachable and %d events buffered; dropping the oldest "
+                        "(%d dropped so far)", self._buffer_size, self.dropped,
+                    )
+            self._buffer.append(event)
+            self._drained.clear()
+            self._gauge()
+            self._ensure_task()
+            self._wake.set()
+        except Exception:  # emitting must never fail the request
+            log.exception("access log: could not queue an event")
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            try:
+                self._task = asyncio.get_running_loop().create_task(self._run(), name="access-log-emitter")
+            except RuntimeError:  # no running loop: the next emit in one starts the task
+                pass
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.access_log_events.labels(self.metrics.service, outcome).inc(n)
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.access_log_buffered.labels(self.metrics.service).set(len(self._buffer))
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self._send_some()
+                delay = 0.05
+                if self._redis_down_since is not None:
+                    log.info(
+                        "access log: Redis reachable again after %.0f s; %d events buffered",
+                        time.monotonic() - self._redis_down_since, len(self._buffer),
+                    )
+                    self._redis_down_since = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._redis_down_since is None:
+                    self._redis_down_since = time.monotonic()
+                    log.warning("access log: cannot write to Redis (%s); buffering events", type(exc).__name__)
+                if self._closing:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _send_some(self) -> None:
+        assert self.redis is not None
+        events = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
+        self._inflight = len(events)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for event in events:
+                pipe.xadd(self.stream, event.to_stream(), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            await pipe.execute()
+        except BaseException:
+            # Back to the front, in order, to be sent again (a retried pipeline may write an
+            # event twice; analytics deduplicates on request id).
+            self._buffer.extendleft(reversed(events))
+            while len(self._buffer) > self._buffer_size:
+                self._buffer.popleft()
+                self.dropped += 1
+                self._count("dropped")
+            raise
+        finally:
+            self._inflight = 0
+            self._gauge()
+        self.sent += len(events)
+        self._count("sent", len(events))
+        if not self._buffer:
+            self._drained.set()
+
+    async def flush(self, within: float = 5.0) -> bool:
+        """Wait until every event is in Redis (True) or ``within`` seconds pass (False)."""
+        if not self.buffered:
+            return True
+        self._ensure_task()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._drained.wait()
+        return not self.buffered
+
+    async def aclose(self, within: float = 5.0) -> None:
+        """Send what is buffered (for up to ``within`` seconds), then stop."""
+        if self.redis is not None and self.buffered:
+            if not await self.flush(within):
+                log.warning("access log: %d events not sent at shutdown", self.buffered)
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def stream_key(prefix: str, name: str) -> str:
+    return f"{prefix}{name}"
+
+
+def parse_time(value: str) -> datetime:
+    """ISO 8601 or epoch seconds, as UTC (for query filters)."""
+    try:
+        return _utc(float(value))
+    except ValueError:
+        pass
+    ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+__all__ = [
+    "EVENT_FIELD",
+    "AccessLogEmitter",
+    "AccessLogEvent",
+    "RequestLog",
+    "parse_time",
+    "stream_key",
+]
