@@ -1,0 +1,110 @@
+"""Fixtures every integration and end-to-end test may use.
+
+- ``fake_upstream``: the fake Anthropic API, one process per test session.
+- ``claude_config_dir``: a Claude CLI config dir with a ``.credentials.json`` the fake accepts.
+- ``start_serve``: start ``ccproxy serve`` against the fake; returns a :class:`Proc`.
+- ``ccproxy_env``: the isolated environment those processes get (for commands run to completion).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.fake import FakeUpstream
+from tests.support.ports import free_port
+from tests.support.process import Proc, start_process
+from tests.support.serve import CCPROXY, REPO_ROOT, isolated_env, write_credentials
+
+#: A top-level key the Claude CLI might keep in .credentials.json; a refresh must keep it.
+UNKNOWN_KEY = "mcpOAuth"
+UNKNOWN_VALUE = {"some-server": {"accessToken": "kept-as-is", "expiresAt": 1}}
+
+
+@pytest.fixture(scope="session")
+def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
+    tmp = tmp_path_factory.mktemp("fake_upstream")
+    port = free_port()
+    proc = start_process(
+        [sys.executable, "-m", "tests.fake_upstream", "--port", str(port), "--state-file", str(tmp / "state.json")],
+        url=f"http://127.0.0.1:{port}",
+        health_url=f"http://127.0.0.1:{port}/_fake/health",
+        log_path=tmp / "fake_upstream.log",
+        cwd=REPO_ROOT,
+        port=port,
+    )
+    try:
+        yield FakeUpstream(proc)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def claude_config_dir(tmp_path: Path, fake_upstream: FakeUpstream) -> Path:
+    """``<tmp>/claude`` holding ``.credentials.json`` (mode 0600) with fresh credentials from the
+    fake and one unknown top-level key (:data:`UNKNOWN_KEY`)."""
+    config_dir = tmp_path / "claude"
+    write_credentials(config_dir, fake_upstream.credentials(), extra={UNKNOWN_KEY: UNKNOWN_VALUE})
+    return config_dir
+
+
+@pytest.fixture
+def ccproxy_env(tmp_path: Path, fake_upstream: FakeUpstream, claude_config_dir: Path
+                ) -> Callable[..., dict[str, str]]:
+    """``ccproxy_env(**overrides) -> env``: the isolated environment ``start_serve`` uses."""
+
+    def build(overrides: dict[str, str | None] | None = None, config_dir: Path | None = None) -> dict[str, str]:
+        return isolated_env(
+            tmp_path, fake_url=fake_upstream.url, claude_config_dir=config_dir or claude_config_dir,
+            overrides=overrides,
+        )
+
+    return build
+
+
+@pytest.fixture
+def start_serve(tmp_path: Path, fake_upstream: FakeUpstream, claude_config_dir: Path
+                ) -> Iterator[Callable[..., Proc]]:
+    """``start_serve(env=None, args=None, *, config_dir=None, wait=True) -> Proc``.
+
+    Runs ``.venv/bin/ccproxy serve --port <free>`` from a temp working directory with HOME and
+    XDG dirs in tmp, CLAUDE_CONFIG_DIR at ``claude_config_dir`` (or ``config_dir``), the upstream
+    and OAuth URLs at the fake and the keyring off; ``env`` overrides (None removes a variable).
+    Waits until ``/health`` answers; every process is killed at teardown.
+    """
+    started: list[Proc] = []
+
+    def start(env: dict[str, str | None] | None = None, args: list[str] | None = None, *,
+              config_dir: Path | None = None, wait: bool = True, timeout: float = 20.0) -> Proc:
+        port = free_port()
+        run_dir = tmp_path / f"serve-{port}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        full_env = isolated_env(
+            run_dir, fake_url=fake_upstream.url, claude_config_dir=config_dir or claude_config_dir,
+            overrides=env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        proc = start_process(
+            [str(CCPROXY), "serve", "--port", str(port), *(args or [])],
+            url=url,
+            health_url=f"{url}/health" if wait else None,
+            log_path=run_dir / "ccproxy.log",
+            env=full_env,
+            cwd=run_dir,
+            port=port,
+            timeout=timeout,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "claude_cli: needs the Claude Code CLI from node_modules")

@@ -1,0 +1,211 @@
+"""The fake's routes: the Anthropic API surface plus OAuth and ``/_fake`` control.
+
+Every API request is recorded (method, path, query, headers, parsed body, what happened to the
+answer) before it is checked, so a test can assert on rejected requests too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.fake_upstream import control, oauth
+from tests.fake_upstream.answers import build_answer, tokens_of
+from tests.fake_upstream.errors import FakeApiError, error_response
+from tests.fake_upstream.rules import Caller, authenticate, check_body, check_identity, check_version
+from tests.fake_upstream.scenarios import Scenario, parse
+from tests.fake_upstream.state import CLAUDE_CLI_CLIENT_ID, FakeState, RequestRecord
+from tests.fake_upstream.streaming import TimedResponse, stream_events
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MODELS = [
+    ("claude-opus-4-5-20251101", "Claude Opus 4.5", "2025-11-01T00:00:00Z"),
+    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),
+    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-01T00:00:00Z"),
+]
+
+Handler = Callable[[Request, RequestRecord, dict[str, str]], Awaitable[Response]]
+
+
+def ratelimit_headers(caller: Caller, status: str = "allowed") -> dict[str, str]:
+    """The ``anthropic-ratelimit-unified-*`` headers subscription answers carry."""
+    if caller.kind != "oauth":
+        return {}
+    now = int(time.time())
+    five_h, seven_d = now + 3 * 3600, now + 4 * 86400
+    return {
+        "anthropic-ratelimit-unified-status": status,
+        "anthropic-ratelimit-unified-reset": str(five_h),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+        "anthropic-ratelimit-unified-fallback-percentage": "0.5",
+        "anthropic-ratelimit-unified-5h-status": status,
+        "anthropic-ratelimit-unified-5h-reset": str(five_h),
+        "anthropic-ratelimit-unified-5h-utilization": "0.12",
+        "anthropic-ratelimit-unified-7d-status": "allowed",
+        "anthropic-ratelimit-unified-7d-reset": str(seven_d),
+        "anthropic-ratelimit-unified-7d-utilization": "0.34",
+    }
+
+
+async def _record(request: Request) -> tuple[RequestRecord, bytes]:
+    state: FakeState = request.app.state.fake
+    raw = await request.body()
+    record = RequestRecord(
+        id=state.next_id("req"),
+        method=request.method,
+        path=request.url.path,
+        query=dict(request.query_params),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=None,
+        body_bytes=len(raw),
+        received_at=time.time(),
+    )
+    state.records.append(record)
+    return record, raw
+
+
+def api_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Record, then run ``handler``; a FakeApiError becomes the upstream's error answer."""
+
+    async def endpoint(request: Request) -> Response:
+        record, raw = await _record(request)
+        try:
+            if len(raw) > request.app.state.max_body_bytes:
+                raise FakeApiError(413)
+            if raw:
+                try:
+                    record.body = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise FakeApiError(400, f"There was an error parsing the body: {exc}") from exc
+            response = await handler(request, record, record.headers)
+        except FakeApiError as exc:
+            record.status, record.outcome, record.finished_at = exc.status, "completed", time.time()
+            return error_response(exc.status, exc.message, exc.error_type, exc.headers, record.id)
+        if not isinstance(response, TimedResponse):
+            record.status, record.outcome, record.finished_at = response.status_code, "completed", time.time()
+        return response
+
+    return endpoint
+
+
+def _caller(request: Request, record: RequestRecord, headers: dict[str, str]) -> Caller:
+    caller = authenticate(request.app.state.fake, headers)
+    record.auth = caller.describe()
+    check_version(headers)
+    return caller
+
+
+def _body(record: RequestRecord) -> dict[str, Any]:
+    if not isinstance(record.body, dict):
+        raise FakeApiError(400, "The request body must be a JSON object")
+    return record.body
+
+
+def _scenario_error(scenario: Scenario, caller: Caller) -> FakeApiError:
+    status = scenario.error_status or 500
+    headers: dict[str, str] = {}
+    if status == 429:
+        headers = ratelimit_headers(caller, "rejected") | {"retry-after": str(scenario.retry_after)}
+    return FakeApiError(status, headers=headers)
+
+
+async def messages(request: Request, record: RequestRecord, headers: dict[str, str]) -> Response:
+    caller = _caller(request, record, headers)
+    body = _body(record)
+    check_body(body)
+    if caller.kind == "oauth":
+        check_identity(body)
+    scenario = parse(body)
+    if scenario.error_status:
+        raise _scenario_error(scenario, caller)
+    state: FakeState = request.app.state.fake
+    answer = build_answer(state, body, scenario, {
+        "method": record.method, "path": record.path, "query": record.query, "headers": headers,
+    })
+    out_headers = {"request-id": record.id, "anthropic-organization-id": f"org-{caller.account or 'apikey'}"}
+    out_headers |= ratelimit_headers(caller)
+    if body.get("stream") is True:
+        events = list(stream_events(answer, midstream_error=scenario.midstream_error))
+        return TimedResponse(
+            200,
+            out_headers | {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"},
+            events,
+            record,
+            delay=scenario.slow,
+            hang_before_headers=scenario.hang,
+            hang_after=1 if scenario.stall else None,
+            total=len(events),
+        )
+    payload = orjson.dumps(answer.message())
+    if scenario.slow or scenario.hang:
+        return TimedResponse(
+            200, out_headers | {"content-type": "application/json"}, [payload], record,
+            delay=scenario.slow, hang_before_headers=scenario.hang, total=1,
+        )
+    return Response(payload, media_type="application/json", headers=out_headers)
+
+
+async def count_tokens(request: Request, record: RequestRecord, headers: dict[str, str]) -> Response:
+    _caller(request, record, headers)
+    body = _body(record)
+    check_body(body, count_tokens=True)
+    counted = {k: body.get(k) for k in ("system", "messages", "tools") if body.get(k) is not None}
+    return JSONResponse({"input_tokens": tokens_of(counted)}, headers={"request-id": record.id})
+
+
+def _model(model_id: str, name: str, created: str) -> dict[str, Any]:
+    return {"type": "model", "id": model_id, "display_name": name, "created_at": created}
+
+
+async def list_models(request: Request, record: RequestRecord, headers: dict[str, str]) -> Response:
+    _caller(request, record, headers)
+    data = [_model(*m) for m in MODELS]
+    return JSONResponse(
+        {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]},
+        headers={"request-id": record.id},
+    )
+
+
+async def get_model(request: Request, record: RequestRecord, headers: dict[str, str]) -> Response:
+    _caller(request, record, headers)
+    for m in MODELS:
+        if m[0] == request.path_params["model_id"]:
+            return JSONResponse(_model(*m), headers={"request-id": record.id})
+    raise FakeApiError(404, f"model: {request.path_params['model_id']}")
+
+
+async def root(request: Request) -> Response:
+    # Older Claude Code versions send HEAD to the base URL first.
+    return Response(status_code=200)
+
+
+def create_app(
+    state: FakeState | None = None,
+    *,
+    state_file: Path | None = None,
+    client_id: str = CLAUDE_CLI_CLIENT_ID,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/", root, methods=["GET", "HEAD"]),
+            Route("/v1/messages", api_route(messages), methods=["POST"]),
+            Route("/v1/messages/count_tokens", api_route(count_tokens), methods=["POST"]),
+            Route("/v1/models", api_route(list_models), methods=["GET"]),
+            Route("/v1/models/{model_id}", api_route(get_model), methods=["GET"]),
+            Route("/oauth/authorize", oauth.authorize, methods=["GET"]),
+            Route("/v1/oauth/token", oauth.token, methods=["POST"]),
+            *control.routes,
+        ]
+    )
+    app.state.fake = state or FakeState(state_file, client_id)
+    app.state.max_body_bytes = max_body_bytes
+    return app
