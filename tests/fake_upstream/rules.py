@@ -69,6 +69,9 @@ def authenticate(state: FakeState, headers: dict[str, str]) -> Caller:
             raise FakeApiError(401, "invalid x-api-key")
         raise FakeApiError(401, "x-api-key header is required")
     token = token.strip()
+    if token in state.api_keys:
+        # Current SDKs send API keys as bearer tokens too.
+        return Caller("api_key", token)
     access = state.access.get(token)
     if access is None or access.revoked:
         raise FakeApiError(401, "Invalid bearer token")
