@@ -15,10 +15,7 @@ import aiohttp
 import orjson
 
 from ccproxy_core.errors import ProxyError, parse_anthropic_error
-from ccproxy_core.internal import INTERNAL_SECRET_HEADER
-
-#: Set on a forwarder response that carries ccproxy's own error rather than the upstream's.
-PROXY_ERROR_HEADER = "x-ccproxy-error"
+from ccproxy_core.internal import INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
 
 
 @dataclass(slots=True)

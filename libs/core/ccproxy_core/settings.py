@@ -85,6 +85,9 @@ class RedisSettings(BaseModel):
     url: str | None = None
     #: Prefix of every key this deployment writes, so several can share one Redis.
     key_prefix: str = "ccproxy:"
+    #: Seconds to connect, and to wait for one answer: a Redis outage is a quick 503, not a hang.
+    connect_timeout: float = 2.0
+    socket_timeout: float = 5.0
 
 
 class ClickHouseSettings(BaseModel):

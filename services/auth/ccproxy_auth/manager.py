@@ -29,10 +29,15 @@ from ccproxy_auth.claude_credentials import (
 )
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.logging import register_secret
+from ccproxy_core.redis import UNAVAILABLE, RedisLock, unavailable_as_503
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import Credential, CredentialStatus
 
 log = logging.getLogger(__name__)
+
+#: Seconds the cross-replica refresh lock lives: longer than a refresh can take (the token
+#: endpoint's timeout is 30 s), short enough that a crashed holder frees it soon.
+LOCK_TTL = 40.0
 
 NO_CREDENTIALS = (
     "No Claude credentials found. Log in with the Claude CLI (`claude`, then /login), "
@@ -93,7 +98,14 @@ class CredentialManager:
             current = await asyncio.to_thread(self._load_or_fail)
             if self._usable(current, rejected):
                 return self._credential(current)
-            return self._credential(await self._refresh(current))
+            try:
+                return self._credential(await self._refresh(current))
+            except ProxyError:
+                # A holder that outlived its lock may have rotated the pair meanwhile: use theirs.
+                latest = await asyncio.to_thread(self._load_or_fail)
+                if latest.refresh_token != current.refresh_token and self._usable(latest, rejected):
+                    return self._credential(latest)
+                raise
 
     async def status(self) -> CredentialStatus:
         if self._api_key:
@@ -179,16 +191,17 @@ class CredentialManager:
             if self._redis is None:
                 yield
                 return
-            lock = self._redis.lock(
-                f"{self._settings.redis.key_prefix}lock:refresh:{self.account}",
-                timeout=60,
-                blocking_timeout=90,
+            lock = RedisLock(
+                self._redis, f"{self._settings.redis.key_prefix}lock:refresh:{self.account}", ttl=LOCK_TTL
             )
-            acquired = await lock.acquire()
+            async with unavailable_as_503("the token refresh"):
+                acquired = await lock.acquire(wait=LOCK_TTL + 5)
             if not acquired:
-                raise ProxyError(503, "timed out waiting for another replica's token refresh")
+                raise ProxyError(
+                    503, "timed out waiting for another replica's token refresh", headers={"retry-after": "5"}
+                )
             try:
                 yield
             finally:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(*UNAVAILABLE):
                     await lock.release()

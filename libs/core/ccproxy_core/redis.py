@@ -1,0 +1,128 @@
+"""Redis for every service: the real server when ``REDIS__URL`` is set, else an embedded stand-in.
+
+``ccproxy serve`` needs no Redis: :func:`connect` hands it a fakeredis client on one in-process
+server, so code written against Redis (locks, streams, pub/sub) runs unchanged. In the stack the
+same call returns a redis-py asyncio client with short timeouts: a Redis outage must turn into a
+quick, clear 503 (:func:`unavailable_as_503`), never a hang, and the client reconnects by itself
+when Redis is back (a dead pooled connection is retried once on a fresh one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import fakeredis
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.settings import RedisSettings
+
+__all__ = ["Redis", "RedisLock", "connect", "is_unavailable", "unavailable_as_503"]
+
+_embedded: fakeredis.FakeServer | None = None
+
+#: Errors that mean "Redis cannot be reached right now" (as opposed to a bad command).
+UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, asyncio.TimeoutError)
+
+
+def connect(settings: RedisSettings) -> Redis:
+    """A client for ``REDIS__URL``, or for the process-wide embedded server when it is unset."""
+    global _embedded
+    if settings.url is None:
+        if _embedded is None:
+            _embedded = fakeredis.FakeServer()
+        return fakeredis.FakeAsyncRedis(server=_embedded)
+    return Redis.from_url(
+        settings.url,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=settings.socket_timeout,
+        # After a Redis restart every pooled connection is dead: retry once on a new one.
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[redis_errors.ConnectionError],
+        health_check_interval=30,
+    )
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, UNAVAILABLE)
+
+
+@contextlib.asynccontextmanager
+async def unavailable_as_503(what: str = "this request") -> AsyncIterator[None]:
+    """Turn "Redis is down" into the 503 a client can act on (retry later)."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise ProxyError(
+            503, f"Redis is unavailable, so {what} cannot be served right now; retry shortly "
+            f"({type(exc).__name__})", headers={"retry-after": "2"},
+        ) from exc
+
+
+class RedisLock:
+    """A lock shared by every process using one Redis, that a crashed holder cannot keep.
+
+    ``SET key token NX PX ttl``: the lock expires by itself ``ttl`` seconds after it was taken,
+    so a holder that dies frees it at the latest then. Release deletes the key only while it
+    still holds our token (a holder that outlived its ttl must not free someone else's lock).
+    Each acquisition also takes a fencing number (``INCR``), increasing across holders, for
+    callers that need to tell an older holder's writes from a newer one's.
+    """
+
+    def __init__(self, redis: Redis, key: str, ttl: float) -> None:
+        self._redis = redis
+        self.key = key
+        self.ttl = ttl
+        self._token = secrets.token_hex(16)
+        self.fence: int | None = None
+
+    async def acquire(self, wait: float) -> bool:
+        """Try for up to ``wait`` seconds. Redis errors propagate (see :func:`unavailable_as_503`)."""
+        deadline = time.monotonic() + wait
+        pause = 0.02
+        while True:
+            if await self._redis.set(self.key, self._token, nx=True, px=int(self.ttl * 1000)):
+                self.fence = int(await self._redis.incr(self.key + ":fence"))
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.25)
+
+    async def owned(self) -> bool:
+        value = await self._redis.get(self.key)
+        return value is not None and _text(value) == self._token
+
+    async def release(self) -> None:
+        """Compare-and-delete in a transaction (WATCH), which fakeredis runs too (no Lua needed)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self.key)
+                value = await pipe.get(self.key)
+                if value is None or _text(value) != self._token:
+                    return
+                pipe.multi()
+                pipe.delete(self.key)
+                await pipe.execute()
+            except redis_errors.WatchError:
+                return  # it changed hands (expired and retaken) in between: not ours to delete
+
+    async def __aenter__(self) -> RedisLock:
+        if not await self.acquire(self.ttl):
+            raise ProxyError(503, f"timed out waiting for the lock {self.key}")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(*UNAVAILABLE):
+            await self.release()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

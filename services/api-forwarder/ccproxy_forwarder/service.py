@@ -1,0 +1,136 @@
+"""The api-forwarder on its own (``ccproxy run api-forwarder``).
+
+``POST /internal/forward/v1/...`` is the server side of
+:class:`ccproxy_core.forwarding.HttpForwarder`: the gateway's request in, the upstream's status,
+headers and bytes out as they arrive. ccproxy's own errors (no token, upstream unreachable) are
+marked with ``x-ccproxy-error`` so the gateway renders them in the client's format; an upstream
+error is relayed as the upstream sent it. Tokens come from the auth service over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ccproxy_core.auth_client import AuthClient
+from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest
+from ccproxy_core.internal import (
+    INTERNAL_SECRET_HEADER,
+    RequireInternalSecret,
+    internal_error,
+    json_response,
+    require_internal_secret,
+)
+from ccproxy_core.metrics import Metrics
+from ccproxy_core.server import StartupError
+from ccproxy_core.settings import Settings
+from ccproxy_core.sse import encode_event
+from ccproxy_forwarder.forwarder import ApiForwarder
+
+log = logging.getLogger(__name__)
+
+HINT_PREFIX = "x-ccproxy-hint-"
+#: Upstream paths a forward may target: the Messages API, nothing else of the upstream's.
+ALLOWED_PREFIX = "/v1/"
+
+
+def create_service_app(settings: Settings) -> Starlette:
+    secret = require_internal_secret(settings)
+    if not settings.services.auth_url:
+        raise StartupError("SERVICES__AUTH_URL is not set: the api-forwarder gets its tokens from auth")
+    tokens = AuthClient(settings.services.auth_url, secret)
+    forwarder = ApiForwarder(settings.anthropic, tokens)
+    metrics = Metrics("api-forwarder")
+
+    async def forward(request: Request) -> Response:
+        started = time.perf_counter()
+        path = "/" + request.path_params["path"].lstrip("/")
+        if not path.startswith(ALLOWED_PREFIX) or "/../" in path:
+            raise ProxyError(404, f"no upstream path {path}", "not_found_error")
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise ProxyError(400, "the forwarded body is not JSON") from exc
+        if not isinstance(body, dict):
+            raise ProxyError(400, "the forwarded body is not a JSON object")
+        headers: dict[str, str] = {}
+        hints: dict[str, str] = {}
+        for name, value in request.headers.items():
+            if name.startswith(HINT_PREFIX):
+                hints[name[len(HINT_PREFIX):]] = value
+            elif name != INTERNAL_SECRET_HEADER and name not in HOP_BY_HOP:
+                headers[name] = value
+        reply = await forwarder.forward(
+            ForwardRequest(path=path, headers=headers, body=body, query=request.url.query, hints=hints)
+        )
+        metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()
+        out_headers = dict(reply.headers)
+        if reply.account:
+            out_headers["x-ccproxy-account"] = reply.account
+
+        async def relay() -> AsyncIterator[bytes]:
+            first: float | None = None
+            try:
+                async for chunk in reply:
+                    if first is None:
+                        first = time.perf_counter() - started
+                        metrics.first_byte.labels(metrics.service, "/internal/forward").observe(first)
+                    yield chunk
+            except ProxyError as exc:
+                if not reply.is_stream:
+                    raise  # the connection drops: the gateway turns that into a 502
+                # Status and headers are gone: end the stream the way the upstream ends one.
+                yield encode_event("error", anthropic_error_body(exc.error_type, exc.message))
+            finally:
+                await reply.aclose()
+                metrics.requests.labels(metrics.service, "/internal/forward", str(reply.status)).inc()
+                metrics.latency.labels(metrics.service, "/internal/forward").observe(
+                    time.perf_counter() - started
+                )
+
+        return StreamingResponse(relay(), status_code=reply.status, headers=out_headers)
+
+    async def health(request: Request) -> Response:
+        creds = await tokens.status()
+        return json_response(
+            {
+                "status": "ok",
+                "service": "api-forwarder",
+                "ready": creds.available,
+                "checks": {"auth": creds.model_dump(exclude_none=True)},
+            }
+        )
+
+    async def on_proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        metrics.requests.labels(metrics.service, "/internal/forward", str(exc.status)).inc()
+        if exc.status >= 500:
+            log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
+        return internal_error(exc)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await forwarder.aclose()
+        await tokens.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/internal/forward{path:path}", forward, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequireInternalSecret, secret=secret)],
+        exception_handlers={ProxyError: on_proxy_error},
+        lifespan=lifespan,
+    )

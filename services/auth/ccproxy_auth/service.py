@@ -1,0 +1,104 @@
+"""The auth service on its own (``ccproxy run auth``): upstream tokens over internal HTTP.
+
+``POST /internal/token`` (body ``{"rejected": "<token the upstream refused>"}``, or ``GET``
+without one) answers the credential to use now, refreshing it single-flight across every
+replica that shares the Redis (``REDIS__URL``); ``GET /internal/status`` says what may be said
+without revealing it. Every ``/internal`` path needs the internal secret; ``/health`` and
+``/metrics`` are for the orchestrator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ccproxy_auth.manager import CredentialManager
+from ccproxy_core.auth_client import STATUS_PATH, TOKEN_PATH
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
+from ccproxy_core.metrics import Metrics
+from ccproxy_core.redis import UNAVAILABLE, Redis, connect
+from ccproxy_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_service_app(settings: Settings) -> Starlette:
+    secret = require_internal_secret(settings)
+    redis: Redis | None = connect(settings.redis) if settings.redis.url else None
+    manager = CredentialManager(settings, redis=redis)
+    metrics = Metrics("auth")
+
+    async def token(request: Request) -> Response:
+        rejected: str | None = None
+        if request.method == "POST":
+            body = await request.body()
+            try:
+                data = orjson.loads(body) if body else {}
+            except orjson.JSONDecodeError as exc:
+                raise ProxyError(400, "the body must be JSON: {\"rejected\": token or null}") from exc
+            value = data.get("rejected") if isinstance(data, dict) else None
+            rejected = value if isinstance(value, str) and value else None
+        before = manager.refresh_count
+        credential = await manager.get(rejected=rejected)
+        if manager.refresh_count > before:
+            metrics.refreshes.labels(metrics.service, "ok").inc(manager.refresh_count - before)
+        metrics.requests.labels(metrics.service, TOKEN_PATH, "200").inc()
+        return json_response(
+            {
+                "kind": credential.kind,
+                "secret": credential.secret.get_secret_value(),
+                "expires_at": credential.expires_at,
+                "account": credential.account,
+            }
+        )
+
+    async def status(request: Request) -> Response:
+        found = await manager.status()
+        return json_response(found.model_dump())
+
+    async def health(request: Request) -> Response:
+        creds = await manager.status()
+        checks: dict[str, object] = {"credentials": creds.model_dump(exclude_none=True)}
+        ready = creds.available
+        if redis is not None:
+            try:
+                await redis.ping()
+                checks["redis"] = {"available": True}
+            except UNAVAILABLE as exc:
+                checks["redis"] = {"available": False, "detail": type(exc).__name__}
+                ready = False
+        return json_response({"status": "ok", "service": "auth", "ready": ready, "checks": checks})
+
+    async def on_proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        metrics.requests.labels(metrics.service, request.url.path, str(exc.status)).inc()
+        if exc.status >= 500:
+            log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
+        return internal_error(exc)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        if redis is not None:
+            await redis.aclose()
+
+    return Starlette(
+        routes=[
+            Route(TOKEN_PATH, token, methods=["GET", "POST"]),
+            Route(STATUS_PATH, status, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequireInternalSecret, secret=secret)],
+        exception_handlers={ProxyError: on_proxy_error},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,43 @@
+"""The gateway on its own (``ccproxy run gateway``): the public API, over an api-forwarder
+reached by HTTP (``SERVICES__FORWARDER_URL``) and the auth service (``SERVICES__AUTH_URL``) for
+readiness. The routes are the very ones ``ccproxy serve`` has; only the wiring differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+
+from ccproxy_core.auth_client import AuthClient
+from ccproxy_core.forwarding import HttpForwarder
+from ccproxy_core.internal import require_internal_secret
+from ccproxy_core.server import StartupError
+from ccproxy_core.settings import Settings
+from ccproxy_gateway.app import Gateway, create_app
+
+
+def create_service_app(settings: Settings) -> Starlette:
+    secret = require_internal_secret(settings)
+    if not settings.services.forwarder_url:
+        raise StartupError(
+            "SERVICES__FORWARDER_URL is not set: `ccproxy run gateway` sends requests to an "
+            "api-forwarder service (for everything in one process, use `ccproxy serve`)"
+        )
+    if not settings.services.auth_url:
+        raise StartupError("SERVICES__AUTH_URL is not set: the gateway asks auth whether credentials are usable")
+    forwarder = HttpForwarder(
+        settings.services.forwarder_url, secret, read_timeout=settings.anthropic.read_timeout + 15
+    )
+    auth = AuthClient(settings.services.auth_url, secret)
+    web = create_app(Gateway(settings, forwarder, auth.status))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await forwarder.aclose()
+        await auth.aclose()
+
+    web.router.lifespan_context = lifespan
+    return web
