@@ -18,7 +18,7 @@ import pytest
 from tests.support.fake import FakeUpstream
 from tests.support.ports import free_port
 from tests.support.process import Proc, start_process
-from tests.support.serve import CCPROXY, REPO_ROOT, isolated_env, write_credentials
+from tests.support.serve import REPO_ROOT, isolated_env, launch_serve, write_credentials
 
 #: A top-level key the Claude CLI might keep in .credentials.json; a refresh must keep it.
 UNKNOWN_KEY = "mcpOAuth"
@@ -77,26 +77,13 @@ def start_serve(tmp_path: Path, fake_upstream: FakeUpstream, claude_config_dir: 
     Waits until ``/health`` answers; every process is killed at teardown.
     """
     started: list[Proc] = []
+    counter = iter(range(1_000_000))
 
     def start(env: dict[str, str | None] | None = None, args: list[str] | None = None, *,
               config_dir: Path | None = None, wait: bool = True, timeout: float = 20.0) -> Proc:
-        port = free_port()
-        run_dir = tmp_path / f"serve-{port}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        full_env = isolated_env(
-            run_dir, fake_url=fake_upstream.url, claude_config_dir=config_dir or claude_config_dir,
-            overrides=env,
-        )
-        url = f"http://127.0.0.1:{port}"
-        proc = start_process(
-            [str(CCPROXY), "serve", "--port", str(port), *(args or [])],
-            url=url,
-            health_url=f"{url}/health" if wait else None,
-            log_path=run_dir / "ccproxy.log",
-            env=full_env,
-            cwd=run_dir,
-            port=port,
-            timeout=timeout,
+        proc = launch_serve(
+            tmp_path / f"serve-{next(counter)}", fake_url=fake_upstream.url,
+            claude_config_dir=config_dir or claude_config_dir, env=env, args=args, wait=wait, timeout=timeout,
         )
         started.append(proc)
         return proc

@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import free_port
+from tests.support.process import Proc, start_process
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CCPROXY = REPO_ROOT / ".venv" / "bin" / "ccproxy"
 #: Variables taken from the test runner's environment; everything else starts clean.
@@ -76,4 +79,31 @@ def run_ccproxy(args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout:
     return subprocess.run(
         [str(CCPROXY), *args], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL, check=False,
+    )
+
+
+def launch_serve(
+    run_dir: Path,
+    *,
+    fake_url: str,
+    claude_config_dir: Path | None,
+    env: Mapping[str, str | None] | None = None,
+    args: Sequence[str] | None = None,
+    wait: bool = True,
+    timeout: float = 20.0,
+) -> Proc:
+    """``ccproxy serve --port <free>`` in ``run_dir`` (its cwd, HOME and log live there)."""
+    port = free_port()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    full_env = isolated_env(run_dir, fake_url=fake_url, claude_config_dir=claude_config_dir, overrides=env)
+    url = f"http://127.0.0.1:{port}"
+    return start_process(
+        [str(CCPROXY), "serve", "--port", str(port), *(args or [])],
+        url=url,
+        health_url=f"{url}/health" if wait else None,
+        log_path=run_dir / "ccproxy.log",
+        env=full_env,
+        cwd=run_dir,
+        port=port,
+        timeout=timeout,
     )
