@@ -18,11 +18,14 @@ import pytest
 from tests.support.fake import FakeUpstream
 from tests.support.ports import free_port
 from tests.support.process import Proc, start_process
-from tests.support.serve import REPO_ROOT, isolated_env, launch_serve, write_credentials
-
-#: A top-level key the Claude CLI might keep in .credentials.json; a refresh must keep it.
-UNKNOWN_KEY = "mcpOAuth"
-UNKNOWN_VALUE = {"some-server": {"accessToken": "kept-as-is", "expiresAt": 1}}
+from tests.support.serve import (
+    REPO_ROOT,
+    UNKNOWN_KEY,
+    UNKNOWN_VALUE,
+    isolated_env,
+    launch_serve,
+    write_credentials,
+)
 
 
 @pytest.fixture(scope="session")

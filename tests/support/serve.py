@@ -19,6 +19,9 @@ from tests.support.process import Proc, start_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CCPROXY = REPO_ROOT / ".venv" / "bin" / "ccproxy"
+#: A top-level key the Claude CLI might keep in .credentials.json; a refresh must keep it.
+UNKNOWN_KEY = "mcpOAuth"
+UNKNOWN_VALUE = {"some-server": {"accessToken": "kept-as-is", "expiresAt": 1}}
 #: Variables taken from the test runner's environment; everything else starts clean.
 INHERITED = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "TZ")
 
