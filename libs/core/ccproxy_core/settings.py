@@ -179,6 +179,17 @@ class ClaudeSettings(BaseModel):
     session_ttl: int = 7 * 24 * 3600
 
 
+class PermissionsSettings(BaseModel):
+    """SDK-mode tool permissions (docs/permissions.md)."""
+
+    #: Seconds a tool-permission request waits for a human decision; then it is denied.
+    timeout_seconds: float = 120.0
+    #: Seconds between keep-alive pings on ``/permissions/stream``.
+    keepalive_seconds: float = 15.0
+    #: Seconds a decided request can still be looked up (``GET /permissions/{id}``).
+    retention_seconds: float = 3600.0
+
+
 class ServicesSettings(BaseModel):
     """Where the other services are, when they run as separate processes (the stack)."""
 
@@ -186,6 +197,8 @@ class ServicesSettings(BaseModel):
     forwarder_url: str | None = None
     #: Unset: auth runs in the forwarder's process.
     auth_url: str | None = None
+    #: Unset: the permissions service runs in the worker's process (``ccproxy serve``).
+    permissions_url: str | None = None
 
 
 class Settings(BaseSettings):
@@ -207,6 +220,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
+    permissions: PermissionsSettings = Field(default_factory=PermissionsSettings)
     data_dir: Path = Field(default_factory=default_data_dir)
 
     @classmethod

@@ -1,0 +1,174 @@
+"""Tool-permission requests: the wire models, and how an SDK run asks for a decision.
+
+Claude Code asks before running a tool; the sdk-worker turns that into a :class:`PermissionAsk`
+and hands it to a :class:`PermissionGate`, which returns once a human (or the timeout) decided.
+The permissions service owns the requests (Redis); in the stack the worker reaches it with
+:class:`HttpPermissionGate`, in ``ccproxy serve`` the service's own gate is called in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, Literal, Protocol
+
+import aiohttp
+from pydantic import AliasChoices, BaseModel, Field
+
+from ccproxy_core.internal import INTERNAL_SECRET_HEADER
+
+log = logging.getLogger(__name__)
+
+Status = Literal["pending", "allowed", "denied", "expired", "cancelled"]
+
+
+class PermissionAsk(BaseModel):
+    """What a run wants to do, and on whose behalf."""
+
+    tool_name: str
+    #: The tool's full input: arbitrary JSON.
+    input: dict[str, Any]
+    key_id: str
+    key_name: str
+    #: The SDK's own sentence for it ("Claude wants to write hello.txt"), when it gave one.
+    title: str | None = None
+    tool_use_id: str | None = None
+    session_id: str | None = None
+    #: The gateway request / job this run answers.
+    run_id: str | None = None
+
+
+class PermissionDecision(BaseModel):
+    behavior: Literal["allow", "deny"]
+    status: Status
+    #: For allow: the input the tool runs with, when the approver edited it.
+    updated_input: dict[str, Any] | None = None
+    #: For deny: what Claude is told.
+    message: str | None = None
+    decided_by: str | None = None
+    decided_at: float
+
+
+class PermissionView(PermissionAsk):
+    """A request as clients see it (``GET /permissions/{id}``, stream events)."""
+
+    id: str
+    created_at: float
+    expires_at: float
+    status: Status = "pending"
+    decision: PermissionDecision | None = None
+
+
+class PermissionResponse(BaseModel):
+    """``POST /permissions/{id}/respond``."""
+
+    behavior: Literal["allow", "deny"]
+    updated_input: dict[str, Any] | None = Field(
+        default=None, validation_alias=AliasChoices("updated_input", "updatedInput")
+    )
+    message: str | None = None
+
+
+class PermissionGate(Protocol):
+    async def ask(self, ask: PermissionAsk) -> PermissionView:
+        """Create the request and wait until it is decided; the returned view has a decision.
+
+        Cancelling the call withdraws the request (the run went away).
+        """
+        ...
+
+
+def denied_message(view: PermissionView) -> str:
+    """What Claude is told (and what the client sees) when a request ends without an allow."""
+    if view.decision and view.decision.message:
+        return view.decision.message
+    return f"Permission to use {view.tool_name} was denied."
+
+
+class HttpPermissionGate:
+    """The permissions service's internal API, robust to the connection dropping mid-wait.
+
+    The request is created once; the wait is a series of long polls, so a blip between worker
+    and service (or a service restart) only costs a retry: the decision is in Redis.
+    """
+
+    def __init__(self, url: str, internal_secret: str | None, poll_seconds: float = 20.0) -> None:
+        self._url = url.rstrip("/")
+        self._headers = {INTERNAL_SECRET_HEADER: internal_secret or ""}
+        self._poll = poll_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=self._headers)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def ask(self, ask: PermissionAsk) -> PermissionView:
+        view = await self._retrying(
+            "POST", "/internal/permissions", deadline=time.time() + 30, json=ask.model_dump(mode="json")
+        )
+        if view is None:
+            raise RuntimeError("the permissions service cannot be reached")
+        try:
+            while view.status == "pending":
+                # Past the request's own expiry plus a margin, stop waiting for an unreachable service.
+                deadline = view.expires_at + 30
+                got = await self._retrying(
+                    "GET", f"/internal/permissions/{view.id}/wait?timeout={self._poll:g}", deadline=deadline
+                )
+                if got is None:
+                    return unreachable(view)
+                view = got
+            return view
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._cancel(view.id))
+            raise
+
+    async def _cancel(self, request_id: str) -> None:
+        async with self._client().post(
+            f"{self._url}/internal/permissions/{request_id}/cancel", timeout=aiohttp.ClientTimeout(total=5)
+        ) as resp:
+            await resp.read()
+
+    async def _retrying(self, method: str, path: str, deadline: float, **kwargs: Any) -> PermissionView | None:
+        pause = 0.2
+        while True:
+            try:
+                async with self._client().request(
+                    method, self._url + path, timeout=aiohttp.ClientTimeout(total=self._poll + 15), **kwargs
+                ) as resp:
+                    body = await resp.read()
+                    if resp.status == 200:
+                        return PermissionView.model_validate_json(body)
+                    if resp.status < 500:
+                        raise RuntimeError(f"permissions service answered {resp.status}: {body[:200]!r}")
+                    log.warning("permissions service answered %s; retrying", resp.status)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("permissions service unreachable (%s); retrying", type(exc).__name__)
+            if time.time() >= deadline:
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def unreachable(view: PermissionView) -> PermissionView:
+    """A local deny when the service stayed unreachable past the request's expiry."""
+    return view.model_copy(
+        update={
+            "status": "expired",
+            "decision": PermissionDecision(
+                behavior="deny",
+                status="expired",
+                message=f"Permission to use {view.tool_name} was denied: the permissions service "
+                "could not be reached.",
+                decided_at=time.time(),
+            ),
+        }
+    )

@@ -1,0 +1,1 @@
+"""ccproxy permissions: every SDK-mode tool use waits here for a human decision."""

@@ -1,0 +1,177 @@
+"""The broker: create, wait, decide, expire; shared by the HTTP app and the in-process gate.
+
+Waiting is event-driven (the hub wakes a waiter when its request is decided) with a periodic
+re-read of Redis as the safety net, so a decision whose pub/sub message was lost (a blip on
+either side) still reaches the waiter within ``RECHECK_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.asyncio import Redis
+
+from ccproxy_core.identity import ClientIdentity
+from ccproxy_core.permissions import (
+    PermissionAsk,
+    PermissionDecision,
+    PermissionResponse,
+    PermissionView,
+)
+from ccproxy_core.redis import UNAVAILABLE
+from ccproxy_core.settings import Settings
+from ccproxy_permissions.hub import EventHub
+from ccproxy_permissions.store import PermissionStore
+
+log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 2.0
+SWEEP_SECONDS = 1.0
+
+
+class AlreadyDecided(Exception):
+    def __init__(self, view: PermissionView) -> None:
+        super().__init__(f"permission request {view.id} was already decided: {view.status}")
+        self.view = view
+
+
+def visible(identity: ClientIdentity, view: PermissionView) -> bool:
+    """A member sees only its own key's requests; an admin sees all."""
+    return identity.admin or view.key_id == identity.id
+
+
+class PermissionBroker:
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.store = PermissionStore(redis, settings.redis.key_prefix, settings.permissions)
+        self.hub = EventHub(redis, self.store.channel)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.hub.start()
+        self._sweeper = asyncio.create_task(self._sweep(), name="permissions-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.hub.stop()
+
+    async def _sweep(self) -> None:
+        """Expire overdue requests even when nobody waits for them any more (a worker died)."""
+        while True:
+            try:
+                await self.store.expire_due()
+            except UNAVAILABLE as exc:
+                log.warning("permissions: sweeper cannot reach Redis (%s)", type(exc).__name__)
+            except Exception:
+                log.exception("permissions: sweeper failed")
+            await asyncio.sleep(SWEEP_SECONDS)
+
+    async def create(self, ask: PermissionAsk) -> PermissionView:
+        view = await self.store.create(ask)
+        log.info("permission %s: %s for key %s is waiting", view.id, view.tool_name, view.key_name)
+        return view
+
+    async def wait(self, request_id: str, seconds: float) -> PermissionView | None:
+        """The request once decided, or still pending after ``seconds``; None if unknown."""
+        deadline = time.monotonic() + seconds
+        woken = asyncio.Event()
+
+        def listener(item: tuple[str, PermissionView] | None) -> None:
+            if item is None or item[1].id == request_id:
+                woken.set()
+
+        with self.hub.listen(listener):
+            while True:
+                woken.clear()
+                view = await self.store.get(request_id)
+                if view is None or view.status != "pending":
+                    return view
+                if time.time() >= view.expires_at:
+                    view, _ = await self.store.expire(request_id)
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return view
+                pause = min(left, RECHECK_SECONDS, max(0.0, view.expires_at - time.time()) + 0.01)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(woken.wait(), pause)
+
+    async def respond(
+        self, request_id: str, response: PermissionResponse, identity: ClientIdentity
+    ) -> PermissionView | None:
+        """Apply a human's decision; None if unknown (or not theirs), AlreadyDecided if too late."""
+        view = await self.store.get(request_id)
+        if view is None or not visible(identity, view):
+            return None
+        if view.status != "pending":
+            raise AlreadyDecided(view)
+        if response.behavior == "allow":
+            decision = PermissionDecision(
+                behavior="allow",
+                status="allowed",
+                updated_input=response.updated_input,
+                decided_by=identity.name,
+                decided_at=time.time(),
+            )
+        else:
+            reason = f": {response.message}" if response.message else "."
+            decision = PermissionDecision(
+                behavior="deny",
+                status="denied",
+                message=f"{identity.name} denied permission to use {view.tool_name}{reason}",
+                decided_by=identity.name,
+                decided_at=time.time(),
+            )
+        decided, won = await self.store.decide(request_id, decision)
+        if decided is None:
+            return None
+        if not won:
+            raise AlreadyDecided(decided)
+        log.info("permission %s: %s by %s", request_id, decided.status, identity.name)
+        return decided
+
+    async def cancel(self, request_id: str) -> PermissionView | None:
+        view, _ = await self.store.decide(
+            request_id,
+            PermissionDecision(
+                behavior="deny", status="cancelled", message="The run was cancelled.", decided_at=time.time()
+            ),
+        )
+        return view
+
+
+class LocalPermissionGate:
+    """The gate for a worker in the service's own process (``ccproxy serve``)."""
+
+    def __init__(self, service: PermissionBroker) -> None:
+        self._service = service
+
+    async def ask(self, ask: PermissionAsk) -> PermissionView:
+        view = await self._service.create(ask)
+        try:
+            while view.status == "pending":
+                got = await self._service.wait(view.id, 30.0)
+                if got is None:  # vanished from Redis (flushed): nobody can approve it now
+                    return lost(view)
+                view = got
+            return view
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._service.cancel(view.id))
+            raise
+
+
+def lost(view: PermissionView) -> PermissionView:
+    decision = PermissionDecision(
+        behavior="deny",
+        status="cancelled",
+        message=f"Permission to use {view.tool_name} was denied: the request was lost.",
+        decided_at=time.time(),
+    )
+    return view.model_copy(update={"status": "cancelled", "decision": decision})

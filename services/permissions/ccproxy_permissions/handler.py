@@ -1,0 +1,254 @@
+"""``ccproxy permission-handler``: approve tool uses from a terminal.
+
+Follows ``/permissions/stream`` (reconnecting when the connection drops; the server replays what
+is still pending), shows one request at a time (tool, input, who asked) and reads y / n / e.
+A request decided elsewhere meanwhile (web page, another handler, the timeout) is dropped from
+the prompt at once. Standard input is read by a thread, so a blocked read never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+import aiohttp
+import orjson
+
+from ccproxy_core.permissions import PermissionView
+from ccproxy_core.sse import iter_events
+
+PROMPT = "Allow? [y]es / [n]o / [e]dit input: "
+
+
+class Unauthorized(Exception):
+    pass
+
+
+class TerminalHandler:
+    def __init__(self, url: str, key: str | None, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {"x-api-key": key} if key else {}
+        self.out = out
+        self.stdin = stdin
+        self.pending: dict[str, PermissionView] = {}
+        self.finished: dict[str, asyncio.Event] = {}
+        self.arrived = asyncio.Event()
+        self.lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def _start_reader(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def read() -> None:
+            for line in self.stdin:
+                loop.call_soon_threadsafe(self.lines.put_nowait, line.rstrip("\r\n"))
+            loop.call_soon_threadsafe(self.lines.put_nowait, None)
+
+        threading.Thread(target=read, name="permission-handler-stdin", daemon=True).start()
+
+    def _drain(self) -> None:
+        """Forget what was typed before this prompt (it answered nothing)."""
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while True:
+                if self.lines.get_nowait() is None:
+                    self.lines.put_nowait(None)
+                    return
+
+    async def _line_or_finished(self, request_id: str) -> str | bool | None:
+        """The next line (None at end of input), or False when the request was decided elsewhere."""
+        done = self.finished.setdefault(request_id, asyncio.Event())
+        line = asyncio.ensure_future(self.lines.get())
+        other = asyncio.ensure_future(done.wait())
+        try:
+            await asyncio.wait({line, other}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            other.cancel()
+        if line.done():
+            return line.result()
+        line.cancel()
+        return False
+
+    # -- the stream ---------------------------------------------------------------------------------
+
+    def _on_event(self, event: str, data: dict[str, Any]) -> None:
+        view = PermissionView.model_validate(data)
+        if event == "permission_request" and view.status == "pending":
+            if view.id not in self.pending and not self.finished.get(view.id, asyncio.Event()).is_set():
+                self.pending[view.id] = view
+                self.arrived.set()
+            return
+        if event in ("permission_resolved", "permission_expired"):
+            was_waiting = self.pending.pop(view.id, None) is not None
+            self.finished.setdefault(view.id, asyncio.Event()).set()
+            if was_waiting and view.decision is not None:
+                by = f" by {view.decision.decided_by}" if view.decision.decided_by else ""
+                self.say(f"\n[{view.id}] {view.tool_name}: {view.status}{by}")
+
+    async def follow(self, session: aiohttp.ClientSession) -> None:
+        """Follow the stream for ever, reconnecting with a growing pause (at most 10 s)."""
+        pause = 0.5
+        connected_once = False
+        while True:
+            try:
+                async with session.get(
+                    f"{self.url}/permissions/stream",
+                    headers=self.headers,
+                    timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90),
+                ) as resp:
+                    if resp.status == 401:
+                        raise Unauthorized((await resp.text())[:300])
+                    if resp.status != 200:
+                        raise aiohttp.ClientResponseError(
+                            resp.request_info, (), status=resp.status, message=(await resp.text())[:200]
+                        )
+                    self.say("connected to " + self.url + (" again" if connected_once else "") +
+                             "; waiting for permission requests (Ctrl-D to quit)")
+                    if connected_once:
+                        await self._reconcile(session)
+                    connected_once, pause = True, 0.5
+                    async for sse in iter_events(resp.content.iter_any()):
+                        if sse.event.startswith("permission_"):
+                            self._on_event(sse.event, orjson.loads(sse.data))
+                self.say("the server closed the stream; reconnecting")
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                self.say(f"connection lost ({type(exc).__name__}: {exc}); reconnecting in {pause:g} s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+    async def _reconcile(self, session: aiohttp.ClientSession) -> None:
+        """After a reconnect, drop what was decided while we were away (its event is gone)."""
+        async with session.get(
+            f"{self.url}/permissions", headers=self.headers, timeout=aiohttp.ClientTimeout(total=15)
+        ) as resp:
+            if resp.status != 200:
+                return
+            still = {item["id"] for item in orjson.loads(await resp.read())["data"]}
+        for request_id in [i for i in self.pending if i not in still]:
+            self.pending.pop(request_id)
+            self.finished.setdefault(request_id, asyncio.Event()).set()
+            self.say(f"\n[{request_id}] was decided while the connection was down")
+
+    # -- prompting ----------------------------------------------------------------------------------
+
+    def show(self, view: PermissionView) -> None:
+        left = max(0, round(view.expires_at - time.time()))
+        self.say()
+        self.say(f"── permission request {view.id} " + "─" * 20)
+        if view.title:
+            self.say(view.title)
+        self.say(f"tool:     {view.tool_name}")
+        self.say(f"asked by: {view.key_name}")
+        self.say("input:")
+        self.say(orjson.dumps(view.input, option=orjson.OPT_INDENT_2).decode())
+        self.say(f"(denied automatically in {left} s)")
+
+    async def decide(self, session: aiohttp.ClientSession, view: PermissionView, body: dict[str, Any]) -> bool:
+        """Send the decision; True when the request is finished (decided by us or someone else).
+
+        When it could not be sent the request is dropped from the prompt; the stream replays it
+        after the reconnect if it is still pending."""
+        try:
+            async with session.post(
+                f"{self.url}/permissions/{view.id}/respond",
+                json=body,
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=15),
+            ) as resp:
+                data = orjson.loads(await resp.read() or b"{}")
+                if resp.status == 200:
+                    self.say(f"→ {data.get('status')}")
+                    return True
+                if resp.status in (404, 409):
+                    status = (data.get("permission") or {}).get("status", "gone")
+                    self.say(f"→ already decided elsewhere ({status})")
+                    return True
+                self.say(f"→ not recorded: {data.get('error', {}).get('message', resp.status)}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self.say(f"→ not recorded ({type(exc).__name__}); it is asked again when the connection is back")
+        return False
+
+    async def prompt(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            if not self.pending:
+                self.arrived.clear()
+                await self.arrived.wait()
+                continue
+            view = next(iter(self.pending.values()))
+            self.show(view)
+            self._drain()
+            while True:
+                self.out.write(PROMPT)
+                self.out.flush()
+                answer = await self._line_or_finished(view.id)
+                if answer is None:
+                    return
+                if answer is False:  # decided elsewhere (already reported)
+                    break
+                choice = str(answer).strip().lower()
+                if choice in ("y", "yes"):
+                    await self.decide(session, view, {"behavior": "allow"})
+                elif choice in ("n", "no"):
+                    await self.decide(session, view, {"behavior": "deny"})
+                elif choice in ("e", "edit"):
+                    edited = await self.edit(view)
+                    if edited is None:
+                        return
+                    if edited is False:
+                        continue
+                    await self.decide(session, view, {"behavior": "allow", "updated_input": edited})
+                else:
+                    self.say("please answer y, n or e")
+                    continue
+                break
+            self.pending.pop(view.id, None)
+
+    async def edit(self, view: PermissionView) -> dict[str, Any] | bool | None:
+        """The edited input (a JSON object on one line), False to go back, None at end of input."""
+        while True:
+            self.out.write("new input as JSON on one line (empty: back): ")
+            self.out.flush()
+            answer = await self._line_or_finished(view.id)
+            if answer is None or answer is False:
+                return answer
+            text = str(answer).strip()
+            if not text:
+                return False
+            try:
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                self.say(f"not valid JSON ({exc}); try again")
+                continue
+            if not isinstance(value, dict):
+                self.say("the input must be a JSON object; try again")
+                continue
+            return value
+
+    async def run(self) -> int:
+        self._start_reader()
+        async with aiohttp.ClientSession() as session:
+            follower = asyncio.ensure_future(self.follow(session))
+            prompter = asyncio.ensure_future(self.prompt(session))
+            await asyncio.wait({follower, prompter}, return_when=asyncio.FIRST_COMPLETED)
+            refused = follower.done() and not follower.cancelled() and follower.exception()
+            for task in (follower, prompter):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Unauthorized):
+                    await task
+            if isinstance(refused, Unauthorized):
+                self.say(f"the server refused the key: {refused}")
+                return 2
+            if refused:
+                raise refused
+        return 0
+
+
+def run(url: str, key: str | None) -> int:
+    return asyncio.run(TerminalHandler(url, key).run())

@@ -1,0 +1,33 @@
+"""The permissions service on its own (``ccproxy run permissions``): Redis required, the
+internal API behind the shared secret, client keys checked by :func:`key_resolver`."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from ccproxy_core.identity import KeyResolver, SingleTokenResolver
+from ccproxy_core.internal import RequireInternalSecret, require_internal_secret
+from ccproxy_core.redis import connect
+from ccproxy_core.server import StartupError
+from ccproxy_core.settings import Settings
+from ccproxy_permissions.app import create_app
+from ccproxy_permissions.broker import PermissionBroker
+
+
+def key_resolver(settings: Settings) -> KeyResolver:
+    """Who a client key belongs to. Today: ``SECURITY__AUTH_TOKEN`` is the admin."""
+    token = settings.security.auth_token
+    return SingleTokenResolver(token.get_secret_value() if token else None)
+
+
+def create_service_app(settings: Settings) -> Starlette:
+    secret = require_internal_secret(settings)
+    if not settings.redis.url:
+        raise StartupError(
+            "REDIS__URL is not set: permission requests live in Redis so every replica and the "
+            "sdk-workers share them (for everything in one process, use `ccproxy serve`)"
+        )
+    broker = PermissionBroker(settings, connect(settings.redis))
+    web = create_app(broker, key_resolver(settings))
+    web.add_middleware(RequireInternalSecret, secret=secret)
+    return web
