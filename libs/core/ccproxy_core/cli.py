@@ -128,6 +128,31 @@ def generate_token() -> None:
     typer.echo("cc-" + secrets.token_urlsafe(32))
 
 
+@app.command("permission-handler")
+def permission_handler(
+    url: Annotated[
+        str | None, typer.Option(help="ccproxy's address (default: http://SERVER__HOST:SERVER__PORT).")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(envvar="CCPROXY_API_KEY", help="Your client key (default: SECURITY__AUTH_TOKEN)."),
+    ] = None,
+) -> None:
+    """Approve or deny Claude Code's tool uses (SDK mode) from this terminal: y / n / e(dit)."""
+    from ccproxy_permissions.handler import run
+
+    settings = load_settings()
+    if url is None:
+        url = f"http://{settings.server.host}:{settings.server.port}"
+    if key is None and settings.security.auth_token is not None:
+        key = settings.security.auth_token.get_secret_value()
+    try:
+        code = run(url, key)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()
