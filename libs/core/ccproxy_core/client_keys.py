@@ -1,0 +1,206 @@
+"""Per-member client keys, as the gateway sees them: look up, admit (reserve), settle.
+
+Auth owns the keys (``ccproxy_auth.keys``); the gateway only asks a :class:`KeyAuthority`. A
+lookup is cached for ``SECURITY__KEY_CACHE_SECONDS`` (a revoked key stops working on every
+replica within that), but admission is never cached: rate limits and budgets are checked and
+reserved atomically in Redis for every request, then settled from the real usage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextvars import ContextVar
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, Field
+
+from ccproxy_core.errors import ProxyError, parse_anthropic_error
+from ccproxy_core.internal import INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
+
+Period = Literal["day", "week", "month"]
+KEY_PREFIX = "ccp_"
+
+
+def hash_key(presented: str) -> str:
+    """Keys are 256-bit random strings: a plain SHA-256 is a safe one-way index."""
+    return hashlib.sha256(presented.encode()).hexdigest()
+
+
+class KeyInfo(BaseModel):
+    """A client key without its secret."""
+
+    id: str
+    name: str
+    hint: str = ""
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    period: Period | None = None
+    #: Upstream accounts this key may use; empty: any.
+    accounts: list[str] = Field(default_factory=list)
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.rpm or self.tpm or self.budget_usd)
+
+    def usable(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class Admission(BaseModel):
+    """A request let in: what was reserved for it, to settle when it is over."""
+
+    key_id: str
+    key_name: str
+    reservation: str | None = None
+    period_id: str | None = None
+    estimated_tokens: int = 0
+    estimated_micro_usd: int = 0
+
+
+class UsageReport(BaseModel):
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class Settlement(BaseModel):
+    cost_usd: float = 0.0
+    #: Spend of the key in its current budget period after this request (or in total).
+    spent_usd: float = 0.0
+
+
+class KeyAuthority(Protocol):
+    async def lookup(self, presented: str) -> KeyInfo | None:
+        """The key behind ``presented``, or None if there is no such (usable) key."""
+        ...
+
+    async def any_keys(self) -> bool:
+        """Whether client keys are in use (then every request must carry one)."""
+        ...
+
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
+        """Check and reserve rate limits and budget; raises ProxyError (429/402) if over."""
+        ...
+
+    async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
+        ...
+
+
+class Principal(BaseModel):
+    """Who is asking: a client key, the shared token (``default``) or nobody (``anonymous``)."""
+
+    key_id: str = "anonymous"
+    key_name: str = ""
+    key: KeyInfo | None = None
+
+
+#: The principal of the request being served (set by the gateway's key guard).
+current_principal: ContextVar[Principal | None] = ContextVar("ccproxy_principal", default=None)
+
+
+class CachedKeys:
+    """A :class:`KeyAuthority` with lookups cached locally for a few seconds."""
+
+    def __init__(self, inner: KeyAuthority, ttl: float = 5.0) -> None:
+        self.inner = inner
+        self.ttl = ttl
+        self._lookups: dict[str, tuple[float, KeyInfo | None]] = {}
+        self._any: tuple[float, bool] | None = None
+
+    async def lookup(self, presented: str) -> KeyInfo | None:
+        digest = hash_key(presented)
+        now = time.monotonic()
+        hit = self._lookups.get(digest)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        found = await self.inner.lookup(presented)
+        if len(self._lookups) > 10_000:
+            self._lookups.clear()
+        self._lookups[digest] = (now, found)
+        return found
+
+    async def any_keys(self) -> bool:
+        now = time.monotonic()
+        if self._any is not None and now - self._any[0] < self.ttl:
+            return self._any[1]
+        value = await self.inner.any_keys()
+        self._any = (now, value)
+        return value
+
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
+        return await self.inner.admit(key, model, body_bytes, max_tokens)
+
+    async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
+        return await self.inner.settle(admission, usage)
+
+
+class HttpKeyAuthority:
+    """The auth service's client keys, over HTTP (the gateway in the stack)."""
+
+    def __init__(self, base_url: str, internal_secret: str, timeout: float = 10.0) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._headers = {INTERNAL_SECRET_HEADER: internal_secret, "content-type": "application/json"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=3)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), timeout=self._timeout
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        try:
+            async with self._client().post(
+                self._base_url + path, data=orjson.dumps(payload), headers=self._headers
+            ) as resp:
+                raw = await resp.read()
+                status, ours = resp.status, PROXY_ERROR_HEADER in resp.headers
+                retry_after = resp.headers.get("retry-after")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ProxyError(
+                503, f"the auth service is unreachable ({type(exc).__name__}); retry shortly",
+                headers={"retry-after": "2"},
+            ) from exc
+        if status == 200:
+            return orjson.loads(raw)
+        parsed = parse_anthropic_error(raw) if ours else None
+        if parsed is None:
+            raise ProxyError(502, f"the auth service answered {status}")
+        error_type, message = parsed
+        raise ProxyError(status, message, error_type, headers={"retry-after": retry_after} if retry_after else None)
+
+    async def lookup(self, presented: str) -> KeyInfo | None:
+        data = await self._post("/internal/keys/lookup", {"hash": hash_key(presented)})
+        return KeyInfo.model_validate(data["key"]) if data.get("key") else None
+
+    async def any_keys(self) -> bool:
+        return bool((await self._post("/internal/keys/any", {}))["any"])
+
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
+        data = await self._post(
+            "/internal/keys/admit",
+            {"key_id": key.id, "model": model, "body_bytes": body_bytes, "max_tokens": max_tokens},
+        )
+        return Admission.model_validate(data)
+
+    async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
+        data = await self._post(
+            "/internal/keys/settle", {"admission": admission.model_dump(), "usage": usage.model_dump()}
+        )
+        return Settlement.model_validate(data)

@@ -1,0 +1,288 @@
+"""Named upstream accounts: Claude subscriptions (OAuth), linked Claude CLI logins, API keys.
+
+An account is two things kept apart: its description (name, kind, subscription type; no secret)
+in ``<data dir>/accounts/<name>.json``, and its secret (token pair or API key) in the OS keyring
+when one exists, else inside that same file, which is always mode 0600. Nothing secret goes to
+Redis. One file per account, so two auth replicas refreshing two accounts never overwrite each
+other; a refresh of one account is single-flight (see :mod:`ccproxy_auth.manager`).
+
+A ``claude_cli`` account owns no secret of its own: it points at the Claude CLI's credentials
+(file or keyring) and writes each rotated pair back there, so the CLI keeps working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ccproxy_auth.claude_credentials import (
+    ClaudeOAuth,
+    CredentialsError,
+    CredentialStore,
+    FileStore,
+    KeyringStore,
+    write_private_json,
+)
+from ccproxy_core.logging import register_secret
+from ccproxy_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+AccountKind = Literal["oauth", "claude_cli", "api_key"]
+KEYRING_SERVICE = "ccproxy"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class AccountError(Exception):
+    """An account operation cannot be done; the message says why (and holds no secret)."""
+
+
+class Account(BaseModel):
+    """What may be said about an account without revealing it."""
+
+    name: str
+    kind: AccountKind
+    created_at: float = Field(default_factory=time.time)
+    subscription_type: str | None = None
+    scopes: list[str] = Field(default_factory=list)
+    #: ``claude_cli`` only: where the CLI keeps its login (``file:/path`` or ``keyring``).
+    source: str | None = None
+    #: Lower first, for the fill-first strategy; then by creation time.
+    priority: int = 0
+    disabled: bool = False
+
+
+def check_name(name: str) -> str:
+    name = name.strip().lower()
+    if not NAME_PATTERN.match(name):
+        raise AccountError(
+            f"invalid account name {name!r}: use lower-case letters, digits, '.', '_' or '-' (at most 63)"
+        )
+    return name
+
+
+# -- where secrets live ---------------------------------------------------------------------
+
+
+def keyring_usable() -> bool:
+    """True when a real OS keyring backend exists (not the fail/null/chained-with-nothing ones)."""
+    try:
+        import keyring
+        from keyring.backends import chainer, fail
+    except ImportError:
+        return False
+    try:
+        backend = keyring.get_keyring()
+    except Exception:
+        return False
+    if isinstance(backend, fail.Keyring):
+        return False
+    if isinstance(backend, chainer.ChainerBackend) and not backend.backends:
+        return False
+    return "null" not in type(backend).__module__
+
+
+class SecretBox:
+    """Secrets by account name: the OS keyring, or the account's own 0600 file."""
+
+    def __init__(self, use_keyring: bool) -> None:
+        self.use_keyring = use_keyring
+        self.name = "keyring" if use_keyring else "file"
+
+    def get(self, name: str, doc: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.use_keyring:
+            secret = doc.get("secret")
+            return secret if isinstance(secret, dict) else None
+        import keyring
+
+        raw = keyring.get_password(KEYRING_SERVICE, f"account:{name}")
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise CredentialsError(f"the keyring entry of account {name} is not valid JSON") from exc
+        return value if isinstance(value, dict) else None
+
+    def put(self, name: str, doc: dict[str, Any], secret: dict[str, Any]) -> dict[str, Any]:
+        """Store ``secret``; returns the document to write to the account's file."""
+        if not self.use_keyring:
+            return {**doc, "secret": secret}
+        import keyring
+
+        keyring.set_password(KEYRING_SERVICE, f"account:{name}", json.dumps(secret))
+        return {k: v for k, v in doc.items() if k != "secret"}
+
+    def delete(self, name: str) -> None:
+        if not self.use_keyring:
+            return
+        import keyring
+        from keyring.errors import PasswordDeleteError
+
+        with contextlib.suppress(PasswordDeleteError):
+            keyring.delete_password(KEYRING_SERVICE, f"account:{name}")
+
+
+class AccountStore:
+    """The accounts of this deployment, on disk under the data directory (the auth volume)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = Path(settings.data_dir) / "accounts"
+        backend = settings.auth.secret_backend
+        self.secrets = SecretBox(backend == "keyring" or (backend == "auto" and keyring_usable()))
+
+    # -- reading ------------------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{check_name(name)}.json"
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AccountError(f"cannot read {path.name}: {exc}") from exc
+        return doc if isinstance(doc, dict) else None
+
+    def list(self) -> list[Account]:
+        """Every account, in fill-first order (priority, then age)."""
+        found: list[Account] = []
+        if not self.root.is_dir():
+            return found
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                doc = self._read(path)
+            except AccountError as exc:
+                log.warning("skipping account file: %s", exc)
+                continue
+            if doc and isinstance(doc.get("account"), dict):
+                found.append(Account.model_validate(doc["account"]))
+        return sorted(found, key=lambda a: (a.priority, a.created_at, a.name))
+
+    def get(self, name: str) -> Account | None:
+        doc = self._read(self.path(name))
+        return Account.model_validate(doc["account"]) if doc and "account" in doc else None
+
+    def version(self) -> tuple[tuple[str, int], ...]:
+        """Changes whenever an account is added, removed or rewritten (cheap: stat only)."""
+        if not self.root.is_dir():
+            return ()
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in self.root.glob("*.json")))
+
+    def secret(self, name: str) -> dict[str, Any] | None:
+        doc = self._read(self.path(name))
+        if doc is None:
+            return None
+        secret = self.secrets.get(name, doc)
+        if secret:
+            for value in secret.values():
+                if isinstance(value, str):
+                    register_secret(value)
+        return secret
+
+    # -- writing ------------------------------------------------------------------------
+
+    def save(self, account: Account, secret: dict[str, Any] | None = None) -> Account:
+        path = self.path(account.name)
+        doc: dict[str, Any] = self._read(path) or {}
+        doc["account"] = account.model_dump(mode="json")
+        if secret is not None:
+            doc = self.secrets.put(account.name, doc, secret)
+        write_private_json(path, doc)
+        return account
+
+    def remove(self, name: str) -> bool:
+        path = self.path(name)
+        if not path.exists():
+            return False
+        self.secrets.delete(check_name(name))
+        path.unlink()
+        return True
+
+    def add_oauth(self, name: str, oauth: ClaudeOAuth, *, replace: bool = True) -> Account:
+        name = check_name(name)
+        existing = self.get(name)
+        if existing is not None and not replace:
+            raise AccountError(f"account {name} exists already")
+        account = Account(
+            name=name,
+            kind="oauth",
+            subscription_type=oauth.subscription_type,
+            scopes=oauth.scopes,
+            created_at=existing.created_at if existing else time.time(),
+            priority=existing.priority if existing else 0,
+        )
+        return self.save(account, {"claudeAiOauth": oauth.dump()})
+
+    def add_api_key(self, name: str, api_key: str) -> Account:
+        name = check_name(name)
+        if not api_key.strip():
+            raise AccountError("the API key is empty")
+        register_secret(api_key)
+        existing = self.get(name)
+        account = Account(
+            name=name, kind="api_key", created_at=existing.created_at if existing else time.time()
+        )
+        return self.save(account, {"api_key": api_key.strip()})
+
+    def link_cli(self, name: str, source: CredentialStore) -> Account:
+        """An account that uses (and writes back) the Claude CLI's own login."""
+        name = check_name(name)
+        found = source.load()
+        if found is None:
+            raise AccountError(f"no Claude CLI login found in {source.name}; run `claude` and /login first")
+        account = Account(
+            name=name,
+            kind="claude_cli",
+            source=source.name,
+            subscription_type=found.subscription_type,
+            scopes=found.scopes,
+        )
+        return self.save(account)
+
+    # -- the credential stores the token manager reads and writes ------------------------
+
+    def credential_store(self, account: Account) -> CredentialStore:
+        if account.kind == "claude_cli":
+            source = account.source or ""
+            if source == "keyring":
+                return KeyringStore()
+            if source.startswith("file:"):
+                return FileStore(Path(source.removeprefix("file:")))
+            raise AccountError(f"account {account.name}: unknown credential source {source!r}")
+        if account.kind == "oauth":
+            return OwnedStore(self, account.name)
+        raise AccountError(f"account {account.name} is an API key, not an OAuth login")
+
+
+class OwnedStore:
+    """A subscription login that ccproxy itself owns (from ``auth login`` or a copied import)."""
+
+    def __init__(self, accounts: AccountStore, name: str) -> None:
+        self._accounts = accounts
+        self.account = name
+        self.name = f"ccproxy:{accounts.secrets.name}"
+
+    def load(self) -> ClaudeOAuth | None:
+        secret = self._accounts.secret(self.account)
+        if not secret or not isinstance(secret.get("claudeAiOauth"), dict):
+            return None
+        try:
+            return ClaudeOAuth.model_validate(secret["claudeAiOauth"])
+        except ValueError as exc:
+            raise CredentialsError(f"account {self.account}: stored login is malformed") from exc
+
+    def save(self, oauth: ClaudeOAuth) -> None:
+        account = self._accounts.get(self.account)
+        if account is None:
+            raise CredentialsError(f"account {self.account} was removed")
+        self._accounts.save(account, {"claudeAiOauth": oauth.dump()})

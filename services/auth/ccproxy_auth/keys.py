@@ -1,0 +1,439 @@
+"""Client keys: one per team member, stored hashed, with rate limits and a budget.
+
+A key is shown once, at creation; Redis keeps only its SHA-256. Each request is *admitted* by
+one Lua script (atomic, so fifty concurrent requests cannot all slip under a limit that allows
+five): it refuses a revoked or expired key, takes one request from the rpm bucket, checks the
+tpm bucket, and reserves the request's estimated cost against the budget of the current period
+(spend + outstanding reservations + this estimate <= budget). When the answer is over, a second
+script *settles*: it releases the reservation, adds the real cost to the period's spend and
+corrects the tpm bucket with the real token count. Reservations carry an expiry, so a gateway
+that dies mid-request cannot hold budget forever.
+
+rpm and tpm are token buckets (capacity N, refilled N per minute). The estimate reserved for a
+request is its input (body bytes / 4 tokens) plus its ``max_tokens`` of output at the model's
+list price (:mod:`ccproxy_core.models`), an upper bound in practice, so the budget holds.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ccproxy_core.client_keys import (
+    KEY_PREFIX,
+    Admission,
+    KeyInfo,
+    Period,
+    Settlement,
+    UsageReport,
+    hash_key,
+)
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.models import cost_usd, find_model, known_models
+
+MICRO = 1_000_000
+#: A request's reservation expires after this long (longer than any stream).
+RESERVATION_TTL = 3600
+
+ADMIT = """
+local rec = redis.call('HMGET', KEYS[1], 'id', 'revoked_at', 'expires_at', 'rpm', 'tpm', 'budget_micro')
+if not rec[1] then return {'missing'} end
+if rec[2] and rec[2] ~= '' then return {'revoked'} end
+local now = tonumber(ARGV[1])
+if rec[3] and rec[3] ~= '' and tonumber(rec[3]) <= now then return {'expired'} end
+local est_micro = tonumber(ARGV[2])
+local est_tokens = tonumber(ARGV[3])
+-- release reservations whose request never settled (a gateway died)
+local stale = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
+for _, rid in ipairs(stale) do
+  local amt = redis.call('HGET', KEYS[7], rid)
+  if amt then
+    redis.call('DECRBY', KEYS[5], tonumber(string.match(amt, '^(%d+)')))
+    redis.call('HDEL', KEYS[7], rid)
+  end
+  redis.call('ZREM', KEYS[6], rid)
+end
+local rpm = tonumber(rec[4]) or 0
+local rpm_level = nil
+if rpm > 0 then
+  local b = redis.call('HMGET', KEYS[2], 'level', 'ts')
+  local level = tonumber(b[1]) or rpm
+  local ts = tonumber(b[2]) or now
+  level = math.min(rpm, level + math.max(0, now - ts) * rpm / 60.0)
+  if level < 1 then return {'rpm', tostring((1 - level) * 60.0 / rpm)} end
+  rpm_level = level - 1
+end
+local tpm = tonumber(rec[5]) or 0
+local tpm_level = nil
+if tpm > 0 then
+  local b = redis.call('HMGET', KEYS[3], 'level', 'ts')
+  local level = tonumber(b[1]) or tpm
+  local ts = tonumber(b[2]) or now
+  level = math.min(tpm, level + math.max(0, now - ts) * tpm / 60.0)
+  if level <= 0 then return {'tpm', tostring((1 - level) * 60.0 / tpm)} end
+  tpm_level = level - est_tokens
+end
+local budget = tonumber(rec[6]) or 0
+if budget > 0 then
+  local spent = tonumber(redis.call('GET', KEYS[4]) or '0')
+  local held = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if spent + held + est_micro > budget then return {'budget', tostring(spent), tostring(held)} end
+end
+if rpm_level then redis.call('HSET', KEYS[2], 'level', tostring(rpm_level), 'ts', ARGV[1]) end
+if tpm_level then redis.call('HSET', KEYS[3], 'level', tostring(tpm_level), 'ts', ARGV[1]) end
+redis.call('INCRBY', KEYS[5], est_micro)
+redis.call('ZADD', KEYS[6], now + tonumber(ARGV[5]), ARGV[4])
+redis.call('HSET', KEYS[7], ARGV[4], ARGV[2] .. ':' .. ARGV[3])
+return {'ok'}
+"""
+
+SETTLE = """
+local amt = redis.call('HGET', KEYS[1], ARGV[1])
+local est_tokens = 0
+if amt then
+  local micro, tokens = string.match(amt, '^(%d+):(%d+)')
+  redis.call('DECRBY', KEYS[3], tonumber(micro))
+  est_tokens = tonumber(tokens)
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+local actual = tonumber(ARGV[2])
+local spent = redis.call('INCRBY', KEYS[4], actual)
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[6]))
+local tpm = tonumber(ARGV[5])
+if tpm > 0 then
+  local now = tonumber(ARGV[4])
+  local b = redis.call('HMGET', KEYS[5], 'level', 'ts')
+  local level = tonumber(b[1]) or tpm
+  local ts = tonumber(b[2]) or now
+  level = math.min(tpm, level + math.max(0, now - ts) * tpm / 60.0)
+  level = level - (tonumber(ARGV[3]) - est_tokens)
+  redis.call('HSET', KEYS[5], 'level', tostring(level), 'ts', ARGV[4])
+end
+redis.call('HINCRBY', KEYS[6], 'spend_micro', actual)
+redis.call('HINCRBY', KEYS[6], 'requests', 1)
+redis.call('HINCRBY', KEYS[6], 'input_tokens', tonumber(ARGV[7]))
+redis.call('HINCRBY', KEYS[6], 'output_tokens', tonumber(ARGV[8]))
+redis.call('HINCRBY', KEYS[6], 'cache_read_tokens', tonumber(ARGV[9]))
+redis.call('HINCRBY', KEYS[6], 'cache_write_tokens', tonumber(ARGV[10]))
+return spent
+"""
+
+
+class KeyAdminError(ValueError):
+    """A key operation cannot be done (unknown key, duplicate name)."""
+
+
+def period_bounds(period: Period, now: float) -> tuple[str, datetime, datetime]:
+    """(id, start, end) of the UTC calendar period around ``now``."""
+    at = datetime.fromtimestamp(now, UTC)
+    if period == "day":
+        start = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.strftime("d%Y%m%d"), start, start + timedelta(days=1)
+    if period == "week":
+        start = (at - timedelta(days=at.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        iso = start.isocalendar()
+        return f"w{iso.year}W{iso.week:02d}", start, start + timedelta(days=7)
+    start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    days = calendar.monthrange(start.year, start.month)[1]
+    return start.strftime("m%Y%m"), start, start + timedelta(days=days)
+
+
+def estimate(model: str, body_bytes: int, max_tokens: int) -> tuple[int, int]:
+    """(tokens, micro-USD) a request may use at most, for reservations. Unknown models are
+    priced like the dearest known one, so a new model name cannot slip past a budget."""
+    input_tokens = max(1, body_bytes // 4)
+    tokens = input_tokens + max(0, max_tokens)
+    if find_model(model) is not None:
+        usd = cost_usd(model, input_tokens, max_tokens)
+    else:
+        dearest = max(known_models(), key=lambda m: m.price.output)
+        usd = cost_usd(dearest.id, input_tokens, max_tokens)
+    return tokens, math.ceil(usd * MICRO)
+
+
+def usage_cost_micro(usage: UsageReport) -> int:
+    usd = cost_usd(
+        usage.model, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens
+    )
+    return math.ceil(usd * MICRO)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    text = _text(value) if value is not None else ""
+    return float(text) if text else None
+
+
+def _opt_int(value: Any) -> int | None:
+    text = _text(value) if value is not None else ""
+    return int(float(text)) if text and float(text) > 0 else None
+
+
+class KeyStore:
+    """Client keys in Redis (durable with its append-only file): a :class:`KeyAuthority`."""
+
+    def __init__(self, redis: Any, prefix: str = "ccproxy:") -> None:
+        self.redis = redis
+        self.p = f"{prefix}keys:"
+        self._admit = redis.register_script(ADMIT)
+        self._settle = redis.register_script(SETTLE)
+
+    # -- keys of the keys ------------------------------------------------------------------
+
+    def _rec(self, key_id: str) -> str:
+        return f"{self.p}id:{key_id}"
+
+    def _sub(self, key_id: str, what: str) -> str:
+        return f"{self.p}id:{key_id}:{what}"
+
+    # -- administration --------------------------------------------------------------------
+
+    async def create(
+        self,
+        name: str,
+        *,
+        accounts: list[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        budget_usd: float | None = None,
+        period: Period | None = None,
+        expires_at: float | None = None,
+    ) -> tuple[KeyInfo, str]:
+        """A new key; the plain key is returned here and never again."""
+        name = name.strip()
+        if not name:
+            raise KeyAdminError("a key needs a name")
+        if budget_usd is not None and budget_usd <= 0:
+            raise KeyAdminError("--budget-usd must be positive")
+        if budget_usd is not None and period is None:
+            period = "month"
+        for value, flag in ((rpm, "--rpm"), (tpm, "--tpm")):
+            if value is not None and value <= 0:
+                raise KeyAdminError(f"{flag} must be positive")
+        key_id = "k_" + secrets.token_hex(6)
+        plain = KEY_PREFIX + secrets.token_urlsafe(32)
+        info = KeyInfo(
+            id=key_id,
+            name=name,
+            hint=plain[-4:],
+            created_at=time.time(),
+            expires_at=expires_at,
+            rpm=rpm,
+            tpm=tpm,
+            budget_usd=budget_usd,
+            period=period,
+            accounts=accounts or [],
+        )
+        name_key = f"{self.p}name:{name}"
+        if not await self.redis.set(name_key, key_id, nx=True):
+            raise KeyAdminError(f"a key named {name!r} exists already (revoke it first, or pick another name)")
+        record = {
+            "id": key_id,
+            "name": name,
+            "hash": hash_key(plain),
+            "hint": info.hint,
+            "created_at": repr(info.created_at),
+            "expires_at": repr(expires_at) if expires_at else "",
+            "revoked_at": "",
+            "rpm": str(rpm or 0),
+            "tpm": str(tpm or 0),
+            "budget_micro": str(math.floor(budget_usd * MICRO) if budget_usd else 0),
+            "period": period or "",
+            "accounts": ",".join(accounts or []),
+        }
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._rec(key_id), mapping=record)
+        pipe.set(f"{self.p}hash:{record['hash']}", key_id)
+        pipe.sadd(f"{self.p}all", key_id)
+        await pipe.execute()
+        return info, plain
+
+    async def find(self, id_or_name: str) -> KeyInfo | None:
+        key_id = id_or_name
+        if not id_or_name.startswith("k_"):
+            found = await self.redis.get(f"{self.p}name:{id_or_name}")
+            if found is None:
+                return None
+            key_id = _text(found)
+        return await self.get(key_id)
+
+    async def get(self, key_id: str) -> KeyInfo | None:
+        raw = await self.redis.hgetall(self._rec(key_id))
+        return self._info(raw) if raw else None
+
+    def _info(self, raw: dict[Any, Any]) -> KeyInfo:
+        r = {_text(k): _text(v) for k, v in raw.items()}
+        budget_micro = int(r.get("budget_micro") or 0)
+        return KeyInfo(
+            id=r["id"],
+            name=r["name"],
+            hint=r.get("hint", ""),
+            created_at=float(r.get("created_at") or 0),
+            expires_at=_opt_float(r.get("expires_at")),
+            revoked_at=_opt_float(r.get("revoked_at")),
+            rpm=_opt_int(r.get("rpm")),
+            tpm=_opt_int(r.get("tpm")),
+            budget_usd=budget_micro / MICRO if budget_micro else None,
+            period=(r.get("period") or None),  # type: ignore[arg-type]
+            accounts=[a for a in (r.get("accounts") or "").split(",") if a],
+        )
+
+    async def revoke(self, id_or_name: str) -> KeyInfo:
+        info = await self.find(id_or_name)
+        if info is None:
+            raise KeyAdminError(f"no key {id_or_name!r}")
+        if info.revoked_at is None:
+            now = time.time()
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self._rec(info.id), "revoked_at", repr(now))
+            # The name is free again; the record stays, for its spend history.
+            pipe.delete(f"{self.p}name:{info.name}")
+            await pipe.execute()
+            info = info.model_copy(update={"revoked_at": now})
+        return info
+
+    async def listing(self, include_revoked: bool = False) -> list[dict[str, Any]]:
+        """Every key with its spend: this period's (budget keys) and in total."""
+        ids = sorted(_text(i) for i in await self.redis.smembers(f"{self.p}all"))
+        rows: list[dict[str, Any]] = []
+        now = time.time()
+        for key_id in ids:
+            info = await self.get(key_id)
+            if info is None or (info.revoked_at is not None and not include_revoked):
+                continue
+            raw_totals = await self.redis.hgetall(self._sub(key_id, "total"))
+            totals = {_text(k): int(_text(v)) for k, v in raw_totals.items()}
+            period_spend = None
+            if info.period:
+                pid, _, _ = period_bounds(info.period, now)
+                raw = await self.redis.get(self._sub(key_id, f"spend:{pid}"))
+                period_spend = int(_text(raw)) / MICRO if raw else 0.0
+            rows.append(
+                {
+                    **info.model_dump(),
+                    "spent_usd": totals.get("spend_micro", 0) / MICRO,
+                    "period_spent_usd": period_spend,
+                    "requests": totals.get("requests", 0),
+                    "input_tokens": totals.get("input_tokens", 0),
+                    "output_tokens": totals.get("output_tokens", 0),
+                    "cache_read_tokens": totals.get("cache_read_tokens", 0),
+                    "cache_write_tokens": totals.get("cache_write_tokens", 0),
+                }
+            )
+        return rows
+
+    # -- KeyAuthority ----------------------------------------------------------------------
+
+    async def lookup(self, presented: str) -> KeyInfo | None:
+        return await self.lookup_hash(hash_key(presented))
+
+    async def lookup_hash(self, digest: str) -> KeyInfo | None:
+        key_id = await self.redis.get(f"{self.p}hash:{digest}")
+        if key_id is None:
+            return None
+        info = await self.get(_text(key_id))
+        return info if info is not None and info.usable() else None
+
+    async def any_keys(self) -> bool:
+        return bool(await self.redis.scard(f"{self.p}all"))
+
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
+        now = time.time()
+        tokens, micro = estimate(model, body_bytes, max_tokens)
+        period_id = None
+        spend_key = self._sub(key.id, "spend:none")
+        if key.period:
+            period_id, _, _ = period_bounds(key.period, now)
+            spend_key = self._sub(key.id, f"spend:{period_id}")
+        rid = secrets.token_hex(8)
+        result = await self._admit(
+            keys=[
+                self._rec(key.id),
+                self._sub(key.id, "rpm"),
+                self._sub(key.id, "tpm"),
+                spend_key,
+                self._sub(key.id, "reserved"),
+                self._sub(key.id, "resv"),
+                self._sub(key.id, "resamt"),
+            ],
+            args=[repr(now), micro, tokens, rid, RESERVATION_TTL],
+        )
+        verdict = [_text(v) for v in result]
+        if verdict[0] != "ok":
+            raise self._refusal(key, verdict, micro, now)
+        return Admission(
+            key_id=key.id,
+            key_name=key.name,
+            reservation=rid,
+            period_id=period_id,
+            estimated_tokens=tokens,
+            estimated_micro_usd=micro,
+        )
+
+    def _refusal(self, key: KeyInfo, verdict: list[str], micro: int, now: float) -> ProxyError:
+        what = verdict[0]
+        if what in ("missing", "revoked", "expired"):
+            return ProxyError(401, f"client key {key.name!r} is {'unknown' if what == 'missing' else what}")
+        if what in ("rpm", "tpm"):
+            wait = max(1, math.ceil(float(verdict[1])))
+            limit = key.rpm if what == "rpm" else key.tpm
+            unit = "requests" if what == "rpm" else "tokens"
+            return ProxyError(
+                429,
+                f"client key {key.name!r} is over its rate limit of {limit} {unit} per minute; "
+                f"retry in {wait} s",
+                "rate_limit_error",
+                headers={"retry-after": str(wait)},
+            )
+        assert key.period is not None and key.budget_usd is not None
+        _, _, end = period_bounds(key.period, now)
+        spent = int(verdict[1]) / MICRO
+        held = int(verdict[2]) / MICRO
+        return ProxyError(
+            402,
+            f"client key {key.name!r} has spent its budget of ${key.budget_usd:.2f} per {key.period} "
+            f"(${spent:.4f} spent, ${held:.4f} held by requests in flight, this one needs up to "
+            f"${micro / MICRO:.4f}); it resets at {end:%Y-%m-%d %H:%M} UTC",
+            "billing_error",
+        )
+
+    async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
+        key = await self.get(admission.key_id)
+        micro = usage_cost_micro(usage)
+        now = time.time()
+        ttl = 40 * 24 * 3600
+        spend_key = self._sub(admission.key_id, "spend:none")
+        if admission.period_id:
+            spend_key = self._sub(admission.key_id, f"spend:{admission.period_id}")
+        tokens = usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+        spent = await self._settle(
+            keys=[
+                self._sub(admission.key_id, "resamt"),
+                self._sub(admission.key_id, "resv"),
+                self._sub(admission.key_id, "reserved"),
+                spend_key,
+                self._sub(admission.key_id, "tpm"),
+                self._sub(admission.key_id, "total"),
+            ],
+            args=[
+                admission.reservation or "-",
+                micro,
+                tokens,
+                repr(now),
+                (key.tpm if key else 0) or 0,
+                ttl,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_tokens,
+            ],
+        )
+        return Settlement(cost_usd=micro / MICRO, spent_usd=int(spent) / MICRO)

@@ -1,0 +1,128 @@
+"""Logging in to a Claude subscription the way the Claude CLI does: OAuth with PKCE (S256).
+
+Two ways back from the authorize page: a local callback server on the redirect URI's port
+(``http://localhost:54545/callback``), or, where no browser can reach this machine (a server, a
+container), the manual flow: the page shows ``code#state`` and the user pastes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+from aiohttp import web
+
+from ccproxy_auth import oauth
+from ccproxy_auth.claude_credentials import ClaudeOAuth
+from ccproxy_core.settings import OAuthSettings
+
+
+class LoginError(Exception):
+    """The login did not complete; the message says why (never a code or token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLogin:
+    verifier: str
+    state: str
+    redirect_uri: str
+    url: str
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def start(settings: OAuthSettings, manual: bool = False) -> PendingLogin:
+    """A new login: the URL to open, and what the exchange will need."""
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(32)
+    redirect_uri = settings.manual_redirect_uri if manual else settings.redirect_uri
+    query = {
+        "code": "true",
+        "client_id": settings.client_id,
+        "response_type": "code",
+        "redirect_uri": redirect_uri,
+        "scope": settings.scopes,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": state,
+    }
+    return PendingLogin(verifier, state, redirect_uri, f"{settings.authorize_url}?{urlencode(query)}")
+
+
+def parse_pasted(pasted: str, pending: PendingLogin) -> str:
+    """``code#state`` from the manual flow's page; the state must be ours (no CSRF)."""
+    code, sep, state = pasted.strip().partition("#")
+    if not code:
+        raise LoginError("nothing pasted: copy the whole code shown after you authorize")
+    if sep and state != pending.state:
+        raise LoginError("the pasted code belongs to another login attempt (state mismatch); start again")
+    return code
+
+
+async def wait_for_callback(pending: PendingLogin, wait: float = 300.0) -> str:
+    """Serve the redirect URI on its own port until the browser comes back with the code."""
+    parts = urlsplit(pending.redirect_uri)
+    host = parts.hostname or "localhost"
+    port = parts.port or 80
+    path = parts.path or "/"
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[str] = loop.create_future()
+
+    async def callback(request: web.Request) -> web.Response:
+        q = request.query
+        if q.get("error"):
+            if not result.done():
+                result.set_exception(LoginError(f"authorization refused: {q.get('error')}"))
+            return web.Response(text="Login refused. You can close this tab.", status=400)
+        if q.get("state") != pending.state or not q.get("code"):
+            return web.Response(text="Unexpected login callback (state mismatch).", status=400)
+        if not result.done():
+            result.set_result(q["code"])
+        return web.Response(text="ccproxy: login complete. You can close this tab.")
+
+    app = web.Application()
+    app.router.add_get(path, callback)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    bind = "127.0.0.1" if host in ("localhost", "127.0.0.1") else host
+    site = web.TCPSite(runner, bind, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise LoginError(
+            f"cannot listen on {bind}:{port} for the login callback ({exc.strerror}); "
+            "free the port or use --manual"
+        ) from exc
+    try:
+        return await asyncio.wait_for(result, wait)
+    except TimeoutError as exc:
+        raise LoginError(f"no login callback within {wait:.0f} s; try again or use --manual") from exc
+    finally:
+        await runner.cleanup()
+
+
+async def finish(settings: OAuthSettings, pending: PendingLogin, code: str) -> ClaudeOAuth:
+    """Exchange the code (with our PKCE verifier) for a token pair."""
+    try:
+        answer = await oauth.exchange_code(settings, code, pending.state, pending.verifier, pending.redirect_uri)
+    except oauth.OAuthError as exc:
+        raise LoginError(f"the code exchange failed: {exc}") from exc
+    scopes = (answer.scope or settings.scopes).split()
+    return ClaudeOAuth.model_validate(
+        {
+            "accessToken": answer.access_token,
+            "refreshToken": answer.refresh_token,
+            "expiresAt": int((time.time() + answer.expires_in) * 1000),
+            "scopes": scopes,
+        }
+    )
