@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
     from ccproxy_core.forwarding import UpstreamReply
     from ccproxy_core.metrics import Metrics
+    from ccproxy_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +169,12 @@ class RequestLog:
         self.retry_after_s: float | None = None
         #: Extra event fields (SDK counters and the like), by field name.
         self.extra: dict[str, Any] = {}
-        self.completed = False
+        #: Where the event goes when the request is over (set by whoever opened the log).
+        self.sink: Callable[[AccessLogEvent], None] | None = None
         self.finished = False
+        self._holds = 0
+        self._closed = False
+        self._outcome: Outcome | None = None
 
     def mark_first_byte(self) -> None:
         if self.first_byte is None:
@@ -182,7 +188,36 @@ class RequestLog:
         self.key_id, self.key_name = key_id, key_name
 
     def set_error(self, status: int, error_type: str) -> None:
+        """The error the client was answered with (499: the client went away first)."""
         self.status, self.error_type = status, error_type
+
+    def set_status(self, status: int) -> None:
+        """The status actually sent; a cancelled request stays cancelled (499)."""
+        if self.status != 499:
+            self.status = status
+
+    def hold(self) -> None:
+        """Something still runs for this request after the response (a stream's relay): the
+        event waits for its :meth:`release`, so it carries the stream's usage."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        self._emit_when_done()
+
+    def close(self, outcome: Outcome | None = None) -> None:
+        """The response is over (sent, failed or cancelled); emit once nothing holds it.
+        ``outcome`` overrides the one the status implies (``cancelled`` mid-stream)."""
+        self._closed = True
+        self._outcome = outcome
+        self._emit_when_done()
+
+    def _emit_when_done(self) -> None:
+        if self.finished or not self._closed or self._holds > 0:
+            return
+        self.finished = True
+        if self.sink is not None:
+            self.sink(self.event(self._outcome))
 
     def note_upstream(self, reply: UpstreamReply) -> None:
         """Account, upstream request id, and the quota headers of an upstream answer."""
@@ -215,7 +250,10 @@ class RequestLog:
         end = time.perf_counter()
         status = self.status or 500
         if outcome is None:
-            outcome = "ok" if status < 400 and not self.error_type else "error"
+            if status == 499:
+                outcome = "cancelled"
+            else:
+                outcome = "ok" if status < 400 and not self.error_type else "error"
         model = self.model_used or self.model_requested
         fields: dict[str, Any] = {
             "request_id": self.request_id,
@@ -294,6 +332,17 @@ class AccessLogEmitter:
         self.sent = 0
         self._last_drop_warning = 0.0
         self._redis_down_since: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> AccessLogEmitter:
+        """To ``REDIS__URL``'s stream, or the embedded Redis stand-in's (``ccproxy serve``)."""
+        from ccproxy_core.redis import connect
+
+        a = settings.analytics
+        return cls(
+            connect(settings.redis), settings.redis.key_prefix + a.stream, maxlen=a.stream_maxlen,
+            buffer_size=a.buffer_size, metrics=metrics,
+        )
 
     @property
     def buffered(self) -> int:

@@ -59,6 +59,7 @@ def build_local_app(settings: Settings) -> Any:
     """Gateway + api-forwarder + auth in one process (the embedded defaults)."""
     from starlette.applications import Starlette
 
+    from ccproxy_analytics.service import Analytics
     from ccproxy_auth.manager import CredentialManager
     from ccproxy_forwarder.forwarder import ApiForwarder
     from ccproxy_gateway.app import Gateway, create_app
@@ -66,11 +67,16 @@ def build_local_app(settings: Settings) -> Any:
     tokens = CredentialManager(settings)
     forwarder = ApiForwarder(settings.anthropic, tokens)
     gateway = Gateway(settings, forwarder, tokens.status)
-    web = create_app(gateway)
+    # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
+    analytics = Analytics(settings, metrics=gateway.metrics)
+    web = create_app(gateway, extra_routes=analytics.routes())
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await analytics.start()
         yield
+        await gateway.access_log.aclose()
+        await analytics.stop()
         await forwarder.aclose()
 
     web.router.lifespan_context = lifespan

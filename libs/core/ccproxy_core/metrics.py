@@ -34,8 +34,13 @@ class Metrics:
             ["service", "status", "account"], registry=self.registry,
         )
         self.tokens = Counter(
-            "ccproxy_tokens_total", "Tokens by model and kind (input, output, cache_read, cache_write)",
-            ["service", "model", "kind"], registry=self.registry,
+            "ccproxy_tokens_total",
+            "Tokens by model, client key id and kind (input, output, cache_read, cache_write)",
+            ["service", "model", "key", "kind"], registry=self.registry,
+        )
+        self.cost = Counter(
+            "ccproxy_cost_usd_total", "Estimated cost in USD (list prices) by model and client key id",
+            ["service", "model", "key"], registry=self.registry,
         )
         self.active_streams = Gauge(
             "ccproxy_active_streams", "Streams being relayed now", ["service"], registry=self.registry,
@@ -43,6 +48,44 @@ class Metrics:
         self.refreshes = Counter(
             "ccproxy_token_refreshes_total", "OAuth token refreshes by outcome",
             ["service", "outcome"], registry=self.registry,
+        )
+        self.cooldowns = Counter(
+            "ccproxy_account_cooldowns_total", "Upstream accounts put in cooldown, by account and reason",
+            ["service", "account", "reason"], registry=self.registry,
+        )
+        self.accounts_cooling = Gauge(
+            "ccproxy_accounts_cooling_down", "Upstream accounts in cooldown now", ["service"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "ccproxy_queue_depth", "Jobs waiting in a queue (SDK runs)", ["service", "queue"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "ccproxy_queue_wait_seconds", "Time a job waited in a queue before a worker took it",
+            ["service", "queue"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.permissions_pending = Gauge(
+            "ccproxy_permission_requests_pending", "Tool-permission requests waiting for a decision",
+            ["service"], registry=self.registry,
+        )
+        self.access_log_events = Counter(
+            "ccproxy_access_log_events_total",
+            "Access-log events by outcome (emitted, sent, dropped; analytics: inserted, invalid)",
+            ["service", "outcome"], registry=self.registry,
+        )
+        self.access_log_buffered = Gauge(
+            "ccproxy_access_log_buffered", "Access-log events held in memory because Redis is unreachable",
+            ["service"], registry=self.registry,
+        )
+        self.access_log_backlog = Gauge(
+            "ccproxy_access_log_backlog",
+            "Access-log events in the Redis stream not yet written to ClickHouse (lag + pending)",
+            ["service"], registry=self.registry,
+        )
+        self.access_log_insert_errors = Counter(
+            "ccproxy_access_log_insert_errors_total", "Failed ClickHouse inserts (retried)",
+            ["service"], registry=self.registry,
         )
 
     async def endpoint(self, request: Request) -> Response:

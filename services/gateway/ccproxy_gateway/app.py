@@ -15,16 +15,19 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.errors import ClientFormat, ProxyError, render_error
+from ccproxy_core.access_log import AccessLogEmitter, RequestLog
+from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.models import cost_usd, models_listing
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
+from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object
 from ccproxy_gateway.client_auth import ClientAuth
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic, until_disconnect
@@ -51,16 +54,37 @@ class Gateway:
         forwarder: Forwarder,
         credential_status: StatusProvider,
         metrics: Metrics | None = None,
+        access_log: AccessLogEmitter | None = None,
     ) -> None:
         self.settings = settings
         self.forwarder = forwarder
         self.credential_status = credential_status
         self.metrics = metrics or Metrics("gateway")
+        #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md).
+        self.access_log = access_log or AccessLogEmitter.from_settings(settings, self.metrics)
         token = settings.security.auth_token
         self.client_auth = ClientAuth(token.get_secret_value() if token else None)
 
-    def record(self, route: str, status: int, started: float, usage: Usage, first_byte: float | None) -> None:
+    def record(
+        self,
+        route: str,
+        status: int,
+        started: float,
+        usage: Usage,
+        first_byte: float | None,
+        access: RequestLog | None = None,
+    ) -> None:
+        """Metrics for one answered request, and its usage onto its access log."""
         m = self.metrics
+        key = access.key_id if access is not None else ""
+        if access is not None:
+            access.set_usage(
+                usage.model, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                usage.cache_write_tokens, usage.stop_reason,
+            )
+            access.first_token = usage.first_token
+            if usage.error_type:
+                access.error_type = usage.error_type
         m.requests.labels(m.service, route, str(status)).inc()
         m.latency.labels(m.service, route).observe(time.perf_counter() - started)
         if first_byte is not None:
@@ -73,7 +97,13 @@ class Gateway:
                 ("cache_write", usage.cache_write_tokens),
             ):
                 if n:
-                    m.tokens.labels(m.service, usage.model, kind).inc(n)
+                    m.tokens.labels(m.service, usage.model, key, kind).inc(n)
+            cost = cost_usd(
+                usage.model, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                usage.cache_write_tokens,
+            )
+            if cost:
+                m.cost.labels(m.service, usage.model, key).inc(cost)
 
     async def read_body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(request, self.settings.server.max_body_bytes)
@@ -84,6 +114,10 @@ class Gateway:
         self.client_auth.check(request)
         body = await self.read_body(request)
         validate_messages_request(body, count_tokens=path.endswith("count_tokens"))
+        access = request_log(request)
+        if access is not None:
+            access.model_requested = body["model"]
+            access.stream = body.get("stream") is True
         forward = ForwardRequest(
             path=path,
             headers=dict(request.headers),
@@ -92,16 +126,25 @@ class Gateway:
         )
         reply = await until_disconnect(request, self.forwarder.forward(forward))
         self.metrics.upstream.labels(self.metrics.service, str(reply.status), reply.account or "").inc()
+        if access is not None:
+            access.note_upstream(reply)
         if reply.is_stream and reply.status == 200:
             self.metrics.active_streams.labels(self.metrics.service).inc()
 
+            if access is not None:
+                access.hold()  # the event waits for the stream's usage
+
             def done(usage: Usage, first_byte: float | None) -> None:
                 self.metrics.active_streams.labels(self.metrics.service).dec()
-                self.record(route, reply.status, started, usage, first_byte)
+                self.record(route, reply.status, started, usage, first_byte, access)
+                if access is not None:
+                    access.release()
 
             return relay_anthropic(reply, started, done)
         content, usage = await until_disconnect(request, read_reply(reply))
-        self.record(route, reply.status, started, usage, time.perf_counter() - started)
+        self.record(route, reply.status, started, usage, time.perf_counter() - started, access)
+        if access is not None and reply.status >= 400:
+            access.error_type = (parse_anthropic_error(content) or ("api_error", ""))[0]
         return Response(content, status_code=reply.status, headers=client_headers(reply))
 
 
@@ -163,6 +206,9 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
         gateway.metrics.requests.labels(gateway.metrics.service, request.url.path, str(exc.status)).inc()
+        access = request_log(request)
+        if access is not None:
+            access.set_error(exc.status, exc.error_type)
         return error_response(exc, client_format(request.url.path))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
@@ -188,6 +234,7 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
     return Starlette(
         routes=routes,
         exception_handlers={ProxyError: on_proxy_error, HTTPException: on_http_error, Exception: on_crash},
+        middleware=[Middleware(AccessLogMiddleware, emitter=gateway.access_log)],
     )
 
 

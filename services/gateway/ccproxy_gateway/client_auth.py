@@ -30,10 +30,17 @@ class ClientAuth:
         return self._token is not None
 
     def check(self, request: Request) -> None:
+        """Raise 401 unless the request carries the token; name the caller on its access log
+        (``local`` with client auth off, ``admin`` for the token's holder; never the key)."""
+        access = getattr(request.state, "access_log", None)
         if self._token is None:
+            if access is not None:
+                access.set_identity("local", "local")
             return
         key = presented_key(request)
         if key is None:
             raise ProxyError(401, "missing client key: send it as x-api-key or Authorization: Bearer")
         if not hmac.compare_digest(key.encode(), self._token):
             raise ProxyError(401, "invalid client key")
+        if access is not None:
+            access.set_identity("admin", "admin")

@@ -6,6 +6,7 @@ usage are parsed as JSON.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ class Usage:
     cache_write_tokens: int = 0
     stop_reason: str | None = None
     error_type: str | None = None
+    #: ``time.perf_counter()`` when the first content delta passed (time to first token).
+    first_token: float | None = None
 
     def add(self, usage: dict[str, Any] | None) -> None:
         if not usage:
@@ -40,6 +43,8 @@ class StreamUsageTap:
 
     def feed(self, chunk: bytes) -> None:
         for event in self._decoder.feed(chunk):
+            if event.event == "content_block_delta" and self.usage.first_token is None:
+                self.usage.first_token = time.perf_counter()
             if event.event not in ("message_start", "message_delta", "error"):
                 continue
             try:

@@ -1,0 +1,197 @@
+"""The log query API's SQL: filters, keyset pagination, usage totals.
+
+Every value is a server-side bound parameter (``{name:Type}``), never spliced into the SQL;
+only the database name (checked to be an identifier) and column names from fixed lists are.
+The same SQL runs on chDB and on a ClickHouse server.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ccproxy_analytics.consumer import COLUMNS
+from ccproxy_core.access_log import parse_time
+from ccproxy_core.errors import ProxyError
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+STATUS_CLASS = re.compile(r"^[1-5]xx$")
+
+#: ``group_by`` names of /logs/usage and the expressions behind them.
+GROUPS = {
+    "key": ("key_id", "key_id"),
+    "account": ("account", "account"),
+    "model": ("if(model_used != '', model_used, model_requested)", "model"),
+    "mode": ("mode", "mode"),
+    "endpoint": ("endpoint", "endpoint"),
+}
+BUCKETS = {"hour": "toStartOfHour(started_at)", "day": "toStartOfDay(started_at)", "none": None}
+
+
+def _dt(value: datetime) -> str:
+    """A DateTime64(3) parameter value (UTC, millisecond precision)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+@dataclass
+class Filters:
+    since: datetime
+    until: datetime
+    key: str | None = None
+    account: str | None = None
+    model: str | None = None
+    status: str | None = None
+    mode: str | None = None
+    outcome: str | None = None
+
+    @classmethod
+    def from_query(cls, q: dict[str, str], default_window: timedelta = timedelta(days=1)) -> Filters:
+        now = datetime.now(UTC)
+        try:
+            until = parse_time(q["until"]) if q.get("until") else now + timedelta(minutes=1)
+            since = parse_time(q["since"]) if q.get("since") else until - default_window
+        except ValueError as exc:
+            raise ProxyError(400, f"since/until: not a time ({exc}); use ISO 8601 or epoch seconds") from exc
+        status = q.get("status") or None
+        if status is not None and not (status.isdigit() or STATUS_CLASS.match(status)):
+            raise ProxyError(400, "status: an HTTP status (429) or a class (4xx)", param="status")
+        mode = q.get("mode") or None
+        if mode is not None and mode not in ("api", "sdk"):
+            raise ProxyError(400, "mode: api or sdk", param="mode")
+        outcome = q.get("outcome") or None
+        if outcome is not None and outcome not in ("ok", "error", "cancelled"):
+            raise ProxyError(400, "outcome: ok, error or cancelled", param="outcome")
+        return cls(
+            since=since, until=until, key=q.get("key") or None, account=q.get("account") or None,
+            model=q.get("model") or None, status=status, mode=mode, outcome=outcome,
+        )
+
+    def where(self) -> tuple[list[str], dict[str, Any]]:
+        clauses = [
+            "started_at >= {since:DateTime64(3, 'UTC')}",
+            "started_at < {until:DateTime64(3, 'UTC')}",
+        ]
+        params: dict[str, Any] = {"since": _dt(self.since), "until": _dt(self.until)}
+        if self.key is not None:
+            clauses.append("key_id = {key:String}")
+            params["key"] = self.key
+        if self.account is not None:
+            clauses.append("account = {account:String}")
+            params["account"] = self.account
+        if self.model is not None:
+            clauses.append("(model_used = {model:String} OR model_requested = {model:String})")
+            params["model"] = self.model
+        if self.status is not None:
+            if self.status.isdigit():
+                clauses.append("status = {status:UInt16}")
+                params["status"] = int(self.status)
+            else:
+                clauses.append("intDiv(status, 100) = {status_class:UInt8}")
+                params["status_class"] = int(self.status[0])
+        if self.mode is not None:
+            clauses.append("mode = {mode:String}")
+            params["mode"] = self.mode
+        if self.outcome is not None:
+            clauses.append("outcome = {outcome:String}")
+            params["outcome"] = self.outcome
+        return clauses, params
+
+
+@dataclass
+class Page:
+    rows: list[dict[str, Any]]
+    next_cursor: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_cursor(started_at: datetime, request_id: str) -> str:
+    ms = round(started_at.timestamp() * 1000)
+    return base64.urlsafe_b64encode(f"{ms}|{request_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ms, _, request_id = raw.partition("|")
+        return datetime.fromtimestamp(int(ms) / 1000, UTC), request_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProxyError(400, "cursor: not a cursor this API returned", param="cursor") from exc
+
+
+def parse_limit(value: str | None) -> int:
+    if not value:
+        return DEFAULT_LIMIT
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise ProxyError(400, f"limit: an integer from 1 to {MAX_LIMIT}", param="limit")
+    return int(value)
+
+
+def logs_query(table: str, filters: Filters, limit: int, cursor: str | None) -> tuple[str, dict[str, Any]]:
+    """Newest first; the cursor continues after the last row of the previous page."""
+    clauses, params = filters.where()
+    if cursor:
+        ts, request_id = decode_cursor(cursor)
+        clauses.append(
+            "(started_at, request_id) < ({cursor_ts:DateTime64(3, 'UTC')}, {cursor_id:String})"
+        )
+        params["cursor_ts"], params["cursor_id"] = _dt(ts), request_id
+    params["limit"] = limit + 1  # one more tells whether there is a next page
+    sql = (
+        f"SELECT {', '.join(COLUMNS)} FROM {table} FINAL WHERE {' AND '.join(clauses)} "  # noqa: S608
+        "ORDER BY started_at DESC, request_id DESC LIMIT {limit:UInt32}"
+    )
+    return sql, params
+
+
+def page(rows: list[dict[str, Any]], limit: int) -> Page:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = encode_cursor(rows[-1]["started_at"], rows[-1]["request_id"]) if more and rows else None
+    return Page(rows, cursor)
+
+
+def usage_query(
+    table: str, filters: Filters, group_by: list[str], bucket: str
+) -> tuple[str, dict[str, Any]]:
+    """Totals of requests, tokens, cost (and latency percentiles) per group and time bucket."""
+    unknown = [g for g in group_by if g not in GROUPS]
+    if unknown:
+        raise ProxyError(400, f"group_by: unknown {unknown}; choose from {sorted(GROUPS)}", param="group_by")
+    if bucket not in BUCKETS:
+        raise ProxyError(400, f"bucket: one of {sorted(BUCKETS)}", param="bucket")
+    clauses, params = filters.where()
+    select: list[str] = []
+    keys: list[str] = []
+    bucket_expr = BUCKETS[bucket]
+    if bucket_expr:
+        select.append(f"{bucket_expr} AS bucket")
+        keys.append("bucket")
+    for name in group_by:
+        expr, alias = GROUPS[name]
+        select.append(f"{expr} AS {alias}")
+        keys.append(alias)
+        if name == "key":
+            select.append("any(key_name) AS key_name")
+    select += [
+        "count() AS requests",
+        "countIf(outcome = 'error') AS errors",
+        "countIf(outcome = 'cancelled') AS cancelled",
+        "sum(input_tokens) AS input_tokens",
+        "sum(output_tokens) AS output_tokens",
+        "sum(cache_read_tokens) AS cache_read_tokens",
+        "sum(cache_write_tokens) AS cache_write_tokens",
+        "round(sum(cost_usd), 6) AS cost_usd",
+        "round(sum(ifNull(sdk_cost_usd, 0)), 6) AS sdk_cost_usd",
+        "round(quantile(0.5)(duration_ms), 3) AS duration_p50_ms",
+        "round(quantile(0.95)(duration_ms), 3) AS duration_p95_ms",
+        "round(quantile(0.5)(ttft_ms), 3) AS ttft_p50_ms",
+        "round(quantile(0.95)(ttft_ms), 3) AS ttft_p95_ms",
+    ]
+    sql = f"SELECT {', '.join(select)} FROM {table} FINAL WHERE {' AND '.join(clauses)}"  # noqa: S608
+    if keys:
+        sql += f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
+    return sql, params

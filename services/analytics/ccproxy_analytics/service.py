@@ -1,0 +1,114 @@
+"""Wiring: the consumer, the store and the log API from settings, in the stack or embedded.
+
+``ccproxy run analytics`` serves :func:`create_service_app` (``/logs/*``, ``/health``,
+``/metrics``) and consumes the stream. ``ccproxy serve`` builds the same :class:`Analytics` in
+its own process on the embedded Redis stand-in and chDB, and mounts its routes in the gateway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ccproxy_analytics.api import Authorize, LogsApi, token_authorizer
+from ccproxy_analytics.consumer import AccessLogConsumer
+from ccproxy_analytics.store import ClickHouse, embedded_dsn
+from ccproxy_core.errors import ProxyError, render_error
+from ccproxy_core.metrics import Metrics
+from ccproxy_core.redis import Redis, connect
+from ccproxy_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def clickhouse_dsn(settings: Settings) -> str:
+    """``CLICKHOUSE__URL`` (a server, or an explicit ``chdb://`` path), else chDB under the data dir."""
+    if settings.clickhouse.url:
+        return settings.clickhouse.url
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return embedded_dsn(settings.data_dir)
+
+
+class Analytics:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis | None = None,
+        metrics: Metrics | None = None,
+        authorize: Authorize | None = None,
+        consumer_name: str | None = None,
+    ) -> None:
+        a = settings.analytics
+        self.settings = settings
+        self.metrics = metrics or Metrics("analytics")
+        self.redis = redis if redis is not None else connect(settings.redis)
+        self.stream = settings.redis.key_prefix + a.stream
+        self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database)
+        self.consumer = AccessLogConsumer(
+            self.redis, self.store, self.stream, group=a.group, consumer=consumer_name,
+            batch_size=a.batch_size, batch_seconds=a.batch_seconds, backlog_warning=a.backlog_warning,
+            stream_maxlen=a.stream_maxlen, metrics=self.metrics,
+        )
+        token = settings.security.auth_token
+        self.api = LogsApi(
+            self.store, self.redis, self.stream,
+            authorize or token_authorizer(token.get_secret_value() if token else None),
+            consumer=self.consumer,
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        return self.api.routes()
+
+    async def start(self) -> None:
+        """Start consuming; connecting to ClickHouse and migrating happen in the background."""
+        self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.store.aclose()
+
+
+def create_service_app(settings: Settings) -> Starlette:
+    analytics = Analytics(settings)
+
+    async def health(request: Request) -> Response:
+        checks: dict[str, Any] = {}
+        ready = True
+        try:
+            await analytics.redis.ping()
+            checks["redis"] = {"available": True}
+        except Exception as exc:
+            checks["redis"] = {"available": False, "detail": type(exc).__name__}
+            ready = False
+        checks["clickhouse"] = {"available": analytics.consumer.state.clickhouse_ok is not False}
+        body = {"status": "ok", "service": "analytics", "ready": ready, "checks": checks}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def on_proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        return Response(render_error(exc, "anthropic"), status_code=exc.status,
+                        media_type="application/json", headers=exc.headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await analytics.start()
+        yield
+        await analytics.stop()
+        await analytics.redis.aclose()
+
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
+        *analytics.routes(),
+    ]
+    app = Starlette(routes=routes, exception_handlers={ProxyError: on_proxy_error}, lifespan=lifespan)
+    app.state.analytics = analytics
+    return app
