@@ -1,0 +1,241 @@
+"""SDK mode's contract between the gateway and the sdk-workers: the job, its record stream, and
+the few Redis keys both sides touch.
+
+The gateway enqueues an arq job (function :data:`JOB_FUNCTION`, one argument: a
+:class:`SdkJob` as JSON). The worker that takes it first *claims* it, then writes records to a
+Redis stream of the job's own: Anthropic stream events as it produces them, then a summary and
+an end marker. The gateway reads that stream with ``XREAD BLOCK`` and relays each event as it
+arrives, so nothing waits for the run to finish.
+
+Two things race and are settled by one ``SET NX`` on the job's claim key: a worker starting the
+job, and the gateway giving up on it (queue timeout, client gone). Whoever sets the key first
+wins; a job the gateway gave up on is never run, and a job a worker claimed is always cancelled
+through arq's abort set, which the worker polls.
+
+arq's own keys (``arq:job:*``, ``arq:abort`` ...) are global names fixed by arq; ours all sit under
+``REDIS__KEY_PREFIX``, the queue included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, job_key_prefix
+from arq.utils import timestamp_ms
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.settings import ClaudeSettings
+
+#: The arq function name the worker registers.
+JOB_FUNCTION = "run_sdk_job"
+
+#: Record names that are ccproxy's own (everything else is an Anthropic stream event).
+START = "ccproxy.start"
+RESULT = "ccproxy.result"
+ERROR = "ccproxy.error"
+END = "ccproxy.end"
+
+#: Claim values.
+CLAIM_RUN = "run"
+CLAIM_GIVEN_UP = "given-up"
+
+#: How long a job's records and claim stay in Redis after they were written (seconds).
+RECORD_TTL = 3600
+
+
+class SdkJob(BaseModel):
+    """One client request for Claude Code, as the gateway hands it to a worker."""
+
+    id: str
+    #: The request in Anthropic Messages form (OpenAI requests are translated by the gateway).
+    body: dict[str, Any]
+    #: A Claude Code session to continue (path ``/sdk/{session_id}/...`` or the session header).
+    session_id: str | None = None
+    #: Per-request options (``claude_options``), already checked against the allow-list.
+    options: dict[str, Any] = Field(default_factory=dict)
+    #: Who asked (the client key's id and name, never the key): permission prompts and logs.
+    key_id: str = "anonymous"
+    key_name: str = ""
+    enqueued_at: float = Field(default_factory=time.time)
+
+
+class SdkResult(BaseModel):
+    """The summary a worker writes after the last event: what the access log needs."""
+
+    session_id: str | None = None
+    model: str = ""
+    stop_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    #: What Claude Code itself reckons the run cost.
+    cost_usd: float | None = None
+    num_turns: int = 0
+    tool_uses: int = 0
+    duration_ms: int = 0
+    worker: str = ""
+
+
+class SdkKeys:
+    """Every Redis key of SDK mode, under one prefix."""
+
+    def __init__(self, prefix: str, queue_name: str = "sdk:queue") -> None:
+        self.prefix = prefix
+        self.queue = prefix + queue_name
+
+    def records(self, job_id: str) -> str:
+        return f"{self.prefix}sdk:out:{job_id}"
+
+    def claim(self, job_id: str) -> str:
+        return f"{self.prefix}sdk:claim:{job_id}"
+
+    def session(self, session_id: str) -> str:
+        """Hash: which worker last ran the session, its cwd, when."""
+        return f"{self.prefix}sdk:session:{session_id}"
+
+    def session_lock(self, session_id: str) -> str:
+        return f"{self.prefix}sdk:session-lock:{session_id}"
+
+    def transcript(self, session_id: str, subpath: str | None = None) -> str:
+        base = f"{self.prefix}sdk:transcript:{session_id}"
+        return f"{base}:{subpath}" if subpath else base
+
+
+def session_uuid(client_id: str) -> str:
+    """Claude Code wants UUIDs; a client may name its session anything, always mapped alike."""
+    try:
+        return str(uuid.UUID(client_id))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "ccproxy-session:" + client_id))
+
+
+def dumps(value: Any) -> bytes:
+    """arq's serializer: JSON instead of pickle, so a job in Redis is data, never code."""
+    return orjson.dumps(value, default=repr)
+
+
+def arq_pool(redis: Redis, queue: str) -> ArqRedis:
+    """An arq client sharing ``redis``'s connections (real Redis or the embedded stand-in)."""
+    return ArqRedis(
+        connection_pool=redis.connection_pool,
+        job_serializer=dumps,
+        job_deserializer=orjson.loads,
+        default_queue_name=queue,
+    )
+
+
+async def claim(redis: Redis, keys: SdkKeys, job_id: str, value: str) -> bool:
+    """Settle the start/give-up race: True if ``value`` won."""
+    return bool(await redis.set(keys.claim(job_id), value, nx=True, ex=RECORD_TTL))
+
+
+async def write_record(redis: Redis, keys: SdkKeys, job_id: str, name: str, data: Any) -> None:
+    key = keys.records(job_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xadd(key, {"e": name, "d": orjson.dumps(data)})
+        pipe.expire(key, RECORD_TTL)
+        await pipe.execute()
+
+
+class SdkQueue:
+    """The gateway's side: submit a job, read its records as they come, cancel it."""
+
+    def __init__(self, redis: Redis, settings: ClaudeSettings, key_prefix: str) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = SdkKeys(key_prefix, settings.queue_name)
+        self.arq = arq_pool(redis, self.keys.queue)
+        #: XREAD BLOCK must end before the client's socket timeout would.
+        self.block_ms = 1000
+
+    async def submit(self, job: SdkJob) -> None:
+        queued = await self.arq.enqueue_job(
+            JOB_FUNCTION,
+            job.model_dump(mode="json"),
+            _job_id=job.id,
+            _queue_name=self.keys.queue,
+            # A job nobody started in time is dropped by arq too, not only by our claim.
+            _expires=self.settings.queue_timeout + 60,
+        )
+        if queued is None:
+            raise ProxyError(409, f"a request with id {job.id} is already queued")
+
+    async def give_up(self, job_id: str) -> bool:
+        """Stop ``job_id`` wherever it is. True if it never started (and now never will)."""
+        if await claim(self.redis, self.keys, job_id, CLAIM_GIVEN_UP):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.queue, job_id)
+                pipe.delete(job_key_prefix + job_id)
+                await pipe.execute()
+            return True
+        # A worker has it: arq's abort set makes that worker cancel the run (and kill the CLI).
+        await self.redis.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
+        return False
+
+    async def records(self, job_id: str, ping_after: float | None = None) -> AsyncIterator[tuple[str, Any]]:
+        """Yield ``(name, data)`` records of ``job_id`` until its end marker; with ``ping_after``,
+        also a ``("ping", {...})`` after that many seconds without a record.
+
+        Raises ProxyError 503 when no worker started the job within ``queue_timeout``, and 504
+        when the run outlives ``run_timeout`` (the job is cancelled in both cases).
+        """
+        key = self.keys.records(job_id)
+        last_id = "0-0"
+        started = False
+        deadline = time.monotonic() + self.settings.queue_timeout
+        last_record = time.monotonic()
+        while True:
+            if ping_after is not None and time.monotonic() - last_record >= ping_after:
+                last_record = time.monotonic()
+                yield "ping", {"type": "ping"}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if not started:
+                    if await self.give_up(job_id):
+                        raise ProxyError(
+                            503,
+                            f"no sdk-worker was free within {self.settings.queue_timeout:g} s "
+                            "(CLAUDE__QUEUE_TIMEOUT); retry later or add workers",
+                            "overloaded_error",
+                            headers={"retry-after": "5"},
+                        )
+                    # A worker claimed it just now: its start record is on the way.
+                    started = True
+                    deadline = time.monotonic() + self.settings.run_timeout
+                    continue
+                await self.give_up(job_id)
+                raise ProxyError(504, f"the Claude Code run took longer than {self.settings.run_timeout:g} s")
+            block = int(min(self.block_ms, remaining * 1000)) or 1
+            reply = await self.redis.xread({key: last_id}, block=block, count=100)
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    last_record = time.monotonic()
+                    last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    name = _text(fields.get(b"e", fields.get("e", b"")))
+                    data = orjson.loads(fields.get(b"d", fields.get("d", b"null")))
+                    if name == START and not started:
+                        started = True
+                        deadline = time.monotonic() + self.settings.run_timeout
+                    yield name, data
+                    if name == END:
+                        return
+
+    async def cancel(self, job_id: str) -> None:
+        """The client went away: make sure the run stops (best effort, never raises)."""
+        try:
+            await asyncio.shield(self.give_up(job_id))
+        except Exception:  # noqa: S110 - Redis down: the run ends at its own timeout
+            pass
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

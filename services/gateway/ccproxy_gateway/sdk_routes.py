@@ -1,0 +1,415 @@
+"""SDK mode's public API: ``/sdk/v1/...``, answered by Claude Code on the sdk-workers.
+
+A request becomes an arq job (ccproxy_core.sdk_jobs); the gateway then reads the job's record
+stream and relays each Anthropic event as it arrives, or collects them into one message, in the
+format the client spoke (OpenAI through ccproxy_core.openai, as in API mode). The status code is
+decided by the first record: an error before any output (a refused option, a busy session, the
+upstream's 429...) is an HTTP error; one after output began is an ``error`` event.
+
+A client that goes away cancels its job: before a worker took it, it is never run; after, the
+worker is told through arq's abort set and stops Claude Code.
+
+Sessions: ``/sdk/{session_id}/v1/...`` or the ``x-claude-session-id`` header continue a Claude
+Code session; every answer names its session in the same header, so a client can continue a
+conversation it did not name.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+from redis.asyncio import Redis
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.models import models_listing
+from ccproxy_core.openai import (
+    ChatStreamTranslator,
+    ModelMap,
+    ResponsesStreamTranslator,
+    chat_completion,
+    chat_stream,
+    parse_chat_request,
+    parse_responses_request,
+    response_object,
+    responses_stream,
+    translate_chat_request,
+    translate_responses_request,
+)
+from ccproxy_core.redis import unavailable_as_503
+from ccproxy_core.sdk_jobs import END, ERROR, RESULT, START, SdkJob, SdkQueue, SdkResult, session_uuid
+from ccproxy_core.sdk_options import check_overrides, workspace_root
+from ccproxy_core.sse import ServerSentEvent, encode_event
+from ccproxy_gateway.relay import until_disconnect
+from ccproxy_gateway.usage import Usage
+
+if TYPE_CHECKING:
+    from ccproxy_gateway.app import Gateway
+
+SESSION_HEADER = "x-claude-session-id"
+#: Seconds of silence (Claude Code running a long tool) after which a stream gets a ``ping``.
+PING_AFTER = 10.0
+#: Block types that are ccproxy's own (``forward`` mode), which OpenAI formats have no place for.
+SDK_BLOCKS = ("tool_use_sdk", "tool_result_sdk")
+
+
+class SdkRun:
+    """One job's records, read in order: the head (up to the first output), then the rest."""
+
+    def __init__(self, queue: SdkQueue, job: SdkJob, records: AsyncIterator[tuple[str, Any]]) -> None:
+        self.queue = queue
+        self.job = job
+        self._records = records
+        self.head: list[tuple[str, Any]] = []
+        self.result: SdkResult | None = None
+        self.error: dict[str, Any] | None = None
+        self.done = False
+        self.first_output: float | None = None
+
+    async def _next(self) -> tuple[str, Any] | None:
+        """The next record worth relaying; None at the end. Bookkeeping records are absorbed."""
+        while not self.done:
+            try:
+                name, data = await self._records.__anext__()
+            except StopAsyncIteration:
+                self.done = True
+                return None
+            if name == START:
+                continue
+            if name == RESULT:
+                self.result = SdkResult.model_validate(data)
+                continue
+            if name == END:
+                self.done = True
+                return None
+            if name == ERROR:
+                self.error = data
+            elif self.first_output is None and name != "ping":
+                self.first_output = time.perf_counter()
+            return name, data
+        return None
+
+    async def wait_head(self) -> None:
+        """Read until the first output; an error before it is raised as the answer's status."""
+        while True:
+            record = await self._next()
+            if record is None:
+                if self.error is None:
+                    raise ProxyError(502, "the sdk-worker ended the run without an answer")
+                return
+            if record[0] == ERROR:
+                data = record[1]
+                raise ProxyError(int(data.get("status", 500)), str(data.get("message")), data.get("type"))
+            if record[0] == "ping":
+                continue
+            self.head.append(record)
+            return
+
+    async def rest(self) -> AsyncIterator[tuple[str, Any]]:
+        """The head, then every later record to the end (errors as Anthropic ``error`` events)."""
+        for record in self.head:
+            yield record
+        self.head = []
+        while (nxt := await self._next()) is not None:
+            name, data = nxt
+            if name == ERROR:
+                body = orjson.loads(anthropic_error_body(str(data.get("type")), str(data.get("message"))))
+                yield "error", body
+            else:
+                yield name, data
+
+    async def drain(self) -> None:
+        async for _ in self.rest():
+            pass
+
+    async def cancel(self) -> None:
+        if not self.done:
+            with anyio.CancelScope(shield=True):
+                await self.queue.cancel(self.job.id)
+            self.done = True
+
+
+def as_text_blocks(records: AsyncIterator[tuple[str, Any]], pretty: bool) -> AsyncIterator[tuple[str, Any]]:
+    """``tool_use_sdk`` / ``tool_result_sdk`` blocks as text blocks (for OpenAI clients)."""
+
+    async def gen() -> AsyncIterator[tuple[str, Any]]:
+        async for name, data in records:
+            if name == "content_block_start" and (data.get("content_block") or {}).get("type") in SDK_BLOCKS:
+                block = dict(data["content_block"])
+                kind = block.pop("type")
+                block.pop("source", None)
+                text = orjson.dumps(block, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
+                index = data.get("index", 0)
+                text_block = {"type": "text", "text": ""}
+                yield name, {"type": "content_block_start", "index": index, "content_block": text_block}
+                yield "content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "text_delta", "text": f"\n<{kind}>\n{text}\n</{kind}>\n"},
+                }
+            else:
+                yield name, data
+
+    return gen()
+
+
+async def as_sse(records: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[ServerSentEvent]:
+    async for name, data in records:
+        yield ServerSentEvent(name, orjson.dumps(data).decode())
+
+
+def accumulate(events: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One Anthropic message from its stream events (the non-streaming answer)."""
+    message: dict[str, Any] = {}
+    blocks: dict[int, dict[str, Any]] = {}
+    for name, data in events:
+        if name == "message_start":
+            message = dict(data.get("message") or {})
+        elif name == "content_block_start":
+            blocks[int(data.get("index", 0))] = dict(data.get("content_block") or {})
+        elif name == "content_block_delta":
+            block = blocks.setdefault(int(data.get("index", 0)), {"type": "text", "text": ""})
+            delta = data.get("delta") or {}
+            kind = delta.get("type")
+            if kind == "text_delta":
+                block["text"] = block.get("text", "") + delta.get("text", "")
+            elif kind == "thinking_delta":
+                block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+            elif kind == "signature_delta":
+                block["signature"] = delta.get("signature", "")
+        elif name == "message_delta":
+            message.update({k: v for k, v in (data.get("delta") or {}).items()})
+            message["usage"] = {**(message.get("usage") or {}), **(data.get("usage") or {})}
+        elif name == "error":
+            error = data.get("error") or {}
+            raise ProxyError(500, str(error.get("message")), str(error.get("type", "api_error")))
+    message["content"] = [blocks[i] for i in sorted(blocks)]
+    return message
+
+
+class SdkRoutes:
+    def __init__(self, gateway: Gateway, redis: Redis) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.queue = SdkQueue(redis, self.settings.claude, self.settings.redis.key_prefix)
+        self.model_map = ModelMap.from_settings(self.settings.models)
+
+    def routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = [
+            Route("/sdk", self.preflight, methods=["HEAD", "GET"]),
+            Route("/sdk/", self.preflight, methods=["HEAD", "GET"]),
+            Route("/sdk/v1/models", self.models, methods=["GET"]),
+            Route("/sdk/models", self.models, methods=["GET"]),
+            Route("/sdk/status", self.status, methods=["GET"]),
+        ]
+        for prefix in ("/sdk/v1", "/sdk/{session_id}/v1"):
+            routes += [
+                Route(f"{prefix}/messages", self.messages, methods=["POST"]),
+                Route(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"]),
+                Route(f"{prefix}/responses", self.responses, methods=["POST"]),
+            ]
+        return routes
+
+    # -- plain routes ---------------------------------------------------------------------------
+
+    async def preflight(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def models(self, request: Request) -> Response:
+        self.gateway.client_auth.check(request)
+        return JSONResponse(models_listing(self.model_map.aliases()))
+
+    async def status(self, request: Request) -> Response:
+        self.gateway.client_auth.check(request)
+        redis, keys = self.queue.redis, self.queue.keys
+        async with unavailable_as_503("the SDK status"):
+            queued = await redis.zcard(keys.queue)
+            workers = [k.decode() if isinstance(k, bytes) else k
+                       async for k in redis.scan_iter(match=f"{keys.prefix}sdk:health:*", count=100)]
+        claude = self.settings.claude
+        return JSONResponse(
+            {
+                "status": "ok" if workers else "degraded",
+                "mode": "sdk",
+                "queue": {"name": keys.queue, "queued": queued},
+                "workers": sorted(w.removeprefix(f"{keys.prefix}sdk:health:") for w in workers),
+                "message_mode": claude.sdk_message_mode,
+                "workspace_root": str(workspace_root(self.settings)),
+                "overridable_options": claude.overridable_options,
+                "client_auth": self.gateway.client_auth.enabled,
+            }
+        )
+
+    # -- the three formats ----------------------------------------------------------------------
+
+    async def messages(self, request: Request) -> Response:
+        from ccproxy_gateway.app import validate_messages_request
+
+        started = time.perf_counter()
+        self.gateway.client_auth.check(request)
+        body = await self.gateway.read_body(request)
+        raw_options = body.pop("claude_options", None)
+        validate_messages_request(body)
+        run = await self._start(request, body, raw_options)
+        headers = {SESSION_HEADER: run.job.session_id or ""}
+        if body.get("stream") is True:
+            async def frames() -> AsyncIterator[bytes]:
+                async for name, data in run.rest():
+                    yield encode_event(name, orjson.dumps(data))
+
+            return self._stream(request, run, frames(), started, headers)
+        message = await self._collect(request, run, started)
+        return JSONResponse(message, headers=headers)
+
+    async def chat_completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.gateway.client_auth.check(request)
+        raw = await self.gateway.read_body(request)
+        raw_options = raw.pop("claude_options", None)
+        plan = translate_chat_request(parse_chat_request(raw), self.model_map, self.settings.openai)
+        run = await self._start(request, plan.body, raw_options)
+        headers = {SESSION_HEADER: run.job.session_id or ""}
+        if plan.stream:
+            translator = ChatStreamTranslator(plan)
+            events = as_sse(as_text_blocks(run.rest(), self.settings.claude.pretty_format))
+            return self._stream(request, run, chat_stream(events, translator), started, headers)
+        message = await self._collect(request, run, started, openai=True)
+        return JSONResponse(chat_completion(message, plan), headers=headers)
+
+    async def responses(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.gateway.client_auth.check(request)
+        raw = await self.gateway.read_body(request)
+        raw_options = raw.pop("claude_options", None)
+        plan = translate_responses_request(parse_responses_request(raw), self.model_map, self.settings.openai)
+        run = await self._start(request, plan.body, raw_options)
+        headers = {SESSION_HEADER: run.job.session_id or ""}
+        if plan.stream:
+            translator = ResponsesStreamTranslator(plan)
+            events = as_sse(as_text_blocks(run.rest(), self.settings.claude.pretty_format))
+            return self._stream(request, run, responses_stream(events, translator), started, headers)
+        message = await self._collect(request, run, started, openai=True)
+        return JSONResponse(response_object(message, plan), headers=headers)
+
+    # -- the job --------------------------------------------------------------------------------
+
+    async def _start(self, request: Request, body: dict[str, Any], raw_options: Any) -> SdkRun:
+        """Check, enqueue, and wait for the run's first output (or its error)."""
+        options = check_overrides(raw_options, self.settings)
+        named = request.path_params.get("session_id") or request.headers.get(SESSION_HEADER)
+        key_id, key_name = _identity(request)
+        job = SdkJob(
+            id=uuid.uuid4().hex,
+            body=body,
+            session_id=session_uuid(named) if named else str(uuid.uuid4()),
+            options=options,
+            key_id=key_id,
+            key_name=key_name,
+        )
+        access = getattr(request.state, "access_log", None)
+        if access is not None:
+            access.mode = "sdk"
+            access.model_requested = str(body.get("model") or "")
+            access.stream = body.get("stream") is True
+            access.extra["sdk_session_id"] = job.session_id
+        async with unavailable_as_503("SDK mode"):
+            await self.queue.submit(job)
+        run = SdkRun(self.queue, job, self.queue.records(job.id, ping_after=PING_AFTER))
+        try:
+            async with unavailable_as_503("SDK mode"):
+                await until_disconnect(request, run.wait_head())
+        except BaseException:
+            await run.cancel()
+            raise
+        return run
+
+    async def _collect(self, request: Request, run: SdkRun, started: float, openai: bool = False) -> dict[str, Any]:
+        async def read_all() -> list[tuple[str, Any]]:
+            records = run.rest()
+            if openai:
+                records = as_text_blocks(records, self.settings.claude.pretty_format)
+            return [r async for r in records if r[0] != "ping"]
+
+        try:
+            events = await until_disconnect(request, read_all())
+        except BaseException:
+            await run.cancel()
+            raise
+        try:
+            message = accumulate(events)
+        finally:
+            self._finished(request, run, started, 200)
+        return message
+
+    def _stream(
+        self, request: Request, run: SdkRun, frames: AsyncIterator[bytes], started: float, headers: dict[str, str]
+    ) -> StreamingResponse:
+        metrics = self.gateway.metrics
+        metrics.active_streams.labels(metrics.service).inc()
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for frame in frames:
+                    yield frame
+                await run.drain()  # the summary (usage, cost) follows the last event
+            finally:
+                await run.cancel()
+                metrics.active_streams.labels(metrics.service).dec()
+                self._finished(request, run, started, 200)
+
+        return StreamingResponse(
+            body(), status_code=200, media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
+        )
+
+    def _finished(self, request: Request, run: SdkRun, started: float, status: int) -> None:
+        """Metrics and the access-log event: tokens, Claude Code's own cost, the session."""
+        result = run.result or SdkResult()
+        usage = Usage(
+            model=result.model,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            cache_read_tokens=result.cache_read_tokens,
+            cache_write_tokens=result.cache_write_tokens,
+            stop_reason=result.stop_reason,
+        )
+        first = run.first_output - started if run.first_output is not None else None
+        self.gateway.record(_route(request), status, started, usage, first)
+        access = getattr(request.state, "access_log", None)
+        if access is None:
+            return
+        access.set_usage(
+            result.model, result.input_tokens, result.output_tokens, result.cache_read_tokens,
+            result.cache_write_tokens, result.stop_reason,
+        )
+        access.sdk_cost_usd = result.cost_usd
+        access.extra.update(
+            {
+                "sdk_session_id": result.session_id or run.job.session_id or "",
+                "sdk_turns": result.num_turns,
+                "sdk_tool_uses": result.tool_uses,
+            }
+        )
+        if run.error is not None:
+            access.error_type = str(run.error.get("type") or "api_error")
+
+
+def _route(request: Request) -> str:
+    """The route template (a session id in the path must not become a metrics label)."""
+    session = request.path_params.get("session_id")
+    path = request.url.path
+    return path.replace(f"/sdk/{session}/", "/sdk/{session_id}/", 1) if session else path
+
+
+def _identity(request: Request) -> tuple[str, str]:
+    """Who asked, as the client-auth step recorded it (never the key itself)."""
+    access = getattr(request.state, "access_log", None)
+    if access is not None:
+        return str(access.key_id), str(access.key_name)
+    return "anonymous", ""

@@ -1,0 +1,301 @@
+"""One SDK-mode job: Claude Code run through claude-agent-sdk, its output written to Redis.
+
+Cancellation must stop the CLI, a Node process, within seconds, whoever cancels (the client went
+away and the gateway aborted the job through arq, the run timed out, the worker is shutting
+down). arq cancels the job's asyncio task; the SDK's own clean-up is written for anyio
+cancellation and can skip killing the CLI on a bare asyncio cancel. So the SDK runs in a task of
+its own inside an anyio cancel scope, and a cancelled job cancels that scope and waits for the
+SDK to close the CLI. As a last resort every process started for the job (found by the
+``CCPROXY_SDK_RUN`` variable in its environment) is killed when the job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+from claude_agent_sdk import ClaudeAgentOptions, query
+from claude_agent_sdk.types import CanUseTool, SessionStore
+from redis.asyncio import Redis
+
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.redis import RedisLock
+from ccproxy_core.sdk_jobs import (
+    CLAIM_RUN,
+    END,
+    ERROR,
+    RESULT,
+    START,
+    SdkJob,
+    SdkKeys,
+    SdkResult,
+    claim,
+    session_uuid,
+    write_record,
+)
+from ccproxy_core.sdk_options import check_overrides, resolve_cwd, workspace_root
+from ccproxy_core.settings import ClaudeOptions, Settings
+from ccproxy_sdk_worker.convert import EventBuilder
+from ccproxy_sdk_worker.session_store import RedisSessionStore
+from ccproxy_sdk_worker.transcript import split_conversation, system_text, transcript, user_content
+
+log = logging.getLogger(__name__)
+
+#: Set in the environment of every CLI process a job starts: how leftovers are found.
+RUN_ENV = "CCPROXY_SDK_RUN"
+
+#: Where a permission prompt goes (issue: permissions): given the job and its session id, the
+#: ``can_use_tool`` callback for the run, or None to leave Claude Code's permission mode alone.
+PermissionHook = Callable[[SdkJob, str], CanUseTool | None]
+
+
+def find_cli(configured: str | None) -> str | None:
+    """The Claude Code CLI to run; None lets the SDK use the CLI it bundles."""
+    if configured:
+        return configured
+    local = Path.cwd() / "node_modules" / ".bin" / "claude"
+    if local.exists():
+        return str(local)
+    return shutil.which("claude")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def kill_leftovers(job_id: str) -> int:
+    """SIGKILL every process whose environment carries ``RUN_ENV=job_id`` (Linux ``/proc``)."""
+    marker = f"{RUN_ENV}={job_id}".encode()
+    killed = 0
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+class Runner:
+    """Runs jobs for one worker process (its arq function calls :meth:`run`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        name: str | None = None,
+        permission_hook: PermissionHook | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.name = name or worker_name()
+        self.keys = SdkKeys(settings.redis.key_prefix, settings.claude.queue_name)
+        self.store = RedisSessionStore(redis, self.keys, settings.claude.session_ttl)
+        self.cli_path = find_cli(settings.claude.cli_path)
+        self.root = workspace_root(settings)
+        self.permission_hook = permission_hook
+
+    async def run(self, job: SdkJob) -> dict[str, Any]:
+        if not await claim(self.redis, self.keys, job.id, CLAIM_RUN):
+            return {"status": "given-up"}  # the gateway stopped waiting before we got here
+        try:
+            await write_record(self.redis, self.keys, job.id, START, {"worker": self.name})
+            result = await self._run(job)
+            await write_record(self.redis, self.keys, job.id, RESULT, result.model_dump())
+            return {"status": "ok", "session_id": result.session_id}
+        except asyncio.CancelledError:
+            log.info("run %s cancelled", job.id)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._error(job, ProxyError(499, "run cancelled")))
+            raise
+        except ProxyError as exc:
+            await self._error(job, exc)
+            return {"status": "error", "error": exc.message}
+        except Exception as exc:
+            log.exception("run %s failed", job.id)
+            await self._error(job, ProxyError(500, f"the Claude Code run failed ({type(exc).__name__})"))
+            return {"status": "error", "error": type(exc).__name__}
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(write_record(self.redis, self.keys, job.id, END, {}))
+            killed = kill_leftovers(job.id)
+            if killed:
+                log.warning("run %s: killed %d leftover Claude Code process(es)", job.id, killed)
+
+    async def _error(self, job: SdkJob, exc: ProxyError) -> None:
+        await write_record(
+            self.redis, self.keys, job.id, ERROR,
+            {"status": exc.status, "type": exc.error_type, "message": exc.message},
+        )
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def _run(self, job: SdkJob) -> SdkResult:
+        overrides = check_overrides(job.options, self.settings)
+        opts = self.settings.claude.options.model_copy(update=overrides)
+        cwd = resolve_cwd(opts.cwd, self.root)
+        if cwd == self.root:
+            cwd.mkdir(parents=True, exist_ok=True)
+        elif not cwd.is_dir():
+            raise ProxyError(400, f"cwd {opts.cwd!r} does not exist in the workspace", param="cwd")
+        history, last = split_conversation(job.body)
+        model = overrides.get("model") or self.settings.claude.options.model or str(job.body.get("model") or "")
+        if job.session_id is None:
+            return await self._run_session(job, opts, cwd, model, str(uuid.uuid4()), history, last)
+        session_id = session_uuid(job.session_id)
+        lock = RedisLock(self.redis, self.keys.session_lock(session_id), self.settings.claude.run_timeout + 60)
+        if not await lock.acquire(self.settings.claude.queue_timeout):
+            raise ProxyError(409, f"session {job.session_id} is busy with another request")
+        try:
+            return await self._run_session(job, opts, cwd, model, session_id, history, last)
+        finally:
+            with contextlib.suppress(Exception):
+                await lock.release()
+
+    async def _run_session(
+        self,
+        job: SdkJob,
+        opts: ClaudeOptions,
+        cwd: Path,
+        model: str,
+        session_id: str,
+        history: list[dict[str, Any]],
+        last: dict[str, Any],
+    ) -> SdkResult:
+        resume: str | None = None
+        if await self.store.exists(session_id):
+            resume = session_id  # Claude Code has the history already: only the new message goes
+        elif history:
+            entries = transcript(history, session_id, str(cwd), model)
+            if entries:
+                await self.store.append({"project_key": "", "session_id": session_id}, entries)
+                resume = session_id
+        options = self._options(job, opts, cwd, model, session_id, resume)
+        builder = EventBuilder(
+            f"msg_{job.id}", model, self.settings.claude.sdk_message_mode, self.settings.claude.pretty_format
+        )
+        content = user_content(last)
+        if not content:
+            raise ProxyError(400, "messages: the last user message is empty", param="messages")
+
+        async def prompt() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "type": "user",
+                "message": {"role": "user", "content": content},
+                "parent_tool_use_id": None,
+                "session_id": session_id,
+            }
+
+        async def consume() -> None:
+            async for message in query(prompt=prompt(), options=options):
+                for name, data in builder.feed(message):
+                    await write_record(self.redis, self.keys, job.id, name, data)
+
+        started = time.perf_counter()
+        await self._cancellable(consume())
+        if not builder.finished:
+            raise ProxyError(502, "Claude Code ended without a result")
+        result = builder.result
+        result.worker = self.name
+        result.session_id = result.session_id or session_id
+        await self._note_session(result.session_id, cwd, model)
+        log.info(
+            "run %s: session %s, %d turn(s), %d tool use(s), %.2fs", job.id, result.session_id,
+            result.num_turns, result.tool_uses, time.perf_counter() - started,
+        )
+        return result
+
+    def _options(
+        self, job: SdkJob, opts: ClaudeOptions, cwd: Path, model: str, session_id: str, resume: str | None
+    ) -> ClaudeAgentOptions:
+        appended = "\n\n".join(t for t in (opts.append_system_prompt, system_text(job.body)) if t)
+        system_prompt: Any = {"type": "preset", "preset": "claude_code"}
+        if appended:
+            system_prompt["append"] = appended
+        stderr_lines: list[str] = []
+
+        def on_stderr(line: str) -> None:
+            if len(stderr_lines) < 50:
+                stderr_lines.append(line)
+                log.debug("claude[%s]: %s", job.id, line.rstrip())
+
+        return ClaudeAgentOptions(
+            cli_path=self.cli_path,
+            cwd=str(cwd),
+            model=model or None,
+            permission_mode=opts.permission_mode,
+            allowed_tools=list(opts.allowed_tools),
+            disallowed_tools=list(opts.disallowed_tools),
+            max_turns=opts.max_turns,
+            max_thinking_tokens=opts.max_thinking_tokens,
+            max_budget_usd=opts.max_budget_usd,
+            mcp_servers=dict(opts.mcp_servers),
+            add_dirs=list(opts.add_dirs),
+            permission_prompt_tool_name=opts.permission_prompt_tool_name,
+            system_prompt=system_prompt,
+            resume=resume,
+            session_id=None if resume else session_id,
+            include_partial_messages=True,
+            session_store=cast(SessionStore, self.store),
+            env=self._env(job),
+            stderr=on_stderr,
+            can_use_tool=self.permission_hook(job, session_id) if self.permission_hook else None,
+        )
+
+    def _env(self, job: SdkJob) -> dict[str, str]:
+        """What the CLI needs: where the API is, whose credentials, and the job marker."""
+        env = {
+            "ANTHROPIC_BASE_URL": self.settings.anthropic.base_url,
+            "CLAUDE_CONFIG_DIR": str(self.settings.claude_config_dir()),
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            RUN_ENV: job.id,
+        }
+        if self.settings.auth.api_key is not None:
+            env["ANTHROPIC_API_KEY"] = self.settings.auth.api_key.get_secret_value()
+        return env
+
+    async def _cancellable(self, work: Any) -> None:
+        """Run ``work`` so that cancelling us cancels it the way the SDK cleans up after."""
+        scopes: list[anyio.CancelScope] = []
+
+        async def inner() -> None:
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                await work
+
+        task = asyncio.ensure_future(inner())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if scopes:
+                scopes[0].cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(task), 15)
+            raise
+
+    async def _note_session(self, session_id: str, cwd: Path, model: str) -> None:
+        key = self.keys.session(session_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping={"worker": self.name, "cwd": str(cwd), "model": model, "updated_at": time.time()})
+            pipe.expire(key, self.settings.claude.session_ttl)
+            await pipe.execute()

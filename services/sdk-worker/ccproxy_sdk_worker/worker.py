@@ -1,0 +1,124 @@
+"""The sdk-worker process: an arq worker whose one function runs Claude Code.
+
+``ccproxy run sdk-worker`` runs :func:`main`; ``ccproxy serve`` starts the same worker inside its
+own process with :func:`in_process`, on the embedded Redis stand-in (fakeredis). arq runs
+unchanged there except for one start-up call, ``INFO``, which fakeredis does not implement:
+it only logs the server's version, so it is skipped when Redis is the stand-in.
+
+Several workers share one queue; each takes at most ``CLAUDE__MAX_CONCURRENT_RUNS`` jobs at once,
+and a job is never retried (a run has side effects: files written, commands run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import arq.worker
+import orjson
+from arq.worker import Worker, func
+from redis.asyncio import Redis
+
+from ccproxy_core.redis import connect
+from ccproxy_core.sdk_jobs import JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
+from ccproxy_core.settings import Settings
+from ccproxy_sdk_worker.runner import PermissionHook, Runner
+
+log = logging.getLogger(__name__)
+
+
+def health_key(keys: SdkKeys, host: str | None = None) -> str:
+    """Where a worker on ``host`` reports that it is alive (arq's health check)."""
+    return f"{keys.prefix}sdk:health:{host or socket.gethostname()}"
+
+
+async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+def build_worker(
+    settings: Settings,
+    redis: Redis,
+    *,
+    handle_signals: bool = True,
+    name: str | None = None,
+    permission_hook: PermissionHook | None = None,
+) -> Worker:
+    if settings.redis.url is None:
+        arq.worker.log_redis_info = _skip_info  # fakeredis has no INFO
+    claude = settings.claude
+    keys = SdkKeys(settings.redis.key_prefix, claude.queue_name)
+    runner = Runner(settings, redis, name, permission_hook)
+
+    async def run_sdk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        return await runner.run(SdkJob.model_validate(payload))
+
+    log.info(
+        "sdk-worker %s: queue %s, %d run(s) at once, CLI %s, workspace %s",
+        runner.name, keys.queue, claude.max_concurrent_runs, runner.cli_path or "(bundled)", runner.root,
+    )
+    return Worker(
+        functions=[func(run_sdk_job, name=JOB_FUNCTION, timeout=claude.run_timeout + 30, max_tries=1)],
+        queue_name=keys.queue,
+        redis_pool=arq_pool(redis, keys.queue),
+        max_jobs=claude.max_concurrent_runs,
+        poll_delay=claude.poll_interval,
+        allow_abort_jobs=True,
+        retry_jobs=False,
+        max_tries=1,
+        keep_result=0,
+        handle_signals=handle_signals,
+        job_serializer=dumps,
+        job_deserializer=orjson.loads,
+        health_check_key=health_key(keys),
+        health_check_interval=10,
+    )
+
+
+@contextlib.asynccontextmanager
+async def in_process(
+    settings: Settings, redis: Redis, permission_hook: PermissionHook | None = None
+) -> AsyncIterator[Worker]:
+    """Run a worker as a task of the current event loop (``ccproxy serve``)."""
+    worker = build_worker(settings, redis, handle_signals=False, permission_hook=permission_hook)
+    task = asyncio.ensure_future(worker.async_run())
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        for job_task in list(worker.tasks.values()):
+            job_task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.gather(task, *worker.tasks.values(), return_exceptions=True), 20)
+
+
+async def check(settings: Settings) -> bool:
+    """True while a worker on this host reported in the last health interval (Docker HEALTHCHECK)."""
+    redis = connect(settings.redis)
+    try:
+        keys = SdkKeys(settings.redis.key_prefix, settings.claude.queue_name)
+        return bool(await redis.exists(health_key(keys)))
+    finally:
+        await redis.aclose()
+
+
+def main(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM: jobs in progress are cancelled, their CLIs stopped."""
+    if settings.redis.url is None:
+        raise SystemExit(
+            "ccproxy: the sdk-worker needs a shared Redis: set REDIS__URL (ccproxy serve runs one in process)"
+        )
+
+    async def run() -> None:
+        redis = connect(settings.redis)
+        worker = build_worker(settings, redis)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+
+    asyncio.run(run())
