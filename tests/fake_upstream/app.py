@@ -20,7 +20,14 @@ from starlette.routing import Route
 from tests.fake_upstream import control, oauth
 from tests.fake_upstream.answers import build_answer, tokens_of
 from tests.fake_upstream.errors import FakeApiError, error_response
-from tests.fake_upstream.rules import Caller, authenticate, check_body, check_identity, check_version
+from tests.fake_upstream.rules import (
+    Caller,
+    authenticate,
+    check_body,
+    check_identity,
+    check_version,
+    presented,
+)
 from tests.fake_upstream.scenarios import Scenario, parse
 from tests.fake_upstream.state import CLAUDE_CLI_CLIENT_ID, FakeState, RequestRecord
 from tests.fake_upstream.streaming import TimedResponse, stream_events
@@ -97,6 +104,7 @@ def api_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 
 def _caller(request: Request, record: RequestRecord, headers: dict[str, str]) -> Caller:
+    record.auth = presented(headers)
     caller = authenticate(request.app.state.fake, headers)
     record.auth = caller.describe()
     check_version(headers)

@@ -55,6 +55,16 @@ def betas(headers: dict[str, str]) -> list[str]:
     return [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
 
 
+def presented(headers: dict[str, str]) -> dict[str, str] | None:
+    """The credential a request carries, as a fingerprint (recorded even when it is refused)."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return {"kind": "bearer", "fingerprint": fingerprint(token.strip())}
+    if headers.get("x-api-key"):
+        return {"kind": "x-api-key", "fingerprint": fingerprint(headers["x-api-key"])}
+    return None
+
+
 def authenticate(state: FakeState, headers: dict[str, str]) -> Caller:
     """Who is calling; raises the 401 the real API gives otherwise."""
     api_key = headers.get("x-api-key")
