@@ -10,6 +10,7 @@ import contextlib
 import secrets
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -157,6 +158,116 @@ def permission_handler(
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
+
+
+#: ``ccproxy run NAME``: where each service's app factory is (imported only when that one runs).
+SERVICES: dict[str, str] = {
+    "gateway": "ccproxy_gateway.service:create_service_app",
+    "api-forwarder": "ccproxy_forwarder.service:create_service_app",
+    "auth": "ccproxy_auth.service:create_service_app",
+    "permissions": "ccproxy_permissions.service:create_service_app",
+}
+
+
+@app.command("run")
+def run_service(
+    service: Annotated[str, typer.Argument(help="The service to run: " + ", ".join(SERVICES))],
+    host: Annotated[str | None, typer.Option(help="Address to bind (SERVER__HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (SERVER__PORT).")] = None,
+) -> None:
+    """Run one service of the stack (what each compose container and `ccproxy up` run)."""
+    import importlib
+
+    from ccproxy_core import logging as cclog
+
+    if service not in SERVICES:
+        fail(f"unknown service {service!r}; one of: {', '.join(SERVICES)}")
+    settings = load_settings(server__host=host, server__port=port)
+    cclog.configure(settings.server.log_level)
+    if service == "gateway":
+        check_bind(settings)
+    module_name, _, factory = SERVICES[service].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        fail(f"the {service} service is not installed here (missing module {exc.name})")
+    try:
+        web = getattr(module, factory)(settings)
+        serve_app(web, settings.server.host, settings.server.port, settings.server.log_level)
+    except StartupError as exc:
+        fail(f"{service}: {exc}")
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="Address Traefik binds (SERVER__HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Public port (SERVER__PORT).")] = None,
+    auth_token: Annotated[
+        str | None, typer.Option("--auth-token", help="Client token (SECURITY__AUTH_TOKEN).")
+    ] = None,
+    routes: Annotated[
+        Path | None, typer.Option(help="Traefik routing file (default: the repo's deploy/traefik/routes.yml).")
+    ] = None,
+    log_dir: Annotated[
+        Path | None, typer.Option(help="Write each service's output to DIR/NAME.log instead of the terminal.")
+    ] = None,
+) -> None:
+    """Run the stack as local processes: Redis, auth, api-forwarder, gateway, behind Traefik."""
+    from ccproxy_core import stack
+    from ccproxy_core.server import bind
+
+    settings = load_settings(server__host=host, server__port=port, security__auth_token=auth_token)
+    check_bind(settings)
+    configured = settings.security.internal_secret
+    extra_env: dict[str, str] = {}
+    if auth_token:
+        extra_env["SECURITY__AUTH_TOKEN"] = auth_token
+    try:
+        bind(settings.server.host, settings.server.port).close()  # a busy port: one clear line now
+        plan = stack.plan_stack(
+            host=settings.server.host,
+            port=settings.server.port,
+            internal_secret=configured.get_secret_value() if configured else secrets.token_urlsafe(32),
+            redis_url=settings.redis.url,
+            redis_dir=settings.data_dir / "redis",
+            routes=routes or stack.find_routes_file(),
+            extra_env=extra_env,
+        )
+        stack.run_until_signalled(stack.Supervisor(plan.services, log_dir=log_dir), plan.url)
+    except StartupError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def healthcheck(
+    url: Annotated[str | None, typer.Option(help="Default: this host's service on SERVER__PORT.")] = None,
+) -> None:
+    """Exit 0 when the service answers /health (each Docker image's HEALTHCHECK)."""
+    from ccproxy_core.stack import http_ok
+
+    target = url or f"http://127.0.0.1:{load_settings().server.port}/health"
+    raise typer.Exit(0 if http_ok(target, timeout=5) else 1)
+
+
+@app.command("init-env")
+def init_env(
+    example: Annotated[Path, typer.Option(help="The template.")] = Path(".env.example"),
+    output: Annotated[Path, typer.Option(help="The file compose reads.")] = Path(".env"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write .env for `docker compose` from .env.example, with fresh secrets and your user id."""
+    from ccproxy_core.stack import render_env
+
+    if output.exists() and not force:
+        fail(f"{output} exists; keep it, or pass --force to replace it (its secrets change)")
+    try:
+        text = example.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {example}: {exc.strerror}")
+        return
+    output.write_text(render_env(text), encoding="utf-8")
+    output.chmod(0o600)
+    typer.echo(f"wrote {output}; clients authenticate with the SECURITY__AUTH_TOKEN in it")
 
 
 def main() -> None:

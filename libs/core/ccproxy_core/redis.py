@@ -72,8 +72,8 @@ class RedisLock:
     ``SET key token NX PX ttl``: the lock expires by itself ``ttl`` seconds after it was taken,
     so a holder that dies frees it at the latest then. Release deletes the key only while it
     still holds our token (a holder that outlived its ttl must not free someone else's lock).
-    Each acquisition also takes a fencing number (``INCR``), increasing across holders, for
-    callers that need to tell an older holder's writes from a newer one's.
+    What the lock protects must still be re-checked once it is held (the fencing check): the
+    previous holder may have done the work already.
     """
 
     def __init__(self, redis: Redis, key: str, ttl: float) -> None:
@@ -81,7 +81,6 @@ class RedisLock:
         self.key = key
         self.ttl = ttl
         self._token = secrets.token_hex(16)
-        self.fence: int | None = None
 
     async def acquire(self, wait: float) -> bool:
         """Try for up to ``wait`` seconds. Redis errors propagate (see :func:`unavailable_as_503`)."""
@@ -89,7 +88,6 @@ class RedisLock:
         pause = 0.02
         while True:
             if await self._redis.set(self.key, self._token, nx=True, px=int(self.ttl * 1000)):
-                self.fence = int(await self._redis.incr(self.key + ":fence"))
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -312,3 +312,28 @@ def run_until_signalled(supervisor: Supervisor, url: str) -> None:
         supervisor.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def render_env(example: str) -> str:
+    """``.env.example`` with its empty secrets filled in and this user's ids (``ccproxy init-env``).
+
+    Only ``NAME=`` lines with nothing after the ``=`` are filled; everything else is kept as written.
+    """
+    import secrets
+
+    fill = {
+        "SECURITY__INTERNAL_SECRET": secrets.token_urlsafe(32),
+        "SECURITY__AUTH_TOKEN": "cc-" + secrets.token_urlsafe(32),
+        "CCPROXY_UID": str(os.getuid()) if hasattr(os, "getuid") else "1000",
+        "CCPROXY_GID": str(os.getgid()) if hasattr(os, "getgid") else "1000",
+    }
+    claude_dir = Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
+    if (claude_dir / ".credentials.json").is_file():
+        fill["CLAUDE_CONFIG_HOST_DIR"] = str(claude_dir.resolve())
+    lines = []
+    for line in example.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not value.strip() and name.strip() in fill:
+            line = f"{name.strip()}={fill[name.strip()]}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
