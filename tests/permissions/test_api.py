@@ -8,6 +8,7 @@ import pytest
 
 from tests.permissions.clients import Stream, ask, client, gate, headers, pending_ids, poll, respond
 from tests.permissions.conftest import INTERNAL_SECRET, StartPermissions
+from tests.permissions.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -177,3 +178,31 @@ async def test_the_stream_sends_keepalive_pings(permissions: StartPermissions) -
     a = permissions(PERMISSIONS__KEEPALIVE_SECONDS="0.3")
     async with client() as session, Stream(session, a.url) as stream:
         await stream.wait_for("ping", within=5)
+
+
+async def test_a_decision_made_while_the_waiting_side_lost_redis_still_reaches_it(
+    permissions: StartPermissions,
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 6379)
+    port = proxy.start()
+    a = permissions(REDIS__URL=f"redis://127.0.0.1:{port}/0")  # waits for the run, through the relay
+    b = permissions()  # the approver's replica, on Redis directly
+    worker = gate(a.url)
+    try:
+        async with client() as session:
+            waiting = asyncio.create_task(worker.ask(ask()))
+            request_id = (await poll(lambda: pending_ids(session, b.url), message="the pending request"))[0]
+            proxy.cut()
+            async with session.get(f"{a.url}/permissions/{request_id}", headers=headers()) as resp:
+                assert resp.status == 503  # a is really cut off from Redis
+            status, _ = await respond(session, b.url, request_id, {"behavior": "allow"})
+            assert status == 200
+            # The pub/sub message went out while a was disconnected: a never heard it.
+            done, _ = await asyncio.wait({waiting}, timeout=1.0)
+            assert not done
+            proxy.restore()
+            view = await asyncio.wait_for(waiting, 15)
+            assert view.status == "allowed"
+    finally:
+        await worker.aclose()
+        proxy.close()

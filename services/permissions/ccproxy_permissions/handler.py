@@ -62,6 +62,22 @@ class TerminalHandler:
                     self.lines.put_nowait(None)
                     return
 
+    async def _idle(self) -> bool | None:
+        """Wait for a request; None when the input ended (Ctrl-D) meanwhile."""
+        line = asyncio.ensure_future(self.lines.get())
+        arrived = asyncio.ensure_future(self.arrived.wait())
+        try:
+            await asyncio.wait({line, arrived}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrived.cancel()
+        if not line.done():
+            line.cancel()
+            return True
+        if line.result() is None:
+            return None
+        self.say("nothing is waiting for an answer")
+        return True
+
     async def _line_or_finished(self, request_id: str) -> str | bool | None:
         """The next line (None at end of input), or False when the request was decided elsewhere."""
         done = self.finished.setdefault(request_id, asyncio.Event())
@@ -119,7 +135,7 @@ class TerminalHandler:
                             self._on_event(sse.event, orjson.loads(sse.data))
                 self.say("the server closed the stream; reconnecting")
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-                self.say(f"connection lost ({type(exc).__name__}: {exc}); reconnecting in {pause:g} s")
+                self.say(f"connection lost ({type(exc).__name__}); reconnecting in {pause:g} s")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 10.0)
 
@@ -155,6 +171,8 @@ class TerminalHandler:
 
         When it could not be sent the request is dropped from the prompt; the stream replays it
         after the reconnect if it is still pending."""
+        # Our own decision's event must not be reported as "decided elsewhere".
+        self.pending.pop(view.id, None)
         try:
             async with session.post(
                 f"{self.url}/permissions/{view.id}/respond",
@@ -179,7 +197,8 @@ class TerminalHandler:
         while True:
             if not self.pending:
                 self.arrived.clear()
-                await self.arrived.wait()
+                if await self._idle() is None:
+                    return
                 continue
             view = next(iter(self.pending.values()))
             self.show(view)
