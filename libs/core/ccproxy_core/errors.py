@@ -7,10 +7,11 @@ clients, with the status code the situation calls for.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 ClientFormat = Literal["anthropic", "openai"]
 
@@ -110,6 +111,34 @@ def render_error(error: ProxyError, fmt: ClientFormat) -> bytes:
     if fmt == "openai":
         return openai_error_body(error.error_type, error.message, error.param)
     return anthropic_error_body(error.error_type, error.message)
+
+
+#: Location parts pydantic adds for the branches of a union: not field names a client knows.
+_UNION_BRANCH = re.compile(
+    r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|tagged-union\[.*\])$"
+)
+
+
+def validation_error(exc: ValidationError, prefix: str = "") -> ProxyError:
+    """A 400 naming the invalid field, for a request a wire model refused. Of a union's
+    failed branches, the one that got deepest is the one the client meant."""
+    best = max(exc.errors(), key=lambda e: len(e["loc"]))
+    parts = [str(p) for p in (prefix, *best["loc"]) if p != "" and not _UNION_BRANCH.match(str(p))]
+    where = ".".join(parts)
+    message = f"{where}: {best['msg']}" if where else str(best["msg"])
+    return ProxyError(400, message, param=where or None)
+
+
+def upstream_error(status: int, body: bytes, headers: dict[str, str]) -> ProxyError:
+    """The upstream's error answer as a ProxyError, status and ``retry-after`` kept, so a
+    translating route can render it in its client's format."""
+    parsed = parse_anthropic_error(body)
+    error_type, message = parsed or (
+        ANTHROPIC_TYPE_BY_STATUS.get(status, "api_error"),
+        f"upstream answered {status}",
+    )
+    kept = {k: v for k, v in headers.items() if k.lower() == "retry-after"}
+    return ProxyError(status, message, error_type, headers=kept)
 
 
 def parse_anthropic_error(body: bytes) -> tuple[str, str] | None:

@@ -195,6 +195,36 @@ class ClaudeSettings(BaseModel):
     session_ttl: int = 7 * 24 * 3600
 
 
+class ModelRule(BaseModel):
+    """A client model name matching ``match`` (compared by ``kind``) is sent upstream as ``target``."""
+
+    match: str
+    kind: Literal["exact", "prefix", "regex"] = "exact"
+    target: str
+
+
+class ModelsSettings(BaseModel):
+    """How OpenAI clients' model names become Claude models (docs/openai.md)."""
+
+    #: Tried first, in order. Environment: a JSON list; TOML: ``[[models.rules]]`` tables.
+    rules: list[ModelRule] = Field(default_factory=list)
+    #: Then the built-in rules (``gpt-4o`` -> Sonnet, ...); false leaves only yours.
+    default_rules: bool = True
+
+
+#: Thinking budgets for ``reasoning_effort`` (``none`` means no thinking); settings override per key.
+DEFAULT_REASONING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576, "xhigh": 32768}
+
+
+class OpenAISettings(BaseModel):
+    """The OpenAI-compatible endpoints' choices where Claude needs a value OpenAI leaves open."""
+
+    #: ``max_tokens`` sent upstream when the client set no limit (Anthropic requires one).
+    default_max_tokens: int = 8192
+    #: Extended-thinking budget, in tokens, for each ``reasoning_effort``.
+    reasoning_budgets: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_REASONING_BUDGETS))
+
+
 class PermissionsSettings(BaseModel):
     """SDK-mode tool permissions (docs/permissions.md)."""
 
@@ -237,6 +267,8 @@ class Settings(BaseSettings):
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
     permissions: PermissionsSettings = Field(default_factory=PermissionsSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
     data_dir: Path = Field(default_factory=default_data_dir)
 
     @classmethod

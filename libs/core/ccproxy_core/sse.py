@@ -7,7 +7,7 @@ chunk boundaries, since the network splits events anywhere.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -54,7 +54,7 @@ class SSEDecoder:
                 self._data.append(value)
 
 
-async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
+async def iter_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerSentEvent]:
     decoder = SSEDecoder()
     async for chunk in chunks:
         for event in decoder.feed(chunk):

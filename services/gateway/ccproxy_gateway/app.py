@@ -30,6 +30,7 @@ from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object
 from ccproxy_gateway.client_auth import ClientAuth
+from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic, until_disconnect
 from ccproxy_gateway.usage import Usage
 
@@ -163,6 +164,8 @@ def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) 
 
 
 def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    openai = OpenAIRoutes(gateway)
+
     async def messages(request: Request) -> Response:
         return await gateway.forward_anthropic(request, "/v1/messages", "/api/v1/messages")
 
@@ -173,7 +176,7 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
 
     async def models(request: Request) -> Response:
         gateway.client_auth.check(request)
-        return JSONResponse(models_listing())
+        return JSONResponse(models_listing(openai.model_map.aliases()))
 
     async def preflight(request: Request) -> Response:
         # Older Claude Code versions send HEAD to the base URL before anything else.
@@ -229,6 +232,7 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         Route("/api/v1/models", models, methods=["GET"]),
         Route("/api/models", models, methods=["GET"]),
         Route("/api/status", status, methods=["GET"]),
+        *openai.routes("/api/v1"),
         *(extra_routes or []),
     ]
     return Starlette(

@@ -1,0 +1,298 @@
+"""Anthropic answers as OpenAI Chat Completions: a whole message, or a stream event by event.
+
+The stream translator keeps only what the next chunk needs (block kinds by index, the open
+thinking block's text for its ``thinking_blocks`` delta, token counts): each Anthropic event is
+answered with its chunks at once, so a text delta reaches the client as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+
+from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
+from ccproxy_core.openai.chat_models import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    CompletionMessage,
+    CompletionTokensDetails,
+    CompletionUsage,
+    OutFunction,
+    OutToolCall,
+    PromptTokensDetails,
+)
+from ccproxy_core.openai.chat_request import ChatPlan
+from ccproxy_core.openai.content import TokenCount, finish_reason
+from ccproxy_core.openai.reasoning import REASONING_MEMORY, joined_reasoning
+from ccproxy_core.openai.structured import JSON_TOOL
+from ccproxy_core.sse import ServerSentEvent
+
+DONE = b"data: [DONE]\n\n"
+
+
+def completion_id(message_id: str | None) -> str:
+    return "chatcmpl-" + (message_id or "ccproxy")
+
+
+def chat_usage(tokens: TokenCount) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=tokens.prompt,
+        completion_tokens=tokens.output,
+        total_tokens=tokens.prompt + tokens.output,
+        prompt_tokens_details=PromptTokensDetails(
+            cached_tokens=tokens.cache_read, cache_write_tokens=tokens.cache_write
+        ),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0),
+    )
+
+
+def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None = None) -> dict[str, Any]:
+    """A whole Anthropic message as a ``chat.completion`` body."""
+    texts: list[str] = []
+    calls: list[OutToolCall] = []
+    thinking: list[dict[str, Any]] = []
+    answered_json = False
+    for block in message.get("content") or []:
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block.get("text", ""))
+        elif kind == "tool_use" and plan.json_mode and block.get("name") == JSON_TOOL:
+            texts.append(orjson.dumps(block.get("input", {})).decode())
+            answered_json = True
+        elif kind == "tool_use":
+            calls.append(
+                OutToolCall(
+                    id=block["id"],
+                    type="function",
+                    function=OutFunction(name=block["name"], arguments=orjson.dumps(block.get("input", {})).decode()),
+                )
+            )
+        elif kind == "thinking":
+            thinking.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
+        elif kind == "redacted_thinking":
+            thinking.append({"type": "redacted_thinking", "data": block["data"]})
+    out = CompletionMessage(content="".join(texts) if texts else None)
+    if calls:
+        out.tool_calls = calls
+    if thinking:
+        out.reasoning_content = joined_reasoning(thinking)
+        out.thinking_blocks = thinking
+        REASONING_MEMORY.remember(out.reasoning_content, thinking)
+    reason = finish_reason(message.get("stop_reason"))
+    if answered_json and not calls:
+        reason = "stop"
+    tokens = TokenCount()
+    tokens.add(message.get("usage"))
+    body = ChatCompletion(
+        id=completion_id(message.get("id")),
+        created=created or int(time.time()),
+        model=plan.client_model,
+        choices=[Choice(message=out, finish_reason=reason)],
+        usage=chat_usage(tokens),
+    )
+    return body.dump()
+
+
+def stream_error(error_type: str, message: str) -> dict[str, Any]:
+    """The body of an error in the middle of a stream (the OpenAI SDK raises on it)."""
+    return {
+        "error": {
+            "message": message,
+            "type": OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type),
+            "param": None,
+            "code": error_type,
+        }
+    }
+
+
+class ChatStreamTranslator:
+    """Anthropic stream events in, ``chat.completion.chunk`` bodies out, one event at a time."""
+
+    def __init__(self, plan: ChatPlan, created: int | None = None) -> None:
+        self.plan = plan
+        self.created = created or int(time.time())
+        self.id = completion_id(None)
+        self.tokens = TokenCount()
+        self.stop_reason: str | None = None
+        self.model = ""
+        self.finished = False
+        self.failed = False
+        #: The upstream's (or the connection's) error type, if the stream failed.
+        self.error_type: str | None = None
+        #: perf_counter() of the first content delta (time to first token).
+        self.first_output: float | None = None
+        #: Anthropic block index -> "text" | "tool" | "json" | "thinking" | "other".
+        self._kinds: dict[int, str] = {}
+        #: Anthropic block index -> OpenAI tool call index, and whether arguments were sent.
+        self._calls: dict[int, int] = {}
+        self._args_sent: set[int] = set()
+        self._thinking_text: list[str] = []
+        self._signature = ""
+        self._reasoning: list[dict[str, Any]] = []
+        self._answered_json = False
+
+    def _chunk(self, delta: ChunkDelta, finish: str | None = None) -> dict[str, Any]:
+        return ChatCompletionChunk(
+            id=self.id,
+            created=self.created,
+            model=self.plan.client_model,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+        ).dump()
+
+    def on_event(self, name: str, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if name == "content_block_delta":
+            if self.first_output is None:
+                self.first_output = time.perf_counter()
+            yield from self._delta(int(data.get("index", 0)), data.get("delta") or {})
+        elif name == "content_block_start":
+            yield from self._start(int(data.get("index", 0)), data.get("content_block") or {})
+        elif name == "content_block_stop":
+            yield from self._stop(int(data.get("index", 0)))
+        elif name == "message_start":
+            message = data.get("message") or {}
+            self.id = completion_id(message.get("id"))
+            self.model = message.get("model") or ""
+            self.tokens.add(message.get("usage"))
+            yield self._chunk(ChunkDelta(role="assistant", content=""))
+        elif name == "message_delta":
+            self.tokens.add(data.get("usage"))
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+        elif name == "message_stop":
+            yield from self.finish()
+        elif name == "error":
+            error = data.get("error") or {}
+            yield from self.fail(str(error.get("type", "api_error")), str(error.get("message", "upstream error")))
+
+    def _start(self, index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        kind = block.get("type")
+        if kind == "text":
+            self._kinds[index] = "text"
+            if block.get("text"):
+                yield self._chunk(ChunkDelta(content=block["text"]))
+        elif kind == "tool_use" and self.plan.json_mode and block.get("name") == JSON_TOOL:
+            self._kinds[index] = "json"
+            self._answered_json = True
+        elif kind == "tool_use":
+            self._kinds[index] = "tool"
+            call = self._calls[index] = len(self._calls)
+            yield self._chunk(
+                ChunkDelta(
+                    tool_calls=[
+                        OutToolCall(
+                            index=call,
+                            id=block.get("id"),
+                            type="function",
+                            function=OutFunction(name=block.get("name"), arguments=""),
+                        )
+                    ]
+                )
+            )
+        elif kind == "thinking":
+            self._kinds[index] = "thinking"
+            self._thinking_text = [block.get("thinking") or ""]
+            self._signature = block.get("signature") or ""
+            if any(b["type"] == "thinking" for b in self._reasoning):
+                yield self._chunk(ChunkDelta(reasoning_content="\n\n"))  # as joined_reasoning() does
+            if block.get("thinking"):
+                yield self._chunk(ChunkDelta(reasoning_content=block["thinking"]))
+        elif kind == "redacted_thinking":
+            self._kinds[index] = "other"
+            redacted = {"type": "redacted_thinking", "data": block.get("data", "")}
+            self._reasoning.append(redacted)
+            yield self._chunk(ChunkDelta(thinking_blocks=[redacted]))
+        else:
+            self._kinds[index] = "other"  # server tools and future blocks: nothing OpenAI can show
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        kind = self._kinds.get(index)
+        dtype = delta.get("type")
+        if dtype == "text_delta" and kind == "text":
+            if delta.get("text"):
+                yield self._chunk(ChunkDelta(content=delta["text"]))
+        elif dtype == "input_json_delta" and delta.get("partial_json"):
+            self._args_sent.add(index)
+            if kind == "json":
+                yield self._chunk(ChunkDelta(content=delta["partial_json"]))
+            elif kind == "tool":
+                call = OutToolCall(index=self._calls[index], function=OutFunction(arguments=delta["partial_json"]))
+                yield self._chunk(ChunkDelta(tool_calls=[call]))
+        elif dtype == "thinking_delta" and kind == "thinking":
+            if delta.get("thinking"):
+                self._thinking_text.append(delta["thinking"])
+                yield self._chunk(ChunkDelta(reasoning_content=delta["thinking"]))
+        elif dtype == "signature_delta" and kind == "thinking":
+            self._signature += delta.get("signature", "")
+
+    def _stop(self, index: int) -> Iterator[dict[str, Any]]:
+        kind = self._kinds.get(index)
+        if kind == "tool" and index not in self._args_sent:
+            # A tool without parameters streams no arguments; OpenAI clients expect "{}".
+            call = OutToolCall(index=self._calls[index], function=OutFunction(arguments="{}"))
+            yield self._chunk(ChunkDelta(tool_calls=[call]))
+        elif kind == "json" and index not in self._args_sent:
+            yield self._chunk(ChunkDelta(content="{}"))
+        elif kind == "thinking":
+            block = {"type": "thinking", "thinking": "".join(self._thinking_text), "signature": self._signature}
+            self._thinking_text = []
+            self._reasoning.append(block)
+            yield self._chunk(ChunkDelta(thinking_blocks=[block]))
+
+    def finish(self) -> Iterator[dict[str, Any]]:
+        if self.finished:
+            return
+        self.finished = True
+        if self._reasoning:
+            REASONING_MEMORY.remember(joined_reasoning(self._reasoning), self._reasoning)
+        reason = finish_reason(self.stop_reason)
+        if self._answered_json and not self._calls:
+            reason = "stop"
+        yield self._chunk(ChunkDelta(), finish=reason)
+        if self.plan.include_usage:
+            yield ChatCompletionChunk(
+                id=self.id,
+                created=self.created,
+                model=self.plan.client_model,
+                choices=[],
+                usage=chat_usage(self.tokens),
+            ).dump()
+
+    def fail(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
+        self.finished = self.failed = True
+        self.error_type = error_type
+        yield stream_error(error_type, message)
+
+
+def _frame(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+async def chat_stream(events: AsyncIterator[ServerSentEvent], translator: ChatStreamTranslator) -> AsyncIterator[bytes]:
+    """SSE bytes for the client, as the upstream's events arrive. An error, in the upstream's
+    stream or on the connection, ends the stream with an OpenAI error body and no ``[DONE]``
+    (the answer is incomplete, and the OpenAI SDK raises on it)."""
+    try:
+        async for event in events:
+            if event.event == "ping":
+                continue
+            try:
+                data = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            for chunk in translator.on_event(event.event, data):
+                yield _frame(chunk)
+            if translator.finished:
+                break
+        else:
+            for chunk in translator.fail("api_error", "the upstream stream ended before the message was complete"):
+                yield _frame(chunk)
+    except ProxyError as exc:
+        for chunk in translator.fail(exc.error_type, exc.message):
+            yield _frame(chunk)
+    if not translator.failed:
+        yield DONE

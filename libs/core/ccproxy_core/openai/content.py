@@ -1,0 +1,108 @@
+"""Content pieces both OpenAI APIs share: images, files, tool definitions, finish reasons, usage."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from ccproxy_core.errors import ProxyError
+
+_DATA_URL = re.compile(r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+
+
+def image_block(url: str, where: str) -> dict[str, Any]:
+    """An Anthropic image block: data URLs inline (base64), http(s) URLs as URL sources."""
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise ProxyError(400, f"{where}: an image URL must be http(s) or a base64 data URL", param=where)
+    media = (match["media"] or "").lower()
+    if media == "image/jpg":
+        media = "image/jpeg"
+    if media not in IMAGE_TYPES:
+        raise ProxyError(
+            400, f"{where}: image type {media or 'unknown'!r} is not one of {', '.join(sorted(IMAGE_TYPES))}",
+            param=where,
+        )
+    if ";base64" not in match["params"]:
+        raise ProxyError(400, f"{where}: image data URLs must be base64-encoded", param=where)
+    return {"type": "image", "source": {"type": "base64", "media_type": media, "data": match["data"]}}
+
+
+def file_block(file_data: str | None, file_id: str | None, where: str, filename: str | None = None) -> dict[str, Any]:
+    """A PDF sent inline becomes a document block; file ids need OpenAI's file store, which
+    ccproxy has not."""
+    if file_id and not file_data:
+        raise ProxyError(400, f"{where}: file ids are not supported; send the file inline as file_data", param=where)
+    match = _DATA_URL.match(file_data or "")
+    if match is None or (match["media"] or "").lower() != "application/pdf" or ";base64" not in match["params"]:
+        raise ProxyError(400, f"{where}: only PDF files, as base64 data URLs, are supported", param=where)
+    block: dict[str, Any] = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": match["data"]},
+    }
+    if filename:
+        block["title"] = filename
+    return block
+
+
+def anthropic_tool(name: str, description: str | None, parameters: dict[str, Any] | None) -> dict[str, Any]:
+    tool: dict[str, Any] = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+    if description:
+        tool["description"] = description
+    return tool
+
+
+def parse_arguments(arguments: str, where: str) -> dict[str, Any]:
+    """A tool call's JSON arguments as the object Anthropic's ``tool_use.input`` must be."""
+    if not arguments.strip():
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError(400, f"{where}: not valid JSON ({exc})", param=where) from exc
+    if not isinstance(value, dict):
+        raise ProxyError(400, f"{where}: must be a JSON object", param=where)
+    return value
+
+
+#: Anthropic stop_reason to OpenAI finish_reason.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def finish_reason(stop_reason: str | None) -> str:
+    return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
+
+
+class TokenCount:
+    """Anthropic usage, accumulated over a stream (message_start, then message_delta)."""
+
+    __slots__ = ("cache_read", "cache_write", "input", "output")
+
+    def __init__(self) -> None:
+        self.input = self.output = self.cache_read = self.cache_write = 0
+
+    def add(self, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        self.input = usage.get("input_tokens") or self.input
+        self.output = usage.get("output_tokens") or self.output
+        self.cache_read = usage.get("cache_read_input_tokens") or self.cache_read
+        self.cache_write = usage.get("cache_creation_input_tokens") or self.cache_write
+
+    @property
+    def prompt(self) -> int:
+        """OpenAI counts cached prompt tokens inside the prompt total; Anthropic apart."""
+        return self.input + self.cache_read + self.cache_write

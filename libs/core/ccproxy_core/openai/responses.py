@@ -1,0 +1,526 @@
+"""The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream.
+
+ccproxy keeps no response store, so every request must carry the whole conversation in
+``input`` (what ``store: false`` clients such as Codex do); ``previous_response_id``,
+``conversation`` and ``item_reference`` are refused with a 400 that says so.
+
+Streaming follows OpenAI's event sequence: ``response.created``, ``response.in_progress``, then
+per output item ``response.output_item.added``, its deltas (``response.output_text.delta``,
+``response.function_call_arguments.delta``, ``response.reasoning_summary_text.delta``), its
+``.done`` events and ``response.output_item.done``; then ``response.completed`` (or
+``response.incomplete``) with the full response and usage, as the protocol requires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError, validation_error
+from ccproxy_core.openai.content import (
+    TokenCount,
+    anthropic_tool,
+    file_block,
+    image_block,
+    parse_arguments,
+)
+from ccproxy_core.openai.model_map import ModelMap
+from ccproxy_core.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
+from ccproxy_core.openai.responses_models import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionToolChoice,
+    InputFile,
+    InputImage,
+    InputMessage,
+    InputRefusal,
+    InputText,
+    InputTokensDetails,
+    ItemReference,
+    OutputFunctionCall,
+    OutputItem,
+    OutputMessage,
+    OutputReasoning,
+    OutputText,
+    OutputTokensDetails,
+    ReasoningItem,
+    ResponseError,
+    ResponseObject,
+    ResponsesRequest,
+    ResponseUsage,
+    SummaryText,
+)
+from ccproxy_core.openai.structured import JSON_TOOL, apply_json_mode, json_tool
+from ccproxy_core.settings import OpenAISettings
+from ccproxy_core.sse import ServerSentEvent, encode_event
+
+NO_STORE = (
+    "ccproxy keeps no response store: send the whole conversation in `input` (with store: false) "
+    "instead of referring to an earlier response"
+)
+
+
+@dataclass(slots=True)
+class ResponsesPlan:
+    body: dict[str, Any]
+    client_model: str
+    stream: bool
+    json_mode: bool = False
+    #: Request fields the response object repeats back.
+    echo: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_responses_request(data: dict[str, Any]) -> ResponsesRequest:
+    try:
+        return ResponsesRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+
+
+def _refuse_unsupported(req: ResponsesRequest) -> None:
+    if req.previous_response_id:
+        raise ProxyError(400, f"previous_response_id: {NO_STORE}", param="previous_response_id")
+    if req.conversation is not None:
+        raise ProxyError(400, f"conversation: {NO_STORE}", param="conversation")
+    if req.background:
+        raise ProxyError(400, "background: background responses need a response store, which ccproxy has not",
+                         param="background")
+    if req.top_logprobs:
+        raise ProxyError(400, "top_logprobs: Claude does not return log probabilities", param="top_logprobs")
+
+
+class _Turns:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def add(self, role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if self.messages and self.messages[-1]["role"] == role:
+            self.messages[-1]["content"].extend(blocks)
+        else:
+            self.messages.append({"role": role, "content": list(blocks)})
+
+
+def _part_blocks(parts: str | list[Any], where: str) -> list[dict[str, Any]]:
+    if isinstance(parts, str):
+        return [{"type": "text", "text": parts}] if parts else []
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(parts):
+        at = f"{where}.{j}"
+        if isinstance(part, InputText):
+            if part.text:
+                blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, InputRefusal):
+            if part.refusal:
+                blocks.append({"type": "text", "text": part.refusal})
+        elif isinstance(part, InputImage):
+            if not part.image_url:
+                raise ProxyError(400, f"{at}: file ids are not supported; send image_url", param=at)
+            blocks.append(image_block(part.image_url, at + ".image_url"))
+        elif isinstance(part, InputFile):
+            blocks.append(file_block(part.file_data, part.file_id or part.file_url, at, part.filename))
+    return blocks
+
+
+def _tool_output(output: str | list[Any], where: str) -> str | list[dict[str, Any]]:
+    if isinstance(output, str):
+        return output
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(output):
+        if part.type in ("input_text", "output_text", "text") and part.text:
+            blocks.append({"type": "text", "text": part.text})
+        elif part.type == "input_image" and part.image_url:
+            blocks.append(image_block(part.image_url, f"{where}.{j}.image_url"))
+    return blocks
+
+
+def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system blocks, messages) from ``instructions`` and ``input``, order kept."""
+    system: list[dict[str, Any]] = []
+    if req.instructions:
+        system.append({"type": "text", "text": req.instructions})
+    turns = _Turns()
+    items = [InputMessage(role="user", content=req.input)] if isinstance(req.input, str) else req.input
+    for i, item in enumerate(items):
+        where = f"input.{i}"
+        if isinstance(item, InputMessage):
+            blocks = _part_blocks(item.content, where + ".content")
+            if item.role in ("system", "developer"):
+                if any(b["type"] != "text" for b in blocks):
+                    raise ProxyError(400, f"{where}: system and developer messages take text only", param=where)
+                system.extend(blocks)
+            else:
+                turns.add(item.role, blocks)
+        elif isinstance(item, FunctionCallItem):
+            args = parse_arguments(item.arguments, where + ".arguments")
+            turns.add("assistant", [{"type": "tool_use", "id": item.call_id, "name": item.name, "input": args}])
+        elif isinstance(item, FunctionCallOutputItem):
+            content = _tool_output(item.output, where + ".output")
+            turns.add("user", [{"type": "tool_result", "tool_use_id": item.call_id, "content": content}])
+        elif isinstance(item, ReasoningItem):
+            block = decode_reasoning(item.encrypted_content)
+            if block is not None:
+                turns.add("assistant", [block])
+        elif isinstance(item, ItemReference):
+            raise ProxyError(400, f"{where}: item_reference: {NO_STORE}", param=where)
+    return system, turns.messages
+
+
+def _tool_choice(req: ResponsesRequest) -> dict[str, Any] | None:
+    choice = req.tool_choice
+    out: dict[str, Any] | None
+    if choice is None:
+        out = None
+    elif isinstance(choice, FunctionToolChoice):
+        out = {"type": "tool", "name": choice.name}
+    elif isinstance(choice, str):
+        out = {"type": {"none": "none", "auto": "auto", "required": "any"}[choice]}
+    else:
+        raise ProxyError(
+            400, f"tool_choice: type {choice.get('type')!r} is not supported; use none, auto, required "
+            "or a function", param="tool_choice",
+        )
+    if req.parallel_tool_calls is False and (out is None or out["type"] != "none"):
+        out = {**(out or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return out
+
+
+def translate_responses_request(req: ResponsesRequest, models: ModelMap, options: OpenAISettings) -> ResponsesPlan:
+    _refuse_unsupported(req)
+    system, messages = translate_input(req)
+    effort = req.reasoning.effort if req.reasoning else None
+    thinking, max_tokens = thinking_config(
+        effort, options.reasoning_budgets, req.max_output_tokens, options.default_max_tokens, "reasoning.effort"
+    )
+    body: dict[str, Any] = {"model": models.resolve(req.model), "max_tokens": max_tokens, "messages": messages}
+    if system:
+        body["system"] = system
+    if thinking is not None:
+        body["thinking"] = thinking
+    elif req.temperature is not None:
+        body["temperature"] = min(req.temperature, 1.0)
+    elif req.top_p is not None:
+        body["top_p"] = req.top_p
+    # Hosted tools (web search, file search, computer use ...) have no Claude counterpart here.
+    tools = [anthropic_tool(t.name, t.description, t.parameters) for t in req.tools or [] if t.type == "function"
+             and t.name]
+    if tools:
+        body["tools"] = tools
+        if (choice := _tool_choice(req)) is not None:
+            body["tool_choice"] = choice
+    if user := req.user or req.safety_identifier:
+        body["metadata"] = {"user_id": user}
+    stream = bool(req.stream)
+    if stream:
+        body["stream"] = True
+    plan = ResponsesPlan(body=body, client_model=req.model, stream=stream)
+    fmt = req.text.format if req.text else None
+    if fmt is not None and fmt.type != "text":
+        if fmt.type == "json_schema" and fmt.schema_ is None:
+            raise ProxyError(400, "text.format.schema: required for type json_schema", param="text.format.schema")
+        tool = json_tool(fmt.schema_, fmt.name, fmt.description, "text.format.schema")
+        apply_json_mode(body, tool, client_tools=bool(tools))
+        plan.json_mode = True
+    plan.echo = {
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "parallel_tool_calls": req.parallel_tool_calls is not False,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
+        "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
+        "reasoning": req.reasoning.model_dump(exclude_none=True) if req.reasoning else {},
+        "text": req.text.model_dump(exclude_none=True, by_alias=True) if req.text else {"format": {"type": "text"}},
+        "metadata": req.metadata or {},
+        "store": False,
+        "user": req.user,
+    }
+    return plan
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+
+def _usage(tokens: TokenCount) -> ResponseUsage:
+    return ResponseUsage(
+        input_tokens=tokens.prompt,
+        input_tokens_details=InputTokensDetails(cached_tokens=tokens.cache_read, cache_write_tokens=tokens.cache_write),
+        output_tokens=tokens.output,
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        total_tokens=tokens.prompt + tokens.output,
+    )
+
+
+def _status(stop_reason: str | None) -> tuple[str, dict[str, Any] | None]:
+    if stop_reason in ("max_tokens", "model_context_window_exceeded"):
+        return "incomplete", {"reason": "max_output_tokens"}
+    if stop_reason == "refusal":
+        return "incomplete", {"reason": "content_filter"}
+    return "completed", None
+
+
+def _base_id(message_id: str | None) -> str:
+    return (message_id or "ccproxy").removeprefix("msg_")
+
+
+def _reasoning_item(item_id: str, block: dict[str, Any]) -> OutputReasoning:
+    summary = [SummaryText(text=block["thinking"])] if block.get("thinking") else []
+    return OutputReasoning(id=item_id, summary=summary, encrypted_content=encode_reasoning(block))
+
+
+def _response(plan: ResponsesPlan, base: str, created: int, status: str, **fields: Any) -> ResponseObject:
+    return ResponseObject(
+        id=f"resp_{base}", created_at=created, status=status, model=plan.client_model, **plan.echo, **fields
+    )
+
+
+def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> dict[str, Any]:
+    """A whole Anthropic message as a ``response`` object."""
+    base = _base_id(message.get("id"))
+    output: list[OutputItem] = []
+    for n, block in enumerate(message.get("content") or []):
+        kind = block.get("type")
+        if kind == "text":
+            output.append(OutputMessage(id=f"msg_{base}_{n}", status="completed",
+                                        content=[OutputText(text=block.get("text", ""))]))
+        elif kind == "tool_use" and plan.json_mode and block.get("name") == JSON_TOOL:
+            text = orjson.dumps(block.get("input", {})).decode()
+            output.append(OutputMessage(id=f"msg_{base}_{n}", status="completed", content=[OutputText(text=text)]))
+        elif kind == "tool_use":
+            output.append(OutputFunctionCall(id=f"fc_{block['id']}", call_id=block["id"], name=block["name"],
+                                             arguments=orjson.dumps(block.get("input", {})).decode(),
+                                             status="completed"))
+        elif kind == "thinking":
+            output.append(_reasoning_item(f"rs_{base}_{n}", {
+                "type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}))
+        elif kind == "redacted_thinking":
+            output.append(_reasoning_item(f"rs_{base}_{n}", {"type": "redacted_thinking", "data": block["data"]}))
+    tokens = TokenCount()
+    tokens.add(message.get("usage"))
+    status, incomplete = _status(message.get("stop_reason"))
+    return _response(plan, base, created or int(time.time()), status, output=output, usage=_usage(tokens),
+                     incomplete_details=incomplete).dump()
+
+
+@dataclass(slots=True)
+class _OpenItem:
+    output_index: int
+    kind: str  # "text" | "json" | "tool" | "thinking"
+    item_id: str
+    text: list[str] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+    signature: str = ""
+
+
+class ResponsesStreamTranslator:
+    """Anthropic stream events in, Responses API events out (``(type, body)`` pairs)."""
+
+    def __init__(self, plan: ResponsesPlan, created: int | None = None) -> None:
+        self.plan = plan
+        self.created = created or int(time.time())
+        self.base = "ccproxy"
+        self.model = ""
+        self.tokens = TokenCount()
+        self.stop_reason: str | None = None
+        self.finished = False
+        self.failed = False
+        #: The upstream's (or the connection's) error type, if the stream failed.
+        self.error_type: str | None = None
+        #: perf_counter() of the first content delta (time to first token).
+        self.first_output: float | None = None
+        self.output: list[OutputItem] = []
+        self._seq = 0
+        self._open: dict[int, _OpenItem] = {}
+        self._next_output = 0
+
+    def _event(self, kind: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+        body = {"type": kind, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return kind, body
+
+    def _response(self, status: str, **fields: Any) -> dict[str, Any]:
+        return _response(self.plan, self.base, self.created, status, **fields).dump()
+
+    def on_event(self, name: str, data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        if name == "content_block_delta":
+            if self.first_output is None:
+                self.first_output = time.perf_counter()
+            yield from self._delta(int(data.get("index", 0)), data.get("delta") or {})
+        elif name == "content_block_start":
+            yield from self._start(int(data.get("index", 0)), data.get("content_block") or {})
+        elif name == "content_block_stop":
+            yield from self._stop(int(data.get("index", 0)))
+        elif name == "message_start":
+            message = data.get("message") or {}
+            self.base = _base_id(message.get("id"))
+            self.model = message.get("model") or ""
+            self.tokens.add(message.get("usage"))
+            yield self._event("response.created", response=self._response("in_progress"))
+            yield self._event("response.in_progress", response=self._response("in_progress"))
+        elif name == "message_delta":
+            self.tokens.add(data.get("usage"))
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+        elif name == "message_stop":
+            yield from self.finish()
+        elif name == "error":
+            error = data.get("error") or {}
+            yield from self.fail(str(error.get("type", "api_error")), str(error.get("message", "upstream error")))
+
+    def _open_item(self, index: int, kind: str, item_id: str, **extra: Any) -> _OpenItem:
+        item = _OpenItem(output_index=self._next_output, kind=kind, item_id=item_id, **extra)
+        self._next_output += 1
+        self._open[index] = item
+        return item
+
+    def _start(self, index: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        kind = block.get("type")
+        if kind == "text" or (kind == "tool_use" and self.plan.json_mode and block.get("name") == JSON_TOOL):
+            item = self._open_item(index, "text" if kind == "text" else "json", f"msg_{self.base}_{index}")
+            message = OutputMessage(id=item.item_id, status="in_progress", content=[])
+            yield self._event("response.output_item.added", output_index=item.output_index, item=message.dump())
+            yield self._event("response.content_part.added", item_id=item.item_id, output_index=item.output_index,
+                              content_index=0, part=OutputText(text="").dump())
+            if block.get("text"):
+                yield from self._text(item, block["text"])
+        elif kind == "tool_use":
+            item = self._open_item(index, "tool", f"fc_{block.get('id')}", call_id=block.get("id", ""),
+                                   name=block.get("name", ""))
+            call = OutputFunctionCall(id=item.item_id, call_id=item.call_id, name=item.name, arguments="",
+                                      status="in_progress")
+            yield self._event("response.output_item.added", output_index=item.output_index, item=call.dump())
+        elif kind == "thinking":
+            item = self._open_item(index, "thinking", f"rs_{self.base}_{index}",
+                                   signature=block.get("signature") or "")
+            reasoning = OutputReasoning(id=item.item_id, summary=[])
+            yield self._event("response.output_item.added", output_index=item.output_index, item=reasoning.dump())
+            yield self._event("response.reasoning_summary_part.added", item_id=item.item_id,
+                              output_index=item.output_index, summary_index=0, part=SummaryText(text="").dump())
+            if block.get("thinking"):
+                yield from self._summary(item, block["thinking"])
+        elif kind == "redacted_thinking":
+            done = _reasoning_item(f"rs_{self.base}_{index}", {"type": "redacted_thinking",
+                                                                "data": block.get("data", "")})
+            output_index = self._next_output
+            self._next_output += 1
+            yield self._event("response.output_item.added", output_index=output_index,
+                              item=OutputReasoning(id=done.id, summary=[]).dump())
+            self.output.append(done)
+            yield self._event("response.output_item.done", output_index=output_index, item=done.dump())
+
+    def _text(self, item: _OpenItem, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        item.text.append(text)
+        yield self._event("response.output_text.delta", item_id=item.item_id, output_index=item.output_index,
+                          content_index=0, delta=text, logprobs=[])
+
+    def _summary(self, item: _OpenItem, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        item.text.append(text)
+        yield self._event("response.reasoning_summary_text.delta", item_id=item.item_id,
+                          output_index=item.output_index, summary_index=0, delta=text)
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        item = self._open.get(index)
+        if item is None:
+            return
+        dtype = delta.get("type")
+        if dtype == "text_delta" and item.kind == "text" and delta.get("text"):
+            yield from self._text(item, delta["text"])
+        elif dtype == "input_json_delta" and delta.get("partial_json"):
+            if item.kind == "json":
+                yield from self._text(item, delta["partial_json"])
+            elif item.kind == "tool":
+                item.text.append(delta["partial_json"])
+                yield self._event("response.function_call_arguments.delta", item_id=item.item_id,
+                                  output_index=item.output_index, delta=delta["partial_json"])
+        elif dtype == "thinking_delta" and item.kind == "thinking" and delta.get("thinking"):
+            yield from self._summary(item, delta["thinking"])
+        elif dtype == "signature_delta" and item.kind == "thinking":
+            item.signature += delta.get("signature", "")
+
+    def _stop(self, index: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        item = self._open.pop(index, None)
+        if item is None:
+            return
+        text = "".join(item.text)
+        done: OutputItem
+        if item.kind in ("text", "json"):
+            if item.kind == "json" and not text:
+                yield from self._text(item, "{}")
+                text = "{}"
+            part = OutputText(text=text)
+            yield self._event("response.output_text.done", item_id=item.item_id, output_index=item.output_index,
+                              content_index=0, text=text, logprobs=[])
+            yield self._event("response.content_part.done", item_id=item.item_id, output_index=item.output_index,
+                              content_index=0, part=part.dump())
+            done = OutputMessage(id=item.item_id, status="completed", content=[part])
+        elif item.kind == "tool":
+            arguments = text or "{}"
+            yield self._event("response.function_call_arguments.done", item_id=item.item_id,
+                              output_index=item.output_index, name=item.name, arguments=arguments)
+            done = OutputFunctionCall(id=item.item_id, call_id=item.call_id, name=item.name, arguments=arguments,
+                                      status="completed")
+        else:
+            yield self._event("response.reasoning_summary_text.done", item_id=item.item_id,
+                              output_index=item.output_index, summary_index=0, text=text)
+            yield self._event("response.reasoning_summary_part.done", item_id=item.item_id,
+                              output_index=item.output_index, summary_index=0, part=SummaryText(text=text).dump())
+            done = _reasoning_item(item.item_id, {"type": "thinking", "thinking": text, "signature": item.signature})
+        self.output.append(done)
+        yield self._event("response.output_item.done", output_index=item.output_index, item=done.dump())
+
+    def finish(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        if self.finished:
+            return
+        self.finished = True
+        status, incomplete = _status(self.stop_reason)
+        response = self._response(status, output=self.output, usage=_usage(self.tokens),
+                                  incomplete_details=incomplete)
+        yield self._event("response.completed" if status == "completed" else "response.incomplete",
+                          response=response)
+
+    def fail(self, error_type: str, message: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """OpenAI's two failure events: ``error``, then ``response.failed`` with the response."""
+        self.finished = self.failed = True
+        self.error_type = error_type
+        code = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
+        yield self._event("error", code=code, message=message, param=None)
+        response = self._response("failed", output=self.output, usage=_usage(self.tokens),
+                                  error=ResponseError(code=code, message=message))
+        yield self._event("response.failed", response=response)
+
+
+async def responses_stream(
+    events: AsyncIterator[ServerSentEvent], translator: ResponsesStreamTranslator
+) -> AsyncIterator[bytes]:
+    """SSE bytes for the client as the upstream's events arrive; an error ends the stream with
+    ``error`` and ``response.failed``."""
+
+    def frames(pairs: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[bytes]:
+        for kind, body in pairs:
+            yield encode_event(kind, orjson.dumps(body))
+
+    try:
+        async for event in events:
+            if event.event == "ping":
+                continue
+            try:
+                data = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            for frame in frames(translator.on_event(event.event, data)):
+                yield frame
+            if translator.finished:
+                break
+        else:
+            for frame in frames(translator.fail("api_error", "the upstream stream ended before the response was "
+                                                              "complete")):
+                yield frame
+    except ProxyError as exc:
+        for frame in frames(translator.fail(exc.error_type, exc.message)):
+            yield frame

@@ -1,0 +1,251 @@
+"""Wire models of the OpenAI Responses API, as far as ccproxy reads or writes them.
+
+Input items are told apart by ``type``; a message may omit it (``{"role", "content"}``), as
+OpenAI allows. An item type ccproxy cannot translate is a 400 naming it, never skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from ccproxy_core.openai.chat_models import OutModel
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class InputText(_Lenient):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class InputRefusal(_Lenient):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class InputImage(_Lenient):
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: str | None = None
+
+
+class InputFile(_Lenient):
+    type: Literal["input_file"]
+    file_data: str | None = None
+    file_id: str | None = None
+    file_url: str | None = None
+    filename: str | None = None
+
+
+InputPart = Annotated[InputText | InputRefusal | InputImage | InputFile, Field(discriminator="type")]
+
+
+class InputMessage(_Lenient):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputPart]
+    id: str | None = None
+
+
+class FunctionCallItem(_Lenient):
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str = ""
+    id: str | None = None
+
+
+class FunctionOutputPart(_Lenient):
+    type: str
+    text: str | None = None
+    image_url: str | None = None
+
+
+class FunctionCallOutputItem(_Lenient):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[FunctionOutputPart]
+
+
+class ReasoningItem(_Lenient):
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[dict[str, Any]] = Field(default_factory=list)
+    encrypted_content: str | None = None
+
+
+class ItemReference(_Lenient):
+    type: Literal["item_reference"]
+    id: str
+
+
+def _item_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("type") or ("message" if "role" in value else None)
+    return getattr(value, "type", None)
+
+
+InputItem = Annotated[
+    Annotated[InputMessage, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[ItemReference, Tag("item_reference")],
+    Discriminator(_item_tag),
+]
+
+
+class ResponsesTool(_Lenient):
+    type: str
+    name: str | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionToolChoice(_Lenient):
+    type: Literal["function"]
+    name: str
+
+
+class TextFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextConfig(_Lenient):
+    format: TextFormat | None = None
+
+
+class ReasoningConfig(_Lenient):
+    effort: str | None = None
+    summary: str | None = None
+
+
+class ResponsesRequest(_Lenient):
+    model: str
+    input: str | list[InputItem]
+    instructions: str | None = None
+    stream: bool | None = False
+    tools: list[ResponsesTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    previous_response_id: str | None = None
+    conversation: Any = None
+    background: bool | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    top_logprobs: int | None = None
+
+
+# --- replies -----------------------------------------------------------------------------------
+
+
+class OutputText(OutModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = Field(default_factory=list)
+    logprobs: list[Any] = Field(default_factory=list)
+
+
+class OutputMessage(OutModel):
+    type: Literal["message"] = "message"
+    id: str
+    status: str
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class OutputFunctionCall(OutModel):
+    type: Literal["function_call"] = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: str
+
+
+class SummaryText(OutModel):
+    type: Literal["summary_text"] = "summary_text"
+    text: str
+
+
+class OutputReasoning(OutModel):
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[SummaryText]
+    encrypted_content: str | None = None
+    status: str | None = None
+
+
+OutputItem: TypeAlias = OutputMessage | OutputFunctionCall | OutputReasoning
+
+
+class InputTokensDetails(OutModel):
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(OutModel):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(OutModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class ResponseError(OutModel):
+    code: str
+    message: str
+
+
+class ResponseObject(OutModel):
+    keep_null: ClassVar[frozenset[str]] = frozenset(
+        {"error", "incomplete_details", "previous_response_id", "usage", "instructions", "max_output_tokens",
+         "temperature", "top_p", "user"}
+    )
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: str  # in_progress, completed, incomplete, failed
+    model: str
+    output: list[OutputItem] = Field(default_factory=list)
+    usage: ResponseUsage | None = None
+    error: ResponseError | None = None
+    incomplete_details: dict[str, Any] | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    parallel_tool_calls: bool = True
+    previous_response_id: str | None = None
+    reasoning: dict[str, Any] = Field(default_factory=dict)
+    store: bool = False
+    temperature: float | None = None
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
+    tool_choice: Any = "auto"
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    top_p: float | None = None
+    truncation: str = "disabled"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    user: str | None = None

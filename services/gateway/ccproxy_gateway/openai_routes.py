@@ -1,0 +1,167 @@
+"""OpenAI-compatible routes of API mode: translate in, forward as Anthropic, translate out.
+
+The forwarder only ever sees an Anthropic Messages request; the translation (ccproxy_core.openai)
+is pure, so this module is just the I/O around it: client auth, body, forwarding, metrics, and
+turning the upstream's error answers into OpenAI errors with their status kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from ccproxy_core.errors import ProxyError, upstream_error
+from ccproxy_core.forwarding import ForwardRequest, UpstreamReply
+from ccproxy_core.openai import (
+    ChatStreamTranslator,
+    ModelMap,
+    ResponsesStreamTranslator,
+    chat_completion,
+    chat_stream,
+    parse_chat_request,
+    parse_responses_request,
+    response_object,
+    responses_stream,
+    translate_chat_request,
+    translate_responses_request,
+)
+from ccproxy_core.sse import iter_events
+from ccproxy_gateway.access import request_log
+from ccproxy_gateway.relay import client_headers, until_disconnect
+from ccproxy_gateway.usage import Usage, usage_from_message
+
+if TYPE_CHECKING:
+    from ccproxy_gateway.app import Gateway
+
+#: Client headers that mean something upstream (betas such as 1M context); the rest of an OpenAI
+#: client's headers (its key, x-stainless-*, ...) stay here.
+FORWARDED_HEADERS = ("anthropic-beta", "anthropic-version")
+
+
+def _usage(translator: ChatStreamTranslator | ResponsesStreamTranslator) -> Usage:
+    tokens = translator.tokens
+    return Usage(
+        model=translator.model,
+        input_tokens=tokens.input,
+        output_tokens=tokens.output,
+        cache_read_tokens=tokens.cache_read,
+        cache_write_tokens=tokens.cache_write,
+        stop_reason=translator.stop_reason,
+        error_type=translator.error_type,
+        first_token=translator.first_output,
+    )
+
+
+class OpenAIRoutes:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.model_map = ModelMap.from_settings(gateway.settings.models)
+        self.options = gateway.settings.openai
+
+    def routes(self, prefix: str = "/api/v1") -> list[BaseRoute]:
+        return [
+            Route(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"]),
+            Route(f"{prefix}/responses", self.responses, methods=["POST"]),
+        ]
+
+    async def chat_completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.gateway.client_auth.check(request)
+        chat = parse_chat_request(await self.gateway.read_body(request))
+        plan = translate_chat_request(chat, self.model_map, self.options)
+        reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
+        if plan.stream:
+            translator = ChatStreamTranslator(plan)
+            frames = chat_stream(iter_events(reply), translator)
+            return self._stream(request, reply, frames, started, lambda: _usage(translator))
+        message = await self._message(request, reply, started)
+        return JSONResponse(chat_completion(message, plan), headers=self._headers(reply))
+
+    async def responses(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.gateway.client_auth.check(request)
+        req = parse_responses_request(await self.gateway.read_body(request))
+        plan = translate_responses_request(req, self.model_map, self.options)
+        reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
+        if plan.stream:
+            translator = ResponsesStreamTranslator(plan)
+            frames = responses_stream(iter_events(reply), translator)
+            return self._stream(request, reply, frames, started, lambda: _usage(translator))
+        message = await self._message(request, reply, started)
+        return JSONResponse(response_object(message, plan), headers=self._headers(reply))
+
+    async def _forward(self, request: Request, body: dict[str, Any], model: str, stream: bool) -> UpstreamReply:
+        """The upstream's 200 answer; any other status is raised as an OpenAI-renderable error
+        (the gateway's handler keeps the status and ``retry-after``)."""
+        access = request_log(request)
+        if access is not None:
+            access.model_requested = model
+            access.stream = stream
+        headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
+        forward = ForwardRequest(path="/v1/messages", headers=headers, body=body)
+        reply: UpstreamReply = await until_disconnect(request, self.gateway.forwarder.forward(forward))
+        metrics = self.gateway.metrics
+        metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()
+        if access is not None:
+            access.note_upstream(reply)
+        if reply.status != 200:
+            raise upstream_error(reply.status, await until_disconnect(request, reply.read()), reply.headers)
+        return reply
+
+    async def _message(self, request: Request, reply: UpstreamReply, started: float) -> dict[str, Any]:
+        raw = await until_disconnect(request, reply.read())
+        self.gateway.record(request.url.path, 200, started, usage_from_message(raw), time.perf_counter() - started,
+                            request_log(request))
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ProxyError(502, "the upstream's answer is not valid JSON") from exc
+        if not isinstance(message, dict):
+            raise ProxyError(502, "the upstream's answer is not a message")
+        return message
+
+    @staticmethod
+    def _headers(reply: UpstreamReply) -> dict[str, str]:
+        headers = client_headers(reply)
+        headers.pop("content-type", None)
+        if "request-id" in headers:
+            headers["x-request-id"] = headers["request-id"]
+        return headers
+
+    def _stream(
+        self,
+        request: Request,
+        reply: UpstreamReply,
+        frames: AsyncIterator[bytes],
+        started: float,
+        usage: Callable[[], Usage],
+    ) -> StreamingResponse:
+        metrics = self.gateway.metrics
+        metrics.active_streams.labels(metrics.service).inc()
+        route = request.url.path
+        access = request_log(request)
+        if access is not None:
+            access.hold()  # the event waits for the stream's usage
+
+        async def body() -> AsyncIterator[bytes]:
+            first: float | None = None
+            try:
+                async for frame in frames:
+                    if first is None:
+                        first = time.perf_counter() - started
+                    yield frame
+            finally:
+                await reply.aclose()
+                metrics.active_streams.labels(metrics.service).dec()
+                self.gateway.record(route, 200, started, usage(), first, access)
+                if access is not None:
+                    access.release()
+
+        headers = {**self._headers(reply), "cache-control": "no-cache"}
+        return StreamingResponse(body(), status_code=200, media_type="text/event-stream", headers=headers)
