@@ -68,6 +68,12 @@ class EventBuilder:
     def feed(self, message: object) -> list[Event]:
         return list(self._feed(message))
 
+    def notice(self, text: str) -> list[Event]:
+        """A line of ccproxy's own (a permission that timed out), as a text block of its own.
+
+        Called while Claude Code waits on a permission, when no block of a turn is open."""
+        return list(self._text_block(text))
+
     def _feed(self, message: object) -> Iterator[Event]:
         if isinstance(message, SystemMessage):
             if message.subtype == "init":

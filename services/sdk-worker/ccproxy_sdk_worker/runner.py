@@ -20,7 +20,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -55,9 +55,12 @@ log = logging.getLogger(__name__)
 #: Set in the environment of every CLI process a job starts: how leftovers are found.
 RUN_ENV = "CCPROXY_SDK_RUN"
 
-#: Where a permission prompt goes (issue: permissions): given the job and its session id, the
-#: ``can_use_tool`` callback for the run, or None to leave Claude Code's permission mode alone.
-PermissionHook = Callable[[SdkJob, str], CanUseTool | None]
+#: Shows the client a line of ccproxy's own in the answer (a permission that timed out).
+Notify = Callable[[str], Awaitable[None]]
+#: Where a permission prompt goes (``ccproxy_sdk_worker.permissions``): given the job, its session
+#: id and a :data:`Notify`, the ``can_use_tool`` callback for the run, or None to leave Claude
+#: Code's permission mode alone.
+PermissionHook = Callable[[SdkJob, str, Notify], CanUseTool | None]
 
 
 def find_cli(configured: str | None) -> str | None:
@@ -189,10 +192,15 @@ class Runner:
             if entries:
                 await self.store.append({"project_key": "", "session_id": session_id}, entries)
                 resume = session_id
-        options = self._options(job, opts, cwd, model, session_id, resume)
         builder = EventBuilder(
             f"msg_{job.id}", model, self.settings.claude.sdk_message_mode, self.settings.claude.pretty_format
         )
+
+        async def notify(text: str) -> None:
+            for name, data in builder.notice(text):
+                await write_record(self.redis, self.keys, job.id, name, data)
+
+        options = self._options(job, opts, cwd, model, session_id, resume, notify)
         content = user_content(last)
         if not content:
             raise ProxyError(400, "messages: the last user message is empty", param="messages")
@@ -225,7 +233,14 @@ class Runner:
         return result
 
     def _options(
-        self, job: SdkJob, opts: ClaudeOptions, cwd: Path, model: str, session_id: str, resume: str | None
+        self,
+        job: SdkJob,
+        opts: ClaudeOptions,
+        cwd: Path,
+        model: str,
+        session_id: str,
+        resume: str | None,
+        notify: Notify,
     ) -> ClaudeAgentOptions:
         appended = "\n\n".join(t for t in (opts.append_system_prompt, system_text(job.body)) if t)
         system_prompt: Any = {"type": "preset", "preset": "claude_code"}
@@ -258,7 +273,7 @@ class Runner:
             session_store=cast(SessionStore, self.store),
             env=self._env(job),
             stderr=on_stderr,
-            can_use_tool=self.permission_hook(job, session_id) if self.permission_hook else None,
+            can_use_tool=self.permission_hook(job, session_id, notify) if self.permission_hook else None,
         )
 
     def _env(self, job: SdkJob) -> dict[str, str]:

@@ -1,0 +1,76 @@
+"""Claude Code's permission prompts, sent to the permissions service (``can_use_tool``).
+
+Every tool use the configured permission mode does not already allow reaches
+:func:`permission_hook`'s callback with the tool's name and full input; it becomes a request in
+the permissions service on behalf of the job's client key and the run waits for the decision.
+Allow runs the tool (with the approver's edited input, if any); deny, timeout, or an unreachable
+service answer Claude with a message, and a timeout is also shown to the client as text, since
+nobody was there to see the request. Why ``can_use_tool`` and not an MCP permission tool:
+docs/permissions.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from claude_agent_sdk import PermissionResultAllow, PermissionResultDeny
+from claude_agent_sdk.types import CanUseTool, PermissionResult, ToolPermissionContext
+
+from ccproxy_core.permissions import HttpPermissionGate, PermissionAsk, PermissionGate, denied_message
+from ccproxy_core.sdk_jobs import SdkJob
+from ccproxy_core.settings import Settings
+from ccproxy_sdk_worker.runner import Notify, PermissionHook
+
+log = logging.getLogger(__name__)
+
+
+def permission_hook(gate: PermissionGate) -> PermissionHook:
+    def hook(job: SdkJob, session_id: str, notify: Notify) -> CanUseTool:
+        async def can_use_tool(
+            tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
+        ) -> PermissionResult:
+            ask = PermissionAsk(
+                tool_name=tool_name,
+                input=tool_input,
+                key_id=job.key_id,
+                key_name=job.key_name or job.key_id,
+                title=context.title,
+                tool_use_id=context.tool_use_id,
+                session_id=session_id,
+                run_id=job.id,
+            )
+            try:
+                view = await gate.ask(ask)
+            except Exception as exc:
+                log.warning("run %s: permission for %s not asked: %s", job.id, tool_name, exc)
+                message = f"Permission to use {tool_name} was denied: the permissions service cannot be reached."
+                await notify(f"\n[ccproxy] {message}\n")
+                return PermissionResultDeny(message=message)
+            decision = view.decision
+            log.info("run %s: permission %s for %s: %s", job.id, view.id, tool_name, view.status)
+            if decision is not None and decision.behavior == "allow":
+                return PermissionResultAllow(updated_input=decision.updated_input)
+            message = denied_message(view)
+            if view.status == "expired":
+                await notify(f"\n[ccproxy] {message}\n")
+            return PermissionResultDeny(message=message)
+
+        return can_use_tool
+
+    return hook
+
+
+def hook_from_settings(settings: Settings) -> PermissionHook | None:
+    """The stack's hook: the permissions service at ``SERVICES__PERMISSIONS_URL``.
+
+    Unset, Claude Code runs without a permission prompt: what the permission mode does not allow
+    is refused (the CLI cannot ask anyone)."""
+    url = settings.services.permissions_url
+    if not url:
+        log.warning(
+            "SERVICES__PERMISSIONS_URL is not set: tool uses the permission mode does not allow are refused"
+        )
+        return None
+    secret = settings.security.internal_secret
+    return permission_hook(HttpPermissionGate(url, secret.get_secret_value() if secret else None))
