@@ -74,7 +74,7 @@ def token_authorizer(token: str | None) -> Authorize:
             raise ProxyError(401, "missing client key: send it as x-api-key or Authorization: Bearer")
         if not hmac.compare_digest(key.encode(), expected):
             raise ProxyError(401, "invalid client key")
-        return SimpleViewer("admin", "admin", admin=True)
+        return SimpleViewer("default", "shared token", admin=True)
 
     return authorize
 
