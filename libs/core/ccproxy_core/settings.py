@@ -245,6 +245,8 @@ class ServicesSettings(BaseModel):
     auth_url: str | None = None
     #: Unset: the permissions service runs in the worker's process (``ccproxy serve``).
     permissions_url: str | None = None
+    #: Unset: the log API runs in the gateway's process; set: the gateway relays ``/logs/*`` there.
+    analytics_url: str | None = None
 
 
 class Settings(BaseSettings):
