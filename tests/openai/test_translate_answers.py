@@ -180,10 +180,12 @@ def test_thinking_is_reasoning_content_plus_exact_blocks() -> None:
     assert out["content"] == "27 * 453 = 12,231"
 
 
-def test_json_mode_answer_is_the_tool_input_as_text() -> None:
-    body = chat_completion(accumulate("json_tool"), chat_plan(json_mode=True))
+@pytest.mark.parametrize(("name", "answer"), [("json_tool", {"name": "Ada", "age": 36}),
+                                             ("json_after_text", {"ok": True})])
+def test_json_mode_answer_is_the_tool_input_as_text(name: str, answer: dict[str, Any]) -> None:
+    body = chat_completion(accumulate(name), chat_plan(json_mode=True))
     choice = body["choices"][0]
-    assert json.loads(choice["message"]["content"]) == {"name": "Ada", "age": 36}
+    assert json.loads(choice["message"]["content"]) == answer
     assert choice["finish_reason"] == "stop"
     assert "tool_calls" not in choice["message"]
 
@@ -193,7 +195,7 @@ def test_json_mode_answer_is_the_tool_input_as_text() -> None:
 
 @pytest.mark.parametrize("name", STREAMS)
 async def test_chat_stream_is_as_recorded_whatever_the_network_splits(name: str) -> None:
-    plan = chat_plan(stream=True, json_mode=name == "json_tool")
+    plan = chat_plan(stream=True, json_mode=name.startswith("json"))
     expected = (RECORDED / f"{name}.chat.jsonl").read_text().splitlines()
     for size in (1, 7, 64, 100_000):
         frames = await chat_frames(name, plan, size)
@@ -203,7 +205,7 @@ async def test_chat_stream_is_as_recorded_whatever_the_network_splits(name: str)
 
 @pytest.mark.parametrize("name", [n for n in STREAMS if n != "midstream_error"])
 async def test_chat_stream_parses_in_the_sdk_and_says_what_the_whole_message_says(name: str) -> None:
-    plan = chat_plan(stream=True, json_mode=name == "json_tool")
+    plan = chat_plan(stream=True, json_mode=name.startswith("json"))
     frames = await chat_frames(name, plan)
     assert frames[-1] == b"data: [DONE]\n\n"
     chunks = chat_chunks(frames)
@@ -213,10 +215,11 @@ async def test_chat_stream_parses_in_the_sdk_and_says_what_the_whole_message_say
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
     assert len({c["id"] for c in chunks}) == 1
     streamed = merge_chat(chunks[:-1])
-    whole = chat_completion(accumulate(name), chat_plan(json_mode=name == "json_tool"))["choices"][0]
+    whole = chat_completion(accumulate(name), chat_plan(json_mode=name.startswith("json")))["choices"][0]
     assert streamed["finish_reason"] == whole["finish_reason"]
-    if name == "json_tool":  # the same JSON; the whole message's is re-serialised, compactly
-        assert json.loads(streamed["content"]) == json.loads(whole["message"]["content"]) == {"name": "Ada", "age": 36}
+    if name.startswith("json"):  # the same JSON; the whole message's is re-serialised, compactly
+        assert json.loads(streamed["content"]) == json.loads(whole["message"]["content"])
+        assert whole["finish_reason"] == "stop"
     else:
         assert streamed["content"] == (whole["message"]["content"] or "")
     assert streamed["reasoning_content"] == whole["message"].get("reasoning_content", "")
@@ -290,10 +293,10 @@ async def test_chunks_leave_as_soon_as_their_event_arrives() -> None:
 # --- responses ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tool_use", "thinking", "json_tool"])
+@pytest.mark.parametrize("name", ["tool_use", "thinking", "json_tool", "json_after_text"])
 def test_response_object_parses_in_the_official_sdk(name: str) -> None:
     message = accumulate(name)
-    plan = responses_plan(json_mode=name == "json_tool")
+    plan = responses_plan(json_mode=name.startswith("json"))
     response = Response.model_validate(response_object(message, plan, created=1))
     assert response.id == "resp_" + message["id"].removeprefix("msg_")
     assert response.model == "gpt-5" and response.status == "completed"
@@ -310,6 +313,20 @@ def test_response_object_parses_in_the_official_sdk(name: str) -> None:
         assert reasoning[0].summary[0].text == message["content"][0]["thinking"]
     if name == "json_tool":
         assert json.loads(response.output_text) == {"name": "Ada", "age": 36}
+    if name == "json_after_text":  # the text before the JSON tool call is not part of the answer
+        assert json.loads(response.output_text) == {"ok": True}
+
+
+async def test_json_mode_answered_in_text_still_answers() -> None:
+    """Claude did not call the JSON tool (possible when it could not be forced): the text it
+    wrote is the answer, held back while a JSON call could still follow, then sent."""
+    chunks = chat_chunks(await chat_frames("thinking", chat_plan(stream=True, json_mode=True)))
+    assert merge_chat(chunks[:-1])["content"] == "27 * 453 = 12,231"
+    got = await response_events("thinking", responses_plan(stream=True, json_mode=True))
+    final = got[-1][1]["response"]
+    assert [o["type"] for o in final["output"]] == ["reasoning", "reasoning", "message"]
+    assert final["output"][-1]["content"][0]["text"] == "27 * 453 = 12,231"
+    assert final["output"] == [b["item"] for k, b in got if k == "response.output_item.done"]
 
 
 def test_max_tokens_makes_an_incomplete_response() -> None:
@@ -342,7 +359,7 @@ async def response_events(name: str, plan: ResponsesPlan, size: int = 5) -> list
 
 @pytest.mark.parametrize("name", [n for n in STREAMS if n != "midstream_error"])
 async def test_responses_stream_event_sequence_and_final_response(name: str) -> None:
-    json_mode = name == "json_tool"
+    json_mode = name.startswith("json")
     got = await response_events(name, responses_plan(stream=True, json_mode=json_mode))
     for kind, body in got:
         assert body["type"] == kind

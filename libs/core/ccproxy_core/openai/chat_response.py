@@ -57,14 +57,13 @@ def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None
     texts: list[str] = []
     calls: list[OutToolCall] = []
     thinking: list[dict[str, Any]] = []
-    answered_json = False
+    json_text: str | None = None
     for block in message.get("content") or []:
         kind = block.get("type")
         if kind == "text":
             texts.append(block.get("text", ""))
         elif kind == "tool_use" and plan.json_mode and block.get("name") == JSON_TOOL:
-            texts.append(orjson.dumps(block.get("input", {})).decode())
-            answered_json = True
+            json_text = orjson.dumps(block.get("input", {})).decode()
         elif kind == "tool_use":
             calls.append(
                 OutToolCall(
@@ -77,6 +76,9 @@ def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None
             thinking.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
         elif kind == "redacted_thinking":
             thinking.append({"type": "redacted_thinking", "data": block["data"]})
+    if json_text is not None:
+        # The JSON tool's input is the answer; text Claude wrote around the call is not JSON.
+        texts = [json_text]
     out = CompletionMessage(content="".join(texts) if texts else None)
     if calls:
         out.tool_calls = calls
@@ -85,7 +87,7 @@ def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None
         out.thinking_blocks = thinking
         REASONING_MEMORY.remember(out.reasoning_content, thinking)
     reason = finish_reason(message.get("stop_reason"))
-    if answered_json and not calls:
+    if json_text is not None and not calls:
         reason = "stop"
     tokens = TokenCount()
     tokens.add(message.get("usage"))
@@ -136,6 +138,9 @@ class ChatStreamTranslator:
         self._signature = ""
         self._reasoning: list[dict[str, Any]] = []
         self._answered_json = False
+        #: JSON mode: text is held until it is clear whether the JSON tool follows (then it is
+        #: not the answer and is dropped) or not (then it is the answer, sent at the end).
+        self._held: list[str] = []
 
     def _chunk(self, delta: ChunkDelta, finish: str | None = None) -> dict[str, Any]:
         return ChatCompletionChunk(
@@ -174,10 +179,11 @@ class ChatStreamTranslator:
         if kind == "text":
             self._kinds[index] = "text"
             if block.get("text"):
-                yield self._chunk(ChunkDelta(content=block["text"]))
+                yield from self._text(block["text"])
         elif kind == "tool_use" and self.plan.json_mode and block.get("name") == JSON_TOOL:
             self._kinds[index] = "json"
             self._answered_json = True
+            self._held.clear()
         elif kind == "tool_use":
             self._kinds[index] = "tool"
             call = self._calls[index] = len(self._calls)
@@ -209,12 +215,18 @@ class ChatStreamTranslator:
         else:
             self._kinds[index] = "other"  # server tools and future blocks: nothing OpenAI can show
 
+    def _text(self, text: str) -> Iterator[dict[str, Any]]:
+        if self.plan.json_mode and not self._answered_json:
+            self._held.append(text)
+        elif not self._answered_json:
+            yield self._chunk(ChunkDelta(content=text))
+
     def _delta(self, index: int, delta: dict[str, Any]) -> Iterator[dict[str, Any]]:
         kind = self._kinds.get(index)
         dtype = delta.get("type")
         if dtype == "text_delta" and kind == "text":
             if delta.get("text"):
-                yield self._chunk(ChunkDelta(content=delta["text"]))
+                yield from self._text(delta["text"])
         elif dtype == "input_json_delta" and delta.get("partial_json"):
             self._args_sent.add(index)
             if kind == "json":
@@ -252,6 +264,9 @@ class ChatStreamTranslator:
         reason = finish_reason(self.stop_reason)
         if self._answered_json and not self._calls:
             reason = "stop"
+        if self._held:
+            yield self._chunk(ChunkDelta(content="".join(self._held)))
+            self._held.clear()
         yield self._chunk(ChunkDelta(), finish=reason)
         if self.plan.include_usage:
             yield ChatCompletionChunk(

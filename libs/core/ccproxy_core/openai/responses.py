@@ -284,8 +284,13 @@ def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int |
     """A whole Anthropic message as a ``response`` object."""
     base = _base_id(message.get("id"))
     output: list[OutputItem] = []
-    for n, block in enumerate(message.get("content") or []):
+    blocks = message.get("content") or []
+    # JSON mode: the JSON tool's input is the answer; text Claude wrote around the call is not JSON.
+    drop_text = plan.json_mode and any(b.get("type") == "tool_use" and b.get("name") == JSON_TOOL for b in blocks)
+    for n, block in enumerate(blocks):
         kind = block.get("type")
+        if kind == "text" and drop_text:
+            continue
         if kind == "text":
             output.append(OutputMessage(id=f"msg_{base}_{n}", status="completed",
                                         content=[OutputText(text=block.get("text", ""))]))
@@ -339,6 +344,11 @@ class ResponsesStreamTranslator:
         self._seq = 0
         self._open: dict[int, _OpenItem] = {}
         self._next_output = 0
+        #: JSON mode: text held until it is clear whether the JSON tool follows (then the text is
+        #: not the answer and is dropped) or not (then it becomes a message at the end).
+        self._held: list[str] = []
+        self._held_index: int | None = None
+        self._answered_json = False
 
     def _event(self, kind: str, **fields: Any) -> tuple[str, dict[str, Any]]:
         body = {"type": kind, "sequence_number": self._seq, **fields}
@@ -379,16 +389,27 @@ class ResponsesStreamTranslator:
         self._open[index] = item
         return item
 
+    def _open_message(self, index: int, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        item = self._open_item(index, kind, f"msg_{self.base}_{index}")
+        message = OutputMessage(id=item.item_id, status="in_progress", content=[])
+        yield self._event("response.output_item.added", output_index=item.output_index, item=message.dump())
+        yield self._event("response.content_part.added", item_id=item.item_id, output_index=item.output_index,
+                          content_index=0, part=OutputText(text="").dump())
+
     def _start(self, index: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         kind = block.get("type")
-        if kind == "text" or (kind == "tool_use" and self.plan.json_mode and block.get("name") == JSON_TOOL):
-            item = self._open_item(index, "text" if kind == "text" else "json", f"msg_{self.base}_{index}")
-            message = OutputMessage(id=item.item_id, status="in_progress", content=[])
-            yield self._event("response.output_item.added", output_index=item.output_index, item=message.dump())
-            yield self._event("response.content_part.added", item_id=item.item_id, output_index=item.output_index,
-                              content_index=0, part=OutputText(text="").dump())
+        json_tool = kind == "tool_use" and self.plan.json_mode and block.get("name") == JSON_TOOL
+        if kind == "text" and self.plan.json_mode:
+            if not self._answered_json:
+                self._held.append(block.get("text") or "")
+                self._held_index = index if self._held_index is None else self._held_index
+        elif kind == "text" or json_tool:
+            if json_tool:
+                self._answered_json = True
+                self._held.clear()
+            yield from self._open_message(index, "text" if kind == "text" else "json")
             if block.get("text"):
-                yield from self._text(item, block["text"])
+                yield from self._text(self._open[index], block["text"])
         elif kind == "tool_use":
             item = self._open_item(index, "tool", f"fc_{block.get('id')}", call_id=block.get("id", ""),
                                    name=block.get("name", ""))
@@ -426,9 +447,11 @@ class ResponsesStreamTranslator:
 
     def _delta(self, index: int, delta: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         item = self._open.get(index)
-        if item is None:
-            return
         dtype = delta.get("type")
+        if item is None:
+            if dtype == "text_delta" and self.plan.json_mode and not self._answered_json and delta.get("text"):
+                self._held.append(delta["text"])
+            return
         if dtype == "text_delta" and item.kind == "text" and delta.get("text"):
             yield from self._text(item, delta["text"])
         elif dtype == "input_json_delta" and delta.get("partial_json"):
@@ -478,6 +501,11 @@ class ResponsesStreamTranslator:
         if self.finished:
             return
         self.finished = True
+        if self._held and self._held_index is not None:
+            # JSON mode, but Claude answered in text: that text is the answer.
+            yield from self._open_message(self._held_index, "text")
+            yield from self._text(self._open[self._held_index], "".join(self._held))
+            yield from self._stop(self._held_index)
         status, incomplete = _status(self.stop_reason)
         response = self._response(status, output=self.output, usage=_usage(self.tokens),
                                   incomplete_details=incomplete)
