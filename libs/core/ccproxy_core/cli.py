@@ -16,10 +16,13 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from ccproxy_core.cli_auth import auth_app, keys_app
 from ccproxy_core.server import StartupError, serve_app
 from ccproxy_core.settings import Settings, is_loopback
 
 app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI APIs.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
+app.add_typer(keys_app, name="keys")
 
 
 def fail(message: str) -> None:
@@ -61,13 +64,14 @@ def build_local_app(settings: Settings) -> Any:
     from starlette.applications import Starlette
 
     from ccproxy_analytics.service import Analytics
-    from ccproxy_auth.manager import CredentialManager
+    from ccproxy_auth.admin import local_accounts
     from ccproxy_forwarder.forwarder import ApiForwarder
     from ccproxy_gateway.app import Gateway, create_app
 
-    tokens = CredentialManager(settings)
+    # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
+    tokens, keys = local_accounts(settings)
     forwarder = ApiForwarder(settings.anthropic, tokens)
-    gateway = Gateway(settings, forwarder, tokens.status)
+    gateway = Gateway(settings, forwarder, tokens.status, keys=keys)
     # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
     analytics = Analytics(settings, metrics=gateway.metrics)
     web = create_app(gateway, extra_routes=analytics.routes())

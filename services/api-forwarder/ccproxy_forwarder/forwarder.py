@@ -2,24 +2,36 @@
 
 One pooled keep-alive aiohttp session for the process; bodies relayed with ``iter_any`` (each
 chunk as soon as the socket has it); one retry with a fresh token on a 401, and one on a stale
-pooled connection, both before any byte reached the client.
+pooled connection, both before any byte reached the client. With an account pool (an
+:class:`~ccproxy_core.routing.AccountRouter`) the pool picks the account of each request and
+hears about its 429s, 529s and dead tokens, and the request is retried once, on the same account
+after a short throttle or on another one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import orjson
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest, UpstreamReply
+from ccproxy_core.routing import HINT_SESSION, AccountRouter, session_key
 from ccproxy_core.settings import AnthropicSettings
 from ccproxy_core.tokens import Credential, TokenSource
 from ccproxy_forwarder.injection import inject_identity, upstream_headers
 
 log = logging.getLogger(__name__)
+
+UNIFIED = "anthropic-ratelimit-unified-"
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
 
 
 class ApiForwarder:
@@ -29,6 +41,8 @@ class ApiForwarder:
         self._base_url = settings.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self.upstream_statuses: dict[int, int] = {}
+        self._quota_seen: dict[str, tuple[tuple[tuple[str, str], ...], float]] = {}
+        self._reports: set[asyncio.Task[None]] = set()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -51,13 +65,16 @@ class ApiForwarder:
             await self._session.close()
 
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
-        credential = await self._tokens.get()
-        resp = await self._send(request, credential)
-        if resp.status == 401 and credential.kind == "oauth":
-            # The token was refused: refresh once (single-flight) and try again.
-            resp.close()
-            credential = await self._tokens.get(rejected=credential.secret.get_secret_value())
+        if isinstance(self._tokens, AccountRouter):
+            credential, resp = await self._routed(request, self._tokens)
+        else:
+            credential = await self._tokens.get()
             resp = await self._send(request, credential)
+            if resp.status == 401 and credential.kind == "oauth":
+                # The token was refused: refresh once (single-flight) and try again.
+                resp.close()
+                credential = await self._tokens.get(rejected=credential.secret.get_secret_value())
+                resp = await self._send(request, credential)
         self.upstream_statuses[resp.status] = self.upstream_statuses.get(resp.status, 0) + 1
         headers = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
 
@@ -65,6 +82,80 @@ class ApiForwarder:
             resp.close()
 
         return UpstreamReply(resp.status, headers, self._relay(resp), close, account=credential.account)
+
+    async def _routed(
+        self, request: ForwardRequest, router: AccountRouter
+    ) -> tuple[Credential, aiohttp.ClientResponse]:
+        """Send on the account the pool picks; on a 429/529/dead token, tell the pool and try
+        once more (same account after a short wait, or another one), all before any byte of
+        the answer went to the client."""
+        hints = dict(request.hints)
+        if HINT_SESSION not in hints:
+            session = session_key(request.body, request.headers)
+            if session:
+                hints[HINT_SESSION] = session
+        credential = await router.pick(hints)
+        tried: list[str] = []
+        retried = False
+        while True:
+            resp = await self._send(request, credential)
+            if resp.status == 401 and credential.kind == "oauth":
+                resp.close()
+                credential = await router.pick(
+                    hints, account=credential.account, rejected=credential.secret.get_secret_value()
+                )
+                resp = await self._send(request, credential)
+            if not self._should_report(credential.account, resp):
+                return credential, resp
+            if resp.status < 400:
+                self._report_later(router, credential.account, resp, hints)
+                return credential, resp
+            outcome = await router.report(credential.account, resp.status, _lower(resp.headers), hints)
+            self._quota_seen.pop(credential.account, None)
+            if retried or outcome.action == "done":
+                return credential, resp
+            if outcome.action == "retry_same":
+                log.info("account %s throttled: retrying in %.1f s", credential.account, outcome.wait)
+                resp.close()
+                retried = True
+                await asyncio.sleep(outcome.wait)
+                continue
+            tried.append(credential.account)
+            try:
+                following = await router.pick(hints, exclude=tried)
+            except ProxyError:
+                return credential, resp  # no other account: the client gets the upstream's answer
+            log.info("account %s %s: retrying on %s", credential.account, outcome.reason, following.account)
+            resp.close()
+            retried = True
+            credential = following
+
+    def _should_report(self, account: str, resp: aiohttp.ClientResponse) -> bool:
+        """Errors always; quota headers of a success when they changed (or every 30 s)."""
+        if resp.status in (401, 429, 529):
+            return True
+        quota = tuple(sorted((k.lower(), v) for k, v in resp.headers.items() if k.lower().startswith(UNIFIED)))
+        if not quota:
+            return False
+        now = time.monotonic()
+        seen = self._quota_seen.get(account)
+        if seen is not None and seen[0] == quota and now - seen[1] < 30:
+            return False
+        self._quota_seen[account] = (quota, now)
+        return True
+
+    def _report_later(
+        self, router: AccountRouter, account: str, resp: aiohttp.ClientResponse, hints: dict[str, str]
+    ) -> None:
+        async def report() -> None:
+            try:
+                await router.report(account, resp.status, _lower(resp.headers), hints)
+            except Exception as exc:  # quota bookkeeping must never fail a request
+                log.debug("could not report quota headers of %s: %s", account, type(exc).__name__)
+
+        task = asyncio.get_running_loop().create_task(report())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def _send(self, request: ForwardRequest, credential: Credential) -> aiohttp.ClientResponse:
         body = inject_identity(request.body) if credential.kind == "oauth" else request.body

@@ -21,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ccproxy_core.auth_client import AuthClient
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest
 from ccproxy_core.internal import (
@@ -32,6 +31,7 @@ from ccproxy_core.internal import (
     require_internal_secret,
 )
 from ccproxy_core.metrics import Metrics
+from ccproxy_core.routing import RoutingAuthClient
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import encode_event
@@ -48,7 +48,7 @@ def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
     if not settings.services.auth_url:
         raise StartupError("SERVICES__AUTH_URL is not set: the api-forwarder gets its tokens from auth")
-    tokens = AuthClient(settings.services.auth_url, secret)
+    tokens = RoutingAuthClient(settings.services.auth_url, secret)
     forwarder = ApiForwarder(settings.anthropic, tokens)
     metrics = Metrics("api-forwarder")
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth.manager import CredentialManager
+from ccproxy_auth.admin import admin_routes, internal_routes, local_accounts
 from ccproxy_core.auth_client import STATUS_PATH, TOKEN_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
     redis: Redis | None = connect(settings.redis) if settings.redis.url else None
-    manager = CredentialManager(settings, redis=redis)
     metrics = Metrics("auth")
+    # Named accounts (or the CLI login when there are none) and client keys: docs/accounts.md.
+    manager, keys = local_accounts(settings, metrics)
 
     async def token(request: Request) -> Response:
         rejected: str | None = None
@@ -97,6 +98,8 @@ def create_service_app(settings: Settings) -> Starlette:
             Route(STATUS_PATH, status, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
+            *internal_routes(manager, keys),
+            *admin_routes(settings, manager, keys),
         ],
         middleware=[Middleware(RequireInternalSecret, secret=secret)],
         exception_handlers={ProxyError: on_proxy_error},

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ccproxy_core.access_log import AccessLogEmitter, RequestLog
+from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.metrics import Metrics
@@ -30,6 +31,7 @@ from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object
 from ccproxy_gateway.client_auth import ClientAuth
+from ccproxy_gateway.metering import KeyGuard, MeteredForwarder, keys_enabled
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic, until_disconnect
 from ccproxy_gateway.usage import Usage
@@ -56,6 +58,7 @@ class Gateway:
         credential_status: StatusProvider,
         metrics: Metrics | None = None,
         access_log: AccessLogEmitter | None = None,
+        keys: KeyAuthority | None = None,
     ) -> None:
         self.settings = settings
         self.forwarder = forwarder
@@ -64,7 +67,11 @@ class Gateway:
         #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md).
         self.access_log = access_log or AccessLogEmitter.from_settings(settings, self.metrics)
         token = settings.security.auth_token
-        self.client_auth = ClientAuth(token.get_secret_value() if token else None)
+        #: Per-member client keys (auth's, in-process or over HTTP); None: the shared token only.
+        keys = keys_enabled(keys, settings.security.key_cache_seconds)
+        self.client_auth = ClientAuth(token.get_secret_value() if token else None, keys)
+        if keys is not None:
+            self.forwarder = MeteredForwarder(forwarder, keys)
 
     def record(
         self,
@@ -238,7 +245,10 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
     return Starlette(
         routes=routes,
         exception_handlers={ProxyError: on_proxy_error, HTTPException: on_http_error, Exception: on_crash},
-        middleware=[Middleware(AccessLogMiddleware, emitter=gateway.access_log)],
+        middleware=[
+            Middleware(AccessLogMiddleware, emitter=gateway.access_log),
+            Middleware(KeyGuard, client_auth=gateway.client_auth),
+        ],
     )
 
 

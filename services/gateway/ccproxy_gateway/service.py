@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 
 from ccproxy_core.auth_client import AuthClient
+from ccproxy_core.client_keys import HttpKeyAuthority
 from ccproxy_core.forwarding import HttpForwarder
 from ccproxy_core.internal import require_internal_secret
 from ccproxy_core.server import StartupError
@@ -31,13 +32,17 @@ def create_service_app(settings: Settings) -> Starlette:
         settings.services.forwarder_url, secret, read_timeout=settings.anthropic.read_timeout + 15
     )
     auth = AuthClient(settings.services.auth_url, secret)
-    web = create_app(Gateway(settings, forwarder, auth.status))
+    # Per-member client keys live in auth (Redis); lookups are cached a few seconds here.
+    keys = HttpKeyAuthority(settings.services.auth_url, secret) if settings.redis.url else None
+    web = create_app(Gateway(settings, forwarder, auth.status, keys=keys))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
         await forwarder.aclose()
         await auth.aclose()
+        if keys is not None:
+            await keys.aclose()
 
     web.router.lifespan_context = lifespan
     return web

@@ -1,0 +1,419 @@
+"""``ccproxy auth …`` (upstream accounts) and ``ccproxy keys …`` (client keys).
+
+Both act on the same durable state the auth service uses: account files (and the keyring) under
+the data directory, and Redis (``REDIS__URL``) for pool state and client keys. In the stack, run
+them inside the auth container (``docker compose exec auth ccproxy keys create …``) or against
+Redis from the host. No command prints a secret, except ``keys create``, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ccproxy_core.settings import Settings
+
+T = TypeVar("T")
+
+auth_app = typer.Typer(help="Upstream accounts: log in, import, add API keys, status.", no_args_is_help=True)
+keys_app = typer.Typer(help="Client keys: one per team member, with limits and budgets.", no_args_is_help=True)
+
+
+def _settings() -> Settings:
+    from ccproxy_core.cli import load_settings
+
+    return load_settings()
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"ccproxy: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _pool(settings: Settings) -> Any:
+    from ccproxy_auth.pool import AccountPool
+    from ccproxy_core.redis import connect
+
+    return AccountPool(settings, connect(settings.redis))
+
+
+# -- auth ----------------------------------------------------------------------------------
+
+
+@auth_app.command()
+def login(
+    account: Annotated[str, typer.Option(help="Name of the account to create or log in again.")] = "default",
+    manual: Annotated[bool, typer.Option(help="Paste code#state instead of a local callback.")] = False,
+    browser: Annotated[bool, typer.Option(help="Open the login page in a browser.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the callback.")] = 300.0,
+) -> None:
+    """Log in to a Claude subscription (OAuth, PKCE) and store it as a named account."""
+    from ccproxy_auth import login as flow
+    from ccproxy_auth.accounts import AccountError, AccountStore
+
+    settings = _settings()
+    store = AccountStore(settings)
+    pending = flow.start(settings.oauth, manual=manual)
+    typer.echo("Open this address to log in to your Claude account:\n")
+    typer.echo(pending.url + "\n", err=False)
+    sys.stdout.flush()
+    if browser and _has_display():
+        import webbrowser
+
+        webbrowser.open(pending.url)
+
+    async def run() -> Any:
+        if manual:
+            pasted = await asyncio.to_thread(typer.prompt, "Paste the code shown after you authorize (code#state)")
+            code = flow.parse_pasted(pasted, pending)
+        else:
+            typer.echo(f"Waiting for the login callback on {pending.redirect_uri} …")
+            sys.stdout.flush()
+            code = await flow.wait_for_callback(pending, timeout)
+        return await flow.finish(settings.oauth, pending, code)
+
+    try:
+        oauth_pair = _run(run())
+        saved = store.add_oauth(account, oauth_pair)
+    except (flow.LoginError, AccountError) as exc:
+        _fail(str(exc))
+        return
+    _clear_marks(settings, saved.name)
+    typer.echo(f"Logged in: account {saved.name} (secrets in the {store.secrets.name} store).")
+
+
+def _has_display() -> bool:
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _clear_marks(settings: Settings, name: str) -> None:
+    """A new login makes an unhealthy account usable again (only with a real Redis)."""
+    if settings.redis.url is None:
+        return
+    try:
+        _run(_pool(settings).clear(name))
+    except Exception as exc:  # Redis down: the mark clears itself on the next success anyway
+        typer.echo(f"note: could not clear the account's marks in Redis ({type(exc).__name__})", err=True)
+
+
+@auth_app.command("import")
+def import_(
+    account: Annotated[str, typer.Option(help="Name of the account.")] = "claude-cli",
+    from_file: Annotated[
+        str | None, typer.Option("--from", help="Copy the login from this .credentials.json instead.")
+    ] = None,
+) -> None:
+    """Use the Claude CLI's login as an account.
+
+    By default the account is linked: it reads the CLI's credentials where the CLI keeps them and
+    writes each rotated token pair back there, so the CLI keeps working. ``--from FILE`` copies a
+    login (e.g. from another machine) into ccproxy's own store instead.
+    """
+    from pathlib import Path
+
+    from ccproxy_auth.accounts import AccountError, AccountStore
+    from ccproxy_auth.claude_credentials import CredentialsError, CredentialStore, FileStore, KeyringStore
+
+    settings = _settings()
+    store = AccountStore(settings)
+    try:
+        if from_file:
+            found = FileStore(Path(from_file)).load()
+            if found is None:
+                _fail(f"{from_file} holds no claudeAiOauth login")
+                return
+            saved = store.add_oauth(account, found)
+            typer.echo(f"Imported a copy: account {saved.name}. The source file's refresh token will stop "
+                       "working once ccproxy refreshes; log that CLI in again if you keep using it.")
+            return
+        sources: list[CredentialStore] = [FileStore(settings.claude_config_dir() / ".credentials.json")]
+        if settings.auth.use_keyring:
+            sources.append(KeyringStore())
+        for source in sources:
+            if source.load() is not None:
+                saved = store.link_cli(account, source)
+                typer.echo(f"Linked account {saved.name} to the Claude CLI's login ({source.name}).")
+                return
+    except (AccountError, CredentialsError) as exc:
+        _fail(str(exc))
+        return
+    _fail("no Claude CLI login found (run `claude` and /login, or pass --from FILE)")
+
+
+@auth_app.command("add-key")
+def add_key(
+    account: Annotated[str, typer.Option(help="Name of the account.")] = "api",
+    key: Annotated[str | None, typer.Option(help="The Anthropic API key; '-' reads stdin; unset: prompt.")] = None,
+) -> None:
+    """Add an Anthropic API key as an account (sent upstream as x-api-key)."""
+    from ccproxy_auth.accounts import AccountError, AccountStore
+
+    settings = _settings()
+    if key == "-":
+        key = sys.stdin.readline().strip()
+    elif key is None:
+        key = typer.prompt("Anthropic API key", hide_input=True)
+    try:
+        saved = AccountStore(settings).add_api_key(account, key or "")
+    except AccountError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"Added API-key account {saved.name}.")
+
+
+def _account_rows(settings: Settings) -> list[dict[str, Any]]:
+    pool = _pool(settings)
+    try:
+        states = _run(pool.accounts())
+    except Exception as exc:
+        from ccproxy_core.redis import is_unavailable
+
+        if not is_unavailable(exc):
+            raise
+        _fail(f"Redis ({settings.redis.url}) is unreachable: {type(exc).__name__}")
+        return []
+    return [s.model_dump(mode="json") for s in states]
+
+
+def _print_accounts(rows: list[dict[str, Any]]) -> None:
+    now = time.time()
+    for row in rows:
+        health = "healthy" if row["healthy"] else f"UNHEALTHY ({row.get('problem') or 'unknown'})"
+        plan = f" ({row['subscription_type']})" if row.get("subscription_type") else ""
+        typer.echo(f"{row['name']}: {row['kind']}{plan}")
+        typer.echo(f"  health:   {health}")
+        if row.get("source"):
+            typer.echo(f"  source:   {row['source']}")
+        if row.get("expires_at"):
+            left = row["expires_at"] - now
+            state = f"in {left / 3600:.1f} h" if left > 0 else "expired (refreshes on next use)"
+            typer.echo(f"  expires:  {_when(row['expires_at'])} ({state})")
+        cooldown = row.get("cooldown")
+        if cooldown:
+            typer.echo(f"  cooldown: until {_when(cooldown['until'])} ({cooldown['reason']}, "
+                       f"{max(0, cooldown['until'] - now):.0f} s left)")
+        quota = row.get("quota") or {}
+        if quota:
+            parts = []
+            for window, q in sorted(quota.items()):
+                util = q.get("utilization")
+                text = f"{window} {util * 100:.0f}%" if util is not None else window
+                if q.get("status") and q["status"] != "allowed":
+                    text += f" {q['status']}"
+                if q.get("reset"):
+                    text += f" (resets {_when(q['reset'])})"
+                parts.append(text)
+            typer.echo("  quota:    " + ", ".join(parts))
+        if row.get("last_limited_at"):
+            typer.echo(f"  limited:  last at {_when(row['last_limited_at'])}")
+
+
+@auth_app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Each account's kind, subscription, expiry, health, cooldown and quota (no secrets)."""
+    settings = _settings()
+    rows = _account_rows(settings)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    _print_accounts(rows)
+
+
+@auth_app.command()
+def info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Same as `auth status` (the name earlier ccproxy versions used)."""
+    status(as_json)
+
+
+@auth_app.command()
+def validate() -> None:
+    """Exit 0 if at least one account can serve requests, 1 otherwise."""
+    rows = _account_rows(_settings())
+    usable = [r for r in rows if r["available"]]
+    for row in rows:
+        mark = "ok" if row["available"] else "NOT usable: " + str(
+            row.get("problem") or ("cooling down" if row.get("cooldown") else "unknown")
+        )
+        typer.echo(f"{row['name']}: {mark}")
+    if not usable:
+        raise typer.Exit(1)
+
+
+@auth_app.command()
+def refresh(
+    account: Annotated[str | None, typer.Option(help="Only this account (default: every OAuth account).")] = None,
+) -> None:
+    """Refresh OAuth tokens now (single-flight with running services via the Redis lock)."""
+    from ccproxy_core.errors import ProxyError
+
+    settings = _settings()
+    pool = _pool(settings)
+    names = [account] if account else [m.account.name for m in pool.members() if m.account.kind != "api_key"]
+    failed = False
+    for name in names:
+        try:
+            credential = _run(pool.refresh(name))
+        except ProxyError as exc:
+            typer.echo(f"{name}: refresh failed: {exc.message}", err=True)
+            failed = True
+            continue
+        typer.echo(f"{name}: refreshed, valid until {_when(credential.expires_at)}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@auth_app.command()
+def logout(
+    account: Annotated[str, typer.Option(help="The account to remove.")] = "default",
+) -> None:
+    """Remove an account and its stored secrets (a linked CLI login itself is left alone)."""
+    from ccproxy_auth.accounts import AccountError, AccountStore
+
+    settings = _settings()
+    try:
+        removed = AccountStore(settings).remove(account)
+    except AccountError as exc:
+        _fail(str(exc))
+        return
+    if not removed:
+        _fail(f"no account named {account!r}")
+    typer.echo(f"Removed account {account}.")
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def _keys(settings: Settings) -> Any:
+    if settings.redis.url is None:
+        _fail("client keys live in Redis: set REDIS__URL (the stack sets it), or use "
+              "SECURITY__AUTH_TOKEN for a single shared token")
+    from ccproxy_auth.keys import KeyStore
+    from ccproxy_core.redis import connect
+
+    return KeyStore(connect(settings.redis), settings.redis.key_prefix)
+
+
+def parse_expiry(text: str, now: float | None = None) -> float:
+    """``30d``, ``12h``, ``90m`` from now, or a date ``2026-12-31`` (UTC midnight) / ISO time."""
+    now = time.time() if now is None else now
+    match = re.fullmatch(r"(\d+)([mhdw])", text.strip())
+    if match:
+        n, unit = int(match.group(1)), match.group(2)
+        return now + n * {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[unit]
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise typer.BadParameter("use 30d, 12h, 90m, 2026-12-31 or an ISO time") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+@keys_app.command()
+def create(
+    name: Annotated[str, typer.Option(help="Who the key is for (unique among active keys).")],
+    accounts: Annotated[str | None, typer.Option(help="Comma-separated upstream accounts it may use.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Spend cap in USD per period (list prices).")] = None,
+    period: Annotated[str | None, typer.Option(help="Budget period: day, week or month (default month).")] = None,
+    expires: Annotated[str | None, typer.Option(help="30d, 12h, 2026-12-31, ...")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create a client key. The key is printed once; only its hash is stored."""
+    from ccproxy_auth.keys import KeyAdminError
+
+    if period is not None and period not in ("day", "week", "month"):
+        raise typer.BadParameter("period must be day, week or month")
+    settings = _settings()
+    store = _keys(settings)
+    expires_at = parse_expiry(expires) if expires else None
+    try:
+        info, plain = _run(
+            store.create(
+                name,
+                accounts=[a.strip() for a in accounts.split(",") if a.strip()] if accounts else None,
+                rpm=rpm,
+                tpm=tpm,
+                budget_usd=budget_usd,
+                period=period,
+                expires_at=expires_at,
+            )
+        )
+    except KeyAdminError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps({**info.model_dump(), "key": plain}))
+        return
+    typer.echo(f"Created key {info.id} for {info.name}. Copy it now, it is not shown again:\n")
+    typer.echo(f"  {plain}\n")
+
+
+@keys_app.command("list")
+def list_(
+    include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Every key: limits, budget, and spend (this period and in total). Never the key itself."""
+    rows = _run(_keys(_settings()).listing(include_revoked))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("No client keys.")
+        return
+    for row in rows:
+        limits = []
+        if row.get("rpm"):
+            limits.append(f"{row['rpm']} rpm")
+        if row.get("tpm"):
+            limits.append(f"{row['tpm']} tpm")
+        if row.get("budget_usd"):
+            limits.append(f"${row['period_spent_usd']:.4f} of ${row['budget_usd']:.2f}/{row['period']}")
+        state = "revoked" if row.get("revoked_at") else (
+            "expired" if row.get("expires_at") and row["expires_at"] < time.time() else "active"
+        )
+        typer.echo(
+            f"{row['id']}  {row['name']:<16} …{row['hint']}  {state:<8} spent ${row['spent_usd']:.4f} "
+            f"in {row['requests']} requests" + (f"  [{', '.join(limits)}]" if limits else "")
+            + (f"  accounts: {','.join(row['accounts'])}" if row.get("accounts") else "")
+            + (f"  expires {_when(row['expires_at'])}" if row.get("expires_at") else "")
+        )
+
+
+@keys_app.command()
+def revoke(key: Annotated[str, typer.Argument(help="The key's id (k_…) or name.")]) -> None:
+    """Revoke a key: every gateway refuses it within SECURITY__KEY_CACHE_SECONDS."""
+    from ccproxy_auth.keys import KeyAdminError
+
+    try:
+        info = _run(_keys(_settings()).revoke(key))
+    except KeyAdminError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"Revoked key {info.id} ({info.name}).")

@@ -1,0 +1,162 @@
+"""Choosing an upstream account per request, and telling the pool how it went.
+
+The forwarder asks an :class:`AccountRouter` for a credential *for this request* (hints: the
+conversation's sticky key, the accounts a client key may use) and reports every answer that
+says something about the account (429, 529, 401, rate-limit headers). The router answers what to
+do next: nothing, wait and retry on the same account (a short throttle keeps the prompt cache),
+or switch to another account once. In one process the router is auth's pool itself; in the stack
+it is :class:`RoutingAuthClient`, the same calls over HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import orjson
+from pydantic import BaseModel
+
+from ccproxy_core.auth_client import AuthClient
+from ccproxy_core.logging import register_secret
+from ccproxy_core.tokens import Credential
+
+PICK_PATH = "/internal/pick"
+REPORT_PATH = "/internal/report"
+
+#: Hint names (``ForwardRequest.hints``); the HTTP forwarder sends them as ``x-ccproxy-hint-*``.
+HINT_SESSION = "session"
+HINT_ACCOUNTS = "accounts"
+HINT_KEY = "key"
+
+
+class Outcome(BaseModel):
+    """What the forwarder should do after an upstream answer."""
+
+    action: Literal["done", "retry_same", "switch"] = "done"
+    #: Seconds to wait first (``retry_same``).
+    wait: float = 0.0
+    reason: str | None = None
+
+
+@runtime_checkable
+class AccountRouter(Protocol):
+    async def pick(
+        self,
+        hints: Mapping[str, str] | None = None,
+        *,
+        exclude: Collection[str] = (),
+        rejected: str | None = None,
+        account: str | None = None,
+    ) -> Credential:
+        """A credential for this request. ``account``: this one (a retry after a 401, with
+        ``rejected`` the refused token). Raises ProxyError when no account can take it."""
+        ...
+
+    async def report(
+        self, account: str, status: int, headers: Mapping[str, str], hints: Mapping[str, str] | None = None
+    ) -> Outcome:
+        """The upstream answered ``status`` with ``headers`` on ``account``."""
+        ...
+
+
+def reportable(status: int, headers: Mapping[str, str]) -> bool:
+    """Answers the pool learns from: errors about the account, and quota headers."""
+    if status in (401, 429, 529):
+        return True
+    return any(k.startswith("anthropic-ratelimit-unified") for k in headers)
+
+
+def session_key(body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+    """What keeps one conversation on one account (and its prompt cache).
+
+    ``metadata.user_id`` (Claude Code puts its session in it), else Claude Code's session
+    header, else a hash of the cached prefix: everything up to the first ``cache_control``
+    breakpoint, which stays the same for the whole conversation. None: nothing to stick to.
+    """
+    metadata = body.get("metadata")
+    if isinstance(metadata, Mapping):
+        user_id = metadata.get("user_id")
+        if isinstance(user_id, str) and user_id:
+            return "u:" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+    for name, value in headers.items():
+        if name.lower() == "x-claude-code-session-id" and value:
+            return "s:" + hashlib.sha256(value.encode()).hexdigest()[:32]
+    prefix = cached_prefix(body)
+    if prefix is None:
+        return None
+    return "p:" + hashlib.sha256(orjson.dumps(prefix, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def cached_prefix(body: Mapping[str, Any]) -> list[Any] | None:
+    """tools, system, messages in cache order, cut after the first block with cache_control."""
+    parts: list[Any] = [body.get("model")]
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            parts.append(tool)
+            if isinstance(tool, dict) and "cache_control" in tool:
+                return parts
+    system = body.get("system")
+    if isinstance(system, list):
+        for block in system:
+            parts.append(block)
+            if isinstance(block, dict) and "cache_control" in block:
+                return parts
+    elif system is not None:
+        parts.append(system)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, list):
+                for block in content:
+                    parts.append([message.get("role"), block])
+                    if isinstance(block, dict) and "cache_control" in block:
+                        return parts
+            else:
+                parts.append([message.get("role"), content])
+    return None
+
+
+class RoutingAuthClient(AuthClient):
+    """The auth service's pool, over HTTP. With one account the token is cached as before
+    (no call per request); with several, auth picks the account of every request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Set from auth's answer: one account, so picking is trivial and may be cached.
+        self._single = False
+
+    async def pick(
+        self,
+        hints: Mapping[str, str] | None = None,
+        *,
+        exclude: Collection[str] = (),
+        rejected: str | None = None,
+        account: str | None = None,
+    ) -> Credential:
+        cached = self._cached
+        if self._single and not exclude and self._fresh(cached, rejected):
+            assert cached is not None
+            return cached
+        body = orjson.dumps(
+            {"hints": dict(hints or {}), "exclude": list(exclude), "rejected": rejected, "account": account}
+        )
+        data = await self._call("POST", PICK_PATH, body)
+        self.fetches += 1
+        self._single = bool(data.pop("single", False))
+        credential = Credential.model_validate(data)
+        register_secret(credential.secret.get_secret_value())
+        self._cached = credential
+        return credential
+
+    async def report(
+        self, account: str, status: int, headers: Mapping[str, str], hints: Mapping[str, str] | None = None
+    ) -> Outcome:
+        relevant = {k: v for k, v in headers.items() if k == "retry-after" or k.startswith("anthropic-ratelimit")}
+        body = orjson.dumps({"account": account, "status": status, "headers": relevant, "hints": dict(hints or {})})
+        return Outcome.model_validate(await self._call("POST", REPORT_PATH, body))
+

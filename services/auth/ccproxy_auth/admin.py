@@ -1,0 +1,225 @@
+"""The auth service's HTTP surface for accounts and client keys.
+
+Internal (internal secret, for the forwarder and the gateway): ``POST /internal/pick`` and
+``/internal/report`` (the account pool), ``/internal/keys/{lookup,any,admit,settle}``.
+Admin (``Authorization: Bearer $SECURITY__ADMIN_TOKEN``; off while that is unset):
+``GET /admin/accounts``, ``POST /admin/accounts/{name}/refresh``, ``DELETE /admin/accounts/{name}``,
+``POST /admin/accounts`` (an API-key account), ``GET|POST /admin/keys``, ``DELETE /admin/keys/{key}``.
+Answers never carry a secret, except the new key in the answer to ``POST /admin/keys``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ccproxy_auth.accounts import AccountError, AccountStore
+from ccproxy_auth.keys import KeyAdminError, KeyStore
+from ccproxy_auth.pool import AccountPool
+from ccproxy_core.client_keys import Admission, Period, UsageReport
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.internal import json_response
+from ccproxy_core.routing import PICK_PATH, REPORT_PATH
+from ccproxy_core.settings import Settings
+
+
+def local_accounts(settings: Settings, metrics: Any = None) -> tuple[AccountPool, KeyStore | None]:
+    """The pool (always) and the client keys (only with a real Redis: they must be durable and
+    shared, and their limits run as Lua) of this process."""
+    from ccproxy_core.redis import connect
+
+    redis = connect(settings.redis)
+    pool = AccountPool(settings, redis, metrics=metrics)
+    keys = KeyStore(redis, settings.redis.key_prefix) if settings.redis.url else None
+    return pool, keys
+
+
+class PickBody(BaseModel):
+    hints: dict[str, str] = Field(default_factory=dict)
+    exclude: list[str] = Field(default_factory=list)
+    rejected: str | None = None
+    account: str | None = None
+
+
+class ReportBody(BaseModel):
+    account: str
+    status: int
+    headers: dict[str, str] = Field(default_factory=dict)
+    hints: dict[str, str] = Field(default_factory=dict)
+
+
+class SettleBody(BaseModel):
+    admission: Admission
+    usage: UsageReport
+
+
+class AdmitBody(BaseModel):
+    key_id: str
+    model: str = ""
+    body_bytes: int = 0
+    max_tokens: int = 0
+
+
+class CreateKeyBody(BaseModel):
+    name: str
+    accounts: list[str] = Field(default_factory=list)
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    period: Period | None = None
+    expires_at: float | None = None
+
+
+class ApiKeyAccountBody(BaseModel):
+    name: str
+    api_key: str
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    try:
+        return model.model_validate(orjson.loads(await request.body() or b"{}"))
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        raise ProxyError(400, f"invalid body: {str(exc).splitlines()[0]}") from exc
+
+
+def _need_keys(keys: KeyStore | None) -> KeyStore:
+    if keys is None:
+        raise ProxyError(503, "client keys need a real Redis (REDIS__URL)")
+    return keys
+
+
+def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
+    async def pick(request: Request) -> Response:
+        body: PickBody = await _parse(request, PickBody)
+        credential = await pool.pick(body.hints, exclude=body.exclude, rejected=body.rejected, account=body.account)
+        return json_response(
+            {
+                "kind": credential.kind,
+                "secret": credential.secret.get_secret_value(),
+                "expires_at": credential.expires_at,
+                "account": credential.account,
+                "single": len(pool.members()) == 1,
+            }
+        )
+
+    async def report(request: Request) -> Response:
+        body: ReportBody = await _parse(request, ReportBody)
+        outcome = await pool.report(body.account, body.status, body.headers, body.hints)
+        return json_response(outcome.model_dump())
+
+    async def accounts(request: Request) -> Response:
+        return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
+
+    async def lookup(request: Request) -> Response:
+        data = orjson.loads(await request.body() or b"{}")
+        found = await keys.lookup_hash(str(data.get("hash", ""))) if keys is not None else None
+        return json_response({"key": found.model_dump() if found else None})
+
+    async def any_keys(request: Request) -> Response:
+        return json_response({"any": await keys.any_keys() if keys is not None else False})
+
+    async def admit(request: Request) -> Response:
+        body: AdmitBody = await _parse(request, AdmitBody)
+        store = _need_keys(keys)
+        key = await store.get(body.key_id)
+        if key is None:
+            raise ProxyError(401, "unknown client key", "authentication_error")
+        admission = await store.admit(key, body.model, body.body_bytes, body.max_tokens)
+        return json_response(admission.model_dump())
+
+    async def settle(request: Request) -> Response:
+        body: SettleBody = await _parse(request, SettleBody)
+        settlement = await _need_keys(keys).settle(body.admission, body.usage)
+        return json_response(settlement.model_dump())
+
+    return [
+        Route(PICK_PATH, pick, methods=["POST"]),
+        Route(REPORT_PATH, report, methods=["POST"]),
+        Route("/internal/accounts", accounts, methods=["GET"]),
+        Route("/internal/keys/lookup", lookup, methods=["POST"]),
+        Route("/internal/keys/any", any_keys, methods=["POST"]),
+        Route("/internal/keys/admit", admit, methods=["POST"]),
+        Route("/internal/keys/settle", settle, methods=["POST"]),
+    ]
+
+
+def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -> list[Route]:
+    token = settings.security.admin_token
+    expected = token.get_secret_value().encode() if token else None
+
+    def guard(request: Request) -> None:
+        if expected is None:
+            raise ProxyError(404, "the admin API is off (set SECURITY__ADMIN_TOKEN)", "not_found_error")
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+            raise ProxyError(401, "admin token required (Authorization: Bearer …)", "authentication_error")
+
+    async def list_accounts(request: Request) -> Response:
+        guard(request)
+        return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
+
+    async def add_api_key_account(request: Request) -> Response:
+        guard(request)
+        body: ApiKeyAccountBody = await _parse(request, ApiKeyAccountBody)
+        try:
+            account = AccountStore(settings).add_api_key(body.name, body.api_key)
+        except AccountError as exc:
+            raise ProxyError(400, str(exc)) from exc
+        return json_response(account.model_dump(mode="json"), status=201)
+
+    async def refresh_account(request: Request) -> Response:
+        guard(request)
+        credential = await pool.refresh(request.path_params["name"])
+        return json_response({"account": credential.account, "expires_at": credential.expires_at})
+
+    async def remove_account(request: Request) -> Response:
+        guard(request)
+        try:
+            removed = AccountStore(settings).remove(request.path_params["name"])
+        except AccountError as exc:
+            raise ProxyError(400, str(exc)) from exc
+        if not removed:
+            raise ProxyError(404, "no such account", "not_found_error")
+        await pool.clear(request.path_params["name"])
+        return Response(status_code=204)
+
+    async def list_keys(request: Request) -> Response:
+        guard(request)
+        include = request.query_params.get("all") in ("1", "true")
+        return json_response(await _need_keys(keys).listing(include))
+
+    async def create_key(request: Request) -> Response:
+        guard(request)
+        body: CreateKeyBody = await _parse(request, CreateKeyBody)
+        try:
+            info, plain = await _need_keys(keys).create(
+                body.name, accounts=body.accounts, rpm=body.rpm, tpm=body.tpm,
+                budget_usd=body.budget_usd, period=body.period, expires_at=body.expires_at,
+            )
+        except KeyAdminError as exc:
+            raise ProxyError(400, str(exc)) from exc
+        return json_response({**info.model_dump(), "key": plain}, status=201)
+
+    async def revoke_key(request: Request) -> Response:
+        guard(request)
+        try:
+            info = await _need_keys(keys).revoke(request.path_params["key"])
+        except KeyAdminError as exc:
+            raise ProxyError(404, str(exc), "not_found_error") from exc
+        return json_response(info.model_dump())
+
+    return [
+        Route("/admin/accounts", list_accounts, methods=["GET"]),
+        Route("/admin/accounts", add_api_key_account, methods=["POST"]),
+        Route("/admin/accounts/{name}/refresh", refresh_account, methods=["POST"]),
+        Route("/admin/accounts/{name}", remove_account, methods=["DELETE"]),
+        Route("/admin/keys", list_keys, methods=["GET"]),
+        Route("/admin/keys", create_key, methods=["POST"]),
+        Route("/admin/keys/{key}", revoke_key, methods=["DELETE"]),
+    ]

@@ -1,0 +1,544 @@
+"""The account pool: which upstream account serves a request, and what a 429 or 401 does to it.
+
+Selection: a conversation sticks to the account it started on (its prompt cache lives there)
+for ``AUTH__STICKY_TTL_SECONDS``; a new one gets an account by ``AUTH__STRATEGY``: round robin,
+least recently rate-limited, or fill-first (the first account until it is limited).
+
+Cooldowns: a 429 is read, not just counted. A spent 5-hour or 7-day quota
+(``anthropic-ratelimit-unified-*`` says ``rejected``) cools the account down until the window's
+reset and the request switches account; a short throttle (``retry-after`` at most
+``AUTH__THROTTLE_WAIT_SECONDS``) waits and retries on the same account, keeping its cache; a
+longer one cools down for ``retry-after``. A 529 cools down briefly. A 401 that survives a
+refresh marks the account unhealthy (logged as an error, counted in metrics) until it answers
+again. All of it lives in Redis with expiries, so every replica sees it and it survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel
+
+from ccproxy_auth.accounts import Account, AccountError, AccountKind, AccountStore
+from ccproxy_auth.claude_credentials import CredentialStore
+from ccproxy_auth.manager import CredentialManager
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.routing import HINT_ACCOUNTS, HINT_SESSION, Outcome
+from ccproxy_core.settings import Settings
+from ccproxy_core.tokens import Credential, CredentialStatus
+
+log = logging.getLogger(__name__)
+
+UNIFIED = "anthropic-ratelimit-unified-"
+#: The quota windows subscriptions report (``7d_opus``/``7d_sonnet`` and the like are read too).
+WINDOWS = ("5h", "7d")
+DEFAULT_ACCOUNT = "default"
+#: Seconds an account's state read from Redis is trusted before it is read again.
+STATE_TTL = 1.0
+#: (cooldown, why unhealthy, last rate-limited at) of one account.
+State = tuple["Cooldown | None", "str | None", "float | None"]
+
+
+class AccountManager(CredentialManager):
+    """The token source of one named account: its own store, never the global settings'."""
+
+    def __init__(
+        self, settings: Settings, redis: Any, name: str, store: CredentialStore | None, api_key: str | None
+    ) -> None:
+        super().__init__(settings, redis, account=name)
+        self._api_key = api_key
+        self._fixed = store
+
+    def stores(self) -> list[CredentialStore]:
+        return [self._fixed] if self._fixed is not None else []
+
+
+@dataclass(slots=True)
+class Member:
+    account: Account
+    source: CredentialManager
+
+
+class Cooldown(BaseModel):
+    until: float
+    reason: str
+
+
+class QuotaWindow(BaseModel):
+    status: str | None = None
+    utilization: float | None = None
+    reset: float | None = None
+
+
+class AccountState(BaseModel):
+    """One account as ``auth status`` and ``/internal/accounts`` show it (no secret)."""
+
+    name: str
+    kind: str
+    source: str | None = None
+    subscription_type: str | None = None
+    expires_at: float | None = None
+    available: bool = False
+    healthy: bool = True
+    problem: str | None = None
+    cooldown: Cooldown | None = None
+    last_limited_at: float | None = None
+    quota: dict[str, QuotaWindow] = {}
+    quota_status: str | None = None
+    quota_updated_at: float | None = None
+
+
+def _num(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def quota_windows(headers: Mapping[str, str]) -> dict[str, QuotaWindow]:
+    """``anthropic-ratelimit-unified-<window>-{status,utilization,reset}`` by window."""
+    windows: dict[str, QuotaWindow] = {}
+    for name, value in headers.items():
+        if not name.startswith(UNIFIED):
+            continue
+        rest = name[len(UNIFIED):]
+        window, _, field = rest.rpartition("-")
+        if not window or field not in ("status", "utilization", "reset") or window == "overage":
+            continue
+        entry = windows.setdefault(window, QuotaWindow())
+        if field == "status":
+            entry.status = value
+        elif field == "utilization":
+            entry.utilization = _num(value)
+        else:
+            entry.reset = _num(value)
+    return windows
+
+
+class Verdict(BaseModel):
+    """How a 429/529 is read: cool down until ``until`` (switch), or wait ``wait`` (same account)."""
+
+    reason: str
+    until: float | None = None
+    wait: float | None = None
+
+
+def read_limit(status: int, headers: Mapping[str, str], settings: Settings, now: float) -> Verdict:
+    """Tell a spent quota from a throttle from an overload, from the answer's headers."""
+    auth = settings.auth
+    retry_after = _num(headers.get("retry-after"))
+    if status == 529:
+        return Verdict(reason="overloaded", until=now + (retry_after or auth.overload_cooldown_seconds))
+    windows = quota_windows(headers)
+    spent = [
+        (name, w) for name, w in windows.items()
+        if w.status == "rejected" or (w.utilization is not None and w.utilization >= 1.0)
+    ]
+    if headers.get(UNIFIED + "status") == "rejected" or spent:
+        claim = headers.get(UNIFIED + "representative-claim")
+        resets = [w.reset for _, w in spent if w.reset]
+        reset = max(resets) if resets else _num(headers.get(UNIFIED + "reset"))
+        if reset is None or reset <= now:
+            reset = now + (retry_after or auth.default_cooldown_seconds)
+        label = claim or (spent[0][0] if spent else "unified")
+        return Verdict(reason=f"quota:{label}", until=reset)
+    if retry_after is not None and retry_after <= auth.throttle_wait_seconds:
+        return Verdict(reason="throttle", wait=retry_after)
+    if retry_after is not None:
+        return Verdict(reason="throttle", until=now + retry_after)
+    return Verdict(reason="rate_limited", until=now + auth.default_cooldown_seconds)
+
+
+class PoolMetrics:
+    def __init__(self, registry: CollectorRegistry | None, service: str, shared: Any = None) -> None:
+        self.service = service
+        registry = registry or CollectorRegistry()
+        self.cooldowns = getattr(shared, "cooldowns", None) or Counter(
+            "ccproxy_account_cooldowns_total", "Upstream accounts put in cooldown, by account and reason",
+            ["service", "account", "reason"], registry=registry,
+        )
+        self.unhealthy = Counter(
+            "ccproxy_account_unhealthy_total", "Accounts marked unhealthy (a 401 that survived a refresh)",
+            ["service", "account"], registry=registry,
+        )
+        self.healthy = Gauge(
+            "ccproxy_account_healthy", "1 if the account is healthy, 0 if it needs a new login",
+            ["service", "account"], registry=registry,
+        )
+        self.cooling = Gauge(
+            "ccproxy_account_cooldown_seconds", "Seconds left in the account's cooldown (0: none)",
+            ["service", "account"], registry=registry,
+        )
+        self.utilization = Gauge(
+            "ccproxy_account_quota_utilization", "Last seen subscription quota use, 0..1, by window",
+            ["service", "account", "window"], registry=registry,
+        )
+
+
+class AccountPool:
+    """A :class:`~ccproxy_core.routing.AccountRouter` and :class:`~ccproxy_core.tokens.TokenSource`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Any,
+        store: AccountStore | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        metrics: Any = None,
+        service: str = "auth",
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.store = store or AccountStore(settings)
+        self.prefix = f"{settings.redis.key_prefix}pool:"
+        self.metrics = PoolMetrics(registry or getattr(metrics, "registry", None), service, metrics)
+        self._members: list[Member] = []
+        self._version: tuple[Any, ...] | None = None
+        self._checked = 0.0
+        self._sources: dict[str, CredentialManager] = {}
+        self._unhealthy_seen: set[str] = set()
+        self._quota_seen: dict[str, tuple[Any, ...]] = {}
+        #: States read from Redis, trusted for STATE_TTL (what this process sets is seen at once).
+        self._state_cache: dict[str, tuple[float, State]] = {}
+
+    @property
+    def refresh_count(self) -> int:
+        return sum(source.refresh_count for source in self._sources.values())
+
+    # -- members ------------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        """The accounts, re-read when their files change (checked at most once a second)."""
+        now = time.monotonic()
+        if self._version is not None and now - self._checked < 1.0:
+            return self._members
+        self._checked = now
+        version = self.store.version()
+        if version == self._version:
+            return self._members
+        self._version = version
+        self._members = self._build()
+        return self._members
+
+    def _build(self) -> list[Member]:
+        members: list[Member] = []
+        for account in self.store.list():
+            if account.disabled:
+                continue
+            try:
+                members.append(Member(account, self._source(account)))
+            except (AccountError, OSError) as exc:
+                log.warning("account %s is not usable: %s", account.name, exc)
+        if not members:
+            # No accounts configured: the Claude CLI's login or AUTH__API_KEY, as always.
+            source = self._sources.get(DEFAULT_ACCOUNT)
+            if source is None or type(source) is not CredentialManager:
+                source = CredentialManager(self.settings, self.redis, account=DEFAULT_ACCOUNT)
+                self._sources[DEFAULT_ACCOUNT] = source
+            kind: AccountKind = "api_key" if self.settings.auth.api_key else "claude_cli"
+            members.append(Member(Account(name=DEFAULT_ACCOUNT, kind=kind, created_at=0), source))
+        return members
+
+    def _source(self, account: Account) -> CredentialManager:
+        """One manager per account, kept across reloads (its lock and cache must survive)."""
+        existing = self._sources.get(account.name)
+        if account.kind == "api_key":
+            secret = self.store.secret(account.name) or {}
+            api_key = secret.get("api_key")
+            if not api_key:
+                raise AccountError("no API key stored")
+            if isinstance(existing, AccountManager) and existing._api_key == api_key:
+                return existing
+            source: CredentialManager = AccountManager(self.settings, self.redis, account.name, None, api_key)
+        else:
+            store = self.store.credential_store(account)
+            if (
+                isinstance(existing, AccountManager)
+                and existing._api_key is None
+                and existing._fixed is not None
+                and existing._fixed.name == store.name
+            ):
+                return existing
+            source = AccountManager(self.settings, self.redis, account.name, store, None)
+        self._sources[account.name] = source
+        return source
+
+    def member(self, name: str) -> Member:
+        for m in self.members():
+            if m.account.name == name:
+                return m
+        raise ProxyError(503, f"upstream account {name!r} is not configured", "api_error")
+
+    # -- redis keys ---------------------------------------------------------------------
+
+    def _k(self, account: str, what: str) -> str:
+        return f"{self.prefix}acct:{account}:{what}"
+
+    async def _states(self, names: list[str]) -> dict[str, State]:
+        now_m = time.monotonic()
+        cached = {n: self._state_cache[n] for n in names if n in self._state_cache}
+        if len(cached) == len(names) and all(now_m - at < STATE_TTL for at, _ in cached.values()):
+            now = time.time()
+            return {
+                n: (c if c is not None and c.until > now else None, bad, lim)
+                for n, (_, (c, bad, lim)) in cached.items()
+            }
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.get(self._k(name, "cooldown"))
+            pipe.get(self._k(name, "unhealthy"))
+            pipe.get(self._k(name, "limited_at"))
+        raw = await pipe.execute()
+        now = time.time()
+        out: dict[str, tuple[Cooldown | None, str | None, float | None]] = {}
+        for i, name in enumerate(names):
+            cd_raw, bad_raw, limited_raw = raw[3 * i: 3 * i + 3]
+            cooldown = Cooldown.model_validate_json(cd_raw) if cd_raw else None
+            if cooldown is not None and cooldown.until <= now:
+                cooldown = None
+            problem = bad_raw.decode() if isinstance(bad_raw, bytes) else bad_raw
+            limited = float(limited_raw) if limited_raw else None
+            out[name] = (cooldown, problem, limited)
+            self._state_cache[name] = (now_m, out[name])
+            if problem:
+                self._unhealthy_seen.add(name)
+            else:
+                self._unhealthy_seen.discard(name)
+            self.metrics.healthy.labels(self.metrics.service, name).set(0 if problem else 1)
+            self.metrics.cooling.labels(self.metrics.service, name).set(
+                max(0.0, cooldown.until - now) if cooldown else 0
+            )
+        return out
+
+    # -- AccountRouter ------------------------------------------------------------------
+
+    async def pick(
+        self,
+        hints: Mapping[str, str] | None = None,
+        *,
+        exclude: Collection[str] = (),
+        rejected: str | None = None,
+        account: str | None = None,
+    ) -> Credential:
+        if account is not None:
+            return await self._credential(self.member(account), rejected)
+        hints = hints or {}
+        members = self.members()
+        allowed = {a.strip() for a in hints.get(HINT_ACCOUNTS, "").split(",") if a.strip()}
+        if allowed:
+            members = [m for m in members if m.account.name in allowed]
+            if not members:
+                raise ProxyError(
+                    403, "this client key may only use upstream accounts that do not exist: "
+                    + ", ".join(sorted(allowed)), "permission_error",
+                )
+        candidates = [m for m in members if m.account.name not in exclude]
+        tried: set[str] = set()
+        while True:
+            remaining = [m for m in candidates if m.account.name not in tried]
+            if not remaining:
+                raise ProxyError(503, "no upstream account can take this request (all were tried)")
+            chosen = await self._choose(remaining, hints.get(HINT_SESSION))
+            try:
+                return await self._credential(chosen, None)
+            except ProxyError as exc:
+                if exc.status != 401 or len(remaining) == 1:
+                    raise
+                # This account cannot even produce a token (dead refresh token): next one.
+                await self.mark_unhealthy(chosen.account.name, exc.message)
+                tried.add(chosen.account.name)
+
+    async def _credential(self, member: Member, rejected: str | None) -> Credential:
+        credential = await member.source.get(rejected=rejected)
+        if credential.account != member.account.name:
+            credential = credential.model_copy(update={"account": member.account.name})
+        return credential
+
+    async def _choose(self, candidates: list[Member], session: str | None) -> Member:
+        if len(candidates) == 1:
+            return candidates[0]  # nothing to choose, nothing to stick to: the upstream decides
+        names = [m.account.name for m in candidates]
+        sticky_key = f"{self.prefix}sticky:{session}" if session else None
+        states = await self._states(names)
+        if sticky_key:
+            current = await self.redis.get(sticky_key)
+            current = current.decode() if isinstance(current, bytes) else current
+        else:
+            current = None
+        usable = [m for m in candidates if states[m.account.name][0] is None and not states[m.account.name][1]]
+        if not usable:
+            # Every account is cooling or unhealthy. Unhealthy ones may have been fixed (a new
+            # login), and a cooldown may be over early: try the likeliest one and let the
+            # upstream answer, rather than refuse in its name.
+            usable = [m for m in candidates if states[m.account.name][0] is None] or [
+                min(candidates, key=lambda m: cast(Cooldown, states[m.account.name][0]).until)
+            ]
+        chosen = next((m for m in usable if m.account.name == current), None)
+        if chosen is None:
+            chosen = await self._by_strategy(usable, states)
+        if sticky_key:
+            await self.redis.set(sticky_key, chosen.account.name, ex=self.settings.auth.sticky_ttl_seconds)
+        return chosen
+
+    async def _by_strategy(
+        self, usable: list[Member], states: Mapping[str, State]
+    ) -> Member:
+        strategy = self.settings.auth.strategy
+        if strategy == "fill_first" or len(usable) == 1:
+            return usable[0]
+        turn = int(await self.redis.incr(f"{self.prefix}rr"))
+        if strategy == "least_recently_limited":
+            oldest = min(states[m.account.name][2] or 0.0 for m in usable)
+            usable = [m for m in usable if (states[m.account.name][2] or 0.0) == oldest]
+        return usable[turn % len(usable)]
+
+    async def report(
+        self, account: str, status: int, headers: Mapping[str, str], hints: Mapping[str, str] | None = None
+    ) -> Outcome:
+        headers = {k.lower(): v for k, v in headers.items()}
+        await self._note_quota(account, headers)
+        if 200 <= status < 400:
+            if account in self._unhealthy_seen:
+                await self.redis.delete(self._k(account, "unhealthy"))
+                self._unhealthy_seen.discard(account)
+                self._state_cache.pop(account, None)
+                log.info("account %s answers again: healthy", account)
+            return Outcome()
+        if status == 401:
+            await self.mark_unhealthy(account, "the upstream refused its token even after a refresh")
+            return Outcome(action="switch", reason="unauthorized")
+        if status not in (429, 529):
+            return Outcome()
+        now = time.time()
+        verdict = read_limit(status, headers, self.settings, now)
+        if status == 429:
+            await self.redis.set(self._k(account, "limited_at"), repr(now))
+            self._state_cache.pop(account, None)
+        if verdict.wait is not None:
+            if len(self.members()) == 1:
+                return Outcome(reason=verdict.reason)  # the client retries after retry-after itself
+            return Outcome(action="retry_same", wait=verdict.wait, reason=verdict.reason)
+        assert verdict.until is not None
+        await self.cool_down(account, verdict.until, verdict.reason)
+        return Outcome(action="switch", reason=verdict.reason)
+
+    async def cool_down(self, account: str, until: float, reason: str) -> None:
+        ms = max(1, int((until - time.time()) * 1000))
+        cooldown = Cooldown(until=until, reason=reason)
+        await self.redis.set(self._k(account, "cooldown"), cooldown.model_dump_json(), px=ms)
+        self._state_cache.pop(account, None)
+        self.metrics.cooldowns.labels(self.metrics.service, account, reason.split(":")[0]).inc()
+        self.metrics.cooling.labels(self.metrics.service, account).set(ms / 1000)
+        log.warning("account %s cools down for %.0f s (%s)", account, ms / 1000, reason)
+
+    async def mark_unhealthy(self, account: str, why: str) -> None:
+        await self.redis.set(self._k(account, "unhealthy"), why)
+        self._unhealthy_seen.add(account)
+        self._state_cache.pop(account, None)
+        self.metrics.unhealthy.labels(self.metrics.service, account).inc()
+        self.metrics.healthy.labels(self.metrics.service, account).set(0)
+        log.error(
+            "upstream account %s is UNHEALTHY: %s; log in again (`ccproxy auth login --account %s`)",
+            account, why, account,
+        )
+
+    async def _note_quota(self, account: str, headers: Mapping[str, str]) -> None:
+        windows = quota_windows(headers)
+        overall = headers.get(UNIFIED + "status")
+        if not windows and overall is None:
+            return
+        fingerprint = (overall, *sorted((k, w.status, w.utilization, w.reset) for k, w in windows.items()))
+        if self._quota_seen.get(account) == fingerprint:
+            return
+        self._quota_seen[account] = fingerprint
+        snapshot = {
+            "status": overall,
+            "windows": {k: w.model_dump(exclude_none=True) for k, w in windows.items()},
+            "updated_at": time.time(),
+        }
+        await self.redis.set(self._k(account, "quota"), orjson.dumps(snapshot))
+        for name, w in windows.items():
+            if w.utilization is not None:
+                self.metrics.utilization.labels(self.metrics.service, account, name).set(w.utilization)
+
+    # -- administration -----------------------------------------------------------------
+
+    async def clear(self, account: str) -> None:
+        """Forget cooldown and unhealthy marks (after a new login or a manual refresh)."""
+        await self.redis.delete(self._k(account, "cooldown"), self._k(account, "unhealthy"))
+        self._unhealthy_seen.discard(account)
+        self._state_cache.pop(account, None)
+
+    async def refresh(self, account: str) -> Credential:
+        """Refresh now, even if the token is still valid (``ccproxy auth refresh``)."""
+        member = self.member(account)
+        current = await member.source.get()
+        credential = await member.source.get(rejected=current.secret.get_secret_value())
+        await self.clear(account)
+        return credential
+
+    async def accounts(self) -> list[AccountState]:
+        members = self.members()
+        names = [m.account.name for m in members]
+        states = await self._states(names) if names else {}
+        quotas = await self.redis.mget([self._k(n, "quota") for n in names]) if names else []
+        statuses = await asyncio.gather(*(m.source.status() for m in members))
+        out: list[AccountState] = []
+        for member, status, quota_raw in zip(members, statuses, quotas, strict=True):
+            name = member.account.name
+            cooldown, problem, limited = states[name]
+            quota = orjson.loads(quota_raw) if quota_raw else {}
+            out.append(
+                AccountState(
+                    name=name,
+                    kind=member.account.kind,
+                    source=status.source,
+                    subscription_type=status.subscription_type or member.account.subscription_type,
+                    expires_at=status.expires_at,
+                    available=status.available and problem is None and cooldown is None,
+                    healthy=problem is None and status.available,
+                    problem=problem or status.detail,
+                    cooldown=cooldown,
+                    last_limited_at=limited,
+                    quota={k: QuotaWindow.model_validate(v) for k, v in (quota.get("windows") or {}).items()},
+                    quota_status=quota.get("status"),
+                    quota_updated_at=quota.get("updated_at"),
+                )
+            )
+        return out
+
+    # -- TokenSource --------------------------------------------------------------------
+
+    async def get(self, *, rejected: str | None = None) -> Credential:
+        if rejected is not None:
+            # A plain TokenSource caller retrying after a 401: refresh the account it came from.
+            for member in self.members():
+                cached = member.source._cached
+                if cached is not None and cached.access_token == rejected:
+                    return await self._credential(member, rejected)
+        return await self.pick()
+
+    async def status(self) -> CredentialStatus:
+        members = self.members()
+        if len(members) == 1:
+            status = await members[0].source.status()
+            return status.model_copy(update={"account": members[0].account.name})
+        states = await self.accounts()
+        usable = [s for s in states if s.available]
+        return CredentialStatus(
+            available=bool(usable),
+            kind="pool",
+            source=f"{len(states)} accounts",
+            account=",".join(s.name for s in usable) or None,
+            detail=f"{len(usable)} of {len(states)} accounts usable",
+        )
