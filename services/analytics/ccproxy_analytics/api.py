@@ -14,8 +14,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -27,8 +26,9 @@ from starlette.routing import BaseRoute, Route
 from ccproxy_analytics.consumer import AccessLogConsumer
 from ccproxy_analytics.queries import Filters, logs_query, page, parse_limit, usage_query
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
-from ccproxy_core.access_log import AccessLogEvent
+from ccproxy_core.access_log import AccessLogEvent, viewer_from_headers
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.identity import ADMIN_IDENTITY, LOCAL_IDENTITY, ClientIdentity
 from ccproxy_core.sse import encode_event
 
 log = logging.getLogger(__name__)
@@ -36,22 +36,8 @@ log = logging.getLogger(__name__)
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
 
 
-class Viewer(Protocol):
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def admin(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class SimpleViewer:
-    id: str
-    name: str
-    admin: bool
-
-
-Authorize = Callable[[Request], Awaitable[Viewer]]
+Viewer = ClientIdentity
+Authorize = Callable[[Request], Awaitable[ClientIdentity]]
 
 
 def presented_key(request: Request) -> str | None:
@@ -66,17 +52,26 @@ def token_authorizer(token: str | None) -> Authorize:
     """One shared client token: its holder is the admin; with none set, everyone is."""
     expected = token.encode() if token else None
 
-    async def authorize(request: Request) -> Viewer:
+    async def authorize(request: Request) -> ClientIdentity:
         if expected is None:
-            return SimpleViewer("local", "local", admin=True)
+            return LOCAL_IDENTITY
         key = presented_key(request)
         if key is None:
             raise ProxyError(401, "missing client key: send it as x-api-key or Authorization: Bearer")
         if not hmac.compare_digest(key.encode(), expected):
             raise ProxyError(401, "invalid client key")
-        return SimpleViewer("default", "shared token", admin=True)
+        return ADMIN_IDENTITY
 
     return authorize
+
+
+async def relayed_viewer(request: Request) -> ClientIdentity:
+    """The stack: the gateway authenticated the client and says who it is (internal call, whose
+    secret the service's middleware checked)."""
+    viewer = viewer_from_headers(request.headers)
+    if viewer is None:
+        raise ProxyError(403, "internal log call without a viewer", "permission_error")
+    return viewer
 
 
 def json(body: Any, status: int = 200) -> Response:
@@ -100,12 +95,13 @@ class LogsApi:
         self.consumer = consumer
         self.keepalive_seconds = keepalive_seconds
 
-    def routes(self) -> list[BaseRoute]:
+    def routes(self, prefix: str = "") -> list[BaseRoute]:
+        """``/logs/*`` (``ccproxy serve``), or ``/internal/logs/*`` behind the gateway (stack)."""
         return [
-            Route("/logs/query", self.query, methods=["GET"]),
-            Route("/logs/usage", self.usage, methods=["GET"]),
-            Route("/logs/status", self.status, methods=["GET"]),
-            Route("/logs/stream", self.stream_events, methods=["GET"]),
+            Route(f"{prefix}/logs/query", self.query, methods=["GET"]),
+            Route(f"{prefix}/logs/usage", self.usage, methods=["GET"]),
+            Route(f"{prefix}/logs/status", self.status, methods=["GET"]),
+            Route(f"{prefix}/logs/stream", self.stream_events, methods=["GET"]),
         ]
 
     async def filters(self, request: Request) -> Filters:

@@ -1,8 +1,10 @@
 """Wiring: the consumer, the store and the log API from settings, in the stack or embedded.
 
-``ccproxy run analytics`` serves :func:`create_service_app` (``/logs/*``, ``/health``,
-``/metrics``) and consumes the stream. ``ccproxy serve`` builds the same :class:`Analytics` in
-its own process on the embedded Redis stand-in and chDB, and mounts its routes in the gateway.
+``ccproxy run analytics`` consumes the stream and serves :func:`create_service_app`: the log
+API under ``/internal/logs/*`` (internal secret; the gateway authenticates clients and relays
+``/logs/*`` with who is asking), ``/health`` and ``/metrics``. ``ccproxy serve`` builds the
+same :class:`Analytics` in its own process on the embedded Redis stand-in and chDB, and mounts
+its routes at ``/logs/*`` in the gateway.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_analytics.api import Authorize, LogsApi, token_authorizer
+from ccproxy_analytics.api import Authorize, LogsApi, relayed_viewer, token_authorizer
 from ccproxy_analytics.consumer import AccessLogConsumer
 from ccproxy_analytics.store import ClickHouse, embedded_dsn
-from ccproxy_core.errors import ProxyError, render_error
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.internal import RequireInternalSecret, internal_error, require_internal_secret
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import Redis, connect
 from ccproxy_core.settings import Settings
@@ -77,7 +81,8 @@ class Analytics:
 
 
 def create_service_app(settings: Settings) -> Starlette:
-    analytics = Analytics(settings)
+    secret = require_internal_secret(settings)
+    analytics = Analytics(settings, authorize=relayed_viewer)
 
     async def health(request: Request) -> Response:
         checks: dict[str, Any] = {}
@@ -94,8 +99,7 @@ def create_service_app(settings: Settings) -> Starlette:
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
-        return Response(render_error(exc, "anthropic"), status_code=exc.status,
-                        media_type="application/json", headers=exc.headers)
+        return internal_error(exc)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -107,8 +111,13 @@ def create_service_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
-        *analytics.routes(),
+        *analytics.api.routes(prefix="/internal"),
     ]
-    app = Starlette(routes=routes, exception_handlers={ProxyError: on_proxy_error}, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequireInternalSecret, secret=secret)],
+        exception_handlers={ProxyError: on_proxy_error},
+        lifespan=lifespan,
+    )
     app.state.analytics = analytics
     return app
