@@ -42,24 +42,34 @@ MODELS = [
 Handler = Callable[[Request, RequestRecord, dict[str, str]], Awaitable[Response]]
 
 
-def ratelimit_headers(caller: Caller, status: str = "allowed") -> dict[str, str]:
-    """The ``anthropic-ratelimit-unified-*`` headers subscription answers carry."""
+WINDOW_HEADER = {"five_hour": "5h", "seven_day": "7d", "seven_day_opus": "7d_opus", "seven_day_sonnet": "7d_sonnet"}
+
+
+def ratelimit_headers(caller: Caller, spent: tuple[str, int] | None = None) -> dict[str, str]:
+    """The ``anthropic-ratelimit-unified-*`` headers subscription answers carry; ``spent``:
+    (window, seconds to reset) of a quota that is used up."""
     if caller.kind != "oauth":
         return {}
     now = int(time.time())
-    five_h, seven_d = now + 3 * 3600, now + 4 * 86400
-    return {
-        "anthropic-ratelimit-unified-status": status,
-        "anthropic-ratelimit-unified-reset": str(five_h),
-        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+    resets = {"5h": now + 3 * 3600, "7d": now + 4 * 86400}
+    utilization = {"5h": "0.12", "7d": "0.34"}
+    status = {"5h": "allowed", "7d": "allowed"}
+    claim = "five_hour"
+    if spent is not None:
+        claim, seconds = spent
+        key = WINDOW_HEADER.get(claim, claim)
+        resets[key], utilization[key], status[key] = now + seconds, "1.0", "rejected"
+    headers = {
+        "anthropic-ratelimit-unified-status": "rejected" if spent else "allowed",
+        "anthropic-ratelimit-unified-reset": str(resets[WINDOW_HEADER.get(claim, claim)]),
+        "anthropic-ratelimit-unified-representative-claim": claim,
         "anthropic-ratelimit-unified-fallback-percentage": "0.5",
-        "anthropic-ratelimit-unified-5h-status": status,
-        "anthropic-ratelimit-unified-5h-reset": str(five_h),
-        "anthropic-ratelimit-unified-5h-utilization": "0.12",
-        "anthropic-ratelimit-unified-7d-status": "allowed",
-        "anthropic-ratelimit-unified-7d-reset": str(seven_d),
-        "anthropic-ratelimit-unified-7d-utilization": "0.34",
     }
+    for key in resets:
+        headers[f"anthropic-ratelimit-unified-{key}-status"] = status[key]
+        headers[f"anthropic-ratelimit-unified-{key}-reset"] = str(resets[key])
+        headers[f"anthropic-ratelimit-unified-{key}-utilization"] = utilization[key]
+    return headers
 
 
 async def _record(request: Request) -> tuple[RequestRecord, bytes]:
@@ -118,10 +128,14 @@ def _body(record: RequestRecord) -> dict[str, Any]:
 
 
 def _scenario_error(scenario: Scenario, caller: Caller) -> FakeApiError:
+    if scenario.quota is not None:
+        headers = ratelimit_headers(caller, scenario.quota) | {"retry-after": str(scenario.quota[1])}
+        return FakeApiError(429, "This request would exceed your account's rate limit. Please try again later.",
+                            headers=headers)
     status = scenario.error_status or 500
-    headers: dict[str, str] = {}
+    headers = ratelimit_headers(caller)
     if status == 429:
-        headers = ratelimit_headers(caller, "rejected") | {"retry-after": str(scenario.retry_after)}
+        headers["retry-after"] = str(scenario.retry_after)
     return FakeApiError(status, headers=headers)
 
 
@@ -132,7 +146,7 @@ async def messages(request: Request, record: RequestRecord, headers: dict[str, s
     if caller.kind == "oauth":
         check_identity(body)
     scenario = parse(body)
-    if scenario.error_status:
+    if scenario.error_status or scenario.quota:
         raise _scenario_error(scenario, caller)
     state: FakeState = request.app.state.fake
     answer = build_answer(state, body, scenario, {

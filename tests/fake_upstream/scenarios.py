@@ -34,6 +34,8 @@ class Scenario:
     long: int | None = None
     json: bool = False
     echo_request: bool = False
+    #: A spent subscription quota: (window, seconds until its reset), answered as a 429.
+    quota: tuple[str, int] | None = None
     extra: dict[str, str | None] = field(default_factory=dict)
 
 
@@ -76,6 +78,12 @@ def _error(scenario: Scenario, value: str | None) -> None:
 @register_marker("retry_after")
 def _retry_after(scenario: Scenario, value: str | None) -> None:
     scenario.retry_after = int(value or 3)
+
+
+@register_marker("quota")
+def _quota(scenario: Scenario, value: str | None) -> None:
+    window, _, seconds = (value or "five_hour").partition(":")
+    scenario.quota = (window, int(seconds or 3 * 3600))
 
 
 @register_marker("slow")
