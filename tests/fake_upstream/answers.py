@@ -17,6 +17,7 @@ from typing import Any
 from tests.fake_upstream.rules import sign_thinking, system_blocks
 from tests.fake_upstream.scenarios import Scenario, last_user_message, strip_markers, text_of
 from tests.fake_upstream.state import FakeState, fingerprint
+from tests.fake_upstream.tool_script import scripted_call
 
 SECRET_HEADERS = ("authorization", "x-api-key", "cookie", "proxy-authorization")
 
@@ -223,6 +224,9 @@ def build_answer(state: FakeState, body: dict[str, Any], scenario: Scenario, req
         stripped = prefill.rstrip()
         text = text[len(stripped):] if stripped and text.startswith(stripped) else " " + text
     tool = chosen_tool(body, scenario)
+    scripted = scripted_call(scenario)  # [[fake:call=NAME?k=v]] (tool_script.py)
+    if scripted is not None:
+        tool = {"name": scripted[0]}
     stop_reason = "end_turn"
     max_tokens = body.get("max_tokens") or 4096
     words = text.split(" ")
@@ -240,7 +244,8 @@ def build_answer(state: FakeState, body: dict[str, Any], scenario: Scenario, req
                 "type": "tool_use",
                 "id": state.next_id("toolu"),
                 "name": tool["name"],
-                "input": value_for_schema(tool.get("input_schema") or {"type": "object"}),
+                "input": scripted[1] if scripted is not None
+                else value_for_schema(tool.get("input_schema") or {"type": "object"}),
             }
         )
         stop_reason = "tool_use"

@@ -17,6 +17,8 @@ import typer
 from pydantic import ValidationError
 
 from ccproxy_core.cli_auth import auth_app, keys_app
+from ccproxy_core.cli_sdk import OVERRIDES as CLAUDE_FLAG_OVERRIDES
+from ccproxy_core.cli_sdk import deep_merge, with_claude_flags
 from ccproxy_core.server import StartupError, serve_app
 from ccproxy_core.settings import Settings, is_loopback
 
@@ -38,7 +40,7 @@ def load_settings(**overrides: Any) -> Settings:
             continue
         section, _, key = dotted.partition("__")
         nested.setdefault(section, {})[key] = value
-    init: dict[str, Any] = dict(nested)
+    init: dict[str, Any] = deep_merge(nested, CLAUDE_FLAG_OVERRIDES)
     try:
         return Settings(**init)
     except ValidationError as exc:
@@ -66,7 +68,10 @@ def build_local_app(settings: Settings) -> Any:
     from ccproxy_analytics.service import Analytics
     from ccproxy_auth.admin import local_accounts
     from ccproxy_forwarder.forwarder import ApiForwarder
+    from ccproxy_core.redis import connect
     from ccproxy_gateway.app import Gateway, create_app
+    from ccproxy_gateway.sdk_routes import SdkRoutes
+    from ccproxy_sdk_worker.worker import in_process as sdk_worker
 
     # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
     tokens, keys = local_accounts(settings)
@@ -74,12 +79,16 @@ def build_local_app(settings: Settings) -> Any:
     gateway = Gateway(settings, forwarder, tokens.status, keys=keys)
     # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
     analytics = Analytics(settings, metrics=gateway.metrics)
-    web = create_app(gateway, extra_routes=analytics.routes())
+    # SDK mode: the same arq worker as `ccproxy run sdk-worker`, in process, on the embedded Redis.
+    redis = connect(settings.redis)
+    sdk = SdkRoutes(gateway, redis)
+    web = create_app(gateway, extra_routes=[*analytics.routes(), *sdk.routes()])
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await analytics.start()
-        yield
+        async with sdk_worker(settings, redis):
+            yield
         await gateway.access_log.aclose()
         await analytics.stop()
         await forwarder.aclose()
@@ -113,6 +122,7 @@ def startup_report(settings: Settings) -> None:
 
 
 @app.command()
+@with_claude_flags
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (SERVER__HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (SERVER__PORT).")] = None,
@@ -170,10 +180,12 @@ SERVICES: dict[str, str] = {
     "api-forwarder": "ccproxy_forwarder.service:create_service_app",
     "auth": "ccproxy_auth.service:create_service_app",
     "permissions": "ccproxy_permissions.service:create_service_app",
+    "sdk-worker": "ccproxy_sdk_worker.worker:main",
 }
 
 
 @app.command("run")
+@with_claude_flags
 def run_service(
     service: Annotated[str, typer.Argument(help="The service to run: " + ", ".join(SERVICES))],
     host: Annotated[str | None, typer.Option(help="Address to bind (SERVER__HOST).")] = None,
@@ -195,6 +207,9 @@ def run_service(
         module = importlib.import_module(module_name)
     except ImportError as exc:
         fail(f"the {service} service is not installed here (missing module {exc.name})")
+    if service == "sdk-worker":  # an arq consumer, not a web app
+        module.main(settings)
+        return
     try:
         web = getattr(module, factory)(settings)
         serve_app(web, settings.server.host, settings.server.port, settings.server.log_level)

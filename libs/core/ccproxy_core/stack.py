@@ -162,13 +162,14 @@ def plan_stack(
     routes: Path,
     extra_env: dict[str, str] | None = None,
 ) -> StackPlan:
-    """Redis (when no ``REDIS__URL``), auth, api-forwarder, gateway, Traefik, in start order."""
+    """Redis (when no ``REDIS__URL``), auth, api-forwarder, gateway, sdk-worker, Traefik, in start order."""
     services: list[Service] = []
     if redis_url is None:
         redis_port = free_port()
         services.append(redis_service(redis_port, redis_dir))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
     auth_port, forwarder_port, gateway_port = free_port(), free_port(), free_port()
+    worker_port = free_port()
     common = {
         **(extra_env or {}),
         "SECURITY__INTERNAL_SECRET": internal_secret,
@@ -180,6 +181,7 @@ def plan_stack(
         ccproxy_service("auth", auth_port, common),
         ccproxy_service("api-forwarder", forwarder_port, common),
         ccproxy_service("gateway", gateway_port, common),
+        ccproxy_service("sdk-worker", worker_port, common),
         traefik_service(
             host=host, port=port, routes=routes, gateway_url=f"http://127.0.0.1:{gateway_port}",
             ping_port=free_port(), env=extra_env,

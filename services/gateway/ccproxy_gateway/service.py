@@ -16,7 +16,9 @@ from ccproxy_core.forwarding import HttpForwarder
 from ccproxy_core.internal import require_internal_secret
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
+from ccproxy_core.redis import connect
 from ccproxy_gateway.app import Gateway, create_app
+from ccproxy_gateway.sdk_routes import SdkRoutes
 
 
 def create_service_app(settings: Settings) -> Starlette:
@@ -34,7 +36,10 @@ def create_service_app(settings: Settings) -> Starlette:
     auth = AuthClient(settings.services.auth_url, secret)
     # Per-member client keys live in auth (Redis); lookups are cached a few seconds here.
     keys = HttpKeyAuthority(settings.services.auth_url, secret) if settings.redis.url else None
-    web = create_app(Gateway(settings, forwarder, auth.status, keys=keys))
+    gateway = Gateway(settings, forwarder, auth.status, keys=keys)
+    # SDK mode: jobs for the sdk-workers go through the same Redis (REDIS__URL).
+    sdk = SdkRoutes(gateway, connect(settings.redis))
+    web = create_app(gateway, extra_routes=sdk.routes())
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

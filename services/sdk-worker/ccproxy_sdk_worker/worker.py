@@ -14,26 +14,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import arq.worker
 import orjson
+import uvicorn
 from arq.worker import Worker, func
 from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from ccproxy_core.redis import connect
 from ccproxy_core.sdk_jobs import JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
+from ccproxy_core.server import StartupError, bind
 from ccproxy_core.settings import Settings
+from ccproxy_sdk_worker.permissions import hook_from_settings
 from ccproxy_sdk_worker.runner import PermissionHook, Runner
 
 log = logging.getLogger(__name__)
 
 
-def health_key(keys: SdkKeys, host: str | None = None) -> str:
-    """Where a worker on ``host`` reports that it is alive (arq's health check)."""
-    return f"{keys.prefix}sdk:health:{host or socket.gethostname()}"
+def health_key(keys: SdkKeys, name: str) -> str:
+    """Where the worker ``name`` reports that it is alive (arq's health check; /sdk/status)."""
+    return f"{keys.prefix}sdk:health:{name}"
 
 
 async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
@@ -61,7 +67,7 @@ def build_worker(
         "sdk-worker %s: queue %s, %d run(s) at once, CLI %s, workspace %s",
         runner.name, keys.queue, claude.max_concurrent_runs, runner.cli_path or "(bundled)", runner.root,
     )
-    return Worker(
+    worker = Worker(
         functions=[func(run_sdk_job, name=JOB_FUNCTION, timeout=claude.run_timeout + 30, max_tries=1)],
         queue_name=keys.queue,
         redis_pool=arq_pool(redis, keys.queue),
@@ -74,9 +80,11 @@ def build_worker(
         handle_signals=handle_signals,
         job_serializer=dumps,
         job_deserializer=orjson.loads,
-        health_check_key=health_key(keys),
+        health_check_key=health_key(keys, runner.name),
         health_check_interval=10,
+        ctx={"runner": runner},
     )
+    return worker
 
 
 @contextlib.asynccontextmanager
@@ -96,29 +104,54 @@ async def in_process(
             await asyncio.wait_for(asyncio.gather(task, *worker.tasks.values(), return_exceptions=True), 20)
 
 
-async def check(settings: Settings) -> bool:
-    """True while a worker on this host reported in the last health interval (Docker HEALTHCHECK)."""
-    redis = connect(settings.redis)
-    try:
-        keys = SdkKeys(settings.redis.key_prefix, settings.claude.queue_name)
-        return bool(await redis.exists(health_key(keys)))
-    finally:
-        await redis.aclose()
+def health_app(worker: Worker, redis: Redis) -> Starlette:
+    """``GET /health`` like every service (compose healthcheck, ``ccproxy up``, the stack tests)."""
+
+    async def health(request: Request) -> Response:
+        try:
+            ready = bool(await asyncio.wait_for(redis.ping(), 2))
+        except Exception:
+            ready = False
+        body = {
+            "status": "ok",
+            "ready": ready,
+            "worker": worker.ctx["runner"].name,
+            "runs": len(worker.job_tasks),
+            "max_runs": worker.max_jobs,
+            "checks": {"redis": ready},
+        }
+        return JSONResponse(body)
+
+    return Starlette(routes=[Route("/health", health, methods=["GET"])])
 
 
 def main(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM: jobs in progress are cancelled, their CLIs stopped."""
+    """Run until SIGINT/SIGTERM, with ``/health`` on ``SERVER__PORT``; runs in progress are
+    cancelled on the way out, their CLIs stopped."""
     if settings.redis.url is None:
-        raise SystemExit(
-            "ccproxy: the sdk-worker needs a shared Redis: set REDIS__URL (ccproxy serve runs one in process)"
+        raise StartupError(
+            "the sdk-worker needs the Redis the gateway uses: set REDIS__URL (ccproxy serve runs a worker in "
+            "process)"
         )
+    sock = bind(settings.server.host, settings.server.port)
 
     async def run() -> None:
         redis = connect(settings.redis)
-        worker = build_worker(settings, redis)
+        worker = build_worker(settings, redis, handle_signals=False, permission_hook=hook_from_settings(settings))
+        config = uvicorn.Config(
+            health_app(worker, redis),
+            log_config=None, log_level=settings.server.log_level, access_log=False, lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        jobs = asyncio.ensure_future(worker.async_run())
         try:
-            await worker.async_run()
+            await server.serve(sockets=[sock])  # returns on SIGINT/SIGTERM
         finally:
+            jobs.cancel()
+            for task in list(worker.job_tasks.values()):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.gather(jobs, *worker.tasks.values(), return_exceptions=True), 20)
             await worker.close()
 
     asyncio.run(run())
