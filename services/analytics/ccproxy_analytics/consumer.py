@@ -196,11 +196,13 @@ class AccessLogConsumer:
                 if remaining <= 0:
                     break
                 block = max(1, int(remaining * 1000))
+            began = time.monotonic()
             resp = await self.redis.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=self.batch_size - len(batch), block=block
             )
             entries = _entries(resp)
             if not entries:
+                await _pause_if_early(began, block)
                 if deadline is None:
                     return batch  # idle: let the caller refresh metrics
                 continue
@@ -289,6 +291,19 @@ class AccessLogConsumer:
             self._last_warning = now
             for text in warnings:
                 log.warning("analytics: %s", text)
+
+
+#: How often an idle consumer looks again when the read did not block (see below).
+IDLE_POLL_S = 0.05
+
+
+async def _pause_if_early(began: float, block_ms: int) -> None:
+    """The embedded stand-in (fakeredis) answers a blocking XREADGROUP at once instead of
+    waiting: without this pause an idle ``ccproxy serve`` spins a whole core polling it. Real
+    Redis answers empty only after the block time, so this never waits there."""
+    rest = block_ms / 1000 - (time.monotonic() - began)
+    if rest > 0.002:
+        await asyncio.sleep(min(rest, IDLE_POLL_S))
 
 
 def _entries(resp: Any) -> list[tuple[Any, Any]]:
