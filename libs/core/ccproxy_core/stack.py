@@ -169,6 +169,7 @@ def plan_stack(
         services.append(redis_service(redis_port, redis_dir))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
     auth_port, forwarder_port, gateway_port = free_port(), free_port(), free_port()
+    permissions_port = free_port()
     worker_port = free_port()
     common = {
         **(extra_env or {}),
@@ -176,15 +177,18 @@ def plan_stack(
         "REDIS__URL": redis_url,
         "SERVICES__AUTH_URL": f"http://127.0.0.1:{auth_port}",
         "SERVICES__FORWARDER_URL": f"http://127.0.0.1:{forwarder_port}",
+        "SERVICES__PERMISSIONS_URL": f"http://127.0.0.1:{permissions_port}",
     }
     services += [
         ccproxy_service("auth", auth_port, common),
         ccproxy_service("api-forwarder", forwarder_port, common),
         ccproxy_service("gateway", gateway_port, common),
+        ccproxy_service("permissions", permissions_port, common),
         ccproxy_service("sdk-worker", worker_port, common),
         traefik_service(
             host=host, port=port, routes=routes, gateway_url=f"http://127.0.0.1:{gateway_port}",
-            ping_port=free_port(), env=extra_env,
+            ping_port=free_port(),
+            env={**(extra_env or {}), "SERVICES__PERMISSIONS_URL": common["SERVICES__PERMISSIONS_URL"]},
         ),
     ]
     shown = "localhost" if host in ("0.0.0.0", "::") else host
