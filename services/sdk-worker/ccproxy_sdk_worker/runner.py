@@ -273,7 +273,10 @@ class Runner:
             session_store=cast(SessionStore, self.store),
             env=self._env(job),
             stderr=on_stderr,
-            can_use_tool=self.permission_hook(job, session_id, notify) if self.permission_hook else None,
+            # A permission prompt tool of the user's own wins (the SDK takes one or the other).
+            can_use_tool=self.permission_hook(job, session_id, notify)
+            if self.permission_hook and not opts.permission_prompt_tool_name
+            else None,
         )
 
     def _env(self, job: SdkJob) -> dict[str, str]:
