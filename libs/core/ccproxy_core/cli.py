@@ -71,6 +71,8 @@ def build_local_app(settings: Settings) -> Any:
     from ccproxy_core.redis import connect
     from ccproxy_gateway.app import Gateway, create_app
     from ccproxy_gateway.sdk_routes import SdkRoutes
+    from ccproxy_permissions.embedded import EmbeddedPermissions
+    from ccproxy_sdk_worker.permissions import permission_hook
     from ccproxy_sdk_worker.worker import in_process as sdk_worker
 
     # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
@@ -82,13 +84,17 @@ def build_local_app(settings: Settings) -> Any:
     # SDK mode: the same arq worker as `ccproxy run sdk-worker`, in process, on the embedded Redis.
     redis = connect(settings.redis)
     sdk = SdkRoutes(gateway, redis)
-    web = create_app(gateway, extra_routes=[*analytics.routes(), *sdk.routes()])
+    # Tool permissions: /permissions/* on this app, the worker's prompts answered in process.
+    permissions = EmbeddedPermissions(settings, redis, keys)
+    web = create_app(gateway, extra_routes=[*analytics.routes(), *sdk.routes(), *permissions.routes()])
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await analytics.start()
-        async with sdk_worker(settings, redis):
+        await permissions.start()
+        async with sdk_worker(settings, redis, permission_hook(permissions.gate)):
             yield
+        await permissions.stop()
         await gateway.access_log.aclose()
         await analytics.stop()
         await forwarder.aclose()
