@@ -56,7 +56,10 @@ class ApiForwarder:
                     sock_read=self._settings.read_timeout,
                 ),
                 auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
+                # No Accept-Encoding: bodies are relayed as raw bytes (and read for usage), so
+                # the upstream must not gzip them (it does when asked, and we drop
+                # content-encoding as a hop-by-hop header).
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         return self._session
 
@@ -100,11 +103,19 @@ class ApiForwarder:
         while True:
             resp = await self._send(request, credential)
             if resp.status == 401 and credential.kind == "oauth":
-                resp.close()
-                credential = await router.pick(
-                    hints, account=credential.account, rejected=credential.secret.get_secret_value()
-                )
-                resp = await self._send(request, credential)
+                try:
+                    refreshed = await router.pick(
+                        hints, account=credential.account, rejected=credential.secret.get_secret_value()
+                    )
+                except ProxyError as exc:
+                    if exc.status != 401:
+                        resp.close()
+                        raise
+                    # The refresh failed too: keep the upstream's 401 and let the pool judge.
+                else:
+                    resp.close()
+                    credential = refreshed
+                    resp = await self._send(request, credential)
             if not self._should_report(credential.account, resp):
                 return credential, resp
             if resp.status < 400:
