@@ -150,3 +150,12 @@ def test_raw_stream_has_pings_and_records_disconnect(fake_upstream: FakeUpstream
     full = httpx.post(fake_upstream.url + "/v1/messages", headers=headers,
                       json=body | {"messages": [{"role": "user", "content": "a b c d"}]})
     assert full.text.count("event: ping") >= 2
+
+
+def test_json_answers_gzipped_when_accepted(fake_upstream: FakeUpstream) -> None:
+    headers = {"x-api-key": fake_upstream.api_key(), "anthropic-version": "2023-06-01"}
+    body = {"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "word " * 100}]}
+    gz = httpx.post(fake_upstream.url + "/v1/messages", json=body, headers=headers | {"accept-encoding": "gzip"})
+    assert gz.headers["content-encoding"] == "gzip" and gz.json()["content"][0]["text"].startswith("Echo:")
+    plain = httpx.post(fake_upstream.url + "/v1/messages", json=body, headers=headers | {"accept-encoding": "identity"})
+    assert "content-encoding" not in plain.headers

@@ -48,6 +48,9 @@ def test_client_credentials_never_reach_upstream(api: ApiServer) -> None:
     assert headers["x-custom-client-header"] == "kept"
     assert CLIENT_KEY not in str(seen) and "client-bearer-secret-123" not in str(seen)
     assert headers["host"] == api.fake.url.removeprefix("http://")
+    # The fake gzips JSON for clients that accept it (like the real API); ccproxy relays raw
+    # bytes, so it must not ask for compression.
+    assert "gzip" not in headers.get("accept-encoding", "")
 
 
 def test_sdk_client_key_is_replaced(api: ApiServer) -> None:

@@ -13,11 +13,13 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fake_upstream import control, oauth
+from tests.fake_upstream import accounts, control, oauth
 from tests.fake_upstream.answers import build_answer, tokens_of
 from tests.fake_upstream.errors import FakeApiError, error_response
 from tests.fake_upstream.rules import (
@@ -146,6 +148,7 @@ async def messages(request: Request, record: RequestRecord, headers: dict[str, s
     if caller.kind == "oauth":
         check_identity(body)
     scenario = parse(body)
+    accounts.per_account(request, scenario, caller)
     if scenario.error_status or scenario.quota:
         raise _scenario_error(scenario, caller)
     state: FakeState = request.app.state.fake
@@ -226,7 +229,10 @@ def create_app(
             Route("/oauth/authorize", oauth.authorize, methods=["GET"]),
             Route("/v1/oauth/token", oauth.token, methods=["POST"]),
             *control.routes,
-        ]
+        ],
+        # Like api.anthropic.com (behind Cloudflare): JSON answers are gzip-compressed when the
+        # client accepts it; event streams are not.
+        middleware=[Middleware(GZipMiddleware, minimum_size=200)],
     )
     app.state.fake = state or FakeState(state_file, client_id)
     app.state.max_body_bytes = max_body_bytes
