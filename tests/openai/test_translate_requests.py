@@ -247,6 +247,12 @@ def test_tool_choice_none_and_auto() -> None:
     assert "tool_choice" not in chat({"model": "gpt-4o", "messages": user(), "tool_choice": "required"}).body
 
 
+def test_tool_parameters_without_a_type_are_objects() -> None:
+    body = chat({"model": "gpt-4o", "messages": user(), "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"properties": {"a": {"type": "string"}}}}}]}).body
+    assert body["tools"][0]["input_schema"] == {"type": "object", "properties": {"a": {"type": "string"}}}
+
+
 def test_pdf_files_become_documents() -> None:
     body = chat({"model": "gpt-4o", "messages": [{"role": "user", "content": [
         {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x", "filename": "a.pdf"}},

@@ -51,7 +51,10 @@ def file_block(file_data: str | None, file_id: str | None, where: str, filename:
 
 
 def anthropic_tool(name: str, description: str | None, parameters: dict[str, Any] | None) -> dict[str, Any]:
-    tool: dict[str, Any] = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+    schema = parameters or {"type": "object", "properties": {}}
+    if "type" not in schema:
+        schema = {"type": "object", **schema}  # OpenAI tolerates it missing; Claude requires it
+    tool: dict[str, Any] = {"name": name, "input_schema": schema}
     if description:
         tool["description"] = description
     return tool
