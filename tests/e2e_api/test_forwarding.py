@@ -147,3 +147,12 @@ def test_cache_usage_reported(api: ApiServer) -> None:
                                     messages=[{"role": "user", "content": "q2"}])
     assert first.usage.cache_creation_input_tokens and second.usage.cache_read_input_tokens
     assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+
+
+def test_upstream_connections_pooled(api: ApiServer) -> None:
+    """Sequential requests reuse one kept-alive upstream connection (same client port)."""
+    client = api.client()
+    ids = [client.messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": f"p{i}"}])
+           ._request_id for i in range(6)]
+    ports = {api.upstream(i)["client_port"] for i in ids}
+    assert len(ports) == 1, ports

@@ -86,6 +86,7 @@ async def _record(request: Request) -> tuple[RequestRecord, bytes]:
         body=None,
         body_bytes=len(raw),
         received_at=time.time(),
+        client_port=request.client.port if request.client else None,
     )
     state.records.append(record)
     return record, raw

@@ -74,6 +74,8 @@ class RequestRecord:
     body: Any
     body_bytes: int
     received_at: float
+    #: The client's source port: the same port on two requests means a reused connection.
+    client_port: int | None = None
     #: kind and fingerprint of the credential the request carried, if any.
     auth: dict[str, str] | None = None
     status: int | None = None
