@@ -10,6 +10,7 @@ Each runs in ``ccproxy serve`` (worker and permissions in process); one runs thr
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.parse
 import urllib.request
@@ -169,3 +170,24 @@ def test_approve_through_the_stack(
         assert "Tool permissions" in page
     finally:
         stack.stop()
+
+
+def test_a_client_that_goes_away_withdraws_its_request(serve: SdkSetup) -> None:
+    target = serve.workspace / f"gone-{uuid.uuid4().hex[:6]}.txt"
+    body = {"model": MODEL, "max_tokens": 200, "stream": True,
+            "messages": [{"role": "user", "content": write_prompt(target, "never")}]}
+    connection = http.client.HTTPConnection("127.0.0.1", urllib.parse.urlsplit(serve.url).port, timeout=60)
+    try:
+        connection.request("POST", "/sdk/v1/messages", json.dumps(body), {"content-type": "application/json"})
+        assert connection.getresponse().status == 200
+        request = the_request(serve.url, target.name)
+    finally:
+        connection.close()
+    # The client hung up: the run is cancelled and its request withdrawn, not left to time out.
+    view = wait_until(
+        lambda: (v := call(serve.url, "GET", f"/permissions/{request['id']}"))["status"] != "pending" and v,
+        timeout=TIMEOUT - 1, message="the request to be withdrawn",
+    )
+    assert view["status"] == "cancelled", view
+    assert pending(serve.url) == []
+    assert not target.exists()
