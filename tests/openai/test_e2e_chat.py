@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx2 as httpx
@@ -319,3 +320,26 @@ async def test_concurrent_streams_do_not_mix(server: OpenAIServer) -> None:
     texts = await asyncio.gather(*(one(n) for n in range(6)))
     assert texts == [f"Echo: number {n}" for n in range(6)]
     await client.close()
+
+
+def test_a_client_that_goes_away_stops_the_upstream_stream(server: OpenAIServer) -> None:
+    marker = f"leave-early-{time.monotonic_ns()}"
+    stream = server.client().chat.completions.create(
+        model="gpt-4o", stream=True,
+        messages=[{"role": "user", "content": f"{marker} [[fake:long=400]] [[fake:slow=0.02]]"}])
+    received = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+        if received == 3:
+            break
+    stream.close()
+    deadline = time.monotonic() + 10
+    record: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        [record] = [r for r in server.fake.requests(path="/v1/messages") if marker in json.dumps(r["body"])]
+        if record["outcome"] == "disconnected":
+            break
+        time.sleep(0.05)
+    assert record["outcome"] == "disconnected"
+    assert record["events_sent"] < record["events_total"]
