@@ -79,6 +79,7 @@ def build_local_app(settings: Settings) -> Any:
     tokens, keys = local_accounts(settings)
     forwarder = ApiForwarder(settings.anthropic, tokens)
     gateway = Gateway(settings, forwarder, tokens.status, keys=keys)
+    tokens.attach_metrics(gateway.metrics)
     # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
     analytics = Analytics(settings, metrics=gateway.metrics)
     # SDK mode: the same arq worker as `ccproxy run sdk-worker`, in process, on the embedded Redis.

@@ -215,6 +215,10 @@ class AccountPool:
     def refresh_count(self) -> int:
         return sum(source.refresh_count for source in self._sources.values())
 
+    def attach_metrics(self, metrics: Any) -> None:
+        """Count into a service's registry (``/metrics``), e.g. the gateway's in one process."""
+        self.metrics = PoolMetrics(metrics.registry, metrics.service, metrics)
+
     # -- members ------------------------------------------------------------------------
 
     def members(self) -> list[Member]:
