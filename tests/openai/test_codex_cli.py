@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.openai.conftest import OpenAIServer, start_openai_server
@@ -83,3 +84,23 @@ def test_codex_with_a_wrong_key_is_refused(guarded: OpenAIServer, tmp_path: Path
     out = result.stdout + result.stderr
     assert result.returncode != 0, out[-2000:]
     assert "invalid client key" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_openai_sdk_with_a_wrong_key_gets_an_openai_401_and_nothing_goes_upstream(
+    guarded: OpenAIServer, api: str
+) -> None:
+    before = len(guarded.fake.requests(path="/v1/messages"))
+    client = guarded.client(api_key="not-the-token")
+    with pytest.raises(openai.AuthenticationError) as caught:
+        if api == "chat":
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        else:
+            client.responses.create(model="gpt-4o", input="hi")
+    body = caught.value.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == "authentication_error"
+    assert len(guarded.fake.requests(path="/v1/messages")) == before
+    ok = guarded.client(api_key=TOKEN).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert ok.choices[0].message.content == "Echo: hi"
