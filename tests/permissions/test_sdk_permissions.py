@@ -149,6 +149,15 @@ def test_nobody_answers_denied_after_the_timeout_and_the_stream_says_so(serve: S
     assert call(serve.url, "GET", f"/permissions/{request['id']}")["status"] == "expired"
 
 
+def read_until(stream: Any, marker: str) -> str:
+    """Read SSE lines until ``marker``; return that event's data line (Traefik must not buffer)."""
+    while True:
+        line = stream.readline().decode()
+        assert line, "the stream ended"
+        if line.strip() == marker:
+            return str(stream.readline().decode())
+
+
 def test_approve_through_the_stack(
     tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream
 ) -> None:
@@ -163,7 +172,13 @@ def test_approve_through_the_stack(
         run = Run(setup, write_prompt(target, "via traefik"), key=ADMIN)
         request = the_request(stack.url, target.name, key=ADMIN)
         assert request["key_id"] == "default"  # the shared token's principal travelled with the job
+        # The stream through Traefik: the pending request is replayed, then its resolution streams.
+        stream = urllib.request.urlopen(urllib.request.Request(  # noqa: S310
+            f"{stack.url}/permissions/stream", headers={"x-api-key": ADMIN}), timeout=30)
+        assert f'"id":"{request["id"]}"' in read_until(stream, "event: permission_request")
         call(stack.url, "POST", f"/permissions/{request['id']}/respond", {"behavior": "allow"}, key=ADMIN)
+        assert '"status":"allowed"' in read_until(stream, "event: permission_resolved")
+        stream.close()
         run.result()
         assert target.read_text() == "via traefik"
         page = urllib.request.urlopen(f"{stack.url}/permissions/ui", timeout=10).read().decode()  # noqa: S310
