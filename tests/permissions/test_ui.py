@@ -13,16 +13,14 @@ from tests.permissions.browser import Browser, Page, chromium_path
 from tests.permissions.clients import ask, client, gate, pending_ids, poll, respond
 from tests.permissions.conftest import ADMIN_TOKEN, StartPermissions
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (scripts/setup-test-deps.sh)"),
-]
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 async def page(tmp_path: Path) -> AsyncIterator[Page]:
     executable = chromium_path()
-    assert executable is not None
+    if executable is None:
+        pytest.fail("chromium is not installed: run scripts/setup-test-deps.sh (make setup-test)")
     browser = Browser(executable, tmp_path / "profile")
     try:
         opened = await browser.new_page()
