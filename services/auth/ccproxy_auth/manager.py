@@ -54,6 +54,7 @@ class CredentialManager:
         self.account = account
         self._lock = asyncio.Lock()
         self._cached: ClaudeOAuth | None = None
+        self._issued: tuple[ClaudeOAuth, Credential] | None = None
         self._store: CredentialStore | None = None
         self.refresh_count = 0
         api_key = settings.auth.api_key
@@ -148,10 +149,17 @@ class CredentialManager:
         return oauth_.expires_at / 1000 - time.time() > margin
 
     def _credential(self, oauth_: ClaudeOAuth) -> Credential:
+        # Built once per token, not per request (a pydantic model costs a few µs to validate).
+        # Callers that change it use model_copy, so sharing one instance is safe.
+        cached = self._issued
+        if cached is not None and cached[0] is oauth_:
+            return cached[1]
         expires = oauth_.expires_at / 1000 if oauth_.expires_at else None
-        return Credential(
+        credential = Credential(
             kind="oauth", secret=SecretStr(oauth_.access_token), expires_at=expires, account=self.account
         )
+        self._issued = (oauth_, credential)
+        return credential
 
     async def _refresh(self, current: ClaudeOAuth) -> ClaudeOAuth:
         if not current.refresh_token:
