@@ -130,7 +130,8 @@ class Gateway:
             path=path,
             headers=dict(request.headers),
             body=body,
-            query=request.url.query,
+            # Not request.url.query: building the URL object costs ~10 µs per request.
+            query=request.scope.get("query_string", b"").decode(),
         )
         reply = await until_disconnect(request, self.forwarder.forward(forward))
         self.metrics.upstream.labels(self.metrics.service, str(reply.status), reply.account or "").inc()
