@@ -402,3 +402,17 @@ async def test_responses_stream_midstream_error_fails_the_response() -> None:
     assert failed["response"]["error"] == {"code": "server_error", "message": "Overloaded"}
     deltas = [b["delta"] for k, b in got if k == "response.output_text.delta"]
     assert deltas == ["Hel"]
+
+
+async def test_hot_path_chunks_have_the_wire_models_shape() -> None:
+    """Chunks are built as dicts for speed; they must be exactly what the wire models dump."""
+    from ccproxy_core.openai.chat_models import ChatCompletionChunk as Chunk
+    from ccproxy_core.openai.chat_models import ChunkChoice, ChunkDelta
+
+    for chunk in chat_chunks(await chat_frames("thinking", chat_plan(stream=True))):
+        if not chunk["choices"]:
+            continue
+        choice = chunk["choices"][0]
+        model = Chunk(id=chunk["id"], created=chunk["created"], model=chunk["model"], choices=[
+            ChunkChoice(delta=ChunkDelta(**choice["delta"]), finish_reason=choice["finish_reason"])])
+        assert model.dump() == chunk
