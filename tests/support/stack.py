@@ -15,8 +15,16 @@ from pathlib import Path
 
 import redis
 
-from ccproxy_core.stack import Service, ccproxy_service, find_routes_file, free_port, plan_stack, traefik_service
-from tests.support.process import Proc, start_process
+from ccproxy_core.stack import (
+    Service,
+    ccproxy_service,
+    find_routes_file,
+    free_port,
+    http_ok,
+    plan_stack,
+    traefik_service,
+)
+from tests.support.process import Proc, start_process, wait_until
 from tests.support.serve import isolated_env
 
 #: The shared Redis of the dev and CI machines; tests use a key prefix of their own.
@@ -71,26 +79,48 @@ class StackProc:
         self.services[name] = proc
         return proc
 
+    def start_all(self, timeout: float = 20.0) -> None:
+        """Start every service at once (they retry each other), then wait until all answer."""
+        pending = {}
+        for name, (service, env, log_dir) in self.specs.items():
+            proc, health_url = _spawn(service, env, log_dir)
+            self.services[name] = proc
+            pending[name] = (proc, health_url)
+        for name, (proc, health_url) in pending.items():
+            _wait_ready(name, proc, health_url, timeout)
+
     def stop(self) -> None:
         for proc in reversed(list(self.services.values())):
             proc.stop()
         delete_prefix(self.redis_url, self.key_prefix)
 
 
-def _start(service: Service, env: dict[str, str], log_dir: Path, timeout: float) -> Proc:
+def _spawn(service: Service, env: dict[str, str], log_dir: Path) -> tuple[Proc, str]:
+    """Start without waiting; returns the process and the URL that answers 2xx once it is ready."""
     full = {**env, **service.env}
     port = int(full.get("SERVER__PORT", "0"))
     if service.name == "traefik":
-        health = next(a.split("=", 1)[1] for a in service.argv if a.startswith("--entryPoints.ping.address="))
-        health_url = f"http://{health}/ping"
+        # Through Traefik to the gateway: /ping answers before the routing file is loaded.
         url = "http://" + next(a.split("=", 1)[1] for a in service.argv if a.startswith("--entryPoints.web.address="))
     else:
         url = f"http://127.0.0.1:{port}"
-        health_url = url + "/health"
-    return start_process(
-        service.argv, url=url, health_url=health_url, log_path=log_dir / f"{service.name}.log",
-        env=full, cwd=log_dir, port=port, timeout=timeout,
-    )
+    proc = start_process(service.argv, url=url, health_url=None, log_path=log_dir / f"{service.name}.log",
+                         env=full, cwd=log_dir, port=port)
+    return proc, url + "/health"
+
+
+def _wait_ready(name: str, proc: Proc, health_url: str, timeout: float) -> None:
+    # Strictly 2xx: Traefik's own 404 (routing file not loaded yet) must not count as ready.
+    wait_until(lambda: http_ok(health_url) or proc.returncode is not None, timeout=timeout,
+               message=f"{name} to answer {health_url} with 2xx")
+    if proc.returncode is not None:
+        raise RuntimeError(f"{name} exited with {proc.returncode}:\n{proc.log_text()[-4000:]}")
+
+
+def _start(service: Service, env: dict[str, str], log_dir: Path, timeout: float) -> Proc:
+    proc, health_url = _spawn(service, env, log_dir)
+    _wait_ready(service.name, proc, health_url, timeout)
+    return proc
 
 
 def launch_stack(
@@ -114,7 +144,7 @@ def launch_stack(
     try:
         for service in plan.services:
             stack.specs[service.name] = (service, base, run_dir)
-            stack.start(service.name, timeout)
+        stack.start_all(timeout)
     except BaseException:
         stack.stop()
         raise
@@ -150,7 +180,7 @@ def launch_replicas(
             service = ccproxy_service(kind, ports[name], extra)
             service.name = name
             stack.specs[name] = (service, base, run_dir)
-            stack.start(name)
+        stack.start_all()
     except BaseException:
         stack.stop()
         raise

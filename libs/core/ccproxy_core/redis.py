@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import RedisSettings
 
-__all__ = ["Redis", "RedisLock", "connect", "is_unavailable", "unavailable_as_503"]
+__all__ = ["REDIS_DOWN", "Redis", "RedisLock", "connect", "is_unavailable", "unavailable_as_503", "unavailable_error"]
 
 _embedded: fakeredis.FakeServer | None = None
 
@@ -54,16 +54,31 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE)
 
 
+#: Exception classes for a Starlette ``exception_handlers`` entry (see :func:`unavailable_error`).
+REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+
+
+def unavailable_error(exc: BaseException, what: str = "this request") -> ProxyError:
+    """The 503 a client can act on (retry later) for "Redis is down"."""
+    return ProxyError(
+        503, f"Redis is unavailable, so {what} cannot be served right now; retry shortly "
+        f"({type(exc).__name__})", headers={"retry-after": "2"},
+    )
+
+
 @contextlib.asynccontextmanager
 async def unavailable_as_503(what: str = "this request") -> AsyncIterator[None]:
     """Turn "Redis is down" into the 503 a client can act on (retry later)."""
     try:
         yield
     except UNAVAILABLE as exc:
-        raise ProxyError(
-            503, f"Redis is unavailable, so {what} cannot be served right now; retry shortly "
-            f"({type(exc).__name__})", headers={"retry-after": "2"},
-        ) from exc
+        raise unavailable_error(exc, what) from exc
+
+
+#: This process's lock token (see :class:`RedisLock`).
+_PROCESS_TOKEN = secrets.token_hex(16)
+#: One holder per key inside this process; Redis arbitrates between processes.
+_local_locks: dict[str, asyncio.Lock] = {}
 
 
 class RedisLock:
@@ -74,20 +89,44 @@ class RedisLock:
     still holds our token (a holder that outlived its ttl must not free someone else's lock).
     What the lock protects must still be re-checked once it is held (the fencing check): the
     previous holder may have done the work already.
+
+    The token is the process's own and holders inside one process take turns, because a ``SET``
+    whose answer was lost (Redis frozen, then back) may have taken the lock after all: finding
+    our token on the key then means it is ours to use, not a stranger's to wait out.
     """
 
     def __init__(self, redis: Redis, key: str, ttl: float) -> None:
         self._redis = redis
         self.key = key
         self.ttl = ttl
-        self._token = secrets.token_hex(16)
+        self._token = _PROCESS_TOKEN
+        self._local = _local_locks.setdefault(key, asyncio.Lock())
+        self._held = False
 
     async def acquire(self, wait: float) -> bool:
         """Try for up to ``wait`` seconds. Redis errors propagate (see :func:`unavailable_as_503`)."""
         deadline = time.monotonic() + wait
+        try:
+            await asyncio.wait_for(self._local.acquire(), timeout=wait)
+        except TimeoutError:
+            return False
+        try:
+            self._held = await self._take(deadline)
+        finally:
+            if not self._held:
+                self._local.release()
+        return self._held
+
+    async def _take(self, deadline: float) -> bool:
+        ttl_ms = int(self.ttl * 1000)
         pause = 0.02
         while True:
-            if await self._redis.set(self.key, self._token, nx=True, px=int(self.ttl * 1000)):
+            if await self._redis.set(self.key, self._token, nx=True, px=ttl_ms):
+                return True
+            value = await self._redis.get(self.key)
+            if value is not None and _text(value) == self._token:
+                # Taken by an earlier attempt of ours whose answer was lost: ours, for a full ttl.
+                await self._redis.pexpire(self.key, ttl_ms)
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -100,17 +139,23 @@ class RedisLock:
 
     async def release(self) -> None:
         """Compare-and-delete in a transaction (WATCH), which fakeredis runs too (no Lua needed)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(self.key)
-                value = await pipe.get(self.key)
-                if value is None or _text(value) != self._token:
-                    return
-                pipe.multi()
-                pipe.delete(self.key)
-                await pipe.execute()
-            except redis_errors.WatchError:
-                return  # it changed hands (expired and retaken) in between: not ours to delete
+        if not self._held:
+            return
+        self._held = False
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self.key)
+                    value = await pipe.get(self.key)
+                    if value is None or _text(value) != self._token:
+                        return
+                    pipe.multi()
+                    pipe.delete(self.key)
+                    await pipe.execute()
+                except redis_errors.WatchError:
+                    return  # it changed hands (expired and retaken) in between: not ours to delete
+        finally:
+            self._local.release()
 
     async def __aenter__(self) -> RedisLock:
         if not await self.acquire(self.ttl):

@@ -54,9 +54,17 @@ def ccproxy_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "ccproxy_core", *args]
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
+def http_ok(url: str, timeout: float = 2.0, verify: bool = True) -> bool:
+    """GET ``url`` answers 2xx. ``verify=False``: accept any TLS certificate (our own Traefik's)."""
+    context = None
+    if not verify:
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (our own URL)
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:  # noqa: S310 (our own URL)
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -98,8 +106,15 @@ def find_traefik() -> str:
 def traefik_service(
     *, host: str, port: int, routes: Path, gateway_url: str, ping_port: int, env: dict[str, str] | None = None
 ) -> Service:
-    """Traefik with the routing file; ``/ping`` only on an internal entrypoint."""
+    """Traefik with the routing file; ``/ping`` only on an internal entrypoint.
+
+    Ready once the gateway's ``/health`` answers through it: ``/ping`` answers before the
+    routing file is loaded, and a request in between would get Traefik's 404.
+    """
     bind = f"[{host}]" if ":" in host else host
+    tls = bool((env or {}).get("TLS__CERT_FILE") or os.environ.get("TLS__CERT_FILE"))
+    local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else bind)
+    public_health = f"{'https' if tls else 'http'}://{local}:{port}/health"
     argv = [
         find_traefik(),
         f"--entryPoints.web.address={bind}:{port}",
@@ -117,7 +132,7 @@ def traefik_service(
         "traefik",
         argv,
         env={"SERVICES__GATEWAY_URL": gateway_url, **(env or {})},
-        ready=lambda: http_ok(f"http://127.0.0.1:{ping_port}/ping"),
+        ready=lambda: http_ok(f"http://127.0.0.1:{ping_port}/ping") and http_ok(public_health, verify=False),
     )
 
 

@@ -25,7 +25,7 @@ from ccproxy_core.auth_client import STATUS_PATH, TOKEN_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
 from ccproxy_core.metrics import Metrics
-from ccproxy_core.redis import UNAVAILABLE, Redis, connect
+from ccproxy_core.redis import REDIS_DOWN, UNAVAILABLE, Redis, connect, unavailable_error
 from ccproxy_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,10 @@ def create_service_app(settings: Settings) -> Starlette:
             log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
         return internal_error(exc)
 
+    async def on_redis_down(request: Request, exc: Exception) -> Response:
+        # Whatever needed Redis (refresh lock, account state, key limits): a clear 503, not a 500.
+        return await on_proxy_error(request, unavailable_error(exc))
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
@@ -102,6 +106,9 @@ def create_service_app(settings: Settings) -> Starlette:
             *admin_routes(settings, manager, keys),
         ],
         middleware=[Middleware(RequireInternalSecret, secret=secret)],
-        exception_handlers={ProxyError: on_proxy_error},
+        exception_handlers={
+            ProxyError: on_proxy_error,
+            **dict.fromkeys(REDIS_DOWN, on_redis_down),
+        },
         lifespan=lifespan,
     )
