@@ -124,7 +124,8 @@ class LogsApi:
 
     async def usage(self, request: Request) -> Response:
         filters = await self.filters(request)
-        group_by = [g for g in (request.query_params.get("group_by") or "key,model").split(",") if g]
+        raw = request.query_params.get("group_by")
+        group_by = [g for g in (raw if raw is not None else "key,model").split(",") if g and g != "none"]
         bucket = request.query_params.get("bucket", "none")
         sql, params = usage_query(self.store.table, filters, group_by, bucket)
         rows = await self._rows(sql, params)

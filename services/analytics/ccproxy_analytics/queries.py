@@ -28,8 +28,16 @@ GROUPS = {
     "model": ("if(model_used != '', model_used, model_requested)", "model"),
     "mode": ("mode", "mode"),
     "endpoint": ("endpoint", "endpoint"),
+    "outcome": ("outcome", "outcome"),
+    "status": ("status", "status"),
+    "error_type": ("error_type", "error_type"),
 }
-BUCKETS = {"hour": "toStartOfHour(started_at)", "day": "toStartOfDay(started_at)", "none": None}
+BUCKETS = {
+    "minute": "toStartOfMinute(started_at)",
+    "hour": "toStartOfHour(started_at)",
+    "day": "toStartOfDay(started_at)",
+    "none": None,
+}
 
 
 def _dt(value: datetime) -> str:

@@ -31,6 +31,7 @@ from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object
 from ccproxy_gateway.client_auth import ClientAuth
+from ccproxy_gateway.dashboard import dashboard_routes
 from ccproxy_gateway.metering import KeyGuard, MeteredForwarder, keys_enabled
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic, until_disconnect
@@ -240,6 +241,7 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         Route("/api/v1/models", models, methods=["GET"]),
         Route("/api/models", models, methods=["GET"]),
         Route("/api/status", status, methods=["GET"]),
+        *dashboard_routes(),
         *openai.routes("/api/v1"),
         *(extra_routes or []),
     ]
