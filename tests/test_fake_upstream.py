@@ -7,13 +7,18 @@ import base64
 import hashlib
 import json
 import secrets
+import sys
 import urllib.parse
+from pathlib import Path
 
 import anthropic
 import httpx2 as httpx
 import pytest
 
 from tests.support.fake import FakeUpstream
+from tests.support.ports import free_port
+from tests.support.process import Proc, start_process, wait_until
+from tests.support.serve import REPO_ROOT
 
 IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
 OAUTH_BETA = "oauth-2025-04-20"
@@ -142,8 +147,6 @@ def test_raw_stream_has_pings_and_records_disconnect(fake_upstream: FakeUpstream
         first = next(resp.iter_lines())
         assert first == "event: message_start"
     # The client left after the first event; the fake must notice and stop.
-    from tests.support.process import wait_until
-
     record = wait_until(lambda: (r := fake_upstream.request(request_id))["outcome"] == "disconnected" and r,
                         timeout=5, message="the fake to see the disconnect")
     assert record["events_sent"] < record["events_total"]
@@ -159,3 +162,49 @@ def test_json_answers_gzipped_when_accepted(fake_upstream: FakeUpstream) -> None
     assert gz.headers["content-encoding"] == "gzip" and gz.json()["content"][0]["text"].startswith("Echo:")
     plain = httpx.post(fake_upstream.url + "/v1/messages", json=body, headers=headers | {"accept-encoding": "identity"})
     assert "content-encoding" not in plain.headers
+
+
+def test_long_and_echo_request_markers(fake_upstream: FakeUpstream) -> None:
+    key = fake_upstream.api_key()
+    client = anthropic.Anthropic(base_url=fake_upstream.url, api_key=key, max_retries=0)
+    deltas = 0
+    with client.messages.stream(model="m", max_tokens=1000,
+                                messages=[{"role": "user", "content": "[[fake:long=50]]"}]) as stream:
+        for event in stream:
+            deltas += event.type == "content_block_delta"
+        final = stream.get_final_message()
+    assert deltas == 50 and final.content[0].text.split() == [f"word{i}" for i in range(50)]
+    cut = client.messages.create(model="m", max_tokens=10, messages=[{"role": "user", "content": "[[fake:long=50]]"}])
+    assert cut.stop_reason == "max_tokens" and len(cut.content[0].text.split()) == 10
+    echoed = client.messages.create(
+        model="m", max_tokens=4000, system="sys", extra_headers={"anthropic-beta": "a-beta,b-beta"},
+        messages=[{"role": "user", "content": "[[fake:echo_request]]"}])
+    seen = json.loads(echoed.content[0].text)
+    assert seen["betas"] == ["a-beta", "b-beta"] and seen["system"] == "sys" and seen["path"] == "/v1/messages"
+    assert seen["headers"]["authorization"] == f"Bearer {fake_upstream.fingerprint(key)}"
+    assert key not in echoed.content[0].text
+
+
+def test_state_file_keeps_credentials_across_restarts(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+
+    def start() -> Proc:
+        port = free_port()
+        return start_process(
+            [sys.executable, "-m", "tests.fake_upstream", "--port", str(port), "--state-file", str(state)],
+            url=f"http://127.0.0.1:{port}", health_url=f"http://127.0.0.1:{port}/_fake/health",
+            log_path=tmp_path / f"fake-{port}.log", cwd=REPO_ROOT, port=port,
+        )
+
+    first = start()
+    try:
+        creds = FakeUpstream(first).credentials()
+    finally:
+        first.stop()
+    second = start()
+    try:
+        client = oauth_client(FakeUpstream(second), creds["accessToken"])
+        assert client.messages.create(model="m", max_tokens=5, system=IDENTITY,
+                                      messages=[{"role": "user", "content": "z"}]).content[0].text == "Echo: z"
+    finally:
+        second.stop()
