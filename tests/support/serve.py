@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,11 @@ from tests.support.ports import free_port
 from tests.support.process import Proc, start_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CCPROXY = REPO_ROOT / ".venv" / "bin" / "ccproxy"
+#: The ``ccproxy`` entry point of the environment running the tests (normally ``.venv/bin``).
+CCPROXY = next(
+    (p for p in (Path(sys.executable).parent / "ccproxy", REPO_ROOT / ".venv" / "bin" / "ccproxy") if p.exists()),
+    REPO_ROOT / ".venv" / "bin" / "ccproxy",
+)
 #: A top-level key the Claude CLI might keep in .credentials.json; a refresh must keep it.
 UNKNOWN_KEY = "mcpOAuth"
 UNKNOWN_VALUE = {"some-server": {"accessToken": "kept-as-is", "expiresAt": 1}}
