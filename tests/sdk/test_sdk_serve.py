@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -50,8 +51,17 @@ def read_prompt(setup: SdkSetup) -> list[dict[str, Any]]:
     return [{"role": "user", "content": f"read it [[fake:call=Read?file_path={setup.notes}]]"}]
 
 
+def logged(setup: SdkSetup, session: str) -> dict[str, Any] | None:
+    with urllib.request.urlopen(f"{setup.url}/logs/query?limit=200", timeout=10) as resp:  # noqa: S310
+        rows = json.loads(resp.read())["data"]
+    return next((r for r in rows if r.get("sdk_session_id") == session), None)
+
+
 def test_formatted_mode_shows_tool_use_as_compact_text(formatted: SdkSetup) -> None:
-    message = client(formatted).messages.create(model=MODEL, max_tokens=200, messages=read_prompt(formatted))
+    raw = client(formatted).messages.with_raw_response.create(
+        model=MODEL, max_tokens=200, messages=read_prompt(formatted)
+    )
+    message = raw.parse()
     assert {b.type for b in message.content} == {"text"}
     text = "".join(b.text for b in message.content)  # type: ignore[union-attr]
     assert "<tool_use_sdk>" in text and "<tool_result_sdk>" in text
@@ -60,6 +70,12 @@ def test_formatted_mode_shows_tool_use_as_compact_text(formatted: SdkSetup) -> N
     assert '{"id":' in text  # CLAUDE__PRETTY_FORMAT=false: compact JSON
     assert formatted.notes_text in text
     assert text.count("I'll call Read.") == 1
+    # The access log has the run: usage, Claude Code's own cost, its session, turns and tool uses.
+    session = raw.headers["x-claude-session-id"]
+    row = wait_until(lambda: logged(formatted, session), timeout=20, message="the access-log row")
+    assert row["mode"] == "sdk" and row["status"] == 200
+    assert row["input_tokens"] > 0 and row["output_tokens"] > 0
+    assert row["sdk_cost_usd"] > 0 and row["sdk_turns"] >= 1 and row["sdk_tool_uses"] == 1
 
 
 def test_ignore_mode_hides_tool_use(ignoring: tuple[SdkSetup, Proc]) -> None:

@@ -121,6 +121,9 @@ def test_openai_chat_streaming_and_not(sdk_stack: SdkSetup) -> None:
     assert sdk_stack.notes_text in content
     assert chunks[-1].choices[0].finish_reason == "stop"
 
+    response = oai.responses.create(model=MODEL, input=f"respond {word}")
+    assert f"respond {word}" in response.output_text
+
 
 def test_history_reaches_claude_code_with_images(sdk_stack: SdkSetup, fake_upstream: FakeUpstream) -> None:
     name = f"Zorro{uuid.uuid4().hex[:6]}"
