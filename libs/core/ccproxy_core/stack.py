@@ -261,23 +261,30 @@ class Supervisor:
         """Safe from a signal handler: the loops notice and :meth:`stop` does the work."""
         self._stopping.set()
 
-    def start_one(self, service: Service, timeout: float = 30.0) -> None:
-        proc = self._spawn(service)
-        deadline = time.monotonic() + timeout
+    def _wait_ready(self, service: Service, deadline: float) -> None:
+        proc = self.procs[service.name]
         while not service.ready():
             if self.stopping:
                 return
             if proc.poll() is not None:
                 raise StartupError(f"{service.name} exited with code {proc.returncode} while starting")
             if time.monotonic() > deadline:
-                raise StartupError(f"{service.name} did not become ready within {timeout:.0f} s")
+                raise StartupError(f"{service.name} did not become ready in time")
             time.sleep(0.05)
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start_one(self, service: Service, timeout: float = 30.0) -> None:
+        self._spawn(service)
+        self._wait_ready(service, time.monotonic() + timeout)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start all at once (each retries the others, as in compose), then wait for each in order."""
         for service in self.services:
+            self._spawn(service)
+        deadline = time.monotonic() + timeout
+        for service in self.services:
+            self._wait_ready(service, deadline)
             if self.stopping:
                 return
-            self.start_one(service, timeout)
             self._say(f"ccproxy up: {service.name} ready (pid {self.procs[service.name].pid})")
 
     def service(self, name: str) -> Service:
