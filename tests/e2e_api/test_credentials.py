@@ -153,6 +153,12 @@ def test_credentials_picked_up_without_restart(tmp_path: Path, fake_upstream: Fa
     config_dir.mkdir()
     proc = start_serve(config_dir=config_dir)
     assert httpx.get(proc.url + "/health").json()["ready"] is False
+    # Expired and no refresh token: present but not usable, and /health says so.
+    dead = fake_upstream.credentials(expired=True)
+    write_credentials(config_dir, {k: v for k, v in dead.items() if k != "refreshToken"})
+    health = httpx.get(proc.url + "/health").json()
+    assert health["ready"] is False and health["checks"]["credentials"]["detail"]
+    assert dead["accessToken"] not in str(health)
     write_credentials(config_dir, fake_upstream.credentials())
     assert httpx.get(proc.url + "/health").json()["ready"] is True
     assert ask(proc, "now").content[0].text == "Echo: now"
