@@ -138,7 +138,7 @@ def test_images_inline_and_by_url(server: OpenAIServer) -> None:
     content = raw.parse().choices[0].message.content or ""
     assert f"[saw 2 image(s): image/png {len(png_bytes())} bytes, url]" in content
     sent = server.upstream(raw.headers.get("x-request-id"))["body"]["messages"][0]["content"]
-    assert sent[2] == {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+    assert sent[2]["source"] == {"type": "url", "url": "https://example.com/cat.jpg"}
 
 
 def test_thinking_round_trip_with_the_message_as_received(server: OpenAIServer) -> None:
@@ -343,3 +343,18 @@ def test_a_client_that_goes_away_stops_the_upstream_stream(server: OpenAIServer)
         time.sleep(0.05)
     assert record["outcome"] == "disconnected"
     assert record["events_sent"] < record["events_total"]
+
+
+def test_prompt_cache_usage_is_reported_like_openai(server: OpenAIServer) -> None:
+    """ccproxy marks the prompt for Claude's cache; the second identical turn reads it, and the
+    usage says so in OpenAI's terms (cached tokens inside prompt_tokens)."""
+    messages = [{"role": "system", "content": "A long, stable system prompt. " * 20},
+                {"role": "user", "content": f"cache me {time.monotonic_ns()}"}]
+    client = server.client()
+    first = client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
+    second = client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
+    assert first.usage and first.usage.prompt_tokens_details and second.usage and second.usage.prompt_tokens_details
+    written = first.usage.prompt_tokens_details.cache_write_tokens
+    assert written and first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens == written
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens  # cached tokens are inside the total

@@ -4,6 +4,7 @@ Anthropic upstream, as a ``store: false`` client (Codex's way) uses it."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import openai
@@ -151,3 +152,13 @@ def test_midstream_error_fails_the_response(server: OpenAIServer) -> None:
     assert "response.output_text.delta" in kinds
     assert kinds[-2:] == ["error", "response.failed"]
     assert failed.status == "failed" and failed.error.code == "server_error"
+
+
+def test_prompt_cache_usage(server: OpenAIServer) -> None:
+    request: dict[str, Any] = {"model": "gpt-5", "instructions": "Stable instructions. " * 30,
+                               "input": f"cache me too {time.monotonic_ns()}"}
+    client = server.client()
+    client.responses.create(**request)
+    again = client.responses.create(**request)
+    assert again.usage is not None and again.usage.input_tokens_details.cached_tokens > 0
+    assert again.usage.input_tokens > again.usage.input_tokens_details.cached_tokens

@@ -25,7 +25,8 @@ from ccproxy_core.settings import ModelRule, ModelsSettings, OpenAISettings
 
 RECORDED = json.loads((Path(__file__).parent / "recorded" / "requests.json").read_text())
 MODELS = ModelMap()
-OPTIONS = OpenAISettings()
+#: The recorded pairs show the translation itself; prompt-cache markers have their own test.
+OPTIONS = OpenAISettings(prompt_cache=False)
 
 
 def chat(data: dict[str, Any], options: OpenAISettings = OPTIONS, models: ModelMap = MODELS) -> ChatPlan:
@@ -245,6 +246,32 @@ def test_tool_choice_none_and_auto() -> None:
         "tool_choice"] == {"type": "tool", "name": "f"}
     # No tools: a tool_choice has nothing to choose from and is not sent.
     assert "tool_choice" not in chat({"model": "gpt-4o", "messages": user(), "tool_choice": "required"}).body
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_prompt_cache_breakpoints_on_system_and_conversation_end(api: str) -> None:
+    options = OpenAISettings()
+    thinking = {"type": "thinking", "thinking": "t", "signature": "s"}
+    if api == "chat":
+        data = {"model": "gpt-4o", "messages": [
+            {"role": "system", "content": "sys"}, *user("q1"), {"role": "assistant", "content": "a1"}, *user("q2")]}
+        body = translate_chat_request(parse_chat_request(data), MODELS, options).body
+        prefill = translate_chat_request(parse_chat_request({"model": "gpt-4o", "messages": [
+            *user(), {"role": "assistant", "content": None, "thinking_blocks": [thinking]}]}), MODELS, options).body
+    else:
+        data = {"model": "gpt-5", "instructions": "sys", "input": [
+            {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"}]}
+        body = translate_responses_request(parse_responses_request(data), MODELS, options).body
+        prefill = translate_responses_request(parse_responses_request({"model": "gpt-5", "input": [
+            {"role": "user", "content": "hi"}, {"type": "reasoning", "encrypted_content": encode_reasoning(thinking)}],
+        }), MODELS, options).body
+    marked = [b for m in body["messages"] for b in m["content"] if "cache_control" in b]
+    marked += [b for b in body["system"] if "cache_control" in b]
+    assert marked == [{"type": "text", "text": "q2", "cache_control": {"type": "ephemeral"}},
+                      {"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}]
+    # Claude refuses cache_control on thinking blocks: an assistant turn ending in one is left alone.
+    assert prefill["messages"][-1]["content"] == [thinking]
 
 
 def test_tool_parameters_without_a_type_are_objects() -> None:

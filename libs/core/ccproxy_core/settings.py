@@ -223,6 +223,9 @@ class OpenAISettings(BaseModel):
     default_max_tokens: int = 8192
     #: Extended-thinking budget, in tokens, for each ``reasoning_effort``.
     reasoning_budgets: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_REASONING_BUDGETS))
+    #: Mark the system prompt and the conversation so far for Claude's prompt cache, as OpenAI
+    #: caches implicitly (two breakpoints; cache reads are a tenth of the input price).
+    prompt_cache: bool = True
 
 
 class PermissionsSettings(BaseModel):

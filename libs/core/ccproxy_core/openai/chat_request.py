@@ -28,7 +28,13 @@ from ccproxy_core.openai.chat_models import (
     ToolMessage,
     UserMessage,
 )
-from ccproxy_core.openai.content import anthropic_tool, file_block, image_block, parse_arguments
+from ccproxy_core.openai.content import (
+    add_cache_breakpoints,
+    anthropic_tool,
+    file_block,
+    image_block,
+    parse_arguments,
+)
 from ccproxy_core.openai.model_map import ModelMap
 from ccproxy_core.openai.reasoning import REASONING_MEMORY, clean_thinking_block, thinking_config
 from ccproxy_core.openai.structured import apply_json_mode, json_tool
@@ -227,4 +233,6 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
         )
         apply_json_mode(body, tool, client_tools=bool(tools))
         plan.json_mode = True
+    if options.prompt_cache:
+        add_cache_breakpoints(body)
     return plan

@@ -73,6 +73,24 @@ def parse_arguments(arguments: str, where: str) -> dict[str, Any]:
     return value
 
 
+#: Blocks Claude accepts a cache_control on (not thinking blocks).
+_CACHEABLE = frozenset({"text", "image", "document", "tool_use", "tool_result"})
+
+
+def add_cache_breakpoints(body: dict[str, Any]) -> None:
+    """OpenAI caches prompt prefixes by itself; Claude only where told. Two breakpoints (of the
+    four allowed): the end of the system prompt (tools and system, stable across turns) and the
+    end of the conversation (the next turn reads it back)."""
+    marker = {"type": "ephemeral"}
+    system = body.get("system")
+    if system and system[-1].get("type") == "text":
+        system[-1] = {**system[-1], "cache_control": marker}
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages else None
+    if isinstance(content, list) and content and content[-1].get("type") in _CACHEABLE:
+        content[-1] = {**content[-1], "cache_control": marker}
+
+
 #: Anthropic stop_reason to OpenAI finish_reason.
 FINISH_REASONS = {
     "end_turn": "stop",

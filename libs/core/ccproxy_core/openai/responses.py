@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError, validation_error
 from ccproxy_core.openai.content import (
     TokenCount,
+    add_cache_breakpoints,
     anthropic_tool,
     file_block,
     image_block,
@@ -227,6 +228,8 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
         tool = json_tool(fmt.schema_, fmt.name, fmt.description, "text.format.schema")
         apply_json_mode(body, tool, client_tools=bool(tools))
         plan.json_mode = True
+    if options.prompt_cache:
+        add_cache_breakpoints(body)
     plan.echo = {
         "instructions": req.instructions,
         "max_output_tokens": req.max_output_tokens,
