@@ -1,0 +1,100 @@
+"""Nothing is lost across restarts: a redis-server of the test's own (append-only file on, its own
+port and directory; the shared 6379 one is never touched) and ``ccproxy serve`` (which holds the
+auth service) are both killed and started again; accounts, keys, spend and cooldowns remain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from tests.accounts.helpers import MODEL, make_team, nonce
+from tests.support.fake import FakeUpstream
+from tests.support.ports import free_port
+from tests.support.process import wait_until
+
+
+class AofRedis:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(up, timeout=10, message="redis-server to answer")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # no shutdown save: only the append-only file can bring state back
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
+    server = AofRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_accounts_keys_spend_and_cooldowns_survive_restarts(
+    tmp_path: Path, fake_upstream: FakeUpstream, prefix: str, aof_redis: AofRedis
+) -> None:
+    team = make_team(tmp_path, fake_upstream, prefix, REDIS__URL=aof_redis.url, AUTH__STRATEGY="fill_first")
+    team.add_oauth("alpha")
+    team.add_oauth("beta")
+    created = json.loads(team.ccproxy("keys", "create", "--json", "--name", "hana", "--budget-usd", "5",
+                                      "--period", "week").stdout)
+    proc = team.serve()
+    try:
+        sdk = anthropic.Anthropic(base_url=proc.url + "/api", api_key=created["key"], max_retries=0)
+        n1 = nonce()
+        spent_quota = f"{n1} [[fake:acct={team.fp('alpha')}/quota7d@900]]"
+        sdk.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": spent_quota}])
+        assert team.seen(n1) == [("alpha", 429), ("beta", 200)]
+
+        def settled() -> dict | None:  # type: ignore[type-arg]
+            row = json.loads(team.ccproxy("keys", "list", "--json").stdout)[0]
+            return row if row["requests"] == 1 else None
+
+        before = wait_until(settled, timeout=10, message="the settlement")
+    finally:
+        proc.stop()
+    aof_redis.kill()
+    aof_redis.start()
+    proc = team.serve()
+    try:
+        after = json.loads(team.ccproxy("keys", "list", "--json").stdout)[0]
+        assert after["spent_usd"] == before["spent_usd"] > 0
+        assert after["period_spent_usd"] == before["period_spent_usd"]
+        assert after["requests"] == 1 and after["name"] == "hana"
+        status = team.status()
+        assert set(status) == {"alpha", "beta"}
+        assert status["alpha"]["cooldown"]["reason"] == "quota:seven_day"
+        # The key still works, and alpha is still avoided.
+        sdk = anthropic.Anthropic(base_url=proc.url + "/api", api_key=created["key"], max_retries=0)
+        n2 = nonce()
+        sdk.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": n2}])
+        assert team.seen(n2) == [("beta", 200)]
+    finally:
+        proc.stop()
