@@ -1,5 +1,5 @@
 # The two commands a new user or CI types: `make run` and `make test`.
-.PHONY: setup setup-test run test lint bench up
+.PHONY: setup setup-test run test lint bench up env
 
 setup:
 	./scripts/setup.sh
@@ -12,6 +12,10 @@ run: setup
 
 up: setup
 	uv run --frozen ccproxy up
+
+# .env for `docker compose up`: fresh secrets and your user id (refuses to replace an existing one).
+env: setup
+	uv run --frozen ccproxy init-env
 
 test: setup-test
 	uv run --frozen pytest
