@@ -3,7 +3,7 @@
 - ``direct``: the client talks to the fake upstream itself (the limit), sending what ccproxy
   would add (bearer, betas, identity), so the upstream does the same work on every path.
 - ``serve``: ``ccproxy serve``, one process.
-- ``stack``: ``ccproxy run api-forwarder`` and ``ccproxy run gateway`` as two processes.
+- ``stack``: ``ccproxy run gateway``, ``api-forwarder`` and ``auth`` as separate processes.
 - ``litellm``, ``ccproxy-api``: peers from PyPI, each in its own virtualenv (bench/.peers).
 
 A target that cannot run here raises :class:`Skip` with the reason, and the table says so.
@@ -15,6 +15,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -169,25 +171,49 @@ def has_run_command() -> bool:
 
 @contextlib.contextmanager
 def stack(ctx: Context) -> Iterator[Target]:
+    """The stack's request path as separate processes, as ``ccproxy up`` wires them (without
+    Traefik in front, which is not ccproxy's code): gateway -> api-forwarder -> upstream, with
+    auth (tokens) and a private redis-server (the stack's shared state, access-log stream)."""
     if not has_run_command():
         raise Skip("`ccproxy run gateway|api-forwarder` does not exist yet (the stack's processes)")
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise Skip("redis-server is not installed (the stack needs a Redis)")
     home = ctx.workdir / "stack"
-    secret = secrets.token_urlsafe(24)
-    fwd_port, gw_port = free_port(), free_port()
-    common = {"SECURITY__INTERNAL_SECRET": secret}
-    fwd_env = ccproxy_env(ctx, home, SERVER__PORT=str(fwd_port), **common)
-    forwarder = ctx.start("stack-forwarder", ccproxy_argv("run", "api-forwarder"), fwd_env, cwd=home)
-    forwarder.wait_http(f"http://127.0.0.1:{fwd_port}/health")
-    gw_env = ccproxy_env(
-        ctx, home, SERVER__PORT=str(gw_port), SERVICES__FORWARDER_URL=f"http://127.0.0.1:{fwd_port}", **common
-    )
-    gateway = ctx.start("stack-gateway", ccproxy_argv("run", "gateway"), gw_env, cwd=home)
-    gateway.wait_http(f"http://127.0.0.1:{gw_port}/health")
+    redis_port, auth_port, fwd_port, gw_port = free_port(), free_port(), free_port(), free_port()
+    redis = ctx.start("stack-redis", [redis_server, "--bind", "127.0.0.1", "--port", str(redis_port),
+                                      "--save", "", "--appendonly", "no"], clean_env())
+    wait_tcp(redis, redis_port)
+    common = {
+        "SECURITY__INTERNAL_SECRET": secrets.token_urlsafe(24),
+        "REDIS__URL": f"redis://127.0.0.1:{redis_port}/0",
+        "SERVICES__AUTH_URL": f"http://127.0.0.1:{auth_port}",
+        "SERVICES__FORWARDER_URL": f"http://127.0.0.1:{fwd_port}",
+    }
+    started: dict[str, Service] = {}
+    for name, port in (("auth", auth_port), ("api-forwarder", fwd_port), ("gateway", gw_port)):
+        env = ccproxy_env(ctx, home, SERVER__PORT=str(port), **common)
+        started[name] = ctx.start(f"stack-{name}", ccproxy_argv("run", name), env, cwd=home)
+        started[name].wait_http(f"http://127.0.0.1:{port}/health")
     yield Target(
         "ccproxy stack", "127.0.0.1", gw_port, "/api/v1/messages", dict(CLIENT_HEADERS),
-        processes={"gateway": gateway.pid, "api-forwarder": forwarder.pid}, injects_oauth=True,
-        version=ccproxy_version(),
+        processes={"gateway": started["gateway"].pid, "api-forwarder": started["api-forwarder"].pid,
+                   "auth": started["auth"].pid},
+        injects_oauth=True, version=ccproxy_version(),
     )
+
+
+def wait_tcp(service: Service, port: int, deadline_s: float = 20.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"{service.name} exited: {service.log_tail()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{service.name} did not listen on {port}")
 
 
 @contextlib.contextmanager
