@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import anthropic
+import httpx2 as httpx
 import pytest
 
 from tests.accounts.helpers import MODEL, REDIS_URL, make_team, nonce
@@ -16,11 +17,14 @@ from tests.support.fake import FakeUpstream
 from tests.support.process import wait_until
 from tests.support.stack import launch_stack
 
+ADMIN = "admin-" + "x" * 32
+
 
 def test_failover_limits_and_revocation_through_the_stack(
     tmp_path: Path, fake_upstream: FakeUpstream, prefix: str
 ) -> None:
-    settings = {"AUTH__SECRET_BACKEND": "file", "AUTH__STRATEGY": "fill_first", "SECURITY__KEY_CACHE_SECONDS": "1"}
+    settings = {"AUTH__SECRET_BACKEND": "file", "AUTH__STRATEGY": "fill_first", "SECURITY__KEY_CACHE_SECONDS": "1",
+                "SECURITY__ADMIN_TOKEN": ADMIN}
     team = make_team(tmp_path, fake_upstream, prefix, REDIS__URL=REDIS_URL, **settings)
     team.add_oauth("alpha")
     team.add_oauth("beta")
@@ -60,5 +64,36 @@ def test_failover_limits_and_revocation_through_the_stack(
         wait_until(refused, timeout=5, interval=0.1, message="revocation to reach the gateway")
         assert time.monotonic() - revoked < 3
         assert created["key"] not in stack.log_text()
+    finally:
+        stack.stop()
+
+
+def test_admin_api_manages_keys_and_accounts(tmp_path: Path, fake_upstream: FakeUpstream, prefix: str) -> None:
+    settings = {"AUTH__SECRET_BACKEND": "file", "SECURITY__ADMIN_TOKEN": ADMIN}
+    team = make_team(tmp_path, fake_upstream, prefix, REDIS__URL=REDIS_URL, **settings)
+    stack = launch_stack(team.run_dir, fake_url=fake_upstream.url, claude_config_dir=None,
+                         env={"REDIS__KEY_PREFIX": prefix, **settings})
+    try:
+        admin = stack.service_url("auth") + "/admin"
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        assert httpx.get(admin + "/keys").status_code == 401
+        assert httpx.get(admin + "/keys", headers={"authorization": "Bearer wrong"}).status_code == 401
+        api_key = fake_upstream.api_key()
+        added = httpx.post(admin + "/accounts", headers=auth, json={"name": "api-1", "api_key": api_key})
+        assert added.status_code == 201 and api_key not in added.text
+        created = httpx.post(admin + "/keys", headers=auth, json={"name": "judy", "rpm": 5})
+        assert created.status_code == 201
+        key = created.json()["key"]
+        sdk = anthropic.Anthropic(base_url=stack.url + "/api", api_key=key, max_retries=0)
+        n = nonce()
+        sdk.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": n}])
+        team.tokens["api-1"] = api_key
+        assert team.seen(n) == [("api-1", 200)]
+        listed = httpx.get(admin + "/keys", headers=auth).json()
+        assert [k["name"] for k in listed] == ["judy"] and key not in json.dumps(listed)
+        accounts = httpx.get(admin + "/accounts", headers=auth).json()
+        assert [a["name"] for a in accounts] == ["api-1"] and api_key not in json.dumps(accounts)
+        assert httpx.delete(admin + "/keys/judy", headers=auth).status_code == 200
+        assert httpx.get(admin + "/keys?all=1", headers=auth).json()[0]["revoked_at"] is not None
     finally:
         stack.stop()

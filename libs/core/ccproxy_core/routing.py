@@ -11,6 +11,7 @@ it is :class:`RoutingAuthClient`, the same calls over HTTP.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Collection, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -28,6 +29,8 @@ REPORT_PATH = "/internal/report"
 HINT_SESSION = "session"
 HINT_ACCOUNTS = "accounts"
 HINT_KEY = "key"
+#: Seconds a forwarder trusts "auth has one account" before asking again.
+SINGLE_TTL = 10.0
 
 
 class Outcome(BaseModel):
@@ -127,8 +130,9 @@ class RoutingAuthClient(AuthClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Set from auth's answer: one account, so picking is trivial and may be cached.
-        self._single = False
+        #: Until when auth's answer "one account" holds: picking is trivial, the token is cached
+        #: (re-asked every SINGLE_TTL seconds, so a newly added account is used soon).
+        self._single_until = 0.0
 
     async def pick(
         self,
@@ -139,7 +143,7 @@ class RoutingAuthClient(AuthClient):
         account: str | None = None,
     ) -> Credential:
         cached = self._cached
-        if self._single and not exclude and self._fresh(cached, rejected):
+        if time.monotonic() < self._single_until and not exclude and self._fresh(cached, rejected):
             assert cached is not None
             return cached
         body = orjson.dumps(
@@ -147,7 +151,7 @@ class RoutingAuthClient(AuthClient):
         )
         data = await self._call("POST", PICK_PATH, body)
         self.fetches += 1
-        self._single = bool(data.pop("single", False))
+        self._single_until = time.monotonic() + SINGLE_TTL if data.pop("single", False) else 0.0
         credential = Credential.model_validate(data)
         register_secret(credential.secret.get_secret_value())
         self._cached = credential

@@ -150,8 +150,8 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
 
 
 def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -> list[Route]:
-    token = settings.security.admin_token
-    expected = token.get_secret_value().encode() if token else None
+    token = settings.security.admin_token.get_secret_value() if settings.security.admin_token else ""
+    expected = token.encode() if token.strip() else None  # empty: off, never "anyone"
 
     def guard(request: Request) -> None:
         if expected is None:
@@ -171,6 +171,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -
             account = AccountStore(settings).add_api_key(body.name, body.api_key)
         except AccountError as exc:
             raise ProxyError(400, str(exc)) from exc
+        pool.invalidate()
         return json_response(account.model_dump(mode="json"), status=201)
 
     async def refresh_account(request: Request) -> Response:
@@ -186,6 +187,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -
             raise ProxyError(400, str(exc)) from exc
         if not removed:
             raise ProxyError(404, "no such account", "not_found_error")
+        pool.invalidate()
         await pool.clear(request.path_params["name"])
         return Response(status_code=204)
 

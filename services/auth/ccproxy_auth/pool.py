@@ -221,6 +221,10 @@ class AccountPool:
 
     # -- members ------------------------------------------------------------------------
 
+    def invalidate(self) -> None:
+        """Re-read the accounts on next use (this process just changed them)."""
+        self._version = None
+
     def members(self) -> list[Member]:
         """The accounts, re-read when their files change (checked at most once a second)."""
         now = time.monotonic()
