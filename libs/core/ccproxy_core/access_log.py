@@ -20,14 +20,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import BaseModel
 
-from ccproxy_core.identity import ClientIdentity
 from ccproxy_core.models import cost_usd
 
 if TYPE_CHECKING:
@@ -468,29 +467,6 @@ class AccessLogEmitter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-
-#: How the gateway tells the analytics service who asks for logs (internal calls only).
-VIEWER_ID_HEADER = "x-ccproxy-viewer-id"
-VIEWER_NAME_HEADER = "x-ccproxy-viewer-name"
-VIEWER_ADMIN_HEADER = "x-ccproxy-viewer-admin"
-
-
-def viewer_headers(viewer: ClientIdentity) -> dict[str, str]:
-    return {
-        VIEWER_ID_HEADER: viewer.id,
-        VIEWER_NAME_HEADER: viewer.name,
-        VIEWER_ADMIN_HEADER: "1" if viewer.admin else "0",
-    }
-
-
-def viewer_from_headers(headers: Mapping[str, str]) -> ClientIdentity | None:
-    viewer_id = headers.get(VIEWER_ID_HEADER)
-    if not viewer_id:
-        return None
-    return ClientIdentity(
-        id=viewer_id, name=headers.get(VIEWER_NAME_HEADER, ""), admin=headers.get(VIEWER_ADMIN_HEADER) == "1"
-    )
 
 
 def stream_key(prefix: str, name: str) -> str:

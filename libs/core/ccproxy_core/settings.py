@@ -248,7 +248,7 @@ class ServicesSettings(BaseModel):
     auth_url: str | None = None
     #: Unset: the permissions service runs in the worker's process (``ccproxy serve``).
     permissions_url: str | None = None
-    #: Unset: the log API runs in the gateway's process; set: the gateway relays ``/logs/*`` there.
+    #: Stack: the analytics service; Traefik routes ``/logs/*`` there (``ccproxy up``, compose).
     analytics_url: str | None = None
 
 

@@ -10,7 +10,6 @@ before they reach ClickHouse.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,9 +25,9 @@ from starlette.routing import BaseRoute, Route
 from ccproxy_analytics.consumer import AccessLogConsumer
 from ccproxy_analytics.queries import Filters, logs_query, page, parse_limit, usage_query
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
-from ccproxy_core.access_log import AccessLogEvent, viewer_from_headers
+from ccproxy_core.access_log import AccessLogEvent
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.identity import ADMIN_IDENTITY, LOCAL_IDENTITY, ClientIdentity
+from ccproxy_core.identity import ClientIdentity, KeyResolver, presented_key
 from ccproxy_core.sse import encode_event
 
 log = logging.getLogger(__name__)
@@ -36,42 +35,20 @@ log = logging.getLogger(__name__)
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
 
 
-Viewer = ClientIdentity
 Authorize = Callable[[Request], Awaitable[ClientIdentity]]
 
 
-def presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-
-def token_authorizer(token: str | None) -> Authorize:
-    """One shared client token: its holder is the admin; with none set, everyone is."""
-    expected = token.encode() if token else None
+def resolver_authorizer(resolver: KeyResolver) -> Authorize:
+    """Who is asking, by the client key they send (``x-api-key`` or ``Authorization: Bearer``):
+    the shared token's holder is the admin, a member key is that member; no valid key is 401."""
 
     async def authorize(request: Request) -> ClientIdentity:
-        if expected is None:
-            return LOCAL_IDENTITY
-        key = presented_key(request)
-        if key is None:
-            raise ProxyError(401, "missing client key: send it as x-api-key or Authorization: Bearer")
-        if not hmac.compare_digest(key.encode(), expected):
-            raise ProxyError(401, "invalid client key")
-        return ADMIN_IDENTITY
+        who = await resolver.identify(presented_key(request))
+        if who is None:
+            raise ProxyError(401, "missing or invalid client key: send it as x-api-key or Authorization: Bearer")
+        return who
 
     return authorize
-
-
-async def relayed_viewer(request: Request) -> ClientIdentity:
-    """The stack: the gateway authenticated the client and says who it is (internal call, whose
-    secret the service's middleware checked)."""
-    viewer = viewer_from_headers(request.headers)
-    if viewer is None:
-        raise ProxyError(403, "internal log call without a viewer", "permission_error")
-    return viewer
 
 
 def json(body: Any, status: int = 200) -> Response:
@@ -95,13 +72,12 @@ class LogsApi:
         self.consumer = consumer
         self.keepalive_seconds = keepalive_seconds
 
-    def routes(self, prefix: str = "") -> list[BaseRoute]:
-        """``/logs/*`` (``ccproxy serve``), or ``/internal/logs/*`` behind the gateway (stack)."""
+    def routes(self) -> list[BaseRoute]:
         return [
-            Route(f"{prefix}/logs/query", self.query, methods=["GET"]),
-            Route(f"{prefix}/logs/usage", self.usage, methods=["GET"]),
-            Route(f"{prefix}/logs/status", self.status, methods=["GET"]),
-            Route(f"{prefix}/logs/stream", self.stream_events, methods=["GET"]),
+            Route("/logs/query", self.query, methods=["GET"]),
+            Route("/logs/usage", self.usage, methods=["GET"]),
+            Route("/logs/status", self.status, methods=["GET"]),
+            Route("/logs/stream", self.stream_events, methods=["GET"]),
         ]
 
     async def filters(self, request: Request) -> Filters:

@@ -150,9 +150,9 @@ class AccessLogConsumer:
         while True:
             await self._claim_abandoned()
             entries = await self._read_batch()
-            await self._refresh_backlog()
             if entries:
                 await self._write(entries)
+            await self._refresh_backlog()
 
     async def _drain_own_pending(self) -> None:
         while True:

@@ -1,10 +1,10 @@
 """Wiring: the consumer, the store and the log API from settings, in the stack or embedded.
 
-``ccproxy run analytics`` consumes the stream and serves :func:`create_service_app`: the log
-API under ``/internal/logs/*`` (internal secret; the gateway authenticates clients and relays
-``/logs/*`` with who is asking), ``/health`` and ``/metrics``. ``ccproxy serve`` builds the
-same :class:`Analytics` in its own process on the embedded Redis stand-in and chDB, and mounts
-its routes at ``/logs/*`` in the gateway.
+``ccproxy run analytics`` consumes the stream and serves :func:`create_service_app`: the log API
+at ``/logs/*`` (Traefik routes it here; client keys are checked as the permissions service
+does: the shared token, or member keys looked up in auth), ``/health`` and ``/metrics``.
+``ccproxy serve`` builds the same :class:`Analytics` in its own process on the embedded Redis
+stand-in and chDB, and mounts its routes in the gateway.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_analytics.api import Authorize, LogsApi, relayed_viewer, token_authorizer
+from ccproxy_analytics.api import Authorize, LogsApi, resolver_authorizer
 from ccproxy_analytics.consumer import AccessLogConsumer
 from ccproxy_analytics.store import ClickHouse, embedded_dsn
-from ccproxy_core.errors import ProxyError
-from ccproxy_core.internal import RequireInternalSecret, internal_error, require_internal_secret
+from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority
+from ccproxy_core.errors import ProxyError, render_error
+from ccproxy_core.identity import KeyResolver, MemberKeyResolver, SingleTokenResolver
+from ccproxy_core.internal import require_internal_secret
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import Redis, connect
 from ccproxy_core.settings import Settings
@@ -64,7 +65,7 @@ class Analytics:
         token = settings.security.auth_token
         self.api = LogsApi(
             self.store, self.redis, self.stream,
-            authorize or token_authorizer(token.get_secret_value() if token else None),
+            authorize or resolver_authorizer(SingleTokenResolver(token.get_secret_value() if token else None)),
             consumer=self.consumer,
         )
 
@@ -80,9 +81,20 @@ class Analytics:
         await self.store.aclose()
 
 
+def key_resolver(settings: Settings, internal_secret: str) -> KeyResolver:
+    """The shared token's holder is the admin; member keys are looked up in the auth service
+    (``SERVICES__AUTH_URL``) and cached briefly."""
+    value = settings.security.auth_token
+    token = value.get_secret_value() if value else None
+    if not settings.services.auth_url:
+        return SingleTokenResolver(token)
+    authority = HttpKeyAuthority(settings.services.auth_url, internal_secret)
+    return MemberKeyResolver(token, CachedKeys(authority, ttl=settings.security.key_cache_seconds))
+
+
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
-    analytics = Analytics(settings, authorize=relayed_viewer)
+    analytics = Analytics(settings, authorize=resolver_authorizer(key_resolver(settings, secret)))
 
     async def health(request: Request) -> Response:
         checks: dict[str, Any] = {}
@@ -99,7 +111,8 @@ def create_service_app(settings: Settings) -> Starlette:
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
-        return internal_error(exc)
+        return Response(render_error(exc, "anthropic"), status_code=exc.status,
+                        media_type="application/json", headers=exc.headers)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -111,13 +124,8 @@ def create_service_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
-        *analytics.api.routes(prefix="/internal"),
+        *analytics.routes(),
     ]
-    app = Starlette(
-        routes=routes,
-        middleware=[Middleware(RequireInternalSecret, secret=secret)],
-        exception_handlers={ProxyError: on_proxy_error},
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=routes, exception_handlers={ProxyError: on_proxy_error}, lifespan=lifespan)
     app.state.analytics = analytics
     return app
