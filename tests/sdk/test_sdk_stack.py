@@ -259,7 +259,11 @@ def test_two_workers_share_the_queue(sdk_stack: SdkSetup, start_worker: Any) -> 
 
 def test_status_models_and_errors(sdk_stack: SdkSetup) -> None:
     code, status = http_json(f"{sdk_stack.url}/sdk/status")
-    assert code == 200 and status["mode"] == "sdk" and status["workers"]
+    assert code == 200 and status["mode"] == "sdk" and status["queue"]["queued"] == 0
+    # A worker reports itself within its first poll of the queue.
+    workers = wait_until(lambda: http_json(f"{sdk_stack.url}/sdk/status")[1]["workers"], timeout=10,
+                         message="a live worker in /sdk/status")
+    assert all(isinstance(w, str) and w for w in workers)
     assert http_json(f"{sdk_stack.url}/sdk/v1/models")[1]["data"]
     assert http_json(f"{sdk_stack.url}/sdk/models")[0] == 200
     # An upstream error before any output keeps its status; OpenAI clients get it in their format.
@@ -270,3 +274,27 @@ def test_status_models_and_errors(sdk_stack: SdkSetup) -> None:
     code, body = http_json(f"{sdk_stack.url}/sdk/v1/chat/completions",
                            {"model": MODEL, "messages": [{"role": "assistant", "content": "no user turn"}]})
     assert code == 400 and body["error"]["message"]
+
+
+def test_a_dead_worker_ends_the_stream_with_an_error(sdk_stack: SdkSetup) -> None:
+    """A worker killed mid-run writes nothing more; the gateway notices (its health key expires)
+    and ends the client's stream with an error instead of waiting for the run timeout."""
+    assert sdk_stack.stack is not None
+    stream = client(sdk_stack).messages.create(
+        model=MODEL, max_tokens=50, stream=True, messages=[{"role": "user", "content": "doomed [[fake:stall]]"}]
+    )
+    with stream:
+        events = iter(stream)
+        assert next(events).type == "message_start"
+        wait_until(lambda: cli_processes(sdk_stack.key_prefix), timeout=20, message="the CLI running")
+        sdk_stack.stack.kill("sdk-worker")
+        killed = time.monotonic()
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            for _ in events:
+                pass
+    assert "stopped" in str(caught.value)
+    assert time.monotonic() - killed < 30
+    sdk_stack.stack.start("sdk-worker", timeout=30)
+    message = client(sdk_stack).messages.create(model=MODEL, max_tokens=10,
+                                               messages=[{"role": "user", "content": "revived"}])
+    assert "revived" in texts(message.content)

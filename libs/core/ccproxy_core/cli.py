@@ -67,8 +67,8 @@ def build_local_app(settings: Settings) -> Any:
 
     from ccproxy_analytics.service import Analytics
     from ccproxy_auth.admin import local_accounts
-    from ccproxy_forwarder.forwarder import ApiForwarder
     from ccproxy_core.redis import connect
+    from ccproxy_forwarder.forwarder import ApiForwarder
     from ccproxy_gateway.app import Gateway, create_app
     from ccproxy_gateway.sdk_routes import SdkRoutes
     from ccproxy_permissions.embedded import EmbeddedPermissions

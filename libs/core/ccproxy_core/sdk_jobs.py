@@ -49,6 +49,10 @@ CLAIM_GIVEN_UP = "given-up"
 
 #: How long a job's records and claim stay in Redis after they were written (seconds).
 RECORD_TTL = 3600
+#: Seconds between a worker's health reports (arq writes a key that lives one second longer).
+HEALTH_INTERVAL = 5
+#: Silence after which the gateway checks that the worker running a job is still alive.
+LIVENESS_AFTER = 10.0
 
 
 class SdkJob(BaseModel):
@@ -97,6 +101,10 @@ class SdkKeys:
 
     def claim(self, job_id: str) -> str:
         return f"{self.prefix}sdk:claim:{job_id}"
+
+    def health(self, worker: str) -> str:
+        """Exists while ``worker`` is alive (arq's health check key); /sdk/status lists them."""
+        return f"{self.prefix}sdk:health:{worker}"
 
     def session(self, session_id: str) -> str:
         """Hash: which worker last ran the session, its cwd, when."""
@@ -191,12 +199,20 @@ class SdkQueue:
         key = self.keys.records(job_id)
         last_id = "0-0"
         started = False
+        worker: str | None = None
         deadline = time.monotonic() + self.settings.queue_timeout
-        last_record = time.monotonic()
+        last_record = last_ping = last_check = time.monotonic()
         while True:
-            if ping_after is not None and time.monotonic() - last_record >= ping_after:
-                last_record = time.monotonic()
+            now = time.monotonic()
+            if ping_after is not None and now - max(last_record, last_ping) >= ping_after:
+                last_ping = now
                 yield "ping", {"type": "ping"}
+            if worker and now - max(last_record, last_check) >= LIVENESS_AFTER:
+                # A worker that died (killed, its host gone) writes nothing more: do not wait for
+                # the run timeout when its health key says it is gone.
+                last_check = now
+                if not await self.redis.exists(self.keys.health(worker)):
+                    raise ProxyError(502, f"the sdk-worker running this request ({worker}) stopped")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if not started:
@@ -224,6 +240,7 @@ class SdkQueue:
                     data = orjson.loads(fields.get(b"d", fields.get("d", b"null")))
                     if name == START and not started:
                         started = True
+                        worker = (data or {}).get("worker")
                         deadline = time.monotonic() + self.settings.run_timeout
                     yield name, data
                     if name == END:

@@ -81,6 +81,12 @@ class SdkRun:
             except StopAsyncIteration:
                 self.done = True
                 return None
+            except ProxyError as exc:  # no worker in time, the worker died, the run timed out
+                if self.first_output is None:
+                    raise  # still time for a status code (and its retry-after)
+                self.done = True
+                self.error = {"status": exc.status, "type": exc.error_type, "message": exc.message}
+                return ERROR, self.error
             if name == START:
                 continue
             if name == RESULT:
@@ -231,14 +237,14 @@ class SdkRoutes:
         async with unavailable_as_503("the SDK status"):
             queued = await redis.zcard(keys.queue)
             workers = [k.decode() if isinstance(k, bytes) else k
-                       async for k in redis.scan_iter(match=f"{keys.prefix}sdk:health:*", count=100)]
+                       async for k in redis.scan_iter(match=keys.health("*"), count=100)]
         claude = self.settings.claude
         return JSONResponse(
             {
                 "status": "ok" if workers else "degraded",
                 "mode": "sdk",
                 "queue": {"name": keys.queue, "queued": queued},
-                "workers": sorted(w.removeprefix(f"{keys.prefix}sdk:health:") for w in workers),
+                "workers": sorted(w.removeprefix(keys.health("")) for w in workers),
                 "message_mode": claude.sdk_message_mode,
                 "workspace_root": str(workspace_root(self.settings)),
                 "overridable_options": claude.overridable_options,

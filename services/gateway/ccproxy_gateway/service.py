@@ -14,9 +14,9 @@ from ccproxy_core.auth_client import AuthClient
 from ccproxy_core.client_keys import HttpKeyAuthority
 from ccproxy_core.forwarding import HttpForwarder
 from ccproxy_core.internal import require_internal_secret
+from ccproxy_core.redis import connect
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
-from ccproxy_core.redis import connect
 from ccproxy_gateway.app import Gateway, create_app
 from ccproxy_gateway.sdk_routes import SdkRoutes
 

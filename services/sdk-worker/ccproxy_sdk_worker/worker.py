@@ -28,18 +28,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ccproxy_core.redis import connect
-from ccproxy_core.sdk_jobs import JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
+from ccproxy_core.sdk_jobs import HEALTH_INTERVAL, JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
 from ccproxy_core.server import StartupError, bind
 from ccproxy_core.settings import Settings
 from ccproxy_sdk_worker.permissions import hook_from_settings
 from ccproxy_sdk_worker.runner import PermissionHook, Runner
 
 log = logging.getLogger(__name__)
-
-
-def health_key(keys: SdkKeys, name: str) -> str:
-    """Where the worker ``name`` reports that it is alive (arq's health check; /sdk/status)."""
-    return f"{keys.prefix}sdk:health:{name}"
 
 
 async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
@@ -80,8 +75,8 @@ def build_worker(
         handle_signals=handle_signals,
         job_serializer=dumps,
         job_deserializer=orjson.loads,
-        health_check_key=health_key(keys, runner.name),
-        health_check_interval=10,
+        health_check_key=keys.health(runner.name),
+        health_check_interval=HEALTH_INTERVAL,
         ctx={"runner": runner},
     )
     return worker
