@@ -101,15 +101,16 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         proc.stop()
 
 
-def launch_sdk_serve(root: Path, fake: FakeUpstream, **env: str) -> tuple[SdkSetup, Proc]:
-    """``ccproxy serve`` (embedded Redis, the worker in process) with SDK settings ``env``."""
+def launch_sdk_serve(root: Path, fake: FakeUpstream, args: list[str] | None = None, **env: str
+                     ) -> tuple[SdkSetup, Proc]:
+    """``ccproxy serve [args]`` (embedded Redis, the worker in process) with SDK settings ``env``."""
     from tests.support.serve import launch_serve
 
     ws, notes, text = workspace(root)
     prefix = f"sdk-serve-{secrets.token_hex(4)}:"
     full = sdk_env(ws, REDIS__KEY_PREFIX=prefix, **env)
     proc = launch_serve(root / "run", fake_url=fake.url, claude_config_dir=config_dir(root, fake), env=full,
-                        timeout=40)
+                        args=args, timeout=40)
     return SdkSetup(proc.url, ws, notes, text, isolated_env(root / "run", overrides=full), prefix), proc
 
 

@@ -24,9 +24,11 @@ MODEL = "claude-sonnet-4-5"
 
 @pytest.fixture(scope="module")
 def formatted(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[SdkSetup]:
+    # The flags of earlier ccproxy versions, on top of an environment that says otherwise.
     setup, proc = launch_sdk_serve(
         tmp_path_factory.mktemp("sdk-formatted"), fake_upstream,
-        CLAUDE__SDK_MESSAGE_MODE="formatted", CLAUDE__PRETTY_FORMAT="false",
+        args=["--claude-sdk-message-mode", "formatted", "--no-claude-sdk-pretty-format"],
+        CLAUDE__SDK_MESSAGE_MODE="ignore", CLAUDE__PRETTY_FORMAT="true",
     )
     yield setup
     proc.stop()
