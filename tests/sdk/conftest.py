@@ -24,8 +24,6 @@ from tests.support.stack import StackProc, launch_stack
 
 CLI = REPO_ROOT / "node_modules" / ".bin" / "claude"
 
-pytestmark = pytest.mark.claude_cli
-
 
 @dataclass
 class SdkSetup:

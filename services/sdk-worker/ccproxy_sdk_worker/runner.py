@@ -64,12 +64,15 @@ PermissionHook = Callable[[SdkJob, str, Notify], CanUseTool | None]
 
 
 def find_cli(configured: str | None) -> str | None:
-    """The Claude Code CLI to run; None lets the SDK use the CLI it bundles."""
+    """The Claude Code CLI to run; None lets the SDK use the CLI it bundles (the same version today,
+    but the npm package is the one the repo pins)."""
     if configured:
         return configured
-    local = Path.cwd() / "node_modules" / ".bin" / "claude"
-    if local.exists():
-        return str(local)
+    # The repo's pinned CLI: under the current directory, or the checkout this code runs from.
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        local = base / "node_modules" / ".bin" / "claude"
+        if local.exists():
+            return str(local)
     return shutil.which("claude")
 
 
