@@ -4,6 +4,7 @@ the client's system prompt and cache_control kept unchanged after it."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx2 as httpx
@@ -139,7 +140,8 @@ def test_four_breakpoints_stay_four(api: ApiServer) -> None:
 
 
 def test_cache_usage_reported(api: ApiServer) -> None:
-    system = [{"type": "text", "text": "cache me " * 500, "cache_control": {"type": "ephemeral"}}]
+    # A prefix of this run's own: the fake remembers every prefix it has seen.
+    system = [{"type": "text", "text": f"cache me {uuid.uuid4()} " * 100, "cache_control": {"type": "ephemeral"}}]
     client = api.client()
     first = client.messages.create(model=MODEL, max_tokens=10, system=system,
                                    messages=[{"role": "user", "content": "q1"}])
