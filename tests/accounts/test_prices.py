@@ -35,3 +35,9 @@ def test_unknown_models_are_reserved_at_the_dearest_price() -> None:
     _, unknown = estimate("claude-future-9", 4000, 1000)
     _, opus = estimate("claude-opus-4-1-20250805", 4000, 1000)
     assert unknown >= opus > 0
+
+
+def test_a_model_newer_than_the_table_prices_like_its_family() -> None:
+    newest_opus = next(m for m in known_models() if "opus" in m.id)
+    assert cost_usd("claude-opus-5-5", 1_000_000, 0) == pytest.approx(newest_opus.price.input)
+    assert cost_usd("gpt-4o", 1_000_000, 0) == 0.0

@@ -51,11 +51,22 @@ def find_model(name: str) -> ModelInfo | None:
     return None
 
 
-def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> float:
+def price_for(model: str) -> Price | None:
+    """The price of ``model``; a model newer than the table prices like the newest of its family
+    (opus, sonnet, haiku), so new releases are estimated rather than counted as free."""
     info = find_model(model)
-    if info is None:
+    if info is not None:
+        return info.price
+    for family in ("opus", "sonnet", "haiku"):
+        if family in model:
+            return next((m.price for m in known_models() if family in m.id), None)
+    return None
+
+
+def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> float:
+    p = price_for(model)
+    if p is None:
         return 0.0
-    p = info.price
     total = (
         input_tokens * p.input + output_tokens * p.output + cache_read * p.cache_read + cache_write * p.cache_write
     )
