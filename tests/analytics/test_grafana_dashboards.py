@@ -146,7 +146,7 @@ def test_dashboards_exist_and_use_the_provisioned_datasource() -> None:
     ds = datasource["datasources"][0]
     assert ds["type"] == "grafana-clickhouse-datasource" and ds["jsonData"]["protocol"] == "http"
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "ccproxy.yaml").read_text())
-    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
         assert dashboard["uid"] == path.stem

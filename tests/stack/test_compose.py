@@ -27,7 +27,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 CORE = {"traefik", "gateway", "api-forwarder", "auth", "redis"}
 #: Variables only compose itself reads (interpolation), documented in .env.example.
 COMPOSE_ONLY = {"CCPROXY_BIND", "CCPROXY_PORT", "CCPROXY_UID", "CCPROXY_GID", "CLAUDE_CONFIG_HOST_DIR",
-                "CCPROXY_WORKSPACE"}
+                "CCPROXY_WORKSPACE", "CLICKHOUSE_PASSWORD", "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
+                "GRAFANA_ROOT_URL"}
 
 
 def env_names(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -221,11 +222,12 @@ def test_env_example_documents_every_variable(compose: dict[str, Any]) -> None:
     assert not used - documented, f".env.example does not document {used - documented}"
     assert not (documented - SETTINGS - COMPOSE_ONLY - {"TLS__CERT_FILE", "TLS__KEY_FILE"})
     # No secret has a value baked in.
-    for name in ("SECURITY__INTERNAL_SECRET", "SECURITY__AUTH_TOKEN"):
+    for name in ("SECURITY__INTERNAL_SECRET", "SECURITY__AUTH_TOKEN", "CLICKHOUSE_PASSWORD",
+                 "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
         assert re.search(rf"^{name}=$", example, re.M), name
 
 
-@pytest.mark.parametrize("name", ["gateway", "api-forwarder", "auth"])
+@pytest.mark.parametrize("name", ["gateway", "api-forwarder", "auth", "analytics"])
 def test_dockerfile(name: str) -> None:
     text = (ROOT / "services" / name / "Dockerfile").read_text()
     assert f"uv sync --frozen --no-dev --no-editable --package ccproxy-{name}" in text
@@ -238,6 +240,7 @@ def test_dockerfile(name: str) -> None:
 
 @pytest.mark.parametrize(("name", "module"), [
     ("gateway", "ccproxy_gateway"), ("api-forwarder", "ccproxy_forwarder"), ("auth", "ccproxy_auth"),
+    ("analytics", "ccproxy_analytics"),
 ])
 def test_image_installs_only_its_service(tmp_path: Path, name: str, module: str) -> None:
     """What the Dockerfile's `uv sync --package` puts in the image: the service, the shared

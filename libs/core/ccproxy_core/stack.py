@@ -177,7 +177,8 @@ def plan_stack(
     routes: Path,
     extra_env: dict[str, str] | None = None,
 ) -> StackPlan:
-    """Redis (when no ``REDIS__URL``), auth, api-forwarder, gateway, sdk-worker, Traefik, in start order."""
+    """Redis (when no ``REDIS__URL``), auth, api-forwarder, gateway, permissions, sdk-worker,
+    analytics (the access log, embedded chDB unless ``CLICKHOUSE__URL``), Traefik, in start order."""
     services: list[Service] = []
     if redis_url is None:
         redis_port = free_port()
@@ -186,6 +187,7 @@ def plan_stack(
     auth_port, forwarder_port, gateway_port = free_port(), free_port(), free_port()
     permissions_port = free_port()
     worker_port = free_port()
+    analytics_port = free_port()
     common = {
         **(extra_env or {}),
         "SECURITY__INTERNAL_SECRET": internal_secret,
@@ -193,6 +195,7 @@ def plan_stack(
         "SERVICES__AUTH_URL": f"http://127.0.0.1:{auth_port}",
         "SERVICES__FORWARDER_URL": f"http://127.0.0.1:{forwarder_port}",
         "SERVICES__PERMISSIONS_URL": f"http://127.0.0.1:{permissions_port}",
+        "SERVICES__ANALYTICS_URL": f"http://127.0.0.1:{analytics_port}",
     }
     services += [
         ccproxy_service("auth", auth_port, common),
@@ -200,10 +203,15 @@ def plan_stack(
         ccproxy_service("gateway", gateway_port, common),
         ccproxy_service("permissions", permissions_port, common),
         ccproxy_service("sdk-worker", worker_port, common),
+        ccproxy_service("analytics", analytics_port, common),
         traefik_service(
             host=host, port=port, routes=routes, gateway_url=f"http://127.0.0.1:{gateway_port}",
             ping_port=free_port(),
-            env={**(extra_env or {}), "SERVICES__PERMISSIONS_URL": common["SERVICES__PERMISSIONS_URL"]},
+            env={
+                **(extra_env or {}),
+                "SERVICES__PERMISSIONS_URL": common["SERVICES__PERMISSIONS_URL"],
+                "SERVICES__ANALYTICS_URL": common["SERVICES__ANALYTICS_URL"],
+            },
         ),
     ]
     shown = "localhost" if host in ("0.0.0.0", "::") else host
@@ -352,6 +360,9 @@ def render_env(example: str) -> str:
     fill = {
         "SECURITY__INTERNAL_SECRET": secrets.token_urlsafe(32),
         "SECURITY__AUTH_TOKEN": "cc-" + secrets.token_urlsafe(32),
+        "CLICKHOUSE_PASSWORD": secrets.token_urlsafe(24),
+        "GRAFANA_CLICKHOUSE_PASSWORD": secrets.token_urlsafe(24),
+        "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(18),
         "CCPROXY_UID": str(os.getuid()) if hasattr(os, "getuid") else "1000",
         "CCPROXY_GID": str(os.getgid()) if hasattr(os, "getgid") else "1000",
     }

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import ClientIdentity, KeyResolver, presented_key
 from ccproxy_core.internal import INTERNAL_SECRET_HEADER, check_internal_secret
+from ccproxy_core.metrics import Metrics
 from ccproxy_core.permissions import PermissionAsk, PermissionResponse, PermissionView
 from ccproxy_core.redis import unavailable_as_503
 from ccproxy_core.sse import encode_event
@@ -233,6 +234,12 @@ async def proxy_error(request: Request, exc: Exception) -> Response:
 def create_app(broker: PermissionBroker, resolver: KeyResolver) -> Starlette:
     """The service on its own (``ccproxy run permissions``)."""
     api = PermissionsApi(broker, resolver)
+    metrics = Metrics("permissions")
+
+    async def scrape(request: Request) -> Response:
+        with contextlib.suppress(Exception):  # Redis down: the last value stays
+            metrics.permissions_pending.labels(metrics.service).set(len(await broker.store.pending()))
+        return await metrics.endpoint(request)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -243,7 +250,11 @@ def create_app(broker: PermissionBroker, resolver: KeyResolver) -> Starlette:
             await broker.stop()
 
     return Starlette(
-        routes=[*routes(api), Route("/health", api.health, methods=["GET"])],
+        routes=[
+            *routes(api),
+            Route("/health", api.health, methods=["GET"]),
+            Route("/metrics", scrape, methods=["GET"]),
+        ],
         exception_handlers={ProxyError: proxy_error},
         lifespan=lifespan,
     )

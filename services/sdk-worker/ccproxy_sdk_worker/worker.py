@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import connect
 from ccproxy_core.sdk_jobs import HEALTH_INTERVAL, JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
 from ccproxy_core.server import StartupError, bind
@@ -54,8 +56,13 @@ def build_worker(
     claude = settings.claude
     keys = SdkKeys(settings.redis.key_prefix, claude.queue_name)
     runner = Runner(settings, redis, name, permission_hook)
+    metrics = Metrics("sdk-worker")
 
     async def run_sdk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        enqueued = ctx.get("enqueue_time")
+        if enqueued is not None:  # how long the run waited for a free worker
+            wait = max(0.0, time.time() - enqueued.timestamp())
+            metrics.queue_wait.labels(metrics.service, claude.queue_name).observe(wait)
         return await runner.run(SdkJob.model_validate(payload))
 
     log.info(
@@ -77,7 +84,7 @@ def build_worker(
         job_deserializer=orjson.loads,
         health_check_key=keys.health(runner.name),
         health_check_interval=HEALTH_INTERVAL,
-        ctx={"runner": runner},
+        ctx={"runner": runner, "metrics": metrics},
     )
     return worker
 
@@ -117,7 +124,14 @@ def health_app(worker: Worker, redis: Redis) -> Starlette:
         }
         return JSONResponse(body)
 
-    return Starlette(routes=[Route("/health", health, methods=["GET"])])
+    async def scrape(request: Request) -> Response:
+        metrics: Metrics = worker.ctx["metrics"]
+        with contextlib.suppress(Exception):  # Redis down: the last value stays
+            depth = await asyncio.wait_for(redis.zcard(worker.queue_name), 2)
+            metrics.queue_depth.labels(metrics.service, worker.queue_name).set(depth)
+        return await metrics.endpoint(request)
+
+    return Starlette(routes=[Route("/health", health, methods=["GET"]), Route("/metrics", scrape, methods=["GET"])])
 
 
 def main(settings: Settings) -> None:
