@@ -1,5 +1,10 @@
-"""Shared pieces of the API-mode end-to-end tests: one ``ccproxy serve`` per module for the
-tests that only need a working server (starting one costs about a second)."""
+"""Shared pieces of the API-mode end-to-end tests: one server per module for the tests that only
+need a working server (starting one costs about a second).
+
+Every such test runs twice, through the ``deployment`` fixture: against ``ccproxy serve`` (one
+process) and against the stack (auth, api-forwarder and gateway as separate processes behind the
+real Traefik, with the real Redis; tests/support/stack.py). A client must not tell them apart.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import pytest
 from tests.support.fake import FakeUpstream
 from tests.support.process import Proc
 from tests.support.serve import UNKNOWN_KEY, UNKNOWN_VALUE, launch_serve, write_credentials
+from tests.support.stack import StackProc, launch_stack
 
 MODEL = "claude-sonnet-4-6"
 IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
@@ -21,9 +27,18 @@ IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
 CLIENT_KEY = "sk-ant-api03-client-key-that-must-not-leave-ccproxy"
 
 
+#: Where the module-scoped servers run: one process, or the stack of processes behind Traefik.
+DEPLOYMENTS = ["serve", "stack"]
+
+
+@pytest.fixture(scope="module", params=DEPLOYMENTS)
+def deployment(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @dataclass
 class ApiServer:
-    proc: Proc
+    proc: Proc | StackProc
     fake: FakeUpstream
     oauth: dict[str, Any]
     config_dir: Path
@@ -53,18 +68,23 @@ class ApiServer:
 
 
 def start_api_server(tmp: Path, fake: FakeUpstream, env: dict[str, str | None] | None = None,
-                     **cred_options: Any) -> ApiServer:
+                     deployment: str = "serve", **cred_options: Any) -> ApiServer:
     oauth = fake.credentials(**cred_options)
     config_dir = tmp / "claude"
     write_credentials(config_dir, oauth, extra={UNKNOWN_KEY: UNKNOWN_VALUE})
-    proc = launch_serve(tmp / "serve", fake_url=fake.url, claude_config_dir=config_dir, env=env)
+    proc: Proc | StackProc
+    if deployment == "stack":
+        proc = launch_stack(tmp / "stack", fake_url=fake.url, claude_config_dir=config_dir, env=env)
+    else:
+        proc = launch_serve(tmp / "serve", fake_url=fake.url, claude_config_dir=config_dir, env=env)
     return ApiServer(proc, fake, oauth, config_dir)
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ApiServer]:
-    """A ``ccproxy serve`` with fresh subscription credentials and no client auth."""
-    server = start_api_server(tmp_path_factory.mktemp("api"), fake_upstream)
+def api(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream, deployment: str
+        ) -> Iterator[ApiServer]:
+    """A server (``ccproxy serve``, or the stack) with fresh subscription credentials and no client auth."""
+    server = start_api_server(tmp_path_factory.mktemp("api"), fake_upstream, deployment=deployment)
     try:
         yield server
     finally:

@@ -21,9 +21,10 @@ LIMIT = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ApiServer]:
+def small(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream, deployment: str
+          ) -> Iterator[ApiServer]:
     server = start_api_server(tmp_path_factory.mktemp("small"), fake_upstream,
-                              env={"SERVER__MAX_BODY_BYTES": str(LIMIT)})
+                              env={"SERVER__MAX_BODY_BYTES": str(LIMIT)}, deployment=deployment)
     try:
         yield server
     finally:

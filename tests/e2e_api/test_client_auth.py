@@ -22,9 +22,10 @@ BODY = {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ApiServer]:
+def guarded(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream, deployment: str
+            ) -> Iterator[ApiServer]:
     server = start_api_server(tmp_path_factory.mktemp("guarded"), fake_upstream,
-                              env={"SECURITY__AUTH_TOKEN": TOKEN})
+                              env={"SECURITY__AUTH_TOKEN": TOKEN}, deployment=deployment)
     try:
         yield server
     finally:

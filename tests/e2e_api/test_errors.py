@@ -25,11 +25,12 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def errs(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ApiServer]:
+def errs(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream, deployment: str
+         ) -> Iterator[ApiServer]:
     """A server whose account pool neither waits on a 429 nor cools down long after a 529, so
     each error reaches the client as the upstream sent it and the next test starts clean."""
     server = start_api_server(tmp_path_factory.mktemp("errs"), fake_upstream, env={
-        "AUTH__THROTTLE_WAIT_SECONDS": "0", "AUTH__OVERLOAD_COOLDOWN_SECONDS": "0"})
+        "AUTH__THROTTLE_WAIT_SECONDS": "0", "AUTH__OVERLOAD_COOLDOWN_SECONDS": "0"}, deployment=deployment)
     try:
         yield server
     finally:

@@ -107,9 +107,11 @@ def test_client_disconnect_cancels_pending_upstream_request(api: ApiServer) -> N
 
 
 @pytest.fixture(scope="module")
-def impatient(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[ApiServer]:
+def impatient(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream, deployment: str
+              ) -> Iterator[ApiServer]:
     server = start_api_server(tmp_path_factory.mktemp("impatient"), fake_upstream,
-                              env={"ANTHROPIC__READ_TIMEOUT": "1", "ANTHROPIC__STREAM_IDLE_TIMEOUT": "1"})
+                              env={"ANTHROPIC__READ_TIMEOUT": "1", "ANTHROPIC__STREAM_IDLE_TIMEOUT": "1"},
+                              deployment=deployment)
     try:
         yield server
     finally:
