@@ -44,6 +44,7 @@ def create_service_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
+        await gateway.access_log.aclose()  # what is still buffered goes to Redis first
         await forwarder.aclose()
         await auth.aclose()
         if keys is not None:
