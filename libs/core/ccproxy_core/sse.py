@@ -30,28 +30,39 @@ class SSEDecoder:
         self._event = ""
         self._data: list[str] = []
 
+    @property
+    def idle(self) -> bool:
+        """No partial line or event is pending: the next chunk starts a fresh event."""
+        return not self._buffer and not self._event and not self._data
+
     def feed(self, chunk: bytes) -> Iterator[ServerSentEvent]:
-        self._buffer += chunk
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                return
-            raw = self._buffer[:end]
-            self._buffer = self._buffer[end + 1 :]
-            line = raw.rstrip(b"\r").decode("utf-8")
-            if not line:
-                if self._data or self._event:
-                    yield ServerSentEvent(self._event or "message", "\n".join(self._data))
-                self._event, self._data = "", []
-                continue
-            if line.startswith(":"):
-                continue
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                self._event = value
-            elif field == "data":
-                self._data.append(value)
+        # Scan with an index and keep the unread tail once: re-slicing the buffer after every
+        # line made a large chunk cost O(n^2) copying.
+        buffer = self._buffer + chunk if self._buffer else chunk
+        start = 0
+        try:
+            while True:
+                end = buffer.find(b"\n", start)
+                if end < 0:
+                    return
+                line = buffer[start:end].rstrip(b"\r").decode("utf-8")
+                start = end + 1
+                if not line:
+                    if self._data or self._event:
+                        event = ServerSentEvent(self._event or "message", "\n".join(self._data))
+                        self._event, self._data = "", []
+                        yield event
+                    continue
+                if line.startswith(":"):
+                    continue
+                field, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if field == "event":
+                    self._event = value
+                elif field == "data":
+                    self._data.append(value)
+        finally:
+            self._buffer = buffer[start:]
 
 
 async def iter_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerSentEvent]:
