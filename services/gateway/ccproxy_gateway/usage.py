@@ -36,12 +36,33 @@ class Usage:
         self.cache_write_tokens = usage.get("cache_creation_input_tokens") or self.cache_write_tokens
 
 
+#: The ``event:`` lines of what the tap reads (message_start, message_delta, error), with and
+#: without the optional space: a chunk holding none of them is not decoded.
+_WANTED = (b"event: message_", b"event:message_", b"event: error", b"event:error")
+_FIRST_TOKEN = (b"event: content_block_delta", b"event:content_block_delta")
+
+
 class StreamUsageTap:
     def __init__(self) -> None:
         self.usage = Usage()
         self._decoder = SSEDecoder()
 
+    def _skippable(self, chunk: bytes) -> bool:
+        """True when ``chunk`` is whole events none of which the tap needs (nearly every
+        content delta): then it is not decoded at all, a few substring searches instead of
+        a line-by-line parse."""
+        if not chunk.endswith(b"\n\n") or not self._decoder.idle:
+            return False
+        a, b, c, d = _WANTED
+        if a in chunk or b in chunk or c in chunk or d in chunk:
+            return False
+        if self.usage.first_token is None:
+            return _FIRST_TOKEN[0] not in chunk and _FIRST_TOKEN[1] not in chunk
+        return True
+
     def feed(self, chunk: bytes) -> None:
+        if self._skippable(chunk):
+            return
         for event in self._decoder.feed(chunk):
             if event.event == "content_block_delta" and self.usage.first_token is None:
                 self.usage.first_token = time.perf_counter()
