@@ -101,7 +101,9 @@ def _spawn(service: Service, env: dict[str, str], log_dir: Path) -> tuple[Proc, 
     port = int(full.get("SERVER__PORT", "0"))
     if service.name == "traefik":
         # Through Traefik to the gateway: /ping answers before the routing file is loaded.
-        url = "http://" + next(a.split("=", 1)[1] for a in service.argv if a.startswith("--entryPoints.web.address="))
+        scheme = "https" if full.get("TLS__CERT_FILE") else "http"
+        address = next(a.split("=", 1)[1] for a in service.argv if a.startswith("--entryPoints.web.address="))
+        url = f"{scheme}://{address}"
     else:
         url = f"http://127.0.0.1:{port}"
     proc = start_process(service.argv, url=url, health_url=None, log_path=log_dir / f"{service.name}.log",
@@ -111,7 +113,7 @@ def _spawn(service: Service, env: dict[str, str], log_dir: Path) -> tuple[Proc, 
 
 def _wait_ready(name: str, proc: Proc, health_url: str, timeout: float) -> None:
     # Strictly 2xx: Traefik's own 404 (routing file not loaded yet) must not count as ready.
-    wait_until(lambda: http_ok(health_url) or proc.returncode is not None, timeout=timeout,
+    wait_until(lambda: http_ok(health_url, verify=False) or proc.returncode is not None, timeout=timeout,
                message=f"{name} to answer {health_url} with 2xx")
     if proc.returncode is not None:
         raise RuntimeError(f"{name} exited with {proc.returncode}:\n{proc.log_text()[-4000:]}")
@@ -145,6 +147,7 @@ def launch_stack(
         for service in plan.services:
             stack.specs[service.name] = (service, base, run_dir)
         stack.start_all(timeout)
+        stack.url = stack.services["traefik"].url  # https:// when TLS__CERT_FILE is set
     except BaseException:
         stack.stop()
         raise
