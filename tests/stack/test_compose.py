@@ -269,3 +269,19 @@ def test_image_installs_only_its_service(tmp_path: Path, name: str, module: str)
     run = subprocess.run([str(venv / "bin" / "ccproxy"), "run", "--help"], capture_output=True, text=True,
                          timeout=60, check=False)
     assert run.returncode == 0, run.stderr
+
+
+def test_docs_describe_every_stack_variable(compose: dict[str, Any]) -> None:
+    """Every variable compose interpolates or sets, and .env.example's, is described in the docs
+    (docs/stack.md, or the doc of the service it belongs to)."""
+    stack_doc = (ROOT / "docs" / "stack.md").read_text()
+    docs = "\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
+    names = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    for name in ("traefik", "gateway", "api-forwarder", "auth"):
+        names |= set(environment(compose["services"][name]))
+    names |= set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.M)) & (
+        COMPOSE_ONLY | {"SECURITY__INTERNAL_SECRET", "SECURITY__AUTH_TOKEN", "TLS__CERT_FILE", "TLS__KEY_FILE"})
+    missing = sorted(n for n in names if f"`{n}`" not in docs and f"`{n}`," not in docs)
+    assert not missing, f"no doc describes {missing}"
+    for command in ("docker compose up", "ccproxy up", "make env", "TLS__CERT_FILE", "SECURITY__AUTH_TOKEN"):
+        assert command in stack_doc

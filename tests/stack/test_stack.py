@@ -30,18 +30,6 @@ def client(stack: StackProc) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=stack.url + "/api", api_key=CLIENT_KEY, max_retries=0)
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus text exposition (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_messages_through_traefik(stack: StackProc, fake_upstream: FakeUpstream) -> None:
     answer = client(stack).messages.create(
         model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "through the stack"}])
@@ -122,16 +110,17 @@ def test_gateway_readiness_follows_auth(stack: StackProc) -> None:
 
 
 def test_forwarder_caches_the_token(stack: StackProc) -> None:
-    """The forwarder asks auth for a token once, not once per request."""
-    def token_calls() -> float:
-        text = httpx.get(stack.service_url("auth") + "/metrics", timeout=10).text
-        return metric(text, "ccproxy_requests_total", route="/internal/token")
+    """The forwarder fetches a token from auth once, not once per request."""
+    def fetches() -> float:
+        text = httpx.get(stack.service_url("api-forwarder") + "/metrics", timeout=10).text
+        return float(re.search(r"^ccproxy_auth_token_fetches (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
 
     client(stack).messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "warm"}])
-    before = token_calls()
+    before = fetches()
+    assert before >= 1
     for i in range(5):
         client(stack).messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": f"{i}"}])
-    assert token_calls() == before
+    assert fetches() == before
 
 
 def test_forwarder_killed_mid_stream(stack: StackProc, fake_upstream: FakeUpstream) -> None:

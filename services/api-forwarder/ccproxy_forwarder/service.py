@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 
 import orjson
+from prometheus_client import Gauge
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -74,6 +75,10 @@ def create_service_app(settings: Settings) -> Starlette:
     tokens = RoutingAuthClient(settings.services.auth_url, secret)
     forwarder = ApiForwarder(settings.anthropic, tokens)
     metrics = Metrics("api-forwarder")
+    Gauge(
+        "ccproxy_auth_token_fetches", "Tokens fetched from the auth service (the rest came from the cache)",
+        registry=metrics.registry,
+    ).set_function(lambda: tokens.fetches)
 
     async def forward(request: Request) -> Response:
         started = time.perf_counter()
