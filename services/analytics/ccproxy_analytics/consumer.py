@@ -89,6 +89,7 @@ class AccessLogConsumer:
         self._task: asyncio.Task[None] | None = None
         self._last_warning = 0.0
         self._last_claim = 0.0
+        self._last_refresh = 0.0
         #: Set after each successful insert (tests and /logs/status wait on it).
         self.inserted_event = asyncio.Event()
 
@@ -152,7 +153,8 @@ class AccessLogConsumer:
             entries = await self._read_batch()
             if entries:
                 await self._write(entries)
-            await self._refresh_backlog()
+            if entries or time.monotonic() - self._last_refresh > 1.0:
+                await self._refresh_backlog()
 
     async def _drain_own_pending(self) -> None:
         while True:
@@ -255,6 +257,7 @@ class AccessLogConsumer:
             return
 
     async def _refresh_backlog(self) -> None:
+        self._last_refresh = time.monotonic()
         groups = await self.redis.xinfo_groups(self.stream)
         length = await self.redis.xlen(self.stream)
         for info in groups:
