@@ -23,7 +23,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "ccproxy_request_duration_seconds", "Time from request to the last byte of the answer",
-            ["service", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            ["service", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.first_byte = Histogram(
             "ccproxy_time_to_first_byte_seconds", "Time from request to the first byte of the answer",

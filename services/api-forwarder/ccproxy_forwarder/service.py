@@ -122,7 +122,7 @@ def create_service_app(settings: Settings) -> Starlette:
             finally:
                 await reply.aclose()
                 metrics.requests.labels(metrics.service, "/internal/forward", str(reply.status)).inc()
-                metrics.latency.labels(metrics.service, "/internal/forward").observe(
+                metrics.latency.labels(metrics.service, "/internal/forward", str(reply.status)).observe(
                     time.perf_counter() - started
                 )
 

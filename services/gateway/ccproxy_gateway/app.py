@@ -95,7 +95,7 @@ class Gateway:
             if usage.error_type:
                 access.error_type = usage.error_type
         m.requests.labels(m.service, route, str(status)).inc()
-        m.latency.labels(m.service, route).observe(time.perf_counter() - started)
+        m.latency.labels(m.service, route, str(status)).observe(time.perf_counter() - started)
         if first_byte is not None:
             m.first_byte.labels(m.service, route).observe(first_byte)
         if usage.model:
