@@ -70,6 +70,7 @@ def build_local_app(settings: Settings) -> Any:
     from ccproxy_core.redis import connect
     from ccproxy_forwarder.forwarder import ApiForwarder
     from ccproxy_gateway.app import Gateway, create_app
+    from ccproxy_gateway.logs import log_viewer
     from ccproxy_gateway.sdk_routes import SdkRoutes
     from ccproxy_permissions.embedded import EmbeddedPermissions
     from ccproxy_sdk_worker.permissions import permission_hook
@@ -81,7 +82,7 @@ def build_local_app(settings: Settings) -> Any:
     gateway = Gateway(settings, forwarder, tokens.status, keys=keys)
     tokens.attach_metrics(gateway.metrics)
     # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
-    analytics = Analytics(settings, metrics=gateway.metrics)
+    analytics = Analytics(settings, metrics=gateway.metrics, authorize=log_viewer(gateway.client_auth))
     # SDK mode: the same arq worker as `ccproxy run sdk-worker`, in process, on the embedded Redis.
     redis = connect(settings.redis)
     sdk = SdkRoutes(gateway, redis)
@@ -186,6 +187,7 @@ SERVICES: dict[str, str] = {
     "gateway": "ccproxy_gateway.service:create_service_app",
     "api-forwarder": "ccproxy_forwarder.service:create_service_app",
     "auth": "ccproxy_auth.service:create_service_app",
+    "analytics": "ccproxy_analytics.service:create_service_app",
     "permissions": "ccproxy_permissions.service:create_service_app",
     "sdk-worker": "ccproxy_sdk_worker.worker:main",
 }
