@@ -3,7 +3,9 @@ and httptools."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import gc
 import socket
 import sys
 
@@ -46,4 +48,38 @@ def serve_app(app: ASGIApp, host: str, port: int, log_level: str = "info") -> No
         lifespan="on",
         timeout_keep_alive=75,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    FrozenStartServer(config).run(sockets=[sock])
+
+
+class FrozenStartServer(uvicorn.Server):
+    """uvicorn, with the garbage collector tuned for a request-serving process.
+
+    Measured on ``ccproxy serve`` (bench, c=50, CPU per proxied request; gc callbacks for the
+    collector's own time): with CPython's defaults the cyclic collector took ~1.3 s of CPU
+    per 20k requests, because objects of requests in flight survived the tiny first generation
+    (700 allocations) and were traversed again in the older ones, along with the ~200k
+    objects start-up leaves (pydantic schemas, routes, chDB's and the SDKs' modules). A first
+    generation of 10,000 lets nearly all of a request's objects die before a collection, and
+    ``gc.freeze()`` after start-up takes the long-lived ones out of every collection:
+    collector time 1.3 -> 0.4 s, CPU per request ~615 -> ~460 µs. Reference counting still
+    frees everything acyclic at once; only cyclic garbage waits a little longer.
+    """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        gc.set_threshold(GC_FIRST_GENERATION, 10, 10)
+        freeze()
+        # Some of it is built lazily, by the first requests and background tasks (the access
+        # log's ClickHouse client, first-use imports): freeze once more when that is done.
+        asyncio.get_running_loop().call_later(REFREEZE_AFTER_SECONDS, freeze)
+
+
+#: Allocations between two collections of the youngest generation (CPython's default: 700).
+GC_FIRST_GENERATION = 10_000
+#: When to freeze the long-lived objects a second time.
+REFREEZE_AFTER_SECONDS = 5.0
+
+
+def freeze() -> None:
+    gc.collect()
+    gc.freeze()
