@@ -43,6 +43,9 @@ EVENT_FIELD = "e"
 
 Outcome = Literal["ok", "error", "cancelled"]
 
+#: How long the emitter waits for more events before writing a part-filled batch.
+LINGER_SECONDS = 0.01
+
 
 class AccessLogEvent(BaseModel):
     """One finished client request. Times are UTC; durations in milliseconds."""
@@ -398,6 +401,11 @@ class AccessLogEmitter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if len(self._buffer) < self.batch and not self._closing:
+                # Let the events of the next few milliseconds join this pipeline: one XADD
+                # pipeline per request costs ~80 us an event on the embedded Redis, ~45 us in
+                # batches (and fewer round trips to a real one).
+                await asyncio.sleep(LINGER_SECONDS)
             try:
                 await self._send_some()
                 delay = 0.05
