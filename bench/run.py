@@ -27,7 +27,7 @@ import orjson
 
 from bench import targets as targets_mod
 from bench import wrk
-from bench.procs import RssSampler, Service, Skip, tree_rss
+from bench.procs import RssSampler, Service, Skip, tree_cpu, tree_rss
 from bench.targets import Context, Target, request_body
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,7 +40,7 @@ class Plan:
     sequential: int = 2000
     ttfb_count: int = 500
     streams: int = 500
-    short_events: int = 20
+    short_events: int = 40
     long_events: int = 400
     stream_delay_ms: int = 25
     warmup: int = 300
@@ -90,10 +90,26 @@ class Runner:
 
     def load(self, target: Target, connections: int) -> dict[str, Any]:
         body = request_body(False, identity=target.identity_in_body)
+        before = self.cpu(target)
         if self.use_wrk:
-            return wrk.run(target.url, body, target.headers, connections, self.plan.seconds, self.client_cpu)
-        spec = self.spec(target, body, mode="load", concurrency=connections, seconds=self.plan.seconds)
-        return python_client(spec, self.plan.seconds + 60)
+            result = wrk.run(target.url, body, target.headers, connections, self.plan.seconds, self.client_cpu)
+        else:
+            spec = self.spec(target, body, mode="load", concurrency=connections, seconds=self.plan.seconds)
+            result = python_client(spec, self.plan.seconds + 60)
+        self.add_cpu(result, target, before, "cpu_us_per_request", result["requests"])
+        return result
+
+    @staticmethod
+    def cpu(target: Target) -> dict[str, float]:
+        return {role: tree_cpu(pid) for role, pid in target.processes.items()}
+
+    def add_cpu(self, result: dict[str, Any], target: Target, before: dict[str, float], key: str, n: int) -> None:
+        """CPU time the servers spent, per unit of work: a figure that contention barely moves
+        (unlike latency), so it is the one to compare between changes."""
+        if not target.processes or not n:
+            return
+        after = self.cpu(target)
+        result[key] = {role: round((after[role] - before[role]) / n * 1e6, 1) for role in before}
 
     def measure(self, target: Target, upstream: str) -> dict[str, Any]:
         p = self.plan
@@ -104,11 +120,19 @@ class Runner:
         warm = python_client(self.spec(target, plain, mode="sequential", count=p.warmup, warmup=0), 300)
         if warm["requests"] == 0 or warm["errors"]:
             raise RuntimeError(f"warm-up failed: {warm['errors']} errors in {p.warmup} requests")
+        rss_before = {role: tree_rss(pid) for role, pid in target.processes.items()}
         self.log("  concurrency 1")
         out["c1"] = self.load(target, 1)
         for c in p.concurrencies:
             self.log(f"  concurrency {c}")
             out[f"c{c}"] = self.load(target, c)
+        served = sum(out[k]["requests"] for k in ("c1", *(f"c{c}" for c in p.concurrencies)))
+        if target.processes and served:
+            # Memory kept after the answers went out: should be ~0 for a proxy.
+            out["retained_kb_per_1k_requests"] = {
+                role: round((tree_rss(pid) - rss_before[role]) / 1024 / served * 1000, 1)
+                for role, pid in target.processes.items()
+            }
         self.log(f"  first streamed byte ({p.ttfb_count} sequential streams)")
         stream = request_body(True, events=5, delay_ms=0, identity=target.identity_in_body)
         out["ttfb"] = python_client(self.spec(target, stream, mode="sequential", count=p.ttfb_count,
@@ -129,8 +153,10 @@ class Runner:
             self.log(f"  {p.streams} concurrent {label} streams ({events} events, {p.stream_delay_ms} ms apart)")
             body = request_body(True, events=events, delay_ms=p.stream_delay_ms, identity=target.identity_in_body)
             spec = self.spec(target, body, mode="streams", count=p.streams, timeout=600)
+            before = self.cpu(target)
             with RssSampler(target.processes).running() as sampler:
                 run = python_client(spec, 900)
+            self.add_cpu(run, target, before, "cpu_us_per_event", run["completed"] * (events + 6))
             result[label] = {
                 "events": events,
                 "completed": run["completed"],
@@ -138,6 +164,7 @@ class Runner:
                 "seconds": run["seconds"],
                 "bytes": run["bytes"],
                 "peak_mb": {r: v / 2**20 for r, v in sampler.peak.items()},
+                "cpu_us_per_event": run.get("cpu_us_per_event"),
             }
         return result
 
@@ -176,7 +203,8 @@ def table(results: dict[str, Any], concurrencies: tuple[int, ...]) -> str:
     head = ["path", "c=1 p50 ms (added)", "c=1 p99 ms (added)"]
     for c in concurrencies:
         head += [f"c={c} req/s (x direct)", f"c={c} p99 ms"]
-    head += ["1st byte p50 ms (added)", "peak RSS MB short→long", "KB/stream"]
+    head += ["1st byte p50 ms (added)", "peak RSS MB short→long", "KB/stream", "CPU µs/req", "CPU µs/event",
+             "KB kept/1k req"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["targets"].items():
         label = r.get("label", name)
@@ -199,7 +227,7 @@ def table(results: dict[str, Any], concurrencies: tuple[int, ...]) -> str:
         cells.append(_f(t) + ("" if added_t is None else f" (+{_f(added_t)})"))
         mem = r.get("memory", {})
         if name == "direct" or not mem:
-            cells += ["-", "-"]
+            cells += ["-", "-", "-", "-", "-"]
         else:
             parts, per_stream = [], []
             for role, base in mem["baseline_mb"].items():
@@ -208,6 +236,12 @@ def table(results: dict[str, Any], concurrencies: tuple[int, ...]) -> str:
                 per_stream.append(max(short, long) - base)
             cells.append(", ".join(parts))
             cells.append(f"{sum(per_stream) * 1024 / mem['streams']:.0f}")
+            per_req = r[f"c{concurrencies[0]}"].get("cpu_us_per_request")
+            per_event = mem["long"].get("cpu_us_per_event")
+            cells.append(f"{sum(per_req.values()):.0f}" if per_req else "-")
+            cells.append(f"{sum(per_event.values()):.1f}" if per_event else "-")
+            kept = r.get("retained_kb_per_1k_requests")
+            cells.append(f"{sum(kept.values()):.0f}" if kept else "-")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
