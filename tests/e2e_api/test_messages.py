@@ -202,3 +202,12 @@ def test_claude_code_style_body_passes_unchanged(api: ApiServer) -> None:
 def test_head_preflight(api: ApiServer) -> None:
     assert httpx.head(api.url + "/api").status_code == 200
     assert httpx.head(api.url + "/api/").status_code == 200
+
+
+def test_reachability_probes_under_the_base_url_answer(api: ApiServer) -> None:
+    # Claude Code (2.1.x through claude-agent-sdk) sends HEAD {base}/api/hello before its first call.
+    for path in ("/api", "/api/api/hello", "/sdk/api/hello"):
+        assert httpx.head(api.url + path, timeout=10).status_code == 200, path
+    # The probe route shadows nothing: a POST still reaches the Messages route and its validation.
+    answer = httpx.post(api.url + "/api/v1/messages", json={}, timeout=10)
+    assert answer.status_code == 400 and "model" in answer.json()["error"]["message"]

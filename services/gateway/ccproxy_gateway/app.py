@@ -244,6 +244,9 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         *dashboard_routes(),
         *openai.routes("/api/v1"),
         *(extra_routes or []),
+        # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
+        Route("/api/{rest:path}", preflight, methods=["HEAD"]),
+        Route("/sdk/{rest:path}", preflight, methods=["HEAD"]),
     ]
     return Starlette(
         routes=routes,
