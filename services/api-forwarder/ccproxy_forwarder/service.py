@@ -9,11 +9,10 @@ error is relayed as the upstream sent it. Tokens come from the auth service over
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
 import orjson
 from prometheus_client import Gauge
@@ -23,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
-from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest, UpstreamReply
+from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest
 from ccproxy_core.internal import (
     INTERNAL_SECRET_HEADER,
     RequireInternalSecret,
@@ -44,28 +44,6 @@ log = logging.getLogger(__name__)
 HINT_PREFIX = "x-ccproxy-hint-"
 #: Upstream paths a forward may target: the Messages API, nothing else of the upstream's.
 ALLOWED_PREFIX = "/v1/"
-
-
-async def until_disconnect(request: Request, work: Awaitable[UpstreamReply]) -> UpstreamReply:
-    """Await ``work``, cancelling it if the gateway hangs up first (its client gave up): the
-    upstream request must not go on for nobody."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise ProxyError(499, "the gateway hung up", "api_error")
-        return task.result()
-    finally:
-        watcher.cancel()
 
 
 def create_service_app(settings: Settings) -> Starlette:
@@ -100,7 +78,7 @@ def create_service_app(settings: Settings) -> Starlette:
                 headers[name] = value
         reply = await until_disconnect(request, forwarder.forward(
             ForwardRequest(path=path, headers=headers, body=body, query=request.url.query, hints=hints)
-        ))
+        ), "the gateway hung up")
         metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()
         out_headers = dict(reply.headers)
         if reply.account:

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from ccproxy_core.access_log import AccessLogEmitter, RequestLog
 from ccproxy_core.client_keys import KeyAuthority
+from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.metrics import Metrics
@@ -34,7 +35,7 @@ from ccproxy_gateway.client_auth import ClientAuth
 from ccproxy_gateway.dashboard import dashboard_routes
 from ccproxy_gateway.metering import KeyGuard, MeteredForwarder, keys_enabled
 from ccproxy_gateway.openai_routes import OpenAIRoutes
-from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic, until_disconnect
+from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic
 from ccproxy_gateway.usage import Usage
 
 log = logging.getLogger(__name__)

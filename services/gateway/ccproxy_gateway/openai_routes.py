@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, upstream_error
 from ccproxy_core.forwarding import ForwardRequest, UpstreamReply
 from ccproxy_core.openai import (
@@ -33,7 +34,7 @@ from ccproxy_core.openai import (
 )
 from ccproxy_core.sse import iter_events
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.relay import client_headers, until_disconnect
+from ccproxy_gateway.relay import client_headers
 from ccproxy_gateway.usage import Usage, usage_from_message
 
 if TYPE_CHECKING:

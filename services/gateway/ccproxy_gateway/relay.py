@@ -6,21 +6,15 @@ away cancels the relay, which closes the upstream connection (so the upstream st
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
 
-from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.forwarding import UpstreamReply
 from ccproxy_core.sse import encode_event
 from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
-
-T = TypeVar("T")
 
 #: Upstream response headers worth passing on to the client.
 RELAYED_HEADERS = ("request-id", "retry-after", "anthropic-organization-id", "x-should-retry")
@@ -30,29 +24,6 @@ def client_headers(reply: UpstreamReply) -> dict[str, str]:
     out = {k: v for k, v in reply.headers.items() if k in RELAYED_HEADERS or k.startswith("anthropic-ratelimit")}
     out["content-type"] = reply.headers.get("content-type", "application/json")
     return out
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise ProxyError(499, "client disconnected", "api_error")
-        return task.result()
-    finally:
-        watcher.cancel()
 
 
 OnDone = Callable[[Usage, float | None], None]

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.models import models_listing
 from ccproxy_core.openai import (
@@ -47,7 +48,6 @@ from ccproxy_core.redis import unavailable_as_503
 from ccproxy_core.sdk_jobs import END, ERROR, RESULT, START, SdkJob, SdkQueue, SdkResult, session_uuid
 from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
-from ccproxy_gateway.relay import until_disconnect
 from ccproxy_gateway.usage import Usage
 
 if TYPE_CHECKING:
