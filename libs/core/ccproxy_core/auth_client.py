@@ -9,6 +9,7 @@ unless someone already has, and either way answers with the token to use now.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import orjson
@@ -22,25 +23,16 @@ TOKEN_PATH = "/internal/token"
 STATUS_PATH = "/internal/status"
 
 
-class AuthClient:
-    def __init__(
-        self,
-        base_url: str,
-        internal_secret: str,
-        *,
-        margin_seconds: float = 60.0,
-        timeout: float = 90.0,
-    ) -> None:
+class AuthServiceHttp:
+    """Calls to the auth service's ``/internal`` API over pooled keep-alive HTTP, shared by its
+    clients (tokens here, client keys in ccproxy_core.client_keys): the secret in every request,
+    auth's own errors raised as the ProxyError they carry, transport failures as a 503."""
+
+    def __init__(self, base_url: str, internal_secret: str, timeout: float) -> None:
         self._base_url = base_url.rstrip("/")
         self._headers = {INTERNAL_SECRET_HEADER: internal_secret}
-        self._margin = margin_seconds
-        # Long enough for auth to wait on another replica's refresh (lock ttl) and do its own.
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=3)
         self._session: aiohttp.ClientSession | None = None
-        self._cached: Credential | None = None
-        self._lock = asyncio.Lock()
-        #: Calls made to auth for a token (tests check the cache really caches).
-        self.fetches = 0
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -52,6 +44,56 @@ class AuthClient:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def _call(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
+        headers = dict(self._headers)
+        if body is not None:
+            headers["content-type"] = "application/json"
+        try:
+            async with self._client().request(
+                method, self._base_url + path, data=body, headers=headers
+            ) as resp:
+                raw = await resp.read()
+                status, ours = resp.status, PROXY_ERROR_HEADER in resp.headers
+                retry_after = resp.headers.get("retry-after")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ProxyError(
+                503, f"the auth service is unreachable ({type(exc).__name__}); retry shortly",
+                headers={"retry-after": "2"},
+            ) from exc
+        if status == 200:
+            try:
+                data = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise ProxyError(502, "the auth service answered something that is not JSON") from exc
+            if not isinstance(data, dict):
+                raise ProxyError(502, "the auth service answered something that is not an object")
+            return data
+        parsed = parse_anthropic_error(raw) if ours else None
+        if parsed is None:
+            raise ProxyError(502, f"the auth service answered {status}")
+        error_type, message = parsed
+        raise ProxyError(
+            status, message, error_type, headers={"retry-after": retry_after} if retry_after else None
+        )
+
+
+class AuthClient(AuthServiceHttp):
+    def __init__(
+        self,
+        base_url: str,
+        internal_secret: str,
+        *,
+        margin_seconds: float = 60.0,
+        timeout: float = 90.0,
+    ) -> None:
+        # Long enough for auth to wait on another replica's refresh (lock ttl) and do its own.
+        super().__init__(base_url, internal_secret, timeout)
+        self._margin = margin_seconds
+        self._cached: Credential | None = None
+        self._lock = asyncio.Lock()
+        #: Calls made to auth for a token (tests check the cache really caches).
+        self.fetches = 0
 
     def _fresh(self, credential: Credential | None, rejected: str | None) -> bool:
         if credential is None:
@@ -83,37 +125,11 @@ class AuthClient:
         except ProxyError as exc:
             return CredentialStatus(available=False, detail=exc.message)
 
-    async def _call(self, method: str, path: str, body: bytes | None = None) -> dict[str, object]:
-        headers = dict(self._headers)
-        if body is not None:
-            headers["content-type"] = "application/json"
+    async def _call(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
         try:
-            async with self._client().request(
-                method, self._base_url + path, data=body, headers=headers
-            ) as resp:
-                raw = await resp.read()
-                status, ours = resp.status, PROXY_ERROR_HEADER in resp.headers
-                retry_after = resp.headers.get("retry-after")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise ProxyError(
-                503, f"the auth service is unreachable ({type(exc).__name__}); retry shortly",
-                headers={"retry-after": "2"},
-            ) from exc
-        if status == 200:
-            try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise ProxyError(502, "the auth service answered something that is not JSON") from exc
-            if not isinstance(data, dict):
-                raise ProxyError(502, "the auth service answered something that is not an object")
-            return data
-        parsed = parse_anthropic_error(raw) if ours else None
-        if parsed is None:
-            raise ProxyError(502, f"the auth service answered {status}")
-        error_type, message = parsed
-        if status == 403 and error_type == "permission_error":
-            # Our own secret was refused: a deployment mistake, not the client's.
-            raise ProxyError(502, f"the auth service refused this service: {message}")
-        raise ProxyError(
-            status, message, error_type, headers={"retry-after": retry_after} if retry_after else None
-        )
+            return await super()._call(method, path, body)
+        except ProxyError as exc:
+            if exc.status == 403 and exc.error_type == "permission_error":
+                # Our own secret was refused: a deployment mistake, not the client's.
+                raise ProxyError(502, f"the auth service refused this service: {exc.message}") from None
+            raise

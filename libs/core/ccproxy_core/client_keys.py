@@ -13,12 +13,10 @@ import time
 from contextvars import ContextVar
 from typing import Any, Literal, Protocol
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, Field
 
-from ccproxy_core.errors import ProxyError, parse_anthropic_error
-from ccproxy_core.internal import INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
+from ccproxy_core.auth_client import AuthServiceHttp
 
 Period = Literal["day", "week", "month"]
 KEY_PREFIX = "ccp_"
@@ -144,46 +142,14 @@ class CachedKeys:
         return await self.inner.settle(admission, usage)
 
 
-class HttpKeyAuthority:
+class HttpKeyAuthority(AuthServiceHttp):
     """The auth service's client keys, over HTTP (the gateway in the stack)."""
 
     def __init__(self, base_url: str, internal_secret: str, timeout: float = 10.0) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._headers = {INTERNAL_SECRET_HEADER: internal_secret, "content-type": "application/json"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=3)
-        self._session: aiohttp.ClientSession | None = None
+        super().__init__(base_url, internal_secret, timeout)
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), timeout=self._timeout
-            )
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def _post(self, path: str, payload: dict[str, Any]) -> Any:
-        try:
-            async with self._client().post(
-                self._base_url + path, data=orjson.dumps(payload), headers=self._headers
-            ) as resp:
-                raw = await resp.read()
-                status, ours = resp.status, PROXY_ERROR_HEADER in resp.headers
-                retry_after = resp.headers.get("retry-after")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise ProxyError(
-                503, f"the auth service is unreachable ({type(exc).__name__}); retry shortly",
-                headers={"retry-after": "2"},
-            ) from exc
-        if status == 200:
-            return orjson.loads(raw)
-        parsed = parse_anthropic_error(raw) if ours else None
-        if parsed is None:
-            raise ProxyError(502, f"the auth service answered {status}")
-        error_type, message = parsed
-        raise ProxyError(status, message, error_type, headers={"retry-after": retry_after} if retry_after else None)
+    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", path, orjson.dumps(payload))
 
     async def lookup(self, presented: str) -> KeyInfo | None:
         data = await self._post("/internal/keys/lookup", {"hash": hash_key(presented)})
