@@ -48,6 +48,7 @@ from ccproxy_core.redis import unavailable_as_503
 from ccproxy_core.sdk_jobs import END, ERROR, RESULT, START, SdkJob, SdkQueue, SdkResult, session_uuid
 from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
+from ccproxy_gateway.access import request_log
 from ccproxy_gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -318,7 +319,7 @@ class SdkRoutes:
             key_id=key_id,
             key_name=key_name,
         )
-        access = getattr(request.state, "access_log", None)
+        access = request_log(request)
         if access is not None:
             access.mode = "sdk"
             access.model_requested = str(body.get("model") or "")
@@ -387,7 +388,7 @@ class SdkRoutes:
         )
         first = run.first_output - started if run.first_output is not None else None
         self.gateway.record(_route(request), status, started, usage, first)
-        access = getattr(request.state, "access_log", None)
+        access = request_log(request)
         if access is None:
             return
         access.set_usage(
@@ -415,7 +416,7 @@ def _route(request: Request) -> str:
 
 def _identity(request: Request) -> tuple[str, str]:
     """Who asked, as the client-auth step recorded it (never the key itself)."""
-    access = getattr(request.state, "access_log", None)
+    access = request_log(request)
     if access is not None:
         return str(access.key_id), str(access.key_name)
     return "anonymous", ""
