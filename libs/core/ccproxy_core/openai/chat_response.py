@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
+from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC
 from ccproxy_core.openai.chat_models import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -29,6 +29,7 @@ from ccproxy_core.openai.chat_models import (
 from ccproxy_core.openai.chat_request import ChatPlan
 from ccproxy_core.openai.content import TokenCount, finish_reason
 from ccproxy_core.openai.reasoning import REASONING_MEMORY, joined_reasoning
+from ccproxy_core.openai.stream import StreamTranslator, translate_stream
 from ccproxy_core.openai.structured import JSON_TOOL
 from ccproxy_core.sse import ServerSentEvent
 
@@ -112,22 +113,13 @@ def stream_error(error_type: str, message: str) -> dict[str, Any]:
     }
 
 
-class ChatStreamTranslator:
+class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
     """Anthropic stream events in, ``chat.completion.chunk`` bodies out, one event at a time."""
 
     def __init__(self, plan: ChatPlan, created: int | None = None) -> None:
+        super().__init__(created)
         self.plan = plan
-        self.created = created or int(time.time())
         self.id = completion_id(None)
-        self.tokens = TokenCount()
-        self.stop_reason: str | None = None
-        self.model = ""
-        self.finished = False
-        self.failed = False
-        #: The upstream's (or the connection's) error type, if the stream failed.
-        self.error_type: str | None = None
-        #: perf_counter() of the first content delta (time to first token).
-        self.first_output: float | None = None
         #: Anthropic block index -> "text" | "tool" | "json" | "thinking" | "other".
         self._kinds: dict[int, str] = {}
         #: Anthropic block index -> OpenAI tool call index, and whether arguments were sent.
@@ -157,29 +149,9 @@ class ChatStreamTranslator:
             }],
         }
 
-    def on_event(self, name: str, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        if name == "content_block_delta":
-            if self.first_output is None:
-                self.first_output = time.perf_counter()
-            yield from self._delta(int(data.get("index", 0)), data.get("delta") or {})
-        elif name == "content_block_start":
-            yield from self._start(int(data.get("index", 0)), data.get("content_block") or {})
-        elif name == "content_block_stop":
-            yield from self._stop(int(data.get("index", 0)))
-        elif name == "message_start":
-            message = data.get("message") or {}
-            self.id = completion_id(message.get("id"))
-            self.model = message.get("model") or ""
-            self.tokens.add(message.get("usage"))
-            yield self._chunk(ChunkDelta(role="assistant", content=""))
-        elif name == "message_delta":
-            self.tokens.add(data.get("usage"))
-            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
-        elif name == "message_stop":
-            yield from self.finish()
-        elif name == "error":
-            error = data.get("error") or {}
-            yield from self.fail(str(error.get("type", "api_error")), str(error.get("message", "upstream error")))
+    def _message_start(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        self.id = completion_id(message.get("id"))
+        yield self._chunk(ChunkDelta(role="assistant", content=""))
 
     def _start(self, index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:
         kind = block.get("type")
@@ -294,27 +266,10 @@ def _frame(chunk: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-async def chat_stream(events: AsyncIterator[ServerSentEvent], translator: ChatStreamTranslator) -> AsyncIterator[bytes]:
+def chat_stream(events: AsyncIterator[ServerSentEvent], translator: ChatStreamTranslator) -> AsyncIterator[bytes]:
     """SSE bytes for the client, as the upstream's events arrive. An error, in the upstream's
     stream or on the connection, ends the stream with an OpenAI error body and no ``[DONE]``
     (the answer is incomplete, and the OpenAI SDK raises on it)."""
-    try:
-        async for event in events:
-            if event.event == "ping":
-                continue
-            try:
-                data = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            for chunk in translator.on_event(event.event, data):
-                yield _frame(chunk)
-            if translator.finished:
-                break
-        else:
-            for chunk in translator.fail("api_error", "the upstream stream ended before the message was complete"):
-                yield _frame(chunk)
-    except ProxyError as exc:
-        for chunk in translator.fail(exc.error_type, exc.message):
-            yield _frame(chunk)
-    if not translator.failed:
-        yield DONE
+    return translate_stream(
+        events, translator, _frame, "the upstream stream ended before the message was complete", end=DONE
+    )

@@ -56,6 +56,7 @@ from ccproxy_core.openai.responses_models import (
     ResponseUsage,
     SummaryText,
 )
+from ccproxy_core.openai.stream import StreamTranslator, translate_stream
 from ccproxy_core.openai.structured import JSON_TOOL, apply_json_mode, json_tool
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent, encode_event
@@ -327,22 +328,13 @@ class _OpenItem:
     signature: str = ""
 
 
-class ResponsesStreamTranslator:
+class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     """Anthropic stream events in, Responses API events out (``(type, body)`` pairs)."""
 
     def __init__(self, plan: ResponsesPlan, created: int | None = None) -> None:
+        super().__init__(created)
         self.plan = plan
-        self.created = created or int(time.time())
         self.base = "ccproxy"
-        self.model = ""
-        self.tokens = TokenCount()
-        self.stop_reason: str | None = None
-        self.finished = False
-        self.failed = False
-        #: The upstream's (or the connection's) error type, if the stream failed.
-        self.error_type: str | None = None
-        #: perf_counter() of the first content delta (time to first token).
-        self.first_output: float | None = None
         self.output: list[OutputItem] = []
         self._seq = 0
         self._open: dict[int, _OpenItem] = {}
@@ -361,30 +353,10 @@ class ResponsesStreamTranslator:
     def _response(self, status: str, **fields: Any) -> dict[str, Any]:
         return _response(self.plan, self.base, self.created, status, **fields).dump()
 
-    def on_event(self, name: str, data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        if name == "content_block_delta":
-            if self.first_output is None:
-                self.first_output = time.perf_counter()
-            yield from self._delta(int(data.get("index", 0)), data.get("delta") or {})
-        elif name == "content_block_start":
-            yield from self._start(int(data.get("index", 0)), data.get("content_block") or {})
-        elif name == "content_block_stop":
-            yield from self._stop(int(data.get("index", 0)))
-        elif name == "message_start":
-            message = data.get("message") or {}
-            self.base = _base_id(message.get("id"))
-            self.model = message.get("model") or ""
-            self.tokens.add(message.get("usage"))
-            yield self._event("response.created", response=self._response("in_progress"))
-            yield self._event("response.in_progress", response=self._response("in_progress"))
-        elif name == "message_delta":
-            self.tokens.add(data.get("usage"))
-            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
-        elif name == "message_stop":
-            yield from self.finish()
-        elif name == "error":
-            error = data.get("error") or {}
-            yield from self.fail(str(error.get("type", "api_error")), str(error.get("message", "upstream error")))
+    def _message_start(self, message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        self.base = _base_id(message.get("id"))
+        yield self._event("response.created", response=self._response("in_progress"))
+        yield self._event("response.in_progress", response=self._response("in_progress"))
 
     def _open_item(self, index: int, kind: str, item_id: str, **extra: Any) -> _OpenItem:
         item = _OpenItem(output_index=self._next_output, kind=kind, item_id=item_id, **extra)
@@ -526,32 +498,15 @@ class ResponsesStreamTranslator:
         yield self._event("response.failed", response=response)
 
 
-async def responses_stream(
+def _frame(pair: tuple[str, dict[str, Any]]) -> bytes:
+    return encode_event(pair[0], orjson.dumps(pair[1]))
+
+
+def responses_stream(
     events: AsyncIterator[ServerSentEvent], translator: ResponsesStreamTranslator
 ) -> AsyncIterator[bytes]:
     """SSE bytes for the client as the upstream's events arrive; an error ends the stream with
     ``error`` and ``response.failed``."""
-
-    def frames(pairs: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[bytes]:
-        for kind, body in pairs:
-            yield encode_event(kind, orjson.dumps(body))
-
-    try:
-        async for event in events:
-            if event.event == "ping":
-                continue
-            try:
-                data = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            for frame in frames(translator.on_event(event.event, data)):
-                yield frame
-            if translator.finished:
-                break
-        else:
-            for frame in frames(translator.fail("api_error", "the upstream stream ended before the response was "
-                                                              "complete")):
-                yield frame
-    except ProxyError as exc:
-        for frame in frames(translator.fail(exc.error_type, exc.message)):
-            yield frame
+    return translate_stream(
+        events, translator, _frame, "the upstream stream ended before the response was complete"
+    )
