@@ -14,6 +14,9 @@ from typing import Protocol
 from pydantic import BaseModel
 from starlette.requests import Request
 
+from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority
+from ccproxy_core.settings import Settings
+
 
 class ClientIdentity(BaseModel):
     #: Stable id of the key (never the key itself: ids travel in jobs, events and logs).
@@ -98,3 +101,15 @@ class MemberKeyResolver:
         if found is None:
             return None
         return ClientIdentity(id=found.id, name=found.name or found.id, admin=False)
+
+
+def key_resolver(settings: Settings, internal_secret: str) -> KeyResolver:
+    """A stack service's resolver (permissions, analytics): the holder of ``SECURITY__AUTH_TOKEN``
+    is the admin; member keys are looked up in the auth service (``SERVICES__AUTH_URL``) and
+    cached briefly (``SECURITY__KEY_CACHE_SECONDS``)."""
+    value = settings.security.auth_token
+    token = value.get_secret_value() if value else None
+    if not settings.services.auth_url:
+        return SingleTokenResolver(token)
+    authority = HttpKeyAuthority(settings.services.auth_url, internal_secret)
+    return MemberKeyResolver(token, CachedKeys(authority, ttl=settings.security.key_cache_seconds))

@@ -23,9 +23,8 @@ from starlette.routing import BaseRoute, Route
 from ccproxy_analytics.api import Authorize, LogsApi, resolver_authorizer
 from ccproxy_analytics.consumer import AccessLogConsumer
 from ccproxy_analytics.store import ClickHouse, embedded_dsn
-from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority
 from ccproxy_core.errors import ProxyError, render_error
-from ccproxy_core.identity import KeyResolver, MemberKeyResolver, SingleTokenResolver
+from ccproxy_core.identity import SingleTokenResolver, key_resolver
 from ccproxy_core.internal import require_internal_secret
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import Redis, connect
@@ -79,17 +78,6 @@ class Analytics:
     async def stop(self) -> None:
         await self.consumer.stop()
         await self.store.aclose()
-
-
-def key_resolver(settings: Settings, internal_secret: str) -> KeyResolver:
-    """The shared token's holder is the admin; member keys are looked up in the auth service
-    (``SERVICES__AUTH_URL``) and cached briefly."""
-    value = settings.security.auth_token
-    token = value.get_secret_value() if value else None
-    if not settings.services.auth_url:
-        return SingleTokenResolver(token)
-    authority = HttpKeyAuthority(settings.services.auth_url, internal_secret)
-    return MemberKeyResolver(token, CachedKeys(authority, ttl=settings.security.key_cache_seconds))
 
 
 def create_service_app(settings: Settings) -> Starlette:

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority
-from ccproxy_core.identity import KeyResolver, MemberKeyResolver, SingleTokenResolver
+from ccproxy_core.identity import key_resolver
 from ccproxy_core.internal import RequireInternalSecret, require_internal_secret
 from ccproxy_core.redis import connect
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
 from ccproxy_permissions.app import create_app
 from ccproxy_permissions.broker import PermissionBroker
-
-
-def key_resolver(settings: Settings, internal_secret: str) -> KeyResolver:
-    """Who a client key belongs to: the holder of ``SECURITY__AUTH_TOKEN`` is the admin, a
-    member key (issue 5) is looked up in the auth service (``SERVICES__AUTH_URL``), cached briefly."""
-    value = settings.security.auth_token
-    token = value.get_secret_value() if value else None
-    if not settings.services.auth_url:
-        return SingleTokenResolver(token)
-    authority = HttpKeyAuthority(settings.services.auth_url, internal_secret)
-    return MemberKeyResolver(token, CachedKeys(authority, ttl=settings.security.key_cache_seconds))
 
 
 def create_service_app(settings: Settings) -> Starlette:
