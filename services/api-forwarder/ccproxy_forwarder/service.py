@@ -77,12 +77,30 @@ def create_service_app(settings: Settings) -> Starlette:
             elif name != INTERNAL_SECRET_HEADER and name not in HOP_BY_HOP:
                 headers[name] = value
         reply = await until_disconnect(request, forwarder.forward(
-            ForwardRequest(path=path, headers=headers, body=body, query=request.url.query, hints=hints)
+            ForwardRequest(
+                path=path, headers=headers, body=body, query=request.scope.get("query_string", b"").decode(),
+                hints=hints,
+            )
         ), "the gateway hung up")
         metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()
         out_headers = dict(reply.headers)
         if reply.account:
             out_headers["x-ccproxy-account"] = reply.account
+
+        def observe(status: int, first_byte: bool = False) -> None:
+            if first_byte:
+                metrics.first_byte.labels(metrics.service, "/internal/forward").observe(time.perf_counter() - started)
+            metrics.requests.labels(metrics.service, "/internal/forward", str(status)).inc()
+            metrics.latency.labels(metrics.service, "/internal/forward", str(status)).observe(
+                time.perf_counter() - started
+            )
+
+        if not reply.is_stream:
+            # A whole JSON answer: one plain response. A StreamingResponse costs a task group
+            # and chunked framing per request, with nothing to stream (docs/performance.md).
+            content = await until_disconnect(request, reply.read(), "the gateway hung up")
+            observe(reply.status, first_byte=True)
+            return Response(content, status_code=reply.status, headers=out_headers)
 
         async def relay() -> AsyncIterator[bytes]:
             first: float | None = None
@@ -93,16 +111,11 @@ def create_service_app(settings: Settings) -> Starlette:
                         metrics.first_byte.labels(metrics.service, "/internal/forward").observe(first)
                     yield chunk
             except ProxyError as exc:
-                if not reply.is_stream:
-                    raise  # the connection drops: the gateway turns that into a 502
                 # Status and headers are gone: end the stream the way the upstream ends one.
                 yield encode_event("error", anthropic_error_body(exc.error_type, exc.message))
             finally:
                 await reply.aclose()
-                metrics.requests.labels(metrics.service, "/internal/forward", str(reply.status)).inc()
-                metrics.latency.labels(metrics.service, "/internal/forward", str(reply.status)).observe(
-                    time.perf_counter() - started
-                )
+                observe(reply.status)
 
         return StreamingResponse(relay(), status_code=reply.status, headers=out_headers)
 
