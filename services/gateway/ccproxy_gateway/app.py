@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from ccproxy_core.access_log import AccessLogEmitter, RequestLog
 from ccproxy_core.client_keys import KeyAuthority
@@ -173,6 +174,16 @@ def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) 
         raise ProxyError(400, "stream: must be a boolean", param="stream")
 
 
+class HeadProbe(Route):
+    """A HEAD-only route that is invisible to other methods, so an unknown GET stays a 404 and a
+    wrong method on a real route stays a 405."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and scope["method"] != "HEAD":
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
 def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) -> Starlette:
     openai = OpenAIRoutes(gateway)
 
@@ -246,8 +257,8 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         *openai.routes("/api/v1"),
         *(extra_routes or []),
         # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
-        Route("/api/{rest:path}", preflight, methods=["HEAD"]),
-        Route("/sdk/{rest:path}", preflight, methods=["HEAD"]),
+        HeadProbe("/api/{rest:path}", preflight),
+        HeadProbe("/sdk/{rest:path}", preflight),
     ]
     return Starlette(
         routes=routes,
