@@ -78,6 +78,7 @@ def test_formatted_mode_shows_tool_use_as_compact_text(formatted: SdkSetup) -> N
     assert row["mode"] == "sdk" and row["status"] == 200
     assert row["input_tokens"] > 0 and row["output_tokens"] > 0
     assert row["sdk_cost_usd"] > 0 and row["sdk_turns"] >= 1 and row["sdk_tool_uses"] == 1
+    assert row["ttft_ms"] is not None and 0 < row["ttft_ms"] <= row["duration_ms"]
 
 
 def test_ignore_mode_hides_tool_use(ignoring: tuple[SdkSetup, Proc]) -> None:

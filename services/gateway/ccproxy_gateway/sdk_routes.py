@@ -385,16 +385,14 @@ class SdkRoutes:
             cache_read_tokens=result.cache_read_tokens,
             cache_write_tokens=result.cache_write_tokens,
             stop_reason=result.stop_reason,
+            first_token=run.first_output,
         )
         first = run.first_output - started if run.first_output is not None else None
-        self.gateway.record(_route(request), status, started, usage, first)
         access = request_log(request)
+        # One call fills metrics (labelled with the client key) and the access log's usage and TTFT.
+        self.gateway.record(_route(request), status, started, usage, first, access)
         if access is None:
             return
-        access.set_usage(
-            result.model, result.input_tokens, result.output_tokens, result.cache_read_tokens,
-            result.cache_write_tokens, result.stop_reason,
-        )
         access.sdk_cost_usd = result.cost_usd
         access.extra.update(
             {
