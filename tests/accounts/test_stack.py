@@ -29,12 +29,18 @@ def test_failover_limits_and_revocation_through_the_stack(
     team.add_oauth("alpha")
     team.add_oauth("beta")
     created = json.loads(team.ccproxy("keys", "create", "--json", "--name", "ivan", "--rpm", "3").stdout)
+    ghost = json.loads(team.ccproxy("keys", "create", "--json", "--name", "gus", "--accounts", "ghost").stdout)
     stack = launch_stack(team.run_dir, fake_url=fake_upstream.url, claude_config_dir=None,
                          env={"REDIS__KEY_PREFIX": prefix, **settings})
     try:
         anonymous = anthropic.Anthropic(base_url=stack.url + "/api", api_key="nope", max_retries=0)
         with pytest.raises(anthropic.AuthenticationError):
             anonymous.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        # A key bound to accounts that do not exist is the client's 403, as in serve, not a 502.
+        bound = anthropic.Anthropic(base_url=stack.url + "/api", api_key=ghost["key"], max_retries=0)
+        with pytest.raises(anthropic.PermissionDeniedError) as denied:
+            bound.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        assert "ghost" in denied.value.message
         sdk = anthropic.Anthropic(base_url=stack.url + "/api", api_key=created["key"], max_retries=0)
         n1 = nonce()
         answer = sdk.messages.create(

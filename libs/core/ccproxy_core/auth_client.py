@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 from ccproxy_core.errors import ProxyError, parse_anthropic_error
-from ccproxy_core.internal import INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
+from ccproxy_core.internal import INTERNAL_REFUSED, INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
 from ccproxy_core.logging import register_secret
 from ccproxy_core.tokens import Credential, CredentialStatus
 
@@ -129,7 +129,7 @@ class AuthClient(AuthServiceHttp):
         try:
             return await super()._call(method, path, body)
         except ProxyError as exc:
-            if exc.status == 403 and exc.error_type == "permission_error":
+            if exc.status == 403 and exc.message == INTERNAL_REFUSED:
                 # Our own secret was refused: a deployment mistake, not the client's.
                 raise ProxyError(502, f"the auth service refused this service: {exc.message}") from None
             raise

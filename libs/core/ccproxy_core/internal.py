@@ -19,6 +19,9 @@ from ccproxy_core.logging import register_secret
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
 
+#: The message of the 403 an internal endpoint gives a caller without the right secret.
+INTERNAL_REFUSED = "internal call refused: missing or wrong SECURITY__INTERNAL_SECRET"
+
 INTERNAL_SECRET_HEADER = "x-ccproxy-internal-secret"
 #: Set on an internal answer that carries ccproxy's own error rather than the upstream's.
 PROXY_ERROR_HEADER = "x-ccproxy-error"
@@ -80,10 +83,7 @@ class RequireInternalSecret:
                     presented = value.decode("latin-1")
                     break
             if not check_internal_secret(self._secret, presented):
-                refused = ProxyError(
-                    403, "internal call refused: missing or wrong SECURITY__INTERNAL_SECRET",
-                    "permission_error",
-                )
+                refused = ProxyError(403, INTERNAL_REFUSED, "permission_error")
                 await internal_error(refused)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
