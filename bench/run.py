@@ -216,7 +216,7 @@ def table(results: dict[str, Any], concurrencies: tuple[int, ...]) -> str:
         cells = [label]
         for key in ("p50_ms", "p99_ms"):
             added = None if name == "direct" or key not in d_c1 else c1[key] - d_c1[key]
-            cells.append(f"{_f(c1[key])}" + ("" if added is None else f" (+{_f(added)})"))
+            cells.append(f"{_f(c1[key])}" + ("" if added is None else f" ({added:+.2f})"))
         for c in concurrencies:
             cr = r[f"c{c}"]
             dr = direct.get(f"c{c}", {}).get("rps")
@@ -224,7 +224,7 @@ def table(results: dict[str, Any], concurrencies: tuple[int, ...]) -> str:
             cells += [f"{cr['rps']:.0f}{ratio}", _f(cr["latency"]["p99_ms"])]
         t = r["ttfb"]["first_byte"]["p50_ms"]
         added_t = None if name == "direct" or "p50_ms" not in d_ttfb else t - d_ttfb["p50_ms"]
-        cells.append(_f(t) + ("" if added_t is None else f" (+{_f(added_t)})"))
+        cells.append(_f(t) + ("" if added_t is None else f" ({added_t:+.2f})"))
         mem = r.get("memory", {})
         if name == "direct" or not mem:
             cells += ["-", "-", "-", "-", "-"]
