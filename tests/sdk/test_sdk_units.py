@@ -79,6 +79,22 @@ def test_text_that_did_not_stream_comes_from_the_full_message() -> None:
     assert builder.result.cost_usd == 0.25 and builder.result.num_turns == 2
 
 
+def test_a_run_cut_short_reports_the_usage_of_the_calls_it_made() -> None:
+    builder = EventBuilder("msg_x", "m")
+    # A finished turn, a subagent's call in flight, and a main call cut off after message_start.
+    sub = [StreamEvent(uuid="s1", session_id="s", parent_tool_use_id="t1",
+                       event={"type": "message_start", "message": {"id": "m5", "usage": {"input_tokens": 40}}})]
+    late = [StreamEvent(uuid="l1", session_id="s", event={
+        "type": "message_start", "message": {"id": "m2", "usage": {"input_tokens": 9, "cache_read_input_tokens": 4,
+                                                                   "output_tokens": 1}}})]
+    run(builder, [*TOOL_TURN, *sub, *late])
+    spent = builder.spent()
+    assert (spent.input_tokens, spent.output_tokens, spent.cache_read_tokens) == (3 + 40 + 9, 2 + 1, 4)
+    # Once Claude Code's own result came, that is the account.
+    run(builder, [result()])
+    assert (builder.spent().input_tokens, builder.spent().output_tokens) == (11, 7)
+
+
 def test_formatted_mode_pretty_and_compact() -> None:
     for pretty, marker in ((True, '\n  "name": "Read"'), (False, '"name":"Read"')):
         events = run(EventBuilder("msg_x", "m", mode="formatted", pretty=pretty), [*TOOL_TURN, result()])

@@ -246,12 +246,13 @@ class SdkQueue:
                     if name == END:
                         return
 
-    async def cancel(self, job_id: str) -> None:
-        """The client went away: make sure the run stops (best effort, never raises)."""
+    async def cancel(self, job_id: str) -> bool:
+        """The client went away: make sure the run stops (best effort, never raises). True if
+        the job never started (so it spent nothing)."""
         try:
-            await asyncio.shield(self.give_up(job_id))
-        except Exception:  # noqa: S110 - Redis down: the run ends at its own timeout
-            pass
+            return await asyncio.shield(self.give_up(job_id))
+        except Exception:  # Redis down: the run ends at its own timeout
+            return False
 
 
 def _text(value: bytes | str) -> str:

@@ -34,7 +34,7 @@ from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object
 from ccproxy_gateway.client_auth import ClientAuth
 from ccproxy_gateway.dashboard import dashboard_routes
-from ccproxy_gateway.metering import KeyGuard, MeteredForwarder, keys_enabled
+from ccproxy_gateway.metering import KeyGuard, KeyMeter, MeteredForwarder, keys_enabled
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic
 from ccproxy_gateway.usage import Usage
@@ -73,8 +73,10 @@ class Gateway:
         #: Per-member client keys (auth's, in-process or over HTTP); None: the shared token only.
         keys = keys_enabled(keys, settings.security.key_cache_seconds)
         self.client_auth = ClientAuth(token.get_secret_value() if token else None, keys)
-        if keys is not None:
-            self.forwarder = MeteredForwarder(forwarder, keys)
+        #: Admission and settlement of limited keys, for API mode (the forwarder) and SDK mode.
+        self.meter = KeyMeter(keys) if keys is not None else None
+        if self.meter is not None:
+            self.forwarder = MeteredForwarder(forwarder, self.meter)
 
     def record(
         self,

@@ -2,17 +2,20 @@
 
 :class:`KeyGuard` (ASGI middleware) resolves the presented key once per request, through a
 short local cache, and records who it is (for :class:`~ccproxy_gateway.client_auth.ClientAuth`,
-the access log and the forwarder). :class:`MeteredForwarder` wraps the forwarder: before a
-Messages request goes upstream it is *admitted* (rate limits and budget reserved atomically by
-auth, in Redis); when its answer is over, the real usage is *settled*. Both see every API-mode
-request, Anthropic or OpenAI, without the routes knowing.
+the access log and the forwarder). :class:`KeyMeter` is the one place a request made with a
+limited key is *admitted* (rate limits and budget reserved atomically by auth, in Redis) before
+it costs anything, and *settled* with its real usage once it is over. API mode reaches it
+through :class:`MeteredForwarder`, which wraps the forwarder (every API-mode request, Anthropic
+or OpenAI, without the routes knowing); SDK mode calls it around each Claude Code run
+(:mod:`ccproxy_gateway.sdk_routes`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import orjson
@@ -22,6 +25,7 @@ from ccproxy_core.client_keys import (
     Admission,
     CachedKeys,
     KeyAuthority,
+    KeyInfo,
     Principal,
     UsageReport,
     current_principal,
@@ -67,52 +71,48 @@ class KeyGuard:
             current_principal.reset(token)
 
 
-class MeteredForwarder:
-    """A :class:`Forwarder` that admits and settles requests made with a client key."""
+class KeyMeter:
+    """Admit a request of a limited client key before it runs; settle it with the real usage after.
 
-    def __init__(self, inner: Forwarder, keys: KeyAuthority) -> None:
-        self.inner = inner
+    Settlement runs in the background (it never delays an answer) and always happens once per
+    admission, with zero usage when nothing was spent, so a reservation is released rather than
+    left to expire.
+    """
+
+    def __init__(self, keys: KeyAuthority) -> None:
         self.keys = keys
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def __getattr__(self, name: str) -> Any:  # aclose() and the like reach the real forwarder
-        return getattr(self.inner, name)
-
-    async def forward(self, request: ForwardRequest) -> UpstreamReply:
-        principal = current_principal.get()
-        key = principal.key if principal is not None else None
-        if key is None:
-            return await self.inner.forward(request)
-        request.hints[HINT_KEY] = key.id
-        if key.accounts:
-            request.hints[HINT_ACCOUNTS] = ",".join(key.accounts)
-        admission: Admission | None = None
-        if key.limited and request.path in METERED_PATHS:
-            body = request.body
-            max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else 4096
-            admission = await self.keys.admit(
-                key, str(body.get("model") or ""), len(orjson.dumps(body)), int(max_tokens or 0)
-            )
-        try:
-            reply = await self.inner.forward(request)
-        except BaseException:
-            if admission is not None:
-                self._settle(admission, Usage())
-            raise
-        if admission is None:
-            return reply
-        return _metered(reply, lambda usage: self._settle(admission, usage))
-
-    def _settle(self, admission: Admission, usage: Usage) -> None:
-        report = UsageReport(
-            model=usage.model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
+    async def admit(self, key: KeyInfo | None, body: Mapping[str, Any]) -> Admission | None:
+        """Reserve for a Messages ``body``; None for a key without limits (nothing to settle).
+        Raises ProxyError 429 (rate limit) or 402 (budget) when the key may not spend it."""
+        if key is None or not key.limited:
+            return None
+        max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else 4096
+        return await self.keys.admit(
+            key, str(body.get("model") or ""), len(orjson.dumps(body)), int(max_tokens or 0)
         )
 
+    def settle(self, admission: Admission | None, usage: Usage | Awaitable[Usage]) -> None:
+        """Settle ``admission`` with ``usage``, which may still be on its way (an awaitable)."""
+        if admission is None:
+            if inspect.iscoroutine(usage):
+                usage.close()  # nothing to settle: the usage is not needed
+            return
+
         async def settle() -> None:
+            real = Usage()
+            try:
+                real = usage if isinstance(usage, Usage) else await usage
+            except Exception as exc:  # unknown usage: release the reservation all the same
+                log.warning("usage of a request of key %s is unknown: %s", admission.key_id, exc)
+            report = UsageReport(
+                model=real.model,
+                input_tokens=real.input_tokens,
+                output_tokens=real.output_tokens,
+                cache_read_tokens=real.cache_read_tokens,
+                cache_write_tokens=real.cache_write_tokens,
+            )
             try:
                 await self.keys.settle(admission, report)
             except Exception as exc:  # the reservation expires by itself; say so, do not crash
@@ -126,6 +126,39 @@ class MeteredForwarder:
         """Wait for settlements in flight (shutdown, tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class MeteredForwarder:
+    """A :class:`Forwarder` that admits and settles (through a :class:`KeyMeter`) the Messages
+    requests made with a client key, and tells the pool which accounts the key may use."""
+
+    def __init__(self, inner: Forwarder, meter: KeyMeter) -> None:
+        self.inner = inner
+        self.meter = meter
+
+    def __getattr__(self, name: str) -> Any:  # aclose() and the like reach the real forwarder
+        return getattr(self.inner, name)
+
+    async def forward(self, request: ForwardRequest) -> UpstreamReply:
+        principal = current_principal.get()
+        key = principal.key if principal is not None else None
+        if key is None:
+            return await self.inner.forward(request)
+        request.hints[HINT_KEY] = key.id
+        if key.accounts:
+            request.hints[HINT_ACCOUNTS] = ",".join(key.accounts)
+        admission = await self.meter.admit(key, request.body) if request.path in METERED_PATHS else None
+        try:
+            reply = await self.inner.forward(request)
+        except BaseException:
+            self.meter.settle(admission, Usage())
+            raise
+        if admission is None:
+            return reply
+        return _metered(reply, lambda usage: self.meter.settle(admission, usage))
+
+    async def drain(self) -> None:
+        await self.meter.drain()
 
 
 def _metered(reply: UpstreamReply, on_done: Any) -> UpstreamReply:

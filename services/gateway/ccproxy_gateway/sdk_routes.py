@@ -9,6 +9,10 @@ upstream's 429...) is an HTTP error; one after output began is an ``error`` even
 A client that goes away cancels its job: before a worker took it, it is never run; after, the
 worker is told through arq's abort set and stops Claude Code.
 
+A limited client key is admitted (rate limits, budget reservation) by the gateway's
+:class:`~ccproxy_gateway.metering.KeyMeter` before anything is queued, as in API mode, and the
+reservation is settled with the run's usage when the request is over, however it ended.
+
 Sessions: ``/sdk/{session_id}/v1/...`` or the ``x-claude-session-id`` header continue a Claude
 Code session; every answer names its session in the same header, so a client can continue a
 conversation it did not name.
@@ -28,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from ccproxy_core.client_keys import Admission, Principal
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.models import models_listing
@@ -49,6 +54,8 @@ from ccproxy_core.sdk_jobs import END, ERROR, RESULT, START, SdkJob, SdkQueue, S
 from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.access import request_log
+from ccproxy_gateway.client_auth import PRINCIPAL_SCOPE
+from ccproxy_gateway.metering import KeyMeter
 from ccproxy_gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -59,20 +66,34 @@ SESSION_HEADER = "x-claude-session-id"
 PING_AFTER = 10.0
 #: Block types that are ccproxy's own (``forward`` mode), which OpenAI formats have no place for.
 SDK_BLOCKS = ("tool_use_sdk", "tool_result_sdk")
+#: Seconds to wait for a stopped run's summary (what it spent) before settling without it.
+LATE_USAGE_WAIT = 15.0
 
 
 class SdkRun:
     """One job's records, read in order: the head (up to the first output), then the rest."""
 
-    def __init__(self, queue: SdkQueue, job: SdkJob, records: AsyncIterator[tuple[str, Any]]) -> None:
+    def __init__(
+        self,
+        queue: SdkQueue,
+        job: SdkJob,
+        records: AsyncIterator[tuple[str, Any]],
+        meter: KeyMeter | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self.queue = queue
         self.job = job
         self._records = records
         self.head: list[tuple[str, Any]] = []
         self.result: SdkResult | None = None
         self.error: dict[str, Any] | None = None
+        #: Nothing more is read (the run's end, an error, or the request gave up on it).
         self.done = False
+        #: The worker's end marker was read: whatever the run reports is in.
+        self.ended = False
         self.first_output: float | None = None
+        self.meter = meter
+        self.admission = admission
 
     async def _next(self) -> tuple[str, Any] | None:
         """The next record worth relaying; None at the end. Bookkeeping records are absorbed."""
@@ -80,9 +101,11 @@ class SdkRun:
             try:
                 name, data = await self._records.__anext__()
             except StopAsyncIteration:
-                self.done = True
+                self.done = self.ended = True
                 return None
             except ProxyError as exc:  # no worker in time, the worker died, the run timed out
+                # Only a run stopped for its time limit still reports what it spent.
+                self.ended = exc.status != 504
                 if self.first_output is None:
                     raise  # still time for a status code (and its retry-after)
                 self.done = True
@@ -94,7 +117,7 @@ class SdkRun:
                 self.result = SdkResult.model_validate(data)
                 continue
             if name == END:
-                self.done = True
+                self.done = self.ended = True
                 return None
             if name == ERROR:
                 self.error = data
@@ -136,11 +159,48 @@ class SdkRun:
         async for _ in self.rest():
             pass
 
-    async def cancel(self) -> None:
+    async def end(self) -> None:
+        """The request is over (answered, failed, or its client left): stop the run if it still
+        goes, and settle the key's reservation (once) with what the run spent."""
+        ran = True
         if not self.done:
             with anyio.CancelScope(shield=True):
-                await self.queue.cancel(self.job.id)
+                ran = not await self.queue.cancel(self.job.id)
             self.done = True
+        if self.meter is None or self.admission is None:
+            return
+        admission, self.admission = self.admission, None
+        if self.result is None and self.ended is False and ran:
+            # Stopped mid-run: the worker still reports what was spent, just before its end marker.
+            self.meter.settle(admission, self._late_usage())
+        else:
+            self.meter.settle(admission, self.usage())
+
+    def usage(self) -> Usage:
+        """The run's usage as the worker reported it (none: nothing known to be spent)."""
+        result = self.result or SdkResult()
+        return Usage(
+            model=result.model,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            cache_read_tokens=result.cache_read_tokens,
+            cache_write_tokens=result.cache_write_tokens,
+            stop_reason=result.stop_reason,
+            first_token=self.first_output,
+        )
+
+    async def _late_usage(self) -> Usage:
+        """Read the stopped run's records afresh (the request's reader may be gone with its
+        task) for its summary; settle with what is known if it does not come in time."""
+        with anyio.move_on_after(LATE_USAGE_WAIT):
+            try:
+                async for name, data in self.queue.records(self.job.id):
+                    if name == RESULT:
+                        self.result = SdkResult.model_validate(data)
+                        break
+            except ProxyError:
+                pass
+        return self.usage()
 
 
 def as_text_blocks(records: AsyncIterator[tuple[str, Any]], pretty: bool) -> AsyncIterator[tuple[str, Any]]:
@@ -325,14 +385,23 @@ class SdkRoutes:
             access.model_requested = str(body.get("model") or "")
             access.stream = body.get("stream") is True
             access.extra["sdk_session_id"] = job.session_id
-        async with unavailable_as_503("SDK mode"):
-            await self.queue.submit(job)
-        run = SdkRun(self.queue, job, self.queue.records(job.id, ping_after=PING_AFTER))
+        # Rate limits and budget, as in API mode: a refused request never reaches the queue.
+        meter = self.gateway.meter
+        principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE)
+        admission = await meter.admit(principal.key if principal else None, body) if meter else None
+        try:
+            async with unavailable_as_503("SDK mode"):
+                await self.queue.submit(job)
+        except BaseException:
+            if meter is not None:
+                meter.settle(admission, Usage())
+            raise
+        run = SdkRun(self.queue, job, self.queue.records(job.id, ping_after=PING_AFTER), meter, admission)
         try:
             async with unavailable_as_503("SDK mode"):
                 await until_disconnect(request, run.wait_head())
         except BaseException:
-            await run.cancel()
+            await run.end()
             raise
         return run
 
@@ -345,9 +414,8 @@ class SdkRoutes:
 
         try:
             events = await until_disconnect(request, read_all())
-        except BaseException:
-            await run.cancel()
-            raise
+        finally:
+            await run.end()
         try:
             message = accumulate(events)
         finally:
@@ -366,7 +434,7 @@ class SdkRoutes:
                     yield frame
                 await run.drain()  # the summary (usage, cost) follows the last event
             finally:
-                await run.cancel()
+                await run.end()
                 metrics.active_streams.labels(metrics.service).dec()
                 self._finished(request, run, started, 200)
 
@@ -378,15 +446,7 @@ class SdkRoutes:
     def _finished(self, request: Request, run: SdkRun, started: float, status: int) -> None:
         """Metrics and the access-log event: tokens, Claude Code's own cost, the session."""
         result = run.result or SdkResult()
-        usage = Usage(
-            model=result.model,
-            input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens,
-            cache_read_tokens=result.cache_read_tokens,
-            cache_write_tokens=result.cache_write_tokens,
-            stop_reason=result.stop_reason,
-            first_token=run.first_output,
-        )
+        usage = run.usage()
         first = run.first_output - started if run.first_output is not None else None
         access = request_log(request)
         # One call fills metrics (labelled with the client key) and the access log's usage and TTFT.

@@ -64,6 +64,11 @@ class EventBuilder:
         self._streamed: set[str] = set()
         self._stop_reason: str | None = None
         self.finished = False
+        #: Usage of the API calls seen streaming, per agent (None: the main one; else the tool
+        #: use that started a subagent): the calls done, and each agent's call in progress.
+        self._spent: dict[str, int] = {}
+        self._calls: dict[str | None, dict[str, Any]] = {}
+        self._reported = False
 
     def feed(self, message: object) -> list[Event]:
         return list(self._feed(message))
@@ -80,6 +85,7 @@ class EventBuilder:
                 self.result.session_id = message.data.get("session_id") or self.result.session_id
             return
         if isinstance(message, StreamEvent):
+            self._count(message.parent_tool_use_id, message.event)
             if message.parent_tool_use_id is None:  # a subagent's stream is not the answer
                 self.result.session_id = message.session_id or self.result.session_id
                 yield from self._stream_event(message.event)
@@ -96,6 +102,30 @@ class EventBuilder:
             return
         if isinstance(message, ResultMessage):
             yield from self._result(message)
+
+    def spent(self) -> SdkResult:
+        """The run's result, usage included: Claude Code's own account once its result came,
+        else the sum of the API calls seen so far (a run cancelled or failed midway)."""
+        if not self._reported:
+            totals = dict(self._spent)
+            for usage in self._calls.values():
+                _add_usage(totals, usage)
+            r = self.result
+            r.input_tokens = totals.get("input_tokens", 0)
+            r.output_tokens = totals.get("output_tokens", 0)
+            r.cache_read_tokens = totals.get("cache_read_input_tokens", 0)
+            r.cache_write_tokens = totals.get("cache_creation_input_tokens", 0)
+        return self.result
+
+    def _count(self, agent: str | None, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            if agent in self._calls:
+                _add_usage(self._spent, self._calls[agent])
+            self._calls[agent] = dict((event.get("message") or {}).get("usage") or {})
+        elif kind == "message_delta" and agent in self._calls:
+            # message_delta's counts are the call's totals so far, not increments.
+            self._calls[agent].update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -216,6 +246,7 @@ class EventBuilder:
     def _result(self, message: ResultMessage) -> Iterator[Event]:
         usage = message.usage or {}
         r = self.result
+        self._reported = True
         r.session_id = message.session_id or r.session_id
         r.input_tokens = int(usage.get("input_tokens") or 0)
         r.output_tokens = int(usage.get("output_tokens") or 0)
@@ -249,3 +280,10 @@ class EventBuilder:
             },
         }
         yield "message_stop", {"type": "message_stop"}
+
+
+def _add_usage(totals: dict[str, int], usage: dict[str, Any]) -> None:
+    for name in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
+        value = usage.get(name)
+        if isinstance(value, int):
+            totals[name] = totals.get(name, 0) + value

@@ -222,10 +222,18 @@ class Runner:
                     await write_record(self.redis, self.keys, job.id, name, data)
 
         started = time.perf_counter()
-        await self._cancellable(consume())
-        if not builder.finished:
-            raise ProxyError(502, "Claude Code ended without a result")
-        result = builder.result
+        try:
+            await self._cancellable(consume())
+            if not builder.finished:
+                raise ProxyError(502, "Claude Code ended without a result")
+        except BaseException:
+            # Cut short (cancelled, failed): what it spent so far still counts against the key's
+            # budget, so the summary goes out before the error and the end marker.
+            with contextlib.suppress(Exception):
+                spent = builder.spent().model_copy(update={"worker": self.name})
+                await asyncio.shield(write_record(self.redis, self.keys, job.id, RESULT, spent.model_dump()))
+            raise
+        result = builder.spent()
         result.worker = self.name
         result.session_id = result.session_id or session_id
         await self._note_session(result.session_id, cwd, model)
