@@ -45,6 +45,9 @@ Outcome = Literal["ok", "error", "cancelled"]
 
 #: How long the emitter waits for more events before writing a part-filled batch.
 LINGER_SECONDS = 0.01
+#: Cap on the embedded Redis stand-in's stream (``ccproxy serve``): ~25 MB of events, enough
+#: for 20 batches of the consumer and the live tail's replay.
+EMBEDDED_STREAM_MAXLEN = 20_000
 
 
 class AccessLogEvent(BaseModel):
@@ -342,8 +345,14 @@ class AccessLogEmitter:
         from ccproxy_core.redis import connect
 
         a = settings.analytics
+        maxlen = a.stream_maxlen
+        if settings.redis.url is None:
+            # The embedded stream lives in this process's memory and dies with it: keeping
+            # 1M events there grew `ccproxy serve` by ~1.3 KB per request served (to ~1.3 GB)
+            # and slowed every full garbage collection (docs/performance.md).
+            maxlen = min(maxlen, EMBEDDED_STREAM_MAXLEN)
         return cls(
-            connect(settings.redis), settings.redis.key_prefix + a.stream, maxlen=a.stream_maxlen,
+            connect(settings.redis), settings.redis.key_prefix + a.stream, maxlen=maxlen,
             buffer_size=a.buffer_size, metrics=metrics,
         )
 
