@@ -70,7 +70,7 @@ def login(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the callback.")] = 300.0,
 ) -> None:
     """Log in to a Claude subscription (OAuth, PKCE) and store it as a named account."""
-    from ccproxy_auth import login as flow
+    import ccproxy_auth.login as flow
     from ccproxy_auth.accounts import AccountError, AccountStore
 
     settings = _settings()
