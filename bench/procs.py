@@ -113,6 +113,23 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def tree_cpu(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in descendants(pid))
+
+
 def tree_rss(pid: int) -> int:
     return sum(rss_bytes(p) for p in descendants(pid))
 
