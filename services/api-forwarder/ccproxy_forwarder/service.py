@@ -19,7 +19,7 @@ from prometheus_client import Gauge
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ccproxy_core.disconnect import until_disconnect
@@ -37,6 +37,7 @@ from ccproxy_core.routing import RoutingAuthClient
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import encode_event
+from ccproxy_core.streaming import RelayResponse
 from ccproxy_forwarder.forwarder import ApiForwarder
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def create_service_app(settings: Settings) -> Starlette:
                 await reply.aclose()
                 observe(reply.status)
 
-        return StreamingResponse(relay(), status_code=reply.status, headers=out_headers)
+        return RelayResponse(relay(), status_code=reply.status, headers=out_headers)
 
     async def health(request: Request) -> Response:
         creds = await tokens.status()

@@ -33,6 +33,7 @@ from ccproxy_core.openai import (
     translate_responses_request,
 )
 from ccproxy_core.sse import iter_events
+from ccproxy_core.streaming import RelayResponse
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.relay import client_headers
 from ccproxy_gateway.usage import Usage, usage_from_message
@@ -165,4 +166,4 @@ class OpenAIRoutes:
                     access.release()
 
         headers = {**self._headers(reply), "cache-control": "no-cache"}
-        return StreamingResponse(body(), status_code=200, media_type="text/event-stream", headers=headers)
+        return RelayResponse(body(), status_code=200, media_type="text/event-stream", headers=headers)

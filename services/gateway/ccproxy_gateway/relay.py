@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.forwarding import UpstreamReply
 from ccproxy_core.sse import encode_event
+from ccproxy_core.streaming import RelayResponse
 from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
 
 #: Upstream response headers worth passing on to the client.
@@ -51,7 +52,7 @@ def relay_anthropic(reply: UpstreamReply, started: float, on_done: OnDone) -> Re
             await reply.aclose()
             on_done(tap.usage, first)
 
-    return StreamingResponse(body(), status_code=reply.status, headers=client_headers(reply))
+    return RelayResponse(body(), status_code=reply.status, headers=client_headers(reply))
 
 
 async def read_reply(reply: UpstreamReply) -> tuple[bytes, Usage]:
