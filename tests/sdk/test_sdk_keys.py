@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -171,4 +173,50 @@ def test_a_run_its_client_left_or_that_failed_is_settled_and_releases_its_reserv
     with pytest.raises(anthropic.BadRequestError):
         sdk.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "no [[fake:error=400]]"}])
     wait_until(lambda: keys_list(team)["leaver"]["requests"] == 2, timeout=10, message="the failed run settled")
+    assert held_micro_usd(setup, created["id"]) == 0
+
+
+def cli_command_line(key_prefix: str) -> list[str]:
+    """The argv of a Claude Code process running for a worker under ``key_prefix`` ([] if none)."""
+    for pid in cli_processes(key_prefix):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        return [a.decode() for a in argv]
+    return []
+
+
+def test_runs_in_flight_each_reserve_a_run_and_claude_code_may_not_spend_more(
+    keyed: tuple[SdkSetup, Team],
+) -> None:
+    setup, team = keyed
+    # The default CLAUDE__RUN_RESERVATION_USD is $1: this budget holds exactly two runs at once,
+    # though each request's own estimate is a tiny fraction of a dollar.
+    created = create_key(team, "--name", "two-runs", "--budget-usd", "2", "--period", "day")
+    sdk = anthropic_client(setup, created["key"])
+
+    def ask(_: int) -> Any:
+        try:  # slow events: the admitted runs are still in flight when the last one asks
+            return sdk.messages.create(model=MODEL, max_tokens=50,
+                                       messages=[{"role": "user", "content": "run [[fake:slow=0.3]]"}])
+        except anthropic.APIStatusError as exc:
+            return exc
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(ask, i) for i in range(3)]
+        # One worker, one run at a time: the first runs while the second waits, both reserved.
+        argv = wait_until(lambda: cli_command_line(setup.key_prefix), timeout=30, message="a run's Claude Code")
+        assert held_micro_usd(setup, created["id"]) == 2 * MICRO
+        outcomes = [f.result(timeout=120) for f in futures]
+    assert argv[argv.index("--max-budget-usd") + 1] == "1.0"  # the run may not spend more than it holds
+    refused = [o for o in outcomes if isinstance(o, anthropic.APIStatusError)]
+    assert len(refused) == 1 and len(outcomes) - len(refused) == 2
+    assert refused[0].status_code == 402
+    error = refused[0].body["error"]  # type: ignore[index]
+    assert error["type"] == "billing_error" and "'two-runs'" in error["message"]
+    assert "budget of $2.00 per day" in error["message"]
+    row = wait_until(lambda: (r := keys_list(team)["two-runs"])["requests"] == 2 and r, timeout=10,
+                     message="both runs settled")
+    assert 0 < row["period_spent_usd"] < 1  # settled with the real usage, not the reservation
     assert held_micro_usd(setup, created["id"]) == 0

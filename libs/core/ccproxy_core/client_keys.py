@@ -86,8 +86,14 @@ class KeyAuthority(Protocol):
         """Whether client keys are in use (then every request must carry one)."""
         ...
 
-    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
-        """Check and reserve rate limits and budget; raises ProxyError (429/402) if over."""
+    async def admit(
+        self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
+    ) -> Admission:
+        """Check and reserve rate limits and budget; raises ProxyError (429/402) if over.
+
+        ``reserve_micro_usd`` (SDK mode: a whole run): reserve up to that much of a budget instead
+        of the request's estimate, less if less is left but never less than the estimate; the
+        admission's ``estimated_micro_usd`` says how much was reserved."""
         ...
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
@@ -135,8 +141,10 @@ class CachedKeys:
         self._any = (now, value)
         return value
 
-    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
-        return await self.inner.admit(key, model, body_bytes, max_tokens)
+    async def admit(
+        self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
+    ) -> Admission:
+        return await self.inner.admit(key, model, body_bytes, max_tokens, reserve_micro_usd)
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         return await self.inner.settle(admission, usage)
@@ -158,10 +166,13 @@ class HttpKeyAuthority(AuthServiceHttp):
     async def any_keys(self) -> bool:
         return bool((await self._post("/internal/keys/any", {}))["any"])
 
-    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
+    async def admit(
+        self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
+    ) -> Admission:
         data = await self._post(
             "/internal/keys/admit",
-            {"key_id": key.id, "model": model, "body_bytes": body_bytes, "max_tokens": max_tokens},
+            {"key_id": key.id, "model": model, "body_bytes": body_bytes, "max_tokens": max_tokens,
+             "reserve_micro_usd": reserve_micro_usd},
         )
         return Admission.model_validate(data)
 

@@ -68,6 +68,8 @@ class SdkJob(BaseModel):
     #: Who asked (the client key's id and name, never the key): permission prompts and logs.
     key_id: str = "anonymous"
     key_name: str = ""
+    #: USD reserved for this run against the client key's budget: Claude Code may spend no more.
+    budget_usd: float | None = None
     enqueued_at: float = Field(default_factory=time.time)
 
 

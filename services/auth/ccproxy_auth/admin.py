@@ -64,6 +64,7 @@ class AdmitBody(BaseModel):
     model: str = ""
     body_bytes: int = 0
     max_tokens: int = 0
+    reserve_micro_usd: int = 0
 
 
 class CreateKeyBody(BaseModel):
@@ -130,7 +131,7 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
         key = await store.get(body.key_id)
         if key is None:
             raise ProxyError(401, "unknown client key", "authentication_error")
-        admission = await store.admit(key, body.model, body.body_bytes, body.max_tokens)
+        admission = await store.admit(key, body.model, body.body_bytes, body.max_tokens, body.reserve_micro_usd)
         return json_response(admission.model_dump())
 
     async def settle(request: Request) -> Response:

@@ -11,7 +11,9 @@ that dies mid-request cannot hold budget forever.
 
 rpm and tpm are token buckets (capacity N, refilled N per minute). The estimate reserved for a
 request is its input (body bytes / 4 tokens) plus its ``max_tokens`` of output at the model's
-list price (:mod:`ccproxy_core.models`), an upper bound in practice, so the budget holds.
+list price (:mod:`ccproxy_core.models`), an upper bound in practice, so the budget holds. An
+SDK-mode run (many upstream calls) reserves a fixed amount instead (``CLAUDE__RUN_RESERVATION_USD``,
+less if less is left), which its Claude Code is then not allowed to spend more than.
 """
 
 from __future__ import annotations
@@ -78,17 +80,22 @@ if tpm > 0 then
   tpm_level = level - est_tokens
 end
 local budget = tonumber(rec[6]) or 0
+local want = est_micro
 if budget > 0 then
   local spent = tonumber(redis.call('GET', KEYS[4]) or '0')
   local held = tonumber(redis.call('GET', KEYS[5]) or '0')
-  if spent + held + est_micro > budget then return {'budget', tostring(spent), tostring(held)} end
+  local run = tonumber(ARGV[6]) or 0
+  -- a whole run (SDK mode): up to ARGV[6], what is left if less, never less than the estimate
+  if run > 0 then want = math.max(est_micro, math.min(run, budget - spent - held)) end
+  if spent + held + want > budget then return {'budget', tostring(spent), tostring(held)} end
 end
 if rpm_level then redis.call('HSET', KEYS[2], 'level', tostring(rpm_level), 'ts', ARGV[1]) end
 if tpm_level then redis.call('HSET', KEYS[3], 'level', tostring(tpm_level), 'ts', ARGV[1]) end
-redis.call('INCRBY', KEYS[5], est_micro)
+want = string.format('%d', want)
+redis.call('INCRBY', KEYS[5], want)
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[5]), ARGV[4])
-redis.call('HSET', KEYS[7], ARGV[4], ARGV[2] .. ':' .. ARGV[3])
-return {'ok'}
+redis.call('HSET', KEYS[7], ARGV[4], want .. ':' .. ARGV[3])
+return {'ok', want}
 """
 
 SETTLE = """
@@ -345,7 +352,9 @@ class KeyStore:
     async def any_keys(self) -> bool:
         return bool(await self.redis.scard(f"{self.p}all"))
 
-    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
+    async def admit(
+        self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
+    ) -> Admission:
         now = time.time()
         tokens, micro = estimate(model, body_bytes, max_tokens)
         period_id = None
@@ -364,7 +373,7 @@ class KeyStore:
                 self._sub(key.id, "resv"),
                 self._sub(key.id, "resamt"),
             ],
-            args=[repr(now), micro, tokens, rid, RESERVATION_TTL],
+            args=[repr(now), micro, tokens, rid, RESERVATION_TTL, max(0, reserve_micro_usd)],
         )
         verdict = [_text(v) for v in result]
         if verdict[0] != "ok":
@@ -375,7 +384,7 @@ class KeyStore:
             reservation=rid,
             period_id=period_id,
             estimated_tokens=tokens,
-            estimated_micro_usd=micro,
+            estimated_micro_usd=int(verdict[1]),
         )
 
     def _refusal(self, key: KeyInfo, verdict: list[str], micro: int, now: float) -> ProxyError:

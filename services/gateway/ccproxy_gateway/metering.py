@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
@@ -83,14 +84,20 @@ class KeyMeter:
         self.keys = keys
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def admit(self, key: KeyInfo | None, body: Mapping[str, Any]) -> Admission | None:
+    async def admit(
+        self, key: KeyInfo | None, body: Mapping[str, Any], run_usd: float | None = None
+    ) -> Admission | None:
         """Reserve for a Messages ``body``; None for a key without limits (nothing to settle).
-        Raises ProxyError 429 (rate limit) or 402 (budget) when the key may not spend it."""
+        Raises ProxyError 429 (rate limit) or 402 (budget) when the key may not spend it.
+
+        ``run_usd`` (SDK mode): a key with a budget reserves up to that much for the whole run
+        (less if less is left); ``Admission.estimated_micro_usd`` is what was reserved."""
         if key is None or not key.limited:
             return None
         max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else 4096
+        reserve = math.ceil(run_usd * 1_000_000) if run_usd and key.budget_usd else 0
         return await self.keys.admit(
-            key, str(body.get("model") or ""), len(orjson.dumps(body)), int(max_tokens or 0)
+            key, str(body.get("model") or ""), len(orjson.dumps(body)), int(max_tokens or 0), reserve
         )
 
     def settle(self, admission: Admission | None, usage: Usage | Awaitable[Usage]) -> None:

@@ -11,7 +11,9 @@ worker is told through arq's abort set and stops Claude Code.
 
 A limited client key is admitted (rate limits, budget reservation) by the gateway's
 :class:`~ccproxy_gateway.metering.KeyMeter` before anything is queued, as in API mode, and the
-reservation is settled with the run's usage when the request is over, however it ended.
+reservation is settled with the run's usage when the request is over, however it ended. A key
+with a budget reserves ``CLAUDE__RUN_RESERVATION_USD`` per run (less if less is left), which is
+also the run's ``max_budget_usd``, so concurrent runs cannot together overshoot the budget.
 
 Sessions: ``/sdk/{session_id}/v1/...`` or the ``x-claude-session-id`` header continue a Claude
 Code session; every answer names its session in the same header, so a client can continue a
@@ -388,7 +390,13 @@ class SdkRoutes:
         # Rate limits and budget, as in API mode: a refused request never reaches the queue.
         meter = self.gateway.meter
         principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE)
-        admission = await meter.admit(principal.key if principal else None, body) if meter else None
+        key = principal.key if principal else None
+        # A run makes many upstream calls: a key with a budget reserves a fixed amount per run
+        # (CLAUDE__RUN_RESERVATION_USD, less if less is left), and the run may not spend more.
+        run_usd = self.settings.claude.run_reservation_usd
+        admission = await meter.admit(key, body, run_usd) if meter else None
+        if admission is not None and key is not None and key.budget_usd:
+            job.budget_usd = admission.estimated_micro_usd / 1_000_000
         try:
             async with unavailable_as_503("SDK mode"):
                 await self.queue.submit(job)

@@ -107,15 +107,20 @@ class EventBuilder:
         """The run's result, usage included: Claude Code's own account once its result came,
         else the sum of the API calls seen so far (a run cancelled or failed midway)."""
         if not self._reported:
-            totals = dict(self._spent)
-            for usage in self._calls.values():
-                _add_usage(totals, usage)
+            totals = self._seen()
             r = self.result
             r.input_tokens = totals.get("input_tokens", 0)
             r.output_tokens = totals.get("output_tokens", 0)
             r.cache_read_tokens = totals.get("cache_read_input_tokens", 0)
             r.cache_write_tokens = totals.get("cache_creation_input_tokens", 0)
         return self.result
+
+    def _seen(self) -> dict[str, int]:
+        """The usage of the API calls seen so far, summed."""
+        totals = dict(self._spent)
+        for usage in self._calls.values():
+            _add_usage(totals, usage)
+        return totals
 
     def _count(self, agent: str | None, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -245,6 +250,8 @@ class EventBuilder:
 
     def _result(self, message: ResultMessage) -> Iterator[Event]:
         usage = message.usage or {}
+        if message.is_error and not any(usage.get(k) for k in ("input_tokens", "output_tokens")):
+            usage = self._seen()  # a run stopped at its max_budget_usd reports no usage of its own
         r = self.result
         self._reported = True
         r.session_id = message.session_id or r.session_id

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
-from claude_agent_sdk import ClaudeAgentOptions, query
+from claude_agent_sdk import ClaudeAgentOptions, ResultError, query
 from claude_agent_sdk.types import CanUseTool, SessionStore
 from redis.asyncio import Redis
 
@@ -158,6 +158,8 @@ class Runner:
     async def _run(self, job: SdkJob) -> SdkResult:
         overrides = check_overrides(job.options, self.settings)
         opts = self.settings.claude.options.model_copy(update=overrides)
+        if job.budget_usd is not None:  # what the gateway reserved of the client key's budget
+            opts.max_budget_usd = min(job.budget_usd, opts.max_budget_usd or job.budget_usd)
         cwd = resolve_cwd(opts.cwd, self.root)
         if cwd == self.root:
             cwd.mkdir(parents=True, exist_ok=True)
@@ -217,9 +219,15 @@ class Runner:
             }
 
         async def consume() -> None:
-            async for message in query(prompt=prompt(), options=options):
-                for name, data in builder.feed(message):
-                    await write_record(self.redis, self.keys, job.id, name, data)
+            try:
+                async for message in query(prompt=prompt(), options=options):
+                    for name, data in builder.feed(message):
+                        await write_record(self.redis, self.keys, job.id, name, data)
+            except ResultError:
+                # A run stopped at its max_turns or max_budget_usd: the CLI exits non-zero after
+                # its result, which already went out as the answer's end.
+                if not builder.finished:
+                    raise
 
         started = time.perf_counter()
         try:
