@@ -56,6 +56,14 @@ function pivot(rows, name, value, since, step) {
   return { xs, series };
 }
 
+// Small fractions (a few cents) keep two significant digits, so axis ticks never read alike.
+function num(v, digits) {
+  if (v === 0 || Number.isInteger(v)) return v.toFixed(0);
+  if (Math.abs(v) >= 10) return v.toFixed(0);
+  if (digits === 0 || Math.abs(v) >= 1) return v.toFixed(1);
+  return String(Number(v.toPrecision(2)));
+}
+
 function draw(id, pivoted, { bars = false, fillZero = true, digits = 0 } = {}) {
   const el = $(id);
   if (charts[id]) { charts[id].destroy(); delete charts[id]; }
@@ -85,9 +93,9 @@ function draw(id, pivoted, { bars = false, fillZero = true, digits = 0 } = {}) {
       paths: bars ? uPlot.paths.bars({ size: [0.8, 40] }) : undefined,
       points: { show: pivoted.xs.length < 80 },
       spanGaps: !fillZero,
-      value: (u, v) => (v == null ? "–" : v.toFixed(digits)),
+      value: (u, v) => (v == null ? "–" : num(v, digits)),
     }))],
-    axes: [{}, { size: 70, values: (u, splits) => splits.map((v) => (v == null ? "" : v.toFixed(digits))) }],
+    axes: [{}, { size: 70, values: (u, splits) => splits.map((v) => (v == null ? "" : num(v, digits))) }],
     legend: { live: true },
   };
   charts[id] = new uPlot(opts, data, el);
