@@ -35,7 +35,9 @@ from tests.fake_upstream.state import CLAUDE_CLI_CLIENT_ID, FakeState, RequestRe
 from tests.fake_upstream.streaming import TimedResponse, stream_events
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+#: Newest first, like the real API; claude-opus-5-5 is one the packaged models.json lacks.
 MODELS = [
+    ("claude-opus-5-5", "Claude Opus 5.5", "2026-10-01T00:00:00Z"),
     ("claude-opus-4-5-20251101", "Claude Opus 4.5", "2025-11-01T00:00:00Z"),
     ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),
     ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-01T00:00:00Z"),
@@ -194,8 +196,22 @@ def _model(model_id: str, name: str, created: str) -> dict[str, Any]:
 async def list_models(request: Request, record: RequestRecord, headers: dict[str, str]) -> Response:
     _caller(request, record, headers)
     data = [_model(*m) for m in MODELS]
+    after = request.query_params.get("after_id")
+    if after:
+        ids = [m["id"] for m in data]
+        data = data[ids.index(after) + 1:] if after in ids else []
+    try:
+        limit = int(request.query_params.get("limit", "20"))
+    except ValueError:
+        raise FakeApiError(400, "limit: must be an integer") from None
+    if not 1 <= limit <= 1000:
+        raise FakeApiError(400, "limit: must be between 1 and 1000")
+    page, has_more = data[:limit], len(data) > limit
     return JSONResponse(
-        {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]},
+        {
+            "data": page, "has_more": has_more,
+            "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None,
+        },
         headers={"request-id": record.id},
     )
 

@@ -24,12 +24,14 @@ class ForwardRequest:
     path: str
     #: The client's headers (the forwarder decides which to drop).
     headers: dict[str, str]
-    #: The parsed JSON body: the forwarder injects the identity block into it.
+    #: The parsed JSON body: the forwarder injects the identity block into it (ignored for GET).
     body: dict[str, Any]
     #: Query string without ``?`` (Claude Code sends ``beta=true``).
     query: str = ""
     #: Routing hints (sticky session key, client key id) that are not sent upstream.
     hints: dict[str, str] = field(default_factory=dict)
+    #: ``POST`` (the Messages API) or ``GET`` (``/v1/models``: no body, no identity block).
+    method: str = "POST"
 
 
 class UpstreamReply:
@@ -113,14 +115,18 @@ class HttpForwarder:
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers[INTERNAL_SECRET_HEADER] = self._secret
-        headers["content-type"] = "application/json"
+        if request.method == "POST":
+            headers["content-type"] = "application/json"
         for name, value in request.hints.items():
             headers[f"x-ccproxy-hint-{name}"] = value
         url = f"{self._base_url}/internal/forward{request.path}"
         if request.query:
             url += "?" + request.query
         try:
-            resp = await self._client().post(url, data=orjson.dumps(request.body), headers=headers)
+            if request.method == "GET":
+                resp = await self._client().get(url, headers=headers)
+            else:
+                resp = await self._client().post(url, data=orjson.dumps(request.body), headers=headers)
         except (aiohttp.ClientError, OSError) as exc:
             raise ProxyError(502, f"api-forwarder unreachable: {type(exc).__name__}") from exc
         reply_headers = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}

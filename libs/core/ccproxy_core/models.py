@@ -11,6 +11,7 @@ import calendar
 import functools
 import json
 import time
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -77,6 +78,18 @@ def _epoch(iso: str) -> int:
     return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
 
 
+def _alias_entry(alias: str) -> dict[str, Any]:
+    return {
+        "type": "model",
+        "id": alias,
+        "display_name": alias,
+        "created_at": "2024-01-01T00:00:00Z",
+        "object": "model",
+        "created": _epoch("2024-01-01T00:00:00Z"),
+        "owned_by": "ccproxy",
+    }
+
+
 def models_listing(extra_aliases: list[str] | None = None) -> dict[str, Any]:
     """One body for both SDKs: Anthropic's ``type/display_name/created_at`` and
     OpenAI's ``object/created/owned_by`` on every entry."""
@@ -93,18 +106,7 @@ def models_listing(extra_aliases: list[str] | None = None) -> dict[str, Any]:
                 "owned_by": "anthropic",
             }
         )
-    for alias in extra_aliases or []:
-        data.append(
-            {
-                "type": "model",
-                "id": alias,
-                "display_name": alias,
-                "created_at": "2024-01-01T00:00:00Z",
-                "object": "model",
-                "created": _epoch("2024-01-01T00:00:00Z"),
-                "owned_by": "ccproxy",
-            }
-        )
+    data.extend(_alias_entry(alias) for alias in extra_aliases or [])
     return {
         "object": "list",
         "data": data,
@@ -112,3 +114,26 @@ def models_listing(extra_aliases: list[str] | None = None) -> dict[str, Any]:
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     }
+
+
+def upstream_listing(upstream: dict[str, Any], extra_aliases: list[str] | None = None) -> dict[str, Any]:
+    """The upstream's ``GET /v1/models`` page with the OpenAI fields added to each entry, and the
+    aliases after its last page, so either SDK parses it. Raises ValueError on a body that is
+    not a models page (the caller then serves :func:`models_listing`)."""
+    entries = upstream.get("data")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in entries):
+        raise ValueError("not a models page")
+    data: list[dict[str, Any]] = []
+    for entry in entries:
+        created_at = entry.get("created_at")
+        try:
+            created = int(datetime.fromisoformat(created_at).timestamp()) if isinstance(created_at, str) else 0
+        except ValueError:
+            created = 0
+        data.append({**entry, "object": "model", "created": created, "owned_by": "anthropic"})
+    has_more = upstream.get("has_more") is True
+    if not has_more:
+        # Only on the last page: the Anthropic SDK pages on with ``after_id=last_id``.
+        ids = {entry["id"] for entry in data}
+        data.extend(_alias_entry(alias) for alias in extra_aliases or [] if alias not in ids)
+    return {**upstream, "object": "list", "data": data, "has_more": has_more}

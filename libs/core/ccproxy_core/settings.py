@@ -62,6 +62,8 @@ class AnthropicSettings(BaseModel):
     #: Longest silence from the upstream: waiting for its headers, or between two stream chunks.
     read_timeout: float = 600.0
     max_connections: int = 200
+    #: How long the gateway keeps the upstream's ``GET /v1/models`` answer (0: ask every time).
+    models_cache_seconds: float = 300.0
 
 
 class OAuthSettings(BaseModel):

@@ -171,13 +171,16 @@ class ApiForwarder:
         task.add_done_callback(self._reports.discard)
 
     async def _send(self, request: ForwardRequest, credential: Credential) -> aiohttp.ClientResponse:
-        body = inject_identity(request.body) if credential.kind == "oauth" else request.body
-        data = orjson.dumps(body)
         headers = upstream_headers(request.headers, credential)
         url = self._base_url + request.path + (f"?{request.query}" if request.query else "")
+        data: bytes | None = None
+        if request.method == "GET":
+            headers.pop("content-type", None)  # no body, and no identity block to inject
+        else:
+            data = orjson.dumps(inject_identity(request.body) if credential.kind == "oauth" else request.body)
         for attempt in (1, 2):
             try:
-                return await self._client().post(url, data=data, headers=headers)
+                return await self._client().request(request.method, url, data=data, headers=headers)
             except aiohttp.ServerDisconnectedError as exc:
                 # A pooled keep-alive connection the upstream had already closed: retry once.
                 if attempt == 2:

@@ -1,6 +1,6 @@
 """The api-forwarder on its own (``ccproxy run api-forwarder``).
 
-``POST /internal/forward/v1/...`` is the server side of
+``POST /internal/forward/v1/...`` (``GET`` for ``/v1/models``) is the server side of
 :class:`ccproxy_core.forwarding.HttpForwarder`: the gateway's request in, the upstream's status,
 headers and bytes out as they arrive. ccproxy's own errors (no token, upstream unreachable) are
 marked with ``x-ccproxy-error`` so the gateway renders them in the client's format; an upstream
@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from prometheus_client import Gauge
@@ -64,12 +65,14 @@ def create_service_app(settings: Settings) -> Starlette:
         path = "/" + request.path_params["path"].lstrip("/")
         if not path.startswith(ALLOWED_PREFIX) or "/../" in path:
             raise ProxyError(404, f"no upstream path {path}", "not_found_error")
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            raise ProxyError(400, "the forwarded body is not JSON") from exc
-        if not isinstance(body, dict):
-            raise ProxyError(400, "the forwarded body is not a JSON object")
+        body: dict[str, Any] = {}
+        if request.method == "POST":
+            try:
+                body = orjson.loads(await request.body())
+            except orjson.JSONDecodeError as exc:
+                raise ProxyError(400, "the forwarded body is not JSON") from exc
+            if not isinstance(body, dict):
+                raise ProxyError(400, "the forwarded body is not a JSON object")
         headers: dict[str, str] = {}
         hints: dict[str, str] = {}
         for name, value in request.headers.items():
@@ -80,7 +83,7 @@ def create_service_app(settings: Settings) -> Starlette:
         reply = await until_disconnect(request, forwarder.forward(
             ForwardRequest(
                 path=path, headers=headers, body=body, query=request.scope.get("query_string", b"").decode(),
-                hints=hints,
+                hints=hints, method=request.method,
             )
         ), "the gateway hung up")
         metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()
@@ -146,7 +149,7 @@ def create_service_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/internal/forward{path:path}", forward, methods=["POST"]),
+            Route("/internal/forward{path:path}", forward, methods=["POST", "GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
         ],

@@ -27,7 +27,7 @@ from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.metrics import Metrics
-from ccproxy_core.models import cost_usd, models_listing
+from ccproxy_core.models import cost_usd
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
@@ -35,6 +35,7 @@ from ccproxy_gateway.body import read_json_object
 from ccproxy_gateway.client_auth import ClientAuth
 from ccproxy_gateway.dashboard import dashboard_routes
 from ccproxy_gateway.metering import KeyGuard, KeyMeter, MeteredForwarder, keys_enabled
+from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic
 from ccproxy_gateway.usage import Usage
@@ -197,9 +198,14 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
             request, "/v1/messages/count_tokens", "/api/v1/messages/count_tokens"
         )
 
+    catalog = ModelCatalog(
+        gateway.forwarder, gateway.settings.anthropic.models_cache_seconds, openai.model_map.aliases()
+    )
+
     async def models(request: Request) -> Response:
         gateway.client_auth.check(request)
-        return JSONResponse(models_listing(openai.model_map.aliases()))
+        query = request.scope.get("query_string", b"").decode()
+        return JSONResponse(await catalog.listing(dict(request.headers), query))
 
     async def preflight(request: Request) -> Response:
         # Older Claude Code versions send HEAD to the base URL before anything else.
