@@ -124,7 +124,11 @@ class KeyringStore:
         doc = self._get()
         if not doc or "claudeAiOauth" not in doc:
             return None
-        return ClaudeOAuth.model_validate(doc["claudeAiOauth"])
+        try:
+            return ClaudeOAuth.model_validate(doc["claudeAiOauth"])
+        except ValueError:
+            # Not the pydantic message: it quotes the input, tokens included.
+            raise CredentialsError("the keyring entry's claudeAiOauth is malformed") from None
 
     def save(self, oauth: ClaudeOAuth) -> None:
         import keyring
