@@ -186,10 +186,6 @@ class RequestLog:
         if self.first_byte is None:
             self.first_byte = time.perf_counter()
 
-    def mark_first_token(self) -> None:
-        if self.first_token is None:
-            self.first_token = time.perf_counter()
-
     def set_identity(self, key_id: str, key_name: str = "") -> None:
         self.key_id, self.key_name = key_id, key_name
 

@@ -63,13 +63,6 @@ class AccountRouter(Protocol):
         ...
 
 
-def reportable(status: int, headers: Mapping[str, str]) -> bool:
-    """Answers the pool learns from: errors about the account, and quota headers."""
-    if status in (401, 429, 529):
-        return True
-    return any(k.startswith("anthropic-ratelimit-unified") for k in headers)
-
-
 def session_key(body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
     """What keeps one conversation on one account (and its prompt cache).
 

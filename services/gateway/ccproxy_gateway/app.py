@@ -278,4 +278,4 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
     )
 
 
-__all__ = ["Gateway", "cost_usd", "create_app"]
+__all__ = ["Gateway", "create_app"]
