@@ -262,6 +262,13 @@ def test_a_logs_cursor_decoding_to_a_huge_number_is_a_400(start_serve: Any) -> N
                          timeout=30)
         assert resp.status_code == 400, (ms[:20], resp.status_code, resp.text)
         assert resp.json()["error"]["type"] == "invalid_request_error"
+    # The time filters likewise: a number or a date no datetime arithmetic can hold.
+    for params in ({"since": "1e30"}, {"until": "1e30"}, {"until": "0001-01-01"}, {"since": "-1e30"}):
+        resp = httpx.get(proc.url + "/logs/query", params=params, headers={"x-api-key": LEAD}, timeout=30)
+        assert resp.status_code == 400, (params, resp.status_code, resp.text)
+    for params in ({"since": "1e11"}, {"until": "-1e11"}):  # far, but times: an answer, maybe empty
+        resp = httpx.get(proc.url + "/logs/query", params=params, headers={"x-api-key": LEAD}, timeout=30)
+        assert resp.status_code < 500, (params, resp.status_code, resp.text)
     assert "Traceback" not in proc.log_text()
 
 

@@ -49,6 +49,7 @@ def known_models() -> tuple[ModelInfo, ...]:
     return tuple(ModelInfo.model_validate(m) for m in _table()["models"])
 
 
+@functools.lru_cache(maxsize=256)  # every Messages request asks; model names are few
 def max_output_tokens(model: str) -> int:
     """The largest ``max_tokens`` ``model`` may ask for: the table's value, or for a model the
     table does not know (a newer one) the table's ``unknown_max_output_tokens``."""
