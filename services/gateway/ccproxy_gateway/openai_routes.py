@@ -1,6 +1,6 @@
 """OpenAI-compatible routes of API mode: translate in, forward as Anthropic, translate out.
 
-The forwarder only ever sees an Anthropic Messages request; the translation (ccproxy_core.openai)
+The forwarder only ever sees an Anthropic Messages request; the translation (ccproxy_gateway.openai)
 is pure, so this module is just the I/O around it: client auth, body, forwarding, metrics, and
 turning the upstream's error answers into OpenAI errors with their status kept.
 """
@@ -19,7 +19,10 @@ from starlette.routing import BaseRoute, Route
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, upstream_error
 from ccproxy_core.forwarding import ForwardRequest, UpstreamReply
-from ccproxy_core.openai import (
+from ccproxy_core.sse import iter_events
+from ccproxy_core.streaming import RelayResponse
+from ccproxy_gateway.access import request_log
+from ccproxy_gateway.openai import (
     ChatStreamTranslator,
     ModelMap,
     ResponsesStreamTranslator,
@@ -32,9 +35,6 @@ from ccproxy_core.openai import (
     translate_chat_request,
     translate_responses_request,
 )
-from ccproxy_core.sse import iter_events
-from ccproxy_core.streaming import RelayResponse
-from ccproxy_gateway.access import request_log
 from ccproxy_gateway.relay import client_headers
 from ccproxy_gateway.usage import Usage, usage_from_message
 
