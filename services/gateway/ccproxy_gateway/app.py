@@ -26,7 +26,7 @@ from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
-from ccproxy_core.metrics import Metrics
+from ccproxy_core.metrics import Metrics, label_routes, route_label
 from ccproxy_core.models import cost_usd
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
@@ -235,9 +235,10 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
+        route = route_label(request.scope)
         if exc.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
-        gateway.metrics.requests.labels(gateway.metrics.service, request.url.path, str(exc.status)).inc()
+            log.warning("%s %s -> %d %s", request.method, route, exc.status, exc.message)
+        gateway.metrics.requests.labels(gateway.metrics.service, route, str(exc.status)).inc()
         access = request_log(request)
         if access is not None:
             access.set_error(exc.status, exc.error_type)
@@ -245,6 +246,7 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        gateway.metrics.requests.labels(gateway.metrics.service, route_label(request.scope), str(exc.status_code)).inc()
         return error_response(ProxyError(exc.status_code, str(exc.detail)), client_format(request.url.path))
 
     async def on_crash(request: Request, exc: Exception) -> Response:
@@ -268,7 +270,7 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         HeadProbe("/api/{rest:path}", preflight),
         HeadProbe("/sdk/{rest:path}", preflight),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={ProxyError: on_proxy_error, HTTPException: on_http_error, Exception: on_crash},
         middleware=[
@@ -276,6 +278,8 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
             Middleware(KeyGuard, client_auth=gateway.client_auth),
         ],
     )
+    label_routes(app.routes)
+    return app
 
 
 __all__ = ["Gateway", "create_app"]
