@@ -5,11 +5,22 @@ a redis-server of the test's own where Redis must fail)."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import openai
+import pytest
+
+from tests.stack.test_redis_outage import OwnRedis
+from tests.support.process import wait_until
+from tests.support.serve import run_ccproxy
 
 TOKEN = "cc-faults-observability-token-0123456789"
 MODEL = "claude-sonnet-4-6"
@@ -50,3 +61,65 @@ def test_random_paths_do_not_grow_metrics(start_serve: Any) -> None:
     assert "/permissions/{request_id}" in routes and "<unmatched>" in routes, routes
     assert not any(path in after for path in seen[::97])
     assert not any("warm-up" in route for route in routes), routes
+
+
+# -- 5: a Redis outage under serve with REDIS__URL is a 503 with retry-after ---------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server")
+    server = OwnRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def ask(url: str, key: str, text: str = "hi") -> httpx.Response:
+    return httpx.post(url + "/api/v1/messages", timeout=30, headers={"x-api-key": key}, json={
+        "model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": text}]})
+
+
+def test_redis_outage_under_serve_is_a_503_with_retry_after(
+    start_serve: Any, ccproxy_env: Callable[..., dict[str, str]], own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    """serve + REDIS__URL, a member key: Redis stops, the key cache expires, and the member gets a
+    503 with retry-after in their client's format (as from the stack), not a 500; Redis back: 200."""
+    redis_env = {"REDIS__URL": own_redis.url, "REDIS__SOCKET_TIMEOUT": "1", "REDIS__CONNECT_TIMEOUT": "1"}
+    created = run_ccproxy(["keys", "create", "--name", "member", "--json"], ccproxy_env(redis_env), tmp_path)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
+    proc = start_serve(env={**redis_env, "SECURITY__KEY_CACHE_SECONDS": "0.5"})
+    assert ask(proc.url, key).status_code == 200
+
+    own_redis.stop()
+    # Until the key cache expires the gateway does not ask Redis about the key; then it must.
+    answers: list[tuple[float, httpx.Response]] = []
+
+    def refused() -> bool:
+        started = time.monotonic()
+        resp = ask(proc.url, key, "redis is down")
+        answers.append((time.monotonic() - started, resp))
+        return resp.status_code != 200
+
+    wait_until(refused, timeout=15, message="the first answer after the key cache expired")
+    took, resp = answers[-1]
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["type"] == "error" and resp.json()["error"]["type"] == "api_error"
+    assert "Redis is unavailable" in resp.json()["error"]["message"]
+    assert resp.headers.get("retry-after")
+    assert took < 8
+    with pytest.raises(openai.APIStatusError) as caught:
+        openai.OpenAI(base_url=proc.url + "/api/v1", api_key=key, max_retries=0).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 503
+    assert caught.value.response.headers.get("retry-after")
+    assert caught.value.response.json()["error"]["type"] == "server_error"
+    assert "internal error" not in proc.log_text()
+
+    own_redis.start()
+    wait_until(lambda: ask(proc.url, key, "redis is back").status_code == 200, timeout=15,
+               message="requests to succeed once Redis is back")

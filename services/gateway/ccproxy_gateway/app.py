@@ -28,6 +28,7 @@ from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error,
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.metrics import Metrics, label_routes, route_label
 from ccproxy_core.models import cost_usd
+from ccproxy_core.redis import REDIS_DOWN, unavailable_error
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
@@ -249,7 +250,13 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         gateway.metrics.requests.labels(gateway.metrics.service, route_label(request.scope), str(exc.status_code)).inc()
         return error_response(ProxyError(exc.status_code, str(exc.detail)), client_format(request.url.path))
 
+    async def on_redis_down(request: Request, exc: Exception) -> Response:
+        # Whatever needed Redis (key limits, account state, sessions): 503 with retry-after.
+        return await on_proxy_error(request, unavailable_error(exc))
+
     async def on_crash(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, REDIS_DOWN):  # Redis failing in a middleware, outside the route's handlers
+            return await on_redis_down(request, exc)
         log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
         return error_response(ProxyError(500, "internal error in ccproxy"), client_format(request.url.path))
 
@@ -272,7 +279,12 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={ProxyError: on_proxy_error, HTTPException: on_http_error, Exception: on_crash},
+        exception_handlers={
+            ProxyError: on_proxy_error,
+            HTTPException: on_http_error,
+            **dict.fromkeys(REDIS_DOWN, on_redis_down),
+            Exception: on_crash,
+        },
         middleware=[
             Middleware(AccessLogMiddleware, emitter=gateway.access_log),
             Middleware(KeyGuard, client_auth=gateway.client_auth),
