@@ -11,6 +11,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ import openai
 import pytest
 
 from tests.stack.test_redis_outage import OwnRedis
+from tests.support.fake import FakeUpstream
 from tests.support.process import wait_until
-from tests.support.serve import run_ccproxy
+from tests.support.serve import run_ccproxy, write_credentials
 
 TOKEN = "cc-faults-observability-token-0123456789"
 MODEL = "claude-sonnet-4-6"
@@ -123,3 +125,45 @@ def test_redis_outage_under_serve_is_a_503_with_retry_after(
     own_redis.start()
     wait_until(lambda: ask(proc.url, key, "redis is back").status_code == 200, timeout=15,
                message="requests to succeed once Redis is back")
+
+
+# -- 8: a dead refresh token is tried once, backs off, and /health says not ready --------------
+
+
+def test_dead_refresh_token_is_tried_once_and_health_says_not_ready(
+    tmp_path: Path, fake_upstream: FakeUpstream, start_serve: Any
+) -> None:
+    """Expired access token, refresh token refused (invalid_grant): 20 concurrent then 10
+    sequential requests cause one refresh call; each client gets a clear 401; /health is not
+    ready. A new login (the credentials file changes) is used at once, without a restart."""
+    dead = fake_upstream.credentials(expired=True, refresh_valid=False)
+    config_dir = tmp_path / "claude-dead"
+    write_credentials(config_dir, dead)
+    proc = start_serve(config_dir=config_dir)
+    body = {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(proc.url + "/api/v1/messages", json=body, timeout=30)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(post, range(20)))
+    answers += [post(i) for i in range(10)]
+    for resp in answers:
+        assert resp.status_code == 401, resp.text
+        error = resp.json()["error"]
+        assert resp.json()["type"] == "error" and error["type"] == "authentication_error"
+        assert "log in again" in error["message"] and dead["refreshToken"] not in resp.text
+    assert len(fake_upstream.token_calls(dead["refreshToken"])) == 1
+    chat = httpx.post(proc.url + "/api/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+    assert chat.status_code == 401 and chat.json()["error"]["type"] == "authentication_error"
+    assert len(fake_upstream.token_calls(dead["refreshToken"])) == 1
+    health = httpx.get(proc.url + "/health", timeout=10)
+    assert health.status_code == 200 and health.json()["ready"] is False, health.text
+    assert "UNHEALTHY" in proc.log_text() and dead["refreshToken"] not in proc.log_text()
+
+    write_credentials(config_dir, fake_upstream.credentials())  # the user logs in again
+    resp = post(0)
+    assert resp.status_code == 200, resp.text
+    assert httpx.get(proc.url + "/health", timeout=10).json()["ready"] is True
+    assert len(fake_upstream.token_calls(dead["refreshToken"])) == 1
