@@ -237,7 +237,9 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         assert isinstance(exc, ProxyError)
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
-        gateway.metrics.requests.labels(gateway.metrics.service, request.url.path, str(exc.status)).inc()
+        # The matched route's template: a session id in the path must not become a label.
+        route = getattr(request.scope.get("route"), "path", None) or request.url.path
+        gateway.metrics.requests.labels(gateway.metrics.service, route, str(exc.status)).inc()
         access = request_log(request)
         if access is not None:
             access.set_error(exc.status, exc.error_type)
