@@ -167,4 +167,5 @@ def test_history_transcript() -> None:
     with pytest.raises(ProxyError):
         split_conversation({"messages": [{"role": "assistant", "content": "x"}]})
     assert session_uuid("my chat") == session_uuid("my chat") != session_uuid("other")
+    assert session_uuid("demo", "alice") != session_uuid("demo", "carol")  # a name is its key's own
     assert session_uuid("7f0c2f5e-0000-4000-8000-000000000000") == "7f0c2f5e-0000-4000-8000-000000000000"
