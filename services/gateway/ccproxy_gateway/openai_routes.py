@@ -20,7 +20,7 @@ from ccproxy_core.access_log import RequestLog
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, upstream_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
-from ccproxy_core.metrics import Metrics
+from ccproxy_core.metrics import Metrics, route_label
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import iter_events
 from ccproxy_core.streaming import RelayResponse
@@ -136,8 +136,8 @@ class OpenAIRoutes:
 
     async def _message(self, request: Request, reply: UpstreamReply, started: float) -> dict[str, Any]:
         raw = await until_disconnect(request, reply.read())
-        self.gateway.record(request.url.path, 200, started, usage_from_message(raw), time.perf_counter() - started,
-                            request_log(request))
+        self.gateway.record(route_label(request.scope), 200, started, usage_from_message(raw),
+                            time.perf_counter() - started, request_log(request))
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -164,7 +164,7 @@ class OpenAIRoutes:
     ) -> StreamingResponse:
         metrics = self.gateway.metrics
         metrics.active_streams.labels(metrics.service).inc()
-        route = request.url.path
+        route = route_label(request.scope)
         access = request_log(request)
         if access is not None:
             access.hold()  # the event waits for the stream's usage
