@@ -9,6 +9,7 @@ lines. Strings handed to ``import_module`` count as imports.
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,35 @@ def test_no_import_loop() -> None:
 def test_module_size(name: str) -> None:
     lines = MODULES[name].read_text(encoding="utf-8").count("\n")
     assert lines <= MAX_LINES, f"{name}: {lines} lines"
+
+
+def declared_entry_points() -> list[tuple[str, str, str, str]]:
+    """(distribution folder, group, name, "module:attr") of every ``ccproxy.*`` entry point."""
+    found = []
+    for pyproject in sorted([*ROOT.glob("services/*/pyproject.toml"), *ROOT.glob("apps/*/pyproject.toml"),
+                             ROOT / "libs" / "core" / "pyproject.toml"]):
+        groups = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"].get("entry-points", {})
+        for group, entries in groups.items():
+            found += [(pyproject.parent.name, group, name, value) for name, value in entries.items()]
+    return found
+
+
+ENTRY_POINTS = declared_entry_points()
+
+
+def test_every_service_can_be_run() -> None:
+    """Each service declares ``ccproxy run <its folder>``: an image's command depends on it."""
+    services = {(folder, name) for folder, group, name, _ in ENTRY_POINTS if group == "ccproxy.services"}
+    folders = {p.parent.name for p in ROOT.glob("services/*/pyproject.toml")}
+    assert services == {(f, f) for f in folders}
+
+
+@pytest.mark.parametrize(("folder", "group", "name", "value"), ENTRY_POINTS)
+def test_entry_point_names_a_function_of_its_package(folder: str, group: str, name: str, value: str) -> None:
+    module, _, attr = value.partition(":")
+    assert group in ("ccproxy.services", "ccproxy.commands"), group
+    assert module in MODULES, f"{name}: no module {module}"
+    owner = next(d for d in PACKAGES.values() if d.parent.name == folder)
+    assert module.split(".")[0] == owner.name, f"{folder} declares {module}, another package's"
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    assert any(isinstance(n, ast.FunctionDef) and n.name == attr for n in tree.body), f"{module} has no {attr}()"

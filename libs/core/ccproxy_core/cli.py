@@ -111,11 +111,16 @@ def healthcheck(
     raise typer.Exit(0 if http_ok(target, timeout=5) else 1)
 
 
+_registered: set[str] = set()
+
+
 def add_installed_commands() -> None:
-    """Let each installed package add its commands (``ccproxy.commands`` entry points)."""
+    """Let each installed package add its commands (``ccproxy.commands`` entry points), once."""
     for ep in entry_points(group=COMMAND_GROUP):
-        register: Callable[[typer.Typer], None] = ep.load()
-        register(app)
+        if ep.name not in _registered:
+            _registered.add(ep.name)
+            register: Callable[[typer.Typer], None] = ep.load()
+            register(app)
 
 
 def main() -> None:
