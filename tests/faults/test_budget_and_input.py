@@ -168,6 +168,12 @@ def test_reservation_arithmetic_never_goes_negative_or_overflows(prefix: str) ->
                 with pytest.raises(Exception) as caught:
                     await store.admit(info, MODEL, 100, huge)
                 assert getattr(caught.value, "status", None) == 402, caught.value
+            # An expired reservation an old gateway left negative is released without a Lua error
+            # (the issue saw every request of the key answer 500 once it expired).
+            await client.hset(f"{prefix}keys:id:{info.id}:resamt", "old", "-1499999928:5")
+            await client.zadd(f"{prefix}keys:id:{info.id}:resv", {"old": time.time() - 10})
+            await store.settle(await store.admit(info, MODEL, 100, 10), UsageReport(model=MODEL))
+            assert int(await client.get(reserved)) == 0
             # A counter left negative by an old gateway counts as nothing held, not as credit.
             await client.set(reserved, -1_499_999_928)
             with pytest.raises(Exception) as caught:
