@@ -2,7 +2,7 @@
 
 A request becomes an arq job (ccproxy_core.sdk_jobs); the gateway then reads the job's record
 stream and relays each Anthropic event as it arrives, or collects them into one message, in the
-format the client spoke (OpenAI through ccproxy_core.openai, as in API mode). The status code is
+format the client spoke (OpenAI through ccproxy_gateway.openai, as in API mode). The status code is
 decided by the first record: an error before any output (a refused option, a busy session, the
 upstream's 429...) is an HTTP error; one after output began is an ``error`` event.
 
@@ -39,19 +39,6 @@ from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.metrics import route_label
 from ccproxy_core.models import models_listing
-from ccproxy_core.openai import (
-    ChatStreamTranslator,
-    ModelMap,
-    ResponsesStreamTranslator,
-    chat_completion,
-    chat_stream,
-    parse_chat_request,
-    parse_responses_request,
-    response_object,
-    responses_stream,
-    translate_chat_request,
-    translate_responses_request,
-)
 from ccproxy_core.redis import unavailable_as_503
 from ccproxy_core.sdk_jobs import (
     END,
@@ -69,6 +56,19 @@ from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.client_auth import PRINCIPAL_SCOPE
 from ccproxy_gateway.metering import KeyMeter
+from ccproxy_gateway.openai import (
+    ChatStreamTranslator,
+    ModelMap,
+    ResponsesStreamTranslator,
+    chat_completion,
+    chat_stream,
+    parse_chat_request,
+    parse_responses_request,
+    response_object,
+    responses_stream,
+    translate_chat_request,
+    translate_responses_request,
+)
 from ccproxy_gateway.usage import Usage
 
 if TYPE_CHECKING:
