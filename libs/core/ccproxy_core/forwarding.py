@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from ccproxy_core.client_keys import KeyInfo
 from ccproxy_core.errors import ProxyError, parse_anthropic_error
 from ccproxy_core.internal import INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
 
@@ -32,6 +33,8 @@ class ForwardRequest:
     hints: dict[str, str] = field(default_factory=dict)
     #: ``POST`` (the Messages API) or ``GET`` (``/v1/models``: no body, no identity block).
     method: str = "POST"
+    #: The caller's client key (``request.user.key``): metered, and its accounts only; never sent.
+    key: KeyInfo | None = None
 
 
 class UpstreamReply:
