@@ -36,6 +36,7 @@ from ccproxy_core.identity import (
 )
 from ccproxy_core.settings import SecuritySettings, Settings
 from ccproxy_core.tokens import CredentialStatus
+from ccproxy_forwarder.forwarder import routing_hints
 from ccproxy_gateway.app import Gateway, create_app
 
 TOKEN = "lead-token-0123456789abcdef"
@@ -241,4 +242,6 @@ def test_the_callers_key_travels_with_the_forward_request(tmp_path: Path) -> Non
     assert client.post("/api/v1/chat/completions", json=CHAT, headers={"x-api-key": MEMBER}).status_code == 200
     assert client.post("/api/v1/messages", json=MESSAGE, headers={"x-api-key": TOKEN}).status_code == 200
     assert [f.key.id if f.key else None for f in forwarder.seen] == ["k_ann", "k_ann", None]
-    assert forwarder.seen[0].hints == {"key": "k_ann", "accounts": "work"}  # the pool's restriction
+    # The forwarder routes by the same field: the key's accounts only.
+    assert routing_hints(forwarder.seen[0]) == {"key": "k_ann", "accounts": "work"}
+    assert routing_hints(forwarder.seen[2]) == {}

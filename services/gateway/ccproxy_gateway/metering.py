@@ -21,7 +21,6 @@ import orjson
 
 from ccproxy_core.client_keys import Admission, CachedKeys, KeyAuthority, KeyInfo, UsageReport
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
-from ccproxy_core.routing import HINT_ACCOUNTS, HINT_KEY
 from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
 
 log = logging.getLogger(__name__)
@@ -96,8 +95,8 @@ class KeyMeter:
 
 class MeteredForwarder:
     """A :class:`Forwarder` that admits and settles (through a :class:`KeyMeter`) the Messages
-    requests made with a client key (``ForwardRequest.key``, the caller's), and tells the pool
-    which accounts the key may use."""
+    requests made with a client key (``ForwardRequest.key``, the caller's; the forwarder routes
+    by the same field)."""
 
     def __init__(self, inner: Forwarder, meter: KeyMeter) -> None:
         self.inner = inner
@@ -110,9 +109,6 @@ class MeteredForwarder:
         key = request.key
         if key is None:
             return await self.inner.forward(request)
-        request.hints[HINT_KEY] = key.id
-        if key.accounts:
-            request.hints[HINT_ACCOUNTS] = ",".join(key.accounts)
         admission = await self.meter.admit(key, request.body) if request.path in METERED_PATHS else None
         try:
             reply = await self.inner.forward(request)
