@@ -39,6 +39,7 @@ from ccproxy_gateway.metering import KeyGuard, KeyMeter, MeteredForwarder, keys_
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic
+from ccproxy_gateway.response_store import ResponseStore, StoredResponseRoutes
 from ccproxy_gateway.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ StatusProvider = Callable[[], Awaitable[CredentialStatus]]
 
 
 def client_format(path: str) -> ClientFormat:
-    return "openai" if path.endswith(("/chat/completions", "/responses")) else "anthropic"
+    openai = path.endswith(("/chat/completions", "/responses")) or "/responses/" in path
+    return "openai" if openai else "anthropic"
 
 
 def error_response(exc: ProxyError, fmt: ClientFormat) -> Response:
@@ -64,8 +66,11 @@ class Gateway:
         metrics: Metrics | None = None,
         access_log: AccessLogEmitter | None = None,
         keys: KeyAuthority | None = None,
+        responses: ResponseStore | None = None,
     ) -> None:
         self.settings = settings
+        #: The Responses API's store (``previous_response_id``, ``item_reference``); None: none.
+        self.responses = responses
         self.forwarder = forwarder
         self.credential_status = credential_status
         self.metrics = metrics or Metrics("gateway")
@@ -273,6 +278,10 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         *dashboard_routes(),
         *openai.routes("/api/v1"),
         *(extra_routes or []),
+        # Stored responses, one store for API and SDK mode (after the SDK's own routes).
+        *(StoredResponseRoutes(gateway.client_auth, gateway.responses).routes("/api/v1")
+          + StoredResponseRoutes(gateway.client_auth, gateway.responses).routes("/sdk/v1")
+          if gateway.responses is not None else []),
         # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
         HeadProbe("/api/{rest:path}", preflight),
         HeadProbe("/sdk/{rest:path}", preflight),
