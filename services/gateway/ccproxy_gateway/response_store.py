@@ -73,6 +73,9 @@ def _with_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind = str(item.get("type") or "message")
         if kind != "item_reference" and not item.get("id"):
             item = {**item, "id": f"{_ID_PREFIX.get(kind, 'item')}_{uuid.uuid4().hex}"}
+        if kind == "message" and isinstance(item.get("content"), str):  # listed in OpenAI's shape
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item = {**item, "content": [{"type": part, "text": item["content"]}]}
         out.append(item)
     return out
 
