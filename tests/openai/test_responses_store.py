@@ -5,7 +5,10 @@ the chain and size caps, and per-member ownership on the real Redis."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from tests.accounts.test_keys import create_key
 from tests.openai.conftest import OpenAIServer, start_openai_server
 from tests.support.fake import FakeUpstream
 from tests.support.process import wait_until
+from tests.support.serve import REPO_ROOT
 
 TOOL = {
     "type": "function", "name": "lookup", "description": "Look a word up",
@@ -263,3 +267,40 @@ def test_members_see_only_their_own_responses(tmp_path: Path, fake_upstream: Fak
         assert secret_text not in proc.log_text()
     finally:
         proc.stop()
+
+
+# --- the Vercel AI SDK, with its defaults ------------------------------------------------------
+
+NODE_SCRIPT = Path(__file__).with_name("vercel_ai_sdk.mjs")
+
+
+@pytest.mark.timeout(180)
+def test_vercel_ai_sdk_tool_loop_with_store_on(server: OpenAIServer) -> None:
+    """``generateText`` and ``streamText`` with a three-step tool loop and the OpenAI provider's
+    defaults (Responses API, ``store`` on: later steps send ``item_reference`` items)."""
+    assert (REPO_ROOT / "node_modules" / "ai").exists(), "the AI SDK is missing: run scripts/setup.sh (npm ci)"
+    tag = f"vercel-{secrets.token_hex(4)}"
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "TMPDIR") if k in os.environ}
+    env |= {"CCPROXY_BASE_URL": server.base_url, "CCPROXY_API_KEY": "sk-vercel", "TAG": tag}
+    done = subprocess.run(["node", str(NODE_SCRIPT)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=150, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["run"] for r in runs] == [f"{tag}-generate", f"{tag}-stream"]
+    for run in runs:
+        steps = run["steps"]
+        assert [s["toolCalls"] for s in steps] == [
+            [{"name": "lookup", "input": {"q": "first"}}], [{"name": "lookup", "input": {"q": "second"}}], []]
+        assert [s["finishReason"] for s in steps] == ["tool-calls", "tool-calls", "stop"]
+        assert f"{run['run']} result two" in run["text"]
+        # The provider's defaults: store left on, earlier output sent by reference.
+        assert run["requests"] == 3 and all(s in (None, True) for s in run["stores"])
+        assert run["itemReferences"][0] == 0 and all(n > 0 for n in run["itemReferences"][1:])
+        # The upstream saw the whole conversation on the last step, references resolved.
+        bodies = [r["body"] for r in server.fake.requests(path="/v1/messages") if run["run"] in str(r["body"])]
+        last = bodies[-1]["messages"]
+        assert [m["role"] for m in last] == ["user", "assistant", "user", "assistant", "user"]
+        assert [b["type"] for b in last[1]["content"]][-1] == "tool_use"
+        assert [b["type"] for b in last[3]["content"]][-1] == "tool_use"
+        assert last[4]["content"][0]["type"] == "tool_result"
+    assert runs[1]["streamed"].endswith(runs[1]["text"])  # every step's text, streamed
