@@ -230,7 +230,8 @@ def test_members_see_only_their_own_responses(tmp_path: Path, fake_upstream: Fak
     team.add_api_key("main")
     alice = create_key(team, "--name", "alice")["key"]
     bob = create_key(team, "--name", "bob")["key"]
-    proc = team.serve(SECURITY__KEY_CACHE_SECONDS="0.5")
+    lead = f"lead-token-{secrets.token_hex(8)}"
+    proc = team.serve(SECURITY__KEY_CACHE_SECONDS="0.5", SECURITY__AUTH_TOKEN=lead)
     server = OpenAIServer(proc, fake_upstream)
     secret_text = f"alice's secret {secrets.token_hex(8)}"
     try:
@@ -254,6 +255,14 @@ def test_members_see_only_their_own_responses(tmp_path: Path, fake_upstream: Fak
         theirs = as_bob.responses.create(model="gpt-5", input="bob's", previous_response_id=None)
         assert as_bob.responses.retrieve(theirs.id).id == theirs.id
         assert as_alice.responses.retrieve(mine.id).id == mine.id
+        # The shared (lead) token is an owner of its own, too.
+        as_lead = server.client(api_key=lead)
+        leads = as_lead.responses.create(model="gpt-5", input="the lead's")
+        with pytest.raises(openai.NotFoundError):
+            as_lead.responses.retrieve(mine.id)
+        with pytest.raises(openai.NotFoundError):
+            as_alice.responses.retrieve(leads.id)
+        assert as_lead.responses.retrieve(leads.id).id == leads.id
         # A revoked key is refused, its responses unreachable.
         team.ccproxy("keys", "revoke", "alice")
         wait_until(lambda: httpx.get(f"{server.base_url}/responses/{mine.id}",
@@ -304,3 +313,24 @@ def test_vercel_ai_sdk_tool_loop_with_store_on(server: OpenAIServer) -> None:
         assert [b["type"] for b in last[3]["content"]][-1] == "tool_use"
         assert last[4]["content"][0]["type"] == "tool_result"
     assert runs[1]["streamed"].endswith(runs[1]["text"])  # every step's text, streamed
+
+
+@pytest.mark.parametrize("body", [
+    {"input": "x", "previous_response_id": 7},
+    {"input": [{"type": "item_reference"}]},
+    {"input": [{"type": "item_reference", "id": ["a"]}]},
+    {"input": "x", "previous_response_id": "resp_" + "z" * 5000},
+    {"input": [{"type": "item_reference", "id": "../../*"}], "store": False},
+    {"input": "x", "store": "maybe"},
+])
+def test_bad_store_input_is_a_4xx_in_openai_shape(server: OpenAIServer, body: dict[str, Any]) -> None:
+    answer = httpx.post(f"{server.base_url}/responses", json={"model": "gpt-5", **body})
+    assert 400 <= answer.status_code < 500, answer.text
+    assert set(answer.json()["error"]) >= {"message", "type", "param"}
+
+
+@pytest.mark.parametrize("query", ["limit=abc", "limit=101", "order=sideways", "after=nope", "limit=-1"])
+def test_bad_input_items_queries_are_400s(server: OpenAIServer, query: str) -> None:
+    response = server.client().responses.create(model="gpt-5", input="list me")
+    answer = httpx.get(f"{server.base_url}/responses/{response.id}/input_items?{query}")
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == query.split("=")[0]
