@@ -151,6 +151,9 @@ def test_get_input_items_and_delete(server: OpenAIServer) -> None:
     assert len(list(client.responses.input_items.list(response.id, limit=1))) == 5
     bad = httpx.get(f"{server.base_url}/responses/{response.id}/input_items?limit=0")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+    # One store for API and SDK mode.
+    for base in ("/sdk/v1", "/sdk/some-session/v1"):
+        assert httpx.get(f"{server.url}{base}/responses/{response.id}").json()["id"] == response.id
     deleted = httpx.delete(f"{server.base_url}/responses/{response.id}")
     assert deleted.json() == {"id": response.id, "object": "response", "deleted": True}
     with pytest.raises(openai.NotFoundError):

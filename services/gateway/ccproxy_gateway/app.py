@@ -39,7 +39,7 @@ from ccproxy_gateway.metering import KeyGuard, KeyMeter, MeteredForwarder, keys_
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic
-from ccproxy_gateway.response_store import ResponseStore, StoredResponseRoutes
+from ccproxy_gateway.response_store import ResponseStore, stored_routes
 from ccproxy_gateway.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -281,9 +281,8 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         *dashboard_routes(),
         *openai.routes("/api/v1"),
         *(extra_routes or []),
-        # Stored responses, one store for API and SDK mode (after the SDK's own routes).
-        *(StoredResponseRoutes(gateway.client_auth, gateway.responses).routes("/api/v1")
-          + StoredResponseRoutes(gateway.client_auth, gateway.responses).routes("/sdk/v1")
+        # Stored responses, one store for API and SDK mode (a session name in the path changes nothing).
+        *(stored_routes(gateway.client_auth, gateway.responses, ("/api/v1", "/sdk/v1", "/sdk/{session_id}/v1"))
           if gateway.responses is not None else []),
         # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
         HeadProbe("/api/{rest:path}", preflight),

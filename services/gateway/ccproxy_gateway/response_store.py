@@ -405,3 +405,8 @@ class StoredResponseRoutes:
             "last_id": page[-1].get("id") if page else None,
             "has_more": len(items) > len(page),
         })
+
+
+def stored_routes(client_auth: ClientAuth, store: ResponseStore, prefixes: tuple[str, ...]) -> list[BaseRoute]:
+    routes = StoredResponseRoutes(client_auth, store)
+    return [route for prefix in prefixes for route in routes.routes(prefix)]
