@@ -13,11 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import httpx2 as httpx
 import openai
 import pytest
 import redis as redis_sync
 
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.settings import ResponsesSettings
+from ccproxy_gateway.openai.responses_models import ResponsesRequest
+from ccproxy_gateway.response_store import ResponseStore
 from tests.accounts.helpers import REDIS_URL, make_team
 from tests.accounts.test_keys import create_key
 from tests.openai.conftest import OpenAIServer, start_openai_server
@@ -337,3 +342,38 @@ def test_bad_input_items_queries_are_400s(server: OpenAIServer, query: str) -> N
     response = server.client().responses.create(model="gpt-5", input="list me")
     answer = httpx.get(f"{server.base_url}/responses/{response.id}/input_items?{query}")
     assert answer.status_code == 400 and answer.json()["error"]["param"] == query.split("=")[0]
+
+
+# --- the store's layout in Redis (units, on the embedded Redis stand-in) -------------------------
+
+
+def _plain_response(response_id: str, text: str) -> dict[str, Any]:
+    return {"id": response_id, "object": "response", "status": "completed", "output": [
+        {"type": "message", "id": f"msg_{response_id}", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": text}]}]}
+
+
+async def test_each_response_keeps_only_its_own_turn_and_continuing_renews_the_chain() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    store = ResponseStore(redis, ResponsesSettings(retention_days=2), "unit:")
+    previous = None
+    big = "y" * 10_000
+    for n in range(5):
+        req = ResponsesRequest.model_validate(
+            {"model": "gpt-5", "input": f"turn {n} {big}", "previous_response_id": previous})
+        full, turn = await store.prepare("alice", req)
+        if n:  # the whole conversation
+            assert isinstance(full.input, list) and len(full.input) == 2 * n + 1
+        await store.save(turn, _plain_response(f"resp_{n}", f"answer {n}"))
+        previous = f"resp_{n}"
+    sizes = [len(await redis.get(f"unit:responses:alice:r:resp_{n}")) for n in range(5)]
+    assert max(sizes) < 2 * min(sizes)  # a turn's own items, not the conversation so far
+    assert 2 * 86400 - 5 <= await redis.ttl("unit:responses:alice:r:resp_0") <= 2 * 86400
+    await redis.expire("unit:responses:alice:r:resp_0", 60)
+    req = ResponsesRequest.model_validate({"model": "gpt-5", "input": "again", "previous_response_id": "resp_4"})
+    await store.prepare("alice", req)
+    assert await redis.ttl("unit:responses:alice:r:resp_0") > 86400  # renewed by the continuation
+    # Another owner's namespace has none of it.
+    with pytest.raises(ProxyError) as caught:
+        await store.prepare("bob", req)
+    assert caught.value.status == 404
