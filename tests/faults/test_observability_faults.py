@@ -23,6 +23,7 @@ from tests.stack.test_redis_outage import OwnRedis
 from tests.support.fake import FakeUpstream
 from tests.support.process import wait_until
 from tests.support.serve import run_ccproxy, write_credentials
+from tests.support.stack import SHARED_REDIS, delete_prefix, new_prefix
 
 TOKEN = "cc-faults-observability-token-0123456789"
 MODEL = "claude-sonnet-4-6"
@@ -167,3 +168,54 @@ def test_dead_refresh_token_is_tried_once_and_health_says_not_ready(
     assert resp.status_code == 200, resp.text
     assert httpx.get(proc.url + "/health", timeout=10).json()["ready"] is True
     assert len(fake_upstream.token_calls(dead["refreshToken"])) == 1
+
+
+# -- 10: what callers without the right key can learn ------------------------------------------
+
+
+@pytest.fixture
+def team_serve(start_serve: Any, ccproxy_env: Callable[..., dict[str, str]], tmp_path: Path
+               ) -> Iterator[tuple[Any, str]]:
+    """serve with a lead token and (shared Redis, own prefix) one member key: (proc, member key)."""
+    prefix = new_prefix()
+    env = {"REDIS__URL": SHARED_REDIS, "REDIS__KEY_PREFIX": prefix, "SECURITY__AUTH_TOKEN": TOKEN}
+    try:
+        created = run_ccproxy(["keys", "create", "--name", "mallory", "--json"], ccproxy_env(env), tmp_path)
+        assert created.returncode == 0, created.stderr
+        yield start_serve(env=env), json.loads(created.stdout)["key"]
+    finally:
+        delete_prefix(SHARED_REDIS, prefix)
+
+
+def test_anonymous_health_is_status_only_and_members_see_only_their_log_status(
+    team_serve: tuple[Any, str],
+) -> None:
+    proc, member = team_serve
+    anonymous = httpx.get(proc.url + "/health", timeout=10)
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok", "ready": True}, anonymous.text
+    for key in (TOKEN, member):
+        detailed = httpx.get(proc.url + "/health", headers={"x-api-key": key}, timeout=10).json()
+        assert detailed["ready"] is True and detailed["checks"]["credentials"]["kind"] == "oauth"
+    assert ask(proc.url, member).status_code == 200
+    assert ask(proc.url, TOKEN).status_code == 200
+
+    def status(key: str) -> dict[str, Any]:
+        resp = httpx.get(proc.url + "/logs/status", headers={"x-api-key": key}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    lead = wait_until(lambda: (s := status(TOKEN))["clickhouse"].get("rows_stored") == 2 and s, timeout=20,
+                      message="both requests to reach the log")
+    assert lead["redis"]["stream_length"] >= 2 and "consumer" in lead
+    mine = status(member)
+    assert mine["status"] == "ok" and mine["clickhouse"] == {"available": True, "rows_stored": 1}, mine
+    assert mine["redis"] == {"available": True} and "consumer" not in mine, mine
+
+
+def test_trailing_slash_does_not_reflect_the_host_header(start_serve: Any) -> None:
+    proc = start_serve()
+    for path in ("/api/v1/models/", "/health/", "/dashboard/static/"):
+        resp = httpx.get(proc.url + path, headers={"host": "evil.example"}, timeout=10, follow_redirects=False)
+        assert "evil.example" not in resp.headers.get("location", ""), (path, resp.headers)
+        assert "evil.example" not in resp.text
+        assert resp.status_code in (404, 200), (path, resp.status_code)
