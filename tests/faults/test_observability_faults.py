@@ -219,3 +219,42 @@ def test_trailing_slash_does_not_reflect_the_host_header(start_serve: Any) -> No
         assert "evil.example" not in resp.headers.get("location", ""), (path, resp.headers)
         assert "evil.example" not in resp.text
         assert resp.status_code in (404, 200), (path, resp.status_code)
+
+
+def post_chat(url: str, text: str) -> httpx.Response:
+    return httpx.post(url + "/api/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": text}]})
+
+
+def test_upstream_error_bodies_carry_no_credential_and_are_capped(
+    start_serve: Any, claude_config_dir: Path
+) -> None:
+    """An upstream error that echoes the token it was sent (whole, its prefix, its suffix)
+    reaches neither the client nor the log; a 20 MB upstream error is neither relayed nor logged
+    whole: the client gets a short error in its format, no log line passes the cap."""
+    proc = start_serve()
+
+    def access_tokens() -> set[str]:
+        doc = json.loads((claude_config_dir / ".credentials.json").read_text())
+        return {doc["claudeAiOauth"]["accessToken"]}
+
+    sent = access_tokens()
+    anthropic_answer = ask(proc.url, "none", "x [[fake:echo_credential]]")
+    openai_answer = post_chat(proc.url, "x [[fake:echo_credential]]")
+    sent |= access_tokens()  # the 401 made ccproxy refresh once: the new token was echoed too
+    assert anthropic_answer.status_code == 401 and openai_answer.status_code == 401
+    assert anthropic_answer.json()["error"]["type"] == "authentication_error"
+    assert openai_answer.json()["error"]["type"] == "authentication_error"
+    assert "invalid credential" in anthropic_answer.json()["error"]["message"]
+    for token in sent:
+        for piece in (token, token[:22], token[-12:], token[20:40]):
+            for where in (anthropic_answer.text, openai_answer.text, proc.log_text()):
+                assert piece not in where, piece
+
+    huge = "x [[fake:huge_error=20000000]]"
+    for resp, fmt in ((ask(proc.url, "none", huge), "anthropic"), (post_chat(proc.url, huge), "openai")):
+        assert resp.status_code == 500, resp.text[:300]
+        assert len(resp.content) < 70_000, len(resp.content)
+        error = resp.json()["error"]
+        assert (resp.json()["type"] == "error") if fmt == "anthropic" else ("param" in error)
+    assert max(len(line) for line in proc.log_text().splitlines()) < 5_000
