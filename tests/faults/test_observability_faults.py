@@ -9,6 +9,7 @@ import json
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -258,3 +259,55 @@ def test_upstream_error_bodies_carry_no_credential_and_are_capped(
         error = resp.json()["error"]
         assert (resp.json()["type"] == "error") if fmt == "anthropic" else ("param" in error)
     assert max(len(line) for line in proc.log_text().splitlines()) < 5_000
+
+
+def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"the server held the connection open for {limit} s") from None
+        if not chunk:
+            return data, time.monotonic() - started
+        data += chunk
+
+
+def test_half_sent_requests_are_closed_in_bounded_time(start_serve: Any) -> None:
+    """Half the headers, or all the headers and half the body, then silence: the server answers
+    408 (in the client's format once the path is known) and closes the connection, instead of
+    holding it forever."""
+    proc = start_serve(env={"SERVER__HEADER_TIMEOUT": "1", "SERVER__BODY_TIMEOUT": "1"})
+    with socket.create_connection(("127.0.0.1", proc.port)) as sock:
+        sock.sendall(b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        data, took = read_until_closed(sock, 10)
+    assert took < 5 and data.startswith(b"HTTP/1.1 408"), data
+
+    body = json.dumps({"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}).encode()
+    for path, fmt in (("/api/v1/messages", "anthropic"), ("/api/v1/chat/completions", "openai")):
+        with socket.create_connection(("127.0.0.1", proc.port)) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+            data, took = read_until_closed(sock, 10)
+        assert took < 5, took
+        head, _, payload = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), data
+        error = json.loads(payload)
+        if fmt == "anthropic":
+            assert error["type"] == "error" and error["error"]["type"] == "timeout_error", error
+        else:
+            assert error["error"]["type"] == "timeout" and "body" in error["error"]["message"], error
+
+    # A client that keeps sending, slowly (pauses below the limit, 2.4 s in all), is not cut off.
+    with socket.create_connection(("127.0.0.1", proc.port)) as sock:
+        sock.sendall(f"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        step = len(body) // 6 + 1
+        for i in range(0, len(body), step):
+            time.sleep(0.4)  # the slow client's pace, not a wait for the server
+            sock.sendall(body[i:i + step])
+        data, _ = read_until_closed(sock, 30)
+    assert data.startswith(b"HTTP/1.1 200"), data[:300]

@@ -11,6 +11,9 @@ import sys
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ccproxy_core.errors import anthropic_error_body
 
 
 class StartupError(Exception):
@@ -36,12 +39,62 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_app(app: ASGIApp, host: str, port: int, log_level: str = "info") -> None:
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, but a connection must deliver a request's headers within
+    ``header_timeout`` seconds of opening or of the request's first byte (uvicorn has no such
+    limit: a client sending half its headers held a connection, and its memory, forever). Too
+    slow: a 408 and the connection is closed. (A stalled body is the app's to time out: it
+    answers in the client's format.)"""
+
+    header_timeout = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        body = anthropic_error_body(
+            "timeout_error", f"the request headers did not arrive within {self.header_timeout:g} s"
+        )
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
+        self.transport.close()
+
+
+def serve_app(app: ASGIApp, host: str, port: int, log_level: str = "info", header_timeout: float = 10.0) -> None:
     sock = bind(host, port)
+    protocol = type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
     config = uvicorn.Config(
         app,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http=protocol,
         log_config=None,
         log_level=log_level,
         access_log=False,

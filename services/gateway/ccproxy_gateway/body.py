@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ccproxy_core.errors import ProxyError
+
+#: Methods whose requests carry no body worth waiting for.
+BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+class BodyTimeout:
+    """A client that stops sending its request body half-way gets a 408 in its own format (and
+    the connection is closed) after ``seconds`` of silence, instead of holding the request open
+    forever. Only waits for the body are timed: once it is complete, ``receive`` (a disconnect
+    watch during a long upstream call) is passed through untouched."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in BODILESS:
+            await self.app(scope, receive, send)
+            return
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.seconds):
+                    message = await receive()
+            except TimeoutError:
+                complete = True
+                raise ProxyError(
+                    408, f"the request body stopped arriving for {self.seconds:g} s; send it whole",
+                    headers={"connection": "close"},
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
