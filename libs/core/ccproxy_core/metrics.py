@@ -84,10 +84,6 @@ class Metrics:
             "ccproxy_account_cooldowns_total", "Upstream accounts put in cooldown, by account and reason",
             ["service", "account", "reason"], registry=self.registry,
         )
-        self.accounts_cooling = Gauge(
-            "ccproxy_accounts_cooling_down", "Upstream accounts in cooldown now", ["service"],
-            registry=self.registry,
-        )
         self.queue_depth = Gauge(
             "ccproxy_queue_depth", "Jobs waiting in a queue (SDK runs)", ["service", "queue"],
             registry=self.registry,
