@@ -311,3 +311,4 @@ def test_half_sent_requests_are_closed_in_bounded_time(start_serve: Any) -> None
             sock.sendall(body[i:i + step])
         data, _ = read_until_closed(sock, 30)
     assert data.startswith(b"HTTP/1.1 200"), data[:300]
+    assert "Traceback" not in proc.log_text() and "unhandled" not in proc.log_text()

@@ -32,7 +32,7 @@ from ccproxy_core.redis import REDIS_DOWN, unavailable_error
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
-from ccproxy_gateway.body import BodyTimeout, read_json_object
+from ccproxy_gateway.body import read_json_object
 from ccproxy_gateway.client_auth import ClientAuth
 from ccproxy_gateway.dashboard import dashboard_routes
 from ccproxy_gateway.metering import KeyGuard, KeyMeter, MeteredForwarder, keys_enabled
@@ -288,7 +288,6 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
             Exception: on_crash,
         },
         middleware=[
-            Middleware(BodyTimeout, seconds=gateway.settings.server.body_timeout),
             Middleware(AccessLogMiddleware, emitter=gateway.access_log),
             Middleware(KeyGuard, client_auth=gateway.client_auth),
         ],

@@ -2,53 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import ClientDisconnect, Request
 
 from ccproxy_core.errors import ProxyError
-
-#: Methods whose requests carry no body worth waiting for.
-BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
-
-
-class BodyTimeout:
-    """A client that stops sending its request body half-way gets a 408 in its own format (and
-    the connection is closed) after ``seconds`` of silence, instead of holding the request open
-    forever. Only waits for the body are timed: once it is complete, ``receive`` (a disconnect
-    watch during a long upstream call) is passed through untouched."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in BODILESS:
-            await self.app(scope, receive, send)
-            return
-        complete = False
-
-        async def timed_receive() -> Message:
-            nonlocal complete
-            if complete:
-                return await receive()
-            try:
-                async with asyncio.timeout(self.seconds):
-                    message = await receive()
-            except TimeoutError:
-                complete = True
-                raise ProxyError(
-                    408, f"the request body stopped arriving for {self.seconds:g} s; send it whole",
-                    headers={"connection": "close"},
-                ) from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                complete = True
-            return message
-
-        await self.app(scope, timed_receive, send)
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -60,11 +19,14 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise ProxyError(413, f"request body is larger than the limit of {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ProxyError(413, f"request body is larger than the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ProxyError(413, f"request body is larger than the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:  # gone, or cut off by the server's body timeout: nobody to answer
+        raise ProxyError(499, "the client went away while sending the body") from exc
     raw = b"".join(chunks)
     if not raw:
         raise ProxyError(400, "request body is empty; send a JSON object")
