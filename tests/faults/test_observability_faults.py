@@ -24,7 +24,7 @@ from tests.stack.test_redis_outage import OwnRedis
 from tests.support.fake import FakeUpstream
 from tests.support.process import wait_until
 from tests.support.serve import run_ccproxy, write_credentials
-from tests.support.stack import SHARED_REDIS, delete_prefix, new_prefix
+from tests.support.stack import SHARED_REDIS, delete_prefix, launch_stack, new_prefix
 
 TOKEN = "cc-faults-observability-token-0123456789"
 MODEL = "claude-sonnet-4-6"
@@ -169,6 +169,26 @@ def test_dead_refresh_token_is_tried_once_and_health_says_not_ready(
     assert resp.status_code == 200, resp.text
     assert httpx.get(proc.url + "/health", timeout=10).json()["ready"] is True
     assert len(fake_upstream.token_calls(dead["refreshToken"])) == 1
+
+
+def test_dead_refresh_token_in_the_stack(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    """The same through Traefik, gateway, api-forwarder and auth: one refresh call for 20
+    concurrent and 10 sequential requests, and the gateway's /health is not ready."""
+    dead = fake_upstream.credentials(expired=True, refresh_valid=False)
+    config_dir = tmp_path / "claude-dead"
+    write_credentials(config_dir, dead)
+    stack = launch_stack(tmp_path / "run", fake_url=fake_upstream.url, claude_config_dir=config_dir)
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda i: ask(stack.url, "none", f"x {i}"), range(20)))
+        answers += [ask(stack.url, "none", f"y {i}") for i in range(10)]
+        for resp in answers:
+            assert resp.status_code == 401, resp.text
+            assert resp.json()["error"]["type"] == "authentication_error" and "log in again" in resp.text
+        assert len(fake_upstream.token_calls(dead["refreshToken"])) == 1
+        assert httpx.get(stack.url + "/health", timeout=10).json()["ready"] is False
+    finally:
+        stack.stop()
 
 
 # -- 10: what callers without the right key can learn ------------------------------------------
