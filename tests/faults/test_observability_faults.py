@@ -171,6 +171,22 @@ def test_dead_refresh_token_is_tried_once_and_health_says_not_ready(
     assert len(fake_upstream.token_calls(dead["refreshToken"])) == 1
 
 
+def test_failed_refresh_ahead_of_expiry_keeps_serving_with_the_valid_token(
+    tmp_path: Path, fake_upstream: FakeUpstream, start_serve: Any
+) -> None:
+    """The access token expires in 2 min (inside the 5 min refresh margin) and its refresh token
+    is refused: requests go on with the still-valid token, and the refresh is tried once."""
+    dying = fake_upstream.credentials(expires_in=120, refresh_valid=False)
+    config_dir = tmp_path / "claude-dying"
+    write_credentials(config_dir, dying)
+    proc = start_serve(config_dir=config_dir)
+    for i in range(5):
+        resp = ask(proc.url, "none", f"still valid {i}")
+        assert resp.status_code == 200, resp.text
+    assert len(fake_upstream.token_calls(dying["refreshToken"])) == 1
+    assert httpx.get(proc.url + "/health", timeout=10).json()["ready"] is True
+
+
 def test_dead_refresh_token_in_the_stack(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
     """The same through Traefik, gateway, api-forwarder and auth: one refresh call for 20
     concurrent and 10 sequential requests, and the gateway's /health is not ready."""
