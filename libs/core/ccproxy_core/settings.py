@@ -42,6 +42,10 @@ class ServerSettings(BaseModel):
     log_level: str = "info"
     #: Largest request body accepted, in bytes (images make bodies large).
     max_body_bytes: int = 32 * 1024 * 1024
+    #: Seconds a client has to send a request's headers (then 408 and the connection is closed).
+    header_timeout: float = 10.0
+    #: Longest pause, in seconds, while a client sends a request's body (then 408).
+    body_timeout: float = 30.0
 
 
 #: The shortest ``SECURITY__AUTH_TOKEN`` accepted (``ccproxy generate-token`` makes 43 characters).

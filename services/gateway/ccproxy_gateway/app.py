@@ -235,11 +235,13 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
 
     async def health(request: Request) -> Response:
         creds = await gateway.credential_status()
-        body = {
-            "status": "ok",
-            "ready": creds.available,
-            "checks": {"credentials": creds.model_dump(exclude_none=True)},
-        }
+        body: dict[str, Any] = {"status": "ok", "ready": creds.available}
+        try:
+            # Liveness needs no key; where the credentials are, the plan and expiry do.
+            gateway.client_auth.check(request)
+        except ProxyError:
+            return Response(orjson.dumps(body), media_type="application/json")
+        body["checks"] = {"credentials": creds.model_dump(exclude_none=True)}
         return Response(orjson.dumps(body), media_type="application/json")
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
@@ -301,6 +303,8 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
             Middleware(KeyGuard, client_auth=gateway.client_auth),
         ],
     )
+    # No trailing-slash redirects: their absolute `location` would echo the client's Host header.
+    app.router.redirect_slashes = False
     label_routes(app.routes)
     return app
 
