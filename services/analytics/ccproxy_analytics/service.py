@@ -113,5 +113,6 @@ def create_service_app(settings: Settings) -> Starlette:
         routes=guard_routes(routes), exception_handlers={ProxyError: on_proxy_error}, lifespan=lifespan,
         middleware=[caller_middleware(key_backend(settings, secret))],
     )
+    app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
     app.state.analytics = analytics
     return app

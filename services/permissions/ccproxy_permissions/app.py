@@ -239,7 +239,7 @@ def create_app(broker: PermissionBroker, backend: KeyBackend) -> Starlette:
         finally:
             await broker.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=guard_routes([
             *routes(api),
             Route("/health", api.health, methods=["GET"]),
@@ -249,3 +249,5 @@ def create_app(broker: PermissionBroker, backend: KeyBackend) -> Starlette:
         exception_handlers={ProxyError: proxy_error},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
+    return app
