@@ -1,0 +1,409 @@
+"""Property-based fuzzing of every public JSON endpoint of a running ``ccproxy serve``.
+
+One ``ccproxy serve`` (real Redis, client keys on, a lead token) and one ``ccproxy run auth``
+(for the admin API, which only the auth service has) answer hypothesis-generated requests over
+HTTP from anonymous callers, wrong keys, a member key and the lead. The property, for every
+request: an answer within the client timeout (a timeout is a failure), never a 5xx (the fake
+upstream is never told to fail, so no 502/503/504 is excused), an error body in the format the
+client spoke (Anthropic on ``/v1/messages`` and everything else, OpenAI on chat/completions and
+responses), and ``/health`` still answering after each endpoint's run.
+
+Bounded: each test has a fixed ``max_examples`` and every request a timeout. Examples are
+derandomized (the same inputs on every run, so CI is stable); ``CCPROXY_FUZZ_RANDOM=1`` draws new
+ones and ``CCPROXY_FUZZ_SCALE=N`` multiplies the number of examples, for a longer hunt by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+import redis
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis as AsyncRedis
+
+from ccproxy_core.permissions import PermissionAsk
+from ccproxy_core.settings import PermissionsSettings
+from ccproxy_permissions.store import PermissionStore
+from tests.faults.fuzz_strategies import CONTENT_TYPES as CONTENT_TYPE_LIST
+from tests.faults.fuzz_strategies import (
+    EDGE_FLOATS,
+    EDGE_INTS,
+    Raw,
+    any_value,
+    deep,
+    depths,
+    encode,
+    headers,
+    invalid_bodies,
+    logs_params,
+    mutated_bodies,
+    raw_bodies,
+    texts,
+)
+from tests.support.fake import FakeUpstream
+from tests.support.ports import free_port
+from tests.support.process import Proc, start_process
+from tests.support.serve import CCPROXY, isolated_env, launch_serve, run_ccproxy, write_credentials
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+LEAD = "cc-lead-" + "l" * 32
+ADMIN = "cc-admin-" + "a" * 32
+INTERNAL = "cc-internal-" + "i" * 32
+#: Seconds a single request may take before it counts as a hang.
+CLIENT_TIMEOUT = 30.0
+SCALE = max(1, int(os.environ.get("CCPROXY_FUZZ_SCALE", "1")))
+RANDOM = os.environ.get("CCPROXY_FUZZ_RANDOM") == "1"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def fuzz(max_examples: int) -> settings:
+    """Bounded: a fixed number of examples, a deadline per example well above the client timeout
+    (the timeout is the hang check; the deadline only stops a runaway example)."""
+    return settings(
+        max_examples=max_examples * SCALE,
+        deadline=timedelta(seconds=CLIENT_TIMEOUT * 2),
+        derandomize=not RANDOM,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
+
+
+# -- the running target ---------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    serve: Proc
+    auth: Proc
+    http: httpx.Client
+    member_key: str
+    member_id: str
+    #: Permission requests pending for the member (created as a permissions replica would).
+    pending: list[str]
+
+    def callers(self) -> dict[str, dict[str, str]]:
+        return {
+            "anonymous": {},
+            "wrong-x-api-key": {"x-api-key": "ccp_" + "w" * 40},
+            "wrong-bearer": {"authorization": "Bearer not-a-key"},
+            "bad-scheme": {"authorization": "Basic " + self.member_key},
+            "member": {"x-api-key": self.member_key},
+            "member-bearer": {"authorization": f"Bearer {self.member_key}"},
+            "lead": {"authorization": f"Bearer {LEAD}"},
+        }
+
+
+def _create_pending(prefix: str, key_id: str, n: int) -> list[str]:
+    async def create() -> list[str]:
+        client = AsyncRedis.from_url(REDIS_URL)
+        try:
+            store = PermissionStore(client, prefix, PermissionsSettings())
+            ids = []
+            for i in range(n):
+                ask = PermissionAsk(tool_name="Write", input={"file_path": f"fuzz-{i}.txt", "content": "x"},
+                                    key_id=key_id, key_name="fuzz-member", title="fuzz")
+                ids.append((await store.create(ask, wait_seconds=600)).id)
+            return ids
+        finally:
+            await client.aclose()
+
+    return asyncio.run(create())
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[Target]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    prefix = f"test-fuzz-{secrets.token_hex(6)}:"
+    config_dir = tmp / "claude"
+    write_credentials(config_dir, fake_upstream.credentials())
+    settings_env = {
+        "REDIS__URL": REDIS_URL, "REDIS__KEY_PREFIX": prefix, "SECURITY__AUTH_TOKEN": LEAD,
+        "AUTH__SECRET_BACKEND": "file",
+    }
+    env = isolated_env(tmp / "cli", fake_url=fake_upstream.url, claude_config_dir=config_dir, overrides=settings_env)
+    done = run_ccproxy(["keys", "create", "--json", "--name", "fuzz-member", "--budget-usd", "1000"], env, tmp)
+    assert done.returncode == 0, done.stdout + done.stderr
+    member = json.loads(done.stdout)
+    started: list[Proc] = []
+    http = httpx.Client(timeout=CLIENT_TIMEOUT)
+    try:
+        serve = launch_serve(tmp / "serve", fake_url=fake_upstream.url, claude_config_dir=config_dir,
+                             env=settings_env, timeout=60)
+        started.append(serve)
+        port = free_port()
+        auth_dir = tmp / "auth"
+        auth_env = isolated_env(auth_dir, fake_url=fake_upstream.url, claude_config_dir=config_dir, overrides={
+            **settings_env, "SECURITY__ADMIN_TOKEN": ADMIN, "SECURITY__INTERNAL_SECRET": INTERNAL,
+            "SERVER__PORT": str(port),
+        })
+        auth = start_process([str(CCPROXY), "run", "auth"], url=f"http://127.0.0.1:{port}",
+                             health_url=f"http://127.0.0.1:{port}/health", log_path=auth_dir / "auth.log",
+                             env=auth_env, cwd=auth_dir, port=port, timeout=60)
+        started.append(auth)
+        pending = _create_pending(prefix, member["id"], 5)
+        yield Target(serve, auth, http, member["key"], member["id"], pending)
+    finally:
+        http.close()
+        for proc in started:
+            proc.stop()
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=prefix + "*", count=500))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+# -- the property -----------------------------------------------------------------------------------
+
+def send(target: Target, method: str, url: str, *, content: bytes | None = None,
+         headers: dict[str, str] | None = None, params: dict[str, str] | None = None) -> httpx.Response:
+    """One request; no answer within the client timeout is a hang, and a failure."""
+    try:
+        return target.http.request(method, url, content=content, headers=headers, params=params)
+    except httpx.TimeoutException as exc:
+        raise AssertionError(f"{method} {url} hung: no answer within {CLIENT_TIMEOUT}s") from exc
+
+
+def error_format(path: str) -> str:
+    return "openai" if path.endswith(("/chat/completions", "/responses")) else "anthropic"
+
+
+def check(resp: httpx.Response, what: str = "") -> None:
+    """Never a 5xx; an error body in the client's format."""
+    path = resp.request.url.path
+    detail = f"{resp.request.method} {path} {what} -> {resp.status_code}: {resp.text[:400]}"
+    assert resp.status_code < 500, detail
+    if resp.status_code < 400:
+        return
+    assert resp.headers.get("content-type", "").startswith("application/json"), detail
+    body = resp.json()
+    if error_format(path) == "openai":
+        assert isinstance(body, dict) and isinstance(body.get("error"), dict), detail
+        assert isinstance(body["error"].get("message"), str) and isinstance(body["error"].get("type"), str), detail
+    else:
+        assert isinstance(body, dict) and body.get("type") == "error", detail
+        assert isinstance(body.get("error"), dict), detail
+        assert isinstance(body["error"].get("type"), str) and isinstance(body["error"].get("message"), str), detail
+
+
+def still_healthy(target: Target) -> None:
+    assert target.serve.alive(), target.serve.log_text()[-3000:]
+    resp = send(target, "GET", target.serve.url + "/health")
+    assert resp.status_code == 200, resp.text
+    resp = send(target, "GET", target.auth.url + "/health")
+    assert resp.status_code == 200, resp.text
+
+
+callers = st.sampled_from(["anonymous", "wrong-x-api-key", "wrong-bearer", "bad-scheme", "member", "member-bearer",
+                           "lead"])
+#: Mostly authenticated: that is where the validation and forwarding layers are.
+authed = st.sampled_from(["member", "member", "member-bearer", "lead", "anonymous", "wrong-x-api-key"])
+
+API_ANTHROPIC = ["/api/v1/messages", "/api/v1/messages/count_tokens"]
+API_OPENAI = ["/api/v1/chat/completions", "/api/v1/responses"]
+SDK_PATHS = {
+    "anthropic": ["/sdk/v1/messages", "/sdk/fuzz-session/v1/messages"],
+    "chat": ["/sdk/v1/chat/completions", "/sdk/fuzz-session/v1/chat/completions"],
+    "responses": ["/sdk/v1/responses", "/sdk/fuzz-session/v1/responses"],
+}
+ALL_POSTS = [*API_ANTHROPIC, *API_OPENAI, *(p for paths in SDK_PATHS.values() for p in paths)]
+
+
+def post_json(target: Target, path: str, body: Any, caller: str, extra: dict[str, str] | None = None) -> None:
+    content = encode(body).encode()
+    hdrs = {"content-type": "application/json", **target.callers()[caller], **(extra or {})}
+    check(send(target, "POST", target.serve.url + path, content=content, headers=hdrs), f"as {caller}")
+
+
+# -- API mode: the validation layer and what passes through to the (fake) upstream -------------------
+
+def test_api_messages_any_body(target: Target) -> None:
+    @fuzz(120)
+    @given(path=st.sampled_from(API_ANTHROPIC), body=mutated_bodies("anthropic"), caller=authed,
+           extra=headers)
+    @example(path="/api/v1/messages", body={"model": "m", "max_tokens": True, "messages": []}, caller="member",
+             extra={})
+    @example(path="/api/v1/messages", body={"model": "m", "max_tokens": 1, "messages": [], "stream": True},
+             caller="member", extra={"anthropic-beta": "a" * 8000})
+    def run(path: str, body: Any, caller: str, extra: dict[str, str]) -> None:
+        post_json(target, path, body, caller, extra)
+
+    run()
+    still_healthy(target)
+
+
+def test_openai_any_body(target: Target) -> None:
+    @fuzz(120)
+    @given(data=st.data(), caller=authed)
+    def run(data: st.DataObject, caller: str) -> None:
+        path = data.draw(st.sampled_from(API_OPENAI))
+        kind = "chat" if path.endswith("/chat/completions") else "responses"
+        post_json(target, path, data.draw(mutated_bodies(kind)), caller)
+
+    run()
+    still_healthy(target)
+
+
+def test_deep_nesting_everywhere(target: Target) -> None:
+    """Nesting to 1,500 levels at the top, in a known field and in a message's content."""
+    @fuzz(40)
+    @given(path=st.sampled_from(ALL_POSTS), depth=depths, kind=st.sampled_from(["list", "dict", "blocks"]),
+           where=st.sampled_from(["top", "field", "content", "options"]), caller=st.sampled_from(["member", "lead"]))
+    def run(path: str, depth: int, kind: str, where: str, caller: str) -> None:
+        nested = deep(depth, kind)
+        fmt = "chat" if "chat" in path else "responses" if "responses" in path else "anthropic"
+        body: dict[str, Any] = (
+            {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]} if fmt != "responses"
+            else {"model": "m", "input": "x"}
+        )
+        if where == "top":
+            body = {"nested": nested, **body}
+        elif where == "field":
+            body["metadata" if fmt != "chat" else "user"] = nested
+        elif where == "content":
+            body["messages" if fmt != "responses" else "input"] = [{"role": "user", "content": nested}]
+        else:
+            body["claude_options"] = {"allowed_tools": nested}
+        if path.startswith("/sdk"):
+            body["model"] = None  # never start Claude Code: the validation layer is what is fuzzed
+        post_json(target, path, body, caller)
+
+    for depth in (256, 1024, 1500):
+        run_one = deep(depth, "list")
+        post_json(target, "/api/v1/messages", Raw(run_one.text), "member")
+    run()
+    still_healthy(target)
+
+
+def test_raw_bodies_content_types_and_headers(target: Target) -> None:
+    """Not JSON, not UTF-8, not an object, the wrong content type, huge headers: on every POST."""
+    @fuzz(150)
+    @given(path=st.sampled_from(ALL_POSTS), body=raw_bodies, content_type=st.sampled_from(CONTENT_TYPE_LIST),
+           caller=callers, extra=headers)
+    @example(path="/api/v1/messages", body=b'{"model":"m","max_tokens":NaN,"messages":[]}',
+             content_type="application/json", caller="member", extra={})
+    @example(path="/api/v1/chat/completions", body=b"\xff\xfe\xfd", content_type="application/json",
+             caller="member", extra={"x-fuzz": "x" * 60_000})
+    def run(path: str, body: bytes, content_type: str, caller: str, extra: dict[str, str]) -> None:
+        hdrs = {**target.callers()[caller], **extra}
+        if content_type:
+            hdrs["content-type"] = content_type
+        check(send(target, "POST", target.serve.url + path, content=body, headers=hdrs), f"as {caller}")
+
+    run()
+    still_healthy(target)
+
+
+# -- SDK mode: only what the validation layer refuses (anything valid starts Claude Code) -----------
+
+def test_sdk_validation_layer(target: Target) -> None:
+    @fuzz(80)
+    @given(data=st.data(), kind=st.sampled_from(["anthropic", "chat", "responses"]), caller=authed)
+    def run(data: st.DataObject, kind: str, caller: str) -> None:
+        path = data.draw(st.sampled_from(SDK_PATHS[kind]))
+        body = data.draw(invalid_bodies(kind))
+        extra = {"x-claude-session-id": data.draw(texts.filter(lambda s: s.isprintable() and s.isascii()))}
+        post_json(target, path, body, caller, extra)
+
+    run()
+    still_healthy(target)
+
+
+# -- GET endpoints, permissions, logs ------------------------------------------------------------------
+
+GETS = ["/api/v1/models", "/api/models", "/sdk/v1/models", "/api/status", "/sdk/status", "/health",
+        "/logs/status", "/permissions", "/metrics"]
+
+
+def test_get_endpoints_with_any_query_and_headers(target: Target) -> None:
+    @fuzz(60)
+    @given(path=st.sampled_from(GETS), params=st.dictionaries(texts, texts, max_size=3), caller=callers,
+           extra=headers)
+    def run(path: str, params: dict[str, str], caller: str, extra: dict[str, str]) -> None:
+        hdrs = {**target.callers()[caller], **extra}
+        check(send(target, "GET", target.serve.url + path, params=params, headers=hdrs), f"as {caller}")
+
+    run()
+    still_healthy(target)
+
+
+def test_permissions_get_and_respond(target: Target) -> None:
+    """Any id in the path; any body on a request that is really pending for the member."""
+    @fuzz(80)
+    @given(data=st.data(), caller=authed, real=st.booleans(),
+           body=st.one_of(
+               raw_bodies,
+               st.builds(lambda d: encode(d).encode(), st.fixed_dictionaries(
+                   {"behavior": st.one_of(st.sampled_from(["allow", "deny"]), any_value)},
+                   optional={"updated_input": any_value, "updatedInput": any_value, "message": any_value})),
+           ))
+    def run(data: st.DataObject, caller: str, real: bool, body: bytes) -> None:
+        request_id = data.draw(st.sampled_from(target.pending)) if real else data.draw(texts)
+        url = target.serve.url + "/permissions/" + urllib.parse.quote(request_id, safe="")
+        hdrs = target.callers()[caller]
+        check(send(target, "GET", url, headers=hdrs), f"as {caller}")
+        check(send(target, "POST", url + "/respond", content=body,
+                   headers={**hdrs, "content-type": "application/json"}), f"as {caller}")
+
+    run()
+    still_healthy(target)
+
+
+def test_logs_query_and_usage(target: Target) -> None:
+    @fuzz(100)
+    @given(path=st.sampled_from(["/logs/query", "/logs/usage", "/logs/status"]), params=logs_params,
+           caller=st.sampled_from(["member", "lead", "member", "anonymous"]))
+    @example(path="/logs/query", params={"limit": "²"}, caller="lead")
+    @example(path="/logs/query", params={"status": "²"}, caller="lead")
+    @example(path="/logs/query", params={"since": "1e20"}, caller="member")
+    @example(path="/logs/usage", params={"until": "nan"}, caller="member")
+    @example(path="/logs/usage", params={"group_by": "bogus", "bucket": "fortnight"}, caller="lead")
+    def run(path: str, params: dict[str, str], caller: str) -> None:
+        check(send(target, "GET", target.serve.url + path, params=params, headers=target.callers()[caller]),
+              f"{params} as {caller}")
+
+    run()
+    still_healthy(target)
+
+
+# -- the admin API (auth service) ------------------------------------------------------------------
+
+numbers = st.one_of(st.sampled_from(EDGE_INTS), st.sampled_from(EDGE_FLOATS), st.booleans(), texts, st.none())
+key_bodies = st.fixed_dictionaries(
+    {"name": st.one_of(st.builds(lambda s: "fz-" + s, st.text(min_size=1, max_size=20)), any_value)},
+    optional={"accounts": st.one_of(st.lists(texts, max_size=3), any_value), "rpm": numbers, "tpm": numbers,
+              "budget_usd": numbers, "period": st.one_of(st.sampled_from(["day", "week", "month", "year"]), any_value),
+              "expires_at": numbers, "bogus": any_value},
+)
+
+
+def test_admin_keys(target: Target) -> None:
+    admin = {"authorization": f"Bearer {ADMIN}"}
+
+    @fuzz(80)
+    @given(body=st.one_of(st.builds(lambda d: encode(d).encode(), key_bodies), raw_bodies),
+           who=st.sampled_from(["admin", "admin", "admin", "nobody", "member"]), revoke=texts,
+           query=st.dictionaries(st.sampled_from(["all", "x"]), texts, max_size=2))
+    def run(body: bytes, who: str, revoke: str, query: dict[str, str]) -> None:
+        hdrs = {"admin": admin, "nobody": {}, "member": {"authorization": f"Bearer {target.member_key}"}}[who]
+        url = target.auth.url + "/admin/keys"
+        check(send(target, "POST", url, content=body, headers={**hdrs, "content-type": "application/json"}),
+              f"as {who}")
+        check(send(target, "GET", url, params=query, headers=hdrs), f"as {who}")
+        check(send(target, "DELETE", url + "/" + urllib.parse.quote(revoke, safe=""), headers=hdrs), f"as {who}")
+
+    run()
+    still_healthy(target)
+
