@@ -60,6 +60,11 @@ huge_ints = st.one_of(st.sampled_from(EDGE_INTS), st.integers(), st.integers(min
 edge_floats = st.one_of(st.sampled_from(EDGE_FLOATS), st.floats(allow_nan=True, allow_infinity=True))
 #: Text with anything in it: control characters, lone surrogates (escaped by json as \\udXXX).
 texts = st.one_of(st.text(max_size=40), st.sampled_from(["", " ", "\x00", "\ud800", "\udfff\ud800", "é" * 50]))
+#: Text a URL can carry (percent-encoded UTF-8: no lone surrogates).
+url_texts = st.one_of(
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
+    st.sampled_from(["", " ", "\x00", "%", "%zz", "&", "=", "é" * 50, "a" * 3000]),
+)
 depths = st.integers(min_value=2, max_value=1500)
 deep_values = st.builds(deep, depths, st.sampled_from(["list", "dict", "blocks"]))
 
@@ -245,14 +250,14 @@ def _b64(raw: bytes) -> str:
 
 
 cursor_values = st.one_of(
-    texts,
-    st.builds(lambda n, rid: _b64(f"{n}|{rid}".encode()), huge_ints, texts),
-    st.builds(lambda f, rid: _b64(f"{f}|{rid}".encode()), edge_floats, texts),
+    url_texts,
+    st.builds(lambda n, rid: _b64(f"{n}|{rid}".encode()), huge_ints, url_texts),
+    st.builds(lambda f, rid: _b64(f"{f}|{rid}".encode()), edge_floats, url_texts),
     st.builds(_b64, st.binary(max_size=40)),
     st.sampled_from(["", "=", "====", "!!", "MTcwMDAwMDAwMDAwMHx4", "a" * 5000]),
 )
 time_values = st.one_of(
-    texts,
+    url_texts,
     st.builds(str, huge_ints),
     st.builds(str, edge_floats),
     st.sampled_from(["2026-01-01", "2026-13-45T99:99", "1e20", "-1e20", "nan", "inf", "9999-12-31T23:59:59Z",
@@ -260,11 +265,12 @@ time_values = st.one_of(
 )
 #: Digits str.isdigit() accepts and int() may not ("²"), or reads as another number (Arabic-Indic).
 odd_digits = ["²", "\u0663", "\u0661\u0660\u0660", "0", "-1", "1e3", ""]
-number_texts = st.one_of(texts, st.builds(str, huge_ints), st.sampled_from(odd_digits))
+number_texts = st.one_of(url_texts, st.builds(str, huge_ints), st.sampled_from(odd_digits))
 logs_params = st.fixed_dictionaries({}, optional={
     "since": time_values, "until": time_values, "cursor": cursor_values, "limit": number_texts,
     "status": st.one_of(number_texts, st.sampled_from(["4xx", "5xx", "xx", "²xx"])),
-    "mode": st.one_of(texts, st.sampled_from(["api", "sdk"])),
-    "outcome": st.one_of(texts, st.sampled_from(["ok", "error", "cancelled"])),
-    "key": texts, "account": texts, "model": texts, "group_by": texts, "bucket": texts, "replay": number_texts,
+    "mode": st.one_of(url_texts, st.sampled_from(["api", "sdk"])),
+    "outcome": st.one_of(url_texts, st.sampled_from(["ok", "error", "cancelled"])),
+    "key": url_texts, "account": url_texts, "model": url_texts, "group_by": url_texts, "bucket": url_texts,
+    "replay": number_texts,
 })

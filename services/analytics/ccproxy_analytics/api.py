@@ -169,7 +169,8 @@ class LogsApi:
                     return False
             return True
 
-        replay = min(int(q["replay"]), 500) if q.get("replay", "").isdigit() else 0
+        raw_replay = q.get("replay", "")
+        replay = min(int(raw_replay), 500) if raw_replay.isascii() and raw_replay.isdigit() else 0
         return StreamingResponse(
             self._events(wanted, replay),
             media_type="text/event-stream",

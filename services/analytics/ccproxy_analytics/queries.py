@@ -19,7 +19,9 @@ from ccproxy_core.errors import ProxyError
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
-STATUS_CLASS = re.compile(r"^[1-5]xx$")
+STATUS_CLASS = re.compile(r"[1-5]xx")
+#: ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+STATUS_CODE = re.compile(r"[0-9]{1,3}")
 
 #: ``group_by`` names of /logs/usage and the expressions behind them.
 GROUPS = {
@@ -62,10 +64,10 @@ class Filters:
         try:
             until = parse_time(q["until"]) if q.get("until") else now + timedelta(minutes=1)
             since = parse_time(q["since"]) if q.get("since") else until - default_window
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # OverflowError: a window reaching before year 1
             raise ProxyError(400, f"since/until: not a time ({exc}); use ISO 8601 or epoch seconds") from exc
         status = q.get("status") or None
-        if status is not None and not (status.isdigit() or STATUS_CLASS.match(status)):
+        if status is not None and not (STATUS_CODE.fullmatch(status) or STATUS_CLASS.fullmatch(status)):
             raise ProxyError(400, "status: an HTTP status (429) or a class (4xx)", param="status")
         mode = q.get("mode") or None
         if mode is not None and mode not in ("api", "sdk"):
@@ -133,7 +135,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def parse_limit(value: str | None) -> int:
     if not value:
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise ProxyError(400, f"limit: an integer from 1 to {MAX_LIMIT}", param="limit")
     return int(value)
 
