@@ -44,6 +44,7 @@ from tests.faults.fuzz_strategies import (
     deep,
     depths,
     encode,
+    header_values,
     headers,
     invalid_bodies,
     logs_params,
@@ -186,6 +187,10 @@ def send(target: Target, method: str, url: str, *, content: bytes | None = None,
     raise AssertionError("unreachable")
 
 
+#: uvicorn's answer to a request its HTTP parser refuses (a control character in a header).
+PARSER_REFUSAL = "Invalid HTTP request received."
+
+
 def error_format(path: str) -> str:
     return "openai" if path.endswith(("/chat/completions", "/responses")) else "anthropic"
 
@@ -197,6 +202,8 @@ def check(resp: httpx.Response, what: str = "") -> None:
     assert resp.status_code < 500, detail
     if resp.status_code < 400:
         return
+    if resp.status_code == 400 and resp.text == PARSER_REFUSAL:
+        return  # refused by the HTTP parser before any route saw it: no format to speak
     assert resp.headers.get("content-type", "").startswith("application/json"), detail
     body = resp.json()
     if error_format(path) == "openai":
@@ -324,7 +331,7 @@ def test_sdk_validation_layer(target: Target) -> None:
     def run(data: st.DataObject, kind: str, caller: str) -> None:
         path = data.draw(st.sampled_from(SDK_PATHS[kind]))
         body = data.draw(invalid_bodies(kind))
-        extra = {"x-claude-session-id": data.draw(texts.filter(lambda s: s.isprintable() and s.isascii()))}
+        extra = {"x-claude-session-id": data.draw(header_values)}
         post_json(target, path, body, caller, extra)
 
     run()
@@ -360,7 +367,7 @@ def test_permissions_get_and_respond(target: Target) -> None:
                    optional={"updated_input": any_value, "updatedInput": any_value, "message": any_value})),
            ))
     def run(data: st.DataObject, caller: str, real: bool, body: bytes) -> None:
-        request_id = data.draw(st.sampled_from(target.pending)) if real else data.draw(texts)
+        request_id = data.draw(st.sampled_from(target.pending)) if real else data.draw(url_texts)
         url = target.serve.url + "/permissions/" + urllib.parse.quote(request_id, safe="")
         hdrs = target.callers()[caller]
         check(send(target, "GET", url, headers=hdrs), f"as {caller}")
@@ -416,8 +423,8 @@ def test_admin_keys(target: Target) -> None:
 
     @fuzz(80)
     @given(body=st.one_of(st.builds(lambda d: encode(d).encode(), key_bodies), raw_bodies),
-           who=st.sampled_from(["admin", "admin", "admin", "nobody", "member"]), revoke=texts,
-           query=st.dictionaries(st.sampled_from(["all", "x"]), texts, max_size=2))
+           who=st.sampled_from(["admin", "admin", "admin", "nobody", "member"]), revoke=url_texts,
+           query=st.dictionaries(st.sampled_from(["all", "x"]), url_texts, max_size=2))
     def run(body: bytes, who: str, revoke: str, query: dict[str, str]) -> None:
         hdrs = {"admin": admin, "nobody": {}, "member": {"authorization": f"Bearer {target.member_key}"}}[who]
         url = target.auth.url + "/admin/keys"
