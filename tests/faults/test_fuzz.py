@@ -409,7 +409,8 @@ def test_logs_query_and_usage(target: Target) -> None:
 
 # -- the admin API (auth service) ------------------------------------------------------------------
 
-numbers = st.one_of(st.sampled_from(EDGE_INTS), st.sampled_from(EDGE_FLOATS), st.booleans(), texts, st.none())
+numbers = st.one_of(st.sampled_from(EDGE_INTS), st.sampled_from(EDGE_FLOATS), st.booleans(), texts, st.none(),
+                    st.sampled_from(["NaN", "Infinity", "1e308", "-0", "5"]))
 key_bodies = st.fixed_dictionaries(
     {"name": st.one_of(st.builds(lambda s: "fz-" + s, st.text(min_size=1, max_size=20)), any_value)},
     optional={"accounts": st.one_of(st.lists(texts, max_size=3), any_value), "rpm": numbers, "tpm": numbers,
@@ -425,6 +426,9 @@ def test_admin_keys(target: Target) -> None:
     @given(body=st.one_of(st.builds(lambda d: encode(d).encode(), key_bodies), raw_bodies),
            who=st.sampled_from(["admin", "admin", "admin", "nobody", "member"]), revoke=url_texts,
            query=st.dictionaries(st.sampled_from(["all", "x"]), url_texts, max_size=2))
+    @example(body=b"{}", who="admin", revoke="/0", query={})  # no such route: JSON 404, was plain text
+    @example(body=b'{"name": "fz-huge", "budget_usd": 1e308}', who="admin", revoke="fz-huge", query={})
+    @example(body=b'{"name": "fz-nan", "budget_usd": "NaN"}', who="admin", revoke="fz-nan", query={})
     def run(body: bytes, who: str, revoke: str, query: dict[str, str]) -> None:
         hdrs = {"admin": admin, "nobody": {}, "member": {"authorization": f"Bearer {target.member_key}"}}[who]
         url = target.auth.url + "/admin/keys"

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -86,6 +87,11 @@ def create_service_app(settings: Settings) -> Starlette:
             log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
         return internal_error(exc)
 
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        # No such route or method (an admin client's typo): JSON like every other answer here.
+        assert isinstance(exc, HTTPException)
+        return internal_error(ProxyError(exc.status_code, str(exc.detail)))
+
     async def on_redis_down(request: Request, exc: Exception) -> Response:
         # Whatever needed Redis (refresh lock, account state, key limits): a clear 503, not a 500.
         return await on_proxy_error(request, unavailable_error(exc))
@@ -108,6 +114,7 @@ def create_service_app(settings: Settings) -> Starlette:
         middleware=[Middleware(RequireInternalSecret, secret=secret)],
         exception_handlers={
             ProxyError: on_proxy_error,
+            HTTPException: on_http_error,
             **dict.fromkeys(REDIS_DOWN, on_redis_down),
         },
         lifespan=lifespan,
