@@ -233,6 +233,7 @@ raw_bodies = st.one_of(
 HEADER_NAMES = [
     "anthropic-version", "anthropic-beta", "x-claude-session-id", "accept", "accept-encoding", "user-agent",
     "x-request-id", "x-forwarded-for", "openai-organization", "x-stainless-retry-count", "x-fuzz",
+    "content-encoding", "expect", "x-forwarded-proto", "forwarded", "host",
 ]
 header_values = st.one_of(
     # Visible ASCII without surrounding blanks: what an HTTP client lets through at all.

@@ -330,9 +330,36 @@ def test_sdk_validation_layer(target: Target) -> None:
     @given(data=st.data(), kind=st.sampled_from(["anthropic", "chat", "responses"]), caller=authed)
     def run(data: st.DataObject, kind: str, caller: str) -> None:
         path = data.draw(st.sampled_from(SDK_PATHS[kind]))
+        if "fuzz-session" in path:
+            session = data.draw(st.one_of(url_texts, st.sampled_from(["..", "%2e%2e", "a/../b", "x" * 3000])))
+            path = path.replace("fuzz-session", urllib.parse.quote(session, safe="") or "s")
         body = data.draw(invalid_bodies(kind))
         extra = {"x-claude-session-id": data.draw(header_values)}
         post_json(target, path, body, caller, extra)
+
+    run()
+    still_healthy(target)
+
+
+# -- any method on any route ----------------------------------------------------------------------------
+
+ROUTES = [*ALL_POSTS, "/api/v1/models", "/sdk/v1/models", "/api/status", "/sdk/status", "/health", "/api", "/sdk",
+          "/logs/query", "/logs/usage", "/logs/status", "/permissions", "/permissions/x", "/permissions/x/respond",
+          "/permissions/ui", "/dashboard", "/api/v1/nope", "/api/v1/messages/", "/nope", "/", "//api/v1/messages"]
+
+
+def test_any_method_on_any_route(target: Target) -> None:
+    """The wrong method (405), no such route (404), a trailing slash: still the client's format."""
+    @fuzz(60)
+    @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
+           path=st.sampled_from(ROUTES), caller=callers)
+    def run(method: str, path: str, caller: str) -> None:
+        resp = send(target, method, target.serve.url + path, headers=target.callers()[caller],
+                    content=b"{}" if method in ("POST", "PUT", "PATCH") else None)
+        if method == "HEAD":
+            assert resp.status_code < 500, f"HEAD {path} -> {resp.status_code}"
+        else:
+            check(resp, f"as {caller}")
 
     run()
     still_healthy(target)
