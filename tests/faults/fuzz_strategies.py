@@ -58,8 +58,12 @@ def deep(depth: int, kind: str) -> Raw:
 
 huge_ints = st.one_of(st.sampled_from(EDGE_INTS), st.integers(), st.integers(min_value=2**63, max_value=10**40))
 edge_floats = st.one_of(st.sampled_from(EDGE_FLOATS), st.floats(allow_nan=True, allow_infinity=True))
-#: Text with anything in it: control characters, lone surrogates (escaped by json as \\udXXX).
-texts = st.one_of(st.text(max_size=40), st.sampled_from(["", " ", "\x00", "\ud800", "\udfff\ud800", "é" * 50]))
+#: Text with anything in it: control characters, now and then a lone surrogate (which json
+#: escapes as \\udXXX and a strict parser refuses: rare, or it hides everything behind it).
+texts = st.one_of(
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
+    st.sampled_from(["", " ", "\x00", "é" * 50, "\u202e", "\ufeff", "\ud800"]),
+)
 #: Text a URL can carry (percent-encoded UTF-8: no lone surrogates).
 url_texts = st.one_of(
     st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
