@@ -20,7 +20,6 @@ CLAUDE_CODE_IDENTITIES = (
     "You are a Claude agent, built on Anthropic's Claude Agent SDK.",
 )
 IDENTITY = CLAUDE_CODE_IDENTITIES[0]
-MAX_CACHE_BREAKPOINTS = 4
 
 _DROPPED_HEADERS = frozenset(
     {

@@ -33,6 +33,7 @@ from ccproxy_core.client_keys import (
 )
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
+from ccproxy_core.redis import UNAVAILABLE, unavailable_error
 from ccproxy_core.routing import HINT_ACCOUNTS, HINT_KEY
 from ccproxy_gateway.client_auth import AUTH_ERROR_SCOPE, PRINCIPAL_SCOPE, ClientAuth, key_from_headers
 from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
@@ -60,6 +61,8 @@ class KeyGuard:
             principal = await self.client_auth.resolve(key_from_headers(scope.get("headers", [])))
         except ProxyError as exc:
             scope[AUTH_ERROR_SCOPE] = exc
+        except UNAVAILABLE as exc:  # client keys live in Redis (serve with REDIS__URL): a 503
+            scope[AUTH_ERROR_SCOPE] = unavailable_error(exc, "client keys")
         if principal is not None:
             scope[PRINCIPAL_SCOPE] = principal
             access = scope.get("state", {}).get("access_log")

@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ccproxy_core.errors import ProxyError, validation_error
-from ccproxy_core.openai.chat_models import (
+from ccproxy_core.settings import OpenAISettings
+from ccproxy_gateway.openai.chat_models import (
     AssistantMessage,
     AudioPart,
     ChatCompletionRequest,
@@ -28,17 +29,16 @@ from ccproxy_core.openai.chat_models import (
     ToolMessage,
     UserMessage,
 )
-from ccproxy_core.openai.content import (
+from ccproxy_gateway.openai.content import (
     add_cache_breakpoints,
     anthropic_tool,
     file_block,
     image_block,
     parse_arguments,
 )
-from ccproxy_core.openai.model_map import ModelMap
-from ccproxy_core.openai.reasoning import REASONING_MEMORY, clean_thinking_block, thinking_config
-from ccproxy_core.openai.structured import apply_json_mode, json_tool
-from ccproxy_core.settings import OpenAISettings
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block, thinking_config
+from ccproxy_gateway.openai.structured import apply_json_mode, json_tool
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from ccproxy_core.openai.chat_models import OutModel
+from ccproxy_gateway.openai.chat_models import OutModel
 
 # --- requests ----------------------------------------------------------------------------------
 

@@ -22,7 +22,9 @@ import orjson
 from pydantic import ValidationError
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError, validation_error
-from ccproxy_core.openai.content import (
+from ccproxy_core.settings import OpenAISettings
+from ccproxy_core.sse import ServerSentEvent, encode_event
+from ccproxy_gateway.openai.content import (
     TokenCount,
     add_cache_breakpoints,
     anthropic_tool,
@@ -30,9 +32,9 @@ from ccproxy_core.openai.content import (
     image_block,
     parse_arguments,
 )
-from ccproxy_core.openai.model_map import ModelMap
-from ccproxy_core.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
-from ccproxy_core.openai.responses_models import (
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
+from ccproxy_gateway.openai.responses_models import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionToolChoice,
@@ -56,10 +58,8 @@ from ccproxy_core.openai.responses_models import (
     ResponseUsage,
     SummaryText,
 )
-from ccproxy_core.openai.stream import StreamTranslator, translate_stream
-from ccproxy_core.openai.structured import JSON_TOOL, apply_json_mode, json_tool
-from ccproxy_core.settings import OpenAISettings
-from ccproxy_core.sse import ServerSentEvent, encode_event
+from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
+from ccproxy_gateway.openai.structured import JSON_TOOL, apply_json_mode, json_tool
 
 NO_STORE = (
     "ccproxy keeps no response store: send the whole conversation in `input` (with store: false) "
