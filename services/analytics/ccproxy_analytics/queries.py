@@ -64,7 +64,7 @@ class Filters:
         try:
             until = parse_time(q["until"]) if q.get("until") else now + timedelta(minutes=1)
             since = parse_time(q["since"]) if q.get("since") else until - default_window
-        except (ValueError, OverflowError) as exc:  # OverflowError: a window reaching before year 1
+        except (ValueError, OverflowError, OSError) as exc:  # OSError: a time the OS cannot convert
             raise ProxyError(400, f"since/until: not a time ({exc}); use ISO 8601 or epoch seconds") from exc
         status = q.get("status") or None
         if status is not None and not (STATUS_CODE.fullmatch(status) or STATUS_CLASS.fullmatch(status)):
