@@ -56,7 +56,7 @@ from tests.faults.fuzz_strategies import (
 from tests.support.fake import FakeUpstream
 from tests.support.ports import free_port
 from tests.support.process import Proc, start_process
-from tests.support.serve import CCPROXY, isolated_env, launch_serve, run_ccproxy, write_credentials
+from tests.support.serve import CCPROXY, REPO_ROOT, isolated_env, launch_serve, run_ccproxy, write_credentials
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 LEAD = "cc-lead-" + "l" * 32
@@ -134,9 +134,14 @@ def target(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream
     prefix = f"test-fuzz-{secrets.token_hex(6)}:"
     config_dir = tmp / "claude"
     write_credentials(config_dir, fake_upstream.credentials())
+    workspace = tmp / "workspace"
+    workspace.mkdir()
     settings_env = {
         "REDIS__URL": REDIS_URL, "REDIS__KEY_PREFIX": prefix, "SECURITY__AUTH_TOKEN": LEAD,
         "AUTH__SECRET_BACKEND": "file",
+        # SDK mode: the few valid runs (test_sdk_a_few_valid_runs) use the pinned Claude Code CLI.
+        "CLAUDE__CLI_PATH": str(REPO_ROOT / "node_modules" / ".bin" / "claude"),
+        "CLAUDE__WORKSPACE_ROOT": str(workspace), "CLAUDE__POLL_INTERVAL": "0.05",
     }
     env = isolated_env(tmp / "cli", fake_url=fake_upstream.url, claude_config_dir=config_dir, overrides=settings_env)
     done = run_ccproxy(["keys", "create", "--json", "--name", "fuzz-member", "--budget-usd", "1000"], env, tmp)
@@ -243,10 +248,13 @@ SDK_PATHS = {
 ALL_POSTS = [*API_ANTHROPIC, *API_OPENAI, *(p for paths in SDK_PATHS.values() for p in paths)]
 
 
-def post_json(target: Target, path: str, body: Any, caller: str, extra: dict[str, str] | None = None) -> None:
+def post_json(target: Target, path: str, body: Any, caller: str, extra: dict[str, str] | None = None
+              ) -> httpx.Response:
     content = encode(body).encode()
     hdrs = {"content-type": "application/json", **target.callers()[caller], **(extra or {})}
-    check(send(target, "POST", target.serve.url + path, content=content, headers=hdrs), f"as {caller}")
+    resp = send(target, "POST", target.serve.url + path, content=content, headers=hdrs)
+    check(resp, f"as {caller}")
+    return resp
 
 
 # -- API mode: the validation layer and what passes through to the (fake) upstream -------------------
@@ -344,6 +352,24 @@ def test_sdk_validation_layer(target: Target) -> None:
         post_json(target, path, body, caller, extra)
 
     run()
+    still_healthy(target)
+
+
+@pytest.mark.claude_cli
+def test_sdk_a_few_valid_runs(target: Target) -> None:
+    """A handful of valid runs (each starts Claude Code), carrying what a validator does not read:
+    unknown fields, odd metadata, a session named with dots, a right-to-left mark and a NUL."""
+    junk = {"x-fuzz": {"deep": deep(200, "dict")}, "metadata": {"user_id": "\u202e" * 100}}
+    runs = [
+        ("/sdk/..%E2%80%AE%00%25/v1/messages", {**junk, "model": MODEL, "max_tokens": 32,
+                                             "messages": [{"role": "user", "content": "hi"}]}),
+        ("/sdk/v1/chat/completions", {**junk, "model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                      "stream": True}),
+        ("/sdk/v1/responses", {**junk, "model": MODEL, "input": "hi", "max_output_tokens": 32}),
+    ]
+    for path, body in runs:
+        resp = post_json(target, path, body, "member")
+        assert resp.status_code == 200, f"{path}: {resp.status_code} {resp.text[:300]}"
     still_healthy(target)
 
 
