@@ -224,6 +224,20 @@ def check(resp: httpx.Response, what: str = "") -> None:
         assert isinstance(body["error"].get("type"), str) and isinstance(body["error"].get("message"), str), detail
 
 
+def peek_stream(target: Target, path: str, params: dict[str, str], hdrs: dict[str, str]) -> None:
+    """An SSE endpoint (it never ends by itself): its status, and its first bytes when it opens."""
+    try:
+        with target.http.stream("GET", target.serve.url + path, params=params, headers=hdrs) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                check(resp, f"{params}")
+            else:
+                assert resp.status_code == 200, f"GET {path} {params} -> {resp.status_code}"
+                assert next(resp.iter_raw(), b""), f"GET {path} {params}: opened, then nothing"
+    except httpx.TimeoutException as exc:
+        raise AssertionError(f"GET {path} {params} hung") from exc
+
+
 def still_healthy(target: Target) -> None:
     assert target.serve.alive(), target.serve.log_text()[-3000:]
     resp = send(target, "GET", target.serve.url + "/health")
@@ -410,6 +424,8 @@ def test_get_endpoints_with_any_query_and_headers(target: Target) -> None:
     def run(path: str, params: dict[str, str], caller: str, extra: dict[str, str]) -> None:
         hdrs = {**target.callers()[caller], **extra}
         check(send(target, "GET", target.serve.url + path, params=params, headers=hdrs), f"as {caller}")
+        if path == "/permissions":
+            peek_stream(target, "/permissions/stream", params, hdrs)
 
     run()
     still_healthy(target)
@@ -451,16 +467,7 @@ def test_logs_query_and_usage(target: Target) -> None:
     def run(path: str, params: dict[str, str], caller: str) -> None:
         hdrs = target.callers()[caller]
         check(send(target, "GET", target.serve.url + path, params=params, headers=hdrs), f"{params} as {caller}")
-        # The live stream: only its status and first bytes (it never ends by itself).
-        try:
-            with target.http.stream("GET", target.serve.url + "/logs/stream", params=params, headers=hdrs) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    check(resp, f"{params} as {caller}")
-                else:
-                    assert resp.status_code < 500 and next(resp.iter_raw(), b"").startswith(b": connected")
-        except httpx.TimeoutException as exc:
-            raise AssertionError(f"/logs/stream {params} hung") from exc
+        peek_stream(target, "/logs/stream", params, hdrs)
 
     run()
     still_healthy(target)
