@@ -22,6 +22,10 @@ DEFAULT_LIMIT = 100
 STATUS_CLASS = re.compile(r"[1-5]xx")
 #: ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
 STATUS_CODE = re.compile(r"[0-9]{1,3}")
+#: The range of ClickHouse's DateTime64: a filter reaching past it means "from the start" or "to
+#: the end" (sent as is, year 1 or 9999 made the query fail: a 503 for the client's own choice).
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 #: ``group_by`` names of /logs/usage and the expressions behind them.
 GROUPS = {
@@ -76,7 +80,8 @@ class Filters:
         if outcome is not None and outcome not in ("ok", "error", "cancelled"):
             raise ProxyError(400, "outcome: ok, error or cancelled", param="outcome")
         return cls(
-            since=since, until=until, key=q.get("key") or None, account=q.get("account") or None,
+            since=min(max(since, EARLIEST), LATEST), until=min(max(until, EARLIEST), LATEST),
+            key=q.get("key") or None, account=q.get("account") or None,
             model=q.get("model") or None, status=status, mode=mode, outcome=outcome,
         )
 
