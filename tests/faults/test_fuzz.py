@@ -465,6 +465,7 @@ def test_logs_query_and_usage(target: Target) -> None:
     @example(path="/logs/status", params={"replay": "²"}, caller="member")
     @example(path="/logs/query", params={"until": "0001-01-01"}, caller="member")
     @example(path="/logs/query", params={"since": "0001-01-01"}, caller="member")  # was a 503 from ClickHouse
+    @example(path="/logs/query", params={"cursor": "Njc3Njg0MzY0MTE0MzY0MTY0MDA"}, caller="member")  # a huge time
     @example(path="/logs/usage", params={"since": "1800-01-01", "until": "9999-12-31T23:59:59Z"}, caller="lead")
     def run(path: str, params: dict[str, str], caller: str) -> None:
         hdrs = target.callers()[caller]
