@@ -37,6 +37,7 @@ from starlette.routing import BaseRoute, Route
 from ccproxy_core.client_keys import Admission, Principal
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.metrics import route_label
 from ccproxy_core.models import models_listing
 from ccproxy_core.redis import unavailable_as_503
 from ccproxy_core.sdk_jobs import (
@@ -473,7 +474,8 @@ class SdkRoutes:
         first = run.first_output - started if run.first_output is not None else None
         access = request_log(request)
         # One call fills metrics (labelled with the client key) and the access log's usage and TTFT.
-        self.gateway.record(_route(request), status, started, usage, first, access)
+        # The route template: a session id in the path must not become a metrics label.
+        self.gateway.record(route_label(request.scope), status, started, usage, first, access)
         if access is None:
             return
         access.sdk_cost_usd = result.cost_usd
@@ -486,12 +488,6 @@ class SdkRoutes:
         )
         if run.error is not None:
             access.error_type = str(run.error.get("type") or "api_error")
-
-
-def _route(request: Request) -> str:
-    """The route template (a session id in the path must not become a metrics label)."""
-    route = request.scope.get("route")
-    return str(getattr(route, "path", None) or request.url.path)
 
 
 def _identity(request: Request) -> tuple[str, str]:
