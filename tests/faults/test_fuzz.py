@@ -515,3 +515,14 @@ def test_admin_keys(target: Target) -> None:
     run()
     still_healthy(target)
 
+
+
+def test_auth_service_trailing_slash_is_no_redirect(target: Target) -> None:
+    """A trailing slash on the auth service is a JSON 404, not a 307 whose absolute location
+    echoes the Host header (found by the admin fuzz: ``DELETE /admin/keys/``)."""
+    admin = {"authorization": f"Bearer {ADMIN}", "host": "evil.example"}
+    for method, path in (("DELETE", "/admin/keys/"), ("GET", "/admin/keys/"), ("GET", "/health/")):
+        resp = send(target, method, target.auth.url + path, headers=admin)
+        assert resp.status_code == 404, (method, path, resp.status_code, resp.headers)
+        assert "evil.example" not in resp.headers.get("location", "") + resp.text
+        check(resp, f"{method} {path}")

@@ -102,7 +102,7 @@ def create_service_app(settings: Settings) -> Starlette:
         if redis is not None:
             await redis.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route(TOKEN_PATH, token, methods=["GET", "POST"]),
             Route(STATUS_PATH, status, methods=["GET"]),
@@ -119,3 +119,5 @@ def create_service_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
+    return app
