@@ -17,9 +17,14 @@ import orjson
 from pydantic import BaseModel, Field
 
 from ccproxy_core.auth_client import AuthServiceHttp
+from ccproxy_core.models import TokenUsage
 
 Period = Literal["day", "week", "month"]
 KEY_PREFIX = "ccp_"
+#: The caller id of a request with no client auth at all (auth off: a developer's own machine).
+ANONYMOUS = "anonymous"
+#: The caller id of the holder of the shared ``SECURITY__AUTH_TOKEN``.
+SHARED_TOKEN = "default"
 
 
 def hash_key(presented: str) -> str:
@@ -63,12 +68,8 @@ class Admission(BaseModel):
     estimated_micro_usd: int = 0
 
 
-class UsageReport(BaseModel):
-    model: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
+#: What a settlement is told was spent (the name the key store's callers know it by).
+UsageReport = TokenUsage
 
 
 class Settlement(BaseModel):
@@ -101,9 +102,10 @@ class KeyAuthority(Protocol):
 
 
 class Principal(BaseModel):
-    """Who is asking: a client key, the shared token (``default``) or nobody (``anonymous``)."""
+    """Who is asking: a client key, the shared token (:data:`SHARED_TOKEN`) or nobody
+    (:data:`ANONYMOUS`)."""
 
-    key_id: str = "anonymous"
+    key_id: str = ANONYMOUS
     key_name: str = ""
     key: KeyInfo | None = None
 

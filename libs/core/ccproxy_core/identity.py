@@ -14,7 +14,7 @@ from typing import Protocol
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority
+from ccproxy_core.client_keys import ANONYMOUS, SHARED_TOKEN, CachedKeys, HttpKeyAuthority
 from ccproxy_core.settings import Settings
 
 
@@ -28,9 +28,9 @@ class ClientIdentity(BaseModel):
 
 #: Everyone, when client authentication is off (a developer's own machine). The ids match the
 #: gateway's principals (``ccproxy_core.client_keys.Principal``), which jobs carry.
-LOCAL_IDENTITY = ClientIdentity(id="anonymous", name="anonymous", admin=True)
+LOCAL_IDENTITY = ClientIdentity(id=ANONYMOUS, name=ANONYMOUS, admin=True)
 #: The holder of ``SECURITY__AUTH_TOKEN``.
-ADMIN_IDENTITY = ClientIdentity(id="default", name="admin", admin=True)
+ADMIN_IDENTITY = ClientIdentity(id=SHARED_TOKEN, name="admin", admin=True)
 
 
 def presented_key(request: Request) -> str | None:

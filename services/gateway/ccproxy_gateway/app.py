@@ -27,7 +27,6 @@ from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.metrics import Metrics, label_routes, route_label
-from ccproxy_core.models import cost_usd
 from ccproxy_core.redis import REDIS_DOWN, unavailable_error
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
@@ -90,35 +89,24 @@ class Gateway:
         access: RequestLog | None = None,
     ) -> None:
         """Metrics for one answered request, and its usage onto its access log."""
-        m = self.metrics
-        key = access.key_id if access is not None else ""
+        m, tokens = self.metrics, usage.tokens
+        cost = tokens.cost()
+        key = access.draft.key_id if access is not None else ""
         if access is not None:
-            access.set_usage(
-                usage.model, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                usage.cache_write_tokens, usage.stop_reason,
-            )
+            access.set_usage(tokens, cost, usage.stop_reason)
             access.first_token = usage.first_token
             if usage.error_type:
-                access.error_type = usage.error_type
+                access.draft.error_type = usage.error_type
         m.requests.labels(m.service, route, str(status)).inc()
         m.latency.labels(m.service, route, str(status)).observe(time.perf_counter() - started)
         if first_byte is not None:
             m.first_byte.labels(m.service, route).observe(first_byte)
-        if usage.model:
-            for kind, n in (
-                ("input", usage.input_tokens),
-                ("output", usage.output_tokens),
-                ("cache_read", usage.cache_read_tokens),
-                ("cache_write", usage.cache_write_tokens),
-            ):
+        if tokens.model:
+            for kind, n in tokens.by_kind():
                 if n:
-                    m.tokens.labels(m.service, usage.model, key, kind).inc(n)
-            cost = cost_usd(
-                usage.model, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                usage.cache_write_tokens,
-            )
+                    m.tokens.labels(m.service, tokens.model, key, kind).inc(n)
             if cost:
-                m.cost.labels(m.service, usage.model, key).inc(cost)
+                m.cost.labels(m.service, tokens.model, key).inc(cost)
 
     async def read_body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(request, self.settings.server.max_body_bytes)
@@ -131,8 +119,8 @@ class Gateway:
         validate_messages_request(body, count_tokens=path.endswith("count_tokens"))
         access = request_log(request)
         if access is not None:
-            access.model_requested = body["model"]
-            access.stream = body.get("stream") is True
+            access.draft.model_requested = body["model"]
+            access.draft.stream = body.get("stream") is True
         forward = ForwardRequest(
             path=path,
             headers=dict(request.headers),
@@ -160,7 +148,7 @@ class Gateway:
         content, usage = await until_disconnect(request, read_reply(reply))
         self.record(route, reply.status, started, usage, time.perf_counter() - started, access)
         if access is not None and reply.status >= 400:
-            access.error_type = (parse_anthropic_error(content) or ("api_error", ""))[0]
+            access.draft.error_type = (parse_anthropic_error(content) or ("api_error", ""))[0]
         return Response(content, status_code=reply.status, headers=client_headers(reply))
 
 

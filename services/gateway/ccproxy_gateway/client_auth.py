@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from starlette.requests import Request
 
-from ccproxy_core.client_keys import KeyAuthority, Principal
+from ccproxy_core.client_keys import SHARED_TOKEN, KeyAuthority, Principal
 from ccproxy_core.errors import ProxyError
 
 #: Where the key guard leaves its verdict in the ASGI scope.
@@ -64,7 +64,7 @@ class ClientAuth:
         if key is None:
             return None
         if self._token is not None and hmac.compare_digest(key.encode(), self._token):
-            return Principal(key_id="default", key_name="shared token")
+            return Principal(key_id=SHARED_TOKEN, key_name="shared token")
         if self.keys is None or not self._keys_active:
             return None
         found = await self.keys.lookup(key)

@@ -28,7 +28,6 @@ from ccproxy_core.client_keys import (
     KeyAuthority,
     KeyInfo,
     Principal,
-    UsageReport,
     current_principal,
 )
 from ccproxy_core.errors import ProxyError
@@ -116,15 +115,8 @@ class KeyMeter:
                 real = usage if isinstance(usage, Usage) else await usage
             except Exception as exc:  # unknown usage: release the reservation all the same
                 log.warning("usage of a request of key %s is unknown: %s", admission.key_id, exc)
-            report = UsageReport(
-                model=real.model,
-                input_tokens=real.input_tokens,
-                output_tokens=real.output_tokens,
-                cache_read_tokens=real.cache_read_tokens,
-                cache_write_tokens=real.cache_write_tokens,
-            )
             try:
-                await self.keys.settle(admission, report)
+                await self.keys.settle(admission, real.tokens)
             except Exception as exc:  # the reservation expires by itself; say so, do not crash
                 log.warning("could not settle the usage of key %s: %s", admission.key_id, exc)
 

@@ -64,20 +64,6 @@ class GatewayParts(Protocol):
 FORWARDED_HEADERS = ("anthropic-beta", "anthropic-version")
 
 
-def _usage(translator: ChatStreamTranslator | ResponsesStreamTranslator) -> Usage:
-    tokens = translator.tokens
-    return Usage(
-        model=translator.model,
-        input_tokens=tokens.input,
-        output_tokens=tokens.output,
-        cache_read_tokens=tokens.cache_read,
-        cache_write_tokens=tokens.cache_write,
-        stop_reason=translator.stop_reason,
-        error_type=translator.error_type,
-        first_token=translator.first_output,
-    )
-
-
 class OpenAIRoutes:
     def __init__(self, gateway: GatewayParts) -> None:
         self.gateway = gateway
@@ -99,7 +85,7 @@ class OpenAIRoutes:
         if plan.stream:
             translator = ChatStreamTranslator(plan)
             frames = chat_stream(iter_events(reply), translator)
-            return self._stream(request, reply, frames, started, lambda: _usage(translator))
+            return self._stream(request, reply, frames, started, lambda: translator.usage)
         message = await self._message(request, reply, started)
         return JSONResponse(chat_completion(message, plan), headers=self._headers(reply))
 
@@ -112,7 +98,7 @@ class OpenAIRoutes:
         if plan.stream:
             translator = ResponsesStreamTranslator(plan)
             frames = responses_stream(iter_events(reply), translator)
-            return self._stream(request, reply, frames, started, lambda: _usage(translator))
+            return self._stream(request, reply, frames, started, lambda: translator.usage)
         message = await self._message(request, reply, started)
         return JSONResponse(response_object(message, plan), headers=self._headers(reply))
 
@@ -121,8 +107,8 @@ class OpenAIRoutes:
         (the gateway's handler keeps the status and ``retry-after``)."""
         access = request_log(request)
         if access is not None:
-            access.model_requested = model
-            access.stream = stream
+            access.draft.model_requested = model
+            access.draft.stream = stream
         headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
         forward = ForwardRequest(path="/v1/messages", headers=headers, body=body)
         reply: UpstreamReply = await until_disconnect(request, self.gateway.forwarder.forward(forward))

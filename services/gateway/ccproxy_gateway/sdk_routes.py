@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.client_keys import Admission, Principal
+from ccproxy_core.client_keys import ANONYMOUS, Admission, Principal
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.models import models_listing
@@ -191,15 +191,7 @@ class SdkRun:
     def usage(self) -> Usage:
         """The run's usage as the worker reported it (none: nothing known to be spent)."""
         result = self.result or SdkResult()
-        return Usage(
-            model=result.model,
-            input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens,
-            cache_read_tokens=result.cache_read_tokens,
-            cache_write_tokens=result.cache_write_tokens,
-            stop_reason=result.stop_reason,
-            first_token=self.first_output,
-        )
+        return Usage(result, result.stop_reason, first_token=self.first_output)
 
     async def _late_usage(self) -> Usage:
         """Read the stopped run's records afresh (the request's reader may be gone with its
@@ -398,10 +390,9 @@ class SdkRoutes:
                                   self.settings.claude.session_ttl)
         access = request_log(request)
         if access is not None:
-            access.mode = "sdk"
-            access.model_requested = str(body.get("model") or "")
-            access.stream = body.get("stream") is True
-            access.extra["sdk_session_id"] = job.session_id
+            d = access.draft
+            d.mode, d.model_requested = "sdk", str(body.get("model") or "")
+            d.stream, d.sdk_session_id = body.get("stream") is True, job.session_id or ""
         # Rate limits and budget, as in API mode: a refused request never reaches the queue.
         meter = self.gateway.meter
         principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE)
@@ -476,16 +467,11 @@ class SdkRoutes:
         self.gateway.record(_route(request), status, started, usage, first, access)
         if access is None:
             return
-        access.sdk_cost_usd = result.cost_usd
-        access.extra.update(
-            {
-                "sdk_session_id": result.session_id or run.job.session_id or "",
-                "sdk_turns": result.num_turns,
-                "sdk_tool_uses": result.tool_uses,
-            }
-        )
+        d = access.draft
+        d.sdk_cost_usd, d.sdk_turns, d.sdk_tool_uses = result.cost_usd, result.num_turns, result.tool_uses
+        d.sdk_session_id = result.session_id or run.job.session_id or ""
         if run.error is not None:
-            access.error_type = str(run.error.get("type") or "api_error")
+            d.error_type = str(run.error.get("type") or "api_error")
 
 
 def _route(request: Request) -> str:
@@ -499,4 +485,4 @@ def _identity(request: Request) -> tuple[str, str]:
     principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE)
     if principal is not None:
         return principal.key_id, principal.key_name
-    return "anonymous", ""
+    return ANONYMOUS, ""
