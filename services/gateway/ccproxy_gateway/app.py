@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from ccproxy_core.access_log import AccessLogEmitter, RequestLog
+from ccproxy_core.access_log import AccessLogEmitter
 from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
@@ -37,8 +37,7 @@ from ccproxy_gateway.dashboard import dashboard_routes
 from ccproxy_gateway.metering import KeyGuard, KeyMeter, MeteredForwarder, keys_enabled
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai_routes import OpenAIRoutes
-from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic
-from ccproxy_gateway.usage import Usage
+from ccproxy_gateway.relay import Answers, client_headers
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,8 @@ class Gateway:
         self.forwarder = forwarder
         self.credential_status = credential_status
         self.metrics = metrics or Metrics("gateway")
+        #: Where every answer ends: its usage to metrics and the access log (billing: the reply).
+        self.answers = Answers(self.metrics)
         #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md).
         self.access_log = access_log or AccessLogEmitter.from_settings(settings, self.metrics)
         token = settings.security.auth_token
@@ -79,39 +80,10 @@ class Gateway:
         if self.meter is not None:
             self.forwarder = MeteredForwarder(forwarder, self.meter)
 
-    def record(
-        self,
-        route: str,
-        status: int,
-        started: float,
-        usage: Usage,
-        first_byte: float | None,
-        access: RequestLog | None = None,
-    ) -> None:
-        """Metrics for one answered request, and its usage onto its access log."""
-        m, tokens = self.metrics, usage.tokens
-        cost = tokens.cost()
-        key = access.draft.key_id if access is not None else ""
-        if access is not None:
-            access.set_usage(tokens, cost, usage.stop_reason)
-            access.first_token = usage.first_token
-            if usage.error_type:
-                access.draft.error_type = usage.error_type
-        m.requests.labels(m.service, route, str(status)).inc()
-        m.latency.labels(m.service, route, str(status)).observe(time.perf_counter() - started)
-        if first_byte is not None:
-            m.first_byte.labels(m.service, route).observe(first_byte)
-        if tokens.model:
-            for kind, n in tokens.by_kind():
-                if n:
-                    m.tokens.labels(m.service, tokens.model, key, kind).inc(n)
-            if cost:
-                m.cost.labels(m.service, tokens.model, key).inc(cost)
-
     async def read_body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(request, self.settings.server.max_body_bytes)
 
-    async def forward_anthropic(self, request: Request, path: str, route: str) -> Response:
+    async def forward_anthropic(self, request: Request, path: str) -> Response:
         """Authenticate, validate lightly, forward, relay: the API-mode Messages path."""
         started = time.perf_counter()
         self.client_auth.check(request)
@@ -133,20 +105,9 @@ class Gateway:
         if access is not None:
             access.note_upstream(reply)
         if reply.is_stream and reply.status == 200:
-            self.metrics.active_streams.labels(self.metrics.service).inc()
-
-            if access is not None:
-                access.hold()  # the event waits for the stream's usage
-
-            def done(usage: Usage, first_byte: float | None) -> None:
-                self.metrics.active_streams.labels(self.metrics.service).dec()
-                self.record(route, reply.status, started, usage, first_byte, access)
-                if access is not None:
-                    access.release()
-
-            return relay_anthropic(reply, started, done)
-        content, usage = await until_disconnect(request, read_reply(reply))
-        self.record(route, reply.status, started, usage, time.perf_counter() - started, access)
+            return self.answers.relay_upstream(request, started, reply)
+        content, usage = await self.answers.read(request, reply)
+        self.answers.done(request, started, usage, reply.status)
         if access is not None and reply.status >= 400:
             access.draft.error_type = (parse_anthropic_error(content) or ("api_error", ""))[0]
         return Response(content, status_code=reply.status, headers=client_headers(reply))
@@ -180,12 +141,10 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
     openai = OpenAIRoutes(gateway)
 
     async def messages(request: Request) -> Response:
-        return await gateway.forward_anthropic(request, "/v1/messages", "/api/v1/messages")
+        return await gateway.forward_anthropic(request, "/v1/messages")
 
     async def count_tokens(request: Request) -> Response:
-        return await gateway.forward_anthropic(
-            request, "/v1/messages/count_tokens", "/api/v1/messages/count_tokens"
-        )
+        return await gateway.forward_anthropic(request, "/v1/messages/count_tokens")
 
     catalog = ModelCatalog(
         gateway.forwarder, gateway.settings.anthropic.models_cache_seconds, openai.model_map.aliases()
