@@ -4,7 +4,8 @@ CLI from node_modules, the fake upstream).
 
 - Sessions belong to the key that made them: Carol naming Alice's session gets one of her own
   (and never Alice's turns upstream); Alice's session id in Carol's hands is a 404. A named
-  session's request is logged with its key, and its metrics label is the route template.
+  session's request is logged with its key (and its permission prompts are the member's), and
+  its metrics label is the route template.
 - ``claude_options`` only narrow the operator's ``CLAUDE__OPTIONS__*``.
 - Under ``serve`` with ``REDIS__URL``, SDK mode comes back after Redis restarts.
 - A worker whose event loop stalls keeps its run; one killed for real fails it cleanly in time.
@@ -372,3 +373,30 @@ def test_a_killed_worker_fails_its_run_cleanly_in_bounded_time(worker_stack: Sta
     assert errors, reader.events[-3:]
     assert errors[0]["error"]["type"] == "api_error" and "stopped" in errors[0]["error"]["message"]
     assert elapsed < LIVENESS_AFTER + HEARTBEAT_TTL + 15
+
+
+def test_a_named_sessions_permission_prompt_is_its_members(
+    team: tuple[SdkSetup, dict[str, dict[str, Any]]],
+) -> None:
+    """A tool use on ``/sdk/{session}/v1`` asks in the member's name: she sees and decides it,
+    another member does not see it."""
+    setup, keys = team
+    alice, carol = keys["alice"], keys["carol"]
+    marker = f"https://example.invalid/{uuid.uuid4().hex[:10]}"
+    query = urllib.parse.urlencode({"url": marker, "prompt": "summarise"})
+    with ThreadPoolExecutor(1) as pool:
+        prompt = f"fetch [[fake:call=WebFetch?{query}]]"
+        run = pool.submit(client(setup.url, alice["key"], "/sdk/prompts").messages.create, model=MODEL,
+                          max_tokens=50, messages=[{"role": "user", "content": prompt}])
+
+        def mine(key: str) -> list[dict[str, Any]]:
+            resp = httpx.get(setup.url + "/permissions", headers={"x-api-key": key}, timeout=10)
+            return [r for r in resp.json()["data"] if marker in json.dumps(r["input"])]
+
+        [request] = wait_until(lambda: mine(alice["key"]), timeout=60, message="Alice's permission prompt")
+        assert request["tool_name"] == "WebFetch"
+        assert not mine(carol["key"])
+        resp = httpx.post(f"{setup.url}/permissions/{request['id']}/respond", headers={"x-api-key": alice["key"]},
+                          json={"behavior": "deny", "message": "not now"}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert "not now" in texts(run.result(timeout=60))

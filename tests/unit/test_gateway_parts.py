@@ -142,7 +142,7 @@ async def test_one_usage_reaches_billing_metrics_and_the_access_log(
     parts: tuple[Gateway, FakeKeys, Events], case: str
 ) -> None:
     gateway, keys, events = parts
-    forwarder = gateway.forwarder.inner  # type: ignore[attr-defined]  # the metered forwarder's
+    forwarder = gateway.forwarder.inner  # the metered forwarder wraps the fake
     path, extra = CASES[case]
     if path.endswith("/responses"):
         body: dict[str, Any] = {"model": MODEL, "input": "hello", **extra}

@@ -64,9 +64,9 @@ def load_settings(**overrides: Any) -> Settings:
 def check_bind(settings: Settings) -> None:
     if not is_loopback(settings.server.host) and settings.security.auth_token is None:
         fail(
-            f"refusing to listen on {settings.server.host} without client authentication: anyone on "
-            "the network could use your Claude account. Set SECURITY__AUTH_TOKEN (make one with "
-            "`ccproxy generate-token`) or bind to 127.0.0.1."
+            f"refusing to listen on {settings.server.host} with no client authentication: anyone on "
+            "the network could use your Claude account. Set SECURITY__AUTH_TOKEN (an empty or blank "
+            "one is none; make one with `ccproxy generate-token`) or bind to 127.0.0.1."
         )
 
 

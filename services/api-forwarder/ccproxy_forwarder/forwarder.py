@@ -158,7 +158,7 @@ class ApiForwarder:
         task.add_done_callback(self._reports.discard)
 
     async def _send(self, request: ForwardRequest, credential: Credential) -> aiohttp.ClientResponse:
-        headers = upstream_headers(request.headers, credential)
+        headers = upstream_headers(request.headers, credential, self._settings.version)
         url = self._base_url + request.path + (f"?{request.query}" if request.query else "")
         data: bytes | None = None
         if request.method == "GET":

@@ -27,6 +27,7 @@ from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.metrics import Metrics, label_routes, route_label
+from ccproxy_core.models import check_token_limit
 from ccproxy_core.redis import REDIS_DOWN, unavailable_error
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
@@ -114,15 +115,18 @@ class Gateway:
 
 
 def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) -> None:
-    """Check only what ccproxy itself relies on; everything else passes through untouched."""
+    """Check only what ccproxy itself relies on; everything else passes through untouched.
+
+    ``max_tokens`` is what a budget reserves, so it must be an integer from 1 to the model's
+    output limit (the API refuses more anyway); count_tokens takes none and reserves nothing."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ProxyError(400, "model: a model name is required", param="model")
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise ProxyError(400, "messages: a list of messages is required", param="messages")
-    if not count_tokens and "max_tokens" in body and not isinstance(body["max_tokens"], int):
-        raise ProxyError(400, "max_tokens: must be an integer", param="max_tokens")
+    if not count_tokens and "max_tokens" in body:
+        check_token_limit(body["max_tokens"], model)
     if "stream" in body and not isinstance(body["stream"], bool):
         raise ProxyError(400, "stream: must be a boolean", param="stream")
 

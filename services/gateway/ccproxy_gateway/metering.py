@@ -96,11 +96,12 @@ class KeyMeter:
         (less if less is left); ``Admission.estimated_micro_usd`` is what was reserved."""
         if key is None or not key.limited:
             return None
-        max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else 4096
+        # The routes refused a bad max_tokens already; an absent one (SDK mode) estimates 4096.
+        max_tokens = body.get("max_tokens")
+        if type(max_tokens) is not int or max_tokens < 1:
+            max_tokens = 4096
         reserve = math.ceil(run_usd * 1_000_000) if run_usd and key.budget_usd else 0
-        return await self.keys.admit(
-            key, str(body.get("model") or ""), len(orjson.dumps(body)), int(max_tokens or 0), reserve
-        )
+        return await self.keys.admit(key, str(body.get("model") or ""), len(orjson.dumps(body)), max_tokens, reserve)
 
     def settle(self, admission: Admission | None, usage: TokenUsage | Awaitable[TokenUsage]) -> None:
         """Settle ``admission`` with ``usage``, which may still be on its way (an awaitable)."""

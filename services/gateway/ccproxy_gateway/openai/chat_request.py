@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ccproxy_core.errors import ProxyError, validation_error
+from ccproxy_core.models import check_token_limit, max_output_tokens
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_gateway.openai.chat_models import (
     AssistantMessage,
@@ -185,10 +186,14 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
     _refuse_unsupported(req)
     system, messages = translate_messages(req)
     limit = req.max_completion_tokens or req.max_tokens
+    model = models.resolve(req.model)
+    if limit is not None:
+        check_token_limit(limit, model, "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
     thinking, max_tokens = thinking_config(
-        req.reasoning_effort, options.reasoning_budgets, limit, options.default_max_tokens
+        req.reasoning_effort, options.reasoning_budgets, limit, options.default_max_tokens,
+        model_limit=max_output_tokens(model),
     )
-    body: dict[str, Any] = {"model": models.resolve(req.model), "max_tokens": max_tokens, "messages": messages}
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
     if system:
         body["system"] = system
     if thinking is not None:

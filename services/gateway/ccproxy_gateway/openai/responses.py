@@ -22,7 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError, validation_error
-from ccproxy_core.models import TokenUsage
+from ccproxy_core.models import TokenUsage, check_token_limit, max_output_tokens
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.openai.content import (
@@ -197,10 +197,14 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
     _refuse_unsupported(req)
     system, messages = translate_input(req)
     effort = req.reasoning.effort if req.reasoning else None
+    model = models.resolve(req.model)
+    if req.max_output_tokens is not None:
+        check_token_limit(req.max_output_tokens, model, "max_output_tokens")
     thinking, max_tokens = thinking_config(
-        effort, options.reasoning_budgets, req.max_output_tokens, options.default_max_tokens, "reasoning.effort"
+        effort, options.reasoning_budgets, req.max_output_tokens, options.default_max_tokens, "reasoning.effort",
+        model_limit=max_output_tokens(model),
     )
-    body: dict[str, Any] = {"model": models.resolve(req.model), "max_tokens": max_tokens, "messages": messages}
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
     if system:
         body["system"] = system
     if thinking is not None:
