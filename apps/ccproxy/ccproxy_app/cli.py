@@ -57,7 +57,8 @@ def serve(
     check_bind(settings)
     startup_report(settings)
     try:
-        serve_app(build_local_app(settings), settings.server.host, settings.server.port, settings.server.log_level)
+        serve_app(build_local_app(settings), settings.server.host, settings.server.port, settings.server.log_level,
+                  settings.server.header_timeout, settings.server.body_timeout)
     except StartupError as exc:
         fail(str(exc))
 

@@ -97,7 +97,8 @@ def run_service(
         factory: Callable[[Settings], Any] = found[0].load()
         web = factory(settings)
         if web is not None:  # None: a worker, which ran until it was stopped
-            serve_app(web, settings.server.host, settings.server.port, settings.server.log_level)
+            serve_app(web, settings.server.host, settings.server.port, settings.server.log_level,
+                      settings.server.header_timeout, settings.server.body_timeout)
     except StartupError as exc:
         fail(f"{service}: {exc}")
 

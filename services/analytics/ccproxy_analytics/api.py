@@ -116,23 +116,33 @@ class LogsApi:
                              headers={"retry-after": "5"}) from exc
 
     async def status(self, request: Request) -> Response:
+        """The admin sees the pipeline (stream length, consumer counters, every stored row); a
+        member sees whether the log works and how many of the stored rows are its own."""
         viewer = await self.authorize(request)
         body: dict[str, Any] = {"backend": self.store.backend, "database": self.store.database}
         warnings: list[str] = []
         try:
             async with asyncio.timeout(5):
                 sql = f"SELECT count() AS rows FROM {self.store.table}"  # noqa: S608 (a checked identifier)
-                rows = await self.store.query(sql)
-            body["clickhouse"] = {"available": True, "rows_stored": rows[0]["rows"] if viewer.admin else None}
+                params: dict[str, Any] = {}
+                if not viewer.admin:
+                    sql += " WHERE key_id = {key:String}"
+                    params["key"] = viewer.id
+                rows = await self.store.query(sql, params)
+            body["clickhouse"] = {"available": True, "rows_stored": rows[0]["rows"]}
         except (ClickHouseUnavailable, TimeoutError) as exc:
             body["clickhouse"] = {"available": False, "detail": str(exc) or "timed out"}
             warnings.append("ClickHouse is unreachable: events wait in Redis until it is back")
         try:
             length = await self.redis.xlen(self.stream)
-            body["redis"] = {"available": True, "stream_length": length}
+            body["redis"] = {"available": True, "stream_length": length} if viewer.admin else {"available": True}
         except RedisError as exc:
             body["redis"] = {"available": False, "detail": type(exc).__name__}
             warnings.append("Redis is unreachable: gateways buffer events in memory")
+        if not viewer.admin:
+            body["warnings"] = warnings
+            body["status"] = "ok" if not warnings else "degraded"
+            return json(body)
         if self.consumer is not None:
             st = self.consumer.state
             body["consumer"] = {
