@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.client_keys import Principal
+from ccproxy_core.client_keys import ANONYMOUS, Principal
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.redis import UNAVAILABLE, unavailable_as_503
 from ccproxy_core.settings import ResponsesSettings
@@ -50,10 +50,10 @@ _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "
 
 
 def owner_of(request: Request) -> str:
-    """Whose namespace a request uses: its client key id, ``default`` for the shared token,
-    ``anonymous`` when client auth is off."""
+    """Whose namespace a request uses: its client key id, :data:`SHARED_TOKEN` for the shared
+    token, :data:`ANONYMOUS` when client auth is off."""
     principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE)
-    return principal.key_id if principal is not None else "anonymous"
+    return principal.key_id if principal is not None else ANONYMOUS
 
 
 def not_found(response_id: str) -> ProxyError:
