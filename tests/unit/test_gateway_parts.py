@@ -14,9 +14,10 @@ import orjson
 import pytest
 
 from ccproxy_core.access_log import AccessLogEmitter, AccessLogEvent, RequestLog
-from ccproxy_core.client_keys import ANONYMOUS, Admission, KeyInfo, Settlement
+from ccproxy_core.client_keys import Admission, KeyInfo, Settlement
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import ForwardRequest, UpstreamReply
+from ccproxy_core.identity import ANONYMOUS
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import Settings
@@ -219,7 +220,7 @@ def test_request_log_is_a_draft_of_its_one_event() -> None:
     emitted: list[AccessLogEvent] = []
     log = RequestLog("/api/v1/messages", client_format="anthropic", user_agent="ua", request_id="req_1")
     log.sink = emitted.append
-    assert log.draft.key_id == ANONYMOUS
+    assert log.draft.key_id == ANONYMOUS.id
     log.set_identity("key_1", "alice")
     log.draft.model_requested = "sonnet"
     log.set_usage(SPENT, stop_reason="end_turn")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel
 
-from ccproxy_core.client_keys import ANONYMOUS
+from ccproxy_core.identity import ANONYMOUS
 from ccproxy_core.models import TokenUsage
 
 if TYPE_CHECKING:
@@ -67,9 +67,9 @@ class AccessLogEvent(BaseModel):
     endpoint: str
     method: str = "POST"
     client_format: str = "anthropic"
-    #: Who asked: the id and name the client-auth step produced (``default``: the shared token,
-    #: ``anonymous``: no client auth). Never the key itself.
-    key_id: str = ANONYMOUS
+    #: Who asked: the caller's id and name (``ccproxy_core.identity``: ``LEAD.id`` for the shared
+    #: token, ``ANONYMOUS.id`` with no client auth). Never the key itself.
+    key_id: str = ANONYMOUS.id
     key_name: str = ""
     account: str = ""
     model_requested: str = ""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from contextvars import ContextVar
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -21,10 +20,6 @@ from ccproxy_core.models import TokenUsage
 
 Period = Literal["day", "week", "month"]
 KEY_PREFIX = "ccp_"
-#: The caller id of a request with no client auth at all (auth off: a developer's own machine).
-ANONYMOUS = "anonymous"
-#: The caller id of the holder of the shared ``SECURITY__AUTH_TOKEN``.
-SHARED_TOKEN = "default"
 
 
 def hash_key(presented: str) -> str:
@@ -99,19 +94,6 @@ class KeyAuthority(Protocol):
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         ...
-
-
-class Principal(BaseModel):
-    """Who is asking: a client key, the shared token (:data:`SHARED_TOKEN`) or nobody
-    (:data:`ANONYMOUS`)."""
-
-    key_id: str = ANONYMOUS
-    key_name: str = ""
-    key: KeyInfo | None = None
-
-
-#: The principal of the request being served (set by the gateway's key guard).
-current_principal: ContextVar[Principal | None] = ContextVar("ccproxy_principal", default=None)
 
 
 def looks_like_key(presented: str) -> bool:

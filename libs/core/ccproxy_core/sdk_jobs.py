@@ -31,8 +31,8 @@ from arq.utils import timestamp_ms
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from ccproxy_core.client_keys import ANONYMOUS
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.identity import ANONYMOUS
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import ClaudeSettings
 
@@ -75,7 +75,7 @@ class SdkJob(BaseModel):
     #: Per-request options (``claude_options``), already checked against the allow-list.
     options: dict[str, Any] = Field(default_factory=dict)
     #: Who asked (the client key's id and name, never the key): permission prompts and logs.
-    key_id: str = ANONYMOUS
+    key_id: str = ANONYMOUS.id
     key_name: str = ""
     #: USD reserved for this run against the client key's budget: Claude Code may spend no more.
     budget_usd: float | None = None
