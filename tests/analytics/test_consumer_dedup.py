@@ -20,13 +20,14 @@ from redis.asyncio import Redis
 from ccproxy_analytics.consumer import COLUMNS, AccessLogConsumer, row
 from ccproxy_analytics.store import ClickHouse
 from ccproxy_core.access_log import AccessLogEvent, RequestLog
+from ccproxy_core.models import TokenUsage
 from tests.analytics.conftest import ChdbServer
 
 
 def event(n: int) -> AccessLogEvent:
     log = RequestLog("/api/v1/messages", request_id=f"req_{n:05d}")
-    log.status = 200
-    log.set_usage("claude-sonnet-4-5", 10, 5)
+    log.set_status(200)
+    log.set_usage(TokenUsage(model="claude-sonnet-4-5", input_tokens=10, output_tokens=5))
     return log.event()
 
 

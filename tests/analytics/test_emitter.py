@@ -18,7 +18,7 @@ from tests.analytics.conftest import RedisServer
 
 def make_event(n: int) -> AccessLogEvent:
     log = RequestLog("/api/v1/messages", request_id=f"req_{n:05d}")
-    log.status = 200
+    log.set_status(200)
     return log.event()
 
 

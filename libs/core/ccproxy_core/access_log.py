@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel
 
-from ccproxy_core.models import cost_usd
+from ccproxy_core.identity import ANONYMOUS
+from ccproxy_core.models import TokenUsage
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -66,9 +67,9 @@ class AccessLogEvent(BaseModel):
     endpoint: str
     method: str = "POST"
     client_format: str = "anthropic"
-    #: Who asked: the id and name the client-auth step produced (``default``: the shared token,
-    #: ``anonymous``: no client auth). Never the key itself.
-    key_id: str = "anonymous"
+    #: Who asked: the caller's id and name (``ccproxy_core.identity``: ``LEAD.id`` for the shared
+    #: token, ``ANONYMOUS.id`` with no client auth). Never the key itself.
+    key_id: str = ANONYMOUS.id
     key_name: str = ""
     account: str = ""
     model_requested: str = ""
@@ -127,10 +128,12 @@ def _float(value: str | None) -> float | None:
 
 
 class RequestLog:
-    """What the gateway learns about one request while serving it; becomes one event.
+    """What the gateway learns about one request while serving it: a draft of its one event.
 
-    Routes reach it through ``request.state.access_log`` and set attributes directly; times are
-    taken with ``time.time()`` for wall clock and ``time.perf_counter()`` for durations.
+    Routes reach it through ``request.state.access_log`` and fill in :attr:`draft` (the event
+    itself, the fields analytics stores); when the request is over its times, status, outcome
+    and cost are set and the draft is emitted. Times are taken with ``time.time()`` for wall
+    clock and ``time.perf_counter()`` for durations.
     """
 
     def __init__(
@@ -143,38 +146,16 @@ class RequestLog:
         client_addr: str = "",
         request_id: str | None = None,
     ) -> None:
-        self.request_id = request_id or f"req_{uuid.uuid4().hex}"
         self.wall_start = time.time()
         self.started = time.perf_counter()
         self.first_byte: float | None = None
         self.first_token: float | None = None
-        self.endpoint = endpoint
-        self.method = method
-        self.mode: Literal["api", "sdk"] = mode
-        self.client_format = client_format
-        self.user_agent = user_agent
-        self.client_addr = client_addr
-        self.key_id = "anonymous"
-        self.key_name = ""
-        self.account = ""
-        self.model_requested = ""
-        self.model_used = ""
-        self.stream = False
-        self.status = 0
-        self.error_type = ""
-        self.stop_reason = ""
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cache_read_tokens = 0
-        self.cache_write_tokens = 0
-        self.sdk_cost_usd: float | None = None
-        self.upstream_request_id = ""
-        self.quota_status = ""
-        self.quota_5h_utilization: float | None = None
-        self.quota_7d_utilization: float | None = None
-        self.retry_after_s: float | None = None
-        #: Extra event fields (SDK counters and the like), by field name.
-        self.extra: dict[str, Any] = {}
+        start = _utc(self.wall_start)
+        self.draft = AccessLogEvent(
+            request_id=request_id or f"req_{uuid.uuid4().hex}", started_at=start, finished_at=start,
+            duration_ms=0.0, endpoint=endpoint, method=method, mode=mode, client_format=client_format,
+            user_agent=user_agent, client_addr=client_addr, status=0,
+        )
         #: Where the event goes when the request is over (set by whoever opened the log).
         self.sink: Callable[[AccessLogEvent], None] | None = None
         self.finished = False
@@ -187,16 +168,16 @@ class RequestLog:
             self.first_byte = time.perf_counter()
 
     def set_identity(self, key_id: str, key_name: str = "") -> None:
-        self.key_id, self.key_name = key_id, key_name
+        self.draft.key_id, self.draft.key_name = key_id, key_name
 
     def set_error(self, status: int, error_type: str) -> None:
         """The error the client was answered with (499: the client went away first)."""
-        self.status, self.error_type = status, error_type
+        self.draft.status, self.draft.error_type = status, error_type
 
     def set_status(self, status: int) -> None:
         """The status actually sent; a cancelled request stays cancelled (499)."""
-        if self.status != 499:
-            self.status = status
+        if self.draft.status != 499:
+            self.draft.status = status
 
     def hold(self) -> None:
         """Something still runs for this request after the response (a stream's relay): the
@@ -223,83 +204,42 @@ class RequestLog:
 
     def note_upstream(self, reply: UpstreamReply) -> None:
         """Account, upstream request id, and the quota headers of an upstream answer."""
-        headers = reply.headers
-        self.account = reply.account or self.account
-        self.upstream_request_id = headers.get("request-id", self.upstream_request_id)
-        self.quota_status = headers.get("anthropic-ratelimit-unified-status", self.quota_status)
-        self.quota_5h_utilization = _float(headers.get("anthropic-ratelimit-unified-5h-utilization"))
-        self.quota_7d_utilization = _float(headers.get("anthropic-ratelimit-unified-7d-utilization"))
+        d, headers = self.draft, reply.headers
+        d.account = reply.account or d.account
+        d.upstream_request_id = headers.get("request-id", d.upstream_request_id)
+        d.quota_status = headers.get("anthropic-ratelimit-unified-status", d.quota_status)
+        d.quota_5h_utilization = _float(headers.get("anthropic-ratelimit-unified-5h-utilization"))
+        d.quota_7d_utilization = _float(headers.get("anthropic-ratelimit-unified-7d-utilization"))
         if reply.status in (429, 529):
-            self.retry_after_s = _float(headers.get("retry-after"))
+            d.retry_after_s = _float(headers.get("retry-after"))
 
-    def set_usage(
-        self,
-        model: str = "",
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        cache_read_tokens: int = 0,
-        cache_write_tokens: int = 0,
-        stop_reason: str | None = None,
-    ) -> None:
-        self.model_used = model or self.model_used
-        self.input_tokens = input_tokens
-        self.output_tokens = output_tokens
-        self.cache_read_tokens = cache_read_tokens
-        self.cache_write_tokens = cache_write_tokens
-        self.stop_reason = stop_reason or self.stop_reason
+    def set_usage(self, usage: TokenUsage, cost: float | None = None, stop_reason: str | None = None) -> None:
+        """The answer's tokens and their cost (computed from ``usage`` unless given)."""
+        d = self.draft
+        d.model_used = usage.model or d.model_used
+        d.input_tokens, d.output_tokens = usage.input_tokens, usage.output_tokens
+        d.cache_read_tokens, d.cache_write_tokens = usage.cache_read_tokens, usage.cache_write_tokens
+        d.cost_usd = usage.cost() if cost is None else cost
+        d.stop_reason = stop_reason or d.stop_reason
 
     def event(self, outcome: Outcome | None = None) -> AccessLogEvent:
+        """The finished event: the draft with its times, status and outcome set."""
         end = time.perf_counter()
-        status = self.status or 500
+        d = self.draft
+        d.status = d.status or 500
         if outcome is None:
-            if status == 499:
+            if d.status == 499:
                 outcome = "cancelled"
             else:
-                outcome = "ok" if status < 400 and not self.error_type else "error"
-        model = self.model_used or self.model_requested
-        fields: dict[str, Any] = {
-            "request_id": self.request_id,
-            "started_at": _utc(self.wall_start),
-            "first_byte_at": (
-                _utc(self.wall_start + self.first_byte - self.started) if self.first_byte is not None else None
-            ),
-            "finished_at": _utc(self.wall_start + end - self.started),
-            "duration_ms": round((end - self.started) * 1000, 3),
-            "ttft_ms": (
-                round((self.first_token - self.started) * 1000, 3) if self.first_token is not None else None
-            ),
-            "mode": self.mode,
-            "endpoint": self.endpoint,
-            "method": self.method,
-            "client_format": self.client_format,
-            "key_id": self.key_id,
-            "key_name": self.key_name,
-            "account": self.account,
-            "model_requested": self.model_requested,
-            "model_used": self.model_used,
-            "stream": self.stream,
-            "status": status,
-            "outcome": outcome,
-            "error_type": self.error_type,
-            "stop_reason": self.stop_reason,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_read_tokens": self.cache_read_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "cost_usd": cost_usd(
-                model, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens
-            ),
-            "sdk_cost_usd": self.sdk_cost_usd,
-            "upstream_request_id": self.upstream_request_id,
-            "user_agent": self.user_agent,
-            "client_addr": self.client_addr,
-            "quota_status": self.quota_status,
-            "quota_5h_utilization": self.quota_5h_utilization,
-            "quota_7d_utilization": self.quota_7d_utilization,
-            "retry_after_s": self.retry_after_s,
-        }
-        fields.update(self.extra)
-        return AccessLogEvent.model_validate(fields)
+                outcome = "ok" if d.status < 400 and not d.error_type else "error"
+        d.outcome = outcome
+        if self.first_byte is not None:
+            d.first_byte_at = _utc(self.wall_start + self.first_byte - self.started)
+        d.finished_at = _utc(self.wall_start + end - self.started)
+        d.duration_ms = round((end - self.started) * 1000, 3)
+        if self.first_token is not None:
+            d.ttft_ms = round((self.first_token - self.started) * 1000, 3)
+        return d
 
 
 class AccessLogEmitter:

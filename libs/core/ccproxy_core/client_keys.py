@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from ccproxy_core.auth_client import AuthServiceHttp
+from ccproxy_core.models import TokenUsage
 
 Period = Literal["day", "week", "month"]
 KEY_PREFIX = "ccp_"
@@ -62,12 +63,8 @@ class Admission(BaseModel):
     estimated_micro_usd: int = 0
 
 
-class UsageReport(BaseModel):
-    model: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
+#: What a settlement is told was spent (the name the key store's callers know it by).
+UsageReport = TokenUsage
 
 
 class Settlement(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import orjson
@@ -17,6 +17,9 @@ import orjson
 from ccproxy_core.client_keys import KeyInfo
 from ccproxy_core.errors import ProxyError, parse_anthropic_error
 from ccproxy_core.internal import INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
+
+if TYPE_CHECKING:
+    from ccproxy_core.models import TokenUsage
 
 
 @dataclass(slots=True)
@@ -58,6 +61,14 @@ class UpstreamReply:
         self._chunks = chunks
         self._close = close
         self.account = account
+        #: Billing's hook (the gateway's metered forwarder sets it): told the answer's usage.
+        self.on_usage: Callable[[TokenUsage], None] | None = None
+
+    def settle(self, usage: TokenUsage) -> None:
+        """Hand the answer's usage, read once by whoever relayed it, to billing (once)."""
+        hook, self.on_usage = self.on_usage, None
+        if hook is not None:
+            hook(usage)
 
     @property
     def is_stream(self) -> bool:

@@ -107,6 +107,67 @@ def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int 
     return round(total / 1_000_000, 8)
 
 
+class TokenUsage(BaseModel):
+    """The tokens one answer used, of which model: the one value billing (auth), metrics, the
+    access log, SDK results and the OpenAI usage objects all read."""
+
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def add(self, usage: dict[str, Any] | None) -> None:
+        """Take in an Anthropic ``usage`` object (message_start, then message_delta: later
+        non-zero numbers win)."""
+        if not usage:
+            return
+        self.input_tokens = usage.get("input_tokens") or self.input_tokens
+        self.output_tokens = usage.get("output_tokens") or self.output_tokens
+        self.cache_read_tokens = usage.get("cache_read_input_tokens") or self.cache_read_tokens
+        self.cache_write_tokens = usage.get("cache_creation_input_tokens") or self.cache_write_tokens
+
+    def take(self, usage: dict[str, Any]) -> None:
+        """Set the four numbers from an Anthropic ``usage`` object (a missing one is 0)."""
+        self.input_tokens = int(usage.get("input_tokens") or 0)
+        self.output_tokens = int(usage.get("output_tokens") or 0)
+        self.cache_read_tokens = int(usage.get("cache_read_input_tokens") or 0)
+        self.cache_write_tokens = int(usage.get("cache_creation_input_tokens") or 0)
+
+    def anthropic(self) -> dict[str, int]:
+        """The four numbers as an Anthropic ``usage`` object."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_creation_input_tokens": self.cache_write_tokens,
+        }
+
+    @property
+    def prompt_tokens(self) -> int:
+        """OpenAI counts cached prompt tokens inside the prompt total; Anthropic apart."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+    def by_kind(self) -> tuple[tuple[str, int], ...]:
+        """``(kind, tokens)`` as the metrics label them."""
+        return (
+            ("input", self.input_tokens),
+            ("output", self.output_tokens),
+            ("cache_read", self.cache_read_tokens),
+            ("cache_write", self.cache_write_tokens),
+        )
+
+    def cost(self) -> float:
+        """USD at the model's list price (0 for a model without one)."""
+        return cost_usd(
+            self.model, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens
+        )
+
+
 def _epoch(iso: str) -> int:
     return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
 

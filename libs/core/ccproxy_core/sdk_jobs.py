@@ -32,6 +32,8 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.identity import ANONYMOUS
+from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import ClaudeSettings
 
 #: The arq function name the worker registers.
@@ -73,23 +75,19 @@ class SdkJob(BaseModel):
     #: Per-request options (``claude_options``), already checked against the allow-list.
     options: dict[str, Any] = Field(default_factory=dict)
     #: Who asked (the client key's id and name, never the key): permission prompts and logs.
-    key_id: str = "anonymous"
+    key_id: str = ANONYMOUS.id
     key_name: str = ""
     #: USD reserved for this run against the client key's budget: Claude Code may spend no more.
     budget_usd: float | None = None
     enqueued_at: float = Field(default_factory=time.time)
 
 
-class SdkResult(BaseModel):
-    """The summary a worker writes after the last event: what the access log needs."""
+class SdkResult(TokenUsage):
+    """The summary a worker writes after the last event: the run's tokens (billing, metrics)
+    and what the access log needs besides."""
 
     session_id: str | None = None
-    model: str = ""
     stop_reason: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
     #: What Claude Code itself reckons the run cost.
     cost_usd: float | None = None
     num_turns: int = 0

@@ -1,4 +1,5 @@
-"""A streamed response for the relay path, without a task group per stream.
+"""The relay path: one loop that relays every stream, and a streamed response without a task
+group per stream.
 
 uvicorn speaks ASGI 2.3, so Starlette's ``StreamingResponse`` runs every stream inside an anyio
 task group, with a second task listening for the client's disconnect: ~46 µs of CPU per stream
@@ -11,9 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.sse import encode_event
 
 
 class RelayResponse(StreamingResponse):
@@ -49,3 +55,35 @@ class RelayResponse(StreamingResponse):
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+
+
+def error_event(exc: ProxyError) -> bytes:
+    """How an Anthropic stream ends when it fails after its status and headers were sent."""
+    return encode_event("error", anthropic_error_body(exc.error_type, exc.message))
+
+
+async def relay(
+    chunks: AsyncIterable[bytes],
+    started: float,
+    on_end: Callable[[float | None], Awaitable[None]],
+    feed: Callable[[bytes], None] | None = None,
+    on_error: Callable[[ProxyError], bytes] | None = error_event,
+) -> AsyncIterator[bytes]:
+    """The one relay loop: each chunk goes out as it arrives (a stream is never collected), and
+    ``feed`` sees it after it went. A :class:`ProxyError` once output began becomes ``on_error``'s
+    last chunk (None: raised). ``on_end(seconds to the first chunk)`` runs however the relay
+    ends: finished, failed, or cancelled because the client went away."""
+    first: float | None = None
+    try:
+        async for chunk in chunks:
+            if first is None:
+                first = time.perf_counter() - started
+            yield chunk
+            if feed is not None:
+                feed(chunk)
+    except ProxyError as exc:
+        if on_error is None:
+            raise
+        yield on_error(exc)
+    finally:
+        await on_end(first)

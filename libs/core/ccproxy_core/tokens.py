@@ -11,13 +11,16 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, SecretStr
 
+#: The account of a single-account setup (``ccproxy auth login`` with no ``--account``).
+DEFAULT_ACCOUNT = "default"
+
 
 class Credential(BaseModel):
     kind: Literal["oauth", "api_key"]
     secret: SecretStr
     #: Epoch seconds; None for API keys, which do not expire.
     expires_at: float | None = None
-    account: str = "default"
+    account: str = DEFAULT_ACCOUNT
 
     def expires_within(self, seconds: float) -> bool:
         return self.expires_at is not None and self.expires_at - time.time() < seconds

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from ccproxy_core.client_keys import KeyInfo
 from ccproxy_core.disconnect import until_disconnect
-from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import FORWARD_KEY_HEADER, HOP_BY_HOP, ForwardRequest
 from ccproxy_core.internal import (
     INTERNAL_SECRET_HEADER,
@@ -39,8 +39,7 @@ from ccproxy_core.metrics import Metrics
 from ccproxy_core.routing import RoutingAuthClient
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
-from ccproxy_core.sse import encode_event
-from ccproxy_core.streaming import RelayResponse
+from ccproxy_core.streaming import RelayResponse, relay
 from ccproxy_forwarder.forwarder import ApiForwarder
 
 log = logging.getLogger(__name__)
@@ -94,9 +93,9 @@ def create_service_app(settings: Settings) -> Starlette:
         if reply.account:
             out_headers["x-ccproxy-account"] = reply.account
 
-        def observe(status: int, first_byte: bool = False) -> None:
-            if first_byte:
-                metrics.first_byte.labels(metrics.service, "/internal/forward").observe(time.perf_counter() - started)
+        def observe(status: int, first_byte: float | None = None) -> None:
+            if first_byte is not None:
+                metrics.first_byte.labels(metrics.service, "/internal/forward").observe(first_byte)
             metrics.requests.labels(metrics.service, "/internal/forward", str(status)).inc()
             metrics.latency.labels(metrics.service, "/internal/forward", str(status)).observe(
                 time.perf_counter() - started
@@ -106,25 +105,14 @@ def create_service_app(settings: Settings) -> Starlette:
             # A whole JSON answer: one plain response. A StreamingResponse costs a task group
             # and chunked framing per request, with nothing to stream (docs/performance.md).
             content = await until_disconnect(request, reply.read(), "the gateway hung up")
-            observe(reply.status, first_byte=True)
+            observe(reply.status, time.perf_counter() - started)
             return Response(content, status_code=reply.status, headers=out_headers)
 
-        async def relay() -> AsyncIterator[bytes]:
-            first: float | None = None
-            try:
-                async for chunk in reply:
-                    if first is None:
-                        first = time.perf_counter() - started
-                        metrics.first_byte.labels(metrics.service, "/internal/forward").observe(first)
-                    yield chunk
-            except ProxyError as exc:
-                # Status and headers are gone: end the stream the way the upstream ends one.
-                yield encode_event("error", anthropic_error_body(exc.error_type, exc.message))
-            finally:
-                await reply.aclose()
-                observe(reply.status)
+        async def end(first_byte: float | None) -> None:
+            await reply.aclose()
+            observe(reply.status, first_byte)
 
-        return RelayResponse(relay(), status_code=reply.status, headers=out_headers)
+        return RelayResponse(relay(reply, started, end), status_code=reply.status, headers=out_headers)
 
     async def health(request: Request) -> Response:
         creds = await tokens.status()

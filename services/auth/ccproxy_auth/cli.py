@@ -22,6 +22,7 @@ import typer
 
 from ccproxy_core.cli import fail, load_settings
 from ccproxy_core.settings import Settings
+from ccproxy_core.tokens import DEFAULT_ACCOUNT
 
 T = TypeVar("T")
 
@@ -60,7 +61,7 @@ def _pool(settings: Settings) -> Any:
 
 @auth_app.command()
 def login(
-    account: Annotated[str, typer.Option(help="Name of the account to create or log in again.")] = "default",
+    account: Annotated[str, typer.Option(help="Name of the account to create or log in again.")] = DEFAULT_ACCOUNT,
     manual: Annotated[bool, typer.Option(help="Paste code#state instead of a local callback.")] = False,
     browser: Annotated[bool, typer.Option(help="Open the login page in a browser.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the callback.")] = 300.0,
@@ -280,7 +281,7 @@ def refresh(
 
 @auth_app.command()
 def logout(
-    account: Annotated[str, typer.Option(help="The account to remove.")] = "default",
+    account: Annotated[str, typer.Option(help="The account to remove.")] = DEFAULT_ACCOUNT,
 ) -> None:
     """Remove an account and its stored secrets (a linked CLI login itself is left alone)."""
     from ccproxy_auth.accounts import AccountError, AccountStore

@@ -37,7 +37,7 @@ from ccproxy_core.errors import ProxyError
 from ccproxy_core.logging import register_secret
 from ccproxy_core.redis import UNAVAILABLE, RedisLock, unavailable_as_503
 from ccproxy_core.settings import Settings
-from ccproxy_core.tokens import Credential, CredentialStatus
+from ccproxy_core.tokens import DEFAULT_ACCOUNT, Credential, CredentialStatus
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ NO_CREDENTIALS = (
 class CredentialManager:
     """The token source of one account (the Claude CLI's login, or an API key)."""
 
-    def __init__(self, settings: Settings, redis: Any | None = None, account: str = "default") -> None:
+    def __init__(self, settings: Settings, redis: Any | None = None, account: str = DEFAULT_ACCOUNT) -> None:
         self._settings = settings
         self._redis = redis
         self.account = account

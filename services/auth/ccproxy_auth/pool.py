@@ -32,14 +32,13 @@ from ccproxy_auth.manager import CredentialManager
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.routing import HINT_ACCOUNTS, HINT_SESSION, Outcome
 from ccproxy_core.settings import Settings
-from ccproxy_core.tokens import Credential, CredentialStatus
+from ccproxy_core.tokens import DEFAULT_ACCOUNT, Credential, CredentialStatus
 
 log = logging.getLogger(__name__)
 
 UNIFIED = "anthropic-ratelimit-unified-"
 #: The quota windows subscriptions report (``7d_opus``/``7d_sonnet`` and the like are read too).
 WINDOWS = ("5h", "7d")
-DEFAULT_ACCOUNT = "default"
 #: Seconds an account's state read from Redis is trusted before it is read again.
 STATE_TTL = 1.0
 #: (cooldown, why unhealthy, last rate-limited at) of one account.

@@ -90,7 +90,7 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception:
-            if not completed and not log.error_type:
+            if not completed and not log.draft.error_type:
                 log.set_error(500, "api_error")
             log.close()
             raise

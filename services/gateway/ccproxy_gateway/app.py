@@ -21,14 +21,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from ccproxy_core.access_log import AccessLogEmitter, RequestLog
+from ccproxy_core.access_log import AccessLogEmitter
 from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.identity import KeyBackend, caller, caller_middleware, guard_routes, public
 from ccproxy_core.metrics import Metrics, label_routes, route_label
-from ccproxy_core.models import check_token_limit, cost_usd
+from ccproxy_core.models import check_token_limit
 from ccproxy_core.redis import REDIS_DOWN, unavailable_error
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
@@ -38,9 +38,8 @@ from ccproxy_gateway.dashboard import dashboard_routes
 from ccproxy_gateway.metering import KeyMeter, MeteredForwarder, keys_enabled
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai_routes import OpenAIRoutes
-from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic
+from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, stored_routes
-from ccproxy_gateway.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +73,8 @@ class Gateway:
         self.forwarder = forwarder
         self.credential_status = credential_status
         self.metrics = metrics or Metrics("gateway")
+        #: Where every answer ends: its usage to metrics and the access log (billing: the reply).
+        self.answers = Answers(self.metrics)
         #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md).
         self.access_log = access_log or AccessLogEmitter.from_settings(settings, self.metrics)
         token = settings.security.auth_token
@@ -86,58 +87,18 @@ class Gateway:
         if self.meter is not None:
             self.forwarder = MeteredForwarder(forwarder, self.meter)
 
-    def record(
-        self,
-        route: str,
-        status: int,
-        started: float,
-        usage: Usage,
-        first_byte: float | None,
-        access: RequestLog | None = None,
-    ) -> None:
-        """Metrics for one answered request, and its usage onto its access log."""
-        m = self.metrics
-        key = access.key_id if access is not None else ""
-        if access is not None:
-            access.set_usage(
-                usage.model, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                usage.cache_write_tokens, usage.stop_reason,
-            )
-            access.first_token = usage.first_token
-            if usage.error_type:
-                access.error_type = usage.error_type
-        m.requests.labels(m.service, route, str(status)).inc()
-        m.latency.labels(m.service, route, str(status)).observe(time.perf_counter() - started)
-        if first_byte is not None:
-            m.first_byte.labels(m.service, route).observe(first_byte)
-        if usage.model:
-            for kind, n in (
-                ("input", usage.input_tokens),
-                ("output", usage.output_tokens),
-                ("cache_read", usage.cache_read_tokens),
-                ("cache_write", usage.cache_write_tokens),
-            ):
-                if n:
-                    m.tokens.labels(m.service, usage.model, key, kind).inc(n)
-            cost = cost_usd(
-                usage.model, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                usage.cache_write_tokens,
-            )
-            if cost:
-                m.cost.labels(m.service, usage.model, key).inc(cost)
-
     async def read_body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(request, self.settings.server.max_body_bytes)
 
-    async def forward_anthropic(self, request: Request, path: str, route: str) -> Response:
+    async def forward_anthropic(self, request: Request, path: str) -> Response:
         """Validate lightly, forward, relay: the API-mode Messages path (the caller is checked)."""
         started = time.perf_counter()
         body = await self.read_body(request)
         validate_messages_request(body, count_tokens=path.endswith("count_tokens"))
         access = request_log(request)
         if access is not None:
-            access.model_requested = body["model"]
-            access.stream = body.get("stream") is True
+            access.draft.model_requested = body["model"]
+            access.draft.stream = body.get("stream") is True
         forward = ForwardRequest(
             path=path,
             headers=dict(request.headers),
@@ -151,22 +112,11 @@ class Gateway:
         if access is not None:
             access.note_upstream(reply)
         if reply.is_stream and reply.status == 200:
-            self.metrics.active_streams.labels(self.metrics.service).inc()
-
-            if access is not None:
-                access.hold()  # the event waits for the stream's usage
-
-            def done(usage: Usage, first_byte: float | None) -> None:
-                self.metrics.active_streams.labels(self.metrics.service).dec()
-                self.record(route, reply.status, started, usage, first_byte, access)
-                if access is not None:
-                    access.release()
-
-            return relay_anthropic(reply, started, done)
-        content, usage = await until_disconnect(request, read_reply(reply))
-        self.record(route, reply.status, started, usage, time.perf_counter() - started, access)
+            return self.answers.relay_upstream(request, started, reply)
+        content, usage = await self.answers.read(request, reply)
+        self.answers.done(request, started, usage, reply.status)
         if access is not None and reply.status >= 400:
-            access.error_type = (parse_anthropic_error(content) or ("api_error", ""))[0]
+            access.draft.error_type = (parse_anthropic_error(content) or ("api_error", ""))[0]
         return Response(content, status_code=reply.status, headers=client_headers(reply))
 
 
@@ -201,12 +151,10 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
     openai = OpenAIRoutes(gateway)
 
     async def messages(request: Request) -> Response:
-        return await gateway.forward_anthropic(request, "/v1/messages", "/api/v1/messages")
+        return await gateway.forward_anthropic(request, "/v1/messages")
 
     async def count_tokens(request: Request) -> Response:
-        return await gateway.forward_anthropic(
-            request, "/v1/messages/count_tokens", "/api/v1/messages/count_tokens"
-        )
+        return await gateway.forward_anthropic(request, "/v1/messages/count_tokens")
 
     catalog = ModelCatalog(
         gateway.forwarder, gateway.settings.anthropic.models_cache_seconds, openai.model_map.aliases()

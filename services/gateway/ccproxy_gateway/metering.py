@@ -14,14 +14,14 @@ import asyncio
 import inspect
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import orjson
 
-from ccproxy_core.client_keys import Admission, CachedKeys, KeyAuthority, KeyInfo, UsageReport
+from ccproxy_core.client_keys import Admission, CachedKeys, KeyAuthority, KeyInfo
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
-from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
+from ccproxy_core.models import TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class KeyMeter:
         reserve = math.ceil(run_usd * 1_000_000) if run_usd and key.budget_usd else 0
         return await self.keys.admit(key, str(body.get("model") or ""), len(orjson.dumps(body)), max_tokens, reserve)
 
-    def settle(self, admission: Admission | None, usage: Usage | Awaitable[Usage]) -> None:
+    def settle(self, admission: Admission | None, usage: TokenUsage | Awaitable[TokenUsage]) -> None:
         """Settle ``admission`` with ``usage``, which may still be on its way (an awaitable)."""
         if admission is None:
             if inspect.iscoroutine(usage):
@@ -66,20 +66,13 @@ class KeyMeter:
             return
 
         async def settle() -> None:
-            real = Usage()
+            real = TokenUsage()
             try:
-                real = usage if isinstance(usage, Usage) else await usage
+                real = usage if isinstance(usage, TokenUsage) else await usage
             except Exception as exc:  # unknown usage: release the reservation all the same
                 log.warning("usage of a request of key %s is unknown: %s", admission.key_id, exc)
-            report = UsageReport(
-                model=real.model,
-                input_tokens=real.input_tokens,
-                output_tokens=real.output_tokens,
-                cache_read_tokens=real.cache_read_tokens,
-                cache_write_tokens=real.cache_write_tokens,
-            )
             try:
-                await self.keys.settle(admission, report)
+                await self.keys.settle(admission, real)
             except Exception as exc:  # the reservation expires by itself; say so, do not crash
                 log.warning("could not settle the usage of key %s: %s", admission.key_id, exc)
 
@@ -113,59 +106,14 @@ class MeteredForwarder:
         try:
             reply = await self.inner.forward(request)
         except BaseException:
-            self.meter.settle(admission, Usage())
+            self.meter.settle(admission, TokenUsage())
             raise
-        if admission is None:
-            return reply
-        return _metered(reply, lambda usage: self.meter.settle(admission, usage))
+        if admission is not None:  # settled with the usage the gateway's relay reads (relay.py)
+            reply.on_usage = lambda usage: self.meter.settle(admission, usage)
+        return reply
 
     async def drain(self) -> None:
         await self.meter.drain()
-
-
-def _metered(reply: UpstreamReply, on_done: Any) -> UpstreamReply:
-    """The same reply, read on the side for its usage; ``on_done(usage)`` once it is over."""
-    inner_chunks = reply.__aiter__()
-    stream = reply.is_stream
-    tap = StreamUsageTap() if stream else None
-    collected: list[bytes] = []
-    done = False
-
-    def finish() -> None:
-        nonlocal done
-        if done:
-            return
-        done = True
-        if reply.status != 200:
-            usage = Usage()
-        elif tap is not None:
-            usage = tap.usage
-        else:
-            usage = usage_from_message(b"".join(collected))
-        on_done(usage)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in inner_chunks:
-                if tap is not None:
-                    tap.feed(chunk)
-                elif reply.status == 200:
-                    collected.append(chunk)
-                yield chunk
-        finally:
-            finish()
-
-    original_close = reply._close
-
-    async def close() -> None:
-        try:
-            await original_close()
-        finally:
-            finish()
-
-    reply._chunks = chunks()
-    reply._close = close
-    return reply
 
 
 def keys_enabled(keys: KeyAuthority | None, ttl: float) -> KeyAuthority | None:

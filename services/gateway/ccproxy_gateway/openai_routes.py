@@ -13,18 +13,16 @@ from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.access_log import RequestLog
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, upstream_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
 from ccproxy_core.identity import caller
-from ccproxy_core.metrics import Metrics, route_label
+from ccproxy_core.metrics import Metrics
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import iter_events
-from ccproxy_core.streaming import RelayResponse
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.openai import (
     ChatStreamTranslator,
@@ -39,9 +37,9 @@ from ccproxy_gateway.openai import (
     translate_chat_request,
     translate_responses_request,
 )
-from ccproxy_gateway.relay import client_headers
+from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, begin, keep, kept_stream, stamp
-from ccproxy_gateway.usage import Usage, usage_from_message
+from ccproxy_gateway.usage import Usage
 
 
 class GatewayParts(Protocol):
@@ -51,32 +49,15 @@ class GatewayParts(Protocol):
     settings: Settings
     forwarder: Forwarder
     metrics: Metrics
+    answers: Answers
     responses: ResponseStore | None
 
     async def read_body(self, request: Request) -> dict[str, Any]: ...
 
-    def record(
-        self, route: str, status: int, started: float, usage: Usage, first_byte: float | None,
-        access: RequestLog | None = None,
-    ) -> None: ...
 
 #: Client headers that mean something upstream (betas such as 1M context); the rest of an OpenAI
 #: client's headers (its key, x-stainless-*, ...) stay here.
 FORWARDED_HEADERS = ("anthropic-beta", "anthropic-version")
-
-
-def _usage(translator: ChatStreamTranslator | ResponsesStreamTranslator) -> Usage:
-    tokens = translator.tokens
-    return Usage(
-        model=translator.model,
-        input_tokens=tokens.input,
-        output_tokens=tokens.output,
-        cache_read_tokens=tokens.cache_read,
-        cache_write_tokens=tokens.cache_write,
-        stop_reason=translator.stop_reason,
-        error_type=translator.error_type,
-        first_token=translator.first_output,
-    )
 
 
 class OpenAIRoutes:
@@ -97,9 +78,8 @@ class OpenAIRoutes:
         plan = translate_chat_request(chat, self.model_map, self.options)
         reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
         if plan.stream:
-            translator = ChatStreamTranslator(plan)
-            frames = chat_stream(iter_events(reply), translator)
-            return self._stream(request, reply, frames, started, lambda: _usage(translator))
+            tr = ChatStreamTranslator(plan)
+            return self._stream(request, reply, chat_stream(iter_events(reply), tr), started, lambda: tr.usage)
         message = await self._message(request, reply, started)
         return JSONResponse(chat_completion(message, plan), headers=self._headers(reply))
 
@@ -111,9 +91,9 @@ class OpenAIRoutes:
         stamp(plan, turn)
         reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
         if plan.stream:
-            translator = ResponsesStreamTranslator(plan)
-            frames = kept_stream(responses_stream(iter_events(reply), translator), translator, store, turn)
-            return self._stream(request, reply, frames, started, lambda: _usage(translator))
+            resp = ResponsesStreamTranslator(plan)
+            frames = kept_stream(responses_stream(iter_events(reply), resp), resp, store, turn)
+            return self._stream(request, reply, frames, started, lambda: resp.usage)
         message = await self._message(request, reply, started)
         response = response_object(message, plan)
         await keep(store, turn, response)
@@ -124,8 +104,8 @@ class OpenAIRoutes:
         (the gateway's handler keeps the status and ``retry-after``)."""
         access = request_log(request)
         if access is not None:
-            access.model_requested = model
-            access.stream = stream
+            access.draft.model_requested = model
+            access.draft.stream = stream
         headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
         forward = ForwardRequest(path="/v1/messages", headers=headers, body=body, key=caller(request).key)
         reply: UpstreamReply = await until_disconnect(request, self.gateway.forwarder.forward(forward))
@@ -134,13 +114,12 @@ class OpenAIRoutes:
         if access is not None:
             access.note_upstream(reply)
         if reply.status != 200:
-            raise upstream_error(reply.status, await until_disconnect(request, reply.read()), reply.headers)
+            raise upstream_error(reply.status, (await self.gateway.answers.read(request, reply))[0], reply.headers)
         return reply
 
     async def _message(self, request: Request, reply: UpstreamReply, started: float) -> dict[str, Any]:
-        raw = await until_disconnect(request, reply.read())
-        self.gateway.record(route_label(request.scope), 200, started, usage_from_message(raw),
-                            time.perf_counter() - started, request_log(request))
+        raw, usage = await self.gateway.answers.read(request, reply)
+        self.gateway.answers.done(request, started, usage)
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -158,33 +137,8 @@ class OpenAIRoutes:
         return headers
 
     def _stream(
-        self,
-        request: Request,
-        reply: UpstreamReply,
-        frames: AsyncIterator[bytes],
-        started: float,
+        self, request: Request, reply: UpstreamReply, frames: AsyncIterator[bytes], started: float,
         usage: Callable[[], Usage],
-    ) -> StreamingResponse:
-        metrics = self.gateway.metrics
-        metrics.active_streams.labels(metrics.service).inc()
-        route = route_label(request.scope)
-        access = request_log(request)
-        if access is not None:
-            access.hold()  # the event waits for the stream's usage
-
-        async def body() -> AsyncIterator[bytes]:
-            first: float | None = None
-            try:
-                async for frame in frames:
-                    if first is None:
-                        first = time.perf_counter() - started
-                    yield frame
-            finally:
-                await reply.aclose()
-                metrics.active_streams.labels(metrics.service).dec()
-                self.gateway.record(route, 200, started, usage(), first, access)
-                if access is not None:
-                    access.release()
-
-        headers = {**self._headers(reply), "cache-control": "no-cache"}
-        return RelayResponse(body(), status_code=200, media_type="text/event-stream", headers=headers)
+    ) -> Response:
+        headers = {**self._headers(reply), "content-type": "text/event-stream", "cache-control": "no-cache"}
+        return self.gateway.answers.relay_upstream(request, started, reply, frames, usage, headers)

@@ -1,20 +1,27 @@
-"""Relaying the forwarder's answer to the client, chunk by chunk.
+"""Where every answer goes out and ends, whatever its format (Anthropic, OpenAI) and mode (API, SDK).
 
-A stream is never collected: each chunk is written as soon as it arrives. A client that goes
-away cancels the relay, which closes the upstream connection (so the upstream stops too).
+A stream is relayed chunk by chunk through :func:`ccproxy_core.streaming.relay` (never
+collected; a client that goes away cancels it, which closes the upstream). However an answer
+ends, its :class:`~ccproxy_gateway.usage.Usage` is read once (the stream tap, the OpenAI
+translator, the SDK run's summary, or the whole message) and handed as one value to billing
+(the upstream reply's settlement), metrics and the access log, so the three cannot disagree.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+from starlette.requests import Request
 from starlette.responses import Response
 
-from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.access_log import RequestLog
+from ccproxy_core.disconnect import until_disconnect
+from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import UpstreamReply
-from ccproxy_core.sse import encode_event
-from ccproxy_core.streaming import RelayResponse
+from ccproxy_core.metrics import Metrics, route_label
+from ccproxy_core.streaming import RelayResponse, error_event, relay
+from ccproxy_gateway.access import request_log
 from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
 
 #: Upstream response headers worth passing on to the client.
@@ -27,34 +34,104 @@ def client_headers(reply: UpstreamReply) -> dict[str, str]:
     return out
 
 
-OnDone = Callable[[Usage, float | None], None]
+class Answers:
+    """The end of every answer: metrics and the access log from one usage value."""
 
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
-def relay_anthropic(reply: UpstreamReply, started: float, on_done: OnDone) -> Response:
-    """The upstream's answer as-is. ``on_done(usage, first_byte_time)`` runs when it ends."""
-    if not reply.is_stream:
-        raise AssertionError("use relay_body for non-stream answers")
-    tap = StreamUsageTap()
+    def record(
+        self, route: str, status: int, started: float, usage: Usage, first_byte: float | None,
+        access: RequestLog | None = None,
+    ) -> None:
+        """Metrics for one answered request, and its usage onto its access log."""
+        m, tokens = self.metrics, usage.tokens
+        cost = tokens.cost()
+        key = access.draft.key_id if access is not None else ""
+        if access is not None:
+            access.set_usage(tokens, cost, usage.stop_reason)
+            access.first_token = usage.first_token
+            if usage.error_type:
+                access.draft.error_type = usage.error_type
+        m.requests.labels(m.service, route, str(status)).inc()
+        m.latency.labels(m.service, route, str(status)).observe(time.perf_counter() - started)
+        if first_byte is not None:
+            m.first_byte.labels(m.service, route).observe(first_byte)
+        if tokens.model:
+            for kind, n in tokens.by_kind():
+                if n:
+                    m.tokens.labels(m.service, tokens.model, key, kind).inc(n)
+            if cost:
+                m.cost.labels(m.service, tokens.model, key).inc(cost)
 
-    async def body() -> AsyncIterator[bytes]:
-        first: float | None = None
+    def done(self, request: Request, started: float, usage: Usage, status: int = 200,
+             first_byte: float | None = None) -> None:
+        """A whole (non-stream) answer was sent: ``first_byte`` defaults to now."""
+        first = time.perf_counter() - started if first_byte is None else first_byte
+        self.record(route_label(request.scope), status, started, usage, first, request_log(request))
+
+    async def read(self, request: Request, reply: UpstreamReply) -> tuple[bytes, Usage]:
+        """A whole upstream answer and its usage (none unless 200), settled with billing however
+        the read ends (a client gone midway settles nothing spent)."""
+        usage = Usage()
         try:
-            async for chunk in reply:
-                if first is None:
-                    first = time.perf_counter() - started
-                yield chunk
-                tap.feed(chunk)
-        except ProxyError as exc:
-            # Status and headers are gone already: end the stream with an error event.
-            tap.usage.error_type = exc.error_type
-            yield encode_event("error", anthropic_error_body(exc.error_type, exc.message))
+            body = await until_disconnect(request, reply.read())
+            if reply.status == 200:
+                usage = usage_from_message(body)
+            return body, usage
         finally:
+            reply.settle(usage.tokens)
+
+    def stream(
+        self,
+        request: Request,
+        started: float,
+        frames: AsyncIterator[bytes],
+        usage: Callable[[], Usage],
+        end: Callable[[Usage], Awaitable[None]],
+        headers: dict[str, str],
+        status: int = 200,
+        feed: Callable[[bytes], None] | None = None,
+        on_error: Callable[[ProxyError], bytes] | None = None,
+    ) -> Response:
+        """Relay ``frames``; when the relay ends, ``end(usage)`` settles and closes the source,
+        then the same usage goes to metrics and the access log (which waits for it)."""
+        m = self.metrics
+        m.active_streams.labels(m.service).inc()
+        route, access = route_label(request.scope), request_log(request)
+        if access is not None:
+            access.hold()  # the event waits for the stream's usage
+
+        async def on_end(first_byte: float | None) -> None:
+            answer = usage()
+            try:
+                await end(answer)
+            finally:
+                m.active_streams.labels(m.service).dec()
+                self.record(route, status, started, answer, first_byte, access)
+                if access is not None:
+                    access.release()
+
+        body = relay(frames, started, on_end, feed, on_error)
+        return RelayResponse(body, status_code=status, headers=headers)
+
+    def relay_upstream(
+        self, request: Request, started: float, reply: UpstreamReply, frames: AsyncIterator[bytes] | None = None,
+        usage: Callable[[], Usage] | None = None, headers: dict[str, str] | None = None,
+    ) -> Response:
+        """An upstream stream: as-is (its usage tapped from the bytes), or ``frames`` translated
+        from it with ``usage`` read by the translator."""
+        async def end(answer: Usage) -> None:
+            reply.settle(answer.tokens)
             await reply.aclose()
-            on_done(tap.usage, first)
 
-    return RelayResponse(body(), status_code=reply.status, headers=client_headers(reply))
+        if frames is not None and usage is not None:
+            return self.stream(request, started, frames, usage, end, headers or client_headers(reply), reply.status)
+        tap = StreamUsageTap()
 
+        def failed(exc: ProxyError) -> bytes:  # status and headers are gone: an error event
+            tap.usage.error_type = exc.error_type
+            return error_event(exc)
 
-async def read_reply(reply: UpstreamReply) -> tuple[bytes, Usage]:
-    body = await reply.read()
-    return body, usage_from_message(body) if reply.status == 200 else Usage()
+        return self.stream(request, started, aiter(reply), lambda: tap.usage, end, headers or client_headers(reply),
+                           reply.status, feed=tap.feed, on_error=failed)

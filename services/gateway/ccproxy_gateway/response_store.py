@@ -49,8 +49,8 @@ _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "
 
 
 def owner_of(request: Request) -> str:
-    """Whose namespace a request uses: its client key id, ``default`` for the shared token,
-    ``anonymous`` when client auth is off."""
+    """Whose namespace a request uses: its caller's id (its client key's id; ``LEAD.id`` for the
+    shared token, ``LOCAL.id`` when client auth is off; :mod:`ccproxy_core.identity`)."""
     return caller(request).id
 
 

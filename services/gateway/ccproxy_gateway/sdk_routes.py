@@ -31,15 +31,14 @@ import anyio
 import orjson
 from redis.asyncio import Redis
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ccproxy_core.client_keys import Admission
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import LOCAL, caller, public
-from ccproxy_core.metrics import route_label
-from ccproxy_core.models import models_listing
+from ccproxy_core.models import TokenUsage, models_listing
 from ccproxy_core.redis import unavailable_as_503
 from ccproxy_core.sdk_jobs import (
     END,
@@ -188,22 +187,14 @@ class SdkRun:
             # Stopped mid-run: the worker still reports what was spent, just before its end marker.
             self.meter.settle(admission, self._late_usage())
         else:
-            self.meter.settle(admission, self.usage())
+            self.meter.settle(admission, self.usage().tokens)
 
     def usage(self) -> Usage:
         """The run's usage as the worker reported it (none: nothing known to be spent)."""
         result = self.result or SdkResult()
-        return Usage(
-            model=result.model,
-            input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens,
-            cache_read_tokens=result.cache_read_tokens,
-            cache_write_tokens=result.cache_write_tokens,
-            stop_reason=result.stop_reason,
-            first_token=self.first_output,
-        )
+        return Usage(result, result.stop_reason, first_token=self.first_output)
 
-    async def _late_usage(self) -> Usage:
+    async def _late_usage(self) -> TokenUsage:
         """Read the stopped run's records afresh (the request's reader may be gone with its
         task) for its summary; settle with what is known if it does not come in time."""
         with anyio.move_on_after(LATE_USAGE_WAIT):
@@ -214,7 +205,7 @@ class SdkRun:
                         break
             except ProxyError:
                 pass
-        return self.usage()
+        return self.usage().tokens
 
 
 def as_text_blocks(records: AsyncIterator[tuple[str, Any]], pretty: bool) -> AsyncIterator[tuple[str, Any]]:
@@ -402,10 +393,9 @@ class SdkRoutes:
                                   self.settings.claude.session_ttl)
         access = request_log(request)
         if access is not None:
-            access.mode = "sdk"
-            access.model_requested = str(body.get("model") or "")
-            access.stream = body.get("stream") is True
-            access.extra["sdk_session_id"] = job.session_id
+            d = access.draft
+            d.mode, d.model_requested = "sdk", str(body.get("model") or "")
+            d.stream, d.sdk_session_id = body.get("stream") is True, job.session_id or ""
         # Rate limits and budget, as in API mode: a refused request never reaches the queue.
         meter = self.gateway.meter
         key = user.key
@@ -420,7 +410,7 @@ class SdkRoutes:
                 await self.queue.submit(job)
         except BaseException:
             if meter is not None:
-                meter.settle(admission, Usage())
+                meter.settle(admission, TokenUsage())
             raise
         run = SdkRun(self.queue, job, self.queue.records(job.id, ping_after=PING_AFTER), meter, admission)
         try:
@@ -443,50 +433,36 @@ class SdkRoutes:
         finally:
             await run.end()
         try:
-            message = accumulate(events)
+            return accumulate(events)
         finally:
-            self._finished(request, run, started, 200)
-        return message
+            self._note(request, run)
+            first = run.first_output - started if run.first_output is not None else None
+            self.gateway.answers.done(request, started, run.usage(), first_byte=first)
 
     def _stream(
         self, request: Request, run: SdkRun, frames: AsyncIterator[bytes], started: float, headers: dict[str, str]
-    ) -> StreamingResponse:
-        metrics = self.gateway.metrics
-        metrics.active_streams.labels(metrics.service).inc()
+    ) -> Response:
+        async def relayed() -> AsyncIterator[bytes]:
+            async for frame in frames:
+                yield frame
+            await run.drain()  # the summary (usage, cost) follows the last event
 
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for frame in frames:
-                    yield frame
-                await run.drain()  # the summary (usage, cost) follows the last event
-            finally:
-                await run.end()
-                metrics.active_streams.labels(metrics.service).dec()
-                self._finished(request, run, started, 200)
+        async def end(usage: Usage) -> None:
+            await run.end()  # settles the key's reservation with what the run spent
+            self._note(request, run)
 
-        return StreamingResponse(
-            body(), status_code=200, media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache"},
-        )
+        headers = {**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}
+        return self.gateway.answers.stream(request, started, relayed(), run.usage, end, headers)
 
-    def _finished(self, request: Request, run: SdkRun, started: float, status: int) -> None:
-        """Metrics and the access-log event: tokens, Claude Code's own cost, the session."""
-        result = run.result or SdkResult()
-        usage = run.usage()
-        first = run.first_output - started if run.first_output is not None else None
+    @staticmethod
+    def _note(request: Request, run: SdkRun) -> None:
+        """The access log's SDK fields: Claude Code's own cost, turns, tool uses, the session."""
         access = request_log(request)
-        # One call fills metrics (labelled with the client key) and the access log's usage and TTFT.
-        # The route template: a session id in the path must not become a metrics label.
-        self.gateway.record(route_label(request.scope), status, started, usage, first, access)
         if access is None:
             return
-        access.sdk_cost_usd = result.cost_usd
-        access.extra.update(
-            {
-                "sdk_session_id": result.session_id or run.job.session_id or "",
-                "sdk_turns": result.num_turns,
-                "sdk_tool_uses": result.tool_uses,
-            }
-        )
+        result = run.result or SdkResult()
+        d = access.draft
+        d.sdk_cost_usd, d.sdk_turns, d.sdk_tool_uses = result.cost_usd, result.num_turns, result.tool_uses
+        d.sdk_session_id = result.session_id or run.job.session_id or ""
         if run.error is not None:
-            access.error_type = str(run.error.get("type") or "api_error")
+            d.error_type = str(run.error.get("type") or "api_error")

@@ -1,48 +1,59 @@
-"""Reads usage out of an Anthropic answer without slowing the relay.
+"""What one answer reports about itself, read once, without slowing the relay.
 
-Streams are decoded on the side (the bytes go to the client first); only the events that carry
-usage are parsed as JSON.
+:class:`Usage` is filled from the Anthropic events as they pass (the stream tap for a relayed
+stream, the OpenAI translators for a translated one, the SDK run's summary) or from a whole
+message, and then handed as one value to billing, metrics and the access log. Streams are decoded
+on the side (the bytes go to the client first); only the events that carry usage are parsed.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ccproxy_core.models import TokenUsage
 from ccproxy_core.sse import SSEDecoder
 
 
 @dataclass(slots=True)
 class Usage:
-    model: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
+    """One answer's tokens (with their model), how it stopped, whether it failed, and when its
+    first content token passed (``time.perf_counter()``, for time to first token)."""
+
+    tokens: TokenUsage = field(default_factory=TokenUsage)
     stop_reason: str | None = None
     error_type: str | None = None
-    #: ``time.perf_counter()`` when the first content delta passed (time to first token).
     first_token: float | None = None
 
-    def add(self, usage: dict[str, Any] | None) -> None:
-        if not usage:
-            return
-        self.input_tokens = usage.get("input_tokens") or self.input_tokens
-        self.output_tokens = usage.get("output_tokens") or self.output_tokens
-        self.cache_read_tokens = usage.get("cache_read_input_tokens") or self.cache_read_tokens
-        self.cache_write_tokens = usage.get("cache_creation_input_tokens") or self.cache_write_tokens
+    def read(self, name: str, data: dict[str, Any]) -> None:
+        """Take in one Anthropic stream event (the ones that say nothing of usage are ignored)."""
+        if name == "content_block_delta":
+            if self.first_token is None:
+                self.first_token = time.perf_counter()
+        elif name == "message_start":
+            message = data.get("message") or {}
+            self.tokens.model = message.get("model") or self.tokens.model
+            self.tokens.add(message.get("usage"))
+        elif name == "message_delta":
+            self.tokens.add(data.get("usage"))
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+        elif name == "error":
+            self.error_type = (data.get("error") or {}).get("type", "error")
 
 
 #: The ``event:`` lines of what the tap reads (message_start, message_delta, error), with and
 #: without the optional space: a chunk holding none of them is not decoded.
 _WANTED = (b"event: message_", b"event:message_", b"event: error", b"event:error")
 _FIRST_TOKEN = (b"event: content_block_delta", b"event:content_block_delta")
+_READ = frozenset({"message_start", "message_delta", "error"})
 
 
 class StreamUsageTap:
+    """Reads the :class:`Usage` of an Anthropic stream from its raw chunks."""
+
     def __init__(self) -> None:
         self.usage = Usage()
         self._decoder = SSEDecoder()
@@ -64,33 +75,26 @@ class StreamUsageTap:
         if self._skippable(chunk):
             return
         for event in self._decoder.feed(chunk):
-            if event.event == "content_block_delta" and self.usage.first_token is None:
-                self.usage.first_token = time.perf_counter()
-            if event.event not in ("message_start", "message_delta", "error"):
-                continue
-            try:
-                data = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            if event.event == "message_start":
-                message = data.get("message") or {}
-                self.usage.model = message.get("model") or self.usage.model
-                self.usage.add(message.get("usage"))
-            elif event.event == "message_delta":
-                self.usage.add(data.get("usage"))
-                self.usage.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.usage.stop_reason
-            else:
-                self.usage.error_type = (data.get("error") or {}).get("type", "error")
+            if event.event == "content_block_delta":
+                self.usage.read(event.event, {})
+            elif event.event in _READ:
+                try:
+                    data = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(data, dict):
+                    self.usage.read(event.event, data)
 
 
 def usage_from_message(body: bytes) -> Usage:
+    """The usage of a whole Anthropic message (a non-stream answer)."""
     usage = Usage()
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return usage
     if isinstance(data, dict):
-        usage.model = data.get("model") or ""
-        usage.add(data.get("usage"))
+        usage.tokens.model = data.get("model") or ""
+        usage.tokens.add(data.get("usage"))
         usage.stop_reason = data.get("stop_reason")
     return usage

@@ -107,12 +107,7 @@ class EventBuilder:
         """The run's result, usage included: Claude Code's own account once its result came,
         else the sum of the API calls seen so far (a run cancelled or failed midway)."""
         if not self._reported:
-            totals = self._seen()
-            r = self.result
-            r.input_tokens = totals.get("input_tokens", 0)
-            r.output_tokens = totals.get("output_tokens", 0)
-            r.cache_read_tokens = totals.get("cache_read_input_tokens", 0)
-            r.cache_write_tokens = totals.get("cache_creation_input_tokens", 0)
+            self.result.take(self._seen())
         return self.result
 
     def _seen(self) -> dict[str, int]:
@@ -255,10 +250,7 @@ class EventBuilder:
         r = self.result
         self._reported = True
         r.session_id = message.session_id or r.session_id
-        r.input_tokens = int(usage.get("input_tokens") or 0)
-        r.output_tokens = int(usage.get("output_tokens") or 0)
-        r.cache_read_tokens = int(usage.get("cache_read_input_tokens") or 0)
-        r.cache_write_tokens = int(usage.get("cache_creation_input_tokens") or 0)
+        r.take(usage)
         r.cost_usd = message.total_cost_usd
         r.num_turns = message.num_turns
         r.duration_ms = message.duration_ms
@@ -279,12 +271,7 @@ class EventBuilder:
         yield "message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": r.stop_reason, "stop_sequence": None},
-            "usage": {
-                "input_tokens": r.input_tokens,
-                "output_tokens": r.output_tokens,
-                "cache_read_input_tokens": r.cache_read_tokens,
-                "cache_creation_input_tokens": r.cache_write_tokens,
-            },
+            "usage": r.anthropic(),
         }
         yield "message_stop", {"type": "message_stop"}
 

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC
+from ccproxy_core.models import TokenUsage
 from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.chat_models import (
     ChatCompletion,
@@ -28,7 +29,7 @@ from ccproxy_gateway.openai.chat_models import (
     PromptTokensDetails,
 )
 from ccproxy_gateway.openai.chat_request import ChatPlan
-from ccproxy_gateway.openai.content import TokenCount, finish_reason
+from ccproxy_gateway.openai.content import finish_reason
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, joined_reasoning
 from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
 from ccproxy_gateway.openai.structured import JSON_TOOL
@@ -40,13 +41,13 @@ def completion_id(message_id: str | None) -> str:
     return "chatcmpl-" + (message_id or "ccproxy")
 
 
-def chat_usage(tokens: TokenCount) -> CompletionUsage:
+def chat_usage(tokens: TokenUsage) -> CompletionUsage:
     return CompletionUsage(
-        prompt_tokens=tokens.prompt,
-        completion_tokens=tokens.output,
-        total_tokens=tokens.prompt + tokens.output,
+        prompt_tokens=tokens.prompt_tokens,
+        completion_tokens=tokens.output_tokens,
+        total_tokens=tokens.total,
         prompt_tokens_details=PromptTokensDetails(
-            cached_tokens=tokens.cache_read, cache_write_tokens=tokens.cache_write
+            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
         ),
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0),
     )
@@ -89,7 +90,7 @@ def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None
     reason = finish_reason(message.get("stop_reason"))
     if json_text is not None and not calls:
         reason = "stop"
-    tokens = TokenCount()
+    tokens = TokenUsage()
     tokens.add(message.get("usage"))
     body = ChatCompletion(
         id=completion_id(message.get("id")),
@@ -240,7 +241,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         self.finished = True
         if self._reasoning:
             REASONING_MEMORY.remember(joined_reasoning(self._reasoning), self._reasoning)
-        reason = finish_reason(self.stop_reason)
+        reason = finish_reason(self.usage.stop_reason)
         if self._answered_json and not self._calls:
             reason = "stop"
         if self._held:
@@ -253,12 +254,12 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
                 created=self.created,
                 model=self.plan.client_model,
                 choices=[],
-                usage=chat_usage(self.tokens),
+                usage=chat_usage(self.usage.tokens),
             ).dump()
 
     def fail(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
         self.finished = self.failed = True
-        self.error_type = error_type
+        self.usage.error_type = error_type
         yield stream_error(error_type, message)
 
 

@@ -106,24 +106,3 @@ FINISH_REASONS = {
 def finish_reason(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
 
-
-class TokenCount:
-    """Anthropic usage, accumulated over a stream (message_start, then message_delta)."""
-
-    __slots__ = ("cache_read", "cache_write", "input", "output")
-
-    def __init__(self) -> None:
-        self.input = self.output = self.cache_read = self.cache_write = 0
-
-    def add(self, usage: dict[str, Any] | None) -> None:
-        if not usage:
-            return
-        self.input = usage.get("input_tokens") or self.input
-        self.output = usage.get("output_tokens") or self.output
-        self.cache_read = usage.get("cache_read_input_tokens") or self.cache_read
-        self.cache_write = usage.get("cache_creation_input_tokens") or self.cache_write
-
-    @property
-    def prompt(self) -> int:
-        """OpenAI counts cached prompt tokens inside the prompt total; Anthropic apart."""
-        return self.input + self.cache_read + self.cache_write

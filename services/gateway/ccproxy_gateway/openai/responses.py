@@ -23,11 +23,10 @@ import orjson
 from pydantic import ValidationError
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError, validation_error
-from ccproxy_core.models import check_token_limit, max_output_tokens
+from ccproxy_core.models import TokenUsage, check_token_limit, max_output_tokens
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.openai.content import (
-    TokenCount,
     add_cache_breakpoints,
     anthropic_tool,
     file_block,
@@ -257,13 +256,15 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
 # --- answers -------------------------------------------------------------------------------------
 
 
-def _usage(tokens: TokenCount) -> ResponseUsage:
+def _usage(tokens: TokenUsage) -> ResponseUsage:
     return ResponseUsage(
-        input_tokens=tokens.prompt,
-        input_tokens_details=InputTokensDetails(cached_tokens=tokens.cache_read, cache_write_tokens=tokens.cache_write),
-        output_tokens=tokens.output,
+        input_tokens=tokens.prompt_tokens,
+        input_tokens_details=InputTokensDetails(
+            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
+        ),
+        output_tokens=tokens.output_tokens,
         output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
-        total_tokens=tokens.prompt + tokens.output,
+        total_tokens=tokens.total,
     )
 
 
@@ -317,7 +318,7 @@ def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int |
                 "type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}))
         elif kind == "redacted_thinking":
             output.append(_reasoning_item(f"rs_{base}_{n}", {"type": "redacted_thinking", "data": block["data"]}))
-    tokens = TokenCount()
+    tokens = TokenUsage()
     tokens.add(message.get("usage"))
     status, incomplete = _status(message.get("stop_reason"))
     return _response(plan, base, created or int(time.time()), status, output=output, usage=_usage(tokens),
@@ -490,8 +491,8 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             yield from self._open_message(self._held_index, "text")
             yield from self._text(self._open[self._held_index], "".join(self._held))
             yield from self._stop(self._held_index)
-        status, incomplete = _status(self.stop_reason)
-        response = self._response(status, output=self.output, usage=_usage(self.tokens),
+        status, incomplete = _status(self.usage.stop_reason)
+        response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
                                   incomplete_details=incomplete)
         self.response = response
         yield self._event("response.completed" if status == "completed" else "response.incomplete",
@@ -500,10 +501,10 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     def fail(self, error_type: str, message: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """OpenAI's two failure events: ``error``, then ``response.failed`` with the response."""
         self.finished = self.failed = True
-        self.error_type = error_type
+        self.usage.error_type = error_type
         code = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
         yield self._event("error", code=code, message=message, param=None)
-        response = self._response("failed", output=self.output, usage=_usage(self.tokens),
+        response = self._response("failed", output=self.output, usage=_usage(self.usage.tokens),
                                   error=ResponseError(code=code, message=message))
         yield self._event("response.failed", response=response)
 

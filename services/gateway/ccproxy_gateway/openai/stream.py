@@ -16,7 +16,7 @@ import orjson
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.sse import ServerSentEvent
-from ccproxy_gateway.openai.content import TokenCount
+from ccproxy_gateway.usage import Usage
 
 #: What a translator yields for one event: a chunk body (chat), an ``(event, body)`` pair (responses).
 T = TypeVar("T")
@@ -27,33 +27,22 @@ class StreamTranslator(Generic[T]):
 
     def __init__(self, created: int | None) -> None:
         self.created = created or int(time.time())
-        self.model = ""
-        self.tokens = TokenCount()
-        self.stop_reason: str | None = None
+        #: What the stream reports (tokens, stop reason, failure, first token), read as it passes:
+        #: the answer's usage for billing, metrics and the access log.
+        self.usage = Usage()
         self.finished = False
         self.failed = False
-        #: The upstream's (or the connection's) error type, if the stream failed.
-        self.error_type: str | None = None
-        #: perf_counter() of the first content delta (time to first token).
-        self.first_output: float | None = None
 
     def on_event(self, name: str, data: dict[str, Any]) -> Iterator[T]:
+        self.usage.read(name, data)
         if name == "content_block_delta":
-            if self.first_output is None:
-                self.first_output = time.perf_counter()
             yield from self._delta(int(data.get("index", 0)), data.get("delta") or {})
         elif name == "content_block_start":
             yield from self._start(int(data.get("index", 0)), data.get("content_block") or {})
         elif name == "content_block_stop":
             yield from self._stop(int(data.get("index", 0)))
         elif name == "message_start":
-            message = data.get("message") or {}
-            self.model = message.get("model") or ""
-            self.tokens.add(message.get("usage"))
-            yield from self._message_start(message)
-        elif name == "message_delta":
-            self.tokens.add(data.get("usage"))
-            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+            yield from self._message_start(data.get("message") or {})
         elif name == "message_stop":
             yield from self.finish()
         elif name == "error":
