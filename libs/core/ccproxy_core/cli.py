@@ -146,7 +146,8 @@ def serve(
     check_bind(settings)
     startup_report(settings)
     try:
-        serve_app(build_local_app(settings), settings.server.host, settings.server.port, settings.server.log_level)
+        serve_app(build_local_app(settings), settings.server.host, settings.server.port, settings.server.log_level,
+                  settings.server.forwarded_allow_ips)
     except StartupError as exc:
         fail(str(exc))
 
@@ -221,7 +222,8 @@ def run_service(
         return
     try:
         web = getattr(module, factory)(settings)
-        serve_app(web, settings.server.host, settings.server.port, settings.server.log_level)
+        serve_app(web, settings.server.host, settings.server.port, settings.server.log_level,
+                  settings.server.forwarded_allow_ips)
     except StartupError as exc:
         fail(f"{service}: {exc}")
 

@@ -36,7 +36,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_app(app: ASGIApp, host: str, port: int, log_level: str = "info") -> None:
+def serve_app(app: ASGIApp, host: str, port: int, log_level: str = "info",
+              forwarded_allow_ips: str = "127.0.0.1") -> None:
     sock = bind(host, port)
     config = uvicorn.Config(
         app,
@@ -47,6 +48,8 @@ def serve_app(app: ASGIApp, host: str, port: int, log_level: str = "info") -> No
         access_log=False,
         lifespan="on",
         timeout_keep_alive=75,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
     FrozenStartServer(config).run(sockets=[sock])
 
