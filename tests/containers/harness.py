@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -216,12 +215,23 @@ def override(compose: dict[str, Any], images: dict[str, str]) -> dict[str, Any]:
             entry["build"] = {"args": {"PYTHON_IMAGE": images["python:3.11-slim"],
                                        "NODE_IMAGE": images["node:22-bookworm-slim"]}}
         if "ulimits" in svc:
-            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            entry["ulimits"] = {k: {"soft": min(v["soft"], hard), "hard": min(v["hard"], hard)}
-                                for k, v in svc["ulimits"].items()}
+            # Any explicit limit makes podman 4.3 set its own defaults for the others, above what
+            # these machines allow ("error setting rlimit type 6/7"): the container keeps the host's.
+            entry["ulimits"] = Reset()
         if entry:
             services[name] = entry
     return {"services": services}
+
+
+class Reset:
+    """Compose's ``!reset`` tag: the override removes the key from the merged service."""
+
+
+yaml.SafeDumper.add_representer(Reset, lambda dumper, _: dumper.represent_scalar("!reset", ""))
+
+
+def override_yaml(compose: dict[str, Any], images: dict[str, str]) -> str:
+    return yaml.safe_dump(override(compose, images), sort_keys=False)
 
 
 @dataclass
@@ -244,6 +254,19 @@ class Stack:
                "--env-file", str(self.env_file), "-f", str(ROOT / "compose.yaml"), "-f", str(self.override_file),
                *args]
         return run(cmd, check=check, timeout=timeout, capture=capture, cwd=ROOT)
+
+    def up(self, services: Sequence[str], timeout: float = 900) -> None:
+        """``up -d`` in dependency order, one level at a time (podman-compose 1.6 with podman 4.3
+        may create a service before one it depends on, then waits for it forever)."""
+        compose = load_compose()["services"]
+        wanted, done = list(services), set[str]()
+        while len(done) < len(wanted):
+            level = [s for s in wanted if s not in done
+                     and all(d in done or d not in wanted for d in compose[s].get("depends_on", []))]
+            if not level:
+                raise RuntimeError(f"dependency cycle among {set(wanted) - done}")
+            self.compose("up", "-d", "--no-deps", *level, timeout=timeout)
+            done.update(level)
 
     def container(self, service: str) -> str:
         found = run(["podman", "ps", "-a", "--filter", f"label=io.podman.compose.project={self.project}",

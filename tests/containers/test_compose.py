@@ -27,7 +27,6 @@ import anthropic
 import httpx2 as httpx
 import openai
 import pytest
-import yaml
 
 from tests.containers import harness
 from tests.support.fake import FakeUpstream
@@ -99,7 +98,7 @@ class Deployment:
 
 def up_and_ready(stack: harness.Stack, credentials: dict[str, Any], token: str) -> None:
     services = [s for s in harness.load_compose()["services"] if s not in harness.NOT_RUN]
-    stack.compose("up", "-d", *services, timeout=900)
+    stack.up(services)
     # podman 4.3 cannot evaluate `condition: service_healthy`: wait with each container's own check.
     stack.wait_healthy(["redis", "clickhouse", "auth"], timeout=300)
     if credentials:
@@ -133,7 +132,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         images = harness.base_images(compose)
         timings["base images"] = time.monotonic() - started
         override = work / "compose.override.yaml"
-        override.write_text(yaml.safe_dump(harness.override(compose, images), sort_keys=False))
+        override.write_text(harness.override_yaml(compose, images))
         env_file = work / ".env"
         made = subprocess.run(
             [sys.executable, "-m", "ccproxy_core", "init-env", "--example", str(ROOT / ".env.example"),
