@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,11 +115,19 @@ def up_and_ready(stack: harness.Stack, credentials: dict[str, Any], token: str) 
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment() -> Iterator[Deployment]:
     timings: dict[str, float] = {}
     started = time.monotonic()
-    work = tmp_path_factory.mktemp("compose")
-    fake_port = free_port("0.0.0.0")
+    work = harness.CACHE / "run"
+    # CCPROXY_COMPOSE_REUSE=1 (while writing tests): the stack a previous run kept
+    # (CCPROXY_COMPOSE_KEEP=1) is used as it is, with the fake upstream on the same port.
+    reuse = os.environ.get("CCPROXY_COMPOSE_REUSE") == "1" and (work / ".env").is_file()
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        fake_port = free_port("0.0.0.0")  # the containers reach it through the bridge
+    else:
+        fake_port = int(env_values((work / ".env").read_text())["ANTHROPIC__BASE_URL"].rsplit(":", 1)[1])
     fake_proc = start_process(
         [sys.executable, "-m", "tests.fake_upstream", "--host", "0.0.0.0", "--port", str(fake_port),
          "--state-file", str(work / "fake-state.json")],
@@ -128,6 +137,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     fake = FakeUpstream(fake_proc)
     stack: harness.Stack | None = None
     try:
+        if reuse:
+            env = env_values((work / ".env").read_text())
+            stack = harness.Stack(work, PROJECT, work / ".env", work / "compose.override.yaml",
+                                  int(env["CCPROXY_PORT"]))
+            yield Deployment(stack, env, fake, json.loads((work / "credentials.json").read_text()), {"up": 1.0})
+            return
         compose = harness.load_compose()
         images = harness.base_images(compose)
         timings["base images"] = time.monotonic() - started
@@ -156,13 +171,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         timings["build"] = time.monotonic() - t
         t = time.monotonic()
         credentials = fake.credentials()
+        (work / "credentials.json").write_text(json.dumps(credentials))
         up_and_ready(stack, credentials, env["SECURITY__AUTH_TOKEN"])
         timings["up"] = time.monotonic() - t
         harness.log(f"timings: {timings}")
         yield Deployment(stack, env, fake, credentials, timings)
     finally:
         if stack is not None:
-            if os.environ.get("CCPROXY_COMPOSE_KEEP") != "1":
+            if os.environ.get("CCPROXY_COMPOSE_KEEP") != "1" and not reuse:
                 stack.compose("down", "-v", check=False, timeout=600)
         fake_proc.stop()
 
@@ -208,9 +224,14 @@ def test_member_key_made_with_exec_works_and_a_revoked_one_stops(deployment: Dep
     name = f"member-{uuid.uuid4().hex[:6]}"
     made = json.loads(deployment.ccproxy("auth", "keys", "create", "--name", name, "--json"))
     key = made["key"]
-    msg = deployment.anthropic(key).messages.create(model=MODEL, max_tokens=20,
-                                                    messages=[{"role": "user", "content": "member"}])
-    assert msg.content[0].text == "Echo: member"  # type: ignore[union-attr]
+
+    def works() -> bool:
+        msg = deployment.anthropic(key).messages.create(model=MODEL, max_tokens=20,
+                                                        messages=[{"role": "user", "content": "member"}])
+        return msg.content[0].text == "Echo: member"  # type: ignore[union-attr]
+    # The gateway caches whether any key exists for SECURITY__KEY_CACHE_SECONDS: the very first
+    # key of a deployment may take that long to be accepted.
+    harness.wait_for(works, 30, "the new member key to work")
     deployment.ccproxy("auth", "keys", "revoke", made["id"])
 
     def refused() -> bool:

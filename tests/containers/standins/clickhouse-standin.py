@@ -56,6 +56,14 @@ class Handler(chdb_http.Handler):
         super().handle_query(body)
 
 
+    def do_HEAD(self) -> None:
+        """``HEAD /ping`` (the image's healthcheck: ``wget --spider``)."""
+        ok = urlsplit(self.path).path.rstrip("/") == "/ping"
+        self.send_response(200 if ok else 405)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
 def main() -> None:
     data = Path("/var/lib/clickhouse/chdb")
     data.mkdir(parents=True, exist_ok=True)
