@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -303,6 +304,10 @@ def write_prompt(path: str, content: str) -> str:
     return f"please write the file [[fake:call=Write?{query}]]"
 
 
+def texts(message: Any) -> str:
+    return "".join(b.text for b in message.content if b.type == "text")
+
+
 class Run:
     """An SDK-mode request in a thread, so the test can decide while it waits."""
 
@@ -384,7 +389,7 @@ def test_sdk_write_denied_writes_nothing(deployment: Deployment, member: str) ->
         request = seen.result(150)
     respond(deployment, member, request["id"], {"behavior": "deny", "message": "not here"})
     answer = run.result()
-    assert "not here" in "".join(getattr(b, "text", "") for b in answer.content)
+    assert "not here" in texts(answer)
     assert workspace_stat(deployment, path) is None
 
 
@@ -398,7 +403,7 @@ def test_claude_code_sees_no_ccproxy_setting(deployment: Deployment, member: str
         run = Run(deployment, member, prompt)
         request = seen.result(150)
     respond(deployment, member, request["id"], {"behavior": "allow"})
-    answer = "".join(getattr(b, "text", "") for b in run.result().content)
+    answer = texts(run.result())
     assert marker in answer, answer[-2000:]
     assert "SECURITY__" not in answer and deployment.env["SECURITY__INTERNAL_SECRET"] not in answer
     assert "REDIS__URL" not in answer and "SERVICES__" not in answer
@@ -437,7 +442,11 @@ def test_killing_the_gateway_mid_stream_then_it_restarts(deployment: Deployment)
             for event in stream:
                 events.append(event.type)
                 if len(events) == 5:
-                    harness.run(["podman", "kill", "--signal", "KILL", deployment.stack.container("gateway")])
+                    # A crash, not a `stop` (which the restart policy would respect): the container's
+                    # init process is killed from the host.
+                    pid = harness.run(["podman", "inspect", "--format", "{{.State.Pid}}",
+                                       deployment.stack.container("gateway")]).stdout.strip()
+                    os.kill(int(pid), signal.SIGKILL)
     except (anthropic.APIError, httpx.HTTPError) as exc:
         error = exc
     assert error is not None or "error" in events, events
@@ -458,13 +467,20 @@ def test_down_then_up_keeps_keys_accounts_credentials_and_logs(deployment: Deplo
         model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "before down"}])
     request_id = raw.headers["request-id"]
     deployment.access_row(request_id)
-    accounts_before = deployment.ccproxy("auth", "auth", "status")
+    def accounts() -> list[tuple[str, str]]:
+        rows = json.loads(deployment.ccproxy("auth", "auth", "status", "--json"))
+        return sorted((str(r.get("name")), str(r.get("kind"))) for r in rows)
+    account = f"api-{uuid.uuid4().hex[:6]}"  # kept in the ccproxy-data volume
+    deployment.stack.exec("auth", "ccproxy", "auth", "add-key", "--account", account, "--key", "-",
+                          input=deployment.fake.api_key() + "\n")
+    accounts_before = accounts()
+    assert (account, "api_key") in accounts_before
     deployment.stack.compose("down", timeout=600)  # no -v: the volumes stay
     up_and_ready(deployment.stack, {}, deployment.token)  # credentials not written again
     msg = deployment.anthropic(made["key"]).messages.create(model=MODEL, max_tokens=20,
                                                             messages=[{"role": "user", "content": "after up"}])
     assert msg.content[0].text == "Echo: after up"  # type: ignore[union-attr]
-    assert deployment.ccproxy("auth", "auth", "status") == accounts_before
+    assert accounts() == accounts_before
     assert deployment.stack.exec("auth", "test", "-s", "/data/claude/.credentials.json", check=False).returncode == 0
     assert deployment.access_row(request_id, timeout=30)["upstream_request_id"] == request_id
 
