@@ -25,8 +25,8 @@ compose-test: setup-test
 	./scripts/compose-test.sh
 
 lint: setup
-	uv run --frozen ruff check libs services tests bench
-	uv run --frozen mypy libs services
+	uv run --frozen ruff check libs services apps tests bench
+	uv run --frozen mypy libs services apps
 
 bench: setup-test
 	uv run --frozen python -m bench

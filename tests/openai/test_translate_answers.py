@@ -16,7 +16,9 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.openai import (
+from ccproxy_core.settings import OpenAISettings
+from ccproxy_core.sse import SSEDecoder, iter_events
+from ccproxy_gateway.openai import (
     ChatStreamTranslator,
     ModelMap,
     ResponsesStreamTranslator,
@@ -29,11 +31,9 @@ from ccproxy_core.openai import (
     translate_chat_request,
     translate_responses_request,
 )
-from ccproxy_core.openai.chat_request import ChatPlan
-from ccproxy_core.openai.reasoning import decode_reasoning
-from ccproxy_core.openai.responses import ResponsesPlan
-from ccproxy_core.settings import OpenAISettings
-from ccproxy_core.sse import SSEDecoder, iter_events
+from ccproxy_gateway.openai.chat_request import ChatPlan
+from ccproxy_gateway.openai.reasoning import decode_reasoning
+from ccproxy_gateway.openai.responses import ResponsesPlan
 
 RECORDED = Path(__file__).parent / "recorded"
 STREAMS = sorted(p.stem for p in RECORDED.glob("*.sse"))
@@ -406,8 +406,8 @@ async def test_responses_stream_midstream_error_fails_the_response() -> None:
 
 async def test_hot_path_chunks_have_the_wire_models_shape() -> None:
     """Chunks are built as dicts for speed; they must be exactly what the wire models dump."""
-    from ccproxy_core.openai.chat_models import ChatCompletionChunk as Chunk
-    from ccproxy_core.openai.chat_models import ChunkChoice, ChunkDelta
+    from ccproxy_gateway.openai.chat_models import ChatCompletionChunk as Chunk
+    from ccproxy_gateway.openai.chat_models import ChunkChoice, ChunkDelta
 
     for chunk in chat_chunks(await chat_frames("thinking", chat_plan(stream=True))):
         if not chunk["choices"]:

@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.openai import (
+from ccproxy_core.settings import ModelRule, ModelsSettings, OpenAISettings
+from ccproxy_gateway.openai import (
     ModelMap,
     parse_chat_request,
     parse_responses_request,
     translate_chat_request,
     translate_responses_request,
 )
-from ccproxy_core.openai.chat_request import ChatPlan
-from ccproxy_core.openai.chat_response import chat_completion
-from ccproxy_core.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
-from ccproxy_core.openai.structured import INSTRUCTION, JSON_TOOL
-from ccproxy_core.settings import ModelRule, ModelsSettings, OpenAISettings
+from ccproxy_gateway.openai.chat_request import ChatPlan
+from ccproxy_gateway.openai.chat_response import chat_completion
+from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
+from ccproxy_gateway.openai.structured import INSTRUCTION, JSON_TOOL
 
 RECORDED = json.loads((Path(__file__).parent / "recorded" / "requests.json").read_text())
 MODELS = ModelMap()

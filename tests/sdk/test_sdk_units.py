@@ -137,11 +137,15 @@ def test_allow_list_and_workspace(tmp_path: Path) -> None:
         with pytest.raises(ProxyError) as caught:
             check_overrides(options, settings)
         assert caught.value.status == status, options
-    # The allow-list is a setting; mcp_servers stays refused even when listed.
-    wide = Settings(claude={"workspace_root": root, "overridable_options": ["allowed_tools", "mcp_servers"]})
+    # The allow-list is a setting; mcp_servers stays refused even when listed. A listed option
+    # still only narrows: a request pre-approves only tools the operator pre-approved.
+    wide = Settings(claude={"workspace_root": root, "overridable_options": ["allowed_tools", "mcp_servers"],
+                            "options": {"allowed_tools": ["Read", "Grep"]}})
     assert check_overrides({"allowed_tools": ["Read"]}, wide) == {"allowed_tools": ["Read"]}
-    with pytest.raises(ProxyError):
-        check_overrides({"mcp_servers": {}}, wide)
+    for refused in ({"mcp_servers": {}}, {"allowed_tools": ["Read", "Bash"]}):
+        with pytest.raises(ProxyError) as caught:
+            check_overrides(refused, wide)
+        assert caught.value.status == 403
 
 
 def test_history_transcript() -> None:
@@ -163,4 +167,5 @@ def test_history_transcript() -> None:
     with pytest.raises(ProxyError):
         split_conversation({"messages": [{"role": "assistant", "content": "x"}]})
     assert session_uuid("my chat") == session_uuid("my chat") != session_uuid("other")
+    assert session_uuid("demo", "alice") != session_uuid("demo", "carol")  # a name is its key's own
     assert session_uuid("7f0c2f5e-0000-4000-8000-000000000000") == "7f0c2f5e-0000-4000-8000-000000000000"

@@ -270,6 +270,9 @@ def test_image_installs_only_its_service(tmp_path: Path, name: str, module: str)
     run = subprocess.run([str(venv / "bin" / "ccproxy"), "run", "--help"], capture_output=True, text=True,
                          timeout=60, check=False)
     assert run.returncode == 0, run.stderr
+    # The image's `ccproxy run` offers exactly the service it has (entry points, not a fixed list).
+    offered = re.search(r"The service to run: ([\w, -]+?)\s+\[required\]", run.stdout)
+    assert offered is not None and offered.group(1).split(", ") == [name], run.stdout
 
 
 def test_docs_describe_every_stack_variable(compose: dict[str, Any]) -> None:
@@ -424,7 +427,7 @@ def test_docker_stack_config_renders(project: Path) -> None:
 
 
 def test_init_env_never_writes_root_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ccproxy_core import stack
+    from ccproxy_app import stack
 
     monkeypatch.setattr(os, "getuid", lambda: 0)
     monkeypatch.setattr(os, "getgid", lambda: 0)

@@ -1,7 +1,7 @@
 """The stack for tests: auth, api-forwarder and gateway as separate OS processes behind the real
 Traefik (the repo's routing file), with the real Redis, against the fake upstream.
 
-The processes are exactly the ones ``ccproxy up`` plans (:func:`ccproxy_core.stack.plan_stack`:
+The processes are exactly the ones ``ccproxy up`` plans (:func:`ccproxy_app.stack.plan_stack`:
 same commands, same environment names), each started here with its own log and process group so
 a test can kill one and start it again on the same port.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from ccproxy_core.stack import (
+from ccproxy_app.stack import (
     Service,
     ccproxy_service,
     find_routes_file,

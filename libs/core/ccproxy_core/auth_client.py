@@ -1,14 +1,10 @@
-"""The forwarder's (and gateway's) client of the auth service: a :class:`TokenSource` over HTTP.
-
-A token is cached until shortly before it expires, so the hot path makes no call to auth at all;
-concurrent callers that find it stale wait for one request, not one each. A token the upstream
-refused (401) is sent back as ``rejected``: auth refreshes it (single-flight across replicas)
-unless someone already has, and either way answers with the token to use now.
+"""The services' HTTP client of the auth service's ``/internal`` API (the secret on every call,
+auth's errors raised as the ProxyError they carry). The forwarder's token client, which caches,
+is :class:`ccproxy_core.routing.RoutingAuthClient`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -16,8 +12,7 @@ import orjson
 
 from ccproxy_core.errors import ProxyError, parse_anthropic_error
 from ccproxy_core.internal import INTERNAL_REFUSED, INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
-from ccproxy_core.logging import register_secret
-from ccproxy_core.tokens import Credential, CredentialStatus
+from ccproxy_core.tokens import CredentialStatus
 
 TOKEN_PATH = "/internal/token"
 STATUS_PATH = "/internal/status"
@@ -79,45 +74,12 @@ class AuthServiceHttp:
 
 
 class AuthClient(AuthServiceHttp):
-    def __init__(
-        self,
-        base_url: str,
-        internal_secret: str,
-        *,
-        margin_seconds: float = 60.0,
-        timeout: float = 90.0,
-    ) -> None:
+    """What the gateway and the forwarder ask auth over HTTP: the credentials' status here,
+    tokens in :class:`ccproxy_core.routing.RoutingAuthClient`."""
+
+    def __init__(self, base_url: str, internal_secret: str, *, timeout: float = 90.0) -> None:
         # Long enough for auth to wait on another replica's refresh (lock ttl) and do its own.
         super().__init__(base_url, internal_secret, timeout)
-        self._margin = margin_seconds
-        self._cached: Credential | None = None
-        self._lock = asyncio.Lock()
-        #: Calls made to auth for a token (tests check the cache really caches).
-        self.fetches = 0
-
-    def _fresh(self, credential: Credential | None, rejected: str | None) -> bool:
-        if credential is None:
-            return False
-        if rejected is not None and credential.secret.get_secret_value() == rejected:
-            return False
-        return not credential.expires_within(self._margin)
-
-    async def get(self, *, rejected: str | None = None) -> Credential:
-        if self._fresh(self._cached, rejected):
-            assert self._cached is not None
-            return self._cached
-        async with self._lock:
-            # Another caller may have fetched a new token while this one waited.
-            if self._fresh(self._cached, rejected):
-                assert self._cached is not None
-                return self._cached
-            body = orjson.dumps({"rejected": rejected}) if rejected else b"{}"
-            data = await self._call("POST", TOKEN_PATH, body)
-            self.fetches += 1
-            credential = Credential.model_validate(data)
-            register_secret(credential.secret.get_secret_value())
-            self._cached = credential
-            return credential
 
     async def status(self) -> CredentialStatus:
         try:

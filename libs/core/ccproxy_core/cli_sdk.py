@@ -1,4 +1,4 @@
-"""SDK mode on the command line: the flags earlier ccproxy versions had, and the worker's entry.
+"""SDK mode on the command line: the flags earlier ccproxy versions had.
 
 ``--claude-code-options-cwd``, ``--claude-code-options-permission-mode``,
 ``--claude-sdk-message-mode`` ... are the ``CLAUDE__*`` settings under their old names, and win
@@ -109,9 +109,3 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     return out
 
-
-def run_worker(settings: Any) -> None:
-    """``ccproxy run sdk-worker``."""
-    from ccproxy_sdk_worker.worker import main
-
-    main(settings)

@@ -112,8 +112,18 @@ class Principal(BaseModel):
 current_principal: ContextVar[Principal | None] = ContextVar("ccproxy_principal", default=None)
 
 
+def looks_like_key(presented: str) -> bool:
+    """Whether ``presented`` has the shape of a client key (``ccp_…``), so may be one just made."""
+    return presented.startswith(KEY_PREFIX)
+
+
 class CachedKeys:
-    """A :class:`KeyAuthority` with lookups cached locally for a few seconds."""
+    """A :class:`KeyAuthority` with lookups cached locally for a few seconds.
+
+    Only what can stop being true soon is trusted from the cache: a key found stays found for
+    ``ttl`` (so a revoked key stops within it). "No such key" is not cached for key-shaped
+    strings: ``ccproxy keys create`` on any host must make a key usable at once on every
+    gateway, and a miss costs one lookup, as an unknown key always did."""
 
     def __init__(self, inner: KeyAuthority, ttl: float = 5.0) -> None:
         self.inner = inner
@@ -125,12 +135,14 @@ class CachedKeys:
         digest = hash_key(presented)
         now = time.monotonic()
         hit = self._lookups.get(digest)
-        if hit is not None and now - hit[0] < self.ttl:
+        if hit is not None and now - hit[0] < self.ttl and (hit[1] is not None or not looks_like_key(presented)):
             return hit[1]
         found = await self.inner.lookup(presented)
         if len(self._lookups) > 10_000:
             self._lookups.clear()
         self._lookups[digest] = (now, found)
+        if found is not None and self._any is not None and not self._any[1]:
+            self._any = None  # "no keys exist" is stale: a key was just made
         return found
 
     async def any_keys(self) -> bool:

@@ -68,16 +68,6 @@ class ProxyError(Exception):
         self.param = param
 
 
-class AnthropicErrorDetail(BaseModel):
-    type: str
-    message: str
-
-
-class AnthropicError(BaseModel):
-    type: Literal["error"] = "error"
-    error: AnthropicErrorDetail
-
-
 class OpenAIErrorDetail(BaseModel):
     message: str
     type: str

@@ -5,10 +5,41 @@ Labels never carry secrets: routes are templates, accounts are names, keys are k
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount
+from starlette.types import Scope
+
+#: The route label of a request no route matched (a 404): one label, whatever the path was.
+UNMATCHED = "<unmatched>"
+#: Attribute :func:`label_routes` sets on a route inside a Mount: the Mount's template + its own.
+_TEMPLATE_ATTR = "ccproxy_template"
+
+
+def label_routes(routes: Iterable[BaseRoute], prefix: str = "") -> None:
+    """Give every route inside a Mount its full template (Starlette's ``scope["route"]`` is the
+    innermost route, whose ``path`` is relative to the Mount). Call once on an app's routes."""
+    for route in routes:
+        path = getattr(route, "path", None)
+        if prefix and isinstance(path, str):
+            setattr(route, _TEMPLATE_ATTR, prefix + path)
+        if isinstance(route, Mount) and route.routes:
+            label_routes(route.routes, prefix + route.path)
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's template (``/permissions/{request_id}``), never the raw path: labels
+    from raw paths grow ``/metrics`` with every random URL anyone sends."""
+    route = scope.get("route")
+    if route is None:
+        return UNMATCHED
+    template = getattr(route, _TEMPLATE_ATTR, None) or getattr(route, "path", None)
+    return template if isinstance(template, str) else UNMATCHED
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -52,10 +83,6 @@ class Metrics:
         self.cooldowns = Counter(
             "ccproxy_account_cooldowns_total", "Upstream accounts put in cooldown, by account and reason",
             ["service", "account", "reason"], registry=self.registry,
-        )
-        self.accounts_cooling = Gauge(
-            "ccproxy_accounts_cooling_down", "Upstream accounts in cooldown now", ["service"],
-            registry=self.registry,
         )
         self.queue_depth = Gauge(
             "ccproxy_queue_depth", "Jobs waiting in a queue (SDK runs)", ["service", "queue"],

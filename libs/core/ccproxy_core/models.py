@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ccproxy_core.errors import ProxyError
+
 
 class Price(BaseModel):
     """USD per million tokens."""
@@ -32,13 +34,44 @@ class ModelInfo(BaseModel):
     display_name: str
     created_at: str
     aliases: list[str] = Field(default_factory=list)
+    #: The largest ``max_tokens`` the API accepts for this model.
+    max_output_tokens: int
     price: Price
 
 
 @functools.cache
+def _table() -> dict[str, Any]:
+    return json.loads(resources.files("ccproxy_core").joinpath("data/models.json").read_text())
+
+
+@functools.cache
 def known_models() -> tuple[ModelInfo, ...]:
-    raw = json.loads(resources.files("ccproxy_core").joinpath("data/models.json").read_text())
-    return tuple(ModelInfo.model_validate(m) for m in raw["models"])
+    return tuple(ModelInfo.model_validate(m) for m in _table()["models"])
+
+
+@functools.lru_cache(maxsize=256)  # every Messages request asks; model names are few
+def max_output_tokens(model: str) -> int:
+    """The largest ``max_tokens`` ``model`` may ask for: the table's value, or for a model the
+    table does not know (a newer one) the table's ``unknown_max_output_tokens``."""
+    info = find_model(model)
+    return info.max_output_tokens if info is not None else int(_table()["unknown_max_output_tokens"])
+
+
+def check_token_limit(value: Any, model: str, param: str = "max_tokens") -> int:
+    """``value`` as a token limit for ``model``: an integer from 1 to the model's output limit.
+
+    Raises a 400 ProxyError otherwise. Budgets reserve ``max_tokens`` of output before a request
+    goes upstream, so a negative, boolean or astronomically large limit must never get that far.
+    """
+    if type(value) is not int:  # bool is an int subclass: true is not a token limit
+        raise ProxyError(400, f"{param}: must be a positive integer, not {json.dumps(value)[:40]}", param=param)
+    limit = max_output_tokens(model)
+    if not 1 <= value <= limit:
+        raise ProxyError(
+            400, f"{param}: must be an integer from 1 to {limit} (the output limit of {model!r}), not {value}",
+            param=param,
+        )
+    return value
 
 
 def find_model(name: str) -> ModelInfo | None:

@@ -121,11 +121,22 @@ class RoutingAuthClient(AuthClient):
     """The auth service's pool, over HTTP. With one account the token is cached as before
     (no call per request); with several, auth picks the account of every request."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, base_url: str, internal_secret: str, *, margin_seconds: float = 60.0) -> None:
+        super().__init__(base_url, internal_secret)
+        self._margin = margin_seconds
+        self._cached: Credential | None = None
+        #: Calls made to auth for a token (a metric: the cache really caches).
+        self.fetches = 0
         #: Until when auth's answer "one account" holds: picking is trivial, the token is cached
         #: (re-asked every SINGLE_TTL seconds, so a newly added account is used soon).
         self._single_until = 0.0
+
+    def _fresh(self, credential: Credential | None, rejected: str | None) -> bool:
+        if credential is None:
+            return False
+        if rejected is not None and credential.secret.get_secret_value() == rejected:
+            return False
+        return not credential.expires_within(self._margin)
 
     async def pick(
         self,

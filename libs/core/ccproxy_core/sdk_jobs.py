@@ -53,6 +53,13 @@ RECORD_TTL = 3600
 HEALTH_INTERVAL = 5
 #: Silence after which the gateway checks that the worker running a job is still alive.
 LIVENESS_AFTER = 10.0
+#: Seconds between a running job's heartbeats, and how long each one lives. The gateway calls a
+#: run dead only when its heartbeat is gone, so a worker whose event loop stalls for up to
+#: ``HEARTBEAT_TTL - HEARTBEAT_INTERVAL`` seconds (a loaded machine, a long GC, a frozen
+#: container) keeps its runs; a worker killed for real is noticed within about
+#: ``LIVENESS_AFTER + HEARTBEAT_TTL`` seconds of its last record.
+HEARTBEAT_INTERVAL = 3.0
+HEARTBEAT_TTL = 20
 
 
 class SdkJob(BaseModel):
@@ -108,8 +115,12 @@ class SdkKeys:
         """Exists while ``worker`` is alive (arq's health check key); /sdk/status lists them."""
         return f"{self.prefix}sdk:health:{worker}"
 
+    def alive(self, job_id: str) -> str:
+        """Exists while a worker runs ``job_id`` (its heartbeat, every HEARTBEAT_INTERVAL s)."""
+        return f"{self.prefix}sdk:alive:{job_id}"
+
     def session(self, session_id: str) -> str:
-        """Hash: which worker last ran the session, its cwd, when."""
+        """Hash: who owns the session (the client key's id), which worker last ran it, its cwd, when."""
         return f"{self.prefix}sdk:session:{session_id}"
 
     def session_lock(self, session_id: str) -> str:
@@ -120,12 +131,27 @@ class SdkKeys:
         return f"{base}:{subpath}" if subpath else base
 
 
-def session_uuid(client_id: str) -> str:
-    """Claude Code wants UUIDs; a client may name its session anything, always mapped alike."""
+def session_uuid(client_id: str, owner: str = "") -> str:
+    """Claude Code wants UUIDs; a client may name its session anything, mapped alike for one
+    ``owner`` (the client key's id): two keys naming a session "demo" get two sessions. A UUID is
+    taken as it is (one an answer named); :func:`own_session` keeps it to its owner."""
     try:
         return str(uuid.UUID(client_id))
     except ValueError:
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, "ccproxy-session:" + client_id))
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ccproxy-session:{owner}:{client_id}"))
+
+
+async def own_session(redis: Redis, keys: SdkKeys, session_id: str, owner: str, ttl: int) -> None:
+    """Make ``session_id`` ``owner``'s if nobody has it; raise 404 if another key owns it (a
+    session is a conversation: nobody else may read or continue it, as for permission requests)."""
+    key = keys.session(session_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hsetnx(key, "owner", owner)
+        pipe.hget(key, "owner")
+        pipe.expire(key, ttl)
+        _, current, _ = await pipe.execute()
+    if _text(current or b"") != owner:
+        raise ProxyError(404, "no such session for this client key", "not_found_error")
 
 
 def dumps(value: Any) -> bytes:
@@ -146,6 +172,17 @@ def arq_pool(redis: Redis, queue: str) -> ArqRedis:
 async def claim(redis: Redis, keys: SdkKeys, job_id: str, value: str) -> bool:
     """Settle the start/give-up race: True if ``value`` won."""
     return bool(await redis.set(keys.claim(job_id), value, nx=True, ex=RECORD_TTL))
+
+
+async def heartbeat(redis: Redis, keys: SdkKeys, job_id: str) -> None:
+    """Say that ``job_id`` is running, every HEARTBEAT_INTERVAL s until cancelled (the worker runs
+    it beside each job); a failed beat (Redis away a moment) is retried at the next one."""
+    while True:
+        try:
+            await redis.set(keys.alive(job_id), "1", ex=HEARTBEAT_TTL)
+        except Exception:  # noqa: S110 (the next beat retries; the TTL covers the gap)
+            pass
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
 
 
 async def write_record(redis: Redis, keys: SdkKeys, job_id: str, name: str, data: Any) -> None:
@@ -211,9 +248,10 @@ class SdkQueue:
                 yield "ping", {"type": "ping"}
             if worker and now - max(last_record, last_check) >= LIVENESS_AFTER:
                 # A worker that died (killed, its host gone) writes nothing more: do not wait for
-                # the run timeout when its health key says it is gone.
+                # the run timeout when the run's own heartbeat says it is gone. (arq's health key alone
+                # outlives a report by one second: a short stall would fail a live run.)
                 last_check = now
-                if not await self.redis.exists(self.keys.health(worker)):
+                if not await self.redis.exists(self.keys.alive(job_id), self.keys.health(worker)):
                     raise ProxyError(502, f"the sdk-worker running this request ({worker}) stopped")
             remaining = deadline - time.monotonic()
             if remaining <= 0:

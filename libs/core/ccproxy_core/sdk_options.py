@@ -1,5 +1,11 @@
 """Which Claude Code options a client may set per request, and where a run may work.
 
+A request's ``claude_options`` may only narrow the operator's ``CLAUDE__OPTIONS__*``, never widen
+them: :func:`check_overrides` refuses (403) what would widen (a laxer permission mode, tools the
+operator did not pre-approve, directories it did not add), and :func:`apply_overrides` merges the
+rest so it can only narrow (disallowed tools are added to the operator's, limits only go down, a
+system prompt is appended to the operator's).
+
 Checked twice: by the gateway, so a refused request gets its 403 before it waits in a queue,
 and by the worker, which must not trust a job it did not check itself.
 """
@@ -18,6 +24,12 @@ from ccproxy_core.settings import ClaudeOptions, Settings
 OPTION_NAMES = frozenset(ClaudeOptions.model_fields)
 #: Never per request, whatever the allow-list says: they run commands or widen access silently.
 NEVER_PER_REQUEST = frozenset({"mcp_servers", "permission_prompt_tool_name"})
+#: Permission modes from the strictest to the laxest: a request may only move towards the front
+#: of the operator's mode (unset: Claude Code's ``default``). ``dontAsk`` denies what is not
+#: pre-approved instead of asking; ``auto`` lets a classifier approve without asking.
+PERMISSION_ORDER = ("plan", "dontAsk", "default", "acceptEdits", "auto", "bypassPermissions")
+#: Limits a request may lower but never raise.
+LIMITS = ("max_turns", "max_budget_usd", "max_thinking_tokens")
 
 
 def workspace_root(settings: Settings) -> Path:
@@ -74,6 +86,64 @@ def check_overrides(raw: Any, settings: Settings) -> dict[str, Any]:
             403, "claude_options: permission_mode bypassPermissions is not allowed per request",
             param="claude_options",
         )
+    operator = settings.claude.options
+    if checked.permission_mode is not None:
+        server_mode = operator.permission_mode or "default"
+        if PERMISSION_ORDER.index(checked.permission_mode) > PERMISSION_ORDER.index(server_mode):
+            raise ProxyError(
+                403,
+                f"claude_options: permission_mode {checked.permission_mode} is less strict than this server's "
+                f"{server_mode} (CLAUDE__OPTIONS__PERMISSION_MODE); a request may only make it stricter "
+                f"({', '.join(PERMISSION_ORDER[: PERMISSION_ORDER.index(server_mode) + 1])})",
+                param="claude_options",
+            )
+    if "allowed_tools" in raw:
+        extra = [t for t in checked.allowed_tools if t not in operator.allowed_tools]
+        if extra:
+            raise ProxyError(
+                403,
+                f"claude_options: allowed_tools {', '.join(extra)} are not pre-approved on this server "
+                "(CLAUDE__OPTIONS__ALLOWED_TOOLS); a request may only pre-approve fewer tools",
+                param="claude_options",
+            )
+    if "add_dirs" in raw:
+        granted = {_resolved(d) for d in operator.add_dirs}
+        extra = [d for d in checked.add_dirs if _resolved(d) not in granted]
+        if extra:
+            raise ProxyError(
+                403,
+                f"claude_options: add_dirs {', '.join(extra)} are not granted on this server "
+                "(CLAUDE__OPTIONS__ADD_DIRS)",
+                param="claude_options",
+            )
     if checked.cwd is not None:
         resolve_cwd(checked.cwd, workspace_root(settings))
     return checked.model_dump(include=set(raw))
+
+
+def apply_overrides(overrides: dict[str, Any], settings: Settings) -> ClaudeOptions:
+    """The options of a run: the operator's, narrowed by the request's (checked) ``overrides``."""
+    operator = settings.claude.options
+    update = dict(overrides)
+    if "disallowed_tools" in update:
+        update["disallowed_tools"] = [
+            *operator.disallowed_tools, *(t for t in update["disallowed_tools"] if t not in operator.disallowed_tools)
+        ]
+    for name in LIMITS:
+        mine, theirs = getattr(operator, name), update.get(name)
+        if mine is not None and theirs is not None:
+            update[name] = min(mine, theirs)
+        elif name in update and theirs is None:
+            update[name] = mine
+    if "append_system_prompt" in update:
+        update["append_system_prompt"] = "\n\n".join(
+            t for t in (operator.append_system_prompt, update["append_system_prompt"]) if t
+        ) or None
+    for name in ("allowed_tools", "add_dirs", "permission_mode", "cwd", "model"):
+        if name in update and update[name] is None:
+            update[name] = getattr(operator, name)  # null means "the server's"
+    return operator.model_copy(update=update)
+
+
+def _resolved(path: str) -> Path:
+    return Path(path).expanduser().resolve()

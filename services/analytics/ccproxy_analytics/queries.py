@@ -62,7 +62,7 @@ class Filters:
         try:
             until = parse_time(q["until"]) if q.get("until") else now + timedelta(minutes=1)
             since = parse_time(q["since"]) if q.get("since") else until - default_window
-        except ValueError as exc:
+        except (ValueError, OverflowError, OSError) as exc:  # OSError: a time the OS cannot convert
             raise ProxyError(400, f"since/until: not a time ({exc}); use ISO 8601 or epoch seconds") from exc
         status = q.get("status") or None
         if status is not None and not (status.isdigit() or STATUS_CLASS.match(status)):
@@ -121,12 +121,20 @@ def encode_cursor(started_at: datetime, request_id: str) -> str:
     return base64.urlsafe_b64encode(f"{ms}|{request_id}".encode()).decode().rstrip("=")
 
 
+#: The latest instant a cursor may name (DateTime64's range ends in 2299).
+_CURSOR_MAX_MS = 10_000_000_000_000
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (started_at, request_id) a cursor from :func:`encode_cursor` names; 400 for anything
+    else (a forged cursor may decode to any text, e.g. a number no datetime can hold)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ms, _, request_id = raw.partition("|")
+        if not (ms.isascii() and ms.isdigit() and len(ms) <= 14 and int(ms) < _CURSOR_MAX_MS):
+            raise ValueError("not a time in milliseconds")
         return datetime.fromtimestamp(int(ms) / 1000, UTC), request_id
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, OverflowError, OSError) as exc:
         raise ProxyError(400, "cursor: not a cursor this API returned", param="cursor") from exc
 
 

@@ -2,10 +2,10 @@
 
 One pooled keep-alive aiohttp session for the process; bodies relayed with ``iter_any`` (each
 chunk as soon as the socket has it); one retry with a fresh token on a 401, and one on a stale
-pooled connection, both before any byte reached the client. With an account pool (an
-:class:`~ccproxy_core.routing.AccountRouter`) the pool picks the account of each request and
-hears about its 429s, 529s and dead tokens, and the request is retried once, on the same account
-after a short throttle or on another one.
+pooled connection, both before any byte reached the client. The account pool (an
+:class:`~ccproxy_core.routing.AccountRouter`: in process, or auth's over HTTP) picks the account
+of each request and hears about its 429s, 529s and dead tokens, and the request is retried once,
+on the same account after a short throttle or on another one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest, UpstreamReply
 from ccproxy_core.routing import HINT_SESSION, AccountRouter, session_key
 from ccproxy_core.settings import AnthropicSettings
-from ccproxy_core.tokens import Credential, TokenSource
+from ccproxy_core.tokens import Credential
 from ccproxy_forwarder.injection import inject_identity, upstream_headers
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,11 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 class ApiForwarder:
-    def __init__(self, settings: AnthropicSettings, tokens: TokenSource) -> None:
+    def __init__(self, settings: AnthropicSettings, router: AccountRouter) -> None:
         self._settings = settings
-        self._tokens = tokens
-        # Checked once: isinstance() against a runtime-checkable Protocol costs ~10 µs a call.
-        self._router = tokens if isinstance(tokens, AccountRouter) else None
+        self._router = router
         self._base_url = settings.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-        self.upstream_statuses: dict[int, int] = {}
         self._quota_seen: dict[str, tuple[tuple[tuple[str, str], ...], float]] = {}
         self._reports: set[asyncio.Task[None]] = set()
 
@@ -70,17 +67,7 @@ class ApiForwarder:
             await self._session.close()
 
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
-        if self._router is not None:
-            credential, resp = await self._routed(request, self._router)
-        else:
-            credential = await self._tokens.get()
-            resp = await self._send(request, credential)
-            if resp.status == 401 and credential.kind == "oauth":
-                # The token was refused: refresh once (single-flight) and try again.
-                resp.close()
-                credential = await self._tokens.get(rejected=credential.secret.get_secret_value())
-                resp = await self._send(request, credential)
-        self.upstream_statuses[resp.status] = self.upstream_statuses.get(resp.status, 0) + 1
+        credential, resp = await self._routed(request, self._router)
         headers = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
 
         async def close() -> None:
@@ -171,7 +158,7 @@ class ApiForwarder:
         task.add_done_callback(self._reports.discard)
 
     async def _send(self, request: ForwardRequest, credential: Credential) -> aiohttp.ClientResponse:
-        headers = upstream_headers(request.headers, credential)
+        headers = upstream_headers(request.headers, credential, self._settings.version)
         url = self._base_url + request.path + (f"?{request.query}" if request.query else "")
         data: bytes | None = None
         if request.method == "GET":

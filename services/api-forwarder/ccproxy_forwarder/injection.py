@@ -20,7 +20,8 @@ CLAUDE_CODE_IDENTITIES = (
     "You are a Claude agent, built on Anthropic's Claude Agent SDK.",
 )
 IDENTITY = CLAUDE_CODE_IDENTITIES[0]
-MAX_CACHE_BREAKPOINTS = 4
+#: ``anthropic-version`` sent when the client sent none (``AnthropicSettings.version``'s default).
+DEFAULT_VERSION = "2023-06-01"
 
 _DROPPED_HEADERS = frozenset(
     {
@@ -43,15 +44,19 @@ _DROPPED_HEADERS = frozenset(
 )
 
 
-def upstream_headers(client_headers: dict[str, str], credential: Credential) -> dict[str, str]:
-    """The headers to send upstream, built from the client's."""
+def upstream_headers(
+    client_headers: dict[str, str], credential: Credential, version: str = DEFAULT_VERSION
+) -> dict[str, str]:
+    """The headers to send upstream, built from the client's; ``anthropic-version`` is
+    ``version`` (``ANTHROPIC__VERSION``) when the client sent none."""
     headers: dict[str, str] = {}
     for name, value in client_headers.items():
         lower = name.lower()
         if lower in _DROPPED_HEADERS or lower.startswith(("x-forwarded-", "x-ccproxy-", "x-real-ip")):
             continue
         headers[lower] = value
-    headers.setdefault("anthropic-version", "2023-06-01")
+    if not headers.get("anthropic-version"):
+        headers["anthropic-version"] = version
     headers["content-type"] = "application/json"
     secret = credential.secret.get_secret_value()
     if credential.kind == "oauth":

@@ -14,7 +14,7 @@ import hmac
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictInt, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,7 +23,7 @@ from ccproxy_auth.accounts import AccountError, AccountStore
 from ccproxy_auth.keys import KeyAdminError, KeyStore
 from ccproxy_auth.pool import AccountPool
 from ccproxy_core.client_keys import Admission, Period, UsageReport
-from ccproxy_core.errors import ProxyError
+from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.internal import json_response
 from ccproxy_core.routing import PICK_PATH, REPORT_PATH
 from ccproxy_core.settings import Settings
@@ -68,13 +68,15 @@ class AdmitBody(BaseModel):
 
 
 class CreateKeyBody(BaseModel):
+    """Strict numbers: ``true``, ``"NaN"``, ``1e308`` are not limits (KeyStore.create checks ranges)."""
+
     name: str
     accounts: list[str] = Field(default_factory=list)
-    rpm: int | None = None
-    tpm: int | None = None
-    budget_usd: float | None = None
+    rpm: StrictInt | None = None
+    tpm: StrictInt | None = None
+    budget_usd: float | None = Field(default=None, allow_inf_nan=False, strict=True)
     period: Period | None = None
-    expires_at: float | None = None
+    expires_at: float | None = Field(default=None, allow_inf_nan=False, strict=True)
 
 
 class ApiKeyAccountBody(BaseModel):
@@ -85,8 +87,10 @@ class ApiKeyAccountBody(BaseModel):
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(orjson.loads(await request.body() or b"{}"))
-    except (orjson.JSONDecodeError, ValidationError) as exc:
-        raise ProxyError(400, f"invalid body: {str(exc).splitlines()[0]}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError(400, f"invalid body: {exc}") from exc
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
 
 
 def _need_keys(keys: KeyStore | None) -> KeyStore:

@@ -40,21 +40,41 @@ from ccproxy_core.models import cost_usd, find_model, known_models
 MICRO = 1_000_000
 #: A request's reservation expires after this long (longer than any stream).
 RESERVATION_TTL = 3600
+#: Every amount (micro-USD or tokens) that reaches Redis is clamped to [0, MAX_AMOUNT], whatever
+#: a request said: 10**15 micro-USD is $1e9, 10**15 tokens more than any request can use, and both
+#: stay far below 2**53 (exact in Lua's doubles) and 2**63 (Redis counters), so a reservation can
+#: neither go negative nor overflow.
+MAX_AMOUNT = 10**15
+#: The largest token counts taken from a request or a usage report (bigger ones are clamped).
+MAX_TOKENS = 10**12
 
-ADMIT = """
+#: Lua shared by both scripts. ``clamp`` bounds any number to [0, MAX_AMOUNT]; ``int`` writes one
+#: as Redis wants an integer (Lua would print 1e15 as "1e+15"); ``release`` gives back a
+#: reservation without ever leaving the counter below zero (one an old gateway drove negative
+#: heals here).
+_PRELUDE = """
+local function clamp(value) return math.max(0, math.min(tonumber(value) or 0, @MAX@)) end
+local function int(value) return string.format('%d', clamp(value)) end
+local function release(counter, amount)
+  if clamp(amount) <= 0 then return end
+  if redis.call('DECRBY', counter, int(amount)) < 0 then redis.call('SET', counter, 0) end
+end
+""".replace("@MAX@", str(MAX_AMOUNT))
+
+ADMIT = _PRELUDE + """
 local rec = redis.call('HMGET', KEYS[1], 'id', 'revoked_at', 'expires_at', 'rpm', 'tpm', 'budget_micro')
 if not rec[1] then return {'missing'} end
 if rec[2] and rec[2] ~= '' then return {'revoked'} end
 local now = tonumber(ARGV[1])
 if rec[3] and rec[3] ~= '' and tonumber(rec[3]) <= now then return {'expired'} end
-local est_micro = tonumber(ARGV[2])
-local est_tokens = tonumber(ARGV[3])
+local est_micro = clamp(ARGV[2])
+local est_tokens = clamp(ARGV[3])
 -- release reservations whose request never settled (a gateway died)
 local stale = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
 for _, rid in ipairs(stale) do
   local amt = redis.call('HGET', KEYS[7], rid)
   if amt then
-    redis.call('DECRBY', KEYS[5], tonumber(string.match(amt, '^(%d+)')))
+    release(KEYS[5], tonumber(string.match(amt, '^(-?%d+)')) or 0)
     redis.call('HDEL', KEYS[7], rid)
   end
   redis.call('ZREM', KEYS[6], rid)
@@ -82,33 +102,35 @@ end
 local budget = tonumber(rec[6]) or 0
 local want = est_micro
 if budget > 0 then
-  local spent = tonumber(redis.call('GET', KEYS[4]) or '0')
-  local held = tonumber(redis.call('GET', KEYS[5]) or '0')
-  local run = tonumber(ARGV[6]) or 0
+  local spent = math.max(0, tonumber(redis.call('GET', KEYS[4]) or '0') or 0)
+  local held = math.max(0, tonumber(redis.call('GET', KEYS[5]) or '0') or 0)
+  local run = clamp(ARGV[6])
   -- a whole run (SDK mode): up to ARGV[6], what is left if less, never less than the estimate
   if run > 0 then want = math.max(est_micro, math.min(run, budget - spent - held)) end
-  if spent + held + want > budget then return {'budget', tostring(spent), tostring(held)} end
+  if spent + held + want > budget then return {'budget', int(spent), int(held)} end
 end
 if rpm_level then redis.call('HSET', KEYS[2], 'level', tostring(rpm_level), 'ts', ARGV[1]) end
 if tpm_level then redis.call('HSET', KEYS[3], 'level', tostring(tpm_level), 'ts', ARGV[1]) end
-want = string.format('%d', want)
+want = int(want)
+if (tonumber(redis.call('GET', KEYS[5]) or '0') or 0) < 0 then redis.call('SET', KEYS[5], 0) end
 redis.call('INCRBY', KEYS[5], want)
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[5]), ARGV[4])
-redis.call('HSET', KEYS[7], ARGV[4], want .. ':' .. ARGV[3])
+redis.call('HSET', KEYS[7], ARGV[4], want .. ':' .. int(est_tokens))
 return {'ok', want}
 """
 
-SETTLE = """
+SETTLE = _PRELUDE + """
 local amt = redis.call('HGET', KEYS[1], ARGV[1])
 local est_tokens = 0
 if amt then
-  local micro, tokens = string.match(amt, '^(%d+):(%d+)')
-  redis.call('DECRBY', KEYS[3], tonumber(micro))
-  est_tokens = tonumber(tokens)
+  local micro, tokens = string.match(amt, '^(-?%d+):(-?%d+)')
+  release(KEYS[3], tonumber(micro) or 0)
+  est_tokens = clamp(tokens)
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-local actual = tonumber(ARGV[2])
+local actual = int(ARGV[2])
+if (tonumber(redis.call('GET', KEYS[4]) or '0') or 0) < 0 then redis.call('SET', KEYS[4], 0) end
 local spent = redis.call('INCRBY', KEYS[4], actual)
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[6]))
 local tpm = tonumber(ARGV[5])
@@ -118,21 +140,48 @@ if tpm > 0 then
   local level = tonumber(b[1]) or tpm
   local ts = tonumber(b[2]) or now
   level = math.min(tpm, level + math.max(0, now - ts) * tpm / 60.0)
-  level = level - (tonumber(ARGV[3]) - est_tokens)
+  level = level - (clamp(ARGV[3]) - est_tokens)
   redis.call('HSET', KEYS[5], 'level', tostring(level), 'ts', ARGV[4])
 end
 redis.call('HINCRBY', KEYS[6], 'spend_micro', actual)
 redis.call('HINCRBY', KEYS[6], 'requests', 1)
-redis.call('HINCRBY', KEYS[6], 'input_tokens', tonumber(ARGV[7]))
-redis.call('HINCRBY', KEYS[6], 'output_tokens', tonumber(ARGV[8]))
-redis.call('HINCRBY', KEYS[6], 'cache_read_tokens', tonumber(ARGV[9]))
-redis.call('HINCRBY', KEYS[6], 'cache_write_tokens', tonumber(ARGV[10]))
+redis.call('HINCRBY', KEYS[6], 'input_tokens', int(ARGV[7]))
+redis.call('HINCRBY', KEYS[6], 'output_tokens', int(ARGV[8]))
+redis.call('HINCRBY', KEYS[6], 'cache_read_tokens', int(ARGV[9]))
+redis.call('HINCRBY', KEYS[6], 'cache_write_tokens', int(ARGV[10]))
 return spent
 """
 
 
 class KeyAdminError(ValueError):
     """A key operation cannot be done (unknown key, duplicate name)."""
+
+
+#: The largest limits a key may be given: far above any real use, far below what Redis and the
+#: Lua scripts' doubles hold exactly (a budget is kept in micro-USD).
+MAX_RPM = 1_000_000
+MAX_TPM = 10**10
+MAX_BUDGET_USD = 1_000_000.0
+
+
+def check_limits(
+    *, rpm: int | None = None, tpm: int | None = None, budget_usd: float | None = None,
+    expires_at: float | None = None,
+) -> None:
+    """Raise KeyAdminError unless every limit given is a finite, positive, sane number."""
+    for value, flag, top in ((rpm, "--rpm", MAX_RPM), (tpm, "--tpm", MAX_TPM)):
+        if value is None:
+            continue
+        if type(value) is not int or not 1 <= value <= top:
+            raise KeyAdminError(f"{flag} must be a whole number from 1 to {top}")
+    if budget_usd is not None and not (isinstance(budget_usd, int | float) and math.isfinite(budget_usd)
+                                       and 0 < budget_usd <= MAX_BUDGET_USD):
+        raise KeyAdminError(f"--budget-usd must be a positive amount up to {MAX_BUDGET_USD:,.0f}")
+    if budget_usd is not None and math.floor(budget_usd * MICRO) < 1:
+        raise KeyAdminError("--budget-usd must be at least $0.000001")
+    if expires_at is not None and not (isinstance(expires_at, int | float) and math.isfinite(expires_at)
+                                       and 0 < expires_at < 253402300800):  # before the year 10000
+        raise KeyAdminError("--expires must be a date before the year 10000")
 
 
 def period_bounds(period: Period, now: float) -> tuple[str, datetime, datetime]:
@@ -150,24 +199,31 @@ def period_bounds(period: Period, now: float) -> tuple[str, datetime, datetime]:
     return start.strftime("m%Y%m"), start, start + timedelta(days=days)
 
 
+def _bounded(value: int | float, top: int = MAX_TOKENS) -> int:
+    """``value`` as an integer in [0, top] (nothing a request says may reach Redis unbounded)."""
+    if not isinstance(value, int | float) or value != value:  # NaN
+        return 0
+    return int(max(0, min(value, top)))
+
+
 def estimate(model: str, body_bytes: int, max_tokens: int) -> tuple[int, int]:
     """(tokens, micro-USD) a request may use at most, for reservations. Unknown models are
-    priced like the dearest known one, so a new model name cannot slip past a budget."""
-    input_tokens = max(1, body_bytes // 4)
-    tokens = input_tokens + max(0, max_tokens)
-    if find_model(model) is not None:
-        usd = cost_usd(model, input_tokens, max_tokens)
-    else:
-        dearest = max(known_models(), key=lambda m: m.price.output)
-        usd = cost_usd(dearest.id, input_tokens, max_tokens)
-    return tokens, math.ceil(usd * MICRO)
+    priced like the dearest known one, so a new model name cannot slip past a budget. Inputs are
+    clamped (a negative ``max_tokens`` reserves the input alone, never a negative amount)."""
+    input_tokens = max(1, _bounded(body_bytes) // 4)
+    output_tokens = _bounded(max_tokens)
+    tokens = input_tokens + output_tokens
+    priced = model if find_model(model) is not None else max(known_models(), key=lambda m: m.price.output).id
+    usd = cost_usd(priced, input_tokens, output_tokens)
+    return tokens, _bounded(math.ceil(usd * MICRO), MAX_AMOUNT)
 
 
 def usage_cost_micro(usage: UsageReport) -> int:
     usd = cost_usd(
-        usage.model, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens
+        usage.model, _bounded(usage.input_tokens), _bounded(usage.output_tokens),
+        _bounded(usage.cache_read_tokens), _bounded(usage.cache_write_tokens),
     )
-    return math.ceil(usd * MICRO)
+    return _bounded(math.ceil(usd * MICRO), MAX_AMOUNT)
 
 
 def _text(value: Any) -> str:
@@ -218,13 +274,9 @@ class KeyStore:
         name = name.strip()
         if not name:
             raise KeyAdminError("a key needs a name")
-        if budget_usd is not None and budget_usd <= 0:
-            raise KeyAdminError("--budget-usd must be positive")
+        check_limits(rpm=rpm, tpm=tpm, budget_usd=budget_usd, expires_at=expires_at)
         if budget_usd is not None and period is None:
             period = "month"
-        for value, flag in ((rpm, "--rpm"), (tpm, "--tpm")):
-            if value is not None and value <= 0:
-                raise KeyAdminError(f"{flag} must be positive")
         key_id = "k_" + secrets.token_hex(6)
         plain = KEY_PREFIX + secrets.token_urlsafe(32)
         info = KeyInfo(
@@ -240,8 +292,6 @@ class KeyStore:
             accounts=accounts or [],
         )
         name_key = f"{self.p}name:{name}"
-        if not await self.redis.set(name_key, key_id, nx=True):
-            raise KeyAdminError(f"a key named {name!r} exists already (revoke it first, or pick another name)")
         record = {
             "id": key_id,
             "name": name,
@@ -256,11 +306,19 @@ class KeyStore:
             "period": period or "",
             "accounts": ",".join(accounts or []),
         }
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self._rec(key_id), mapping=record)
-        pipe.set(f"{self.p}hash:{record['hash']}", key_id)
-        pipe.sadd(f"{self.p}all", key_id)
-        await pipe.execute()
+        # Everything is checked and built before the name is taken, and a write that fails after
+        # it gives the name back: a failed create leaves nothing behind.
+        if not await self.redis.set(name_key, key_id, nx=True):
+            raise KeyAdminError(f"a key named {name!r} exists already (revoke it first, or pick another name)")
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self._rec(key_id), mapping=record)
+            pipe.set(f"{self.p}hash:{record['hash']}", key_id)
+            pipe.sadd(f"{self.p}all", key_id)
+            await pipe.execute()
+        except BaseException:
+            await self.redis.delete(name_key)
+            raise
         return info, plain
 
     async def find(self, id_or_name: str) -> KeyInfo | None:
@@ -373,7 +431,7 @@ class KeyStore:
                 self._sub(key.id, "resv"),
                 self._sub(key.id, "resamt"),
             ],
-            args=[repr(now), micro, tokens, rid, RESERVATION_TTL, max(0, reserve_micro_usd)],
+            args=[repr(now), micro, tokens, rid, RESERVATION_TTL, _bounded(reserve_micro_usd, MAX_AMOUNT)],
         )
         verdict = [_text(v) for v in result]
         if verdict[0] != "ok":
@@ -422,7 +480,8 @@ class KeyStore:
         spend_key = self._sub(admission.key_id, "spend:none")
         if admission.period_id:
             spend_key = self._sub(admission.key_id, f"spend:{admission.period_id}")
-        tokens = usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+        counts = [_bounded(n) for n in (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                                        usage.cache_write_tokens)]
         spent = await self._settle(
             keys=[
                 self._sub(admission.key_id, "resamt"),
@@ -435,14 +494,11 @@ class KeyStore:
             args=[
                 admission.reservation or "-",
                 micro,
-                tokens,
+                sum(counts),
                 repr(now),
                 (key.tpm if key else 0) or 0,
                 ttl,
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cache_read_tokens,
-                usage.cache_write_tokens,
+                *counts,
             ],
         )
         return Settlement(cost_usd=micro / MICRO, spent_usd=int(spent) / MICRO)

@@ -5,6 +5,11 @@ rotate and each works once, so a second concurrent refresh would lose the accoun
 process an asyncio lock serialises refreshes; across processes (auth replicas) a lock in Redis
 does, with a timeout so a crashed holder cannot block refresh forever. After taking the lock we
 re-read the store (the fencing check): if someone else already refreshed, we use their token.
+
+A refresh that fails is single-flight too: callers waiting on the lock share its failure, and
+no new attempt is made with the same refresh token for a growing interval (30 s, doubling up to
+30 min) — a dead refresh token must not hammer the token endpoint. A new login (the stored
+refresh token changed on disk) is tried at once. Meanwhile a still-valid access token is used.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,24 @@ log = logging.getLogger(__name__)
 #: endpoint's timeout is 30 s), short enough that a crashed holder frees it soon.
 LOCK_TTL = 40.0
 
+#: Seconds without a new attempt after a failed refresh; doubles with each failure, up to the max.
+REFRESH_BACKOFF_SECONDS = 30.0
+REFRESH_BACKOFF_MAX_SECONDS = 1800.0
+
+
+@dataclass(slots=True)
+class RefreshFailure:
+    """The last failed refresh of an account: which refresh token, what it gave, when to retry."""
+
+    refresh_token: str
+    error: ProxyError
+    retry_at: float
+    delay: float
+
+    def blocks(self, refresh_token: str | None) -> bool:
+        return refresh_token == self.refresh_token and time.monotonic() < self.retry_at
+
+
 NO_CREDENTIALS = (
     "No Claude credentials found. Log in with the Claude CLI (`claude`, then /login), "
     "or set AUTH__API_KEY to use an Anthropic API key."
@@ -57,6 +81,7 @@ class CredentialManager:
         self._issued: tuple[ClaudeOAuth, Credential] | None = None
         self._store: CredentialStore | None = None
         self.refresh_count = 0
+        self._failure: RefreshFailure | None = None
         api_key = settings.auth.api_key
         self._api_key = api_key.get_secret_value() if api_key else None
         register_secret(self._api_key)
@@ -94,11 +119,16 @@ class CredentialManager:
             current = await asyncio.to_thread(self._load_or_fail)
         if self._usable(current, rejected):
             return self._credential(current)
+        if self._failure is not None and self._failure.blocks(current.refresh_token):
+            current = await asyncio.to_thread(self._load_or_fail)  # a new login since?
+            self._check_backoff(current, rejected)
         async with self._single_flight():
             # Fencing: the token may have been refreshed while we waited for the lock.
             current = await asyncio.to_thread(self._load_or_fail)
             if self._usable(current, rejected):
                 return self._credential(current)
+            # Callers that waited for a refresh that failed share its failure.
+            self._check_backoff(current, rejected)
             try:
                 return self._credential(await self._refresh(current))
             except ProxyError:
@@ -106,6 +136,8 @@ class CredentialManager:
                 latest = await asyncio.to_thread(self._load_or_fail)
                 if latest.refresh_token != current.refresh_token and self._usable(latest, rejected):
                     return self._credential(latest)
+                if self._still_valid(latest, rejected):
+                    return self._credential(latest)  # refreshing ahead of expiry failed: not yet fatal
                 raise
 
     async def status(self) -> CredentialStatus:
@@ -118,15 +150,21 @@ class CredentialManager:
         if found is None:
             return CredentialStatus(available=False, detail=NO_CREDENTIALS, account=self.account)
         expires = found.expires_at / 1000 if found.expires_at else None
-        usable = expires is None or expires > time.time() or bool(found.refresh_token)
+        valid = expires is None or expires > time.time()
+        detail = None
+        if not valid and not found.refresh_token:
+            detail = "access token expired and no refresh token"
+        failure = self._failure
+        if not valid and failure is not None and failure.refresh_token == found.refresh_token:
+            detail = f"access token expired and its refresh failed: {failure.error.message}"
         return CredentialStatus(
-            available=usable,
+            available=detail is None,
             kind="oauth",
             source=self._store.name if self._store else None,
             account=self.account,
             expires_at=expires,
             subscription_type=found.subscription_type,
-            detail=None if usable else "access token expired and no refresh token",
+            detail=detail,
         )
 
     # -- internals ----------------------------------------------------------------------
@@ -147,6 +185,23 @@ class CredentialManager:
             return True
         margin = self._settings.oauth.refresh_margin_seconds
         return oauth_.expires_at / 1000 - time.time() > margin
+
+    @staticmethod
+    def _still_valid(oauth_: ClaudeOAuth, rejected: str | None) -> bool:
+        """Not expired yet (inside the refresh margin) and not refused by the upstream."""
+        if rejected is not None and oauth_.access_token == rejected:
+            return False
+        return oauth_.expires_at is None or oauth_.expires_at / 1000 > time.time()
+
+    def _check_backoff(self, current: ClaudeOAuth, rejected: str | None) -> None:
+        """Raise the last refresh failure while its backoff lasts for this very refresh token
+        (a still-valid access token is handed out instead)."""
+        failure = self._failure
+        if failure is None or not failure.blocks(current.refresh_token):
+            return
+        if self._still_valid(current, rejected):
+            return
+        raise failure.error
 
     def _credential(self, oauth_: ClaudeOAuth) -> Credential:
         # Built once per token, not per request (a pydantic model costs a few µs to validate).
@@ -170,12 +225,8 @@ class CredentialManager:
         try:
             answer = await oauth.refresh(self._settings.oauth, current.refresh_token)
         except oauth.OAuthError as exc:
-            log.warning("token refresh for account %s failed: %s", self.account, exc)
-            raise ProxyError(
-                401,
-                f"Claude token refresh failed ({exc}); log in again with `claude` or `ccproxy auth login`.",
-                "authentication_error",
-            ) from exc
+            raise self._failed(current.refresh_token, exc) from exc
+        self._failure = None
         self.refresh_count += 1
         register_secret(answer.access_token)
         register_secret(answer.refresh_token)
@@ -192,6 +243,27 @@ class CredentialManager:
         self._cached = updated
         log.info("refreshed the access token of account %s", self.account)
         return updated
+
+    def _failed(self, refresh_token: str, exc: oauth.OAuthError) -> ProxyError:
+        """Remember a failed refresh (backoff) and say what the client should know."""
+        previous = self._failure
+        delay = REFRESH_BACKOFF_SECONDS
+        if previous is not None and previous.refresh_token == refresh_token:
+            delay = min(previous.delay * 2, REFRESH_BACKOFF_MAX_SECONDS)
+        if exc.refused:
+            error = ProxyError(
+                401,
+                f"Claude token refresh failed ({exc}); log in again with `claude` or `ccproxy auth login`.",
+                "authentication_error",
+            )
+        else:
+            error = ProxyError(
+                503, f"Claude token refresh failed ({exc}); retry later.", headers={"retry-after": str(int(delay))}
+            )
+        self._failure = RefreshFailure(refresh_token, error, time.monotonic() + delay, delay)
+        log.warning("token refresh for account %s failed: %s; next attempt in %.0f s unless the login changes",
+                    self.account, exc, delay)
+        return error
 
     @contextlib.asynccontextmanager
     async def _single_flight(self) -> AsyncIterator[None]:

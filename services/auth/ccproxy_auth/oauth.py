@@ -11,7 +11,12 @@ from ccproxy_core.settings import OAuthSettings
 
 
 class OAuthError(Exception):
-    """The token endpoint refused or could not be reached. The message holds no secret."""
+    """The token endpoint refused or could not be reached. The message holds no secret.
+    ``refused``: it answered and said no (a dead refresh token), rather than being unreachable."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class TokenResponse(BaseModel):
@@ -55,7 +60,9 @@ async def _post(url: str, payload: dict[str, str]) -> TokenResponse:
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
                     reason = body.get("error") if isinstance(body, dict) else None
-                    raise OAuthError(f"token endpoint answered {resp.status} ({reason or 'no reason'})")
+                    raise OAuthError(
+                        f"token endpoint answered {resp.status} ({reason or 'no reason'})", refused=resp.status < 500
+                    )
                 return TokenResponse.model_validate(body)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise OAuthError(f"token endpoint unreachable: {type(exc).__name__}") from exc

@@ -360,10 +360,14 @@ class AccountPool:
             try:
                 return await self._credential(chosen, None)
             except ProxyError as exc:
-                if exc.status != 401 or len(remaining) == 1:
+                if exc.status != 401:
                     raise
-                # This account cannot even produce a token (dead refresh token): next one.
-                await self.mark_unhealthy(chosen.account.name, exc.message)
+                # This account cannot even produce a token (dead refresh token): unhealthy (once;
+                # its manager backs off from refreshing), and the next one, if any, serves.
+                if chosen.account.name not in self._unhealthy_seen:
+                    await self.mark_unhealthy(chosen.account.name, exc.message)
+                if len(remaining) == 1:
+                    raise
                 tried.add(chosen.account.name)
 
     async def _credential(self, member: Member, rejected: str | None) -> Credential:

@@ -24,7 +24,7 @@ from ccproxy_auth.admin import admin_routes, internal_routes, local_accounts
 from ccproxy_core.auth_client import STATUS_PATH, TOKEN_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
-from ccproxy_core.metrics import Metrics
+from ccproxy_core.metrics import Metrics, route_label
 from ccproxy_core.redis import REDIS_DOWN, UNAVAILABLE, Redis, connect, unavailable_error
 from ccproxy_core.settings import Settings
 
@@ -81,7 +81,7 @@ def create_service_app(settings: Settings) -> Starlette:
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
-        metrics.requests.labels(metrics.service, request.url.path, str(exc.status)).inc()
+        metrics.requests.labels(metrics.service, route_label(request.scope), str(exc.status)).inc()
         if exc.status >= 500:
             log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
         return internal_error(exc)

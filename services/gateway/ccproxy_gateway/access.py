@@ -1,11 +1,11 @@
 """One access-log event per client API request, whatever happens to it.
 
 :class:`AccessLogMiddleware` opens a :class:`~ccproxy_core.access_log.RequestLog` for every
-request under ``/api/v1`` and ``/sdk/v1`` and closes it when the response is over: sent, failed
-(the error handlers record the error type on it), or cancelled (the client went away before
-the last byte). Routes only fill it in, through :func:`request_log`; the stream relay holds it
-open until the stream's usage is known. It is a plain ASGI middleware, so a streamed body
-passes through untouched, chunk by chunk.
+request under ``/api/v1``, ``/sdk/v1`` and ``/sdk/{session_id}/v1`` and closes it when the
+response is over: sent, failed (the error handlers record the error type on it), or cancelled
+(the client went away before the last byte). Routes only fill it in, through
+:func:`request_log`; the stream relay holds it open until the stream's usage is known. It is
+a plain ASGI middleware, so a streamed body passes through untouched, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -25,6 +25,19 @@ def request_log(request: Request) -> RequestLog | None:
     return getattr(request.state, "access_log", None)
 
 
+def _logged_endpoint(path: str) -> str | None:
+    """The endpoint to log for ``path``, None if it is not a client API request. A named SDK
+    session's path (``/sdk/<session>/v1/...``) is logged as its template: the session id is in
+    the event's ``sdk_session_id``, not in a column meant for grouping."""
+    if path.startswith(LOGGED_PREFIXES):
+        return path
+    if path.startswith("/sdk/"):
+        session, sep, rest = path[len("/sdk/"):].partition("/v1/")
+        if sep and session and "/" not in session:
+            return "/sdk/{session_id}/v1/" + rest
+    return None
+
+
 def _client_format(path: str) -> str:
     if path.endswith("/chat/completions"):
         return "openai-chat"
@@ -40,16 +53,15 @@ class AccessLogMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope.get("method") in ("HEAD", "OPTIONS") or not path.startswith(
-            LOGGED_PREFIXES
-        ):
+        endpoint = _logged_endpoint(path)
+        if scope["type"] != "http" or scope.get("method") in ("HEAD", "OPTIONS") or endpoint is None:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         client = scope.get("client")
         mode: Literal["api", "sdk"] = "sdk" if path.startswith("/sdk/") else "api"
         log = RequestLog(
-            endpoint=path,
+            endpoint=endpoint,
             method=scope.get("method", "GET"),
             mode=mode,
             client_format=_client_format(path),

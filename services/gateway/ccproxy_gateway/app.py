@@ -26,8 +26,9 @@ from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
-from ccproxy_core.metrics import Metrics
-from ccproxy_core.models import cost_usd
+from ccproxy_core.metrics import Metrics, label_routes, route_label
+from ccproxy_core.models import check_token_limit, cost_usd
+from ccproxy_core.redis import REDIS_DOWN, unavailable_error
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
@@ -164,15 +165,18 @@ class Gateway:
 
 
 def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) -> None:
-    """Check only what ccproxy itself relies on; everything else passes through untouched."""
+    """Check only what ccproxy itself relies on; everything else passes through untouched.
+
+    ``max_tokens`` is what a budget reserves, so it must be an integer from 1 to the model's
+    output limit (the API refuses more anyway); count_tokens takes none and reserves nothing."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ProxyError(400, "model: a model name is required", param="model")
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise ProxyError(400, "messages: a list of messages is required", param="messages")
-    if not count_tokens and "max_tokens" in body and not isinstance(body["max_tokens"], int):
-        raise ProxyError(400, "max_tokens: must be an integer", param="max_tokens")
+    if not count_tokens and "max_tokens" in body:
+        check_token_limit(body["max_tokens"], model)
     if "stream" in body and not isinstance(body["stream"], bool):
         raise ProxyError(400, "stream: must be a boolean", param="stream")
 
@@ -235,9 +239,10 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
+        route = route_label(request.scope)
         if exc.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
-        gateway.metrics.requests.labels(gateway.metrics.service, request.url.path, str(exc.status)).inc()
+            log.warning("%s %s -> %d %s", request.method, route, exc.status, exc.message)
+        gateway.metrics.requests.labels(gateway.metrics.service, route, str(exc.status)).inc()
         access = request_log(request)
         if access is not None:
             access.set_error(exc.status, exc.error_type)
@@ -245,9 +250,16 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        gateway.metrics.requests.labels(gateway.metrics.service, route_label(request.scope), str(exc.status_code)).inc()
         return error_response(ProxyError(exc.status_code, str(exc.detail)), client_format(request.url.path))
 
+    async def on_redis_down(request: Request, exc: Exception) -> Response:
+        # Whatever needed Redis (key limits, account state, sessions): 503 with retry-after.
+        return await on_proxy_error(request, unavailable_error(exc))
+
     async def on_crash(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, REDIS_DOWN):  # Redis failing in a middleware, outside the route's handlers
+            return await on_redis_down(request, exc)
         log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
         return error_response(ProxyError(500, "internal error in ccproxy"), client_format(request.url.path))
 
@@ -268,14 +280,21 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         HeadProbe("/api/{rest:path}", preflight),
         HeadProbe("/sdk/{rest:path}", preflight),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        exception_handlers={ProxyError: on_proxy_error, HTTPException: on_http_error, Exception: on_crash},
+        exception_handlers={
+            ProxyError: on_proxy_error,
+            HTTPException: on_http_error,
+            **dict.fromkeys(REDIS_DOWN, on_redis_down),
+            Exception: on_crash,
+        },
         middleware=[
             Middleware(AccessLogMiddleware, emitter=gateway.access_log),
             Middleware(KeyGuard, client_auth=gateway.client_auth),
         ],
     )
+    label_routes(app.routes)
+    return app
 
 
 __all__ = ["Gateway", "create_app"]

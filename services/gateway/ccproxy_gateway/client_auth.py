@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from starlette.requests import Request
 
-from ccproxy_core.client_keys import KeyAuthority, Principal
+from ccproxy_core.client_keys import KeyAuthority, Principal, looks_like_key
 from ccproxy_core.errors import ProxyError
 
 #: Where the key guard leaves its verdict in the ASGI scope.
@@ -65,11 +65,14 @@ class ClientAuth:
             return None
         if self._token is not None and hmac.compare_digest(key.encode(), self._token):
             return Principal(key_id="default", key_name="shared token")
-        if self.keys is None or not self._keys_active:
+        if self.keys is None or (not self._keys_active and not looks_like_key(key)):
             return None
+        # A key-shaped string is looked up even while "no keys exist" is cached: a key made a
+        # moment ago must work on its first request (the cache keeps only what was found).
         found = await self.keys.lookup(key)
         if found is None:
             return None
+        self._keys_active = True
         return Principal(key_id=found.id, key_name=found.name, key=found)
 
     def check(self, request: Request) -> None:

@@ -33,6 +33,7 @@ from ccproxy_core.client_keys import (
 )
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
+from ccproxy_core.redis import UNAVAILABLE, unavailable_error
 from ccproxy_core.routing import HINT_ACCOUNTS, HINT_KEY
 from ccproxy_gateway.client_auth import AUTH_ERROR_SCOPE, PRINCIPAL_SCOPE, ClientAuth, key_from_headers
 from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
@@ -60,6 +61,8 @@ class KeyGuard:
             principal = await self.client_auth.resolve(key_from_headers(scope.get("headers", [])))
         except ProxyError as exc:
             scope[AUTH_ERROR_SCOPE] = exc
+        except UNAVAILABLE as exc:  # client keys live in Redis (serve with REDIS__URL): a 503
+            scope[AUTH_ERROR_SCOPE] = unavailable_error(exc, "client keys")
         if principal is not None:
             scope[PRINCIPAL_SCOPE] = principal
             access = scope.get("state", {}).get("access_log")
@@ -94,11 +97,12 @@ class KeyMeter:
         (less if less is left); ``Admission.estimated_micro_usd`` is what was reserved."""
         if key is None or not key.limited:
             return None
-        max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else 4096
+        # The routes refused a bad max_tokens already; an absent one (SDK mode) estimates 4096.
+        max_tokens = body.get("max_tokens")
+        if type(max_tokens) is not int or max_tokens < 1:
+            max_tokens = 4096
         reserve = math.ceil(run_usd * 1_000_000) if run_usd and key.budget_usd else 0
-        return await self.keys.admit(
-            key, str(body.get("model") or ""), len(orjson.dumps(body)), int(max_tokens or 0), reserve
-        )
+        return await self.keys.admit(key, str(body.get("model") or ""), len(orjson.dumps(body)), max_tokens, reserve)
 
     def settle(self, admission: Admission | None, usage: Usage | Awaitable[Usage]) -> None:
         """Settle ``admission`` with ``usage``, which may still be on its way (an awaitable)."""

@@ -1,6 +1,6 @@
 """OpenAI-compatible routes of API mode: translate in, forward as Anthropic, translate out.
 
-The forwarder only ever sees an Anthropic Messages request; the translation (ccproxy_core.openai)
+The forwarder only ever sees an Anthropic Messages request; the translation (ccproxy_gateway.openai)
 is pure, so this module is just the I/O around it: client auth, body, forwarding, metrics, and
 turning the upstream's error answers into OpenAI errors with their status kept.
 """
@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from ccproxy_core.access_log import RequestLog
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, upstream_error
-from ccproxy_core.forwarding import ForwardRequest, UpstreamReply
-from ccproxy_core.openai import (
+from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
+from ccproxy_core.metrics import Metrics, route_label
+from ccproxy_core.settings import Settings
+from ccproxy_core.sse import iter_events
+from ccproxy_core.streaming import RelayResponse
+from ccproxy_gateway.access import request_log
+from ccproxy_gateway.client_auth import ClientAuth
+from ccproxy_gateway.openai import (
     ChatStreamTranslator,
     ModelMap,
     ResponsesStreamTranslator,
@@ -32,14 +39,25 @@ from ccproxy_core.openai import (
     translate_chat_request,
     translate_responses_request,
 )
-from ccproxy_core.sse import iter_events
-from ccproxy_core.streaming import RelayResponse
-from ccproxy_gateway.access import request_log
 from ccproxy_gateway.relay import client_headers
 from ccproxy_gateway.usage import Usage, usage_from_message
 
-if TYPE_CHECKING:
-    from ccproxy_gateway.app import Gateway
+
+class GatewayParts(Protocol):
+    """What these routes use of :class:`ccproxy_gateway.app.Gateway`, which mounts them (a
+    protocol, so this module does not import the one that imports it)."""
+
+    settings: Settings
+    client_auth: ClientAuth
+    forwarder: Forwarder
+    metrics: Metrics
+
+    async def read_body(self, request: Request) -> dict[str, Any]: ...
+
+    def record(
+        self, route: str, status: int, started: float, usage: Usage, first_byte: float | None,
+        access: RequestLog | None = None,
+    ) -> None: ...
 
 #: Client headers that mean something upstream (betas such as 1M context); the rest of an OpenAI
 #: client's headers (its key, x-stainless-*, ...) stay here.
@@ -61,7 +79,7 @@ def _usage(translator: ChatStreamTranslator | ResponsesStreamTranslator) -> Usag
 
 
 class OpenAIRoutes:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayParts) -> None:
         self.gateway = gateway
         self.model_map = ModelMap.from_settings(gateway.settings.models)
         self.options = gateway.settings.openai
@@ -118,8 +136,8 @@ class OpenAIRoutes:
 
     async def _message(self, request: Request, reply: UpstreamReply, started: float) -> dict[str, Any]:
         raw = await until_disconnect(request, reply.read())
-        self.gateway.record(request.url.path, 200, started, usage_from_message(raw), time.perf_counter() - started,
-                            request_log(request))
+        self.gateway.record(route_label(request.scope), 200, started, usage_from_message(raw),
+                            time.perf_counter() - started, request_log(request))
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -146,7 +164,7 @@ class OpenAIRoutes:
     ) -> StreamingResponse:
         metrics = self.gateway.metrics
         metrics.active_streams.labels(metrics.service).inc()
-        route = request.url.path
+        route = route_label(request.scope)
         access = request_log(request)
         if access is not None:
             access.hold()  # the event waits for the stream's usage

@@ -2,7 +2,7 @@
 
 A request becomes an arq job (ccproxy_core.sdk_jobs); the gateway then reads the job's record
 stream and relays each Anthropic event as it arrives, or collects them into one message, in the
-format the client spoke (OpenAI through ccproxy_core.openai, as in API mode). The status code is
+format the client spoke (OpenAI through ccproxy_gateway.openai, as in API mode). The status code is
 decided by the first record: an error before any output (a refused option, a busy session, the
 upstream's 429...) is an HTTP error; one after output began is an ``error`` event.
 
@@ -37,8 +37,26 @@ from starlette.routing import BaseRoute, Route
 from ccproxy_core.client_keys import Admission, Principal
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.metrics import route_label
 from ccproxy_core.models import models_listing
-from ccproxy_core.openai import (
+from ccproxy_core.redis import unavailable_as_503
+from ccproxy_core.sdk_jobs import (
+    END,
+    ERROR,
+    RESULT,
+    START,
+    SdkJob,
+    SdkQueue,
+    SdkResult,
+    own_session,
+    session_uuid,
+)
+from ccproxy_core.sdk_options import check_overrides, workspace_root
+from ccproxy_core.sse import ServerSentEvent, encode_event
+from ccproxy_gateway.access import request_log
+from ccproxy_gateway.client_auth import PRINCIPAL_SCOPE
+from ccproxy_gateway.metering import KeyMeter
+from ccproxy_gateway.openai import (
     ChatStreamTranslator,
     ModelMap,
     ResponsesStreamTranslator,
@@ -51,13 +69,6 @@ from ccproxy_core.openai import (
     translate_chat_request,
     translate_responses_request,
 )
-from ccproxy_core.redis import unavailable_as_503
-from ccproxy_core.sdk_jobs import END, ERROR, RESULT, START, SdkJob, SdkQueue, SdkResult, session_uuid
-from ccproxy_core.sdk_options import check_overrides, workspace_root
-from ccproxy_core.sse import ServerSentEvent, encode_event
-from ccproxy_gateway.access import request_log
-from ccproxy_gateway.client_auth import PRINCIPAL_SCOPE
-from ccproxy_gateway.metering import KeyMeter
 from ccproxy_gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -376,11 +387,16 @@ class SdkRoutes:
         job = SdkJob(
             id=uuid.uuid4().hex,
             body=body,
-            session_id=session_uuid(named) if named else str(uuid.uuid4()),
+            # A name is the caller's own: another key's "demo" is another session.
+            session_id=session_uuid(named, key_id) if named else str(uuid.uuid4()),
             options=options,
             key_id=key_id,
             key_name=key_name,
         )
+        if named:  # a session id from an answer of someone else's is nobody's business here
+            async with unavailable_as_503("SDK mode"):
+                await own_session(self.queue.redis, self.queue.keys, str(job.session_id), key_id,
+                                  self.settings.claude.session_ttl)
         access = request_log(request)
         if access is not None:
             access.mode = "sdk"
@@ -458,7 +474,8 @@ class SdkRoutes:
         first = run.first_output - started if run.first_output is not None else None
         access = request_log(request)
         # One call fills metrics (labelled with the client key) and the access log's usage and TTFT.
-        self.gateway.record(_route(request), status, started, usage, first, access)
+        # The route template: a session id in the path must not become a metrics label.
+        self.gateway.record(route_label(request.scope), status, started, usage, first, access)
         if access is None:
             return
         access.sdk_cost_usd = result.cost_usd
@@ -473,16 +490,9 @@ class SdkRoutes:
             access.error_type = str(run.error.get("type") or "api_error")
 
 
-def _route(request: Request) -> str:
-    """The route template (a session id in the path must not become a metrics label)."""
-    session = request.path_params.get("session_id")
-    path = request.url.path
-    return path.replace(f"/sdk/{session}/", "/sdk/{session_id}/", 1) if session else path
-
-
 def _identity(request: Request) -> tuple[str, str]:
-    """Who asked, as the client-auth step recorded it (never the key itself)."""
-    access = request_log(request)
-    if access is not None:
-        return str(access.key_id), str(access.key_name)
+    """Who asked, as the client-auth step resolved it (never the key itself)."""
+    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE)
+    if principal is not None:
+        return principal.key_id, principal.key_name
     return "anonymous", ""

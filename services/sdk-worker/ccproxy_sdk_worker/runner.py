@@ -35,16 +35,19 @@ from ccproxy_core.sdk_jobs import (
     CLAIM_RUN,
     END,
     ERROR,
+    HEARTBEAT_TTL,
     RESULT,
     START,
     SdkJob,
     SdkKeys,
     SdkResult,
     claim,
+    heartbeat,
+    own_session,
     session_uuid,
     write_record,
 )
-from ccproxy_core.sdk_options import check_overrides, resolve_cwd, workspace_root
+from ccproxy_core.sdk_options import apply_overrides, check_overrides, resolve_cwd, workspace_root
 from ccproxy_core.settings import ClaudeOptions, Settings
 from ccproxy_sdk_worker.convert import EventBuilder
 from ccproxy_sdk_worker.session_store import RedisSessionStore
@@ -123,6 +126,9 @@ class Runner:
     async def run(self, job: SdkJob) -> dict[str, Any]:
         if not await claim(self.redis, self.keys, job.id, CLAIM_RUN):
             return {"status": "given-up"}  # the gateway stopped waiting before we got here
+        # The run's own liveness for the gateway, beside it until it ends (sdk_jobs.HEARTBEAT_TTL).
+        await self.redis.set(self.keys.alive(job.id), "1", ex=HEARTBEAT_TTL)
+        beating = asyncio.ensure_future(heartbeat(self.redis, self.keys, job.id))
         try:
             await write_record(self.redis, self.keys, job.id, START, {"worker": self.name})
             result = await self._run(job)
@@ -141,8 +147,11 @@ class Runner:
             await self._error(job, ProxyError(500, f"the Claude Code run failed ({type(exc).__name__})"))
             return {"status": "error", "error": type(exc).__name__}
         finally:
+            beating.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.shield(write_record(self.redis, self.keys, job.id, END, {}))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.redis.delete(self.keys.alive(job.id)))
             killed = kill_leftovers(job.id)
             if killed:
                 log.warning("run %s: killed %d leftover Claude Code process(es)", job.id, killed)
@@ -157,7 +166,7 @@ class Runner:
 
     async def _run(self, job: SdkJob) -> SdkResult:
         overrides = check_overrides(job.options, self.settings)
-        opts = self.settings.claude.options.model_copy(update=overrides)
+        opts = apply_overrides(overrides, self.settings)  # only ever narrower than the operator's
         if job.budget_usd is not None:  # what the gateway reserved of the client key's budget
             opts.max_budget_usd = min(job.budget_usd, opts.max_budget_usd or job.budget_usd)
         cwd = resolve_cwd(opts.cwd, self.root)
@@ -174,6 +183,8 @@ class Runner:
         if not await lock.acquire(self.settings.claude.queue_timeout):
             raise ProxyError(409, f"session {job.session_id} is busy with another request")
         try:
+            # The gateway checked already; a worker trusts no job it did not check itself.
+            await own_session(self.redis, self.keys, session_id, job.key_id, self.settings.claude.session_ttl)
             return await self._run_session(job, opts, cwd, model, session_id, history, last)
         finally:
             with contextlib.suppress(Exception):

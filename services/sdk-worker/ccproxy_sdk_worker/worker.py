@@ -1,7 +1,8 @@
 """The sdk-worker process: an arq worker whose one function runs Claude Code.
 
 ``ccproxy run sdk-worker`` runs :func:`main`; ``ccproxy serve`` starts the same worker inside its
-own process with :func:`in_process`, on the embedded Redis stand-in (fakeredis). arq runs
+own process with :func:`in_process`, on the embedded Redis stand-in (fakeredis). Either way the
+worker is :class:`Supervised`: its loop, which ends at the first Redis error, is started again. arq runs
 unchanged there except for one start-up call, ``INFO``, which fakeredis does not implement:
 it only logs the server's version, so it is skipped when Redis is the stand-in.
 
@@ -16,7 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import arq.worker
@@ -38,6 +39,9 @@ from ccproxy_sdk_worker.permissions import hook_from_settings
 from ccproxy_sdk_worker.runner import PermissionHook, Runner
 
 log = logging.getLogger(__name__)
+
+#: Longest wait (seconds) before a stopped worker loop is started again.
+RESTART_MAX = 10.0
 
 
 async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
@@ -90,24 +94,66 @@ def build_worker(
     return worker
 
 
+class Supervised:
+    """A worker that comes back: arq's loop ends at the first Redis error (a restart, a failover),
+    and a worker whose loop is gone takes no job again while its process looks healthy. So the
+    loop is run again, by a fresh worker of the same name, after a backoff (1 s, doubling up to
+    :data:`RESTART_MAX`), each time said in the log."""
+
+    def __init__(self, make: Callable[[str | None], Worker]) -> None:
+        self._make = make
+        #: The worker running now (a new object after each restart).
+        self.worker = make(None)
+        self.restarts = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.worker.ctx["runner"].name)
+
+    async def run(self) -> None:
+        delay = 1.0
+        while True:
+            began = time.monotonic()
+            try:
+                await self.worker.async_run()
+                reason = "its loop ended"
+            except Exception as exc:  # whatever stopped it, the worker comes back
+                reason = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() - began > 60:
+                delay = 1.0  # it ran a good while: this is a new incident
+            log.error("sdk-worker %s stopped (%s); starting it again in %.0f s", self.name, reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX)
+            # Runs the old loop started go on to their end; the new loop takes new jobs.
+            self.worker = self._make(self.name)
+            self.restarts += 1
+            log.info("sdk-worker %s started again (restart %d)", self.name, self.restarts)
+
+    def job_tasks(self) -> list[asyncio.Task[Any]]:
+        return [t for t in self.worker.tasks.values() if not t.done()]
+
+
 @contextlib.asynccontextmanager
 async def in_process(
     settings: Settings, redis: Redis, permission_hook: PermissionHook | None = None
-) -> AsyncIterator[Worker]:
-    """Run a worker as a task of the current event loop (``ccproxy serve``)."""
-    worker = build_worker(settings, redis, handle_signals=False, permission_hook=permission_hook)
-    task = asyncio.ensure_future(worker.async_run())
+) -> AsyncIterator[Supervised]:
+    """Run a (supervised) worker as a task of the current event loop (``ccproxy serve``)."""
+    supervised = Supervised(
+        lambda name: build_worker(settings, redis, handle_signals=False, name=name, permission_hook=permission_hook)
+    )
+    task = asyncio.ensure_future(supervised.run())
     try:
-        yield worker
+        yield supervised
     finally:
         task.cancel()
-        for job_task in list(worker.tasks.values()):
+        jobs = supervised.job_tasks()
+        for job_task in jobs:
             job_task.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.gather(task, *worker.tasks.values(), return_exceptions=True), 20)
+            await asyncio.wait_for(asyncio.gather(task, *jobs, return_exceptions=True), 20)
 
 
-def health_app(worker: Worker, redis: Redis) -> Starlette:
+def health_app(supervised: Supervised, redis: Redis) -> Starlette:
     """``GET /health`` like every service (compose healthcheck, ``ccproxy up``, the stack tests)."""
 
     async def health(request: Request) -> Response:
@@ -115,17 +161,20 @@ def health_app(worker: Worker, redis: Redis) -> Starlette:
             ready = bool(await asyncio.wait_for(redis.ping(), 2))
         except Exception:
             ready = False
+        worker = supervised.worker
         body = {
             "status": "ok",
             "ready": ready,
-            "worker": worker.ctx["runner"].name,
+            "worker": supervised.name,
             "runs": len(worker.job_tasks),
             "max_runs": worker.max_jobs,
+            "restarts": supervised.restarts,
             "checks": {"redis": ready},
         }
         return JSONResponse(body)
 
     async def scrape(request: Request) -> Response:
+        worker = supervised.worker
         metrics: Metrics = worker.ctx["metrics"]
         with contextlib.suppress(Exception):  # Redis down: the last value stays
             depth = await asyncio.wait_for(redis.zcard(worker.queue_name), 2)
@@ -162,21 +211,26 @@ def main(settings: Settings) -> None:
 
     async def run() -> None:
         redis = connect(settings.redis)
-        worker = build_worker(settings, redis, handle_signals=False, permission_hook=hook_from_settings(settings))
+        hook = hook_from_settings(settings)
+        supervised = Supervised(
+            lambda name: build_worker(settings, redis, handle_signals=False, name=name, permission_hook=hook)
+        )
         config = uvicorn.Config(
-            health_app(worker, redis),
+            health_app(supervised, redis),
             log_config=None, log_level=settings.server.log_level, access_log=False, lifespan="off",
         )
         server = uvicorn.Server(config)
-        jobs = asyncio.ensure_future(worker.async_run())
+        jobs = asyncio.ensure_future(supervised.run())
         try:
             await server.serve(sockets=[sock])  # returns on SIGINT/SIGTERM
         finally:
             jobs.cancel()
-            for task in list(worker.job_tasks.values()):
+            running = supervised.job_tasks()
+            for task in running:
                 task.cancel()
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.gather(jobs, *worker.tasks.values(), return_exceptions=True), 20)
-            await worker.close()
+                await asyncio.wait_for(asyncio.gather(jobs, *running, return_exceptions=True), 20)
+            with contextlib.suppress(Exception):
+                await supervised.worker.close()
 
     asyncio.run(run())

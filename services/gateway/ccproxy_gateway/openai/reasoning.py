@@ -38,22 +38,30 @@ def thinking_config(
     max_tokens: int | None,
     default_max_tokens: int,
     param: str = "reasoning_effort",
+    model_limit: int | None = None,
 ) -> tuple[dict[str, Any] | None, int]:
     """(``thinking`` for the Anthropic body or None, the ``max_tokens`` to send).
 
     OpenAI's token limit counts reasoning, like Anthropic's ``max_tokens``: with a client limit
     the budget is at most half of it (room left for the answer); without one, the answer gets
-    ``default_max_tokens`` on top of the budget.
+    ``default_max_tokens`` on top of the budget, both within ``model_limit`` (the model's output
+    limit; the client's own limit is checked against it before).
     """
     if effort is None or effort == "none":
-        return None, max_tokens or default_max_tokens
+        if max_tokens is not None:
+            return None, max_tokens
+        return None, min(default_max_tokens, model_limit) if model_limit else default_max_tokens
     table = {**DEFAULT_REASONING_BUDGETS, **budgets}
     if effort not in table:
         choices = ", ".join(["none", *table])
         raise ProxyError(400, f"{param}: {effort!r} is not one of {choices}", param=param)
     budget = max(MIN_BUDGET, table[effort])
     if max_tokens is None:
-        return {"type": "enabled", "budget_tokens": budget}, budget + default_max_tokens
+        total = budget + default_max_tokens
+        if model_limit and total > model_limit:
+            total = model_limit
+            budget = max(MIN_BUDGET, min(budget, total // 2))
+        return {"type": "enabled", "budget_tokens": budget}, total
     if max_tokens <= MIN_BUDGET:
         raise ProxyError(
             400,

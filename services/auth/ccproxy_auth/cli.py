@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ccproxy_core.cli import fail, load_settings
 from ccproxy_core.settings import Settings
 
 T = TypeVar("T")
@@ -28,15 +29,10 @@ auth_app = typer.Typer(help="Upstream accounts: log in, import, add API keys, st
 keys_app = typer.Typer(help="Client keys: one per team member, with limits and budgets.", no_args_is_help=True)
 
 
-def _settings() -> Settings:
-    from ccproxy_core.cli import load_settings
-
-    return load_settings()
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"ccproxy: {message}", err=True)
-    raise typer.Exit(2)
+def register(app: typer.Typer) -> None:
+    """The ``ccproxy.commands`` entry point: ``ccproxy auth …`` and ``ccproxy keys …``."""
+    app.add_typer(auth_app, name="auth")
+    app.add_typer(keys_app, name="keys")
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -73,7 +69,7 @@ def login(
     import ccproxy_auth.login as flow
     from ccproxy_auth.accounts import AccountError, AccountStore
 
-    settings = _settings()
+    settings = load_settings()
     store = AccountStore(settings)
     pending = flow.start(settings.oauth, manual=manual)
     typer.echo("Open this address to log in to your Claude account:\n")
@@ -98,8 +94,7 @@ def login(
         oauth_pair = _run(run())
         saved = store.add_oauth(account, oauth_pair)
     except (flow.LoginError, AccountError) as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     _clear_marks(settings, saved.name)
     typer.echo(f"Logged in: account {saved.name} (secrets in the {store.secrets.name} store).")
 
@@ -136,14 +131,13 @@ def import_(
     from ccproxy_auth.accounts import AccountError, AccountStore
     from ccproxy_auth.claude_credentials import CredentialsError, CredentialStore, FileStore, KeyringStore
 
-    settings = _settings()
+    settings = load_settings()
     store = AccountStore(settings)
     try:
         if from_file:
             found = FileStore(Path(from_file)).load()
             if found is None:
-                _fail(f"{from_file} holds no claudeAiOauth login")
-                return
+                fail(f"{from_file} holds no claudeAiOauth login")
             saved = store.add_oauth(account, found)
             typer.echo(f"Imported a copy: account {saved.name}. The source file's refresh token will stop "
                        "working once ccproxy refreshes; log that CLI in again if you keep using it.")
@@ -157,9 +151,8 @@ def import_(
                 typer.echo(f"Linked account {saved.name} to the Claude CLI's login ({source.name}).")
                 return
     except (AccountError, CredentialsError) as exc:
-        _fail(str(exc))
-        return
-    _fail("no Claude CLI login found (run `claude` and /login, or pass --from FILE)")
+        fail(str(exc))
+    fail("no Claude CLI login found (run `claude` and /login, or pass --from FILE)")
 
 
 @auth_app.command("add-key")
@@ -170,7 +163,7 @@ def add_key(
     """Add an Anthropic API key as an account (sent upstream as x-api-key)."""
     from ccproxy_auth.accounts import AccountError, AccountStore
 
-    settings = _settings()
+    settings = load_settings()
     if key == "-":
         key = sys.stdin.readline().strip()
     elif key is None:
@@ -178,8 +171,7 @@ def add_key(
     try:
         saved = AccountStore(settings).add_api_key(account, key or "")
     except AccountError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     typer.echo(f"Added API-key account {saved.name}.")
 
 
@@ -192,7 +184,7 @@ def _account_rows(settings: Settings) -> list[dict[str, Any]]:
 
         if not is_unavailable(exc):
             raise
-        _fail(f"Redis ({settings.redis.url}) is unreachable: {type(exc).__name__}")
+        fail(f"Redis ({settings.redis.url}) is unreachable: {type(exc).__name__}")
         return []
     return [s.model_dump(mode="json") for s in states]
 
@@ -235,7 +227,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Each account's kind, subscription, expiry, health, cooldown and quota (no secrets)."""
-    settings = _settings()
+    settings = load_settings()
     rows = _account_rows(settings)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -252,7 +244,7 @@ def info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @auth_app.command()
 def validate() -> None:
     """Exit 0 if at least one account can serve requests, 1 otherwise."""
-    rows = _account_rows(_settings())
+    rows = _account_rows(load_settings())
     usable = [r for r in rows if r["available"]]
     for row in rows:
         mark = "ok" if row["available"] else "NOT usable: " + str(
@@ -270,7 +262,7 @@ def refresh(
     """Refresh OAuth tokens now (single-flight with running services via the Redis lock)."""
     from ccproxy_core.errors import ProxyError
 
-    settings = _settings()
+    settings = load_settings()
     pool = _pool(settings)
     names = [account] if account else [m.account.name for m in pool.members() if m.account.kind != "api_key"]
     failed = False
@@ -293,14 +285,13 @@ def logout(
     """Remove an account and its stored secrets (a linked CLI login itself is left alone)."""
     from ccproxy_auth.accounts import AccountError, AccountStore
 
-    settings = _settings()
+    settings = load_settings()
     try:
         removed = AccountStore(settings).remove(account)
     except AccountError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     if not removed:
-        _fail(f"no account named {account!r}")
+        fail(f"no account named {account!r}")
     typer.echo(f"Removed account {account}.")
 
 
@@ -309,7 +300,7 @@ def logout(
 
 def _keys(settings: Settings) -> Any:
     if settings.redis.url is None:
-        _fail("client keys live in Redis: set REDIS__URL (the stack sets it), or use "
+        fail("client keys live in Redis: set REDIS__URL (the stack sets it), or use "
               "SECURITY__AUTH_TOKEN for a single shared token")
     from ccproxy_auth.keys import KeyStore
     from ccproxy_core.redis import connect
@@ -349,7 +340,7 @@ def create(
 
     if period is not None and period not in ("day", "week", "month"):
         raise typer.BadParameter("period must be day, week or month")
-    settings = _settings()
+    settings = load_settings()
     store = _keys(settings)
     expires_at = parse_expiry(expires) if expires else None
     try:
@@ -365,8 +356,7 @@ def create(
             )
         )
     except KeyAdminError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     if as_json:
         typer.echo(json.dumps({**info.model_dump(), "key": plain}))
         return
@@ -380,7 +370,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Every key: limits, budget, and spend (this period and in total). Never the key itself."""
-    rows = _run(_keys(_settings()).listing(include_revoked))
+    rows = _run(_keys(load_settings()).listing(include_revoked))
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -412,8 +402,7 @@ def revoke(key: Annotated[str, typer.Argument(help="The key's id (k_…) or name
     from ccproxy_auth.keys import KeyAdminError
 
     try:
-        info = _run(_keys(_settings()).revoke(key))
+        info = _run(_keys(load_settings()).revoke(key))
     except KeyAdminError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     typer.echo(f"Revoked key {info.id} ({info.name}).")

@@ -22,7 +22,10 @@ import orjson
 from pydantic import ValidationError
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError, validation_error
-from ccproxy_core.openai.content import (
+from ccproxy_core.models import check_token_limit, max_output_tokens
+from ccproxy_core.settings import OpenAISettings
+from ccproxy_core.sse import ServerSentEvent, encode_event
+from ccproxy_gateway.openai.content import (
     TokenCount,
     add_cache_breakpoints,
     anthropic_tool,
@@ -30,9 +33,9 @@ from ccproxy_core.openai.content import (
     image_block,
     parse_arguments,
 )
-from ccproxy_core.openai.model_map import ModelMap
-from ccproxy_core.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
-from ccproxy_core.openai.responses_models import (
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
+from ccproxy_gateway.openai.responses_models import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionToolChoice,
@@ -56,10 +59,8 @@ from ccproxy_core.openai.responses_models import (
     ResponseUsage,
     SummaryText,
 )
-from ccproxy_core.openai.stream import StreamTranslator, translate_stream
-from ccproxy_core.openai.structured import JSON_TOOL, apply_json_mode, json_tool
-from ccproxy_core.settings import OpenAISettings
-from ccproxy_core.sse import ServerSentEvent, encode_event
+from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
+from ccproxy_gateway.openai.structured import JSON_TOOL, apply_json_mode, json_tool
 
 NO_STORE = (
     "ccproxy keeps no response store: send the whole conversation in `input` (with store: false) "
@@ -197,10 +198,14 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
     _refuse_unsupported(req)
     system, messages = translate_input(req)
     effort = req.reasoning.effort if req.reasoning else None
+    model = models.resolve(req.model)
+    if req.max_output_tokens is not None:
+        check_token_limit(req.max_output_tokens, model, "max_output_tokens")
     thinking, max_tokens = thinking_config(
-        effort, options.reasoning_budgets, req.max_output_tokens, options.default_max_tokens, "reasoning.effort"
+        effort, options.reasoning_budgets, req.max_output_tokens, options.default_max_tokens, "reasoning.effort",
+        model_limit=max_output_tokens(model),
     )
-    body: dict[str, Any] = {"model": models.resolve(req.model), "max_tokens": max_tokens, "messages": messages}
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
     if system:
         body["system"] = system
     if thinking is not None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 
-from ccproxy_core.openai.chat_models import OutModel
+from ccproxy_gateway.openai.chat_models import OutModel
 
 # --- requests ----------------------------------------------------------------------------------
 
@@ -140,7 +140,8 @@ class ResponsesRequest(_Lenient):
     tools: list[ResponsesTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    #: Strict: a budget reserves this many tokens, so ``true`` or ``"5"`` is not a limit.
+    max_output_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     text: TextConfig | None = None

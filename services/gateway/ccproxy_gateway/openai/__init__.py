@@ -4,10 +4,10 @@ Pure translation, no I/O: the gateway (API mode) and the SDK worker both feed it
 messages or stream events and send its output to the client. docs/openai.md is the user's view.
 """
 
-from ccproxy_core.openai.chat_request import ChatPlan, parse_chat_request, translate_chat_request
-from ccproxy_core.openai.chat_response import ChatStreamTranslator, chat_completion, chat_stream
-from ccproxy_core.openai.model_map import ModelMap
-from ccproxy_core.openai.responses import (
+from ccproxy_gateway.openai.chat_request import ChatPlan, parse_chat_request, translate_chat_request
+from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion, chat_stream
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.responses import (
     ResponsesPlan,
     ResponsesStreamTranslator,
     parse_responses_request,

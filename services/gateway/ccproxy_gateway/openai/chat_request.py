@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from ccproxy_core.errors import ProxyError, validation_error
-from ccproxy_core.openai.chat_models import (
+from ccproxy_core.models import check_token_limit, max_output_tokens
+from ccproxy_core.settings import OpenAISettings
+from ccproxy_gateway.openai.chat_models import (
     AssistantMessage,
     AudioPart,
     ChatCompletionRequest,
@@ -28,17 +30,16 @@ from ccproxy_core.openai.chat_models import (
     ToolMessage,
     UserMessage,
 )
-from ccproxy_core.openai.content import (
+from ccproxy_gateway.openai.content import (
     add_cache_breakpoints,
     anthropic_tool,
     file_block,
     image_block,
     parse_arguments,
 )
-from ccproxy_core.openai.model_map import ModelMap
-from ccproxy_core.openai.reasoning import REASONING_MEMORY, clean_thinking_block, thinking_config
-from ccproxy_core.openai.structured import apply_json_mode, json_tool
-from ccproxy_core.settings import OpenAISettings
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block, thinking_config
+from ccproxy_gateway.openai.structured import apply_json_mode, json_tool
 
 
 @dataclass(slots=True)
@@ -185,10 +186,14 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
     _refuse_unsupported(req)
     system, messages = translate_messages(req)
     limit = req.max_completion_tokens or req.max_tokens
+    model = models.resolve(req.model)
+    if limit is not None:
+        check_token_limit(limit, model, "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
     thinking, max_tokens = thinking_config(
-        req.reasoning_effort, options.reasoning_budgets, limit, options.default_max_tokens
+        req.reasoning_effort, options.reasoning_budgets, limit, options.default_max_tokens,
+        model_limit=max_output_tokens(model),
     )
-    body: dict[str, Any] = {"model": models.resolve(req.model), "max_tokens": max_tokens, "messages": messages}
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
     if system:
         body["system"] = system
     if thinking is not None:

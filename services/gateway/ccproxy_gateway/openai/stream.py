@@ -15,8 +15,8 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.openai.content import TokenCount
 from ccproxy_core.sse import ServerSentEvent
+from ccproxy_gateway.openai.content import TokenCount
 
 #: What a translator yields for one event: a chunk body (chat), an ``(event, body)`` pair (responses).
 T = TypeVar("T")

