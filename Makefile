@@ -17,8 +17,10 @@ up: setup
 env: setup
 	uv run --frozen ccproxy init-env
 
+# The suite, then the container test (compose.yaml in real containers; needs root for podman).
 test: setup-test
 	uv run --frozen pytest
+	./scripts/compose-test.sh
 
 # compose.yaml in real containers (podman + podman-compose; images built from the Dockerfiles).
 compose-test: setup-test

@@ -2,8 +2,9 @@
 
 Grafana cannot run here, so its part is done by hand, exactly as the ClickHouse plugin
 (grafana-clickhouse-datasource, ``pkg/macros/macros.go``) does it: the macros are expanded with
-a time range and interval, the dashboard variables are interpolated (``${var:singlequote}``,
-both "All", whose custom value Grafana inserts as written, unquoted, and a single value), and the result goes to chDB behind ClickHouse's HTTP interface
+a time range and interval, the dashboard variables are interpolated (one value as
+``${var:singlequote}`` formats it; "All" as the variable's custom value, which Grafana inserts as
+written, unquoted), and the result goes to chDB behind ClickHouse's HTTP interface
 through ``clickhouse-connect``. The table is created by the analytics service's own migrations,
 and the data are access-log events as the gateway emits them, one of them written twice.
 """
