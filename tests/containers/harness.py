@@ -255,6 +255,20 @@ class Stack:
                *args]
         return run(cmd, check=check, timeout=timeout, capture=capture, cwd=ROOT)
 
+    def build(self, services: Sequence[str]) -> None:
+        """Build each image in turn (podman-compose 1.6 builds them all at once, which on two cores
+        only interleaves their output), once more on a failure (a package download may flake);
+        every build's output is kept in the work directory."""
+        for service in services:
+            for attempt in (1, 2):
+                result = self.compose("build", service, check=False, timeout=3600)
+                (self.workdir / f"build-{service}.log").write_text(result.stdout + result.stderr)
+                if result.returncode == 0:
+                    break
+                log(f"building {service} failed (attempt {attempt}): {result.stderr[-500:]}")
+            else:
+                raise RuntimeError(f"building {service} failed:\n{(result.stdout + result.stderr)[-6000:]}")
+
     def up(self, services: Sequence[str], timeout: float = 900) -> None:
         """``up -d`` in dependency order, one level at a time (podman-compose 1.6 with podman 4.3
         may create a service before one it depends on, then waits for it forever)."""

@@ -115,8 +115,23 @@ def up_and_ready(stack: harness.Stack, credentials: dict[str, Any], token: str) 
     harness.wait_for(answers, 180, "a first answer through Traefik", interval=1)
 
 
+#: Set when the stack could not be started: every test then fails at once with that reason
+#: (pytest would otherwise run the module fixture's set-up again for each test).
+SETUP_FAILED: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
+    if SETUP_FAILED:
+        pytest.fail(f"the stack did not start: {SETUP_FAILED[0]}", pytrace=False)
+    try:
+        yield from _deployment()
+    except BaseException as exc:
+        SETUP_FAILED.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+        raise
+
+
+def _deployment() -> Iterator[Deployment]:
     timings: dict[str, float] = {}
     started = time.monotonic()
     work = harness.CACHE / "run"
@@ -168,7 +183,7 @@ def deployment() -> Iterator[Deployment]:
         stack = harness.Stack(work, PROJECT, env_file, override, port)
         stack.compose("down", "-v", check=False, timeout=600)
         t = time.monotonic()
-        stack.compose("build", timeout=3600)
+        stack.build([name for name, svc in compose["services"].items() if "build" in svc])
         timings["build"] = time.monotonic() - t
         t = time.monotonic()
         credentials = fake.credentials()
