@@ -22,6 +22,7 @@ from starlette.routing import Route
 from tests.fake_upstream import accounts, control, oauth
 from tests.fake_upstream.answers import build_answer, tokens_of
 from tests.fake_upstream.errors import FakeApiError, error_response
+from tests.fake_upstream.faults import fault_response
 from tests.fake_upstream.rules import (
     Caller,
     authenticate,
@@ -152,6 +153,9 @@ async def messages(request: Request, record: RequestRecord, headers: dict[str, s
         check_identity(body)
     scenario = parse(body)
     accounts.per_account(request, scenario, caller)
+    fault = fault_response(scenario, headers, record.id)
+    if fault is not None:
+        return fault
     if scenario.error_status or scenario.quota:
         raise _scenario_error(scenario, caller)
     state: FakeState = request.app.state.fake

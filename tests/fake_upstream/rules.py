@@ -183,6 +183,10 @@ def check_body(body: dict[str, Any], *, count_tokens: bool = False) -> None:
                 _check_block(f"messages.{i}.content.{j}", block, message["role"])
         elif not isinstance(content, str):
             raise FakeApiError(400, f"messages.{i}.content: Input should be a string or a list of blocks")
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        # The real API's answer (a proxy passes the field through; the fake used to crash on it).
+        raise FakeApiError(400, "tools: Input should be a valid list")
     _check_tool_pairing(messages)
     check_cache_control(body)
 

@@ -126,9 +126,20 @@ def strip_markers(text: str) -> str:
     return MARKER.sub("", text).strip()
 
 
+def tool_result_text(body: dict[str, Any]) -> str:
+    """The text of the ``tool_result`` blocks in the last user message: a tool's output can carry
+    markers too, so a scripted tool loop goes on for as many steps as its tools say."""
+    message = last_user_message(body)
+    content = message.get("content") if message else None
+    if not isinstance(content, list):
+        return ""
+    results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+    return "\n".join(text_of(b.get("content")) for b in results)
+
+
 def parse(body: dict[str, Any]) -> Scenario:
     scenario = Scenario()
-    for name, value in MARKER.findall(last_user_text(body)):
+    for name, value in MARKER.findall(last_user_text(body) + "\n" + tool_result_text(body)):
         value = value if value != "" else None
         scenario.extra[name] = value
         handler = _HANDLERS.get(name)

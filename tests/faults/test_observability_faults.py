@@ -9,6 +9,7 @@ import json
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from tests.stack.test_redis_outage import OwnRedis
 from tests.support.fake import FakeUpstream
 from tests.support.process import wait_until
 from tests.support.serve import run_ccproxy, write_credentials
+from tests.support.stack import SHARED_REDIS, delete_prefix, launch_stack, new_prefix
 
 TOKEN = "cc-faults-observability-token-0123456789"
 MODEL = "claude-sonnet-4-6"
@@ -167,3 +169,182 @@ def test_dead_refresh_token_is_tried_once_and_health_says_not_ready(
     assert resp.status_code == 200, resp.text
     assert httpx.get(proc.url + "/health", timeout=10).json()["ready"] is True
     assert len(fake_upstream.token_calls(dead["refreshToken"])) == 1
+
+
+def test_failed_refresh_ahead_of_expiry_keeps_serving_with_the_valid_token(
+    tmp_path: Path, fake_upstream: FakeUpstream, start_serve: Any
+) -> None:
+    """The access token expires in 2 min (inside the 5 min refresh margin) and its refresh token
+    is refused: requests go on with the still-valid token, and the refresh is tried once."""
+    dying = fake_upstream.credentials(expires_in=120, refresh_valid=False)
+    config_dir = tmp_path / "claude-dying"
+    write_credentials(config_dir, dying)
+    proc = start_serve(config_dir=config_dir)
+    for i in range(5):
+        resp = ask(proc.url, "none", f"still valid {i}")
+        assert resp.status_code == 200, resp.text
+    assert len(fake_upstream.token_calls(dying["refreshToken"])) == 1
+    assert httpx.get(proc.url + "/health", timeout=10).json()["ready"] is True
+
+
+def test_dead_refresh_token_in_the_stack(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    """The same through Traefik, gateway, api-forwarder and auth: one refresh call for 20
+    concurrent and 10 sequential requests, and the gateway's /health is not ready."""
+    dead = fake_upstream.credentials(expired=True, refresh_valid=False)
+    config_dir = tmp_path / "claude-dead"
+    write_credentials(config_dir, dead)
+    stack = launch_stack(tmp_path / "run", fake_url=fake_upstream.url, claude_config_dir=config_dir)
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda i: ask(stack.url, "none", f"x {i}"), range(20)))
+        answers += [ask(stack.url, "none", f"y {i}") for i in range(10)]
+        for resp in answers:
+            assert resp.status_code == 401, resp.text
+            assert resp.json()["error"]["type"] == "authentication_error" and "log in again" in resp.text
+        assert len(fake_upstream.token_calls(dead["refreshToken"])) == 1
+        assert httpx.get(stack.url + "/health", timeout=10).json()["ready"] is False
+    finally:
+        stack.stop()
+
+
+# -- 10: what callers without the right key can learn ------------------------------------------
+
+
+@pytest.fixture
+def team_serve(start_serve: Any, ccproxy_env: Callable[..., dict[str, str]], tmp_path: Path
+               ) -> Iterator[tuple[Any, str]]:
+    """serve with a lead token and (shared Redis, own prefix) one member key: (proc, member key)."""
+    prefix = new_prefix()
+    env = {"REDIS__URL": SHARED_REDIS, "REDIS__KEY_PREFIX": prefix, "SECURITY__AUTH_TOKEN": TOKEN}
+    try:
+        created = run_ccproxy(["keys", "create", "--name", "mallory", "--json"], ccproxy_env(env), tmp_path)
+        assert created.returncode == 0, created.stderr
+        yield start_serve(env=env), json.loads(created.stdout)["key"]
+    finally:
+        delete_prefix(SHARED_REDIS, prefix)
+
+
+def test_anonymous_health_is_status_only_and_members_see_only_their_log_status(
+    team_serve: tuple[Any, str],
+) -> None:
+    proc, member = team_serve
+    anonymous = httpx.get(proc.url + "/health", timeout=10)
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok", "ready": True}, anonymous.text
+    for key in (TOKEN, member):
+        detailed = httpx.get(proc.url + "/health", headers={"x-api-key": key}, timeout=10).json()
+        assert detailed["ready"] is True and detailed["checks"]["credentials"]["kind"] == "oauth"
+    assert ask(proc.url, member).status_code == 200
+    assert ask(proc.url, TOKEN).status_code == 200
+
+    def status(key: str) -> dict[str, Any]:
+        resp = httpx.get(proc.url + "/logs/status", headers={"x-api-key": key}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    lead = wait_until(lambda: (s := status(TOKEN))["clickhouse"].get("rows_stored") == 2 and s, timeout=20,
+                      message="both requests to reach the log")
+    assert lead["redis"]["stream_length"] >= 2 and "consumer" in lead
+    mine = status(member)
+    assert mine["status"] == "ok" and mine["clickhouse"] == {"available": True, "rows_stored": 1}, mine
+    assert mine["redis"] == {"available": True} and "consumer" not in mine, mine
+
+
+def test_trailing_slash_does_not_reflect_the_host_header(start_serve: Any) -> None:
+    proc = start_serve()
+    for path in ("/api/v1/models/", "/health/", "/dashboard/static/"):
+        resp = httpx.get(proc.url + path, headers={"host": "evil.example"}, timeout=10, follow_redirects=False)
+        assert "evil.example" not in resp.headers.get("location", ""), (path, resp.headers)
+        assert "evil.example" not in resp.text
+        assert resp.status_code in (404, 200), (path, resp.status_code)
+
+
+def post_chat(url: str, text: str) -> httpx.Response:
+    return httpx.post(url + "/api/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": text}]})
+
+
+def test_upstream_error_bodies_carry_no_credential_and_are_capped(
+    start_serve: Any, claude_config_dir: Path
+) -> None:
+    """An upstream error that echoes the token it was sent (whole, its prefix, its suffix)
+    reaches neither the client nor the log; a 20 MB upstream error is neither relayed nor logged
+    whole: the client gets a short error in its format, no log line passes the cap."""
+    proc = start_serve()
+
+    def access_tokens() -> set[str]:
+        doc = json.loads((claude_config_dir / ".credentials.json").read_text())
+        return {doc["claudeAiOauth"]["accessToken"]}
+
+    sent = access_tokens()
+    anthropic_answer = ask(proc.url, "none", "x [[fake:echo_credential]]")
+    openai_answer = post_chat(proc.url, "x [[fake:echo_credential]]")
+    sent |= access_tokens()  # the 401 made ccproxy refresh once: the new token was echoed too
+    assert anthropic_answer.status_code == 401 and openai_answer.status_code == 401
+    assert anthropic_answer.json()["error"]["type"] == "authentication_error"
+    assert openai_answer.json()["error"]["type"] == "authentication_error"
+    assert "invalid credential" in anthropic_answer.json()["error"]["message"]
+    for token in sent:
+        for piece in (token, token[:22], token[-12:], token[20:40]):
+            for where in (anthropic_answer.text, openai_answer.text, proc.log_text()):
+                assert piece not in where, piece
+
+    huge = "x [[fake:huge_error=20000000]]"
+    for resp, fmt in ((ask(proc.url, "none", huge), "anthropic"), (post_chat(proc.url, huge), "openai")):
+        assert resp.status_code == 500, resp.text[:300]
+        assert len(resp.content) < 70_000, len(resp.content)
+        error = resp.json()["error"]
+        assert (resp.json()["type"] == "error") if fmt == "anthropic" else ("param" in error)
+    assert max(len(line) for line in proc.log_text().splitlines()) < 5_000
+
+
+def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"the server held the connection open for {limit} s") from None
+        if not chunk:
+            return data, time.monotonic() - started
+        data += chunk
+
+
+def test_half_sent_requests_are_closed_in_bounded_time(start_serve: Any) -> None:
+    """Half the headers, or all the headers and half the body, then silence: the server answers
+    408 (in the client's format once the path is known) and closes the connection, instead of
+    holding it forever."""
+    proc = start_serve(env={"SERVER__HEADER_TIMEOUT": "1", "SERVER__BODY_TIMEOUT": "1"})
+    with socket.create_connection(("127.0.0.1", proc.port)) as sock:
+        sock.sendall(b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        data, took = read_until_closed(sock, 10)
+    assert took < 5 and data.startswith(b"HTTP/1.1 408"), data
+
+    body = json.dumps({"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}).encode()
+    for path, fmt in (("/api/v1/messages", "anthropic"), ("/api/v1/chat/completions", "openai")):
+        with socket.create_connection(("127.0.0.1", proc.port)) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+            data, took = read_until_closed(sock, 10)
+        assert took < 5, took
+        head, _, payload = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), data
+        error = json.loads(payload)
+        if fmt == "anthropic":
+            assert error["type"] == "error" and error["error"]["type"] == "timeout_error", error
+        else:
+            assert error["error"]["type"] == "timeout" and "body" in error["error"]["message"], error
+
+    # A client that keeps sending, slowly (pauses below the limit, 2.4 s in all), is not cut off.
+    with socket.create_connection(("127.0.0.1", proc.port)) as sock:
+        sock.sendall(f"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        step = len(body) // 6 + 1
+        for i in range(0, len(body), step):
+            time.sleep(0.4)  # the slow client's pace, not a wait for the server
+            sock.sendall(body[i:i + step])
+        data, _ = read_until_closed(sock, 30)
+    assert data.startswith(b"HTTP/1.1 200"), data[:300]
+    assert "Traceback" not in proc.log_text() and "unhandled" not in proc.log_text()

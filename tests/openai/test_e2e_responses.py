@@ -125,13 +125,6 @@ def test_json_schema_text_format_parses_with_the_sdk(server: OpenAIServer) -> No
     assert response.output_parsed == Weather(city="fake-city", celsius=42)
 
 
-def test_previous_response_id_is_refused_clearly(server: OpenAIServer) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        server.client().responses.create(model="gpt-5", input="again", previous_response_id="resp_123")
-    assert caught.value.status_code == 400
-    assert caught.value.param == "previous_response_id" and "store" in caught.value.message
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_rate_limit_stays_429_with_retry_after(server: OpenAIServer, stream: bool) -> None:
     with pytest.raises(openai.RateLimitError) as caught:

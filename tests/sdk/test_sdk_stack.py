@@ -125,6 +125,21 @@ def test_openai_chat_streaming_and_not(sdk_stack: SdkSetup) -> None:
     assert f"respond {word}" in response.output_text
 
 
+def test_openai_responses_continue_from_the_store(sdk_stack: SdkSetup, fake_upstream: FakeUpstream) -> None:
+    """``/sdk/v1/responses`` keeps its responses too: ``previous_response_id`` brings the earlier
+    turn back to Claude Code, and the stored response reads back under ``/sdk/v1``."""
+    oai = openai.OpenAI(base_url=f"{sdk_stack.url}/sdk/v1", api_key="unused", max_retries=0, timeout=120)
+    word = uuid.uuid4().hex[:8]
+    first = oai.responses.create(model=MODEL, input=f"first {word}")
+    assert first.store is True
+    second = oai.responses.create(model=MODEL, input=f"second {word}", previous_response_id=first.id)
+    assert f"second {word}" in second.output_text and second.previous_response_id == first.id
+    [body] = upstream_bodies(fake_upstream, f"second {word}")
+    seen = json.dumps(body["messages"])
+    assert f"first {word}" in seen and json.dumps(first.output_text)[1:-1] in seen  # both sides of turn one
+    assert oai.responses.retrieve(second.id).output_text == second.output_text
+
+
 def test_history_reaches_claude_code_with_images(sdk_stack: SdkSetup, fake_upstream: FakeUpstream) -> None:
     name = f"Zorro{uuid.uuid4().hex[:6]}"
     message = client(sdk_stack).messages.create(

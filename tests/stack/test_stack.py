@@ -9,8 +9,10 @@ import re
 
 import anthropic
 import httpx2 as httpx
+import openai
 import orjson
 import pytest
+import redis as redis_sync
 
 from ccproxy_core.internal import INTERNAL_SECRET_HEADER
 from tests.support.fake import FakeUpstream
@@ -153,3 +155,21 @@ def test_forwarder_killed_mid_stream(stack: StackProc, fake_upstream: FakeUpstre
     answer = client(stack).messages.create(
         model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "after restart"}])
     assert answer.content[0].text == "Echo: after restart"  # type: ignore[union-attr]
+
+
+def test_stored_responses_survive_a_gateway_restart(stack: StackProc, fake_upstream: FakeUpstream) -> None:
+    """The Responses API's store is in the stack's Redis, under the stack's key prefix: a
+    response made before the gateway restarts is continued after it."""
+    def responses() -> openai.OpenAI:
+        return openai.OpenAI(base_url=stack.url + "/api/v1", api_key=CLIENT_KEY, max_retries=0, timeout=30)
+
+    first = responses().responses.create(model="gpt-5", input="before the restart")
+    stored = redis_sync.Redis.from_url(stack.redis_url).keys(f"{stack.key_prefix}responses:*:r:{first.id}")
+    assert len(stored) == 1
+    stack.start("gateway", timeout=60)
+    raw = responses().responses.with_raw_response.create(
+        model="gpt-5", input="after the restart", previous_response_id=first.id)
+    seen = fake_upstream.request(raw.headers["x-request-id"])["body"]["messages"]
+    assert [(m["role"], m["content"][0]["text"]) for m in seen] == [
+        ("user", "before the restart"), ("assistant", "Echo: before the restart"), ("user", "after the restart")]
+    assert responses().responses.retrieve(first.id).output_text == "Echo: before the restart"

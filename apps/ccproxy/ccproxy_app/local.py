@@ -19,6 +19,7 @@ from ccproxy_core.settings import Settings
 from ccproxy_forwarder.forwarder import ApiForwarder
 from ccproxy_gateway.app import Gateway, create_app
 from ccproxy_gateway.logs import log_viewer
+from ccproxy_gateway.response_store import ResponseStore
 from ccproxy_gateway.sdk_routes import SdkRoutes
 from ccproxy_permissions.embedded import EmbeddedPermissions
 from ccproxy_sdk_worker.permissions import permission_hook
@@ -30,12 +31,14 @@ def build_local_app(settings: Settings) -> Starlette:
     # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
     tokens, keys = local_accounts(settings)
     forwarder = ApiForwarder(settings.anthropic, tokens)
-    gateway = Gateway(settings, forwarder, tokens.status, keys=keys)
+    # One Redis (the embedded stand-in unless REDIS__URL) for SDK jobs, permissions and stored responses.
+    redis = connect(settings.redis)
+    responses = ResponseStore(redis, settings.responses, settings.redis.key_prefix)
+    gateway = Gateway(settings, forwarder, tokens.status, keys=keys, responses=responses)
     tokens.attach_metrics(gateway.metrics)
     # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
     analytics = Analytics(settings, metrics=gateway.metrics, authorize=log_viewer(gateway.client_auth))
     # SDK mode: the same arq worker as `ccproxy run sdk-worker`, in process, on the embedded Redis.
-    redis = connect(settings.redis)
     sdk = SdkRoutes(gateway, redis)
     # Tool permissions: /permissions/* on this app, the worker's prompts answered in process.
     permissions = EmbeddedPermissions(settings, redis, keys)

@@ -487,13 +487,17 @@ def stream_key(prefix: str, name: str) -> str:
 
 
 def parse_time(value: str) -> datetime:
-    """ISO 8601 or epoch seconds, as UTC (for query filters)."""
+    """ISO 8601 or epoch seconds, as UTC (for query filters). ValueError for anything else,
+    including epoch seconds no datetime can hold (1e20, inf: a client's mistake, not a crash)."""
     try:
-        return _utc(float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    try:
+        return _utc(seconds)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(f"{value!r} is out of range") from exc
 
 
 __all__ = [

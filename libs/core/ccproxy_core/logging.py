@@ -37,10 +37,38 @@ def redact(text: str) -> str:
     return text
 
 
+#: Longest log message kept (a 50 MB upstream error must not become a 50 MB log line).
+MAX_MESSAGE_CHARS = 4096
+#: Characters of a credential: runs of them are the candidates :func:`scrub_secret` looks at.
+_TOKENISH = re.compile(r"[A-Za-z0-9._~+/=\-]{8,}")
+#: A run sharing this many consecutive characters with a secret is a piece of it.
+_FRAGMENT = 8
+
+
+def scrub_secret(text: str, secret: str) -> str:
+    """``text`` without ``secret`` and without any piece of it (a prefix, suffix or middle part
+    of at least 8 characters, as an upstream may echo a credential it refused)."""
+    if len(secret) < _FRAGMENT:
+        return text
+    pieces = {secret[i:i + _FRAGMENT] for i in range(len(secret) - _FRAGMENT + 1)}
+
+    def replace(match: re.Match[str]) -> str:
+        run = match.group(0)
+        if any(run[i:i + _FRAGMENT] in pieces for i in range(len(run) - _FRAGMENT + 1)):
+            return "[REDACTED]"
+        return run
+
+    return _TOKENISH.sub(replace, text)
+
+
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = redact(message)
+        # Cut before redacting (cheap on huge messages), with slack so a secret that straddles
+        # the cut is still whole when it is redacted; then cut to the limit.
+        clean = redact(message[: MAX_MESSAGE_CHARS + 512])
+        if len(message) > MAX_MESSAGE_CHARS:
+            clean = f"{clean[:MAX_MESSAGE_CHARS]}… [truncated: {len(message)} characters in all]"
         if clean != message or record.args:
             record.msg, record.args = clean, None
         if record.exc_info and record.exc_info[1] is not None:

@@ -13,6 +13,9 @@ import urllib.request
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ccproxy_core.errors import ClientFormat, ProxyError, render_error
 
 
 class StartupError(Exception):
@@ -38,13 +41,114 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_app(app: ASGIApp, host: str, port: int, log_level: str = "info",
-              forwarded_allow_ips: str = "127.0.0.1") -> None:
+class SlowClientProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with two limits uvicorn lacks (a client sending half its
+    headers, or half its body, held a connection and its memory forever):
+
+    - a request's headers must arrive within ``header_timeout`` seconds of the connection opening
+      or of the request's first byte;
+    - its body may not pause for more than ``body_timeout`` seconds.
+
+    Too slow: a 408 (JSON in the client's format, as far as the path tells it) and the
+    connection is closed; the app sees the client go away. Costs nothing on a request whose body
+    arrives with its headers: the body timer is only armed when a read ends mid-body.
+    """
+
+    header_timeout = 10.0
+    body_timeout = 30.0
+    _header_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _body_at = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        cycle = self.cycle
+        if self._body_timer is not None:
+            self._body_at = self.loop.time()
+        elif cycle is not None and cycle.more_body and not self.transport.is_closing():
+            # Mid-body (also of a request already answered, e.g. 401, whose body still trickles in).
+            self._body_at = self.loop.time()
+            self._body_timer = self.loop.call_later(self.body_timeout, self._body_too_slow)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._cancel_body_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        self._cancel_body_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        self._refuse(f"the request headers did not arrive within {self.header_timeout:g} s", "anthropic")
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
+            return
+        idle = self.loop.time() - self._body_at
+        if idle < self.body_timeout:  # bytes came meanwhile: wait for the rest of the pause
+            self._body_timer = self.loop.call_later(self.body_timeout - idle, self._body_too_slow)
+            return
+        path = str(cycle.scope.get("path", ""))
+        fmt: ClientFormat = "openai" if path.endswith(("/chat/completions", "/responses")) else "anthropic"
+        if not cycle.response_started:
+            self._refuse(f"the request body stopped arriving for {self.body_timeout:g} s; send it whole", fmt)
+        cycle.disconnected = True  # the app stops waiting for the body; what it sends is dropped
+        cycle.message_event.set()
+        self.transport.close()
+
+    def _refuse(self, message: str, fmt: ClientFormat) -> None:
+        if self.transport.is_closing():
+            return
+        body = render_error(ProxyError(408, message), fmt)
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
+        self.transport.close()
+
+
+def serve_app(
+    app: ASGIApp, host: str, port: int, log_level: str = "info",
+    header_timeout: float = 10.0, body_timeout: float = 30.0, forwarded_allow_ips: str = "127.0.0.1",
+) -> None:
     sock = bind(host, port)
+    protocol = type(
+        "SlowClientProtocol", (SlowClientProtocol,), {"header_timeout": header_timeout, "body_timeout": body_timeout}
+    )
     config = uvicorn.Config(
         app,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http=protocol,
         log_config=None,
         log_level=log_level,
         access_log=False,

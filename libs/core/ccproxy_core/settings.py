@@ -45,6 +45,10 @@ class ServerSettings(BaseModel):
     #: Peers whose ``X-Forwarded-For``/``-Proto`` are believed (comma-separated IPs or CIDRs, ``*``
     #: for any): the reverse proxy in front. Compose sets ``*`` on the gateway, which only Traefik reaches.
     forwarded_allow_ips: str = "127.0.0.1"
+    #: Seconds a client has to send a request's headers (then 408 and the connection is closed).
+    header_timeout: float = 10.0
+    #: Longest pause, in seconds, while a client sends a request's body (then 408).
+    body_timeout: float = 30.0
 
 
 #: The shortest ``SECURITY__AUTH_TOKEN`` accepted (``ccproxy generate-token`` makes 43 characters).
@@ -258,6 +262,18 @@ class OpenAISettings(BaseModel):
     prompt_cache: bool = True
 
 
+class ResponsesSettings(BaseModel):
+    """The OpenAI Responses API's response store (``store``, ``previous_response_id``,
+    ``item_reference``), kept in Redis per client key (docs/openai.md)."""
+
+    #: Days a stored response is kept (a Redis TTL, renewed when a later response continues it).
+    retention_days: float = 30.0
+    #: Bytes of stored responses per client key; past it the oldest responses are evicted.
+    max_bytes_per_key: int = 100_000_000
+    #: Longest ``previous_response_id`` chain that is followed; a longer one is a 400.
+    max_chain: int = 1000
+
+
 class PermissionsSettings(BaseModel):
     """SDK-mode tool permissions (docs/permissions.md)."""
 
@@ -306,6 +322,7 @@ class Settings(BaseSettings):
     permissions: PermissionsSettings = Field(default_factory=PermissionsSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     data_dir: Path = Field(default_factory=default_data_dir)
 
     @classmethod

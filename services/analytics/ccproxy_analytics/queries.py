@@ -19,7 +19,13 @@ from ccproxy_core.errors import ProxyError
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
-STATUS_CLASS = re.compile(r"^[1-5]xx$")
+STATUS_CLASS = re.compile(r"[1-5]xx")
+#: ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+STATUS_CODE = re.compile(r"[0-9]{1,3}")
+#: The range of ClickHouse's DateTime64: a filter reaching past it means "from the start" or "to
+#: the end" (sent as is, year 1 or 9999 made the query fail: a 503 for the client's own choice).
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 #: ``group_by`` names of /logs/usage and the expressions behind them.
 GROUPS = {
@@ -65,7 +71,7 @@ class Filters:
         except (ValueError, OverflowError, OSError) as exc:  # OSError: a time the OS cannot convert
             raise ProxyError(400, f"since/until: not a time ({exc}); use ISO 8601 or epoch seconds") from exc
         status = q.get("status") or None
-        if status is not None and not (status.isdigit() or STATUS_CLASS.match(status)):
+        if status is not None and not (STATUS_CODE.fullmatch(status) or STATUS_CLASS.fullmatch(status)):
             raise ProxyError(400, "status: an HTTP status (429) or a class (4xx)", param="status")
         mode = q.get("mode") or None
         if mode is not None and mode not in ("api", "sdk"):
@@ -74,7 +80,8 @@ class Filters:
         if outcome is not None and outcome not in ("ok", "error", "cancelled"):
             raise ProxyError(400, "outcome: ok, error or cancelled", param="outcome")
         return cls(
-            since=since, until=until, key=q.get("key") or None, account=q.get("account") or None,
+            since=min(max(since, EARLIEST), LATEST), until=min(max(until, EARLIEST), LATEST),
+            key=q.get("key") or None, account=q.get("account") or None,
             model=q.get("model") or None, status=status, mode=mode, outcome=outcome,
         )
 
@@ -141,7 +148,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def parse_limit(value: str | None) -> int:
     if not value:
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise ProxyError(400, f"limit: an integer from 1 to {MAX_LIMIT}", param="limit")
     return int(value)
 

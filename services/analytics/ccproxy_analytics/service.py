@@ -116,5 +116,6 @@ def create_service_app(settings: Settings) -> Starlette:
         *analytics.routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={ProxyError: on_proxy_error}, lifespan=lifespan)
+    app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
     app.state.analytics = analytics
     return app

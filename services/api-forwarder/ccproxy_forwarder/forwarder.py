@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 import orjson
 
-from ccproxy_core.errors import ProxyError
+from ccproxy_core.errors import ANTHROPIC_TYPE_BY_STATUS, ProxyError, anthropic_error_body
 from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest, UpstreamReply
+from ccproxy_core.logging import scrub_secret
 from ccproxy_core.routing import HINT_SESSION, AccountRouter, session_key
 from ccproxy_core.settings import AnthropicSettings
 from ccproxy_core.tokens import Credential
@@ -28,6 +29,12 @@ from ccproxy_forwarder.injection import inject_identity, upstream_headers
 log = logging.getLogger(__name__)
 
 UNIFIED = "anthropic-ratelimit-unified-"
+#: Largest upstream error body read and relayed (real ones are a few hundred bytes).
+MAX_ERROR_BYTES = 64 * 1024
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
@@ -73,7 +80,39 @@ class ApiForwarder:
         async def close() -> None:
             resp.close()
 
+        if resp.status >= 400:
+            # An error answer is small and read whole: bounded, and without the credential sent.
+            body, replaced = await self._error_body(resp, credential)
+            if replaced:
+                headers["content-type"] = "application/json"
+            return UpstreamReply(resp.status, headers, _once(body), close, account=credential.account)
         return UpstreamReply(resp.status, headers, self._relay(resp), close, account=credential.account)
+
+    async def _error_body(self, resp: aiohttp.ClientResponse, credential: Credential) -> tuple[bytes, bool]:
+        """The upstream's error body, at most MAX_ERROR_BYTES of it (a bigger one is replaced by
+        an error saying so), with anything that looks like the credential we sent taken out:
+        an upstream may echo a refused token or key, whole or in part. Also: whether it was replaced."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > MAX_ERROR_BYTES:
+                    break
+                chunks.append(chunk)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            pass  # what arrived is what there is
+        finally:
+            resp.close()
+        if size > MAX_ERROR_BYTES:
+            log.warning("upstream answered %d with an error body over %d bytes: not relayed", resp.status,
+                        MAX_ERROR_BYTES)
+            return anthropic_error_body(
+                ANTHROPIC_TYPE_BY_STATUS.get(resp.status, "api_error"),
+                f"the upstream answered {resp.status} with an error body over {MAX_ERROR_BYTES} bytes (not relayed)",
+            ), True
+        text = b"".join(chunks).decode("utf-8", errors="replace")
+        return scrub_secret(text, credential.secret.get_secret_value()).encode(), False
 
     async def _routed(
         self, request: ForwardRequest, router: AccountRouter

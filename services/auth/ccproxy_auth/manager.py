@@ -121,14 +121,16 @@ class CredentialManager:
             return self._credential(current)
         if self._failure is not None and self._failure.blocks(current.refresh_token):
             current = await asyncio.to_thread(self._load_or_fail)  # a new login since?
-            self._check_backoff(current, rejected)
+            if self._backing_off(current, rejected):
+                return self._credential(current)
         async with self._single_flight():
             # Fencing: the token may have been refreshed while we waited for the lock.
             current = await asyncio.to_thread(self._load_or_fail)
             if self._usable(current, rejected):
                 return self._credential(current)
             # Callers that waited for a refresh that failed share its failure.
-            self._check_backoff(current, rejected)
+            if self._backing_off(current, rejected):
+                return self._credential(current)
             try:
                 return self._credential(await self._refresh(current))
             except ProxyError:
@@ -193,14 +195,14 @@ class CredentialManager:
             return False
         return oauth_.expires_at is None or oauth_.expires_at / 1000 > time.time()
 
-    def _check_backoff(self, current: ClaudeOAuth, rejected: str | None) -> None:
-        """Raise the last refresh failure while its backoff lasts for this very refresh token
-        (a still-valid access token is handed out instead)."""
+    def _backing_off(self, current: ClaudeOAuth, rejected: str | None) -> bool:
+        """While the backoff of a failed refresh lasts for this very refresh token: True if the
+        access token still works (use it, do not refresh), else raise that failure again."""
         failure = self._failure
         if failure is None or not failure.blocks(current.refresh_token):
-            return
+            return False
         if self._still_valid(current, rejected):
-            return
+            return True
         raise failure.error
 
     def _credential(self, oauth_: ClaudeOAuth) -> Credential:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -86,6 +87,11 @@ def create_service_app(settings: Settings) -> Starlette:
             log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
         return internal_error(exc)
 
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        # No such route or method (an admin client's typo): JSON like every other answer here.
+        assert isinstance(exc, HTTPException)
+        return internal_error(ProxyError(exc.status_code, str(exc.detail)))
+
     async def on_redis_down(request: Request, exc: Exception) -> Response:
         # Whatever needed Redis (refresh lock, account state, key limits): a clear 503, not a 500.
         return await on_proxy_error(request, unavailable_error(exc))
@@ -96,7 +102,7 @@ def create_service_app(settings: Settings) -> Starlette:
         if redis is not None:
             await redis.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route(TOKEN_PATH, token, methods=["GET", "POST"]),
             Route(STATUS_PATH, status, methods=["GET"]),
@@ -108,7 +114,10 @@ def create_service_app(settings: Settings) -> Starlette:
         middleware=[Middleware(RequireInternalSecret, secret=secret)],
         exception_handlers={
             ProxyError: on_proxy_error,
+            HTTPException: on_http_error,
             **dict.fromkeys(REDIS_DOWN, on_redis_down),
         },
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
+    return app

@@ -39,6 +39,7 @@ from ccproxy_gateway.metering import KeyGuard, KeyMeter, MeteredForwarder, keys_
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic
+from ccproxy_gateway.response_store import ResponseStore, stored_routes
 from ccproxy_gateway.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ StatusProvider = Callable[[], Awaitable[CredentialStatus]]
 
 
 def client_format(path: str) -> ClientFormat:
-    return "openai" if path.endswith(("/chat/completions", "/responses")) else "anthropic"
+    openai = path.endswith(("/chat/completions", "/responses")) or "/responses/" in path
+    return "openai" if openai else "anthropic"
 
 
 def error_response(exc: ProxyError, fmt: ClientFormat) -> Response:
@@ -64,8 +66,11 @@ class Gateway:
         metrics: Metrics | None = None,
         access_log: AccessLogEmitter | None = None,
         keys: KeyAuthority | None = None,
+        responses: ResponseStore | None = None,
     ) -> None:
         self.settings = settings
+        #: The Responses API's store (``previous_response_id``, ``item_reference``); None: none.
+        self.responses = responses
         self.forwarder = forwarder
         self.credential_status = credential_status
         self.metrics = metrics or Metrics("gateway")
@@ -230,11 +235,13 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
 
     async def health(request: Request) -> Response:
         creds = await gateway.credential_status()
-        body = {
-            "status": "ok",
-            "ready": creds.available,
-            "checks": {"credentials": creds.model_dump(exclude_none=True)},
-        }
+        body: dict[str, Any] = {"status": "ok", "ready": creds.available}
+        try:
+            # Liveness needs no key; where the credentials are, the plan and expiry do.
+            gateway.client_auth.check(request)
+        except ProxyError:
+            return Response(orjson.dumps(body), media_type="application/json")
+        body["checks"] = {"credentials": creds.model_dump(exclude_none=True)}
         return Response(orjson.dumps(body), media_type="application/json")
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
@@ -276,6 +283,9 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         *dashboard_routes(),
         *openai.routes("/api/v1"),
         *(extra_routes or []),
+        # Stored responses, one store for API and SDK mode (a session name in the path changes nothing).
+        *(stored_routes(gateway.client_auth, gateway.responses, ("/api/v1", "/sdk/v1", "/sdk/{session_id}/v1"))
+          if gateway.responses is not None else []),
         # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
         HeadProbe("/api/{rest:path}", preflight),
         HeadProbe("/sdk/{rest:path}", preflight),
@@ -293,6 +303,8 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
             Middleware(KeyGuard, client_auth=gateway.client_auth),
         ],
     )
+    # No trailing-slash redirects: their absolute `location` would echo the client's Host header.
+    app.router.redirect_slashes = False
     label_routes(app.routes)
     return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ccproxy_core.errors import ProxyError
 
@@ -19,11 +19,14 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise ProxyError(413, f"request body is larger than the limit of {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ProxyError(413, f"request body is larger than the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ProxyError(413, f"request body is larger than the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:  # gone, or cut off by the server's body timeout: nobody to answer
+        raise ProxyError(499, "the client went away while sending the body") from exc
     raw = b"".join(chunks)
     if not raw:
         raise ProxyError(400, "request body is empty; send a JSON object")

@@ -40,6 +40,7 @@ from ccproxy_gateway.openai import (
     translate_responses_request,
 )
 from ccproxy_gateway.relay import client_headers
+from ccproxy_gateway.response_store import ResponseStore, begin, keep, kept_stream, stamp
 from ccproxy_gateway.usage import Usage, usage_from_message
 
 
@@ -51,6 +52,7 @@ class GatewayParts(Protocol):
     client_auth: ClientAuth
     forwarder: Forwarder
     metrics: Metrics
+    responses: ResponseStore | None
 
     async def read_body(self, request: Request) -> dict[str, Any]: ...
 
@@ -106,15 +108,19 @@ class OpenAIRoutes:
     async def responses(self, request: Request) -> Response:
         started = time.perf_counter()
         self.gateway.client_auth.check(request)
-        req = parse_responses_request(await self.gateway.read_body(request))
+        store = self.gateway.responses
+        req, turn = await begin(store, request, parse_responses_request(await self.gateway.read_body(request)))
         plan = translate_responses_request(req, self.model_map, self.options)
+        stamp(plan, turn)
         reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
         if plan.stream:
             translator = ResponsesStreamTranslator(plan)
-            frames = responses_stream(iter_events(reply), translator)
+            frames = kept_stream(responses_stream(iter_events(reply), translator), translator, store, turn)
             return self._stream(request, reply, frames, started, lambda: _usage(translator))
         message = await self._message(request, reply, started)
-        return JSONResponse(response_object(message, plan), headers=self._headers(reply))
+        response = response_object(message, plan)
+        await keep(store, turn, response)
+        return JSONResponse(response, headers=self._headers(reply))
 
     async def _forward(self, request: Request, body: dict[str, Any], model: str, stream: bool) -> UpstreamReply:
         """The upstream's 200 answer; any other status is raised as an OpenAI-renderable error

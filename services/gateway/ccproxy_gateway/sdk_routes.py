@@ -69,6 +69,7 @@ from ccproxy_gateway.openai import (
     translate_chat_request,
     translate_responses_request,
 )
+from ccproxy_gateway.response_store import begin, keep, kept_stream, stamp
 from ccproxy_gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -367,15 +368,21 @@ class SdkRoutes:
         self.gateway.client_auth.check(request)
         raw = await self.gateway.read_body(request)
         raw_options = raw.pop("claude_options", None)
-        plan = translate_responses_request(parse_responses_request(raw), self.model_map, self.settings.openai)
+        store = self.gateway.responses
+        req, turn = await begin(store, request, parse_responses_request(raw))
+        plan = translate_responses_request(req, self.model_map, self.settings.openai)
+        stamp(plan, turn)
         run = await self._start(request, plan.body, raw_options)
         headers = {SESSION_HEADER: run.job.session_id or ""}
         if plan.stream:
             translator = ResponsesStreamTranslator(plan)
             events = as_sse(as_text_blocks(run.rest(), self.settings.claude.pretty_format))
-            return self._stream(request, run, responses_stream(events, translator), started, headers)
+            frames = kept_stream(responses_stream(events, translator), translator, store, turn)
+            return self._stream(request, run, frames, started, headers)
         message = await self._collect(request, run, started, openai=True)
-        return JSONResponse(response_object(message, plan), headers=headers)
+        response = response_object(message, plan)
+        await keep(store, turn, response)
+        return JSONResponse(response, headers=headers)
 
     # -- the job --------------------------------------------------------------------------------
 

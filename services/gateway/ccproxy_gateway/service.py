@@ -18,6 +18,7 @@ from ccproxy_core.redis import connect
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
 from ccproxy_gateway.app import Gateway, create_app
+from ccproxy_gateway.response_store import ResponseStore
 from ccproxy_gateway.sdk_routes import SdkRoutes
 
 
@@ -36,9 +37,11 @@ def create_service_app(settings: Settings) -> Starlette:
     auth = AuthClient(settings.services.auth_url, secret)
     # Per-member client keys live in auth (Redis); lookups are cached a few seconds here.
     keys = HttpKeyAuthority(settings.services.auth_url, secret) if settings.redis.url else None
-    gateway = Gateway(settings, forwarder, auth.status, keys=keys)
-    # SDK mode: jobs for the sdk-workers go through the same Redis (REDIS__URL).
-    sdk = SdkRoutes(gateway, connect(settings.redis))
+    # SDK jobs for the sdk-workers and stored responses (any replica continues any) share REDIS__URL.
+    redis = connect(settings.redis)
+    responses = ResponseStore(redis, settings.responses, settings.redis.key_prefix)
+    gateway = Gateway(settings, forwarder, auth.status, keys=keys, responses=responses)
+    sdk = SdkRoutes(gateway, redis)
     web = create_app(gateway, extra_routes=sdk.routes())
 
     @contextlib.asynccontextmanager

@@ -249,7 +249,7 @@ def create_app(broker: PermissionBroker, resolver: KeyResolver) -> Starlette:
         finally:
             await broker.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *routes(api),
             Route("/health", api.health, methods=["GET"]),
@@ -258,3 +258,5 @@ def create_app(broker: PermissionBroker, resolver: KeyResolver) -> Starlette:
         exception_handlers={ProxyError: proxy_error},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
+    return app

@@ -1,8 +1,8 @@
 """The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream.
 
-ccproxy keeps no response store, so every request must carry the whole conversation in
-``input`` (what ``store: false`` clients such as Codex do); ``previous_response_id``,
-``conversation`` and ``item_reference`` are refused with a 400 that says so.
+The translation sees the whole conversation in ``input``: ``previous_response_id`` and
+``item_reference`` are filled in from the response store (ccproxy_gateway.response_store) before
+it; where there is none, they are refused with a 400 that says so, as is ``conversation``.
 
 Streaming follows OpenAI's event sequence: ``response.created``, ``response.in_progress``, then
 per output item ``response.output_item.added``, its deltas (``response.output_text.delta``,
@@ -14,6 +14,7 @@ per output item ``response.output_item.added``, its deltas (``response.output_te
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +64,7 @@ from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
 from ccproxy_gateway.openai.structured import JSON_TOOL, apply_json_mode, json_tool
 
 NO_STORE = (
-    "ccproxy keeps no response store: send the whole conversation in `input` (with store: false) "
+    "no response store here: send the whole conversation in `input` (with store: false) "
     "instead of referring to an earlier response"
 )
 
@@ -275,7 +276,8 @@ def _status(stop_reason: str | None) -> tuple[str, dict[str, Any] | None]:
 
 
 def _base_id(message_id: str | None) -> str:
-    return (message_id or "ccproxy").removeprefix("msg_")
+    # Unique either way: a stored response is found by its id, its items by theirs.
+    return (message_id or uuid.uuid4().hex).removeprefix("msg_")
 
 
 def _reasoning_item(item_id: str, block: dict[str, Any]) -> OutputReasoning:
@@ -341,6 +343,8 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         self.plan = plan
         self.base = "ccproxy"
         self.output: list[OutputItem] = []
+        #: The finished response (completed or incomplete), once ``finish`` made it.
+        self.response: dict[str, Any] | None = None
         self._seq = 0
         self._open: dict[int, _OpenItem] = {}
         self._next_output = 0
@@ -489,6 +493,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         status, incomplete = _status(self.stop_reason)
         response = self._response(status, output=self.output, usage=_usage(self.tokens),
                                   incomplete_details=incomplete)
+        self.response = response
         yield self._event("response.completed" if status == "completed" else "response.incomplete",
                           response=response)
 
