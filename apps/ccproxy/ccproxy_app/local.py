@@ -18,7 +18,6 @@ from ccproxy_core.redis import connect
 from ccproxy_core.settings import Settings
 from ccproxy_forwarder.forwarder import ApiForwarder
 from ccproxy_gateway.app import Gateway, create_app
-from ccproxy_gateway.logs import log_viewer
 from ccproxy_gateway.response_store import ResponseStore
 from ccproxy_gateway.sdk_routes import SdkRoutes
 from ccproxy_permissions.embedded import EmbeddedPermissions
@@ -37,11 +36,13 @@ def build_local_app(settings: Settings) -> Starlette:
     gateway = Gateway(settings, forwarder, tokens.status, keys=keys, responses=responses)
     tokens.attach_metrics(gateway.metrics)
     # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
-    analytics = Analytics(settings, metrics=gateway.metrics, authorize=log_viewer(gateway.client_auth))
+    analytics = Analytics(settings, metrics=gateway.metrics)
     # SDK mode: the same arq worker as `ccproxy run sdk-worker`, in process, on the embedded Redis.
     sdk = SdkRoutes(gateway, redis)
     # Tool permissions: /permissions/* on this app, the worker's prompts answered in process.
-    permissions = EmbeddedPermissions(settings, redis, keys)
+    permissions = EmbeddedPermissions(settings, redis)
+    # One app, one caller: the gateway's backend resolves the key once for /api, /sdk,
+    # /permissions and /logs alike, and create_app closes all four to anonymous callers.
     web = create_app(gateway, extra_routes=[*analytics.routes(), *sdk.routes(), *permissions.routes()])
 
     @contextlib.asynccontextmanager

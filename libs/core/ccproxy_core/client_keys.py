@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from contextvars import ContextVar
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -98,18 +97,6 @@ class KeyAuthority(Protocol):
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         ...
-
-
-class Principal(BaseModel):
-    """Who is asking: a client key, the shared token (``default``) or nobody (``anonymous``)."""
-
-    key_id: str = "anonymous"
-    key_name: str = ""
-    key: KeyInfo | None = None
-
-
-#: The principal of the request being served (set by the gateway's key guard).
-current_principal: ContextVar[Principal | None] = ContextVar("ccproxy_principal", default=None)
 
 
 def looks_like_key(presented: str) -> bool:

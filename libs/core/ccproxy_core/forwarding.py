@@ -8,12 +8,13 @@ call; in the stack, :class:`HttpForwarder` carries the same thing over pooled ke
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
+from ccproxy_core.client_keys import KeyInfo
 from ccproxy_core.errors import ProxyError, parse_anthropic_error
 from ccproxy_core.internal import INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
 
@@ -28,10 +29,17 @@ class ForwardRequest:
     body: dict[str, Any]
     #: Query string without ``?`` (Claude Code sends ``beta=true``).
     query: str = ""
-    #: Routing hints (sticky session key, client key id) that are not sent upstream.
-    hints: dict[str, str] = field(default_factory=dict)
     #: ``POST`` (the Messages API) or ``GET`` (``/v1/models``: no body, no identity block).
     method: str = "POST"
+    #: The caller's client key (``request.user.key``): metered by the gateway, routed to its
+    #: accounts only by the forwarder; never sent upstream.
+    key: KeyInfo | None = None
+
+
+#: How :class:`HttpForwarder` carries ``ForwardRequest.key`` to the forwarder service (a
+#: client's own ``x-ccproxy-*`` headers are dropped first, so a client cannot pose as a key).
+FORWARD_KEY_HEADER = "x-ccproxy-key"
+INTERNAL_HEADER_PREFIX = "x-ccproxy-"
 
 
 class UpstreamReply:
@@ -113,12 +121,15 @@ class HttpForwarder:
         return self._session
 
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {
+            k: v for k, v in request.headers.items()
+            if k.lower() not in HOP_BY_HOP and not k.lower().startswith(INTERNAL_HEADER_PREFIX)
+        }
         headers[INTERNAL_SECRET_HEADER] = self._secret
         if request.method == "POST":
             headers["content-type"] = "application/json"
-        for name, value in request.hints.items():
-            headers[f"x-ccproxy-hint-{name}"] = value
+        if request.key is not None:
+            headers[FORWARD_KEY_HEADER] = request.key.model_dump_json()
         url = f"{self._base_url}/internal/forward{request.path}"
         if request.query:
             url += "?" + request.query

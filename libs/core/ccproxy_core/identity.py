@@ -1,115 +1,199 @@
-"""Who is calling: the client key behind a request, as an id, a name and an admin flag.
+"""Who is calling, decided once per request, the way Starlette's ``AuthenticationMiddleware`` does it.
 
-Permission requests belong to the key that made the run; a member sees and decides only its
-own, an admin sees all. Services ask one question, :meth:`KeyResolver.identify`, so they work
-the same with the single ``SECURITY__AUTH_TOKEN`` (that token is the admin) and with per-member
-keys (the auth service's key store answers the same question).
+:class:`KeyBackend` reads the presented key (``x-api-key`` or ``Authorization: Bearer``, parsed
+by :func:`presented_key` alone), resolves it through the key authority (auth's keys, in process
+or over HTTP, cached briefly by :class:`~ccproxy_core.client_keys.CachedKeys`) and sets
+``request.user`` to a :class:`Caller`: a member key (id, name, limits), the holder of
+``SECURITY__AUTH_TOKEN`` (:data:`LEAD`), everyone on a machine without client auth
+(:data:`LOCAL`), or nobody (:data:`ANONYMOUS`, with the reason in ``request.auth``).
+
+It never refuses by itself (``/health`` and ``/metrics`` stay open): routes under
+:data:`GUARDED_PREFIXES` are closed by :func:`guard_routes` when the app is built, so a route
+added there later is closed too unless it is declared :func:`public`. The gateway, ``ccproxy
+serve``, the permissions and the analytics services all build their apps this way.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from pydantic import BaseModel
-from starlette.requests import Request
+from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority
+from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority, KeyAuthority, KeyInfo, looks_like_key
+from ccproxy_core.errors import ProxyError
+from ccproxy_core.redis import UNAVAILABLE, unavailable_error
 from ccproxy_core.settings import Settings
 
+#: Routes under these paths need a caller (when client auth is on) unless declared public.
+GUARDED_PREFIXES = ("/api", "/sdk", "/permissions", "/logs")
+MISSING_KEY = "missing client key: send it as x-api-key or Authorization: Bearer"
+INVALID_KEY = "invalid client key"
 
-class ClientIdentity(BaseModel):
-    #: Stable id of the key (never the key itself: ids travel in jobs, events and logs).
+
+@dataclass(frozen=True, slots=True)
+class Caller(BaseUser):
+    """The caller of one request. ``id`` (the key's id, never the key itself) travels in jobs, events and
+    logs; ``admin`` sees and decides everyone's permission requests and log lines."""
+
     id: str
-    #: Human-readable name, shown to approvers ("who asked").
     name: str
     admin: bool = False
+    #: The member key with its limits (rate, budget, accounts); None for the others.
+    key: KeyInfo | None = None
+    authenticated: bool = True
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.authenticated
+
+    @property
+    def display_name(self) -> str:
+        return self.name
+
+    @property
+    def identity(self) -> str:
+        return self.id
+
+    @property
+    def member(self) -> bool:
+        """A member key's holder (whose requests are logged and metered under its key)."""
+        return self.key is not None
 
 
-#: Everyone, when client authentication is off (a developer's own machine). The ids match the
-#: gateway's principals (``ccproxy_core.client_keys.Principal``), which jobs carry.
-LOCAL_IDENTITY = ClientIdentity(id="anonymous", name="anonymous", admin=True)
-#: The holder of ``SECURITY__AUTH_TOKEN``.
-ADMIN_IDENTITY = ClientIdentity(id="default", name="admin", admin=True)
+#: Nobody: no valid key while client auth is on (refused on guarded routes).
+ANONYMOUS = Caller(id="anonymous", name="anonymous", authenticated=False)
+#: Everyone, when client auth is off (a developer's own machine): the local admin.
+LOCAL = Caller(id="anonymous", name="anonymous", admin=True)
+#: The holder of ``SECURITY__AUTH_TOKEN``: the team's lead, admin.
+LEAD = Caller(id="default", name="admin", admin=True)
 
 
-def presented_key(request: Request) -> str | None:
-    """The key sent as ``x-api-key`` or ``Authorization: Bearer``."""
-    key = request.headers.get("x-api-key")
+class Credentials(AuthCredentials):
+    """``request.auth``: the scopes, and for a refused caller why (401, or 503 with Redis down)."""
+
+    def __init__(self, scopes: Sequence[str] = (), refusal: ProxyError | None = None) -> None:
+        super().__init__(scopes)
+        self.refusal = refusal
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The key sent as ``x-api-key`` (preferred) or ``Authorization: Bearer``."""
+    key = headers.get("x-api-key")
     if key:
         return key
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
 
 
-class KeyResolver(Protocol):
-    async def identify(self, key: str | None) -> ClientIdentity | None:
-        """The identity behind ``key`` (:data:`LOCAL_IDENTITY` when client authentication is
-        off), or None when the key is missing or not valid."""
-        ...
+class KeyBackend(AuthenticationBackend):
+    """The shared token and per-member keys. Client auth is on when the token is set or any
+    client key exists; then a request without a valid key is :data:`ANONYMOUS`."""
 
-
-class SingleTokenResolver:
-    """``SECURITY__AUTH_TOKEN`` alone: its holder is the admin; unset, everyone is local."""
-
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, keys: KeyAuthority | None = None) -> None:
         self._token = token.encode() if token else None
-
-    async def identify(self, key: str | None) -> ClientIdentity | None:
-        if self._token is None:
-            return LOCAL_IDENTITY
-        if key is None or not hmac.compare_digest(key.encode(), self._token):
-            return None
-        return ADMIN_IDENTITY
-
-
-class _Key(Protocol):
-    @property
-    def id(self) -> str: ...
+        self.keys = keys
+        #: Whether client keys exist (refreshed on every request, cached by ``keys``).
+        self._keys_active = False
 
     @property
-    def name(self) -> str: ...
+    def enabled(self) -> bool:
+        return self._token is not None or self._keys_active
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+        key = presented_key(conn.headers)
+        try:
+            caller = await self.identify(key)
+        except ProxyError as exc:
+            return Credentials(refusal=exc), ANONYMOUS
+        except UNAVAILABLE as exc:  # client keys live in Redis: a 503, not a 401
+            return Credentials(refusal=unavailable_error(exc, "client keys")), ANONYMOUS
+        if caller is None:
+            return Credentials(refusal=ProxyError(401, MISSING_KEY if key is None else INVALID_KEY)), ANONYMOUS
+        return Credentials(["authenticated"]), caller
+
+    async def identify(self, key: str | None) -> Caller | None:
+        """The caller behind ``key``; :data:`LOCAL` with client auth off; None if nobody."""
+        if self.keys is not None:
+            self._keys_active = await self.keys.any_keys()
+        found = None
+        if key is not None and self._token is not None and hmac.compare_digest(key.encode(), self._token):
+            return LEAD
+        # A key-shaped string is looked up even while "no keys exist" is cached: a key made a
+        # moment ago must work on its first request (the cache keeps only what was found).
+        if key is not None and self.keys is not None and (self._keys_active or looks_like_key(key)):
+            found = await self.keys.lookup(key)
+        if found is not None:
+            self._keys_active = True
+            return Caller(id=found.id, name=found.name or found.id, key=found)
+        return None if self.enabled else LOCAL
 
 
-class KeyLookup(Protocol):
-    """The part of the auth service's key authority this needs (``ccproxy_core.client_keys``)."""
-
-    async def lookup(self, presented: str) -> _Key | None: ...
-
-    async def any_keys(self) -> bool: ...
+def caller_middleware(backend: KeyBackend) -> Middleware:
+    """The middleware that sets ``request.user`` and ``request.auth`` from ``backend``."""
+    return Middleware(AuthenticationMiddleware, backend=backend)
 
 
-class MemberKeyResolver:
-    """Per-member keys (issue 5) plus the shared token: members are who their key says, the
-    token's holder is the admin; with neither configured, client authentication is off."""
-
-    def __init__(self, token: str | None, keys: KeyLookup) -> None:
-        self._single = SingleTokenResolver(token)
-        self._token = token
-        self._keys = keys
-
-    async def identify(self, key: str | None) -> ClientIdentity | None:
-        if self._token is None and not await self._keys.any_keys():
-            return LOCAL_IDENTITY
-        if key is None:
-            return None
-        if self._token is not None and await self._single.identify(key) is not None:
-            return ADMIN_IDENTITY
-        found = await self._keys.lookup(key)
-        if found is None:
-            return None
-        return ClientIdentity(id=found.id, name=found.name or found.id, admin=False)
-
-
-def key_resolver(settings: Settings, internal_secret: str) -> KeyResolver:
-    """A stack service's resolver (permissions, analytics): the holder of ``SECURITY__AUTH_TOKEN``
-    is the admin; member keys are looked up in the auth service (``SERVICES__AUTH_URL``) and
-    cached briefly (``SECURITY__KEY_CACHE_SECONDS``)."""
+def key_backend(settings: Settings, internal_secret: str) -> KeyBackend:
+    """A stack service's backend (permissions, analytics): the shared token, and member keys
+    looked up in the auth service (``SERVICES__AUTH_URL``) over HTTP, cached for
+    ``SECURITY__KEY_CACHE_SECONDS`` (only found keys: a key just made works at once)."""
     value = settings.security.auth_token
     token = value.get_secret_value() if value else None
     if not settings.services.auth_url:
-        return SingleTokenResolver(token)
+        return KeyBackend(token)
     authority = HttpKeyAuthority(settings.services.auth_url, internal_secret)
-    return MemberKeyResolver(token, CachedKeys(authority, ttl=settings.security.key_cache_seconds))
+    return KeyBackend(token, CachedKeys(authority, settings.security.key_cache_seconds))
+
+
+def caller(conn: HTTPConnection) -> Caller:
+    """The caller the backend resolved (:data:`ANONYMOUS` if the app has no backend)."""
+    user = conn.scope.get("user")
+    return user if isinstance(user, Caller) else ANONYMOUS
+
+
+class _RequireCaller:
+    """Refuse a request whose caller is :data:`ANONYMOUS`, with the backend's reason."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = scope.get("user")
+        if not isinstance(user, Caller) or not user.is_authenticated:
+            auth = scope.get("auth")
+            refusal = auth.refusal if isinstance(auth, Credentials) else None
+            raise refusal or ProxyError(401, MISSING_KEY)
+        await self.app(scope, receive, send)
+
+
+_PUBLIC = "_ccproxy_public"
+
+
+def public(route: BaseRoute) -> BaseRoute:
+    """Declare that ``route`` needs no caller (a probe, a static page that asks for the key)."""
+    setattr(route, _PUBLIC, True)
+    return route
+
+
+def guard_routes(routes: Iterable[BaseRoute], prefixes: Sequence[str] = GUARDED_PREFIXES) -> list[BaseRoute]:
+    """``routes``, with every route under ``prefixes`` refusing anonymous callers unless declared
+    :func:`public`: closed by default, whoever adds a route and wherever."""
+    out = list(routes)
+    for route in out:
+        if getattr(route, _PUBLIC, False) or not isinstance(route, Route | Mount):
+            continue
+        if isinstance(route.app, _RequireCaller):  # built twice (tests): guarded once
+            continue
+        if any(route.path == p or route.path.startswith(p + "/") for p in prefixes):
+            route.app = _RequireCaller(route.app)
+    return out

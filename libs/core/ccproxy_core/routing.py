@@ -25,7 +25,7 @@ from ccproxy_core.tokens import Credential
 PICK_PATH = "/internal/pick"
 REPORT_PATH = "/internal/report"
 
-#: Hint names (``ForwardRequest.hints``); the HTTP forwarder sends them as ``x-ccproxy-hint-*``.
+#: Hint names the pool picks by (the forwarder builds them: ``routing_hints``, from the body and the key).
 HINT_SESSION = "session"
 HINT_ACCOUNTS = "accounts"
 HINT_KEY = "key"

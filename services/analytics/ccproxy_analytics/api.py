@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -27,28 +27,12 @@ from ccproxy_analytics.queries import Filters, logs_query, page, parse_limit, us
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
 from ccproxy_core.access_log import AccessLogEvent
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.identity import ClientIdentity, KeyResolver, presented_key
+from ccproxy_core.identity import caller
 from ccproxy_core.sse import encode_event
 
 log = logging.getLogger(__name__)
 
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
-
-
-Authorize = Callable[[Request], Awaitable[ClientIdentity]]
-
-
-def resolver_authorizer(resolver: KeyResolver) -> Authorize:
-    """Who is asking, by the client key they send (``x-api-key`` or ``Authorization: Bearer``):
-    the shared token's holder is the admin, a member key is that member; no valid key is 401."""
-
-    async def authorize(request: Request) -> ClientIdentity:
-        who = await resolver.identify(presented_key(request))
-        if who is None:
-            raise ProxyError(401, "missing or invalid client key: send it as x-api-key or Authorization: Bearer")
-        return who
-
-    return authorize
 
 
 def json(body: Any, status: int = 200) -> Response:
@@ -61,14 +45,12 @@ class LogsApi:
         store: ClickHouse,
         redis: Redis,
         stream: str,
-        authorize: Authorize,
         consumer: AccessLogConsumer | None = None,
         keepalive_seconds: float = 15.0,
     ) -> None:
         self.store = store
         self.redis = redis
         self.stream = stream
-        self.authorize = authorize
         self.consumer = consumer
         self.keepalive_seconds = keepalive_seconds
 
@@ -81,7 +63,7 @@ class LogsApi:
         ]
 
     async def filters(self, request: Request) -> Filters:
-        viewer = await self.authorize(request)
+        viewer = caller(request)  # the app's backend resolved it; anonymous never gets here
         filters = Filters.from_query(dict(request.query_params))
         if not viewer.admin:
             if filters.key is not None and filters.key != viewer.id:
@@ -120,7 +102,7 @@ class LogsApi:
     async def status(self, request: Request) -> Response:
         """The admin sees the pipeline (stream length, consumer counters, every stored row); a
         member sees whether the log works and how many of the stored rows are its own."""
-        viewer = await self.authorize(request)
+        viewer = caller(request)  # the app's backend resolved it; anonymous never gets here
         body: dict[str, Any] = {"backend": self.store.backend, "database": self.store.database}
         warnings: list[str] = []
         try:

@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_analytics.api import Authorize, LogsApi, resolver_authorizer
+from ccproxy_analytics.api import LogsApi
 from ccproxy_analytics.consumer import AccessLogConsumer
 from ccproxy_analytics.store import ClickHouse, embedded_dsn
 from ccproxy_core.errors import ProxyError, render_error
-from ccproxy_core.identity import SingleTokenResolver, key_resolver
+from ccproxy_core.identity import caller_middleware, guard_routes, key_backend
 from ccproxy_core.internal import require_internal_secret
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import Redis, connect
@@ -47,7 +47,6 @@ class Analytics:
         settings: Settings,
         redis: Redis | None = None,
         metrics: Metrics | None = None,
-        authorize: Authorize | None = None,
         consumer_name: str | None = None,
     ) -> None:
         a = settings.analytics
@@ -62,12 +61,8 @@ class Analytics:
             batch_size=a.batch_size, batch_seconds=a.batch_seconds, backlog_warning=a.backlog_warning,
             stream_maxlen=a.stream_maxlen, metrics=self.metrics,
         )
-        token = settings.security.auth_token
-        self.api = LogsApi(
-            self.store, self.redis, self.stream,
-            authorize or resolver_authorizer(SingleTokenResolver(token.get_secret_value() if token else None)),
-            consumer=self.consumer,
-        )
+        # Callers are resolved by the app's backend (the gateway's in serve, key_backend here).
+        self.api = LogsApi(self.store, self.redis, self.stream, consumer=self.consumer)
 
     def routes(self) -> list[BaseRoute]:
         return self.api.routes()
@@ -83,7 +78,7 @@ class Analytics:
 
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
-    analytics = Analytics(settings, authorize=resolver_authorizer(key_resolver(settings, secret)))
+    analytics = Analytics(settings)
 
     async def health(request: Request) -> Response:
         checks: dict[str, Any] = {}
@@ -115,7 +110,10 @@ def create_service_app(settings: Settings) -> Starlette:
         Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
         *analytics.routes(),
     ]
-    app = Starlette(routes=routes, exception_handlers={ProxyError: on_proxy_error}, lifespan=lifespan)
+    app = Starlette(
+        routes=guard_routes(routes), exception_handlers={ProxyError: on_proxy_error}, lifespan=lifespan,
+        middleware=[caller_middleware(key_backend(settings, secret))],
+    )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
     app.state.analytics = analytics
     return app

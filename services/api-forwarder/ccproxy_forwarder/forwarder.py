@@ -21,7 +21,7 @@ import orjson
 from ccproxy_core.errors import ANTHROPIC_TYPE_BY_STATUS, ProxyError, anthropic_error_body
 from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest, UpstreamReply
 from ccproxy_core.logging import scrub_secret
-from ccproxy_core.routing import HINT_SESSION, AccountRouter, session_key
+from ccproxy_core.routing import HINT_ACCOUNTS, HINT_KEY, HINT_SESSION, AccountRouter, session_key
 from ccproxy_core.settings import AnthropicSettings
 from ccproxy_core.tokens import Credential
 from ccproxy_forwarder.injection import inject_identity, upstream_headers
@@ -39,6 +39,20 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
+
+
+def routing_hints(request: ForwardRequest) -> dict[str, str]:
+    """What the pool picks an account by: the conversation (sticky), the caller's key and the
+    accounts that key may use (all, when it names none)."""
+    hints: dict[str, str] = {}
+    session = session_key(request.body, request.headers)
+    if session:
+        hints[HINT_SESSION] = session
+    if request.key is not None:
+        hints[HINT_KEY] = request.key.id
+        if request.key.accounts:
+            hints[HINT_ACCOUNTS] = ",".join(request.key.accounts)
+    return hints
 
 
 class ApiForwarder:
@@ -120,11 +134,7 @@ class ApiForwarder:
         """Send on the account the pool picks; on a 429/529/dead token, tell the pool and try
         once more (same account after a short wait, or another one), all before any byte of
         the answer went to the client."""
-        hints = dict(request.hints)
-        if HINT_SESSION not in hints:
-            session = session_key(request.body, request.headers)
-            if session:
-                hints[HINT_SESSION] = session
+        hints = routing_hints(request)
         credential = await router.pick(hints)
         tried: list[str] = []
         retried = False

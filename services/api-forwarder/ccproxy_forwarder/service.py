@@ -17,15 +17,17 @@ from typing import Any
 
 import orjson
 from prometheus_client import Gauge
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ccproxy_core.client_keys import KeyInfo
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
-from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest
+from ccproxy_core.forwarding import FORWARD_KEY_HEADER, HOP_BY_HOP, ForwardRequest
 from ccproxy_core.internal import (
     INTERNAL_SECRET_HEADER,
     RequireInternalSecret,
@@ -43,7 +45,6 @@ from ccproxy_forwarder.forwarder import ApiForwarder
 
 log = logging.getLogger(__name__)
 
-HINT_PREFIX = "x-ccproxy-hint-"
 #: Upstream paths a forward may target: the Messages API, nothing else of the upstream's.
 ALLOWED_PREFIX = "/v1/"
 
@@ -73,17 +74,19 @@ def create_service_app(settings: Settings) -> Starlette:
                 raise ProxyError(400, "the forwarded body is not JSON") from exc
             if not isinstance(body, dict):
                 raise ProxyError(400, "the forwarded body is not a JSON object")
-        headers: dict[str, str] = {}
-        hints: dict[str, str] = {}
-        for name, value in request.headers.items():
-            if name.startswith(HINT_PREFIX):
-                hints[name[len(HINT_PREFIX):]] = value
-            elif name != INTERNAL_SECRET_HEADER and name not in HOP_BY_HOP:
-                headers[name] = value
+        headers = {
+            name: value for name, value in request.headers.items()
+            if name not in (INTERNAL_SECRET_HEADER, FORWARD_KEY_HEADER) and name not in HOP_BY_HOP
+        }
+        try:  # the caller's key, as the gateway resolved it (ForwardRequest.key)
+            raw_key = request.headers.get(FORWARD_KEY_HEADER)
+            key = KeyInfo.model_validate_json(raw_key) if raw_key else None
+        except ValidationError as exc:
+            raise ProxyError(400, f"the forwarded {FORWARD_KEY_HEADER} is not a client key") from exc
         reply = await until_disconnect(request, forwarder.forward(
             ForwardRequest(
                 path=path, headers=headers, body=body, query=request.scope.get("query_string", b"").decode(),
-                hints=hints, method=request.method,
+                method=request.method, key=key,
             )
         ), "the gateway hung up")
         metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()

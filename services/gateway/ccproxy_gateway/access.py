@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ccproxy_core.access_log import AccessLogEmitter, RequestLog
+from ccproxy_core.identity import LOCAL, Caller
 
 LOGGED_PREFIXES = ("/api/v1/", "/sdk/v1/", "/v1/")
 
@@ -68,6 +69,9 @@ class AccessLogMiddleware:
             user_agent=headers.get("user-agent", "")[:300],
             client_addr=client[0] if client else "",
         )
+        user = scope.get("user")  # the caller, resolved by the backend's middleware in front
+        if isinstance(user, Caller) and user.is_authenticated and user != LOCAL:
+            log.set_identity(user.id, user.name)
         log.sink = self.emitter.emit
         scope.setdefault("state", {})["access_log"] = log
         completed = False

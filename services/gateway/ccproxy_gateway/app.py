@@ -26,6 +26,7 @@ from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
+from ccproxy_core.identity import KeyBackend, caller, caller_middleware, guard_routes, public
 from ccproxy_core.metrics import Metrics, label_routes, route_label
 from ccproxy_core.models import check_token_limit, cost_usd
 from ccproxy_core.redis import REDIS_DOWN, unavailable_error
@@ -33,9 +34,8 @@ from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object
-from ccproxy_gateway.client_auth import ClientAuth
 from ccproxy_gateway.dashboard import dashboard_routes
-from ccproxy_gateway.metering import KeyGuard, KeyMeter, MeteredForwarder, keys_enabled
+from ccproxy_gateway.metering import KeyMeter, MeteredForwarder, keys_enabled
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import client_headers, read_reply, relay_anthropic
@@ -79,7 +79,8 @@ class Gateway:
         token = settings.security.auth_token
         #: Per-member client keys (auth's, in-process or over HTTP); None: the shared token only.
         keys = keys_enabled(keys, settings.security.key_cache_seconds)
-        self.client_auth = ClientAuth(token.get_secret_value() if token else None, keys)
+        #: Who is calling: resolved once per request by this backend (``request.user``).
+        self.auth = KeyBackend(token.get_secret_value() if token else None, keys)
         #: Admission and settlement of limited keys, for API mode (the forwarder) and SDK mode.
         self.meter = KeyMeter(keys) if keys is not None else None
         if self.meter is not None:
@@ -129,9 +130,8 @@ class Gateway:
         return await read_json_object(request, self.settings.server.max_body_bytes)
 
     async def forward_anthropic(self, request: Request, path: str, route: str) -> Response:
-        """Authenticate, validate lightly, forward, relay: the API-mode Messages path."""
+        """Validate lightly, forward, relay: the API-mode Messages path (the caller is checked)."""
         started = time.perf_counter()
-        self.client_auth.check(request)
         body = await self.read_body(request)
         validate_messages_request(body, count_tokens=path.endswith("count_tokens"))
         access = request_log(request)
@@ -144,6 +144,7 @@ class Gateway:
             body=body,
             # Not request.url.query: building the URL object costs ~10 µs per request.
             query=request.scope.get("query_string", b"").decode(),
+            key=caller(request).key,
         )
         reply = await until_disconnect(request, self.forwarder.forward(forward))
         self.metrics.upstream.labels(self.metrics.service, str(reply.status), reply.account or "").inc()
@@ -212,16 +213,14 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
     )
 
     async def models(request: Request) -> Response:
-        gateway.client_auth.check(request)
         query = request.scope.get("query_string", b"").decode()
-        return JSONResponse(await catalog.listing(dict(request.headers), query))
+        return JSONResponse(await catalog.listing(dict(request.headers), query, caller(request).key))
 
     async def preflight(request: Request) -> Response:
         # Older Claude Code versions send HEAD to the base URL before anything else.
         return Response(status_code=200)
 
     async def status(request: Request) -> Response:
-        gateway.client_auth.check(request)
         creds = await gateway.credential_status()
         return JSONResponse(
             {
@@ -229,17 +228,14 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
                 "mode": "api",
                 "upstream": gateway.settings.anthropic.base_url,
                 "credentials": creds.model_dump(exclude_none=True),
-                "client_auth": gateway.client_auth.enabled,
+                "client_auth": gateway.auth.enabled,
             }
         )
 
     async def health(request: Request) -> Response:
         creds = await gateway.credential_status()
         body: dict[str, Any] = {"status": "ok", "ready": creds.available}
-        try:
-            # Liveness needs no key; where the credentials are, the plan and expiry do.
-            gateway.client_auth.check(request)
-        except ProxyError:
+        if not caller(request).is_authenticated:  # liveness needs no key; the credentials' detail does
             return Response(orjson.dumps(body), media_type="application/json")
         body["checks"] = {"credentials": creds.model_dump(exclude_none=True)}
         return Response(orjson.dumps(body), media_type="application/json")
@@ -273,8 +269,9 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", gateway.metrics.endpoint, methods=["GET"]),
-        Route("/api", preflight, methods=["HEAD", "GET"]),
-        Route("/api/", preflight, methods=["HEAD", "GET"]),
+        # Older Claude Code versions probe the base URL before sending a key.
+        public(Route("/api", preflight, methods=["HEAD", "GET"])),
+        public(Route("/api/", preflight, methods=["HEAD", "GET"])),
         Route("/api/v1/messages", messages, methods=["POST"]),
         Route("/api/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/api/v1/models", models, methods=["GET"]),
@@ -284,14 +281,15 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         *openai.routes("/api/v1"),
         *(extra_routes or []),
         # Stored responses, one store for API and SDK mode (a session name in the path changes nothing).
-        *(stored_routes(gateway.client_auth, gateway.responses, ("/api/v1", "/sdk/v1", "/sdk/{session_id}/v1"))
+        *(stored_routes(gateway.responses, ("/api/v1", "/sdk/v1", "/sdk/{session_id}/v1"))
           if gateway.responses is not None else []),
         # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
-        HeadProbe("/api/{rest:path}", preflight),
-        HeadProbe("/sdk/{rest:path}", preflight),
+        public(HeadProbe("/api/{rest:path}", preflight)),
+        public(HeadProbe("/sdk/{rest:path}", preflight)),
     ]
     app = Starlette(
-        routes=routes,
+        # Under /api, /sdk, /permissions and /logs a caller is needed unless a route says otherwise.
+        routes=guard_routes(routes),
         exception_handlers={
             ProxyError: on_proxy_error,
             HTTPException: on_http_error,
@@ -299,8 +297,8 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
             Exception: on_crash,
         },
         middleware=[
+            caller_middleware(gateway.auth),  # never refuses: guard_routes does, by route
             Middleware(AccessLogMiddleware, emitter=gateway.access_log),
-            Middleware(KeyGuard, client_auth=gateway.client_auth),
         ],
     )
     # No trailing-slash redirects: their absolute `location` would echo the client's Host header.

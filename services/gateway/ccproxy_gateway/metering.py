@@ -1,13 +1,11 @@
-"""Per-member client keys at the gateway: who is asking, may they, and what did it cost.
+"""Per-member client keys at the gateway: may the caller spend, and what did it cost.
 
-:class:`KeyGuard` (ASGI middleware) resolves the presented key once per request, through a
-short local cache, and records who it is (for :class:`~ccproxy_gateway.client_auth.ClientAuth`,
-the access log and the forwarder). :class:`KeyMeter` is the one place a request made with a
-limited key is *admitted* (rate limits and budget reserved atomically by auth, in Redis) before
-it costs anything, and *settled* with its real usage once it is over. API mode reaches it
-through :class:`MeteredForwarder`, which wraps the forwarder (every API-mode request, Anthropic
-or OpenAI, without the routes knowing); SDK mode calls it around each Claude Code run
-(:mod:`ccproxy_gateway.sdk_routes`).
+Who is asking is ``request.user`` (:mod:`ccproxy_core.identity`). :class:`KeyMeter` is the one
+place a request made with a limited key is *admitted* (rate limits and budget reserved
+atomically by auth, in Redis) before it costs anything, and *settled* with its real usage once
+it is over. API mode reaches it through :class:`MeteredForwarder`, which wraps the forwarder
+and meters the key each ``ForwardRequest`` carries (every API-mode request, Anthropic or
+OpenAI); SDK mode calls it around each Claude Code run (:mod:`ccproxy_gateway.sdk_routes`).
 """
 
 from __future__ import annotations
@@ -20,59 +18,15 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ccproxy_core.client_keys import (
-    Admission,
-    CachedKeys,
-    KeyAuthority,
-    KeyInfo,
-    Principal,
-    UsageReport,
-    current_principal,
-)
-from ccproxy_core.errors import ProxyError
+from ccproxy_core.client_keys import Admission, CachedKeys, KeyAuthority, KeyInfo, UsageReport
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
-from ccproxy_core.redis import UNAVAILABLE, unavailable_error
-from ccproxy_core.routing import HINT_ACCOUNTS, HINT_KEY
-from ccproxy_gateway.client_auth import AUTH_ERROR_SCOPE, PRINCIPAL_SCOPE, ClientAuth, key_from_headers
 from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
 
 log = logging.getLogger(__name__)
 
 #: Upstream paths that cost money (count_tokens and models are free).
 METERED_PATHS = ("/v1/messages",)
-
-
-class KeyGuard:
-    """Resolve the client key of every HTTP request (never refuses: routes decide via
-    ``ClientAuth.check``, so /health and /metrics stay open)."""
-
-    def __init__(self, app: ASGIApp, client_auth: ClientAuth) -> None:
-        self.app = app
-        self.client_auth = client_auth
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        principal: Principal | None = None
-        try:
-            principal = await self.client_auth.resolve(key_from_headers(scope.get("headers", [])))
-        except ProxyError as exc:
-            scope[AUTH_ERROR_SCOPE] = exc
-        except UNAVAILABLE as exc:  # client keys live in Redis (serve with REDIS__URL): a 503
-            scope[AUTH_ERROR_SCOPE] = unavailable_error(exc, "client keys")
-        if principal is not None:
-            scope[PRINCIPAL_SCOPE] = principal
-            access = scope.get("state", {}).get("access_log")
-            if access is not None:
-                access.set_identity(principal.key_id, principal.key_name)
-        token = current_principal.set(principal)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            current_principal.reset(token)
 
 
 class KeyMeter:
@@ -141,7 +95,8 @@ class KeyMeter:
 
 class MeteredForwarder:
     """A :class:`Forwarder` that admits and settles (through a :class:`KeyMeter`) the Messages
-    requests made with a client key, and tells the pool which accounts the key may use."""
+    requests made with a client key (``ForwardRequest.key``, the caller's; the forwarder routes
+    by the same field)."""
 
     def __init__(self, inner: Forwarder, meter: KeyMeter) -> None:
         self.inner = inner
@@ -151,13 +106,9 @@ class MeteredForwarder:
         return getattr(self.inner, name)
 
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
-        principal = current_principal.get()
-        key = principal.key if principal is not None else None
+        key = request.key
         if key is None:
             return await self.inner.forward(request)
-        request.hints[HINT_KEY] = key.id
-        if key.accounts:
-            request.hints[HINT_ACCOUNTS] = ",".join(key.accounts)
         admission = await self.meter.admit(key, request.body) if request.path in METERED_PATHS else None
         try:
             reply = await self.inner.forward(request)

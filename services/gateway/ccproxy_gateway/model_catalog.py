@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from ccproxy_core.client_keys import KeyInfo
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.models import models_listing, upstream_listing
@@ -33,14 +34,14 @@ class ModelCatalog:
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._warned = False
 
-    async def listing(self, headers: dict[str, str], query: str) -> dict[str, Any]:
+    async def listing(self, headers: dict[str, str], query: str, key: KeyInfo | None = None) -> dict[str, Any]:
         now = time.monotonic()
         cached = self._cache.get(query)
         if cached is not None and now - cached[0] < self._cache_seconds:
             return cached[1]
         try:
             async with asyncio.timeout(FETCH_TIMEOUT):
-                body = await self._fetch(headers, query)
+                body = await self._fetch(headers, query, key)
         except (ProxyError, ValueError, TimeoutError) as exc:
             reason = exc.message if isinstance(exc, ProxyError) else type(exc).__name__
             if not self._warned:
@@ -52,8 +53,8 @@ class ModelCatalog:
             self._cache[query] = (now, body)
         return body
 
-    async def _fetch(self, headers: dict[str, str], query: str) -> dict[str, Any]:
-        request = ForwardRequest(path="/v1/models", headers=headers, body={}, query=query, method="GET")
+    async def _fetch(self, headers: dict[str, str], query: str, key: KeyInfo | None) -> dict[str, Any]:
+        request = ForwardRequest(path="/v1/models", headers=headers, body={}, query=query, method="GET", key=key)
         reply = await self._forwarder.forward(request)
         content = await reply.read()
         if reply.status != 200:

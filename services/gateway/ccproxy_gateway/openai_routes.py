@@ -20,12 +20,12 @@ from ccproxy_core.access_log import RequestLog
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, upstream_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
+from ccproxy_core.identity import caller
 from ccproxy_core.metrics import Metrics, route_label
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import iter_events
 from ccproxy_core.streaming import RelayResponse
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.client_auth import ClientAuth
 from ccproxy_gateway.openai import (
     ChatStreamTranslator,
     ModelMap,
@@ -49,7 +49,6 @@ class GatewayParts(Protocol):
     protocol, so this module does not import the one that imports it)."""
 
     settings: Settings
-    client_auth: ClientAuth
     forwarder: Forwarder
     metrics: Metrics
     responses: ResponseStore | None
@@ -94,7 +93,6 @@ class OpenAIRoutes:
 
     async def chat_completions(self, request: Request) -> Response:
         started = time.perf_counter()
-        self.gateway.client_auth.check(request)
         chat = parse_chat_request(await self.gateway.read_body(request))
         plan = translate_chat_request(chat, self.model_map, self.options)
         reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
@@ -107,7 +105,6 @@ class OpenAIRoutes:
 
     async def responses(self, request: Request) -> Response:
         started = time.perf_counter()
-        self.gateway.client_auth.check(request)
         store = self.gateway.responses
         req, turn = await begin(store, request, parse_responses_request(await self.gateway.read_body(request)))
         plan = translate_responses_request(req, self.model_map, self.options)
@@ -130,7 +127,7 @@ class OpenAIRoutes:
             access.model_requested = model
             access.stream = stream
         headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
-        forward = ForwardRequest(path="/v1/messages", headers=headers, body=body)
+        forward = ForwardRequest(path="/v1/messages", headers=headers, body=body, key=caller(request).key)
         reply: UpstreamReply = await until_disconnect(request, self.gateway.forwarder.forward(forward))
         metrics = self.gateway.metrics
         metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()

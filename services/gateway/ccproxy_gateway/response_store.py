@@ -34,11 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.client_keys import Principal
 from ccproxy_core.errors import ProxyError, validation_error
+from ccproxy_core.identity import caller
 from ccproxy_core.redis import UNAVAILABLE, unavailable_as_503
 from ccproxy_core.settings import ResponsesSettings
-from ccproxy_gateway.client_auth import PRINCIPAL_SCOPE, ClientAuth
 from ccproxy_gateway.openai.responses import ResponsesPlan, ResponsesStreamTranslator
 from ccproxy_gateway.openai.responses_models import InputItem, ResponsesRequest
 
@@ -52,8 +51,7 @@ _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "
 def owner_of(request: Request) -> str:
     """Whose namespace a request uses: its client key id, ``default`` for the shared token,
     ``anonymous`` when client auth is off."""
-    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE)
-    return principal.key_id if principal is not None else "anonymous"
+    return caller(request).id
 
 
 def not_found(response_id: str) -> ProxyError:
@@ -356,8 +354,7 @@ class StoredResponseRoutes:
     """``GET /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items``, ``DELETE
     /v1/responses/{id}``, as OpenAI documents them, over the caller's own responses."""
 
-    def __init__(self, client_auth: ClientAuth, store: ResponseStore) -> None:
-        self.client_auth = client_auth
+    def __init__(self, store: ResponseStore) -> None:
         self.store = store
 
     def routes(self, prefix: str) -> list[BaseRoute]:
@@ -368,19 +365,16 @@ class StoredResponseRoutes:
         ]
 
     async def get(self, request: Request) -> Response:
-        self.client_auth.check(request)
         if request.query_params.get("stream", "").lower() == "true":
             raise ProxyError(400, "stream: a stored response is returned whole, not streamed again", param="stream")
         return JSONResponse(await self.store.get(owner_of(request), request.path_params["response_id"]))
 
     async def delete(self, request: Request) -> Response:
-        self.client_auth.check(request)
         response_id = request.path_params["response_id"]
         await self.store.delete(owner_of(request), response_id)
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
     async def input_items(self, request: Request) -> Response:
-        self.client_auth.check(request)
         query = request.query_params
         limit_raw = query.get("limit", "20")
         if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 100:
@@ -407,6 +401,6 @@ class StoredResponseRoutes:
         })
 
 
-def stored_routes(client_auth: ClientAuth, store: ResponseStore, prefixes: tuple[str, ...]) -> list[BaseRoute]:
-    routes = StoredResponseRoutes(client_auth, store)
+def stored_routes(store: ResponseStore, prefixes: tuple[str, ...]) -> list[BaseRoute]:
+    routes = StoredResponseRoutes(store)
     return [route for prefix in prefixes for route in routes.routes(prefix)]

@@ -34,9 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.client_keys import Admission, Principal
+from ccproxy_core.client_keys import Admission
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.identity import LOCAL, caller, public
 from ccproxy_core.metrics import route_label
 from ccproxy_core.models import models_listing
 from ccproxy_core.redis import unavailable_as_503
@@ -54,7 +55,6 @@ from ccproxy_core.sdk_jobs import (
 from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.client_auth import PRINCIPAL_SCOPE
 from ccproxy_gateway.metering import KeyMeter
 from ccproxy_gateway.openai import (
     ChatStreamTranslator,
@@ -283,8 +283,8 @@ class SdkRoutes:
 
     def routes(self) -> list[BaseRoute]:
         routes: list[BaseRoute] = [
-            Route("/sdk", self.preflight, methods=["HEAD", "GET"]),
-            Route("/sdk/", self.preflight, methods=["HEAD", "GET"]),
+            public(Route("/sdk", self.preflight, methods=["HEAD", "GET"])),
+            public(Route("/sdk/", self.preflight, methods=["HEAD", "GET"])),
             Route("/sdk/v1/models", self.models, methods=["GET"]),
             Route("/sdk/models", self.models, methods=["GET"]),
             Route("/sdk/status", self.status, methods=["GET"]),
@@ -303,11 +303,9 @@ class SdkRoutes:
         return Response(status_code=200)
 
     async def models(self, request: Request) -> Response:
-        self.gateway.client_auth.check(request)
         return JSONResponse(models_listing(self.model_map.aliases()))
 
     async def status(self, request: Request) -> Response:
-        self.gateway.client_auth.check(request)
         redis, keys = self.queue.redis, self.queue.keys
         async with unavailable_as_503("the SDK status"):
             queued = await redis.zcard(keys.queue)
@@ -323,7 +321,7 @@ class SdkRoutes:
                 "message_mode": claude.sdk_message_mode,
                 "workspace_root": str(workspace_root(self.settings)),
                 "overridable_options": claude.overridable_options,
-                "client_auth": self.gateway.client_auth.enabled,
+                "client_auth": self.gateway.auth.enabled,
             }
         )
 
@@ -333,7 +331,6 @@ class SdkRoutes:
         from ccproxy_gateway.app import validate_messages_request
 
         started = time.perf_counter()
-        self.gateway.client_auth.check(request)
         body = await self.gateway.read_body(request)
         raw_options = body.pop("claude_options", None)
         validate_messages_request(body)
@@ -350,7 +347,6 @@ class SdkRoutes:
 
     async def chat_completions(self, request: Request) -> Response:
         started = time.perf_counter()
-        self.gateway.client_auth.check(request)
         raw = await self.gateway.read_body(request)
         raw_options = raw.pop("claude_options", None)
         plan = translate_chat_request(parse_chat_request(raw), self.model_map, self.settings.openai)
@@ -365,7 +361,6 @@ class SdkRoutes:
 
     async def responses(self, request: Request) -> Response:
         started = time.perf_counter()
-        self.gateway.client_auth.check(request)
         raw = await self.gateway.read_body(request)
         raw_options = raw.pop("claude_options", None)
         store = self.gateway.responses
@@ -390,7 +385,8 @@ class SdkRoutes:
         """Check, enqueue, and wait for the run's first output (or its error)."""
         options = check_overrides(raw_options, self.settings)
         named = request.path_params.get("session_id") or request.headers.get(SESSION_HEADER)
-        key_id, key_name = _identity(request)
+        user = caller(request)
+        key_id, key_name = user.id, "" if user == LOCAL else user.name
         job = SdkJob(
             id=uuid.uuid4().hex,
             body=body,
@@ -412,8 +408,7 @@ class SdkRoutes:
             access.extra["sdk_session_id"] = job.session_id
         # Rate limits and budget, as in API mode: a refused request never reaches the queue.
         meter = self.gateway.meter
-        principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE)
-        key = principal.key if principal else None
+        key = user.key
         # A run makes many upstream calls: a key with a budget reserves a fixed amount per run
         # (CLAUDE__RUN_RESERVATION_USD, less if less is left), and the run may not spend more.
         run_usd = self.settings.claude.run_reservation_usd
@@ -495,11 +490,3 @@ class SdkRoutes:
         )
         if run.error is not None:
             access.error_type = str(run.error.get("type") or "api_error")
-
-
-def _identity(request: Request) -> tuple[str, str]:
-    """Who asked, as the client-auth step resolved it (never the key itself)."""
-    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE)
-    if principal is not None:
-        return principal.key_id, principal.key_name
-    return "anonymous", ""

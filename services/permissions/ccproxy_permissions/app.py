@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from ccproxy_core.errors import ProxyError, anthropic_error_body
-from ccproxy_core.identity import ClientIdentity, KeyResolver, presented_key
+from ccproxy_core.identity import Caller, KeyBackend, caller, caller_middleware, guard_routes, public
 from ccproxy_core.internal import INTERNAL_SECRET_HEADER, check_internal_secret
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.permissions import PermissionAsk, PermissionResponse, PermissionView
@@ -44,20 +44,10 @@ def view_json(view: PermissionView) -> bytes:
 
 
 class PermissionsApi:
-    def __init__(self, broker: PermissionBroker, resolver: KeyResolver) -> None:
+    def __init__(self, broker: PermissionBroker) -> None:
         self.broker = broker
-        self.resolver = resolver
         secret = broker.settings.security.internal_secret
         self._internal_secret = secret.get_secret_value() if secret else None
-
-    async def identify(self, request: Request) -> ClientIdentity:
-        key = presented_key(request)
-        identity = await self.resolver.identify(key)
-        if identity is None:
-            if key is None:
-                raise ProxyError(401, "missing client key: send it as x-api-key or Authorization: Bearer")
-            raise ProxyError(401, "invalid client key")
-        return identity
 
     def check_internal(self, request: Request) -> None:
         if not check_internal_secret(self._internal_secret, request.headers.get(INTERNAL_SECRET_HEADER)):
@@ -65,8 +55,8 @@ class PermissionsApi:
                 403, "internal call refused: missing or wrong SECURITY__INTERNAL_SECRET", "permission_error"
             )
 
-    async def visible_view(self, request: Request) -> tuple[ClientIdentity, PermissionView]:
-        identity = await self.identify(request)
+    async def visible_view(self, request: Request) -> tuple[Caller, PermissionView]:
+        identity = caller(request)
         request_id = request.path_params["request_id"]
         async with unavailable_as_503("permission requests"):
             view = await self.broker.store.get(request_id)
@@ -81,7 +71,7 @@ class PermissionsApi:
         return Response(view_json(view), media_type="application/json")
 
     async def listing(self, request: Request) -> Response:
-        identity = await self.identify(request)
+        identity = caller(request)
         async with unavailable_as_503("permission requests"):
             pending = [v for v in await self.broker.store.pending() if visible(identity, v)]
         return Response(
@@ -108,7 +98,7 @@ class PermissionsApi:
         return Response(view_json(decided), media_type="application/json")
 
     async def stream(self, request: Request) -> Response:
-        identity = await self.identify(request)
+        identity = caller(request)
         queue: asyncio.Queue[tuple[str, PermissionView] | None] = asyncio.Queue(STREAM_QUEUE)
 
         def listener(item: tuple[str, PermissionView] | None) -> None:
@@ -202,19 +192,19 @@ class PermissionsApi:
         return JSONResponse({"status": "ok", "service": "permissions"})
 
 
-def routes(api: PermissionsApi, internal: bool = True) -> list[Route]:
+def routes(api: PermissionsApi, internal: bool = True) -> list[BaseRoute]:
     """The public routes (and the worker's internal ones), for this service's app or another's."""
-    public = [
+    client_routes: list[BaseRoute] = [
         Route("/permissions", api.listing, methods=["GET"]),
         Route("/permissions/stream", api.stream, methods=["GET"]),
-        Route("/permissions/ui", api.ui, methods=["GET"]),
+        public(Route("/permissions/ui", api.ui, methods=["GET"])),  # the page asks for the key
         Route("/permissions/{request_id}", api.get, methods=["GET"]),
         Route("/permissions/{request_id}/respond", api.respond, methods=["POST"]),
     ]
     if not internal:
-        return public
+        return client_routes
     return [
-        *public,
+        *client_routes,
         Route("/internal/permissions", api.internal_create, methods=["POST"]),
         Route("/internal/permissions/{request_id}/wait", api.internal_wait, methods=["GET"]),
         Route("/internal/permissions/{request_id}/cancel", api.internal_cancel, methods=["POST"]),
@@ -231,9 +221,9 @@ async def proxy_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(broker: PermissionBroker, resolver: KeyResolver) -> Starlette:
-    """The service on its own (``ccproxy run permissions``)."""
-    api = PermissionsApi(broker, resolver)
+def create_app(broker: PermissionBroker, backend: KeyBackend) -> Starlette:
+    """The service on its own (``ccproxy run permissions``): callers resolved by ``backend``."""
+    api = PermissionsApi(broker)
     metrics = Metrics("permissions")
 
     async def scrape(request: Request) -> Response:
@@ -250,11 +240,12 @@ def create_app(broker: PermissionBroker, resolver: KeyResolver) -> Starlette:
             await broker.stop()
 
     app = Starlette(
-        routes=[
+        routes=guard_routes([
             *routes(api),
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", scrape, methods=["GET"]),
-        ],
+        ]),
+        middleware=[caller_middleware(backend)],
         exception_handlers={ProxyError: proxy_error},
         lifespan=lifespan,
     )

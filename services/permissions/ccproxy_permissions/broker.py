@@ -14,7 +14,7 @@ import time
 
 from redis.asyncio import Redis
 
-from ccproxy_core.identity import ClientIdentity
+from ccproxy_core.identity import Caller
 from ccproxy_core.permissions import (
     PermissionAsk,
     PermissionDecision,
@@ -38,7 +38,7 @@ class AlreadyDecided(Exception):
         self.view = view
 
 
-def visible(identity: ClientIdentity, view: PermissionView) -> bool:
+def visible(identity: Caller, view: PermissionView) -> bool:
     """A member sees only its own key's requests; an admin sees all."""
     return identity.admin or view.key_id == identity.id
 
@@ -103,7 +103,7 @@ class PermissionBroker:
                     await asyncio.wait_for(woken.wait(), pause)
 
     async def respond(
-        self, request_id: str, response: PermissionResponse, identity: ClientIdentity
+        self, request_id: str, response: PermissionResponse, identity: Caller
     ) -> PermissionView | None:
         """Apply a human's decision; None if unknown (or not theirs), AlreadyDecided if too late."""
         view = await self.store.get(request_id)

@@ -4,24 +4,20 @@ broker on the embedded Redis, and an in-process gate for the in-process sdk-work
 from __future__ import annotations
 
 from redis.asyncio import Redis
-from starlette.routing import Route
+from starlette.routing import BaseRoute
 
-from ccproxy_core.identity import KeyLookup, KeyResolver, MemberKeyResolver, SingleTokenResolver
 from ccproxy_core.settings import Settings
 from ccproxy_permissions.app import PermissionsApi, routes
 from ccproxy_permissions.broker import LocalPermissionGate, PermissionBroker
 
 
 class EmbeddedPermissions:
-    def __init__(self, settings: Settings, redis: Redis, keys: KeyLookup | None = None) -> None:
-        value = settings.security.auth_token
-        token = value.get_secret_value() if value else None
-        resolver: KeyResolver = MemberKeyResolver(token, keys) if keys is not None else SingleTokenResolver(token)
+    def __init__(self, settings: Settings, redis: Redis) -> None:
         self.broker = PermissionBroker(settings, redis)
-        self.api = PermissionsApi(self.broker, resolver)
+        self.api = PermissionsApi(self.broker)  # callers: the one app's backend
         self.gate = LocalPermissionGate(self.broker)
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         """Only the public ones: the worker in this process needs no internal API."""
         return routes(self.api, internal=False)
 

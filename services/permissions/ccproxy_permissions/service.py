@@ -1,11 +1,11 @@
 """The permissions service on its own (``ccproxy run permissions``): Redis required, the
-internal API behind the shared secret, client keys checked by :func:`key_resolver`."""
+internal API behind the shared secret, client keys checked by :func:`~ccproxy_core.identity.key_backend`."""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from ccproxy_core.identity import key_resolver
+from ccproxy_core.identity import key_backend
 from ccproxy_core.internal import RequireInternalSecret, require_internal_secret
 from ccproxy_core.redis import connect
 from ccproxy_core.server import StartupError
@@ -22,6 +22,6 @@ def create_service_app(settings: Settings) -> Starlette:
             "sdk-workers share them (for everything in one process, use `ccproxy serve`)"
         )
     broker = PermissionBroker(settings, connect(settings.redis))
-    web = create_app(broker, key_resolver(settings, secret))
+    web = create_app(broker, key_backend(settings, secret))
     web.add_middleware(RequireInternalSecret, secret=secret)
     return web
