@@ -1,5 +1,5 @@
 # The two commands a new user or CI types: `make run` and `make test`.
-.PHONY: setup setup-test run test lint bench up env
+.PHONY: setup setup-test run test compose-test lint bench up env
 
 setup:
 	./scripts/setup.sh
@@ -17,8 +17,14 @@ up: setup
 env: setup
 	uv run --frozen ccproxy init-env
 
+# The suite, then the container test (compose.yaml in real containers; needs root for podman).
 test: setup-test
 	uv run --frozen pytest
+	./scripts/compose-test.sh
+
+# compose.yaml in real containers (podman + podman-compose; images built from the Dockerfiles).
+compose-test: setup-test
+	./scripts/compose-test.sh
 
 lint: setup
 	uv run --frozen ruff check libs services apps tests bench

@@ -2,8 +2,9 @@
 
 Grafana cannot run here, so its part is done by hand, exactly as the ClickHouse plugin
 (grafana-clickhouse-datasource, ``pkg/macros/macros.go``) does it: the macros are expanded with
-a time range and interval, the dashboard variables are interpolated (``${var:singlequote}``,
-both "All" and a single value), and the result goes to chDB behind ClickHouse's HTTP interface
+a time range and interval, the dashboard variables are interpolated (one value as
+``${var:singlequote}`` formats it; "All" as the variable's custom value, which Grafana inserts as
+written, unquoted), and the result goes to chDB behind ClickHouse's HTTP interface
 through ``clickhouse-connect``. The table is created by the analytics service's own migrations,
 and the data are access-log events as the gateway emits them, one of them written twice.
 """
@@ -38,7 +39,12 @@ MACRO = re.compile(r"\$__(\w+)(?:\(([^()]*)\))?")
 VARIABLE = re.compile(r"\$\{(\w+):singlequote\}")
 
 
-def expand(sql: str, start: datetime, end: datetime, interval_s: int, values: dict[str, list[str]]) -> str:
+class AllValue(str):
+    """The "All" selection of a variable with a custom ``allValue`` (Grafana inserts it unformatted)."""
+
+
+def expand(sql: str, start: datetime, end: datetime, interval_s: int,
+           values: dict[str, list[str] | AllValue]) -> str:
     """What the plugin sends: macros as in pkg/macros/macros.go, variables as Grafana formats them."""
     frm, to = int(start.timestamp()), int(end.timestamp())
     frm_ms, to_ms = frm * 1000, to * 1000
@@ -62,7 +68,11 @@ def expand(sql: str, start: datetime, end: datetime, interval_s: int, values: di
         }[name]
 
     def variable(m: re.Match[str]) -> str:
-        return ",".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values[m.group(1)])
+        chosen = values[m.group(1)]
+        if isinstance(chosen, AllValue):
+            # Grafana inserts a variable's custom "All" value as written, whatever the format.
+            return str(chosen)
+        return ",".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in chosen)
 
     out = VARIABLE.sub(variable, MACRO.sub(macro, sql))
     assert "$" not in out, f"unexpanded template syntax left in: {out}"
@@ -170,7 +180,8 @@ def test_every_panel_query_runs_and_finds_the_data(path: Path, clickhouse: tuple
         choices[name] = [str(r[0]) for r in result.result_rows]
         assert choices[name], f"{path.name}: variable {name} offers nothing"
 
-    selections = [{name: [var["allValue"]] for name, var in variables.items()}]  # "All"
+    selections: list[dict[str, list[str] | AllValue]] = [
+        {name: AllValue(var["allValue"]) for name, var in variables.items()}]  # "All"
     selections.append({name: [choices[name][0]] for name in variables})  # one value each
     checked = 0
     for panel in panels(dashboard):
@@ -193,5 +204,6 @@ def test_queries_count_a_duplicated_event_once(clickhouse: tuple[Any, datetime])
     usage = json.loads((GRAFANA / "dashboards" / "ccproxy-usage.json").read_text())
     requests = next(p for p in panels(usage) if p["title"] == "Requests")
     sql = expand(requests["targets"][0]["rawSql"], now - timedelta(days=1), now + timedelta(minutes=1), 60,
-                 {"member": ["__all"], "model": ["__all"]})
+                 {name: AllValue(v["allValue"]) for name, v in
+                  ((v["name"], v) for v in usage["templating"]["list"])})
     assert client.query(sql).result_rows[0][0] == len(sample_events(now))

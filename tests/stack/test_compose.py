@@ -28,7 +28,7 @@ CORE = {"traefik", "gateway", "api-forwarder", "auth", "redis"}
 #: Variables only compose itself reads (interpolation), documented in .env.example.
 COMPOSE_ONLY = {"CCPROXY_BIND", "CCPROXY_PORT", "CCPROXY_UID", "CCPROXY_GID", "CLAUDE_CONFIG_HOST_DIR",
                 "CCPROXY_WORKSPACE", "CLICKHOUSE_PASSWORD", "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
-                "GRAFANA_ROOT_URL"}
+                "GRAFANA_ROOT_URL", "SECURITY__METRICS_TOKEN", "CCPROXY_IMAGE_PREFIX", "CCPROXY_IMAGE_TAG"}
 
 
 def env_names(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -182,8 +182,9 @@ def test_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
     assert "--entryPoints.ping.address=:8082" in check
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     for name, svc in services.items():
-        for dep, condition in (svc.get("depends_on") or {}).items():
-            assert condition == {"condition": "service_healthy"}, (name, dep)
+        # A list: a Swarm stack accepts no conditions (every service retries its dependencies).
+        assert isinstance(svc.get("depends_on", []), list), name
+        for dep in svc.get("depends_on", []):
             assert "healthcheck" in services[dep], dep
     assert set(services["gateway"]["depends_on"]) >= {"api-forwarder", "auth", "redis"}
     assert "gateway" in services["traefik"]["depends_on"]
@@ -222,7 +223,7 @@ def test_env_example_documents_every_variable(compose: dict[str, Any]) -> None:
     assert not used - documented, f".env.example does not document {used - documented}"
     assert not (documented - SETTINGS - COMPOSE_ONLY - {"TLS__CERT_FILE", "TLS__KEY_FILE"})
     # No secret has a value baked in.
-    for name in ("SECURITY__INTERNAL_SECRET", "SECURITY__AUTH_TOKEN", "CLICKHOUSE_PASSWORD",
+    for name in ("SECURITY__INTERNAL_SECRET", "SECURITY__AUTH_TOKEN", "SECURITY__METRICS_TOKEN", "CLICKHOUSE_PASSWORD",
                  "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
         assert re.search(rf"^{name}=$", example, re.M), name
 
@@ -288,3 +289,162 @@ def test_docs_describe_every_stack_variable(compose: dict[str, Any]) -> None:
     assert not missing, f"no doc describes {missing}"
     for command in ("docker compose up", "ccproxy up", "make env", "TLS__CERT_FILE", "SECURITY__AUTH_TOKEN"):
         assert command in stack_doc
+
+
+# --- issue 12: what a real run showed, held by the file itself --------------------------------------
+
+#: The only variables each ccproxy container gets (compose passes no env_file): a secret reaches
+#: only the services that need it.
+ALLOWED_ENV = {
+    "gateway": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SERVER__FORWARDED_ALLOW_IPS",
+                "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL", "SERVICES__FORWARDER_URL",
+                "SERVICES__AUTH_URL"},
+    "api-forwarder": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
+                      "SERVICES__AUTH_URL", "ANTHROPIC__BASE_URL"},
+    "auth": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
+             "AUTH__CLAUDE_CONFIG_DIR", "AUTH__USE_KEYRING", "AUTH__API_KEY", "AUTH__STRATEGY", "SECURITY__ADMIN_TOKEN",
+             "OAUTH__TOKEN_URL", "DATA_DIR"},
+    "permissions": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
+                    "SERVICES__AUTH_URL"},
+    "sdk-worker": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
+                   "SERVICES__PERMISSIONS_URL", "ANTHROPIC__BASE_URL", "AUTH__API_KEY", "AUTH__CLAUDE_CONFIG_DIR",
+                   "AUTH__USE_KEYRING", "CLAUDE__WORKSPACE_ROOT", "CLAUDE__OPTIONS__PERMISSION_MODE"},
+    "analytics": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
+                  "CLICKHOUSE__URL", "ANALYTICS__RETENTION_DAYS", "SERVICES__AUTH_URL"},
+}
+#: Secrets that must never reach Claude Code's container (it could approve its own requests,
+#: act as the lead or admin, read or drop the access log).
+AGENT_FORBIDDEN = {"SECURITY__AUTH_TOKEN", "SECURITY__ADMIN_TOKEN", "SECURITY__METRICS_TOKEN", "CLICKHOUSE_PASSWORD",
+                   "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+
+
+def test_each_container_gets_only_its_variables(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        assert "env_file" not in svc, f"{name}: env_file hands every secret in .env to the container"
+    for name, svc in ccproxy_services(compose).items():
+        env = environment(svc)
+        assert set(env) <= ALLOWED_ENV[name], (name, set(env) - ALLOWED_ENV[name])
+    worker = environment(compose["services"]["sdk-worker"])
+    interpolated = set(re.findall(r"\$\{([A-Z0-9_]+)", " ".join(worker.values())))
+    assert not (set(worker) | interpolated) & AGENT_FORBIDDEN
+
+
+def test_sdk_worker_sends_permission_prompts_to_the_permissions_service(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["sdk-worker"]
+    assert environment(worker)["SERVICES__PERMISSIONS_URL"] == "http://permissions:8000"
+    assert "permissions" in worker["depends_on"]
+
+
+def test_sdk_worker_image_settings_and_workspace() -> None:
+    text = (ROOT / "services" / "sdk-worker" / "Dockerfile").read_text()
+    workdirs = re.findall(r"^WORKDIR (\S+)", text, re.M)
+    # Settings are read from the working directory (.ccproxy.toml, ccproxy.toml, .env): never the
+    # agent's writable workspace.
+    assert workdirs[-1] != "/workspace" and not workdirs[-1].startswith("/workspace/")
+    # Any uid (CCPROXY_UID) can write the volumes these directories seed; files stay their writer's.
+    assert re.search(r"chmod 1777 /workspace /data/claude", text)
+    assert re.search(r"chmod 1777 /data/claude", (ROOT / "services" / "auth" / "Dockerfile").read_text())
+    assert "NPM_CONFIG_CACHE=/tmp/" in text  # npx (MCP servers) never needs a writable HOME
+    # claude-agent-sdk's bundled CLI is not shipped; the pinned one is used.
+    assert "claude_agent_sdk/_bundled" in text and "CLAUDE__CLI_PATH=/opt/claude/" in text
+
+
+def test_init_process_and_grace_periods(compose: dict[str, Any]) -> None:
+    def seconds(value: str) -> int:
+        match = re.fullmatch(r"(\d+)s", value)
+        assert match, value
+        return int(match.group(1))
+    for name, svc in ccproxy_services(compose).items():
+        assert svc.get("init") is True, name
+        assert seconds(svc["stop_grace_period"]) > 20, name  # the worker drains for 20 s
+    traefik = compose["services"]["traefik"]
+    grace = next(a for a in traefik["command"] if "lifeCycle.graceTimeOut" in a).split("=")[1]
+    assert seconds(grace) >= 20 and seconds(traefik["stop_grace_period"]) > seconds(grace)
+
+
+def test_gateway_believes_forwarded_headers_from_traefik(compose: dict[str, Any]) -> None:
+    assert environment(compose["services"]["gateway"])["SERVER__FORWARDED_ALLOW_IPS"] == "*"
+    assert "ports" not in compose["services"]["gateway"]  # so only Traefik (and the stack) reach it
+
+
+def test_metrics_are_guarded_on_the_lan(compose: dict[str, Any]) -> None:
+    env = environment(compose["services"]["traefik"])
+    assert env["TRAEFIK_GUARD_METRICS"] == "true"
+    assert env["SECURITY__METRICS_TOKEN"] == "${SECURITY__METRICS_TOKEN:-}"
+    routes = (ROOT / "deploy" / "traefik" / "routes.yml").read_text()
+    assert "!PathRegexp(`(?i)^/+metrics/*$`)" in routes and "Header(`Authorization`, `Bearer " in routes
+
+
+def test_grafana_and_clickhouse(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    assert not grafana["image"].endswith(".0")
+    env = environment(grafana)
+    assert "GF_INSTALL_PLUGINS" not in env  # a failed download there stops Grafana from starting
+    assert re.fullmatch(r"grafana-clickhouse-datasource@\d+\.\d+\.\d+", env["GF_PLUGINS_PREINSTALL"])
+    clickhouse = compose["services"]["clickhouse"]
+    ch_env = environment(clickhouse)
+    # The image's CLICKHOUSE_USER would be an admin, made on the first start only.
+    assert not {"CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD", "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT"} & set(ch_env)
+    users = ROOT / "deploy" / "clickhouse" / "users.d" / "ccproxy.xml"
+    assert f"./{users.relative_to(ROOT)}:/etc/clickhouse-server/users.d/ccproxy.xml:ro" in clickhouse["volumes"]
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(users).getroot()  # noqa: S314 - the repository's own file
+    for user in root.findall("./users/*"):
+        password = user.find("password")
+        assert password is not None and password.get("from_env") in ch_env, user.tag
+        grants = [q.text or "" for q in user.findall("./grants/query")]
+        assert grants and all(g.rstrip().endswith("ON ccproxy.*") for g in grants), (user.tag, grants)
+        assert user.find("access_management") is None
+    assert environment(compose["services"]["analytics"])["ANALYTICS__RETENTION_DAYS"].startswith(
+        "${ANALYTICS__RETENTION_DAYS:-")
+
+
+def test_swarm_ready(compose: dict[str, Any]) -> None:
+    for name in ("gateway", "api-forwarder", "sdk-worker"):
+        assert isinstance(compose["services"][name]["deploy"]["replicas"], int), name
+    for name, svc in compose["services"].items():
+        assert "container_name" not in svc, name
+        assert "image" in svc, f"{name}: a stack deploys images, it builds nothing"
+
+
+def test_docker_stack_config_renders(project: Path) -> None:
+    """`docker stack config` (docker CLI, no daemon needed) renders compose.yaml as a Swarm stack."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI here")
+    assert init_env(project).returncode == 0
+    env = {**os.environ, **dict(line.split("=", 1) for line in (project / ".env").read_text().splitlines()
+                               if line and not line.startswith("#") and "=" in line)}
+    result = subprocess.run([docker, "stack", "config", "-c", "compose.yaml"], cwd=project, capture_output=True,
+                            text=True, timeout=60, check=False, env=env)
+    if "unknown command" in result.stderr or "is not a docker command" in result.stderr:
+        pytest.skip("this docker CLI has no `stack config`")
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert rendered["services"]["gateway"]["deploy"]["replicas"] == 1
+    assert rendered["services"]["sdk-worker"]["init"] is True
+
+
+def test_init_env_never_writes_root_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ccproxy_app import stack
+
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "getgid", lambda: 0)
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    assert stack.container_ids() == ("10001", "10001")
+    monkeypatch.setenv("SUDO_UID", "1234")
+    monkeypatch.setenv("SUDO_GID", "1235")
+    assert stack.container_ids() == ("1234", "1235")
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setattr(os, "getgid", lambda: 1001)
+    assert stack.container_ids() == ("1000", "1001")
+
+
+def test_an_empty_variable_is_unset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Compose passes `${AUTH__API_KEY:-}` as an empty string: that must not be an API key."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTH__API_KEY", "")
+    monkeypatch.setenv("SECURITY__ADMIN_TOKEN", "")
+    settings = Settings()
+    assert settings.auth.api_key is None and settings.security.admin_token is None

@@ -58,7 +58,8 @@ def serve(
     startup_report(settings)
     try:
         serve_app(build_local_app(settings), settings.server.host, settings.server.port, settings.server.log_level,
-                  settings.server.header_timeout, settings.server.body_timeout)
+                  settings.server.header_timeout, settings.server.body_timeout,
+                  settings.server.forwarded_allow_ips)
     except StartupError as exc:
         fail(str(exc))
 

@@ -332,6 +332,24 @@ def run_until_signalled(supervisor: Supervisor, url: str) -> None:
             signal.signal(sig, handler)
 
 
+#: The images' own user, for a .env made by root (containers never run as root).
+IMAGE_UID = 10001
+
+
+def container_ids() -> tuple[str, str]:
+    """The uid and gid compose runs auth and the sdk-worker as: the user's, so files they write in
+    shared directories stay theirs; under sudo the invoking user's; never root's."""
+    if not hasattr(os, "getuid"):
+        return "1000", "1000"
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0:
+        sudo_uid, sudo_gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+        if sudo_uid.isdigit() and sudo_uid != "0":
+            return sudo_uid, sudo_gid if sudo_gid.isdigit() else sudo_uid
+        return str(IMAGE_UID), str(IMAGE_UID)
+    return str(uid), str(gid)
+
+
 def render_env(example: str) -> str:
     """``.env.example`` with its empty secrets filled in and this user's ids (``ccproxy init-env``).
 
@@ -342,11 +360,11 @@ def render_env(example: str) -> str:
     fill = {
         "SECURITY__INTERNAL_SECRET": secrets.token_urlsafe(32),
         "SECURITY__AUTH_TOKEN": "cc-" + secrets.token_urlsafe(32),
+        "SECURITY__METRICS_TOKEN": secrets.token_urlsafe(32),
         "CLICKHOUSE_PASSWORD": secrets.token_urlsafe(24),
         "GRAFANA_CLICKHOUSE_PASSWORD": secrets.token_urlsafe(24),
         "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(18),
-        "CCPROXY_UID": str(os.getuid()) if hasattr(os, "getuid") else "1000",
-        "CCPROXY_GID": str(os.getgid()) if hasattr(os, "getgid") else "1000",
+        **dict(zip(("CCPROXY_UID", "CCPROXY_GID"), container_ids(), strict=True)),
     }
     claude_dir = Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
     if (claude_dir / ".credentials.json").is_file():

@@ -98,7 +98,8 @@ def run_service(
         web = factory(settings)
         if web is not None:  # None: a worker, which ran until it was stopped
             serve_app(web, settings.server.host, settings.server.port, settings.server.log_level,
-                      settings.server.header_timeout, settings.server.body_timeout)
+                      settings.server.header_timeout, settings.server.body_timeout,
+                      settings.server.forwarded_allow_ips)
     except StartupError as exc:
         fail(f"{service}: {exc}")
 

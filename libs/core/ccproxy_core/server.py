@@ -139,7 +139,7 @@ class SlowClientProtocol(HttpToolsProtocol):
 
 def serve_app(
     app: ASGIApp, host: str, port: int, log_level: str = "info",
-    header_timeout: float = 10.0, body_timeout: float = 30.0,
+    header_timeout: float = 10.0, body_timeout: float = 30.0, forwarded_allow_ips: str = "127.0.0.1",
 ) -> None:
     sock = bind(host, port)
     protocol = type(
@@ -154,6 +154,8 @@ def serve_app(
         access_log=False,
         lifespan="on",
         timeout_keep_alive=75,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
     FrozenStartServer(config).run(sockets=[sock])
 

@@ -42,6 +42,9 @@ class ServerSettings(BaseModel):
     log_level: str = "info"
     #: Largest request body accepted, in bytes (images make bodies large).
     max_body_bytes: int = 32 * 1024 * 1024
+    #: Peers whose ``X-Forwarded-For``/``-Proto`` are believed (comma-separated IPs or CIDRs, ``*``
+    #: for any): the reverse proxy in front. Compose sets ``*`` on the gateway, which only Traefik reaches.
+    forwarded_allow_ips: str = "127.0.0.1"
     #: Seconds a client has to send a request's headers (then 408 and the connection is closed).
     header_timeout: float = 10.0
     #: Longest pause, in seconds, while a client sends a request's body (then 408).
@@ -154,6 +157,8 @@ class AnalyticsSettings(BaseModel):
     batch_seconds: float = 1.0
     #: Warn (and show it in ``/logs/status``) when more events than this wait to be written.
     backlog_warning: int = 10_000
+    #: Days ClickHouse keeps an access-log row (a TTL on the table, set at each start); 0 keeps all.
+    retention_days: int = 0
 
 
 PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"]
@@ -298,6 +303,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         env_file_encoding="utf-8",
+        # A variable set to nothing is unset (compose passes `${AUTH__API_KEY:-}` as "").
+        env_ignore_empty=True,
         extra="ignore",
         toml_file=toml_files(),
     )

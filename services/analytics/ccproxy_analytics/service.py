@@ -54,7 +54,8 @@ class Analytics:
         self.metrics = metrics or Metrics("analytics")
         self.redis = redis if redis is not None else connect(settings.redis)
         self.stream = settings.redis.key_prefix + a.stream
-        self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database)
+        self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database,
+                                settings.analytics.retention_days)
         self.consumer = AccessLogConsumer(
             self.redis, self.store, self.stream, group=a.group, consumer=consumer_name,
             batch_size=a.batch_size, batch_seconds=a.batch_seconds, backlog_warning=a.backlog_warning,

@@ -56,11 +56,12 @@ def statements(sql: str) -> list[str]:
 
 
 class ClickHouse:
-    def __init__(self, dsn: str, database: str = "ccproxy") -> None:
+    def __init__(self, dsn: str, database: str = "ccproxy", retention_days: int = 0) -> None:
         if not IDENTIFIER.match(database):
             raise ValueError(f"invalid ClickHouse database name {database!r}")
         self.dsn = dsn
         self.database = database
+        self.retention_days = max(0, int(retention_days))
         self.backend = "chdb" if dsn.startswith("chdb:") else "http"
         self._pool = ThreadPoolExecutor(max_workers=1 if self.backend == "chdb" else 4, thread_name_prefix="ch")
         self._client: Any = None
@@ -116,6 +117,24 @@ class ClickHouse:
             for statement in statements(sql.replace("{db}", db)):
                 await self._command(statement)
             await self._insert(f"{db}.schema_migrations", [[version, name]], ["version", "name"])
+        await self._apply_retention()
+
+    async def _apply_retention(self) -> None:
+        """The access log's TTL from ``ANALYTICS__RETENTION_DAYS`` (0: none), set at every start so
+        a changed setting applies; left alone when the table already has it."""
+        rows = await self._query(
+            "SELECT create_table_query AS q FROM system.tables WHERE database = {db:String} AND name = 'access_log'",
+            {"db": self.database},
+        )
+        current = rows[0]["q"] if rows else ""
+        has_ttl = re.search(r"\bTTL\b", current) is not None
+        if self.retention_days:
+            wanted = f"toDateTime(started_at) + toIntervalDay({self.retention_days})"
+            if wanted not in current:
+                await self._command(f"ALTER TABLE {self.table} MODIFY TTL toDateTime(started_at) + "
+                                    f"INTERVAL {self.retention_days} DAY")
+        elif has_ttl:
+            await self._command(f"ALTER TABLE {self.table} REMOVE TTL")
 
     def _describe(self, exc: BaseException) -> str:
         text = str(exc).split("\n")[0]

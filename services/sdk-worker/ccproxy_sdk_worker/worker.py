@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -183,6 +184,20 @@ def health_app(supervised: Supervised, redis: Redis) -> Starlette:
     return Starlette(routes=[Route("/health", health, methods=["GET"]), Route("/metrics", scrape, methods=["GET"])])
 
 
+def scrub_environment(environ: Any = os.environ) -> list[str]:
+    """Remove every ccproxy setting from this process's environment, once the settings are loaded.
+
+    claude-agent-sdk starts the CLI with this process's environment (plus what the runner passes),
+    so Claude Code and any command it runs would otherwise see ``SECURITY__INTERNAL_SECRET`` and
+    every other setting of the worker. Returns the names removed."""
+    sections = {name.upper() for name in Settings.model_fields}
+    removed = [name for name in environ
+               if name.upper() in sections or (name.upper().split("__", 1)[0] in sections and "__" in name)]
+    for name in removed:
+        del environ[name]
+    return removed
+
+
 def main(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, with ``/health`` on ``SERVER__PORT``; runs in progress are
     cancelled on the way out, their CLIs stopped."""
@@ -191,6 +206,7 @@ def main(settings: Settings) -> None:
             "the sdk-worker needs the Redis the gateway uses: set REDIS__URL (ccproxy serve runs a worker in "
             "process)"
         )
+    scrub_environment()
     sock = bind(settings.server.host, settings.server.port)
 
     async def run() -> None:
