@@ -113,10 +113,14 @@ def launch_sdk_serve(root: Path, fake: FakeUpstream, args: list[str] | None = No
 
 
 def cli_processes(key_prefix: str) -> list[int]:
-    """Pids of Claude Code processes a worker with ``REDIS__KEY_PREFIX=key_prefix`` started (the
-    worker's environment is inherited by the CLI, and each run is marked ``CCPROXY_SDK_RUN``)."""
-    found = []
+    """Pids of Claude Code processes a worker with ``REDIS__KEY_PREFIX=key_prefix`` started: each
+    run is marked ``CCPROXY_SDK_RUN``, and the worker (or ``serve``) that started it, an ancestor,
+    was launched with that prefix. The standalone worker removes its settings from the
+    environment it hands the CLI, so the prefix is looked for along the ancestry, not on the CLI."""
     prefix_marker = f"REDIS__KEY_PREFIX={key_prefix}".encode()
+    parent: dict[int, int] = {}
+    has_prefix: set[int] = set()
+    runs: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -125,11 +129,24 @@ def cli_processes(key_prefix: str) -> list[int]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if "State:\tZ" in status:
-            continue
-        if prefix_marker in environ and any(v.startswith(b"CCPROXY_SDK_RUN=") for v in environ):
-            found.append(int(entry.name))
-    return found
+        pid = int(entry.name)
+        ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), 0)
+        parent[pid] = ppid
+        if prefix_marker in environ:
+            has_prefix.add(pid)
+        if "State:\tZ" not in status and any(v.startswith(b"CCPROXY_SDK_RUN=") for v in environ):
+            runs.append(pid)
+
+    def started_here(pid: int) -> bool:
+        seen: set[int] = set()
+        while pid and pid not in seen:
+            if pid in has_prefix:
+                return True
+            seen.add(pid)
+            pid = parent.get(pid, 0)
+        return False
+
+    return [pid for pid in runs if started_here(pid)]
 
 
 __all__ = ["SdkSetup", "cli_processes", "launch_sdk_serve"]
