@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 
 from ccproxy_auth.keys import KeyStore
 from ccproxy_core.client_keys import UsageReport
-from tests.accounts.helpers import MODEL, REDIS_URL, Team, make_team, nonce
+from tests.accounts.helpers import MODEL, REDIS_URL, Team, nonce
+from tests.accounts.test_keys import create_key, team_with_key
 from tests.support.fake import FakeUpstream
 from tests.support.ports import free_port
 from tests.support.process import Proc, wait_until
@@ -43,16 +44,6 @@ def prefix() -> Iterator[str]:
     value = new_prefix()
     yield value
     delete_prefix(REDIS_URL, value)
-
-
-def keyed_team(tmp_path: Path, fake: FakeUpstream, prefix: str, **env: str) -> Team:
-    team = make_team(tmp_path, fake, prefix, REDIS__URL=REDIS_URL, **env)
-    team.add_api_key("main")
-    return team
-
-
-def create_key(team: Team, *args: str) -> dict[str, Any]:
-    return json.loads(team.ccproxy("keys", "create", "--json", *args).stdout)  # type: ignore[no-any-return]
 
 
 def key_row(team: Team, name: str) -> dict[str, Any]:
@@ -81,7 +72,7 @@ def test_hostile_max_tokens_are_400s_and_a_cent_a_day_budget_still_holds(
     """Attack: a $0.01/day key sends max_tokens -1e8, 2**62, 2**63-1, true, 0, "5" (and more).
     Expected: each is a 400 invalid_request_error that never reaches the upstream, nothing is
     reserved, and afterwards the key spends at most its cent and is then refused with 402."""
-    team = keyed_team(tmp_path, fake_upstream, prefix)
+    team = team_with_key(tmp_path, fake_upstream, prefix)
     created = create_key(team, "--name", "mallory", "--budget-usd", "0.01", "--period", "day")
     proc = team.serve()
     try:
@@ -338,7 +329,7 @@ def test_a_new_member_key_works_at_once_despite_the_key_cache(
     """Attack (an operator's bad day): a lead token is set, the gateway has cached "no client keys
     exist", the lead creates Alice's key. Expected: Alice's key works on her first request, well
     within SECURITY__KEY_CACHE_SECONDS (60 here), not 401 "invalid client key"."""
-    team = keyed_team(tmp_path, fake_upstream, prefix, SECURITY__AUTH_TOKEN=LEAD, SECURITY__KEY_CACHE_SECONDS="60")
+    team = team_with_key(tmp_path, fake_upstream, prefix, SECURITY__AUTH_TOKEN=LEAD, SECURITY__KEY_CACHE_SECONDS="60")
     proc = team.serve()
     try:
         lead = anthropic.Anthropic(base_url=proc.url + "/api", api_key=LEAD, max_retries=0)
