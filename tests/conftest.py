@@ -4,10 +4,13 @@
 - ``claude_config_dir``: a Claude CLI config dir with a ``.credentials.json`` the fake accepts.
 - ``start_serve``: start ``ccproxy serve`` against the fake; returns a :class:`Proc`.
 - ``ccproxy_env``: the isolated environment those processes get (for commands run to completion).
+- ``own_redis`` / ``aof_redis``: a private ``redis-server`` a test may stop and start (the second
+  with an fsynced append-only file, so a restart brings the data back).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 from tests.support.fake import FakeUpstream
 from tests.support.ports import free_port
 from tests.support.process import Proc, start_process
+from tests.support.redis_server import OwnRedis
 from tests.support.serve import (
     REPO_ROOT,
     UNKNOWN_KEY,
@@ -98,3 +102,24 @@ def start_serve(tmp_path: Path, fake_upstream: FakeUpstream, claude_config_dir: 
 
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "claude_cli: needs the Claude Code CLI from node_modules")
+
+
+def _private_redis(workdir: Path, *, append_only: bool) -> Iterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server")
+    server = OwnRedis(workdir, append_only=append_only)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    yield from _private_redis(tmp_path / "redis", append_only=False)
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    yield from _private_redis(tmp_path / "redis-aof", append_only=True)

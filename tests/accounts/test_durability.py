@@ -5,60 +5,18 @@ auth service) are both killed and started again; accounts, keys, spend and coold
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import anthropic
-import pytest
 
 from tests.accounts.helpers import MODEL, make_team, nonce
 from tests.support.fake import FakeUpstream
-from tests.support.ports import free_port
 from tests.support.process import wait_until
-
-
-class AofRedis:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        import redis
-
-        client = redis.Redis.from_url(self.url)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_until(up, timeout=10, message="redis-server to answer")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # no shutdown save: only the append-only file can bring state back
-            self.proc.wait(5)
-
-
-@pytest.fixture
-def aof_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = AofRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill()
+from tests.support.redis_server import OwnRedis
 
 
 def test_accounts_keys_spend_and_cooldowns_survive_restarts(
-    tmp_path: Path, fake_upstream: FakeUpstream, prefix: str, aof_redis: AofRedis
+    tmp_path: Path, fake_upstream: FakeUpstream, prefix: str, aof_redis: OwnRedis
 ) -> None:
     team = make_team(tmp_path, fake_upstream, prefix, REDIS__URL=aof_redis.url, AUTH__STRATEGY="fill_first")
     team.add_oauth("alpha")
@@ -80,7 +38,7 @@ def test_accounts_keys_spend_and_cooldowns_survive_restarts(
         before = wait_until(settled, timeout=10, message="the settlement")
     finally:
         proc.stop()
-    aof_redis.kill()
+    aof_redis.stop()
     aof_redis.start()
     proc = team.serve()
     try:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.process import Proc, start_process, wait_until
+from tests.support.process import Proc, start_process
+from tests.support.redis_server import OwnRedis
 from tests.support.serve import REPO_ROOT
 
 
@@ -68,42 +69,9 @@ def chdb_server(tmp_path: Path) -> Iterator[ChdbServer]:
         server.stop()
 
 
-class RedisServer(Restartable):
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        super().start()
-        wait_until(self.ready, timeout=10, message=f"redis-server on {self.port}")
-
-    def ready(self) -> bool:
-        import socket
-
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    port = free_port()
-    data = tmp_path / "redis"
-    data.mkdir()
-    server = RedisServer(
-        "redis",
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-        port, tmp_path, health=None,
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis_server(aof_redis: OwnRedis) -> OwnRedis:
+    return aof_redis
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from ccproxy_core.access_log import AccessLogEmitter, AccessLogEvent, RequestLog
 from ccproxy_core.metrics import Metrics
-from tests.analytics.conftest import RedisServer
+from tests.support.redis_server import OwnRedis
 
 
 def make_event(n: int) -> AccessLogEvent:
@@ -22,7 +22,7 @@ def make_event(n: int) -> AccessLogEvent:
     return log.event()
 
 
-def client(server: RedisServer) -> Redis:
+def client(server: OwnRedis) -> Redis:
     return Redis.from_url(server.url, socket_connect_timeout=0.3, socket_timeout=0.5)
 
 
@@ -30,7 +30,7 @@ async def stream_ids(redis: Redis, stream: str) -> list[str]:
     return [AccessLogEvent.from_stream(fields).request_id for _, fields in await redis.xrange(stream)]
 
 
-async def test_events_survive_a_redis_outage(redis_server: RedisServer) -> None:
+async def test_events_survive_a_redis_outage(redis_server: OwnRedis) -> None:
     redis = client(redis_server)
     metrics = Metrics("gateway")
     emitter = AccessLogEmitter(redis, "ccproxy:access-log", metrics=metrics)
@@ -59,7 +59,7 @@ async def test_events_survive_a_redis_outage(redis_server: RedisServer) -> None:
     await redis.aclose()
 
 
-async def test_a_full_buffer_drops_the_oldest_and_counts_them(redis_server: RedisServer) -> None:
+async def test_a_full_buffer_drops_the_oldest_and_counts_them(redis_server: OwnRedis) -> None:
     redis = client(redis_server)
     metrics = Metrics("gateway")
     emitter = AccessLogEmitter(redis, "s", buffer_size=20, metrics=metrics)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,9 +19,9 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from tests.stack.test_redis_outage import OwnRedis
 from tests.support.fake import FakeUpstream
 from tests.support.process import wait_until
+from tests.support.redis_server import OwnRedis
 from tests.support.serve import run_ccproxy, write_credentials
 from tests.support.stack import SHARED_REDIS, delete_prefix, launch_stack, new_prefix
 
@@ -68,18 +67,6 @@ def test_random_paths_do_not_grow_metrics(start_serve: Any) -> None:
 
 
 # -- 5: a Redis outage under serve with REDIS__URL is a 503 with retry-after ---------------------
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("needs redis-server")
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def ask(url: str, key: str, text: str = "hi") -> httpx.Response:

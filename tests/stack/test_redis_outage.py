@@ -4,12 +4,8 @@ test's own on a free port (the shared one on 6379 must never be restarted)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
@@ -18,67 +14,13 @@ import pytest
 
 from tests.stack.conftest import config_dir_with
 from tests.support.fake import FakeUpstream
-from tests.support.ports import free_port
-from tests.support.process import wait_until
+from tests.support.redis_server import OwnRedis
 from tests.support.stack import StackProc, launch_stack
 
 MODEL = "claude-sonnet-4-6"
 CLIENT_KEY = "sk-ant-api03-client-key-that-must-not-leave-ccproxy"
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-
-
-class OwnRedis:
-    """A throw-away redis-server that a test may stop, freeze and start again on one port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        wait_until(self.ping, timeout=10, message="redis-server to answer")
-
-    def ping(self) -> bool:
-        import socket
-
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(7) == b"+PONG\r\n"
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def freeze(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def start(tmp_path: Path, fake: FakeUpstream, redis: OwnRedis) -> tuple[StackProc, dict[str, object]]:
