@@ -23,8 +23,7 @@ def test_accounts_keys_spend_and_cooldowns_survive_restarts(
     team.add_oauth("beta")
     created = json.loads(team.ccproxy("keys", "create", "--json", "--name", "hana", "--budget-usd", "5",
                                       "--period", "week").stdout)
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         sdk = anthropic.Anthropic(base_url=proc.url + "/api", api_key=created["key"], max_retries=0)
         n1 = nonce()
         spent_quota = f"{n1} [[fake:acct={team.fp('alpha')}/quota7d@900]]"
@@ -36,12 +35,9 @@ def test_accounts_keys_spend_and_cooldowns_survive_restarts(
             return row if row["requests"] == 1 else None
 
         before = wait_until(settled, timeout=10, message="the settlement")
-    finally:
-        proc.stop()
     aof_redis.stop()
     aof_redis.start()
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         after = json.loads(team.ccproxy("keys", "list", "--json").stdout)[0]
         assert after["spent_usd"] == before["spent_usd"] > 0
         assert after["period_spent_usd"] == before["period_spent_usd"]
@@ -54,5 +50,3 @@ def test_accounts_keys_spend_and_cooldowns_survive_restarts(
         n2 = nonce()
         sdk.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": n2}])
         assert team.seen(n2) == [("beta", 200)]
-    finally:
-        proc.stop()

@@ -53,8 +53,7 @@ def test_fifty_concurrent_requests_against_a_budget_for_five(
     _, per_request = estimate(MODEL, len(orjson.dumps(body)), 16)
     budget = 5.5 * per_request / MICRO
     key = create_key(team, "--name", "carol", "--budget-usd", repr(budget), "--period", "day")["key"]
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         async def burst() -> list[Any]:
             sdk = anthropic.AsyncAnthropic(base_url=proc.url + "/api", api_key=key, max_retries=0, timeout=60)
 
@@ -82,8 +81,6 @@ def test_fifty_concurrent_requests_against_a_budget_for_five(
                          timeout=10, message="five settlements")
         assert 0 < row["period_spent_usd"] <= budget
         assert row["period_spent_usd"] == pytest.approx(row["spent_usd"])
-    finally:
-        proc.stop()
 
 
 def test_rate_limits_answer_in_the_clients_format(
@@ -91,8 +88,7 @@ def test_rate_limits_answer_in_the_clients_format(
 ) -> None:
     team = team_with_key(tmp_path, fake_upstream, prefix)
     key = create_key(team, "--name", "dan", "--rpm", "2")["key"]
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         sdk = anthropic.Anthropic(base_url=proc.url + "/api", api_key=key, max_retries=0)
         for _ in range(2):
             sdk.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
@@ -105,8 +101,6 @@ def test_rate_limits_answer_in_the_clients_format(
             oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         assert refused.value.body["type"] == "rate_limit_exceeded"  # type: ignore[index]
         assert "2 requests per minute" in refused.value.body["message"]  # type: ignore[index]
-    finally:
-        proc.stop()
 
 
 def test_keys_are_required_once_they_exist_and_usage_is_logged_per_key(
@@ -114,8 +108,7 @@ def test_keys_are_required_once_they_exist_and_usage_is_logged_per_key(
 ) -> None:
     team = team_with_key(tmp_path, fake_upstream, prefix)
     created = create_key(team, "--name", "erin", "--budget-usd", "10")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         assert httpx.post(proc.url + "/api/v1/messages", json={}).status_code == 401
         bad = anthropic.Anthropic(base_url=proc.url + "/api", api_key="ccp_not-a-key", max_retries=0)
         with pytest.raises(anthropic.AuthenticationError):
@@ -142,8 +135,6 @@ def test_keys_are_required_once_they_exist_and_usage_is_logged_per_key(
         assert doc["key_name"] == "erin" and doc["cost_usd"] == pytest.approx(row["spent_usd"])
         assert created["key"] not in json.dumps(doc)
         assert created["key"] not in proc.log_text()
-    finally:
-        proc.stop()
 
 
 def test_revocation_reaches_every_replica_within_the_cache_time(

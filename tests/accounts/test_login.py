@@ -75,13 +75,10 @@ def test_login_with_local_callback_then_serve_uses_the_account(
     team.tokens["team-max"] = issued
     status = team.status()["team-max"]
     assert status["kind"] == "oauth" and status["healthy"] and status["expires_at"] > time.time() + 3600
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         n = nonce()
         client(proc).messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": n}])
         assert team.seen(n) == [("team-max", 200)]
-    finally:
-        proc.stop()
 
 
 def test_manual_login_pasting_code_and_state(tmp_path: Path, fake_upstream: FakeUpstream, prefix: str) -> None:

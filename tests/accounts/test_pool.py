@@ -30,8 +30,7 @@ def test_spent_quota_fails_over_then_cooldown_expires(
     team = make_team(tmp_path, fake_upstream, prefix, AUTH__STRATEGY="fill_first", REDIS__URL=REDIS_URL)
     team.add_oauth("alpha")
     team.add_oauth("beta")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         # alpha's 5-hour quota is spent (resets in 8 s, so a loaded machine still reads the
         # cooldown below before it ends): the request is retried on beta.
         n1 = nonce()
@@ -56,8 +55,6 @@ def test_spent_quota_fails_over_then_cooldown_expires(
         wait_until(back_on_alpha, timeout=20, interval=0.3, message="alpha's cooldown to expire")
         metrics = httpx.get(proc.url + "/metrics").text
         assert 'ccproxy_account_cooldowns_total{account="alpha",reason="quota",service="gateway"} 1.0' in metrics
-    finally:
-        proc.stop()
 
 
 @pytest.mark.parametrize("spec", ["429", "529"])
@@ -70,16 +67,13 @@ def test_throttle_without_retry_after_and_overload_switch_accounts(
     )
     team.add_oauth("alpha")
     team.add_api_key("beta")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         n1 = nonce()
         assert ask(proc, f"{n1} [[fake:acct={team.fp('alpha')}/{spec}]]").content[0].text.startswith("Echo:")
         assert team.seen(n1) == [("alpha", int(spec)), ("beta", 200)]
         cooldown = team.status()["alpha"]["cooldown"]
         assert cooldown["reason"] == ("rate_limited" if spec == "429" else "overloaded")
         assert 20 < cooldown["until"] - time.time() <= 30
-    finally:
-        proc.stop()
 
 
 def test_short_throttle_waits_on_the_same_account(
@@ -89,16 +83,13 @@ def test_short_throttle_waits_on_the_same_account(
     team = make_team(tmp_path, fake_upstream, prefix, AUTH__STRATEGY="fill_first", REDIS__URL=REDIS_URL)
     team.add_oauth("alpha")
     team.add_oauth("beta")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         n1 = nonce()
         started = time.monotonic()
         ask(proc, f"{n1} [[fake:acct={team.fp('alpha')}/429@1x1]]")
         assert time.monotonic() - started >= 1.0
         assert team.seen(n1) == [("alpha", 429), ("alpha", 200)]
         assert team.status()["alpha"]["cooldown"] is None
-    finally:
-        proc.stop()
 
 
 def test_long_retry_after_cools_down_and_both_accounts_limited_passes_429(
@@ -107,8 +98,7 @@ def test_long_retry_after_cools_down_and_both_accounts_limited_passes_429(
     team = make_team(tmp_path, fake_upstream, prefix, AUTH__STRATEGY="fill_first", REDIS__URL=REDIS_URL)
     team.add_oauth("alpha")
     team.add_oauth("beta")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         n1 = nonce()
         rules = f"{team.fp('alpha')}/429@120;{team.fp('beta')}/429@120"
         with pytest.raises(Exception) as caught:
@@ -119,8 +109,6 @@ def test_long_retry_after_cools_down_and_both_accounts_limited_passes_429(
         status = team.status()
         assert status["alpha"]["cooldown"]["reason"] == "throttle"
         assert status["beta"]["cooldown"]["reason"] == "throttle"
-    finally:
-        proc.stop()
 
 
 def test_sticky_sessions_keep_a_conversation_on_its_account(
@@ -129,8 +117,7 @@ def test_sticky_sessions_keep_a_conversation_on_its_account(
     team = make_team(tmp_path, fake_upstream, prefix, AUTH__STRATEGY="round_robin", REDIS__URL=REDIS_URL)
     team.add_oauth("alpha")
     team.add_oauth("beta")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         used: dict[str, set[str]] = {}
         for conversation in range(4):
             for _turn in range(3):
@@ -148,16 +135,13 @@ def test_sticky_sessions_keep_a_conversation_on_its_account(
             ask(proc, n)
             seen.add(team.seen(n)[0][0])
         assert seen == {"alpha", "beta"}
-    finally:
-        proc.stop()
 
 
 def test_cached_prefix_is_a_session_key(tmp_path: Path, fake_upstream: FakeUpstream, prefix: str) -> None:
     team = make_team(tmp_path, fake_upstream, prefix, AUTH__STRATEGY="round_robin", REDIS__URL=REDIS_URL)
     team.add_oauth("alpha")
     team.add_oauth("beta")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         system = [{"type": "text", "text": f"long shared context {prefix} " * 50,
                    "cache_control": {"type": "ephemeral"}}]
         accounts = set()
@@ -166,8 +150,6 @@ def test_cached_prefix_is_a_session_key(tmp_path: Path, fake_upstream: FakeUpstr
             ask(proc, n, system=system)
             accounts.add(team.seen(n)[0][0])
         assert len(accounts) == 1
-    finally:
-        proc.stop()
 
 
 def test_401_that_survives_refresh_marks_unhealthy_and_fails_over(
@@ -176,8 +158,7 @@ def test_401_that_survives_refresh_marks_unhealthy_and_fails_over(
     team = make_team(tmp_path, fake_upstream, prefix, AUTH__STRATEGY="fill_first", REDIS__URL=REDIS_URL)
     team.add_oauth("alpha", revoked=True, refresh_valid=False)
     team.add_oauth("beta")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         n1 = nonce()
         assert ask(proc, n1).content[0].text.startswith("Echo:")
         assert team.seen(n1) == [("alpha", 401), ("beta", 200)]
@@ -192,8 +173,6 @@ def test_401_that_survives_refresh_marks_unhealthy_and_fails_over(
         assert 'ccproxy_account_unhealthy_total{account="alpha",service="gateway"} 1.0' in metrics
         assert "UNHEALTHY" in proc.log_text()
         assert team.tokens["alpha"] not in proc.log_text()
-    finally:
-        proc.stop()
 
 
 def test_single_default_account_passes_429_through_unchanged(

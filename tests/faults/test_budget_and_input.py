@@ -74,8 +74,7 @@ def test_hostile_max_tokens_are_400s_and_a_cent_a_day_budget_still_holds(
     reserved, and afterwards the key spends at most its cent and is then refused with 402."""
     team = team_with_key(tmp_path, fake_upstream, prefix)
     created = create_key(team, "--name", "mallory", "--budget-usd", "0.01", "--period", "day")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         headers = {"x-api-key": created["key"], "anthropic-version": "2023-06-01"}
         marker = nonce()
         statuses: list[int] = []
@@ -127,8 +126,6 @@ def test_hostile_max_tokens_are_400s_and_a_cent_a_day_budget_still_holds(
                          message="settlements")
         assert 0 < row["period_spent_usd"] <= 0.01
         assert counter(prefix, created["id"], "reserved") == 0
-    finally:
-        proc.stop()
     assert "Traceback" not in proc.log_text()
 
 
@@ -330,8 +327,7 @@ def test_a_new_member_key_works_at_once_despite_the_key_cache(
     exist", the lead creates Alice's key. Expected: Alice's key works on her first request, well
     within SECURITY__KEY_CACHE_SECONDS (60 here), not 401 "invalid client key"."""
     team = team_with_key(tmp_path, fake_upstream, prefix, SECURITY__AUTH_TOKEN=LEAD, SECURITY__KEY_CACHE_SECONDS="60")
-    proc = team.serve()
-    try:
+    with team.serve() as proc:
         lead = anthropic.Anthropic(base_url=proc.url + "/api", api_key=LEAD, max_retries=0)
         lead.models.list()  # the gateway now trusts "no keys exist" for a minute
         with pytest.raises(anthropic.AuthenticationError):
@@ -349,6 +345,4 @@ def test_a_new_member_key_works_at_once_despite_the_key_cache(
         lead.models.list()
         with pytest.raises(anthropic.AuthenticationError):
             anthropic.Anthropic(base_url=proc.url + "/api", api_key="ccp_still-not-a-key", max_retries=0).models.list()
-    finally:
-        proc.stop()
 

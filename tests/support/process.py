@@ -67,6 +67,12 @@ class Proc:
             _signal_group(self.process, signal.SIGKILL)
             self.process.wait(timeout)
 
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def kill(self) -> None:
         if self.process.poll() is None:
             _signal_group(self.process, signal.SIGKILL)
