@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -38,11 +37,11 @@ from ccproxy_core.sdk_options import apply_overrides, check_overrides
 from ccproxy_core.settings import Settings
 from tests.accounts.helpers import Team
 from tests.accounts.test_keys import create_key
-from tests.sdk.conftest import CLI, SdkSetup, config_dir, launch_sdk_serve, sdk_env, workspace
-from tests.stack.test_redis_outage import OwnRedis
+from tests.sdk.conftest import CLI, SdkSetup, launch_sdk_serve, launch_sdk_stack
 from tests.support.fake import FakeUpstream
 from tests.support.process import wait_until
-from tests.support.stack import SHARED_REDIS, StackProc, delete_prefix, launch_stack
+from tests.support.redis_server import OwnRedis
+from tests.support.stack import SHARED_REDIS, StackProc, delete_prefix
 
 pytestmark = [pytest.mark.claude_cli, pytest.mark.timeout(300)]
 
@@ -244,10 +243,9 @@ def test_a_request_cannot_undo_the_operators_tool_policy(
 # -- 5. serve's worker comes back after a Redis restart -----------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-def test_serve_sdk_mode_survives_a_redis_restart(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
-    own = OwnRedis(tmp_path / "redis")
-    own.start()
+def test_serve_sdk_mode_survives_a_redis_restart(tmp_path: Path, fake_upstream: FakeUpstream, own_redis: OwnRedis
+                                                ) -> None:
+    own = own_redis
     setup, proc = launch_sdk_serve(tmp_path / "serve", fake_upstream, REDIS__URL=own.url, CLAUDE__QUEUE_TIMEOUT="5",
                                    REDIS__SOCKET_TIMEOUT="2", REDIS__CONNECT_TIMEOUT="2")
     sdk = client(setup.url, "unused")
@@ -266,7 +264,9 @@ def test_serve_sdk_mode_survives_a_redis_restart(tmp_path: Path, fake_upstream: 
     try:
         assert ask(uuid.uuid4().hex[:8])
         own.stop()
-        own.start()  # same port, empty: arq's loop meets a dropped connection and ends
+        # arq's loop polls Redis and ends at the first error; only then is Redis back (same port, empty).
+        wait_until(lambda: "stopped (" in proc.log_text(), timeout=30, message="the worker loop to meet the outage")
+        own.start()
         started = time.monotonic()
         wait_until(lambda: ask(uuid.uuid4().hex[:8]), timeout=60, interval=0.5,
                    message="an SDK request to succeed after the Redis restart")
@@ -274,7 +274,6 @@ def test_serve_sdk_mode_survives_a_redis_restart(tmp_path: Path, fake_upstream: 
         assert "started again" in proc.log_text()
     finally:
         proc.stop()
-        own.stop()
 
 
 # -- 6. liveness: a stall is not a death, a death is noticed -----------------------------------
@@ -283,13 +282,7 @@ def test_serve_sdk_mode_survives_a_redis_restart(tmp_path: Path, fake_upstream: 
 @pytest.fixture(scope="module")
 def worker_stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[StackProc]:
     """The stack with its one sdk-worker, which the tests freeze and then kill."""
-    if not CLI.exists():
-        pytest.fail(f"the Claude Code CLI is not installed at {CLI}: run `npm ci` (the repo's package.json)")
-    root = tmp_path_factory.mktemp("sdk-liveness")
-    ws, _, _ = workspace(root)
-    env = sdk_env(ws, CLAUDE__MAX_CONCURRENT_RUNS="1", CLAUDE__QUEUE_TIMEOUT="30")
-    stack = launch_stack(root / "run", fake_url=fake_upstream.url, claude_config_dir=config_dir(root, fake_upstream),
-                         env=env, timeout=40)
+    stack, _ = launch_sdk_stack(tmp_path_factory.mktemp("sdk-liveness"), fake_upstream)
     try:
         yield stack
     finally:

@@ -62,15 +62,19 @@ def config_dir(root: Path, fake: FakeUpstream) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module")
-def sdk_stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[SdkSetup]:
+def launch_sdk_stack(root: Path, fake: FakeUpstream) -> tuple[StackProc, tuple[Path, Path, str]]:
+    """The stack (one sdk-worker, one run at a time) with the workspace ``(ws, notes, text)``."""
     if not CLI.exists():
         pytest.fail(f"the Claude Code CLI is not installed at {CLI}: run `npm ci` (the repo's package.json)")
-    root = tmp_path_factory.mktemp("sdk-stack")
     ws, notes, text = workspace(root)
     env = sdk_env(ws, CLAUDE__MAX_CONCURRENT_RUNS="1", CLAUDE__QUEUE_TIMEOUT="30")
-    stack = launch_stack(root / "run", fake_url=fake_upstream.url, claude_config_dir=config_dir(root, fake_upstream),
-                         env=env, timeout=30)
+    stack = launch_stack(root / "run", fake_url=fake.url, claude_config_dir=config_dir(root, fake), env=env, timeout=40)
+    return stack, (ws, notes, text)
+
+
+@pytest.fixture(scope="module")
+def sdk_stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[SdkSetup]:
+    stack, (ws, notes, text) = launch_sdk_stack(tmp_path_factory.mktemp("sdk-stack"), fake_upstream)
     try:
         full_env = {**stack.specs["sdk-worker"][1], **stack.specs["sdk-worker"][0].env}
         yield SdkSetup(stack.url, ws, notes, text, full_env, stack.key_prefix, stack)
