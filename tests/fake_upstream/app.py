@@ -6,6 +6,8 @@ answer) before it is checked, so a test can assert on rejected requests too.
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -174,6 +176,7 @@ async def messages(request: Request, record: RequestRecord, headers: dict[str, s
             delay=scenario.slow,
             hang_before_headers=scenario.hang,
             hang_after=1 if scenario.stall else None,
+            hold_after=state.holds.setdefault(record.id, asyncio.Event()) if scenario.hold else None,
             total=len(events),
         )
     payload = orjson.dumps(answer.message())

@@ -80,6 +80,14 @@ async def reset(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
+async def release(request: Request) -> Response:
+    """Let a ``[[fake:hold]]`` stream go on (one created on a later request id is released too)."""
+    import asyncio
+
+    _state(request).holds.setdefault(request.path_params["request_id"], asyncio.Event()).set()
+    return JSONResponse({"released": request.path_params["request_id"]})
+
+
 async def health(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
@@ -91,6 +99,7 @@ routes = [
     Route("/_fake/revoke", revoke, methods=["POST"]),
     Route("/_fake/requests", requests, methods=["GET"]),
     Route("/_fake/requests/{request_id}", one_request, methods=["GET"]),
+    Route("/_fake/release/{request_id}", release, methods=["POST"]),
     Route("/_fake/token_calls", token_calls, methods=["GET"]),
     Route("/_fake/reset", reset, methods=["POST"]),
 ]

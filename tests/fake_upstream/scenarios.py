@@ -31,6 +31,8 @@ class Scenario:
     slow: float = 0.0
     hang: bool = False
     stall: bool = False
+    #: Stream: after ``message_start``, wait until ``POST /_fake/release/{id}`` (or the client leaves).
+    hold: bool = False
     long: int | None = None
     json: bool = False
     echo_request: bool = False
@@ -64,6 +66,7 @@ for _name, _attr in {
     "midstream_error": "midstream_error",
     "hang": "hang",
     "stall": "stall",
+    "hold": "hold",
     "json": "json",
     "echo_request": "echo_request",
 }.items():

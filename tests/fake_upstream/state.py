@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import asyncio
 import secrets
 import threading
 import time
@@ -103,6 +104,8 @@ class FakeState:
         self.token_calls: list[dict[str, Any]] = []
         #: Cache prefixes seen (hash -> tokens), for cache_creation vs cache_read usage.
         self.cache_prefixes: dict[str, int] = {}
+        #: Held streams (``[[fake:hold]]``) by request id, released by ``POST /_fake/release/{id}``.
+        self.holds: dict[str, asyncio.Event] = {}
         self._lock = threading.Lock()
         self._counter = 0
         self.load()

@@ -87,7 +87,8 @@ def stream_events(answer: Answer, *, midstream_error: bool = False) -> Iterator[
 class TimedResponse:
     """An ASGI response that sends ``chunks`` one by one, ``delay`` seconds before each, and
     records in ``record`` how far it got. ``hang_after``: stop sending after that many chunks and
-    wait (for the client to give up) without ever finishing."""
+    wait (for the client to give up) without ever finishing. ``hold_after``: after the first chunk,
+    wait until that event is set (the test releases the stream) or the client leaves."""
 
     def __init__(
         self,
@@ -98,6 +99,7 @@ class TimedResponse:
         *,
         delay: float = 0.0,
         hang_after: int | None = None,
+        hold_after: asyncio.Event | None = None,
         hang_before_headers: bool = False,
         total: int | None = None,
     ) -> None:
@@ -107,6 +109,7 @@ class TimedResponse:
         self.record = record
         self.delay = delay
         self.hang_after = hang_after
+        self.hold_after = hold_after
         self.hang_before_headers = hang_before_headers
         self.record.events_total = total
 
@@ -139,6 +142,8 @@ class TimedResponse:
                 if self.hang_after is not None and n >= self.hang_after:
                     await gone.wait()
                     return
+                if n == 1 and self.hold_after is not None and await _first(gone, self.hold_after):
+                    return
                 if self.delay and await _wait(gone, self.delay):
                     return
                 if gone.is_set():
@@ -165,4 +170,15 @@ async def _wait(gone: asyncio.Event, seconds: float) -> bool:
     """Sleep ``seconds`` unless the client leaves first; True when it left."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(gone.wait(), seconds)
+    return gone.is_set()
+
+
+async def _first(gone: asyncio.Event, release: asyncio.Event) -> bool:
+    """Wait until ``release`` is set or the client leaves; True when it left."""
+    waits = [asyncio.create_task(gone.wait()), asyncio.create_task(release.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
     return gone.is_set()

@@ -131,7 +131,7 @@ def test_forwarder_killed_mid_stream(stack: StackProc, fake_upstream: FakeUpstre
     with httpx.Client(timeout=30) as http, http.stream(
         "POST", stack.url + "/api/v1/messages", headers=HEADERS,
         json={"model": MODEL, "max_tokens": 200, "stream": True,
-              "messages": [{"role": "user", "content": "one two three four five six [[fake:slow=0.3]]"}]},
+              "messages": [{"role": "user", "content": "one two three four five six [[fake:hold]]"}]},
     ) as resp:
         assert resp.status_code == 200
         lines = resp.iter_lines()

@@ -49,6 +49,10 @@ class FakeUpstream:
     def request(self, request_id: str) -> dict[str, Any]:
         return self._call("GET", f"/_fake/requests/{request_id}")  # type: ignore[no-any-return]
 
+    def release(self, request_id: str) -> None:
+        """Let a ``[[fake:hold]]`` stream go on past its ``message_start``."""
+        self._call("POST", f"/_fake/release/{request_id}")
+
     def token_calls(self, refresh_token: str | None = None) -> list[dict[str, Any]]:
         calls: list[dict[str, Any]] = self._call("GET", "/_fake/token_calls")
         if refresh_token is not None:
