@@ -7,7 +7,6 @@ answer) before it is checked, so a test can assert on rejected requests too.
 from __future__ import annotations
 
 import asyncio
-
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path

@@ -7,10 +7,10 @@ the tokens a test wrote into a ``.credentials.json``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
-import asyncio
 import secrets
 import threading
 import time
