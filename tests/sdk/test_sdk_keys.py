@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from ccproxy_auth.keys import MICRO, estimate
-from ccproxy_core.models import cost_usd
+from ccproxy_core.pricing import cost_usd
 from tests.accounts.helpers import Team
 from tests.accounts.test_keys import create_key, keys_list
 from tests.sdk.conftest import SdkSetup, cli_processes, launch_sdk_serve

@@ -1,8 +1,10 @@
-"""The Claude models ccproxy knows, their prices, and the ``/v1/models`` body.
+"""The Claude models ccproxy lists, their output limits, and the ``/v1/models`` body.
 
-The list is data (``data/models.json``), not code, so updating a price or adding a model is a
-one-line change. The listing body carries both the Anthropic and the OpenAI field names, so
-``client.models.list()`` parses it in either official SDK.
+The list is data (``data/models.json``), not code, so adding a model is a one-line change. It
+holds what the price source does not: display names, release dates (the static listing, served
+when the upstream's cannot be had) and each model's largest ``max_tokens`` (input validation).
+Prices come from genai-prices (:mod:`ccproxy_core.pricing`). The listing body carries both the
+Anthropic and the OpenAI field names, so ``client.models.list()`` parses it in either official SDK.
 """
 
 from __future__ import annotations
@@ -18,15 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ccproxy_core.errors import ProxyError
-
-
-class Price(BaseModel):
-    """USD per million tokens."""
-
-    input: float
-    output: float
-    cache_read: float
-    cache_write: float
+from ccproxy_core.pricing import cost_usd
 
 
 class ModelInfo(BaseModel):
@@ -36,7 +30,6 @@ class ModelInfo(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     #: The largest ``max_tokens`` the API accepts for this model.
     max_output_tokens: int
-    price: Price
 
 
 @functools.cache
@@ -75,36 +68,17 @@ def check_token_limit(value: Any, model: str, param: str = "max_tokens") -> int:
 
 
 def find_model(name: str) -> ModelInfo | None:
+    """The listed model ``name`` is, by id or alias, or a dated variant of (the longest listed
+    name it extends with ``-``: ``claude-opus-4-6-20991231`` is Opus 4.6, not Opus 4)."""
     for model in known_models():
         if name == model.id or name in model.aliases:
             return model
-    # Dated variants we do not list yet still price like their family.
+    best: tuple[int, ModelInfo] | None = None
     for model in known_models():
-        if any(name.startswith(alias) for alias in model.aliases):
-            return model
-    return None
-
-
-def price_for(model: str) -> Price | None:
-    """The price of ``model``; a model newer than the table prices like the newest of its family
-    (opus, sonnet, haiku), so new releases are estimated rather than counted as free."""
-    info = find_model(model)
-    if info is not None:
-        return info.price
-    for family in ("opus", "sonnet", "haiku"):
-        if family in model:
-            return next((m.price for m in known_models() if family in m.id), None)
-    return None
-
-
-def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> float:
-    p = price_for(model)
-    if p is None:
-        return 0.0
-    total = (
-        input_tokens * p.input + output_tokens * p.output + cache_read * p.cache_read + cache_write * p.cache_write
-    )
-    return round(total / 1_000_000, 8)
+        for known in (model.id, *model.aliases):
+            if name.startswith(known + "-") and (best is None or len(known) > best[0]):
+                best = (len(known), model)
+    return best[1] if best is not None else None
 
 
 class TokenUsage(BaseModel):
@@ -162,7 +136,8 @@ class TokenUsage(BaseModel):
         )
 
     def cost(self) -> float:
-        """USD at the model's list price (0 for a model without one)."""
+        """USD at the model's price (:mod:`ccproxy_core.pricing`: genai-prices, the operator's
+        overrides, the dearest known price for a model without one)."""
         return cost_usd(
             self.model, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens
         )
