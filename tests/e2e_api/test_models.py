@@ -13,12 +13,12 @@ from tests.e2e_api.conftest import CLIENT_KEY, ApiServer, start_api_server
 from tests.support.fake import FakeUpstream
 
 #: Listed by the fake upstream, absent from libs/core/ccproxy_core/data/models.json.
-UPSTREAM_ONLY = "claude-opus-5-5"
+UPSTREAM_ONLY = "claude-fable-5-2"
 
 
 def test_models_anthropic_sdk_lists_upstream_only_model(api: ApiServer) -> None:
     models = {m.id: m for m in api.client().models.list()}
-    assert UPSTREAM_ONLY in models and models[UPSTREAM_ONLY].display_name == "Claude Opus 5.5"
+    assert UPSTREAM_ONLY in models and models[UPSTREAM_ONLY].display_name == "Claude Fable 5.2"
     assert "gpt-4o" in models  # the configured OpenAI aliases stay listed
 
 
@@ -26,7 +26,7 @@ def test_models_openai_sdk_lists_upstream_only_model(api: ApiServer) -> None:
     client = openai.OpenAI(base_url=api.url + "/api/v1", api_key=CLIENT_KEY, max_retries=0)
     models = {m.id: m for m in client.models.list()}
     opus = models[UPSTREAM_ONLY]
-    assert opus.object == "model" and opus.owned_by == "anthropic" and opus.created == 1790812800
+    assert opus.object == "model" and opus.owned_by == "anthropic" and opus.created == 1795046400
     assert "gpt-4o" in models
 
 

@@ -81,7 +81,10 @@ def _override_rates(price: PriceOverride) -> Rates:
 
 
 def _rates(prices: ModelPrice, source: str = "genai-prices") -> Rates:
-    return Rates(prices.input_mtok, prices.output_mtok, prices.cache_read_mtok, prices.cache_write_mtok, source)
+    # Without a cache price, cached tokens are input tokens (as genai-prices' calc_price counts them).
+    base = prices.input_mtok
+    read, write = prices.cache_read_mtok, prices.cache_write_mtok
+    return Rates(base, prices.output_mtok, base if read is None else read, base if write is None else write, source)
 
 
 def anthropic_provider() -> Provider:
@@ -145,13 +148,18 @@ class Pricing:
             model[:100], "; further unknown models are not logged" if last else "",
         )
 
+    def usd(self, model: str, input_tokens: int, output_tokens: int, cache_read: int = 0,
+            cache_write: int = 0) -> Decimal:
+        """Exact USD for these tokens of ``model`` (0 for no tokens, without looking the model up:
+        a refused request names no model worth a warning)."""
+        if not (input_tokens or output_tokens or cache_read or cache_write):
+            return Decimal(0)
+        return self.rates(model).cost(input_tokens, output_tokens, cache_read, cache_write)
+
     def cost(self, model: str, input_tokens: int, output_tokens: int, cache_read: int = 0,
              cache_write: int = 0) -> float:
-        """USD for these tokens of ``model`` (0 for no tokens, without looking the model up)."""
-        if not (input_tokens or output_tokens or cache_read or cache_write):
-            return 0.0
-        usd = self.rates(model).cost(input_tokens, output_tokens, cache_read, cache_write)
-        return round(float(usd), 8)
+        """USD for these tokens of ``model``, to the 8th decimal (the access log's ``cost_usd``)."""
+        return round(float(self.usd(model, input_tokens, output_tokens, cache_read, cache_write)), 8)
 
 
 _current: Pricing | None = None

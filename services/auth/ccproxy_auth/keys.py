@@ -36,7 +36,7 @@ from ccproxy_core.client_keys import (
     hash_key,
 )
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.pricing import cost_usd, current
+from ccproxy_core.pricing import current
 
 MICRO = 1_000_000
 #: A request's reservation expires after this long (longer than any stream).
@@ -215,12 +215,12 @@ def estimate(model: str, body_bytes: int, max_tokens: int) -> tuple[int, int]:
     input_tokens = max(1, _bounded(body_bytes) // 4)
     output_tokens = _bounded(max_tokens)
     tokens = input_tokens + output_tokens
-    usd = float(current().rates(model).cost(input_tokens, output_tokens))
+    usd = current().rates(model).cost(input_tokens, output_tokens)
     return tokens, _bounded(math.ceil(usd * MICRO), MAX_AMOUNT)
 
 
 def usage_cost_micro(usage: UsageReport) -> int:
-    usd = cost_usd(
+    usd = current().usd(
         usage.model, _bounded(usage.input_tokens), _bounded(usage.output_tokens),
         _bounded(usage.cache_read_tokens), _bounded(usage.cache_write_tokens),
     )
