@@ -1,7 +1,7 @@
 """Current models cost what genai-prices says, end to end: ``ccproxy serve`` with a member key on
 the real Redis, the official anthropic SDK as the client, the fake upstream answering. The access
 log's ``cost_usd`` and the key's spend must equal genai-prices' own ``calc_price`` of each answer's
-usage (cache reads and writes included), an operator's override must win, and a made-up model
+usage (cache reads, 5-minute and 1-hour writes included), an operator's override must win, and a made-up model
 must be charged at least the dearest Claude price, with one warning in the log."""
 
 from __future__ import annotations
@@ -29,13 +29,15 @@ MADE_UP = "claude-zz-made-up-1"
 MODELS = ["claude-sonnet-4-6", "claude-sonnet-4-6", "claude-opus-5-5", "claude-haiku-5-5", OVERRIDDEN, MADE_UP]
 
 
-def usage_of(answer: anthropic.types.Message) -> tuple[int, int, int, int]:
+def usage_of(answer: anthropic.types.Message) -> tuple[int, int, int, int, int]:
     u = answer.usage
-    return u.input_tokens, u.output_tokens, u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
+    one_hour = u.cache_creation.ephemeral_1h_input_tokens if u.cache_creation else 0
+    return u.input_tokens, u.output_tokens, u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0, one_hour
 
 
-def library_usd(model: str, i: int, o: int, cr: int, cw: int) -> Decimal:
-    usage = Usage(input_tokens=i + cr + cw, output_tokens=o, cache_read_tokens=cr, cache_write_tokens=cw)
+def library_usd(model: str, i: int, o: int, cr: int, cw: int, cw_1h: int) -> Decimal:
+    usage = Usage(input_tokens=i + cr + cw, output_tokens=o, cache_read_tokens=cr, cache_write_tokens=cw,
+                  cache_write_1h_tokens=cw_1h)
     return calc_price(usage, model, provider_id="anthropic").total_price
 
 
@@ -48,13 +50,13 @@ def test_current_models_are_charged_genai_prices_in_the_log_and_the_budget(
     try:
         sdk = anthropic.Anthropic(base_url=proc.url + "/api", api_key=created["key"], max_retries=0)
         n = nonce()
-        # A cached system prompt: the first answer writes the cache, the later ones read it.
+        # A system prompt cached for an hour: the first answer writes the cache, the later ones read it.
         rules = f"{n} " + "house rules. " * 300
-        system: Any = [{"type": "text", "text": rules, "cache_control": {"type": "ephemeral"}}]
+        system: Any = [{"type": "text", "text": rules, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
         answers = [sdk.messages.create(model=model, max_tokens=64, system=system,
                                        messages=[{"role": "user", "content": f"{n} question {i}"}])
                    for i, model in enumerate(MODELS)]
-        assert usage_of(answers[0])[3] > 0 and usage_of(answers[1])[2] > 0, "no cache write, then read"
+        assert usage_of(answers[0])[4] > 0 and usage_of(answers[1])[2] > 0, "no 1-hour cache write, then read"
 
         stream = redis_sync.Redis.from_url(REDIS_URL)
 
@@ -67,18 +69,19 @@ def test_current_models_are_charged_genai_prices_in_the_log_and_the_budget(
         expected: list[Decimal] = []
         for model, answer in zip(MODELS, answers, strict=True):
             doc = logged[answer._request_id]  # type: ignore[index]
-            i, o, cr, cw = usage_of(answer)
+            i, o, cr, cw, cw_1h = usage_of(answer)
             assert (doc["model_used"], doc["input_tokens"], doc["cache_read_tokens"]) == (model, i, cr)
             if model == OVERRIDDEN:
-                usd = (i * Decimal("7") + o * Decimal("35") + cr * Decimal("0.7") + cw * Decimal("8.75")) / 10**6
+                usd = (i * Decimal("7") + o * Decimal("35") + cr * Decimal("0.7") + (cw - cw_1h) * Decimal("8.75")
+                       + cw_1h * Decimal("14")) / 10**6  # unset cache_write_1h: twice the input price
             elif model == MADE_UP:
                 # At least what the dearest Claude model in genai-prices' table would cost.
                 usd = Decimal(str(doc["cost_usd"]))
-                dearest = max(library_usd(m.id, i, o, cr, cw) for m in get_snapshot().find_provider(
+                dearest = max(library_usd(m.id, i, o, cr, cw, cw_1h) for m in get_snapshot().find_provider(
                     None, "anthropic", None).models)
                 assert usd >= dearest > 0
             else:
-                usd = library_usd(model, i, o, cr, cw)
+                usd = library_usd(model, i, o, cr, cw, cw_1h)
             assert usd > 0 and doc["cost_usd"] == pytest.approx(float(usd), abs=1e-8), model
             expected.append(usd)
 

@@ -25,14 +25,17 @@ from ccproxy_core.settings import PriceOverride, Settings
 #: The models the Claude Code CLI and the SDKs use today (issue 15).
 CURRENT = ["claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5", "claude-opus-4-6", "claude-opus-4-7",
            "claude-opus-4-8", "claude-sonnet-4-6"]
-#: (input, output, cache read, cache write) token counts, below and above every tier's start.
-USAGES = [(1, 1, 0, 0), (1200, 350, 40_000, 2_500), (90_000, 4_000, 15_000, 0), (150_000, 64_000, 60_000, 9_000),
-          (250_000, 128_000, 0, 0), (1_000, 10, 900_000, 50_000)]
+#: (input, output, cache read, cache write, of which 1-hour writes) token counts, below and above
+#: every tier's start.
+USAGES = [(1, 1, 0, 0, 0), (1200, 350, 40_000, 2_500, 0), (90_000, 4_000, 15_000, 0, 0),
+          (150_000, 64_000, 60_000, 9_000, 4_000), (250_000, 128_000, 0, 0, 0), (1_000, 10, 900_000, 50_000, 50_000),
+          (3_000, 200, 0, 7_000, 7_000)]
 
 
-def library_usd(model: str, i: int, o: int, cr: int = 0, cw: int = 0) -> Decimal:
+def library_usd(model: str, i: int, o: int, cr: int = 0, cw: int = 0, cw_1h: int = 0) -> Decimal:
     """genai-prices' own figure: its full ``calc_price`` (its input total counts cached tokens too)."""
-    usage = Usage(input_tokens=i + cr + cw, output_tokens=o, cache_read_tokens=cr, cache_write_tokens=cw)
+    usage = Usage(input_tokens=i + cr + cw, output_tokens=o, cache_read_tokens=cr, cache_write_tokens=cw,
+                  cache_write_1h_tokens=cw_1h)
     return calc_price(usage, model, provider_id="anthropic").total_price
 
 
@@ -71,6 +74,20 @@ def test_cache_reads_and_writes_use_the_tables_cache_prices(fresh: Pricing) -> N
         assert 0 < read < base < write, model  # reads are cheap, writes dear
         assert pricing.cost_usd(model, 0, 0, cache_read=10_000) == pytest.approx(float(read) / 100, abs=1e-8)
         assert pricing.cost_usd(model, 0, 0, cache_write=10_000) == pytest.approx(float(write) / 100, abs=1e-8)
+        # 1-hour writes (part of the writes) cost the table's 1-hour price, more than 5-minute ones.
+        write_1h = table.cache_write_1h_mtok
+        write_1h = write_1h.base if isinstance(write_1h, TieredPrices) else write_1h
+        assert isinstance(write_1h, Decimal) and write_1h > write, model
+        mixed = pricing.cost_usd(model, 0, 0, cache_write=10_000, cache_write_1h=4_000)
+        assert mixed == pytest.approx(float(write * 6_000 + write_1h * 4_000) / 1e6, abs=1e-8)
+    tokens = TokenUsage(model="claude-opus-5-5")
+    tokens.add({"input_tokens": 10, "cache_creation_input_tokens": 5_000,
+                "cache_creation": {"ephemeral_5m_input_tokens": 2_000, "ephemeral_1h_input_tokens": 3_000}})
+    tokens.add({"output_tokens": 7})  # message_delta: the split stays
+    assert tokens.cache_write_1h_tokens == 3_000
+    assert tokens.cost() == pytest.approx(float(library_usd("claude-opus-5-5", 10, 7, 0, 5_000, 3_000)), abs=1e-8)
+    assert tokens.anthropic()["cache_creation"] == {"ephemeral_5m_input_tokens": 2_000,
+                                                    "ephemeral_1h_input_tokens": 3_000}
 
 
 def test_the_long_context_tier_applies_above_its_start(fresh: Pricing) -> None:
@@ -115,8 +132,9 @@ def test_an_override_wins_and_is_read_from_the_settings(monkeypatch: pytest.Monk
     overrides = Settings().pricing.overrides
     assert overrides["claude-sonnet-4-6"] == PriceOverride(input=1.5, output=7, cache_read=0.2)
     prices = pricing.configure(overrides)
-    usd = (1000 * 1.5 + 500 * 7 + 10_000 * 0.2 + 2_000 * 1.5 * 1.25) / 1e6  # unset cache_write: 1.25x input
-    assert pricing.cost_usd("claude-sonnet-4-6", 1000, 500, 10_000, 2_000) == pytest.approx(usd)
+    # Unset cache_write: 1.25x input; unset cache_write_1h: 2x input.
+    usd = (1000 * 1.5 + 500 * 7 + 10_000 * 0.2 + 1_500 * 1.5 * 1.25 + 500 * 1.5 * 2) / 1e6
+    assert pricing.cost_usd("claude-sonnet-4-6", 1000, 500, 10_000, 2_000, 500) == pytest.approx(usd)
     assert prices.rates("claude-sonnet-4-6-20260217").source == "override"  # dated names too
     assert prices.rates("claude-sonnet-4-5").source == "genai-prices"  # others keep the library's price
     # A model genai-prices does not know is priced by its override, without a warning.
@@ -133,7 +151,7 @@ def test_an_unknown_model_warns_once_and_costs_the_dearest_price(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="ccproxy_core.pricing")
     assert pricing.cost_usd("claude-made-up-9", 0, 0) == 0.0 and not caplog.records  # no tokens: no look-up
-    usage = (1000, 500, 2000, 300)
+    usage = (1000, 500, 2000, 300, 100)
     charged = pricing.cost_usd("claude-made-up-9", *usage)
     # The dearest known price is at least what any Claude model in the table would cost.
     dearest_known = max(library_usd(m.id, *usage) for m in fresh.provider.models)

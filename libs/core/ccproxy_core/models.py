@@ -81,6 +81,13 @@ def find_model(name: str) -> ModelInfo | None:
     return best[1] if best is not None else None
 
 
+def one_hour_writes(usage: dict[str, Any]) -> int:
+    """The 1-hour cache writes of an Anthropic ``usage`` object (``cache_creation``'s split)."""
+    split = usage.get("cache_creation")
+    value = split.get("ephemeral_1h_input_tokens") if isinstance(split, dict) else None
+    return value if type(value) is int and value > 0 else 0
+
+
 class TokenUsage(BaseModel):
     """The tokens one answer used, of which model: the one value billing (auth), metrics, the
     access log, SDK results and the OpenAI usage objects all read."""
@@ -90,6 +97,8 @@ class TokenUsage(BaseModel):
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    #: Of ``cache_write_tokens``, those written to the 1-hour cache (dearer than 5-minute writes).
+    cache_write_1h_tokens: int = 0
 
     def add(self, usage: dict[str, Any] | None) -> None:
         """Take in an Anthropic ``usage`` object (message_start, then message_delta: later
@@ -100,21 +109,28 @@ class TokenUsage(BaseModel):
         self.output_tokens = usage.get("output_tokens") or self.output_tokens
         self.cache_read_tokens = usage.get("cache_read_input_tokens") or self.cache_read_tokens
         self.cache_write_tokens = usage.get("cache_creation_input_tokens") or self.cache_write_tokens
+        self.cache_write_1h_tokens = one_hour_writes(usage) or self.cache_write_1h_tokens
 
     def take(self, usage: dict[str, Any]) -> None:
-        """Set the four numbers from an Anthropic ``usage`` object (a missing one is 0)."""
+        """Set the numbers from an Anthropic ``usage`` object (a missing one is 0)."""
         self.input_tokens = int(usage.get("input_tokens") or 0)
         self.output_tokens = int(usage.get("output_tokens") or 0)
         self.cache_read_tokens = int(usage.get("cache_read_input_tokens") or 0)
         self.cache_write_tokens = int(usage.get("cache_creation_input_tokens") or 0)
+        self.cache_write_1h_tokens = one_hour_writes(usage)
 
-    def anthropic(self) -> dict[str, int]:
-        """The four numbers as an Anthropic ``usage`` object."""
+    def anthropic(self) -> dict[str, Any]:
+        """The numbers as an Anthropic ``usage`` object."""
+        one_hour = min(self.cache_write_1h_tokens, self.cache_write_tokens)
         return {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_read_input_tokens": self.cache_read_tokens,
             "cache_creation_input_tokens": self.cache_write_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_write_tokens - one_hour,
+                "ephemeral_1h_input_tokens": one_hour,
+            },
         }
 
     @property
@@ -139,7 +155,8 @@ class TokenUsage(BaseModel):
         """USD at the model's price (:mod:`ccproxy_core.pricing`: genai-prices, the operator's
         overrides, the dearest known price for a model without one)."""
         return cost_usd(
-            self.model, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens
+            self.model, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens,
+            self.cache_write_1h_tokens,
         )
 
 

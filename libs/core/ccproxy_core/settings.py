@@ -294,6 +294,8 @@ class PriceOverride(BaseModel):
     cache_read: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     #: Unset: 1.25 times ``input`` (Anthropic's 5-minute cache-write rate).
     cache_write: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    #: Unset: twice ``input`` (Anthropic's 1-hour cache-write rate).
+    cache_write_1h: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class PricingSettings(BaseModel):

@@ -222,7 +222,7 @@ def estimate(model: str, body_bytes: int, max_tokens: int) -> tuple[int, int]:
 def usage_cost_micro(usage: UsageReport) -> int:
     usd = current().usd(
         usage.model, _bounded(usage.input_tokens), _bounded(usage.output_tokens),
-        _bounded(usage.cache_read_tokens), _bounded(usage.cache_write_tokens),
+        _bounded(usage.cache_read_tokens), _bounded(usage.cache_write_tokens), _bounded(usage.cache_write_1h_tokens),
     )
     return _bounded(math.ceil(usd * MICRO), MAX_AMOUNT)
 
