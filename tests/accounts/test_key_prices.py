@@ -1,8 +1,9 @@
-"""Current models cost what genai-prices says, end to end: ``ccproxy serve`` with a member key on
-the real Redis, the official anthropic SDK as the client, the fake upstream answering. The access
-log's ``cost_usd`` and the key's spend must equal genai-prices' own ``calc_price`` of each answer's
-usage (cache reads, 5-minute and 1-hour writes included), an operator's override must win, and a made-up model
-must be charged at least the dearest Claude price, with one warning in the log."""
+"""Current models cost what genai-prices says, end to end: ``ccproxy serve`` and the stack
+(gateway and auth pricing in separate processes) with a member key on the real Redis, the
+official anthropic SDK as the client, the fake upstream answering. The access log's ``cost_usd``
+and the key's spend must equal genai-prices' own ``calc_price`` of each answer's usage (cache
+reads, 5-minute and 1-hour writes included), an operator's override must win, and a made-up
+model must be charged at least the dearest Claude price, with one warning in the log."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from genai_prices.data_snapshot import get_snapshot
 from tests.accounts.helpers import REDIS_URL, nonce
 from tests.accounts.test_keys import create_key, keys_list, team_with_key
 from tests.support.fake import FakeUpstream
-from tests.support.process import wait_until
+from tests.support.process import Proc, wait_until
+from tests.support.stack import StackProc, launch_stack
 
 OVERRIDDEN = "claude-opus-4-7"
 OVERRIDE = {"input": 7.0, "output": 35.0, "cache_read": 0.7, "cache_write": 8.75}
@@ -41,12 +43,20 @@ def library_usd(model: str, i: int, o: int, cr: int, cw: int, cw_1h: int) -> Dec
     return calc_price(usage, model, provider_id="anthropic").total_price
 
 
+@pytest.mark.parametrize("deployment", ["serve", "stack"])
 def test_current_models_are_charged_genai_prices_in_the_log_and_the_budget(
-    tmp_path: Path, fake_upstream: FakeUpstream, prefix: str
+    tmp_path: Path, fake_upstream: FakeUpstream, prefix: str, deployment: str
 ) -> None:
     team = team_with_key(tmp_path, fake_upstream, prefix)
     created = create_key(team, "--name", "gina", "--budget-usd", "50")
-    proc = team.serve(PRICING__OVERRIDES=json.dumps({OVERRIDDEN: OVERRIDE}))
+    overrides = json.dumps({OVERRIDDEN: OVERRIDE})
+    proc: Proc | StackProc
+    if deployment == "serve":
+        proc = team.serve(PRICING__OVERRIDES=overrides)
+    else:  # gateway (access log) and auth (reservations, spend) price in separate processes
+        proc = launch_stack(team.run_dir, fake_url=fake_upstream.url, claude_config_dir=None,
+                            env={"REDIS__KEY_PREFIX": prefix, "AUTH__SECRET_BACKEND": "file",
+                                 "PRICING__OVERRIDES": overrides})
     try:
         sdk = anthropic.Anthropic(base_url=proc.url + "/api", api_key=created["key"], max_retries=0)
         n = nonce()
@@ -90,9 +100,11 @@ def test_current_models_are_charged_genai_prices_in_the_log_and_the_budget(
         row = wait_until(lambda: (r := keys_list(team)["gina"])["requests"] == len(MODELS) and r, timeout=10,
                          message="settlement")
         assert row["spent_usd"] == pytest.approx(spent, abs=1e-9)
-        # One warning for the made-up model (it was reserved and settled), naming it, never the key.
-        log = proc.log_text()
-        assert log.count(f"no price for model '{MADE_UP}'") == 1 and log.count("no price for model") == 1
-        assert created["key"] not in log
+        # One warning per process for the made-up model (it was priced several times), naming it.
+        logs = [proc.log_text()] if isinstance(proc, Proc) else [
+            proc.services[name].log_text() for name in ("gateway", "auth")]
+        for log in logs:
+            assert log.count(f"no price for model '{MADE_UP}'") == 1 and log.count("no price for model") == 1
+        assert created["key"] not in proc.log_text()
     finally:
         proc.stop()
