@@ -3,8 +3,8 @@
 genai-prices (pydantic's maintained price data, pinned in uv.lock; bump it to learn new models)
 knows every Claude model's input, output, cache-read and (5-minute and 1-hour) cache-write
 price, when each price started, and the long-context tiers (every token of a request whose
-prompt passes the tier's start costs the tier's price). ``PRICING__OVERRIDES`` wins over it, for a negotiated price or a
-model it does not know yet.
+prompt passes the tier's start costs the tier's price). ``PRICING__OVERRIDES`` wins over it,
+for a negotiated price or a model it does not know yet.
 
 A model neither knows is priced at the *dearest* known price, for reservations and for the
 spend a key is charged alike: a made-up model name must not slip past a budget. Its access-log
@@ -12,7 +12,7 @@ cost is that same upper bound (what the key was charged), and a warning names th
 
 The hot path asks for a price on every answer and every admission, so the model lookup is
 cached and the sum is genai-prices' own per-unit function (``calc_unit_price``, the one its
-``calc_price`` uses) on the four numbers ccproxy counts, without its generic usage machinery
+``calc_price`` uses) on the token numbers ccproxy counts, without its generic usage machinery
 (about 200 µs a call, against about 5 µs); a test checks both give the same figure for every
 Claude model.
 """
