@@ -37,8 +37,9 @@ from tests.fake_upstream.state import CLAUDE_CLI_CLIENT_ID, FakeState, RequestRe
 from tests.fake_upstream.streaming import TimedResponse, stream_events
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-#: Newest first, like the real API; claude-opus-5-5 is one the packaged models.json lacks.
+#: Newest first, like the real API; claude-fable-5-2 is one the packaged models.json lacks.
 MODELS = [
+    ("claude-fable-5-2", "Claude Fable 5.2", "2026-11-19T00:00:00Z"),
     ("claude-opus-5-5", "Claude Opus 5.5", "2026-10-01T00:00:00Z"),
     ("claude-opus-4-5-20251101", "Claude Opus 4.5", "2025-11-01T00:00:00Z"),
     ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from ccproxy_auth.keys import MICRO, estimate
-from ccproxy_core.models import cost_usd
+from ccproxy_core.pricing import cost_usd
 from tests.accounts.helpers import Team
 from tests.accounts.test_keys import create_key, keys_list
 from tests.sdk.conftest import SdkSetup, cli_processes, launch_sdk_serve
@@ -130,8 +130,9 @@ def test_a_budget_for_one_run_refuses_the_next_and_keys_list_shows_the_spend(
                      message="the run settled")
     # Settled from the run's tokens at list price (what the access log's cost_usd says too).
     usage = answer.usage
+    one_hour = usage.cache_creation.ephemeral_1h_input_tokens if usage.cache_creation else 0
     expected = cost_usd(MODEL, usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens or 0,
-                        usage.cache_creation_input_tokens or 0)
+                        usage.cache_creation_input_tokens or 0, one_hour)
     assert row["input_tokens"] == usage.input_tokens and row["output_tokens"] == usage.output_tokens
     assert row["period_spent_usd"] == pytest.approx(expected, abs=2e-6) and row["spent_usd"] > 0
     assert row["period_spent_usd"] + per_request / MICRO > budget, "a run of Claude Code costs more than its estimate"

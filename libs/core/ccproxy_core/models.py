@@ -1,8 +1,10 @@
-"""The Claude models ccproxy knows, their prices, and the ``/v1/models`` body.
+"""The Claude models ccproxy lists, their output limits, and the ``/v1/models`` body.
 
-The list is data (``data/models.json``), not code, so updating a price or adding a model is a
-one-line change. The listing body carries both the Anthropic and the OpenAI field names, so
-``client.models.list()`` parses it in either official SDK.
+The list is data (``data/models.json``), not code, so adding a model is a one-line change. It
+holds what the price source does not: display names, release dates (the static listing, served
+when the upstream's cannot be had) and each model's largest ``max_tokens`` (input validation).
+Prices come from genai-prices (:mod:`ccproxy_core.pricing`). The listing body carries both the
+Anthropic and the OpenAI field names, so ``client.models.list()`` parses it in either official SDK.
 """
 
 from __future__ import annotations
@@ -18,15 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ccproxy_core.errors import ProxyError
-
-
-class Price(BaseModel):
-    """USD per million tokens."""
-
-    input: float
-    output: float
-    cache_read: float
-    cache_write: float
+from ccproxy_core.pricing import cost_usd
 
 
 class ModelInfo(BaseModel):
@@ -36,7 +30,6 @@ class ModelInfo(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     #: The largest ``max_tokens`` the API accepts for this model.
     max_output_tokens: int
-    price: Price
 
 
 @functools.cache
@@ -75,36 +68,24 @@ def check_token_limit(value: Any, model: str, param: str = "max_tokens") -> int:
 
 
 def find_model(name: str) -> ModelInfo | None:
+    """The listed model ``name`` is, by id or alias, or a dated variant of (the longest listed
+    name it extends with ``-``: ``claude-opus-4-6-20991231`` is Opus 4.6, not Opus 4)."""
     for model in known_models():
         if name == model.id or name in model.aliases:
             return model
-    # Dated variants we do not list yet still price like their family.
+    best: tuple[int, ModelInfo] | None = None
     for model in known_models():
-        if any(name.startswith(alias) for alias in model.aliases):
-            return model
-    return None
+        for known in (model.id, *model.aliases):
+            if name.startswith(known + "-") and (best is None or len(known) > best[0]):
+                best = (len(known), model)
+    return best[1] if best is not None else None
 
 
-def price_for(model: str) -> Price | None:
-    """The price of ``model``; a model newer than the table prices like the newest of its family
-    (opus, sonnet, haiku), so new releases are estimated rather than counted as free."""
-    info = find_model(model)
-    if info is not None:
-        return info.price
-    for family in ("opus", "sonnet", "haiku"):
-        if family in model:
-            return next((m.price for m in known_models() if family in m.id), None)
-    return None
-
-
-def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> float:
-    p = price_for(model)
-    if p is None:
-        return 0.0
-    total = (
-        input_tokens * p.input + output_tokens * p.output + cache_read * p.cache_read + cache_write * p.cache_write
-    )
-    return round(total / 1_000_000, 8)
+def one_hour_writes(usage: dict[str, Any]) -> int:
+    """The 1-hour cache writes of an Anthropic ``usage`` object (``cache_creation``'s split)."""
+    split = usage.get("cache_creation")
+    value = split.get("ephemeral_1h_input_tokens") if isinstance(split, dict) else None
+    return value if type(value) is int and value > 0 else 0
 
 
 class TokenUsage(BaseModel):
@@ -116,6 +97,8 @@ class TokenUsage(BaseModel):
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    #: Of ``cache_write_tokens``, those written to the 1-hour cache (dearer than 5-minute writes).
+    cache_write_1h_tokens: int = 0
 
     def add(self, usage: dict[str, Any] | None) -> None:
         """Take in an Anthropic ``usage`` object (message_start, then message_delta: later
@@ -126,21 +109,28 @@ class TokenUsage(BaseModel):
         self.output_tokens = usage.get("output_tokens") or self.output_tokens
         self.cache_read_tokens = usage.get("cache_read_input_tokens") or self.cache_read_tokens
         self.cache_write_tokens = usage.get("cache_creation_input_tokens") or self.cache_write_tokens
+        self.cache_write_1h_tokens = one_hour_writes(usage) or self.cache_write_1h_tokens
 
     def take(self, usage: dict[str, Any]) -> None:
-        """Set the four numbers from an Anthropic ``usage`` object (a missing one is 0)."""
+        """Set the numbers from an Anthropic ``usage`` object (a missing one is 0)."""
         self.input_tokens = int(usage.get("input_tokens") or 0)
         self.output_tokens = int(usage.get("output_tokens") or 0)
         self.cache_read_tokens = int(usage.get("cache_read_input_tokens") or 0)
         self.cache_write_tokens = int(usage.get("cache_creation_input_tokens") or 0)
+        self.cache_write_1h_tokens = one_hour_writes(usage)
 
-    def anthropic(self) -> dict[str, int]:
-        """The four numbers as an Anthropic ``usage`` object."""
+    def anthropic(self) -> dict[str, Any]:
+        """The numbers as an Anthropic ``usage`` object."""
+        one_hour = min(self.cache_write_1h_tokens, self.cache_write_tokens)
         return {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_read_input_tokens": self.cache_read_tokens,
             "cache_creation_input_tokens": self.cache_write_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_write_tokens - one_hour,
+                "ephemeral_1h_input_tokens": one_hour,
+            },
         }
 
     @property
@@ -162,9 +152,11 @@ class TokenUsage(BaseModel):
         )
 
     def cost(self) -> float:
-        """USD at the model's list price (0 for a model without one)."""
+        """USD at the model's price (:mod:`ccproxy_core.pricing`: genai-prices, the operator's
+        overrides, the dearest known price for a model without one)."""
         return cost_usd(
-            self.model, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens
+            self.model, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens,
+            self.cache_write_1h_tokens,
         )
 
 

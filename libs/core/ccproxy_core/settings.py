@@ -285,6 +285,28 @@ class PermissionsSettings(BaseModel):
     retention_seconds: float = 3600.0
 
 
+class PriceOverride(BaseModel):
+    """An operator's price for one model, USD per million tokens (flat: no long-context tier)."""
+
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
+    #: Unset: a tenth of ``input`` (Anthropic's cache-read rate).
+    cache_read: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    #: Unset: 1.25 times ``input`` (Anthropic's 5-minute cache-write rate).
+    cache_write: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    #: Unset: twice ``input`` (Anthropic's 1-hour cache-write rate).
+    cache_write_1h: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class PricingSettings(BaseModel):
+    """What tokens cost, for the access log, metrics and key budgets (docs/accounts.md)."""
+
+    #: Prices that win over genai-prices', by model name (an exact name, or a prefix of dated
+    #: names: ``claude-sonnet-4-6`` covers ``claude-sonnet-4-6-20260217``). Environment: a JSON
+    #: object; TOML: ``[pricing.overrides."claude-sonnet-4-6"]`` tables.
+    overrides: dict[str, PriceOverride] = Field(default_factory=dict)
+
+
 class ServicesSettings(BaseModel):
     """Where the other services are, when they run as separate processes (the stack)."""
 
@@ -323,6 +345,7 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
+    pricing: PricingSettings = Field(default_factory=PricingSettings)
     data_dir: Path = Field(default_factory=default_data_dir)
 
     @classmethod

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from ccproxy_auth.accounts import AccountError, AccountStore
 from ccproxy_auth.keys import KeyAdminError, KeyStore
 from ccproxy_auth.pool import AccountPool
+from ccproxy_core import pricing
 from ccproxy_core.client_keys import Admission, Period, UsageReport
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.internal import json_response
@@ -34,6 +35,8 @@ def local_accounts(settings: Settings, metrics: Any = None) -> tuple[AccountPool
     shared, and their limits run as Lua) of this process."""
     from ccproxy_core.redis import connect
 
+    # Settlement charges keys at these prices (the gateway's access log uses the same ones).
+    pricing.configure(settings.pricing.overrides)
     redis = connect(settings.redis)
     pool = AccountPool(settings, redis, metrics=metrics)
     keys = KeyStore(redis, settings.redis.key_prefix) if settings.redis.url else None

@@ -11,7 +11,8 @@ that dies mid-request cannot hold budget forever.
 
 rpm and tpm are token buckets (capacity N, refilled N per minute). The estimate reserved for a
 request is its input (body bytes / 4 tokens) plus its ``max_tokens`` of output at the model's
-list price (:mod:`ccproxy_core.models`), an upper bound in practice, so the budget holds. An
+price (:mod:`ccproxy_core.pricing`, the source the settled cost uses too), an upper bound in
+practice, so the budget holds. An
 SDK-mode run (many upstream calls) reserves a fixed amount instead (``CLAUDE__RUN_RESERVATION_USD``,
 less if less is left), which its Claude Code is then not allowed to spend more than.
 """
@@ -35,7 +36,7 @@ from ccproxy_core.client_keys import (
     hash_key,
 )
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.models import cost_usd, find_model, known_models
+from ccproxy_core.pricing import current
 
 MICRO = 1_000_000
 #: A request's reservation expires after this long (longer than any stream).
@@ -207,21 +208,21 @@ def _bounded(value: int | float, top: int = MAX_TOKENS) -> int:
 
 
 def estimate(model: str, body_bytes: int, max_tokens: int) -> tuple[int, int]:
-    """(tokens, micro-USD) a request may use at most, for reservations. Unknown models are
-    priced like the dearest known one, so a new model name cannot slip past a budget. Inputs are
-    clamped (a negative ``max_tokens`` reserves the input alone, never a negative amount)."""
+    """(tokens, micro-USD) a request may use at most, for reservations. A model without a price
+    reserves at the dearest known one, so a made-up model name cannot slip past a budget; a
+    prompt past a long-context tier's start reserves at the tier's price. Inputs are clamped (a
+    negative ``max_tokens`` reserves the input alone, never a negative amount)."""
     input_tokens = max(1, _bounded(body_bytes) // 4)
     output_tokens = _bounded(max_tokens)
     tokens = input_tokens + output_tokens
-    priced = model if find_model(model) is not None else max(known_models(), key=lambda m: m.price.output).id
-    usd = cost_usd(priced, input_tokens, output_tokens)
+    usd = current().rates(model).cost(input_tokens, output_tokens)
     return tokens, _bounded(math.ceil(usd * MICRO), MAX_AMOUNT)
 
 
 def usage_cost_micro(usage: UsageReport) -> int:
-    usd = cost_usd(
+    usd = current().usd(
         usage.model, _bounded(usage.input_tokens), _bounded(usage.output_tokens),
-        _bounded(usage.cache_read_tokens), _bounded(usage.cache_write_tokens),
+        _bounded(usage.cache_read_tokens), _bounded(usage.cache_write_tokens), _bounded(usage.cache_write_1h_tokens),
     )
     return _bounded(math.ceil(usd * MICRO), MAX_AMOUNT)
 

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from ccproxy_core import pricing
 from ccproxy_core.access_log import AccessLogEmitter
 from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
@@ -37,6 +38,7 @@ from ccproxy_gateway.body import read_json_object
 from ccproxy_gateway.dashboard import dashboard_routes
 from ccproxy_gateway.metering import KeyMeter, MeteredForwarder, keys_enabled
 from ccproxy_gateway.model_catalog import ModelCatalog
+from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, stored_routes
@@ -68,6 +70,8 @@ class Gateway:
         responses: ResponseStore | None = None,
     ) -> None:
         self.settings = settings
+        # What answers cost in the access log and metrics (auth settles keys at the same prices).
+        pricing.configure(settings.pricing.overrides)
         #: The Responses API's store (``previous_response_id``, ``item_reference``); None: none.
         self.responses = responses
         self.forwarder = forwarder
@@ -86,6 +90,15 @@ class Gateway:
         self.meter = KeyMeter(keys) if keys is not None else None
         if self.meter is not None:
             self.forwarder = MeteredForwarder(forwarder, self.meter)
+        #: ``GET /v1/models`` for ``/api`` and ``/sdk`` alike: the upstream's list, else the static one.
+        self.catalog = ModelCatalog(
+            self.forwarder, settings.anthropic.models_cache_seconds, ModelMap.from_settings(settings.models).aliases()
+        )
+
+    async def models(self, request: Request) -> Response:
+        """The models listing (``/api/v1/models`` and ``/sdk/v1/models``)."""
+        query = request.scope.get("query_string", b"").decode()
+        return JSONResponse(await self.catalog.listing(dict(request.headers), query, caller(request).key))
 
     async def read_body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(request, self.settings.server.max_body_bytes)
@@ -156,13 +169,8 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
     async def count_tokens(request: Request) -> Response:
         return await gateway.forward_anthropic(request, "/v1/messages/count_tokens")
 
-    catalog = ModelCatalog(
-        gateway.forwarder, gateway.settings.anthropic.models_cache_seconds, openai.model_map.aliases()
-    )
-
     async def models(request: Request) -> Response:
-        query = request.scope.get("query_string", b"").decode()
-        return JSONResponse(await catalog.listing(dict(request.headers), query, caller(request).key))
+        return await gateway.models(request)
 
     async def preflight(request: Request) -> Response:
         # Older Claude Code versions send HEAD to the base URL before anything else.

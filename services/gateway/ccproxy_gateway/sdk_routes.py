@@ -38,7 +38,7 @@ from ccproxy_core.client_keys import Admission
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import LOCAL, caller, public
-from ccproxy_core.models import TokenUsage, models_listing
+from ccproxy_core.models import TokenUsage
 from ccproxy_core.redis import unavailable_as_503
 from ccproxy_core.sdk_jobs import (
     END,
@@ -294,7 +294,8 @@ class SdkRoutes:
         return Response(status_code=200)
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse(models_listing(self.model_map.aliases()))
+        # The same listing as API mode's: the models Claude Code can run are the upstream's.
+        return await self.gateway.models(request)
 
     async def status(self, request: Request) -> Response:
         redis, keys = self.queue.redis, self.queue.keys

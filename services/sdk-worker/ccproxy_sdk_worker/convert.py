@@ -36,6 +36,7 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import ServerToolResultBlock, ServerToolUseBlock
 
 from ccproxy_core.errors import ANTHROPIC_TYPE_BY_STATUS, ProxyError
+from ccproxy_core.models import one_hour_writes
 from ccproxy_core.sdk_jobs import SdkResult
 
 MessageMode = Literal["forward", "formatted", "ignore"]
@@ -110,12 +111,13 @@ class EventBuilder:
             self.result.take(self._seen())
         return self.result
 
-    def _seen(self) -> dict[str, int]:
-        """The usage of the API calls seen so far, summed."""
+    def _seen(self) -> dict[str, Any]:
+        """The usage of the API calls seen so far, summed (as an Anthropic ``usage`` object)."""
         totals = dict(self._spent)
         for usage in self._calls.values():
             _add_usage(totals, usage)
-        return totals
+        one_hour = totals.pop(ONE_HOUR, 0)
+        return {**totals, "cache_creation": {"ephemeral_1h_input_tokens": one_hour}}
 
     def _count(self, agent: str | None, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -276,8 +278,15 @@ class EventBuilder:
         yield "message_stop", {"type": "message_stop"}
 
 
+#: Where :func:`_add_usage` sums ``cache_creation.ephemeral_1h_input_tokens`` (priced apart).
+ONE_HOUR = "cache_creation_1h"
+
+
 def _add_usage(totals: dict[str, int], usage: dict[str, Any]) -> None:
     for name in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
         value = usage.get(name)
         if isinstance(value, int):
             totals[name] = totals.get(name, 0) + value
+    one_hour = one_hour_writes(usage)
+    if one_hour:
+        totals[ONE_HOUR] = totals.get(ONE_HOUR, 0) + one_hour

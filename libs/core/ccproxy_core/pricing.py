@@ -1,0 +1,199 @@
+"""What tokens cost: genai-prices' Anthropic table, under the operator's overrides.
+
+genai-prices (pydantic's maintained price data, pinned in uv.lock; bump it to learn new models)
+knows every Claude model's input, output, cache-read and (5-minute and 1-hour) cache-write
+price, when each price started, and the long-context tiers (every token of a request whose
+prompt passes the tier's start costs the tier's price). ``PRICING__OVERRIDES`` wins over it,
+for a negotiated price or a model it does not know yet.
+
+A model neither knows is priced at the *dearest* known price, for reservations and for the
+spend a key is charged alike: a made-up model name must not slip past a budget. Its access-log
+cost is that same upper bound (what the key was charged), and a warning names the model once.
+
+The hot path asks for a price on every answer and every admission, so the model lookup is
+cached and the sum is genai-prices' own per-unit function (``calc_unit_price``, the one its
+``calc_price`` uses) on the token numbers ccproxy counts, without its generic usage machinery
+(about 200 µs a call, against about 5 µs); a test checks both give the same figure for every
+Claude model.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from genai_prices import data_snapshot
+from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, calc_unit_price
+
+from ccproxy_core.settings import PriceOverride
+
+log = logging.getLogger(__name__)
+
+MTOK = 1_000_000
+#: Distinct unknown model names warned about, at most (a client can invent any number of them).
+MAX_WARNED = 256
+
+PriceValue = Decimal | TieredPrices | None
+
+
+@dataclass(frozen=True)
+class Rates:
+    """USD per million tokens of each kind; a tiered rate switches on the prompt's size."""
+
+    input: PriceValue
+    output: PriceValue
+    cache_read: PriceValue
+    cache_write: PriceValue
+    cache_write_1h: PriceValue
+    #: Where the rates come from: ``genai-prices``, ``override`` or ``dearest`` (unknown model).
+    source: str
+
+    def cost(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,
+             cache_write_1h: int = 0) -> Decimal:
+        """``cache_write_1h`` is the part of ``cache_write`` written to the 1-hour cache."""
+        # A tier applies by the whole prompt: uncached input plus cache reads and writes.
+        prompt = input_tokens + cache_read + cache_write
+        one_hour = min(cache_write_1h, cache_write)
+        return (
+            calc_unit_price(self.input, input_tokens, prompt, MTOK)
+            + calc_unit_price(self.output, output_tokens, prompt, MTOK)
+            + calc_unit_price(self.cache_read, cache_read, prompt, MTOK)
+            + calc_unit_price(self.cache_write, cache_write - one_hour, prompt, MTOK)
+            + calc_unit_price(self.cache_write_1h, one_hour, prompt, MTOK)
+        )
+
+
+def _top(value: PriceValue) -> Decimal:
+    """The highest rate ``value`` can reach (a tiered price's dearest tier)."""
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, TieredPrices):
+        return max([value.base, *(tier.price for tier in value.tiers)])
+    return value
+
+
+def _override_rates(price: PriceOverride) -> Rates:
+    def dec(x: float) -> Decimal:
+        return Decimal(repr(x))
+
+    read = price.cache_read if price.cache_read is not None else price.input * 0.1
+    write = price.cache_write if price.cache_write is not None else price.input * 1.25
+    write_1h = price.cache_write_1h if price.cache_write_1h is not None else price.input * 2
+    return Rates(dec(price.input), dec(price.output), dec(read), dec(write), dec(write_1h), "override")
+
+
+def _rates(prices: ModelPrice, source: str = "genai-prices") -> Rates:
+    # Without a cache price, cached tokens are input tokens (as genai-prices' calc_price counts them).
+    # A model without a 1-hour price charges those writes as writes.
+    base = prices.input_mtok
+    read, write, write_1h = prices.cache_read_mtok, prices.cache_write_mtok, prices.cache_write_1h_mtok
+    write = base if write is None else write
+    return Rates(base, prices.output_mtok, base if read is None else read, write,
+                 write if write_1h is None else write_1h, source)
+
+
+def anthropic_provider() -> Provider:
+    """genai-prices' Anthropic entry (its bundled data: ccproxy never fetches prices at run time)."""
+    return data_snapshot.get_snapshot().find_provider(None, "anthropic", None)
+
+
+class Pricing:
+    """Prices for one process: genai-prices' table, the overrides, and the dearest fallback."""
+
+    def __init__(self, overrides: Mapping[str, PriceOverride] | None = None) -> None:
+        self.provider = anthropic_provider()
+        self._overrides = {name.lower(): _override_rates(p) for name, p in (overrides or {}).items()}
+        # Longest first, so ``claude-opus-4-1`` wins over ``claude-opus-4`` for a dated name.
+        self._override_names = sorted(self._overrides, key=len, reverse=True)
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self.find = functools.lru_cache(maxsize=1024)(self._find)
+
+    def _find(self, model: str) -> ModelInfo | Rates | None:
+        """An override's rates, else genai-prices' model, else None (cached per name)."""
+        name = model.lower()
+        for prefix in self._override_names:
+            if name == prefix or name.startswith(prefix + "-") or name.startswith(prefix + "@"):
+                return self._overrides[prefix]
+        return self.provider.find_model(name)
+
+    def known(self, model: str) -> bool:
+        return self.find(model) is not None
+
+    def rates(self, model: str, at: datetime | None = None) -> Rates:
+        """``model``'s rates at ``at`` (now), or the dearest known ones (and a warning) for a
+        model without a price."""
+        found = self.find(model)
+        if isinstance(found, Rates):
+            return found
+        when = at or datetime.now(tz=UTC)
+        if found is not None:
+            return _rates(found.get_prices(when))
+        self._warn(model)
+        return self.dearest(when.date().isoformat())
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - one Pricing per process; keyed by day (prices have start dates)
+    def dearest(self, day: str) -> Rates:
+        """The highest rate of each kind over every Claude model and override, on ``day``."""
+        when = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        tables = [_rates(m.get_prices(when)) for m in self.provider.models] + list(self._overrides.values())
+        def top(kind: str) -> Decimal:
+            return max(_top(getattr(r, kind)) for r in tables)
+
+        return Rates(top("input"), top("output"), top("cache_read"), top("cache_write"), top("cache_write_1h"),
+                     "dearest")
+
+    def _warn(self, model: str) -> None:
+        with self._lock:
+            if model in self._warned or len(self._warned) > MAX_WARNED:
+                return
+            self._warned.add(model)
+            last = len(self._warned) > MAX_WARNED
+        log.warning(
+            "no price for model %r: charging the dearest known price (set PRICING__OVERRIDES to price it)%s",
+            model[:100], "; further unknown models are not logged" if last else "",
+        )
+
+    def usd(self, model: str, input_tokens: int, output_tokens: int, cache_read: int = 0,
+            cache_write: int = 0, cache_write_1h: int = 0) -> Decimal:
+        """Exact USD for these tokens of ``model`` (0 for no tokens, without looking the model up:
+        a refused request names no model worth a warning)."""
+        if not (input_tokens or output_tokens or cache_read or cache_write):
+            return Decimal(0)
+        return self.rates(model).cost(input_tokens, output_tokens, cache_read, cache_write, cache_write_1h)
+
+    def cost(self, model: str, input_tokens: int, output_tokens: int, cache_read: int = 0,
+             cache_write: int = 0, cache_write_1h: int = 0) -> float:
+        """USD for these tokens of ``model``, to the 8th decimal (the access log's ``cost_usd``)."""
+        usd = self.usd(model, input_tokens, output_tokens, cache_read, cache_write, cache_write_1h)
+        return round(float(usd), 8)
+
+
+_current: Pricing | None = None
+
+
+def configure(overrides: Mapping[str, PriceOverride] | None) -> Pricing:
+    """Set this process's prices (each service does so from its settings when it starts)."""
+    global _current
+    _current = Pricing(overrides)
+    return _current
+
+
+def current() -> Pricing:
+    """This process's prices: the last :func:`configure`, else genai-prices' alone."""
+    global _current
+    if _current is None:
+        _current = Pricing()
+    return _current
+
+
+def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,
+             cache_write_1h: int = 0) -> float:
+    """USD for these tokens of ``model`` at this process's prices (``cache_write_1h``: the part of
+    ``cache_write`` written to the 1-hour cache)."""
+    return current().cost(model, input_tokens, output_tokens, cache_read, cache_write, cache_write_1h)
