@@ -1,0 +1,255 @@
+"""The admin console and the member page in headless Chromium, as a team lead and a member use them.
+
+The lead signs in with the admin token, creates a key, the key is used with the official
+anthropic SDK against the fake upstream, its spend shows in the list, its budget is edited (the
+next request is refused for it), it is revoked (the next request is refused). A member signs in
+to ``/me`` and sees their own requests and approvals, nobody else's. Screenshots of both pages
+go to docs/ when ``UPDATE_SCREENSHOTS=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx2 as httpx
+import pytest
+import redis.asyncio as aioredis
+
+from ccproxy_core.permissions import PermissionAsk
+from ccproxy_core.settings import PermissionsSettings
+from ccproxy_permissions.store import PermissionStore
+from tests.accounts.helpers import MODEL, REDIS_URL, Team, nonce
+from tests.console.conftest import ADMIN, CLICKABLE_NON_BUTTONS, DOCS, UNLABELLED, fill, press, tab_to, type_text
+from tests.permissions.browser import Page
+from tests.support.process import Proc
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def sdk(proc: Proc, key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=proc.url + "/api", api_key=key, max_retries=0)
+
+
+def ask(proc: Proc, key: str, text: str | None = None) -> Any:
+    return sdk(proc, key).messages.create(
+        model=MODEL, max_tokens=16, messages=[{"role": "user", "content": text or nonce()}]
+    )
+
+
+async def snap(page: Page, tmp_path: Path, name: str) -> None:
+    await page.screenshot(tmp_path / name)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        await page.screenshot(DOCS / name)
+
+
+def row(name: str) -> str:
+    return f"document.querySelector('#keys-table tr[data-name={json.dumps(name)}]')"
+
+
+async def cookies(page: Page) -> dict[str, dict[str, Any]]:
+    found = await page.send("Network.getCookies")
+    return {c["name"]: c for c in found["cookies"]}
+
+
+async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: Page, tmp_path: Path) -> None:
+    await page.goto(f"{served.url}/admin")
+    await page.until("document.body.dataset.ready === '1'", "the console script")
+    assert await page.evaluate("!document.getElementById('signin').classList.contains('hidden')")
+    assert await page.evaluate("document.getElementById('token').type") == "password"
+
+    # A wrong token: a clear error, no session.
+    await fill(page, "token", "not-the-token-" + "x" * 20)
+    await page.evaluate("document.getElementById('signin-form').requestSubmit()")
+    await page.until("document.getElementById('signin-error').textContent.includes('wrong admin token')",
+                     "the wrong-token error")
+    assert "ccproxy_admin" not in await cookies(page)
+
+    # Keyboard only: Tab to the token field, type it, Enter.
+    await page.evaluate("document.activeElement && document.activeElement.blur()")
+    await tab_to(page, "token")
+    await type_text(page, ADMIN)
+    await press(page, "Enter")
+    await page.until("!document.getElementById('app').classList.contains('hidden')", "the signed-in console")
+    session = (await cookies(page))["ccproxy_admin"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict" and ADMIN not in session["value"]
+    assert await page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot read it
+    assert await page.evaluate(UNLABELLED) == []
+    assert await page.evaluate(CLICKABLE_NON_BUTTONS) == []
+    html = await page.evaluate("document.documentElement.outerHTML")
+    assert ADMIN not in html
+    await page.until("!!document.querySelector('#accounts-table tr[data-account=main]')", "the account row")
+    assert "api_key" in await page.evaluate("document.querySelector('#accounts-table tr[data-account=main]').innerText")
+
+    # Create a key with a budget; it is shown once, with set-up snippets against this server.
+    await fill(page, "new-name", "alice")
+    await fill(page, "new-budget", "5")
+    await fill(page, "new-rpm", "600")
+    await page.evaluate("document.getElementById('create').click()")
+    await page.until("!document.getElementById('newkey').classList.contains('hidden')", "the new key")
+    key = await page.evaluate("document.getElementById('newkey-value').value")
+    assert key.startswith("ccp_")
+    snippets = await page.evaluate("document.getElementById('newkey-snippets').innerText")
+    for expected in (f"ANTHROPIC_BASE_URL={served.url}/api", f'base_url="{served.url}/api/v1"', "wire_api",
+                     f"curl {served.url}/api/v1/messages", f"ANTHROPIC_AUTH_TOKEN={key}"):
+        assert expected in snippets
+    assert await page.evaluate("document.activeElement.id") == "newkey-copy"
+    await snap(page, tmp_path, "console-new-key.png")
+
+    # The official SDK with the new key, through this server, to the fake upstream.
+    answer = await asyncio.to_thread(ask, served, key)
+    assert answer.content and answer.usage.output_tokens > 0
+
+    # Its spend and request count appear in the list (a reload keeps the session).
+    await page.goto(f"{served.url}/admin")
+    await page.until(f"!!{row('alice')}", "alice's row")
+    assert await page.evaluate(f"{row('alice')}.querySelector('.requests').textContent") == "1"
+    period = await page.evaluate(f"{row('alice')}.querySelector('.period').innerText")
+    assert "of $5.00 / month" in period and not period.startswith("$0.0000 ")
+    assert await page.evaluate("document.getElementById('newkey').classList.contains('hidden')")  # shown once
+    await snap(page, tmp_path, "console.png")
+
+    # Edit the budget down to a millionth of a dollar: the next request is refused for it.
+    await page.evaluate(f"{row('alice')}.querySelector('button.edit').click()")
+    await page.until("document.getElementById('edit').open", "the edit dialog")
+    assert await page.evaluate("document.getElementById('edit-budget').value") == "5"
+    await fill(page, "edit-budget", "0.000001")
+    await page.evaluate("document.getElementById('edit-save').click()")
+    await page.until("!document.getElementById('edit').open", "the dialog to close")
+    await page.until(f"{row('alice')}.querySelector('.period').innerText.includes('of $0.0000 / month')",
+                     "the new budget in the list")
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        await asyncio.to_thread(ask, served, key)
+    assert refused.value.status_code == 402
+
+    # Revoke (two clicks: no blocking dialog); the key is refused from then on.
+    await page.evaluate(f"{row('alice')}.querySelector('button.revoke').click()")
+    assert await page.evaluate(f"{row('alice')}.querySelector('button.revoke').textContent") == "Confirm revoke"
+    await page.evaluate(f"{row('alice')}.querySelector('button.revoke').click()")
+    await page.until(f"!{row('alice')}", "alice's row to go")
+
+    def refused_now() -> int:
+        try:
+            ask(served, key)
+        except anthropic.APIStatusError as exc:
+            return exc.status_code
+        return 200
+
+    deadline = asyncio.get_running_loop().time() + 10  # the gateway trusts a lookup for 1 s here
+    status = await asyncio.to_thread(refused_now)
+    while status != 401 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+        status = await asyncio.to_thread(refused_now)
+    assert status == 401
+
+    # Sign out: the session is gone on the server too.
+    cookie = (await cookies(page))["ccproxy_admin"]["value"]
+    await page.evaluate("document.getElementById('sign-out').click()")
+    await page.until("!document.getElementById('signin').classList.contains('hidden')", "the sign-in form")
+    gone = httpx.get(f"{served.url}/admin/keys", cookies={"ccproxy_admin": cookie})
+    assert gone.status_code == 401
+    # Neither the admin token nor the key was ever logged.
+    log = served.log_text()
+    assert ADMIN not in log and key not in log
+
+
+async def make_permission(prefix: str, key_id: str, key_name: str, path: str) -> str:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        store = PermissionStore(client, prefix, PermissionsSettings())
+        ask = PermissionAsk(tool_name="Write", input={"file_path": path, "content": "x"}, key_id=key_id,
+                            key_name=key_name, title=f"Claude wants to write {path}")
+        view = await store.create(ask)
+        return view.id
+    finally:
+        await client.aclose()
+
+
+def admin_api(proc: Proc, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    resp = httpx.request(method, proc.url + path, json=body, headers={"authorization": f"Bearer {ADMIN}"})
+    assert resp.status_code < 300, resp.text
+    return resp.json()
+
+
+def wait_for_rows(proc: Proc, key: str, count: int) -> list[dict[str, Any]]:
+    """The key's access-log rows, once ``count`` are there (the consumer writes them shortly)."""
+    end = time.monotonic() + 30
+    while True:
+        rows = httpx.get(proc.url + "/logs/query", headers={"x-api-key": key}).json().get("data", [])
+        if len(rows) >= count or time.monotonic() > end:
+            return list(rows)
+        time.sleep(0.2)
+
+
+async def test_member_sees_only_their_own(served: Proc, team: Team, page: Page, prefix: str, tmp_path: Path) -> None:
+    alice = admin_api(served, "POST", "/admin/keys", {"name": "alice", "budget_usd": 20.0, "period": "week",
+                                                      "rpm": 60})
+    bob = admin_api(served, "POST", "/admin/keys", {"name": "bob"})
+    for _ in range(3):
+        await asyncio.to_thread(ask, served, alice["key"])
+    await asyncio.to_thread(ask, served, bob["key"])
+    alice_rows = await asyncio.to_thread(wait_for_rows, served, alice["key"], 3)
+    bob_rows = await asyncio.to_thread(wait_for_rows, served, bob["key"], 1)
+    assert len(alice_rows) == 3 and len(bob_rows) == 1
+    alice_perm = await make_permission(prefix, alice["id"], "alice", "notes/alice.txt")
+    bob_perm = await make_permission(prefix, bob["id"], "bob", "notes/bob.txt")
+
+    await page.goto(f"{served.url}/me")
+    await page.until("document.body.dataset.ready === '1'", "the page script")
+    assert await page.evaluate(UNLABELLED) == []
+    # Keyboard only: Tab to the key field, type, Enter.
+    await tab_to(page, "key")
+    await type_text(page, alice["key"])
+    await press(page, "Enter")
+    await page.until("document.querySelectorAll('#requests-table tr[data-request]').length === 3", "alice's rows")
+    shown = await page.evaluate("[...document.querySelectorAll('#requests-table tr[data-request]')]"
+                                ".map(r => r.dataset.request)")
+    assert sorted(shown) == sorted(r["request_id"] for r in alice_rows)
+    assert bob_rows[0]["request_id"] not in shown
+    await page.until(f"!!document.querySelector('#approvals-list li[data-permission={json.dumps(alice_perm)}]')",
+                     "alice's pending approval")
+    assert await page.evaluate("document.querySelectorAll('#approvals-list li').length") == 1
+    facts = await page.evaluate("document.getElementById('mine').innerText")
+    assert "alice" in facts and "$20.00 per week" in facts and "60 requests/min" in facts
+    assert "bob" not in await page.evaluate("document.body.innerText")
+    await snap(page, tmp_path, "me.png")
+    assert alice["key"] not in await page.evaluate("document.documentElement.outerHTML")
+
+    # From alice's signed-in page, by any URL or parameter: nothing of bob's.
+    async def fetch(path: str, method: str = "GET") -> list[Any]:
+        return await page.evaluate(  # type: ignore[no-any-return]
+            f"fetch({path!r}, {{method: {method!r}}}).then(async r => [r.status, await r.text()])")
+
+    status, body = await fetch(f"/logs/query?key={bob['id']}")
+    assert status == 403
+    status, body = await fetch("/logs/query?limit=1000")
+    assert status == 200 and bob["id"] not in body and bob_rows[0]["request_id"] not in body
+    status, body = await fetch(f"/logs/usage?key={bob['id']}")
+    assert status == 403
+    status, body = await fetch(f"/permissions/{bob_perm}")
+    assert status == 404
+    status, body = await fetch("/permissions")
+    assert status == 200 and bob_perm not in body and alice_perm in body
+    # The session is for reading: no /api, no /sdk, no decisions.
+    status, _ = await fetch("/api/v1/models")
+    assert status == 401
+    status, _ = await fetch(f"/permissions/{alice_perm}/respond", "POST")
+    assert status == 401
+    status, _ = await fetch("/admin/keys")
+    assert status == 401
+    status, body = await fetch("/me/state")
+    assert status == 200 and json.loads(body)["id"] == alice["id"]
+
+    # Bob, signed in elsewhere, sees his own and never alice's.
+    await page.evaluate("document.getElementById('sign-out').click()")
+    await page.until("!document.getElementById('signin').classList.contains('hidden')", "signed out")
+    await fill(page, "key", bob["key"])
+    await page.evaluate("document.getElementById('signin-form').requestSubmit()")
+    await page.until("document.querySelectorAll('#requests-table tr[data-request]').length === 1", "bob's row")
+    text = await page.evaluate("document.body.innerText")
+    assert "alice" not in text and "notes/alice.txt" not in text and "notes/bob.txt" in text
