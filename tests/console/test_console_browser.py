@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import anthropic
 import httpx2 as httpx
@@ -112,7 +113,6 @@ async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: 
     period = await page.evaluate(f"{row('alice')}.querySelector('.period').innerText")
     assert "of $5.00 / month" in period and not period.startswith("$0.0000 ")
     assert await page.evaluate("document.getElementById('newkey').classList.contains('hidden')")  # shown once
-    await snap(page, tmp_path, "console.png")
 
     # Edit the budget down to a millionth of a dollar: the next request is refused for it.
     await page.evaluate(f"{row('alice')}.querySelector('button.edit').click()")
@@ -253,3 +253,61 @@ async def test_member_sees_only_their_own(served: Proc, team: Team, page: Page, 
     await page.until("document.querySelectorAll('#requests-table tr[data-request]').length === 1", "bob's row")
     text = await page.evaluate("document.body.innerText")
     assert "alice" not in text and "notes/alice.txt" not in text and "notes/bob.txt" in text
+
+
+def account(name: str) -> str:
+    return f"document.querySelector('#accounts-table tr[data-account={json.dumps(name)}]')"
+
+
+async def test_lead_connects_a_subscription_and_sees_its_quota(
+    served: Proc, team: Team, page: Page, tmp_path: Path
+) -> None:
+    await page.goto(f"{served.url}/admin")
+    await page.until("document.body.dataset.ready === '1'", "the console script")
+    await fill(page, "token", ADMIN)
+    await page.evaluate("document.getElementById('signin-form').requestSubmit()")
+    await page.until(f"!!{account('main')}", "the accounts")
+
+    # The manual OAuth flow: start, open the authorize URL (the fake agrees at once), paste code#state.
+    await fill(page, "oauth-name", "team-max")
+    await page.evaluate("document.getElementById('oauth-start-form').requestSubmit()")
+    await page.until("!document.getElementById('oauth-finish-form').classList.contains('hidden')", "the code field")
+    url = await page.evaluate("document.getElementById('oauth-link').href")
+    assert url.startswith(team.fake.url + "/oauth/authorize") and "code_challenge_method=S256" in url
+    agreed = await asyncio.to_thread(httpx.get, url, follow_redirects=False)
+    shown = parse_qs(urlsplit(agreed.headers["location"]).query)  # what the authorize page shows
+    await fill(page, "oauth-code", "not-our-login#wrong-state")
+    await page.evaluate("document.getElementById('oauth-finish-form').requestSubmit()")
+    await page.until("document.getElementById('account-form-error').textContent.includes('state mismatch')",
+                     "the mismatch error")
+    await fill(page, "oauth-code", f"{shown['code'][0]}#{shown['state'][0]}")
+    await page.evaluate("document.getElementById('oauth-finish-form').requestSubmit()")
+    await page.until(f"!!{account('team-max')}", "the new subscription account")
+    assert "oauth" in await page.evaluate(f"{account('team-max')}.innerText")
+
+    # A key limited to that account; a request through it reports the subscription's quota.
+    await fill(page, "new-name", "carol")
+    await fill(page, "new-budget", "25")
+    await fill(page, "new-accounts", "team-max")
+    await page.evaluate("document.getElementById('create').click()")
+    await page.until("!document.getElementById('newkey').classList.contains('hidden')", "the new key")
+    key = await page.evaluate("document.getElementById('newkey-value').value")
+    await page.evaluate("document.getElementById('newkey-done').click()")
+    assert await page.evaluate("document.getElementById('newkey-value').value") == ""
+    await asyncio.to_thread(ask, served, key)
+    admin_api(served, "POST", "/admin/keys", {"name": "dan", "rpm": 30, "tpm": 200000})
+
+    # Refresh now: a new token from the OAuth endpoint, and the time shows.
+    before = len(team.fake.token_calls())
+    await page.goto(f"{served.url}/admin")
+    await page.until(f"!!{account('team-max')}", "the accounts")
+    assert await page.evaluate(f"{account('team-max')}.cells[8].innerText") == "\u2013"  # a dash: never
+    await page.evaluate(f"{account('team-max')}.querySelector('button.refresh').click()")
+    await page.until(f"{account('team-max')}.cells[8].innerText.endsWith('UTC')", "the refresh time")
+    assert len(team.fake.token_calls()) == before + 1
+    cells = await page.evaluate(f"[...{account('team-max')}.cells].map(c => c.innerText)")
+    quota = next(a for a in admin_api(served, "GET", "/admin/accounts") if a["name"] == "team-max")["quota"]
+    assert cells[5] == f"{round(quota['5h']['utilization'] * 100)}%" != "0%"  # as the fake reported it
+    assert cells[6] == f"{round(quota['7d']['utilization'] * 100)}%" != "0%"
+    assert "accounts: team-max" in await page.evaluate(f"{row('carol')}.innerText")
+    await snap(page, tmp_path, "console.png")
