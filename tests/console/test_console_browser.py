@@ -88,10 +88,10 @@ async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: 
     assert "api_key" in await page.evaluate("document.querySelector('#accounts-table tr[data-account=main]').innerText")
 
     # Create a key with a budget; it is shown once, with set-up snippets against this server.
-    await fill(page, "new-name", "alice")
     await fill(page, "new-budget", "5")
     await fill(page, "new-rpm", "600")
-    await page.evaluate("document.getElementById('create').click()")
+    await fill(page, "new-name", "alice")  # focused last: Enter in it submits the form
+    await press(page, "Enter")
     await page.until("!document.getElementById('newkey').classList.contains('hidden')", "the new key")
     key = await page.evaluate("document.getElementById('newkey-value').value")
     assert key.startswith("ccp_")

@@ -120,7 +120,8 @@
     });
     const actions = el("td", { class: "actions" });
     if (a.kind === "oauth" || a.kind === "claude_cli") actions.append(refreshButton);
-    if (a.kind === "oauth" || a.kind === "api_key") actions.append(remove);
+    // The implicit "default" (no accounts configured: the CLI's login or AUTH__API_KEY) is no file to remove.
+    if (!(a.kind === "claude_cli" && a.name === "default")) actions.append(remove);
     return el("tr", { "data-account": a.name },
       el("td", {}, el("strong", { text: a.name })),
       el("td", { text: a.kind }),

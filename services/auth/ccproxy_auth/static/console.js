@@ -73,19 +73,19 @@ const Console = (() => {
       ["Claude Code", `export ANTHROPIC_BASE_URL=${api}\nexport ANTHROPIC_AUTH_TOKEN=${key}\nclaude`],
       ["Anthropic SDK (Python)",
        `import anthropic\nclient = anthropic.Anthropic(base_url="${api}", api_key="${key}")\n` +
-       `msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=256,\n` +
+       `msg = client.messages.create(model="claude-sonnet-5-5", max_tokens=256,\n` +
        `                             messages=[{"role": "user", "content": "Hello"}])`],
       ["OpenAI SDK (Python)",
        `import openai\nclient = openai.OpenAI(base_url="${api}/v1", api_key="${key}")\n` +
-       `chat = client.chat.completions.create(model="claude-sonnet-4-5",\n` +
+       `chat = client.chat.completions.create(model="claude-sonnet-5-5",\n` +
        `                                      messages=[{"role": "user", "content": "Hello"}])`],
       ["Codex CLI (~/.codex/config.toml)",
-       `model_provider = "ccproxy"\nmodel = "claude-sonnet-4-5"\n\n[model_providers.ccproxy]\n` +
+       `model_provider = "ccproxy"\nmodel = "claude-sonnet-5-5"\n\n[model_providers.ccproxy]\n` +
        `name = "ccproxy"\nbase_url = "${api}/v1"\nenv_key = "CCPROXY_API_KEY"\nwire_api = "responses"\n\n` +
        `# then: export CCPROXY_API_KEY=${key}`],
       ["curl",
        `curl ${api}/v1/messages -H 'content-type: application/json' \\\n  -H 'x-api-key: ${key}' \\\n` +
-       `  -d '{"model":"claude-sonnet-4-5","max_tokens":256,"messages":[{"role":"user","content":"Hello"}]}'`],
+       `  -d '{"model":"claude-sonnet-5-5","max_tokens":256,"messages":[{"role":"user","content":"Hello"}]}'`],
     ];
   }
 
