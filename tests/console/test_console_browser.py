@@ -115,12 +115,20 @@ async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: 
     assert await page.evaluate("document.getElementById('newkey').classList.contains('hidden')")  # shown once
 
     # Edit the budget down to a millionth of a dollar: the next request is refused for it.
-    await page.evaluate(f"{row('alice')}.querySelector('button.edit').click()")
+    # By keyboard: Enter on the row's Edit button opens the dialog, Escape closes it, Enter in a field saves.
+    await page.evaluate(f"{row('alice')}.querySelector('button.edit').focus()")
+    await press(page, "Enter")
     await page.until("document.getElementById('edit').open", "the edit dialog")
+    await press(page, "Escape")
+    await page.until("!document.getElementById('edit').open", "Escape to close the dialog")
+    await page.evaluate(f"{row('alice')}.querySelector('button.edit').focus()")
+    await press(page, "Enter")
+    await page.until("document.getElementById('edit').open", "the edit dialog again")
     assert await page.evaluate("document.getElementById('edit-budget').value") == "5"
     await fill(page, "edit-budget", "0.000001")
-    await page.evaluate("document.getElementById('edit-save').click()")
+    await press(page, "Enter")
     await page.until("!document.getElementById('edit').open", "the dialog to close")
+    assert await page.evaluate("document.activeElement.classList.contains('edit')")  # focus back on the row
     await page.until(f"{row('alice')}.querySelector('.period').innerText.includes('of $0.0000 / month')",
                      "the new budget in the list")
     with pytest.raises(anthropic.APIStatusError) as refused:
