@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,19 @@ async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: 
     assert await page.evaluate("document.activeElement.id") == "newkey-copy"
     await snap(page, tmp_path, "console-new-key.png")
 
+    # Ready to paste: the anthropic and openai snippets run as they are, and so does the curl line.
+    shown = dict(await page.evaluate(
+        "[...document.querySelectorAll('#newkey-snippets .snippet')]"
+        ".map(s => [s.querySelector('h3 span').textContent, s.querySelector('pre').textContent])"))
+    for title, tail in (("Anthropic SDK (Python)", "print(msg.content[0].text)"),
+                        ("OpenAI SDK (Python)", "print(chat.choices[0].message.content)")):
+        ran = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", shown[title] + "\n" + tail],
+                                      capture_output=True, text=True, timeout=60, check=False)
+        assert ran.returncode == 0 and ran.stdout.strip(), (title, ran.stderr)
+    curl = await asyncio.to_thread(subprocess.run, ["bash", "-c", shown["curl"]], capture_output=True, text=True,
+                                   timeout=60, check=False)
+    assert curl.returncode == 0 and json.loads(curl.stdout)["type"] == "message", curl.stdout + curl.stderr
+
     # The official SDK with the new key, through this server, to the fake upstream.
     answer = await asyncio.to_thread(ask, served, key)
     assert answer.content and answer.usage.output_tokens > 0
@@ -109,7 +124,7 @@ async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: 
     # Its spend and request count appear in the list (a reload keeps the session).
     await page.goto(f"{served.url}/admin")
     await page.until(f"!!{row('alice')}", "alice's row")
-    assert await page.evaluate(f"{row('alice')}.querySelector('.requests').textContent") == "1"
+    assert await page.evaluate(f"{row('alice')}.querySelector('.requests').textContent") == "4"
     period = await page.evaluate(f"{row('alice')}.querySelector('.period').innerText")
     assert "of $5.00 / month" in period and not period.startswith("$0.0000 ")
     assert await page.evaluate("document.getElementById('newkey').classList.contains('hidden')")  # shown once

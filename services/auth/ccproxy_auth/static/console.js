@@ -72,11 +72,13 @@ const Console = (() => {
     return [
       ["Claude Code", `export ANTHROPIC_BASE_URL=${api}\nexport ANTHROPIC_AUTH_TOKEN=${key}\nclaude`],
       ["Anthropic SDK (Python)",
-       `import anthropic\nclient = anthropic.Anthropic(base_url="${api}", api_key="${key}")\n` +
+       `import anthropic\n\nclient = anthropic.Anthropic(base_url="${api}",\n` +
+       `                             api_key="${key}")\n` +
        `msg = client.messages.create(model="claude-sonnet-5-5", max_tokens=256,\n` +
        `                             messages=[{"role": "user", "content": "Hello"}])`],
       ["OpenAI SDK (Python)",
-       `import openai\nclient = openai.OpenAI(base_url="${api}/v1", api_key="${key}")\n` +
+       `import openai\n\nclient = openai.OpenAI(base_url="${api}/v1",\n` +
+       `                       api_key="${key}")\n` +
        `chat = client.chat.completions.create(model="claude-sonnet-5-5",\n` +
        `                                      messages=[{"role": "user", "content": "Hello"}])`],
       ["Codex CLI (~/.codex/config.toml)",
