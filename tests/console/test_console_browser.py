@@ -28,11 +28,22 @@ from ccproxy_core.permissions import PermissionAsk
 from ccproxy_core.settings import PermissionsSettings
 from ccproxy_permissions.store import PermissionStore
 from tests.accounts.helpers import MODEL, REDIS_URL, Team, nonce
-from tests.console.conftest import ADMIN, CLICKABLE_NON_BUTTONS, DOCS, UNLABELLED, fill, press, tab_to, type_text
+from tests.console.conftest import (
+    ADMIN,
+    CLICKABLE_NON_BUTTONS,
+    DOCS,
+    REPO_ROOT,
+    UNLABELLED,
+    fill,
+    press,
+    tab_to,
+    type_text,
+)
 from tests.permissions.browser import Page
 from tests.support.process import Proc
 
 pytestmark = pytest.mark.timeout(180)
+CLAUDE = REPO_ROOT / "node_modules" / ".bin" / "claude"
 
 
 def sdk(proc: Proc, key: str) -> anthropic.Anthropic:
@@ -90,7 +101,7 @@ async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: 
     assert "api_key" in await page.evaluate("document.querySelector('#accounts-table tr[data-account=main]').innerText")
 
     # Create a key with a budget; it is shown once, with set-up snippets against this server.
-    await fill(page, "new-budget", "5")
+    await fill(page, "new-budget", "50")  # Claude Code's requests reserve up to ~$10 each (max_tokens 32k)
     await fill(page, "new-rpm", "600")
     await fill(page, "new-name", "alice")  # focused last: Enter in it submits the form
     await press(page, "Enter")
@@ -125,8 +136,21 @@ async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: 
     await page.goto(f"{served.url}/admin")
     await page.until(f"!!{row('alice')}", "alice's row")
     assert await page.evaluate(f"{row('alice')}.querySelector('.requests').textContent") == "4"
+
+    # The Claude Code set-up as pasted, with the real CLI (npm) in print mode.
+    prompt = "hello from the console set-up"
+    script = shown["Claude Code"].replace("\nclaude", f'\n"$CLAUDE" -p {json.dumps(prompt)}')
+    assert script != shown["Claude Code"]
+    home = tmp_path / "cli-home"
+    (home / ".claude").mkdir(parents=True)
+    cli_env = {"PATH": os.environ["PATH"], "HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / ".claude"),
+               "CLAUDE": str(CLAUDE), "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    cli = await asyncio.to_thread(subprocess.run, ["bash", "-c", script], env=cli_env, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    assert cli.returncode == 0 and cli.stdout.strip().endswith(prompt), cli.stdout + cli.stderr
     period = await page.evaluate(f"{row('alice')}.querySelector('.period').innerText")
-    assert "of $5.00 / month" in period and not period.startswith("$0.0000 ")
+    assert "of $50.00 / month" in period and not period.startswith("$0.0000 ")
     assert await page.evaluate("document.getElementById('newkey').classList.contains('hidden')")  # shown once
 
     # Edit the budget down to a millionth of a dollar: the next request is refused for it.
@@ -139,7 +163,7 @@ async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: 
     await page.evaluate(f"{row('alice')}.querySelector('button.edit').focus()")
     await press(page, "Enter")
     await page.until("document.getElementById('edit').open", "the edit dialog again")
-    assert await page.evaluate("document.getElementById('edit-budget').value") == "5"
+    assert await page.evaluate("document.getElementById('edit-budget').value") == "50"
     await fill(page, "edit-budget", "0.000001")
     await press(page, "Enter")
     await page.until("!document.getElementById('edit').open", "the dialog to close")
