@@ -44,6 +44,7 @@ from tests.support.process import Proc
 
 pytestmark = pytest.mark.timeout(180)
 CLAUDE = REPO_ROOT / "node_modules" / ".bin" / "claude"
+CODEX = REPO_ROOT / "node_modules" / ".bin" / "codex"
 
 
 def sdk(proc: Proc, key: str) -> anthropic.Anthropic:
@@ -149,6 +150,19 @@ async def test_lead_runs_a_key_from_the_console(served: Proc, team: Team, page: 
     cli = await asyncio.to_thread(subprocess.run, ["bash", "-c", script], env=cli_env, cwd=tmp_path,
                                   capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert cli.returncode == 0 and cli.stdout.strip().endswith(prompt), cli.stdout + cli.stderr
+
+    # The Codex set-up as pasted: config.toml, then the key in CCPROXY_API_KEY.
+    config, _, export = shown["Codex CLI (~/.codex/config.toml)"].partition("# then: export ")
+    name, _, value = export.strip().partition("=")
+    codex_home = tmp_path / "codex-home"
+    codex_home.mkdir()
+    (codex_home / "config.toml").write_text(config)
+    codex_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CODEX_HOME": str(codex_home), name: value,
+                 "NO_COLOR": "1"}
+    codex = await asyncio.to_thread(
+        subprocess.run, [str(CODEX), "exec", "--skip-git-repo-check", "hello from codex"], env=codex_env,
+        cwd=tmp_path, capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL, check=False)
+    assert codex.returncode == 0 and "hello from codex" in codex.stdout, codex.stdout + codex.stderr[-2000:]
     period = await page.evaluate(f"{row('alice')}.querySelector('.period').innerText")
     assert "of $50.00 / month" in period and not period.startswith("$0.0000 ")
     assert await page.evaluate("document.getElementById('newkey').classList.contains('hidden')")  # shown once
