@@ -292,6 +292,10 @@ async def test_member_sees_only_their_own(served: Proc, team: Team, page: Page, 
     assert status == 200 and bob["id"] not in body and bob_rows[0]["request_id"] not in body
     status, body = await fetch(f"/logs/usage?key={bob['id']}")
     assert status == 403
+    status, body = await fetch(f"/logs/stream?key={bob['id']}")
+    assert status == 403
+    status, body = await fetch("/logs/usage?group_by=key")
+    assert status == 200 and [u["key_id"] for u in json.loads(body)["data"]] == [alice["id"]]
     status, body = await fetch(f"/permissions/{bob_perm}")
     assert status == 404
     status, body = await fetch("/permissions")
