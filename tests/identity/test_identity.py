@@ -49,6 +49,8 @@ class Keys:
     def __init__(self, *keys: tuple[str, KeyInfo]) -> None:
         self.keys = dict(keys)
         self.lookups = 0
+        #: Member page sessions, by the SHA-256 of the cookie.
+        self.sessions: dict[str, KeyInfo] = {}
 
     async def lookup(self, presented: str) -> KeyInfo | None:
         self.lookups += 1
@@ -56,6 +58,9 @@ class Keys:
 
     async def any_keys(self) -> bool:
         return bool(self.keys)
+
+    async def member_session(self, sid_digest: str) -> KeyInfo | None:
+        return self.sessions.get(sid_digest)
 
     async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int,
                     reserve_micro_usd: int = 0) -> Admission:
@@ -245,3 +250,27 @@ def test_the_callers_key_travels_with_the_forward_request(tmp_path: Path) -> Non
     # The forwarder routes by the same field: the key's accounts only.
     assert routing_hints(forwarder.seen[0]) == {"key": "k_ann", "accounts": "work"}
     assert routing_hints(forwarder.seen[2]) == {}
+
+
+# -- the member page's session: GET reads of /logs and /permissions only ---------------------------
+
+
+def test_member_session_cookie_is_a_caller_for_reads_of_logs_and_permissions_only(tmp_path: Path) -> None:
+    import hashlib
+
+    keys = Keys((MEMBER, member_key()))
+    keys.sessions[hashlib.sha256(b"sid-of-ann").hexdigest()] = member_key()
+    extra = [Route(p, whoami, methods=["GET", "POST"]) for p in ("/logs/whoami", "/permissions/whoami", "/elsewhere")]
+    client, forwarder = gateway_app(tmp_path, keys, TOKEN, extra)
+    client.cookies.set("ccproxy_me", "sid-of-ann")
+    assert client.get("/logs/whoami").json() == {"id": "k_ann", "name": "ann", "admin": False}
+    assert client.get("/permissions/whoami").json()["id"] == "k_ann"
+    assert client.post("/logs/whoami").status_code == 401  # a change: never by cookie
+    assert client.post("/api/v1/messages", json=MESSAGE).status_code == 401
+    assert client.get("/api/v1/models").status_code == 401
+    assert client.get("/elsewhere").json()["id"] == "anonymous"
+    assert forwarder.seen == []
+    client.cookies.set("ccproxy_me", "someone-elses-guess")
+    assert client.get("/logs/whoami").status_code == 401
+    # A presented key wins over the cookie (and is what the member would have used anyway).
+    assert client.get("/logs/whoami", headers={"authorization": f"Bearer {TOKEN}"}).json()["admin"] is True

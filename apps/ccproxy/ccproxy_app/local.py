@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from ccproxy_analytics.service import Analytics
 from ccproxy_auth.admin import local_accounts
+from ccproxy_auth.console import web_routes
 from ccproxy_core.redis import connect
 from ccproxy_core.settings import Settings
 from ccproxy_forwarder.forwarder import ApiForwarder
@@ -43,7 +44,9 @@ def build_local_app(settings: Settings) -> Starlette:
     permissions = EmbeddedPermissions(settings, redis)
     # One app, one caller: the gateway's backend resolves the key once for /api, /sdk,
     # /permissions and /logs alike, and create_app closes all four to anonymous callers.
-    web = create_app(gateway, extra_routes=[*analytics.routes(), *sdk.routes(), *permissions.routes()])
+    # The web console (/admin) and the member page (/me) with the admin API behind them.
+    console = web_routes(settings, tokens, keys)
+    web = create_app(gateway, extra_routes=[*analytics.routes(), *sdk.routes(), *permissions.routes(), *console])
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

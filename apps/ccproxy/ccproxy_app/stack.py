@@ -193,6 +193,7 @@ def plan_stack(
                 **(extra_env or {}),
                 "SERVICES__PERMISSIONS_URL": common["SERVICES__PERMISSIONS_URL"],
                 "SERVICES__ANALYTICS_URL": common["SERVICES__ANALYTICS_URL"],
+                "SERVICES__AUTH_URL": common["SERVICES__AUTH_URL"],  # /admin and /me
             },
         ),
     ]

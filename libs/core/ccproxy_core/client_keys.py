@@ -82,6 +82,10 @@ class KeyAuthority(Protocol):
         """Whether client keys are in use (then every request must carry one)."""
         ...
 
+    async def member_session(self, sid_digest: str) -> KeyInfo | None:
+        """The usable key behind a member page session (the SHA-256 of its cookie), or None."""
+        ...
+
     async def admit(
         self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
     ) -> Admission:
@@ -137,6 +141,10 @@ class CachedKeys:
         self._any = (now, value)
         return value
 
+    async def member_session(self, sid_digest: str) -> KeyInfo | None:
+        # Not cached: a signed-out session must stop at once, and only the member page uses it.
+        return await self.inner.member_session(sid_digest)
+
     async def admit(
         self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
     ) -> Admission:
@@ -161,6 +169,10 @@ class HttpKeyAuthority(AuthServiceHttp):
 
     async def any_keys(self) -> bool:
         return bool((await self._post("/internal/keys/any", {}))["any"])
+
+    async def member_session(self, sid_digest: str) -> KeyInfo | None:
+        data = await self._post("/internal/keys/session", {"digest": sid_digest})
+        return KeyInfo.model_validate(data["key"]) if data.get("key") else None
 
     async def admit(
         self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0

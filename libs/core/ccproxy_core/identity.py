@@ -15,6 +15,7 @@ serve``, the permissions and the analytics services all build their apps this wa
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,11 @@ from ccproxy_core.settings import Settings
 
 #: Routes under these paths need a caller (when client auth is on) unless declared public.
 GUARDED_PREFIXES = ("/api", "/sdk", "/permissions", "/logs")
+#: The member page's session cookie (auth's ``/me``). It stands for the member's key only on
+#: GET/HEAD under :data:`SESSION_READ_PREFIXES` (their own log lines and pending approvals):
+#: never on ``/api`` or ``/sdk``, never for a change.
+MEMBER_COOKIE = "ccproxy_me"
+SESSION_READ_PREFIXES = ("/logs", "/permissions")
 MISSING_KEY = "missing client key: send it as x-api-key or Authorization: Bearer"
 INVALID_KEY = "invalid client key"
 
@@ -112,6 +118,12 @@ class KeyBackend(AuthenticationBackend):
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
         key = presented_key(conn.headers)
         try:
+            if key is None and self.keys is not None and _session_read(conn):
+                sid = conn.cookies[MEMBER_COOKIE]
+                found = await self.keys.member_session(hashlib.sha256(sid.encode()).hexdigest())
+                if found is not None:
+                    member = Caller(id=found.id, name=found.name or found.id, key=found)
+                    return Credentials(["authenticated", "session"]), member
             caller = await self.identify(key)
         except ProxyError as exc:
             return Credentials(refusal=exc), ANONYMOUS
@@ -136,6 +148,14 @@ class KeyBackend(AuthenticationBackend):
             self._keys_active = True
             return Caller(id=found.id, name=found.name or found.id, key=found)
         return None if self.enabled else LOCAL
+
+
+def _session_read(conn: HTTPConnection) -> bool:
+    """A safe read by the member page: its cookie, GET/HEAD, a path it may read."""
+    if conn.scope.get("method") not in ("GET", "HEAD") or not conn.cookies.get(MEMBER_COOKIE):
+        return False
+    path = "/" + conn.url.path.lstrip("/")
+    return any(path == p or path.startswith(p + "/") for p in SESSION_READ_PREFIXES)
 
 
 def caller_middleware(backend: KeyBackend) -> Middleware:

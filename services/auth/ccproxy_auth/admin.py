@@ -2,15 +2,18 @@
 
 Internal (internal secret, for the forwarder and the gateway): ``POST /internal/pick`` and
 ``/internal/report`` (the account pool), ``/internal/keys/{lookup,any,admit,settle}``.
-Admin (``Authorization: Bearer $SECURITY__ADMIN_TOKEN``; off while that is unset):
-``GET /admin/accounts``, ``POST /admin/accounts/{name}/refresh``, ``DELETE /admin/accounts/{name}``,
-``POST /admin/accounts`` (an API-key account), ``GET|POST /admin/keys``, ``DELETE /admin/keys/{key}``.
+Admin (``Authorization: Bearer $SECURITY__ADMIN_TOKEN``, or the web console's session with its
+CSRF token; off while the token is unset): ``GET /admin/accounts``,
+``POST /admin/accounts/{name}/refresh``, ``DELETE /admin/accounts/{name}``, ``POST /admin/accounts``
+(an API-key account), ``POST /admin/oauth/start`` and ``/admin/oauth/finish`` (a subscription, by
+the manual OAuth flow: open the URL, paste ``code#state``), ``GET|POST /admin/keys``,
+``PATCH /admin/keys/{key}`` (limits), ``DELETE /admin/keys/{key}`` (revoke).
 Answers never carry a secret, except the new key in the answer to ``POST /admin/keys``.
 """
 
 from __future__ import annotations
 
-import hmac
+import secrets
 from typing import Any
 
 import orjson
@@ -19,9 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth.accounts import AccountError, AccountStore
+from ccproxy_auth import login
+from ccproxy_auth.accounts import AccountError, AccountStore, check_name
 from ccproxy_auth.keys import KeyAdminError, KeyStore
 from ccproxy_auth.pool import AccountPool
+from ccproxy_auth.sessions import AdminAccess
 from ccproxy_core import pricing
 from ccproxy_core.client_keys import Admission, Period, UsageReport
 from ccproxy_core.errors import ProxyError, validation_error
@@ -82,9 +87,32 @@ class CreateKeyBody(BaseModel):
     expires_at: float | None = Field(default=None, allow_inf_nan=False, strict=True)
 
 
+class UpdateKeyBody(BaseModel):
+    """Only the fields sent change; a field sent as null is removed (no limit)."""
+
+    accounts: list[str] | None = None
+    rpm: StrictInt | None = None
+    tpm: StrictInt | None = None
+    budget_usd: float | None = Field(default=None, allow_inf_nan=False, strict=True)
+    period: Period | None = None
+    expires_at: float | None = Field(default=None, allow_inf_nan=False, strict=True)
+
+
 class ApiKeyAccountBody(BaseModel):
     name: str
     api_key: str
+
+
+class OAuthStartBody(BaseModel):
+    name: str
+
+
+class OAuthFinishBody(BaseModel):
+    login_id: str
+    pasted: str
+
+#: Seconds a started subscription login waits for its pasted code.
+OAUTH_PENDING_SECONDS = 900
 
 
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
@@ -124,6 +152,11 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
     async def accounts(request: Request) -> Response:
         return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
 
+    async def member_session(request: Request) -> Response:
+        data = orjson.loads(await request.body() or b"{}")
+        found = await keys.member_session(str(data.get("digest", ""))) if keys is not None else None
+        return json_response({"key": found.model_dump() if found else None})
+
     async def lookup(request: Request) -> Response:
         data = orjson.loads(await request.body() or b"{}")
         found = await keys.lookup_hash(str(data.get("hash", ""))) if keys is not None else None
@@ -152,28 +185,23 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
         Route("/internal/accounts", accounts, methods=["GET"]),
         Route("/internal/keys/lookup", lookup, methods=["POST"]),
         Route("/internal/keys/any", any_keys, methods=["POST"]),
+        Route("/internal/keys/session", member_session, methods=["POST"]),
         Route("/internal/keys/admit", admit, methods=["POST"]),
         Route("/internal/keys/settle", settle, methods=["POST"]),
     ]
 
 
-def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -> list[Route]:
-    token = settings.security.admin_token.get_secret_value() if settings.security.admin_token else ""
-    expected = token.encode() if token.strip() else None  # empty: off, never "anyone"
-
-    def guard(request: Request) -> None:
-        if expected is None:
-            raise ProxyError(404, "the admin API is off (set SECURITY__ADMIN_TOKEN)", "not_found_error")
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
-            raise ProxyError(401, "admin token required (Authorization: Bearer …)", "authentication_error")
+def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, access: AdminAccess) -> list[Route]:
+    guard = access.check
+    redis = access.sessions.redis
+    pending_prefix = f"{settings.redis.key_prefix}console:oauth:"
 
     async def list_accounts(request: Request) -> Response:
-        guard(request)
+        await guard(request)
         return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
 
     async def add_api_key_account(request: Request) -> Response:
-        guard(request)
+        await guard(request)
         body: ApiKeyAccountBody = await _parse(request, ApiKeyAccountBody)
         try:
             account = AccountStore(settings).add_api_key(body.name, body.api_key)
@@ -183,12 +211,12 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -
         return json_response(account.model_dump(mode="json"), status=201)
 
     async def refresh_account(request: Request) -> Response:
-        guard(request)
+        await guard(request)
         credential = await pool.refresh(request.path_params["name"])
         return json_response({"account": credential.account, "expires_at": credential.expires_at})
 
     async def remove_account(request: Request) -> Response:
-        guard(request)
+        await guard(request)
         try:
             removed = AccountStore(settings).remove(request.path_params["name"])
         except AccountError as exc:
@@ -199,13 +227,59 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -
         await pool.clear(request.path_params["name"])
         return Response(status_code=204)
 
+    async def oauth_start(request: Request) -> Response:
+        session = await guard(request)
+        body: OAuthStartBody = await _parse(request, OAuthStartBody)
+        try:
+            name = check_name(body.name)
+        except AccountError as exc:
+            raise ProxyError(400, str(exc)) from exc
+        pending = login.start(settings.oauth, manual=True)
+        login_id = secrets.token_urlsafe(16)
+        record = {"name": name, "verifier": pending.verifier, "state": pending.state,
+                  "redirect_uri": pending.redirect_uri, "owner": session.digest if session else ""}
+        await redis.set(pending_prefix + login_id, orjson.dumps(record), ex=OAUTH_PENDING_SECONDS)
+        return json_response({"login_id": login_id, "url": pending.url, "name": name})
+
+    async def oauth_finish(request: Request) -> Response:
+        session = await guard(request)
+        body: OAuthFinishBody = await _parse(request, OAuthFinishBody)
+        raw = await redis.get(pending_prefix + body.login_id)
+        record = orjson.loads(raw) if raw else None
+        if record is None or record["owner"] != (session.digest if session else ""):
+            raise ProxyError(404, "no such login in progress (it expires after 15 minutes); start again",
+                             "not_found_error")
+        pending = login.PendingLogin(record["verifier"], record["state"], record["redirect_uri"], "")
+        try:
+            code = login.parse_pasted(body.pasted, pending)
+            oauth_pair = await login.finish(settings.oauth, pending, code)
+            account = AccountStore(settings).add_oauth(record["name"], oauth_pair)
+        except (login.LoginError, AccountError) as exc:
+            raise ProxyError(400, str(exc)) from exc
+        await redis.delete(pending_prefix + body.login_id)
+        pool.invalidate()
+        await pool.clear(account.name)
+        return json_response(account.model_dump(mode="json"), status=201)
+
+    async def update_key(request: Request) -> Response:
+        await guard(request)
+        body: UpdateKeyBody = await _parse(request, UpdateKeyBody)
+        changes = {name: getattr(body, name) for name in body.model_fields_set}
+        if "accounts" in changes:
+            changes["accounts"] = [a.strip() for a in changes["accounts"] or [] if a.strip()]
+        try:
+            info = await _need_keys(keys).update(request.path_params["key"], changes)
+        except KeyAdminError as exc:
+            raise ProxyError(404 if str(exc).startswith("no key") else 400, str(exc)) from exc
+        return json_response(info.model_dump())
+
     async def list_keys(request: Request) -> Response:
-        guard(request)
+        await guard(request)
         include = request.query_params.get("all") in ("1", "true")
         return json_response(await _need_keys(keys).listing(include))
 
     async def create_key(request: Request) -> Response:
-        guard(request)
+        await guard(request)
         body: CreateKeyBody = await _parse(request, CreateKeyBody)
         try:
             info, plain = await _need_keys(keys).create(
@@ -217,7 +291,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -
         return json_response({**info.model_dump(), "key": plain}, status=201)
 
     async def revoke_key(request: Request) -> Response:
-        guard(request)
+        await guard(request)
         try:
             info = await _need_keys(keys).revoke(request.path_params["key"])
         except KeyAdminError as exc:
@@ -231,5 +305,8 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -
         Route("/admin/accounts/{name}", remove_account, methods=["DELETE"]),
         Route("/admin/keys", list_keys, methods=["GET"]),
         Route("/admin/keys", create_key, methods=["POST"]),
+        Route("/admin/oauth/start", oauth_start, methods=["POST"]),
+        Route("/admin/oauth/finish", oauth_finish, methods=["POST"]),
+        Route("/admin/keys/{key}", update_key, methods=["PATCH"]),
         Route("/admin/keys/{key}", revoke_key, methods=["DELETE"]),
     ]

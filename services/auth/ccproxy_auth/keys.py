@@ -26,6 +26,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ccproxy_auth.sessions import session_key
 from ccproxy_core.client_keys import (
     KEY_PREFIX,
     Admission,
@@ -246,6 +247,7 @@ class KeyStore:
 
     def __init__(self, redis: Any, prefix: str = "ccproxy:") -> None:
         self.redis = redis
+        self.prefix = prefix
         self.p = f"{prefix}keys:"
         self._admit = redis.register_script(ADMIT)
         self._settle = redis.register_script(SETTLE)
@@ -366,35 +368,71 @@ class KeyStore:
             info = info.model_copy(update={"revoked_at": now})
         return info
 
+    async def update(self, id_or_name: str, changes: dict[str, Any]) -> KeyInfo:
+        """Change a key's limits (``rpm``, ``tpm``, ``budget_usd``, ``period``, ``expires_at``,
+        ``accounts``); a field given as None is removed. Its spend so far is kept."""
+        info = await self.find(id_or_name)
+        if info is None:
+            raise KeyAdminError(f"no key {id_or_name!r}")
+        unknown = set(changes) - {"rpm", "tpm", "budget_usd", "period", "expires_at", "accounts"}
+        if unknown:
+            raise KeyAdminError(f"cannot change {', '.join(sorted(unknown))}")
+        check_limits(**{k: v for k, v in changes.items() if k in ("rpm", "tpm", "budget_usd", "expires_at")})
+        merged = info.model_copy(update=changes)
+        if merged.budget_usd is not None and merged.period is None:
+            merged.period = "month"
+        record = {
+            "expires_at": repr(merged.expires_at) if merged.expires_at else "",
+            "rpm": str(merged.rpm or 0),
+            "tpm": str(merged.tpm or 0),
+            "budget_micro": str(math.floor(merged.budget_usd * MICRO) if merged.budget_usd else 0),
+            "period": merged.period or "",
+            "accounts": ",".join(merged.accounts),
+        }
+        await self.redis.hset(self._rec(info.id), mapping=record)
+        return merged
+
     async def listing(self, include_revoked: bool = False) -> list[dict[str, Any]]:
         """Every key with its spend: this period's (budget keys) and in total."""
         ids = sorted(_text(i) for i in await self.redis.smembers(f"{self.p}all"))
         rows: list[dict[str, Any]] = []
-        now = time.time()
         for key_id in ids:
             info = await self.get(key_id)
             if info is None or (info.revoked_at is not None and not include_revoked):
                 continue
-            raw_totals = await self.redis.hgetall(self._sub(key_id, "total"))
-            totals = {_text(k): int(_text(v)) for k, v in raw_totals.items()}
-            period_spend = None
-            if info.period:
-                pid, _, _ = period_bounds(info.period, now)
-                raw = await self.redis.get(self._sub(key_id, f"spend:{pid}"))
-                period_spend = int(_text(raw)) / MICRO if raw else 0.0
-            rows.append(
-                {
-                    **info.model_dump(),
-                    "spent_usd": totals.get("spend_micro", 0) / MICRO,
-                    "period_spent_usd": period_spend,
-                    "requests": totals.get("requests", 0),
-                    "input_tokens": totals.get("input_tokens", 0),
-                    "output_tokens": totals.get("output_tokens", 0),
-                    "cache_read_tokens": totals.get("cache_read_tokens", 0),
-                    "cache_write_tokens": totals.get("cache_write_tokens", 0),
-                }
-            )
+            rows.append(await self.usage(info))
         return rows
+
+    async def usage(self, info: KeyInfo) -> dict[str, Any]:
+        """``info`` with its spend: this period's (with the period's end) and in total."""
+        raw_totals = await self.redis.hgetall(self._sub(info.id, "total"))
+        totals = {_text(k): int(_text(v)) for k, v in raw_totals.items()}
+        period_spend = period_end = None
+        if info.period:
+            pid, _, end = period_bounds(info.period, time.time())
+            raw = await self.redis.get(self._sub(info.id, f"spend:{pid}"))
+            period_spend = int(_text(raw)) / MICRO if raw else 0.0
+            period_end = end.timestamp()
+        return {
+            **info.model_dump(),
+            "spent_usd": totals.get("spend_micro", 0) / MICRO,
+            "period_spent_usd": period_spend,
+            "period_ends_at": period_end,
+            "requests": totals.get("requests", 0),
+            "input_tokens": totals.get("input_tokens", 0),
+            "output_tokens": totals.get("output_tokens", 0),
+            "cache_read_tokens": totals.get("cache_read_tokens", 0),
+            "cache_write_tokens": totals.get("cache_write_tokens", 0),
+        }
+
+    async def member_session(self, sid_digest: str) -> KeyInfo | None:
+        """The (usable) key behind a ``/me`` session (its id's SHA-256), for GET reads elsewhere."""
+        key_id = await self.redis.hget(session_key(self.prefix, sid_digest), "key_id")
+        role = await self.redis.hget(session_key(self.prefix, sid_digest), "role")
+        if key_id is None or role is None or _text(role) != "member":
+            return None
+        info = await self.get(_text(key_id))
+        return info if info is not None and info.usable() else None
 
     # -- KeyAuthority ----------------------------------------------------------------------
 

@@ -243,6 +243,10 @@ class CredentialManager:
         if store is not None:
             await asyncio.to_thread(store.save, updated)
         self._cached = updated
+        if self._redis is not None:  # when, for the console (the pool reads it as refreshed_at)
+            with contextlib.suppress(*UNAVAILABLE):
+                key = f"{self._settings.redis.key_prefix}pool:acct:{self.account}:refreshed"
+                await self._redis.set(key, repr(time.time()))
         log.info("refreshed the access token of account %s", self.account)
         return updated
 

@@ -92,6 +92,8 @@ class AccountState(BaseModel):
     quota: dict[str, QuotaWindow] = {}
     quota_status: str | None = None
     quota_updated_at: float | None = None
+    #: When ccproxy last refreshed its token (None: not since this Redis knew it, or an API key).
+    refreshed_at: float | None = None
 
 
 def _num(value: str | None) -> float | None:
@@ -503,9 +505,10 @@ class AccountPool:
         names = [m.account.name for m in members]
         states = await self._states(names) if names else {}
         quotas = await self.redis.mget([self._k(n, "quota") for n in names]) if names else []
+        refreshed = await self.redis.mget([self._k(n, "refreshed") for n in names]) if names else []
         statuses = await asyncio.gather(*(m.source.status() for m in members))
         out: list[AccountState] = []
-        for member, status, quota_raw in zip(members, statuses, quotas, strict=True):
+        for member, status, quota_raw, refreshed_raw in zip(members, statuses, quotas, refreshed, strict=True):
             name = member.account.name
             cooldown, problem, limited = states[name]
             quota = orjson.loads(quota_raw) if quota_raw else {}
@@ -524,6 +527,7 @@ class AccountPool:
                     quota={k: QuotaWindow.model_validate(v) for k, v in (quota.get("windows") or {}).items()},
                     quota_status=quota.get("status"),
                     quota_updated_at=quota.get("updated_at"),
+                    refreshed_at=float(refreshed_raw) if refreshed_raw else None,
                 )
             )
         return out

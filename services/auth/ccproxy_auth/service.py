@@ -4,7 +4,8 @@
 without one) answers the credential to use now, refreshing it single-flight across every
 replica that shares the Redis (``REDIS__URL``); ``GET /internal/status`` says what may be said
 without revealing it. Every ``/internal`` path needs the internal secret; ``/health`` and
-``/metrics`` are for the orchestrator.
+``/metrics`` are for the orchestrator. ``/admin`` (the web console and the admin API) and ``/me``
+(the member page) are routed by Traefik to this service (``ccproxy_auth.console``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth.admin import admin_routes, internal_routes, local_accounts
+from ccproxy_auth.admin import internal_routes, local_accounts
+from ccproxy_auth.console import web_routes
 from ccproxy_core.auth_client import STATUS_PATH, TOKEN_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
@@ -109,7 +111,7 @@ def create_service_app(settings: Settings) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
             *internal_routes(manager, keys),
-            *admin_routes(settings, manager, keys),
+            *web_routes(settings, manager, keys),  # /admin (console + API) and /me
         ],
         middleware=[Middleware(RequireInternalSecret, secret=secret)],
         exception_handlers={
