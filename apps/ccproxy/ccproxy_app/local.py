@@ -27,16 +27,17 @@ from ccproxy_sdk_worker.worker import in_process as sdk_worker
 
 def build_local_app(settings: Settings) -> Starlette:
     """Gateway, api-forwarder, auth, sdk-worker, permissions and analytics in one app."""
-    # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
-    tokens, keys = local_accounts(settings)
-    forwarder = ApiForwarder(settings.anthropic, tokens)
-    # One Redis (the embedded stand-in unless REDIS__URL) for SDK jobs, permissions and stored responses.
+    # The process's one Redis client (the embedded stand-in unless REDIS__URL), handed to every
+    # part: the account pool and client keys, SDK jobs, permissions, stored responses, the access log.
     redis = connect(settings.redis)
+    # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
+    tokens, keys = local_accounts(settings, redis)
+    forwarder = ApiForwarder(settings.anthropic, tokens)
     responses = ResponseStore(redis, settings.responses, settings.redis.key_prefix)
-    gateway = Gateway(settings, forwarder, tokens.status, keys=keys, responses=responses)
+    gateway = Gateway(settings, forwarder, tokens.status, keys=keys, responses=responses, redis=redis)
     tokens.attach_metrics(gateway.metrics)
     # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
-    analytics = Analytics(settings, metrics=gateway.metrics)
+    analytics = Analytics(settings, redis, metrics=gateway.metrics)
     # SDK mode: the same arq worker as `ccproxy run sdk-worker`, in process, on the embedded Redis.
     sdk = SdkRoutes(gateway, redis)
     # Tool permissions: /permissions/* on this app, the worker's prompts answered in process.
@@ -55,6 +56,7 @@ def build_local_app(settings: Settings) -> Starlette:
         await gateway.access_log.aclose()
         await analytics.stop()
         await forwarder.aclose()
+        await redis.aclose()
 
     web.router.lifespan_context = lifespan
     return web

@@ -45,14 +45,14 @@ class Analytics:
     def __init__(
         self,
         settings: Settings,
-        redis: Redis | None = None,
+        redis: Redis,
         metrics: Metrics | None = None,
         consumer_name: str | None = None,
     ) -> None:
         a = settings.analytics
         self.settings = settings
         self.metrics = metrics or Metrics("analytics")
-        self.redis = redis if redis is not None else connect(settings.redis)
+        self.redis = redis
         self.stream = settings.redis.key_prefix + a.stream
         self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database,
                                 settings.analytics.retention_days)
@@ -78,7 +78,8 @@ class Analytics:
 
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
-    analytics = Analytics(settings)
+    # This process's one Redis client: the stream consumed, the log API's reads.
+    analytics = Analytics(settings, connect(settings.redis))
 
     async def health(request: Request) -> Response:
         checks: dict[str, Any] = {}

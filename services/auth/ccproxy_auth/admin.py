@@ -25,16 +25,14 @@ from ccproxy_auth.pool import AccountPool
 from ccproxy_core.client_keys import Admission, Period, UsageReport
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.internal import json_response
+from ccproxy_core.redis import Redis
 from ccproxy_core.routing import PICK_PATH, REPORT_PATH
 from ccproxy_core.settings import Settings
 
 
-def local_accounts(settings: Settings, metrics: Any = None) -> tuple[AccountPool, KeyStore | None]:
+def local_accounts(settings: Settings, redis: Redis, metrics: Any = None) -> tuple[AccountPool, KeyStore | None]:
     """The pool (always) and the client keys (only with a real Redis: they must be durable and
-    shared, and their limits run as Lua) of this process."""
-    from ccproxy_core.redis import connect
-
-    redis = connect(settings.redis)
+    shared, and their limits run as Lua) of this process, on its one client ``redis``."""
     pool = AccountPool(settings, redis, metrics=metrics)
     keys = KeyStore(redis, settings.redis.key_prefix) if settings.redis.url else None
     return pool, keys

@@ -26,7 +26,7 @@ from ccproxy_core.auth_client import STATUS_PATH, TOKEN_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
 from ccproxy_core.metrics import Metrics, route_label
-from ccproxy_core.redis import REDIS_DOWN, UNAVAILABLE, Redis, connect, unavailable_error
+from ccproxy_core.redis import REDIS_DOWN, UNAVAILABLE, connect, unavailable_error
 from ccproxy_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
-    redis: Redis | None = connect(settings.redis) if settings.redis.url else None
+    # This process's one Redis client (the embedded stand-in unless REDIS__URL): pool state, keys.
+    redis = connect(settings.redis)
     metrics = Metrics("auth")
     # Named accounts (or the CLI login when there are none) and client keys: docs/accounts.md.
-    manager, keys = local_accounts(settings, metrics)
+    manager, keys = local_accounts(settings, redis, metrics)
 
     async def token(request: Request) -> Response:
         rejected: str | None = None
@@ -71,7 +72,7 @@ def create_service_app(settings: Settings) -> Starlette:
         creds = await manager.status()
         checks: dict[str, object] = {"credentials": creds.model_dump(exclude_none=True)}
         ready = creds.available
-        if redis is not None:
+        if settings.redis.url:
             try:
                 await redis.ping()
                 checks["redis"] = {"available": True}
@@ -99,8 +100,7 @@ def create_service_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
-        if redis is not None:
-            await redis.aclose()
+        await redis.aclose()
 
     app = Starlette(
         routes=[

@@ -29,7 +29,7 @@ from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.identity import KeyBackend, caller, caller_middleware, guard_routes, public
 from ccproxy_core.metrics import Metrics, label_routes, route_label
 from ccproxy_core.models import check_token_limit
-from ccproxy_core.redis import REDIS_DOWN, unavailable_error
+from ccproxy_core.redis import REDIS_DOWN, Redis, unavailable_error
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
@@ -66,6 +66,7 @@ class Gateway:
         access_log: AccessLogEmitter | None = None,
         keys: KeyAuthority | None = None,
         responses: ResponseStore | None = None,
+        redis: Redis | None = None,
     ) -> None:
         self.settings = settings
         #: The Responses API's store (``previous_response_id``, ``item_reference``); None: none.
@@ -75,8 +76,12 @@ class Gateway:
         self.metrics = metrics or Metrics("gateway")
         #: Where every answer ends: its usage to metrics and the access log (billing: the reply).
         self.answers = Answers(self.metrics)
-        #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md).
-        self.access_log = access_log or AccessLogEmitter.from_settings(settings, self.metrics)
+        #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md), on
+        #: the process's one Redis client (``redis``; with neither, events are only counted).
+        if access_log is None:
+            access_log = (AccessLogEmitter.from_settings(settings, redis, self.metrics) if redis is not None
+                          else AccessLogEmitter(None, "", metrics=self.metrics))
+        self.access_log = access_log
         token = settings.security.auth_token
         #: Per-member client keys (auth's, in-process or over HTTP); None: the shared token only.
         keys = keys_enabled(keys, settings.security.key_cache_seconds)

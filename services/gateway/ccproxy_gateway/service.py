@@ -37,10 +37,11 @@ def create_service_app(settings: Settings) -> Starlette:
     auth = AuthClient(settings.services.auth_url, secret)
     # Per-member client keys live in auth (Redis); lookups are cached a few seconds here.
     keys = HttpKeyAuthority(settings.services.auth_url, secret) if settings.redis.url else None
-    # SDK jobs for the sdk-workers and stored responses (any replica continues any) share REDIS__URL.
+    # This process's one Redis client: SDK jobs for the sdk-workers, stored responses (any replica
+    # continues any) and the access-log stream.
     redis = connect(settings.redis)
     responses = ResponseStore(redis, settings.responses, settings.redis.key_prefix)
-    gateway = Gateway(settings, forwarder, auth.status, keys=keys, responses=responses)
+    gateway = Gateway(settings, forwarder, auth.status, keys=keys, responses=responses, redis=redis)
     sdk = SdkRoutes(gateway, redis)
     web = create_app(gateway, extra_routes=sdk.routes())
 
@@ -52,6 +53,7 @@ def create_service_app(settings: Settings) -> Starlette:
         await auth.aclose()
         if keys is not None:
             await keys.aclose()
+        await redis.aclose()
 
     web.router.lifespan_context = lifespan
     return web
