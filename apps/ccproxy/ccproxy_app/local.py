@@ -7,13 +7,11 @@ Redis), with in-process implementations where the stack has HTTP ones.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 from starlette.applications import Starlette
 
 from ccproxy_analytics.service import Analytics
 from ccproxy_auth.admin import local_accounts
+from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.redis import connect
 from ccproxy_core.settings import Settings
 from ccproxy_forwarder.forwarder import ApiForwarder
@@ -44,19 +42,14 @@ def build_local_app(settings: Settings) -> Starlette:
     permissions = EmbeddedPermissions(settings, redis)
     # One app, one caller: the gateway's backend resolves the key once for /api, /sdk,
     # /permissions and /logs alike, and create_app closes all four to anonymous callers.
-    web = create_app(gateway, extra_routes=[*analytics.routes(), *sdk.routes(), *permissions.routes()])
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await analytics.start()
-        await permissions.start()
-        async with sdk_worker(settings, redis, permission_hook(permissions.gate)):
-            yield
-        await permissions.stop()
-        await gateway.access_log.aclose()
-        await analytics.stop()
-        await forwarder.aclose()
-        await redis.aclose()
-
-    web.router.lifespan_context = lifespan
-    return web
+    # Started in this order, stopped in reverse; a part that fails to start stops those before it.
+    parts = lifespan(
+        closing(redis.aclose),
+        closing(forwarder.aclose),
+        running(analytics.start, analytics.stop),
+        closing(gateway.access_log.aclose),  # flushed to the stream before analytics stops
+        running(permissions.start, permissions.stop),
+        lambda: sdk_worker(settings, redis, permission_hook(permissions.gate)),
+    )
+    routes = [*analytics.routes(), *sdk.routes(), *permissions.routes()]
+    return create_app(gateway, extra_routes=routes, lifespan=parts)

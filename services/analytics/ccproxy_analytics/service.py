@@ -9,9 +9,7 @@ stand-in and chDB, and mounts its routes in the gateway.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -26,6 +24,7 @@ from ccproxy_analytics.store import ClickHouse, embedded_dsn
 from ccproxy_core.errors import ProxyError, render_error
 from ccproxy_core.identity import caller_middleware, guard_routes, key_backend
 from ccproxy_core.internal import require_internal_secret
+from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import Redis, connect
 from ccproxy_core.settings import Settings
@@ -99,20 +98,14 @@ def create_service_app(settings: Settings) -> Starlette:
         return Response(render_error(exc, "anthropic"), status_code=exc.status,
                         media_type="application/json", headers=exc.headers)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await analytics.start()
-        yield
-        await analytics.stop()
-        await analytics.redis.aclose()
-
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
         *analytics.routes(),
     ]
     app = Starlette(
-        routes=guard_routes(routes), exception_handlers={ProxyError: on_proxy_error}, lifespan=lifespan,
+        routes=guard_routes(routes), exception_handlers={ProxyError: on_proxy_error},
+        lifespan=lifespan(closing(analytics.redis.aclose), running(analytics.start, analytics.stop)),
         middleware=[caller_middleware(key_backend(settings, secret))],
     )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header

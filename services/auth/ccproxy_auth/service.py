@@ -9,9 +9,7 @@ without revealing it. Every ``/internal`` path needs the internal secret; ``/hea
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
@@ -25,6 +23,7 @@ from ccproxy_auth.admin import admin_routes, internal_routes, local_accounts
 from ccproxy_core.auth_client import STATUS_PATH, TOKEN_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
+from ccproxy_core.lifespan import closing, lifespan
 from ccproxy_core.metrics import Metrics, route_label
 from ccproxy_core.redis import REDIS_DOWN, UNAVAILABLE, connect, unavailable_error
 from ccproxy_core.settings import Settings
@@ -97,11 +96,6 @@ def create_service_app(settings: Settings) -> Starlette:
         # Whatever needed Redis (refresh lock, account state, key limits): a clear 503, not a 500.
         return await on_proxy_error(request, unavailable_error(exc))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        await redis.aclose()
-
     app = Starlette(
         routes=[
             Route(TOKEN_PATH, token, methods=["GET", "POST"]),
@@ -117,7 +111,7 @@ def create_service_app(settings: Settings) -> Starlette:
             HTTPException: on_http_error,
             **dict.fromkeys(REDIS_DOWN, on_redis_down),
         },
-        lifespan=lifespan,
+        lifespan=lifespan(closing(redis.aclose)),
     )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
     return app

@@ -27,6 +27,7 @@ from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.identity import KeyBackend, caller, caller_middleware, guard_routes, public
+from ccproxy_core.lifespan import Lifespan
 from ccproxy_core.metrics import Metrics, label_routes, route_label
 from ccproxy_core.models import check_token_limit
 from ccproxy_core.redis import REDIS_DOWN, Redis, unavailable_error
@@ -152,7 +153,11 @@ class HeadProbe(Route):
         return super().matches(scope)
 
 
-def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+def create_app(
+    gateway: Gateway, extra_routes: list[BaseRoute] | None = None, lifespan: Lifespan | None = None
+) -> Starlette:
+    """The gateway's app; ``lifespan`` (:func:`ccproxy_core.lifespan.lifespan`) is what the
+    caller composed around it: the parts it starts and stops."""
     openai = OpenAIRoutes(gateway)
 
     async def messages(request: Request) -> Response:
@@ -253,6 +258,7 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
             caller_middleware(gateway.auth),  # never refuses: guard_routes does, by route
             Middleware(AccessLogMiddleware, emitter=gateway.access_log),
         ],
+        lifespan=lifespan,
     )
     # No trailing-slash redirects: their absolute `location` would echo the client's Host header.
     app.router.redirect_slashes = False
