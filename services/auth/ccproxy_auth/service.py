@@ -1,17 +1,16 @@
 """The auth service on its own (``ccproxy run auth``): upstream tokens over internal HTTP.
 
-``POST /internal/token`` (body ``{"rejected": "<token the upstream refused>"}``, or ``GET``
-without one) answers the credential to use now, refreshing it single-flight across every
-replica that shares the Redis (``REDIS__URL``); ``GET /internal/status`` says what may be said
-without revealing it. Every ``/internal`` path needs the internal secret; ``/health`` and
-``/metrics`` are for the orchestrator.
+``POST /internal/pick`` answers the credential a forward should use now (the account pool,
+refreshing single-flight across every replica that shares the Redis, ``REDIS__URL``), and
+``/internal/report`` takes back what the upstream said of it (:mod:`ccproxy_auth.admin`);
+``GET /internal/status`` says what may be said without revealing a secret. Every ``/internal``
+path needs the internal secret; ``/health`` and ``/metrics`` are for the orchestrator.
 """
 
 from __future__ import annotations
 
 import logging
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -20,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ccproxy_auth.admin import admin_routes, internal_routes, local_accounts
-from ccproxy_core.auth_client import STATUS_PATH, TOKEN_PATH
+from ccproxy_core.auth_client import STATUS_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan
@@ -38,30 +37,6 @@ def create_service_app(settings: Settings) -> Starlette:
     metrics = Metrics("auth")
     # Named accounts (or the CLI login when there are none) and client keys: docs/accounts.md.
     manager, keys = local_accounts(settings, redis, metrics)
-
-    async def token(request: Request) -> Response:
-        rejected: str | None = None
-        if request.method == "POST":
-            body = await request.body()
-            try:
-                data = orjson.loads(body) if body else {}
-            except orjson.JSONDecodeError as exc:
-                raise ProxyError(400, "the body must be JSON: {\"rejected\": token or null}") from exc
-            value = data.get("rejected") if isinstance(data, dict) else None
-            rejected = value if isinstance(value, str) and value else None
-        before = manager.refresh_count
-        credential = await manager.get(rejected=rejected)
-        if manager.refresh_count > before:
-            metrics.refreshes.labels(metrics.service, "ok").inc(manager.refresh_count - before)
-        metrics.requests.labels(metrics.service, TOKEN_PATH, "200").inc()
-        return json_response(
-            {
-                "kind": credential.kind,
-                "secret": credential.secret.get_secret_value(),
-                "expires_at": credential.expires_at,
-                "account": credential.account,
-            }
-        )
 
     async def status(request: Request) -> Response:
         found = await manager.status()
@@ -98,7 +73,6 @@ def create_service_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route(TOKEN_PATH, token, methods=["GET", "POST"]),
             Route(STATUS_PATH, status, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
