@@ -41,15 +41,11 @@ from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, stored_routes
+from ccproxy_gateway.routes import ApiRoute, error_format, metered
 
 log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], Awaitable[CredentialStatus]]
-
-
-def client_format(path: str) -> ClientFormat:
-    openai = path.endswith(("/chat/completions", "/responses")) or "/responses/" in path
-    return "openai" if openai else "anthropic"
 
 
 def error_response(exc: ProxyError, fmt: ClientFormat) -> Response:
@@ -112,6 +108,7 @@ class Gateway:
             # Not request.url.query: building the URL object costs ~10 µs per request.
             query=request.scope.get("query_string", b"").decode(),
             key=caller(request).key,
+            metered=metered(request),
         )
         reply = await until_disconnect(request, self.forwarder.forward(forward))
         self.metrics.upstream.labels(self.metrics.service, str(reply.status), reply.account or "").inc()
@@ -207,12 +204,12 @@ def create_app(
         access = request_log(request)
         if access is not None:
             access.set_error(exc.status, exc.error_type)
-        return error_response(exc, client_format(request.url.path))
+        return error_response(exc, error_format(request.scope))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         gateway.metrics.requests.labels(gateway.metrics.service, route_label(request.scope), str(exc.status_code)).inc()
-        return error_response(ProxyError(exc.status_code, str(exc.detail)), client_format(request.url.path))
+        return error_response(ProxyError(exc.status_code, str(exc.detail)), error_format(request.scope))
 
     async def on_redis_down(request: Request, exc: Exception) -> Response:
         # Whatever needed Redis (key limits, account state, sessions): 503 with retry-after.
@@ -222,7 +219,7 @@ def create_app(
         if isinstance(exc, REDIS_DOWN):  # Redis failing in a middleware, outside the route's handlers
             return await on_redis_down(request, exc)
         log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
-        return error_response(ProxyError(500, "internal error in ccproxy"), client_format(request.url.path))
+        return error_response(ProxyError(500, "internal error in ccproxy"), error_format(request.scope))
 
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
@@ -230,9 +227,10 @@ def create_app(
         # Older Claude Code versions probe the base URL before sending a key.
         public(Route("/api", preflight, methods=["HEAD", "GET"])),
         public(Route("/api/", preflight, methods=["HEAD", "GET"])),
-        Route("/api/v1/messages", messages, methods=["POST"]),
-        Route("/api/v1/messages/count_tokens", count_tokens, methods=["POST"]),
-        Route("/api/v1/models", models, methods=["GET"]),
+        # Client API routes: format, metering and the access log are declared here, once.
+        ApiRoute("/api/v1/messages", messages, methods=["POST"], metered=True),
+        ApiRoute("/api/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        ApiRoute("/api/v1/models", models, methods=["GET"]),
         Route("/api/models", models, methods=["GET"]),
         Route("/api/status", status, methods=["GET"]),
         *dashboard_routes(),
