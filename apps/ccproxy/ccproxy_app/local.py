@@ -8,9 +8,11 @@ Redis), with in-process implementations where the stack has HTTP ones.
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from ccproxy_analytics.service import Analytics
 from ccproxy_auth.admin import local_accounts
+from ccproxy_core.identity import ClosedMount
 from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.redis import connect
 from ccproxy_core.settings import Settings
@@ -41,7 +43,7 @@ def build_local_app(settings: Settings) -> Starlette:
     # Tool permissions: /permissions/* on this app, the worker's prompts answered in process.
     permissions = EmbeddedPermissions(settings, redis)
     # One app, one caller: the gateway's backend resolves the key once for /api, /sdk,
-    # /permissions and /logs alike, and create_app closes all four to anonymous callers.
+    # /permissions and /logs alike, and their closed mounts (below) refuse anonymous callers.
     # Started in this order, stopped in reverse; a part that fails to start stops those before it.
     parts = lifespan(
         closing(redis.aclose),
@@ -51,5 +53,8 @@ def build_local_app(settings: Settings) -> Starlette:
         running(permissions.start, permissions.stop),
         lambda: sdk_worker(settings, redis, permission_hook(permissions.gate)),
     )
-    routes = [*analytics.routes(), *sdk.routes(), *permissions.routes()]
+    # Each part's routes in its own closed mount: anonymous callers are refused there unless a
+    # route is public(...) (the probes, the permissions page).
+    routes: list[BaseRoute] = [ClosedMount("/logs", analytics.routes()), ClosedMount("/sdk", sdk.routes()),
+              ClosedMount("/permissions", permissions.routes())]
     return create_app(gateway, extra_routes=routes, lifespan=parts)

@@ -22,7 +22,7 @@ from ccproxy_analytics.api import LogsApi
 from ccproxy_analytics.consumer import AccessLogConsumer
 from ccproxy_analytics.store import ClickHouse, embedded_dsn
 from ccproxy_core.errors import ProxyError, render_error
-from ccproxy_core.identity import caller_middleware, guard_routes, key_backend
+from ccproxy_core.identity import ClosedMount, caller_middleware, key_backend
 from ccproxy_core.internal import require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.metrics import Metrics
@@ -101,10 +101,10 @@ def create_service_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
-        *analytics.routes(),
+        ClosedMount("/logs", analytics.routes()),  # a caller is needed unless a route is public(...)
     ]
     app = Starlette(
-        routes=guard_routes(routes), exception_handlers={ProxyError: on_proxy_error},
+        routes=routes, exception_handlers={ProxyError: on_proxy_error},
         lifespan=lifespan(closing(analytics.redis.aclose), running(analytics.start, analytics.stop)),
         middleware=[caller_middleware(key_backend(settings, secret))],
     )

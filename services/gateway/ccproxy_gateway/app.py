@@ -26,7 +26,7 @@ from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
-from ccproxy_core.identity import KeyBackend, caller, caller_middleware, guard_routes, public
+from ccproxy_core.identity import ClosedMount, KeyBackend, caller, caller_middleware, guard_routes, public
 from ccproxy_core.lifespan import Lifespan
 from ccproxy_core.metrics import Metrics, label_routes, route_label
 from ccproxy_core.models import check_token_limit
@@ -221,31 +221,35 @@ def create_app(
         log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
         return error_response(ProxyError(500, "internal error in ccproxy"), error_format(request.scope))
 
+    stored = gateway.responses  # one store for API and SDK mode (a session name in the path changes nothing)
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", gateway.metrics.endpoint, methods=["GET"]),
-        # Older Claude Code versions probe the base URL before sending a key.
-        public(Route("/api", preflight, methods=["HEAD", "GET"])),
-        public(Route("/api/", preflight, methods=["HEAD", "GET"])),
-        # Client API routes: format, metering and the access log are declared here, once.
-        ApiRoute("/api/v1/messages", messages, methods=["POST"], metered=True),
-        ApiRoute("/api/v1/messages/count_tokens", count_tokens, methods=["POST"]),
-        ApiRoute("/api/v1/models", models, methods=["GET"]),
-        Route("/api/models", models, methods=["GET"]),
-        Route("/api/status", status, methods=["GET"]),
+        # Everything under /api needs a caller: its mount closes each route unless it is public(...).
+        ClosedMount("/api", [
+            # Older Claude Code versions probe the base URL before sending a key.
+            public(Route("/api", preflight, methods=["HEAD", "GET"])),
+            public(Route("/api/", preflight, methods=["HEAD", "GET"])),
+            # Client API routes: format, metering and the access log are declared here, once.
+            ApiRoute("/api/v1/messages", messages, methods=["POST"], metered=True),
+            ApiRoute("/api/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+            ApiRoute("/api/v1/models", models, methods=["GET"]),
+            Route("/api/models", models, methods=["GET"]),
+            Route("/api/status", status, methods=["GET"]),
+            *openai.routes("/api/v1"),
+            *(stored_routes(stored, ("/api/v1",)) if stored is not None else []),
+        ]),
         *dashboard_routes(),
-        *openai.routes("/api/v1"),
-        *(extra_routes or []),
-        # Stored responses, one store for API and SDK mode (a session name in the path changes nothing).
-        *(stored_routes(gateway.responses, ("/api/v1", "/sdk/v1", "/sdk/{session_id}/v1"))
-          if gateway.responses is not None else []),
+        # The composition root's parts (SDK mode, permissions, logs) come in their closed mounts;
+        # a plain route given under /api, /sdk, /permissions or /logs is put into its mount.
+        *guard_routes(extra_routes or []),
+        ClosedMount("/sdk", stored_routes(stored, ("/sdk/v1", "/sdk/{session_id}/v1")) if stored is not None else []),
         # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
-        public(HeadProbe("/api/{rest:path}", preflight)),
-        public(HeadProbe("/sdk/{rest:path}", preflight)),
+        ClosedMount("/api", [public(HeadProbe("/api/{rest:path}", preflight))]),
+        ClosedMount("/sdk", [public(HeadProbe("/sdk/{rest:path}", preflight))]),
     ]
     app = Starlette(
-        # Under /api, /sdk, /permissions and /logs a caller is needed unless a route says otherwise.
-        routes=guard_routes(routes),
+        routes=routes,
         exception_handlers={
             ProxyError: on_proxy_error,
             HTTPException: on_http_error,
@@ -253,7 +257,7 @@ def create_app(
             Exception: on_crash,
         },
         middleware=[
-            caller_middleware(gateway.auth),  # never refuses: guard_routes does, by route
+            caller_middleware(gateway.auth),  # never refuses: the closed mounts do, by route
             Middleware(AccessLogMiddleware, emitter=gateway.access_log),
         ],
         lifespan=lifespan,

@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from ccproxy_core.auth_client import AuthClient
 from ccproxy_core.client_keys import HttpKeyAuthority
 from ccproxy_core.forwarding import HttpForwarder
+from ccproxy_core.identity import ClosedMount
 from ccproxy_core.internal import require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan
 from ccproxy_core.redis import connect
@@ -44,4 +45,4 @@ def create_service_app(settings: Settings) -> Starlette:
     # Stopped in reverse: what the access log still buffers goes to Redis before Redis is closed.
     parts = [closing(redis.aclose), *([closing(keys.aclose)] if keys is not None else []),
              closing(auth.aclose), closing(forwarder.aclose), closing(gateway.access_log.aclose)]
-    return create_app(gateway, extra_routes=sdk.routes(), lifespan=lifespan(*parts))
+    return create_app(gateway, extra_routes=[ClosedMount("/sdk", sdk.routes())], lifespan=lifespan(*parts))
