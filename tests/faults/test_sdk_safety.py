@@ -264,9 +264,11 @@ def test_serve_sdk_mode_survives_a_redis_restart(tmp_path: Path, fake_upstream: 
     try:
         assert ask(uuid.uuid4().hex[:8])
         own.stop()
-        # arq's loop polls Redis and ends at the first error; only then is Redis back (same port, empty).
-        wait_until(lambda: "stopped (" in proc.log_text(), timeout=30, message="the worker loop to meet the outage")
-        own.start()
+        # arq's loop meets the dropped connection and ends. (A restart quicker than its next poll
+        # can go unnoticed: the process's one Redis client may already have reconnected.)
+        wait_until(lambda: "sdk-worker" in (log := proc.log_text()) and " stopped (" in log, timeout=30,
+                   message="the worker's loop to end while Redis is away")
+        own.start()  # same port, empty
         started = time.monotonic()
         wait_until(lambda: ask(uuid.uuid4().hex[:8]), timeout=60, interval=0.5,
                    message="an SDK request to succeed after the Redis restart")

@@ -23,8 +23,8 @@ MODEL = "claude-sonnet-4-6"
 CLIENT_KEY = "sk-ant-api03-client-key-that-must-not-leave-ccproxy"
 HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
 INTERNAL_PATHS = [
-    "/internal/token", "/internal/status", "/internal/forward/v1/messages",
-    "//internal/token", "/api/../internal/token", "/%69nternal/token", "/INTERNAL/token", "/internal",
+    "/internal/pick", "/internal/status", "/internal/forward/v1/messages",
+    "//internal/pick", "/api/../internal/pick", "/%69nternal/pick", "/INTERNAL/pick", "/internal",
 ]
 
 
@@ -65,8 +65,8 @@ def test_no_internal_endpoint_through_traefik(stack: StackProc, path: str, metho
 
 
 @pytest.mark.parametrize(("service", "path", "method"), [
-    ("auth", "/internal/token", "GET"),
-    ("auth", "/internal/token", "POST"),
+    ("auth", "/internal/accounts", "GET"),
+    ("auth", "/internal/pick", "POST"),
     ("auth", "/internal/status", "GET"),
     ("api-forwarder", "/internal/forward/v1/messages", "POST"),
 ])
@@ -81,9 +81,9 @@ def test_internal_endpoints_need_the_secret(stack: StackProc, service: str, path
     assert "accessToken" not in resp.text and "secret" not in resp.json().get("kind", "")
 
 
-def test_internal_token_with_the_secret(stack: StackProc) -> None:
-    resp = httpx.get(stack.service_url("auth") + "/internal/token",
-                     headers={INTERNAL_SECRET_HEADER: stack.internal_secret}, timeout=10)
+def test_internal_pick_with_the_secret(stack: StackProc) -> None:
+    resp = httpx.post(stack.service_url("auth") + "/internal/pick", content=b"{}",
+                      headers={INTERNAL_SECRET_HEADER: stack.internal_secret}, timeout=10)
     assert resp.status_code == 200
     assert resp.json()["kind"] == "oauth" and resp.json()["secret"]
 

@@ -27,7 +27,7 @@ TOKEN = "cc-test-client-token-for-the-up-stack"
 PATHS = [
     ("GET", "/health"), ("GET", "/metrics"), ("GET", "/api/v1/models"), ("GET", "/api/models"),
     ("GET", "/api/status"), ("HEAD", "/api"), ("POST", "/api/v1/messages"),
-    ("POST", "/api/v1/messages/count_tokens"), ("GET", "/nope"), ("GET", "/internal/token"),
+    ("POST", "/api/v1/messages/count_tokens"), ("GET", "/nope"), ("POST", "/internal/pick"),
 ]
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="ccproxy up starts redis-server")

@@ -276,10 +276,9 @@ class AccessLogEmitter:
         self._redis_down_since: float | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> AccessLogEmitter:
-        """To ``REDIS__URL``'s stream, or the embedded Redis stand-in's (``ccproxy serve``)."""
-        from ccproxy_core.redis import connect
-
+    def from_settings(cls, settings: Settings, redis: Redis, metrics: Metrics | None = None) -> AccessLogEmitter:
+        """To ``REDIS__URL``'s stream, or the embedded Redis stand-in's (``ccproxy serve``), on the
+        process's one client (``redis``, owned by whoever built the app)."""
         a = settings.analytics
         maxlen = a.stream_maxlen
         if settings.redis.url is None:
@@ -288,7 +287,7 @@ class AccessLogEmitter:
             # and slowed every full garbage collection (docs/performance.md).
             maxlen = min(maxlen, EMBEDDED_STREAM_MAXLEN)
         return cls(
-            connect(settings.redis), settings.redis.key_prefix + a.stream, maxlen=maxlen,
+            redis, settings.redis.key_prefix + a.stream, maxlen=maxlen,
             buffer_size=a.buffer_size, metrics=metrics,
         )
 

@@ -14,7 +14,6 @@ from ccproxy_core.errors import ProxyError, parse_anthropic_error
 from ccproxy_core.internal import INTERNAL_REFUSED, INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
 from ccproxy_core.tokens import CredentialStatus
 
-TOKEN_PATH = "/internal/token"
 STATUS_PATH = "/internal/status"
 
 

@@ -15,6 +15,15 @@ from pydantic import BaseModel, ValidationError
 
 ClientFormat = Literal["anthropic", "openai"]
 
+
+def path_format(path: str) -> ClientFormat:
+    """The format of an error for a request no route answers (a 404, a request timed out before
+    routing): OpenAI's under the OpenAI endpoints' names, else Anthropic's, the format of every
+    mount (``/api``, ``/sdk``, ``/permissions``, ``/logs``). A matched route says its own
+    (the gateway's ``ApiRoute``)."""
+    openai = path.endswith(("/chat/completions", "/responses")) or "/responses/" in path
+    return "openai" if openai else "anthropic"
+
 #: Anthropic error type for each status code we produce or relay.
 ANTHROPIC_TYPE_BY_STATUS: dict[int, str] = {
     400: "invalid_request_error",

@@ -37,6 +37,9 @@ class ForwardRequest:
     #: The caller's client key (``request.user.key``): metered by the gateway, routed to its
     #: accounts only by the forwarder; never sent upstream.
     key: KeyInfo | None = None
+    #: The route costs money (its ``ApiRoute`` says ``metered``): the gateway admits the key's
+    #: limits before forwarding and settles after. Never sent to the forwarder service.
+    metered: bool = False
 
 
 #: How :class:`HttpForwarder` carries ``ForwardRequest.key`` to the forwarder service (a

@@ -7,10 +7,12 @@ or over HTTP, cached briefly by :class:`~ccproxy_core.client_keys.CachedKeys`) a
 ``SECURITY__AUTH_TOKEN`` (:data:`LEAD`), everyone on a machine without client auth
 (:data:`LOCAL`), or nobody (:data:`ANONYMOUS`, with the reason in ``request.auth``).
 
-It never refuses by itself (``/health`` and ``/metrics`` stay open): routes under
-:data:`GUARDED_PREFIXES` are closed by :func:`guard_routes` when the app is built, so a route
-added there later is closed too unless it is declared :func:`public`. The gateway, ``ccproxy
-serve``, the permissions and the analytics services all build their apps this way.
+It never refuses by itself (``/health`` and ``/metrics`` stay open): the mounts do. A
+:class:`ClosedMount` holds the routes under one prefix (``/api``, ``/sdk``, ``/permissions``,
+``/logs``) and closes every one of them to :data:`ANONYMOUS` when it is built, so a route added
+to it later is closed too unless it is declared :func:`public`. :func:`guard_routes` puts an
+app's routes under those prefixes into their closed mounts. The gateway, ``ccproxy serve``, the
+permissions and the analytics services all build their apps this way.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, URLPath
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, NoMatchFound, Route, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority, KeyAuthority, KeyInfo, looks_like_key
@@ -33,7 +35,8 @@ from ccproxy_core.errors import ProxyError
 from ccproxy_core.redis import UNAVAILABLE, unavailable_error
 from ccproxy_core.settings import Settings
 
-#: Routes under these paths need a caller (when client auth is on) unless declared public.
+#: The closed mounts of every app: routes under them need a caller (when client auth is on)
+#: unless declared public.
 GUARDED_PREFIXES = ("/api", "/sdk", "/permissions", "/logs")
 #: The member page's session cookie (auth's ``/me``). It stands for the member's key only on
 #: GET/HEAD under :data:`SESSION_READ_PREFIXES` (their own log lines and pending approvals):
@@ -205,15 +208,74 @@ def public(route: BaseRoute) -> BaseRoute:
     return route
 
 
+def _close(route: BaseRoute) -> None:
+    if getattr(route, _PUBLIC, False) or not isinstance(route, Route | Mount):
+        return
+    if not isinstance(route.app, _RequireCaller):  # mounted twice (tests): guarded once
+        route.app = _RequireCaller(route.app)
+
+
+class ClosedMount(BaseRoute):
+    """The routes under ``prefix``, each refusing an anonymous caller unless declared
+    :func:`public`: closed by the mount they are in, whoever adds a route there.
+
+    Unlike Starlette's ``Mount`` its routes keep their whole paths (``/sdk/v1/messages``), so
+    their templates, metrics labels and access-log endpoints are the same as outside a mount.
+    The matched route is the inner one (``scope["route"]``); a request under the prefix that no
+    route answers is not this mount's either (the app's 404)."""
+
+    def __init__(self, prefix: str, routes: Iterable[BaseRoute]) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.routes = list(routes)
+        for route in self.routes:
+            path = getattr(route, "path", None)
+            if not isinstance(path, str) or not self._covers(path):
+                raise ValueError(f"route {path!r} is not under the mount {self.prefix!r}")
+            _close(route)
+
+    def _covers(self, path: str) -> bool:
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] not in ("http", "websocket") or not self._covers(get_route_path(scope)):
+            return Match.NONE, {}
+        partial: Scope | None = None
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                return Match.FULL, {**child, "route": route}
+            if match is Match.PARTIAL and partial is None:
+                partial = {**child, "route": route}
+        return (Match.PARTIAL, partial) if partial is not None else (Match.NONE, {})
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["route"].handle(scope, receive, send)  # the inner route matches() chose
+
+    def url_path_for(self, name: str, /, **path_params: object) -> URLPath:
+        for route in self.routes:
+            try:
+                return route.url_path_for(name, **path_params)
+            except NoMatchFound:
+                continue
+        raise NoMatchFound(name, path_params)
+
+
 def guard_routes(routes: Iterable[BaseRoute], prefixes: Sequence[str] = GUARDED_PREFIXES) -> list[BaseRoute]:
-    """``routes``, with every route under ``prefixes`` refusing anonymous callers unless declared
-    :func:`public`: closed by default, whoever adds a route and wherever."""
-    out = list(routes)
-    for route in out:
-        if getattr(route, _PUBLIC, False) or not isinstance(route, Route | Mount):
+    """``routes``, with those under each of ``prefixes`` put into that prefix's
+    :class:`ClosedMount` (where the first of them was; routes under different prefixes never
+    match the same path, so order within a prefix is all that counts). Mounts given already
+    closed stay as they are."""
+    grouped: dict[str, list[BaseRoute]] = {}
+    order: list[BaseRoute | str] = []
+    for route in routes:
+        path = getattr(route, "path", None)
+        prefix = next((p for p in prefixes if isinstance(path, str) and (path == p or path.startswith(p + "/"))),
+                      None)
+        if prefix is None or isinstance(route, ClosedMount):
+            order.append(route)
             continue
-        if isinstance(route.app, _RequireCaller):  # built twice (tests): guarded once
-            continue
-        if any(route.path == p or route.path.startswith(p + "/") for p in prefixes):
-            route.app = _RequireCaller(route.app)
-    return out
+        if prefix not in grouped:
+            grouped[prefix] = []
+            order.append(prefix)
+        grouped[prefix].append(route)
+    return [ClosedMount(item, grouped[item]) if isinstance(item, str) else item for item in order]

@@ -1,7 +1,9 @@
 """Redis for every service: the real server when ``REDIS__URL`` is set, else an embedded stand-in.
 
-``ccproxy serve`` needs no Redis: :func:`connect` hands it a fakeredis client on one in-process
-server, so code written against Redis (locks, streams, pub/sub) runs unchanged. In the stack the
+``ccproxy serve`` needs no Redis: :func:`connect` hands it a fakeredis client on an in-process
+server of its own, so code written against Redis (locks, streams, pub/sub) runs unchanged. Each
+process calls :func:`connect` once, where it is composed (``serve``'s wiring, a service's
+factory), and hands that client to every part that needs Redis. In the stack the
 same call returns a redis-py asyncio client with short timeouts: a Redis outage must turn into a
 quick, clear 503 (:func:`unavailable_as_503`), never a hang, and the client reconnects by itself
 when Redis is back (a dead pooled connection is retried once on a fresh one).
@@ -26,19 +28,15 @@ from ccproxy_core.settings import RedisSettings
 
 __all__ = ["REDIS_DOWN", "Redis", "RedisLock", "connect", "is_unavailable", "unavailable_as_503", "unavailable_error"]
 
-_embedded: fakeredis.FakeServer | None = None
-
 #: Errors that mean "Redis cannot be reached right now" (as opposed to a bad command).
 UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, asyncio.TimeoutError)
 
 
 def connect(settings: RedisSettings) -> Redis:
-    """A client for ``REDIS__URL``, or for the process-wide embedded server when it is unset."""
-    global _embedded
+    """A client for ``REDIS__URL``, or, when it is unset, for a new embedded server (the process's
+    one client holds it, so everything sharing the client shares the data)."""
     if settings.url is None:
-        if _embedded is None:
-            _embedded = fakeredis.FakeServer()
-        return fakeredis.FakeAsyncRedis(server=_embedded)
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     return Redis.from_url(
         settings.url,
         socket_connect_timeout=settings.connect_timeout,

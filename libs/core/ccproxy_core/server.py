@@ -15,7 +15,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ccproxy_core.errors import ClientFormat, ProxyError, render_error
+from ccproxy_core.errors import ClientFormat, ProxyError, path_format, render_error
 
 
 class StartupError(Exception):
@@ -118,8 +118,7 @@ class SlowClientProtocol(HttpToolsProtocol):
         if idle < self.body_timeout:  # bytes came meanwhile: wait for the rest of the pause
             self._body_timer = self.loop.call_later(self.body_timeout - idle, self._body_too_slow)
             return
-        path = str(cycle.scope.get("path", ""))
-        fmt: ClientFormat = "openai" if path.endswith(("/chat/completions", "/responses")) else "anthropic"
+        fmt = path_format(str(cycle.scope.get("path", "")))
         if not cycle.response_started:
             self._refuse(f"the request body stopped arriving for {self.body_timeout:g} s; send it whole", fmt)
         cycle.disconnected = True  # the app stops waiting for the body; what it sends is dropped

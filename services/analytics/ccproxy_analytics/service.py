@@ -9,9 +9,7 @@ stand-in and chDB, and mounts its routes in the gateway.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -24,8 +22,9 @@ from ccproxy_analytics.api import LogsApi
 from ccproxy_analytics.consumer import AccessLogConsumer
 from ccproxy_analytics.store import ClickHouse, embedded_dsn
 from ccproxy_core.errors import ProxyError, render_error
-from ccproxy_core.identity import caller_middleware, guard_routes, key_backend
+from ccproxy_core.identity import ClosedMount, caller_middleware, key_backend
 from ccproxy_core.internal import require_internal_secret
+from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import Redis, connect
 from ccproxy_core.settings import Settings
@@ -45,14 +44,14 @@ class Analytics:
     def __init__(
         self,
         settings: Settings,
-        redis: Redis | None = None,
+        redis: Redis,
         metrics: Metrics | None = None,
         consumer_name: str | None = None,
     ) -> None:
         a = settings.analytics
         self.settings = settings
         self.metrics = metrics or Metrics("analytics")
-        self.redis = redis if redis is not None else connect(settings.redis)
+        self.redis = redis
         self.stream = settings.redis.key_prefix + a.stream
         self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database,
                                 settings.analytics.retention_days)
@@ -78,7 +77,8 @@ class Analytics:
 
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
-    analytics = Analytics(settings)
+    # This process's one Redis client: the stream consumed, the log API's reads.
+    analytics = Analytics(settings, connect(settings.redis))
 
     async def health(request: Request) -> Response:
         checks: dict[str, Any] = {}
@@ -98,20 +98,14 @@ def create_service_app(settings: Settings) -> Starlette:
         return Response(render_error(exc, "anthropic"), status_code=exc.status,
                         media_type="application/json", headers=exc.headers)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await analytics.start()
-        yield
-        await analytics.stop()
-        await analytics.redis.aclose()
-
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
-        *analytics.routes(),
+        ClosedMount("/logs", analytics.routes()),  # a caller is needed unless a route is public(...)
     ]
     app = Starlette(
-        routes=guard_routes(routes), exception_handlers={ProxyError: on_proxy_error}, lifespan=lifespan,
+        routes=routes, exception_handlers={ProxyError: on_proxy_error},
+        lifespan=lifespan(closing(analytics.redis.aclose), running(analytics.start, analytics.stop)),
         middleware=[caller_middleware(key_backend(settings, secret))],
     )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header

@@ -9,10 +9,8 @@ error is relayed as the upstream sent it. Tokens come from the auth service over
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -35,6 +33,7 @@ from ccproxy_core.internal import (
     json_response,
     require_internal_secret,
 )
+from ccproxy_core.lifespan import closing, lifespan
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.routing import RoutingAuthClient
 from ccproxy_core.server import StartupError
@@ -132,12 +131,6 @@ def create_service_app(settings: Settings) -> Starlette:
             log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
         return internal_error(exc)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        await forwarder.aclose()
-        await tokens.aclose()
-
     return Starlette(
         routes=[
             Route("/internal/forward{path:path}", forward, methods=["POST", "GET"]),
@@ -146,5 +139,5 @@ def create_service_app(settings: Settings) -> Starlette:
         ],
         middleware=[Middleware(RequireInternalSecret, secret=secret)],
         exception_handlers={ProxyError: on_proxy_error},
-        lifespan=lifespan,
+        lifespan=lifespan(closing(tokens.aclose), closing(forwarder.aclose)),
     )

@@ -31,18 +31,16 @@ from ccproxy_core import pricing
 from ccproxy_core.client_keys import Admission, Period, UsageReport
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.internal import json_response
+from ccproxy_core.redis import Redis
 from ccproxy_core.routing import PICK_PATH, REPORT_PATH
 from ccproxy_core.settings import Settings
 
 
-def local_accounts(settings: Settings, metrics: Any = None) -> tuple[AccountPool, KeyStore | None]:
+def local_accounts(settings: Settings, redis: Redis, metrics: Any = None) -> tuple[AccountPool, KeyStore | None]:
     """The pool (always) and the client keys (only with a real Redis: they must be durable and
-    shared, and their limits run as Lua) of this process."""
-    from ccproxy_core.redis import connect
-
+    shared, and their limits run as Lua) of this process, on its one client ``redis``."""
     # Settlement charges keys at these prices (the gateway's access log uses the same ones).
     pricing.configure(settings.pricing.overrides)
-    redis = connect(settings.redis)
     pool = AccountPool(settings, redis, metrics=metrics)
     keys = KeyStore(redis, settings.redis.key_prefix) if settings.redis.url else None
     return pool, keys

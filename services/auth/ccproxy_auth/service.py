@@ -1,20 +1,18 @@
 """The auth service on its own (``ccproxy run auth``): upstream tokens over internal HTTP.
 
-``POST /internal/token`` (body ``{"rejected": "<token the upstream refused>"}``, or ``GET``
-without one) answers the credential to use now, refreshing it single-flight across every
-replica that shares the Redis (``REDIS__URL``); ``GET /internal/status`` says what may be said
-without revealing it. Every ``/internal`` path needs the internal secret; ``/health`` and
-``/metrics`` are for the orchestrator. ``/admin`` (the web console and the admin API) and ``/me``
-(the member page) are routed by Traefik to this service (``ccproxy_auth.console``).
+``POST /internal/pick`` answers the credential a forward should use now (the account pool,
+refreshing single-flight across every replica that shares the Redis, ``REDIS__URL``), and
+``/internal/report`` takes back what the upstream said of it (:mod:`ccproxy_auth.admin`);
+``GET /internal/status`` says what may be said without revealing a secret. Every ``/internal``
+path needs the internal secret; ``/health`` and ``/metrics`` are for the orchestrator. ``/admin``
+(the web console and the admin API) and ``/me`` (the member page) are routed by Traefik to this
+service (:mod:`ccproxy_auth.console`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -24,11 +22,12 @@ from starlette.routing import Route
 
 from ccproxy_auth.admin import internal_routes, local_accounts
 from ccproxy_auth.console import web_routes
-from ccproxy_core.auth_client import STATUS_PATH, TOKEN_PATH
+from ccproxy_core.auth_client import STATUS_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
+from ccproxy_core.lifespan import closing, lifespan
 from ccproxy_core.metrics import Metrics, route_label
-from ccproxy_core.redis import REDIS_DOWN, UNAVAILABLE, Redis, connect, unavailable_error
+from ccproxy_core.redis import REDIS_DOWN, UNAVAILABLE, connect, unavailable_error
 from ccproxy_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,34 +35,11 @@ log = logging.getLogger(__name__)
 
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
-    redis: Redis | None = connect(settings.redis) if settings.redis.url else None
+    # This process's one Redis client (the embedded stand-in unless REDIS__URL): pool state, keys.
+    redis = connect(settings.redis)
     metrics = Metrics("auth")
     # Named accounts (or the CLI login when there are none) and client keys: docs/accounts.md.
-    manager, keys = local_accounts(settings, metrics)
-
-    async def token(request: Request) -> Response:
-        rejected: str | None = None
-        if request.method == "POST":
-            body = await request.body()
-            try:
-                data = orjson.loads(body) if body else {}
-            except orjson.JSONDecodeError as exc:
-                raise ProxyError(400, "the body must be JSON: {\"rejected\": token or null}") from exc
-            value = data.get("rejected") if isinstance(data, dict) else None
-            rejected = value if isinstance(value, str) and value else None
-        before = manager.refresh_count
-        credential = await manager.get(rejected=rejected)
-        if manager.refresh_count > before:
-            metrics.refreshes.labels(metrics.service, "ok").inc(manager.refresh_count - before)
-        metrics.requests.labels(metrics.service, TOKEN_PATH, "200").inc()
-        return json_response(
-            {
-                "kind": credential.kind,
-                "secret": credential.secret.get_secret_value(),
-                "expires_at": credential.expires_at,
-                "account": credential.account,
-            }
-        )
+    manager, keys = local_accounts(settings, redis, metrics)
 
     async def status(request: Request) -> Response:
         found = await manager.status()
@@ -73,7 +49,7 @@ def create_service_app(settings: Settings) -> Starlette:
         creds = await manager.status()
         checks: dict[str, object] = {"credentials": creds.model_dump(exclude_none=True)}
         ready = creds.available
-        if redis is not None:
+        if settings.redis.url:
             try:
                 await redis.ping()
                 checks["redis"] = {"available": True}
@@ -98,15 +74,8 @@ def create_service_app(settings: Settings) -> Starlette:
         # Whatever needed Redis (refresh lock, account state, key limits): a clear 503, not a 500.
         return await on_proxy_error(request, unavailable_error(exc))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        if redis is not None:
-            await redis.aclose()
-
     app = Starlette(
         routes=[
-            Route(TOKEN_PATH, token, methods=["GET", "POST"]),
             Route(STATUS_PATH, status, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
@@ -119,7 +88,7 @@ def create_service_app(settings: Settings) -> Starlette:
             HTTPException: on_http_error,
             **dict.fromkeys(REDIS_DOWN, on_redis_down),
         },
-        lifespan=lifespan,
+        lifespan=lifespan(closing(redis.aclose)),
     )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
     return app

@@ -27,10 +27,11 @@ from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
-from ccproxy_core.identity import KeyBackend, caller, caller_middleware, guard_routes, public
+from ccproxy_core.identity import ClosedMount, KeyBackend, caller, caller_middleware, guard_routes, public
+from ccproxy_core.lifespan import Lifespan
 from ccproxy_core.metrics import Metrics, label_routes, route_label
 from ccproxy_core.models import check_token_limit
-from ccproxy_core.redis import REDIS_DOWN, unavailable_error
+from ccproxy_core.redis import REDIS_DOWN, Redis, unavailable_error
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
@@ -42,15 +43,11 @@ from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai_routes import OpenAIRoutes
 from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, stored_routes
+from ccproxy_gateway.routes import ApiRoute, error_format, metered
 
 log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], Awaitable[CredentialStatus]]
-
-
-def client_format(path: str) -> ClientFormat:
-    openai = path.endswith(("/chat/completions", "/responses")) or "/responses/" in path
-    return "openai" if openai else "anthropic"
 
 
 def error_response(exc: ProxyError, fmt: ClientFormat) -> Response:
@@ -68,6 +65,7 @@ class Gateway:
         access_log: AccessLogEmitter | None = None,
         keys: KeyAuthority | None = None,
         responses: ResponseStore | None = None,
+        redis: Redis | None = None,
     ) -> None:
         self.settings = settings
         # What answers cost in the access log and metrics (auth settles keys at the same prices).
@@ -79,8 +77,12 @@ class Gateway:
         self.metrics = metrics or Metrics("gateway")
         #: Where every answer ends: its usage to metrics and the access log (billing: the reply).
         self.answers = Answers(self.metrics)
-        #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md).
-        self.access_log = access_log or AccessLogEmitter.from_settings(settings, self.metrics)
+        #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md), on
+        #: the process's one Redis client (``redis``; with neither, events are only counted).
+        if access_log is None:
+            access_log = (AccessLogEmitter.from_settings(settings, redis, self.metrics) if redis is not None
+                          else AccessLogEmitter(None, "", metrics=self.metrics))
+        self.access_log = access_log
         token = settings.security.auth_token
         #: Per-member client keys (auth's, in-process or over HTTP); None: the shared token only.
         keys = keys_enabled(keys, settings.security.key_cache_seconds)
@@ -119,6 +121,7 @@ class Gateway:
             # Not request.url.query: building the URL object costs ~10 µs per request.
             query=request.scope.get("query_string", b"").decode(),
             key=caller(request).key,
+            metered=metered(request),
         )
         reply = await until_disconnect(request, self.forwarder.forward(forward))
         self.metrics.upstream.labels(self.metrics.service, str(reply.status), reply.account or "").inc()
@@ -160,7 +163,11 @@ class HeadProbe(Route):
         return super().matches(scope)
 
 
-def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+def create_app(
+    gateway: Gateway, extra_routes: list[BaseRoute] | None = None, lifespan: Lifespan | None = None
+) -> Starlette:
+    """The gateway's app; ``lifespan`` (:func:`ccproxy_core.lifespan.lifespan`) is what the
+    caller composed around it: the parts it starts and stops."""
     openai = OpenAIRoutes(gateway)
 
     async def messages(request: Request) -> Response:
@@ -205,12 +212,12 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         access = request_log(request)
         if access is not None:
             access.set_error(exc.status, exc.error_type)
-        return error_response(exc, client_format(request.url.path))
+        return error_response(exc, error_format(request.scope))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         gateway.metrics.requests.labels(gateway.metrics.service, route_label(request.scope), str(exc.status_code)).inc()
-        return error_response(ProxyError(exc.status_code, str(exc.detail)), client_format(request.url.path))
+        return error_response(ProxyError(exc.status_code, str(exc.detail)), error_format(request.scope))
 
     async def on_redis_down(request: Request, exc: Exception) -> Response:
         # Whatever needed Redis (key limits, account state, sessions): 503 with retry-after.
@@ -220,32 +227,37 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
         if isinstance(exc, REDIS_DOWN):  # Redis failing in a middleware, outside the route's handlers
             return await on_redis_down(request, exc)
         log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
-        return error_response(ProxyError(500, "internal error in ccproxy"), client_format(request.url.path))
+        return error_response(ProxyError(500, "internal error in ccproxy"), error_format(request.scope))
 
+    stored = gateway.responses  # one store for API and SDK mode (a session name in the path changes nothing)
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", gateway.metrics.endpoint, methods=["GET"]),
-        # Older Claude Code versions probe the base URL before sending a key.
-        public(Route("/api", preflight, methods=["HEAD", "GET"])),
-        public(Route("/api/", preflight, methods=["HEAD", "GET"])),
-        Route("/api/v1/messages", messages, methods=["POST"]),
-        Route("/api/v1/messages/count_tokens", count_tokens, methods=["POST"]),
-        Route("/api/v1/models", models, methods=["GET"]),
-        Route("/api/models", models, methods=["GET"]),
-        Route("/api/status", status, methods=["GET"]),
+        # Everything under /api needs a caller: its mount closes each route unless it is public(...).
+        ClosedMount("/api", [
+            # Older Claude Code versions probe the base URL before sending a key.
+            public(Route("/api", preflight, methods=["HEAD", "GET"])),
+            public(Route("/api/", preflight, methods=["HEAD", "GET"])),
+            # Client API routes: format, metering and the access log are declared here, once.
+            ApiRoute("/api/v1/messages", messages, methods=["POST"], metered=True),
+            ApiRoute("/api/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+            ApiRoute("/api/v1/models", models, methods=["GET"]),
+            Route("/api/models", models, methods=["GET"]),
+            Route("/api/status", status, methods=["GET"]),
+            *openai.routes("/api/v1"),
+            *(stored_routes(stored, ("/api/v1",)) if stored is not None else []),
+        ]),
         *dashboard_routes(),
-        *openai.routes("/api/v1"),
-        *(extra_routes or []),
-        # Stored responses, one store for API and SDK mode (a session name in the path changes nothing).
-        *(stored_routes(gateway.responses, ("/api/v1", "/sdk/v1", "/sdk/{session_id}/v1"))
-          if gateway.responses is not None else []),
+        # The composition root's parts (SDK mode, permissions, logs) come in their closed mounts;
+        # a plain route given under /api, /sdk, /permissions or /logs is put into its mount.
+        *guard_routes(extra_routes or []),
+        ClosedMount("/sdk", stored_routes(stored, ("/sdk/v1", "/sdk/{session_id}/v1")) if stored is not None else []),
         # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
-        public(HeadProbe("/api/{rest:path}", preflight)),
-        public(HeadProbe("/sdk/{rest:path}", preflight)),
+        ClosedMount("/api", [public(HeadProbe("/api/{rest:path}", preflight))]),
+        ClosedMount("/sdk", [public(HeadProbe("/sdk/{rest:path}", preflight))]),
     ]
     app = Starlette(
-        # Under /api, /sdk, /permissions and /logs a caller is needed unless a route says otherwise.
-        routes=guard_routes(routes),
+        routes=routes,
         exception_handlers={
             ProxyError: on_proxy_error,
             HTTPException: on_http_error,
@@ -253,9 +265,10 @@ def create_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) ->
             Exception: on_crash,
         },
         middleware=[
-            caller_middleware(gateway.auth),  # never refuses: guard_routes does, by route
+            caller_middleware(gateway.auth),  # never refuses: the closed mounts do, by route
             Middleware(AccessLogMiddleware, emitter=gateway.access_log),
         ],
+        lifespan=lifespan,
     )
     # No trailing-slash redirects: their absolute `location` would echo the client's Host header.
     app.router.redirect_slashes = False

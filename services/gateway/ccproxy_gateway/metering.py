@@ -25,9 +25,6 @@ from ccproxy_core.models import TokenUsage
 
 log = logging.getLogger(__name__)
 
-#: Upstream paths that cost money (count_tokens and models are free).
-METERED_PATHS = ("/v1/messages",)
-
 
 class KeyMeter:
     """Admit a request of a limited client key before it runs; settle it with the real usage after.
@@ -102,7 +99,7 @@ class MeteredForwarder:
         key = request.key
         if key is None:
             return await self.inner.forward(request)
-        admission = await self.meter.admit(key, request.body) if request.path in METERED_PATHS else None
+        admission = await self.meter.admit(key, request.body) if request.metered else None
         try:
             reply = await self.inner.forward(request)
         except BaseException:

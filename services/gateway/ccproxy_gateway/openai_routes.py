@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, upstream_error
@@ -39,6 +39,7 @@ from ccproxy_gateway.openai import (
 )
 from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, begin, keep, kept_stream, stamp
+from ccproxy_gateway.routes import ApiRoute, metered
 from ccproxy_gateway.usage import Usage
 
 
@@ -68,8 +69,10 @@ class OpenAIRoutes:
 
     def routes(self, prefix: str = "/api/v1") -> list[BaseRoute]:
         return [
-            Route(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"]),
-            Route(f"{prefix}/responses", self.responses, methods=["POST"]),
+            ApiRoute(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"],
+                     client_format="openai-chat", metered=True),
+            ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses",
+                     metered=True),
         ]
 
     async def chat_completions(self, request: Request) -> Response:
@@ -107,7 +110,8 @@ class OpenAIRoutes:
             access.draft.model_requested = model
             access.draft.stream = stream
         headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
-        forward = ForwardRequest(path="/v1/messages", headers=headers, body=body, key=caller(request).key)
+        forward = ForwardRequest(path="/v1/messages", headers=headers, body=body, key=caller(request).key,
+                                 metered=metered(request))
         reply: UpstreamReply = await until_disconnect(request, self.gateway.forwarder.forward(forward))
         metrics = self.gateway.metrics
         metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()

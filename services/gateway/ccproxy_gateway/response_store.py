@@ -32,7 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.identity import caller
@@ -40,6 +40,7 @@ from ccproxy_core.redis import UNAVAILABLE, unavailable_as_503
 from ccproxy_core.settings import ResponsesSettings
 from ccproxy_gateway.openai.responses import ResponsesPlan, ResponsesStreamTranslator
 from ccproxy_gateway.openai.responses_models import InputItem, ResponsesRequest
+from ccproxy_gateway.routes import ApiRoute
 
 log = logging.getLogger(__name__)
 
@@ -359,9 +360,12 @@ class StoredResponseRoutes:
 
     def routes(self, prefix: str) -> list[BaseRoute]:
         return [
-            Route(f"{prefix}/responses/{{response_id}}", self.get, methods=["GET"]),
-            Route(f"{prefix}/responses/{{response_id}}", self.delete, methods=["DELETE"]),
-            Route(f"{prefix}/responses/{{response_id}}/input_items", self.input_items, methods=["GET"]),
+            ApiRoute(f"{prefix}/responses/{{response_id}}", self.get, methods=["GET"],
+                     client_format="openai-responses"),
+            ApiRoute(f"{prefix}/responses/{{response_id}}", self.delete, methods=["DELETE"],
+                     client_format="openai-responses"),
+            ApiRoute(f"{prefix}/responses/{{response_id}}/input_items", self.input_items, methods=["GET"],
+                     client_format="openai-responses"),
         ]
 
     async def get(self, request: Request) -> Response:

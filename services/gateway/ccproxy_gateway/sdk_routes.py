@@ -69,6 +69,7 @@ from ccproxy_gateway.openai import (
     translate_responses_request,
 )
 from ccproxy_gateway.response_store import begin, keep, kept_stream, stamp
+from ccproxy_gateway.routes import ApiRoute
 from ccproxy_gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -276,15 +277,17 @@ class SdkRoutes:
         routes: list[BaseRoute] = [
             public(Route("/sdk", self.preflight, methods=["HEAD", "GET"])),
             public(Route("/sdk/", self.preflight, methods=["HEAD", "GET"])),
-            Route("/sdk/v1/models", self.models, methods=["GET"]),
+            ApiRoute("/sdk/v1/models", self.models, methods=["GET"]),
             Route("/sdk/models", self.models, methods=["GET"]),
             Route("/sdk/status", self.status, methods=["GET"]),
         ]
         for prefix in ("/sdk/v1", "/sdk/{session_id}/v1"):
             routes += [
-                Route(f"{prefix}/messages", self.messages, methods=["POST"]),
-                Route(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"]),
-                Route(f"{prefix}/responses", self.responses, methods=["POST"]),
+                ApiRoute(f"{prefix}/messages", self.messages, methods=["POST"], metered=True),
+                ApiRoute(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"],
+                         client_format="openai-chat", metered=True),
+                ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses",
+                         metered=True),
             ]
         return routes
 

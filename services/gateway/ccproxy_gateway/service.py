@@ -5,15 +5,14 @@ readiness. The routes are the very ones ``ccproxy serve`` has; only the wiring d
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 from starlette.applications import Starlette
 
 from ccproxy_core.auth_client import AuthClient
 from ccproxy_core.client_keys import HttpKeyAuthority
 from ccproxy_core.forwarding import HttpForwarder
+from ccproxy_core.identity import ClosedMount
 from ccproxy_core.internal import require_internal_secret
+from ccproxy_core.lifespan import closing, lifespan
 from ccproxy_core.redis import connect
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
@@ -37,21 +36,13 @@ def create_service_app(settings: Settings) -> Starlette:
     auth = AuthClient(settings.services.auth_url, secret)
     # Per-member client keys live in auth (Redis); lookups are cached a few seconds here.
     keys = HttpKeyAuthority(settings.services.auth_url, secret) if settings.redis.url else None
-    # SDK jobs for the sdk-workers and stored responses (any replica continues any) share REDIS__URL.
+    # This process's one Redis client: SDK jobs for the sdk-workers, stored responses (any replica
+    # continues any) and the access-log stream.
     redis = connect(settings.redis)
     responses = ResponseStore(redis, settings.responses, settings.redis.key_prefix)
-    gateway = Gateway(settings, forwarder, auth.status, keys=keys, responses=responses)
+    gateway = Gateway(settings, forwarder, auth.status, keys=keys, responses=responses, redis=redis)
     sdk = SdkRoutes(gateway, redis)
-    web = create_app(gateway, extra_routes=sdk.routes())
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        await gateway.access_log.aclose()  # what is still buffered goes to Redis first
-        await forwarder.aclose()
-        await auth.aclose()
-        if keys is not None:
-            await keys.aclose()
-
-    web.router.lifespan_context = lifespan
-    return web
+    # Stopped in reverse: what the access log still buffers goes to Redis before Redis is closed.
+    parts = [closing(redis.aclose), *([closing(keys.aclose)] if keys is not None else []),
+             closing(auth.aclose), closing(forwarder.aclose), closing(gateway.access_log.aclose)]
+    return create_app(gateway, extra_routes=[ClosedMount("/sdk", sdk.routes())], lifespan=lifespan(*parts))

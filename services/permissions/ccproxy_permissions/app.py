@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 
 import orjson
@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import Caller, KeyBackend, caller, caller_middleware, guard_routes, public
 from ccproxy_core.internal import INTERNAL_SECRET_HEADER, check_internal_secret
+from ccproxy_core.lifespan import Part, lifespan, running
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.permissions import PermissionAsk, PermissionResponse, PermissionView
 from ccproxy_core.redis import unavailable_as_503
@@ -221,8 +222,9 @@ async def proxy_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(broker: PermissionBroker, backend: KeyBackend) -> Starlette:
-    """The service on its own (``ccproxy run permissions``): callers resolved by ``backend``."""
+def create_app(broker: PermissionBroker, backend: KeyBackend, parts: Sequence[Part] = ()) -> Starlette:
+    """The service on its own (``ccproxy run permissions``): callers resolved by ``backend``;
+    ``parts`` start before the broker and stop after it (its Redis client)."""
     api = PermissionsApi(broker)
     metrics = Metrics("permissions")
 
@@ -230,14 +232,6 @@ def create_app(broker: PermissionBroker, backend: KeyBackend) -> Starlette:
         with contextlib.suppress(Exception):  # Redis down: the last value stays
             metrics.permissions_pending.labels(metrics.service).set(len(await broker.store.pending()))
         return await metrics.endpoint(request)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await broker.start()
-        try:
-            yield
-        finally:
-            await broker.stop()
 
     app = Starlette(
         routes=guard_routes([
@@ -247,7 +241,7 @@ def create_app(broker: PermissionBroker, backend: KeyBackend) -> Starlette:
         ]),
         middleware=[caller_middleware(backend)],
         exception_handlers={ProxyError: proxy_error},
-        lifespan=lifespan,
+        lifespan=lifespan(*parts, running(broker.start, broker.stop)),
     )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
     return app

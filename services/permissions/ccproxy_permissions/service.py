@@ -7,6 +7,7 @@ from starlette.applications import Starlette
 
 from ccproxy_core.identity import key_backend
 from ccproxy_core.internal import RequireInternalSecret, require_internal_secret
+from ccproxy_core.lifespan import closing
 from ccproxy_core.redis import connect
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
@@ -21,7 +22,8 @@ def create_service_app(settings: Settings) -> Starlette:
             "REDIS__URL is not set: permission requests live in Redis so every replica and the "
             "sdk-workers share them (for everything in one process, use `ccproxy serve`)"
         )
-    broker = PermissionBroker(settings, connect(settings.redis))
-    web = create_app(broker, key_backend(settings, secret))
+    redis = connect(settings.redis)  # this process's one client
+    broker = PermissionBroker(settings, redis)
+    web = create_app(broker, key_backend(settings, secret), [closing(redis.aclose)])
     web.add_middleware(RequireInternalSecret, secret=secret)
     return web
