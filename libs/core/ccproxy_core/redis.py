@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 
 import fakeredis
@@ -24,7 +25,8 @@ from redis.backoff import NoBackoff
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import RedisSettings
 
-__all__ = ["REDIS_DOWN", "Redis", "RedisLock", "connect", "is_unavailable", "unavailable_as_503", "unavailable_error"]
+__all__ = ["REDIS_DOWN", "Redis", "RedisLock", "connect", "is_unavailable", "redacted", "unavailable_as_503",
+           "unavailable_error"]
 
 _embedded: fakeredis.FakeServer | None = None
 
@@ -48,6 +50,18 @@ def connect(settings: RedisSettings) -> Redis:
         retry_on_error=[redis_errors.ConnectionError],
         health_check_interval=30,
     )
+
+
+def redacted(url: str | None) -> str:
+    """``REDIS__URL`` fit for a message: its password (compose sets one) replaced by ``***``."""
+    if not url:
+        return "embedded"
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_unavailable(exc: BaseException) -> bool:
