@@ -24,7 +24,9 @@ from ccproxy_sdk_worker.identity import RunAs, exposed_secrets, parse_run_as, re
 NOBODY = 65534
 
 
-def test_settings_read_secret_files_nested_like_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_read_secret_files_nested_like_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "security__internal_secret").write_text("from-a-file-0123456789\n")
     (tmp_path / "redis__url").write_text("redis://:pw@redis:6379/0")
     monkeypatch.chdir(tmp_path.parent)

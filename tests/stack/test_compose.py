@@ -27,6 +27,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 CORE = {"traefik", "gateway", "api-forwarder", "auth", "redis"}
 #: Variables only compose itself reads (interpolation), documented in .env.example.
 COMPOSE_ONLY = {"CCPROXY_BIND", "CCPROXY_PORT", "CCPROXY_UID", "CCPROXY_GID", "CLAUDE_CONFIG_HOST_DIR",
+                "REDIS_PASSWORD", "CCPROXY_SECRETS_HOST_DIR",
                 "CCPROXY_WORKSPACE", "CLICKHOUSE_PASSWORD", "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
                 "GRAFANA_ROOT_URL", "SECURITY__METRICS_TOKEN", "CCPROXY_IMAGE_PREFIX", "CCPROXY_IMAGE_TAG"}
 
@@ -82,7 +83,7 @@ def project(tmp_path: Path) -> Path:
     for name in ("compose.yaml", ".env.example"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
-    for service in ("gateway", "api-forwarder", "auth"):
+    for service in ("gateway", "api-forwarder", "auth", "sdk-worker"):
         (tmp_path / "services" / service).mkdir(parents=True)
         shutil.copy(ROOT / "services" / service / "Dockerfile", tmp_path / "services" / service / "Dockerfile")
     return tmp_path
@@ -153,11 +154,14 @@ def test_commands_and_environment_match_ccproxy_run(compose: dict[str, Any]) -> 
         assert name in RUNNABLE
         assert svc["build"] == {"context": ".", "dockerfile": f"services/{name}/Dockerfile"}
         env = environment(svc)
-        unknown = set(env) - SETTINGS
+        unknown = set(env) - SETTINGS - {"CCPROXY_SECRETS_DIR"}
         assert not unknown, f"{name}: variables no setting reads: {unknown}"
         assert env["SERVER__PORT"] == "8000" and env["SERVER__HOST"] == "0.0.0.0"
+        if name == "sdk-worker":  # as files (test_sdk_worker_secrets_are_files)
+            assert not {"SECURITY__INTERNAL_SECRET", "REDIS__URL"} & set(env)
+            continue
         assert env["SECURITY__INTERNAL_SECRET"].startswith("${SECURITY__INTERNAL_SECRET:?")
-        assert env["REDIS__URL"] == "redis://redis:6379/0"
+        assert env["REDIS__URL"] == "redis://:${REDIS_PASSWORD:?set it in .env (make env)}@redis:6379/0"
         # Every URL of another service names a service of this file, on its port.
         for key, value in env.items():
             if key.startswith("SERVICES__") and key.endswith("_URL"):
@@ -180,7 +184,7 @@ def test_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
     assert check[:4] == ["CMD", "traefik", "healthcheck", "--ping"]
     assert "--ping=true" in traefik["command"] and "--entryPoints.ping.address=:8082" in traefik["command"]
     assert "--entryPoints.ping.address=:8082" in check
-    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert services["redis"]["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
     for name, svc in services.items():
         # A list: a Swarm stack accepts no conditions (every service retries its dependencies).
         assert isinstance(svc.get("depends_on", []), list), name
@@ -224,7 +228,7 @@ def test_env_example_documents_every_variable(compose: dict[str, Any]) -> None:
     assert not (documented - SETTINGS - COMPOSE_ONLY - {"TLS__CERT_FILE", "TLS__KEY_FILE"})
     # No secret has a value baked in.
     for name in ("SECURITY__INTERNAL_SECRET", "SECURITY__AUTH_TOKEN", "SECURITY__METRICS_TOKEN", "CLICKHOUSE_PASSWORD",
-                 "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+                 "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "REDIS_PASSWORD"):
         assert re.search(rf"^{name}=$", example, re.M), name
 
 
@@ -306,8 +310,8 @@ ALLOWED_ENV = {
              "OAUTH__TOKEN_URL", "DATA_DIR"},
     "permissions": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
                     "SERVICES__AUTH_URL"},
-    "sdk-worker": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
-                   "SERVICES__PERMISSIONS_URL", "ANTHROPIC__BASE_URL", "AUTH__API_KEY", "AUTH__CLAUDE_CONFIG_DIR",
+    "sdk-worker": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "CCPROXY_SECRETS_DIR",
+                   "CLAUDE__RUN_AS_USER", "SERVICES__PERMISSIONS_URL", "ANTHROPIC__BASE_URL", "AUTH__API_KEY", "AUTH__CLAUDE_CONFIG_DIR",
                    "AUTH__USE_KEYRING", "CLAUDE__WORKSPACE_ROOT", "CLAUDE__OPTIONS__PERMISSION_MODE"},
     "analytics": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
                   "CLICKHOUSE__URL", "ANALYTICS__RETENTION_DAYS", "SERVICES__AUTH_URL"},
@@ -315,7 +319,7 @@ ALLOWED_ENV = {
 #: Secrets that must never reach Claude Code's container (it could approve its own requests,
 #: act as the lead or admin, read or drop the access log).
 AGENT_FORBIDDEN = {"SECURITY__AUTH_TOKEN", "SECURITY__ADMIN_TOKEN", "SECURITY__METRICS_TOKEN", "CLICKHOUSE_PASSWORD",
-                   "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+                   "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECURITY__INTERNAL_SECRET", "REDIS_PASSWORD"}
 
 
 def test_each_container_gets_only_its_variables(compose: dict[str, Any]) -> None:
@@ -327,6 +331,59 @@ def test_each_container_gets_only_its_variables(compose: dict[str, Any]) -> None
     worker = environment(compose["services"]["sdk-worker"])
     interpolated = set(re.findall(r"\$\{([A-Z0-9_]+)", " ".join(worker.values())))
     assert not (set(worker) | interpolated) & AGENT_FORBIDDEN
+
+
+def test_sdk_worker_secrets_are_files_and_claude_code_has_its_own_user(compose: dict[str, Any]) -> None:
+    """The sdk-worker gets its two secrets as files in a directory only root enters, and runs as root
+    with only the capabilities to change user and read them; Claude Code runs as CCPROXY_UID."""
+    worker = compose["services"]["sdk-worker"]
+    env = environment(worker)
+    assert env["CCPROXY_SECRETS_DIR"] == "/etc/ccproxy/secrets"
+    assert env["CLAUDE__RUN_AS_USER"] == "${CCPROXY_UID:-10001}:${CCPROXY_GID:-10001}"
+    targets = {s["target"]: compose["secrets"][s["source"]]["file"] for s in worker["secrets"]}
+    host = "${CCPROXY_SECRETS_HOST_DIR:-./secrets}"
+    assert targets == {f"/etc/ccproxy/secrets/{name}": f"{host}/{name}"
+                       for name in ("security__internal_secret", "redis__url")}
+    assert worker["user"] == "0:0" and worker["cap_drop"] == ["ALL"]
+    assert sorted(worker["cap_add"]) == ["DAC_READ_SEARCH", "SETGID", "SETUID"]
+    assert "no-new-privileges" in worker["security_opt"]
+    text = (ROOT / "services" / "sdk-worker" / "Dockerfile").read_text()
+    assert "install -d -o root -g root -m 0700 /etc/ccproxy/secrets" in text
+    # Redis refuses a client without the password; its healthcheck has it (REDISCLI_AUTH).
+    redis = compose["services"]["redis"]
+    assert redis["command"][-2:] == ["--requirepass", "${REDIS_PASSWORD:?set it in .env (make env)}"]
+    assert environment(redis)["REDISCLI_AUTH"] == "${REDIS_PASSWORD:?set it in .env (make env)}"
+    assert "PONG" in " ".join(redis["healthcheck"]["test"])
+
+
+def test_init_env_writes_the_worker_secret_files(project: Path) -> None:
+    made = init_env(project)
+    assert made.returncode == 0, made.stderr
+    values = dict(line.split("=", 1) for line in (project / ".env").read_text().splitlines()
+                  if line and not line.startswith("#") and "=" in line)
+    secrets = project / "secrets"
+    assert values["CCPROXY_SECRETS_HOST_DIR"] == str(secrets)
+    assert len(values["REDIS_PASSWORD"]) >= 32
+    assert oct(secrets.stat().st_mode & 0o777) == "0o700"
+    files = {p.name: p for p in secrets.iterdir()}
+    assert set(files) == {"security__internal_secret", "redis__url"}
+    for path in files.values():
+        assert oct(path.stat().st_mode & 0o777) == "0o400", path
+    assert files["security__internal_secret"].read_text().strip() == values["SECURITY__INTERNAL_SECRET"]
+    assert files["redis__url"].read_text().strip() == f"redis://:{values['REDIS_PASSWORD']}@redis:6379/0"
+    # What the sdk-worker's settings make of them (pydantic-settings' secrets directory).
+    read = subprocess.run(
+        [sys.executable, "-c", "from ccproxy_core.settings import Settings; s = Settings(); "
+         "print(s.security.internal_secret.get_secret_value(), s.redis.url)"],
+        cwd=project / "secrets", capture_output=True, text=True, timeout=60, check=True,
+        env={**{k: v for k, v in os.environ.items() if "__" not in k}, "CCPROXY_SECRETS_DIR": str(secrets)})
+    assert read.stdout.split() == [values["SECURITY__INTERNAL_SECRET"], files["redis__url"].read_text().strip()]
+    # --force makes all of them anew, the files too.
+    again = subprocess.run([sys.executable, "-m", "ccproxy_core", "init-env", "--force"], cwd=project,
+                           capture_output=True, text=True, timeout=60, check=False,
+                           env={**os.environ, "HOME": str(project)})
+    assert again.returncode == 0, again.stderr
+    assert files["security__internal_secret"].read_text().strip() != values["SECURITY__INTERNAL_SECRET"]
 
 
 def test_sdk_worker_sends_permission_prompts_to_the_permissions_service(compose: dict[str, Any]) -> None:

@@ -23,7 +23,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-
 #: Names a directory of secret files (``security__internal_secret``, ``redis__url``, ...): each
 #: file's content is the value of the setting its name spells, like the variable of that name.
 SECRETS_DIR_ENV = "CCPROXY_SECRETS_DIR"
