@@ -311,15 +311,16 @@ ALLOWED_ENV = {
     "permissions": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
                     "SERVICES__AUTH_URL"},
     "sdk-worker": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "CCPROXY_SECRETS_DIR",
-                   "CLAUDE__RUN_AS_USER", "SERVICES__PERMISSIONS_URL", "ANTHROPIC__BASE_URL", "AUTH__API_KEY", "AUTH__CLAUDE_CONFIG_DIR",
-                   "AUTH__USE_KEYRING", "CLAUDE__WORKSPACE_ROOT", "CLAUDE__OPTIONS__PERMISSION_MODE"},
+                   "CLAUDE__RUN_AS_USER", "SERVICES__PERMISSIONS_URL", "ANTHROPIC__BASE_URL", "AUTH__API_KEY",
+                   "AUTH__CLAUDE_CONFIG_DIR", "AUTH__USE_KEYRING", "CLAUDE__WORKSPACE_ROOT", "CLAUDE__OPTIONS__PERMISSION_MODE"},
     "analytics": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
                   "CLICKHOUSE__URL", "ANALYTICS__RETENTION_DAYS", "SERVICES__AUTH_URL"},
 }
 #: Secrets that must never reach Claude Code's container (it could approve its own requests,
 #: act as the lead or admin, read or drop the access log).
 AGENT_FORBIDDEN = {"SECURITY__AUTH_TOKEN", "SECURITY__ADMIN_TOKEN", "SECURITY__METRICS_TOKEN", "CLICKHOUSE_PASSWORD",
-                   "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECURITY__INTERNAL_SECRET", "REDIS_PASSWORD"}
+                   "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECURITY__INTERNAL_SECRET",
+                   "REDIS_PASSWORD"}
 
 
 def test_each_container_gets_only_its_variables(compose: dict[str, Any]) -> None:
