@@ -444,9 +444,10 @@ def test_claude_code_cannot_reach_the_worker_its_secrets_or_redis(deployment: De
              "print(\"redis said\", s.recv(200))")
     steps = [
         f"echo {marker}", "id",
-        # The worker's process, by its command line (readable by all) other than PID 1's (the
-        # init process); [e] keeps this very command out.
-        "W=$(grep -l 'sdk-work[e]r' /proc/[0-9]*/cmdline | grep -v '^/proc/1/' | head -1 | cut -d/ -f3)",
+        # The worker's process, by its command line (readable by all), not PID 1 (the init
+        # process); [e] keeps this very command out. (No grep: Claude Code's shell may swap in rg.)
+        "W=; for p in /proc/[0-9]*; do [ $p = /proc/1 ] && continue; case \"$(tr '\\0' ' ' < $p/cmdline)\" in "
+        "*'bin/ccproxy run sdk-work'[e]'r'*) W=${p#/proc/};; esac; done",
         "echo worker=$W", "cat /proc/1/environ", "cat /proc/$W/environ", "head -c 64 /proc/$W/mem", "kill -0 $W",
         f"ls {secrets_dir}", f"cat {secrets_dir}/security__internal_secret {secrets_dir}/redis__url",
         f"python3 -c '{redis}'",
