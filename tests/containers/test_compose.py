@@ -431,7 +431,7 @@ def test_claude_code_sees_no_ccproxy_setting(deployment: Deployment, member: str
     answer = texts(run.result())
     assert marker in answer, answer[-2000:]
     assert "SECURITY__" not in answer and deployment.env["SECURITY__INTERNAL_SECRET"] not in answer
-    assert "REDIS__URL" not in answer and "SERVICES__" not in answer
+    assert "REDIS__URL" not in answer and "SERVICES__" not in answer and "CCPROXY_SECRETS_DIR" not in answer
 
 
 def test_claude_code_cannot_reach_the_worker_its_secrets_or_redis(deployment: Deployment, member: str) -> None:

@@ -34,7 +34,7 @@ from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import connect
 from ccproxy_core.sdk_jobs import HEALTH_INTERVAL, JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
 from ccproxy_core.server import StartupError, bind
-from ccproxy_core.settings import Settings
+from ccproxy_core.settings import SECRETS_DIR_ENV, Settings
 from ccproxy_sdk_worker.identity import RunAs, prepare
 from ccproxy_sdk_worker.permissions import hook_from_settings
 from ccproxy_sdk_worker.runner import PermissionHook, Runner
@@ -191,10 +191,11 @@ def scrub_environment(environ: Any = os.environ) -> list[str]:
 
     claude-agent-sdk starts the CLI with this process's environment (plus what the runner passes),
     so Claude Code and any command it runs would otherwise see ``SECURITY__INTERNAL_SECRET`` and
-    every other setting of the worker. Returns the names removed."""
+    every other setting of the worker (and where its secret files are). Returns the names removed."""
     sections = {name.upper() for name in Settings.model_fields}
     removed = [name for name in environ
-               if name.upper() in sections or (name.upper().split("__", 1)[0] in sections and "__" in name)]
+               if name.upper() in sections or (name.upper().split("__", 1)[0] in sections and "__" in name)
+               or name.upper() == SECRETS_DIR_ENV]
     for name in removed:
         del environ[name]
     return removed
@@ -208,10 +209,10 @@ def main(settings: Settings) -> None:
             "the sdk-worker needs the Redis the gateway uses: set REDIS__URL (ccproxy serve runs a worker in "
             "process)"
         )
-    scrub_environment()
-    sock = bind(settings.server.host, settings.server.port)
     # Settings and secret files are read: from here on Claude Code's user cannot reach this process.
     run_as = prepare(settings)
+    scrub_environment()
+    sock = bind(settings.server.host, settings.server.port)
 
     async def run() -> None:
         redis = connect(settings.redis)
