@@ -12,9 +12,9 @@ reads its settings and secret files, and then :func:`prepare`:
   accesses are the CLI's own (a resumed session's files, which claude-agent-sdk writes before the
   CLI starts, are the CLI's), it may signal the CLI and read its ``/proc`` entries (stopping a
   run, :func:`ccproxy_sdk_worker.runner.kill_leftovers`), and it has no capability left in effect.
-  The agent gets nothing back: the kernel lets a process trace, read the ``/proc`` files of, or
-  signal only a process whose real, effective and saved uids are all its own, and the worker's
-  real and saved uids are root's;
+  The agent gets nothing back: the kernel lets a process trace or read the ``/proc`` files of
+  another only when the other's real, effective and saved uids are all its own, and signal it
+  only when the other's real or saved uid is its own; the worker's real and saved uids are root's;
 - the CLI is started with ``user=`` that uid: in the child, ``setreuid`` sets every uid to it, so
   it keeps no capability and cannot become root again (``no-new-privileges`` in compose stops
   setuid programs too).
