@@ -436,8 +436,9 @@ def test_claude_code_sees_no_ccproxy_setting(deployment: Deployment, member: str
 
 def test_claude_code_cannot_reach_the_worker_its_secrets_or_redis(deployment: Deployment, member: str) -> None:
     """Think like the agent: a Bash tool run tries the worker's environment (/proc/1, the worker's
-    process), signals it, reads the secret files, and speaks to Redis without a password. Each is
-    refused; what the tool printed comes back to the (fake) upstream as the tool result."""
+    process), signals it, reads the secret files, speaks to Redis without a password and scrapes
+    the gateway's /metrics (every key's cost). Each is refused; what the tool printed comes back to
+    the (fake) upstream as the tool result."""
     marker = f"reach-{uuid.uuid4().hex[:6]}"
     secrets_dir = "/etc/ccproxy/secrets"
     redis = ("import socket; s = socket.create_connection((\"redis\", 6379), 5); s.sendall(b\"PING\\r\\n\"); "
@@ -451,6 +452,8 @@ def test_claude_code_cannot_reach_the_worker_its_secrets_or_redis(deployment: De
         "echo worker=$W", "cat /proc/1/environ", "cat /proc/$W/environ", "head -c 64 /proc/$W/mem", "kill -0 $W",
         f"ls {secrets_dir}", f"cat {secrets_dir}/security__internal_secret {secrets_dir}/redis__url",
         f"python3 -c '{redis}'",
+        # Every key's tokens and cost, on the gateway's own port (no Traefik in between).
+        "python3 -c 'import urllib.request as r; print(\"metrics said\", r.urlopen(\"http://gateway:8000/metrics\").status)'",
     ]
     command = "".join(f"{step} 2>&1; " for step in steps)
     prompt = f"look around [[fake:call=Bash?{urllib.parse.urlencode({'command': command})}]]"
@@ -473,6 +476,7 @@ def test_claude_code_cannot_reach_the_worker_its_secrets_or_redis(deployment: De
         assert re.search(rf"{re.escape(what)}[^\n]*{error}", answer), (what, answer[-3000:])
     assert "Operation not permitted" in answer, answer[-3000:]  # kill -0 <worker>
     assert "redis said" in answer and "NOAUTH" in answer, answer[-3000:]  # reached, and refused
+    assert "HTTP Error 401" in answer and "ccproxy_cost_usd_total" not in answer, answer[-3000:]
     for name in SECRET_NAMES:
         assert deployment.env[name] not in answer, name
     assert "SECURITY__" not in answer and "REDIS__URL" not in answer

@@ -301,21 +301,21 @@ def test_docs_describe_every_stack_variable(compose: dict[str, Any]) -> None:
 #: only the services that need it.
 ALLOWED_ENV = {
     "gateway": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SERVER__FORWARDED_ALLOW_IPS",
-                "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL", "SERVICES__FORWARDER_URL",
-                "SERVICES__AUTH_URL"},
-    "api-forwarder": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
-                      "SERVICES__AUTH_URL", "ANTHROPIC__BASE_URL"},
+                "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "SECURITY__METRICS_TOKEN", "REDIS__URL",
+                "SERVICES__FORWARDER_URL", "SERVICES__AUTH_URL"},
+    "api-forwarder": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET",
+                      "SECURITY__METRICS_TOKEN", "REDIS__URL", "SERVICES__AUTH_URL", "ANTHROPIC__BASE_URL"},
     "auth": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
              "AUTH__CLAUDE_CONFIG_DIR", "AUTH__USE_KEYRING", "AUTH__API_KEY", "AUTH__STRATEGY", "SECURITY__ADMIN_TOKEN",
-             "OAUTH__TOKEN_URL", "DATA_DIR"},
+             "SECURITY__METRICS_TOKEN", "OAUTH__TOKEN_URL", "DATA_DIR"},
     "permissions": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
-                    "SERVICES__AUTH_URL"},
+                    "SECURITY__METRICS_TOKEN", "SERVICES__AUTH_URL"},
     "sdk-worker": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "CCPROXY_SECRETS_DIR",
                    "CLAUDE__RUN_AS_USER", "SERVICES__PERMISSIONS_URL", "ANTHROPIC__BASE_URL", "AUTH__API_KEY",
                    "AUTH__CLAUDE_CONFIG_DIR", "AUTH__USE_KEYRING", "CLAUDE__WORKSPACE_ROOT",
                    "CLAUDE__OPTIONS__PERMISSION_MODE"},
     "analytics": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
-                  "CLICKHOUSE__URL", "ANALYTICS__RETENTION_DAYS", "SERVICES__AUTH_URL"},
+                  "SECURITY__METRICS_TOKEN", "CLICKHOUSE__URL", "ANALYTICS__RETENTION_DAYS", "SERVICES__AUTH_URL"},
 }
 #: Secrets that must never reach Claude Code's container (it could approve its own requests,
 #: act as the lead or admin, read or drop the access log).
@@ -430,6 +430,10 @@ def test_metrics_are_guarded_on_the_lan(compose: dict[str, Any]) -> None:
     env = environment(compose["services"]["traefik"])
     assert env["TRAEFIK_GUARD_METRICS"] == "true"
     assert env["SECURITY__METRICS_TOKEN"] == "${SECURITY__METRICS_TOKEN:-}"
+    # The services ask for it themselves (Claude Code's container reaches their ports), but the
+    # sdk-worker, where Claude Code runs, never gets it.
+    for name in ("gateway", "api-forwarder", "auth", "permissions", "analytics"):
+        assert environment(compose["services"][name])["SECURITY__METRICS_TOKEN"] == "${SECURITY__METRICS_TOKEN:-}"
     routes = (ROOT / "deploy" / "traefik" / "routes.yml").read_text()
     assert "!PathRegexp(`(?i)^/+metrics/*$`)" in routes and "Header(`Authorization`, `Bearer " in routes
 

@@ -71,6 +71,8 @@ class SecuritySettings(BaseModel):
     internal_secret: SecretStr | None = None
     #: Token for the admin HTTP API (accounts, client keys). Unset: the admin API is off.
     admin_token: SecretStr | None = None
+    #: Bearer token ``/metrics`` asks for (Prometheus sends it). Unset: ``/metrics`` is open.
+    metrics_token: SecretStr | None = None
     #: How long a gateway trusts a client-key lookup; a revoked key stops working within this.
     key_cache_seconds: float = 5.0
 

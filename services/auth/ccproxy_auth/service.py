@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
     redis: Redis | None = connect(settings.redis) if settings.redis.url else None
-    metrics = Metrics("auth")
+    metrics = Metrics("auth").guarded(settings.security.metrics_token)
     # Named accounts (or the CLI login when there are none) and client keys: docs/accounts.md.
     manager, keys = local_accounts(settings, metrics)
 

@@ -22,6 +22,6 @@ def create_service_app(settings: Settings) -> Starlette:
             "sdk-workers share them (for everything in one process, use `ccproxy serve`)"
         )
     broker = PermissionBroker(settings, connect(settings.redis))
-    web = create_app(broker, key_backend(settings, secret))
+    web = create_app(broker, key_backend(settings, secret), settings.security.metrics_token)
     web.add_middleware(RequireInternalSecret, secret=secret)
     return web
