@@ -83,9 +83,7 @@ def project(tmp_path: Path) -> Path:
     for name in ("compose.yaml", ".env.example"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
-    for service in ("gateway", "api-forwarder", "auth", "sdk-worker"):
-        (tmp_path / "services" / service).mkdir(parents=True)
-        shutil.copy(ROOT / "services" / service / "Dockerfile", tmp_path / "services" / service / "Dockerfile")
+    shutil.copy(ROOT / "Dockerfile", tmp_path / "Dockerfile")
     return tmp_path
 
 
@@ -152,7 +150,7 @@ def test_commands_and_environment_match_ccproxy_run(compose: dict[str, Any]) -> 
     for name, svc in services.items():
         assert svc["command"] == ["ccproxy", "run", name], name
         assert name in RUNNABLE
-        assert svc["build"] == {"context": ".", "dockerfile": f"services/{name}/Dockerfile"}
+        assert svc["build"] == {"context": ".", "target": name}  # a stage of the one Dockerfile
         env = environment(svc)
         unknown = set(env) - SETTINGS - {"CCPROXY_SECRETS_DIR"}
         assert not unknown, f"{name}: variables no setting reads: {unknown}"
@@ -232,15 +230,28 @@ def test_env_example_documents_every_variable(compose: dict[str, Any]) -> None:
         assert re.search(rf"^{name}=$", example, re.M), name
 
 
-@pytest.mark.parametrize("name", ["gateway", "api-forwarder", "auth", "analytics"])
+def dockerfile_stages() -> dict[str, str]:
+    """The root Dockerfile's stages by name: ``FROM ... AS name`` up to the next ``FROM``."""
+    text = (ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^(?=FROM )", text, flags=re.M)
+    return {m.group(1): part for part in parts if (m := re.match(r"FROM \S+ AS (\S+)", part))}
+
+
+@pytest.mark.parametrize("name", ["gateway", "api-forwarder", "auth", "permissions", "analytics", "sdk-worker"])
 def test_dockerfile(name: str) -> None:
-    text = (ROOT / "services" / name / "Dockerfile").read_text()
-    assert f"uv sync --frozen --no-dev --no-editable --package ccproxy-{name}" in text
-    users = re.findall(r"^USER (\S+)", text, re.M)
+    """One Dockerfile, one target per service: the service's own `uv sync --package` stage, the shared
+    runtime (non-root user, healthcheck), and its own command."""
+    stages = dockerfile_stages()
+    assert f"uv sync --frozen --no-dev --no-editable --package ccproxy-{name}" in stages[f"venv-{name}"]
+    target = stages[name]
+    assert target.startswith(f"FROM runtime AS {name}") and f"COPY --from=venv-{name} /opt/venv /opt/venv" in target
+    users = re.findall(r"^USER (\S+)", stages["runtime"] + target, re.M)
     assert users and users[-1] not in ("root", "0")
-    assert re.search(r'^HEALTHCHECK .*CMD \["ccproxy", "healthcheck"\]', text, re.M)
-    assert f'CMD ["ccproxy", "run", "{name}"]' in text
+    assert re.search(r'^HEALTHCHECK .*CMD \["ccproxy", "healthcheck"\]', stages["runtime"], re.M)
+    assert f'CMD ["ccproxy", "run", "{name}"]' in target
+    text = (ROOT / "Dockerfile").read_text()
     assert "INTERNAL_SECRET" not in text and "AUTH_TOKEN" not in text
+    assert not list((ROOT / "services").glob("*/Dockerfile"))  # the steps are written once
 
 
 @pytest.mark.parametrize(("name", "module"), [
@@ -349,7 +360,7 @@ def test_sdk_worker_secrets_are_files_and_claude_code_has_its_own_user(compose: 
     assert worker["user"] == "0:0" and worker["cap_drop"] == ["ALL"]
     assert sorted(worker["cap_add"]) == ["DAC_READ_SEARCH", "SETGID", "SETUID"]
     assert "no-new-privileges" in worker["security_opt"]
-    text = (ROOT / "services" / "sdk-worker" / "Dockerfile").read_text()
+    text = dockerfile_stages()["sdk-worker"]
     assert "install -d -o root -g root -m 0700 /etc/ccproxy/secrets" in text
     # Redis refuses a client without the password; its healthcheck has it (REDISCLI_AUTH).
     redis = compose["services"]["redis"]
@@ -395,15 +406,17 @@ def test_sdk_worker_sends_permission_prompts_to_the_permissions_service(compose:
 
 
 def test_sdk_worker_image_settings_and_workspace() -> None:
-    text = (ROOT / "services" / "sdk-worker" / "Dockerfile").read_text()
-    workdirs = re.findall(r"^WORKDIR (\S+)", text, re.M)
+    stages = dockerfile_stages()
+    text = stages["sdk-worker"] + stages["venv-sdk-worker"]
+    workdirs = re.findall(r"^WORKDIR (\S+)", stages["runtime"] + stages["sdk-worker"], re.M)
     # Settings are read from the working directory (.ccproxy.toml, ccproxy.toml, .env): never the
     # agent's writable workspace.
     assert workdirs[-1] != "/workspace" and not workdirs[-1].startswith("/workspace/")
     # Any uid (CCPROXY_UID) can write the volumes these directories seed; files stay their writer's.
     assert re.search(r"chmod 1777 /workspace /data/claude", text)
-    assert re.search(r"chmod 1777 /data/claude", (ROOT / "services" / "auth" / "Dockerfile").read_text())
+    assert re.search(r"chmod 1777 /data/claude", stages["auth"])
     assert "NPM_CONFIG_CACHE=/tmp/" in text  # npx (MCP servers) never needs a writable HOME
+    assert "install -d -o root -g root -m 0755 /home/ccproxy" in text  # HOME: no settings planted there
     # claude-agent-sdk's bundled CLI is not shipped; the pinned one is used.
     assert "claude_agent_sdk/_bundled" in text and "CLAUDE__CLI_PATH=/opt/claude/" in text
 
