@@ -1,4 +1,4 @@
-"""compose.yaml for real: every image built from the repository's Dockerfiles, the whole stack run
+"""compose.yaml for real: every image built from the repository's Dockerfile, the whole stack run
 by a container engine (podman + podman-compose), driven through Traefik's published port the way
 a team uses it. Only the Anthropic API is faked (tests/fake_upstream, on the host, reached by the
 containers at host.containers.internal).
