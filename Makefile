@@ -22,7 +22,7 @@ test: setup-test
 	uv run --frozen pytest
 	./scripts/compose-test.sh
 
-# compose.yaml in real containers (podman + podman-compose; images built from the Dockerfiles).
+# compose.yaml in real containers (podman + podman-compose; images built from the Dockerfile).
 compose-test: setup-test
 	./scripts/compose-test.sh
 

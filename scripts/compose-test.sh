@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The container test (tests/containers): builds every image from the repository's Dockerfiles and
+# The container test (tests/containers): builds every image from the repository's Dockerfile and
 # runs compose.yaml with podman + podman-compose, through Traefik's published port. Base images
 # that cannot be pulled are replaced by stand-ins built from Debian packages (kept in podman's
 # storage for the next run). Needs root (rootful podman) and the packages setup-test-deps.sh installs.

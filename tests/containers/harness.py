@@ -147,7 +147,7 @@ def traefik_binary() -> Path:
 
 
 def compose_images(compose: dict[str, Any]) -> dict[str, str]:
-    """Base images each service pulls: ``image:`` ones and the Dockerfiles' ARG defaults."""
+    """Base images each service pulls: ``image:`` ones and the Dockerfile's ARG defaults."""
     images = {name: svc["image"] for name, svc in compose["services"].items() if "image" in svc and "build" not in svc}
     return images
 

@@ -1,4 +1,4 @@
-"""compose.yaml for real: every image built from the repository's Dockerfiles, the whole stack run
+"""compose.yaml for real: every image built from the repository's Dockerfile, the whole stack run
 by a container engine (podman + podman-compose), driven through Traefik's published port the way
 a team uses it. Only the Anthropic API is faked (tests/fake_upstream, on the host, reached by the
 containers at host.containers.internal).
@@ -49,7 +49,7 @@ PROJECT = "ccproxy-ctest"
 HOST_UID = 4242
 CCPROXY_SERVICES = ["gateway", "api-forwarder", "auth", "permissions", "sdk-worker", "analytics"]
 SECRET_NAMES = ["SECURITY__AUTH_TOKEN", "SECURITY__ADMIN_TOKEN", "SECURITY__METRICS_TOKEN", "CLICKHOUSE_PASSWORD",
-                "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD"]
+                "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECURITY__INTERNAL_SECRET", "REDIS_PASSWORD"]
 
 
 def set_env(text: str, **values: str) -> str:
@@ -172,6 +172,11 @@ def _deployment() -> Iterator[Deployment]:
             env={**os.environ, "HOME": str(work), "SUDO_UID": str(HOST_UID), "SUDO_GID": str(HOST_UID)},
         )
         assert made.returncode == 0, made.stderr
+        # As `make env` run by the host user leaves them: the sdk-worker's secret files are owned
+        # by the uid Claude Code runs as; only the directory they are mounted in keeps it out.
+        secrets_dir = work / "secrets"
+        for path in (secrets_dir, *secrets_dir.iterdir()):
+            os.chown(path, HOST_UID, HOST_UID)
         port = free_port()
         fake_url = f"http://host.containers.internal:{fake_port}"
         env_file.write_text(set_env(
@@ -263,13 +268,18 @@ def test_member_key_made_with_exec_works_and_a_revoked_one_stops(deployment: Dep
 
 # --- secrets and settings of the sdk-worker -------------------------------------------------------
 
-def test_sdk_worker_environment_holds_no_client_or_admin_secret(deployment: Deployment) -> None:
+def test_sdk_worker_environment_holds_no_ccproxy_secret(deployment: Deployment) -> None:
+    """Neither `exec sdk-worker env` nor the container's own environment (its PID 1's) holds a
+    secret: the worker's two (internal secret, Redis password) are files (compose `secrets:`)."""
     env = deployment.stack.exec("sdk-worker", "env").stdout
+    init_env = deployment.stack.exec("sdk-worker", "cat", "/proc/1/environ").stdout.replace("\0", "\n")
+    assert "CCPROXY_SECRETS_DIR=/etc/ccproxy/secrets" in init_env  # the right process was read
     for name in SECRET_NAMES:
         value = deployment.env.get(name)
-        assert name not in env, name
-        if value:
-            assert value not in env, name
+        assert value, name  # init-env made every one
+        for seen in (env, init_env):
+            assert f"{name}=" not in seen, name
+            assert value not in seen, name
     # What Claude Code gets (the worker scrubs every setting from its own environment): checked
     # in the SDK test below, through a Bash tool run.
 
@@ -421,7 +431,55 @@ def test_claude_code_sees_no_ccproxy_setting(deployment: Deployment, member: str
     answer = texts(run.result())
     assert marker in answer, answer[-2000:]
     assert "SECURITY__" not in answer and deployment.env["SECURITY__INTERNAL_SECRET"] not in answer
-    assert "REDIS__URL" not in answer and "SERVICES__" not in answer
+    assert "REDIS__URL" not in answer and "SERVICES__" not in answer and "CCPROXY_SECRETS_DIR" not in answer
+
+
+def test_claude_code_cannot_reach_the_worker_its_secrets_or_redis(deployment: Deployment, member: str) -> None:
+    """Think like the agent: a Bash tool run tries the worker's environment (/proc/1, the worker's
+    process), signals it, reads the secret files, speaks to Redis without a password and scrapes
+    the gateway's /metrics (every key's cost). Each is refused; what the tool printed comes back to
+    the (fake) upstream as the tool result."""
+    marker = f"reach-{uuid.uuid4().hex[:6]}"
+    secrets_dir = "/etc/ccproxy/secrets"
+    redis = ("import socket; s = socket.create_connection((\"redis\", 6379), 5); s.sendall(b\"PING\\r\\n\"); "
+             "print(\"redis said\", s.recv(200))")
+    steps = [
+        f"echo {marker}", "id",
+        # The worker's process, by its command line (readable by all), not PID 1 (the init
+        # process); [e] keeps this very command out. (No grep: Claude Code's shell may swap in rg.)
+        "W=; for p in /proc/[0-9]*; do [ $p = /proc/1 ] && continue; case \"$(tr '\\0' ' ' < $p/cmdline)\" in "
+        "*'bin/ccproxy run sdk-work'[e]'r'*) W=${p#/proc/};; esac; done",
+        "echo worker=$W", "cat /proc/1/environ", "cat /proc/$W/environ", "head -c 64 /proc/$W/mem", "kill -0 $W",
+        f"ls {secrets_dir}", f"cat {secrets_dir}/security__internal_secret {secrets_dir}/redis__url",
+        f"python3 -c '{redis}'",
+        # Every key's tokens and cost, on the gateway's own port (no Traefik in between).
+        "python3 -c 'import urllib.request as r; print(\"metrics said\", r.urlopen(\"http://gateway:8000/metrics\").status)'",
+    ]
+    command = "".join(f"{step} 2>&1; " for step in steps)
+    prompt = f"look around [[fake:call=Bash?{urllib.parse.urlencode({'command': command})}]]"
+    with ThreadPoolExecutor(1) as pool:
+        seen = pool.submit(stream_until, deployment, member, marker)
+        run = Run(deployment, member, prompt)
+        request = seen.result(150)
+    respond(deployment, member, request["id"], {"behavior": "allow"})
+    answer = texts(run.result())
+    assert marker in answer, answer[-3000:]
+    uid, gid = deployment.env["CCPROXY_UID"], deployment.env["CCPROXY_GID"]
+    assert f"uid={uid} gid={gid} groups={gid}" in answer, answer[-3000:]  # the host user, no other group
+    worker = re.search(r"worker=(\d+)", answer)
+    assert worker and worker.group(1) != "", answer[-3000:]
+    refusals = {
+        "/proc/1/environ": "Permission denied", f"/proc/{worker.group(1)}/environ": "Permission denied",
+        f"/proc/{worker.group(1)}/mem": "Permission denied", secrets_dir: "Permission denied",
+    }
+    for what, error in refusals.items():
+        assert re.search(rf"{re.escape(what)}[^\n]*{error}", answer), (what, answer[-3000:])
+    assert "Operation not permitted" in answer, answer[-3000:]  # kill -0 <worker>
+    assert "redis said" in answer and "NOAUTH" in answer, answer[-3000:]  # reached, and refused
+    assert "HTTP Error 401" in answer and "ccproxy_cost_usd_total" not in answer, answer[-3000:]
+    for name in SECRET_NAMES:
+        assert deployment.env[name] not in answer, name
+    assert "SECURITY__" not in answer and "REDIS__URL" not in answer
 
 
 def test_a_ccproxy_toml_in_the_workspace_changes_nothing(deployment: Deployment, member: str) -> None:

@@ -27,6 +27,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 CORE = {"traefik", "gateway", "api-forwarder", "auth", "redis"}
 #: Variables only compose itself reads (interpolation), documented in .env.example.
 COMPOSE_ONLY = {"CCPROXY_BIND", "CCPROXY_PORT", "CCPROXY_UID", "CCPROXY_GID", "CLAUDE_CONFIG_HOST_DIR",
+                "REDIS_PASSWORD", "CCPROXY_SECRETS_HOST_DIR",
                 "CCPROXY_WORKSPACE", "CLICKHOUSE_PASSWORD", "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
                 "GRAFANA_ROOT_URL", "SECURITY__METRICS_TOKEN", "CCPROXY_IMAGE_PREFIX", "CCPROXY_IMAGE_TAG"}
 
@@ -82,9 +83,7 @@ def project(tmp_path: Path) -> Path:
     for name in ("compose.yaml", ".env.example"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
-    for service in ("gateway", "api-forwarder", "auth"):
-        (tmp_path / "services" / service).mkdir(parents=True)
-        shutil.copy(ROOT / "services" / service / "Dockerfile", tmp_path / "services" / service / "Dockerfile")
+    shutil.copy(ROOT / "Dockerfile", tmp_path / "Dockerfile")
     return tmp_path
 
 
@@ -151,13 +150,16 @@ def test_commands_and_environment_match_ccproxy_run(compose: dict[str, Any]) -> 
     for name, svc in services.items():
         assert svc["command"] == ["ccproxy", "run", name], name
         assert name in RUNNABLE
-        assert svc["build"] == {"context": ".", "dockerfile": f"services/{name}/Dockerfile"}
+        assert svc["build"] == {"context": ".", "target": name}  # a stage of the one Dockerfile
         env = environment(svc)
-        unknown = set(env) - SETTINGS
+        unknown = set(env) - SETTINGS - {"CCPROXY_SECRETS_DIR"}
         assert not unknown, f"{name}: variables no setting reads: {unknown}"
         assert env["SERVER__PORT"] == "8000" and env["SERVER__HOST"] == "0.0.0.0"
+        if name == "sdk-worker":  # as files (test_sdk_worker_secrets_are_files)
+            assert not {"SECURITY__INTERNAL_SECRET", "REDIS__URL"} & set(env)
+            continue
         assert env["SECURITY__INTERNAL_SECRET"].startswith("${SECURITY__INTERNAL_SECRET:?")
-        assert env["REDIS__URL"] == "redis://redis:6379/0"
+        assert env["REDIS__URL"] == "redis://:${REDIS_PASSWORD:?set it in .env (make env)}@redis:6379/0"
         # Every URL of another service names a service of this file, on its port.
         for key, value in env.items():
             if key.startswith("SERVICES__") and key.endswith("_URL"):
@@ -180,7 +182,7 @@ def test_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
     assert check[:4] == ["CMD", "traefik", "healthcheck", "--ping"]
     assert "--ping=true" in traefik["command"] and "--entryPoints.ping.address=:8082" in traefik["command"]
     assert "--entryPoints.ping.address=:8082" in check
-    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert services["redis"]["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
     for name, svc in services.items():
         # A list: a Swarm stack accepts no conditions (every service retries its dependencies).
         assert isinstance(svc.get("depends_on", []), list), name
@@ -224,19 +226,32 @@ def test_env_example_documents_every_variable(compose: dict[str, Any]) -> None:
     assert not (documented - SETTINGS - COMPOSE_ONLY - {"TLS__CERT_FILE", "TLS__KEY_FILE"})
     # No secret has a value baked in.
     for name in ("SECURITY__INTERNAL_SECRET", "SECURITY__AUTH_TOKEN", "SECURITY__METRICS_TOKEN", "CLICKHOUSE_PASSWORD",
-                 "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+                 "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "REDIS_PASSWORD"):
         assert re.search(rf"^{name}=$", example, re.M), name
 
 
-@pytest.mark.parametrize("name", ["gateway", "api-forwarder", "auth", "analytics"])
+def dockerfile_stages() -> dict[str, str]:
+    """The root Dockerfile's stages by name: ``FROM ... AS name`` up to the next ``FROM``."""
+    text = (ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^(?=FROM )", text, flags=re.M)
+    return {m.group(1): part for part in parts if (m := re.match(r"FROM \S+ AS (\S+)", part))}
+
+
+@pytest.mark.parametrize("name", ["gateway", "api-forwarder", "auth", "permissions", "analytics", "sdk-worker"])
 def test_dockerfile(name: str) -> None:
-    text = (ROOT / "services" / name / "Dockerfile").read_text()
-    assert f"uv sync --frozen --no-dev --no-editable --package ccproxy-{name}" in text
-    users = re.findall(r"^USER (\S+)", text, re.M)
+    """One Dockerfile, one target per service: the service's own `uv sync --package` stage, the shared
+    runtime (non-root user, healthcheck), and its own command."""
+    stages = dockerfile_stages()
+    assert f"uv sync --frozen --no-dev --no-editable --package ccproxy-{name}" in stages[f"venv-{name}"]
+    target = stages[name]
+    assert target.startswith(f"FROM runtime AS {name}") and f"COPY --from=venv-{name} /opt/venv /opt/venv" in target
+    users = re.findall(r"^USER (\S+)", stages["runtime"] + target, re.M)
     assert users and users[-1] not in ("root", "0")
-    assert re.search(r'^HEALTHCHECK .*CMD \["ccproxy", "healthcheck"\]', text, re.M)
-    assert f'CMD ["ccproxy", "run", "{name}"]' in text
+    assert re.search(r'^HEALTHCHECK .*CMD \["ccproxy", "healthcheck"\]', stages["runtime"], re.M)
+    assert f'CMD ["ccproxy", "run", "{name}"]' in target
+    text = (ROOT / "Dockerfile").read_text()
     assert "INTERNAL_SECRET" not in text and "AUTH_TOKEN" not in text
+    assert not list((ROOT / "services").glob("*/Dockerfile"))  # the steps are written once
 
 
 @pytest.mark.parametrize(("name", "module"), [
@@ -297,25 +312,28 @@ def test_docs_describe_every_stack_variable(compose: dict[str, Any]) -> None:
 #: only the services that need it.
 ALLOWED_ENV = {
     "gateway": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SERVER__FORWARDED_ALLOW_IPS",
-                "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL", "SERVICES__FORWARDER_URL",
-                "SERVICES__AUTH_URL", "PRICING__OVERRIDES"},
-    "api-forwarder": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
-                      "SERVICES__AUTH_URL", "ANTHROPIC__BASE_URL"},
+                "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "SECURITY__METRICS_TOKEN", "REDIS__URL",
+                "SERVICES__FORWARDER_URL", "SERVICES__AUTH_URL", "PRICING__OVERRIDES"},
+    "api-forwarder": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET",
+                      "SECURITY__METRICS_TOKEN", "REDIS__URL", "SERVICES__AUTH_URL", "ANTHROPIC__BASE_URL"},
     "auth": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
              "AUTH__CLAUDE_CONFIG_DIR", "AUTH__USE_KEYRING", "AUTH__API_KEY", "AUTH__STRATEGY", "SECURITY__ADMIN_TOKEN",
-             "OAUTH__TOKEN_URL", "PRICING__OVERRIDES", "DATA_DIR", "SERVER__FORWARDED_ALLOW_IPS"},
+             "SECURITY__METRICS_TOKEN", "OAUTH__TOKEN_URL", "PRICING__OVERRIDES", "DATA_DIR",
+             "SERVER__FORWARDED_ALLOW_IPS"},
     "permissions": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
-                    "SERVICES__AUTH_URL"},
-    "sdk-worker": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
-                   "SERVICES__PERMISSIONS_URL", "ANTHROPIC__BASE_URL", "AUTH__API_KEY", "AUTH__CLAUDE_CONFIG_DIR",
-                   "AUTH__USE_KEYRING", "CLAUDE__WORKSPACE_ROOT", "CLAUDE__OPTIONS__PERMISSION_MODE"},
+                    "SECURITY__METRICS_TOKEN", "SERVICES__AUTH_URL"},
+    "sdk-worker": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "CCPROXY_SECRETS_DIR",
+                   "CLAUDE__RUN_AS_USER", "SERVICES__PERMISSIONS_URL", "ANTHROPIC__BASE_URL", "AUTH__API_KEY",
+                   "AUTH__CLAUDE_CONFIG_DIR", "AUTH__USE_KEYRING", "CLAUDE__WORKSPACE_ROOT",
+                   "CLAUDE__OPTIONS__PERMISSION_MODE"},
     "analytics": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
-                  "CLICKHOUSE__URL", "ANALYTICS__RETENTION_DAYS", "SERVICES__AUTH_URL"},
+                  "SECURITY__METRICS_TOKEN", "CLICKHOUSE__URL", "ANALYTICS__RETENTION_DAYS", "SERVICES__AUTH_URL"},
 }
 #: Secrets that must never reach Claude Code's container (it could approve its own requests,
 #: act as the lead or admin, read or drop the access log).
 AGENT_FORBIDDEN = {"SECURITY__AUTH_TOKEN", "SECURITY__ADMIN_TOKEN", "SECURITY__METRICS_TOKEN", "CLICKHOUSE_PASSWORD",
-                   "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+                   "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECURITY__INTERNAL_SECRET",
+                   "REDIS_PASSWORD"}
 
 
 def test_each_container_gets_only_its_variables(compose: dict[str, Any]) -> None:
@@ -329,6 +347,59 @@ def test_each_container_gets_only_its_variables(compose: dict[str, Any]) -> None
     assert not (set(worker) | interpolated) & AGENT_FORBIDDEN
 
 
+def test_sdk_worker_secrets_are_files_and_claude_code_has_its_own_user(compose: dict[str, Any]) -> None:
+    """The sdk-worker gets its two secrets as files in a directory only root enters, and runs as root
+    with only the capabilities to change user and read them; Claude Code runs as CCPROXY_UID."""
+    worker = compose["services"]["sdk-worker"]
+    env = environment(worker)
+    assert env["CCPROXY_SECRETS_DIR"] == "/etc/ccproxy/secrets"
+    assert env["CLAUDE__RUN_AS_USER"] == "${CCPROXY_UID:-10001}:${CCPROXY_GID:-10001}"
+    targets = {s["target"]: compose["secrets"][s["source"]]["file"] for s in worker["secrets"]}
+    host = "${CCPROXY_SECRETS_HOST_DIR:-./secrets}"
+    assert targets == {f"/etc/ccproxy/secrets/{name}": f"{host}/{name}"
+                       for name in ("security__internal_secret", "redis__url")}
+    assert worker["user"] == "0:0" and worker["cap_drop"] == ["ALL"]
+    assert sorted(worker["cap_add"]) == ["DAC_READ_SEARCH", "SETGID", "SETUID"]
+    assert "no-new-privileges" in worker["security_opt"]
+    text = dockerfile_stages()["sdk-worker"]
+    assert "install -d -o root -g root -m 0700 /etc/ccproxy/secrets" in text
+    # Redis refuses a client without the password; its healthcheck has it (REDISCLI_AUTH).
+    redis = compose["services"]["redis"]
+    assert redis["command"][-2:] == ["--requirepass", "${REDIS_PASSWORD:?set it in .env (make env)}"]
+    assert environment(redis)["REDISCLI_AUTH"] == "${REDIS_PASSWORD:?set it in .env (make env)}"
+    assert "PONG" in " ".join(redis["healthcheck"]["test"])
+
+
+def test_init_env_writes_the_worker_secret_files(project: Path) -> None:
+    made = init_env(project)
+    assert made.returncode == 0, made.stderr
+    values = dict(line.split("=", 1) for line in (project / ".env").read_text().splitlines()
+                  if line and not line.startswith("#") and "=" in line)
+    secrets = project / "secrets"
+    assert values["CCPROXY_SECRETS_HOST_DIR"] == str(secrets)
+    assert len(values["REDIS_PASSWORD"]) >= 32
+    assert oct(secrets.stat().st_mode & 0o777) == "0o700"
+    files = {p.name: p for p in secrets.iterdir()}
+    assert set(files) == {"security__internal_secret", "redis__url"}
+    for path in files.values():
+        assert oct(path.stat().st_mode & 0o777) == "0o400", path
+    assert files["security__internal_secret"].read_text().strip() == values["SECURITY__INTERNAL_SECRET"]
+    assert files["redis__url"].read_text().strip() == f"redis://:{values['REDIS_PASSWORD']}@redis:6379/0"
+    # What the sdk-worker's settings make of them (pydantic-settings' secrets directory).
+    read = subprocess.run(
+        [sys.executable, "-c", "from ccproxy_core.settings import Settings; s = Settings(); "
+         "print(s.security.internal_secret.get_secret_value(), s.redis.url)"],
+        cwd=project / "secrets", capture_output=True, text=True, timeout=60, check=True,
+        env={**{k: v for k, v in os.environ.items() if "__" not in k}, "CCPROXY_SECRETS_DIR": str(secrets)})
+    assert read.stdout.split() == [values["SECURITY__INTERNAL_SECRET"], files["redis__url"].read_text().strip()]
+    # --force makes all of them anew, the files too.
+    again = subprocess.run([sys.executable, "-m", "ccproxy_core", "init-env", "--force"], cwd=project,
+                           capture_output=True, text=True, timeout=60, check=False,
+                           env={**os.environ, "HOME": str(project)})
+    assert again.returncode == 0, again.stderr
+    assert files["security__internal_secret"].read_text().strip() != values["SECURITY__INTERNAL_SECRET"]
+
+
 def test_sdk_worker_sends_permission_prompts_to_the_permissions_service(compose: dict[str, Any]) -> None:
     worker = compose["services"]["sdk-worker"]
     assert environment(worker)["SERVICES__PERMISSIONS_URL"] == "http://permissions:8000"
@@ -336,15 +407,17 @@ def test_sdk_worker_sends_permission_prompts_to_the_permissions_service(compose:
 
 
 def test_sdk_worker_image_settings_and_workspace() -> None:
-    text = (ROOT / "services" / "sdk-worker" / "Dockerfile").read_text()
-    workdirs = re.findall(r"^WORKDIR (\S+)", text, re.M)
+    stages = dockerfile_stages()
+    text = stages["sdk-worker"] + stages["venv-sdk-worker"]
+    workdirs = re.findall(r"^WORKDIR (\S+)", stages["runtime"] + stages["sdk-worker"], re.M)
     # Settings are read from the working directory (.ccproxy.toml, ccproxy.toml, .env): never the
     # agent's writable workspace.
     assert workdirs[-1] != "/workspace" and not workdirs[-1].startswith("/workspace/")
     # Any uid (CCPROXY_UID) can write the volumes these directories seed; files stay their writer's.
     assert re.search(r"chmod 1777 /workspace /data/claude", text)
-    assert re.search(r"chmod 1777 /data/claude", (ROOT / "services" / "auth" / "Dockerfile").read_text())
+    assert re.search(r"chmod 1777 /data/claude", stages["auth"])
     assert "NPM_CONFIG_CACHE=/tmp/" in text  # npx (MCP servers) never needs a writable HOME
+    assert "install -d -o root -g root -m 0755 /home/ccproxy" in text  # HOME: no settings planted there
     # claude-agent-sdk's bundled CLI is not shipped; the pinned one is used.
     assert "claude_agent_sdk/_bundled" in text and "CLAUDE__CLI_PATH=/opt/claude/" in text
 
@@ -371,6 +444,10 @@ def test_metrics_are_guarded_on_the_lan(compose: dict[str, Any]) -> None:
     env = environment(compose["services"]["traefik"])
     assert env["TRAEFIK_GUARD_METRICS"] == "true"
     assert env["SECURITY__METRICS_TOKEN"] == "${SECURITY__METRICS_TOKEN:-}"
+    # The services ask for it themselves (Claude Code's container reaches their ports), but the
+    # sdk-worker, where Claude Code runs, never gets it.
+    for name in ("gateway", "api-forwarder", "auth", "permissions", "analytics"):
+        assert environment(compose["services"][name])["SECURITY__METRICS_TOKEN"] == "${SECURITY__METRICS_TOKEN:-}"
     routes = (ROOT / "deploy" / "traefik" / "routes.yml").read_text()
     assert "!PathRegexp(`(?i)^/+metrics/*$`)" in routes and "Header(`Authorization`, `Bearer " in routes
 

@@ -107,8 +107,9 @@ def init_env(
     output: Annotated[Path, typer.Option(help="The file compose reads.")] = Path(".env"),
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write .env for `docker compose` from .env.example, with fresh secrets and your user id."""
-    from ccproxy_app.stack import render_env
+    """Write .env for `docker compose` from .env.example, with fresh secrets and your user id,
+    and the sdk-worker's secrets as files in secrets/ beside it."""
+    from ccproxy_app.stack import env_values, render_env, worker_secret_files, write_secret_files
 
     if output.exists() and not force:
         fail(f"{output} exists; keep it, or pass --force to replace it (its secrets change)")
@@ -116,9 +117,17 @@ def init_env(
         text = example.read_text(encoding="utf-8")
     except OSError as exc:
         fail(f"cannot read {example}: {exc.strerror}")
-    output.write_text(render_env(text), encoding="utf-8")
+    secrets_dir = (output.parent / "secrets").absolute()
+    rendered = render_env(text, secrets_dir=secrets_dir)
+    values = env_values(rendered)
+    missing = [n for n in ("SECURITY__INTERNAL_SECRET", "REDIS_PASSWORD") if not values.get(n)]
+    if missing:
+        fail(f"{example} has no line for {', '.join(missing)}")
+    output.write_text(rendered, encoding="utf-8")
     output.chmod(0o600)
-    typer.echo(f"wrote {output}; clients authenticate with the SECURITY__AUTH_TOKEN in it")
+    # Compose mounts these into the sdk-worker (compose.yaml `secrets:`); they repeat what .env holds.
+    write_secret_files(Path(values.get("CCPROXY_SECRETS_HOST_DIR") or secrets_dir), worker_secret_files(values))
+    typer.echo(f"wrote {output} and {secrets_dir}/; clients authenticate with the SECURITY__AUTH_TOKEN in {output}")
 
 
 def register(app: typer.Typer) -> None:

@@ -351,8 +351,41 @@ def container_ids() -> tuple[str, str]:
     return str(uid), str(gid)
 
 
-def render_env(example: str) -> str:
-    """``.env.example`` with its empty secrets filled in and this user's ids (``ccproxy init-env``).
+def env_values(text: str) -> dict[str, str]:
+    """The ``NAME=value`` lines of an env file (comments and blank lines left out)."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() and not name.lstrip().startswith("#"):
+            values[name.strip()] = value.strip()
+    return values
+
+
+def worker_secret_files(values: dict[str, str]) -> dict[str, str]:
+    """The sdk-worker's secrets as files, each named like the setting it holds
+    (``CCPROXY_SECRETS_DIR``): in its environment Claude Code could read them."""
+    return {
+        "security__internal_secret": values["SECURITY__INTERNAL_SECRET"],
+        "redis__url": f"redis://:{values['REDIS_PASSWORD']}@redis:6379/0",
+    }
+
+
+def write_secret_files(directory: Path, files: dict[str, str]) -> None:
+    """Each file read-only for its owner (0400) in a directory only its owner enters (0700),
+    replaced whole (never a moment with other modes)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    for name, value in files.items():
+        path = directory / name
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(value + "\n")
+
+
+def render_env(example: str, secrets_dir: Path | None = None) -> str:
+    """``.env.example`` with its empty secrets filled in, this user's ids and where the sdk-worker's
+    secret files are (``ccproxy init-env``).
 
     Only ``NAME=`` lines with nothing after the ``=`` are filled; everything else is kept as written.
     """
@@ -360,6 +393,7 @@ def render_env(example: str) -> str:
 
     fill = {
         "SECURITY__INTERNAL_SECRET": secrets.token_urlsafe(32),
+        "REDIS_PASSWORD": secrets.token_urlsafe(32),
         "SECURITY__AUTH_TOKEN": "cc-" + secrets.token_urlsafe(32),
         "SECURITY__METRICS_TOKEN": secrets.token_urlsafe(32),
         "CLICKHOUSE_PASSWORD": secrets.token_urlsafe(24),
@@ -367,6 +401,8 @@ def render_env(example: str) -> str:
         "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(18),
         **dict(zip(("CCPROXY_UID", "CCPROXY_GID"), container_ids(), strict=True)),
     }
+    if secrets_dir is not None:
+        fill["CCPROXY_SECRETS_HOST_DIR"] = str(secrets_dir)
     claude_dir = Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
     if (claude_dir / ".credentials.json").is_file():
         fill["CLAUDE_CONFIG_HOST_DIR"] = str(claude_dir.resolve())

@@ -5,12 +5,13 @@ Labels never carry secrets: routes are templates, accounts are names, keys are k
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.types import Scope
 
@@ -48,6 +49,10 @@ class Metrics:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry()
         self.service = service
+        #: ``SECURITY__METRICS_TOKEN``: when set, ``/metrics`` answers only ``Authorization: Bearer``
+        #: it. In the stack every container (Claude Code's too) reaches the services' ports, and
+        #: the metrics carry every key's tokens and cost.
+        self.token: str | None = None
         self.requests = Counter(
             "ccproxy_requests_total", "Client requests by route and status",
             ["service", "route", "status"], registry=self.registry,
@@ -115,5 +120,16 @@ class Metrics:
             ["service"], registry=self.registry,
         )
 
+    def guarded(self, token: object | None) -> Metrics:
+        """Ask for ``token`` (a SecretStr, or None: open) on ``/metrics``; returns self."""
+        value = getattr(token, "get_secret_value", lambda: token)()
+        self.token = str(value) if value else None
+        return self
+
     async def endpoint(self, request: Request) -> Response:
+        if self.token is not None:
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {self.token}".encode()):
+                return JSONResponse({"error": "/metrics needs Authorization: Bearer <SECURITY__METRICS_TOKEN>"},
+                                    status_code=401)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

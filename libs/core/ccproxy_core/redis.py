@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 
 import fakeredis
@@ -26,7 +27,8 @@ from redis.backoff import NoBackoff
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import RedisSettings
 
-__all__ = ["REDIS_DOWN", "Redis", "RedisLock", "connect", "is_unavailable", "unavailable_as_503", "unavailable_error"]
+__all__ = ["REDIS_DOWN", "Redis", "RedisLock", "connect", "is_unavailable", "redacted", "unavailable_as_503",
+           "unavailable_error"]
 
 #: Errors that mean "Redis cannot be reached right now" (as opposed to a bad command).
 UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, asyncio.TimeoutError)
@@ -46,6 +48,18 @@ def connect(settings: RedisSettings) -> Redis:
         retry_on_error=[redis_errors.ConnectionError],
         health_check_interval=30,
     )
+
+
+def redacted(url: str | None) -> str:
+    """``REDIS__URL`` fit for a message: its password (compose sets one) replaced by ``***``."""
+    if not url:
+        return "embedded"
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -1,8 +1,10 @@
 """Settings for every ccproxy process.
 
 One pydantic-settings model, read in this order (first wins): CLI flags (passed as init
-arguments), environment (nested with ``__``: ``SERVER__PORT``), ``.env``, TOML
-(``.ccproxy.toml``, ``ccproxy.toml``, ``~/.config/ccproxy/config.toml``), defaults.
+arguments), environment (nested with ``__``: ``SERVER__PORT``), secret files (one file per
+setting, named like its variable, in ``CCPROXY_SECRETS_DIR``: how compose hands the sdk-worker its
+secrets without putting them in its environment), ``.env``, TOML (``.ccproxy.toml``,
+``ccproxy.toml``, ``~/.config/ccproxy/config.toml``), defaults.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+#: Names a directory of secret files (``security__internal_secret``, ``redis__url``, ...): each
+#: file's content is the value of the setting its name spells, like the variable of that name.
+SECRETS_DIR_ENV = "CCPROXY_SECRETS_DIR"
 
 
 def default_data_dir() -> Path:
@@ -64,6 +71,8 @@ class SecuritySettings(BaseModel):
     internal_secret: SecretStr | None = None
     #: Token for the admin HTTP API (accounts, client keys). Unset: the admin API is off.
     admin_token: SecretStr | None = None
+    #: Bearer token ``/metrics`` asks for (Prometheus sends it). Unset: ``/metrics`` is open.
+    metrics_token: SecretStr | None = None
     #: How long a gateway trusts a client-key lookup; a revoked key stops working within this.
     key_cache_seconds: float = 5.0
 
@@ -204,6 +213,11 @@ class ClaudeSettings(BaseModel):
     cli_path: str | None = None
     #: Every run's ``cwd`` must lie inside it. Unset: ``options.cwd``, else ``<data_dir>/workspace``.
     workspace_root: Path | None = None
+    #: ``UID[:GID]`` (or ``user[:group]``) Claude Code runs as, other than the worker's own, so the
+    #: agent cannot read the worker's memory, environment or secret files. Needs a worker that may
+    #: change user (compose: root with only CAP_SETUID/SETGID/KILL/DAC_READ_SEARCH). Unset: the
+    #: worker's own user (``ccproxy serve`` on a laptop).
+    run_as_user: str | None = None
     #: Options a client may set per request (body field ``claude_options``); others get a 403.
     overridable_options: list[str] = Field(
         default_factory=lambda: [
@@ -357,12 +371,17 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings' own reader of a secrets directory, nested like the environment.
+        secrets_dir = os.environ.get(SECRETS_DIR_ENV) or None
+        secret_files = NestedSecretsSettingsSource(
+            file_secret_settings, secrets_dir=secrets_dir, secrets_dir_missing="error"
+        )
         return (
             init_settings,
             env_settings,
+            secret_files,
             dotenv_settings,
             TomlConfigSettingsSource(settings_cls),
-            file_secret_settings,
         )
 
     def claude_config_dir(self) -> Path:

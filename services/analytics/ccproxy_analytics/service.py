@@ -50,7 +50,7 @@ class Analytics:
     ) -> None:
         a = settings.analytics
         self.settings = settings
-        self.metrics = metrics or Metrics("analytics")
+        self.metrics = metrics or Metrics("analytics").guarded(settings.security.metrics_token)
         self.redis = redis
         self.stream = settings.redis.key_prefix + a.stream
         self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database,

@@ -53,7 +53,7 @@ def create_service_app(settings: Settings) -> Starlette:
         raise StartupError("SERVICES__AUTH_URL is not set: the api-forwarder gets its tokens from auth")
     tokens = RoutingAuthClient(settings.services.auth_url, secret)
     forwarder = ApiForwarder(settings.anthropic, tokens)
-    metrics = Metrics("api-forwarder")
+    metrics = Metrics("api-forwarder").guarded(settings.security.metrics_token)
     Gauge(
         "ccproxy_auth_token_fetches", "Tokens fetched from the auth service (the rest came from the cache)",
         registry=metrics.registry,

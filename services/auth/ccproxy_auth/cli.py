@@ -181,11 +181,11 @@ def _account_rows(settings: Settings) -> list[dict[str, Any]]:
     try:
         states = _run(pool.accounts())
     except Exception as exc:
-        from ccproxy_core.redis import is_unavailable
+        from ccproxy_core.redis import is_unavailable, redacted
 
         if not is_unavailable(exc):
             raise
-        fail(f"Redis ({settings.redis.url}) is unreachable: {type(exc).__name__}")
+        fail(f"Redis ({redacted(settings.redis.url)}) is unreachable: {type(exc).__name__}")
         return []
     return [s.model_dump(mode="json") for s in states]
 

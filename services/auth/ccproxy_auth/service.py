@@ -37,7 +37,7 @@ def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
     # This process's one Redis client (the embedded stand-in unless REDIS__URL): pool state, keys.
     redis = connect(settings.redis)
-    metrics = Metrics("auth")
+    metrics = Metrics("auth").guarded(settings.security.metrics_token)
     # Named accounts (or the CLI login when there are none) and client keys: docs/accounts.md.
     manager, keys = local_accounts(settings, redis, metrics)
 

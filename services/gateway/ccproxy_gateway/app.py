@@ -74,7 +74,7 @@ class Gateway:
         self.responses = responses
         self.forwarder = forwarder
         self.credential_status = credential_status
-        self.metrics = metrics or Metrics("gateway")
+        self.metrics = metrics or Metrics("gateway").guarded(settings.security.metrics_token)
         #: Where every answer ends: its usage to metrics and the access log (billing: the reply).
         self.answers = Answers(self.metrics)
         #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md), on

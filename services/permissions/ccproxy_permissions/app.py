@@ -222,11 +222,12 @@ async def proxy_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(broker: PermissionBroker, backend: KeyBackend, parts: Sequence[Part] = ()) -> Starlette:
+def create_app(broker: PermissionBroker, backend: KeyBackend, parts: Sequence[Part] = (),
+               metrics_token: object | None = None) -> Starlette:
     """The service on its own (``ccproxy run permissions``): callers resolved by ``backend``;
     ``parts`` start before the broker and stop after it (its Redis client)."""
     api = PermissionsApi(broker)
-    metrics = Metrics("permissions")
+    metrics = Metrics("permissions").guarded(metrics_token)
 
     async def scrape(request: Request) -> Response:
         with contextlib.suppress(Exception):  # Redis down: the last value stays

@@ -24,6 +24,6 @@ def create_service_app(settings: Settings) -> Starlette:
         )
     redis = connect(settings.redis)  # this process's one client
     broker = PermissionBroker(settings, redis)
-    web = create_app(broker, key_backend(settings, secret), [closing(redis.aclose)])
+    web = create_app(broker, key_backend(settings, secret), [closing(redis.aclose)], settings.security.metrics_token)
     web.add_middleware(RequireInternalSecret, secret=secret)
     return web

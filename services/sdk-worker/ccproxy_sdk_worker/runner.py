@@ -50,6 +50,7 @@ from ccproxy_core.sdk_jobs import (
 from ccproxy_core.sdk_options import apply_overrides, check_overrides, resolve_cwd, workspace_root
 from ccproxy_core.settings import ClaudeOptions, Settings
 from ccproxy_sdk_worker.convert import EventBuilder
+from ccproxy_sdk_worker.identity import RunAs
 from ccproxy_sdk_worker.session_store import RedisSessionStore
 from ccproxy_sdk_worker.transcript import split_conversation, system_text, transcript, user_content
 
@@ -113,8 +114,11 @@ class Runner:
         redis: Redis,
         name: str | None = None,
         permission_hook: PermissionHook | None = None,
+        run_as: RunAs | None = None,
     ) -> None:
         self.settings = settings
+        #: Claude Code's own user (``CLAUDE__RUN_AS_USER``, set up by ``identity.prepare``), or None.
+        self.run_as = run_as
         self.redis = redis
         self.name = name or worker_name()
         self.keys = SdkKeys(settings.redis.key_prefix, settings.claude.queue_name)
@@ -302,6 +306,8 @@ class Runner:
             include_partial_messages=True,
             session_store=cast(SessionStore, self.store),
             env=self._env(job),
+            # The CLI's uid (Popen's ``user``; an int needs no passwd entry); its group is ours.
+            user=cast(Any, self.run_as.uid) if self.run_as else None,
             stderr=on_stderr,
             # A permission prompt tool of the user's own wins (the SDK takes one or the other).
             can_use_tool=self.permission_hook(job, session_id, notify)

@@ -34,7 +34,8 @@ from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import connect
 from ccproxy_core.sdk_jobs import HEALTH_INTERVAL, JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
 from ccproxy_core.server import StartupError, bind
-from ccproxy_core.settings import Settings
+from ccproxy_core.settings import SECRETS_DIR_ENV, Settings
+from ccproxy_sdk_worker.identity import RunAs, prepare
 from ccproxy_sdk_worker.permissions import hook_from_settings
 from ccproxy_sdk_worker.runner import PermissionHook, Runner
 
@@ -55,12 +56,13 @@ def build_worker(
     handle_signals: bool = True,
     name: str | None = None,
     permission_hook: PermissionHook | None = None,
+    run_as: RunAs | None = None,
 ) -> Worker:
     if settings.redis.url is None:
         arq.worker.log_redis_info = _skip_info  # fakeredis has no INFO
     claude = settings.claude
     keys = SdkKeys(settings.redis.key_prefix, claude.queue_name)
-    runner = Runner(settings, redis, name, permission_hook)
+    runner = Runner(settings, redis, name, permission_hook, run_as)
     metrics = Metrics("sdk-worker")
 
     async def run_sdk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -189,10 +191,11 @@ def scrub_environment(environ: Any = os.environ) -> list[str]:
 
     claude-agent-sdk starts the CLI with this process's environment (plus what the runner passes),
     so Claude Code and any command it runs would otherwise see ``SECURITY__INTERNAL_SECRET`` and
-    every other setting of the worker. Returns the names removed."""
+    every other setting of the worker (and where its secret files are). Returns the names removed."""
     sections = {name.upper() for name in Settings.model_fields}
     removed = [name for name in environ
-               if name.upper() in sections or (name.upper().split("__", 1)[0] in sections and "__" in name)]
+               if name.upper() in sections or (name.upper().split("__", 1)[0] in sections and "__" in name)
+               or name.upper() == SECRETS_DIR_ENV]
     for name in removed:
         del environ[name]
     return removed
@@ -206,6 +209,8 @@ def main(settings: Settings) -> None:
             "the sdk-worker needs the Redis the gateway uses: set REDIS__URL (ccproxy serve runs a worker in "
             "process)"
         )
+    # Settings and secret files are read: from here on Claude Code's user cannot reach this process.
+    run_as = prepare(settings)
     scrub_environment()
     sock = bind(settings.server.host, settings.server.port)
 
@@ -213,7 +218,9 @@ def main(settings: Settings) -> None:
         redis = connect(settings.redis)
         hook = hook_from_settings(settings)
         supervised = Supervised(
-            lambda name: build_worker(settings, redis, handle_signals=False, name=name, permission_hook=hook)
+            lambda name: build_worker(
+                settings, redis, handle_signals=False, name=name, permission_hook=hook, run_as=run_as
+            )
         )
         config = uvicorn.Config(
             health_app(supervised, redis),

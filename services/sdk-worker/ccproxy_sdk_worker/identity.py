@@ -1,0 +1,128 @@
+"""Claude Code under a user of its own (``CLAUDE__RUN_AS_USER``), out of the worker's reach.
+
+Claude Code runs whatever command the agent asks for. Under the worker's own user it could read
+``/proc/<worker>/environ`` and the worker's memory and secret files (the internal secret, the
+Redis password), then approve its own permission requests or rewrite budgets in Redis. So in the
+stack the worker starts as root with only CAP_SETUID, CAP_SETGID and CAP_DAC_READ_SEARCH (compose),
+reads its settings and secret files, and then :func:`prepare`:
+
+- takes the CLI's group as its only group (claude-agent-sdk's ``user`` option sets no group, so
+  the CLI inherits the worker's);
+- keeps root as its real and saved uid and takes the CLI's user as its effective one. Its file
+  accesses are the CLI's own (a resumed session's files, which claude-agent-sdk writes before the
+  CLI starts, are the CLI's), it may signal the CLI and read its ``/proc`` entries (stopping a
+  run, :func:`ccproxy_sdk_worker.runner.kill_leftovers`), and it has no capability left in effect.
+  The agent gets nothing back: the kernel lets a process trace or read the ``/proc`` files of
+  another only when the other's real, effective and saved uids are all its own, and signal it
+  only when the other's real or saved uid is its own; the worker's real and saved uids are root's;
+- the CLI is started with ``user=`` that uid: in the child, ``setreuid`` sets every uid to it, so
+  it keeps no capability and cannot become root again (``no-new-privileges`` in compose stops
+  setuid programs too).
+
+Before that it checks that the agent's user cannot read any file of ``CCPROXY_SECRETS_DIR``.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccproxy_core.server import StartupError
+from ccproxy_core.settings import SECRETS_DIR_ENV, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The uid and (only) gid Claude Code runs as."""
+
+    uid: int
+    gid: int
+
+
+def parse_run_as(value: str) -> RunAs:
+    """``UID[:GID]`` or ``user[:group]``; without a group, the user's own (from /etc/passwd)."""
+    user, _, group = value.strip().partition(":")
+    try:
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise StartupError(f"CLAUDE__RUN_AS_USER: no user {user!r} here; give a numeric UID:GID") from None
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise StartupError(f"CLAUDE__RUN_AS_USER: no group {group!r} here; give a numeric GID") from None
+    else:
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            raise StartupError(f"CLAUDE__RUN_AS_USER: uid {uid} has no entry here; give UID:GID") from None
+    if uid == 0 or gid == 0:
+        raise StartupError("CLAUDE__RUN_AS_USER must not be root (uid or gid 0): Claude Code runs the agent's commands")
+    return RunAs(uid, gid)
+
+
+def _allows(st: os.stat_result, who: RunAs, bit: int) -> bool:
+    """Whether ``who`` (one group only) gets ``bit`` (4 read, 1 search) on a file of this mode."""
+    if st.st_uid == who.uid:
+        return bool(st.st_mode & (bit << 6))
+    if st.st_gid == who.gid:
+        return bool(st.st_mode & (bit << 3))
+    return bool(st.st_mode & bit)
+
+
+def readable_by(path: Path, who: RunAs) -> bool:
+    """Whether ``who`` could open ``path`` for reading, by the mode bits of it and of every
+    directory above it (ACLs are not looked at; compose uses none)."""
+    path = Path(os.path.abspath(path))
+    for directory in reversed(path.parents):
+        if not _allows(directory.stat(), who, 1):
+            return False
+    return _allows(path.stat(), who, 4)
+
+
+def exposed_secrets(secrets_dir: Path, who: RunAs) -> list[Path]:
+    """The files of ``secrets_dir`` that ``who`` could read (there must be none)."""
+    found: list[Path] = []
+    for entry in sorted(secrets_dir.iterdir()):
+        if entry.is_file() and readable_by(entry, who):
+            found.append(entry)
+    return found
+
+
+def prepare(settings: Settings) -> RunAs | None:
+    """Become what runs Claude Code as ``CLAUDE__RUN_AS_USER`` (see the module's docstring);
+    None when it is unset or is this process's own user (then nothing changes)."""
+    value = settings.claude.run_as_user
+    if not value:
+        return None
+    who = parse_run_as(value)
+    if who.uid == os.geteuid():
+        log.warning("CLAUDE__RUN_AS_USER is the worker's own user: Claude Code can read the worker's memory")
+        return None
+    secrets_dir = os.environ.get(SECRETS_DIR_ENV)
+    if secrets_dir:
+        exposed = exposed_secrets(Path(secrets_dir), who)
+        if exposed:
+            names = ", ".join(p.name for p in exposed)
+            raise StartupError(
+                f"{SECRETS_DIR_ENV}: {names} can be read by CLAUDE__RUN_AS_USER ({who.uid}), so Claude Code could "
+                "read them: mount the secret files in a directory only root may enter (compose: /etc/ccproxy/secrets)"
+            )
+    try:
+        os.setgroups([])
+        os.setresgid(who.gid, who.gid, who.gid)
+        # Real and saved uid stay root's: that is what keeps the agent (uid who.uid) out.
+        os.setresuid(0, who.uid, 0)
+    except PermissionError:
+        raise StartupError(
+            "CLAUDE__RUN_AS_USER needs a worker that may change its user: start it as root with CAP_SETUID and "
+            "CAP_SETGID (compose.yaml does), or leave it unset"
+        ) from None
+    log.info("Claude Code runs as uid %d gid %d; the worker keeps real uid %d", who.uid, who.gid, os.getuid())
+    return who
