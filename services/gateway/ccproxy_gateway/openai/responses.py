@@ -20,21 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
-from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError, validation_error
-from ccproxy_core.models import TokenUsage, check_token_limit, max_output_tokens
+from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
+from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent, encode_event
-from ccproxy_gateway.openai.content import (
-    add_cache_breakpoints,
-    anthropic_tool,
-    file_block,
-    image_block,
-    parse_arguments,
-)
+from ccproxy_gateway.openai.content import anthropic_tool, file_block, image_block, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
+from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
+from ccproxy_gateway.openai.request import Turns, anthropic_body, finish_body, parse_request, tool_choice
 from ccproxy_gateway.openai.responses_models import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -60,7 +54,7 @@ from ccproxy_gateway.openai.responses_models import (
     SummaryText,
 )
 from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
-from ccproxy_gateway.openai.structured import JSON_TOOL, apply_json_mode, json_tool
+from ccproxy_gateway.openai.structured import JSON_TOOL, json_tool
 
 NO_STORE = (
     "no response store here: send the whole conversation in `input` (with store: false) "
@@ -79,10 +73,7 @@ class ResponsesPlan:
 
 
 def parse_responses_request(data: dict[str, Any]) -> ResponsesRequest:
-    try:
-        return ResponsesRequest.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
+    return parse_request(ResponsesRequest, data)
 
 
 def _refuse_unsupported(req: ResponsesRequest) -> None:
@@ -95,19 +86,6 @@ def _refuse_unsupported(req: ResponsesRequest) -> None:
                          param="background")
     if req.top_logprobs:
         raise ProxyError(400, "top_logprobs: Claude does not return log probabilities", param="top_logprobs")
-
-
-class _Turns:
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    def add(self, role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if self.messages and self.messages[-1]["role"] == role:
-            self.messages[-1]["content"].extend(blocks)
-        else:
-            self.messages.append({"role": role, "content": list(blocks)})
 
 
 def _part_blocks(parts: str | list[Any], where: str) -> list[dict[str, Any]]:
@@ -148,7 +126,7 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
     system: list[dict[str, Any]] = []
     if req.instructions:
         system.append({"type": "text", "text": req.instructions})
-    turns = _Turns()
+    turns = Turns(skip_empty=True)
     items = [InputMessage(role="user", content=req.input)] if isinstance(req.input, str) else req.input
     for i, item in enumerate(items):
         where = f"input.{i}"
@@ -177,65 +155,36 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
 
 def _tool_choice(req: ResponsesRequest) -> dict[str, Any] | None:
     choice = req.tool_choice
-    out: dict[str, Any] | None
-    if choice is None:
-        out = None
-    elif isinstance(choice, FunctionToolChoice):
-        out = {"type": "tool", "name": choice.name}
-    elif isinstance(choice, str):
-        out = {"type": {"none": "none", "auto": "auto", "required": "any"}[choice]}
-    else:
+    if isinstance(choice, dict):
         raise ProxyError(
             400, f"tool_choice: type {choice.get('type')!r} is not supported; use none, auto, required "
             "or a function", param="tool_choice",
         )
-    if req.parallel_tool_calls is False and (out is None or out["type"] != "none"):
-        out = {**(out or {"type": "auto"}), "disable_parallel_tool_use": True}
-    return out
+    if isinstance(choice, FunctionToolChoice):
+        return tool_choice(None, choice.name, req.parallel_tool_calls)
+    return tool_choice(choice, None, req.parallel_tool_calls)
 
 
 def translate_responses_request(req: ResponsesRequest, models: ModelMap, options: OpenAISettings) -> ResponsesPlan:
     _refuse_unsupported(req)
     system, messages = translate_input(req)
-    effort = req.reasoning.effort if req.reasoning else None
-    model = models.resolve(req.model)
-    if req.max_output_tokens is not None:
-        check_token_limit(req.max_output_tokens, model, "max_output_tokens")
-    thinking, max_tokens = thinking_config(
-        effort, options.reasoning_budgets, req.max_output_tokens, options.default_max_tokens, "reasoning.effort",
-        model_limit=max_output_tokens(model),
+    body = anthropic_body(
+        models.resolve(req.model), (req.max_output_tokens, "max_output_tokens"),
+        (req.reasoning.effort if req.reasoning else None, "reasoning.effort"), options, system, messages,
+        req.temperature, req.top_p,
     )
-    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
-    if system:
-        body["system"] = system
-    if thinking is not None:
-        body["thinking"] = thinking
-    elif req.temperature is not None:
-        body["temperature"] = min(req.temperature, 1.0)
-    elif req.top_p is not None:
-        body["top_p"] = req.top_p
     # Hosted tools (web search, file search, computer use ...) have no Claude counterpart here.
     tools = [anthropic_tool(t.name, t.description, t.parameters) for t in req.tools or [] if t.type == "function"
              and t.name]
-    if tools:
-        body["tools"] = tools
-        if (choice := _tool_choice(req)) is not None:
-            body["tool_choice"] = choice
-    if user := req.user or req.safety_identifier:
-        body["metadata"] = {"user_id": user}
-    stream = bool(req.stream)
-    if stream:
-        body["stream"] = True
-    plan = ResponsesPlan(body=body, client_model=req.model, stream=stream)
-    fmt = req.text.format if req.text else None
+    fmt, tool = req.text.format if req.text else None, None
     if fmt is not None and fmt.type != "text":
         if fmt.type == "json_schema" and fmt.schema_ is None:
             raise ProxyError(400, "text.format.schema: required for type json_schema", param="text.format.schema")
         tool = json_tool(fmt.schema_, fmt.name, fmt.description, "text.format.schema")
-        apply_json_mode(body, tool, client_tools=bool(tools))
-        plan.json_mode = True
-    if options.prompt_cache:
-        add_cache_breakpoints(body)
+    stream = bool(req.stream)
+    finish_body(body, tools, _tool_choice(req) if tools else None, req.user or req.safety_identifier, stream, tool,
+                options)
+    plan = ResponsesPlan(body=body, client_model=req.model, stream=stream, json_mode=tool is not None)
     plan.echo = {
         "instructions": req.instructions,
         "max_output_tokens": req.max_output_tokens,

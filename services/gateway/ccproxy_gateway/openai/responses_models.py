@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
-
-from ccproxy_gateway.openai.chat_models import OutModel
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    Tag,
+    model_serializer,
+)
 
 # --- requests ----------------------------------------------------------------------------------
 
@@ -157,6 +164,21 @@ class ResponsesRequest(_Lenient):
 
 
 # --- replies -----------------------------------------------------------------------------------
+
+
+class OutModel(BaseModel):
+    """A reply model: ``None`` fields are left out unless named in ``keep_null`` (strict clients
+    expect those keys)."""
+
+    keep_null: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None or k in self.keep_null}
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
 
 
 class OutputText(OutModel):
