@@ -111,23 +111,14 @@ class PermissionBroker:
             return None
         if view.status != "pending":
             raise AlreadyDecided(view)
-        if response.behavior == "allow":
-            decision = PermissionDecision(
-                behavior="allow",
-                status="allowed",
-                updated_input=response.updated_input,
-                decided_by=identity.name,
-                decided_at=time.time(),
-            )
-        else:
-            reason = f": {response.message}" if response.message else "."
-            decision = PermissionDecision(
-                behavior="deny",
-                status="denied",
-                message=f"{identity.name} denied permission to use {view.tool_name}{reason}",
-                decided_by=identity.name,
-                decided_at=time.time(),
-            )
+        allow = response.behavior == "allow"
+        reason = f": {response.message}" if response.message else "."
+        decision = PermissionDecision(
+            behavior=response.behavior, status="allowed" if allow else "denied",
+            updated_input=response.updated_input if allow else None,
+            message=None if allow else f"{identity.name} denied permission to use {view.tool_name}{reason}",
+            decided_by=identity.name, decided_at=time.time(),
+        )
         decided, won = await self.store.decide(request_id, decision)
         if decided is None:
             return None
