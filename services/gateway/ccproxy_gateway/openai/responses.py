@@ -17,9 +17,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from openai.types.responses import (
+    ResponseFunctionToolCall,
+    ResponseOutputMessage,
+    ResponseOutputRefusal,
+    ResponseOutputText,
+    ResponseReasoningItem,
+    ResponseUsage,
+)
+from openai.types.responses.response_reasoning_item import Summary
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+from pydantic import BaseModel
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
@@ -38,23 +49,18 @@ from ccproxy_gateway.openai.responses_models import (
     InputMessage,
     InputRefusal,
     InputText,
-    InputTokensDetails,
     ItemReference,
-    OutputFunctionCall,
-    OutputItem,
-    OutputMessage,
-    OutputReasoning,
-    OutputText,
-    OutputTokensDetails,
     ReasoningItem,
     ResponseError,
     ResponseObject,
     ResponsesRequest,
-    ResponseUsage,
-    SummaryText,
 )
 from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
 from ccproxy_gateway.openai.structured import JSON_TOOL, json_tool
+
+#: An output item as sent (built through the ``openai`` package's own types).
+Item = dict[str, Any]
+Status = Literal["in_progress", "completed", "incomplete"]
 
 NO_STORE = (
     "no response store here: send the whole conversation in `input` (with store: false) "
@@ -205,8 +211,8 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
 # --- answers -------------------------------------------------------------------------------------
 
 
-def _usage(tokens: TokenUsage) -> ResponseUsage:
-    return ResponseUsage(
+def _usage(tokens: TokenUsage) -> Item:
+    return _wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
         input_tokens=tokens.prompt_tokens,
         input_tokens_details=InputTokensDetails(
             cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
@@ -214,7 +220,7 @@ def _usage(tokens: TokenUsage) -> ResponseUsage:
         output_tokens=tokens.output_tokens,
         output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
         total_tokens=tokens.total,
-    )
+    ))
 
 
 def _status(stop_reason: str | None) -> tuple[str, dict[str, Any] | None]:
@@ -230,9 +236,36 @@ def _base_id(message_id: str | None) -> str:
     return (message_id or uuid.uuid4().hex).removeprefix("msg_")
 
 
-def _reasoning_item(item_id: str, block: dict[str, Any]) -> OutputReasoning:
-    summary = [SummaryText(text=block["thinking"])] if block.get("thinking") else []
-    return OutputReasoning(id=item_id, summary=summary, encrypted_content=encode_reasoning(block))
+def _wire(model: BaseModel) -> Item:
+    """An ``openai`` type as sent: the fields set (so no ``null`` OpenAI would not write)."""
+    return model.model_dump(exclude_unset=True)
+
+
+def _text_part(text: str) -> ResponseOutputText:
+    return ResponseOutputText(type="output_text", text=text, annotations=[], logprobs=[])
+
+
+def _message(item_id: str, status: Status, text: str | None = None) -> Item:
+    content: list[ResponseOutputText | ResponseOutputRefusal] = [] if text is None else [_text_part(text)]
+    return _wire(ResponseOutputMessage(type="message", id=item_id, status=status, role="assistant", content=content))
+
+
+def _call(item_id: str, call_id: str, name: str, arguments: str, status: Status) -> Item:
+    return _wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=call_id, name=name,
+                                          arguments=arguments, status=status))
+
+
+def _summary(text: str) -> Summary:
+    return Summary(type="summary_text", text=text)
+
+
+def _reasoning_item(item_id: str, block: dict[str, Any] | None = None) -> Item:
+    """A reasoning item: opened (no block yet), or done, its block in ``encrypted_content``."""
+    if block is None:
+        return _wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=[]))
+    summary = [_summary(block["thinking"])] if block.get("thinking") else []
+    return _wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=summary,
+                                       encrypted_content=encode_reasoning(block)))
 
 
 def _response(plan: ResponsesPlan, base: str, created: int, status: str, **fields: Any) -> ResponseObject:
@@ -244,7 +277,7 @@ def _response(plan: ResponsesPlan, base: str, created: int, status: str, **field
 def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> dict[str, Any]:
     """A whole Anthropic message as a ``response`` object."""
     base = _base_id(message.get("id"))
-    output: list[OutputItem] = []
+    output: list[Item] = []
     blocks = message.get("content") or []
     # JSON mode: the JSON tool's input is the answer; text Claude wrote around the call is not JSON.
     drop_text = plan.json_mode and any(b.get("type") == "tool_use" and b.get("name") == JSON_TOOL for b in blocks)
@@ -253,15 +286,13 @@ def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int |
         if kind == "text" and drop_text:
             continue
         if kind == "text":
-            output.append(OutputMessage(id=f"msg_{base}_{n}", status="completed",
-                                        content=[OutputText(text=block.get("text", ""))]))
+            output.append(_message(f"msg_{base}_{n}", "completed", block.get("text", "")))
         elif kind == "tool_use" and plan.json_mode and block.get("name") == JSON_TOOL:
             text = orjson.dumps(block.get("input", {})).decode()
-            output.append(OutputMessage(id=f"msg_{base}_{n}", status="completed", content=[OutputText(text=text)]))
+            output.append(_message(f"msg_{base}_{n}", "completed", text))
         elif kind == "tool_use":
-            output.append(OutputFunctionCall(id=f"fc_{block['id']}", call_id=block["id"], name=block["name"],
-                                             arguments=orjson.dumps(block.get("input", {})).decode(),
-                                             status="completed"))
+            output.append(_call(f"fc_{block['id']}", block["id"], block["name"],
+                                orjson.dumps(block.get("input", {})).decode(), "completed"))
         elif kind == "thinking":
             output.append(_reasoning_item(f"rs_{base}_{n}", {
                 "type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}))
@@ -292,7 +323,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         super().__init__(created)
         self.plan = plan
         self.base = "ccproxy"
-        self.output: list[OutputItem] = []
+        self.output: list[Item] = []
         #: The finished response (completed or incomplete), once ``finish`` made it.
         self.response: dict[str, Any] | None = None
         self._seq = 0
@@ -325,10 +356,10 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
 
     def _open_message(self, index: int, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
         item = self._open_item(index, kind, f"msg_{self.base}_{index}")
-        message = OutputMessage(id=item.item_id, status="in_progress", content=[])
-        yield self._event("response.output_item.added", output_index=item.output_index, item=message.dump())
+        message = _message(item.item_id, "in_progress")
+        yield self._event("response.output_item.added", output_index=item.output_index, item=message)
         yield self._event("response.content_part.added", item_id=item.item_id, output_index=item.output_index,
-                          content_index=0, part=OutputText(text="").dump())
+                          content_index=0, part=_wire(_text_part("")))
 
     def _start(self, index: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         kind = block.get("type")
@@ -347,16 +378,15 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         elif kind == "tool_use":
             item = self._open_item(index, "tool", f"fc_{block.get('id')}", call_id=block.get("id", ""),
                                    name=block.get("name", ""))
-            call = OutputFunctionCall(id=item.item_id, call_id=item.call_id, name=item.name, arguments="",
-                                      status="in_progress")
-            yield self._event("response.output_item.added", output_index=item.output_index, item=call.dump())
+            call = _call(item.item_id, item.call_id, item.name, "", "in_progress")
+            yield self._event("response.output_item.added", output_index=item.output_index, item=call)
         elif kind == "thinking":
             item = self._open_item(index, "thinking", f"rs_{self.base}_{index}",
                                    signature=block.get("signature") or "")
-            reasoning = OutputReasoning(id=item.item_id, summary=[])
-            yield self._event("response.output_item.added", output_index=item.output_index, item=reasoning.dump())
+            yield self._event("response.output_item.added", output_index=item.output_index,
+                              item=_reasoning_item(item.item_id))
             yield self._event("response.reasoning_summary_part.added", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, part=SummaryText(text="").dump())
+                              output_index=item.output_index, summary_index=0, part=_wire(_summary("")))
             if block.get("thinking"):
                 yield from self._summary(item, block["thinking"])
         elif kind == "redacted_thinking":
@@ -365,9 +395,9 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             output_index = self._next_output
             self._next_output += 1
             yield self._event("response.output_item.added", output_index=output_index,
-                              item=OutputReasoning(id=done.id, summary=[]).dump())
+                              item=_reasoning_item(done["id"]))
             self.output.append(done)
-            yield self._event("response.output_item.done", output_index=output_index, item=done.dump())
+            yield self._event("response.output_item.done", output_index=output_index, item=done)
 
     def _text(self, item: _OpenItem, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
         item.text.append(text)
@@ -405,31 +435,29 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         if item is None:
             return
         text = "".join(item.text)
-        done: OutputItem
         if item.kind in ("text", "json"):
             if item.kind == "json" and not text:
                 yield from self._text(item, "{}")
                 text = "{}"
-            part = OutputText(text=text)
+            part = _wire(_text_part(text))
             yield self._event("response.output_text.done", item_id=item.item_id, output_index=item.output_index,
                               content_index=0, text=text, logprobs=[])
             yield self._event("response.content_part.done", item_id=item.item_id, output_index=item.output_index,
-                              content_index=0, part=part.dump())
-            done = OutputMessage(id=item.item_id, status="completed", content=[part])
+                              content_index=0, part=part)
+            done = _message(item.item_id, "completed", text)
         elif item.kind == "tool":
             arguments = text or "{}"
             yield self._event("response.function_call_arguments.done", item_id=item.item_id,
                               output_index=item.output_index, name=item.name, arguments=arguments)
-            done = OutputFunctionCall(id=item.item_id, call_id=item.call_id, name=item.name, arguments=arguments,
-                                      status="completed")
+            done = _call(item.item_id, item.call_id, item.name, arguments, "completed")
         else:
             yield self._event("response.reasoning_summary_text.done", item_id=item.item_id,
                               output_index=item.output_index, summary_index=0, text=text)
             yield self._event("response.reasoning_summary_part.done", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, part=SummaryText(text=text).dump())
+                              output_index=item.output_index, summary_index=0, part=_wire(_summary(text)))
             done = _reasoning_item(item.item_id, {"type": "thinking", "thinking": text, "signature": item.signature})
         self.output.append(done)
-        yield self._event("response.output_item.done", output_index=item.output_index, item=done.dump())
+        yield self._event("response.output_item.done", output_index=item.output_index, item=done)
 
     def finish(self) -> Iterator[tuple[str, dict[str, Any]]]:
         if self.finished:
