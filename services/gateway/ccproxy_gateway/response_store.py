@@ -37,8 +37,8 @@ from starlette.routing import BaseRoute, Route
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.identity import caller
 from ccproxy_core.redis import UNAVAILABLE, unavailable_as_503
-from ccproxy_core.settings import ResponsesSettings
-from ccproxy_gateway.openai.responses import ResponsesPlan, ResponsesStreamTranslator
+from ccproxy_core.settings import OpenAISettings, ResponsesSettings
+from ccproxy_gateway.openai import ModelMap, OpenAIFormat
 from ccproxy_gateway.openai.responses_models import InputItem, ResponsesRequest
 
 log = logging.getLogger(__name__)
@@ -314,21 +314,22 @@ class ResponseStore:
 # --- what the routes use ---------------------------------------------------------------------------
 
 
-async def begin(
-    store: ResponseStore | None, request: Request, req: ResponsesRequest
-) -> tuple[ResponsesRequest, Turn | None]:
-    """The request with its stored conversation filled in (unchanged without a store, where the
-    translation refuses ``previous_response_id`` and ``item_reference`` as before)."""
-    if store is None:
-        return req, None
-    return await store.prepare(owner_of(request), req)
-
-
-def stamp(plan: ResponsesPlan, turn: Turn | None) -> None:
-    """What the response object says about storage: ``store`` and ``previous_response_id``."""
-    if turn is not None:
+async def plan_request(
+    fmt: OpenAIFormat, raw: dict[str, Any], request: Request, store: ResponseStore | None, models: ModelMap,
+    options: OpenAISettings,
+) -> tuple[Any, Turn | None]:
+    """The request's plan, with its stored conversation filled in for a format that has one (no
+    store: the translation refuses ``previous_response_id`` and ``item_reference``), and the turn
+    to keep once it is answered (None: nothing to keep)."""
+    req = fmt.parse(raw)
+    turn = None
+    if fmt.stored and store is not None:
+        req, turn = await store.prepare(owner_of(request), req)
+    plan = fmt.translate(req, models, options)
+    if turn is not None:  # what the response object says about storage
         plan.echo["store"] = turn.store
         plan.echo["previous_response_id"] = turn.previous
+    return plan, turn
 
 
 async def keep(store: ResponseStore | None, turn: Turn | None, response: dict[str, Any]) -> None:
@@ -336,18 +337,23 @@ async def keep(store: ResponseStore | None, turn: Turn | None, response: dict[st
         await store.save(turn, response)
 
 
-async def kept_stream(
-    frames: AsyncIterator[bytes], translator: ResponsesStreamTranslator, store: ResponseStore | None,
-    turn: Turn | None,
+def kept_stream(
+    frames: AsyncIterator[bytes], translator: Any, store: ResponseStore | None, turn: Turn | None,
 ) -> AsyncIterator[bytes]:
     """The stream's frames, the response stored *before* its ``response.completed`` goes out, so a
     client that continues it at once finds it."""
-    saved = False
-    async for frame in frames:
-        if not saved and translator.response is not None:
-            saved = True
-            await keep(store, turn, translator.response)
-        yield frame
+    if store is None or turn is None:
+        return frames
+
+    async def kept() -> AsyncIterator[bytes]:
+        saved = False
+        async for frame in frames:
+            if not saved and translator.response is not None:
+                saved = True
+                await keep(store, turn, translator.response)
+            yield frame
+
+    return kept()
 
 
 class StoredResponseRoutes:
