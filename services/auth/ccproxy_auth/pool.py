@@ -37,8 +37,6 @@ from ccproxy_core.tokens import DEFAULT_ACCOUNT, Credential, CredentialStatus
 log = logging.getLogger(__name__)
 
 UNIFIED = "anthropic-ratelimit-unified-"
-#: The quota windows subscriptions report (``7d_opus``/``7d_sonnet`` and the like are read too).
-WINDOWS = ("5h", "7d")
 #: Seconds an account's state read from Redis is trusted before it is read again.
 STATE_TTL = 1.0
 #: (cooldown, why unhealthy, last rate-limited at) of one account.
