@@ -38,7 +38,8 @@ from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.identity import caller
 from ccproxy_core.redis import UNAVAILABLE, unavailable_as_503
 from ccproxy_core.settings import OpenAISettings, ResponsesSettings
-from ccproxy_gateway.openai import ModelMap, OpenAIFormat
+from ccproxy_gateway.openai import ModelMap, OpenAIFormat, ResponsesPlan
+from ccproxy_gateway.openai.request import Plan
 from ccproxy_gateway.openai.responses_models import InputItem, ResponsesRequest
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ class ResponseStore:
 async def plan_request(
     fmt: OpenAIFormat, raw: dict[str, Any], request: Request, store: ResponseStore | None, models: ModelMap,
     options: OpenAISettings,
-) -> tuple[Any, Turn | None]:
+) -> tuple[Plan, Turn | None]:
     """The request's plan, with its stored conversation filled in for a format that has one (no
     store: the translation refuses ``previous_response_id`` and ``item_reference``), and the turn
     to keep once it is answered (None: nothing to keep)."""
@@ -326,7 +327,7 @@ async def plan_request(
     if fmt.stored and store is not None:
         req, turn = await store.prepare(owner_of(request), req)
     plan = fmt.translate(req, models, options)
-    if turn is not None:  # what the response object says about storage
+    if turn is not None and isinstance(plan, ResponsesPlan):  # what the response says about storage
         plan.echo["store"] = turn.store
         plan.echo["previous_response_id"] = turn.previous
     return plan, turn

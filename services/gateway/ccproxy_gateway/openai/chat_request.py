@@ -30,20 +30,13 @@ from ccproxy_gateway.openai.chat_models import (
 from ccproxy_gateway.openai.content import anthropic_tool, file_block, image_block, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block
-from ccproxy_gateway.openai.request import Turns, anthropic_body, finish_body, parse_request, tool_choice
+from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
 from ccproxy_gateway.openai.structured import json_tool
 
 
 @dataclass(slots=True)
-class ChatPlan:
-    """The Anthropic request, and what the answer's translation needs to know."""
-
-    body: dict[str, Any]
-    #: The model name the client asked for: replies report it.
-    client_model: str
-    stream: bool
+class ChatPlan(Plan):
     include_usage: bool = False
-    json_mode: bool = False
 
 
 def parse_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:

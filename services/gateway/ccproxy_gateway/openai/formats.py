@@ -12,6 +12,7 @@ from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.chat_request import parse_chat_request, translate_chat_request
 from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion, chat_stream
 from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.request import Plan
 from ccproxy_gateway.openai.responses import (
     ResponsesStreamTranslator,
     parse_responses_request,
@@ -27,8 +28,8 @@ class OpenAIFormat:
     #: Whether requests may refer to stored responses (ccproxy_gateway.response_store).
     stored: bool
     parse: Callable[[dict[str, Any]], Any]
-    #: The parsed request -> its plan (``ChatPlan`` / ``ResponsesPlan``: the Anthropic body and more).
-    translate: Callable[[Any, ModelMap, OpenAISettings], Any]
+    #: The parsed request -> its plan (``ChatPlan`` / ``ResponsesPlan``).
+    translate: Callable[[Any, ModelMap, OpenAISettings], Plan]
     #: A whole Anthropic message and the plan -> the client's answer.
     whole: Callable[[dict[str, Any], Any], dict[str, Any]]
     #: The plan -> the stream translator, and the stream function that drives it.

@@ -3,6 +3,7 @@ choice, and the Anthropic body around the messages."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -16,6 +17,17 @@ from ccproxy_gateway.openai.structured import apply_json_mode
 
 M = TypeVar("M", bound=BaseModel)
 _MODES = {"none": "none", "auto": "auto", "required": "any"}
+
+
+@dataclass(slots=True)
+class Plan:
+    """The Anthropic request, and what the answer's translation needs to know."""
+
+    body: dict[str, Any]
+    #: The model name the client asked for: replies report it.
+    client_model: str
+    stream: bool
+    json_mode: bool = False
 
 
 def parse_request(model: type[M], data: dict[str, Any]) -> M:

@@ -39,7 +39,7 @@ from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.openai.content import anthropic_tool, file_block, image_block, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
-from ccproxy_gateway.openai.request import Turns, anthropic_body, finish_body, parse_request, tool_choice
+from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
 from ccproxy_gateway.openai.responses_models import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -69,11 +69,7 @@ NO_STORE = (
 
 
 @dataclass(slots=True)
-class ResponsesPlan:
-    body: dict[str, Any]
-    client_model: str
-    stream: bool
-    json_mode: bool = False
+class ResponsesPlan(Plan):
     #: Request fields the response object repeats back.
     echo: dict[str, Any] = field(default_factory=dict)
 
