@@ -22,7 +22,7 @@ from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.chat_request import ChatPlan
-from ccproxy_gateway.openai.content import finish_reason
+from ccproxy_gateway.openai.content import answer_parts, finish_reason
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, joined_reasoning
 from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
 from ccproxy_gateway.openai.structured import JSON_TOOL
@@ -56,24 +56,17 @@ def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None
     texts: list[str] = []
     calls: list[ToolCall] = []
     thinking: list[dict[str, Any]] = []
-    json_text: str | None = None
-    for block in message.get("content") or []:
-        kind = block.get("type")
-        if kind == "text":
-            texts.append(block.get("text", ""))
-        elif kind == "tool_use" and plan.json_mode and block.get("name") == JSON_TOOL:
-            json_text = orjson.dumps(block.get("input", {})).decode()
-        elif kind == "tool_use":
-            arguments = orjson.dumps(block.get("input", {})).decode()
-            calls.append(ToolCall(id=block["id"], type="function", function=Function(name=block["name"],
+    answered_json = False
+    for _, kind, value in answer_parts(message, plan.json_mode):
+        if kind in ("text", "json"):
+            texts.append(value)
+            answered_json = answered_json or kind == "json"
+        elif kind == "call":
+            arguments = orjson.dumps(value.get("input", {})).decode()
+            calls.append(ToolCall(id=value["id"], type="function", function=Function(name=value["name"],
                                                                                       arguments=arguments)))
-        elif kind == "thinking":
-            thinking.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
-        elif kind == "redacted_thinking":
-            thinking.append({"type": "redacted_thinking", "data": block["data"]})
-    if json_text is not None:
-        # The JSON tool's input is the answer; text Claude wrote around the call is not JSON.
-        texts = [json_text]
+        else:
+            thinking.append(value)
     extra: dict[str, Any] = {"tool_calls": calls} if calls else {}
     if thinking:
         # ccproxy's thinking round trip (reasoning.py): fields of its own, beside OpenAI's.
@@ -81,7 +74,7 @@ def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None
         REASONING_MEMORY.remember(extra["reasoning_content"], thinking)
     out = ChatCompletionMessage(role="assistant", content="".join(texts) if texts else None, **extra)
     reason = finish_reason(message.get("stop_reason"))
-    if json_text is not None and not calls:
+    if answered_json and not calls:
         reason = "stop"
     tokens = TokenUsage()
     tokens.add(message.get("usage"))

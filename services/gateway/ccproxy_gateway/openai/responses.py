@@ -36,7 +36,7 @@ from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent, encode_event
-from ccproxy_gateway.openai.content import anthropic_tool, file_block, image_block, parse_arguments
+from ccproxy_gateway.openai.content import answer_parts, anthropic_tool, file_block, image_block, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
 from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
@@ -274,26 +274,14 @@ def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int |
     """A whole Anthropic message as a ``response`` object."""
     base = _base_id(message.get("id"))
     output: list[Item] = []
-    blocks = message.get("content") or []
-    # JSON mode: the JSON tool's input is the answer; text Claude wrote around the call is not JSON.
-    drop_text = plan.json_mode and any(b.get("type") == "tool_use" and b.get("name") == JSON_TOOL for b in blocks)
-    for n, block in enumerate(blocks):
-        kind = block.get("type")
-        if kind == "text" and drop_text:
-            continue
-        if kind == "text":
-            output.append(_message(f"msg_{base}_{n}", "completed", block.get("text", "")))
-        elif kind == "tool_use" and plan.json_mode and block.get("name") == JSON_TOOL:
-            text = orjson.dumps(block.get("input", {})).decode()
-            output.append(_message(f"msg_{base}_{n}", "completed", text))
-        elif kind == "tool_use":
-            output.append(_call(f"fc_{block['id']}", block["id"], block["name"],
-                                orjson.dumps(block.get("input", {})).decode(), "completed"))
-        elif kind == "thinking":
-            output.append(_reasoning_item(f"rs_{base}_{n}", {
-                "type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}))
-        elif kind == "redacted_thinking":
-            output.append(_reasoning_item(f"rs_{base}_{n}", {"type": "redacted_thinking", "data": block["data"]}))
+    for n, kind, value in answer_parts(message, plan.json_mode):
+        if kind in ("text", "json"):
+            output.append(_message(f"msg_{base}_{n}", "completed", value))
+        elif kind == "call":
+            output.append(_call(f"fc_{value['id']}", value["id"], value["name"],
+                                orjson.dumps(value.get("input", {})).decode(), "completed"))
+        else:
+            output.append(_reasoning_item(f"rs_{base}_{n}", value))
     tokens = TokenUsage()
     tokens.add(message.get("usage"))
     status, incomplete = _status(message.get("stop_reason"))
