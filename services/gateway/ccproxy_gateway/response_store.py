@@ -102,14 +102,9 @@ class ResponseStore:
     def _key(self, owner: str, response_id: str) -> str:
         return f"{self.prefix}{owner}:r:{response_id}"
 
-    def _items_key(self, owner: str) -> str:
-        return f"{self.prefix}{owner}:items"
-
-    def _meta_key(self, owner: str) -> str:
-        return f"{self.prefix}{owner}:meta"
-
-    def _bytes_key(self, owner: str) -> str:
-        return f"{self.prefix}{owner}:bytes"
+    def _index(self, owner: str, what: str) -> str:
+        """The key's ``items``, ``meta`` or ``bytes`` index (module docstring)."""
+        return f"{self.prefix}{owner}:{what}"
 
     # -- a request's input -----------------------------------------------------------------------
 
@@ -167,7 +162,7 @@ class ResponseStore:
         if not refs:
             return items
         ids = [str(items[i].get("id")) for i in refs]
-        owners = await self.redis.hmget(self._items_key(owner), ids)  # type: ignore[misc]
+        owners = await self.redis.hmget(self._index(owner, "items"), ids)  # type: ignore[misc]
         found: dict[str, dict[str, Any]] = {}
         records: dict[str, dict[str, Any] | None] = {}
         for item_id, raw in zip(ids, owners, strict=True):
@@ -204,8 +199,8 @@ class ResponseStore:
         pipe = self.redis.pipeline(transaction=False)
         for response_id in response_ids:
             pipe.expire(self._key(owner, response_id), self.ttl)
-        for key in (self._items_key(owner), self._meta_key(owner), self._bytes_key(owner)):
-            pipe.expire(key, self.ttl)
+        for what in ("items", "meta", "bytes"):
+            pipe.expire(self._index(owner, what), self.ttl)
         await pipe.execute()
 
     async def get(self, owner: str, response_id: str) -> dict[str, Any]:
@@ -256,11 +251,11 @@ class ResponseStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self._key(owner, response_id), raw, ex=self.ttl)
         if item_ids:
-            pipe.hset(self._items_key(owner), mapping=dict.fromkeys(item_ids, response_id))
-        pipe.hset(self._meta_key(owner), mapping={response_id: meta})
-        pipe.incrby(self._bytes_key(owner), len(raw))
-        for key in (self._items_key(owner), self._meta_key(owner), self._bytes_key(owner)):
-            pipe.expire(key, self.ttl)
+            pipe.hset(self._index(owner, "items"), mapping=dict.fromkeys(item_ids, response_id))
+        pipe.hset(self._index(owner, "meta"), mapping={response_id: meta})
+        pipe.incrby(self._index(owner, "bytes"), len(raw))
+        for what in ("items", "meta", "bytes"):
+            pipe.expire(self._index(owner, what), self.ttl)
         total = (await pipe.execute())[-4]
         if int(total) > self.settings.max_bytes_per_key:
             await self._evict(owner)
@@ -269,7 +264,7 @@ class ResponseStore:
         async with unavailable_as_503("the response store"):
             if not await self.redis.exists(self._key(owner, response_id)):
                 raise not_found(response_id)
-            raw = await self.redis.hget(self._meta_key(owner), response_id)  # type: ignore[misc]
+            raw = await self.redis.hget(self._index(owner, "meta"), response_id)  # type: ignore[misc]
             await self._forget(owner, {response_id: raw})
 
     async def _forget(self, owner: str, metas: dict[str, Any]) -> None:
@@ -280,18 +275,18 @@ class ResponseStore:
             meta = orjson.loads(raw) if raw else {}
             freed += int(meta.get("bytes", 0))
             pipe.delete(self._key(owner, response_id))
-            pipe.hdel(self._meta_key(owner), response_id)
+            pipe.hdel(self._index(owner, "meta"), response_id)
             if meta.get("items"):
-                pipe.hdel(self._items_key(owner), *meta["items"])
+                pipe.hdel(self._index(owner, "items"), *meta["items"])
         if freed:
-            pipe.decrby(self._bytes_key(owner), freed)
+            pipe.decrby(self._index(owner, "bytes"), freed)
         await pipe.execute()
 
     async def _evict(self, owner: str) -> None:
         """Over ``RESPONSES__MAX_BYTES_PER_KEY``: forget what expired, then the oldest responses
         until the key is under its cap again (approximate when replicas write at once)."""
         metas = {(k.decode() if isinstance(k, bytes) else k): v
-                 for k, v in (await self.redis.hgetall(self._meta_key(owner))).items()}  # type: ignore[misc]
+                 for k, v in (await self.redis.hgetall(self._index(owner, "meta"))).items()}  # type: ignore[misc]
         ids = list(metas)
         pipe = self.redis.pipeline(transaction=False)
         for response_id in ids:
@@ -309,7 +304,7 @@ class ResponseStore:
         if evicted:
             await self._forget(owner, evicted)
             # The count, recomputed: what expired on its own was still in it.
-            await self.redis.set(self._bytes_key(owner), max(total, 0), ex=self.ttl)
+            await self.redis.set(self._index(owner, "bytes"), max(total, 0), ex=self.ttl)
 
 
 # --- what the routes use ---------------------------------------------------------------------------
