@@ -271,7 +271,6 @@ class AccessLogEmitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.dropped = 0
-        self.sent = 0
         self._last_drop_warning = 0.0
         self._redis_down_since: float | None = None
 
@@ -303,9 +302,7 @@ class AccessLogEmitter:
             if self.redis is None:
                 return
             if len(self._buffer) >= self._buffer_size:
-                self._buffer.popleft()
-                self.dropped += 1
-                self._count("dropped")
+                self._drop_oldest(self._buffer_size - 1)
                 now = time.monotonic()
                 if now - self._last_drop_warning > 10:
                     self._last_drop_warning = now
@@ -320,6 +317,13 @@ class AccessLogEmitter:
             self._wake.set()
         except Exception:  # emitting must never fail the request
             log.exception("access log: could not queue an event")
+
+    def _drop_oldest(self, keep: int) -> None:
+        """Drop the oldest events until at most ``keep`` are buffered, each one counted."""
+        while len(self._buffer) > keep:
+            self._buffer.popleft()
+            self.dropped += 1
+            self._count("dropped")
 
     def _ensure_task(self) -> None:
         if self._task is None or self._task.done():
@@ -383,15 +387,11 @@ class AccessLogEmitter:
             # Back to the front, in order, to be sent again (a retried pipeline may write an
             # event twice; analytics deduplicates on request id).
             self._buffer.extendleft(reversed(events))
-            while len(self._buffer) > self._buffer_size:
-                self._buffer.popleft()
-                self.dropped += 1
-                self._count("dropped")
+            self._drop_oldest(self._buffer_size)
             raise
         finally:
             self._inflight = 0
             self._gauge()
-        self.sent += len(events)
         self._count("sent", len(events))
         if not self._buffer:
             self._drained.set()
@@ -421,10 +421,6 @@ class AccessLogEmitter:
             self._task = None
 
 
-def stream_key(prefix: str, name: str) -> str:
-    return f"{prefix}{name}"
-
-
 def parse_time(value: str) -> datetime:
     """ISO 8601 or epoch seconds, as UTC (for query filters). ValueError for anything else,
     including epoch seconds no datetime can hold (1e20, inf: a client's mistake, not a crash)."""
@@ -445,5 +441,4 @@ __all__ = [
     "AccessLogEvent",
     "RequestLog",
     "parse_time",
-    "stream_key",
 ]

@@ -123,7 +123,7 @@ class HttpPermissionGate:
                     "GET", f"/internal/permissions/{view.id}/wait?timeout={self._poll:g}", deadline=deadline
                 )
                 if got is None:
-                    return unreachable(view)
+                    return ended(view, "expired", "the permissions service could not be reached.")
                 view = got
             return view
         except asyncio.CancelledError:
@@ -158,17 +158,15 @@ class HttpPermissionGate:
             pause = min(pause * 2, 2.0)
 
 
-def unreachable(view: PermissionView) -> PermissionView:
-    """A local deny when the service stayed unreachable past the request's expiry."""
-    return view.model_copy(
-        update={
-            "status": "expired",
-            "decision": PermissionDecision(
-                behavior="deny",
-                status="expired",
-                message=f"Permission to use {view.tool_name} was denied: the permissions service "
-                "could not be reached.",
-                decided_at=time.time(),
-            ),
-        }
-    )
+def refusal(status: Status, message: str) -> PermissionDecision:
+    """A deny that no human made (expired, cancelled, lost): its status and what Claude is told."""
+    return PermissionDecision(behavior="deny", status=status, message=message, decided_at=time.time())
+
+
+def denial(view: PermissionView, status: Status, why: str) -> PermissionDecision:
+    return refusal(status, f"Permission to use {view.tool_name} was denied: {why}")
+
+
+def ended(view: PermissionView, status: Status, why: str) -> PermissionView:
+    """``view`` closed here, without the service's decision: denied, saying ``why``."""
+    return view.model_copy(update={"status": status, "decision": denial(view, status, why)})

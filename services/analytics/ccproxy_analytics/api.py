@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_analytics.consumer import AccessLogConsumer
+from ccproxy_analytics.consumer import AccessLogConsumer, text
 from ccproxy_analytics.queries import Filters, logs_query, page, parse_limit, usage_query
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
 from ccproxy_core.access_log import AccessLogEvent
@@ -123,11 +123,7 @@ class LogsApi:
         except RedisError as exc:
             body["redis"] = {"available": False, "detail": type(exc).__name__}
             warnings.append("Redis is unreachable: gateways buffer events in memory")
-        if not viewer.admin:
-            body["warnings"] = warnings
-            body["status"] = "ok" if not warnings else "degraded"
-            return json(body)
-        if self.consumer is not None:
+        if viewer.admin and self.consumer is not None:
             st = self.consumer.state
             body["consumer"] = {
                 "name": self.consumer.consumer, "group": self.consumer.group,
@@ -144,29 +140,10 @@ class LogsApi:
         filters = await self.filters(request)
         q = request.query_params
 
-        def wanted(event: AccessLogEvent) -> bool:
-            if filters.key is not None and event.key_id != filters.key:
-                return False
-            if filters.account is not None and event.account != filters.account:
-                return False
-            if filters.model is not None and filters.model not in (event.model_used, event.model_requested):
-                return False
-            if filters.mode is not None and event.mode != filters.mode:
-                return False
-            if filters.outcome is not None and event.outcome != filters.outcome:
-                return False
-            if filters.status is not None:
-                code = str(event.status)
-                if filters.status.isdigit() and code != filters.status:
-                    return False
-                if not filters.status.isdigit() and code[0] != filters.status[0]:
-                    return False
-            return True
-
         raw_replay = q.get("replay", "")
         replay = min(int(raw_replay), 500) if raw_replay.isascii() and raw_replay.isdigit() else 0
         return StreamingResponse(
-            self._events(wanted, replay),
+            self._events(filters.matches, replay),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -177,7 +154,7 @@ class LogsApi:
         try:
             newest = await self.redis.xrevrange(self.stream, count=max(replay, 1))
             if newest:
-                last = _text(newest[0][0])
+                last = text(newest[0][0])
                 for eid, fields in reversed(newest if replay else []):
                     event = _parse(eid, fields)
                     if event is not None and wanted(event):
@@ -194,7 +171,7 @@ class LogsApi:
                 continue
             for _stream, entries in resp or []:
                 for eid, fields in entries:
-                    last = _text(eid)
+                    last = text(eid)
                     event = _parse(eid, fields)
                     if event is not None and wanted(event):
                         quiet_since = time.monotonic()
@@ -210,13 +187,9 @@ def _parse(eid: Any, fields: Any) -> AccessLogEvent | None:
     try:
         return AccessLogEvent.from_stream(fields)
     except ValueError:
-        log.debug("skipping malformed stream entry %s", _text(eid))
+        log.debug("skipping malformed stream entry %s", text(eid))
         return None
 
 
 def _frame(event: AccessLogEvent) -> bytes:
     return encode_event("request", orjson.dumps(event.model_dump(mode="json")))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -48,12 +48,10 @@ class ConsumerState:
     batches: int = 0
     last_insert_at: datetime | None = None
     clickhouse_ok: bool | None = None
-    clickhouse_error: str = ""
     redis_ok: bool | None = None
     backlog: int = 0
     pending: int = 0
     lag: int = 0
-    stream_length: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -113,7 +111,7 @@ class AccessLogConsumer:
             self.state.clickhouse_ok = True
         except ClickHouseUnavailable as exc:
             log.warning("analytics: ClickHouse not reachable yet (%s); events wait in Redis", exc)
-            self.state.clickhouse_ok, self.state.clickhouse_error = False, str(exc)
+            self.state.clickhouse_ok = False
         delay = 0.2
         while True:
             try:
@@ -224,7 +222,7 @@ class AccessLogConsumer:
             except (ValidationError, ValueError) as exc:
                 self.state.invalid += 1
                 self.metrics.access_log_events.labels(self.metrics.service, "invalid").inc()
-                log.warning("analytics: dropping malformed event %s: %s", _text(eid), str(exc)[:200])
+                log.warning("analytics: dropping malformed event %s: %s", text(eid), str(exc)[:200])
         if rows:
             await self._insert_until_done(rows)
         await self.redis.xack(self.stream, self.group, *ids)
@@ -239,7 +237,6 @@ class AccessLogConsumer:
                 if self.state.clickhouse_ok is not False:
                     log.warning("analytics: ClickHouse insert failed (%s); events wait in Redis", exc)
                 self.state.clickhouse_ok = False
-                self.state.clickhouse_error = str(exc)
                 with contextlib.suppress(RedisError):
                     await self._refresh_backlog()
                 await asyncio.sleep(delay)
@@ -248,7 +245,6 @@ class AccessLogConsumer:
             if self.state.clickhouse_ok is False:
                 log.info("analytics: ClickHouse is back; writing the backlog")
             self.state.clickhouse_ok = True
-            self.state.clickhouse_error = ""
             self.state.inserted += len(rows)
             self.state.batches += 1
             self.state.last_insert_at = datetime.now(UTC)
@@ -271,7 +267,6 @@ class AccessLogConsumer:
                 lag = max(0, length - int(read)) if read is not None else length
             self.state.pending, self.state.lag = pending, int(lag)
             self.state.backlog = pending + int(lag)
-        self.state.stream_length = length
         self.metrics.access_log_backlog.labels(self.metrics.service).set(self.state.backlog)
         self._warn_backlog()
 
@@ -310,13 +305,8 @@ async def _pause_if_early(began: float, block_ms: int) -> None:
 
 
 def _entries(resp: Any) -> list[tuple[Any, Any]]:
-    if not resp:
-        return []
-    out: list[tuple[Any, Any]] = []
-    for _stream, entries in resp:
-        out.extend(entries)
-    return out
+    return [entry for _stream, entries in resp or [] for entry in entries]
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ccproxy_analytics.consumer import COLUMNS
-from ccproxy_core.access_log import parse_time
+from ccproxy_core.access_log import AccessLogEvent, parse_time
 from ccproxy_core.errors import ProxyError
 
 MAX_LIMIT = 1000
@@ -44,6 +44,10 @@ BUCKETS = {
     "day": "toStartOfDay(started_at)",
     "none": None,
 }
+
+
+#: Filters that are one column's value: filter name -> column.
+_EQUAL = {"key": "key_id", "account": "account", "mode": "mode", "outcome": "outcome"}
 
 
 def _dt(value: datetime) -> str:
@@ -91,12 +95,10 @@ class Filters:
             "started_at < {until:DateTime64(3, 'UTC')}",
         ]
         params: dict[str, Any] = {"since": _dt(self.since), "until": _dt(self.until)}
-        if self.key is not None:
-            clauses.append("key_id = {key:String}")
-            params["key"] = self.key
-        if self.account is not None:
-            clauses.append("account = {account:String}")
-            params["account"] = self.account
+        for name, column in _EQUAL.items():
+            if (value := getattr(self, name)) is not None:
+                clauses.append(f"{column} = {{{name}:String}}")
+                params[name] = value
         if self.model is not None:
             clauses.append("(model_used = {model:String} OR model_requested = {model:String})")
             params["model"] = self.model
@@ -107,13 +109,17 @@ class Filters:
             else:
                 clauses.append("intDiv(status, 100) = {status_class:UInt8}")
                 params["status_class"] = int(self.status[0])
-        if self.mode is not None:
-            clauses.append("mode = {mode:String}")
-            params["mode"] = self.mode
-        if self.outcome is not None:
-            clauses.append("outcome = {outcome:String}")
-            params["outcome"] = self.outcome
         return clauses, params
+
+    def matches(self, event: AccessLogEvent) -> bool:
+        """What :meth:`where` selects, for one event (the live stream's filter)."""
+        if any((value := getattr(self, name)) is not None and getattr(event, column) != value
+               for name, column in _EQUAL.items()):
+            return False
+        if self.model is not None and self.model not in (event.model_used, event.model_requested):
+            return False
+        code = str(event.status)
+        return self.status is None or (code == self.status if self.status.isdigit() else code[0] == self.status[0])
 
 
 @dataclass

@@ -35,12 +35,9 @@ def embedded_dsn(data_dir: Path) -> str:
 
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration shipped in the package, in order."""
-    out = []
-    for entry in resources.files("ccproxy_analytics").joinpath("migrations").iterdir():
-        name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
-            out.append((int(name[:4]), name, entry.read_text()))
-    return sorted(out)
+    folder = resources.files("ccproxy_analytics").joinpath("migrations")
+    return sorted((int(f.name[:4]), f.name, f.read_text()) for f in folder.iterdir()
+                  if f.name.endswith(".sql") and f.name[:4].isdigit())
 
 
 def statements(sql: str) -> list[str]:
@@ -140,24 +137,21 @@ class ClickHouse:
         text = str(exc).split("\n")[0]
         return f"{type(exc).__name__}: {text[:300]}"
 
-    async def _command(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await self._run(self._client.command, sql, parameters=params)
+            return await self._run(getattr(self._client, method), *args, **kwargs)
         except Exception as exc:
             raise ClickHouseUnavailable(self._describe(exc)) from exc
 
+    async def _command(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        return await self._call("command", sql, parameters=params)
+
     async def _query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        try:
-            result = await self._run(self._client.query, sql, parameters=params)
-        except Exception as exc:
-            raise ClickHouseUnavailable(self._describe(exc)) from exc
+        result = await self._call("query", sql, parameters=params)
         return [_plain(row) for row in result.named_results()]
 
     async def _insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> int:
-        try:
-            summary = await self._run(self._client.insert, table, rows, column_names=list(columns))
-        except Exception as exc:
-            raise ClickHouseUnavailable(self._describe(exc)) from exc
+        summary = await self._call("insert", table, rows, column_names=list(columns))
         return int(getattr(summary, "written_rows", len(rows)))
 
     async def command(self, sql: str, params: dict[str, Any] | None = None) -> Any:
@@ -185,9 +179,4 @@ class ClickHouse:
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
     """ClickHouse values as JSON-friendly Python: datetimes in UTC."""
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, datetime) and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        out[key] = value
-    return out
+    return {k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for k, v in row.items()}

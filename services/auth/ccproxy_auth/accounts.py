@@ -28,6 +28,7 @@ from ccproxy_auth.claude_credentials import (
     CredentialStore,
     FileStore,
     KeyringStore,
+    oauth_in,
     write_private_json,
 )
 from ccproxy_core.logging import register_secret
@@ -273,13 +274,7 @@ class OwnedStore:
         self.name = f"ccproxy:{accounts.secrets.name}"
 
     def load(self) -> ClaudeOAuth | None:
-        secret = self._accounts.secret(self.account)
-        if not secret or not isinstance(secret.get("claudeAiOauth"), dict):
-            return None
-        try:
-            return ClaudeOAuth.model_validate(secret["claudeAiOauth"])
-        except ValueError as exc:
-            raise CredentialsError(f"account {self.account}: stored login is malformed") from exc
+        return oauth_in(self._accounts.secret(self.account), f"account {self.account}")
 
     def save(self, oauth: ClaudeOAuth) -> None:
         account = self._accounts.get(self.account)

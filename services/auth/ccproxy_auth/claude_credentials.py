@@ -43,6 +43,25 @@ class ClaudeOAuth(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
+def oauth_in(doc: dict[str, Any] | None, where: str) -> ClaudeOAuth | None:
+    """The ``claudeAiOauth`` login of a credentials document, None if it has none. The error names
+    ``where``, never pydantic's message: that quotes the input, tokens included."""
+    entry = (doc or {}).get("claudeAiOauth")
+    if entry is None:
+        return None
+    try:
+        return ClaudeOAuth.model_validate(entry)
+    except ValueError:
+        raise CredentialsError(f"{where}: claudeAiOauth is malformed") from None
+
+
+def with_oauth(doc: dict[str, Any], oauth: ClaudeOAuth) -> dict[str, Any]:
+    """``doc`` with its login replaced by ``oauth``, keys ccproxy does not know kept."""
+    previous = doc.get("claudeAiOauth")
+    doc["claudeAiOauth"] = {**(previous if isinstance(previous, dict) else {}), **oauth.dump()}
+    return doc
+
+
 class CredentialStore(Protocol):
     """Somewhere the CLI's credentials live."""
 
@@ -76,21 +95,10 @@ class FileStore:
         return doc
 
     def load(self) -> ClaudeOAuth | None:
-        doc = self._document()
-        if doc is None or "claudeAiOauth" not in doc:
-            return None
-        try:
-            return ClaudeOAuth.model_validate(doc["claudeAiOauth"])
-        except ValueError as exc:
-            raise CredentialsError(f"{self.path}: claudeAiOauth is malformed") from exc
+        return oauth_in(self._document(), str(self.path))
 
     def save(self, oauth: ClaudeOAuth) -> None:
-        doc = self._document() or {}
-        previous = doc.get("claudeAiOauth")
-        merged = dict(previous) if isinstance(previous, dict) else {}
-        merged.update(oauth.dump())
-        doc["claudeAiOauth"] = merged
-        write_private_json(self.path, doc)
+        write_private_json(self.path, with_oauth(self._document() or {}, oauth))
 
 
 class KeyringStore:
@@ -121,23 +129,12 @@ class KeyringStore:
         return doc if isinstance(doc, dict) else None
 
     def load(self) -> ClaudeOAuth | None:
-        doc = self._get()
-        if not doc or "claudeAiOauth" not in doc:
-            return None
-        try:
-            return ClaudeOAuth.model_validate(doc["claudeAiOauth"])
-        except ValueError:
-            # Not the pydantic message: it quotes the input, tokens included.
-            raise CredentialsError("the keyring entry's claudeAiOauth is malformed") from None
+        return oauth_in(self._get(), "the keyring entry")
 
     def save(self, oauth: ClaudeOAuth) -> None:
         import keyring
 
-        doc = self._get() or {}
-        merged = dict(doc.get("claudeAiOauth") or {})
-        merged.update(oauth.dump())
-        doc["claudeAiOauth"] = merged
-        keyring.set_password(KEYRING_SERVICE, self.username, json.dumps(doc))
+        keyring.set_password(KEYRING_SERVICE, self.username, json.dumps(with_oauth(self._get() or {}, oauth)))
 
 
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:

@@ -186,7 +186,6 @@ def _account_rows(settings: Settings) -> list[dict[str, Any]]:
         if not is_unavailable(exc):
             raise
         fail(f"Redis ({redacted(settings.redis.url)}) is unreachable: {type(exc).__name__}")
-        return []
     return [s.model_dump(mode="json") for s in states]
 
 

@@ -37,8 +37,6 @@ from ccproxy_core.tokens import DEFAULT_ACCOUNT, Credential, CredentialStatus
 log = logging.getLogger(__name__)
 
 UNIFIED = "anthropic-ratelimit-unified-"
-#: The quota windows subscriptions report (``7d_opus``/``7d_sonnet`` and the like are read too).
-WINDOWS = ("5h", "7d")
 #: Seconds an account's state read from Redis is trusted before it is read again.
 STATE_TTL = 1.0
 #: (cooldown, why unhealthy, last rate-limited at) of one account.
@@ -57,6 +55,11 @@ class AccountManager(CredentialManager):
 
     def stores(self) -> list[CredentialStore]:
         return [self._fixed] if self._fixed is not None else []
+
+    @property
+    def origin(self) -> tuple[str | None, str | None]:
+        """Where its credential comes from: (API key, credential store's name)."""
+        return self._api_key, self._fixed.name if self._fixed is not None else None
 
 
 @dataclass(slots=True)
@@ -259,27 +262,20 @@ class AccountPool:
         return members
 
     def _source(self, account: Account) -> CredentialManager:
-        """One manager per account, kept across reloads (its lock and cache must survive)."""
-        existing = self._sources.get(account.name)
+        """One manager per account, kept across reloads (its lock and cache must survive) while
+        its API key or credential store stays the same."""
+        store: CredentialStore | None = None
+        api_key: str | None = None
         if account.kind == "api_key":
-            secret = self.store.secret(account.name) or {}
-            api_key = secret.get("api_key")
+            api_key = (self.store.secret(account.name) or {}).get("api_key")
             if not api_key:
                 raise AccountError("no API key stored")
-            if isinstance(existing, AccountManager) and existing._api_key == api_key:
-                return existing
-            source: CredentialManager = AccountManager(self.settings, self.redis, account.name, None, api_key)
         else:
             store = self.store.credential_store(account)
-            if (
-                isinstance(existing, AccountManager)
-                and existing._api_key is None
-                and existing._fixed is not None
-                and existing._fixed.name == store.name
-            ):
-                return existing
-            source = AccountManager(self.settings, self.redis, account.name, store, None)
-        self._sources[account.name] = source
+        existing = self._sources.get(account.name)
+        if isinstance(existing, AccountManager) and existing.origin == (api_key, store and store.name):
+            return existing
+        source = self._sources[account.name] = AccountManager(self.settings, self.redis, account.name, store, api_key)
         return source
 
     def member(self, name: str) -> Member:

@@ -24,21 +24,9 @@ from ccproxy_core.metrics import Metrics
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import iter_events
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.openai import (
-    ChatStreamTranslator,
-    ModelMap,
-    ResponsesStreamTranslator,
-    chat_completion,
-    chat_stream,
-    parse_chat_request,
-    parse_responses_request,
-    response_object,
-    responses_stream,
-    translate_chat_request,
-    translate_responses_request,
-)
+from ccproxy_gateway.openai import CHAT, RESPONSES, ModelMap, OpenAIFormat
 from ccproxy_gateway.relay import Answers, client_headers
-from ccproxy_gateway.response_store import ResponseStore, begin, keep, kept_stream, stamp
+from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute, metered
 from ccproxy_gateway.usage import Usage
 
@@ -76,31 +64,24 @@ class OpenAIRoutes:
         ]
 
     async def chat_completions(self, request: Request) -> Response:
-        started = time.perf_counter()
-        chat = parse_chat_request(await self.gateway.read_body(request))
-        plan = translate_chat_request(chat, self.model_map, self.options)
-        reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
-        if plan.stream:
-            tr = ChatStreamTranslator(plan)
-            return self._stream(request, reply, chat_stream(iter_events(reply), tr), started, lambda: tr.usage)
-        message = await self._message(request, reply, started)
-        return JSONResponse(chat_completion(message, plan), headers=self._headers(reply))
+        return await self._answer(request, CHAT)
 
     async def responses(self, request: Request) -> Response:
+        return await self._answer(request, RESPONSES)
+
+    async def _answer(self, request: Request, fmt: OpenAIFormat) -> Response:
         started = time.perf_counter()
         store = self.gateway.responses
-        req, turn = await begin(store, request, parse_responses_request(await self.gateway.read_body(request)))
-        plan = translate_responses_request(req, self.model_map, self.options)
-        stamp(plan, turn)
+        raw = await self.gateway.read_body(request)
+        plan, turn = await plan_request(fmt, raw, request, store, self.model_map, self.options)
         reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
         if plan.stream:
-            resp = ResponsesStreamTranslator(plan)
-            frames = kept_stream(responses_stream(iter_events(reply), resp), resp, store, turn)
-            return self._stream(request, reply, frames, started, lambda: resp.usage)
-        message = await self._message(request, reply, started)
-        response = response_object(message, plan)
-        await keep(store, turn, response)
-        return JSONResponse(response, headers=self._headers(reply))
+            tr = fmt.translator(plan)
+            frames = kept_stream(fmt.stream(iter_events(reply), tr), tr, store, turn)
+            return self._stream(request, reply, frames, started, lambda: tr.usage)
+        answer = fmt.whole(await self._message(request, reply, started), plan)
+        await keep(store, turn, answer)
+        return JSONResponse(answer, headers=self._headers(reply))
 
     async def _forward(self, request: Request, body: dict[str, Any], model: str, stream: bool) -> UpstreamReply:
         """The upstream's 200 answer; any other status is raised as an OpenAI-renderable error

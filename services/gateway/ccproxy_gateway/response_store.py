@@ -37,8 +37,9 @@ from starlette.routing import BaseRoute
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.identity import caller
 from ccproxy_core.redis import UNAVAILABLE, unavailable_as_503
-from ccproxy_core.settings import ResponsesSettings
-from ccproxy_gateway.openai.responses import ResponsesPlan, ResponsesStreamTranslator
+from ccproxy_core.settings import OpenAISettings, ResponsesSettings
+from ccproxy_gateway.openai import ModelMap, OpenAIFormat, ResponsesPlan
+from ccproxy_gateway.openai.request import Plan
 from ccproxy_gateway.openai.responses_models import InputItem, ResponsesRequest
 from ccproxy_gateway.routes import ApiRoute
 
@@ -102,14 +103,9 @@ class ResponseStore:
     def _key(self, owner: str, response_id: str) -> str:
         return f"{self.prefix}{owner}:r:{response_id}"
 
-    def _items_key(self, owner: str) -> str:
-        return f"{self.prefix}{owner}:items"
-
-    def _meta_key(self, owner: str) -> str:
-        return f"{self.prefix}{owner}:meta"
-
-    def _bytes_key(self, owner: str) -> str:
-        return f"{self.prefix}{owner}:bytes"
+    def _index(self, owner: str, what: str) -> str:
+        """The key's ``items``, ``meta`` or ``bytes`` index (module docstring)."""
+        return f"{self.prefix}{owner}:{what}"
 
     # -- a request's input -----------------------------------------------------------------------
 
@@ -167,7 +163,7 @@ class ResponseStore:
         if not refs:
             return items
         ids = [str(items[i].get("id")) for i in refs]
-        owners = await self.redis.hmget(self._items_key(owner), ids)  # type: ignore[misc]
+        owners = await self.redis.hmget(self._index(owner, "items"), ids)  # type: ignore[misc]
         found: dict[str, dict[str, Any]] = {}
         records: dict[str, dict[str, Any] | None] = {}
         for item_id, raw in zip(ids, owners, strict=True):
@@ -204,8 +200,8 @@ class ResponseStore:
         pipe = self.redis.pipeline(transaction=False)
         for response_id in response_ids:
             pipe.expire(self._key(owner, response_id), self.ttl)
-        for key in (self._items_key(owner), self._meta_key(owner), self._bytes_key(owner)):
-            pipe.expire(key, self.ttl)
+        for what in ("items", "meta", "bytes"):
+            pipe.expire(self._index(owner, what), self.ttl)
         await pipe.execute()
 
     async def get(self, owner: str, response_id: str) -> dict[str, Any]:
@@ -256,11 +252,11 @@ class ResponseStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self._key(owner, response_id), raw, ex=self.ttl)
         if item_ids:
-            pipe.hset(self._items_key(owner), mapping=dict.fromkeys(item_ids, response_id))
-        pipe.hset(self._meta_key(owner), mapping={response_id: meta})
-        pipe.incrby(self._bytes_key(owner), len(raw))
-        for key in (self._items_key(owner), self._meta_key(owner), self._bytes_key(owner)):
-            pipe.expire(key, self.ttl)
+            pipe.hset(self._index(owner, "items"), mapping=dict.fromkeys(item_ids, response_id))
+        pipe.hset(self._index(owner, "meta"), mapping={response_id: meta})
+        pipe.incrby(self._index(owner, "bytes"), len(raw))
+        for what in ("items", "meta", "bytes"):
+            pipe.expire(self._index(owner, what), self.ttl)
         total = (await pipe.execute())[-4]
         if int(total) > self.settings.max_bytes_per_key:
             await self._evict(owner)
@@ -269,7 +265,7 @@ class ResponseStore:
         async with unavailable_as_503("the response store"):
             if not await self.redis.exists(self._key(owner, response_id)):
                 raise not_found(response_id)
-            raw = await self.redis.hget(self._meta_key(owner), response_id)  # type: ignore[misc]
+            raw = await self.redis.hget(self._index(owner, "meta"), response_id)  # type: ignore[misc]
             await self._forget(owner, {response_id: raw})
 
     async def _forget(self, owner: str, metas: dict[str, Any]) -> None:
@@ -280,18 +276,18 @@ class ResponseStore:
             meta = orjson.loads(raw) if raw else {}
             freed += int(meta.get("bytes", 0))
             pipe.delete(self._key(owner, response_id))
-            pipe.hdel(self._meta_key(owner), response_id)
+            pipe.hdel(self._index(owner, "meta"), response_id)
             if meta.get("items"):
-                pipe.hdel(self._items_key(owner), *meta["items"])
+                pipe.hdel(self._index(owner, "items"), *meta["items"])
         if freed:
-            pipe.decrby(self._bytes_key(owner), freed)
+            pipe.decrby(self._index(owner, "bytes"), freed)
         await pipe.execute()
 
     async def _evict(self, owner: str) -> None:
         """Over ``RESPONSES__MAX_BYTES_PER_KEY``: forget what expired, then the oldest responses
         until the key is under its cap again (approximate when replicas write at once)."""
         metas = {(k.decode() if isinstance(k, bytes) else k): v
-                 for k, v in (await self.redis.hgetall(self._meta_key(owner))).items()}  # type: ignore[misc]
+                 for k, v in (await self.redis.hgetall(self._index(owner, "meta"))).items()}  # type: ignore[misc]
         ids = list(metas)
         pipe = self.redis.pipeline(transaction=False)
         for response_id in ids:
@@ -309,27 +305,28 @@ class ResponseStore:
         if evicted:
             await self._forget(owner, evicted)
             # The count, recomputed: what expired on its own was still in it.
-            await self.redis.set(self._bytes_key(owner), max(total, 0), ex=self.ttl)
+            await self.redis.set(self._index(owner, "bytes"), max(total, 0), ex=self.ttl)
 
 
 # --- what the routes use ---------------------------------------------------------------------------
 
 
-async def begin(
-    store: ResponseStore | None, request: Request, req: ResponsesRequest
-) -> tuple[ResponsesRequest, Turn | None]:
-    """The request with its stored conversation filled in (unchanged without a store, where the
-    translation refuses ``previous_response_id`` and ``item_reference`` as before)."""
-    if store is None:
-        return req, None
-    return await store.prepare(owner_of(request), req)
-
-
-def stamp(plan: ResponsesPlan, turn: Turn | None) -> None:
-    """What the response object says about storage: ``store`` and ``previous_response_id``."""
-    if turn is not None:
+async def plan_request(
+    fmt: OpenAIFormat, raw: dict[str, Any], request: Request, store: ResponseStore | None, models: ModelMap,
+    options: OpenAISettings,
+) -> tuple[Plan, Turn | None]:
+    """The request's plan, with its stored conversation filled in for a format that has one (no
+    store: the translation refuses ``previous_response_id`` and ``item_reference``), and the turn
+    to keep once it is answered (None: nothing to keep)."""
+    req = fmt.parse(raw)
+    turn = None
+    if fmt.stored and store is not None:
+        req, turn = await store.prepare(owner_of(request), req)
+    plan = fmt.translate(req, models, options)
+    if turn is not None and isinstance(plan, ResponsesPlan):  # what the response says about storage
         plan.echo["store"] = turn.store
         plan.echo["previous_response_id"] = turn.previous
+    return plan, turn
 
 
 async def keep(store: ResponseStore | None, turn: Turn | None, response: dict[str, Any]) -> None:
@@ -337,18 +334,23 @@ async def keep(store: ResponseStore | None, turn: Turn | None, response: dict[st
         await store.save(turn, response)
 
 
-async def kept_stream(
-    frames: AsyncIterator[bytes], translator: ResponsesStreamTranslator, store: ResponseStore | None,
-    turn: Turn | None,
+def kept_stream(
+    frames: AsyncIterator[bytes], translator: Any, store: ResponseStore | None, turn: Turn | None,
 ) -> AsyncIterator[bytes]:
     """The stream's frames, the response stored *before* its ``response.completed`` goes out, so a
     client that continues it at once finds it."""
-    saved = False
-    async for frame in frames:
-        if not saved and translator.response is not None:
-            saved = True
-            await keep(store, turn, translator.response)
-        yield frame
+    if store is None or turn is None:
+        return frames
+
+    async def kept() -> AsyncIterator[bytes]:
+        saved = False
+        async for frame in frames:
+            if not saved and translator.response is not None:
+                saved = True
+                await keep(store, turn, translator.response)
+            yield frame
+
+    return kept()
 
 
 class StoredResponseRoutes:

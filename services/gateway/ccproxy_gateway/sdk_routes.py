@@ -55,20 +55,8 @@ from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.metering import KeyMeter
-from ccproxy_gateway.openai import (
-    ChatStreamTranslator,
-    ModelMap,
-    ResponsesStreamTranslator,
-    chat_completion,
-    chat_stream,
-    parse_chat_request,
-    parse_responses_request,
-    response_object,
-    responses_stream,
-    translate_chat_request,
-    translate_responses_request,
-)
-from ccproxy_gateway.response_store import begin, keep, kept_stream, stamp
+from ccproxy_gateway.openai import CHAT, RESPONSES, ModelMap, OpenAIFormat
+from ccproxy_gateway.response_store import keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute
 from ccproxy_gateway.usage import Usage
 
@@ -341,38 +329,27 @@ class SdkRoutes:
         return JSONResponse(message, headers=headers)
 
     async def chat_completions(self, request: Request) -> Response:
-        started = time.perf_counter()
-        raw = await self.gateway.read_body(request)
-        raw_options = raw.pop("claude_options", None)
-        plan = translate_chat_request(parse_chat_request(raw), self.model_map, self.settings.openai)
-        run = await self._start(request, plan.body, raw_options)
-        headers = {SESSION_HEADER: run.job.session_id or ""}
-        if plan.stream:
-            translator = ChatStreamTranslator(plan)
-            events = as_sse(as_text_blocks(run.rest(), self.settings.claude.pretty_format))
-            return self._stream(request, run, chat_stream(events, translator), started, headers)
-        message = await self._collect(request, run, started, openai=True)
-        return JSONResponse(chat_completion(message, plan), headers=headers)
+        return await self._openai(request, CHAT)
 
     async def responses(self, request: Request) -> Response:
+        return await self._openai(request, RESPONSES)
+
+    async def _openai(self, request: Request, fmt: OpenAIFormat) -> Response:
         started = time.perf_counter()
         raw = await self.gateway.read_body(request)
         raw_options = raw.pop("claude_options", None)
         store = self.gateway.responses
-        req, turn = await begin(store, request, parse_responses_request(raw))
-        plan = translate_responses_request(req, self.model_map, self.settings.openai)
-        stamp(plan, turn)
+        plan, turn = await plan_request(fmt, raw, request, store, self.model_map, self.settings.openai)
         run = await self._start(request, plan.body, raw_options)
         headers = {SESSION_HEADER: run.job.session_id or ""}
         if plan.stream:
-            translator = ResponsesStreamTranslator(plan)
+            translator = fmt.translator(plan)
             events = as_sse(as_text_blocks(run.rest(), self.settings.claude.pretty_format))
-            frames = kept_stream(responses_stream(events, translator), translator, store, turn)
+            frames = kept_stream(fmt.stream(events, translator), translator, store, turn)
             return self._stream(request, run, frames, started, headers)
-        message = await self._collect(request, run, started, openai=True)
-        response = response_object(message, plan)
-        await keep(store, turn, response)
-        return JSONResponse(response, headers=headers)
+        answer = fmt.whole(await self._collect(request, run, started, openai=True), plan)
+        await keep(store, turn, answer)
+        return JSONResponse(answer, headers=headers)
 
     # -- the job --------------------------------------------------------------------------------
 

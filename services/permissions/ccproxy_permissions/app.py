@@ -44,6 +44,13 @@ def view_json(view: PermissionView) -> bytes:
     return orjson.dumps(view.model_dump(mode="json"))
 
 
+def found(view: PermissionView | None, request_id: str) -> Response:
+    """The request as JSON; 404 if there is none (or none this caller may see)."""
+    if view is None:
+        raise ProxyError(404, f"no permission request {request_id}")
+    return Response(view_json(view), media_type="application/json")
+
+
 class PermissionsApi:
     def __init__(self, broker: PermissionBroker) -> None:
         self.broker = broker
@@ -69,7 +76,7 @@ class PermissionsApi:
 
     async def get(self, request: Request) -> Response:
         _, view = await self.visible_view(request)
-        return Response(view_json(view), media_type="application/json")
+        return found(view, view.id)
 
     async def listing(self, request: Request) -> Response:
         identity = caller(request)
@@ -94,9 +101,7 @@ class PermissionsApi:
             body = orjson.loads(anthropic_error_body("invalid_request_error", str(exc)))
             body["permission"] = exc.view.model_dump(mode="json")
             return JSONResponse(body, status_code=409)
-        if decided is None:
-            raise ProxyError(404, f"no permission request {view.id}")
-        return Response(view_json(decided), media_type="application/json")
+        return found(decided, view.id)
 
     async def stream(self, request: Request) -> Response:
         identity = caller(request)
@@ -163,7 +168,7 @@ class PermissionsApi:
             raise ProxyError(400, f"invalid permission request: {exc.errors()[0]['msg']}") from exc
         async with unavailable_as_503("permission requests"):
             view = await self.broker.create(ask)
-        return Response(view_json(view), media_type="application/json")
+        return found(view, view.id)
 
     async def internal_wait(self, request: Request) -> Response:
         self.check_internal(request)
@@ -174,18 +179,14 @@ class PermissionsApi:
         request_id = request.path_params["request_id"]
         async with unavailable_as_503("permission requests"):
             view = await self.broker.wait(request_id, seconds)
-        if view is None:
-            raise ProxyError(404, f"no permission request {request_id}")
-        return Response(view_json(view), media_type="application/json")
+        return found(view, request_id)
 
     async def internal_cancel(self, request: Request) -> Response:
         self.check_internal(request)
         request_id = request.path_params["request_id"]
         async with unavailable_as_503("permission requests"):
             view = await self.broker.cancel(request_id)
-        if view is None:
-            raise ProxyError(404, f"no permission request {request_id}")
-        return Response(view_json(view), media_type="application/json")
+        return found(view, request_id)
 
     async def health(self, request: Request) -> Response:
         async with unavailable_as_503("the permissions service"):

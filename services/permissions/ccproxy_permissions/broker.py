@@ -20,6 +20,8 @@ from ccproxy_core.permissions import (
     PermissionDecision,
     PermissionResponse,
     PermissionView,
+    ended,
+    refusal,
 )
 from ccproxy_core.redis import UNAVAILABLE
 from ccproxy_core.settings import Settings
@@ -111,23 +113,14 @@ class PermissionBroker:
             return None
         if view.status != "pending":
             raise AlreadyDecided(view)
-        if response.behavior == "allow":
-            decision = PermissionDecision(
-                behavior="allow",
-                status="allowed",
-                updated_input=response.updated_input,
-                decided_by=identity.name,
-                decided_at=time.time(),
-            )
-        else:
-            reason = f": {response.message}" if response.message else "."
-            decision = PermissionDecision(
-                behavior="deny",
-                status="denied",
-                message=f"{identity.name} denied permission to use {view.tool_name}{reason}",
-                decided_by=identity.name,
-                decided_at=time.time(),
-            )
+        allow = response.behavior == "allow"
+        reason = f": {response.message}" if response.message else "."
+        decision = PermissionDecision(
+            behavior=response.behavior, status="allowed" if allow else "denied",
+            updated_input=response.updated_input if allow else None,
+            message=None if allow else f"{identity.name} denied permission to use {view.tool_name}{reason}",
+            decided_by=identity.name, decided_at=time.time(),
+        )
         decided, won = await self.store.decide(request_id, decision)
         if decided is None:
             return None
@@ -137,12 +130,7 @@ class PermissionBroker:
         return decided
 
     async def cancel(self, request_id: str) -> PermissionView | None:
-        view, _ = await self.store.decide(
-            request_id,
-            PermissionDecision(
-                behavior="deny", status="cancelled", message="The run was cancelled.", decided_at=time.time()
-            ),
-        )
+        view, _ = await self.store.decide(request_id, refusal("cancelled", "The run was cancelled."))
         return view
 
 
@@ -158,20 +146,10 @@ class LocalPermissionGate:
             while view.status == "pending":
                 got = await self._service.wait(view.id, 30.0)
                 if got is None:  # vanished from Redis (flushed): nobody can approve it now
-                    return lost(view)
+                    return ended(view, "cancelled", "the request was lost.")
                 view = got
             return view
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._service.cancel(view.id))
             raise
-
-
-def lost(view: PermissionView) -> PermissionView:
-    decision = PermissionDecision(
-        behavior="deny",
-        status="cancelled",
-        message=f"Permission to use {view.tool_name} was denied: the request was lost.",
-        decided_at=time.time(),
-    )
-    return view.model_copy(update={"status": "cancelled", "decision": decision})

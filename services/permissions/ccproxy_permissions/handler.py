@@ -64,25 +64,21 @@ class TerminalHandler:
 
     async def _idle(self) -> bool | None:
         """Wait for a request; None when the input ended (Ctrl-D) meanwhile."""
-        line = asyncio.ensure_future(self.lines.get())
-        arrived = asyncio.ensure_future(self.arrived.wait())
-        try:
-            await asyncio.wait({line, arrived}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            arrived.cancel()
-        if not line.done():
-            line.cancel()
-            return True
-        if line.result() is None:
+        line = await self._line_unless(self.arrived)
+        if line is None:
             return None
-        self.say("nothing is waiting for an answer")
+        if line is not False:
+            self.say("nothing is waiting for an answer")
         return True
 
     async def _line_or_finished(self, request_id: str) -> str | bool | None:
         """The next line (None at end of input), or False when the request was decided elsewhere."""
-        done = self.finished.setdefault(request_id, asyncio.Event())
+        return await self._line_unless(self.finished.setdefault(request_id, asyncio.Event()))
+
+    async def _line_unless(self, event: asyncio.Event) -> str | bool | None:
+        """The next line (None at end of input), or False when ``event`` is set first."""
         line = asyncio.ensure_future(self.lines.get())
-        other = asyncio.ensure_future(done.wait())
+        other = asyncio.ensure_future(event.wait())
         try:
             await asyncio.wait({line, other}, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from ccproxy_core.permissions import PermissionAsk, PermissionDecision, PermissionView
+from ccproxy_core.permissions import PermissionAsk, PermissionDecision, PermissionView, denial
 from ccproxy_core.settings import PermissionsSettings
 
 REQUEST = "permission_request"
@@ -117,16 +117,8 @@ class PermissionStore:
         if view is None or view.status != "pending":
             return view, False
         waited = view.expires_at - view.created_at
-        return await self.decide(
-            request_id,
-            PermissionDecision(
-                behavior="deny",
-                status="expired",
-                message=f"Permission to use {view.tool_name} was denied: nobody answered the request "
-                f"within {waited:g} seconds.",
-                decided_at=time.time(),
-            ),
-        )
+        why = f"nobody answered the request within {waited:g} seconds."
+        return await self.decide(request_id, denial(view, "expired", why))
 
     async def expire_due(self, now: float | None = None) -> int:
         """Expire every request past its deadline (any replica may run this; SET NX keeps it single)."""

@@ -222,28 +222,18 @@ class EventBuilder:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
     def _tool_use(self, tool_id: str, name: str, tool_input: dict[str, Any]) -> Iterator[Event]:
-        if self.mode == "forward":
-            yield from self._block(
-                {"type": "tool_use_sdk", "id": tool_id, "name": name, "input": tool_input, "source": SOURCE}
-            )
-        elif self.mode == "formatted":
-            body = self._json({"id": tool_id, "name": name, "input": tool_input})
-            yield from self._text_block(f"\n<tool_use_sdk>\n{body}\n</tool_use_sdk>\n")
+        yield from self._sdk_block("tool_use_sdk", {"id": tool_id, "name": name, "input": tool_input})
 
     def _tool_result(self, tool_use_id: str, content: Any, is_error: bool | None) -> Iterator[Event]:
+        fields = {"tool_use_id": tool_use_id, "content": content, "is_error": bool(is_error)}
+        yield from self._sdk_block("tool_result_sdk", fields)
+
+    def _sdk_block(self, kind: str, fields: dict[str, Any]) -> Iterator[Event]:
+        """A tool use or result of Claude Code's own, shown per the message mode."""
         if self.mode == "forward":
-            yield from self._block(
-                {
-                    "type": "tool_result_sdk",
-                    "tool_use_id": tool_use_id,
-                    "content": content,
-                    "is_error": bool(is_error),
-                    "source": SOURCE,
-                }
-            )
+            yield from self._block({"type": kind, **fields, "source": SOURCE})
         elif self.mode == "formatted":
-            body = self._json({"tool_use_id": tool_use_id, "content": content, "is_error": bool(is_error)})
-            yield from self._text_block(f"\n<tool_result_sdk>\n{body}\n</tool_result_sdk>\n")
+            yield from self._text_block(f"\n<{kind}>\n{self._json(fields)}\n</{kind}>\n")
 
     def _result(self, message: ResultMessage) -> Iterator[Event]:
         usage = message.usage or {}

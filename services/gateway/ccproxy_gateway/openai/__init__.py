@@ -6,6 +6,7 @@ messages or stream events and send its output to the client. docs/openai.md is t
 
 from ccproxy_gateway.openai.chat_request import ChatPlan, parse_chat_request, translate_chat_request
 from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion, chat_stream
+from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.responses import (
     ResponsesPlan,
@@ -17,9 +18,12 @@ from ccproxy_gateway.openai.responses import (
 )
 
 __all__ = [
+    "CHAT",
+    "RESPONSES",
     "ChatPlan",
     "ChatStreamTranslator",
     "ModelMap",
+    "OpenAIFormat",
     "ResponsesPlan",
     "ResponsesStreamTranslator",
     "chat_completion",

@@ -1,18 +1,16 @@
-"""Wire models of OpenAI Chat Completions, as far as ccproxy reads or writes them.
+"""Wire models of OpenAI Chat Completions requests, as far as ccproxy reads them (replies are
+the ``openai`` package's own types, chat_response.py).
 
 Requests are parsed leniently where OpenAI itself is lenient (unknown top-level fields are kept,
 so the translator can refuse the ones Claude cannot honour by name) and strictly where a wrong
 shape would otherwise be sent upstream as something else (content parts, roles, tool calls).
-
-Replies drop ``None`` fields, except those OpenAI always writes (``content: null`` next to tool
-calls, ``finish_reason: null`` in a chunk): strict clients expect the key.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StrictInt, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 # --- requests ----------------------------------------------------------------------------------
 
@@ -177,106 +175,3 @@ class ChatCompletionRequest(_Lenient):
     logit_bias: dict[str, float] | None = None
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
-
-
-# --- replies -----------------------------------------------------------------------------------
-
-
-class OutModel(BaseModel):
-    """A reply model: ``None`` fields are left out unless named in ``keep_null``."""
-
-    keep_null: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _drop_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if v is not None or k in self.keep_null}
-
-    def dump(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
-
-
-
-
-class OutFunction(OutModel):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class OutToolCall(OutModel):
-    index: int | None = None
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: OutFunction
-
-
-class CompletionMessage(OutModel):
-    keep_null = frozenset({"content"})
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[OutToolCall] | None = None
-    reasoning_content: str | None = None
-    thinking_blocks: list[dict[str, Any]] | None = None
-
-
-class Choice(OutModel):
-    keep_null = frozenset({"finish_reason", "logprobs"})
-    index: int = 0
-    message: CompletionMessage
-    finish_reason: str | None = None
-    logprobs: None = None
-
-
-class PromptTokensDetails(OutModel):
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-
-
-class CompletionTokensDetails(OutModel):
-    reasoning_tokens: int = 0
-
-
-class CompletionUsage(OutModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails
-    completion_tokens_details: CompletionTokensDetails | None = None
-
-
-class ChatCompletion(OutModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: CompletionUsage | None = None
-    system_fingerprint: str | None = None
-
-
-class ChunkDelta(OutModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[OutToolCall] | None = None
-    reasoning_content: str | None = None
-    thinking_blocks: list[dict[str, Any]] | None = None
-
-
-class ChunkChoice(OutModel):
-    keep_null = frozenset({"finish_reason", "logprobs"})
-    index: int = 0
-    delta: ChunkDelta
-    finish_reason: str | None = None
-    logprobs: None = None
-
-
-class ChatCompletionChunk(OutModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: CompletionUsage | None = None
-    system_fingerprint: str | None = None

@@ -10,10 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
-from ccproxy_core.errors import ProxyError, validation_error
-from ccproxy_core.models import check_token_limit, max_output_tokens
+from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_gateway.openai.chat_models import (
     AssistantMessage,
@@ -30,35 +27,20 @@ from ccproxy_gateway.openai.chat_models import (
     ToolMessage,
     UserMessage,
 )
-from ccproxy_gateway.openai.content import (
-    add_cache_breakpoints,
-    anthropic_tool,
-    file_block,
-    image_block,
-    parse_arguments,
-)
+from ccproxy_gateway.openai.content import anthropic_tool, file_block, image_block, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block, thinking_config
-from ccproxy_gateway.openai.structured import apply_json_mode, json_tool
+from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block
+from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
+from ccproxy_gateway.openai.structured import json_tool
 
 
 @dataclass(slots=True)
-class ChatPlan:
-    """The Anthropic request, and what the answer's translation needs to know."""
-
-    body: dict[str, Any]
-    #: The model name the client asked for: replies report it.
-    client_model: str
-    stream: bool
+class ChatPlan(Plan):
     include_usage: bool = False
-    json_mode: bool = False
 
 
 def parse_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
-    try:
-        return ChatCompletionRequest.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
+    return parse_request(ChatCompletionRequest, data)
 
 
 def _refuse_unsupported(req: ChatCompletionRequest) -> None:
@@ -112,24 +94,11 @@ def _thinking_blocks(msg: AssistantMessage, where: str) -> list[dict[str, Any]]:
     return []
 
 
-class _Turns:
-    """Anthropic messages built in order; consecutive same-role turns merge into one."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    def add(self, role: str, blocks: list[dict[str, Any]]) -> None:
-        if self.messages and self.messages[-1]["role"] == role:
-            self.messages[-1]["content"].extend(blocks)
-        else:
-            self.messages.append({"role": role, "content": list(blocks)})
-
-
 def translate_messages(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(system blocks, messages). System and developer messages anywhere become the system
     prompt, in order (Claude has no mid-conversation system turn)."""
     system: list[dict[str, Any]] = []
-    turns = _Turns()
+    turns = Turns()
     legacy_call_ids: list[str] = []
     for i, msg in enumerate(req.messages):
         where = f"messages.{i}"
@@ -165,66 +134,29 @@ def translate_messages(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]]
 
 
 def _tool_choice(req: ChatCompletionRequest) -> dict[str, Any] | None:
-    choice = req.tool_choice
-    if choice is None and req.function_call is not None:
-        choice = req.function_call if isinstance(req.function_call, str) else NamedToolChoice(
-            type="function", function=NamedFunction(name=req.function_call.name)
-        )
-    out: dict[str, Any] | None
-    if choice is None:
-        out = None
-    elif isinstance(choice, NamedToolChoice):
-        out = {"type": "tool", "name": choice.function.name}
-    else:
-        out = {"type": {"none": "none", "auto": "auto", "required": "any"}[choice]}
-    if req.parallel_tool_calls is False and (out is None or out["type"] != "none"):
-        out = {**(out or {"type": "auto"}), "disable_parallel_tool_use": True}
-    return out
+    choice = req.tool_choice if req.tool_choice is not None else req.function_call
+    if isinstance(choice, NamedToolChoice):
+        return tool_choice(None, choice.function.name, req.parallel_tool_calls)
+    if isinstance(choice, NamedFunction):
+        return tool_choice(None, choice.name, req.parallel_tool_calls)
+    return tool_choice(choice, None, req.parallel_tool_calls)
 
 
 def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options: OpenAISettings) -> ChatPlan:
     _refuse_unsupported(req)
     system, messages = translate_messages(req)
     limit = req.max_completion_tokens or req.max_tokens
-    model = models.resolve(req.model)
-    if limit is not None:
-        check_token_limit(limit, model, "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
-    thinking, max_tokens = thinking_config(
-        req.reasoning_effort, options.reasoning_budgets, limit, options.default_max_tokens,
-        model_limit=max_output_tokens(model),
+    body = anthropic_body(
+        models.resolve(req.model),
+        (limit, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"),
+        (req.reasoning_effort, "reasoning_effort"), options, system, messages, req.temperature, req.top_p,
     )
-    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
-    if system:
-        body["system"] = system
-    if thinking is not None:
-        body["thinking"] = thinking
-    else:
-        # Claude takes temperature in [0, 1] and refuses temperature with top_p on current models.
-        if req.temperature is not None:
-            body["temperature"] = min(req.temperature, 1.0)
-        elif req.top_p is not None:
-            body["top_p"] = req.top_p
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     if stops := [s for s in stops if s]:
         body["stop_sequences"] = stops
     tools = [anthropic_tool(t.function.name, t.function.description, t.function.parameters) for t in req.tools or []]
     tools += [anthropic_tool(f.name, f.description, f.parameters) for f in req.functions or []]
-    if tools:
-        body["tools"] = tools
-        if (choice := _tool_choice(req)) is not None:
-            body["tool_choice"] = choice
-    if req.user:
-        body["metadata"] = {"user_id": req.user}
-    stream = bool(req.stream)
-    if stream:
-        body["stream"] = True
-    plan = ChatPlan(
-        body=body,
-        client_model=req.model,
-        stream=stream,
-        include_usage=bool(req.stream_options and req.stream_options.include_usage),
-    )
-    fmt = req.response_format
+    fmt, tool = req.response_format, None
     if fmt is not None and fmt.type != "text":
         spec = fmt.json_schema if fmt.type == "json_schema" else None
         if fmt.type == "json_schema" and spec is None:
@@ -236,8 +168,12 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
             spec.description if spec else None,
             "response_format.json_schema.schema",
         )
-        apply_json_mode(body, tool, client_tools=bool(tools))
-        plan.json_mode = True
-    if options.prompt_cache:
-        add_cache_breakpoints(body)
-    return plan
+    stream = bool(req.stream)
+    finish_body(body, tools, _tool_choice(req) if tools else None, req.user, stream, tool, options)
+    return ChatPlan(
+        body=body,
+        client_model=req.model,
+        stream=stream,
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        json_mode=tool is not None,
+    )

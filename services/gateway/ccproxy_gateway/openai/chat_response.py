@@ -12,24 +12,17 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat import ChatCompletionMessageFunctionToolCall as ToolCall
+from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion_message_function_tool_call import Function
+from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.sse import ServerSentEvent
-from ccproxy_gateway.openai.chat_models import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    Choice,
-    ChunkDelta,
-    CompletionMessage,
-    CompletionTokensDetails,
-    CompletionUsage,
-    OutFunction,
-    OutToolCall,
-    PromptTokensDetails,
-)
 from ccproxy_gateway.openai.chat_request import ChatPlan
-from ccproxy_gateway.openai.content import finish_reason
+from ccproxy_gateway.openai.content import answer_parts, finish_reason
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, joined_reasoning
 from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
 from ccproxy_gateway.openai.structured import JSON_TOOL
@@ -46,60 +39,54 @@ def chat_usage(tokens: TokenUsage) -> CompletionUsage:
         prompt_tokens=tokens.prompt_tokens,
         completion_tokens=tokens.output_tokens,
         total_tokens=tokens.total,
-        prompt_tokens_details=PromptTokensDetails(
+        prompt_tokens_details=PromptTokensDetails(  # cache_write_tokens: ccproxy's own, for billing
             cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
         ),
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0),
     )
 
 
+def _dump(reply: ChatCompletion | ChatCompletionChunk) -> dict[str, Any]:
+    """The reply as sent: the fields set, so ``None`` only where OpenAI writes it too."""
+    return reply.model_dump(exclude_unset=True)
+
+
 def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None = None) -> dict[str, Any]:
     """A whole Anthropic message as a ``chat.completion`` body."""
     texts: list[str] = []
-    calls: list[OutToolCall] = []
+    calls: list[ToolCall] = []
     thinking: list[dict[str, Any]] = []
-    json_text: str | None = None
-    for block in message.get("content") or []:
-        kind = block.get("type")
-        if kind == "text":
-            texts.append(block.get("text", ""))
-        elif kind == "tool_use" and plan.json_mode and block.get("name") == JSON_TOOL:
-            json_text = orjson.dumps(block.get("input", {})).decode()
-        elif kind == "tool_use":
-            calls.append(
-                OutToolCall(
-                    id=block["id"],
-                    type="function",
-                    function=OutFunction(name=block["name"], arguments=orjson.dumps(block.get("input", {})).decode()),
-                )
-            )
-        elif kind == "thinking":
-            thinking.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
-        elif kind == "redacted_thinking":
-            thinking.append({"type": "redacted_thinking", "data": block["data"]})
-    if json_text is not None:
-        # The JSON tool's input is the answer; text Claude wrote around the call is not JSON.
-        texts = [json_text]
-    out = CompletionMessage(content="".join(texts) if texts else None)
-    if calls:
-        out.tool_calls = calls
+    answered_json = False
+    for _, kind, value in answer_parts(message, plan.json_mode):
+        if kind in ("text", "json"):
+            texts.append(value)
+            answered_json = answered_json or kind == "json"
+        elif kind == "call":
+            arguments = orjson.dumps(value.get("input", {})).decode()
+            calls.append(ToolCall(id=value["id"], type="function", function=Function(name=value["name"],
+                                                                                      arguments=arguments)))
+        else:
+            thinking.append(value)
+    extra: dict[str, Any] = {"tool_calls": calls} if calls else {}
     if thinking:
-        out.reasoning_content = joined_reasoning(thinking)
-        out.thinking_blocks = thinking
-        REASONING_MEMORY.remember(out.reasoning_content, thinking)
+        # ccproxy's thinking round trip (reasoning.py): fields of its own, beside OpenAI's.
+        extra.update(reasoning_content=joined_reasoning(thinking), thinking_blocks=thinking)
+        REASONING_MEMORY.remember(extra["reasoning_content"], thinking)
+    out = ChatCompletionMessage(role="assistant", content="".join(texts) if texts else None, **extra)
     reason = finish_reason(message.get("stop_reason"))
-    if json_text is not None and not calls:
+    if answered_json and not calls:
         reason = "stop"
     tokens = TokenUsage()
     tokens.add(message.get("usage"))
     body = ChatCompletion(
         id=completion_id(message.get("id")),
+        object="chat.completion",
         created=created or int(time.time()),
         model=plan.client_model,
-        choices=[Choice(message=out, finish_reason=reason)],
+        choices=[Choice(index=0, message=out, finish_reason=reason, logprobs=None)],  # type: ignore[arg-type]
         usage=chat_usage(tokens),
     )
-    return body.dump()
+    return _dump(body)
 
 
 def stream_error(error_type: str, message: str) -> dict[str, Any]:
@@ -134,9 +121,9 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         #: not the answer and is dropped) or not (then it is the answer, sent at the end).
         self._held: list[str] = []
 
-    def _chunk(self, delta: ChunkDelta | dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        # The hot path (one call per text delta): the envelope is built as a dict, the same shape
-        # ChatCompletionChunk/ChunkChoice dump (the unit tests check it), at a fraction of the cost.
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        # The hot path (one call per text delta): built as a dict, in the shape of OpenAI's
+        # ChatCompletionChunk (the unit tests check it), at a fraction of a model's cost.
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -144,15 +131,18 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
             "model": self.plan.client_model,
             "choices": [{
                 "index": 0,
-                "delta": delta if isinstance(delta, dict) else delta.dump(),
+                "delta": delta,
                 "finish_reason": finish,
                 "logprobs": None,
             }],
         }
 
+    def _arguments(self, index: int, arguments: str) -> dict[str, Any]:
+        return self._chunk({"tool_calls": [{"index": self._calls[index], "function": {"arguments": arguments}}]})
+
     def _message_start(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         self.id = completion_id(message.get("id"))
-        yield self._chunk(ChunkDelta(role="assistant", content=""))
+        yield self._chunk({"role": "assistant", "content": ""})
 
     def _start(self, index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:
         kind = block.get("type")
@@ -167,31 +157,22 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         elif kind == "tool_use":
             self._kinds[index] = "tool"
             call = self._calls[index] = len(self._calls)
-            yield self._chunk(
-                ChunkDelta(
-                    tool_calls=[
-                        OutToolCall(
-                            index=call,
-                            id=block.get("id"),
-                            type="function",
-                            function=OutFunction(name=block.get("name"), arguments=""),
-                        )
-                    ]
-                )
-            )
+            function = {"name": block.get("name"), "arguments": ""}
+            yield self._chunk({"tool_calls": [{"index": call, "id": block.get("id"), "type": "function",
+                                               "function": function}]})
         elif kind == "thinking":
             self._kinds[index] = "thinking"
             self._thinking_text = [block.get("thinking") or ""]
             self._signature = block.get("signature") or ""
             if any(b["type"] == "thinking" for b in self._reasoning):
-                yield self._chunk(ChunkDelta(reasoning_content="\n\n"))  # as joined_reasoning() does
+                yield self._chunk({"reasoning_content": "\n\n"})  # as joined_reasoning() does
             if block.get("thinking"):
-                yield self._chunk(ChunkDelta(reasoning_content=block["thinking"]))
+                yield self._chunk({"reasoning_content": block["thinking"]})
         elif kind == "redacted_thinking":
             self._kinds[index] = "other"
             redacted = {"type": "redacted_thinking", "data": block.get("data", "")}
             self._reasoning.append(redacted)
-            yield self._chunk(ChunkDelta(thinking_blocks=[redacted]))
+            yield self._chunk({"thinking_blocks": [redacted]})
         else:
             self._kinds[index] = "other"  # server tools and future blocks: nothing OpenAI can show
 
@@ -212,8 +193,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
             if kind == "json":
                 yield self._chunk({"content": delta["partial_json"]})
             elif kind == "tool":
-                call = OutToolCall(index=self._calls[index], function=OutFunction(arguments=delta["partial_json"]))
-                yield self._chunk(ChunkDelta(tool_calls=[call]))
+                yield self._arguments(index, delta["partial_json"])
         elif dtype == "thinking_delta" and kind == "thinking":
             if delta.get("thinking"):
                 self._thinking_text.append(delta["thinking"])
@@ -225,15 +205,14 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         kind = self._kinds.get(index)
         if kind == "tool" and index not in self._args_sent:
             # A tool without parameters streams no arguments; OpenAI clients expect "{}".
-            call = OutToolCall(index=self._calls[index], function=OutFunction(arguments="{}"))
-            yield self._chunk(ChunkDelta(tool_calls=[call]))
+            yield self._arguments(index, "{}")
         elif kind == "json" and index not in self._args_sent:
-            yield self._chunk(ChunkDelta(content="{}"))
+            yield self._chunk({"content": "{}"})
         elif kind == "thinking":
             block = {"type": "thinking", "thinking": "".join(self._thinking_text), "signature": self._signature}
             self._thinking_text = []
             self._reasoning.append(block)
-            yield self._chunk(ChunkDelta(thinking_blocks=[block]))
+            yield self._chunk({"thinking_blocks": [block]})
 
     def finish(self) -> Iterator[dict[str, Any]]:
         if self.finished:
@@ -245,17 +224,14 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         if self._answered_json and not self._calls:
             reason = "stop"
         if self._held:
-            yield self._chunk(ChunkDelta(content="".join(self._held)))
+            yield self._chunk({"content": "".join(self._held)})
             self._held.clear()
-        yield self._chunk(ChunkDelta(), finish=reason)
+        yield self._chunk({}, finish=reason)
         if self.plan.include_usage:
-            yield ChatCompletionChunk(
-                id=self.id,
-                created=self.created,
-                model=self.plan.client_model,
-                choices=[],
-                usage=chat_usage(self.usage.tokens),
-            ).dump()
+            yield _dump(ChatCompletionChunk(
+                id=self.id, object="chat.completion.chunk", created=self.created, model=self.plan.client_model,
+                choices=[], usage=chat_usage(self.usage.tokens),
+            ))
 
     def fail(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
         self.finished = self.failed = True

@@ -17,24 +17,29 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from pydantic import ValidationError
+from openai.types.responses import (
+    ResponseFunctionToolCall,
+    ResponseOutputMessage,
+    ResponseOutputRefusal,
+    ResponseOutputText,
+    ResponseReasoningItem,
+    ResponseUsage,
+)
+from openai.types.responses.response_reasoning_item import Summary
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+from pydantic import BaseModel
 
-from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError, validation_error
-from ccproxy_core.models import TokenUsage, check_token_limit, max_output_tokens
+from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
+from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent, encode_event
-from ccproxy_gateway.openai.content import (
-    add_cache_breakpoints,
-    anthropic_tool,
-    file_block,
-    image_block,
-    parse_arguments,
-)
+from ccproxy_gateway.openai.content import answer_parts, anthropic_tool, file_block, image_block, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
+from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
+from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
 from ccproxy_gateway.openai.responses_models import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -44,23 +49,18 @@ from ccproxy_gateway.openai.responses_models import (
     InputMessage,
     InputRefusal,
     InputText,
-    InputTokensDetails,
     ItemReference,
-    OutputFunctionCall,
-    OutputItem,
-    OutputMessage,
-    OutputReasoning,
-    OutputText,
-    OutputTokensDetails,
     ReasoningItem,
     ResponseError,
     ResponseObject,
     ResponsesRequest,
-    ResponseUsage,
-    SummaryText,
 )
 from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
-from ccproxy_gateway.openai.structured import JSON_TOOL, apply_json_mode, json_tool
+from ccproxy_gateway.openai.structured import JSON_TOOL, json_tool
+
+#: An output item as sent (built through the ``openai`` package's own types).
+Item = dict[str, Any]
+Status = Literal["in_progress", "completed", "incomplete"]
 
 NO_STORE = (
     "no response store here: send the whole conversation in `input` (with store: false) "
@@ -69,20 +69,13 @@ NO_STORE = (
 
 
 @dataclass(slots=True)
-class ResponsesPlan:
-    body: dict[str, Any]
-    client_model: str
-    stream: bool
-    json_mode: bool = False
+class ResponsesPlan(Plan):
     #: Request fields the response object repeats back.
     echo: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_responses_request(data: dict[str, Any]) -> ResponsesRequest:
-    try:
-        return ResponsesRequest.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
+    return parse_request(ResponsesRequest, data)
 
 
 def _refuse_unsupported(req: ResponsesRequest) -> None:
@@ -95,19 +88,6 @@ def _refuse_unsupported(req: ResponsesRequest) -> None:
                          param="background")
     if req.top_logprobs:
         raise ProxyError(400, "top_logprobs: Claude does not return log probabilities", param="top_logprobs")
-
-
-class _Turns:
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    def add(self, role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if self.messages and self.messages[-1]["role"] == role:
-            self.messages[-1]["content"].extend(blocks)
-        else:
-            self.messages.append({"role": role, "content": list(blocks)})
 
 
 def _part_blocks(parts: str | list[Any], where: str) -> list[dict[str, Any]]:
@@ -148,7 +128,7 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
     system: list[dict[str, Any]] = []
     if req.instructions:
         system.append({"type": "text", "text": req.instructions})
-    turns = _Turns()
+    turns = Turns(skip_empty=True)
     items = [InputMessage(role="user", content=req.input)] if isinstance(req.input, str) else req.input
     for i, item in enumerate(items):
         where = f"input.{i}"
@@ -177,65 +157,36 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
 
 def _tool_choice(req: ResponsesRequest) -> dict[str, Any] | None:
     choice = req.tool_choice
-    out: dict[str, Any] | None
-    if choice is None:
-        out = None
-    elif isinstance(choice, FunctionToolChoice):
-        out = {"type": "tool", "name": choice.name}
-    elif isinstance(choice, str):
-        out = {"type": {"none": "none", "auto": "auto", "required": "any"}[choice]}
-    else:
+    if isinstance(choice, dict):
         raise ProxyError(
             400, f"tool_choice: type {choice.get('type')!r} is not supported; use none, auto, required "
             "or a function", param="tool_choice",
         )
-    if req.parallel_tool_calls is False and (out is None or out["type"] != "none"):
-        out = {**(out or {"type": "auto"}), "disable_parallel_tool_use": True}
-    return out
+    if isinstance(choice, FunctionToolChoice):
+        return tool_choice(None, choice.name, req.parallel_tool_calls)
+    return tool_choice(choice, None, req.parallel_tool_calls)
 
 
 def translate_responses_request(req: ResponsesRequest, models: ModelMap, options: OpenAISettings) -> ResponsesPlan:
     _refuse_unsupported(req)
     system, messages = translate_input(req)
-    effort = req.reasoning.effort if req.reasoning else None
-    model = models.resolve(req.model)
-    if req.max_output_tokens is not None:
-        check_token_limit(req.max_output_tokens, model, "max_output_tokens")
-    thinking, max_tokens = thinking_config(
-        effort, options.reasoning_budgets, req.max_output_tokens, options.default_max_tokens, "reasoning.effort",
-        model_limit=max_output_tokens(model),
+    body = anthropic_body(
+        models.resolve(req.model), (req.max_output_tokens, "max_output_tokens"),
+        (req.reasoning.effort if req.reasoning else None, "reasoning.effort"), options, system, messages,
+        req.temperature, req.top_p,
     )
-    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
-    if system:
-        body["system"] = system
-    if thinking is not None:
-        body["thinking"] = thinking
-    elif req.temperature is not None:
-        body["temperature"] = min(req.temperature, 1.0)
-    elif req.top_p is not None:
-        body["top_p"] = req.top_p
     # Hosted tools (web search, file search, computer use ...) have no Claude counterpart here.
     tools = [anthropic_tool(t.name, t.description, t.parameters) for t in req.tools or [] if t.type == "function"
              and t.name]
-    if tools:
-        body["tools"] = tools
-        if (choice := _tool_choice(req)) is not None:
-            body["tool_choice"] = choice
-    if user := req.user or req.safety_identifier:
-        body["metadata"] = {"user_id": user}
-    stream = bool(req.stream)
-    if stream:
-        body["stream"] = True
-    plan = ResponsesPlan(body=body, client_model=req.model, stream=stream)
-    fmt = req.text.format if req.text else None
+    fmt, tool = req.text.format if req.text else None, None
     if fmt is not None and fmt.type != "text":
         if fmt.type == "json_schema" and fmt.schema_ is None:
             raise ProxyError(400, "text.format.schema: required for type json_schema", param="text.format.schema")
         tool = json_tool(fmt.schema_, fmt.name, fmt.description, "text.format.schema")
-        apply_json_mode(body, tool, client_tools=bool(tools))
-        plan.json_mode = True
-    if options.prompt_cache:
-        add_cache_breakpoints(body)
+    stream = bool(req.stream)
+    finish_body(body, tools, _tool_choice(req) if tools else None, req.user or req.safety_identifier, stream, tool,
+                options)
+    plan = ResponsesPlan(body=body, client_model=req.model, stream=stream, json_mode=tool is not None)
     plan.echo = {
         "instructions": req.instructions,
         "max_output_tokens": req.max_output_tokens,
@@ -256,8 +207,8 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
 # --- answers -------------------------------------------------------------------------------------
 
 
-def _usage(tokens: TokenUsage) -> ResponseUsage:
-    return ResponseUsage(
+def _usage(tokens: TokenUsage) -> Item:
+    return _wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
         input_tokens=tokens.prompt_tokens,
         input_tokens_details=InputTokensDetails(
             cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
@@ -265,7 +216,7 @@ def _usage(tokens: TokenUsage) -> ResponseUsage:
         output_tokens=tokens.output_tokens,
         output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
         total_tokens=tokens.total,
-    )
+    ))
 
 
 def _status(stop_reason: str | None) -> tuple[str, dict[str, Any] | None]:
@@ -281,9 +232,36 @@ def _base_id(message_id: str | None) -> str:
     return (message_id or uuid.uuid4().hex).removeprefix("msg_")
 
 
-def _reasoning_item(item_id: str, block: dict[str, Any]) -> OutputReasoning:
-    summary = [SummaryText(text=block["thinking"])] if block.get("thinking") else []
-    return OutputReasoning(id=item_id, summary=summary, encrypted_content=encode_reasoning(block))
+def _wire(model: BaseModel) -> Item:
+    """An ``openai`` type as sent: the fields set (so no ``null`` OpenAI would not write)."""
+    return model.model_dump(exclude_unset=True)
+
+
+def _text_part(text: str) -> ResponseOutputText:
+    return ResponseOutputText(type="output_text", text=text, annotations=[], logprobs=[])
+
+
+def _message(item_id: str, status: Status, text: str | None = None) -> Item:
+    content: list[ResponseOutputText | ResponseOutputRefusal] = [] if text is None else [_text_part(text)]
+    return _wire(ResponseOutputMessage(type="message", id=item_id, status=status, role="assistant", content=content))
+
+
+def _call(item_id: str, call_id: str, name: str, arguments: str, status: Status) -> Item:
+    return _wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=call_id, name=name,
+                                          arguments=arguments, status=status))
+
+
+def _summary(text: str) -> Summary:
+    return Summary(type="summary_text", text=text)
+
+
+def _reasoning_item(item_id: str, block: dict[str, Any] | None = None) -> Item:
+    """A reasoning item: opened (no block yet), or done, its block in ``encrypted_content``."""
+    if block is None:
+        return _wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=[]))
+    summary = [_summary(block["thinking"])] if block.get("thinking") else []
+    return _wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=summary,
+                                       encrypted_content=encode_reasoning(block)))
 
 
 def _response(plan: ResponsesPlan, base: str, created: int, status: str, **fields: Any) -> ResponseObject:
@@ -295,29 +273,15 @@ def _response(plan: ResponsesPlan, base: str, created: int, status: str, **field
 def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> dict[str, Any]:
     """A whole Anthropic message as a ``response`` object."""
     base = _base_id(message.get("id"))
-    output: list[OutputItem] = []
-    blocks = message.get("content") or []
-    # JSON mode: the JSON tool's input is the answer; text Claude wrote around the call is not JSON.
-    drop_text = plan.json_mode and any(b.get("type") == "tool_use" and b.get("name") == JSON_TOOL for b in blocks)
-    for n, block in enumerate(blocks):
-        kind = block.get("type")
-        if kind == "text" and drop_text:
-            continue
-        if kind == "text":
-            output.append(OutputMessage(id=f"msg_{base}_{n}", status="completed",
-                                        content=[OutputText(text=block.get("text", ""))]))
-        elif kind == "tool_use" and plan.json_mode and block.get("name") == JSON_TOOL:
-            text = orjson.dumps(block.get("input", {})).decode()
-            output.append(OutputMessage(id=f"msg_{base}_{n}", status="completed", content=[OutputText(text=text)]))
-        elif kind == "tool_use":
-            output.append(OutputFunctionCall(id=f"fc_{block['id']}", call_id=block["id"], name=block["name"],
-                                             arguments=orjson.dumps(block.get("input", {})).decode(),
-                                             status="completed"))
-        elif kind == "thinking":
-            output.append(_reasoning_item(f"rs_{base}_{n}", {
-                "type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}))
-        elif kind == "redacted_thinking":
-            output.append(_reasoning_item(f"rs_{base}_{n}", {"type": "redacted_thinking", "data": block["data"]}))
+    output: list[Item] = []
+    for n, kind, value in answer_parts(message, plan.json_mode):
+        if kind in ("text", "json"):
+            output.append(_message(f"msg_{base}_{n}", "completed", value))
+        elif kind == "call":
+            output.append(_call(f"fc_{value['id']}", value["id"], value["name"],
+                                orjson.dumps(value.get("input", {})).decode(), "completed"))
+        else:
+            output.append(_reasoning_item(f"rs_{base}_{n}", value))
     tokens = TokenUsage()
     tokens.add(message.get("usage"))
     status, incomplete = _status(message.get("stop_reason"))
@@ -343,7 +307,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         super().__init__(created)
         self.plan = plan
         self.base = "ccproxy"
-        self.output: list[OutputItem] = []
+        self.output: list[Item] = []
         #: The finished response (completed or incomplete), once ``finish`` made it.
         self.response: dict[str, Any] | None = None
         self._seq = 0
@@ -376,10 +340,10 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
 
     def _open_message(self, index: int, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
         item = self._open_item(index, kind, f"msg_{self.base}_{index}")
-        message = OutputMessage(id=item.item_id, status="in_progress", content=[])
-        yield self._event("response.output_item.added", output_index=item.output_index, item=message.dump())
+        message = _message(item.item_id, "in_progress")
+        yield self._event("response.output_item.added", output_index=item.output_index, item=message)
         yield self._event("response.content_part.added", item_id=item.item_id, output_index=item.output_index,
-                          content_index=0, part=OutputText(text="").dump())
+                          content_index=0, part=_wire(_text_part("")))
 
     def _start(self, index: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         kind = block.get("type")
@@ -398,16 +362,15 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         elif kind == "tool_use":
             item = self._open_item(index, "tool", f"fc_{block.get('id')}", call_id=block.get("id", ""),
                                    name=block.get("name", ""))
-            call = OutputFunctionCall(id=item.item_id, call_id=item.call_id, name=item.name, arguments="",
-                                      status="in_progress")
-            yield self._event("response.output_item.added", output_index=item.output_index, item=call.dump())
+            call = _call(item.item_id, item.call_id, item.name, "", "in_progress")
+            yield self._event("response.output_item.added", output_index=item.output_index, item=call)
         elif kind == "thinking":
             item = self._open_item(index, "thinking", f"rs_{self.base}_{index}",
                                    signature=block.get("signature") or "")
-            reasoning = OutputReasoning(id=item.item_id, summary=[])
-            yield self._event("response.output_item.added", output_index=item.output_index, item=reasoning.dump())
+            yield self._event("response.output_item.added", output_index=item.output_index,
+                              item=_reasoning_item(item.item_id))
             yield self._event("response.reasoning_summary_part.added", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, part=SummaryText(text="").dump())
+                              output_index=item.output_index, summary_index=0, part=_wire(_summary("")))
             if block.get("thinking"):
                 yield from self._summary(item, block["thinking"])
         elif kind == "redacted_thinking":
@@ -416,9 +379,9 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             output_index = self._next_output
             self._next_output += 1
             yield self._event("response.output_item.added", output_index=output_index,
-                              item=OutputReasoning(id=done.id, summary=[]).dump())
+                              item=_reasoning_item(done["id"]))
             self.output.append(done)
-            yield self._event("response.output_item.done", output_index=output_index, item=done.dump())
+            yield self._event("response.output_item.done", output_index=output_index, item=done)
 
     def _text(self, item: _OpenItem, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
         item.text.append(text)
@@ -456,31 +419,29 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         if item is None:
             return
         text = "".join(item.text)
-        done: OutputItem
         if item.kind in ("text", "json"):
             if item.kind == "json" and not text:
                 yield from self._text(item, "{}")
                 text = "{}"
-            part = OutputText(text=text)
+            part = _wire(_text_part(text))
             yield self._event("response.output_text.done", item_id=item.item_id, output_index=item.output_index,
                               content_index=0, text=text, logprobs=[])
             yield self._event("response.content_part.done", item_id=item.item_id, output_index=item.output_index,
-                              content_index=0, part=part.dump())
-            done = OutputMessage(id=item.item_id, status="completed", content=[part])
+                              content_index=0, part=part)
+            done = _message(item.item_id, "completed", text)
         elif item.kind == "tool":
             arguments = text or "{}"
             yield self._event("response.function_call_arguments.done", item_id=item.item_id,
                               output_index=item.output_index, name=item.name, arguments=arguments)
-            done = OutputFunctionCall(id=item.item_id, call_id=item.call_id, name=item.name, arguments=arguments,
-                                      status="completed")
+            done = _call(item.item_id, item.call_id, item.name, arguments, "completed")
         else:
             yield self._event("response.reasoning_summary_text.done", item_id=item.item_id,
                               output_index=item.output_index, summary_index=0, text=text)
             yield self._event("response.reasoning_summary_part.done", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, part=SummaryText(text=text).dump())
+                              output_index=item.output_index, summary_index=0, part=_wire(_summary(text)))
             done = _reasoning_item(item.item_id, {"type": "thinking", "thinking": text, "signature": item.signature})
         self.output.append(done)
-        yield self._event("response.output_item.done", output_index=item.output_index, item=done.dump())
+        yield self._event("response.output_item.done", output_index=item.output_index, item=done)
 
     def finish(self) -> Iterator[tuple[str, dict[str, Any]]]:
         if self.finished:

@@ -6,11 +6,18 @@ OpenAI allows. An item type ccproxy cannot translate is a 400 naming it, never s
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
-
-from ccproxy_gateway.openai.chat_models import OutModel
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    Tag,
+    model_serializer,
+)
 
 # --- requests ----------------------------------------------------------------------------------
 
@@ -159,61 +166,19 @@ class ResponsesRequest(_Lenient):
 # --- replies -----------------------------------------------------------------------------------
 
 
-class OutputText(OutModel):
-    type: Literal["output_text"] = "output_text"
-    text: str
-    annotations: list[Any] = Field(default_factory=list)
-    logprobs: list[Any] = Field(default_factory=list)
+class OutModel(BaseModel):
+    """A reply model: ``None`` fields are left out unless named in ``keep_null`` (strict clients
+    expect those keys)."""
 
+    keep_null: ClassVar[frozenset[str]] = frozenset()
 
-class OutputMessage(OutModel):
-    type: Literal["message"] = "message"
-    id: str
-    status: str
-    role: Literal["assistant"] = "assistant"
-    content: list[OutputText]
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None or k in self.keep_null}
 
-
-class OutputFunctionCall(OutModel):
-    type: Literal["function_call"] = "function_call"
-    id: str
-    call_id: str
-    name: str
-    arguments: str
-    status: str
-
-
-class SummaryText(OutModel):
-    type: Literal["summary_text"] = "summary_text"
-    text: str
-
-
-class OutputReasoning(OutModel):
-    type: Literal["reasoning"] = "reasoning"
-    id: str
-    summary: list[SummaryText]
-    encrypted_content: str | None = None
-    status: str | None = None
-
-
-OutputItem: TypeAlias = OutputMessage | OutputFunctionCall | OutputReasoning
-
-
-class InputTokensDetails(OutModel):
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-
-
-class OutputTokensDetails(OutModel):
-    reasoning_tokens: int = 0
-
-
-class ResponseUsage(OutModel):
-    input_tokens: int
-    input_tokens_details: InputTokensDetails
-    output_tokens: int
-    output_tokens_details: OutputTokensDetails
-    total_tokens: int
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
 
 
 class ResponseError(OutModel):
@@ -232,8 +197,9 @@ class ResponseObject(OutModel):
     created_at: int
     status: str  # in_progress, completed, incomplete, failed
     model: str
-    output: list[OutputItem] = Field(default_factory=list)
-    usage: ResponseUsage | None = None
+    #: Output items and usage, built through the ``openai`` package's types (responses.py).
+    output: list[dict[str, Any]] = Field(default_factory=list)
+    usage: dict[str, Any] | None = None
     error: ResponseError | None = None
     incomplete_details: dict[str, Any] | None = None
     instructions: str | None = None
