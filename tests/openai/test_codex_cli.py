@@ -70,7 +70,7 @@ def test_codex_thinks_runs_a_command_and_answers_through_ccproxy(guarded: OpenAI
     calls = [r for r in guarded.fake.requests(path="/v1/messages") if marker in str(r["body"])]
     assert [r["status"] for r in calls] == [200, 200]
     first, second = (r["body"] for r in calls)
-    assert first["model"] == "claude-sonnet-4-5" and first["thinking"]["type"] == "enabled" and first["stream"]
+    assert first["model"] == "claude-sonnet-5-5" and first["thinking"]["type"] == "enabled" and first["stream"]
     assert any(t["name"] == "exec_command" for t in first["tools"])
     # Codex sent its reasoning item back; the fake accepted the thinking block's signature.
     assistant = second["messages"][-2]

@@ -46,7 +46,7 @@ def test_completion_reports_the_asked_model_and_sends_claude_the_translation(ser
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
     seen = server.upstream(raw.headers.get("x-request-id"))
     body = seen["body"]
-    assert (body["model"], body["max_tokens"], body["stop_sequences"]) == ("claude-sonnet-4-5", 300, ["STOP"])
+    assert (body["model"], body["max_tokens"], body["stop_sequences"]) == ("claude-sonnet-5-5", 300, ["STOP"])
     assert body["metadata"] == {"user_id": "member-1"}
     assert [b["text"] for b in body["system"]] == [IDENTITY, "Be terse.", "Use metric units."]
     assert CLIENT_KEY not in json.dumps(seen) and server.fake.fingerprint(CLIENT_KEY) not in json.dumps(seen)

@@ -32,7 +32,7 @@ def test_response_with_instructions_and_usage(server: OpenAIServer) -> None:
     assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
     body = server.upstream(raw.headers.get("x-request-id"))["body"]
     assert [b["text"] for b in body["system"]] == [IDENTITY, "Be brief."]
-    assert (body["model"], body["max_tokens"]) == ("claude-sonnet-4-5", 500)
+    assert (body["model"], body["max_tokens"]) == ("claude-sonnet-5-5", 500)
 
 
 def test_streamed_response_event_sequence(server: OpenAIServer) -> None:

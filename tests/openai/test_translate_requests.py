@@ -173,28 +173,28 @@ def test_reasoning_budgets_are_configurable_per_effort() -> None:
 def test_model_names_claude_passes_defaults_map_unknown_passes() -> None:
     assert MODELS.resolve("claude-opus-4-1-20250805") == "claude-opus-4-1-20250805"
     assert MODELS.resolve("claude-some-future-model") == "claude-some-future-model"
-    assert MODELS.resolve("gpt-4o-2024-08-06") == "claude-sonnet-4-5"
-    assert MODELS.resolve("gpt-4o-mini") == "claude-haiku-4-5"
-    assert MODELS.resolve("gpt-5.1-codex-mini") == "claude-haiku-4-5"
-    assert MODELS.resolve("o3-mini") == "claude-sonnet-4-5"
-    assert MODELS.resolve("o3") == "claude-opus-4-5"
-    assert MODELS.resolve("gpt-5-codex") == "claude-sonnet-4-5"
+    assert MODELS.resolve("gpt-4o-2024-08-06") == "claude-sonnet-5-5"
+    assert MODELS.resolve("gpt-4o-mini") == "claude-haiku-5-5"
+    assert MODELS.resolve("gpt-5.1-codex-mini") == "claude-haiku-5-5"
+    assert MODELS.resolve("o3-mini") == "claude-sonnet-5-5"
+    assert MODELS.resolve("o3") == "claude-opus-5-5"
+    assert MODELS.resolve("gpt-5-codex") == "claude-sonnet-5-5"
     assert MODELS.resolve("llama-3-70b") == "llama-3-70b"
 
 
 def test_configured_rules_come_first_in_order_and_may_redirect_claude_names() -> None:
     settings = ModelsSettings(rules=[
-        ModelRule(match="claude-3-5-sonnet", kind="prefix", target="claude-sonnet-4-5"),
-        ModelRule(match=r"^my-(fast|cheap)$", kind="regex", target="claude-haiku-4-5"),
-        ModelRule(match="gpt-4o", target="claude-opus-4-5"),
+        ModelRule(match="claude-3-5-sonnet", kind="prefix", target="claude-sonnet-5-5"),
+        ModelRule(match=r"^my-(fast|cheap)$", kind="regex", target="claude-haiku-5-5"),
+        ModelRule(match="gpt-4o", target="claude-opus-5-5"),
         ModelRule(match="gpt-4o", target="never-reached"),
     ])
     models = ModelMap.from_settings(settings)
-    assert models.resolve("claude-3-5-sonnet-20241022") == "claude-sonnet-4-5"
-    assert models.resolve("my-cheap") == "claude-haiku-4-5"
+    assert models.resolve("claude-3-5-sonnet-20241022") == "claude-sonnet-5-5"
+    assert models.resolve("my-cheap") == "claude-haiku-5-5"
     assert models.resolve("my-cheaper") == "my-cheaper"
-    assert models.resolve("gpt-4o") == "claude-opus-4-5"
-    assert models.resolve("gpt-4o-mini") == "claude-haiku-4-5"  # exact rule: the defaults still apply
+    assert models.resolve("gpt-4o") == "claude-opus-5-5"
+    assert models.resolve("gpt-4o-mini") == "claude-haiku-5-5"  # exact rule: the defaults still apply
     aliases = models.aliases()
     assert aliases[:2] == ["claude-3-5-sonnet", "gpt-4o"]
     assert "gpt-4o-mini" in aliases and not any(a.startswith("^") for a in aliases)
@@ -207,11 +207,11 @@ def test_configured_rules_come_first_in_order_and_may_redirect_claude_names() ->
 def test_model_rules_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from ccproxy_core.settings import Settings
 
-    monkeypatch.setenv("MODELS__RULES", '[{"match": "team-default", "target": "claude-opus-4-5"}]')
+    monkeypatch.setenv("MODELS__RULES", '[{"match": "team-default", "target": "claude-opus-5-5"}]')
     monkeypatch.setenv("MODELS__DEFAULT_RULES", "false")
     settings = Settings()
     models = ModelMap.from_settings(settings.models)
-    assert models.resolve("team-default") == "claude-opus-4-5"
+    assert models.resolve("team-default") == "claude-opus-5-5"
     assert models.resolve("gpt-4o") == "gpt-4o"
 
 
@@ -291,7 +291,7 @@ def test_pdf_files_become_documents() -> None:
 def test_thinking_comes_back_from_reasoning_content_alone_when_this_process_answered() -> None:
     plan = chat({"model": "gpt-4o", "messages": user()})
     message = {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-5-5",
         "content": [
             {"type": "thinking", "thinking": "Let me call the tool.", "signature": "c2ln"},
             {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from ccproxy_core.models import find_model
 from ccproxy_core.settings import ModelRule, ModelsSettings
 
-OPUS = "claude-opus-4-5"
-SONNET = "claude-sonnet-4-5"
-HAIKU = "claude-haiku-4-5"
+OPUS = "claude-opus-5-5"
+SONNET = "claude-sonnet-5-5"
+HAIKU = "claude-haiku-5-5"
 
 #: Small models to Haiku, reasoning flagships to Opus, the rest to Sonnet; specific names first.
 DEFAULT_RULES: tuple[ModelRule, ...] = (
