@@ -11,7 +11,7 @@ import re
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 ClientFormat = Literal["anthropic", "openai"]
 
@@ -68,33 +68,13 @@ class ProxyError(Exception):
         self.param = param
 
 
-class OpenAIErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | int | None = None
-
-
-class OpenAIError(BaseModel):
-    error: OpenAIErrorDetail
-
-
 def anthropic_error_body(error_type: str, message: str) -> bytes:
     return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
 
 
-def openai_error_body(
-    error_type: str, message: str, param: str | None = None, code: str | int | None = None
-) -> bytes:
-    body = OpenAIError(
-        error=OpenAIErrorDetail(
-            message=message,
-            type=OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type),
-            param=param,
-            code=code if code is not None else error_type,
-        )
-    )
-    return body.model_dump_json().encode()
+def openai_error_body(error_type: str, message: str, param: str | None = None) -> bytes:
+    openai_type = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
+    return orjson.dumps({"error": {"message": message, "type": openai_type, "param": param, "code": error_type}})
 
 
 def render_error(error: ProxyError, fmt: ClientFormat) -> bytes:

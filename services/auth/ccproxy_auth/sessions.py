@@ -65,7 +65,7 @@ class Session:
     admin_fp: str = ""
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -91,7 +91,7 @@ class SessionStore:
             return None
         found = digest(sid)
         raw = await self.redis.hgetall(session_key(self.prefix, found))
-        r = {_text(k): _text(v) for k, v in raw.items()}
+        r = {text(k): text(v) for k, v in raw.items()}
         if r.get("role") != role:
             return None
         return Session(found, role, r.get("csrf", ""), r.get("key_id", ""), r.get("admin_fp", ""))
@@ -107,7 +107,7 @@ class SessionStore:
 
     async def check_not_blocked(self, request: Request) -> None:
         count = await self.redis.get(self._failures(request))
-        if count is not None and int(_text(count)) >= MAX_FAILURES:
+        if count is not None and int(text(count)) >= MAX_FAILURES:
             ttl = await self.redis.ttl(self._failures(request))
             wait = max(1, int(ttl)) if ttl and int(ttl) > 0 else FAILURE_WINDOW
             raise ProxyError(429, f"too many failed sign-ins from this address; try again in {wait} s",
