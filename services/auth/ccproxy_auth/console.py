@@ -11,6 +11,7 @@ and ``/permissions``, which accept the member session for GET reads (``ccproxy_c
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth.admin import admin_routes
+from ccproxy_auth.admin import Endpoint, admin_routes
 from ccproxy_auth.keys import KeyStore
 from ccproxy_auth.pool import AccountPool
 from ccproxy_auth.sessions import (
@@ -96,6 +97,18 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
             raise ProxyError(404, "no such file", "not_found_error")
         return Response(_static(name), media_type=ASSETS[name], headers={"cache-control": "no-cache"})
 
+    def sign_out(cookie: str, find: Callable[[Request], Awaitable[Session | None]]) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            found = await find(request)
+            if found is not None:
+                check_csrf(request, found)
+                await sessions.delete(found)
+            response = _json({"signed_in": False})
+            clear_cookie(response, cookie)
+            return response
+
+        return endpoint
+
     # -- /admin ---------------------------------------------------------------------------------
 
     async def admin_page(request: Request) -> Response:
@@ -112,15 +125,6 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         sid, found = await access.sign_in(request, await _secret_from_body(request, "token"))
         response = _json({"signed_in": True, "csrf": found.csrf, "keys": keys is not None})
         set_cookie(request, response, ADMIN_COOKIE, sid, ADMIN_SESSION_SECONDS)
-        return response
-
-    async def admin_sign_out(request: Request) -> Response:
-        found = await access.session(request)
-        if found is not None:
-            check_csrf(request, found)
-            await sessions.delete(found)
-        response = _json({"signed_in": False})
-        clear_cookie(response, ADMIN_COOKIE)
         return response
 
     # -- /me ------------------------------------------------------------------------------------
@@ -157,15 +161,6 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         set_cookie(request, response, MEMBER_COOKIE, sid, MEMBER_SESSION_SECONDS)
         return response
 
-    async def me_sign_out(request: Request) -> Response:
-        found = await member(request)
-        if found is not None:
-            check_csrf(request, found)
-            await sessions.delete(found)
-        response = _json({"signed_in": False})
-        clear_cookie(response, MEMBER_COOKIE)
-        return response
-
     async def me_state(request: Request) -> Response:
         store = need_keys()
         found = await member(request)
@@ -183,11 +178,11 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         Route("/admin/assets/{name}", asset, methods=["GET"]),
         Route("/admin/session", admin_state, methods=["GET"]),
         Route("/admin/session", admin_sign_in, methods=["POST"]),
-        Route("/admin/session", admin_sign_out, methods=["DELETE"]),
+        Route("/admin/session", sign_out(ADMIN_COOKIE, access.session), methods=["DELETE"]),
         Route("/me", me_page, methods=["GET"]),
         Route("/me/assets/{name}", asset, methods=["GET"]),
         Route("/me/session", me_session, methods=["GET"]),
         Route("/me/session", me_sign_in, methods=["POST"]),
-        Route("/me/session", me_sign_out, methods=["DELETE"]),
+        Route("/me/session", sign_out(MEMBER_COOKIE, member), methods=["DELETE"]),
         Route("/me/state", me_state, methods=["GET"]),
     ]

@@ -154,7 +154,13 @@ return spent
 
 
 class KeyAdminError(ValueError):
-    """A key operation cannot be done (unknown key, duplicate name)."""
+    """A key operation cannot be done (bad limits, duplicate name); ``status`` for the admin API."""
+
+    status = 400
+
+
+class UnknownKey(KeyAdminError):
+    status = 404
 
 
 #: The largest limits a key may be given: far above any real use, far below what Redis and the
@@ -322,7 +328,7 @@ class KeyStore:
     async def _need(self, id_or_name: str) -> KeyInfo:
         info = await self.find(id_or_name)
         if info is None:
-            raise KeyAdminError(f"no key {id_or_name!r}")
+            raise UnknownKey(f"no key {id_or_name!r}")
         return info
 
     async def get(self, key_id: str) -> KeyInfo | None:
