@@ -24,7 +24,7 @@ import typer
 from pydantic import ValidationError
 
 from ccproxy_core.cli_sdk import OVERRIDES as CLAUDE_FLAG_OVERRIDES
-from ccproxy_core.cli_sdk import deep_merge, with_claude_flags
+from ccproxy_core.cli_sdk import with_claude_flags
 from ccproxy_core.server import StartupError, http_ok, serve_app
 from ccproxy_core.settings import Settings, is_loopback
 
@@ -43,14 +43,17 @@ def fail(message: str) -> NoReturn:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings with CLI flags on top; a bad config file is one clear line, not a traceback."""
-    nested: dict[str, dict[str, Any]] = {}
-    for dotted, value in overrides.items():
+    """Settings with CLI flags on top (``section__key=value``, None: not given); a bad config
+    file is one clear line, not a traceback."""
+    init: dict[str, Any] = {}
+    for dotted, value in {**overrides, **CLAUDE_FLAG_OVERRIDES}.items():
         if value is None:
             continue
-        section, _, key = dotted.partition("__")
-        nested.setdefault(section, {})[key] = value
-    init: dict[str, Any] = deep_merge(nested, CLAUDE_FLAG_OVERRIDES)
+        *path, key = dotted.split("__")
+        node = init
+        for part in path:
+            node = node.setdefault(part, {})
+        node[key] = value
     try:
         return Settings(**init)
     except ValidationError as exc:

@@ -70,15 +70,10 @@ def check_token_limit(value: Any, model: str, param: str = "max_tokens") -> int:
 def find_model(name: str) -> ModelInfo | None:
     """The listed model ``name`` is, by id or alias, or a dated variant of (the longest listed
     name it extends with ``-``: ``claude-opus-4-6-20991231`` is Opus 4.6, not Opus 4)."""
-    for model in known_models():
-        if name == model.id or name in model.aliases:
-            return model
-    best: tuple[int, ModelInfo] | None = None
-    for model in known_models():
-        for known in (model.id, *model.aliases):
-            if name.startswith(known + "-") and (best is None or len(known) > best[0]):
-                best = (len(known), model)
-    return best[1] if best is not None else None
+    # An exact name is the longest match there can be; of equally long ones, the first listed wins.
+    matches = [(len(known), model) for model in known_models() for known in (model.id, *model.aliases)
+               if name == known or name.startswith(known + "-")]
+    return max(matches, key=lambda match: match[0])[1] if matches else None
 
 
 def one_hour_writes(usage: dict[str, Any]) -> int:
