@@ -89,7 +89,7 @@ def run_service(
     """Run one service of the stack (what each compose container and `ccproxy up` run)."""
     from ccproxy_core import logging as cclog
 
-    found = [ep for ep in entry_points(group=SERVICE_GROUP) if ep.name == service]
+    found = entry_points(group=SERVICE_GROUP, name=service)
     if not found:
         fail(f"unknown service {service!r}; installed here: {', '.join(SERVICES) or 'none'}")
     settings = load_settings(server__host=host, server__port=port)
@@ -97,7 +97,7 @@ def run_service(
     if service == "gateway":
         check_bind(settings)
     try:
-        factory: Callable[[Settings], Any] = found[0].load()
+        factory: Callable[[Settings], Any] = found[service].load()
         web = factory(settings)
         if web is not None:  # None: a worker, which ran until it was stopped
             serve_app(web, settings.server.host, settings.server.port, settings.server.log_level,

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ccproxy_core.errors import ProxyError
+from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.settings import ClaudeOptions, Settings
 
 #: Options that exist (``CLAUDE__OPTIONS__*``).
@@ -77,8 +77,7 @@ def check_overrides(raw: Any, settings: Settings) -> dict[str, Any]:
     try:
         checked = ClaudeOptions.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise _refuse(400, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+        raise validation_error(exc, "claude_options") from exc
     if checked.permission_mode == "bypassPermissions":
         raise _refuse(403, "permission_mode bypassPermissions is not allowed per request")
     operator = settings.claude.options

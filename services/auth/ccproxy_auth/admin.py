@@ -132,9 +132,9 @@ def _refused() -> Iterator[None]:
         raise ProxyError(getattr(exc, "status", 400), str(exc)) from exc
 
 
-def _need_keys(keys: KeyStore | None) -> KeyStore:
+def need_keys(keys: KeyStore | None, hint: str = "") -> KeyStore:
     if keys is None:
-        raise ProxyError(503, "client keys need a real Redis (REDIS__URL)")
+        raise ProxyError(503, f"client keys need a real Redis (REDIS__URL){hint}")
     return keys
 
 
@@ -174,7 +174,7 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
 
     async def admit(request: Request) -> Response:
         body = await _parse(request, AdmitBody)
-        store = _need_keys(keys)
+        store = need_keys(keys)
         key = await store.get(body.key_id)
         if key is None:
             raise ProxyError(401, "unknown client key", "authentication_error")
@@ -183,7 +183,7 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
 
     async def settle(request: Request) -> Response:
         body = await _parse(request, SettleBody)
-        settlement = await _need_keys(keys).settle(body.admission, body.usage)
+        settlement = await need_keys(keys).settle(body.admission, body.usage)
         return json_response(settlement.model_dump())
 
     return [
@@ -265,22 +265,22 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         if "accounts" in changes:
             changes["accounts"] = [a.strip() for a in changes["accounts"] or [] if a.strip()]
         with _refused():
-            info = await _need_keys(keys).update(request.path_params["key"], changes)
+            info = await need_keys(keys).update(request.path_params["key"], changes)
         return json_response(info.model_dump())
 
     async def list_keys(request: Request) -> Response:
         include = request.query_params.get("all") in ("1", "true")
-        return json_response(await _need_keys(keys).listing(include))
+        return json_response(await need_keys(keys).listing(include))
 
     async def create_key(request: Request) -> Response:
         body = await _parse(request, CreateKeyBody)
         with _refused():
-            info, plain = await _need_keys(keys).create(**body.model_dump())
+            info, plain = await need_keys(keys).create(**body.model_dump())
         return json_response({**info.model_dump(), "key": plain}, status=201)
 
     async def revoke_key(request: Request) -> Response:
         with _refused():
-            info = await _need_keys(keys).revoke(request.path_params["key"])
+            info = await need_keys(keys).revoke(request.path_params["key"])
         return json_response(info.model_dump())
 
     def admin_only(endpoint: Endpoint) -> Endpoint:

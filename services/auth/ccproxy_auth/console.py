@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth.admin import Endpoint, admin_routes
+from ccproxy_auth.admin import Endpoint, admin_routes, need_keys
 from ccproxy_auth.keys import KeyStore
 from ccproxy_auth.pool import AccountPool
 from ccproxy_auth.sessions import (
@@ -129,11 +129,6 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
 
     # -- /me ------------------------------------------------------------------------------------
 
-    def need_keys() -> KeyStore:
-        if keys is None:
-            raise ProxyError(503, "client keys need a real Redis (REDIS__URL); ask your team lead")
-        return keys
-
     async def member(request: Request) -> Session | None:
         if keys is None:
             return None
@@ -149,7 +144,7 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         return _json({"signed_in": True, "csrf": found.csrf})
 
     async def me_sign_in(request: Request) -> Response:
-        store = need_keys()
+        store = need_keys(keys, "; ask your team lead")
         presented = await _secret_from_body(request, "key")
         await sessions.check_not_blocked(request)
         info = await store.lookup(presented)
@@ -162,7 +157,7 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         return response
 
     async def me_state(request: Request) -> Response:
-        store = need_keys()
+        store = need_keys(keys, "; ask your team lead")
         found = await member(request)
         info = await store.get(found.key_id) if found is not None else None
         if found is None or info is None or not info.usable():
