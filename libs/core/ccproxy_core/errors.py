@@ -34,13 +34,9 @@ ANTHROPIC_TYPE_BY_STATUS: dict[int, str] = {
     529: "overloaded_error",
 }
 
-#: OpenAI error type for each Anthropic error type.
+#: OpenAI error type for each Anthropic error type OpenAI names otherwise (the rest share the name).
 OPENAI_TYPE_BY_ANTHROPIC: dict[str, str] = {
-    "invalid_request_error": "invalid_request_error",
-    "authentication_error": "authentication_error",
     "billing_error": "insufficient_quota",
-    "permission_error": "permission_error",
-    "not_found_error": "not_found_error",
     "request_too_large": "invalid_request_error",
     "rate_limit_error": "rate_limit_exceeded",
     "timeout_error": "timeout",

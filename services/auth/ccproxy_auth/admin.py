@@ -142,15 +142,8 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
     async def pick(request: Request) -> Response:
         body = await _parse(request, PickBody)
         credential = await pool.pick(body.hints, exclude=body.exclude, rejected=body.rejected, account=body.account)
-        return json_response(
-            {
-                "kind": credential.kind,
-                "secret": credential.secret.get_secret_value(),
-                "expires_at": credential.expires_at,
-                "account": credential.account,
-                "single": len(pool.members()) == 1,
-            }
-        )
+        secret = credential.secret.get_secret_value()
+        return json_response({**credential.model_dump(), "secret": secret, "single": len(pool.members()) == 1})
 
     async def report(request: Request) -> Response:
         body = await _parse(request, ReportBody)
