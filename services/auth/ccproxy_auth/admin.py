@@ -129,7 +129,7 @@ def _refused() -> Iterator[None]:
     try:
         yield
     except (AccountError, KeyAdminError, login.LoginError) as exc:
-        raise ProxyError(getattr(exc, "status", 400), str(exc)) from exc
+        raise ProxyError(exc.status if isinstance(exc, KeyAdminError) else 400, str(exc)) from exc
 
 
 def need_keys(keys: KeyStore | None, hint: str = "") -> KeyStore:

@@ -189,7 +189,7 @@ class AdminAccess:
         """Let the admin through or raise: 404 while off, 401 without a valid token or session,
         403 for a change without the session's CSRF token, 429 after many wrong tokens."""
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" or not self.enabled:
+        if scheme.lower() == "bearer" or not self.enabled:  # off: _check_token answers 404
             await self._check_token(request, value)
             return None
         found = await self.session(request)
