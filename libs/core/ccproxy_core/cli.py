@@ -24,7 +24,7 @@ import typer
 from pydantic import ValidationError
 
 from ccproxy_core.cli_sdk import OVERRIDES as CLAUDE_FLAG_OVERRIDES
-from ccproxy_core.cli_sdk import deep_merge, with_claude_flags
+from ccproxy_core.cli_sdk import with_claude_flags
 from ccproxy_core.server import StartupError, http_ok, serve_app
 from ccproxy_core.settings import Settings, is_loopback
 
@@ -43,14 +43,17 @@ def fail(message: str) -> NoReturn:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings with CLI flags on top; a bad config file is one clear line, not a traceback."""
-    nested: dict[str, dict[str, Any]] = {}
-    for dotted, value in overrides.items():
+    """Settings with CLI flags on top (``section__key=value``, None: not given); a bad config
+    file is one clear line, not a traceback."""
+    init: dict[str, Any] = {}
+    for dotted, value in {**overrides, **CLAUDE_FLAG_OVERRIDES}.items():
         if value is None:
             continue
-        section, _, key = dotted.partition("__")
-        nested.setdefault(section, {})[key] = value
-    init: dict[str, Any] = deep_merge(nested, CLAUDE_FLAG_OVERRIDES)
+        *path, key = dotted.split("__")
+        node = init
+        for part in path:
+            node = node.setdefault(part, {})
+        node[key] = value
     try:
         return Settings(**init)
     except ValidationError as exc:
@@ -86,7 +89,7 @@ def run_service(
     """Run one service of the stack (what each compose container and `ccproxy up` run)."""
     from ccproxy_core import logging as cclog
 
-    found = [ep for ep in entry_points(group=SERVICE_GROUP) if ep.name == service]
+    found = entry_points(group=SERVICE_GROUP, name=service)
     if not found:
         fail(f"unknown service {service!r}; installed here: {', '.join(SERVICES) or 'none'}")
     settings = load_settings(server__host=host, server__port=port)
@@ -94,7 +97,7 @@ def run_service(
     if service == "gateway":
         check_bind(settings)
     try:
-        factory: Callable[[Settings], Any] = found[0].load()
+        factory: Callable[[Settings], Any] = found[service].load()
         web = factory(settings)
         if web is not None:  # None: a worker, which ran until it was stopped
             serve_app(web, settings.server.host, settings.server.port, settings.server.log_level,

@@ -17,41 +17,35 @@ import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Flag -> (settings path under ``claude``, type, help).
-FLAGS: dict[str, tuple[tuple[str, ...], type, str]] = {
-    "claude_code_options_cwd": (("options", "cwd"), str, "Working directory of Claude Code (CLAUDE__OPTIONS__CWD)."),
+#: Flag -> (setting under ``CLAUDE__``, type, help).
+FLAGS: dict[str, tuple[str, type, str]] = {
+    "claude_code_options_cwd": ("options__cwd", str, "Working directory of Claude Code (CLAUDE__OPTIONS__CWD)."),
     "claude_code_options_permission_mode": (
-        ("options", "permission_mode"), str,
+        "options__permission_mode", str,
         "default, acceptEdits, plan, bypassPermissions, dontAsk, auto (CLAUDE__OPTIONS__PERMISSION_MODE).",
     ),
-    "claude_code_options_model": (("options", "model"), str, "Model for every run (CLAUDE__OPTIONS__MODEL)."),
-    "claude_code_options_max_turns": (("options", "max_turns"), int, "Turn limit (CLAUDE__OPTIONS__MAX_TURNS)."),
+    "claude_code_options_model": ("options__model", str, "Model for every run (CLAUDE__OPTIONS__MODEL)."),
+    "claude_code_options_max_turns": ("options__max_turns", int, "Turn limit (CLAUDE__OPTIONS__MAX_TURNS)."),
     "claude_code_options_allowed_tools": (
-        ("options", "allowed_tools"), str, "Comma-separated tools allowed without asking.",
+        "options__allowed_tools", str, "Comma-separated tools allowed without asking.",
     ),
-    "claude_code_options_disallowed_tools": (
-        ("options", "disallowed_tools"), str, "Comma-separated tools never allowed.",
-    ),
+    "claude_code_options_disallowed_tools": ("options__disallowed_tools", str, "Comma-separated tools never allowed."),
     "claude_code_options_append_system_prompt": (
-        ("options", "append_system_prompt"), str, "Text appended to Claude Code's system prompt.",
+        "options__append_system_prompt", str, "Text appended to Claude Code's system prompt.",
     ),
     "claude_code_options_max_thinking_tokens": (
-        ("options", "max_thinking_tokens"), int, "Thinking budget (CLAUDE__OPTIONS__MAX_THINKING_TOKENS).",
+        "options__max_thinking_tokens", int, "Thinking budget (CLAUDE__OPTIONS__MAX_THINKING_TOKENS).",
     ),
-    "claude_sdk_message_mode": (
-        ("sdk_message_mode",), str, "forward, formatted or ignore (CLAUDE__SDK_MESSAGE_MODE).",
-    ),
-    "claude_sdk_pretty_format": (
-        ("pretty_format",), bool, "Pretty-print formatted tool use (CLAUDE__PRETTY_FORMAT).",
-    ),
-    "claude_workspace_root": (("workspace_root",), str, "Runs' cwd must be inside it (CLAUDE__WORKSPACE_ROOT)."),
+    "claude_sdk_message_mode": ("sdk_message_mode", str, "forward, formatted or ignore (CLAUDE__SDK_MESSAGE_MODE)."),
+    "claude_sdk_pretty_format": ("pretty_format", bool, "Pretty-print formatted tool use (CLAUDE__PRETTY_FORMAT)."),
+    "claude_workspace_root": ("workspace_root", str, "Runs' cwd must be inside it (CLAUDE__WORKSPACE_ROOT)."),
     "max_concurrent_runs": (
-        ("max_concurrent_runs",), int, "Runs one sdk-worker does at once (CLAUDE__MAX_CONCURRENT_RUNS).",
+        "max_concurrent_runs", int, "Runs one sdk-worker does at once (CLAUDE__MAX_CONCURRENT_RUNS).",
     ),
 }
 LIST_FLAGS = ("claude_code_options_allowed_tools", "claude_code_options_disallowed_tools")
 
-#: What the flags of the running command set, as nested settings (``load_settings`` merges it).
+#: What the flags of the running command set, as ``load_settings`` keywords (it adds them).
 OVERRIDES: dict[str, Any] = {}
 
 
@@ -67,19 +61,13 @@ def _param(name: str, kind: type, help_text: str) -> inspect.Parameter:
 
 
 def overrides_from_flags(values: dict[str, Any]) -> dict[str, Any]:
-    """``{"claude": {...}}`` for the flags that were given."""
-    claude: dict[str, Any] = {}
+    """The flags that were given, as ``load_settings`` keywords (``claude__options__cwd=...``)."""
+    out: dict[str, Any] = {}
     for name, value in values.items():
-        if value is None:
-            continue
-        if name in LIST_FLAGS:
-            value = [v.strip() for v in str(value).split(",") if v.strip()]
-        path, _kind, _help = FLAGS[name]
-        node = claude
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return {"claude": claude} if claude else {}
+        if value is not None:
+            split = name in LIST_FLAGS
+            out["claude__" + FLAGS[name][0]] = [v.strip() for v in value.split(",") if v.strip()] if split else value
+    return out
 
 
 def with_claude_flags(fn: F) -> F:
@@ -98,14 +86,3 @@ def with_claude_flags(fn: F) -> F:
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     del wrapper.__wrapped__  # typer must see the new signature, not fn's
     return wrapper  # type: ignore[return-value]
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-

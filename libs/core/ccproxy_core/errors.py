@@ -11,7 +11,7 @@ import re
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 ClientFormat = Literal["anthropic", "openai"]
 
@@ -43,13 +43,9 @@ ANTHROPIC_TYPE_BY_STATUS: dict[int, str] = {
     529: "overloaded_error",
 }
 
-#: OpenAI error type for each Anthropic error type.
+#: OpenAI error type for each Anthropic error type OpenAI names otherwise (the rest share the name).
 OPENAI_TYPE_BY_ANTHROPIC: dict[str, str] = {
-    "invalid_request_error": "invalid_request_error",
-    "authentication_error": "authentication_error",
     "billing_error": "insufficient_quota",
-    "permission_error": "permission_error",
-    "not_found_error": "not_found_error",
     "request_too_large": "invalid_request_error",
     "rate_limit_error": "rate_limit_exceeded",
     "timeout_error": "timeout",
@@ -77,33 +73,13 @@ class ProxyError(Exception):
         self.param = param
 
 
-class OpenAIErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | int | None = None
-
-
-class OpenAIError(BaseModel):
-    error: OpenAIErrorDetail
-
-
 def anthropic_error_body(error_type: str, message: str) -> bytes:
     return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
 
 
-def openai_error_body(
-    error_type: str, message: str, param: str | None = None, code: str | int | None = None
-) -> bytes:
-    body = OpenAIError(
-        error=OpenAIErrorDetail(
-            message=message,
-            type=OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type),
-            param=param,
-            code=code if code is not None else error_type,
-        )
-    )
-    return body.model_dump_json().encode()
+def openai_error_body(error_type: str, message: str, param: str | None = None) -> bytes:
+    openai_type = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
+    return orjson.dumps({"error": {"message": message, "type": openai_type, "param": param, "code": error_type}})
 
 
 def render_error(error: ProxyError, fmt: ClientFormat) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 
 import orjson
+from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -77,12 +78,7 @@ class RequireInternalSecret:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _is_internal(scope.get("path", "")):
-            presented = None
-            for name, value in scope.get("headers", []):
-                if name == INTERNAL_SECRET_HEADER.encode():
-                    presented = value.decode("latin-1")
-                    break
-            if not check_internal_secret(self._secret, presented):
+            if not check_internal_secret(self._secret, Headers(scope=scope).get(INTERNAL_SECRET_HEADER)):
                 refused = ProxyError(403, INTERNAL_REFUSED, "permission_error")
                 await internal_error(refused)(scope, receive, send)
                 return

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -45,6 +46,9 @@ def route_label(scope: Scope) -> str:
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
 class Metrics:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry()
@@ -53,72 +57,46 @@ class Metrics:
         #: it. In the stack every container (Claude Code's too) reaches the services' ports, and
         #: the metrics carry every key's tokens and cost.
         self.token: str | None = None
-        self.requests = Counter(
-            "ccproxy_requests_total", "Client requests by route and status",
-            ["service", "route", "status"], registry=self.registry,
+        self.requests = self._add(Counter, "ccproxy_requests_total", "Client requests by route and status",
+                                  "route", "status")
+        self.latency = self._add(Histogram, "ccproxy_request_duration_seconds",
+                                 "Time from request to the last byte of the answer", "route", "status")
+        self.first_byte = self._add(Histogram, "ccproxy_time_to_first_byte_seconds",
+                                    "Time from request to the first byte of the answer", "route")
+        self.upstream = self._add(Counter, "ccproxy_upstream_responses_total",
+                                  "Upstream answers by status and account", "status", "account")
+        self.tokens = self._add(Counter, "ccproxy_tokens_total",
+                                "Tokens by model, client key id and kind (input, output, cache_read, cache_write)",
+                                "model", "key", "kind")
+        self.cost = self._add(Counter, "ccproxy_cost_usd_total",
+                              "Estimated cost in USD (list prices) by model and client key id", "model", "key")
+        self.active_streams = self._add(Gauge, "ccproxy_active_streams", "Streams being relayed now")
+        self.refreshes = self._add(Counter, "ccproxy_token_refreshes_total", "OAuth token refreshes by outcome",
+                                   "outcome")
+        self.cooldowns = self._add(Counter, "ccproxy_account_cooldowns_total",
+                                   "Upstream accounts put in cooldown, by account and reason", "account", "reason")
+        self.queue_depth = self._add(Gauge, "ccproxy_queue_depth", "Jobs waiting in a queue (SDK runs)", "queue")
+        self.queue_wait = self._add(Histogram, "ccproxy_queue_wait_seconds",
+                                    "Time a job waited in a queue before a worker took it", "queue")
+        self.permissions_pending = self._add(Gauge, "ccproxy_permission_requests_pending",
+                                             "Tool-permission requests waiting for a decision")
+        self.access_log_events = self._add(
+            Counter, "ccproxy_access_log_events_total",
+            "Access-log events by outcome (emitted, sent, dropped; analytics: inserted, invalid)", "outcome",
         )
-        self.latency = Histogram(
-            "ccproxy_request_duration_seconds", "Time from request to the last byte of the answer",
-            ["service", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.first_byte = Histogram(
-            "ccproxy_time_to_first_byte_seconds", "Time from request to the first byte of the answer",
-            ["service", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.upstream = Counter(
-            "ccproxy_upstream_responses_total", "Upstream answers by status and account",
-            ["service", "status", "account"], registry=self.registry,
-        )
-        self.tokens = Counter(
-            "ccproxy_tokens_total",
-            "Tokens by model, client key id and kind (input, output, cache_read, cache_write)",
-            ["service", "model", "key", "kind"], registry=self.registry,
-        )
-        self.cost = Counter(
-            "ccproxy_cost_usd_total", "Estimated cost in USD (list prices) by model and client key id",
-            ["service", "model", "key"], registry=self.registry,
-        )
-        self.active_streams = Gauge(
-            "ccproxy_active_streams", "Streams being relayed now", ["service"], registry=self.registry,
-        )
-        self.refreshes = Counter(
-            "ccproxy_token_refreshes_total", "OAuth token refreshes by outcome",
-            ["service", "outcome"], registry=self.registry,
-        )
-        self.cooldowns = Counter(
-            "ccproxy_account_cooldowns_total", "Upstream accounts put in cooldown, by account and reason",
-            ["service", "account", "reason"], registry=self.registry,
-        )
-        self.queue_depth = Gauge(
-            "ccproxy_queue_depth", "Jobs waiting in a queue (SDK runs)", ["service", "queue"],
-            registry=self.registry,
-        )
-        self.queue_wait = Histogram(
-            "ccproxy_queue_wait_seconds", "Time a job waited in a queue before a worker took it",
-            ["service", "queue"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.permissions_pending = Gauge(
-            "ccproxy_permission_requests_pending", "Tool-permission requests waiting for a decision",
-            ["service"], registry=self.registry,
-        )
-        self.access_log_events = Counter(
-            "ccproxy_access_log_events_total",
-            "Access-log events by outcome (emitted, sent, dropped; analytics: inserted, invalid)",
-            ["service", "outcome"], registry=self.registry,
-        )
-        self.access_log_buffered = Gauge(
-            "ccproxy_access_log_buffered", "Access-log events held in memory because Redis is unreachable",
-            ["service"], registry=self.registry,
-        )
-        self.access_log_backlog = Gauge(
-            "ccproxy_access_log_backlog",
+        self.access_log_buffered = self._add(Gauge, "ccproxy_access_log_buffered",
+                                             "Access-log events held in memory because Redis is unreachable")
+        self.access_log_backlog = self._add(
+            Gauge, "ccproxy_access_log_backlog",
             "Access-log events in the Redis stream not yet written to ClickHouse (lag + pending)",
-            ["service"], registry=self.registry,
         )
-        self.access_log_insert_errors = Counter(
-            "ccproxy_access_log_insert_errors_total", "Failed ClickHouse inserts (retried)",
-            ["service"], registry=self.registry,
-        )
+        self.access_log_insert_errors = self._add(Counter, "ccproxy_access_log_insert_errors_total",
+                                                  "Failed ClickHouse inserts (retried)")
+
+    def _add(self, kind: type[M], name: str, doc: str, *labels: str) -> M:
+        """A metric in this registry, labelled with the service first (histograms: latency buckets)."""
+        extra: dict[str, Any] = {"buckets": LATENCY_BUCKETS} if kind is Histogram else {}
+        return kind(name, doc, ["service", *labels], registry=self.registry, **extra)
 
     def guarded(self, token: object | None) -> Metrics:
         """Ask for ``token`` (a SecretStr, or None: open) on ``/metrics``; returns self."""

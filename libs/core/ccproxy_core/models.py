@@ -70,15 +70,10 @@ def check_token_limit(value: Any, model: str, param: str = "max_tokens") -> int:
 def find_model(name: str) -> ModelInfo | None:
     """The listed model ``name`` is, by id or alias, or a dated variant of (the longest listed
     name it extends with ``-``: ``claude-opus-4-6-20991231`` is Opus 4.6, not Opus 4)."""
-    for model in known_models():
-        if name == model.id or name in model.aliases:
-            return model
-    best: tuple[int, ModelInfo] | None = None
-    for model in known_models():
-        for known in (model.id, *model.aliases):
-            if name.startswith(known + "-") and (best is None or len(known) > best[0]):
-                best = (len(known), model)
-    return best[1] if best is not None else None
+    # An exact name is the longest match there can be; of equally long ones, the first listed wins.
+    matches = [(len(known), model) for model in known_models() for known in (model.id, *model.aliases)
+               if name == known or name.startswith(known + "-")]
+    return max(matches, key=lambda match: match[0])[1] if matches else None
 
 
 def one_hour_writes(usage: dict[str, Any]) -> int:
@@ -86,6 +81,11 @@ def one_hour_writes(usage: dict[str, Any]) -> int:
     split = usage.get("cache_creation")
     value = split.get("ephemeral_1h_input_tokens") if isinstance(split, dict) else None
     return value if type(value) is int and value > 0 else 0
+
+
+#: TokenUsage's field -> the Anthropic ``usage`` object's.
+_WIRE = {"input_tokens": "input_tokens", "output_tokens": "output_tokens",
+         "cache_read_tokens": "cache_read_input_tokens", "cache_write_tokens": "cache_creation_input_tokens"}
 
 
 class TokenUsage(BaseModel):
@@ -105,28 +105,21 @@ class TokenUsage(BaseModel):
         non-zero numbers win)."""
         if not usage:
             return
-        self.input_tokens = usage.get("input_tokens") or self.input_tokens
-        self.output_tokens = usage.get("output_tokens") or self.output_tokens
-        self.cache_read_tokens = usage.get("cache_read_input_tokens") or self.cache_read_tokens
-        self.cache_write_tokens = usage.get("cache_creation_input_tokens") or self.cache_write_tokens
+        for ours, theirs in _WIRE.items():
+            setattr(self, ours, usage.get(theirs) or getattr(self, ours))
         self.cache_write_1h_tokens = one_hour_writes(usage) or self.cache_write_1h_tokens
 
     def take(self, usage: dict[str, Any]) -> None:
         """Set the numbers from an Anthropic ``usage`` object (a missing one is 0)."""
-        self.input_tokens = int(usage.get("input_tokens") or 0)
-        self.output_tokens = int(usage.get("output_tokens") or 0)
-        self.cache_read_tokens = int(usage.get("cache_read_input_tokens") or 0)
-        self.cache_write_tokens = int(usage.get("cache_creation_input_tokens") or 0)
+        for ours, theirs in _WIRE.items():
+            setattr(self, ours, int(usage.get(theirs) or 0))
         self.cache_write_1h_tokens = one_hour_writes(usage)
 
     def anthropic(self) -> dict[str, Any]:
         """The numbers as an Anthropic ``usage`` object."""
         one_hour = min(self.cache_write_1h_tokens, self.cache_write_tokens)
         return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_read_input_tokens": self.cache_read_tokens,
-            "cache_creation_input_tokens": self.cache_write_tokens,
+            **{theirs: getattr(self, ours) for ours, theirs in _WIRE.items()},
             "cache_creation": {
                 "ephemeral_5m_input_tokens": self.cache_write_tokens - one_hour,
                 "ephemeral_1h_input_tokens": one_hour,
@@ -160,38 +153,20 @@ class TokenUsage(BaseModel):
         )
 
 
-def _epoch(iso: str) -> int:
-    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+def _entry(model_id: str, display_name: str, created_at: str, owned_by: str) -> dict[str, Any]:
+    created = calendar.timegm(time.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ"))
+    return {"type": "model", "id": model_id, "display_name": display_name, "created_at": created_at,
+            "object": "model", "created": created, "owned_by": owned_by}
 
 
 def _alias_entry(alias: str) -> dict[str, Any]:
-    return {
-        "type": "model",
-        "id": alias,
-        "display_name": alias,
-        "created_at": "2024-01-01T00:00:00Z",
-        "object": "model",
-        "created": _epoch("2024-01-01T00:00:00Z"),
-        "owned_by": "ccproxy",
-    }
+    return _entry(alias, alias, "2024-01-01T00:00:00Z", "ccproxy")
 
 
 def models_listing(extra_aliases: list[str] | None = None) -> dict[str, Any]:
     """One body for both SDKs: Anthropic's ``type/display_name/created_at`` and
     OpenAI's ``object/created/owned_by`` on every entry."""
-    data: list[dict[str, Any]] = []
-    for model in known_models():
-        data.append(
-            {
-                "type": "model",
-                "id": model.id,
-                "display_name": model.display_name,
-                "created_at": model.created_at,
-                "object": "model",
-                "created": _epoch(model.created_at),
-                "owned_by": "anthropic",
-            }
-        )
+    data = [_entry(m.id, m.display_name, m.created_at, "anthropic") for m in known_models()]
     data.extend(_alias_entry(alias) for alias in extra_aliases or [])
     return {
         "object": "list",

@@ -97,16 +97,12 @@ def _rates(prices: ModelPrice, source: str = "genai-prices") -> Rates:
                  write if write_1h is None else write_1h, source)
 
 
-def anthropic_provider() -> Provider:
-    """genai-prices' Anthropic entry (its bundled data: ccproxy never fetches prices at run time)."""
-    return data_snapshot.get_snapshot().find_provider(None, "anthropic", None)
-
-
 class Pricing:
     """Prices for one process: genai-prices' table, the overrides, and the dearest fallback."""
 
     def __init__(self, overrides: Mapping[str, PriceOverride] | None = None) -> None:
-        self.provider = anthropic_provider()
+        # genai-prices' Anthropic entry, from its bundled data: ccproxy never fetches prices at run time.
+        self.provider: Provider = data_snapshot.get_snapshot().find_provider(None, "anthropic", None)
         self._overrides = {name.lower(): _override_rates(p) for name, p in (overrides or {}).items()}
         # Longest first, so ``claude-opus-4-1`` wins over ``claude-opus-4`` for a dated name.
         self._override_names = sorted(self._overrides, key=len, reverse=True)
@@ -121,9 +117,6 @@ class Pricing:
             if name == prefix or name.startswith(prefix + "-") or name.startswith(prefix + "@"):
                 return self._overrides[prefix]
         return self.provider.find_model(name)
-
-    def known(self, model: str) -> bool:
-        return self.find(model) is not None
 
     def rates(self, model: str, at: datetime | None = None) -> Rates:
         """``model``'s rates at ``at`` (now), or the dearest known ones (and a warning) for a
@@ -142,6 +135,7 @@ class Pricing:
         """The highest rate of each kind over every Claude model and override, on ``day``."""
         when = datetime.fromisoformat(day).replace(tzinfo=UTC)
         tables = [_rates(m.get_prices(when)) for m in self.provider.models] + list(self._overrides.values())
+
         def top(kind: str) -> Decimal:
             return max(_top(getattr(r, kind)) for r in tables)
 

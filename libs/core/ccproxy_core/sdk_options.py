@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ccproxy_core.errors import ProxyError
+from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.settings import ClaudeOptions, Settings
 
 #: Options that exist (``CLAUDE__OPTIONS__*``).
@@ -57,65 +57,45 @@ def resolve_cwd(cwd: str | None, root: Path) -> Path:
     return path
 
 
+def _refuse(status: int, message: str) -> ProxyError:
+    return ProxyError(status, f"claude_options: {message}", param="claude_options")
+
+
 def check_overrides(raw: Any, settings: Settings) -> dict[str, Any]:
     """The request's ``claude_options``, validated: 400 if malformed, 403 if not allowed."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ProxyError(400, "claude_options: must be an object", param="claude_options")
+        raise _refuse(400, "must be an object")
     unknown = sorted(set(raw) - OPTION_NAMES)
     if unknown:
-        raise ProxyError(400, f"claude_options: unknown option(s) {', '.join(unknown)}", param="claude_options")
-    allowed = set(settings.claude.overridable_options) - NEVER_PER_REQUEST
-    refused = sorted(set(raw) - allowed)
+        raise _refuse(400, f"unknown option(s) {', '.join(unknown)}")
+    refused = sorted(set(raw) - (set(settings.claude.overridable_options) - NEVER_PER_REQUEST))
     if refused:
-        raise ProxyError(
-            403,
-            f"claude_options: {', '.join(refused)} may not be set per request on this server "
-            "(CLAUDE__OVERRIDABLE_OPTIONS)",
-            param="claude_options",
-        )
+        raise _refuse(403, f"{', '.join(refused)} may not be set per request on this server "
+                           "(CLAUDE__OVERRIDABLE_OPTIONS)")
     try:
         checked = ClaudeOptions.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ProxyError(400, f"claude_options.{where}: {first['msg']}", param="claude_options") from exc
+        raise validation_error(exc, "claude_options") from exc
     if checked.permission_mode == "bypassPermissions":
-        raise ProxyError(
-            403, "claude_options: permission_mode bypassPermissions is not allowed per request",
-            param="claude_options",
-        )
+        raise _refuse(403, "permission_mode bypassPermissions is not allowed per request")
     operator = settings.claude.options
     if checked.permission_mode is not None:
         server_mode = operator.permission_mode or "default"
-        if PERMISSION_ORDER.index(checked.permission_mode) > PERMISSION_ORDER.index(server_mode):
-            raise ProxyError(
-                403,
-                f"claude_options: permission_mode {checked.permission_mode} is less strict than this server's "
-                f"{server_mode} (CLAUDE__OPTIONS__PERMISSION_MODE); a request may only make it stricter "
-                f"({', '.join(PERMISSION_ORDER[: PERMISSION_ORDER.index(server_mode) + 1])})",
-                param="claude_options",
-            )
-    if "allowed_tools" in raw:
-        extra = [t for t in checked.allowed_tools if t not in operator.allowed_tools]
-        if extra:
-            raise ProxyError(
-                403,
-                f"claude_options: allowed_tools {', '.join(extra)} are not pre-approved on this server "
-                "(CLAUDE__OPTIONS__ALLOWED_TOOLS); a request may only pre-approve fewer tools",
-                param="claude_options",
-            )
-    if "add_dirs" in raw:
-        granted = {_resolved(d) for d in operator.add_dirs}
-        extra = [d for d in checked.add_dirs if _resolved(d) not in granted]
-        if extra:
-            raise ProxyError(
-                403,
-                f"claude_options: add_dirs {', '.join(extra)} are not granted on this server "
-                "(CLAUDE__OPTIONS__ADD_DIRS)",
-                param="claude_options",
-            )
+        stricter = PERMISSION_ORDER[: PERMISSION_ORDER.index(server_mode) + 1]
+        if checked.permission_mode not in stricter:
+            raise _refuse(403, f"permission_mode {checked.permission_mode} is less strict than this server's "
+                               f"{server_mode} (CLAUDE__OPTIONS__PERMISSION_MODE); a request may only make it "
+                               f"stricter ({', '.join(stricter)})")
+    extra = [t for t in checked.allowed_tools if t not in operator.allowed_tools] if "allowed_tools" in raw else []
+    if extra:
+        raise _refuse(403, f"allowed_tools {', '.join(extra)} are not pre-approved on this server "
+                           "(CLAUDE__OPTIONS__ALLOWED_TOOLS); a request may only pre-approve fewer tools")
+    granted = {_resolved(d) for d in operator.add_dirs}
+    extra = [d for d in checked.add_dirs if _resolved(d) not in granted] if "add_dirs" in raw else []
+    if extra:
+        raise _refuse(403, f"add_dirs {', '.join(extra)} are not granted on this server (CLAUDE__OPTIONS__ADD_DIRS)")
     if checked.cwd is not None:
         resolve_cwd(checked.cwd, workspace_root(settings))
     return checked.model_dump(include=set(raw))

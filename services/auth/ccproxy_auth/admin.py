@@ -13,8 +13,10 @@ Answers never carry a secret, except the new key in the answer to ``POST /admin/
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, Field, StrictInt, ValidationError
@@ -26,14 +28,17 @@ from ccproxy_auth import login
 from ccproxy_auth.accounts import AccountError, AccountStore, check_name
 from ccproxy_auth.keys import KeyAdminError, KeyStore
 from ccproxy_auth.pool import AccountPool
-from ccproxy_auth.sessions import AdminAccess
+from ccproxy_auth.sessions import AdminAccess, Session
 from ccproxy_core import pricing
-from ccproxy_core.client_keys import Admission, Period, UsageReport
+from ccproxy_core.client_keys import Admission, KeyInfo, Period, UsageReport
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.internal import json_response
 from ccproxy_core.redis import Redis
 from ccproxy_core.routing import PICK_PATH, REPORT_PATH
 from ccproxy_core.settings import Settings
+
+B = TypeVar("B", bound=BaseModel)
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def local_accounts(settings: Settings, redis: Redis, metrics: Any = None) -> tuple[AccountPool, KeyStore | None]:
@@ -73,20 +78,9 @@ class AdmitBody(BaseModel):
     reserve_micro_usd: int = 0
 
 
-class CreateKeyBody(BaseModel):
-    """Strict numbers: ``true``, ``"NaN"``, ``1e308`` are not limits (KeyStore.create checks ranges)."""
-
-    name: str
-    accounts: list[str] = Field(default_factory=list)
-    rpm: StrictInt | None = None
-    tpm: StrictInt | None = None
-    budget_usd: float | None = Field(default=None, allow_inf_nan=False, strict=True)
-    period: Period | None = None
-    expires_at: float | None = Field(default=None, allow_inf_nan=False, strict=True)
-
-
-class UpdateKeyBody(BaseModel):
-    """Only the fields sent change; a field sent as null is removed (no limit)."""
+class KeyLimitsBody(BaseModel):
+    """A key's limits. Strict numbers: ``true``, ``"NaN"``, ``1e308`` are not limits (the key store
+    checks ranges). In an update only the fields sent change; one sent as null is removed."""
 
     accounts: list[str] | None = None
     rpm: StrictInt | None = None
@@ -94,6 +88,10 @@ class UpdateKeyBody(BaseModel):
     budget_usd: float | None = Field(default=None, allow_inf_nan=False, strict=True)
     period: Period | None = None
     expires_at: float | None = Field(default=None, allow_inf_nan=False, strict=True)
+
+
+class CreateKeyBody(KeyLimitsBody):
+    name: str
 
 
 class ApiKeyAccountBody(BaseModel):
@@ -109,11 +107,12 @@ class OAuthFinishBody(BaseModel):
     login_id: str
     pasted: str
 
+
 #: Seconds a started subscription login waits for its pasted code.
 OAUTH_PENDING_SECONDS = 900
 
 
-async def _parse(request: Request, model: type[BaseModel]) -> Any:
+async def _parse(request: Request, model: type[B]) -> B:
     try:
         return model.model_validate(orjson.loads(await request.body() or b"{}"))
     except orjson.JSONDecodeError as exc:
@@ -122,50 +121,51 @@ async def _parse(request: Request, model: type[BaseModel]) -> Any:
         raise validation_error(exc) from exc
 
 
-def _need_keys(keys: KeyStore | None) -> KeyStore:
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """What the admin asked cannot be done: a 400 that says why (a 404 for an unknown key)."""
+    try:
+        yield
+    except (AccountError, KeyAdminError, login.LoginError) as exc:
+        raise ProxyError(exc.status if isinstance(exc, KeyAdminError) else 400, str(exc)) from exc
+
+
+def need_keys(keys: KeyStore | None, hint: str = "") -> KeyStore:
     if keys is None:
-        raise ProxyError(503, "client keys need a real Redis (REDIS__URL)")
+        raise ProxyError(503, f"client keys need a real Redis (REDIS__URL){hint}")
     return keys
 
 
 def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
     async def pick(request: Request) -> Response:
-        body: PickBody = await _parse(request, PickBody)
+        body = await _parse(request, PickBody)
         credential = await pool.pick(body.hints, exclude=body.exclude, rejected=body.rejected, account=body.account)
-        return json_response(
-            {
-                "kind": credential.kind,
-                "secret": credential.secret.get_secret_value(),
-                "expires_at": credential.expires_at,
-                "account": credential.account,
-                "single": len(pool.members()) == 1,
-            }
-        )
+        secret = credential.secret.get_secret_value()
+        return json_response({**credential.model_dump(), "secret": secret, "single": len(pool.members()) == 1})
 
     async def report(request: Request) -> Response:
-        body: ReportBody = await _parse(request, ReportBody)
+        body = await _parse(request, ReportBody)
         outcome = await pool.report(body.account, body.status, body.headers, body.hints)
         return json_response(outcome.model_dump())
 
     async def accounts(request: Request) -> Response:
         return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
 
-    async def member_session(request: Request) -> Response:
-        data = orjson.loads(await request.body() or b"{}")
-        found = await keys.member_session(str(data.get("digest", ""))) if keys is not None else None
-        return json_response({"key": found.model_dump() if found else None})
+    def find_key(field: str, find: Callable[[KeyStore, str], Awaitable[KeyInfo | None]]) -> Endpoint:
+        """``{"key": ...}`` for the body's ``field`` (a key hash, a session digest), or null."""
+        async def endpoint(request: Request) -> Response:
+            data = orjson.loads(await request.body() or b"{}")
+            found = await find(keys, str(data.get(field, ""))) if keys is not None else None
+            return json_response({"key": found.model_dump() if found else None})
 
-    async def lookup(request: Request) -> Response:
-        data = orjson.loads(await request.body() or b"{}")
-        found = await keys.lookup_hash(str(data.get("hash", ""))) if keys is not None else None
-        return json_response({"key": found.model_dump() if found else None})
+        return endpoint
 
     async def any_keys(request: Request) -> Response:
         return json_response({"any": await keys.any_keys() if keys is not None else False})
 
     async def admit(request: Request) -> Response:
-        body: AdmitBody = await _parse(request, AdmitBody)
-        store = _need_keys(keys)
+        body = await _parse(request, AdmitBody)
+        store = need_keys(keys)
         key = await store.get(body.key_id)
         if key is None:
             raise ProxyError(401, "unknown client key", "authentication_error")
@@ -173,52 +173,49 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
         return json_response(admission.model_dump())
 
     async def settle(request: Request) -> Response:
-        body: SettleBody = await _parse(request, SettleBody)
-        settlement = await _need_keys(keys).settle(body.admission, body.usage)
+        body = await _parse(request, SettleBody)
+        settlement = await need_keys(keys).settle(body.admission, body.usage)
         return json_response(settlement.model_dump())
 
     return [
         Route(PICK_PATH, pick, methods=["POST"]),
         Route(REPORT_PATH, report, methods=["POST"]),
         Route("/internal/accounts", accounts, methods=["GET"]),
-        Route("/internal/keys/lookup", lookup, methods=["POST"]),
+        Route("/internal/keys/lookup", find_key("hash", KeyStore.lookup_hash), methods=["POST"]),
         Route("/internal/keys/any", any_keys, methods=["POST"]),
-        Route("/internal/keys/session", member_session, methods=["POST"]),
+        Route("/internal/keys/session", find_key("digest", KeyStore.member_session), methods=["POST"]),
         Route("/internal/keys/admit", admit, methods=["POST"]),
         Route("/internal/keys/settle", settle, methods=["POST"]),
     ]
 
 
 def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, access: AdminAccess) -> list[Route]:
-    guard = access.check
+    """The admin API: every route lets only the admin through (:meth:`AdminAccess.check`)."""
     redis = access.sessions.redis
     pending_prefix = f"{settings.redis.key_prefix}console:oauth:"
 
+    def owner(request: Request) -> str:
+        """Whose subscription login it is: the console session's, or "" for the bearer token."""
+        session: Session | None = request.state.admin
+        return session.digest if session else ""
+
     async def list_accounts(request: Request) -> Response:
-        await guard(request)
         return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
 
     async def add_api_key_account(request: Request) -> Response:
-        await guard(request)
-        body: ApiKeyAccountBody = await _parse(request, ApiKeyAccountBody)
-        try:
+        body = await _parse(request, ApiKeyAccountBody)
+        with _refused():
             account = AccountStore(settings).add_api_key(body.name, body.api_key)
-        except AccountError as exc:
-            raise ProxyError(400, str(exc)) from exc
         pool.invalidate()
         return json_response(account.model_dump(mode="json"), status=201)
 
     async def refresh_account(request: Request) -> Response:
-        await guard(request)
         credential = await pool.refresh(request.path_params["name"])
         return json_response({"account": credential.account, "expires_at": credential.expires_at})
 
     async def remove_account(request: Request) -> Response:
-        await guard(request)
-        try:
+        with _refused():
             removed = AccountStore(settings).remove(request.path_params["name"])
-        except AccountError as exc:
-            raise ProxyError(400, str(exc)) from exc
         if not removed:
             raise ProxyError(404, "no such account", "not_found_error")
         pool.invalidate()
@@ -226,85 +223,76 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         return Response(status_code=204)
 
     async def oauth_start(request: Request) -> Response:
-        session = await guard(request)
-        body: OAuthStartBody = await _parse(request, OAuthStartBody)
-        try:
+        body = await _parse(request, OAuthStartBody)
+        with _refused():
             name = check_name(body.name)
-        except AccountError as exc:
-            raise ProxyError(400, str(exc)) from exc
         pending = login.start(settings.oauth, manual=True)
         login_id = secrets.token_urlsafe(16)
         record = {"name": name, "verifier": pending.verifier, "state": pending.state,
-                  "redirect_uri": pending.redirect_uri, "owner": session.digest if session else ""}
+                  "redirect_uri": pending.redirect_uri, "owner": owner(request)}
         await redis.set(pending_prefix + login_id, orjson.dumps(record), ex=OAUTH_PENDING_SECONDS)
         return json_response({"login_id": login_id, "url": pending.url, "name": name})
 
     async def oauth_finish(request: Request) -> Response:
-        session = await guard(request)
-        body: OAuthFinishBody = await _parse(request, OAuthFinishBody)
+        body = await _parse(request, OAuthFinishBody)
         raw = await redis.get(pending_prefix + body.login_id)
         record = orjson.loads(raw) if raw else None
-        if record is None or record["owner"] != (session.digest if session else ""):
+        if record is None or record["owner"] != owner(request):
             raise ProxyError(404, "no such login in progress (it expires after 15 minutes); start again",
                              "not_found_error")
         pending = login.PendingLogin(record["verifier"], record["state"], record["redirect_uri"], "")
-        try:
+        with _refused():
             code = login.parse_pasted(body.pasted, pending)
             oauth_pair = await login.finish(settings.oauth, pending, code)
             account = AccountStore(settings).add_oauth(record["name"], oauth_pair)
-        except (login.LoginError, AccountError) as exc:
-            raise ProxyError(400, str(exc)) from exc
         await redis.delete(pending_prefix + body.login_id)
         pool.invalidate()
         await pool.clear(account.name)
         return json_response(account.model_dump(mode="json"), status=201)
 
     async def update_key(request: Request) -> Response:
-        await guard(request)
-        body: UpdateKeyBody = await _parse(request, UpdateKeyBody)
+        body = await _parse(request, KeyLimitsBody)
         changes = {name: getattr(body, name) for name in body.model_fields_set}
         if "accounts" in changes:
             changes["accounts"] = [a.strip() for a in changes["accounts"] or [] if a.strip()]
-        try:
-            info = await _need_keys(keys).update(request.path_params["key"], changes)
-        except KeyAdminError as exc:
-            raise ProxyError(404 if str(exc).startswith("no key") else 400, str(exc)) from exc
+        with _refused():
+            info = await need_keys(keys).update(request.path_params["key"], changes)
         return json_response(info.model_dump())
 
     async def list_keys(request: Request) -> Response:
-        await guard(request)
         include = request.query_params.get("all") in ("1", "true")
-        return json_response(await _need_keys(keys).listing(include))
+        return json_response(await need_keys(keys).listing(include))
 
     async def create_key(request: Request) -> Response:
-        await guard(request)
-        body: CreateKeyBody = await _parse(request, CreateKeyBody)
-        try:
-            info, plain = await _need_keys(keys).create(
-                body.name, accounts=body.accounts, rpm=body.rpm, tpm=body.tpm,
-                budget_usd=body.budget_usd, period=body.period, expires_at=body.expires_at,
-            )
-        except KeyAdminError as exc:
-            raise ProxyError(400, str(exc)) from exc
+        body = await _parse(request, CreateKeyBody)
+        with _refused():
+            info, plain = await need_keys(keys).create(**body.model_dump())
         return json_response({**info.model_dump(), "key": plain}, status=201)
 
     async def revoke_key(request: Request) -> Response:
-        await guard(request)
-        try:
-            info = await _need_keys(keys).revoke(request.path_params["key"])
-        except KeyAdminError as exc:
-            raise ProxyError(404, str(exc), "not_found_error") from exc
+        with _refused():
+            info = await need_keys(keys).revoke(request.path_params["key"])
         return json_response(info.model_dump())
 
+    def admin_only(endpoint: Endpoint) -> Endpoint:
+        async def guarded(request: Request) -> Response:
+            request.state.admin = await access.check(request)
+            return await endpoint(request)
+
+        return guarded
+
     return [
-        Route("/admin/accounts", list_accounts, methods=["GET"]),
-        Route("/admin/accounts", add_api_key_account, methods=["POST"]),
-        Route("/admin/accounts/{name}/refresh", refresh_account, methods=["POST"]),
-        Route("/admin/accounts/{name}", remove_account, methods=["DELETE"]),
-        Route("/admin/keys", list_keys, methods=["GET"]),
-        Route("/admin/keys", create_key, methods=["POST"]),
-        Route("/admin/oauth/start", oauth_start, methods=["POST"]),
-        Route("/admin/oauth/finish", oauth_finish, methods=["POST"]),
-        Route("/admin/keys/{key}", update_key, methods=["PATCH"]),
-        Route("/admin/keys/{key}", revoke_key, methods=["DELETE"]),
+        Route(path, admin_only(endpoint), methods=[method])
+        for path, method, endpoint in (
+            ("/admin/accounts", "GET", list_accounts),
+            ("/admin/accounts", "POST", add_api_key_account),
+            ("/admin/accounts/{name}/refresh", "POST", refresh_account),
+            ("/admin/accounts/{name}", "DELETE", remove_account),
+            ("/admin/keys", "GET", list_keys),
+            ("/admin/keys", "POST", create_key),
+            ("/admin/oauth/start", "POST", oauth_start),
+            ("/admin/oauth/finish", "POST", oauth_finish),
+            ("/admin/keys/{key}", "PATCH", update_key),
+            ("/admin/keys/{key}", "DELETE", revoke_key),
+        )
     ]

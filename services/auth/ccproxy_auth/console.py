@@ -11,6 +11,7 @@ and ``/permissions``, which accept the member session for GET reads (``ccproxy_c
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth.admin import admin_routes
+from ccproxy_auth.admin import Endpoint, admin_routes, need_keys
 from ccproxy_auth.keys import KeyStore
 from ccproxy_auth.pool import AccountPool
 from ccproxy_auth.sessions import (
@@ -96,6 +97,18 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
             raise ProxyError(404, "no such file", "not_found_error")
         return Response(_static(name), media_type=ASSETS[name], headers={"cache-control": "no-cache"})
 
+    def sign_out(cookie: str, find: Callable[[Request], Awaitable[Session | None]]) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            found = await find(request)
+            if found is not None:
+                check_csrf(request, found)
+                await sessions.delete(found)
+            response = _json({"signed_in": False})
+            clear_cookie(response, cookie)
+            return response
+
+        return endpoint
+
     # -- /admin ---------------------------------------------------------------------------------
 
     async def admin_page(request: Request) -> Response:
@@ -114,21 +127,7 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         set_cookie(request, response, ADMIN_COOKIE, sid, ADMIN_SESSION_SECONDS)
         return response
 
-    async def admin_sign_out(request: Request) -> Response:
-        found = await access.session(request)
-        if found is not None:
-            check_csrf(request, found)
-            await sessions.delete(found)
-        response = _json({"signed_in": False})
-        clear_cookie(response, ADMIN_COOKIE)
-        return response
-
     # -- /me ------------------------------------------------------------------------------------
-
-    def need_keys() -> KeyStore:
-        if keys is None:
-            raise ProxyError(503, "client keys need a real Redis (REDIS__URL); ask your team lead")
-        return keys
 
     async def member(request: Request) -> Session | None:
         if keys is None:
@@ -145,7 +144,7 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         return _json({"signed_in": True, "csrf": found.csrf})
 
     async def me_sign_in(request: Request) -> Response:
-        store = need_keys()
+        store = need_keys(keys, "; ask your team lead")
         presented = await _secret_from_body(request, "key")
         await sessions.check_not_blocked(request)
         info = await store.lookup(presented)
@@ -157,17 +156,8 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         set_cookie(request, response, MEMBER_COOKIE, sid, MEMBER_SESSION_SECONDS)
         return response
 
-    async def me_sign_out(request: Request) -> Response:
-        found = await member(request)
-        if found is not None:
-            check_csrf(request, found)
-            await sessions.delete(found)
-        response = _json({"signed_in": False})
-        clear_cookie(response, MEMBER_COOKIE)
-        return response
-
     async def me_state(request: Request) -> Response:
-        store = need_keys()
+        store = need_keys(keys, "; ask your team lead")
         found = await member(request)
         info = await store.get(found.key_id) if found is not None else None
         if found is None or info is None or not info.usable():
@@ -183,11 +173,11 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         Route("/admin/assets/{name}", asset, methods=["GET"]),
         Route("/admin/session", admin_state, methods=["GET"]),
         Route("/admin/session", admin_sign_in, methods=["POST"]),
-        Route("/admin/session", admin_sign_out, methods=["DELETE"]),
+        Route("/admin/session", sign_out(ADMIN_COOKIE, access.session), methods=["DELETE"]),
         Route("/me", me_page, methods=["GET"]),
         Route("/me/assets/{name}", asset, methods=["GET"]),
         Route("/me/session", me_session, methods=["GET"]),
         Route("/me/session", me_sign_in, methods=["POST"]),
-        Route("/me/session", me_sign_out, methods=["DELETE"]),
+        Route("/me/session", sign_out(MEMBER_COOKIE, member), methods=["DELETE"]),
         Route("/me/state", me_state, methods=["GET"]),
     ]

@@ -26,7 +26,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ccproxy_auth.sessions import session_key
+from ccproxy_auth.sessions import session_key, text
 from ccproxy_core.client_keys import (
     KEY_PREFIX,
     Admission,
@@ -49,17 +49,27 @@ RESERVATION_TTL = 3600
 MAX_AMOUNT = 10**15
 #: The largest token counts taken from a request or a usage report (bigger ones are clamped).
 MAX_TOKENS = 10**12
+#: Seconds a period's spend counter outlives its last settlement (longer than any period).
+SPEND_TTL = 40 * 24 * 3600
 
 #: Lua shared by both scripts. ``clamp`` bounds any number to [0, MAX_AMOUNT]; ``int`` writes one
 #: as Redis wants an integer (Lua would print 1e15 as "1e+15"); ``release`` gives back a
-#: reservation without ever leaving the counter below zero (one an old gateway drove negative
-#: heals here).
+#: reservation and ``heal`` resets a counter, so none is ever left below zero (one an old gateway
+#: drove negative heals here); ``refill`` is a token bucket's level ``now`` (capacity ``cap``,
+#: refilled ``cap`` per minute).
 _PRELUDE = """
 local function clamp(value) return math.max(0, math.min(tonumber(value) or 0, @MAX@)) end
 local function int(value) return string.format('%d', clamp(value)) end
+local function count(counter) return tonumber(redis.call('GET', counter) or '0') or 0 end
+local function heal(counter) if count(counter) < 0 then redis.call('SET', counter, 0) end end
 local function release(counter, amount)
   if clamp(amount) <= 0 then return end
   if redis.call('DECRBY', counter, int(amount)) < 0 then redis.call('SET', counter, 0) end
+end
+local function refill(bucket, cap, now)
+  local b = redis.call('HMGET', bucket, 'level', 'ts')
+  local level = tonumber(b[1]) or cap
+  return math.min(cap, level + math.max(0, now - (tonumber(b[2]) or now)) * cap / 60.0)
 end
 """.replace("@MAX@", str(MAX_AMOUNT))
 
@@ -84,28 +94,22 @@ end
 local rpm = tonumber(rec[4]) or 0
 local rpm_level = nil
 if rpm > 0 then
-  local b = redis.call('HMGET', KEYS[2], 'level', 'ts')
-  local level = tonumber(b[1]) or rpm
-  local ts = tonumber(b[2]) or now
-  level = math.min(rpm, level + math.max(0, now - ts) * rpm / 60.0)
+  local level = refill(KEYS[2], rpm, now)
   if level < 1 then return {'rpm', tostring((1 - level) * 60.0 / rpm)} end
   rpm_level = level - 1
 end
 local tpm = tonumber(rec[5]) or 0
 local tpm_level = nil
 if tpm > 0 then
-  local b = redis.call('HMGET', KEYS[3], 'level', 'ts')
-  local level = tonumber(b[1]) or tpm
-  local ts = tonumber(b[2]) or now
-  level = math.min(tpm, level + math.max(0, now - ts) * tpm / 60.0)
+  local level = refill(KEYS[3], tpm, now)
   if level <= 0 then return {'tpm', tostring((1 - level) * 60.0 / tpm)} end
   tpm_level = level - est_tokens
 end
 local budget = tonumber(rec[6]) or 0
 local want = est_micro
 if budget > 0 then
-  local spent = math.max(0, tonumber(redis.call('GET', KEYS[4]) or '0') or 0)
-  local held = math.max(0, tonumber(redis.call('GET', KEYS[5]) or '0') or 0)
+  local spent = math.max(0, count(KEYS[4]))
+  local held = math.max(0, count(KEYS[5]))
   local run = clamp(ARGV[6])
   -- a whole run (SDK mode): up to ARGV[6], what is left if less, never less than the estimate
   if run > 0 then want = math.max(est_micro, math.min(run, budget - spent - held)) end
@@ -114,7 +118,7 @@ end
 if rpm_level then redis.call('HSET', KEYS[2], 'level', tostring(rpm_level), 'ts', ARGV[1]) end
 if tpm_level then redis.call('HSET', KEYS[3], 'level', tostring(tpm_level), 'ts', ARGV[1]) end
 want = int(want)
-if (tonumber(redis.call('GET', KEYS[5]) or '0') or 0) < 0 then redis.call('SET', KEYS[5], 0) end
+heal(KEYS[5])
 redis.call('INCRBY', KEYS[5], want)
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[5]), ARGV[4])
 redis.call('HSET', KEYS[7], ARGV[4], want .. ':' .. int(est_tokens))
@@ -132,31 +136,31 @@ if amt then
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
 local actual = int(ARGV[2])
-if (tonumber(redis.call('GET', KEYS[4]) or '0') or 0) < 0 then redis.call('SET', KEYS[4], 0) end
+heal(KEYS[4])
 local spent = redis.call('INCRBY', KEYS[4], actual)
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[6]))
 local tpm = tonumber(ARGV[5])
 if tpm > 0 then
-  local now = tonumber(ARGV[4])
-  local b = redis.call('HMGET', KEYS[5], 'level', 'ts')
-  local level = tonumber(b[1]) or tpm
-  local ts = tonumber(b[2]) or now
-  level = math.min(tpm, level + math.max(0, now - ts) * tpm / 60.0)
-  level = level - (clamp(ARGV[3]) - est_tokens)
+  local level = refill(KEYS[5], tpm, tonumber(ARGV[4])) - (clamp(ARGV[3]) - est_tokens)
   redis.call('HSET', KEYS[5], 'level', tostring(level), 'ts', ARGV[4])
 end
 redis.call('HINCRBY', KEYS[6], 'spend_micro', actual)
 redis.call('HINCRBY', KEYS[6], 'requests', 1)
-redis.call('HINCRBY', KEYS[6], 'input_tokens', int(ARGV[7]))
-redis.call('HINCRBY', KEYS[6], 'output_tokens', int(ARGV[8]))
-redis.call('HINCRBY', KEYS[6], 'cache_read_tokens', int(ARGV[9]))
-redis.call('HINCRBY', KEYS[6], 'cache_write_tokens', int(ARGV[10]))
+for i, field in ipairs({'input_tokens', 'output_tokens', 'cache_read_tokens', 'cache_write_tokens'}) do
+  redis.call('HINCRBY', KEYS[6], field, int(ARGV[6 + i]))
+end
 return spent
 """
 
 
 class KeyAdminError(ValueError):
-    """A key operation cannot be done (unknown key, duplicate name)."""
+    """A key operation cannot be done (bad limits, duplicate name); ``status`` for the admin API."""
+
+    status = 400
+
+
+class UnknownKey(KeyAdminError):
+    status = 404
 
 
 #: The largest limits a key may be given: far above any real use, far below what Redis and the
@@ -228,18 +232,35 @@ def usage_cost_micro(usage: UsageReport) -> int:
     return _bounded(math.ceil(usd * MICRO), MAX_AMOUNT)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _opt_float(value: Any) -> float | None:
-    text = _text(value) if value is not None else ""
+def _opt_float(text: str | None) -> float | None:
     return float(text) if text else None
 
 
-def _opt_int(value: Any) -> int | None:
-    text = _text(value) if value is not None else ""
+def _opt_int(text: str | None) -> int | None:
     return int(float(text)) if text and float(text) > 0 else None
+
+
+#: The per-key token totals settlement adds up (and ``SETTLE`` writes, in this order).
+TOKEN_TOTALS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+#: What :meth:`KeyStore.update` may change.
+LIMITS = frozenset({"rpm", "tpm", "budget_usd", "period", "expires_at", "accounts"})
+
+
+def _spend(period_id: str | None) -> str:
+    """A key's spend counter of one budget period (``none``: a key without a period)."""
+    return f"spend:{period_id or 'none'}"
+
+
+def _limits_record(info: KeyInfo) -> dict[str, str]:
+    """A key's limits as its Redis record holds them (0 or "": none)."""
+    return {
+        "expires_at": repr(info.expires_at) if info.expires_at else "",
+        "rpm": str(info.rpm or 0),
+        "tpm": str(info.tpm or 0),
+        "budget_micro": str(math.floor(info.budget_usd * MICRO) if info.budget_usd else 0),
+        "period": info.period or "",
+        "accounts": ",".join(info.accounts),
+    }
 
 
 class KeyStore:
@@ -252,13 +273,9 @@ class KeyStore:
         self._admit = redis.register_script(ADMIT)
         self._settle = redis.register_script(SETTLE)
 
-    # -- keys of the keys ------------------------------------------------------------------
-
-    def _rec(self, key_id: str) -> str:
-        return f"{self.p}id:{key_id}"
-
-    def _sub(self, key_id: str, what: str) -> str:
-        return f"{self.p}id:{key_id}:{what}"
+    def _key(self, key_id: str, what: str = "") -> str:
+        """Where a key's record (no ``what``) or one of its counters lives."""
+        return f"{self.p}id:{key_id}:{what}" if what else f"{self.p}id:{key_id}"
 
     # -- administration --------------------------------------------------------------------
 
@@ -282,40 +299,18 @@ class KeyStore:
             period = "month"
         key_id = "k_" + secrets.token_hex(6)
         plain = KEY_PREFIX + secrets.token_urlsafe(32)
-        info = KeyInfo(
-            id=key_id,
-            name=name,
-            hint=plain[-4:],
-            created_at=time.time(),
-            expires_at=expires_at,
-            rpm=rpm,
-            tpm=tpm,
-            budget_usd=budget_usd,
-            period=period,
-            accounts=accounts or [],
-        )
+        info = KeyInfo(id=key_id, name=name, hint=plain[-4:], created_at=time.time(), expires_at=expires_at,
+                       rpm=rpm, tpm=tpm, budget_usd=budget_usd, period=period, accounts=accounts or [])
         name_key = f"{self.p}name:{name}"
-        record = {
-            "id": key_id,
-            "name": name,
-            "hash": hash_key(plain),
-            "hint": info.hint,
-            "created_at": repr(info.created_at),
-            "expires_at": repr(expires_at) if expires_at else "",
-            "revoked_at": "",
-            "rpm": str(rpm or 0),
-            "tpm": str(tpm or 0),
-            "budget_micro": str(math.floor(budget_usd * MICRO) if budget_usd else 0),
-            "period": period or "",
-            "accounts": ",".join(accounts or []),
-        }
+        record = {"id": key_id, "name": name, "hash": hash_key(plain), "hint": info.hint,
+                  "created_at": repr(info.created_at), "revoked_at": "", **_limits_record(info)}
         # Everything is checked and built before the name is taken, and a write that fails after
         # it gives the name back: a failed create leaves nothing behind.
         if not await self.redis.set(name_key, key_id, nx=True):
             raise KeyAdminError(f"a key named {name!r} exists already (revoke it first, or pick another name)")
         try:
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(self._rec(key_id), mapping=record)
+            pipe.hset(self._key(key_id), mapping=record)
             pipe.set(f"{self.p}hash:{record['hash']}", key_id)
             pipe.sadd(f"{self.p}all", key_id)
             await pipe.execute()
@@ -325,20 +320,22 @@ class KeyStore:
         return info, plain
 
     async def find(self, id_or_name: str) -> KeyInfo | None:
-        key_id = id_or_name
+        key_id: Any = id_or_name
         if not id_or_name.startswith("k_"):
-            found = await self.redis.get(f"{self.p}name:{id_or_name}")
-            if found is None:
-                return None
-            key_id = _text(found)
-        return await self.get(key_id)
+            key_id = await self.redis.get(f"{self.p}name:{id_or_name}")
+        return await self.get(text(key_id)) if key_id is not None else None
+
+    async def _need(self, id_or_name: str) -> KeyInfo:
+        info = await self.find(id_or_name)
+        if info is None:
+            raise UnknownKey(f"no key {id_or_name!r}")
+        return info
 
     async def get(self, key_id: str) -> KeyInfo | None:
-        raw = await self.redis.hgetall(self._rec(key_id))
-        return self._info(raw) if raw else None
-
-    def _info(self, raw: dict[Any, Any]) -> KeyInfo:
-        r = {_text(k): _text(v) for k, v in raw.items()}
+        raw = await self.redis.hgetall(self._key(key_id))
+        if not raw:
+            return None
+        r = {text(k): text(v) for k, v in raw.items()}
         budget_micro = int(r.get("budget_micro") or 0)
         return KeyInfo(
             id=r["id"],
@@ -355,13 +352,11 @@ class KeyStore:
         )
 
     async def revoke(self, id_or_name: str) -> KeyInfo:
-        info = await self.find(id_or_name)
-        if info is None:
-            raise KeyAdminError(f"no key {id_or_name!r}")
+        info = await self._need(id_or_name)
         if info.revoked_at is None:
             now = time.time()
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(self._rec(info.id), "revoked_at", repr(now))
+            pipe.hset(self._key(info.id), "revoked_at", repr(now))
             # The name is free again; the record stays, for its spend history.
             pipe.delete(f"{self.p}name:{info.name}")
             await pipe.execute()
@@ -369,49 +364,34 @@ class KeyStore:
         return info
 
     async def update(self, id_or_name: str, changes: dict[str, Any]) -> KeyInfo:
-        """Change a key's limits (``rpm``, ``tpm``, ``budget_usd``, ``period``, ``expires_at``,
-        ``accounts``); a field given as None is removed. Its spend so far is kept."""
-        info = await self.find(id_or_name)
-        if info is None:
-            raise KeyAdminError(f"no key {id_or_name!r}")
-        unknown = set(changes) - {"rpm", "tpm", "budget_usd", "period", "expires_at", "accounts"}
-        if unknown:
+        """Change a key's :data:`LIMITS`; a field given as None is removed. Its spend so far is kept."""
+        info = await self._need(id_or_name)
+        if unknown := set(changes) - LIMITS:
             raise KeyAdminError(f"cannot change {', '.join(sorted(unknown))}")
         check_limits(**{k: v for k, v in changes.items() if k in ("rpm", "tpm", "budget_usd", "expires_at")})
         merged = info.model_copy(update=changes)
         if merged.budget_usd is not None and merged.period is None:
             merged.period = "month"
-        record = {
-            "expires_at": repr(merged.expires_at) if merged.expires_at else "",
-            "rpm": str(merged.rpm or 0),
-            "tpm": str(merged.tpm or 0),
-            "budget_micro": str(math.floor(merged.budget_usd * MICRO) if merged.budget_usd else 0),
-            "period": merged.period or "",
-            "accounts": ",".join(merged.accounts),
-        }
-        await self.redis.hset(self._rec(info.id), mapping=record)
+        await self.redis.hset(self._key(info.id), mapping=_limits_record(merged))
         return merged
 
     async def listing(self, include_revoked: bool = False) -> list[dict[str, Any]]:
         """Every key with its spend: this period's (budget keys) and in total."""
-        ids = sorted(_text(i) for i in await self.redis.smembers(f"{self.p}all"))
         rows: list[dict[str, Any]] = []
-        for key_id in ids:
+        for key_id in sorted(text(i) for i in await self.redis.smembers(f"{self.p}all")):
             info = await self.get(key_id)
-            if info is None or (info.revoked_at is not None and not include_revoked):
-                continue
-            rows.append(await self.usage(info))
+            if info is not None and (info.revoked_at is None or include_revoked):
+                rows.append(await self.usage(info))
         return rows
 
     async def usage(self, info: KeyInfo) -> dict[str, Any]:
         """``info`` with its spend: this period's (with the period's end) and in total."""
-        raw_totals = await self.redis.hgetall(self._sub(info.id, "total"))
-        totals = {_text(k): int(_text(v)) for k, v in raw_totals.items()}
+        totals = {text(k): int(text(v)) for k, v in (await self.redis.hgetall(self._key(info.id, "total"))).items()}
         period_spend = period_end = None
         if info.period:
             pid, _, end = period_bounds(info.period, time.time())
-            raw = await self.redis.get(self._sub(info.id, f"spend:{pid}"))
-            period_spend = int(_text(raw)) / MICRO if raw else 0.0
+            raw = await self.redis.get(self._key(info.id, f"spend:{pid}"))
+            period_spend = int(text(raw)) / MICRO if raw else 0.0
             period_end = end.timestamp()
         return {
             **info.model_dump(),
@@ -419,19 +399,15 @@ class KeyStore:
             "period_spent_usd": period_spend,
             "period_ends_at": period_end,
             "requests": totals.get("requests", 0),
-            "input_tokens": totals.get("input_tokens", 0),
-            "output_tokens": totals.get("output_tokens", 0),
-            "cache_read_tokens": totals.get("cache_read_tokens", 0),
-            "cache_write_tokens": totals.get("cache_write_tokens", 0),
+            **{name: totals.get(name, 0) for name in TOKEN_TOTALS},
         }
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
         """The (usable) key behind a ``/me`` session (its id's SHA-256), for GET reads elsewhere."""
-        key_id = await self.redis.hget(session_key(self.prefix, sid_digest), "key_id")
-        role = await self.redis.hget(session_key(self.prefix, sid_digest), "role")
-        if key_id is None or role is None or _text(role) != "member":
+        key_id, role = await self.redis.hmget(session_key(self.prefix, sid_digest), "key_id", "role")
+        if key_id is None or role is None or text(role) != "member":
             return None
-        info = await self.get(_text(key_id))
+        info = await self.get(text(key_id))
         return info if info is not None and info.usable() else None
 
     # -- KeyAuthority ----------------------------------------------------------------------
@@ -441,9 +417,7 @@ class KeyStore:
 
     async def lookup_hash(self, digest: str) -> KeyInfo | None:
         key_id = await self.redis.get(f"{self.p}hash:{digest}")
-        if key_id is None:
-            return None
-        info = await self.get(_text(key_id))
+        info = await self.get(text(key_id)) if key_id is not None else None
         return info if info is not None and info.usable() else None
 
     async def any_keys(self) -> bool:
@@ -454,35 +428,17 @@ class KeyStore:
     ) -> Admission:
         now = time.time()
         tokens, micro = estimate(model, body_bytes, max_tokens)
-        period_id = None
-        spend_key = self._sub(key.id, "spend:none")
-        if key.period:
-            period_id, _, _ = period_bounds(key.period, now)
-            spend_key = self._sub(key.id, f"spend:{period_id}")
+        period_id = period_bounds(key.period, now)[0] if key.period else None
         rid = secrets.token_hex(8)
         result = await self._admit(
-            keys=[
-                self._rec(key.id),
-                self._sub(key.id, "rpm"),
-                self._sub(key.id, "tpm"),
-                spend_key,
-                self._sub(key.id, "reserved"),
-                self._sub(key.id, "resv"),
-                self._sub(key.id, "resamt"),
-            ],
+            keys=[self._key(key.id, w) for w in ("", "rpm", "tpm", _spend(period_id), "reserved", "resv", "resamt")],
             args=[repr(now), micro, tokens, rid, RESERVATION_TTL, _bounded(reserve_micro_usd, MAX_AMOUNT)],
         )
-        verdict = [_text(v) for v in result]
+        verdict = [text(v) for v in result]
         if verdict[0] != "ok":
             raise self._refusal(key, verdict, micro, now)
-        return Admission(
-            key_id=key.id,
-            key_name=key.name,
-            reservation=rid,
-            period_id=period_id,
-            estimated_tokens=tokens,
-            estimated_micro_usd=int(verdict[1]),
-        )
+        return Admission(key_id=key.id, key_name=key.name, reservation=rid, period_id=period_id,
+                         estimated_tokens=tokens, estimated_micro_usd=int(verdict[1]))
 
     def _refusal(self, key: KeyInfo, verdict: list[str], micro: int, now: float) -> ProxyError:
         what = verdict[0]
@@ -514,30 +470,11 @@ class KeyStore:
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         key = await self.get(admission.key_id)
         micro = usage_cost_micro(usage)
-        now = time.time()
-        ttl = 40 * 24 * 3600
-        spend_key = self._sub(admission.key_id, "spend:none")
-        if admission.period_id:
-            spend_key = self._sub(admission.key_id, f"spend:{admission.period_id}")
-        counts = [_bounded(n) for n in (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                                        usage.cache_write_tokens)]
+        counts = [_bounded(getattr(usage, name)) for name in TOKEN_TOTALS]
+        subs = ("resamt", "resv", "reserved", _spend(admission.period_id), "tpm", "total")
         spent = await self._settle(
-            keys=[
-                self._sub(admission.key_id, "resamt"),
-                self._sub(admission.key_id, "resv"),
-                self._sub(admission.key_id, "reserved"),
-                spend_key,
-                self._sub(admission.key_id, "tpm"),
-                self._sub(admission.key_id, "total"),
-            ],
-            args=[
-                admission.reservation or "-",
-                micro,
-                sum(counts),
-                repr(now),
-                (key.tpm if key else 0) or 0,
-                ttl,
-                *counts,
-            ],
+            keys=[self._key(admission.key_id, w) for w in subs],
+            args=[admission.reservation or "-", micro, sum(counts), repr(time.time()), (key.tpm if key else 0) or 0,
+                  SPEND_TTL, *counts],
         )
         return Settlement(cost_usd=micro / MICRO, spent_usd=int(spent) / MICRO)

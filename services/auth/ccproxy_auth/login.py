@@ -11,7 +11,6 @@ import asyncio
 import base64
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
@@ -122,7 +121,7 @@ async def finish(settings: OAuthSettings, pending: PendingLogin, code: str) -> C
         {
             "accessToken": answer.access_token,
             "refreshToken": answer.refresh_token,
-            "expiresAt": int((time.time() + answer.expires_in) * 1000),
+            "expiresAt": answer.expires_at_ms(),
             "scopes": scopes,
         }
     )

@@ -65,7 +65,7 @@ class Session:
     admin_fp: str = ""
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -91,7 +91,7 @@ class SessionStore:
             return None
         found = digest(sid)
         raw = await self.redis.hgetall(session_key(self.prefix, found))
-        r = {_text(k): _text(v) for k, v in raw.items()}
+        r = {text(k): text(v) for k, v in raw.items()}
         if r.get("role") != role:
             return None
         return Session(found, role, r.get("csrf", ""), r.get("key_id", ""), r.get("admin_fp", ""))
@@ -107,7 +107,7 @@ class SessionStore:
 
     async def check_not_blocked(self, request: Request) -> None:
         count = await self.redis.get(self._failures(request))
-        if count is not None and int(_text(count)) >= MAX_FAILURES:
+        if count is not None and int(text(count)) >= MAX_FAILURES:
             ttl = await self.redis.ttl(self._failures(request))
             wait = max(1, int(ttl)) if ttl and int(ttl) > 0 else FAILURE_WINDOW
             raise ProxyError(429, f"too many failed sign-ins from this address; try again in {wait} s",
@@ -163,16 +163,17 @@ class AdminAccess:
     def matches(self, presented: str) -> bool:
         return self._token is not None and hmac.compare_digest(presented.strip().encode(), self._token)
 
-    def _off(self) -> ProxyError:
-        return ProxyError(404, "the admin API is off (set SECURITY__ADMIN_TOKEN)", "not_found_error")
-
-    async def sign_in(self, request: Request, presented: str) -> tuple[str, Session]:
+    async def _check_token(self, request: Request, presented: str) -> None:
+        """404 while off; 401 for a wrong token, 429 after many (counted per client address)."""
         if not self.enabled:
-            raise self._off()
+            raise ProxyError(404, "the admin API is off (set SECURITY__ADMIN_TOKEN)", "not_found_error")
         await self.sessions.check_not_blocked(request)
         if not self.matches(presented):
             await self.sessions.failed(request)
             raise ProxyError(401, "wrong admin token", "authentication_error")
+
+    async def sign_in(self, request: Request, presented: str) -> tuple[str, Session]:
+        await self._check_token(request, presented)
         return await self.sessions.create("admin", admin_fp=self.fingerprint)
 
     async def session(self, request: Request) -> Session | None:
@@ -187,14 +188,9 @@ class AdminAccess:
     async def check(self, request: Request) -> Session | None:
         """Let the admin through or raise: 404 while off, 401 without a valid token or session,
         403 for a change without the session's CSRF token, 429 after many wrong tokens."""
-        if not self.enabled:
-            raise self._off()
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            await self.sessions.check_not_blocked(request)
-            if not self.matches(value):
-                await self.sessions.failed(request)
-                raise ProxyError(401, "wrong admin token", "authentication_error")
+        if scheme.lower() == "bearer" or not self.enabled:  # off: _check_token answers 404
+            await self._check_token(request, value)
             return None
         found = await self.session(request)
         if found is None:
