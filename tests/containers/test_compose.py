@@ -266,6 +266,63 @@ def test_member_key_made_with_exec_works_and_a_revoked_one_stops(deployment: Dep
     harness.wait_for(refused, 30, "the revoked key to be refused")
 
 
+def test_the_lead_runs_a_key_from_the_console_and_the_member_sees_it_on_me(deployment: Deployment) -> None:
+    """/admin and /me through Traefik (auth serves both): sign in with the admin token (cookie +
+    CSRF), make a key, the member uses it and sees their own row on /me's reads, a budget cut to
+    nothing stops it (402), revoking stops it (401)."""
+    assert "ccproxy console" in httpx.get(deployment.url + "/admin", timeout=10).text
+    with httpx.Client(base_url=deployment.url, timeout=30) as lead:
+        signed = lead.post("/admin/session", json={"token": deployment.env["SECURITY__ADMIN_TOKEN"]})
+        assert signed.status_code == 200, signed.text
+        csrf = {"x-csrf-token": signed.json()["csrf"]}
+        assert lead.post("/admin/keys", json={"name": "no-csrf"}).status_code == 403
+        made = lead.post("/admin/keys", json={"name": f"console-{uuid.uuid4().hex[:6]}"}, headers=csrf)
+        assert made.status_code == 201, made.text
+        key, key_id = made.json()["key"], made.json()["id"]
+
+        def works() -> bool:
+            try:
+                msg = deployment.anthropic(key).messages.create(model=MODEL, max_tokens=20,
+                                                                messages=[{"role": "user", "content": "console"}])
+            except anthropic.AuthenticationError:
+                return False  # the gateway's "any keys?" cache, on a deployment's first key
+            return msg.content[0].text == "Echo: console"  # type: ignore[union-attr]
+        harness.wait_for(works, 30, "the console's key to work")
+
+        with httpx.Client(base_url=deployment.url, timeout=30) as member:
+            assert member.post("/me/session", json={"key": key}).status_code == 200
+            assert member.get("/me/state").json()["name"].startswith("console-")
+
+            def own_rows() -> list[dict[str, Any]] | None:
+                rows = member.get("/logs/query", params={"limit": "50"}).json()["data"]
+                return rows or None
+            rows = harness.wait_for(own_rows, 60, "the member's own access-log row on /me")
+            assert {row["key_id"] for row in rows} == {key_id}
+            assert member.get("/admin/keys").status_code == 401  # a member session is no admin one
+
+        cut = lead.patch(f"/admin/keys/{key_id}", json={"budget_usd": 0.000001}, headers=csrf)
+        assert cut.status_code == 200, cut.text
+
+        def over_budget() -> bool:
+            try:
+                deployment.anthropic(key).messages.create(model=MODEL, max_tokens=5,
+                                                          messages=[{"role": "user", "content": "x"}])
+            except anthropic.APIStatusError as exc:
+                return exc.status_code == 402
+            return False
+        harness.wait_for(over_budget, 30, "the cut budget to refuse the key")
+        assert lead.delete(f"/admin/keys/{key_id}", headers=csrf).status_code == 200
+
+        def refused() -> bool:
+            try:
+                deployment.anthropic(key).messages.create(model=MODEL, max_tokens=5,
+                                                          messages=[{"role": "user", "content": "x"}])
+            except anthropic.AuthenticationError:
+                return True
+            return False
+        harness.wait_for(refused, 30, "the revoked key to be refused")
+
+
 # --- secrets and settings of the sdk-worker -------------------------------------------------------
 
 def test_sdk_worker_environment_holds_no_ccproxy_secret(deployment: Deployment) -> None:
