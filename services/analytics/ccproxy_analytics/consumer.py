@@ -28,6 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
 from ccproxy_core.access_log import AccessLogEvent
 from ccproxy_core.metrics import Metrics
+from ccproxy_core.redis import as_text
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class AccessLogConsumer:
             except (ValidationError, ValueError) as exc:
                 self.state.invalid += 1
                 self.metrics.access_log_events.labels(self.metrics.service, "invalid").inc()
-                log.warning("analytics: dropping malformed event %s: %s", text(eid), str(exc)[:200])
+                log.warning("analytics: dropping malformed event %s: %s", as_text(eid), str(exc)[:200])
         if rows:
             await self._insert_until_done(rows)
         await self.redis.xack(self.stream, self.group, *ids)
@@ -306,7 +307,3 @@ async def _pause_if_early(began: float, block_ms: int) -> None:
 
 def _entries(resp: Any) -> list[tuple[Any, Any]]:
     return [entry for _stream, entries in resp or [] for entry in entries]
-
-
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
