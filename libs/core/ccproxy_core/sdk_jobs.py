@@ -274,7 +274,7 @@ class SdkQueue:
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     last_record = time.monotonic()
-                    last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    last_id = as_text(entry_id)
                     name = as_text(fields.get(b"e", fields.get("e", b"")))
                     data = orjson.loads(fields.get(b"d", fields.get("d", b"null")))
                     if name == START and not started:

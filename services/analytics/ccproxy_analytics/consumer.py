@@ -177,7 +177,7 @@ class AccessLogConsumer:
                 self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
                 start_id=start, count=self.batch_size,
             )
-            start = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
+            start = as_text(resp[0])
             entries = list(resp[1])
             if entries:
                 log.info("analytics: claimed %d unacknowledged events from a stopped consumer", len(entries))
@@ -259,7 +259,7 @@ class AccessLogConsumer:
         length = await self.redis.xlen(self.stream)
         for info in groups:
             name = info.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) != self.group:
+            if as_text(name) != self.group:
                 continue
             pending = int(info.get("pending") or 0)
             lag = info.get("lag")
