@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel
 
+from ccproxy_core.forwarding import UNIFIED, header_number
 from ccproxy_core.identity import ANONYMOUS
 from ccproxy_core.models import TokenUsage
 
@@ -118,15 +119,6 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def _float(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
 class RequestLog:
     """What the gateway learns about one request while serving it: a draft of its one event.
 
@@ -207,11 +199,11 @@ class RequestLog:
         d, headers = self.draft, reply.headers
         d.account = reply.account or d.account
         d.upstream_request_id = headers.get("request-id", d.upstream_request_id)
-        d.quota_status = headers.get("anthropic-ratelimit-unified-status", d.quota_status)
-        d.quota_5h_utilization = _float(headers.get("anthropic-ratelimit-unified-5h-utilization"))
-        d.quota_7d_utilization = _float(headers.get("anthropic-ratelimit-unified-7d-utilization"))
+        d.quota_status = headers.get(UNIFIED + "status", d.quota_status)
+        d.quota_5h_utilization = header_number(headers.get(UNIFIED + "5h-utilization"))
+        d.quota_7d_utilization = header_number(headers.get(UNIFIED + "7d-utilization"))
         if reply.status in (429, 529):
-            d.retry_after_s = _float(headers.get("retry-after"))
+            d.retry_after_s = header_number(headers.get("retry-after"))
 
     def set_usage(self, usage: TokenUsage, cost: float | None = None, stop_reason: str | None = None) -> None:
         """The answer's tokens and their cost (computed from ``usage`` unless given)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pydantic import BaseModel
 
 from ccproxy_core.errors import ProxyError, parse_anthropic_error
 from ccproxy_core.internal import INTERNAL_REFUSED, INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
@@ -38,6 +39,11 @@ class AuthServiceHttp:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def _post(self, path: str, body: BaseModel | dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` (a wire model from ccproxy_core, the one auth validates it with) as JSON."""
+        payload = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+        return await self._call("POST", path, orjson.dumps(payload))
 
     async def _call(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
         headers = dict(self._headers)

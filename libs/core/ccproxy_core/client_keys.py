@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-import orjson
 from pydantic import BaseModel, Field
 
 from ccproxy_core.auth_client import AuthServiceHttp
@@ -20,6 +19,9 @@ from ccproxy_core.models import TokenUsage
 
 Period = Literal["day", "week", "month"]
 KEY_PREFIX = "ccp_"
+#: The auth service's internal key endpoints live under this path (``lookup``, ``any``, ``session``,
+#: ``admit``, ``settle``): the gateway's :class:`HttpKeyAuthority` calls them, auth serves them.
+KEYS_PATH = "/internal/keys"
 
 
 def hash_key(presented: str) -> str:
@@ -71,6 +73,23 @@ class Settlement(BaseModel):
     cost_usd: float = 0.0
     #: Spend of the key in its current budget period after this request (or in total).
     spent_usd: float = 0.0
+
+
+class AdmitBody(BaseModel):
+    """``POST /internal/keys/admit``: :meth:`KeyAuthority.admit`'s arguments, the key by its id."""
+
+    key_id: str
+    model: str = ""
+    body_bytes: int = 0
+    max_tokens: int = 0
+    reserve_micro_usd: int = 0
+
+
+class SettleBody(BaseModel):
+    """``POST /internal/keys/settle``: :meth:`KeyAuthority.settle`'s arguments."""
+
+    admission: Admission
+    usage: UsageReport
 
 
 class KeyAuthority(Protocol):
@@ -160,32 +179,27 @@ class HttpKeyAuthority(AuthServiceHttp):
     def __init__(self, base_url: str, internal_secret: str, timeout: float = 10.0) -> None:
         super().__init__(base_url, internal_secret, timeout)
 
-    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", path, orjson.dumps(payload))
-
     async def lookup(self, presented: str) -> KeyInfo | None:
-        data = await self._post("/internal/keys/lookup", {"hash": hash_key(presented)})
+        data = await self._post(f"{KEYS_PATH}/lookup", {"hash": hash_key(presented)})
         return KeyInfo.model_validate(data["key"]) if data.get("key") else None
 
     async def any_keys(self) -> bool:
-        return bool((await self._post("/internal/keys/any", {}))["any"])
+        return bool((await self._post(f"{KEYS_PATH}/any", {}))["any"])
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
-        data = await self._post("/internal/keys/session", {"digest": sid_digest})
+        data = await self._post(f"{KEYS_PATH}/session", {"digest": sid_digest})
         return KeyInfo.model_validate(data["key"]) if data.get("key") else None
 
     async def admit(
         self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
     ) -> Admission:
         data = await self._post(
-            "/internal/keys/admit",
-            {"key_id": key.id, "model": model, "body_bytes": body_bytes, "max_tokens": max_tokens,
-             "reserve_micro_usd": reserve_micro_usd},
+            f"{KEYS_PATH}/admit",
+            AdmitBody(key_id=key.id, model=model, body_bytes=body_bytes, max_tokens=max_tokens,
+                      reserve_micro_usd=reserve_micro_usd),
         )
         return Admission.model_validate(data)
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
-        data = await self._post(
-            "/internal/keys/settle", {"admission": admission.model_dump(), "usage": usage.model_dump()}
-        )
+        data = await self._post(f"{KEYS_PATH}/settle", SettleBody(admission=admission, usage=usage))
         return Settlement.model_validate(data)

@@ -48,6 +48,21 @@ FORWARD_KEY_HEADER = "x-ccproxy-key"
 INTERNAL_HEADER_PREFIX = "x-ccproxy-"
 
 
+#: Prefix of the upstream's subscription quota headers (``-status``, ``-5h-utilization``, ``-reset``).
+UNIFIED = "anthropic-ratelimit-unified-"
+
+
+def header_number(value: str | None) -> float | None:
+    """A numeric upstream header (``retry-after``, a quota's utilization or reset), or None when
+    it is missing or not a number (the upstream's headers are read, never trusted to parse)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 class UpstreamReply:
     """The upstream's answer: status and headers now, body as it arrives."""
 

@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import RedisSettings
 
-__all__ = ["REDIS_DOWN", "Redis", "RedisLock", "connect", "is_unavailable", "redacted", "unavailable_as_503",
+__all__ = ["REDIS_DOWN", "Redis", "RedisLock", "as_text", "connect", "is_unavailable", "redacted", "unavailable_as_503",
            "unavailable_error"]
 
 #: Errors that mean "Redis cannot be reached right now" (as opposed to a bad command).
@@ -136,7 +136,7 @@ class RedisLock:
             if await self._redis.set(self.key, self._token, nx=True, px=ttl_ms):
                 return True
             value = await self._redis.get(self.key)
-            if value is not None and _text(value) == self._token:
+            if value is not None and as_text(value) == self._token:
                 # Taken by an earlier attempt of ours whose answer was lost: ours, for a full ttl.
                 await self._redis.pexpire(self.key, ttl_ms)
                 return True
@@ -147,7 +147,7 @@ class RedisLock:
 
     async def owned(self) -> bool:
         value = await self._redis.get(self.key)
-        return value is not None and _text(value) == self._token
+        return value is not None and as_text(value) == self._token
 
     async def release(self) -> None:
         """Compare-and-delete in a transaction (WATCH), which fakeredis runs too (no Lua needed)."""
@@ -159,7 +159,7 @@ class RedisLock:
                 try:
                     await pipe.watch(self.key)
                     value = await pipe.get(self.key)
-                    if value is None or _text(value) != self._token:
+                    if value is None or as_text(value) != self._token:
                         return
                     pipe.multi()
                     pipe.delete(self.key)
@@ -179,5 +179,6 @@ class RedisLock:
             await self.release()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def as_text(value: object) -> str:
+    """A Redis reply as str: bytes from a raw client, str from a decoding one, numbers as written."""
+    return value.decode() if isinstance(value, bytes) else str(value)

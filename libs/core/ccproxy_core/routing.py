@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ccproxy_core.auth_client import AuthClient
 from ccproxy_core.logging import register_secret
@@ -31,6 +31,24 @@ HINT_ACCOUNTS = "accounts"
 HINT_KEY = "key"
 #: Seconds a forwarder trusts "auth has one account" before asking again.
 SINGLE_TTL = 10.0
+
+
+class PickBody(BaseModel):
+    """``POST /internal/pick``: :meth:`AccountRouter.pick`'s arguments (the client sends, auth reads it)."""
+
+    hints: dict[str, str] = Field(default_factory=dict)
+    exclude: list[str] = Field(default_factory=list)
+    rejected: str | None = None
+    account: str | None = None
+
+
+class ReportBody(BaseModel):
+    """``POST /internal/report``: :meth:`AccountRouter.report`'s arguments."""
+
+    account: str
+    status: int
+    headers: dict[str, str] = Field(default_factory=dict)
+    hints: dict[str, str] = Field(default_factory=dict)
 
 
 class Outcome(BaseModel):
@@ -150,10 +168,9 @@ class RoutingAuthClient(AuthClient):
         if time.monotonic() < self._single_until and not exclude and self._fresh(cached, rejected):
             assert cached is not None
             return cached
-        body = orjson.dumps(
-            {"hints": dict(hints or {}), "exclude": list(exclude), "rejected": rejected, "account": account}
+        data = await self._post(
+            PICK_PATH, PickBody(hints=dict(hints or {}), exclude=list(exclude), rejected=rejected, account=account)
         )
-        data = await self._call("POST", PICK_PATH, body)
         self.fetches += 1
         self._single_until = time.monotonic() + SINGLE_TTL if data.pop("single", False) else 0.0
         credential = Credential.model_validate(data)
@@ -165,6 +182,6 @@ class RoutingAuthClient(AuthClient):
         self, account: str, status: int, headers: Mapping[str, str], hints: Mapping[str, str] | None = None
     ) -> Outcome:
         relevant = {k: v for k, v in headers.items() if k == "retry-after" or k.startswith("anthropic-ratelimit")}
-        body = orjson.dumps({"account": account, "status": status, "headers": relevant, "hints": dict(hints or {})})
-        return Outcome.model_validate(await self._call("POST", REPORT_PATH, body))
+        body = ReportBody(account=account, status=status, headers=relevant, hints=dict(hints or {}))
+        return Outcome.model_validate(await self._post(REPORT_PATH, body))
 

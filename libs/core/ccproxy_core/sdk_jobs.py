@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.identity import ANONYMOUS
 from ccproxy_core.models import TokenUsage
+from ccproxy_core.redis import as_text
 from ccproxy_core.settings import ClaudeSettings
 
 #: The arq function name the worker registers.
@@ -148,7 +149,7 @@ async def own_session(redis: Redis, keys: SdkKeys, session_id: str, owner: str, 
         pipe.hget(key, "owner")
         pipe.expire(key, ttl)
         _, current, _ = await pipe.execute()
-    if _text(current or b"") != owner:
+    if as_text(current or b"") != owner:
         raise ProxyError(404, "no such session for this client key", "not_found_error")
 
 
@@ -273,8 +274,8 @@ class SdkQueue:
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     last_record = time.monotonic()
-                    last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    name = _text(fields.get(b"e", fields.get("e", b"")))
+                    last_id = as_text(entry_id)
+                    name = as_text(fields.get(b"e", fields.get("e", b"")))
                     data = orjson.loads(fields.get(b"d", fields.get("d", b"null")))
                     if name == START and not started:
                         started = True
@@ -291,7 +292,3 @@ class SdkQueue:
             return await asyncio.shield(self.give_up(job_id))
         except Exception:  # Redis down: the run ends at its own timeout
             return False
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

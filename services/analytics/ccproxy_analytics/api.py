@@ -22,12 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_analytics.consumer import AccessLogConsumer, text
+from ccproxy_analytics.consumer import AccessLogConsumer
 from ccproxy_analytics.queries import Filters, logs_query, page, parse_limit, usage_query
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
 from ccproxy_core.access_log import AccessLogEvent
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.identity import caller
+from ccproxy_core.redis import as_text
 from ccproxy_core.sse import encode_event
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class LogsApi:
         try:
             newest = await self.redis.xrevrange(self.stream, count=max(replay, 1))
             if newest:
-                last = text(newest[0][0])
+                last = as_text(newest[0][0])
                 for eid, fields in reversed(newest if replay else []):
                     event = _parse(eid, fields)
                     if event is not None and wanted(event):
@@ -171,7 +172,7 @@ class LogsApi:
                 continue
             for _stream, entries in resp or []:
                 for eid, fields in entries:
-                    last = text(eid)
+                    last = as_text(eid)
                     event = _parse(eid, fields)
                     if event is not None and wanted(event):
                         quiet_since = time.monotonic()
@@ -187,7 +188,7 @@ def _parse(eid: Any, fields: Any) -> AccessLogEvent | None:
     try:
         return AccessLogEvent.from_stream(fields)
     except ValueError:
-        log.debug("skipping malformed stream entry %s", text(eid))
+        log.debug("skipping malformed stream entry %s", as_text(eid))
         return None
 
 

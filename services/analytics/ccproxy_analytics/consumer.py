@@ -28,6 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
 from ccproxy_core.access_log import AccessLogEvent
 from ccproxy_core.metrics import Metrics
+from ccproxy_core.redis import as_text
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class AccessLogConsumer:
                 self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
                 start_id=start, count=self.batch_size,
             )
-            start = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
+            start = as_text(resp[0])
             entries = list(resp[1])
             if entries:
                 log.info("analytics: claimed %d unacknowledged events from a stopped consumer", len(entries))
@@ -222,7 +223,7 @@ class AccessLogConsumer:
             except (ValidationError, ValueError) as exc:
                 self.state.invalid += 1
                 self.metrics.access_log_events.labels(self.metrics.service, "invalid").inc()
-                log.warning("analytics: dropping malformed event %s: %s", text(eid), str(exc)[:200])
+                log.warning("analytics: dropping malformed event %s: %s", as_text(eid), str(exc)[:200])
         if rows:
             await self._insert_until_done(rows)
         await self.redis.xack(self.stream, self.group, *ids)
@@ -258,7 +259,7 @@ class AccessLogConsumer:
         length = await self.redis.xlen(self.stream)
         for info in groups:
             name = info.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) != self.group:
+            if as_text(name) != self.group:
                 continue
             pending = int(info.get("pending") or 0)
             lag = info.get("lag")
@@ -306,7 +307,3 @@ async def _pause_if_early(began: float, block_ms: int) -> None:
 
 def _entries(resp: Any) -> list[tuple[Any, Any]]:
     return [entry for _stream, entries in resp or [] for entry in entries]
-
-
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from ccproxy_core.errors import ANTHROPIC_TYPE_BY_STATUS, ProxyError, anthropic_error_body
-from ccproxy_core.forwarding import HOP_BY_HOP, ForwardRequest, UpstreamReply
+from ccproxy_core.forwarding import HOP_BY_HOP, UNIFIED, ForwardRequest, UpstreamReply
 from ccproxy_core.logging import scrub_secret
 from ccproxy_core.routing import HINT_ACCOUNTS, HINT_KEY, HINT_SESSION, AccountRouter, session_key
 from ccproxy_core.settings import AnthropicSettings
@@ -28,7 +28,6 @@ from ccproxy_forwarder.injection import inject_identity, upstream_headers
 
 log = logging.getLogger(__name__)
 
-UNIFIED = "anthropic-ratelimit-unified-"
 #: Largest upstream error body read and relayed (real ones are a few hundred bytes).
 MAX_ERROR_BYTES = 64 * 1024
 

@@ -30,11 +30,11 @@ from ccproxy_auth.keys import KeyAdminError, KeyStore
 from ccproxy_auth.pool import AccountPool
 from ccproxy_auth.sessions import AdminAccess, Session
 from ccproxy_core import pricing
-from ccproxy_core.client_keys import Admission, KeyInfo, Period, UsageReport
+from ccproxy_core.client_keys import KEYS_PATH, AdmitBody, KeyInfo, Period, SettleBody
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.internal import json_response
 from ccproxy_core.redis import Redis
-from ccproxy_core.routing import PICK_PATH, REPORT_PATH
+from ccproxy_core.routing import PICK_PATH, REPORT_PATH, PickBody, ReportBody
 from ccproxy_core.settings import Settings
 
 B = TypeVar("B", bound=BaseModel)
@@ -49,33 +49,6 @@ def local_accounts(settings: Settings, redis: Redis, metrics: Any = None) -> tup
     pool = AccountPool(settings, redis, metrics=metrics)
     keys = KeyStore(redis, settings.redis.key_prefix) if settings.redis.url else None
     return pool, keys
-
-
-class PickBody(BaseModel):
-    hints: dict[str, str] = Field(default_factory=dict)
-    exclude: list[str] = Field(default_factory=list)
-    rejected: str | None = None
-    account: str | None = None
-
-
-class ReportBody(BaseModel):
-    account: str
-    status: int
-    headers: dict[str, str] = Field(default_factory=dict)
-    hints: dict[str, str] = Field(default_factory=dict)
-
-
-class SettleBody(BaseModel):
-    admission: Admission
-    usage: UsageReport
-
-
-class AdmitBody(BaseModel):
-    key_id: str
-    model: str = ""
-    body_bytes: int = 0
-    max_tokens: int = 0
-    reserve_micro_usd: int = 0
 
 
 class KeyLimitsBody(BaseModel):
@@ -181,11 +154,11 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
         Route(PICK_PATH, pick, methods=["POST"]),
         Route(REPORT_PATH, report, methods=["POST"]),
         Route("/internal/accounts", accounts, methods=["GET"]),
-        Route("/internal/keys/lookup", find_key("hash", KeyStore.lookup_hash), methods=["POST"]),
-        Route("/internal/keys/any", any_keys, methods=["POST"]),
-        Route("/internal/keys/session", find_key("digest", KeyStore.member_session), methods=["POST"]),
-        Route("/internal/keys/admit", admit, methods=["POST"]),
-        Route("/internal/keys/settle", settle, methods=["POST"]),
+        Route(f"{KEYS_PATH}/lookup", find_key("hash", KeyStore.lookup_hash), methods=["POST"]),
+        Route(f"{KEYS_PATH}/any", any_keys, methods=["POST"]),
+        Route(f"{KEYS_PATH}/session", find_key("digest", KeyStore.member_session), methods=["POST"]),
+        Route(f"{KEYS_PATH}/admit", admit, methods=["POST"]),
+        Route(f"{KEYS_PATH}/settle", settle, methods=["POST"]),
     ]
 
 

@@ -26,7 +26,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ccproxy_auth.sessions import session_key, text
+from ccproxy_auth.sessions import session_key
 from ccproxy_core.client_keys import (
     KEY_PREFIX,
     Admission,
@@ -38,6 +38,7 @@ from ccproxy_core.client_keys import (
 )
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.pricing import current
+from ccproxy_core.redis import as_text
 
 MICRO = 1_000_000
 #: A request's reservation expires after this long (longer than any stream).
@@ -323,7 +324,7 @@ class KeyStore:
         key_id: Any = id_or_name
         if not id_or_name.startswith("k_"):
             key_id = await self.redis.get(f"{self.p}name:{id_or_name}")
-        return await self.get(text(key_id)) if key_id is not None else None
+        return await self.get(as_text(key_id)) if key_id is not None else None
 
     async def _need(self, id_or_name: str) -> KeyInfo:
         info = await self.find(id_or_name)
@@ -335,7 +336,7 @@ class KeyStore:
         raw = await self.redis.hgetall(self._key(key_id))
         if not raw:
             return None
-        r = {text(k): text(v) for k, v in raw.items()}
+        r = {as_text(k): as_text(v) for k, v in raw.items()}
         budget_micro = int(r.get("budget_micro") or 0)
         return KeyInfo(
             id=r["id"],
@@ -378,7 +379,7 @@ class KeyStore:
     async def listing(self, include_revoked: bool = False) -> list[dict[str, Any]]:
         """Every key with its spend: this period's (budget keys) and in total."""
         rows: list[dict[str, Any]] = []
-        for key_id in sorted(text(i) for i in await self.redis.smembers(f"{self.p}all")):
+        for key_id in sorted(as_text(i) for i in await self.redis.smembers(f"{self.p}all")):
             info = await self.get(key_id)
             if info is not None and (info.revoked_at is None or include_revoked):
                 rows.append(await self.usage(info))
@@ -386,12 +387,13 @@ class KeyStore:
 
     async def usage(self, info: KeyInfo) -> dict[str, Any]:
         """``info`` with its spend: this period's (with the period's end) and in total."""
-        totals = {text(k): int(text(v)) for k, v in (await self.redis.hgetall(self._key(info.id, "total"))).items()}
+        raw_totals = await self.redis.hgetall(self._key(info.id, "total"))
+        totals = {as_text(k): int(as_text(v)) for k, v in raw_totals.items()}
         period_spend = period_end = None
         if info.period:
             pid, _, end = period_bounds(info.period, time.time())
             raw = await self.redis.get(self._key(info.id, f"spend:{pid}"))
-            period_spend = int(text(raw)) / MICRO if raw else 0.0
+            period_spend = int(as_text(raw)) / MICRO if raw else 0.0
             period_end = end.timestamp()
         return {
             **info.model_dump(),
@@ -405,9 +407,9 @@ class KeyStore:
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
         """The (usable) key behind a ``/me`` session (its id's SHA-256), for GET reads elsewhere."""
         key_id, role = await self.redis.hmget(session_key(self.prefix, sid_digest), "key_id", "role")
-        if key_id is None or role is None or text(role) != "member":
+        if key_id is None or role is None or as_text(role) != "member":
             return None
-        info = await self.get(text(key_id))
+        info = await self.get(as_text(key_id))
         return info if info is not None and info.usable() else None
 
     # -- KeyAuthority ----------------------------------------------------------------------
@@ -417,7 +419,7 @@ class KeyStore:
 
     async def lookup_hash(self, digest: str) -> KeyInfo | None:
         key_id = await self.redis.get(f"{self.p}hash:{digest}")
-        info = await self.get(text(key_id)) if key_id is not None else None
+        info = await self.get(as_text(key_id)) if key_id is not None else None
         return info if info is not None and info.usable() else None
 
     async def any_keys(self) -> bool:
@@ -434,7 +436,7 @@ class KeyStore:
             keys=[self._key(key.id, w) for w in ("", "rpm", "tpm", _spend(period_id), "reserved", "resv", "resamt")],
             args=[repr(now), micro, tokens, rid, RESERVATION_TTL, _bounded(reserve_micro_usd, MAX_AMOUNT)],
         )
-        verdict = [text(v) for v in result]
+        verdict = [as_text(v) for v in result]
         if verdict[0] != "ok":
             raise self._refusal(key, verdict, micro, now)
         return Admission(key_id=key.id, key_name=key.name, reservation=rid, period_id=period_id,

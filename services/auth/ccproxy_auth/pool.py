@@ -30,13 +30,13 @@ from ccproxy_auth.accounts import Account, AccountError, AccountKind, AccountSto
 from ccproxy_auth.claude_credentials import CredentialStore
 from ccproxy_auth.manager import CredentialManager
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.forwarding import UNIFIED, header_number
 from ccproxy_core.routing import HINT_ACCOUNTS, HINT_SESSION, Outcome
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import DEFAULT_ACCOUNT, Credential, CredentialStatus
 
 log = logging.getLogger(__name__)
 
-UNIFIED = "anthropic-ratelimit-unified-"
 #: Seconds an account's state read from Redis is trusted before it is read again.
 STATE_TTL = 1.0
 #: (cooldown, why unhealthy, last rate-limited at) of one account.
@@ -99,15 +99,6 @@ class AccountState(BaseModel):
     refreshed_at: float | None = None
 
 
-def _num(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
 def quota_windows(headers: Mapping[str, str]) -> dict[str, QuotaWindow]:
     """``anthropic-ratelimit-unified-<window>-{status,utilization,reset}`` by window."""
     windows: dict[str, QuotaWindow] = {}
@@ -122,9 +113,9 @@ def quota_windows(headers: Mapping[str, str]) -> dict[str, QuotaWindow]:
         if field == "status":
             entry.status = value
         elif field == "utilization":
-            entry.utilization = _num(value)
+            entry.utilization = header_number(value)
         else:
-            entry.reset = _num(value)
+            entry.reset = header_number(value)
     return windows
 
 
@@ -139,7 +130,7 @@ class Verdict(BaseModel):
 def read_limit(status: int, headers: Mapping[str, str], settings: Settings, now: float) -> Verdict:
     """Tell a spent quota from a throttle from an overload, from the answer's headers."""
     auth = settings.auth
-    retry_after = _num(headers.get("retry-after"))
+    retry_after = header_number(headers.get("retry-after"))
     if status == 529:
         return Verdict(reason="overloaded", until=now + (retry_after or auth.overload_cooldown_seconds))
     windows = quota_windows(headers)
@@ -150,7 +141,7 @@ def read_limit(status: int, headers: Mapping[str, str], settings: Settings, now:
     if headers.get(UNIFIED + "status") == "rejected" or spent:
         claim = headers.get(UNIFIED + "representative-claim")
         resets = [w.reset for _, w in spent if w.reset]
-        reset = max(resets) if resets else _num(headers.get(UNIFIED + "reset"))
+        reset = max(resets) if resets else header_number(headers.get(UNIFIED + "reset"))
         if reset is None or reset <= now:
             reset = now + (retry_after or auth.default_cooldown_seconds)
         label = claim or (spent[0][0] if spent else "unified")

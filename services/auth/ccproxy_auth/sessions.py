@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.identity import MEMBER_COOKIE
+from ccproxy_core.redis import as_text
 from ccproxy_core.settings import Settings
 
 __all__ = ["ADMIN_COOKIE", "MEMBER_COOKIE", "AdminAccess", "Session", "SessionStore"]
@@ -65,10 +66,6 @@ class Session:
     admin_fp: str = ""
 
 
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class SessionStore:
     def __init__(self, redis: Any, prefix: str) -> None:
         self.redis = redis
@@ -91,7 +88,7 @@ class SessionStore:
             return None
         found = digest(sid)
         raw = await self.redis.hgetall(session_key(self.prefix, found))
-        r = {text(k): text(v) for k, v in raw.items()}
+        r = {as_text(k): as_text(v) for k, v in raw.items()}
         if r.get("role") != role:
             return None
         return Session(found, role, r.get("csrf", ""), r.get("key_id", ""), r.get("admin_fp", ""))
@@ -107,7 +104,7 @@ class SessionStore:
 
     async def check_not_blocked(self, request: Request) -> None:
         count = await self.redis.get(self._failures(request))
-        if count is not None and int(text(count)) >= MAX_FAILURES:
+        if count is not None and int(as_text(count)) >= MAX_FAILURES:
             ttl = await self.redis.ttl(self._failures(request))
             wait = max(1, int(ttl)) if ttl and int(ttl) > 0 else FAILURE_WINDOW
             raise ProxyError(429, f"too many failed sign-ins from this address; try again in {wait} s",

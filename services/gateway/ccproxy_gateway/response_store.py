@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute
 
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.identity import caller
-from ccproxy_core.redis import UNAVAILABLE, unavailable_as_503
+from ccproxy_core.redis import UNAVAILABLE, as_text, unavailable_as_503
 from ccproxy_core.settings import OpenAISettings, ResponsesSettings
 from ccproxy_gateway.openai import ModelMap, OpenAIFormat, ResponsesPlan
 from ccproxy_gateway.openai.request import Plan
@@ -286,7 +286,7 @@ class ResponseStore:
     async def _evict(self, owner: str) -> None:
         """Over ``RESPONSES__MAX_BYTES_PER_KEY``: forget what expired, then the oldest responses
         until the key is under its cap again (approximate when replicas write at once)."""
-        metas = {(k.decode() if isinstance(k, bytes) else k): v
+        metas = {as_text(k): v
                  for k, v in (await self.redis.hgetall(self._index(owner, "meta"))).items()}  # type: ignore[misc]
         ids = list(metas)
         pipe = self.redis.pipeline(transaction=False)

@@ -39,7 +39,7 @@ from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import LOCAL, caller, public
 from ccproxy_core.models import TokenUsage
-from ccproxy_core.redis import unavailable_as_503
+from ccproxy_core.redis import as_text, unavailable_as_503
 from ccproxy_core.sdk_jobs import (
     END,
     ERROR,
@@ -292,8 +292,7 @@ class SdkRoutes:
         redis, keys = self.queue.redis, self.queue.keys
         async with unavailable_as_503("the SDK status"):
             queued = await redis.zcard(keys.queue)
-            workers = [k.decode() if isinstance(k, bytes) else k
-                       async for k in redis.scan_iter(match=keys.health("*"), count=100)]
+            workers = [as_text(k) async for k in redis.scan_iter(match=keys.health("*"), count=100)]
         claude = self.settings.claude
         return JSONResponse(
             {

@@ -22,6 +22,7 @@ import orjson
 from redis.asyncio import Redis
 
 from ccproxy_core.permissions import PermissionAsk, PermissionDecision, PermissionView, denial
+from ccproxy_core.redis import as_text
 from ccproxy_core.settings import PermissionsSettings
 
 REQUEST = "permission_request"
@@ -74,7 +75,7 @@ class PermissionStore:
 
     async def pending(self) -> list[PermissionView]:
         """Every undecided request, oldest first; stale index entries are cleaned on the way."""
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await self.redis.zrange(self._pending, 0, -1)]
+        ids = [as_text(i) for i in await self.redis.zrange(self._pending, 0, -1)]
         if not ids:
             return []
         raws = await self.redis.mget([self._req(i) for i in ids])
@@ -125,7 +126,7 @@ class PermissionStore:
         due = await self.redis.zrangebyscore(self._pending, "-inf", now or time.time(), start=0, num=100)
         count = 0
         for raw_id in due:
-            _, won = await self.expire(raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id))
+            _, won = await self.expire(as_text(raw_id))
             count += won
         return count
 

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from ccproxy_core.redis import as_text
 from ccproxy_core.sdk_jobs import SdkKeys
 
 
@@ -65,7 +66,7 @@ class RedisSessionStore:
 
     async def list_subkeys(self, key: Any) -> list[str]:
         members = await self.redis.smembers(self.keys.transcript(key["session_id"]) + ":subkeys")  # type: ignore[misc]
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        return sorted(as_text(m) for m in members)
 
     async def delete(self, key: Any) -> None:
         base = self.keys.transcript(key["session_id"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,8 +57,9 @@ def _as_text(block: dict[str, Any]) -> str | None:
     return None
 
 
-def user_content(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """A user message's content as blocks Claude Code can send upstream."""
+def _content(message: dict[str, Any], kept: Callable[[dict[str, Any]], dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """A message's content as blocks: ``kept`` says what a block stays as; any other block
+    becomes text (a client's tool call or result) or is dropped."""
     content = message.get("content")
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
@@ -65,30 +67,32 @@ def user_content(message: dict[str, Any]) -> list[dict[str, Any]]:
     for block in content if isinstance(content, list) else []:
         if not isinstance(block, dict):
             continue
-        if block.get("type") in KEPT_USER_BLOCKS:
-            blocks.append({k: v for k, v in block.items() if k != "cache_control"})
-        else:
+        out = kept(block)
+        if out is None:
             text = _as_text(block)
-            if text:
-                blocks.append({"type": "text", "text": text})
+            out = {"type": "text", "text": text} if text else None
+        if out is not None:
+            blocks.append(out)
     return blocks
+
+
+def _kept_user(block: dict[str, Any]) -> dict[str, Any] | None:
+    if block.get("type") not in KEPT_USER_BLOCKS:
+        return None
+    return {k: v for k, v in block.items() if k != "cache_control"}
+
+
+def _kept_assistant(block: dict[str, Any]) -> dict[str, Any] | None:
+    return {"type": "text", "text": block["text"]} if block.get("type") == "text" and block.get("text") else None
+
+
+def user_content(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A user message's content as blocks Claude Code can send upstream."""
+    return _content(message, _kept_user)
 
 
 def assistant_content(message: dict[str, Any]) -> list[dict[str, Any]]:
-    content = message.get("content")
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for block in content if isinstance(content, list) else []:
-        if not isinstance(block, dict):
-            continue
-        if block.get("type") == "text" and block.get("text"):
-            blocks.append({"type": "text", "text": block["text"]})
-        else:
-            text = _as_text(block)
-            if text:
-                blocks.append({"type": "text", "text": text})
-    return blocks
+    return _content(message, _kept_assistant)
 
 
 def transcript(history: list[dict[str, Any]], session_id: str, cwd: str, model: str) -> list[dict[str, Any]]:

@@ -134,6 +134,16 @@ class Supervised:
     def job_tasks(self) -> list[asyncio.Task[Any]]:
         return [t for t in self.worker.tasks.values() if not t.done()]
 
+    async def stop(self, loop: asyncio.Future[Any]) -> None:
+        """Cancel ``loop`` (the task running :meth:`run`) and the runs in progress (their CLIs
+        stop), and give them up to 20 seconds to wind down."""
+        loop.cancel()
+        running = self.job_tasks()
+        for task in running:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.gather(loop, *running, return_exceptions=True), 20)
+
 
 @contextlib.asynccontextmanager
 async def in_process(
@@ -147,12 +157,7 @@ async def in_process(
     try:
         yield supervised
     finally:
-        task.cancel()
-        jobs = supervised.job_tasks()
-        for job_task in jobs:
-            job_task.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.gather(task, *jobs, return_exceptions=True), 20)
+        await supervised.stop(task)
 
 
 def health_app(supervised: Supervised, redis: Redis) -> Starlette:
@@ -231,12 +236,7 @@ def main(settings: Settings) -> None:
         try:
             await server.serve(sockets=[sock])  # returns on SIGINT/SIGTERM
         finally:
-            jobs.cancel()
-            running = supervised.job_tasks()
-            for task in running:
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.gather(jobs, *running, return_exceptions=True), 20)
+            await supervised.stop(jobs)
             with contextlib.suppress(Exception):
                 await supervised.worker.close()
 

@@ -29,17 +29,7 @@
     await Promise.all([loadKeys(), loadAccounts()]);
   }
 
-  // An action that fails because the session ended goes back to the sign-in form.
-  async function guarded(errorNode, action) {
-    showError(errorNode, null);
-    try {
-      return await action();
-    } catch (error) {
-      if (error.status === 401) signedOut();
-      showError(errorNode, error);
-      return undefined;
-    }
-  }
+  const guarded = (errorNode, action) => Console.guarded(errorNode, action, signedOut);
 
   const optInt = (id) => $(id).value.trim() === "" ? null : Number.parseInt($(id).value, 10);
   const optNum = (id) => $(id).value.trim() === "" ? null : Number($(id).value);
@@ -229,29 +219,7 @@
     });
   }
 
-  async function signIn(event) {
-    event.preventDefault();
-    showError($("signin-error"), null);
-    try {
-      const state = await call("POST", "/admin/session", { token: $("token").value });
-      $("token").value = "";
-      signedIn(state);
-    } catch (error) {
-      $("token").value = "";
-      showError($("signin-error"), error);
-      $("token").focus();
-    }
-  }
-
-  async function signOut() {
-    try { await call("DELETE", "/admin/session"); } catch (_) { /* the cookie goes anyway */ }
-    forgetNewKey();
-    signedOut();
-  }
-
   document.addEventListener("DOMContentLoaded", async () => {
-    $("signin-form").addEventListener("submit", signIn);
-    $("sign-out").addEventListener("click", signOut);
     $("create-form").addEventListener("submit", createKey);
     $("newkey-copy").addEventListener("click", () => Console.copy($("newkey-value").value, $("newkey-copy")));
     $("newkey-done").addEventListener("click", forgetNewKey);
@@ -260,13 +228,8 @@
     $("apikey-form").addEventListener("submit", addApiKeyAccount);
     $("oauth-start-form").addEventListener("submit", startOAuth);
     $("oauth-finish-form").addEventListener("submit", finishOAuth);
-    try {
-      const state = await call("GET", "/admin/session");
-      if (state.signed_in) signedIn(state); else signedOut();
-    } catch (error) {
-      signedOut();
-      showError($("signin-error"), error);
-    }
+    const signedOutHere = () => { forgetNewKey(); signedOut(); };
+    await Console.session("/admin/session", "token", signedIn, signedOutHere);
     document.body.dataset.ready = "1";
   });
 })();

@@ -121,6 +121,52 @@ const Console = (() => {
 
   function showError(node, error) { node.textContent = error ? (error.message || String(error)) : ""; }
 
+  // An action that fails because the session ended goes back to the sign-in form (`signedOut`).
+  async function guarded(errorNode, action, signedOut) {
+    showError(errorNode, null);
+    try {
+      return await action();
+    } catch (error) {
+      if (error.status === 401) signedOut();
+      showError(errorNode, error);
+      return undefined;
+    }
+  }
+
+  // The page's session at `path`: POST signs in with the secret typed into the input `field` (sent
+  // as `field`, cleared either way), DELETE signs out, GET says whether there is one. Wires the
+  // sign-in form and the sign-out button, then shows the page for the current state; its answer.
+  async function session(path, field, signedIn, signedOut) {
+    const byId = (id) => document.getElementById(id);
+    byId("signin-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showError(byId("signin-error"), null);
+      const input = byId(field);
+      try {
+        const state = await call("POST", path, { [field]: input.value });
+        input.value = "";
+        await signedIn(state);
+      } catch (error) {
+        input.value = "";
+        showError(byId("signin-error"), error);
+        input.focus();
+      }
+    });
+    byId("sign-out").addEventListener("click", async () => {
+      try { await call("DELETE", path); } catch (_) { /* the cookie goes anyway */ }
+      signedOut();
+    });
+    try {
+      const state = await call("GET", path);
+      if (state.signed_in) await signedIn(state); else signedOut();
+      return state;
+    } catch (error) {
+      signedOut();
+      showError(byId("signin-error"), error);
+      return null;
+    }
+  }
+
   return { setCsrf, call, el, copy, copyButton, snippets, renderSnippets, usd, num, when, budgetBar, sizeBars,
-           showError };
+           showError, guarded, session };
 })();

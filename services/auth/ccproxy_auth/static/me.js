@@ -22,16 +22,7 @@
     $("key").focus();
   }
 
-  async function guarded(errorNode, action) {
-    showError(errorNode, null);
-    try {
-      return await action();
-    } catch (error) {
-      if (error.status === 401) signedOut();
-      showError(errorNode, error);
-      return undefined;
-    }
-  }
+  const guarded = (errorNode, action) => Console.guarded(errorNode, action, signedOut);
 
   async function loadMine() {
     await guarded($("me-error"), async () => {
@@ -87,36 +78,9 @@
     return Promise.all([loadMine(), loadRequests(), loadApprovals()]);
   }
 
-  async function signIn(event) {
-    event.preventDefault();
-    showError($("signin-error"), null);
-    try {
-      const state = await call("POST", "/me/session", { key: $("key").value });
-      $("key").value = "";
-      await signedIn(state);
-    } catch (error) {
-      $("key").value = "";
-      showError($("signin-error"), error);
-      $("key").focus();
-    }
-  }
-
-  async function signOut() {
-    try { await call("DELETE", "/me/session"); } catch (_) { /* the cookie goes anyway */ }
-    signedOut();
-  }
-
   document.addEventListener("DOMContentLoaded", async () => {
-    $("signin-form").addEventListener("submit", signIn);
-    $("sign-out").addEventListener("click", signOut);
-    try {
-      const state = await call("GET", "/me/session");
-      if (state.signed_in) await signedIn(state); else signedOut();
-      if (!state.keys && !state.signed_in) showError($("signin-error"), new Error("client keys are not set up here (REDIS__URL)"));
-    } catch (error) {
-      signedOut();
-      showError($("signin-error"), error);
-    }
+    const state = await Console.session("/me/session", "key", signedIn, signedOut);
+    if (state && !state.keys && !state.signed_in) showError($("signin-error"), new Error("client keys are not set up here (REDIS__URL)"));
     document.body.dataset.ready = "1";
   });
 })();
