@@ -36,6 +36,13 @@ def ask(proc: Proc, text: str = "hi") -> anthropic.types.Message:
     return client.messages.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": text}])
 
 
+def refreshes(proc: Proc, outcome: str) -> float:
+    """``ccproxy_token_refreshes_total`` of ``outcome`` on serve's /metrics (0 if not there yet)."""
+    text = httpx.get(proc.url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ccproxy_token_refreshes_total{") and f'outcome="{outcome}"' in line)
+
+
 async def test_twenty_concurrent_requests_one_refresh(
     tmp_path: Path, fake_upstream: FakeUpstream, start_serve: Any
 ) -> None:
@@ -52,6 +59,7 @@ async def test_twenty_concurrent_requests_one_refresh(
     assert [a.content[0].text for a in answers] == [f"Echo: n{i}" for i in range(20)]
     calls = fake_upstream.token_calls(old["refreshToken"])
     assert len(calls) == 1 and calls[0]["status"] == 200, calls
+    assert (refreshes(proc, "ok"), refreshes(proc, "failed")) == (1, 0)  # one refresh, counted once
     new_access, new_refresh = calls[0]["access_token"], calls[0]["new_refresh_token"]
     # Every request went upstream with the one new token; none with the expired one.
     tokens = {fake_upstream.request(a._request_id)["auth"]["fingerprint"] for a in answers}
@@ -126,6 +134,7 @@ def test_refresh_failure_is_a_clear_401(tmp_path: Path, fake_upstream: FakeUpstr
     assert "refresh" in body["error"]["message"].lower() and "log in" in body["error"]["message"].lower()
     assert old["refreshToken"] not in resp.text and old["accessToken"] not in resp.text
     assert "refresh" in proc.log_text().lower() and "WARNING" in proc.log_text()
+    assert refreshes(proc, "failed") >= 1 and refreshes(proc, "ok") == 0
     # Nothing went upstream with the dead token.
     assert not fake_upstream.requests(token=old["accessToken"])
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,8 @@ class CredentialManager:
         self._issued: tuple[ClaudeOAuth, Credential] | None = None
         self._store: CredentialStore | None = None
         self.refresh_count = 0
+        #: Told each refresh's outcome ("ok" or "failed"): the pool counts them in its metrics.
+        self.on_refresh: Callable[[str], None] = lambda outcome: None
         self._failure: RefreshFailure | None = None
         api_key = settings.auth.api_key
         self._api_key = api_key.get_secret_value() if api_key else None
@@ -227,9 +229,11 @@ class CredentialManager:
         try:
             answer = await oauth.refresh(self._settings.oauth, current.refresh_token)
         except oauth.OAuthError as exc:
+            self.on_refresh("failed")
             raise self._failed(current.refresh_token, exc) from exc
         self._failure = None
         self.refresh_count += 1
+        self.on_refresh("ok")
         register_secret(answer.access_token)
         register_secret(answer.refresh_token)
         updated = current.model_copy(

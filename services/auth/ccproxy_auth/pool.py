@@ -161,6 +161,10 @@ class PoolMetrics:
             "ccproxy_account_cooldowns_total", "Upstream accounts put in cooldown, by account and reason",
             ["service", "account", "reason"], registry=registry,
         )
+        self.refreshes = getattr(shared, "refreshes", None) or Counter(
+            "ccproxy_token_refreshes_total", "OAuth token refreshes by outcome", ["service", "outcome"],
+            registry=registry,
+        )
         self.unhealthy = Counter(
             "ccproxy_account_unhealthy_total", "Accounts marked unhealthy (a 401 that survived a refresh)",
             ["service", "account"], registry=registry,
@@ -247,6 +251,7 @@ class AccountPool:
             source = self._sources.get(DEFAULT_ACCOUNT)
             if source is None or type(source) is not CredentialManager:
                 source = CredentialManager(self.settings, self.redis, account=DEFAULT_ACCOUNT)
+                source.on_refresh = self._count_refresh
                 self._sources[DEFAULT_ACCOUNT] = source
             kind: AccountKind = "api_key" if self.settings.auth.api_key else "claude_cli"
             members.append(Member(Account(name=DEFAULT_ACCOUNT, kind=kind, created_at=0), source))
@@ -267,7 +272,11 @@ class AccountPool:
         if isinstance(existing, AccountManager) and existing.origin == (api_key, store and store.name):
             return existing
         source = self._sources[account.name] = AccountManager(self.settings, self.redis, account.name, store, api_key)
+        source.on_refresh = self._count_refresh
         return source
+
+    def _count_refresh(self, outcome: str) -> None:
+        self.metrics.refreshes.labels(self.metrics.service, outcome).inc()
 
     def member(self, name: str) -> Member:
         for m in self.members():
