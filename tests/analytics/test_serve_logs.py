@@ -177,6 +177,21 @@ def test_query_filters_cursor_and_usage(serve: Proc) -> None:
     assert httpx.get(serve.url + "/logs/usage", params={"group_by": "secret"}, headers=HEADERS).status_code == 400
 
 
+def test_a_request_to_no_endpoint_under_the_api_is_logged_under_its_path(serve: Proc) -> None:
+    """A client aimed at a wrong endpoint shows up in the log (its path, 404, its format); a path
+    outside the client API does not."""
+    assert httpx.get(serve.url + "/not-an-api", headers=HEADERS, timeout=10).status_code == 404
+    wrong = httpx.post(serve.url + "/api/v1/chat/complete", headers=HEADERS, json={}, timeout=10)
+    assert wrong.status_code == 404
+    legacy = httpx.post(serve.url + "/sdk/v2/chat/completions", headers=HEADERS, json={}, timeout=10)
+    assert legacy.status_code == 404
+    rows = {row["endpoint"]: row for row in logged(serve, 2)}
+    assert set(rows) == {"/api/v1/chat/complete", "/sdk/v2/chat/completions"}
+    assert (rows["/api/v1/chat/complete"]["status"], rows["/api/v1/chat/complete"]["mode"]) == (404, "api")
+    sdk = rows["/sdk/v2/chat/completions"]
+    assert (sdk["status"], sdk["mode"], sdk["client_format"]) == (404, "sdk", "openai-chat")
+
+
 def test_log_api_needs_the_client_key(serve: Proc) -> None:
     for path in ("/logs/query", "/logs/usage", "/logs/status", "/logs/stream"):
         resp = httpx.get(serve.url + path, headers={"x-api-key": "nope-nope-nope"})

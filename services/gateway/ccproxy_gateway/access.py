@@ -6,7 +6,8 @@ it is logged: an :class:`~ccproxy_gateway.routes.ApiRoute` declared ``logged`` c
 under its template (``/sdk/{session_id}/v1/messages``, never a raw path), mode and format. A
 claimed log is closed when the response is over: sent, failed (the error handlers record the
 error type on it), or cancelled (the client went away before the last byte); any other draft is
-dropped. Routes only fill it in, through :func:`request_log`; the stream relay holds it open until
+dropped, except a request under ``/api/`` or ``/sdk/`` that no route answers (a client aimed at
+a wrong endpoint: logged under its path, so the lead can see it). Routes only fill it in, through :func:`request_log`; the stream relay holds it open until
 the stream's usage is known. It is a plain ASGI middleware, so a streamed body passes through
 untouched, chunk by chunk.
 """
@@ -17,8 +18,12 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ccproxy_core.access_log import AccessLogEmitter, RequestLog
+from ccproxy_core.errors import path_format
 from ccproxy_core.identity import LOCAL, Caller
-from ccproxy_gateway.routes import PENDING_LOG
+from ccproxy_gateway.routes import PENDING_LOG, api_route
+
+#: Where a request no route answers is still a client API request (logged under its own path).
+API_PREFIXES = ("/api/", "/sdk/")
 
 
 def request_log(request: Request) -> RequestLog | None:
@@ -76,5 +81,19 @@ class AccessLogMiddleware:
                 log.close(None if completed else "cancelled")
             raise
         else:
+            if state.get("access_log") is None and api_route(scope) is None and _unmatched_api(scope, log):
+                state["access_log"] = log
             if state.get("access_log") is log:  # claimed by a logged route; else dropped
                 log.close(None if completed else "cancelled")
+
+
+def _unmatched_api(scope: Scope, log: RequestLog) -> bool:
+    """Claim ``log`` for a request under the client API no route answered (its path, cut short)."""
+    path = scope.get("path", "")
+    if not path.startswith(API_PREFIXES):
+        return False
+    log.draft.endpoint = path[:200]
+    log.draft.mode = "sdk" if path.startswith("/sdk/") else "api"
+    if path_format(path) == "openai":
+        log.draft.client_format = "openai-chat" if path.endswith("/chat/completions") else "openai-responses"
+    return True
