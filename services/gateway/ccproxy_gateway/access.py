@@ -7,9 +7,9 @@ under its template (``/sdk/{session_id}/v1/messages``, never a raw path), mode a
 claimed log is closed when the response is over: sent, failed (the error handlers record the
 error type on it), or cancelled (the client went away before the last byte); any other draft is
 dropped, except a request under ``/api/`` or ``/sdk/`` that no route answers (a client aimed at
-a wrong endpoint: logged under its path, so the lead can see it). Routes only fill it in, through :func:`request_log`; the stream relay holds it open until
-the stream's usage is known. It is a plain ASGI middleware, so a streamed body passes through
-untouched, chunk by chunk.
+a wrong endpoint: logged under its path, so the lead can see it). Routes only fill it in,
+through :func:`request_log`; the stream relay holds it open until the stream's usage is known.
+It is a plain ASGI middleware, so a streamed body passes through untouched, chunk by chunk.
 """
 
 from __future__ import annotations
