@@ -56,7 +56,7 @@ class Keys:
         self.lookups += 1
         return self.keys.get(presented)
 
-    async def any_keys(self) -> bool:
+    async def any_keys(self, fresh: bool = False) -> bool:
         return bool(self.keys)
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
@@ -208,7 +208,7 @@ def test_everything_is_open_with_client_auth_off() -> None:
 
 def test_redis_down_while_resolving_is_a_503_not_a_401() -> None:
     class Down(Keys):
-        async def any_keys(self) -> bool:
+        async def any_keys(self, fresh: bool = False) -> bool:
             raise ConnectionError("redis is down")
 
     r = small_app(KeyBackend(None, Down())).get("/sdk/brand-new", headers={"x-api-key": MEMBER})

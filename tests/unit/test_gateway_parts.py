@@ -89,7 +89,7 @@ class FakeKeys:
     async def lookup(self, presented: str) -> KeyInfo | None:
         return self.key if presented == KEY else None
 
-    async def any_keys(self) -> bool:
+    async def any_keys(self, fresh: bool = False) -> bool:
         return True
 
     async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int,

@@ -97,8 +97,9 @@ class KeyAuthority(Protocol):
         """The key behind ``presented``, or None if there is no such (usable) key."""
         ...
 
-    async def any_keys(self) -> bool:
-        """Whether client keys are in use (then every request must carry one)."""
+    async def any_keys(self, fresh: bool = False) -> bool:
+        """Whether client keys are in use (then every request must carry one); ``fresh``: not
+        from a cache."""
         ...
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
@@ -152,9 +153,9 @@ class CachedKeys:
             self._any = None  # "no keys exist" is stale: a key was just made
         return found
 
-    async def any_keys(self) -> bool:
+    async def any_keys(self, fresh: bool = False) -> bool:
         now = time.monotonic()
-        if self._any is not None and now - self._any[0] < self.ttl:
+        if not fresh and self._any is not None and now - self._any[0] < self.ttl:
             return self._any[1]
         value = await self.inner.any_keys()
         self._any = (now, value)
@@ -183,7 +184,7 @@ class HttpKeyAuthority(AuthServiceHttp):
         data = await self._post(f"{KEYS_PATH}/lookup", {"hash": hash_key(presented)})
         return KeyInfo.model_validate(data["key"]) if data.get("key") else None
 
-    async def any_keys(self) -> bool:
+    async def any_keys(self, fresh: bool = False) -> bool:
         return bool((await self._post(f"{KEYS_PATH}/any", {}))["any"])
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:

@@ -139,7 +139,9 @@ class KeyBackend(AuthenticationBackend):
     async def identify(self, key: str | None) -> Caller | None:
         """The caller behind ``key``; :data:`LOCAL` with client auth off; None if nobody."""
         if self.keys is not None:
-            self._keys_active = await self.keys.any_keys()
+            # Without the shared token, "no keys" lets a keyless caller in as LOCAL: that answer
+            # is asked afresh, so the first key made closes the door at once, not a cache later.
+            self._keys_active = await self.keys.any_keys(fresh=self._token is None)
         found = None
         if key is not None and self._token is not None and hmac.compare_digest(key.encode(), self._token):
             return LEAD

@@ -422,7 +422,7 @@ class KeyStore:
         info = await self.get(as_text(key_id)) if key_id is not None else None
         return info if info is not None and info.usable() else None
 
-    async def any_keys(self) -> bool:
+    async def any_keys(self, fresh: bool = False) -> bool:
         return bool(await self.redis.scard(f"{self.p}all"))
 
     async def admit(
