@@ -4,6 +4,7 @@
 - ``claude_config_dir``: a Claude CLI config dir with a ``.credentials.json`` the fake accepts.
 - ``start_serve``: start ``ccproxy serve`` against the fake; returns a :class:`Proc`.
 - ``ccproxy_env``: the isolated environment those processes get (for commands run to completion).
+- ``page``: a page in a fresh headless Chromium (``tests/support/browser.py``), for web pages.
 - ``own_redis`` / ``aof_redis``: a private ``redis-server`` a test may stop and start (the second
   with an fsynced append-only file, so a restart brings the data back).
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.browser import Browser, Page, chromium_path
 from tests.support.fake import FakeUpstream
 from tests.support.ports import free_port
 from tests.support.process import Proc, start_process
@@ -123,3 +125,17 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 @pytest.fixture
 def aof_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     yield from _private_redis(tmp_path / "redis-aof", append_only=True)
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[Page]:
+    executable = chromium_path()
+    if executable is None:
+        pytest.fail("chromium is not installed: run scripts/setup-test-deps.sh (make setup-test)")
+    browser = Browser(executable, tmp_path / "profile")
+    try:
+        opened = await browser.new_page()
+        yield opened
+        await opened.close()
+    finally:
+        await browser.close()

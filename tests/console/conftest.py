@@ -1,11 +1,11 @@
 """Fixtures of the console tests: ``ccproxy serve`` with client keys on the real Redis (a key
 prefix of the test's own), an API-key account on the fake upstream, and an admin token; a
-headless Chromium page (Debian's chromium over the DevTools protocol, tests/permissions/browser.py)."""
+headless Chromium page (Debian's chromium over the DevTools protocol, tests/support/browser.py)."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pytest
 import redis as redis_sync
 
 from tests.accounts.helpers import REDIS_URL, Team, make_team
-from tests.permissions.browser import Browser, Page, chromium_path
+from tests.support.browser import Page
 from tests.support.fake import FakeUpstream
 from tests.support.process import Proc
 
@@ -49,20 +49,6 @@ def served(team: Team) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
-
-
-@pytest.fixture
-async def page(tmp_path: Path) -> AsyncIterator[Page]:
-    executable = chromium_path()
-    if executable is None:
-        pytest.fail("chromium is not installed: run scripts/setup-test-deps.sh (make setup-test)")
-    browser = Browser(executable, tmp_path / "profile")
-    try:
-        opened = await browser.new_page()
-        yield opened
-        await opened.close()
-    finally:
-        await browser.close()
 
 
 async def press(page: Page, key: str) -> None:

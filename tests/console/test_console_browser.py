@@ -39,7 +39,7 @@ from tests.console.conftest import (
     tab_to,
     type_text,
 )
-from tests.permissions.browser import Page
+from tests.support.browser import Page
 from tests.support.process import Proc
 
 pytestmark = pytest.mark.timeout(180)

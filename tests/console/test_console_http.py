@@ -11,7 +11,7 @@ import pytest
 
 from tests.accounts.helpers import make_team
 from tests.console.conftest import ADMIN
-from tests.permissions.browser import Page
+from tests.support.browser import Page
 from tests.support.fake import FakeUpstream
 from tests.support.process import Proc
 

@@ -239,6 +239,16 @@ def test_openai_sdk_plain_streamed_and_tools(deployment: Deployment) -> None:
     assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
 
 
+def refused(deployment: Deployment, key: str) -> bool:
+    """Whether ``key`` is refused as unknown (401) now."""
+    try:
+        deployment.anthropic(key).messages.create(model=MODEL, max_tokens=5,
+                                                  messages=[{"role": "user", "content": "x"}])
+    except anthropic.AuthenticationError:
+        return True
+    return False
+
+
 # --- member keys ----------------------------------------------------------------------------------
 
 def test_member_key_made_with_exec_works_and_a_revoked_one_stops(deployment: Deployment) -> None:
@@ -254,16 +264,8 @@ def test_member_key_made_with_exec_works_and_a_revoked_one_stops(deployment: Dep
     # key of a deployment may take that long to be accepted.
     harness.wait_for(works, 30, "the new member key to work")
     deployment.ccproxy("auth", "keys", "revoke", made["id"])
-
-    def refused() -> bool:
-        try:
-            deployment.anthropic(key).messages.create(model=MODEL, max_tokens=5,
-                                                      messages=[{"role": "user", "content": "x"}])
-        except anthropic.AuthenticationError:
-            return True
-        return False
     # The gateway caches key checks for SECURITY__KEY_CACHE_SECONDS.
-    harness.wait_for(refused, 30, "the revoked key to be refused")
+    harness.wait_for(lambda: refused(deployment, key), 30, "the revoked key to be refused")
 
 
 def test_the_lead_runs_a_key_from_the_console_and_the_member_sees_it_on_me(deployment: Deployment) -> None:
@@ -312,15 +314,7 @@ def test_the_lead_runs_a_key_from_the_console_and_the_member_sees_it_on_me(deplo
             return False
         harness.wait_for(over_budget, 30, "the cut budget to refuse the key")
         assert lead.delete(f"/admin/keys/{key_id}", headers=csrf).status_code == 200
-
-        def refused() -> bool:
-            try:
-                deployment.anthropic(key).messages.create(model=MODEL, max_tokens=5,
-                                                          messages=[{"role": "user", "content": "x"}])
-            except anthropic.AuthenticationError:
-                return True
-            return False
-        harness.wait_for(refused, 30, "the revoked key to be refused")
+        harness.wait_for(lambda: refused(deployment, key), 30, "the revoked key to be refused")
 
 
 # --- secrets and settings of the sdk-worker -------------------------------------------------------

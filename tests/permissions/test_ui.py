@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.permissions.browser import Browser, Page, chromium_path
 from tests.permissions.clients import ask, client, gate, pending_ids, poll, respond
 from tests.permissions.conftest import ADMIN_TOKEN, StartPermissions
+from tests.support.browser import Page
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def page(tmp_path: Path) -> AsyncIterator[Page]:
-    executable = chromium_path()
-    if executable is None:
-        pytest.fail("chromium is not installed: run scripts/setup-test-deps.sh (make setup-test)")
-    browser = Browser(executable, tmp_path / "profile")
-    try:
-        opened = await browser.new_page()
-        yield opened
-        await opened.close()
-    finally:
-        await browser.close()
 
 
 def card(request_id: str) -> str:
