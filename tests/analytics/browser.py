@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -22,11 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.browser import CHROMIUM_FLAGS, chromium_path
 from tests.support.ports import free_port
-
-
-def chromium_path() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class Browser:
@@ -36,8 +32,7 @@ class Browser:
             raise RuntimeError("chromium is not installed (scripts/setup-test-deps.sh installs it)")
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}",
+            [exe, *CHROMIUM_FLAGS, "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}",
              f"--remote-debugging-port={self.port}", "--remote-allow-origins=*",
              f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
