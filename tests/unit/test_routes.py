@@ -122,4 +122,5 @@ async def test_the_built_in_routes_are_declared_as_before(
     assert [(e.endpoint, e.client_format) for e in events.events] == [
         ("/api/v1/messages", "anthropic"), ("/api/v1/messages/count_tokens", "anthropic"),
         ("/api/v1/chat/completions", "openai-chat"),
+        ("/api/v1/nope", "anthropic"),  # no route: logged under its own path (a client's wrong endpoint)
     ]

@@ -15,7 +15,9 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, Field
 
 from ccproxy_core.auth_client import AuthServiceHttp
+from ccproxy_core.errors import ProxyError
 from ccproxy_core.models import TokenUsage
+from ccproxy_core.redis import UNAVAILABLE
 
 Period = Literal["day", "week", "month"]
 KEY_PREFIX = "ccp_"
@@ -157,7 +159,14 @@ class CachedKeys:
         now = time.monotonic()
         if not fresh and self._any is not None and now - self._any[0] < self.ttl:
             return self._any[1]
-        value = await self.inner.any_keys()
+        try:
+            value = await self.inner.any_keys()
+        except (ProxyError, *UNAVAILABLE) as exc:
+            # The authority is away (auth down, Redis restarting): a fresh question falls back to
+            # the last answer, as a cached one would have been; with none, the outage shows.
+            if not fresh or self._any is None or (isinstance(exc, ProxyError) and exc.status < 500):
+                raise
+            return self._any[1]
         self._any = (now, value)
         return value
 
