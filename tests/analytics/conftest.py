@@ -2,7 +2,7 @@
 
 - ``chdb_server``: ClickHouse's HTTP interface served by chDB (``tests/chdb_http.py``) on a
   fixed port and data directory, so a restart is the same server with the same data.
-- ``redis_server``: a private ``redis-server`` (append-only file on), for Redis outages; tests
+- Redis outages use ``aof_redis`` (tests/conftest.py); tests
   that only need Redis use the shared one at 127.0.0.1:6379 with a key prefix of their own.
 """
 
@@ -18,7 +18,6 @@ import pytest
 
 from tests.support.ports import free_port
 from tests.support.process import Proc, start_process
-from tests.support.redis_server import OwnRedis
 from tests.support.serve import REPO_ROOT
 
 
@@ -67,11 +66,6 @@ def chdb_server(tmp_path: Path) -> Iterator[ChdbServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def redis_server(aof_redis: OwnRedis) -> OwnRedis:
-    return aof_redis
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ async def stream_ids(redis: Redis, stream: str) -> list[str]:
     return [AccessLogEvent.from_stream(fields).request_id for _, fields in await redis.xrange(stream)]
 
 
-async def test_events_survive_a_redis_outage(redis_server: OwnRedis) -> None:
-    redis = client(redis_server)
+async def test_events_survive_a_redis_outage(aof_redis: OwnRedis) -> None:
+    redis = client(aof_redis)
     metrics = Metrics("gateway")
     emitter = AccessLogEmitter(redis, "ccproxy:access-log", metrics=metrics)
     for n in range(10):
@@ -39,7 +39,7 @@ async def test_events_survive_a_redis_outage(redis_server: OwnRedis) -> None:
     assert await emitter.flush(5)
     assert await redis.xlen("ccproxy:access-log") == 10
 
-    redis_server.stop()
+    aof_redis.stop()
     started = time.perf_counter()
     for n in range(10, 60):
         emitter.emit(make_event(n))
@@ -50,7 +50,7 @@ async def test_events_survive_a_redis_outage(redis_server: OwnRedis) -> None:
     assert emitter.buffered == 50
     assert metrics.access_log_buffered.labels("gateway")._value.get() == 50
 
-    redis_server.start()
+    aof_redis.start()
     assert await emitter.flush(15)
     ids = await stream_ids(redis, "ccproxy:access-log")
     assert ids == [f"req_{n:05d}" for n in range(60)]  # all, in order, none twice
@@ -59,15 +59,15 @@ async def test_events_survive_a_redis_outage(redis_server: OwnRedis) -> None:
     await redis.aclose()
 
 
-async def test_a_full_buffer_drops_the_oldest_and_counts_them(redis_server: OwnRedis) -> None:
-    redis = client(redis_server)
+async def test_a_full_buffer_drops_the_oldest_and_counts_them(aof_redis: OwnRedis) -> None:
+    redis = client(aof_redis)
     metrics = Metrics("gateway")
     emitter = AccessLogEmitter(redis, "s", buffer_size=20, metrics=metrics)
-    redis_server.stop()
+    aof_redis.stop()
     for n in range(50):
         emitter.emit(make_event(n))
     assert emitter.buffered <= 20
-    redis_server.start()
+    aof_redis.start()
     assert await emitter.flush(15)
     ids = await stream_ids(redis, "s")
     assert ids == [f"req_{n:05d}" for n in range(30, 50)]
