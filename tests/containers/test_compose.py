@@ -426,6 +426,15 @@ def respond(deployment: Deployment, key: str, request_id: str, body: dict[str, A
     assert resp.status_code == 200, resp.text
 
 
+def asked(deployment: Deployment, member: str, prompt: str, marker: str) -> tuple[Run, dict[str, Any]]:
+    """Start an SDK run of ``prompt`` and wait for its permission request (the one naming
+    ``marker``) on the member's /permissions/stream: the run, waiting, and the request."""
+    with ThreadPoolExecutor(1) as pool:
+        seen = pool.submit(stream_until, deployment, member, marker)
+        run = Run(deployment, member, prompt)
+        return run, seen.result(150)
+
+
 def workspace_stat(deployment: Deployment, path: str) -> tuple[int, str] | None:
     out = deployment.stack.exec("sdk-worker", "sh", "-c", f"stat -c %u {path} && cat {path}", check=False)
     if out.returncode != 0:
@@ -443,10 +452,7 @@ def member(deployment: Deployment) -> str:
 def test_sdk_write_approved_lands_in_the_workspace_as_the_host_user(deployment: Deployment, member: str) -> None:
     name = f"approved-{uuid.uuid4().hex[:6]}.txt"
     path = f"/workspace/{name}"
-    with ThreadPoolExecutor(1) as pool:
-        seen = pool.submit(stream_until, deployment, member, name)
-        run = Run(deployment, member, write_prompt(path, "hello from the container"))
-        request = seen.result(150)
+    run, request = asked(deployment, member, write_prompt(path, "hello from the container"), name)
     assert request["tool_name"] == "Write"
     assert workspace_stat(deployment, path) is None  # nothing before the decision
     respond(deployment, member, request["id"], {"behavior": "allow"})
@@ -459,10 +465,7 @@ def test_sdk_write_approved_lands_in_the_workspace_as_the_host_user(deployment: 
 def test_sdk_write_denied_writes_nothing(deployment: Deployment, member: str) -> None:
     name = f"denied-{uuid.uuid4().hex[:6]}.txt"
     path = f"/workspace/{name}"
-    with ThreadPoolExecutor(1) as pool:
-        seen = pool.submit(stream_until, deployment, member, name)
-        run = Run(deployment, member, write_prompt(path, "must not exist"))
-        request = seen.result(150)
+    run, request = asked(deployment, member, write_prompt(path, "must not exist"), name)
     respond(deployment, member, request["id"], {"behavior": "deny", "message": "not here"})
     answer = run.result()
     assert "not here" in texts(answer)
@@ -474,10 +477,7 @@ def test_claude_code_sees_no_ccproxy_setting(deployment: Deployment, member: str
     marker = f"envcheck-{uuid.uuid4().hex[:6]}"
     command = f"echo {marker}; env"
     prompt = f"show env [[fake:call=Bash?{urllib.parse.urlencode({'command': command})}]]"
-    with ThreadPoolExecutor(1) as pool:
-        seen = pool.submit(stream_until, deployment, member, marker)
-        run = Run(deployment, member, prompt)
-        request = seen.result(150)
+    run, request = asked(deployment, member, prompt, marker)
     respond(deployment, member, request["id"], {"behavior": "allow"})
     answer = texts(run.result())
     assert marker in answer, answer[-2000:]
@@ -508,10 +508,7 @@ def test_claude_code_cannot_reach_the_worker_its_secrets_or_redis(deployment: De
     ]
     command = "".join(f"{step} 2>&1; " for step in steps)
     prompt = f"look around [[fake:call=Bash?{urllib.parse.urlencode({'command': command})}]]"
-    with ThreadPoolExecutor(1) as pool:
-        seen = pool.submit(stream_until, deployment, member, marker)
-        run = Run(deployment, member, prompt)
-        request = seen.result(150)
+    run, request = asked(deployment, member, prompt, marker)
     respond(deployment, member, request["id"], {"behavior": "allow"})
     answer = texts(run.result())
     assert marker in answer, answer[-3000:]
@@ -542,10 +539,8 @@ def test_a_ccproxy_toml_in_the_workspace_changes_nothing(deployment: Deployment,
         deployment.stack.compose("restart", "sdk-worker", timeout=300)
         deployment.stack.wait_healthy(["sdk-worker"], timeout=120)
         name = f"still-asks-{uuid.uuid4().hex[:6]}.txt"
-        with ThreadPoolExecutor(1) as pool:
-            seen = pool.submit(stream_until, deployment, member, name)
-            run = Run(deployment, member, write_prompt(f"/workspace/{name}", "x"))
-            request = seen.result(150)  # still asked: bypassPermissions was not taken from the file
+        # Still asked: bypassPermissions was not taken from the file.
+        run, request = asked(deployment, member, write_prompt(f"/workspace/{name}", "x"), name)
         respond(deployment, member, request["id"], {"behavior": "deny", "message": "no"})
         run.result()
     finally:
