@@ -1,5 +1,5 @@
 """The permissions service inside ``ccproxy serve``: the public routes on the one app, the
-broker on the embedded Redis, and an in-process gate for the in-process sdk-worker."""
+broker on the embedded Redis, and the broker itself as the in-process worker's gate."""
 
 from __future__ import annotations
 
@@ -8,18 +8,16 @@ from starlette.routing import BaseRoute
 
 from ccproxy_core.settings import Settings
 from ccproxy_permissions.app import PermissionsApi, routes
-from ccproxy_permissions.broker import LocalPermissionGate, PermissionBroker
+from ccproxy_permissions.broker import PermissionBroker
 
 
 class EmbeddedPermissions:
     def __init__(self, settings: Settings, redis: Redis) -> None:
-        self.broker = PermissionBroker(settings, redis)
-        self.api = PermissionsApi(self.broker)  # callers: the one app's backend
-        self.gate = LocalPermissionGate(self.broker)
+        self.broker = self.gate = PermissionBroker(settings, redis)
 
     def routes(self) -> list[BaseRoute]:
         """Only the public ones: the worker in this process needs no internal API."""
-        return routes(self.api, internal=False)
+        return routes(PermissionsApi(self.broker), internal=False)
 
     async def start(self) -> None:
         await self.broker.start()

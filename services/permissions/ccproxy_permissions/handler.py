@@ -1,9 +1,9 @@
 """``ccproxy permission-handler``: approve tool uses from a terminal.
 
 Follows ``/permissions/stream`` (reconnecting when the connection drops; the server replays what
-is still pending), shows one request at a time (tool, input, who asked) and reads y / n / e.
-A request decided elsewhere meanwhile (web page, another handler, the timeout) is dropped from
-the prompt at once. Standard input is read by a thread, so a blocked read never blocks the loop.
+is still pending), shows one request at a time and reads y / n / e. A request decided elsewhere
+meanwhile (web page, another handler, the timeout) is dropped from the prompt at once. Standard
+input is read by a thread, so a blocked read never blocks the loop.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import sys
 import threading
 import time
+from collections import defaultdict
 from typing import Any, TextIO
 
 import aiohttp
@@ -35,14 +36,13 @@ class TerminalHandler:
         self.out = out
         self.stdin = stdin
         self.pending: dict[str, PermissionView] = {}
-        self.finished: dict[str, asyncio.Event] = {}
+        #: Set once a request is decided (by us or elsewhere): its prompt stops waiting for a line.
+        self.finished: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.arrived = asyncio.Event()
         self.lines: asyncio.Queue[str | None] = asyncio.Queue()
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
-
-    # -- input ------------------------------------------------------------------------------------
 
     def _start_reader(self) -> None:
         loop = asyncio.get_running_loop()
@@ -62,21 +62,10 @@ class TerminalHandler:
                     self.lines.put_nowait(None)
                     return
 
-    async def _idle(self) -> bool | None:
-        """Wait for a request; None when the input ended (Ctrl-D) meanwhile."""
-        line = await self._line_unless(self.arrived)
-        if line is None:
-            return None
-        if line is not False:
-            self.say("nothing is waiting for an answer")
-        return True
-
-    async def _line_or_finished(self, request_id: str) -> str | bool | None:
-        """The next line (None at end of input), or False when the request was decided elsewhere."""
-        return await self._line_unless(self.finished.setdefault(request_id, asyncio.Event()))
-
-    async def _line_unless(self, event: asyncio.Event) -> str | bool | None:
-        """The next line (None at end of input), or False when ``event`` is set first."""
+    async def _line_unless(self, event: asyncio.Event, question: str = "") -> str | bool | None:
+        """The next line after asking ``question`` (None at end of input), or False when ``event`` is set first."""
+        self.out.write(question)
+        self.out.flush()
         line = asyncio.ensure_future(self.lines.get())
         other = asyncio.ensure_future(event.wait())
         try:
@@ -88,18 +77,15 @@ class TerminalHandler:
         line.cancel()
         return False
 
-    # -- the stream ---------------------------------------------------------------------------------
-
     def _on_event(self, event: str, data: dict[str, Any]) -> None:
         view = PermissionView.model_validate(data)
         if event == "permission_request" and view.status == "pending":
-            if view.id not in self.pending and not self.finished.get(view.id, asyncio.Event()).is_set():
+            if view.id not in self.pending and not self.finished[view.id].is_set():
                 self.pending[view.id] = view
                 self.arrived.set()
-            return
-        if event in ("permission_resolved", "permission_expired"):
+        elif event in ("permission_resolved", "permission_expired"):
             was_waiting = self.pending.pop(view.id, None) is not None
-            self.finished.setdefault(view.id, asyncio.Event()).set()
+            self.finished[view.id].set()
             if was_waiting and view.decision is not None:
                 by = f" by {view.decision.decided_by}" if view.decision.decided_by else ""
                 self.say(f"\n[{view.id}] {view.tool_name}: {view.status}{by}")
@@ -108,21 +94,18 @@ class TerminalHandler:
         """Follow the stream for ever, reconnecting with a growing pause (at most 10 s)."""
         pause = 0.5
         connected_once = False
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=90)
         while True:
             try:
-                async with session.get(
-                    f"{self.url}/permissions/stream",
-                    headers=self.headers,
-                    timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90),
-                ) as resp:
+                async with session.get(f"{self.url}/permissions/stream", headers=self.headers, timeout=timeout) as resp:
                     if resp.status == 401:
                         raise Unauthorized((await resp.text())[:300])
                     if resp.status != 200:
                         raise aiohttp.ClientResponseError(
                             resp.request_info, (), status=resp.status, message=(await resp.text())[:200]
                         )
-                    self.say("connected to " + self.url + (" again" if connected_once else "") +
-                             "; waiting for permission requests (Ctrl-D to quit)")
+                    again = " again" if connected_once else ""
+                    self.say(f"connected to {self.url}{again}; waiting for permission requests (Ctrl-D to quit)")
                     if connected_once:
                         await self._reconcile(session)
                     connected_once, pause = True, 0.5
@@ -137,114 +120,98 @@ class TerminalHandler:
 
     async def _reconcile(self, session: aiohttp.ClientSession) -> None:
         """After a reconnect, drop what was decided while we were away (its event is gone)."""
-        async with session.get(
-            f"{self.url}/permissions", headers=self.headers, timeout=aiohttp.ClientTimeout(total=15)
-        ) as resp:
+        timeout = aiohttp.ClientTimeout(total=15)
+        async with session.get(f"{self.url}/permissions", headers=self.headers, timeout=timeout) as resp:
             if resp.status != 200:
                 return
             still = {item["id"] for item in orjson.loads(await resp.read())["data"]}
         for request_id in [i for i in self.pending if i not in still]:
             self.pending.pop(request_id)
-            self.finished.setdefault(request_id, asyncio.Event()).set()
+            self.finished[request_id].set()
             self.say(f"\n[{request_id}] was decided while the connection was down")
 
-    # -- prompting ----------------------------------------------------------------------------------
-
     def show(self, view: PermissionView) -> None:
-        left = max(0, round(view.expires_at - time.time()))
-        self.say()
-        self.say(f"── permission request {view.id} " + "─" * 20)
+        self.say(f"\n── permission request {view.id} " + "─" * 20)
         if view.title:
             self.say(view.title)
         self.say(f"tool:     {view.tool_name}")
         self.say(f"asked by: {view.key_name}")
         self.say("input:")
         self.say(orjson.dumps(view.input, option=orjson.OPT_INDENT_2).decode())
-        self.say(f"(denied automatically in {left} s)")
+        self.say(f"(denied automatically in {max(0, round(view.expires_at - time.time()))} s)")
 
-    async def decide(self, session: aiohttp.ClientSession, view: PermissionView, body: dict[str, Any]) -> bool:
-        """Send the decision; True when the request is finished (decided by us or someone else).
-
-        When it could not be sent the request is dropped from the prompt; the stream replays it
-        after the reconnect if it is still pending."""
+    async def decide(self, session: aiohttp.ClientSession, view: PermissionView, body: dict[str, Any]) -> None:
+        """Send the decision. When it could not be sent the request is dropped from the prompt;
+        the stream replays it after the reconnect if it is still pending."""
         # Our own decision's event must not be reported as "decided elsewhere".
         self.pending.pop(view.id, None)
+        url = f"{self.url}/permissions/{view.id}/respond"
+        timeout = aiohttp.ClientTimeout(total=15)
         try:
-            async with session.post(
-                f"{self.url}/permissions/{view.id}/respond",
-                json=body,
-                headers=self.headers,
-                timeout=aiohttp.ClientTimeout(total=15),
-            ) as resp:
+            async with session.post(url, json=body, headers=self.headers, timeout=timeout) as resp:
                 data = orjson.loads(await resp.read() or b"{}")
                 if resp.status == 200:
                     self.say(f"→ {data.get('status')}")
-                    return True
-                if resp.status in (404, 409):
-                    status = (data.get("permission") or {}).get("status", "gone")
-                    self.say(f"→ already decided elsewhere ({status})")
-                    return True
-                self.say(f"→ not recorded: {data.get('error', {}).get('message', resp.status)}")
+                elif resp.status in (404, 409):
+                    self.say(f"→ already decided elsewhere ({(data.get('permission') or {}).get('status', 'gone')})")
+                else:
+                    self.say(f"→ not recorded: {data.get('error', {}).get('message', resp.status)}")
         except (TimeoutError, aiohttp.ClientError) as exc:
             self.say(f"→ not recorded ({type(exc).__name__}); it is asked again when the connection is back")
-        return False
 
     async def prompt(self, session: aiohttp.ClientSession) -> None:
         while True:
             if not self.pending:
                 self.arrived.clear()
-                if await self._idle() is None:
+                line = await self._line_unless(self.arrived)
+                if line is None:
                     return
+                if line is not False:
+                    self.say("nothing is waiting for an answer")
                 continue
             view = next(iter(self.pending.values()))
             self.show(view)
             self._drain()
-            while True:
-                self.out.write(PROMPT)
-                self.out.flush()
-                answer = await self._line_or_finished(view.id)
+            body: dict[str, Any] | None = None
+            while body is None:
+                answer = await self._line_unless(self.finished[view.id], PROMPT)
                 if answer is None:
                     return
                 if answer is False:  # decided elsewhere (already reported)
                     break
                 choice = str(answer).strip().lower()
                 if choice in ("y", "yes"):
-                    await self.decide(session, view, {"behavior": "allow"})
+                    body = {"behavior": "allow"}
                 elif choice in ("n", "no"):
-                    await self.decide(session, view, {"behavior": "deny"})
+                    body = {"behavior": "deny"}
                 elif choice in ("e", "edit"):
                     edited = await self.edit(view)
                     if edited is None:
                         return
-                    if edited is False:
-                        continue
-                    await self.decide(session, view, {"behavior": "allow", "updated_input": edited})
+                    if edited is not False:
+                        body = {"behavior": "allow", "updated_input": edited}
                 else:
                     self.say("please answer y, n or e")
-                    continue
-                break
+            if body is not None:
+                await self.decide(session, view, body)
             self.pending.pop(view.id, None)
 
     async def edit(self, view: PermissionView) -> dict[str, Any] | bool | None:
         """The edited input (a JSON object on one line), False to go back, None at end of input."""
         while True:
-            self.out.write("new input as JSON on one line (empty: back): ")
-            self.out.flush()
-            answer = await self._line_or_finished(view.id)
+            answer = await self._line_unless(self.finished[view.id], "new input as JSON on one line (empty: back): ")
             if answer is None or answer is False:
                 return answer
-            text = str(answer).strip()
-            if not text:
+            if not str(answer).strip():
                 return False
             try:
-                value = orjson.loads(text)
+                value = orjson.loads(str(answer).strip())
             except orjson.JSONDecodeError as exc:
                 self.say(f"not valid JSON ({exc}); try again")
                 continue
-            if not isinstance(value, dict):
-                self.say("the input must be a JSON object; try again")
-                continue
-            return value
+            if isinstance(value, dict):
+                return value
+            self.say("the input must be a JSON object; try again")
 
     async def run(self) -> int:
         self._start_reader()
