@@ -81,8 +81,10 @@ class PermissionsApi:
         identity, view = await self.visible_view(request)
         response = await parsed(PermissionResponse, request)
         try:
+            if view.status != "pending":
+                raise AlreadyDecided(view)
             async with unavailable_as_503("permission requests"):
-                decided = await self.broker.respond(view.id, response, identity)
+                decided = await self.broker.respond(view, response, identity)
         except AlreadyDecided as exc:
             body = orjson.loads(anthropic_error_body("invalid_request_error", str(exc)))
             body["permission"] = exc.view.model_dump(mode="json")
@@ -176,3 +178,15 @@ def routes(api: PermissionsApi, internal: bool = True) -> list[BaseRoute]:
         Route("/internal/permissions/{request_id}/wait", api.internal_wait, methods=["GET"]),
         Route("/internal/permissions/{request_id}/cancel", api.internal_cancel, methods=["POST"]),
     ]
+
+
+class EmbeddedPermissions(PermissionBroker):
+    """The service inside ``ccproxy serve``: the broker on the one app's Redis, its public routes on
+    that app (the worker in this process needs no internal API), itself as that worker's gate."""
+
+    @property
+    def gate(self) -> PermissionBroker:
+        return self
+
+    def routes(self) -> list[BaseRoute]:
+        return routes(PermissionsApi(self), internal=False)

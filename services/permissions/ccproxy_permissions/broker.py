@@ -166,14 +166,10 @@ class PermissionBroker:
             raise
 
     async def respond(
-        self, request_id: str, response: PermissionResponse, identity: Caller
+        self, view: PermissionView, response: PermissionResponse, identity: Caller
     ) -> PermissionView | None:
-        """Apply a human's decision; None if unknown (or not theirs), AlreadyDecided if too late."""
-        view = await self.store.get(request_id)
-        if view is None or not visible(identity, view):
-            return None
-        if view.status != "pending":
-            raise AlreadyDecided(view)
+        """Apply a human's decision to ``view`` (one ``identity`` may see); None if it is gone,
+        AlreadyDecided if too late."""
         allow = response.behavior == "allow"
         reason = f": {response.message}" if response.message else "."
         decision = PermissionDecision(
@@ -182,12 +178,12 @@ class PermissionBroker:
             message=None if allow else f"{identity.name} denied permission to use {view.tool_name}{reason}",
             decided_by=identity.name, decided_at=time.time(),
         )
-        decided, won = await self.store.decide(request_id, decision)
+        decided, won = await self.store.decide(view.id, decision)
         if decided is None:
             return None
         if not won:
             raise AlreadyDecided(decided)
-        log.info("permission %s: %s by %s", request_id, decided.status, identity.name)
+        log.info("permission %s: %s by %s", view.id, decided.status, identity.name)
         return decided
 
     async def cancel(self, request_id: str) -> PermissionView | None:
