@@ -121,28 +121,27 @@ class Supervised:
             self.restarts += 1
             log.info("sdk-worker %s started again (restart %d)", self.name, self.restarts)
 
-    async def stop(self, loop: asyncio.Future[Any]) -> None:
-        """Cancel ``loop`` (the task running :meth:`run`) and the runs in progress (their CLIs
-        stop), and give them up to 20 seconds to wind down."""
-        loop.cancel()
-        running = [task for task in self.worker.tasks.values() if not task.done()]
-        for task in running:
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.gather(loop, *running, return_exceptions=True), 20)
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Supervised]:
+        """:meth:`run` as a task of this loop; on the way out it and the runs in progress are
+        cancelled (their CLIs stop), with up to 20 seconds to wind down."""
+        loop = asyncio.ensure_future(self.run())
+        try:
+            yield self
+        finally:
+            loop.cancel()
+            running = [task for task in self.worker.tasks.values() if not task.done()]
+            for task in running:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.gather(loop, *running, return_exceptions=True), 20)
 
 
-@contextlib.asynccontextmanager
-async def in_process(
+def in_process(
     settings: Settings, redis: Redis, permission_hook: PermissionHook | None = None
-) -> AsyncIterator[Supervised]:
-    """Run a (supervised) worker as a task of the current event loop (``ccproxy serve``)."""
-    supervised = Supervised(settings, redis, permission_hook)
-    task = asyncio.ensure_future(supervised.run())
-    try:
-        yield supervised
-    finally:
-        await supervised.stop(task)
+) -> contextlib.AbstractAsyncContextManager[Supervised]:
+    """A (supervised) worker as a task of the current event loop (``ccproxy serve``)."""
+    return Supervised(settings, redis, permission_hook).running()
 
 
 def health_app(supervised: Supervised, redis: Redis) -> Starlette:
@@ -199,11 +198,10 @@ def main(settings: Settings) -> None:
         supervised = Supervised(settings, redis, hook_from_settings(settings), run_as)
         server = uvicorn.Server(uvicorn.Config(health_app(supervised, redis), log_config=None,
                                                log_level=settings.server.log_level, access_log=False, lifespan="off"))
-        jobs = asyncio.ensure_future(supervised.run())
         try:
-            await server.serve(sockets=[sock])  # returns on SIGINT/SIGTERM
+            async with supervised.running():
+                await server.serve(sockets=[sock])  # returns on SIGINT/SIGTERM
         finally:
-            await supervised.stop(jobs)
             with contextlib.suppress(Exception):
                 await supervised.worker.close()
 
