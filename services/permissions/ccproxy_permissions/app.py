@@ -81,8 +81,6 @@ class PermissionsApi:
         identity, view = await self.visible_view(request)
         response = await parsed(PermissionResponse, request)
         try:
-            if view.status != "pending":
-                raise AlreadyDecided(view)
             async with unavailable_as_503("permission requests"):
                 decided = await self.broker.respond(view, response, identity)
         except AlreadyDecided as exc:

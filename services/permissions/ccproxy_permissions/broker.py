@@ -170,6 +170,8 @@ class PermissionBroker:
     ) -> PermissionView | None:
         """Apply a human's decision to ``view`` (one ``identity`` may see); None if it is gone,
         AlreadyDecided if too late."""
+        if view.status != "pending":
+            raise AlreadyDecided(view)
         allow = response.behavior == "allow"
         reason = f": {response.message}" if response.message else "."
         decision = PermissionDecision(
