@@ -69,10 +69,7 @@ class TerminalHandler:
                 async with session.get(f"{self.url}/permissions/stream", headers=self.headers, timeout=timeout) as resp:
                     if resp.status == 401:
                         raise Unauthorized((await resp.text())[:300])
-                    if resp.status != 200:
-                        raise aiohttp.ClientResponseError(
-                            resp.request_info, (), status=resp.status, message=(await resp.text())[:200]
-                        )
+                    resp.raise_for_status()
                     again = " again" if connected_once else ""
                     self.say(f"connected to {self.url}{again}; waiting for permission requests (Ctrl-D to quit)")
                     if connected_once:
@@ -209,6 +206,3 @@ class TerminalHandler:
                 raise refused
         return 0
 
-
-def run(url: str, key: str | None) -> int:
-    return asyncio.run(TerminalHandler(url, key).run())

@@ -28,16 +28,9 @@ def permission_hook(gate: PermissionGate) -> PermissionHook:
         async def can_use_tool(
             tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
         ) -> PermissionResult:
-            ask = PermissionAsk(
-                tool_name=tool_name,
-                input=tool_input,
-                key_id=job.key_id,
-                key_name=job.key_name or job.key_id,
-                title=context.title,
-                tool_use_id=context.tool_use_id,
-                session_id=session_id,
-                run_id=job.id,
-            )
+            ask = PermissionAsk(tool_name=tool_name, input=tool_input, key_id=job.key_id,
+                                key_name=job.key_name or job.key_id, title=context.title,
+                                tool_use_id=context.tool_use_id, session_id=session_id, run_id=job.id)
             try:
                 view = await gate.ask(ask)
             except Exception as exc:
