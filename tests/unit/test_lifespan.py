@@ -80,7 +80,7 @@ async def test_serve_undoes_its_start_up_when_the_sdk_worker_cannot_start(
     from ccproxy_analytics.service import Analytics
     from ccproxy_core.redis import connect
     from ccproxy_forwarder.forwarder import ApiForwarder
-    from ccproxy_permissions.embedded import EmbeddedPermissions
+    from ccproxy_permissions.app import EmbeddedPermissions
 
     journal: list[str] = []
 

@@ -21,7 +21,7 @@ from ccproxy_forwarder.forwarder import ApiForwarder
 from ccproxy_gateway.app import Gateway, create_app
 from ccproxy_gateway.response_store import ResponseStore
 from ccproxy_gateway.sdk_routes import SdkRoutes
-from ccproxy_permissions.embedded import EmbeddedPermissions
+from ccproxy_permissions.app import EmbeddedPermissions
 from ccproxy_sdk_worker.permissions import permission_hook
 from ccproxy_sdk_worker.worker import in_process as sdk_worker
 

@@ -1,40 +1,34 @@
 """The permissions service's HTTP API: the public approval endpoints and the worker's internal ones.
 
-Public (routed by Traefik under ``/permissions``, client key required when auth is on):
-``GET /permissions/stream`` (SSE), ``GET /permissions``, ``GET /permissions/{id}``,
-``POST /permissions/{id}/respond``, ``GET /permissions/ui``. Internal (shared secret, never
-routed): ``POST /internal/permissions``, ``GET /internal/permissions/{id}/wait``,
-``POST /internal/permissions/{id}/cancel``.
+Public (routed by Traefik under ``/permissions``, client key required when auth is on): the SSE
+``stream``, the listing, one request, ``respond`` and the ``ui`` page. Internal (shared secret,
+checked by the service's ``RequireInternalSecret``; never routed): create, wait, cancel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from importlib import resources
+from typing import TypeVar
 
 import orjson
-from pydantic import ValidationError
-from starlette.applications import Starlette
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ccproxy_core.errors import ProxyError, anthropic_error_body
-from ccproxy_core.identity import Caller, KeyBackend, caller, caller_middleware, guard_routes, public
-from ccproxy_core.internal import INTERNAL_SECRET_HEADER, check_internal_secret
-from ccproxy_core.lifespan import Part, lifespan, running
-from ccproxy_core.metrics import Metrics
+from ccproxy_core.identity import Caller, caller, public
 from ccproxy_core.permissions import PermissionAsk, PermissionResponse, PermissionView
 from ccproxy_core.redis import unavailable_as_503
 from ccproxy_core.sse import encode_event
 from ccproxy_permissions.broker import AlreadyDecided, PermissionBroker, visible
 from ccproxy_permissions.store import REQUEST
 
-log = logging.getLogger(__name__)
+Model = TypeVar("Model", bound=BaseModel)
 
 #: A stream whose client cannot keep up is told to resync rather than buffering without bound.
 STREAM_QUEUE = 1000
@@ -51,17 +45,18 @@ def found(view: PermissionView | None, request_id: str) -> Response:
     return Response(view_json(view), media_type="application/json")
 
 
+async def parsed(model: type[Model], request: Request) -> Model:
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ProxyError(400, f"{where}: {first['msg']}") from exc
+
+
 class PermissionsApi:
     def __init__(self, broker: PermissionBroker) -> None:
         self.broker = broker
-        secret = broker.settings.security.internal_secret
-        self._internal_secret = secret.get_secret_value() if secret else None
-
-    def check_internal(self, request: Request) -> None:
-        if not check_internal_secret(self._internal_secret, request.headers.get(INTERNAL_SECRET_HEADER)):
-            raise ProxyError(
-                403, "internal call refused: missing or wrong SECURITY__INTERNAL_SECRET", "permission_error"
-            )
 
     async def visible_view(self, request: Request) -> tuple[Caller, PermissionView]:
         identity = caller(request)
@@ -72,8 +67,6 @@ class PermissionsApi:
             raise ProxyError(404, f"no permission request {request_id}")
         return identity, view
 
-    # -- public ---------------------------------------------------------------------------------
-
     async def get(self, request: Request) -> Response:
         _, view = await self.visible_view(request)
         return found(view, view.id)
@@ -81,22 +74,15 @@ class PermissionsApi:
     async def listing(self, request: Request) -> Response:
         identity = caller(request)
         async with unavailable_as_503("permission requests"):
-            pending = [v for v in await self.broker.store.pending() if visible(identity, v)]
-        return Response(
-            orjson.dumps({"data": [v.model_dump(mode="json") for v in pending]}), media_type="application/json"
-        )
+            pending = [v.model_dump(mode="json") for v in await self.broker.store.pending() if visible(identity, v)]
+        return Response(orjson.dumps({"data": pending}), media_type="application/json")
 
     async def respond(self, request: Request) -> Response:
         identity, view = await self.visible_view(request)
-        try:
-            response = PermissionResponse.model_validate_json(await request.body())
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise ProxyError(400, f"{where}: {first['msg']}") from exc
+        response = await parsed(PermissionResponse, request)
         try:
             async with unavailable_as_503("permission requests"):
-                decided = await self.broker.respond(view.id, response, identity)
+                decided = await self.broker.respond(view, response, identity)
         except AlreadyDecided as exc:
             body = orjson.loads(anthropic_error_body("invalid_request_error", str(exc)))
             body["permission"] = exc.view.model_dump(mode="json")
@@ -105,6 +91,7 @@ class PermissionsApi:
 
     async def stream(self, request: Request) -> Response:
         identity = caller(request)
+        broker = self.broker
         queue: asyncio.Queue[tuple[str, PermissionView] | None] = asyncio.Queue(STREAM_QUEUE)
 
         def listener(item: tuple[str, PermissionView] | None) -> None:
@@ -118,80 +105,58 @@ class PermissionsApi:
                         queue.get_nowait()
                 queue.put_nowait(None)
 
-        keepalive = self.broker.settings.permissions.keepalive_seconds
-        broker = self.broker
-
         async def pending_events() -> AsyncIterator[bytes]:
             for view in await broker.store.pending():
                 if visible(identity, view):
                     yield encode_event(REQUEST, view_json(view))
 
         async def body() -> AsyncIterator[bytes]:
-            with broker.hub.listen(listener):
-                # Listening before the replay: a request made meanwhile comes twice, never zero
-                # times (clients key requests by id).
+            # Listening before the replay: a request made meanwhile comes twice, never zero times
+            # (clients key requests by id).
+            with broker.listen(listener):
                 yield b": connected\n\n"
                 async for frame in pending_events():
                     yield frame
                 while True:
                     try:
-                        item = await asyncio.wait_for(queue.get(), keepalive)
+                        item = await asyncio.wait_for(queue.get(), broker.settings.permissions.keepalive_seconds)
                     except TimeoutError:
                         yield encode_event("ping", orjson.dumps({"time": time.time()}))
                         continue
-                    if item is None:
+                    if item is None:  # missed events: replay what is pending
                         async for frame in pending_events():
                             yield frame
-                        continue
-                    event, view = item
-                    yield encode_event(event, view_json(view))
+                    else:
+                        yield encode_event(item[0], view_json(item[1]))
 
         async with unavailable_as_503("the permission stream"):
             await broker.store.redis.ping()
-        return StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
     async def ui(self, request: Request) -> Response:
         page = resources.files("ccproxy_permissions").joinpath("ui.html").read_text(encoding="utf-8")
         return HTMLResponse(page, headers={"cache-control": "no-store"})
 
-    # -- internal (the sdk-worker) --------------------------------------------------------------
-
     async def internal_create(self, request: Request) -> Response:
-        self.check_internal(request)
-        try:
-            ask = PermissionAsk.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise ProxyError(400, f"invalid permission request: {exc.errors()[0]['msg']}") from exc
+        ask = await parsed(PermissionAsk, request)
         async with unavailable_as_503("permission requests"):
             view = await self.broker.create(ask)
         return found(view, view.id)
 
     async def internal_wait(self, request: Request) -> Response:
-        self.check_internal(request)
         try:
             seconds = min(max(float(request.query_params.get("timeout", "20")), 0.0), 60.0)
         except ValueError as exc:
             raise ProxyError(400, "timeout: a number of seconds") from exc
         request_id = request.path_params["request_id"]
         async with unavailable_as_503("permission requests"):
-            view = await self.broker.wait(request_id, seconds)
-        return found(view, request_id)
+            return found(await self.broker.wait(request_id, seconds), request_id)
 
     async def internal_cancel(self, request: Request) -> Response:
-        self.check_internal(request)
         request_id = request.path_params["request_id"]
         async with unavailable_as_503("permission requests"):
-            view = await self.broker.cancel(request_id)
-        return found(view, request_id)
-
-    async def health(self, request: Request) -> Response:
-        async with unavailable_as_503("the permissions service"):
-            await self.broker.store.redis.ping()
-        return JSONResponse({"status": "ok", "service": "permissions"})
+            return found(await self.broker.cancel(request_id), request_id)
 
 
 def routes(api: PermissionsApi, internal: bool = True) -> list[BaseRoute]:
@@ -213,37 +178,13 @@ def routes(api: PermissionsApi, internal: bool = True) -> list[BaseRoute]:
     ]
 
 
-async def proxy_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProxyError)
-    return Response(
-        anthropic_error_body(exc.error_type, exc.message),
-        status_code=exc.status,
-        media_type="application/json",
-        headers=exc.headers,
-    )
+class EmbeddedPermissions(PermissionBroker):
+    """The service inside ``ccproxy serve``: the broker on the one app's Redis, its public routes on
+    that app (the worker in this process needs no internal API), itself as that worker's gate."""
 
+    @property
+    def gate(self) -> PermissionBroker:
+        return self
 
-def create_app(broker: PermissionBroker, backend: KeyBackend, parts: Sequence[Part] = (),
-               metrics_token: object | None = None) -> Starlette:
-    """The service on its own (``ccproxy run permissions``): callers resolved by ``backend``;
-    ``parts`` start before the broker and stop after it (its Redis client)."""
-    api = PermissionsApi(broker)
-    metrics = Metrics("permissions").guarded(metrics_token)
-
-    async def scrape(request: Request) -> Response:
-        with contextlib.suppress(Exception):  # Redis down: the last value stays
-            metrics.permissions_pending.labels(metrics.service).set(len(await broker.store.pending()))
-        return await metrics.endpoint(request)
-
-    app = Starlette(
-        routes=guard_routes([
-            *routes(api),
-            Route("/health", api.health, methods=["GET"]),
-            Route("/metrics", scrape, methods=["GET"]),
-        ]),
-        middleware=[caller_middleware(backend)],
-        exception_handlers={ProxyError: proxy_error},
-        lifespan=lifespan(*parts, running(broker.start, broker.stop)),
-    )
-    app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
-    return app
+    def routes(self) -> list[BaseRoute]:
+        return routes(PermissionsApi(self), internal=False)

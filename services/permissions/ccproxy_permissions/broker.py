@@ -1,8 +1,9 @@
 """The broker: create, wait, decide, expire; shared by the HTTP app and the in-process gate.
 
-Waiting is event-driven (the hub wakes a waiter when its request is decided) with a periodic
-re-read of Redis as the safety net, so a decision whose pub/sub message was lost (a blip on
-either side) still reaches the waiter within ``RECHECK_SECONDS``.
+One Redis pub/sub subscription per process is fanned out to every stream and waiter in it. Pub/sub
+is fire-and-forget (a message published while the connection was down is gone), so messages are
+only a wake-up call: after a resubscribe every listener is told to re-read Redis, and a waiter
+re-reads every ``RECHECK_SECONDS`` anyway.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 
 from redis.asyncio import Redis
 
@@ -25,13 +27,15 @@ from ccproxy_core.permissions import (
 )
 from ccproxy_core.redis import UNAVAILABLE
 from ccproxy_core.settings import Settings
-from ccproxy_permissions.hub import EventHub
-from ccproxy_permissions.store import PermissionStore
+from ccproxy_permissions.store import PermissionStore, decode_message
 
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 2.0
 SWEEP_SECONDS = 1.0
+
+#: ``(event, view)`` for a message, or ``None``: "you may have missed messages, re-read".
+Listener = Callable[[tuple[str, PermissionView] | None], None]
 
 
 class AlreadyDecided(Exception):
@@ -46,22 +50,64 @@ def visible(identity: Caller, view: PermissionView) -> bool:
 
 
 class PermissionBroker:
+    """Also the :class:`~ccproxy_core.permissions.PermissionGate` of a worker in this process."""
+
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.store = PermissionStore(redis, settings.redis.key_prefix, settings.permissions)
-        self.hub = EventHub(redis, self.store.channel)
-        self._sweeper: asyncio.Task[None] | None = None
+        self._listeners: set[Listener] = set()
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self.hub.start()
-        self._sweeper = asyncio.create_task(self._sweep(), name="permissions-sweeper")
+        self._tasks = [asyncio.create_task(self._subscribe()), asyncio.create_task(self._sweep())]
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        await self.hub.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @contextlib.contextmanager
+    def listen(self, listener: Listener) -> Iterator[None]:
+        self._listeners.add(listener)
+        try:
+            yield
+        finally:
+            self._listeners.discard(listener)
+
+    def _dispatch(self, item: tuple[str, PermissionView] | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(item)
+            except Exception:
+                log.exception("permission event listener failed")
+
+    async def _subscribe(self) -> None:
+        pause = 0.1
+        first = True
+        while True:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.store.channel)
+                if not first:
+                    log.info("permissions: pub/sub reconnected")
+                    self._dispatch(None)
+                first, pause = False, 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        self._dispatch(decode_message(message["data"]))
+                    except (ValueError, KeyError):
+                        log.warning("permissions: ignored a malformed event")
+            except UNAVAILABLE as exc:
+                log.warning("permissions: pub/sub lost (%s); reconnecting", type(exc).__name__)
+                first = False
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     async def _sweep(self) -> None:
         """Expire overdue requests even when nobody waits for them any more (a worker died)."""
@@ -88,7 +134,7 @@ class PermissionBroker:
             if item is None or item[1].id == request_id:
                 woken.set()
 
-        with self.hub.listen(listener):
+        with self.listen(listener):
             while True:
                 woken.clear()
                 view = await self.store.get(request_id)
@@ -104,13 +150,26 @@ class PermissionBroker:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(woken.wait(), pause)
 
+    async def ask(self, ask: PermissionAsk) -> PermissionView:
+        """Create the request and wait until it is decided; cancelling the call withdraws it."""
+        view = await self.create(ask)
+        try:
+            while view.status == "pending":
+                got = await self.wait(view.id, 30.0)
+                if got is None:  # vanished from Redis (flushed): nobody can approve it now
+                    return ended(view, "cancelled", "the request was lost.")
+                view = got
+            return view
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.cancel(view.id))
+            raise
+
     async def respond(
-        self, request_id: str, response: PermissionResponse, identity: Caller
+        self, view: PermissionView, response: PermissionResponse, identity: Caller
     ) -> PermissionView | None:
-        """Apply a human's decision; None if unknown (or not theirs), AlreadyDecided if too late."""
-        view = await self.store.get(request_id)
-        if view is None or not visible(identity, view):
-            return None
+        """Apply a human's decision to ``view`` (one ``identity`` may see); None if it is gone,
+        AlreadyDecided if too late."""
         if view.status != "pending":
             raise AlreadyDecided(view)
         allow = response.behavior == "allow"
@@ -121,35 +180,14 @@ class PermissionBroker:
             message=None if allow else f"{identity.name} denied permission to use {view.tool_name}{reason}",
             decided_by=identity.name, decided_at=time.time(),
         )
-        decided, won = await self.store.decide(request_id, decision)
+        decided, won = await self.store.decide(view.id, decision)
         if decided is None:
             return None
         if not won:
             raise AlreadyDecided(decided)
-        log.info("permission %s: %s by %s", request_id, decided.status, identity.name)
+        log.info("permission %s: %s by %s", view.id, decided.status, identity.name)
         return decided
 
     async def cancel(self, request_id: str) -> PermissionView | None:
         view, _ = await self.store.decide(request_id, refusal("cancelled", "The run was cancelled."))
         return view
-
-
-class LocalPermissionGate:
-    """The gate for a worker in the service's own process (``ccproxy serve``)."""
-
-    def __init__(self, service: PermissionBroker) -> None:
-        self._service = service
-
-    async def ask(self, ask: PermissionAsk) -> PermissionView:
-        view = await self._service.create(ask)
-        try:
-            while view.status == "pending":
-                got = await self._service.wait(view.id, 30.0)
-                if got is None:  # vanished from Redis (flushed): nobody can approve it now
-                    return ended(view, "cancelled", "the request was lost.")
-                view = got
-            return view
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._service.cancel(view.id))
-            raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import typer
@@ -19,7 +20,7 @@ def permission_handler(
     ] = None,
 ) -> None:
     """Approve or deny Claude Code's tool uses (SDK mode) from this terminal: y / n / e(dit)."""
-    from ccproxy_permissions.handler import run
+    from ccproxy_permissions.handler import TerminalHandler
 
     settings = load_settings()
     if url is None:
@@ -27,7 +28,7 @@ def permission_handler(
     if key is None and settings.security.auth_token is not None:
         key = settings.security.auth_token.get_secret_value()
     try:
-        code = run(url, key)
+        code = asyncio.run(TerminalHandler(url, key).run())
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)

@@ -1,9 +1,10 @@
 """``ccproxy permission-handler``: approve tool uses from a terminal.
 
 Follows ``/permissions/stream`` (reconnecting when the connection drops; the server replays what
-is still pending), shows one request at a time (tool, input, who asked) and reads y / n / e.
-A request decided elsewhere meanwhile (web page, another handler, the timeout) is dropped from
-the prompt at once. Standard input is read by a thread, so a blocked read never blocks the loop.
+is still pending), shows one request at a time and reads y / n / e. Typed lines (read by a thread,
+so a blocked read never blocks the loop) and the stream's events go through one inbox in the
+order they came, so a request decided elsewhere meanwhile (web page, another handler, the
+timeout) leaves the prompt at once, and a line typed before a request arrived answers nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import aiohttp
 import orjson
@@ -22,6 +23,9 @@ from ccproxy_core.permissions import PermissionView
 from ccproxy_core.sse import iter_events
 
 PROMPT = "Allow? [y]es / [n]o / [e]dit input: "
+EDIT_PROMPT = "new input as JSON on one line (empty: back): "
+#: ``line`` (text), ``eof``, ``event`` ((name, data) from the stream), ``gone`` (an id decided while offline).
+Inbox = asyncio.Queue[tuple[Literal["line", "eof", "event", "gone"], Any]]
 
 
 class Unauthorized(Exception):
@@ -34,101 +38,46 @@ class TerminalHandler:
         self.headers = {"x-api-key": key} if key else {}
         self.out = out
         self.stdin = stdin
+        self.inbox: Inbox = asyncio.Queue()
+        #: Waiting for an answer, in arrival order; the first is the one shown.
         self.pending: dict[str, PermissionView] = {}
-        self.finished: dict[str, asyncio.Event] = {}
-        self.arrived = asyncio.Event()
-        self.lines: asyncio.Queue[str | None] = asyncio.Queue()
+        #: Decided (by us or elsewhere): a replay of one of these is not asked again.
+        self.finished: set[str] = set()
+        self.shown: str | None = None
+        self.editing = False
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
-
-    # -- input ------------------------------------------------------------------------------------
 
     def _start_reader(self) -> None:
         loop = asyncio.get_running_loop()
 
         def read() -> None:
             for line in self.stdin:
-                loop.call_soon_threadsafe(self.lines.put_nowait, line.rstrip("\r\n"))
-            loop.call_soon_threadsafe(self.lines.put_nowait, None)
+                loop.call_soon_threadsafe(self.inbox.put_nowait, ("line", line.rstrip("\r\n")))
+            loop.call_soon_threadsafe(self.inbox.put_nowait, ("eof", None))
 
         threading.Thread(target=read, name="permission-handler-stdin", daemon=True).start()
-
-    def _drain(self) -> None:
-        """Forget what was typed before this prompt (it answered nothing)."""
-        with contextlib.suppress(asyncio.QueueEmpty):
-            while True:
-                if self.lines.get_nowait() is None:
-                    self.lines.put_nowait(None)
-                    return
-
-    async def _idle(self) -> bool | None:
-        """Wait for a request; None when the input ended (Ctrl-D) meanwhile."""
-        line = await self._line_unless(self.arrived)
-        if line is None:
-            return None
-        if line is not False:
-            self.say("nothing is waiting for an answer")
-        return True
-
-    async def _line_or_finished(self, request_id: str) -> str | bool | None:
-        """The next line (None at end of input), or False when the request was decided elsewhere."""
-        return await self._line_unless(self.finished.setdefault(request_id, asyncio.Event()))
-
-    async def _line_unless(self, event: asyncio.Event) -> str | bool | None:
-        """The next line (None at end of input), or False when ``event`` is set first."""
-        line = asyncio.ensure_future(self.lines.get())
-        other = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({line, other}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            other.cancel()
-        if line.done():
-            return line.result()
-        line.cancel()
-        return False
-
-    # -- the stream ---------------------------------------------------------------------------------
-
-    def _on_event(self, event: str, data: dict[str, Any]) -> None:
-        view = PermissionView.model_validate(data)
-        if event == "permission_request" and view.status == "pending":
-            if view.id not in self.pending and not self.finished.get(view.id, asyncio.Event()).is_set():
-                self.pending[view.id] = view
-                self.arrived.set()
-            return
-        if event in ("permission_resolved", "permission_expired"):
-            was_waiting = self.pending.pop(view.id, None) is not None
-            self.finished.setdefault(view.id, asyncio.Event()).set()
-            if was_waiting and view.decision is not None:
-                by = f" by {view.decision.decided_by}" if view.decision.decided_by else ""
-                self.say(f"\n[{view.id}] {view.tool_name}: {view.status}{by}")
 
     async def follow(self, session: aiohttp.ClientSession) -> None:
         """Follow the stream for ever, reconnecting with a growing pause (at most 10 s)."""
         pause = 0.5
         connected_once = False
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=90)
         while True:
             try:
-                async with session.get(
-                    f"{self.url}/permissions/stream",
-                    headers=self.headers,
-                    timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90),
-                ) as resp:
+                async with session.get(f"{self.url}/permissions/stream", headers=self.headers, timeout=timeout) as resp:
                     if resp.status == 401:
                         raise Unauthorized((await resp.text())[:300])
-                    if resp.status != 200:
-                        raise aiohttp.ClientResponseError(
-                            resp.request_info, (), status=resp.status, message=(await resp.text())[:200]
-                        )
-                    self.say("connected to " + self.url + (" again" if connected_once else "") +
-                             "; waiting for permission requests (Ctrl-D to quit)")
+                    resp.raise_for_status()
+                    again = " again" if connected_once else ""
+                    self.say(f"connected to {self.url}{again}; waiting for permission requests (Ctrl-D to quit)")
                     if connected_once:
                         await self._reconcile(session)
                     connected_once, pause = True, 0.5
                     async for sse in iter_events(resp.content.iter_any()):
                         if sse.event.startswith("permission_"):
-                            self._on_event(sse.event, orjson.loads(sse.data))
+                            self.inbox.put_nowait(("event", (sse.event, orjson.loads(sse.data))))
                 self.say("the server closed the stream; reconnecting")
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 self.say(f"connection lost ({type(exc).__name__}); reconnecting in {pause:g} s")
@@ -137,114 +86,107 @@ class TerminalHandler:
 
     async def _reconcile(self, session: aiohttp.ClientSession) -> None:
         """After a reconnect, drop what was decided while we were away (its event is gone)."""
-        async with session.get(
-            f"{self.url}/permissions", headers=self.headers, timeout=aiohttp.ClientTimeout(total=15)
-        ) as resp:
+        timeout = aiohttp.ClientTimeout(total=15)
+        async with session.get(f"{self.url}/permissions", headers=self.headers, timeout=timeout) as resp:
             if resp.status != 200:
                 return
             still = {item["id"] for item in orjson.loads(await resp.read())["data"]}
         for request_id in [i for i in self.pending if i not in still]:
-            self.pending.pop(request_id)
-            self.finished.setdefault(request_id, asyncio.Event()).set()
-            self.say(f"\n[{request_id}] was decided while the connection was down")
+            self.inbox.put_nowait(("gone", request_id))
 
-    # -- prompting ----------------------------------------------------------------------------------
+    def _on_event(self, event: str, data: dict[str, Any]) -> None:
+        view = PermissionView.model_validate(data)
+        if event == "permission_request" and view.status == "pending":
+            if view.id not in self.finished:
+                self.pending.setdefault(view.id, view)
+        elif event in ("permission_resolved", "permission_expired"):
+            self.finished.add(view.id)
+            if self.pending.pop(view.id, None) is not None and view.decision is not None:
+                by = f" by {view.decision.decided_by}" if view.decision.decided_by else ""
+                self.say(f"\n[{view.id}] {view.tool_name}: {view.status}{by}")
 
     def show(self, view: PermissionView) -> None:
-        left = max(0, round(view.expires_at - time.time()))
-        self.say()
-        self.say(f"── permission request {view.id} " + "─" * 20)
+        self.say(f"\n── permission request {view.id} " + "─" * 20)
         if view.title:
             self.say(view.title)
         self.say(f"tool:     {view.tool_name}")
         self.say(f"asked by: {view.key_name}")
         self.say("input:")
         self.say(orjson.dumps(view.input, option=orjson.OPT_INDENT_2).decode())
-        self.say(f"(denied automatically in {left} s)")
+        self.say(f"(denied automatically in {max(0, round(view.expires_at - time.time()))} s)")
 
-    async def decide(self, session: aiohttp.ClientSession, view: PermissionView, body: dict[str, Any]) -> bool:
-        """Send the decision; True when the request is finished (decided by us or someone else).
+    def ask(self) -> None:
+        self.out.write(EDIT_PROMPT if self.editing else PROMPT)
+        self.out.flush()
 
-        When it could not be sent the request is dropped from the prompt; the stream replays it
-        after the reconnect if it is still pending."""
+    async def decide(self, session: aiohttp.ClientSession, view: PermissionView, body: dict[str, Any]) -> None:
+        """Send the decision. When it could not be sent the request is dropped from the prompt;
+        the stream replays it after the reconnect if it is still pending."""
         # Our own decision's event must not be reported as "decided elsewhere".
         self.pending.pop(view.id, None)
+        url = f"{self.url}/permissions/{view.id}/respond"
+        timeout = aiohttp.ClientTimeout(total=15)
         try:
-            async with session.post(
-                f"{self.url}/permissions/{view.id}/respond",
-                json=body,
-                headers=self.headers,
-                timeout=aiohttp.ClientTimeout(total=15),
-            ) as resp:
+            async with session.post(url, json=body, headers=self.headers, timeout=timeout) as resp:
                 data = orjson.loads(await resp.read() or b"{}")
                 if resp.status == 200:
                     self.say(f"→ {data.get('status')}")
-                    return True
-                if resp.status in (404, 409):
-                    status = (data.get("permission") or {}).get("status", "gone")
-                    self.say(f"→ already decided elsewhere ({status})")
-                    return True
-                self.say(f"→ not recorded: {data.get('error', {}).get('message', resp.status)}")
+                elif resp.status in (404, 409):
+                    self.say(f"→ already decided elsewhere ({(data.get('permission') or {}).get('status', 'gone')})")
+                else:
+                    self.say(f"→ not recorded: {data.get('error', {}).get('message', resp.status)}")
         except (TimeoutError, aiohttp.ClientError) as exc:
             self.say(f"→ not recorded ({type(exc).__name__}); it is asked again when the connection is back")
-        return False
 
-    async def prompt(self, session: aiohttp.ClientSession) -> None:
-        while True:
-            if not self.pending:
-                self.arrived.clear()
-                if await self._idle() is None:
-                    return
-                continue
-            view = next(iter(self.pending.values()))
-            self.show(view)
-            self._drain()
-            while True:
-                self.out.write(PROMPT)
-                self.out.flush()
-                answer = await self._line_or_finished(view.id)
-                if answer is None:
-                    return
-                if answer is False:  # decided elsewhere (already reported)
-                    break
-                choice = str(answer).strip().lower()
-                if choice in ("y", "yes"):
-                    await self.decide(session, view, {"behavior": "allow"})
-                elif choice in ("n", "no"):
-                    await self.decide(session, view, {"behavior": "deny"})
-                elif choice in ("e", "edit"):
-                    edited = await self.edit(view)
-                    if edited is None:
-                        return
-                    if edited is False:
-                        continue
-                    await self.decide(session, view, {"behavior": "allow", "updated_input": edited})
-                else:
-                    self.say("please answer y, n or e")
-                    continue
-                break
-            self.pending.pop(view.id, None)
-
-    async def edit(self, view: PermissionView) -> dict[str, Any] | bool | None:
-        """The edited input (a JSON object on one line), False to go back, None at end of input."""
-        while True:
-            self.out.write("new input as JSON on one line (empty: back): ")
-            self.out.flush()
-            answer = await self._line_or_finished(view.id)
-            if answer is None or answer is False:
-                return answer
-            text = str(answer).strip()
+    def _answer(self, line: str) -> dict[str, Any] | None:
+        """The decision ``line`` makes for the request shown, or None (asked again, or editing)."""
+        text = line.strip()
+        if self.editing:
             if not text:
-                return False
+                self.editing = False
+                return None
             try:
                 value = orjson.loads(text)
             except orjson.JSONDecodeError as exc:
                 self.say(f"not valid JSON ({exc}); try again")
-                continue
-            if not isinstance(value, dict):
-                self.say("the input must be a JSON object; try again")
-                continue
-            return value
+                return None
+            if isinstance(value, dict):
+                return {"behavior": "allow", "updated_input": value}
+            self.say("the input must be a JSON object; try again")
+            return None
+        choice = text.lower()
+        if choice in ("y", "yes", "n", "no"):
+            return {"behavior": "allow" if choice.startswith("y") else "deny"}
+        if choice in ("e", "edit"):
+            self.editing = True
+        else:
+            self.say("please answer y, n or e")
+        return None
+
+    async def prompt(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            if self.shown not in self.pending:  # answered, or decided elsewhere: the next one
+                self.shown, self.editing = next(iter(self.pending), None), False
+                if self.shown is not None:
+                    self.show(self.pending[self.shown])
+                    self.ask()
+            kind, value = await self.inbox.get()
+            if kind == "eof":
+                return
+            if kind == "event":
+                self._on_event(*value)
+            elif kind == "gone":
+                if self.pending.pop(value, None) is not None:
+                    self.finished.add(value)
+                    self.say(f"\n[{value}] was decided while the connection was down")
+            elif self.shown is None:
+                self.say("nothing is waiting for an answer")
+            else:
+                body = self._answer(value)
+                if body is None:
+                    self.ask()
+                else:
+                    await self.decide(session, self.pending[self.shown], body)
 
     async def run(self) -> int:
         self._start_reader()
@@ -264,6 +206,3 @@ class TerminalHandler:
                 raise refused
         return 0
 
-
-def run(url: str, key: str | None) -> int:
-    return asyncio.run(TerminalHandler(url, key).run())

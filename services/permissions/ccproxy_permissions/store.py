@@ -1,15 +1,10 @@
 """Permission requests in Redis: the only state there is, so any replica can serve any client.
 
-Layout (under ``REDIS__KEY_PREFIX`` + ``perm:``):
-
-- ``req:{id}``: the request as created (JSON), never rewritten; expires ``retention`` after
-  the request's own deadline, so a decided one can still be looked up for a while.
-- ``decision:{id}``: the decision (JSON), written with ``SET NX``: the first decision wins,
-  atomically, whichever replica or client made it, and the expiry is just another decision.
-- ``pending``: a sorted set of undecided ids scored by deadline (listing, replay, the sweeper).
-- channel ``events``: ``{"event": ..., "view": ...}`` for every new and decided request.
-
-Only the writer that won the ``SET NX`` publishes, so each request is announced resolved once.
+Under ``REDIS__KEY_PREFIX`` + ``perm:``: ``req:{id}`` the request as created (kept ``retention``
+past its deadline, so a decided one can still be looked up); ``decision:{id}`` written with
+``SET NX``, so the first decision wins atomically whoever made it (the expiry is just another
+decision); ``pending`` the undecided ids scored by deadline; channel ``events`` gets
+``{"event", "view"}`` for every new and decided request, from the one writer that won.
 """
 
 from __future__ import annotations
@@ -30,16 +25,6 @@ RESOLVED = "permission_resolved"
 EXPIRED = "permission_expired"
 
 
-def new_id() -> str:
-    return "perm_" + secrets.token_urlsafe(12)
-
-
-def event_for(view: PermissionView) -> str:
-    if view.status == "pending":
-        return REQUEST
-    return EXPIRED if view.status == "expired" else RESOLVED
-
-
 class PermissionStore:
     def __init__(self, redis: Redis, prefix: str, settings: PermissionsSettings) -> None:
         self.redis = redis
@@ -54,16 +39,13 @@ class PermissionStore:
     def _decision(self, request_id: str) -> str:
         return f"{self.prefix}decision:{request_id}"
 
-    async def publish(self, view: PermissionView) -> None:
-        await self.redis.publish(self.channel, encode_message(view))
-
     async def create(self, ask: PermissionAsk, wait_seconds: float | None = None) -> PermissionView:
         now = time.time()
         wait = self.settings.timeout_seconds if wait_seconds is None else wait_seconds
-        view = PermissionView(**ask.model_dump(), id=new_id(), created_at=now, expires_at=now + wait)
-        ttl = max(1, int(wait + self.settings.retention_seconds))
+        view = PermissionView(**ask.model_dump(), id="perm_" + secrets.token_urlsafe(12), created_at=now,
+                              expires_at=now + wait)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._req(view.id), view.model_dump_json(), ex=ttl)
+            pipe.set(self._req(view.id), view.model_dump_json(), ex=max(1, int(wait + self.settings.retention_seconds)))
             pipe.zadd(self._pending, {view.id: view.expires_at})
             pipe.publish(self.channel, encode_message(view))
             await pipe.execute()
@@ -80,30 +62,19 @@ class PermissionStore:
             return []
         raws = await self.redis.mget([self._req(i) for i in ids])
         decisions = await self.redis.mget([self._decision(i) for i in ids])
-        out: list[PermissionView] = []
-        stale: list[str] = []
-        for request_id, raw, decided in zip(ids, raws, decisions, strict=True):
-            view = merge(raw, decided)
-            if view is None or view.status != "pending":
-                stale.append(request_id)
-            else:
-                out.append(view)
+        views = [merge(raw, decided) for raw, decided in zip(raws, decisions, strict=True)]
+        stale = [i for i, view in zip(ids, views, strict=True) if view is None or view.status != "pending"]
         if stale:
             await self.redis.zrem(self._pending, *stale)
-        return out
+        return [view for view in views if view is not None and view.status == "pending"]
 
     async def decide(self, request_id: str, decision: PermissionDecision) -> tuple[PermissionView | None, bool]:
         """Record ``decision`` unless another came first: (the request as it now is, whether we won)."""
         raw = await self.redis.get(self._req(request_id))
         if raw is None:
             return None, False
-        won = await self.redis.set(
-            self._decision(request_id),
-            decision.model_dump_json(),
-            nx=True,
-            ex=max(1, int(self.settings.retention_seconds)),
-        )
-        if not won:
+        ttl = max(1, int(self.settings.retention_seconds))
+        if not await self.redis.set(self._decision(request_id), decision.model_dump_json(), nx=True, ex=ttl):
             return await self.get(request_id), False
         view = merge(raw, decision.model_dump_json())
         assert view is not None
@@ -117,18 +88,13 @@ class PermissionStore:
         view = await self.get(request_id)
         if view is None or view.status != "pending":
             return view, False
-        waited = view.expires_at - view.created_at
-        why = f"nobody answered the request within {waited:g} seconds."
+        why = f"nobody answered the request within {view.expires_at - view.created_at:g} seconds."
         return await self.decide(request_id, denial(view, "expired", why))
 
-    async def expire_due(self, now: float | None = None) -> int:
+    async def expire_due(self) -> None:
         """Expire every request past its deadline (any replica may run this; SET NX keeps it single)."""
-        due = await self.redis.zrangebyscore(self._pending, "-inf", now or time.time(), start=0, num=100)
-        count = 0
-        for raw_id in due:
-            _, won = await self.expire(as_text(raw_id))
-            count += won
-        return count
+        for raw_id in await self.redis.zrangebyscore(self._pending, "-inf", time.time(), start=0, num=100):
+            await self.expire(as_text(raw_id))
 
 
 def merge(raw: bytes | str | None, decided: bytes | str | None) -> PermissionView | None:
@@ -136,14 +102,14 @@ def merge(raw: bytes | str | None, decided: bytes | str | None) -> PermissionVie
         return None
     view = PermissionView.model_validate_json(raw)
     if decided is not None:
-        decision = PermissionDecision.model_validate_json(decided)
-        view.decision = decision
-        view.status = decision.status
+        view.decision = PermissionDecision.model_validate_json(decided)
+        view.status = view.decision.status
     return view
 
 
 def encode_message(view: PermissionView) -> bytes:
-    return orjson.dumps({"event": event_for(view), "view": view.model_dump(mode="json")})
+    event = REQUEST if view.status == "pending" else EXPIRED if view.status == "expired" else RESOLVED
+    return orjson.dumps({"event": event, "view": view.model_dump(mode="json")})
 
 
 def decode_message(data: bytes | str) -> tuple[str, PermissionView]:

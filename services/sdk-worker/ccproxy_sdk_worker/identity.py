@@ -1,25 +1,19 @@
 """Claude Code under a user of its own (``CLAUDE__RUN_AS_USER``), out of the worker's reach.
 
 Claude Code runs whatever command the agent asks for. Under the worker's own user it could read
-``/proc/<worker>/environ`` and the worker's memory and secret files (the internal secret, the
-Redis password), then approve its own permission requests or rewrite budgets in Redis. So in the
-stack the worker starts as root with only CAP_SETUID, CAP_SETGID and CAP_DAC_READ_SEARCH (compose),
-reads its settings and secret files, and then :func:`prepare`:
+``/proc/<worker>/environ``, the worker's memory and secret files, then approve its own permission
+requests or rewrite budgets in Redis. So in the stack the worker starts as root with only
+CAP_SETUID, CAP_SETGID and CAP_DAC_READ_SEARCH (compose), reads its settings and secret files,
+checks the agent's user can read none of ``CCPROXY_SECRETS_DIR``, and then :func:`prepare`:
 
-- takes the CLI's group as its only group (claude-agent-sdk's ``user`` option sets no group, so
-  the CLI inherits the worker's);
-- keeps root as its real and saved uid and takes the CLI's user as its effective one. Its file
-  accesses are the CLI's own (a resumed session's files, which claude-agent-sdk writes before the
-  CLI starts, are the CLI's), it may signal the CLI and read its ``/proc`` entries (stopping a
-  run, :func:`ccproxy_sdk_worker.runner.kill_leftovers`), and it has no capability left in effect.
-  The agent gets nothing back: the kernel lets a process trace or read the ``/proc`` files of
-  another only when the other's real, effective and saved uids are all its own, and signal it
-  only when the other's real or saved uid is its own; the worker's real and saved uids are root's;
-- the CLI is started with ``user=`` that uid: in the child, ``setreuid`` sets every uid to it, so
-  it keeps no capability and cannot become root again (``no-new-privileges`` in compose stops
-  setuid programs too).
-
-Before that it checks that the agent's user cannot read any file of ``CCPROXY_SECRETS_DIR``.
+- takes the CLI's group as its only group (claude-agent-sdk's ``user`` sets no group);
+- keeps root as its real and saved uid and takes the CLI's user as its effective one: its file
+  accesses are the CLI's own, it may signal the CLI and read its ``/proc`` entries (stopping a
+  run), and it has no capability left in effect. The kernel lets a process trace or read the
+  ``/proc`` files of another only when all three of the other's uids are its own, and signal it
+  only when the other's real or saved uid is, so the agent gets nothing back;
+- the CLI is started with ``user=`` that uid: ``setreuid`` in the child sets every uid to it, so it
+  keeps no capability and cannot become root again (``no-new-privileges`` stops setuid programs).
 """
 
 from __future__ import annotations
@@ -52,16 +46,14 @@ def parse_run_as(value: str) -> RunAs:
         uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
     except KeyError:
         raise StartupError(f"CLAUDE__RUN_AS_USER: no user {user!r} here; give a numeric UID:GID") from None
-    if group:
-        try:
+    try:
+        if group:
             gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise StartupError(f"CLAUDE__RUN_AS_USER: no group {group!r} here; give a numeric GID") from None
-    else:
-        try:
+        else:
             gid = pwd.getpwuid(uid).pw_gid
-        except KeyError:
-            raise StartupError(f"CLAUDE__RUN_AS_USER: uid {uid} has no entry here; give UID:GID") from None
+    except KeyError:
+        what = f"no group {group!r} here; give a numeric GID" if group else f"uid {uid} has no entry here; give UID:GID"
+        raise StartupError(f"CLAUDE__RUN_AS_USER: {what}") from None
     if uid == 0 or gid == 0:
         raise StartupError("CLAUDE__RUN_AS_USER must not be root (uid or gid 0): Claude Code runs the agent's commands")
     return RunAs(uid, gid)
@@ -88,11 +80,7 @@ def readable_by(path: Path, who: RunAs) -> bool:
 
 def exposed_secrets(secrets_dir: Path, who: RunAs) -> list[Path]:
     """The files of ``secrets_dir`` that ``who`` could read (there must be none)."""
-    found: list[Path] = []
-    for entry in sorted(secrets_dir.iterdir()):
-        if entry.is_file() and readable_by(entry, who):
-            found.append(entry)
-    return found
+    return [entry for entry in sorted(secrets_dir.iterdir()) if entry.is_file() and readable_by(entry, who)]
 
 
 def prepare(settings: Settings) -> RunAs | None:

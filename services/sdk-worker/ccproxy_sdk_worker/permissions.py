@@ -1,12 +1,10 @@
-"""Claude Code's permission prompts, sent to the permissions service (``can_use_tool``).
+"""Claude Code's permission prompts (``can_use_tool``), sent to the permissions service.
 
-Every tool use the configured permission mode does not already allow reaches
-:func:`permission_hook`'s callback with the tool's name and full input; it becomes a request in
-the permissions service on behalf of the job's client key and the run waits for the decision.
-Allow runs the tool (with the approver's edited input, if any); deny, timeout, or an unreachable
-service answer Claude with a message, and a timeout is also shown to the client as text, since
-nobody was there to see the request. Why ``can_use_tool`` and not an MCP permission tool:
-docs/permissions.md.
+Every tool use the permission mode does not already allow becomes a request on behalf of the job's
+client key, and the run waits for the decision. Allow runs the tool (with the approver's edited
+input, if any); deny, timeout or an unreachable service answer Claude with a message, and a
+timeout is also shown to the client, since nobody saw the request. Why not an MCP permission
+tool: docs/permissions.md.
 """
 
 from __future__ import annotations
@@ -30,16 +28,9 @@ def permission_hook(gate: PermissionGate) -> PermissionHook:
         async def can_use_tool(
             tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
         ) -> PermissionResult:
-            ask = PermissionAsk(
-                tool_name=tool_name,
-                input=tool_input,
-                key_id=job.key_id,
-                key_name=job.key_name or job.key_id,
-                title=context.title,
-                tool_use_id=context.tool_use_id,
-                session_id=session_id,
-                run_id=job.id,
-            )
+            ask = PermissionAsk(tool_name=tool_name, input=tool_input, key_id=job.key_id,
+                                key_name=job.key_name or job.key_id, title=context.title,
+                                tool_use_id=context.tool_use_id, session_id=session_id, run_id=job.id)
             try:
                 view = await gate.ask(ask)
             except Exception as exc:
@@ -62,15 +53,11 @@ def permission_hook(gate: PermissionGate) -> PermissionHook:
 
 
 def hook_from_settings(settings: Settings) -> PermissionHook | None:
-    """The stack's hook: the permissions service at ``SERVICES__PERMISSIONS_URL``.
-
-    Unset, Claude Code runs without a permission prompt: what the permission mode does not allow
-    is refused (the CLI cannot ask anyone)."""
+    """The stack's hook: the permissions service at ``SERVICES__PERMISSIONS_URL``; unset, what the
+    permission mode does not allow is refused (the CLI cannot ask anyone)."""
     url = settings.services.permissions_url
     if not url:
-        log.warning(
-            "SERVICES__PERMISSIONS_URL is not set: tool uses the permission mode does not allow are refused"
-        )
+        log.warning("SERVICES__PERMISSIONS_URL is not set: tool uses the permission mode does not allow are refused")
         return None
     secret = settings.security.internal_secret
     return permission_hook(HttpPermissionGate(url, secret.get_secret_value() if secret else None))

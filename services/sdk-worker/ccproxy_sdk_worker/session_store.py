@@ -1,14 +1,10 @@
 """Claude Code session transcripts in Redis (claude-agent-sdk's ``SessionStore``).
 
-Claude Code writes each session to a JSONL file on the worker's disk; the SDK mirrors every line
-here, and on resume writes the lines back to a temporary file for the CLI. So a session started
-on one worker continues on any other (and survives a worker's restart): the session-to-worker
-mapping is simply "any worker", with the last one noted in the session's hash for operators.
-
-Keys are by session id only (the SDK's ``project_key``, derived from the cwd, is ignored), so a
-session resumes whatever directory the next request names. Lines are deduplicated by their
-``uuid``, which the SDK asks adapters to treat as an idempotency key; every key expires after
-``CLAUDE__SESSION_TTL`` without use.
+The SDK mirrors every line of a session's JSONL file here and writes them back for the CLI on
+resume, so a session continues on any worker (and survives a worker's restart). Keys are by
+session id only (the SDK's cwd-derived ``project_key`` is ignored: a session resumes whatever
+directory the next request names); lines are deduplicated by their ``uuid``, the SDK's
+idempotency key; every key expires after ``CLAUDE__SESSION_TTL`` without use.
 """
 
 from __future__ import annotations
@@ -38,22 +34,19 @@ class RedisSessionStore:
             return
         list_key = self._key(key)
         seen_key = list_key + ":uuids"
-        fresh: list[bytes] = []
+        subkeys = self.keys.transcript(key["session_id"]) + ":subkeys"
         ids = [e.get("uuid") if isinstance(e, dict) else None for e in entries]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for entry_id in ids:
-                if entry_id:
-                    pipe.sadd(seen_key, entry_id)
-            added = iter(await pipe.execute())
-        for entry, entry_id in zip(entries, ids, strict=True):
-            if not entry_id or next(added):
-                fresh.append(orjson.dumps(entry))
+            for entry_id in filter(None, ids):
+                pipe.sadd(seen_key, entry_id)
+            added = iter(await pipe.execute())  # per id in order: 1 if it was new
+        fresh = [orjson.dumps(e) for e, entry_id in zip(entries, ids, strict=True) if not entry_id or next(added)]
         async with self.redis.pipeline(transaction=False) as pipe:
             if fresh:
                 pipe.rpush(list_key, *fresh)
             if key.get("subpath"):
-                pipe.sadd(self.keys.transcript(key["session_id"]) + ":subkeys", key["subpath"])
-            for k in (list_key, seen_key, self.keys.transcript(key["session_id"]) + ":subkeys"):
+                pipe.sadd(subkeys, key["subpath"])
+            for k in (list_key, seen_key, subkeys):
                 pipe.expire(k, self.ttl)
             await pipe.execute()
 

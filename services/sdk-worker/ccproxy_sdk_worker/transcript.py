@@ -1,10 +1,9 @@
 """The client's conversation as Claude Code takes it: a prompt, and a session behind it.
 
-The last user message is the prompt. What came before it becomes the transcript of a Claude
-Code session (the JSONL lines Claude Code itself writes), which the run then resumes: Claude
-Code sends those turns upstream as real user and assistant messages, images included, exactly
-as if it had had the conversation itself. A conversation that already is a Claude Code session
-(the client named it) needs none of this: its transcript is already in Redis.
+The last user message is the prompt. What came before it becomes the transcript of a Claude Code
+session (the JSONL lines Claude Code itself writes), which the run resumes: Claude Code sends
+those turns upstream as real user and assistant messages, images included. A conversation that
+already is a Claude Code session (the client named it) has its transcript in Redis already.
 
 Only what the Messages API accepts in a past turn is kept: text, images and documents. Blocks
 that were ccproxy's own output (``tool_use_sdk``, ``tool_result_sdk``) are dropped, and a
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,65 +32,45 @@ def split_conversation(body: dict[str, Any]) -> tuple[list[dict[str, Any]], dict
     return messages[:-1], messages[-1]
 
 
+def _texts(blocks: list[Any]) -> list[str]:
+    return [b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
+
+
 def system_text(body: dict[str, Any]) -> str | None:
     """The client's system prompt as text (Claude Code appends it to its own)."""
     system = body.get("system")
-    if isinstance(system, str):
-        return system or None
     if isinstance(system, list):
-        text = "\n\n".join(b.get("text", "") for b in system if isinstance(b, dict) and b.get("type") == "text")
-        return text or None
-    return None
+        system = "\n\n".join(_texts(system))
+    return (system or None) if isinstance(system, str) else None
 
 
-def _as_text(block: dict[str, Any]) -> str | None:
+def _kept(block: dict[str, Any], role: str) -> dict[str, Any] | None:
+    """What ``block`` of a past ``role`` message stays as: itself, text, or nothing."""
     kind = block.get("type")
+    if role == "user":
+        if kind in KEPT_USER_BLOCKS:
+            return {k: v for k, v in block.items() if k != "cache_control"}
+    elif kind == "text":
+        return {"type": "text", "text": block["text"]} if block.get("text") else None
     if kind == "tool_use":
-        return f"[called {block.get('name')} with {json.dumps(block.get('input'), ensure_ascii=False)}]"
-    if kind == "tool_result":
+        text = f"[called {block.get('name')} with {json.dumps(block.get('input'), ensure_ascii=False)}]"
+    elif kind == "tool_result":
         inner = block.get("content")
-        if isinstance(inner, list):
-            inner = "\n".join(b.get("text", "") for b in inner if isinstance(b, dict) and b.get("type") == "text")
-        return f"[tool result {block.get('tool_use_id')}: {inner}]"
-    return None
-
-
-def _content(message: dict[str, Any], kept: Callable[[dict[str, Any]], dict[str, Any] | None]) -> list[dict[str, Any]]:
-    """A message's content as blocks: ``kept`` says what a block stays as; any other block
-    becomes text (a client's tool call or result) or is dropped."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for block in content if isinstance(content, list) else []:
-        if not isinstance(block, dict):
-            continue
-        out = kept(block)
-        if out is None:
-            text = _as_text(block)
-            out = {"type": "text", "text": text} if text else None
-        if out is not None:
-            blocks.append(out)
-    return blocks
-
-
-def _kept_user(block: dict[str, Any]) -> dict[str, Any] | None:
-    if block.get("type") not in KEPT_USER_BLOCKS:
+        inner = "\n".join(_texts(inner)) if isinstance(inner, list) else inner
+        text = f"[tool result {block.get('tool_use_id')}: {inner}]"
+    else:
         return None
-    return {k: v for k, v in block.items() if k != "cache_control"}
-
-
-def _kept_assistant(block: dict[str, Any]) -> dict[str, Any] | None:
-    return {"type": "text", "text": block["text"]} if block.get("type") == "text" and block.get("text") else None
+    return {"type": "text", "text": text}
 
 
 def user_content(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """A user message's content as blocks Claude Code can send upstream."""
-    return _content(message, _kept_user)
-
-
-def assistant_content(message: dict[str, Any]) -> list[dict[str, Any]]:
-    return _content(message, _kept_assistant)
+    """A message's content (the user's, or a past assistant turn's) as blocks Claude Code can send upstream."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    role = "assistant" if message.get("role") == "assistant" else "user"
+    kept = [_kept(block, role) for block in content if isinstance(block, dict)] if isinstance(content, list) else []
+    return [block for block in kept if block is not None]
 
 
 def transcript(history: list[dict[str, Any]], session_id: str, cwd: str, model: str) -> list[dict[str, Any]]:
@@ -102,38 +80,15 @@ def transcript(history: list[dict[str, Any]], session_id: str, cwd: str, model: 
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     for i, message in enumerate(history):
         role = message.get("role")
-        if role == "user":
-            content = user_content(message)
-            body: dict[str, Any] = {"role": "user", "content": content}
-        elif role == "assistant":
-            content = assistant_content(message)
-            body = {
-                "id": f"msg_history_{i}",
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": content,
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "usage": {"input_tokens": 0, "output_tokens": 0},
-            }
-        else:
+        content = user_content(message)
+        if role not in ("user", "assistant") or not content:
             continue
-        if not content:
-            continue
+        body: dict[str, Any] = {"role": role, "content": content}
+        if role == "assistant":
+            body = {"id": f"msg_history_{i}", "type": "message", **body, "model": model, "stop_reason": "end_turn",
+                    "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
         entry_id = str(uuid.uuid4())
-        entries.append(
-            {
-                "parentUuid": parent,
-                "isSidechain": False,
-                "type": role,
-                "message": body,
-                "uuid": entry_id,
-                "timestamp": now,
-                "cwd": cwd,
-                "sessionId": session_id,
-                "userType": "external",
-            }
-        )
+        entries.append({"parentUuid": parent, "isSidechain": False, "type": role, "message": body, "uuid": entry_id,
+                        "timestamp": now, "cwd": cwd, "sessionId": session_id, "userType": "external"})
         parent = entry_id
     return entries

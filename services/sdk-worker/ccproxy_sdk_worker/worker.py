@@ -1,23 +1,21 @@
 """The sdk-worker process: an arq worker whose one function runs Claude Code.
 
-``ccproxy run sdk-worker`` runs :func:`main`; ``ccproxy serve`` starts the same worker inside its
-own process with :func:`in_process`, on the embedded Redis stand-in (fakeredis). Either way the
-worker is :class:`Supervised`: its loop, which ends at the first Redis error, is started again. arq runs
-unchanged there except for one start-up call, ``INFO``, which fakeredis does not implement:
-it only logs the server's version, so it is skipped when Redis is the stand-in.
-
-Several workers share one queue; each takes at most ``CLAUDE__MAX_CONCURRENT_RUNS`` jobs at once,
-and a job is never retried (a run has side effects: files written, commands run).
+``ccproxy run sdk-worker`` runs :func:`main`; ``ccproxy serve`` runs the same worker as a task
+of its own loop (:func:`in_process`) on the embedded Redis, where arq's one start-up call that
+fakeredis lacks (``INFO``, only logged) is skipped. Several workers share one queue; each takes at
+most ``CLAUDE__MAX_CONCURRENT_RUNS`` jobs at once, and a job is never retried (a run has side
+effects: files written, commands run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import arq.worker
@@ -50,13 +48,7 @@ async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
 
 
 def build_worker(
-    settings: Settings,
-    redis: Redis,
-    *,
-    handle_signals: bool = True,
-    name: str | None = None,
-    permission_hook: PermissionHook | None = None,
-    run_as: RunAs | None = None,
+    settings: Settings, redis: Redis, name: str | None, permission_hook: PermissionHook | None, run_as: RunAs | None
 ) -> Worker:
     if settings.redis.url is None:
         arq.worker.log_redis_info = _skip_info  # fakeredis has no INFO
@@ -76,7 +68,7 @@ def build_worker(
         "sdk-worker %s: queue %s, %d run(s) at once, CLI %s, workspace %s",
         runner.name, keys.queue, claude.max_concurrent_runs, runner.cli_path or "(bundled)", runner.root,
     )
-    worker = Worker(
+    return Worker(
         functions=[func(run_sdk_job, name=JOB_FUNCTION, timeout=claude.run_timeout + 30, max_tries=1)],
         queue_name=keys.queue,
         redis_pool=arq_pool(redis, keys.queue),
@@ -86,14 +78,13 @@ def build_worker(
         retry_jobs=False,
         max_tries=1,
         keep_result=0,
-        handle_signals=handle_signals,
+        handle_signals=False,  # main's uvicorn (or serve's) owns SIGINT/SIGTERM
         job_serializer=dumps,
         job_deserializer=orjson.loads,
         health_check_key=keys.health(runner.name),
         health_check_interval=HEALTH_INTERVAL,
         ctx={"runner": runner, "metrics": metrics},
     )
-    return worker
 
 
 class Supervised:
@@ -102,15 +93,14 @@ class Supervised:
     loop is run again, by a fresh worker of the same name, after a backoff (1 s, doubling up to
     :data:`RESTART_MAX`), each time said in the log."""
 
-    def __init__(self, make: Callable[[str | None], Worker]) -> None:
-        self._make = make
+    def __init__(
+        self, settings: Settings, redis: Redis, hook: PermissionHook | None, run_as: RunAs | None = None
+    ) -> None:
+        self._make = functools.partial(build_worker, settings, redis, permission_hook=hook, run_as=run_as)
         #: The worker running now (a new object after each restart).
-        self.worker = make(None)
+        self.worker = self._make(None)
+        self.name: str = self.worker.ctx["runner"].name
         self.restarts = 0
-
-    @property
-    def name(self) -> str:
-        return str(self.worker.ctx["runner"].name)
 
     async def run(self) -> None:
         delay = 1.0
@@ -131,33 +121,27 @@ class Supervised:
             self.restarts += 1
             log.info("sdk-worker %s started again (restart %d)", self.name, self.restarts)
 
-    def job_tasks(self) -> list[asyncio.Task[Any]]:
-        return [t for t in self.worker.tasks.values() if not t.done()]
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Supervised]:
+        """:meth:`run` as a task of this loop; on the way out it and the runs in progress are
+        cancelled (their CLIs stop), with up to 20 seconds to wind down."""
+        loop = asyncio.ensure_future(self.run())
+        try:
+            yield self
+        finally:
+            loop.cancel()
+            running = [task for task in self.worker.tasks.values() if not task.done()]
+            for task in running:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.gather(loop, *running, return_exceptions=True), 20)
 
-    async def stop(self, loop: asyncio.Future[Any]) -> None:
-        """Cancel ``loop`` (the task running :meth:`run`) and the runs in progress (their CLIs
-        stop), and give them up to 20 seconds to wind down."""
-        loop.cancel()
-        running = self.job_tasks()
-        for task in running:
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.gather(loop, *running, return_exceptions=True), 20)
 
-
-@contextlib.asynccontextmanager
-async def in_process(
+def in_process(
     settings: Settings, redis: Redis, permission_hook: PermissionHook | None = None
-) -> AsyncIterator[Supervised]:
-    """Run a (supervised) worker as a task of the current event loop (``ccproxy serve``)."""
-    supervised = Supervised(
-        lambda name: build_worker(settings, redis, handle_signals=False, name=name, permission_hook=permission_hook)
-    )
-    task = asyncio.ensure_future(supervised.run())
-    try:
-        yield supervised
-    finally:
-        await supervised.stop(task)
+) -> contextlib.AbstractAsyncContextManager[Supervised]:
+    """A (supervised) worker as a task of the current event loop (``ccproxy serve``)."""
+    return Supervised(settings, redis, permission_hook).running()
 
 
 def health_app(supervised: Supervised, redis: Redis) -> Starlette:
@@ -169,16 +153,8 @@ def health_app(supervised: Supervised, redis: Redis) -> Starlette:
         except Exception:
             ready = False
         worker = supervised.worker
-        body = {
-            "status": "ok",
-            "ready": ready,
-            "worker": supervised.name,
-            "runs": len(worker.job_tasks),
-            "max_runs": worker.max_jobs,
-            "restarts": supervised.restarts,
-            "checks": {"redis": ready},
-        }
-        return JSONResponse(body)
+        return JSONResponse({"status": "ok", "ready": ready, "worker": supervised.name, "runs": len(worker.job_tasks),
+                             "max_runs": worker.max_jobs, "restarts": supervised.restarts, "checks": {"redis": ready}})
 
     async def scrape(request: Request) -> Response:
         worker = supervised.worker
@@ -210,10 +186,8 @@ def main(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, with ``/health`` on ``SERVER__PORT``; runs in progress are
     cancelled on the way out, their CLIs stopped."""
     if settings.redis.url is None:
-        raise StartupError(
-            "the sdk-worker needs the Redis the gateway uses: set REDIS__URL (ccproxy serve runs a worker in "
-            "process)"
-        )
+        raise StartupError("the sdk-worker needs the Redis the gateway uses: set REDIS__URL "
+                           "(ccproxy serve runs a worker in process)")
     # Settings and secret files are read: from here on Claude Code's user cannot reach this process.
     run_as = prepare(settings)
     scrub_environment()
@@ -221,22 +195,13 @@ def main(settings: Settings) -> None:
 
     async def run() -> None:
         redis = connect(settings.redis)
-        hook = hook_from_settings(settings)
-        supervised = Supervised(
-            lambda name: build_worker(
-                settings, redis, handle_signals=False, name=name, permission_hook=hook, run_as=run_as
-            )
-        )
-        config = uvicorn.Config(
-            health_app(supervised, redis),
-            log_config=None, log_level=settings.server.log_level, access_log=False, lifespan="off",
-        )
-        server = uvicorn.Server(config)
-        jobs = asyncio.ensure_future(supervised.run())
+        supervised = Supervised(settings, redis, hook_from_settings(settings), run_as)
+        server = uvicorn.Server(uvicorn.Config(health_app(supervised, redis), log_config=None,
+                                               log_level=settings.server.log_level, access_log=False, lifespan="off"))
         try:
-            await server.serve(sockets=[sock])  # returns on SIGINT/SIGTERM
+            async with supervised.running():
+                await server.serve(sockets=[sock])  # returns on SIGINT/SIGTERM
         finally:
-            await supervised.stop(jobs)
             with contextlib.suppress(Exception):
                 await supervised.worker.close()
 
