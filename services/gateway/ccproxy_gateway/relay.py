@@ -1,10 +1,8 @@
 """Where every answer goes out and ends, whatever its format (Anthropic, OpenAI) and mode (API, SDK).
 
-A stream is relayed chunk by chunk through :func:`ccproxy_core.streaming.relay` (never
-collected; a client that goes away cancels it, which closes the upstream). However an answer
-ends, its :class:`~ccproxy_gateway.usage.Usage` is read once (the stream tap, the OpenAI
-translator, the SDK run's summary, or the whole message) and handed as one value to billing
-(the upstream reply's settlement), metrics and the access log, so the three cannot disagree.
+However an answer ends, its :class:`~ccproxy_gateway.usage.Usage` is read once and handed as one
+value to billing (the upstream reply's settlement), metrics and the access log, so the three
+cannot disagree. Streams go through :func:`ccproxy_core.streaming.relay`, never collected.
 """
 
 from __future__ import annotations
@@ -15,12 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ccproxy_core.access_log import RequestLog
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import UpstreamReply
 from ccproxy_core.metrics import Metrics, route_label
-from ccproxy_core.streaming import RelayResponse, error_event, relay
+from ccproxy_core.streaming import RelayResponse, relay
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
 
@@ -35,17 +32,12 @@ def client_headers(reply: UpstreamReply) -> dict[str, str]:
 
 
 class Answers:
-    """The end of every answer: metrics and the access log from one usage value."""
-
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def record(
-        self, route: str, status: int, started: float, usage: Usage, first_byte: float | None,
-        access: RequestLog | None = None,
-    ) -> None:
+    def record(self, request: Request, status: int, started: float, usage: Usage, first_byte: float | None) -> None:
         """Metrics for one answered request, and its usage onto its access log."""
-        m, tokens = self.metrics, usage.tokens
+        m, tokens, route, access = self.metrics, usage.tokens, route_label(request.scope), request_log(request)
         cost = tokens.cost()
         key = access.draft.key_id if access is not None else ""
         if access is not None:
@@ -68,7 +60,7 @@ class Answers:
              first_byte: float | None = None) -> None:
         """A whole (non-stream) answer was sent: ``first_byte`` defaults to now."""
         first = time.perf_counter() - started if first_byte is None else first_byte
-        self.record(route_label(request.scope), status, started, usage, first, request_log(request))
+        self.record(request, status, started, usage, first)
 
     async def read(self, request: Request, reply: UpstreamReply) -> tuple[bytes, Usage]:
         """A whole upstream answer and its usage (none unless 200), settled with billing however
@@ -96,11 +88,10 @@ class Answers:
     ) -> Response:
         """Relay ``frames``; when the relay ends, ``end(usage)`` settles and closes the source,
         then the same usage goes to metrics and the access log (which waits for it)."""
-        m = self.metrics
+        m, access = self.metrics, request_log(request)
         m.active_streams.labels(m.service).inc()
-        route, access = route_label(request.scope), request_log(request)
         if access is not None:
-            access.hold()  # the event waits for the stream's usage
+            access.hold()
 
         async def on_end(first_byte: float | None) -> None:
             answer = usage()
@@ -108,12 +99,11 @@ class Answers:
                 await end(answer)
             finally:
                 m.active_streams.labels(m.service).dec()
-                self.record(route, status, started, answer, first_byte, access)
+                self.record(request, status, started, answer, first_byte)
                 if access is not None:
                     access.release()
 
-        body = relay(frames, started, on_end, feed, on_error)
-        return RelayResponse(body, status_code=status, headers=headers)
+        return RelayResponse(relay(frames, started, on_end, feed, on_error), status_code=status, headers=headers)
 
     def relay_upstream(
         self, request: Request, started: float, reply: UpstreamReply, frames: AsyncIterator[bytes] | None = None,
@@ -125,13 +115,9 @@ class Answers:
             reply.settle(answer.tokens)
             await reply.aclose()
 
+        headers = headers or client_headers(reply)
         if frames is not None and usage is not None:
-            return self.stream(request, started, frames, usage, end, headers or client_headers(reply), reply.status)
+            return self.stream(request, started, frames, usage, end, headers, reply.status)
         tap = StreamUsageTap()
-
-        def failed(exc: ProxyError) -> bytes:  # status and headers are gone: an error event
-            tap.usage.error_type = exc.error_type
-            return error_event(exc)
-
-        return self.stream(request, started, aiter(reply), lambda: tap.usage, end, headers or client_headers(reply),
-                           reply.status, feed=tap.feed, on_error=failed)
+        return self.stream(request, started, aiter(reply), lambda: tap.usage, end, headers, reply.status,
+                           feed=tap.feed, on_error=tap.failed)

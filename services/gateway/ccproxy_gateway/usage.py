@@ -1,9 +1,8 @@
 """What one answer reports about itself, read once, without slowing the relay.
 
-:class:`Usage` is filled from the Anthropic events as they pass (the stream tap for a relayed
-stream, the OpenAI translators for a translated one, the SDK run's summary) or from a whole
-message, and then handed as one value to billing, metrics and the access log. Streams are decoded
-on the side (the bytes go to the client first); only the events that carry usage are parsed.
+:class:`Usage` is filled from the Anthropic events (the stream tap for a relayed stream, the OpenAI
+translators for a translated one) or from a whole message or the SDK run's summary. A stream is
+decoded on the side, after its bytes went to the client, and only the events with usage are parsed.
 """
 
 from __future__ import annotations
@@ -14,14 +13,15 @@ from typing import Any
 
 import orjson
 
+from ccproxy_core.errors import ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.sse import SSEDecoder
+from ccproxy_core.streaming import error_event
 
 
 @dataclass(slots=True)
 class Usage:
-    """One answer's tokens (with their model), how it stopped, whether it failed, and when its
-    first content token passed (``time.perf_counter()``, for time to first token)."""
+    """``first_token``: when the first content token passed (``time.perf_counter()``)."""
 
     tokens: TokenUsage = field(default_factory=TokenUsage)
     stop_reason: str | None = None
@@ -29,7 +29,7 @@ class Usage:
     first_token: float | None = None
 
     def read(self, name: str, data: dict[str, Any]) -> None:
-        """Take in one Anthropic stream event (the ones that say nothing of usage are ignored)."""
+        """Take in one Anthropic stream event."""
         if name == "content_block_delta":
             if self.first_token is None:
                 self.first_token = time.perf_counter()
@@ -52,16 +52,15 @@ _READ = frozenset({"message_start", "message_delta", "error"})
 
 
 class StreamUsageTap:
-    """Reads the :class:`Usage` of an Anthropic stream from its raw chunks."""
+    """Reads the :class:`Usage` of a relayed Anthropic stream from its raw chunks."""
 
     def __init__(self) -> None:
         self.usage = Usage()
         self._decoder = SSEDecoder()
 
     def _skippable(self, chunk: bytes) -> bool:
-        """True when ``chunk`` is whole events none of which the tap needs (nearly every
-        content delta): then it is not decoded at all, a few substring searches instead of
-        a line-by-line parse."""
+        """Whole events none of which the tap needs (nearly every content delta): a few substring
+        searches instead of a line-by-line parse."""
         if not chunk.endswith(b"\n\n") or not self._decoder.idle:
             return False
         a, b, c, d = _WANTED
@@ -84,6 +83,11 @@ class StreamUsageTap:
                     continue
                 if isinstance(data, dict):
                     self.usage.read(event.event, data)
+
+    def failed(self, exc: ProxyError) -> bytes:
+        """The stream failed after its status and headers went: it ends with an error event."""
+        self.usage.error_type = exc.error_type
+        return error_event(exc)
 
 
 def usage_from_message(body: bytes) -> Usage:
