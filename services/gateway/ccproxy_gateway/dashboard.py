@@ -1,7 +1,5 @@
-"""``/dashboard``: a page for users of ``ccproxy serve`` (who have no Grafana) over the log API.
-
-Static files only (HTML, JS, and uPlot vendored under ``static/vendor``), so there is nothing to
-build; the page reads ``/logs/*`` with the client key the user types (kept in the browser).
+"""``/dashboard``: a page over the log API for ``ccproxy serve`` (no Grafana there). Static files
+only (uPlot vendored), nothing to build; it reads ``/logs/*`` with the key the user types.
 """
 
 from __future__ import annotations
