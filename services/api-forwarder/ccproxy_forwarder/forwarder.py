@@ -63,15 +63,10 @@ class ApiForwarder:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            s = self._settings
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self._settings.max_connections, keepalive_timeout=60, ttl_dns_cache=300
-                ),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=self._settings.connect_timeout,
-                    sock_read=self._settings.read_timeout,
-                ),
+                connector=aiohttp.TCPConnector(limit=s.max_connections, keepalive_timeout=60, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),  # raw bytes are relayed: never gzipped
             )
@@ -89,37 +84,31 @@ class ApiForwarder:
             resp.close()
 
         chunks = self._relay(resp)
-        if resp.status >= 400:  # small: read whole, bounded, without the credential sent
-            body, replaced = await self._error_body(resp, credential)
-            if replaced:
-                headers["content-type"] = "application/json"
-            chunks = _once(body)
+        if resp.status >= 400:  # small: read whole
+            chunks = _once(await self._error_body(resp, credential, headers))
         return UpstreamReply(resp.status, headers, chunks, close, account=credential.account)
 
-    async def _error_body(self, resp: aiohttp.ClientResponse, credential: Credential) -> tuple[bytes, bool]:
-        """At most MAX_ERROR_BYTES of the error body (else an error saying so, and True), without the
-        credential we sent: an upstream may echo a refused token or key, whole or in part."""
-        chunks: list[bytes] = []
-        size = 0
+    async def _error_body(self, resp: aiohttp.ClientResponse, credential: Credential, headers: dict[str, str]) -> bytes:
+        """At most MAX_ERROR_BYTES of it (a bigger one is replaced by an error saying so), without
+        the credential we sent: an upstream may echo a refused token or key, whole or in part."""
+        body = bytearray()
         try:
             async for chunk in resp.content.iter_any():
-                size += len(chunk)
-                if size > MAX_ERROR_BYTES:
+                body += chunk
+                if len(body) > MAX_ERROR_BYTES:
                     break
-                chunks.append(chunk)
         except (aiohttp.ClientError, OSError, TimeoutError):
             pass  # what arrived is what there is
         finally:
             resp.close()
-        if size > MAX_ERROR_BYTES:
-            log.warning("upstream answered %d with an error body over %d bytes: not relayed", resp.status,
-                        MAX_ERROR_BYTES)
+        if len(body) > MAX_ERROR_BYTES:
+            log.warning("upstream answered %d with an error body over %d bytes", resp.status, MAX_ERROR_BYTES)
+            headers["content-type"] = "application/json"
             return anthropic_error_body(
                 ANTHROPIC_TYPE_BY_STATUS.get(resp.status, "api_error"),
                 f"the upstream answered {resp.status} with an error body over {MAX_ERROR_BYTES} bytes (not relayed)",
-            ), True
-        text = b"".join(chunks).decode("utf-8", errors="replace")
-        return scrub_secret(text, credential.secret.get_secret_value()).encode(), False
+            )
+        return scrub_secret(body.decode("utf-8", errors="replace"), credential.secret.get_secret_value()).encode()
 
     async def _routed(self, request: ForwardRequest) -> tuple[Credential, aiohttp.ClientResponse]:
         """Send on the account the pool picks; on a 429/529/dead token, tell the pool and try

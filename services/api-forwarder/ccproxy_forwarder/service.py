@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import orjson
 from prometheus_client import Gauge
@@ -56,19 +55,14 @@ def create_service_app(settings: Settings) -> Starlette:
         path = "/" + request.path_params["path"].lstrip("/")
         if not path.startswith(ALLOWED_PREFIX) or "/../" in path:
             raise ProxyError(404, f"no upstream path {path}", "not_found_error")
-        body: dict[str, Any] = {}
-        if request.method == "POST":
-            try:
-                body = orjson.loads(await request.body())
-            except orjson.JSONDecodeError as exc:
-                raise ProxyError(400, "the forwarded body is not JSON") from exc
-            if not isinstance(body, dict):
-                raise ProxyError(400, "the forwarded body is not a JSON object")
-        try:  # the caller's key, as the gateway resolved it (ForwardRequest.key)
-            raw_key = request.headers.get(FORWARD_KEY_HEADER)
+        raw_key = request.headers.get(FORWARD_KEY_HEADER)  # the caller's key, as the gateway resolved it
+        try:
+            body = orjson.loads(await request.body()) if request.method == "POST" else {}
             key = KeyInfo.model_validate_json(raw_key) if raw_key else None
-        except ValidationError as exc:
-            raise ProxyError(400, f"the forwarded {FORWARD_KEY_HEADER} is not a client key") from exc
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            raise ProxyError(400, f"the forwarded body or {FORWARD_KEY_HEADER} is malformed") from exc
+        if not isinstance(body, dict):
+            raise ProxyError(400, "the forwarded body is not a JSON object")
         query = request.scope.get("query_string", b"").decode()
         # The headers as they came: upstream_headers drops ours (x-ccproxy-*) and the hop-by-hop ones.
         forward = ForwardRequest(path=path, headers=dict(request.headers), body=body, query=query,
