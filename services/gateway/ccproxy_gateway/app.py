@@ -45,15 +45,13 @@ from ccproxy_gateway.routes import ApiRoute, error_format, metered
 
 log = logging.getLogger(__name__)
 
-StatusProvider = Callable[[], Awaitable[CredentialStatus]]
-
 
 class Gateway:
     def __init__(
         self,
         settings: Settings,
         forwarder: Forwarder,
-        credential_status: StatusProvider,
+        credential_status: Callable[[], Awaitable[CredentialStatus]],
         metrics: Metrics | None = None,
         access_log: AccessLogEmitter | None = None,
         keys: KeyAuthority | None = None,
@@ -139,8 +137,7 @@ def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) 
 
 
 class HeadProbe(Route):
-    """A HEAD-only route that is invisible to other methods, so an unknown GET stays a 404 and a
-    wrong method on a real route stays a 405."""
+    """HEAD only, invisible to other methods: an unknown GET stays a 404, a wrong method a 405."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] == "http" and scope["method"] != "HEAD":
@@ -162,15 +159,11 @@ def create_app(
 
     async def status(request: Request) -> Response:
         creds = await gateway.credential_status()
-        return JSONResponse(
-            {
-                "status": "ok" if creds.available else "degraded",
-                "mode": "api",
-                "upstream": gateway.settings.anthropic.base_url,
-                "credentials": creds.model_dump(exclude_none=True),
-                "client_auth": gateway.auth.enabled,
-            }
-        )
+        return JSONResponse({
+            "status": "ok" if creds.available else "degraded", "mode": "api",
+            "upstream": gateway.settings.anthropic.base_url, "credentials": creds.model_dump(exclude_none=True),
+            "client_auth": gateway.auth.enabled,
+        })
 
     async def health(request: Request) -> Response:
         creds = await gateway.credential_status()
@@ -241,6 +234,3 @@ def create_app(
     app.router.redirect_slashes = False
     label_routes(app.routes)
     return app
-
-
-__all__ = ["Gateway", "create_app"]
