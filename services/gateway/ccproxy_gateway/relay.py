@@ -1,15 +1,20 @@
 """Where every answer goes out and ends, whatever its format (Anthropic, OpenAI) and mode (API, SDK).
 
-However an answer ends, its :class:`~ccproxy_gateway.usage.Usage` is read once and handed as one
-value to billing (the upstream reply's settlement), metrics and the access log, so the three
-cannot disagree. Streams go through :func:`ccproxy_core.streaming.relay`, never collected.
+However an answer ends, its :class:`Usage` is read once (the stream tap below, the OpenAI
+translators, a whole message, the SDK run's summary) and handed as one value to billing (the
+upstream reply's settlement), metrics and the access log, so the three cannot disagree. Streams go
+through :func:`ccproxy_core.streaming.relay`, never collected, and are read on the side, after
+their bytes went to the client.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,9 +22,96 @@ from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import UpstreamReply
 from ccproxy_core.metrics import Metrics, route_label
-from ccproxy_core.streaming import RelayResponse, relay
+from ccproxy_core.models import TokenUsage
+from ccproxy_core.sse import SSEDecoder
+from ccproxy_core.streaming import RelayResponse, error_event, relay
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
+
+
+@dataclass(slots=True)
+class Usage:
+    """``first_token``: when the first content token passed (``time.perf_counter()``)."""
+
+    tokens: TokenUsage = field(default_factory=TokenUsage)
+    stop_reason: str | None = None
+    error_type: str | None = None
+    first_token: float | None = None
+
+    def read(self, name: str, data: dict[str, Any]) -> None:
+        """Take in one Anthropic stream event."""
+        if name == "content_block_delta":
+            if self.first_token is None:
+                self.first_token = time.perf_counter()
+        elif name == "message_start":
+            message = data.get("message") or {}
+            self.tokens.model = message.get("model") or self.tokens.model
+            self.tokens.add(message.get("usage"))
+        elif name == "message_delta":
+            self.tokens.add(data.get("usage"))
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+        elif name == "error":
+            self.error_type = (data.get("error") or {}).get("type", "error")
+
+
+#: The ``event:`` lines of what the tap reads (message_start, message_delta, error), with and
+#: without the optional space: a chunk holding none of them is not decoded.
+_WANTED = (b"event: message_", b"event:message_", b"event: error", b"event:error")
+_FIRST_TOKEN = (b"event: content_block_delta", b"event:content_block_delta")
+_READ = frozenset({"message_start", "message_delta", "error"})
+
+
+class StreamUsageTap:
+    """Reads the :class:`Usage` of a relayed Anthropic stream from its raw chunks."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self._decoder = SSEDecoder()
+
+    def _skippable(self, chunk: bytes) -> bool:
+        """Whole events none of which the tap needs (nearly every content delta): a few substring
+        searches instead of a line-by-line parse."""
+        if not chunk.endswith(b"\n\n") or not self._decoder.idle:
+            return False
+        a, b, c, d = _WANTED
+        if a in chunk or b in chunk or c in chunk or d in chunk:
+            return False
+        if self.usage.first_token is None:
+            return _FIRST_TOKEN[0] not in chunk and _FIRST_TOKEN[1] not in chunk
+        return True
+
+    def feed(self, chunk: bytes) -> None:
+        if self._skippable(chunk):
+            return
+        for event in self._decoder.feed(chunk):
+            if event.event == "content_block_delta":
+                self.usage.read(event.event, {})
+            elif event.event in _READ:
+                try:
+                    data = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(data, dict):
+                    self.usage.read(event.event, data)
+
+    def failed(self, exc: ProxyError) -> bytes:
+        """The stream failed after its status and headers went: it ends with an error event."""
+        self.usage.error_type = exc.error_type
+        return error_event(exc)
+
+
+def usage_from_message(body: bytes) -> Usage:
+    """The usage of a whole Anthropic message (a non-stream answer)."""
+    usage = Usage()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return usage
+    if isinstance(data, dict):
+        usage.tokens.model = data.get("model") or ""
+        usage.tokens.add(data.get("usage"))
+        usage.stop_reason = data.get("stop_reason")
+    return usage
+
 
 #: Upstream response headers worth passing on to the client.
 RELAYED_HEADERS = ("request-id", "retry-after", "anthropic-organization-id", "x-should-retry")
