@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,8 +16,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match, Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from ccproxy_core import pricing
@@ -34,7 +36,6 @@ from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object
-from ccproxy_gateway.dashboard import dashboard_routes
 from ccproxy_gateway.metering import KeyMeter, MeteredForwarder, keys_enabled
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai.model_map import ModelMap
@@ -44,6 +45,10 @@ from ccproxy_gateway.response_store import ResponseStore, stored_routes
 from ccproxy_gateway.routes import ApiRoute, error_format, metered
 
 log = logging.getLogger(__name__)
+
+#: ``/dashboard``'s page (uPlot vendored: nothing to build): charts over ``/logs/*`` for ``ccproxy
+#: serve``, which has no Grafana, with the key the user types.
+STATIC = Path(__file__).parent / "static"
 
 
 class Gateway:
@@ -157,6 +162,9 @@ def create_app(
         # Older Claude Code versions send HEAD to the base URL before anything else.
         return Response(status_code=200)
 
+    async def dashboard(request: Request) -> Response:
+        return FileResponse(STATIC / "dashboard.html", headers={"cache-control": "no-cache"})
+
     async def status(request: Request) -> Response:
         creds = await gateway.credential_status()
         return JSONResponse({
@@ -211,7 +219,9 @@ def create_app(
             *openai.routes("/api/v1"),
             *(stored_routes(stored, ("/api/v1",)) if stored is not None else []),
         ]),
-        *dashboard_routes(),
+        Route("/dashboard", dashboard, methods=["GET"]),
+        Route("/dashboard/", dashboard, methods=["GET"]),
+        Mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static"),
         # The composition root's parts (SDK mode, permissions, logs) come in their closed mounts;
         # a plain route given under /api, /sdk, /permissions or /logs is put into its mount.
         *guard_routes(extra_routes or []),
