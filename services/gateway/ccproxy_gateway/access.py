@@ -1,12 +1,7 @@
-"""One access-log event per client API request, whatever happens to it.
-
-:class:`AccessLogMiddleware` opens a :class:`~ccproxy_core.access_log.RequestLog` draft when a
-request comes in (so its times include finding the caller); routes fill it in through
-:func:`request_log`, and the stream relay holds it open until the stream's usage is known. When
-the response is over (sent, failed or cancelled) the matched route says whether it is logged (a
-``logged`` :class:`~ccproxy_gateway.routes.ApiRoute`, under its template, mode and format); a
-request under ``/api/`` or ``/sdk/`` no such route answers is logged under its own path (a client
-aimed at a wrong endpoint). A plain ASGI middleware, so a streamed body passes through untouched.
+"""One access-log event per client API request, whatever happens to it: a
+:class:`~ccproxy_core.access_log.RequestLog` draft is opened when the request comes in (its times
+include finding the caller), routes fill it in (:func:`request_log`), and when the response is over
+(sent, failed or cancelled) the matched route says whether and under what it is logged.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ def request_log(request: Request) -> RequestLog | None:
     return getattr(request.state, "access_log", None)
 
 
-class AccessLogMiddleware:
+class AccessLogMiddleware:  # plain ASGI: a streamed body passes through untouched, chunk by chunk
     def __init__(self, app: ASGIApp, emitter: AccessLogEmitter) -> None:
         self.app = app
         self.emitter = emitter
@@ -38,12 +33,8 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        log = RequestLog(
-            endpoint=scope["path"],
-            method=scope["method"],
-            user_agent=Headers(scope=scope).get("user-agent", "")[:300],
-            client_addr=client[0] if client else "",
-        )
+        user_agent = Headers(scope=scope).get("user-agent", "")[:300]
+        log = RequestLog(scope["path"], scope["method"], user_agent=user_agent, client_addr=client[0] if client else "")
         user = scope.get("user")  # the caller, resolved by the backend's middleware in front
         if isinstance(user, Caller) and user.is_authenticated and user != LOCAL:
             log.set_identity(user.id, user.name)
@@ -74,7 +65,8 @@ class AccessLogMiddleware:
 
 
 def _claimed(scope: Scope, log: RequestLog) -> bool:
-    """Whether the request is logged; if so, under what endpoint, mode and format."""
+    """Whether the request is logged, and under what: a ``logged`` ApiRoute's template, mode and format;
+    a path under /api/ or /sdk/ no ApiRoute answers is a client aimed at a wrong endpoint (its own path)."""
     draft, route, path = log.draft, api_route(scope), scope["path"]
     if route is not None:  # matched, or partly for a 405
         draft.endpoint, draft.mode, draft.client_format = route.path, route.mode, route.client_format

@@ -1,10 +1,8 @@
 """Where every answer goes out and ends, whatever its format (Anthropic, OpenAI) and mode (API, SDK).
 
-However an answer ends, its :class:`Usage` is read once (the stream tap below, the OpenAI
-translators, a whole message, the SDK run's summary) and handed as one value to billing (the
-upstream reply's settlement), metrics and the access log, so the three cannot disagree. Streams go
-through :func:`ccproxy_core.streaming.relay`, never collected, and are read on the side, after
-their bytes went to the client.
+However it ends, its :class:`Usage` is read once (the stream tap below, the OpenAI translators, a
+whole message, the SDK run's summary) and handed as one value to billing (the reply's settlement),
+metrics and the access log, so the three cannot disagree. A stream is never collected.
 """
 
 from __future__ import annotations
