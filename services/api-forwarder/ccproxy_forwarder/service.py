@@ -69,7 +69,9 @@ def create_service_app(settings: Settings) -> Starlette:
                                  method=request.method, key=key)
         reply = await until_disconnect(request, forwarder.forward(forward), "the gateway hung up")
         metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()
-        headers = {**reply.headers, **({"x-ccproxy-account": reply.account} if reply.account else {})}
+        headers = dict(reply.headers)
+        if reply.account:
+            headers["x-ccproxy-account"] = reply.account
 
         async def end(first_byte: float | None) -> None:
             await reply.aclose()
