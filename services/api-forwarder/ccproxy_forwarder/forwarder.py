@@ -1,11 +1,9 @@
 """Sends one Anthropic request upstream and hands back the answer as it arrives.
 
-One pooled keep-alive aiohttp session for the process; bodies relayed with ``iter_any`` (each
-chunk as soon as the socket has it); one retry with a fresh token on a 401, and one on a stale
-pooled connection, both before any byte reached the client. The account pool (an
-:class:`~ccproxy_core.routing.AccountRouter`: in process, or auth's over HTTP) picks the account
-of each request and hears about its 429s, 529s and dead tokens, and the request is retried once,
-on the same account after a short throttle or on another one.
+One pooled keep-alive aiohttp session per process; the account pool (an
+:class:`~ccproxy_core.routing.AccountRouter`: in process, or auth's over HTTP) picks each request's
+account and hears of its 429s, 529s and dead tokens. Every retry (a fresh token on a 401, a stale
+pooled connection, a throttled or spent account) happens before any byte reached the client.
 """
 
 from __future__ import annotations
@@ -65,20 +63,12 @@ class ApiForwarder:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            s = self._settings
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self._settings.max_connections, keepalive_timeout=60, ttl_dns_cache=300
-                ),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=self._settings.connect_timeout,
-                    sock_read=self._settings.read_timeout,
-                ),
+                connector=aiohttp.TCPConnector(limit=s.max_connections, keepalive_timeout=60, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout),
                 auto_decompress=False,
-                # No Accept-Encoding: bodies are relayed as raw bytes (and read for usage), so
-                # the upstream must not gzip them (it does when asked, and we drop
-                # content-encoding as a hop-by-hop header).
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),  # raw bytes are relayed: never gzipped
             )
         return self._session
 
@@ -87,53 +77,43 @@ class ApiForwarder:
             await self._session.close()
 
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
-        credential, resp = await self._routed(request, self._router)
+        credential, resp = await self._routed(request)
         headers = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
 
         async def close() -> None:
             resp.close()
 
-        if resp.status >= 400:
-            # An error answer is small and read whole: bounded, and without the credential sent.
-            body, replaced = await self._error_body(resp, credential)
-            if replaced:
-                headers["content-type"] = "application/json"
-            return UpstreamReply(resp.status, headers, _once(body), close, account=credential.account)
-        return UpstreamReply(resp.status, headers, self._relay(resp), close, account=credential.account)
+        chunks = self._relay(resp)
+        if resp.status >= 400:  # small: read whole
+            chunks = _once(await self._error_body(resp, credential, headers))
+        return UpstreamReply(resp.status, headers, chunks, close, account=credential.account)
 
-    async def _error_body(self, resp: aiohttp.ClientResponse, credential: Credential) -> tuple[bytes, bool]:
-        """The upstream's error body, at most MAX_ERROR_BYTES of it (a bigger one is replaced by
-        an error saying so), with anything that looks like the credential we sent taken out:
-        an upstream may echo a refused token or key, whole or in part. Also: whether it was replaced."""
-        chunks: list[bytes] = []
-        size = 0
+    async def _error_body(self, resp: aiohttp.ClientResponse, credential: Credential, headers: dict[str, str]) -> bytes:
+        """At most MAX_ERROR_BYTES of it (a bigger one is replaced by an error saying so), without
+        the credential we sent: an upstream may echo a refused token or key, whole or in part."""
+        body = bytearray()
         try:
             async for chunk in resp.content.iter_any():
-                size += len(chunk)
-                if size > MAX_ERROR_BYTES:
+                body += chunk
+                if len(body) > MAX_ERROR_BYTES:
                     break
-                chunks.append(chunk)
         except (aiohttp.ClientError, OSError, TimeoutError):
             pass  # what arrived is what there is
         finally:
             resp.close()
-        if size > MAX_ERROR_BYTES:
-            log.warning("upstream answered %d with an error body over %d bytes: not relayed", resp.status,
-                        MAX_ERROR_BYTES)
+        if len(body) > MAX_ERROR_BYTES:
+            log.warning("upstream answered %d with an error body over %d bytes", resp.status, MAX_ERROR_BYTES)
+            headers["content-type"] = "application/json"
             return anthropic_error_body(
                 ANTHROPIC_TYPE_BY_STATUS.get(resp.status, "api_error"),
                 f"the upstream answered {resp.status} with an error body over {MAX_ERROR_BYTES} bytes (not relayed)",
-            ), True
-        text = b"".join(chunks).decode("utf-8", errors="replace")
-        return scrub_secret(text, credential.secret.get_secret_value()).encode(), False
+            )
+        return scrub_secret(body.decode("utf-8", errors="replace"), credential.secret.get_secret_value()).encode()
 
-    async def _routed(
-        self, request: ForwardRequest, router: AccountRouter
-    ) -> tuple[Credential, aiohttp.ClientResponse]:
+    async def _routed(self, request: ForwardRequest) -> tuple[Credential, aiohttp.ClientResponse]:
         """Send on the account the pool picks; on a 429/529/dead token, tell the pool and try
-        once more (same account after a short wait, or another one), all before any byte of
-        the answer went to the client."""
-        hints = routing_hints(request)
+        once more (same account after a short wait, or another one)."""
+        router, hints = self._router, routing_hints(request)
         credential = await router.pick(hints)
         tried: list[str] = []
         retried = False
@@ -156,16 +136,16 @@ class ApiForwarder:
             if not self._should_report(credential.account, resp):
                 return credential, resp
             if resp.status < 400:
-                self._report_later(router, credential.account, resp, hints)
+                self._report_later(credential.account, resp, hints)
                 return credential, resp
             outcome = await router.report(credential.account, resp.status, _lower(resp.headers), hints)
             self._quota_seen.pop(credential.account, None)
             if retried or outcome.action == "done":
                 return credential, resp
+            retried = True
             if outcome.action == "retry_same":
                 log.info("account %s throttled: retrying in %.1f s", credential.account, outcome.wait)
                 resp.close()
-                retried = True
                 await asyncio.sleep(outcome.wait)
                 continue
             tried.append(credential.account)
@@ -175,7 +155,6 @@ class ApiForwarder:
                 return credential, resp  # no other account: the client gets the upstream's answer
             log.info("account %s %s: retrying on %s", credential.account, outcome.reason, following.account)
             resp.close()
-            retried = True
             credential = following
 
     def _should_report(self, account: str, resp: aiohttp.ClientResponse) -> bool:
@@ -192,12 +171,10 @@ class ApiForwarder:
         self._quota_seen[account] = (quota, now)
         return True
 
-    def _report_later(
-        self, router: AccountRouter, account: str, resp: aiohttp.ClientResponse, hints: dict[str, str]
-    ) -> None:
+    def _report_later(self, account: str, resp: aiohttp.ClientResponse, hints: dict[str, str]) -> None:
         async def report() -> None:
             try:
-                await router.report(account, resp.status, _lower(resp.headers), hints)
+                await self._router.report(account, resp.status, _lower(resp.headers), hints)
             except Exception as exc:  # quota bookkeeping must never fail a request
                 log.debug("could not report quota headers of %s: %s", account, type(exc).__name__)
 

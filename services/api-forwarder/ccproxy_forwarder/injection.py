@@ -1,14 +1,11 @@
-"""What a subscription's OAuth token needs on a request, and nothing more.
-
-Pure functions over headers and the parsed body, so they are easy to test: drop the client's
-credentials and hop-by-hop headers, set ours, merge the required betas into the client's, and
-open the system prompt with a Claude Code identity unless the client already sent one.
-"""
+"""What a subscription's OAuth token needs on a request, and nothing more (pure functions, so
+each rule is tested on its own: tests/unit/test_injection.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ccproxy_core.forwarding import HOP_BY_HOP
 from ccproxy_core.tokens import Credential
 
 REQUIRED_OAUTH_BETAS = ("oauth-2025-04-20", "claude-code-20250219")
@@ -20,41 +17,23 @@ CLAUDE_CODE_IDENTITIES = (
     "You are a Claude agent, built on Anthropic's Claude Agent SDK.",
 )
 IDENTITY = CLAUDE_CODE_IDENTITIES[0]
-#: ``anthropic-version`` sent when the client sent none (``AnthropicSettings.version``'s default).
 DEFAULT_VERSION = "2023-06-01"
 
-_DROPPED_HEADERS = frozenset(
-    {
-        "x-api-key",
-        "authorization",
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "accept-encoding",
-        "cookie",
-    }
-)
+#: The client's credentials, its cookies, and what describes its connection to us. No
+#: accept-encoding: the answer is relayed as raw bytes and read for usage, so it must not be gzipped.
+_DROPPED_HEADERS = HOP_BY_HOP | {"x-api-key", "authorization", "proxy-connection", "accept-encoding", "cookie"}
 
 
 def upstream_headers(
     client_headers: dict[str, str], credential: Credential, version: str = DEFAULT_VERSION
 ) -> dict[str, str]:
-    """The headers to send upstream, built from the client's; ``anthropic-version`` is
-    ``version`` (``ANTHROPIC__VERSION``) when the client sent none."""
+    """The client's headers, less its credentials and ours (``x-ccproxy-*``), with the account's
+    credential; ``anthropic-version`` is ``version`` (``ANTHROPIC__VERSION``) when the client sent none."""
     headers: dict[str, str] = {}
     for name, value in client_headers.items():
         lower = name.lower()
-        if lower in _DROPPED_HEADERS or lower.startswith(("x-forwarded-", "x-ccproxy-", "x-real-ip")):
-            continue
-        headers[lower] = value
+        if lower not in _DROPPED_HEADERS and not lower.startswith(("x-forwarded-", "x-ccproxy-", "x-real-ip")):
+            headers[lower] = value
     if not headers.get("anthropic-version"):
         headers["anthropic-version"] = version
     headers["content-type"] = "application/json"
@@ -82,9 +61,7 @@ def _system_blocks(system: Any) -> list[dict[str, Any]]:
         return []
     if isinstance(system, str):
         return [{"type": "text", "text": system}]
-    if isinstance(system, list):
-        return list(system)
-    return [system]
+    return list(system) if isinstance(system, list) else [system]
 
 
 def has_identity(system: Any) -> bool:
@@ -95,7 +72,7 @@ def has_identity(system: Any) -> bool:
         text = str(block.get("text", ""))
         if text.startswith("x-anthropic-billing-header:"):
             continue  # the CLI's billing block comes before its identity
-        return any(text.startswith(identity) for identity in CLAUDE_CODE_IDENTITIES)
+        return text.startswith(CLAUDE_CODE_IDENTITIES)
     return False
 
 
@@ -114,13 +91,8 @@ def count_cache_breakpoints(body: dict[str, Any]) -> int:
 
 
 def inject_identity(body: dict[str, Any]) -> dict[str, Any]:
-    """Open the system prompt with the identity; keep the client's blocks unchanged after it.
-
-    The identity carries no cache_control of its own: the client's breakpoints (at most 4) stay
-    as they are, so injection can never push a request over the limit.
-    """
-    system = body.get("system")
-    if has_identity(system):
+    """Open the system prompt with the identity; keep the client's blocks unchanged after it. The
+    identity has no cache_control of its own, so the client's breakpoints (at most 4) stay within the limit."""
+    if has_identity(body.get("system")):
         return body
-    identity = {"type": "text", "text": IDENTITY}
-    return {**body, "system": [identity, *_system_blocks(system)]}
+    return {**body, "system": [{"type": "text", "text": IDENTITY}, *_system_blocks(body.get("system"))]}

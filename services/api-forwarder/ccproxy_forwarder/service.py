@@ -1,17 +1,13 @@
-"""The api-forwarder on its own (``ccproxy run api-forwarder``).
-
-``POST /internal/forward/v1/...`` (``GET`` for ``/v1/models``) is the server side of
-:class:`ccproxy_core.forwarding.HttpForwarder`: the gateway's request in, the upstream's status,
-headers and bytes out as they arrive. ccproxy's own errors (no token, upstream unreachable) are
-marked with ``x-ccproxy-error`` so the gateway renders them in the client's format; an upstream
-error is relayed as the upstream sent it. Tokens come from the auth service over HTTP.
+"""The api-forwarder on its own (``ccproxy run api-forwarder``): ``/internal/forward/v1/...`` is
+the server side of :class:`ccproxy_core.forwarding.HttpForwarder`. ccproxy's own errors (no token,
+upstream unreachable) are marked ``x-ccproxy-error`` for the gateway to render in the client's
+format; an upstream error is relayed as sent.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import orjson
 from prometheus_client import Gauge
@@ -25,14 +21,8 @@ from starlette.routing import Route
 from ccproxy_core.client_keys import KeyInfo
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.forwarding import FORWARD_KEY_HEADER, HOP_BY_HOP, ForwardRequest
-from ccproxy_core.internal import (
-    INTERNAL_SECRET_HEADER,
-    RequireInternalSecret,
-    internal_error,
-    json_response,
-    require_internal_secret,
-)
+from ccproxy_core.forwarding import FORWARD_KEY_HEADER, ForwardRequest
+from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.routing import RoutingAuthClient
@@ -45,6 +35,7 @@ log = logging.getLogger(__name__)
 
 #: Upstream paths a forward may target: the Messages API, nothing else of the upstream's.
 ALLOWED_PREFIX = "/v1/"
+ROUTE = "/internal/forward"
 
 
 def create_service_app(settings: Settings) -> Starlette:
@@ -64,76 +55,54 @@ def create_service_app(settings: Settings) -> Starlette:
         path = "/" + request.path_params["path"].lstrip("/")
         if not path.startswith(ALLOWED_PREFIX) or "/../" in path:
             raise ProxyError(404, f"no upstream path {path}", "not_found_error")
-        body: dict[str, Any] = {}
-        if request.method == "POST":
-            try:
-                body = orjson.loads(await request.body())
-            except orjson.JSONDecodeError as exc:
-                raise ProxyError(400, "the forwarded body is not JSON") from exc
-            if not isinstance(body, dict):
-                raise ProxyError(400, "the forwarded body is not a JSON object")
-        headers = {
-            name: value for name, value in request.headers.items()
-            if name not in (INTERNAL_SECRET_HEADER, FORWARD_KEY_HEADER) and name not in HOP_BY_HOP
-        }
-        try:  # the caller's key, as the gateway resolved it (ForwardRequest.key)
-            raw_key = request.headers.get(FORWARD_KEY_HEADER)
+        raw_key = request.headers.get(FORWARD_KEY_HEADER)  # the caller's key, as the gateway resolved it
+        try:
+            body = orjson.loads(await request.body()) if request.method == "POST" else {}
             key = KeyInfo.model_validate_json(raw_key) if raw_key else None
-        except ValidationError as exc:
-            raise ProxyError(400, f"the forwarded {FORWARD_KEY_HEADER} is not a client key") from exc
-        reply = await until_disconnect(request, forwarder.forward(
-            ForwardRequest(
-                path=path, headers=headers, body=body, query=request.scope.get("query_string", b"").decode(),
-                method=request.method, key=key,
-            )
-        ), "the gateway hung up")
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            raise ProxyError(400, f"the forwarded body or {FORWARD_KEY_HEADER} is malformed") from exc
+        if not isinstance(body, dict):
+            raise ProxyError(400, "the forwarded body is not a JSON object")
+        query = request.scope.get("query_string", b"").decode()
+        # The headers as they came: upstream_headers drops ours (x-ccproxy-*) and the hop-by-hop ones.
+        forward = ForwardRequest(path=path, headers=dict(request.headers), body=body, query=query,
+                                 method=request.method, key=key)
+        reply = await until_disconnect(request, forwarder.forward(forward), "the gateway hung up")
         metrics.upstream.labels(metrics.service, str(reply.status), reply.account or "").inc()
-        out_headers = dict(reply.headers)
+        headers = dict(reply.headers)
         if reply.account:
-            out_headers["x-ccproxy-account"] = reply.account
-
-        def observe(status: int, first_byte: float | None = None) -> None:
-            if first_byte is not None:
-                metrics.first_byte.labels(metrics.service, "/internal/forward").observe(first_byte)
-            metrics.requests.labels(metrics.service, "/internal/forward", str(status)).inc()
-            metrics.latency.labels(metrics.service, "/internal/forward", str(status)).observe(
-                time.perf_counter() - started
-            )
-
-        if not reply.is_stream:
-            # A whole JSON answer: one plain response. A StreamingResponse costs a task group
-            # and chunked framing per request, with nothing to stream (docs/performance.md).
-            content = await until_disconnect(request, reply.read(), "the gateway hung up")
-            observe(reply.status, time.perf_counter() - started)
-            return Response(content, status_code=reply.status, headers=out_headers)
+            headers["x-ccproxy-account"] = reply.account
 
         async def end(first_byte: float | None) -> None:
             await reply.aclose()
-            observe(reply.status, first_byte)
+            status = str(reply.status)
+            if first_byte is not None:
+                metrics.first_byte.labels(metrics.service, ROUTE).observe(first_byte)
+            metrics.requests.labels(metrics.service, ROUTE, status).inc()
+            metrics.latency.labels(metrics.service, ROUTE, status).observe(time.perf_counter() - started)
 
-        return RelayResponse(relay(reply, started, end), status_code=reply.status, headers=out_headers)
+        if not reply.is_stream:
+            # A plain response: a streamed one costs a task group per request (docs/performance.md).
+            content = await until_disconnect(request, reply.read(), "the gateway hung up")
+            await end(time.perf_counter() - started)
+            return Response(content, status_code=reply.status, headers=headers)
+        return RelayResponse(relay(reply, started, end), status_code=reply.status, headers=headers)
 
     async def health(request: Request) -> Response:
         creds = await tokens.status()
-        return json_response(
-            {
-                "status": "ok",
-                "service": "api-forwarder",
-                "ready": creds.available,
-                "checks": {"auth": creds.model_dump(exclude_none=True)},
-            }
-        )
+        checks = {"auth": creds.model_dump(exclude_none=True)}
+        return json_response({"status": "ok", "service": "api-forwarder", "ready": creds.available, "checks": checks})
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
-        metrics.requests.labels(metrics.service, "/internal/forward", str(exc.status)).inc()
+        metrics.requests.labels(metrics.service, ROUTE, str(exc.status)).inc()
         if exc.status >= 500:
             log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
         return internal_error(exc)
 
     return Starlette(
         routes=[
-            Route("/internal/forward{path:path}", forward, methods=["POST", "GET"]),
+            Route(ROUTE + "{path:path}", forward, methods=["POST", "GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
         ],

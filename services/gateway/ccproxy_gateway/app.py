@@ -1,8 +1,5 @@
-"""The gateway's public API as a Starlette app.
-
-Routes are plain functions over a :class:`Gateway`, which holds what they share: settings,
-the forwarder (a local object or an HTTP client to the forwarder service), client auth and
-metrics. Error bodies follow the format the client spoke.
+"""The gateway's public API as a Starlette app: plain route functions over a :class:`Gateway`,
+which holds what they share (settings, the forwarder, client auth, metrics, the access log).
 """
 
 from __future__ import annotations
@@ -10,6 +7,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,15 +16,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match, Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from ccproxy_core import pricing
 from ccproxy_core.access_log import AccessLogEmitter
 from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
-from ccproxy_core.errors import ClientFormat, ProxyError, parse_anthropic_error, render_error
+from ccproxy_core.errors import ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.identity import ClosedMount, KeyBackend, caller, caller_middleware, guard_routes, public
 from ccproxy_core.lifespan import Lifespan
@@ -36,7 +36,6 @@ from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object
-from ccproxy_gateway.dashboard import dashboard_routes
 from ccproxy_gateway.metering import KeyMeter, MeteredForwarder, keys_enabled
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai.model_map import ModelMap
@@ -47,12 +46,9 @@ from ccproxy_gateway.routes import ApiRoute, error_format, metered
 
 log = logging.getLogger(__name__)
 
-StatusProvider = Callable[[], Awaitable[CredentialStatus]]
-
-
-def error_response(exc: ProxyError, fmt: ClientFormat) -> Response:
-    status = exc.status if exc.status != 499 else 400
-    return Response(render_error(exc, fmt), status_code=status, media_type="application/json", headers=exc.headers)
+#: ``/dashboard``'s page (uPlot vendored: nothing to build): charts over ``/logs/*`` for ``ccproxy
+#: serve``, which has no Grafana, with the key the user types.
+STATIC = Path(__file__).parent / "static"
 
 
 class Gateway:
@@ -60,7 +56,7 @@ class Gateway:
         self,
         settings: Settings,
         forwarder: Forwarder,
-        credential_status: StatusProvider,
+        credential_status: Callable[[], Awaitable[CredentialStatus]],
         metrics: Metrics | None = None,
         access_log: AccessLogEmitter | None = None,
         keys: KeyAuthority | None = None,
@@ -75,30 +71,23 @@ class Gateway:
         self.forwarder = forwarder
         self.credential_status = credential_status
         self.metrics = metrics or Metrics("gateway").guarded(settings.security.metrics_token)
-        #: Where every answer ends: its usage to metrics and the access log (billing: the reply).
         self.answers = Answers(self.metrics)
-        #: Access-log events go here: ``gateway.access_log.emit(event)`` (docs/analytics.md), on
-        #: the process's one Redis client (``redis``; with neither, events are only counted).
+        # On the process's one Redis client; with neither, events are only counted.
         if access_log is None:
             access_log = (AccessLogEmitter.from_settings(settings, redis, self.metrics) if redis is not None
                           else AccessLogEmitter(None, "", metrics=self.metrics))
         self.access_log = access_log
         token = settings.security.auth_token
-        #: Per-member client keys (auth's, in-process or over HTTP); None: the shared token only.
-        keys = keys_enabled(keys, settings.security.key_cache_seconds)
-        #: Who is calling: resolved once per request by this backend (``request.user``).
+        keys = keys_enabled(keys, settings.security.key_cache_seconds)  # None: the shared token only
         self.auth = KeyBackend(token.get_secret_value() if token else None, keys)
         #: Admission and settlement of limited keys, for API mode (the forwarder) and SDK mode.
         self.meter = KeyMeter(keys) if keys is not None else None
         if self.meter is not None:
             self.forwarder = MeteredForwarder(forwarder, self.meter)
-        #: ``GET /v1/models`` for ``/api`` and ``/sdk`` alike: the upstream's list, else the static one.
-        self.catalog = ModelCatalog(
-            self.forwarder, settings.anthropic.models_cache_seconds, ModelMap.from_settings(settings.models).aliases()
-        )
+        aliases = ModelMap.from_settings(settings.models).aliases()
+        self.catalog = ModelCatalog(self.forwarder, settings.anthropic.models_cache_seconds, aliases)
 
     async def models(self, request: Request) -> Response:
-        """The models listing (``/api/v1/models`` and ``/sdk/v1/models``)."""
         query = request.scope.get("query_string", b"").decode()
         return JSONResponse(await self.catalog.listing(dict(request.headers), query, caller(request).key))
 
@@ -106,7 +95,7 @@ class Gateway:
         return await read_json_object(request, self.settings.server.max_body_bytes)
 
     async def forward_anthropic(self, request: Request, path: str) -> Response:
-        """Validate lightly, forward, relay: the API-mode Messages path (the caller is checked)."""
+        """The API-mode Messages path: validate lightly, forward, relay."""
         started = time.perf_counter()
         body = await self.read_body(request)
         validate_messages_request(body, count_tokens=path.endswith("count_tokens"))
@@ -114,15 +103,9 @@ class Gateway:
         if access is not None:
             access.draft.model_requested = body["model"]
             access.draft.stream = body.get("stream") is True
-        forward = ForwardRequest(
-            path=path,
-            headers=dict(request.headers),
-            body=body,
-            # Not request.url.query: building the URL object costs ~10 µs per request.
-            query=request.scope.get("query_string", b"").decode(),
-            key=caller(request).key,
-            metered=metered(request),
-        )
+        query = request.scope.get("query_string", b"").decode()  # not request.url.query: ~10 µs per request
+        forward = ForwardRequest(path=path, headers=dict(request.headers), body=body, query=query,
+                                 key=caller(request).key, metered=metered(request))
         reply = await until_disconnect(request, self.forwarder.forward(forward))
         self.metrics.upstream.labels(self.metrics.service, str(reply.status), reply.account or "").inc()
         if access is not None:
@@ -137,10 +120,8 @@ class Gateway:
 
 
 def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) -> None:
-    """Check only what ccproxy itself relies on; everything else passes through untouched.
-
-    ``max_tokens`` is what a budget reserves, so it must be an integer from 1 to the model's
-    output limit (the API refuses more anyway); count_tokens takes none and reserves nothing."""
+    """Check only what ccproxy itself relies on (``max_tokens``: what a budget reserves, up to the
+    model's output limit); everything else passes through untouched."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ProxyError(400, "model: a model name is required", param="model")
@@ -154,8 +135,7 @@ def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) 
 
 
 class HeadProbe(Route):
-    """A HEAD-only route that is invisible to other methods, so an unknown GET stays a 404 and a
-    wrong method on a real route stays a 405."""
+    """HEAD only, invisible to other methods: an unknown GET stays a 404, a wrong method a 405."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] == "http" and scope["method"] != "HEAD":
@@ -166,68 +146,53 @@ class HeadProbe(Route):
 def create_app(
     gateway: Gateway, extra_routes: list[BaseRoute] | None = None, lifespan: Lifespan | None = None
 ) -> Starlette:
-    """The gateway's app; ``lifespan`` (:func:`ccproxy_core.lifespan.lifespan`) is what the
-    caller composed around it: the parts it starts and stops."""
+    """``lifespan`` (:func:`ccproxy_core.lifespan.lifespan`): the parts the caller starts and stops."""
     openai = OpenAIRoutes(gateway)
-
-    async def messages(request: Request) -> Response:
-        return await gateway.forward_anthropic(request, "/v1/messages")
-
-    async def count_tokens(request: Request) -> Response:
-        return await gateway.forward_anthropic(request, "/v1/messages/count_tokens")
-
-    async def models(request: Request) -> Response:
-        return await gateway.models(request)
+    messages = partial(gateway.forward_anthropic, path="/v1/messages")
+    count_tokens = partial(gateway.forward_anthropic, path="/v1/messages/count_tokens")
 
     async def preflight(request: Request) -> Response:
         # Older Claude Code versions send HEAD to the base URL before anything else.
         return Response(status_code=200)
 
+    async def dashboard(request: Request) -> Response:
+        return FileResponse(STATIC / "dashboard.html", headers={"cache-control": "no-cache"})
+
     async def status(request: Request) -> Response:
         creds = await gateway.credential_status()
-        return JSONResponse(
-            {
-                "status": "ok" if creds.available else "degraded",
-                "mode": "api",
-                "upstream": gateway.settings.anthropic.base_url,
-                "credentials": creds.model_dump(exclude_none=True),
-                "client_auth": gateway.auth.enabled,
-            }
-        )
+        return JSONResponse({
+            "status": "ok" if creds.available else "degraded", "mode": "api",
+            "upstream": gateway.settings.anthropic.base_url, "credentials": creds.model_dump(exclude_none=True),
+            "client_auth": gateway.auth.enabled,
+        })
 
     async def health(request: Request) -> Response:
         creds = await gateway.credential_status()
         body: dict[str, Any] = {"status": "ok", "ready": creds.available}
-        if not caller(request).is_authenticated:  # liveness needs no key; the credentials' detail does
-            return Response(orjson.dumps(body), media_type="application/json")
-        body["checks"] = {"credentials": creds.model_dump(exclude_none=True)}
+        if caller(request).is_authenticated:  # liveness needs no key; the credentials' detail does
+            body["checks"] = {"credentials": creds.model_dump(exclude_none=True)}
         return Response(orjson.dumps(body), media_type="application/json")
 
-    async def on_proxy_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProxyError)
+    async def on_error(request: Request, exc: Exception) -> Response:
+        """Every error, counted, on the access log, and rendered in the format the client spoke."""
         route = route_label(request.scope)
-        if exc.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, route, exc.status, exc.message)
-        gateway.metrics.requests.labels(gateway.metrics.service, route, str(exc.status)).inc()
+        if isinstance(exc, ProxyError):
+            error = exc
+        elif isinstance(exc, HTTPException):
+            error = ProxyError(exc.status_code, str(exc.detail))
+        elif isinstance(exc, REDIS_DOWN):  # whatever needed Redis (key limits, account state, sessions)
+            error = unavailable_error(exc)
+        else:
+            log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
+            error = ProxyError(500, "internal error in ccproxy")
+        if error.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, route, error.status, error.message)
+        gateway.metrics.requests.labels(gateway.metrics.service, route, str(error.status)).inc()
         access = request_log(request)
         if access is not None:
-            access.set_error(exc.status, exc.error_type)
-        return error_response(exc, error_format(request.scope))
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        gateway.metrics.requests.labels(gateway.metrics.service, route_label(request.scope), str(exc.status_code)).inc()
-        return error_response(ProxyError(exc.status_code, str(exc.detail)), error_format(request.scope))
-
-    async def on_redis_down(request: Request, exc: Exception) -> Response:
-        # Whatever needed Redis (key limits, account state, sessions): 503 with retry-after.
-        return await on_proxy_error(request, unavailable_error(exc))
-
-    async def on_crash(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, REDIS_DOWN):  # Redis failing in a middleware, outside the route's handlers
-            return await on_redis_down(request, exc)
-        log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
-        return error_response(ProxyError(500, "internal error in ccproxy"), error_format(request.scope))
+            access.set_error(error.status, error.error_type)
+        status = error.status if error.status != 499 else 400  # 499: the client went away, nobody reads it
+        return Response(render_error(error, error_format(request.scope)), status, error.headers, "application/json")
 
     stored = gateway.responses  # one store for API and SDK mode (a session name in the path changes nothing)
     routes: list[BaseRoute] = [
@@ -241,13 +206,15 @@ def create_app(
             # Client API routes: format, metering and the access log are declared here, once.
             ApiRoute("/api/v1/messages", messages, methods=["POST"], metered=True),
             ApiRoute("/api/v1/messages/count_tokens", count_tokens, methods=["POST"]),
-            ApiRoute("/api/v1/models", models, methods=["GET"]),
-            Route("/api/models", models, methods=["GET"]),
+            ApiRoute("/api/v1/models", gateway.models, methods=["GET"]),
+            Route("/api/models", gateway.models, methods=["GET"]),
             Route("/api/status", status, methods=["GET"]),
             *openai.routes("/api/v1"),
             *(stored_routes(stored, ("/api/v1",)) if stored is not None else []),
         ]),
-        *dashboard_routes(),
+        Route("/dashboard", dashboard, methods=["GET"]),
+        Route("/dashboard/", dashboard, methods=["GET"]),
+        Mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static"),
         # The composition root's parts (SDK mode, permissions, logs) come in their closed mounts;
         # a plain route given under /api, /sdk, /permissions or /logs is put into its mount.
         *guard_routes(extra_routes or []),
@@ -258,12 +225,8 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={
-            ProxyError: on_proxy_error,
-            HTTPException: on_http_error,
-            **dict.fromkeys(REDIS_DOWN, on_redis_down),
-            Exception: on_crash,
-        },
+        # Exception: a crash, or Redis failing in a middleware (outside the route's handlers).
+        exception_handlers=dict.fromkeys((ProxyError, HTTPException, *REDIS_DOWN, Exception), on_error),
         middleware=[
             caller_middleware(gateway.auth),  # never refuses: the closed mounts do, by route
             Middleware(AccessLogMiddleware, emitter=gateway.access_log),
@@ -274,6 +237,3 @@ def create_app(
     app.router.redirect_slashes = False
     label_routes(app.routes)
     return app
-
-
-__all__ = ["Gateway", "create_app"]

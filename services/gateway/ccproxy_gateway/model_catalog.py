@@ -1,9 +1,6 @@
-"""``GET /v1/models`` in API mode: the upstream's list, cached, or the static one.
-
-The upstream knows models the packaged ``models.json`` does not yet; asking it keeps the listing
-current. Its answer is cached per query string for ``ANTHROPIC__MODELS_CACHE_SECONDS`` (listings
-are polled by IDEs and change rarely); when the upstream cannot answer (no credentials, an error
-status, a timeout) the static list is served instead, so a listing never fails.
+"""``GET /v1/models``: the upstream's list (it knows models the packaged ``models.json`` does not
+yet), cached per query string for ``ANTHROPIC__MODELS_CACHE_SECONDS`` (IDEs poll it); the static
+list when the upstream cannot answer, so a listing never fails.
 """
 
 from __future__ import annotations
@@ -39,30 +36,24 @@ class ModelCatalog:
         cached = self._cache.get(query)
         if cached is not None and now - cached[0] < self._cache_seconds:
             return cached[1]
+        request = ForwardRequest(path="/v1/models", headers=headers, body={}, query=query, method="GET", key=key)
         try:
             async with asyncio.timeout(FETCH_TIMEOUT):
-                body = await self._fetch(headers, query, key)
-        except (ProxyError, ValueError, TimeoutError) as exc:
-            reason = exc.message if isinstance(exc, ProxyError) else type(exc).__name__
+                reply = await self._forwarder.forward(request)
+                content = await reply.read()
+            if reply.status != 200:
+                raise ProxyError(reply.status, f"upstream answered {reply.status}")
+            upstream = orjson.loads(content)
+            if not isinstance(upstream, dict):
+                raise ValueError("upstream models listing is not an object")
+            body = upstream_listing(upstream, self._aliases)
+        except (ProxyError, ValueError, TimeoutError) as exc:  # orjson.JSONDecodeError is a ValueError
             if not self._warned:
                 self._warned = True
+                reason = exc.message if isinstance(exc, ProxyError) else type(exc).__name__
                 log.warning("upstream models listing unavailable (%s): serving the static list", reason)
             return models_listing(self._aliases)
         self._warned = False
         if self._cache_seconds > 0:
             self._cache[query] = (now, body)
         return body
-
-    async def _fetch(self, headers: dict[str, str], query: str, key: KeyInfo | None) -> dict[str, Any]:
-        request = ForwardRequest(path="/v1/models", headers=headers, body={}, query=query, method="GET", key=key)
-        reply = await self._forwarder.forward(request)
-        content = await reply.read()
-        if reply.status != 200:
-            raise ProxyError(reply.status, f"upstream answered {reply.status}")
-        try:
-            upstream = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError("upstream models listing is not JSON") from exc
-        if not isinstance(upstream, dict):
-            raise ValueError("upstream models listing is not an object")
-        return upstream_listing(upstream, self._aliases)

@@ -25,10 +25,9 @@ from ccproxy_core.settings import Settings
 from ccproxy_core.sse import iter_events
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.openai import CHAT, RESPONSES, ModelMap, OpenAIFormat
-from ccproxy_gateway.relay import Answers, client_headers
+from ccproxy_gateway.relay import Answers, Usage, client_headers
 from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute, metered
-from ccproxy_gateway.usage import Usage
 
 
 class GatewayParts(Protocol):

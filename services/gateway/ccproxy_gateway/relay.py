@@ -1,28 +1,115 @@
 """Where every answer goes out and ends, whatever its format (Anthropic, OpenAI) and mode (API, SDK).
 
-A stream is relayed chunk by chunk through :func:`ccproxy_core.streaming.relay` (never
-collected; a client that goes away cancels it, which closes the upstream). However an answer
-ends, its :class:`~ccproxy_gateway.usage.Usage` is read once (the stream tap, the OpenAI
-translator, the SDK run's summary, or the whole message) and handed as one value to billing
-(the upstream reply's settlement), metrics and the access log, so the three cannot disagree.
+However it ends, its :class:`Usage` is read once (the stream tap below, the OpenAI translators, a
+whole message, the SDK run's summary) and handed as one value to billing (the reply's settlement),
+metrics and the access log, so the three cannot disagree. A stream is never collected.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ccproxy_core.access_log import RequestLog
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import UpstreamReply
 from ccproxy_core.metrics import Metrics, route_label
+from ccproxy_core.models import TokenUsage
+from ccproxy_core.sse import SSEDecoder
 from ccproxy_core.streaming import RelayResponse, error_event, relay
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.usage import StreamUsageTap, Usage, usage_from_message
+
+
+@dataclass(slots=True)
+class Usage:
+    """``first_token``: when the first content token passed (``time.perf_counter()``)."""
+
+    tokens: TokenUsage = field(default_factory=TokenUsage)
+    stop_reason: str | None = None
+    error_type: str | None = None
+    first_token: float | None = None
+
+    def read(self, name: str, data: dict[str, Any]) -> None:
+        """Take in one Anthropic stream event."""
+        if name == "content_block_delta":
+            if self.first_token is None:
+                self.first_token = time.perf_counter()
+        elif name == "message_start":
+            message = data.get("message") or {}
+            self.tokens.model = message.get("model") or self.tokens.model
+            self.tokens.add(message.get("usage"))
+        elif name == "message_delta":
+            self.tokens.add(data.get("usage"))
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+        elif name == "error":
+            self.error_type = (data.get("error") or {}).get("type", "error")
+
+
+#: The ``event:`` lines of what the tap reads (message_start, message_delta, error), with and
+#: without the optional space: a chunk holding none of them is not decoded.
+_WANTED = (b"event: message_", b"event:message_", b"event: error", b"event:error")
+_FIRST_TOKEN = (b"event: content_block_delta", b"event:content_block_delta")
+_READ = frozenset({"message_start", "message_delta", "error"})
+
+
+class StreamUsageTap:
+    """Reads the :class:`Usage` of a relayed Anthropic stream from its raw chunks."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self._decoder = SSEDecoder()
+
+    def _skippable(self, chunk: bytes) -> bool:
+        """Whole events none of which the tap needs (nearly every content delta): a few substring
+        searches instead of a line-by-line parse."""
+        if not chunk.endswith(b"\n\n") or not self._decoder.idle:
+            return False
+        a, b, c, d = _WANTED
+        if a in chunk or b in chunk or c in chunk or d in chunk:
+            return False
+        if self.usage.first_token is None:
+            return _FIRST_TOKEN[0] not in chunk and _FIRST_TOKEN[1] not in chunk
+        return True
+
+    def feed(self, chunk: bytes) -> None:
+        if self._skippable(chunk):
+            return
+        for event in self._decoder.feed(chunk):
+            if event.event == "content_block_delta":
+                self.usage.read(event.event, {})
+            elif event.event in _READ:
+                try:
+                    data = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(data, dict):
+                    self.usage.read(event.event, data)
+
+    def failed(self, exc: ProxyError) -> bytes:
+        """The stream failed after its status and headers went: it ends with an error event."""
+        self.usage.error_type = exc.error_type
+        return error_event(exc)
+
+
+def usage_from_message(body: bytes) -> Usage:
+    """The usage of a whole Anthropic message (a non-stream answer)."""
+    usage = Usage()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return usage
+    if isinstance(data, dict):
+        usage.tokens.model = data.get("model") or ""
+        usage.tokens.add(data.get("usage"))
+        usage.stop_reason = data.get("stop_reason")
+    return usage
+
 
 #: Upstream response headers worth passing on to the client.
 RELAYED_HEADERS = ("request-id", "retry-after", "anthropic-organization-id", "x-should-retry")
@@ -35,17 +122,12 @@ def client_headers(reply: UpstreamReply) -> dict[str, str]:
 
 
 class Answers:
-    """The end of every answer: metrics and the access log from one usage value."""
-
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def record(
-        self, route: str, status: int, started: float, usage: Usage, first_byte: float | None,
-        access: RequestLog | None = None,
-    ) -> None:
+    def record(self, request: Request, status: int, started: float, usage: Usage, first_byte: float | None) -> None:
         """Metrics for one answered request, and its usage onto its access log."""
-        m, tokens = self.metrics, usage.tokens
+        m, tokens, route, access = self.metrics, usage.tokens, route_label(request.scope), request_log(request)
         cost = tokens.cost()
         key = access.draft.key_id if access is not None else ""
         if access is not None:
@@ -68,7 +150,7 @@ class Answers:
              first_byte: float | None = None) -> None:
         """A whole (non-stream) answer was sent: ``first_byte`` defaults to now."""
         first = time.perf_counter() - started if first_byte is None else first_byte
-        self.record(route_label(request.scope), status, started, usage, first, request_log(request))
+        self.record(request, status, started, usage, first)
 
     async def read(self, request: Request, reply: UpstreamReply) -> tuple[bytes, Usage]:
         """A whole upstream answer and its usage (none unless 200), settled with billing however
@@ -96,11 +178,10 @@ class Answers:
     ) -> Response:
         """Relay ``frames``; when the relay ends, ``end(usage)`` settles and closes the source,
         then the same usage goes to metrics and the access log (which waits for it)."""
-        m = self.metrics
+        m, access = self.metrics, request_log(request)
         m.active_streams.labels(m.service).inc()
-        route, access = route_label(request.scope), request_log(request)
         if access is not None:
-            access.hold()  # the event waits for the stream's usage
+            access.hold()
 
         async def on_end(first_byte: float | None) -> None:
             answer = usage()
@@ -108,12 +189,11 @@ class Answers:
                 await end(answer)
             finally:
                 m.active_streams.labels(m.service).dec()
-                self.record(route, status, started, answer, first_byte, access)
+                self.record(request, status, started, answer, first_byte)
                 if access is not None:
                     access.release()
 
-        body = relay(frames, started, on_end, feed, on_error)
-        return RelayResponse(body, status_code=status, headers=headers)
+        return RelayResponse(relay(frames, started, on_end, feed, on_error), status_code=status, headers=headers)
 
     def relay_upstream(
         self, request: Request, started: float, reply: UpstreamReply, frames: AsyncIterator[bytes] | None = None,
@@ -125,13 +205,9 @@ class Answers:
             reply.settle(answer.tokens)
             await reply.aclose()
 
+        headers = headers or client_headers(reply)
         if frames is not None and usage is not None:
-            return self.stream(request, started, frames, usage, end, headers or client_headers(reply), reply.status)
+            return self.stream(request, started, frames, usage, end, headers, reply.status)
         tap = StreamUsageTap()
-
-        def failed(exc: ProxyError) -> bytes:  # status and headers are gone: an error event
-            tap.usage.error_type = exc.error_type
-            return error_event(exc)
-
-        return self.stream(request, started, aiter(reply), lambda: tap.usage, end, headers or client_headers(reply),
-                           reply.status, feed=tap.feed, on_error=failed)
+        return self.stream(request, started, aiter(reply), lambda: tap.usage, end, headers, reply.status,
+                           feed=tap.feed, on_error=tap.failed)

@@ -56,9 +56,9 @@ from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.metering import KeyMeter
 from ccproxy_gateway.openai import CHAT, RESPONSES, ModelMap, OpenAIFormat
+from ccproxy_gateway.relay import Usage
 from ccproxy_gateway.response_store import keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute
-from ccproxy_gateway.usage import Usage
 
 if TYPE_CHECKING:
     from ccproxy_gateway.app import Gateway

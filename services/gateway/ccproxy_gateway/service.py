@@ -1,6 +1,5 @@
-"""The gateway on its own (``ccproxy run gateway``): the public API, over an api-forwarder
-reached by HTTP (``SERVICES__FORWARDER_URL``) and the auth service (``SERVICES__AUTH_URL``) for
-readiness. The routes are the very ones ``ccproxy serve`` has; only the wiring differs.
+"""The gateway on its own (``ccproxy run gateway``): the routes of ``ccproxy serve``, over an
+api-forwarder and auth reached by HTTP.
 """
 
 from __future__ import annotations
@@ -30,14 +29,12 @@ def create_service_app(settings: Settings) -> Starlette:
         )
     if not settings.services.auth_url:
         raise StartupError("SERVICES__AUTH_URL is not set: the gateway asks auth whether credentials are usable")
-    forwarder = HttpForwarder(
-        settings.services.forwarder_url, secret, read_timeout=settings.anthropic.read_timeout + 15
-    )
+    read_timeout = settings.anthropic.read_timeout + 15  # the forwarder's own, and then some
+    forwarder = HttpForwarder(settings.services.forwarder_url, secret, read_timeout=read_timeout)
     auth = AuthClient(settings.services.auth_url, secret)
     # Per-member client keys live in auth (Redis); lookups are cached a few seconds here.
     keys = HttpKeyAuthority(settings.services.auth_url, secret) if settings.redis.url else None
-    # This process's one Redis client: SDK jobs for the sdk-workers, stored responses (any replica
-    # continues any) and the access-log stream.
+    # The process's one Redis client: SDK jobs, stored responses (any replica continues any), the access log.
     redis = connect(settings.redis)
     responses = ResponseStore(redis, settings.responses, settings.redis.key_prefix)
     gateway = Gateway(settings, forwarder, auth.status, keys=keys, responses=responses, redis=redis)

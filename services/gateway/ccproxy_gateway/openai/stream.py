@@ -16,7 +16,7 @@ import orjson
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.sse import ServerSentEvent
-from ccproxy_gateway.usage import Usage
+from ccproxy_gateway.relay import Usage
 
 #: What a translator yields for one event: a chunk body (chat), an ``(event, body)`` pair (responses).
 T = TypeVar("T")
