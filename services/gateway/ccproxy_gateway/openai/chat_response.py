@@ -24,8 +24,7 @@ from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.chat_request import ChatPlan
 from ccproxy_gateway.openai.content import answer_parts, finish_reason
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, joined_reasoning
-from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
-from ccproxy_gateway.openai.structured import JSON_TOOL
+from ccproxy_gateway.openai.stream import Block, StreamTranslator, translate_stream
 
 DONE = b"data: [DONE]\n\n"
 
@@ -102,24 +101,15 @@ def stream_error(error_type: str, message: str) -> dict[str, Any]:
 
 
 class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
-    """Anthropic stream events in, ``chat.completion.chunk`` bodies out, one event at a time."""
+    """Anthropic stream events in, ``chat.completion.chunk`` bodies out."""
 
     def __init__(self, plan: ChatPlan, created: int | None = None) -> None:
-        super().__init__(created)
+        super().__init__(plan.json_mode, created)
         self.plan = plan
         self.id = completion_id(None)
-        #: Anthropic block index -> "text" | "tool" | "json" | "thinking" | "other".
-        self._kinds: dict[int, str] = {}
-        #: Anthropic block index -> OpenAI tool call index, and whether arguments were sent.
+        #: Anthropic block index -> OpenAI tool call index.
         self._calls: dict[int, int] = {}
-        self._args_sent: set[int] = set()
-        self._thinking_text: list[str] = []
-        self._signature = ""
         self._reasoning: list[dict[str, Any]] = []
-        self._answered_json = False
-        #: JSON mode: text is held until it is clear whether the JSON tool follows (then it is
-        #: not the answer and is dropped) or not (then it is the answer, sent at the end).
-        self._held: list[str] = []
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         # The hot path (one call per text delta): built as a dict, in the shape of OpenAI's
@@ -129,103 +119,55 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.plan.client_model,
-            "choices": [{
-                "index": 0,
-                "delta": delta,
-                "finish_reason": finish,
-                "logprobs": None,
-            }],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
 
-    def _arguments(self, index: int, arguments: str) -> dict[str, Any]:
-        return self._chunk({"tool_calls": [{"index": self._calls[index], "function": {"arguments": arguments}}]})
+    def _arguments(self, block: Block, arguments: str) -> dict[str, Any]:
+        return self._chunk({"tool_calls": [{"index": self._calls[block.index], "function": {"arguments": arguments}}]})
 
-    def _message_start(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _thinking(self, block: dict[str, Any]) -> dict[str, Any]:
+        self._reasoning.append(block)
+        return self._chunk({"thinking_blocks": [block]})
+
+    def started(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         self.id = completion_id(message.get("id"))
         yield self._chunk({"role": "assistant", "content": ""})
 
-    def _start(self, index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        kind = block.get("type")
-        if kind == "text":
-            self._kinds[index] = "text"
-            if block.get("text"):
-                yield from self._text(block["text"])
-        elif kind == "tool_use" and self.plan.json_mode and block.get("name") == JSON_TOOL:
-            self._kinds[index] = "json"
-            self._answered_json = True
-            self._held.clear()
-        elif kind == "tool_use":
-            self._kinds[index] = "tool"
-            call = self._calls[index] = len(self._calls)
-            function = {"name": block.get("name"), "arguments": ""}
-            yield self._chunk({"tool_calls": [{"index": call, "id": block.get("id"), "type": "function",
+    def opened(self, block: Block) -> Iterator[dict[str, Any]]:
+        if block.kind == "tool":
+            call = self._calls[block.index] = len(self._calls)
+            function = {"name": block.name, "arguments": ""}
+            yield self._chunk({"tool_calls": [{"index": call, "id": block.call_id, "type": "function",
                                                "function": function}]})
-        elif kind == "thinking":
-            self._kinds[index] = "thinking"
-            self._thinking_text = [block.get("thinking") or ""]
-            self._signature = block.get("signature") or ""
-            if any(b["type"] == "thinking" for b in self._reasoning):
-                yield self._chunk({"reasoning_content": "\n\n"})  # as joined_reasoning() does
-            if block.get("thinking"):
-                yield self._chunk({"reasoning_content": block["thinking"]})
-        elif kind == "redacted_thinking":
-            self._kinds[index] = "other"
-            redacted = {"type": "redacted_thinking", "data": block.get("data", "")}
-            self._reasoning.append(redacted)
-            yield self._chunk({"thinking_blocks": [redacted]})
-        else:
-            self._kinds[index] = "other"  # server tools and future blocks: nothing OpenAI can show
+        elif block.kind == "thinking" and any(b["type"] == "thinking" for b in self._reasoning):
+            yield self._chunk({"reasoning_content": "\n\n"})  # as joined_reasoning() does
 
-    def _text(self, text: str) -> Iterator[dict[str, Any]]:
-        if self.plan.json_mode and not self._answered_json:
-            self._held.append(text)
-        elif not self._answered_json:
+    def added(self, block: Block, text: str) -> Iterator[dict[str, Any]]:
+        if block.kind == "tool":
+            yield self._arguments(block, text)
+        elif block.kind == "thinking":
+            yield self._chunk({"reasoning_content": text})
+        else:
             yield self._chunk({"content": text})
 
-    def _delta(self, index: int, delta: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        kind = self._kinds.get(index)
-        dtype = delta.get("type")
-        if dtype == "text_delta" and kind == "text":
-            if delta.get("text"):
-                yield from self._text(delta["text"])
-        elif dtype == "input_json_delta" and delta.get("partial_json"):
-            self._args_sent.add(index)
-            if kind == "json":
-                yield self._chunk({"content": delta["partial_json"]})
-            elif kind == "tool":
-                yield self._arguments(index, delta["partial_json"])
-        elif dtype == "thinking_delta" and kind == "thinking":
-            if delta.get("thinking"):
-                self._thinking_text.append(delta["thinking"])
-                yield self._chunk({"reasoning_content": delta["thinking"]})
-        elif dtype == "signature_delta" and kind == "thinking":
-            self._signature += delta.get("signature", "")
-
-    def _stop(self, index: int) -> Iterator[dict[str, Any]]:
-        kind = self._kinds.get(index)
-        if kind == "tool" and index not in self._args_sent:
+    def closed(self, block: Block) -> Iterator[dict[str, Any]]:
+        if block.kind == "tool" and not block.parts:
             # A tool without parameters streams no arguments; OpenAI clients expect "{}".
-            yield self._arguments(index, "{}")
-        elif kind == "json" and index not in self._args_sent:
+            yield self._arguments(block, "{}")
+        elif block.kind == "json" and not block.parts:
             yield self._chunk({"content": "{}"})
-        elif kind == "thinking":
-            block = {"type": "thinking", "thinking": "".join(self._thinking_text), "signature": self._signature}
-            self._thinking_text = []
-            self._reasoning.append(block)
-            yield self._chunk({"thinking_blocks": [block]})
+        elif block.kind == "thinking":
+            yield self._thinking({"type": "thinking", "thinking": block.text, "signature": block.signature})
 
-    def finish(self) -> Iterator[dict[str, Any]]:
-        if self.finished:
-            return
-        self.finished = True
+    def redacted(self, index: int, position: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield self._thinking(block)
+
+    def ended(self) -> Iterator[dict[str, Any]]:
         if self._reasoning:
             REASONING_MEMORY.remember(joined_reasoning(self._reasoning), self._reasoning)
         reason = finish_reason(self.usage.stop_reason)
-        if self._answered_json and not self._calls:
+        if self.answered_json and not self._calls:
             reason = "stop"
-        if self._held:
-            yield self._chunk({"content": "".join(self._held)})
-            self._held.clear()
         yield self._chunk({}, finish=reason)
         if self.plan.include_usage:
             yield _dump(ChatCompletionChunk(
@@ -233,9 +175,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
                 choices=[], usage=chat_usage(self.usage.tokens),
             ))
 
-    def fail(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
-        self.finished = self.failed = True
-        self.usage.error_type = error_type
+    def failure(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
         yield stream_error(error_type, message)
 
 

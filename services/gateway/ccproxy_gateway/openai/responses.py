@@ -55,8 +55,8 @@ from ccproxy_gateway.openai.responses_models import (
     ResponseObject,
     ResponsesRequest,
 )
-from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
-from ccproxy_gateway.openai.structured import JSON_TOOL, json_tool
+from ccproxy_gateway.openai.stream import Block, StreamTranslator, translate_stream
+from ccproxy_gateway.openai.structured import json_tool
 
 #: An output item as sent (built through the ``openai`` package's own types).
 Item = dict[str, Any]
@@ -289,180 +289,102 @@ def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int |
                      incomplete_details=incomplete).dump()
 
 
-@dataclass(slots=True)
-class _OpenItem:
-    output_index: int
-    kind: str  # "text" | "json" | "tool" | "thinking"
-    item_id: str
-    text: list[str] = field(default_factory=list)
-    call_id: str = ""
-    name: str = ""
-    signature: str = ""
+#: Which part an item's text events name: its summary's first, or its content's first.
+_PART_INDEX = {"thinking": {"summary_index": 0}, "text": {"content_index": 0}, "json": {"content_index": 0}}
 
 
 class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     """Anthropic stream events in, Responses API events out (``(type, body)`` pairs)."""
 
     def __init__(self, plan: ResponsesPlan, created: int | None = None) -> None:
-        super().__init__(created)
+        super().__init__(plan.json_mode, created)
         self.plan = plan
         self.base = "ccproxy"
         self.output: list[Item] = []
         #: The finished response (completed or incomplete), once ``finish`` made it.
         self.response: dict[str, Any] | None = None
         self._seq = 0
-        self._open: dict[int, _OpenItem] = {}
-        self._next_output = 0
-        #: JSON mode: text held until it is clear whether the JSON tool follows (then the text is
-        #: not the answer and is dropped) or not (then it becomes a message at the end).
-        self._held: list[str] = []
-        self._held_index: int | None = None
-        self._answered_json = False
 
     def _event(self, kind: str, **fields: Any) -> tuple[str, dict[str, Any]]:
         body = {"type": kind, "sequence_number": self._seq, **fields}
         self._seq += 1
         return kind, body
 
+    def _on(self, kind: str, block: Block, **fields: Any) -> tuple[str, dict[str, Any]]:
+        """An event about one output item; its text events also name the part (its first)."""
+        where = _PART_INDEX.get(block.kind, {})
+        return self._event(kind, item_id=self._item_id(block), output_index=block.position, **where, **fields)
+
+    def _item_id(self, block: Block) -> str:
+        if block.kind == "tool":
+            return f"fc_{block.call_id}"
+        return f"{'rs' if block.kind == 'thinking' else 'msg'}_{self.base}_{block.index}"
+
     def _response(self, status: str, **fields: Any) -> dict[str, Any]:
         return _response(self.plan, self.base, self.created, status, **fields).dump()
 
-    def _message_start(self, message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _item(self, position: int, item: Item, done: bool) -> tuple[str, dict[str, Any]]:
+        if done:
+            self.output.append(item)
+        return self._event(f"response.output_item.{'done' if done else 'added'}", output_index=position, item=item)
+
+    def started(self, message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         self.base = _base_id(message.get("id"))
         yield self._event("response.created", response=self._response("in_progress"))
         yield self._event("response.in_progress", response=self._response("in_progress"))
 
-    def _open_item(self, index: int, kind: str, item_id: str, **extra: Any) -> _OpenItem:
-        item = _OpenItem(output_index=self._next_output, kind=kind, item_id=item_id, **extra)
-        self._next_output += 1
-        self._open[index] = item
-        return item
-
-    def _open_message(self, index: int, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        item = self._open_item(index, kind, f"msg_{self.base}_{index}")
-        message = _message(item.item_id, "in_progress")
-        yield self._event("response.output_item.added", output_index=item.output_index, item=message)
-        yield self._event("response.content_part.added", item_id=item.item_id, output_index=item.output_index,
-                          content_index=0, part=_wire(_text_part("")))
-
-    def _start(self, index: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        kind = block.get("type")
-        json_tool = kind == "tool_use" and self.plan.json_mode and block.get("name") == JSON_TOOL
-        if kind == "text" and self.plan.json_mode:
-            if not self._answered_json:
-                self._held.append(block.get("text") or "")
-                self._held_index = index if self._held_index is None else self._held_index
-        elif kind == "text" or json_tool:
-            if json_tool:
-                self._answered_json = True
-                self._held.clear()
-            yield from self._open_message(index, "text" if kind == "text" else "json")
-            if block.get("text"):
-                yield from self._text(self._open[index], block["text"])
-        elif kind == "tool_use":
-            item = self._open_item(index, "tool", f"fc_{block.get('id')}", call_id=block.get("id", ""),
-                                   name=block.get("name", ""))
-            call = _call(item.item_id, item.call_id, item.name, "", "in_progress")
-            yield self._event("response.output_item.added", output_index=item.output_index, item=call)
-        elif kind == "thinking":
-            item = self._open_item(index, "thinking", f"rs_{self.base}_{index}",
-                                   signature=block.get("signature") or "")
-            yield self._event("response.output_item.added", output_index=item.output_index,
-                              item=_reasoning_item(item.item_id))
-            yield self._event("response.reasoning_summary_part.added", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, part=_wire(_summary("")))
-            if block.get("thinking"):
-                yield from self._summary(item, block["thinking"])
-        elif kind == "redacted_thinking":
-            done = _reasoning_item(f"rs_{self.base}_{index}", {"type": "redacted_thinking",
-                                                                "data": block.get("data", "")})
-            output_index = self._next_output
-            self._next_output += 1
-            yield self._event("response.output_item.added", output_index=output_index,
-                              item=_reasoning_item(done["id"]))
-            self.output.append(done)
-            yield self._event("response.output_item.done", output_index=output_index, item=done)
-
-    def _text(self, item: _OpenItem, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        item.text.append(text)
-        yield self._event("response.output_text.delta", item_id=item.item_id, output_index=item.output_index,
-                          content_index=0, delta=text, logprobs=[])
-
-    def _summary(self, item: _OpenItem, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        item.text.append(text)
-        yield self._event("response.reasoning_summary_text.delta", item_id=item.item_id,
-                          output_index=item.output_index, summary_index=0, delta=text)
-
-    def _delta(self, index: int, delta: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        item = self._open.get(index)
-        dtype = delta.get("type")
-        if item is None:
-            if dtype == "text_delta" and self.plan.json_mode and not self._answered_json and delta.get("text"):
-                self._held.append(delta["text"])
-            return
-        if dtype == "text_delta" and item.kind == "text" and delta.get("text"):
-            yield from self._text(item, delta["text"])
-        elif dtype == "input_json_delta" and delta.get("partial_json"):
-            if item.kind == "json":
-                yield from self._text(item, delta["partial_json"])
-            elif item.kind == "tool":
-                item.text.append(delta["partial_json"])
-                yield self._event("response.function_call_arguments.delta", item_id=item.item_id,
-                                  output_index=item.output_index, delta=delta["partial_json"])
-        elif dtype == "thinking_delta" and item.kind == "thinking" and delta.get("thinking"):
-            yield from self._summary(item, delta["thinking"])
-        elif dtype == "signature_delta" and item.kind == "thinking":
-            item.signature += delta.get("signature", "")
-
-    def _stop(self, index: int) -> Iterator[tuple[str, dict[str, Any]]]:
-        item = self._open.pop(index, None)
-        if item is None:
-            return
-        text = "".join(item.text)
-        if item.kind in ("text", "json"):
-            if item.kind == "json" and not text:
-                yield from self._text(item, "{}")
-                text = "{}"
-            part = _wire(_text_part(text))
-            yield self._event("response.output_text.done", item_id=item.item_id, output_index=item.output_index,
-                              content_index=0, text=text, logprobs=[])
-            yield self._event("response.content_part.done", item_id=item.item_id, output_index=item.output_index,
-                              content_index=0, part=part)
-            done = _message(item.item_id, "completed", text)
-        elif item.kind == "tool":
-            arguments = text or "{}"
-            yield self._event("response.function_call_arguments.done", item_id=item.item_id,
-                              output_index=item.output_index, name=item.name, arguments=arguments)
-            done = _call(item.item_id, item.call_id, item.name, arguments, "completed")
+    def opened(self, block: Block) -> Iterator[tuple[str, dict[str, Any]]]:
+        item_id = self._item_id(block)
+        if block.kind == "tool":
+            yield self._item(block.position, _call(item_id, block.call_id, block.name, "", "in_progress"), False)
+        elif block.kind == "thinking":
+            yield self._item(block.position, _reasoning_item(item_id), False)
+            yield self._on("response.reasoning_summary_part.added", block, part=_wire(_summary("")))
         else:
-            yield self._event("response.reasoning_summary_text.done", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, text=text)
-            yield self._event("response.reasoning_summary_part.done", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, part=_wire(_summary(text)))
-            done = _reasoning_item(item.item_id, {"type": "thinking", "thinking": text, "signature": item.signature})
-        self.output.append(done)
-        yield self._event("response.output_item.done", output_index=item.output_index, item=done)
+            yield self._item(block.position, _message(item_id, "in_progress"), False)
+            yield self._on("response.content_part.added", block, part=_wire(_text_part("")))
 
-    def finish(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        if self.finished:
-            return
-        self.finished = True
-        if self._held and self._held_index is not None:
-            # JSON mode, but Claude answered in text: that text is the answer.
-            yield from self._open_message(self._held_index, "text")
-            yield from self._text(self._open[self._held_index], "".join(self._held))
-            yield from self._stop(self._held_index)
+    def added(self, block: Block, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        if block.kind == "tool":
+            yield self._on("response.function_call_arguments.delta", block, delta=text)
+        elif block.kind == "thinking":
+            yield self._on("response.reasoning_summary_text.delta", block, delta=text)
+        else:
+            yield self._on("response.output_text.delta", block, delta=text, logprobs=[])
+
+    def closed(self, block: Block) -> Iterator[tuple[str, dict[str, Any]]]:
+        item_id, text = self._item_id(block), block.text
+        if block.kind == "tool":
+            arguments = text or "{}"
+            yield self._on("response.function_call_arguments.done", block, name=block.name, arguments=arguments)
+            done = _call(item_id, block.call_id, block.name, arguments, "completed")
+        elif block.kind == "thinking":
+            yield self._on("response.reasoning_summary_text.done", block, text=text)
+            yield self._on("response.reasoning_summary_part.done", block, part=_wire(_summary(text)))
+            done = _reasoning_item(item_id, {"type": "thinking", "thinking": text, "signature": block.signature})
+        else:
+            if block.kind == "json" and not text:
+                text = "{}"
+                yield from self.added(block, text)
+            yield self._on("response.output_text.done", block, text=text, logprobs=[])
+            yield self._on("response.content_part.done", block, part=_wire(_text_part(text)))
+            done = _message(item_id, "completed", text)
+        yield self._item(block.position, done, True)
+
+    def redacted(self, index: int, position: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        item_id = f"rs_{self.base}_{index}"
+        yield self._item(position, _reasoning_item(item_id), False)
+        yield self._item(position, _reasoning_item(item_id, block), True)
+
+    def ended(self) -> Iterator[tuple[str, dict[str, Any]]]:
         status, incomplete = _status(self.usage.stop_reason)
-        response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
-                                  incomplete_details=incomplete)
-        self.response = response
-        yield self._event("response.completed" if status == "completed" else "response.incomplete",
-                          response=response)
+        self.response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
+                                       incomplete_details=incomplete)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        yield self._event(kind, response=self.response)
 
-    def fail(self, error_type: str, message: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def failure(self, error_type: str, message: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """OpenAI's two failure events: ``error``, then ``response.failed`` with the response."""
-        self.finished = self.failed = True
-        self.usage.error_type = error_type
         code = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
         yield self._event("error", code=code, message=message, param=None)
         response = self._response("failed", output=self.output, usage=_usage(self.usage.tokens),

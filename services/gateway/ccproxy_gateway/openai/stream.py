@@ -1,71 +1,167 @@
-"""What the two OpenAI stream translators (Chat Completions, Responses) share.
-
-Both read the same Anthropic events and report the same things about the stream (tokens, stop
-reason, failure, time to first token); only what each event becomes differs. So the dispatch of
-events and the loop over the upstream's stream live here, and each format says, in a subclass,
-what a message start, a block's start, delta and stop, the end and a failure become.
-"""
+"""The stream translation both OpenAI formats share. Both read the same Anthropic events, hold
+JSON mode's stray text the same way and report the same usage; a subclass only says what a
+block's opening, its text and its closing become in its format."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.sse import ServerSentEvent
+from ccproxy_gateway.openai.structured import JSON_TOOL
 from ccproxy_gateway.usage import Usage
 
 #: What a translator yields for one event: a chunk body (chat), an ``(event, body)`` pair (responses).
 T = TypeVar("T")
+Kind = Literal["text", "json", "tool", "thinking"]
+_KINDS: dict[str, Kind] = {"text": "text", "tool_use": "tool", "thinking": "thinking"}
+#: The delta type that adds to a block of each kind, and the delta's field holding the text.
+_ADDS: dict[Kind, tuple[str, str]] = {
+    "text": ("text_delta", "text"),
+    "json": ("input_json_delta", "partial_json"),
+    "tool": ("input_json_delta", "partial_json"),
+    "thinking": ("thinking_delta", "thinking"),
+}
+
+
+@dataclass(slots=True)
+class Block:
+    """An Anthropic content block while it streams; ``json`` is the JSON mode tool's input."""
+
+    index: int
+    kind: Kind
+    #: Its place among the output (every block shown, redacted thinking included).
+    position: int
+    parts: list[str] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+    signature: str = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 class StreamTranslator(Generic[T]):
     """Anthropic stream events in, one OpenAI format's output out, one event at a time."""
 
-    def __init__(self, created: int | None) -> None:
+    def __init__(self, json_mode: bool, created: int | None) -> None:
+        self.json_mode = json_mode
         self.created = created or int(time.time())
-        #: What the stream reports (tokens, stop reason, failure, first token), read as it passes:
-        #: the answer's usage for billing, metrics and the access log.
+        #: Read as the stream passes: the answer's usage for billing, metrics and the access log.
         self.usage = Usage()
         self.finished = False
         self.failed = False
+        self.answered_json = False
+        self._open: dict[int, Block] = {}
+        self._shown = 0
+        #: JSON mode: text held until it is clear whether the JSON tool follows (then the text is
+        #: not the answer and is dropped) or not (then it is the answer, given at the end).
+        self._held: list[str] = []
+        self._held_index: int | None = None
 
     def on_event(self, name: str, data: dict[str, Any]) -> Iterator[T]:
         self.usage.read(name, data)
+        index = int(data.get("index", 0))
         if name == "content_block_delta":
-            yield from self._delta(int(data.get("index", 0)), data.get("delta") or {})
+            yield from self._delta(index, data.get("delta") or {})
         elif name == "content_block_start":
-            yield from self._start(int(data.get("index", 0)), data.get("content_block") or {})
-        elif name == "content_block_stop":
-            yield from self._stop(int(data.get("index", 0)))
+            yield from self._start(index, data.get("content_block") or {})
+        elif name == "content_block_stop" and index in self._open:
+            yield from self.closed(self._open.pop(index))
         elif name == "message_start":
-            yield from self._message_start(data.get("message") or {})
+            yield from self.started(data.get("message") or {})
         elif name == "message_stop":
             yield from self.finish()
         elif name == "error":
             error = data.get("error") or {}
             yield from self.fail(str(error.get("type", "api_error")), str(error.get("message", "upstream error")))
 
-    def _message_start(self, message: dict[str, Any]) -> Iterator[T]:
-        raise NotImplementedError
-
     def _start(self, index: int, block: dict[str, Any]) -> Iterator[T]:
-        raise NotImplementedError
+        kind = block.get("type")
+        if kind == "text" and self.json_mode:
+            if not self.answered_json:
+                self._held.append(block.get("text") or "")
+                self._held_index = index if self._held_index is None else self._held_index
+            return
+        if kind == "redacted_thinking":
+            self._shown += 1
+            redacted = {"type": "redacted_thinking", "data": block.get("data", "")}
+            yield from self.redacted(index, self._shown - 1, redacted)
+            return
+        shown = _KINDS.get(kind or "")
+        if shown is None:
+            return  # server tools and future blocks: nothing OpenAI can show
+        if shown == "tool" and self.json_mode and block.get("name") == JSON_TOOL:
+            self.answered_json = True
+            self._held.clear()
+            shown = "json"
+        opened = Block(index, shown, self._shown, call_id=block.get("id", ""), name=block.get("name", ""),
+                       signature=block.get("signature") or "")
+        self._shown += 1
+        self._open[index] = opened
+        yield from self.opened(opened)
+        if text := block.get("text") or block.get("thinking"):
+            yield from self._add(opened, text)
 
     def _delta(self, index: int, delta: dict[str, Any]) -> Iterator[T]:
-        raise NotImplementedError
+        block = self._open.get(index)
+        dtype = delta.get("type")
+        if block is None:
+            if dtype == "text_delta" and self.json_mode and not self.answered_json and delta.get("text"):
+                self._held.append(delta["text"])
+        elif dtype == "signature_delta" and block.kind == "thinking":
+            block.signature += delta.get("signature", "")
+        elif dtype == _ADDS[block.kind][0] and (text := delta.get(_ADDS[block.kind][1])):
+            yield from self._add(block, text)
 
-    def _stop(self, index: int) -> Iterator[T]:
-        raise NotImplementedError
+    def _add(self, block: Block, text: str) -> Iterator[T]:
+        block.parts.append(text)
+        yield from self.added(block, text)
 
     def finish(self) -> Iterator[T]:
-        raise NotImplementedError
+        if self.finished:
+            return
+        self.finished = True
+        if self._held and self._held_index is not None:
+            # JSON mode, but Claude answered in text: that text is the answer.
+            block = Block(self._held_index, "text", self._shown)
+            yield from self.opened(block)
+            yield from self._add(block, "".join(self._held))
+            yield from self.closed(block)
+        yield from self.ended()
 
     def fail(self, error_type: str, message: str) -> Iterator[T]:
-        """Sets ``finished``, ``failed`` and ``error_type``; yields the format's error output."""
+        self.finished = self.failed = True
+        self.usage.error_type = error_type
+        yield from self.failure(error_type, message)
+
+    # What each format says: ----------------------------------------------------------------------
+
+    def started(self, message: dict[str, Any]) -> Iterator[T]:
+        raise NotImplementedError
+
+    def opened(self, block: Block) -> Iterator[T]:
+        raise NotImplementedError
+
+    def added(self, block: Block, text: str) -> Iterator[T]:
+        raise NotImplementedError
+
+    def closed(self, block: Block) -> Iterator[T]:
+        raise NotImplementedError
+
+    def redacted(self, index: int, position: int, block: dict[str, Any]) -> Iterator[T]:
+        raise NotImplementedError
+
+    def ended(self) -> Iterator[T]:
+        raise NotImplementedError
+
+    def failure(self, error_type: str, message: str) -> Iterator[T]:
         raise NotImplementedError
 
 
