@@ -1,10 +1,7 @@
-"""Wire models of OpenAI Chat Completions requests, as far as ccproxy reads them (replies are
-the ``openai`` package's own types, chat_response.py).
-
-Requests are parsed leniently where OpenAI itself is lenient (unknown top-level fields are kept,
-so the translator can refuse the ones Claude cannot honour by name) and strictly where a wrong
-shape would otherwise be sent upstream as something else (content parts, roles, tool calls).
-"""
+"""OpenAI Chat Completions requests (replies are the ``openai`` package's types). Lenient where
+OpenAI is (unknown fields are kept, so the translator can refuse by name what Claude cannot
+honour), strict where a wrong shape would reach upstream as something else (parts, roles, calls).
+Each content part knows its Anthropic block (``block``)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-# --- requests ----------------------------------------------------------------------------------
+from ccproxy_core.errors import ProxyError
+from ccproxy_gateway.openai.content import Block, file_block, image_block, text_block
 
 
 class _Lenient(BaseModel):
@@ -23,10 +21,16 @@ class TextPart(_Lenient):
     type: Literal["text"]
     text: str
 
+    def block(self, where: str) -> Block | None:
+        return text_block(self.text)
+
 
 class RefusalPart(_Lenient):
     type: Literal["refusal"]
     refusal: str
+
+    def block(self, where: str) -> Block | None:
+        return text_block(self.refusal)
 
 
 class ImageURL(_Lenient):
@@ -37,6 +41,9 @@ class ImageURL(_Lenient):
 class ImagePart(_Lenient):
     type: Literal["image_url"]
     image_url: ImageURL
+
+    def block(self, where: str) -> Block | None:
+        return image_block(self.image_url.url, where + ".image_url.url")
 
 
 class FileData(_Lenient):
@@ -49,10 +56,16 @@ class FilePart(_Lenient):
     type: Literal["file"]
     file: FileData
 
+    def block(self, where: str) -> Block | None:
+        return file_block(self.file.file_data, self.file.file_id, where + ".file", self.file.filename)
+
 
 class AudioPart(_Lenient):
     type: Literal["input_audio"]
     input_audio: dict[str, Any]
+
+    def block(self, where: str) -> Block | None:
+        raise ProxyError(400, f"{where}: Claude does not accept audio input", param=where)
 
 
 UserPart = Annotated[TextPart | ImagePart | FilePart | AudioPart, Field(discriminator="type")]

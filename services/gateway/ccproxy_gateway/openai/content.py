@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Protocol
 
 import orjson
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_gateway.openai.structured import JSON_TOOL
+
+#: An Anthropic content block.
+Block = dict[str, Any]
+
+
+class Part(Protocol):
+    """An OpenAI content part (chat_models, responses_models) that knows its Anthropic block."""
+
+    def block(self, where: str) -> Block | None: ...
+
+
+def text_block(text: str | None) -> Block | None:
+    return {"type": "text", "text": text} if text else None
+
+
+def content_blocks(content: str | Sequence[Part], where: str) -> list[Block]:
+    """A message's content (text, or parts: ``where`` is their path, for errors) as blocks;
+    empty text is left out."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = [part.block(f"{where}.{j}") for j, part in enumerate(content)]
+    return [block for block in blocks if block is not None]
+
 
 _DATA_URL = re.compile(r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})

@@ -36,7 +36,7 @@ from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent, encode_event
-from ccproxy_gateway.openai.content import answer_parts, anthropic_tool, file_block, image_block, parse_arguments
+from ccproxy_gateway.openai.content import answer_parts, anthropic_tool, content_blocks, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
 from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
@@ -44,11 +44,7 @@ from ccproxy_gateway.openai.responses_models import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionToolChoice,
-    InputFile,
-    InputImage,
     InputMessage,
-    InputRefusal,
-    InputText,
     ItemReference,
     ReasoningItem,
     ResponseError,
@@ -90,39 +86,6 @@ def _refuse_unsupported(req: ResponsesRequest) -> None:
         raise ProxyError(400, "top_logprobs: Claude does not return log probabilities", param="top_logprobs")
 
 
-def _part_blocks(parts: str | list[Any], where: str) -> list[dict[str, Any]]:
-    if isinstance(parts, str):
-        return [{"type": "text", "text": parts}] if parts else []
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(parts):
-        at = f"{where}.{j}"
-        if isinstance(part, InputText):
-            if part.text:
-                blocks.append({"type": "text", "text": part.text})
-        elif isinstance(part, InputRefusal):
-            if part.refusal:
-                blocks.append({"type": "text", "text": part.refusal})
-        elif isinstance(part, InputImage):
-            if not part.image_url:
-                raise ProxyError(400, f"{at}: file ids are not supported; send image_url", param=at)
-            blocks.append(image_block(part.image_url, at + ".image_url"))
-        elif isinstance(part, InputFile):
-            blocks.append(file_block(part.file_data, part.file_id or part.file_url, at, part.filename))
-    return blocks
-
-
-def _tool_output(output: str | list[Any], where: str) -> str | list[dict[str, Any]]:
-    if isinstance(output, str):
-        return output
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(output):
-        if part.type in ("input_text", "output_text", "text") and part.text:
-            blocks.append({"type": "text", "text": part.text})
-        elif part.type == "input_image" and part.image_url:
-            blocks.append(image_block(part.image_url, f"{where}.{j}.image_url"))
-    return blocks
-
-
 def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(system blocks, messages) from ``instructions`` and ``input``, order kept."""
     system: list[dict[str, Any]] = []
@@ -133,7 +96,7 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
     for i, item in enumerate(items):
         where = f"input.{i}"
         if isinstance(item, InputMessage):
-            blocks = _part_blocks(item.content, where + ".content")
+            blocks = content_blocks(item.content, where + ".content")
             if item.role in ("system", "developer"):
                 if any(b["type"] != "text" for b in blocks):
                     raise ProxyError(400, f"{where}: system and developer messages take text only", param=where)
@@ -144,7 +107,8 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
             args = parse_arguments(item.arguments, where + ".arguments")
             turns.add("assistant", [{"type": "tool_use", "id": item.call_id, "name": item.name, "input": args}])
         elif isinstance(item, FunctionCallOutputItem):
-            content = _tool_output(item.output, where + ".output")
+            output = item.output
+            content = output if isinstance(output, str) else content_blocks(output, where + ".output")
             turns.add("user", [{"type": "tool_result", "tool_use_id": item.call_id, "content": content}])
         elif isinstance(item, ReasoningItem):
             block = decode_reasoning(item.encrypted_content)

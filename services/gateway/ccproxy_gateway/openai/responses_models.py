@@ -1,8 +1,6 @@
-"""Wire models of the OpenAI Responses API, as far as ccproxy reads or writes them.
-
-Input items are told apart by ``type``; a message may omit it (``{"role", "content"}``), as
-OpenAI allows. An item type ccproxy cannot translate is a 400 naming it, never skipped.
-"""
+"""OpenAI Responses requests, and the response object. Input items are told apart by ``type``;
+a message may omit it, as OpenAI allows. An item type ccproxy cannot translate is a 400 naming
+it, never skipped. Each content part knows its Anthropic block (``block``)."""
 
 from __future__ import annotations
 
@@ -19,7 +17,8 @@ from pydantic import (
     model_serializer,
 )
 
-# --- requests ----------------------------------------------------------------------------------
+from ccproxy_core.errors import ProxyError
+from ccproxy_gateway.openai.content import Block, file_block, image_block, text_block
 
 
 class _Lenient(BaseModel):
@@ -30,10 +29,16 @@ class InputText(_Lenient):
     type: Literal["input_text", "output_text", "text"]
     text: str
 
+    def block(self, where: str) -> Block | None:
+        return text_block(self.text)
+
 
 class InputRefusal(_Lenient):
     type: Literal["refusal"]
     refusal: str
+
+    def block(self, where: str) -> Block | None:
+        return text_block(self.refusal)
 
 
 class InputImage(_Lenient):
@@ -42,6 +47,11 @@ class InputImage(_Lenient):
     file_id: str | None = None
     detail: str | None = None
 
+    def block(self, where: str) -> Block | None:
+        if not self.image_url:
+            raise ProxyError(400, f"{where}: file ids are not supported; send image_url", param=where)
+        return image_block(self.image_url, where + ".image_url")
+
 
 class InputFile(_Lenient):
     type: Literal["input_file"]
@@ -49,6 +59,9 @@ class InputFile(_Lenient):
     file_id: str | None = None
     file_url: str | None = None
     filename: str | None = None
+
+    def block(self, where: str) -> Block | None:
+        return file_block(self.file_data, self.file_id or self.file_url, where, self.filename)
 
 
 InputPart = Annotated[InputText | InputRefusal | InputImage | InputFile, Field(discriminator="type")]
@@ -73,6 +86,13 @@ class FunctionOutputPart(_Lenient):
     type: str
     text: str | None = None
     image_url: str | None = None
+
+    def block(self, where: str) -> Block | None:
+        if self.type in ("input_text", "output_text", "text"):
+            return text_block(self.text)
+        if self.type == "input_image" and self.image_url:
+            return image_block(self.image_url, where + ".image_url")
+        return None
 
 
 class FunctionCallOutputItem(_Lenient):
