@@ -47,8 +47,6 @@ from ccproxy_gateway.openai.responses_models import (
     InputMessage,
     ItemReference,
     ReasoningItem,
-    ResponseError,
-    ResponseObject,
     ResponsesRequest,
 )
 from ccproxy_gateway.openai.stream import Block, StreamTranslator, translate_stream
@@ -228,10 +226,16 @@ def _reasoning_item(item_id: str, block: dict[str, Any] | None = None) -> Item:
                                        encrypted_content=encode_reasoning(block)))
 
 
-def _response(plan: ResponsesPlan, base: str, created: int, status: str, **fields: Any) -> ResponseObject:
-    return ResponseObject(
-        id=f"resp_{base}", created_at=created, status=status, model=plan.client_model, **plan.echo, **fields
-    )
+def _response(
+    plan: ResponsesPlan, base: str, created: int, status: str, output: list[Item] | None = None,
+    usage: Item | None = None, error: Item | None = None, incomplete: Item | None = None,
+) -> Item:
+    """A ``response`` object; strict clients expect its ``null`` fields to be there."""
+    return {
+        "id": f"resp_{base}", "object": "response", "created_at": created, "status": status,
+        "model": plan.client_model, "output": output or [], "usage": usage, "error": error,
+        "incomplete_details": incomplete, "previous_response_id": None, "truncation": "disabled", **plan.echo,
+    }
 
 
 def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> dict[str, Any]:
@@ -249,8 +253,7 @@ def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int |
     tokens = TokenUsage()
     tokens.add(message.get("usage"))
     status, incomplete = _status(message.get("stop_reason"))
-    return _response(plan, base, created or int(time.time()), status, output=output, usage=_usage(tokens),
-                     incomplete_details=incomplete).dump()
+    return _response(plan, base, created or int(time.time()), status, output, _usage(tokens), incomplete=incomplete)
 
 
 #: Which part an item's text events name: its summary's first, or its content's first.
@@ -284,8 +287,8 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             return f"fc_{block.call_id}"
         return f"{'rs' if block.kind == 'thinking' else 'msg'}_{self.base}_{block.index}"
 
-    def _response(self, status: str, **fields: Any) -> dict[str, Any]:
-        return _response(self.plan, self.base, self.created, status, **fields).dump()
+    def _response(self, status: str, **fields: Any) -> Item:
+        return _response(self.plan, self.base, self.created, status, **fields)
 
     def _item(self, position: int, item: Item, done: bool) -> tuple[str, dict[str, Any]]:
         if done:
@@ -343,7 +346,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     def ended(self) -> Iterator[tuple[str, dict[str, Any]]]:
         status, incomplete = _status(self.usage.stop_reason)
         self.response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
-                                       incomplete_details=incomplete)
+                                       incomplete=incomplete)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         yield self._event(kind, response=self.response)
 
@@ -352,7 +355,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         code = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
         yield self._event("error", code=code, message=message, param=None)
         response = self._response("failed", output=self.output, usage=_usage(self.usage.tokens),
-                                  error=ResponseError(code=code, message=message))
+                                  error={"code": code, "message": message})
         yield self._event("response.failed", response=response)
 
 

@@ -1,21 +1,12 @@
-"""OpenAI Responses requests, and the response object. Input items are told apart by ``type``;
+"""OpenAI Responses requests (replies are built in responses.py). Input items are told apart by ``type``;
 a message may omit it, as OpenAI allows. An item type ccproxy cannot translate is a 400 naming
 it, never skipped. Each content part knows its Anthropic block (``block``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    SerializerFunctionWrapHandler,
-    StrictInt,
-    Tag,
-    model_serializer,
-)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_gateway.openai.content import Block, file_block, image_block, text_block
@@ -181,58 +172,3 @@ class ResponsesRequest(_Lenient):
     user: str | None = None
     safety_identifier: str | None = None
     top_logprobs: int | None = None
-
-
-# --- replies -----------------------------------------------------------------------------------
-
-
-class OutModel(BaseModel):
-    """A reply model: ``None`` fields are left out unless named in ``keep_null`` (strict clients
-    expect those keys)."""
-
-    keep_null: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _drop_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if v is not None or k in self.keep_null}
-
-    def dump(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
-
-
-class ResponseError(OutModel):
-    code: str
-    message: str
-
-
-class ResponseObject(OutModel):
-    keep_null: ClassVar[frozenset[str]] = frozenset(
-        {"error", "incomplete_details", "previous_response_id", "usage", "instructions", "max_output_tokens",
-         "temperature", "top_p", "user"}
-    )
-
-    id: str
-    object: Literal["response"] = "response"
-    created_at: int
-    status: str  # in_progress, completed, incomplete, failed
-    model: str
-    #: Output items and usage, built through the ``openai`` package's types (responses.py).
-    output: list[dict[str, Any]] = Field(default_factory=list)
-    usage: dict[str, Any] | None = None
-    error: ResponseError | None = None
-    incomplete_details: dict[str, Any] | None = None
-    instructions: str | None = None
-    max_output_tokens: int | None = None
-    parallel_tool_calls: bool = True
-    previous_response_id: str | None = None
-    reasoning: dict[str, Any] = Field(default_factory=dict)
-    store: bool = False
-    temperature: float | None = None
-    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
-    tool_choice: Any = "auto"
-    tools: list[dict[str, Any]] = Field(default_factory=list)
-    top_p: float | None = None
-    truncation: str = "disabled"
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    user: str | None = None
