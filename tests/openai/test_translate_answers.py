@@ -18,22 +18,18 @@ from pydantic import TypeAdapter
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import SSEDecoder, iter_events
-from ccproxy_gateway.openai import (
-    ChatStreamTranslator,
-    ModelMap,
+from ccproxy_gateway.openai.chat_request import ChatPlan, parse_chat_request, translate_chat_request
+from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion, chat_stream
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.reasoning import decode_reasoning
+from ccproxy_gateway.openai.responses import (
+    ResponsesPlan,
     ResponsesStreamTranslator,
-    chat_completion,
-    chat_stream,
-    parse_chat_request,
     parse_responses_request,
     response_object,
     responses_stream,
-    translate_chat_request,
     translate_responses_request,
 )
-from ccproxy_gateway.openai.chat_request import ChatPlan
-from ccproxy_gateway.openai.reasoning import decode_reasoning
-from ccproxy_gateway.openai.responses import ResponsesPlan
 
 RECORDED = Path(__file__).parent / "recorded"
 STREAMS = sorted(p.stem for p in RECORDED.glob("*.sse"))

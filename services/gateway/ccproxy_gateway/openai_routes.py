@@ -24,7 +24,8 @@ from ccproxy_core.metrics import Metrics
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import iter_events
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.openai import CHAT, RESPONSES, ModelMap, OpenAIFormat
+from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
+from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute, metered

@@ -55,7 +55,8 @@ from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.metering import KeyMeter
-from ccproxy_gateway.openai import CHAT, RESPONSES, ModelMap, OpenAIFormat
+from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
+from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.response_store import keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute
 from ccproxy_gateway.usage import Usage
