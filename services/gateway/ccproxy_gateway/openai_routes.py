@@ -1,9 +1,5 @@
-"""OpenAI-compatible routes of API mode: translate in, forward as Anthropic, translate out.
-
-The forwarder only ever sees an Anthropic Messages request; the translation (ccproxy_gateway.openai)
-is pure, so this module is just the I/O around it: client auth, body, forwarding, metrics, and
-turning the upstream's error answers into OpenAI errors with their status kept.
-"""
+"""OpenAI-compatible routes of API mode: the I/O around the pure translation (ccproxy_gateway.openai):
+body, forwarding as Anthropic, metrics, and the upstream's errors as OpenAI errors, status kept."""
 
 from __future__ import annotations
 
@@ -26,6 +22,7 @@ from ccproxy_core.sse import iter_events
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.stream import translate_stream
 from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute, metered
@@ -78,7 +75,7 @@ class OpenAIRoutes:
         reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
         if plan.stream:
             tr = fmt.translator(plan)
-            frames = kept_stream(fmt.stream(iter_events(reply), tr), tr, store, turn)
+            frames = kept_stream(translate_stream(iter_events(reply), tr), tr, store, turn)
             return self._stream(request, reply, frames, started, lambda: tr.usage)
         answer = fmt.whole(await self._message(request, reply, started), plan)
         await keep(store, turn, answer)

@@ -1,9 +1,6 @@
-"""An OpenAI Chat Completions request as an Anthropic Messages request.
-
-What Claude can honour is translated; what it cannot is refused with a 400 naming the parameter
-(``n`` > 1, ``logprobs``, ``logit_bias``, audio) or, where ignoring it cannot make an answer
-wrong, ignored as docs/openai.md lists.
-"""
+"""An OpenAI Chat Completions request as an Anthropic Messages request. What Claude cannot honour
+is refused with a 400 naming the parameter, or ignored where that cannot make an answer wrong
+(docs/openai.md lists which)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,10 @@
-"""Anthropic answers as OpenAI Chat Completions: a whole message, or a stream event by event.
-
-The stream translator keeps only what the next chunk needs (block kinds by index, the open
-thinking block's text for its ``thinking_blocks`` delta, token counts): each Anthropic event is
-answered with its chunks at once, so a text delta reaches the client as soon as it arrives.
-"""
+"""Anthropic answers as OpenAI Chat Completions: a whole message, or a stream event by event
+(each event's chunks at once, so a text delta reaches the client as soon as it arrives)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -20,13 +16,10 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC
 from ccproxy_core.models import TokenUsage
-from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.chat_request import ChatPlan
 from ccproxy_gateway.openai.content import answer_parts, finish_reason
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, joined_reasoning
-from ccproxy_gateway.openai.stream import Block, StreamTranslator, translate_stream
-
-DONE = b"data: [DONE]\n\n"
+from ccproxy_gateway.openai.stream import Block, StreamTranslator
 
 
 def completion_id(message_id: str | None) -> str:
@@ -101,7 +94,11 @@ def stream_error(error_type: str, message: str) -> dict[str, Any]:
 
 
 class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
-    """Anthropic stream events in, ``chat.completion.chunk`` bodies out."""
+    """Anthropic stream events in, ``chat.completion.chunk`` bodies out. A failure ends the stream
+    with an OpenAI error body and no ``[DONE]`` (the answer is incomplete: the OpenAI SDK raises)."""
+
+    ended_early = "the upstream stream ended before the message was complete"
+    end = b"data: [DONE]\n\n"
 
     def __init__(self, plan: ChatPlan, created: int | None = None) -> None:
         super().__init__(plan.json_mode, created)
@@ -128,6 +125,9 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
     def _thinking(self, block: dict[str, Any]) -> dict[str, Any]:
         self._reasoning.append(block)
         return self._chunk({"thinking_blocks": [block]})
+
+    def frame(self, out: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(out) + b"\n\n"
 
     def started(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         self.id = completion_id(message.get("id"))
@@ -177,16 +177,3 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
 
     def failure(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
         yield stream_error(error_type, message)
-
-
-def _frame(chunk: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
-def chat_stream(events: AsyncIterator[ServerSentEvent], translator: ChatStreamTranslator) -> AsyncIterator[bytes]:
-    """SSE bytes for the client, as the upstream's events arrive. An error, in the upstream's
-    stream or on the connection, ends the stream with an OpenAI error body and no ``[DONE]``
-    (the answer is incomplete, and the OpenAI SDK raises on it)."""
-    return translate_stream(
-        events, translator, _frame, "the upstream stream ended before the message was complete", end=DONE
-    )

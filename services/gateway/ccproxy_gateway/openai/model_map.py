@@ -1,10 +1,7 @@
-"""OpenAI model names to Claude models: an ordered rule list, first match wins.
-
-Order of lookup: the configured rules (``MODELS__RULES``), so a user can also redirect Claude
-names (a retired model to its successor); then Claude names pass through unchanged; then the
-built-in rules below; an unknown name goes upstream as it is, so a typo is the upstream's clear
-404, not a silent substitution. Replies report the name the client asked for.
-"""
+"""OpenAI model names to Claude models, first matching rule wins: the configured rules
+(``MODELS__RULES``, which may redirect Claude names too), then Claude names unchanged, then the
+built-in rules; an unknown name goes upstream as is (the upstream's clear 404, not a silent
+substitution). Replies report the name the client asked for."""
 
 from __future__ import annotations
 

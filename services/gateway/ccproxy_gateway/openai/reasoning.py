@@ -1,16 +1,9 @@
-"""Extended thinking for OpenAI clients: effort to budget, and the thinking round trip.
-
-Claude refuses a tool-use continuation with thinking on unless the previous assistant turn's
-thinking blocks come back exactly, signatures included. OpenAI clients know nothing of
-signatures, so ccproxy hands them the blocks in a shape they send back untouched:
-
-- Chat Completions: ``reasoning_content`` (the text, for display) and ``thinking_blocks`` (the
-  exact blocks, the convention LiteLLM uses). A client that keeps the assistant message as it
-  came (``message.model_dump()``) sends both back. For clients that keep only
-  ``reasoning_content``, the blocks are also remembered in-process by that text (a bounded LRU,
-  best effort: it does not survive a restart).
-- Responses: a ``reasoning`` item whose ``encrypted_content`` is the block itself, encoded
-  (``ccproxy.v1.`` + base64url JSON); clients send reasoning items back with it (Codex does).
+"""Extended thinking for OpenAI clients: effort to budget, and the thinking round trip. Claude
+refuses a tool-use continuation with thinking on unless the previous turn's thinking blocks come
+back exactly, signatures included, so ccproxy hands them out in a shape clients send back as is:
+Chat Completions' ``reasoning_content`` (text) and ``thinking_blocks`` (the blocks, LiteLLM's
+convention; also remembered in-process by their text, for clients that keep only the text), and
+Responses' reasoning items with the block, encoded, as ``encrypted_content`` (Codex sends it back).
 """
 
 from __future__ import annotations

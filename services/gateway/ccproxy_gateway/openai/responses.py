@@ -1,21 +1,14 @@
-"""The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream.
-
-The translation sees the whole conversation in ``input``: ``previous_response_id`` and
-``item_reference`` are filled in from the response store (ccproxy_gateway.response_store) before
-it; where there is none, they are refused with a 400 that says so, as is ``conversation``.
-
-Streaming follows OpenAI's event sequence: ``response.created``, ``response.in_progress``, then
-per output item ``response.output_item.added``, its deltas (``response.output_text.delta``,
-``response.function_call_arguments.delta``, ``response.reasoning_summary_text.delta``), its
-``.done`` events and ``response.output_item.done``; then ``response.completed`` (or
-``response.incomplete``) with the full response and usage, as the protocol requires.
+"""The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream (OpenAI's
+event sequence: created, in_progress, each output item added, its deltas and done events, then
+completed/incomplete with the whole response). ``previous_response_id`` and ``item_reference``
+are filled in by the response store before translation; without one they are refused (a 400).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +28,7 @@ from pydantic import BaseModel
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
-from ccproxy_core.sse import ServerSentEvent, encode_event
+from ccproxy_core.sse import encode_event
 from ccproxy_gateway.openai.content import answer_parts, anthropic_tool, content_blocks, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
@@ -49,7 +42,7 @@ from ccproxy_gateway.openai.responses_models import (
     ReasoningItem,
     ResponsesRequest,
 )
-from ccproxy_gateway.openai.stream import Block, StreamTranslator, translate_stream
+from ccproxy_gateway.openai.stream import Block, StreamTranslator
 from ccproxy_gateway.openai.structured import json_tool
 
 #: An output item as sent (built through the ``openai`` package's own types).
@@ -263,6 +256,8 @@ _PART_INDEX = {"thinking": {"summary_index": 0}, "text": {"content_index": 0}, "
 class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     """Anthropic stream events in, Responses API events out (``(type, body)`` pairs)."""
 
+    ended_early = "the upstream stream ended before the response was complete"
+
     def __init__(self, plan: ResponsesPlan, created: int | None = None) -> None:
         super().__init__(plan.json_mode, created)
         self.plan = plan
@@ -271,6 +266,9 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         #: The finished response (completed or incomplete), once ``finish`` made it.
         self.response: dict[str, Any] | None = None
         self._seq = 0
+
+    def frame(self, out: tuple[str, dict[str, Any]]) -> bytes:
+        return encode_event(out[0], orjson.dumps(out[1]))
 
     def _event(self, kind: str, **fields: Any) -> tuple[str, dict[str, Any]]:
         body = {"type": kind, "sequence_number": self._seq, **fields}
@@ -357,17 +355,3 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         response = self._response("failed", output=self.output, usage=_usage(self.usage.tokens),
                                   error={"code": code, "message": message})
         yield self._event("response.failed", response=response)
-
-
-def _frame(pair: tuple[str, dict[str, Any]]) -> bytes:
-    return encode_event(pair[0], orjson.dumps(pair[1]))
-
-
-def responses_stream(
-    events: AsyncIterator[ServerSentEvent], translator: ResponsesStreamTranslator
-) -> AsyncIterator[bytes]:
-    """SSE bytes for the client as the upstream's events arrive; an error ends the stream with
-    ``error`` and ``response.failed``."""
-    return translate_stream(
-        events, translator, _frame, "the upstream stream ended before the response was complete"
-    )

@@ -5,9 +5,10 @@ block's opening, its text and its closing become in its format."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import orjson
 
@@ -47,7 +48,7 @@ class Block:
         return "".join(self.parts)
 
 
-class StreamTranslator(Generic[T]):
+class StreamTranslator(ABC, Generic[T]):
     """Anthropic stream events in, one OpenAI format's output out, one event at a time."""
 
     def __init__(self, json_mode: bool, created: int | None) -> None:
@@ -143,38 +144,43 @@ class StreamTranslator(Generic[T]):
 
     # What each format says: ----------------------------------------------------------------------
 
-    def started(self, message: dict[str, Any]) -> Iterator[T]:
-        raise NotImplementedError
+    #: The failure's message for a stream that ends without ``message_stop``.
+    ended_early: ClassVar[str] = "the upstream stream ended before the answer was complete"
+    #: What follows a stream that did not fail.
+    end: ClassVar[bytes | None] = None
 
-    def opened(self, block: Block) -> Iterator[T]:
-        raise NotImplementedError
+    @abstractmethod
+    def frame(self, out: T) -> bytes: ...
 
-    def added(self, block: Block, text: str) -> Iterator[T]:
-        raise NotImplementedError
+    @abstractmethod
+    def started(self, message: dict[str, Any]) -> Iterator[T]: ...
 
-    def closed(self, block: Block) -> Iterator[T]:
-        raise NotImplementedError
+    @abstractmethod
+    def opened(self, block: Block) -> Iterator[T]: ...
 
-    def redacted(self, index: int, position: int, block: dict[str, Any]) -> Iterator[T]:
-        raise NotImplementedError
+    @abstractmethod
+    def added(self, block: Block, text: str) -> Iterator[T]: ...
 
-    def ended(self) -> Iterator[T]:
-        raise NotImplementedError
+    @abstractmethod
+    def closed(self, block: Block) -> Iterator[T]: ...
 
-    def failure(self, error_type: str, message: str) -> Iterator[T]:
-        raise NotImplementedError
+    @abstractmethod
+    def redacted(self, index: int, position: int, block: dict[str, Any]) -> Iterator[T]: ...
+
+    @abstractmethod
+    def ended(self) -> Iterator[T]: ...
+
+    @abstractmethod
+    def failure(self, error_type: str, message: str) -> Iterator[T]: ...
 
 
 async def translate_stream(
-    events: AsyncIterator[ServerSentEvent],
-    translator: StreamTranslator[T],
-    frame: Callable[[T], bytes],
-    ended_early: str,
-    end: bytes | None = None,
+    events: AsyncIterator[ServerSentEvent], translator: StreamTranslator[T]
 ) -> AsyncIterator[bytes]:
     """SSE bytes for the client, as the upstream's events arrive. An error, in the upstream's
-    stream or on the connection, or a stream that ends without ``message_stop`` (``ended_early``)
-    ends it with the format's failure; ``end`` follows a stream that did not fail."""
+    stream or on the connection, or a stream that ends without ``message_stop``, ends it with the
+    format's failure."""
+    frame = translator.frame
     try:
         async for event in events:
             if event.event == "ping":
@@ -188,10 +194,10 @@ async def translate_stream(
             if translator.finished:
                 break
         else:
-            for out in translator.fail("api_error", ended_early):
+            for out in translator.fail("api_error", translator.ended_early):
                 yield frame(out)
     except ProxyError as exc:
         for out in translator.fail(exc.error_type, exc.message):
             yield frame(out)
-    if end is not None and not translator.failed:
-        yield end
+    if translator.end is not None and not translator.failed:
+        yield translator.end
