@@ -35,7 +35,6 @@ class RefusalPart(_Lenient):
 
 class ImageURL(_Lenient):
     url: str
-    detail: str | None = None
 
 
 class ImagePart(_Lenient):
@@ -86,13 +85,11 @@ class ToolCall(_Lenient):
 class SystemMessage(_Lenient):
     role: Literal["system", "developer"]
     content: str | list[TextPart]
-    name: str | None = None
 
 
 class UserMessage(_Lenient):
     role: Literal["user"]
     content: str | list[UserPart]
-    name: str | None = None
 
 
 class AssistantMessage(_Lenient):
@@ -100,8 +97,6 @@ class AssistantMessage(_Lenient):
     content: str | list[AssistantPart] | None = None
     tool_calls: list[ToolCall] | None = None
     function_call: FunctionCall | None = None
-    refusal: str | None = None
-    name: str | None = None
     #: ccproxy's thinking round trip (docs/openai.md): the text, for display ...
     reasoning_content: str | None = None
     #: ... and the exact Anthropic blocks with their signatures, for sending back.
@@ -130,7 +125,6 @@ class FunctionDefinition(_Lenient):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
 
 
 class ChatTool(_Lenient):
@@ -151,7 +145,6 @@ class JSONSchemaFormat(_Lenient):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: bool | None = None
 
 
 class ResponseFormat(_Lenient):

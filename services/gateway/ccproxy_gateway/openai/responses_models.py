@@ -35,8 +35,6 @@ class InputRefusal(_Lenient):
 class InputImage(_Lenient):
     type: Literal["input_image"]
     image_url: str | None = None
-    file_id: str | None = None
-    detail: str | None = None
 
     def block(self, where: str) -> Block | None:
         if not self.image_url:
@@ -62,7 +60,6 @@ class InputMessage(_Lenient):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[InputPart]
-    id: str | None = None
 
 
 class FunctionCallItem(_Lenient):
@@ -70,7 +67,6 @@ class FunctionCallItem(_Lenient):
     call_id: str
     name: str
     arguments: str = ""
-    id: str | None = None
 
 
 class FunctionOutputPart(_Lenient):
@@ -94,7 +90,6 @@ class FunctionCallOutputItem(_Lenient):
 
 class ReasoningItem(_Lenient):
     type: Literal["reasoning"]
-    id: str | None = None
     summary: list[dict[str, Any]] = Field(default_factory=list)
     encrypted_content: str | None = None
 
@@ -125,7 +120,6 @@ class ResponsesTool(_Lenient):
     name: str | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
 
 
 class FunctionToolChoice(_Lenient):
@@ -138,7 +132,6 @@ class TextFormat(_Lenient):
     name: str | None = None
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: bool | None = None
 
 
 class TextConfig(_Lenient):
@@ -147,7 +140,6 @@ class TextConfig(_Lenient):
 
 class ReasoningConfig(_Lenient):
     effort: str | None = None
-    summary: str | None = None
 
 
 class ResponsesRequest(_Lenient):
