@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC
 from ccproxy_core.models import TokenUsage
 from ccproxy_gateway.openai.chat_request import ChatPlan
-from ccproxy_gateway.openai.content import answer_parts, finish_reason
+from ccproxy_gateway.openai.content import finish_reason
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, joined_reasoning
 from ccproxy_gateway.openai.stream import Block, StreamTranslator
 
@@ -45,40 +44,19 @@ def _dump(reply: ChatCompletion | ChatCompletionChunk) -> dict[str, Any]:
 
 def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None = None) -> dict[str, Any]:
     """A whole Anthropic message as a ``chat.completion`` body."""
-    texts: list[str] = []
-    calls: list[ToolCall] = []
-    thinking: list[dict[str, Any]] = []
-    answered_json = False
-    for _, kind, value in answer_parts(message, plan.json_mode):
-        if kind in ("text", "json"):
-            texts.append(value)
-            answered_json = answered_json or kind == "json"
-        elif kind == "call":
-            arguments = orjson.dumps(value.get("input", {})).decode()
-            calls.append(ToolCall(id=value["id"], type="function", function=Function(name=value["name"],
-                                                                                      arguments=arguments)))
-        else:
-            thinking.append(value)
+    translator = ChatStreamTranslator(plan, created)
+    translator.take_whole(message)
+    texts = [block.text for block in translator.done if block.kind in ("text", "json")]
+    calls = [ToolCall(id=block.call_id, type="function", function=Function(name=block.name, arguments=block.text))
+             for block in translator.done if block.kind == "tool"]
     extra: dict[str, Any] = {"tool_calls": calls} if calls else {}
-    if thinking:
+    if thinking := translator.reasoning:
         # ccproxy's thinking round trip (reasoning.py): fields of its own, beside OpenAI's.
         extra.update(reasoning_content=joined_reasoning(thinking), thinking_blocks=thinking)
-        REASONING_MEMORY.remember(extra["reasoning_content"], thinking)
     out = ChatCompletionMessage(role="assistant", content="".join(texts) if texts else None, **extra)
-    reason = finish_reason(message.get("stop_reason"))
-    if answered_json and not calls:
-        reason = "stop"
-    tokens = TokenUsage()
-    tokens.add(message.get("usage"))
-    body = ChatCompletion(
-        id=completion_id(message.get("id")),
-        object="chat.completion",
-        created=created or int(time.time()),
-        model=plan.client_model,
-        choices=[Choice(index=0, message=out, finish_reason=reason, logprobs=None)],  # type: ignore[arg-type]
-        usage=chat_usage(tokens),
-    )
-    return _dump(body)
+    choice = Choice(index=0, message=out, finish_reason=translator.finish_reason(), logprobs=None)  # type: ignore[arg-type]
+    return _dump(ChatCompletion(id=translator.id, object="chat.completion", created=translator.created,
+                                model=plan.client_model, choices=[choice], usage=chat_usage(translator.usage.tokens)))
 
 
 def stream_error(error_type: str, message: str) -> dict[str, Any]:
@@ -106,7 +84,8 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         self.id = completion_id(None)
         #: Anthropic block index -> OpenAI tool call index.
         self._calls: dict[int, int] = {}
-        self._reasoning: list[dict[str, Any]] = []
+        #: Thinking blocks, as sent back (redacted ones included).
+        self.reasoning: list[dict[str, Any]] = []
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         # The hot path (one call per text delta): built as a dict, in the shape of OpenAI's
@@ -123,7 +102,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         return self._chunk({"tool_calls": [{"index": self._calls[block.index], "function": {"arguments": arguments}}]})
 
     def _thinking(self, block: dict[str, Any]) -> dict[str, Any]:
-        self._reasoning.append(block)
+        self.reasoning.append(block)
         return self._chunk({"thinking_blocks": [block]})
 
     def frame(self, out: dict[str, Any]) -> bytes:
@@ -139,7 +118,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
             function = {"name": block.name, "arguments": ""}
             yield self._chunk({"tool_calls": [{"index": call, "id": block.call_id, "type": "function",
                                                "function": function}]})
-        elif block.kind == "thinking" and any(b["type"] == "thinking" for b in self._reasoning):
+        elif block.kind == "thinking" and any(b["type"] == "thinking" for b in self.reasoning):
             yield self._chunk({"reasoning_content": "\n\n"})  # as joined_reasoning() does
 
     def added(self, block: Block, text: str) -> Iterator[dict[str, Any]]:
@@ -163,17 +142,18 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         yield self._thinking(block)
 
     def ended(self) -> Iterator[dict[str, Any]]:
-        if self._reasoning:
-            REASONING_MEMORY.remember(joined_reasoning(self._reasoning), self._reasoning)
-        reason = finish_reason(self.usage.stop_reason)
-        if self.answered_json and not self._calls:
-            reason = "stop"
-        yield self._chunk({}, finish=reason)
+        if self.reasoning:
+            REASONING_MEMORY.remember(joined_reasoning(self.reasoning), self.reasoning)
+        yield self._chunk({}, finish=self.finish_reason())
         if self.plan.include_usage:
             yield _dump(ChatCompletionChunk(
                 id=self.id, object="chat.completion.chunk", created=self.created, model=self.plan.client_model,
                 choices=[], usage=chat_usage(self.usage.tokens),
             ))
+
+    def finish_reason(self) -> str:
+        """OpenAI's; an answer given through the JSON tool simply stopped."""
+        return "stop" if self.answered_json and not self._calls else finish_reason(self.usage.stop_reason)
 
     def failure(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
         yield stream_error(error_type, message)

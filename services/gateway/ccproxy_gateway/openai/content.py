@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import orjson
 
 from ccproxy_core.errors import ProxyError
-from ccproxy_gateway.openai.structured import JSON_TOOL
 
 #: An Anthropic content block.
 Block = dict[str, Any]
@@ -130,26 +129,3 @@ FINISH_REASONS = {
 
 def finish_reason(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
-
-
-
-def answer_parts(
-    message: dict[str, Any], json_mode: bool
-) -> Iterator[tuple[int, Literal["text", "json", "call", "thinking"], Any]]:
-    """A whole answer's blocks as ``(index, kind, value)``: ``text`` and ``json`` (the JSON tool's
-    input) as text, ``call`` the tool_use block, ``thinking`` the block to send back later. Once
-    the JSON tool answered, text Claude wrote around the call is left out: it is not JSON."""
-    blocks = message.get("content") or []
-    json_answer = json_mode and any(b.get("type") == "tool_use" and b.get("name") == JSON_TOOL for b in blocks)
-    for n, block in enumerate(blocks):
-        kind = block.get("type")
-        if kind == "text" and not json_answer:
-            yield n, "text", block.get("text", "")
-        elif kind == "tool_use" and json_mode and block.get("name") == JSON_TOOL:
-            yield n, "json", orjson.dumps(block.get("input", {})).decode()
-        elif kind == "tool_use":
-            yield n, "call", block
-        elif kind == "thinking":
-            yield n, "thinking", {"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}
-        elif kind == "redacted_thinking":
-            yield n, "thinking", {"type": "redacted_thinking", "data": block["data"]}

@@ -33,13 +33,9 @@ def thinking_config(
     param: str = "reasoning_effort",
     model_limit: int | None = None,
 ) -> tuple[dict[str, Any] | None, int]:
-    """(``thinking`` for the Anthropic body or None, the ``max_tokens`` to send).
-
-    OpenAI's token limit counts reasoning, like Anthropic's ``max_tokens``: with a client limit
-    the budget is at most half of it (room left for the answer); without one, the answer gets
-    ``default_max_tokens`` on top of the budget, both within ``model_limit`` (the model's output
-    limit; the client's own limit is checked against it before).
-    """
+    """(``thinking`` or None, the ``max_tokens`` to send). OpenAI's token limit counts reasoning,
+    like Anthropic's: with a client limit the budget is at most half of it (room for the answer);
+    without one, the answer gets ``default_max_tokens`` on top, both within ``model_limit``."""
     if effort is None or effort == "none":
         if max_tokens is not None:
             return None, max_tokens
@@ -56,12 +52,8 @@ def thinking_config(
             budget = max(MIN_BUDGET, min(budget, total // 2))
         return {"type": "enabled", "budget_tokens": budget}, total
     if max_tokens <= MIN_BUDGET:
-        raise ProxyError(
-            400,
-            f"the token limit ({max_tokens}) must be above {MIN_BUDGET} when {param} is set: "
-            "Claude's extended thinking needs at least 1024 tokens",
-            param=param,
-        )
+        raise ProxyError(400, f"the token limit ({max_tokens}) must be above {MIN_BUDGET} when {param} is set: "
+                         "Claude's extended thinking needs at least 1024 tokens", param=param)
     return {"type": "enabled", "budget_tokens": max(MIN_BUDGET, min(budget, max_tokens // 2))}, max_tokens
 
 
@@ -77,9 +69,7 @@ def clean_thinking_block(block: Any, where: str) -> dict[str, Any]:
             return {"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}
         if block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
             return {"type": "redacted_thinking", "data": block["data"]}
-    raise ProxyError(
-        400, f"{where}: expected a thinking or redacted_thinking block as ccproxy sent it", param=where
-    )
+    raise ProxyError(400, f"{where}: expected a thinking or redacted_thinking block as ccproxy sent it", param=where)
 
 
 def joined_reasoning(blocks: list[dict[str, Any]]) -> str:
@@ -95,21 +85,15 @@ class ReasoningMemory:
         self._capacity = capacity
         self._entries: OrderedDict[bytes, list[dict[str, Any]]] = OrderedDict()
 
-    @staticmethod
-    def key(text: str) -> bytes:
-        return hashlib.sha256(text.encode()).digest()
-
     def remember(self, text: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        key = self.key(text)
+        key = hashlib.sha256(text.encode()).digest()
         self._entries[key] = blocks
         self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
+        if len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
 
     def recall(self, text: str) -> list[dict[str, Any]] | None:
-        return self._entries.get(self.key(text))
+        return self._entries.get(hashlib.sha256(text.encode()).digest())
 
 
 #: One per process: the gateway that answered is the one the client comes back to.

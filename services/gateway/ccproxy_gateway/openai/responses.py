@@ -6,7 +6,6 @@ are filled in by the response store before translation; without one they are ref
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import encode_event
-from ccproxy_gateway.openai.content import answer_parts, anthropic_tool, content_blocks, parse_arguments
+from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
 from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
@@ -231,22 +230,12 @@ def _response(
     }
 
 
-def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> dict[str, Any]:
+def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> Item:
     """A whole Anthropic message as a ``response`` object."""
-    base = _base_id(message.get("id"))
-    output: list[Item] = []
-    for n, kind, value in answer_parts(message, plan.json_mode):
-        if kind in ("text", "json"):
-            output.append(_message(f"msg_{base}_{n}", "completed", value))
-        elif kind == "call":
-            output.append(_call(f"fc_{value['id']}", value["id"], value["name"],
-                                orjson.dumps(value.get("input", {})).decode(), "completed"))
-        else:
-            output.append(_reasoning_item(f"rs_{base}_{n}", value))
-    tokens = TokenUsage()
-    tokens.add(message.get("usage"))
-    status, incomplete = _status(message.get("stop_reason"))
-    return _response(plan, base, created or int(time.time()), status, output, _usage(tokens), incomplete=incomplete)
+    translator = ResponsesStreamTranslator(plan, created)
+    translator.take_whole(message)
+    assert translator.response is not None  # take_whole ends the message
+    return translator.response
 
 
 #: Which part an item's text events name: its summary's first, or its content's first.

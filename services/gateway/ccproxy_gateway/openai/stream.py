@@ -1,6 +1,7 @@
-"""The stream translation both OpenAI formats share. Both read the same Anthropic events, hold
-JSON mode's stray text the same way and report the same usage; a subclass only says what a
-block's opening, its text and its closing become in its format."""
+"""The translation both OpenAI formats share. Both read the same Anthropic events, hold JSON
+mode's stray text the same way and report the same usage; a subclass only says what a block's
+opening, its text and its closing become in its format. A whole message is translated as the
+stream that would have carried it (``take_whole``), so both kinds of answer say the same."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ class StreamTranslator(ABC, Generic[T]):
         self.failed = False
         self.answered_json = False
         self._open: dict[int, Block] = {}
+        #: The blocks closed so far, in order: what a whole answer is made of.
+        self.done: list[Block] = []
         self._shown = 0
         #: JSON mode: text held until it is clear whether the JSON tool follows (then the text is
         #: not the answer and is dropped) or not (then it is the answer, given at the end).
@@ -74,7 +77,7 @@ class StreamTranslator(ABC, Generic[T]):
         elif name == "content_block_start":
             yield from self._start(index, data.get("content_block") or {})
         elif name == "content_block_stop" and index in self._open:
-            yield from self.closed(self._open.pop(index))
+            yield from self._close(self._open.pop(index))
         elif name == "message_start":
             yield from self.started(data.get("message") or {})
         elif name == "message_stop":
@@ -121,6 +124,10 @@ class StreamTranslator(ABC, Generic[T]):
         elif dtype == _ADDS[block.kind][0] and (text := delta.get(_ADDS[block.kind][1])):
             yield from self._add(block, text)
 
+    def _close(self, block: Block) -> Iterator[T]:
+        self.done.append(block)
+        yield from self.closed(block)
+
     def _add(self, block: Block, text: str) -> Iterator[T]:
         block.parts.append(text)
         yield from self.added(block, text)
@@ -134,8 +141,24 @@ class StreamTranslator(ABC, Generic[T]):
             block = Block(self._held_index, "text", self._shown)
             yield from self.opened(block)
             yield from self._add(block, "".join(self._held))
-            yield from self.closed(block)
+            yield from self._close(block)
         yield from self.ended()
+
+    def take_whole(self, message: dict[str, Any]) -> None:
+        """Read a whole Anthropic message, as the events of its stream (the output is not needed:
+        the format builds its answer from what the translator kept)."""
+        events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": {**message, "content": []}})]
+        for index, block in enumerate(message.get("content") or []):
+            events.append(("content_block_start", {"index": index, "content_block": block}))
+            if block.get("type") == "tool_use":
+                arguments = orjson.dumps(block.get("input", {})).decode()
+                events.append(("content_block_delta", {"index": index, "delta": {
+                    "type": "input_json_delta", "partial_json": arguments}}))
+            events.append(("content_block_stop", {"index": index}))
+        events += [("message_delta", {"delta": {"stop_reason": message.get("stop_reason")}}), ("message_stop", {})]
+        for name, data in events:
+            for _ in self.on_event(name, data):
+                pass
 
     def fail(self, error_type: str, message: str) -> Iterator[T]:
         self.finished = self.failed = True
