@@ -4,7 +4,7 @@ body, forwarding as Anthropic, metrics, and the upstream's errors as OpenAI erro
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -26,7 +26,6 @@ from ccproxy_gateway.openai.stream import translate_stream
 from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute, metered
-from ccproxy_gateway.usage import Usage
 
 
 class GatewayParts(Protocol):
@@ -55,19 +54,13 @@ class OpenAIRoutes:
 
     def routes(self, prefix: str = "/api/v1") -> list[BaseRoute]:
         return [
-            ApiRoute(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"],
+            ApiRoute(f"{prefix}/chat/completions", partial(self.answer, fmt=CHAT), methods=["POST"],
                      client_format="openai-chat", metered=True),
-            ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses",
-                     metered=True),
+            ApiRoute(f"{prefix}/responses", partial(self.answer, fmt=RESPONSES), methods=["POST"],
+                     client_format="openai-responses", metered=True),
         ]
 
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._answer(request, CHAT)
-
-    async def responses(self, request: Request) -> Response:
-        return await self._answer(request, RESPONSES)
-
-    async def _answer(self, request: Request, fmt: OpenAIFormat) -> Response:
+    async def answer(self, request: Request, fmt: OpenAIFormat) -> Response:
         started = time.perf_counter()
         store = self.gateway.responses
         raw = await self.gateway.read_body(request)
@@ -76,7 +69,8 @@ class OpenAIRoutes:
         if plan.stream:
             tr = fmt.translator(plan)
             frames = kept_stream(translate_stream(iter_events(reply), tr), tr, store, turn)
-            return self._stream(request, reply, frames, started, lambda: tr.usage)
+            headers = {**self._headers(reply), "content-type": "text/event-stream", "cache-control": "no-cache"}
+            return self.gateway.answers.relay_upstream(request, started, reply, frames, lambda: tr.usage, headers)
         answer = fmt.whole(await self._message(request, reply, started), plan)
         await keep(store, turn, answer)
         return JSONResponse(answer, headers=self._headers(reply))
@@ -118,10 +112,3 @@ class OpenAIRoutes:
         if "request-id" in headers:
             headers["x-request-id"] = headers["request-id"]
         return headers
-
-    def _stream(
-        self, request: Request, reply: UpstreamReply, frames: AsyncIterator[bytes], started: float,
-        usage: Callable[[], Usage],
-    ) -> Response:
-        headers = {**self._headers(reply), "content-type": "text/event-stream", "cache-control": "no-cache"}
-        return self.gateway.answers.relay_upstream(request, started, reply, frames, usage, headers)

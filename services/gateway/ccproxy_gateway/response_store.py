@@ -32,7 +32,7 @@ from ccproxy_gateway.openai.formats import OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.request import Plan
 from ccproxy_gateway.openai.responses import ResponsesPlan
-from ccproxy_gateway.openai.responses_models import InputItem, ResponsesRequest
+from ccproxy_gateway.openai.responses_models import InputItem, InputMessage, ResponsesRequest
 from ccproxy_gateway.routes import ApiRoute
 
 log = logging.getLogger(__name__)
@@ -72,22 +72,17 @@ def not_found(response_id: str) -> ProxyError:
     return ProxyError(404, f"Response with id '{response_id}' not found.", "not_found_error")
 
 
-def _dump_items(req: ResponsesRequest) -> list[Item]:
-    if isinstance(req.input, str):
-        return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": req.input}]}]
-    return [item.model_dump(mode="json", exclude_none=True, by_alias=True) for item in req.input]
-
-
-def _with_ids(items: list[Item]) -> list[Item]:
-    """Items as stored: each with an id (OpenAI lists input items by id), references as they are."""
+def _own_items(req: ResponsesRequest) -> list[Item]:
+    """The request's input items as stored: each with an id (OpenAI lists input items by id), text
+    content as parts (OpenAI's shape), references as they are."""
     out = []
-    for item in items:
-        kind = str(item.get("type") or "message")
-        if kind != "item_reference" and not item.get("id"):
-            item = {**item, "id": f"{_ID_PREFIX.get(kind, 'item')}_{uuid.uuid4().hex}"}
-        if kind == "message" and isinstance(item.get("content"), str):  # listed in OpenAI's shape
-            part = "output_text" if item.get("role") == "assistant" else "input_text"
-            item = {**item, "content": [{"type": part, "text": item["content"]}]}
+    for parsed in [InputMessage(role="user", content=req.input)] if isinstance(req.input, str) else req.input:
+        item = parsed.model_dump(mode="json", exclude_none=True, by_alias=True)
+        if item["type"] != "item_reference" and not item.get("id"):
+            item["id"] = f"{_ID_PREFIX.get(item['type'], 'item')}_{uuid.uuid4().hex}"
+        if item["type"] == "message" and isinstance(item["content"], str):
+            part = "output_text" if item["role"] == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
         out.append(item)
     return out
 
@@ -118,8 +113,8 @@ class ResponseStore:
     async def prepare(self, owner: str, req: ResponsesRequest) -> tuple[ResponsesRequest, Turn]:
         """The request with its whole conversation in ``input`` (the chain before it, references
         resolved), and what to store once it is answered."""
-        own = _dump_items(req)
-        turn = Turn(owner, req.store is not False, req.previous_response_id, _with_ids(own))
+        own = _own_items(req)
+        turn = Turn(owner, req.store is not False, req.previous_response_id, own)
         if not req.previous_response_id and not any(item.get("type") == "item_reference" for item in own):
             return req, turn
         async with unavailable_as_503("the response store"):
