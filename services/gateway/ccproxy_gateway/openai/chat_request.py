@@ -9,7 +9,9 @@ from typing import Any
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import OpenAISettings
-from ccproxy_gateway.openai.chat_models import (
+from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, parse_arguments
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.models import (
     AssistantMessage,
     ChatCompletionRequest,
     FunctionMessage,
@@ -19,8 +21,6 @@ from ccproxy_gateway.openai.chat_models import (
     ToolMessage,
     UserMessage,
 )
-from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, parse_arguments
-from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block
 from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
 from ccproxy_gateway.openai.structured import json_tool

@@ -15,7 +15,7 @@ Block = dict[str, Any]
 
 
 class Part(Protocol):
-    """An OpenAI content part (chat_models, responses_models) that knows its Anthropic block."""
+    """An OpenAI content part (models.py) that knows its Anthropic block."""
 
     def block(self, where: str) -> Block | None: ...
 

@@ -30,9 +30,7 @@ from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import encode_event
 from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
-from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
-from ccproxy_gateway.openai.responses_models import (
+from ccproxy_gateway.openai.models import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionToolChoice,
@@ -41,6 +39,8 @@ from ccproxy_gateway.openai.responses_models import (
     ReasoningItem,
     ResponsesRequest,
 )
+from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
+from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
 from ccproxy_gateway.openai.stream import Block, StreamTranslator
 from ccproxy_gateway.openai.structured import json_tool
 
