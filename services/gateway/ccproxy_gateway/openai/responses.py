@@ -141,19 +141,14 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
     finish_body(body, tools, _tool_choice(req) if tools else None, req.user or req.safety_identifier, stream, tool,
                 options)
     plan = ResponsesPlan(body=body, client_model=req.model, stream=stream, json_mode=tool is not None)
+    # What the response repeats of the request, as OpenAI writes it (its defaults where not sent).
+    sent = req.model_dump(include={"tool_choice", "tools", "reasoning", "text", "metadata"}, exclude_none=True,
+                          by_alias=True)
     plan.echo = {
-        "instructions": req.instructions,
-        "max_output_tokens": req.max_output_tokens,
-        "parallel_tool_calls": req.parallel_tool_calls is not False,
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-        "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
-        "reasoning": req.reasoning.model_dump(exclude_none=True) if req.reasoning else {},
-        "text": req.text.model_dump(exclude_none=True, by_alias=True) if req.text else {"format": {"type": "text"}},
-        "metadata": req.metadata or {},
-        "store": False,
-        "user": req.user,
+        "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
+        "parallel_tool_calls": req.parallel_tool_calls is not False, "temperature": req.temperature,
+        "top_p": req.top_p, "tool_choice": "auto", "tools": [], "reasoning": {}, "text": {"format": {"type": "text"}},
+        "metadata": {}, "store": False, "user": req.user, **sent,
     }
     return plan
 
