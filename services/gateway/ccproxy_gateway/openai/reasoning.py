@@ -37,9 +37,9 @@ def thinking_config(
     like Anthropic's: with a client limit the budget is at most half of it (room for the answer);
     without one, the answer gets ``default_max_tokens`` on top, both within ``model_limit``."""
     if effort is None or effort == "none":
-        if max_tokens is not None:
-            return None, max_tokens
-        return None, min(default_max_tokens, model_limit) if model_limit else default_max_tokens
+        if max_tokens is None:
+            max_tokens = min(default_max_tokens, model_limit or default_max_tokens)
+        return None, max_tokens
     table = {**DEFAULT_REASONING_BUDGETS, **budgets}
     if effort not in table:
         choices = ", ".join(["none", *table])

@@ -190,16 +190,6 @@ def _text_part(text: str) -> ResponseOutputText:
     return ResponseOutputText(type="output_text", text=text, annotations=[], logprobs=[])
 
 
-def _message(item_id: str, status: Status, text: str | None = None) -> Item:
-    content: list[ResponseOutputText | ResponseOutputRefusal] = [] if text is None else [_text_part(text)]
-    return _wire(ResponseOutputMessage(type="message", id=item_id, status=status, role="assistant", content=content))
-
-
-def _call(item_id: str, call_id: str, name: str, arguments: str, status: Status) -> Item:
-    return _wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=call_id, name=name,
-                                          arguments=arguments, status=status))
-
-
 def _summary(text: str) -> Summary:
     return Summary(type="summary_text", text=text)
 
@@ -272,10 +262,27 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     def _response(self, status: str, **fields: Any) -> Item:
         return _response(self.plan, self.base, self.created, status, **fields)
 
-    def _item(self, position: int, item: Item, done: bool) -> tuple[str, dict[str, Any]]:
+    def _placed(self, position: int, item: Item, done: bool) -> tuple[str, dict[str, Any]]:
+        """``response.output_item.added``, or ``.done`` (the item then joins the output)."""
         if done:
             self.output.append(item)
         return self._event(f"response.output_item.{'done' if done else 'added'}", output_index=position, item=item)
+
+    def _item(self, block: Block, done: bool) -> tuple[str, dict[str, Any]]:
+        """A block's output item as it stands: opened, or done."""
+        item_id = self._item_id(block)
+        status: Status = "completed" if done else "in_progress"
+        if block.kind == "tool":
+            item = _wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=block.call_id,
+                                                  name=block.name, arguments=block.text, status=status))
+        elif block.kind == "thinking":
+            thinking = {"type": "thinking", "thinking": block.text, "signature": block.signature}
+            item = _reasoning_item(item_id, thinking if done else None)
+        else:
+            content: list[ResponseOutputText | ResponseOutputRefusal] = [_text_part(block.text)] if done else []
+            item = _wire(ResponseOutputMessage(type="message", id=item_id, status=status, role="assistant",
+                                               content=content))
+        return self._placed(block.position, item, done)
 
     def started(self, message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         self.base = _base_id(message.get("id"))
@@ -283,14 +290,10 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         yield self._event("response.in_progress", response=self._response("in_progress"))
 
     def opened(self, block: Block) -> Iterator[tuple[str, dict[str, Any]]]:
-        item_id = self._item_id(block)
-        if block.kind == "tool":
-            yield self._item(block.position, _call(item_id, block.call_id, block.name, "", "in_progress"), False)
-        elif block.kind == "thinking":
-            yield self._item(block.position, _reasoning_item(item_id), False)
+        yield self._item(block, done=False)
+        if block.kind == "thinking":
             yield self._on("response.reasoning_summary_part.added", block, part=_wire(_summary("")))
-        else:
-            yield self._item(block.position, _message(item_id, "in_progress"), False)
+        elif block.kind != "tool":
             yield self._on("response.content_part.added", block, part=_wire(_text_part("")))
 
     def added(self, block: Block, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -302,28 +305,25 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             yield self._on("response.output_text.delta", block, delta=text, logprobs=[])
 
     def closed(self, block: Block) -> Iterator[tuple[str, dict[str, Any]]]:
-        item_id, text = self._item_id(block), block.text
+        if block.kind in ("tool", "json") and not block.parts:
+            block.parts.append("{}")  # no input streamed: an empty object, as OpenAI clients expect
+            if block.kind == "json":
+                yield from self.added(block, "{}")
+        text = block.text
         if block.kind == "tool":
-            arguments = text or "{}"
-            yield self._on("response.function_call_arguments.done", block, name=block.name, arguments=arguments)
-            done = _call(item_id, block.call_id, block.name, arguments, "completed")
+            yield self._on("response.function_call_arguments.done", block, name=block.name, arguments=text)
         elif block.kind == "thinking":
             yield self._on("response.reasoning_summary_text.done", block, text=text)
             yield self._on("response.reasoning_summary_part.done", block, part=_wire(_summary(text)))
-            done = _reasoning_item(item_id, {"type": "thinking", "thinking": text, "signature": block.signature})
         else:
-            if block.kind == "json" and not text:
-                text = "{}"
-                yield from self.added(block, text)
             yield self._on("response.output_text.done", block, text=text, logprobs=[])
             yield self._on("response.content_part.done", block, part=_wire(_text_part(text)))
-            done = _message(item_id, "completed", text)
-        yield self._item(block.position, done, True)
+        yield self._item(block, done=True)
 
     def redacted(self, index: int, position: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         item_id = f"rs_{self.base}_{index}"
-        yield self._item(position, _reasoning_item(item_id), False)
-        yield self._item(position, _reasoning_item(item_id, block), True)
+        yield self._placed(position, _reasoning_item(item_id), False)
+        yield self._placed(position, _reasoning_item(item_id, block), True)
 
     def ended(self) -> Iterator[tuple[str, dict[str, Any]]]:
         status, incomplete = _status(self.usage.stop_reason)
