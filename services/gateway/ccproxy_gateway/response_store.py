@@ -151,8 +151,9 @@ class ResponseStore:
             items += stored.response.get("output") or []
         return items
 
-    async def _resolve(self, owner: str, items: list[Item], where: str) -> list[Item]:
-        """``items`` with each ``item_reference`` replaced by the stored item it names."""
+    async def _resolve(self, owner: str, items: list[Item], where: str | None) -> list[Item]:
+        """``items`` with each ``item_reference`` replaced by the stored item it names; one no longer
+        stored is a 404 (``where``: the param to name), or stays a reference (``where`` None)."""
         refs = {i: str(item.get("id")) for i, item in enumerate(items) if item.get("type") == "item_reference"}
         if not refs:
             return items
@@ -168,10 +169,11 @@ class ResponseStore:
         await self._touch(owner, kept)
         out = list(items)
         for i, item_id in refs.items():
-            if item_id not in found:
+            if item_id in found:
+                out[i] = found[item_id]
+            elif where is not None:
                 at = f"input.{i}" if where == "input" else where
                 raise ProxyError(404, f"Item with id '{item_id}' not found.", "not_found_error", param=at)
-            out[i] = found[item_id]
         return out
 
     # -- reads -----------------------------------------------------------------------------------
@@ -198,18 +200,10 @@ class ResponseStore:
             return (await self._found(owner, response_id)).response
 
     async def input_items(self, owner: str, response_id: str) -> list[Item]:
-        """The response's own input items (references shown as the items they name, when those
-        are still stored), in the order they were sent."""
+        """The response's own input items, in the order they were sent (references shown as the
+        items they name while those are stored)."""
         async with unavailable_as_503("the response store"):
-            out = []
-            for item in (await self._found(owner, response_id)).input:
-                if item.get("type") == "item_reference":
-                    try:
-                        item = (await self._resolve(owner, [item], "input"))[0]
-                    except ProxyError:
-                        pass  # its item is gone: listed as the reference it was
-                out.append(item)
-        return out
+            return await self._resolve(owner, (await self._found(owner, response_id)).input, None)
 
     # -- writes ----------------------------------------------------------------------------------
 
