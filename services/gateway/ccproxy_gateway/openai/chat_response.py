@@ -18,7 +18,7 @@ from ccproxy_core.models import TokenUsage
 from ccproxy_gateway.openai.chat_request import ChatPlan
 from ccproxy_gateway.openai.content import finish_reason
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, joined_reasoning
-from ccproxy_gateway.openai.stream import Block, StreamTranslator
+from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
 
 
 def completion_id(message_id: str | None) -> str:
@@ -37,11 +37,6 @@ def chat_usage(tokens: TokenUsage) -> CompletionUsage:
     )
 
 
-def _dump(reply: ChatCompletion | ChatCompletionChunk) -> dict[str, Any]:
-    """The reply as sent: the fields set, so ``None`` only where OpenAI writes it too."""
-    return reply.model_dump(exclude_unset=True)
-
-
 def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None = None) -> dict[str, Any]:
     """A whole Anthropic message as a ``chat.completion`` body."""
     translator = ChatStreamTranslator(plan, created)
@@ -55,20 +50,8 @@ def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None
         extra.update(reasoning_content=joined_reasoning(thinking), thinking_blocks=thinking)
     out = ChatCompletionMessage(role="assistant", content="".join(texts) if texts else None, **extra)
     choice = Choice(index=0, message=out, finish_reason=translator.finish_reason(), logprobs=None)  # type: ignore[arg-type]
-    return _dump(ChatCompletion(id=translator.id, object="chat.completion", created=translator.created,
+    return wire(ChatCompletion(id=translator.id, object="chat.completion", created=translator.created,
                                 model=plan.client_model, choices=[choice], usage=chat_usage(translator.usage.tokens)))
-
-
-def stream_error(error_type: str, message: str) -> dict[str, Any]:
-    """The body of an error in the middle of a stream (the OpenAI SDK raises on it)."""
-    return {
-        "error": {
-            "message": message,
-            "type": OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type),
-            "param": None,
-            "code": error_type,
-        }
-    }
 
 
 class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
@@ -146,7 +129,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
             REASONING_MEMORY.remember(joined_reasoning(self.reasoning), self.reasoning)
         yield self._chunk({}, finish=self.finish_reason())
         if self.plan.include_usage:
-            yield _dump(ChatCompletionChunk(
+            yield wire(ChatCompletionChunk(
                 id=self.id, object="chat.completion.chunk", created=self.created, model=self.plan.client_model,
                 choices=[], usage=chat_usage(self.usage.tokens),
             ))
@@ -156,4 +139,6 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         return "stop" if self.answered_json and not self._calls else finish_reason(self.usage.stop_reason)
 
     def failure(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
-        yield stream_error(error_type, message)
+        # An error body mid-stream: the OpenAI SDK raises on it.
+        openai_type = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
+        yield {"error": {"message": message, "type": openai_type, "param": None, "code": error_type}}

@@ -22,7 +22,6 @@ from openai.types.responses import (
 )
 from openai.types.responses.response_reasoning_item import Summary
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
-from pydantic import BaseModel
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
@@ -41,7 +40,7 @@ from ccproxy_gateway.openai.models import (
 )
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
 from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
-from ccproxy_gateway.openai.stream import Block, StreamTranslator
+from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
 from ccproxy_gateway.openai.structured import json_tool
 
 #: An output item as sent (built through the ``openai`` package's own types).
@@ -157,7 +156,7 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
 
 
 def _usage(tokens: TokenUsage) -> Item:
-    return _wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
+    return wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
         input_tokens=tokens.prompt_tokens,
         input_tokens_details=InputTokensDetails(
             cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
@@ -181,11 +180,6 @@ def _base_id(message_id: str | None) -> str:
     return (message_id or uuid.uuid4().hex).removeprefix("msg_")
 
 
-def _wire(model: BaseModel) -> Item:
-    """An ``openai`` type as sent: the fields set (so no ``null`` OpenAI would not write)."""
-    return model.model_dump(exclude_unset=True)
-
-
 def _text_part(text: str) -> ResponseOutputText:
     return ResponseOutputText(type="output_text", text=text, annotations=[], logprobs=[])
 
@@ -197,9 +191,9 @@ def _summary(text: str) -> Summary:
 def _reasoning_item(item_id: str, block: dict[str, Any] | None = None) -> Item:
     """A reasoning item: opened (no block yet), or done, its block in ``encrypted_content``."""
     if block is None:
-        return _wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=[]))
+        return wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=[]))
     summary = [_summary(block["thinking"])] if block.get("thinking") else []
-    return _wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=summary,
+    return wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=summary,
                                        encrypted_content=encode_reasoning(block)))
 
 
@@ -273,14 +267,14 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         item_id = self._item_id(block)
         status: Status = "completed" if done else "in_progress"
         if block.kind == "tool":
-            item = _wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=block.call_id,
+            item = wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=block.call_id,
                                                   name=block.name, arguments=block.text, status=status))
         elif block.kind == "thinking":
             thinking = {"type": "thinking", "thinking": block.text, "signature": block.signature}
             item = _reasoning_item(item_id, thinking if done else None)
         else:
             content: list[ResponseOutputText | ResponseOutputRefusal] = [_text_part(block.text)] if done else []
-            item = _wire(ResponseOutputMessage(type="message", id=item_id, status=status, role="assistant",
+            item = wire(ResponseOutputMessage(type="message", id=item_id, status=status, role="assistant",
                                                content=content))
         return self._placed(block.position, item, done)
 
@@ -292,9 +286,9 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     def opened(self, block: Block) -> Iterator[tuple[str, dict[str, Any]]]:
         yield self._item(block, done=False)
         if block.kind == "thinking":
-            yield self._on("response.reasoning_summary_part.added", block, part=_wire(_summary("")))
+            yield self._on("response.reasoning_summary_part.added", block, part=wire(_summary("")))
         elif block.kind != "tool":
-            yield self._on("response.content_part.added", block, part=_wire(_text_part("")))
+            yield self._on("response.content_part.added", block, part=wire(_text_part("")))
 
     def added(self, block: Block, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
         if block.kind == "tool":
@@ -314,10 +308,10 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             yield self._on("response.function_call_arguments.done", block, name=block.name, arguments=text)
         elif block.kind == "thinking":
             yield self._on("response.reasoning_summary_text.done", block, text=text)
-            yield self._on("response.reasoning_summary_part.done", block, part=_wire(_summary(text)))
+            yield self._on("response.reasoning_summary_part.done", block, part=wire(_summary(text)))
         else:
             yield self._on("response.output_text.done", block, text=text, logprobs=[])
-            yield self._on("response.content_part.done", block, part=_wire(_text_part(text)))
+            yield self._on("response.content_part.done", block, part=wire(_text_part(text)))
         yield self._item(block, done=True)
 
     def redacted(self, index: int, position: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import orjson
+from pydantic import BaseModel
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.sse import ServerSentEvent
@@ -29,6 +30,11 @@ _ADDS: dict[Kind, tuple[str, str]] = {
     "tool": ("input_json_delta", "partial_json"),
     "thinking": ("thinking_delta", "thinking"),
 }
+
+
+def wire(reply: BaseModel) -> dict[str, Any]:
+    """An ``openai`` type as sent: the fields set, so ``null`` only where OpenAI writes it too."""
+    return reply.model_dump(exclude_unset=True)
 
 
 @dataclass(slots=True)
