@@ -51,7 +51,7 @@ def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None
     out = ChatCompletionMessage(role="assistant", content="".join(texts) if texts else None, **extra)
     choice = Choice(index=0, message=out, finish_reason=translator.finish_reason(), logprobs=None)  # type: ignore[arg-type]
     return wire(ChatCompletion(id=translator.id, object="chat.completion", created=translator.created,
-                                model=plan.client_model, choices=[choice], usage=chat_usage(translator.usage.tokens)))
+                               model=plan.client_model, choices=[choice], usage=chat_usage(translator.usage.tokens)))
 
 
 class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):

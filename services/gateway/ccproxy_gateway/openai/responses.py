@@ -194,7 +194,7 @@ def _reasoning_item(item_id: str, block: dict[str, Any] | None = None) -> Item:
         return wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=[]))
     summary = [_summary(block["thinking"])] if block.get("thinking") else []
     return wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=summary,
-                                       encrypted_content=encode_reasoning(block)))
+                                      encrypted_content=encode_reasoning(block)))
 
 
 def _response(
@@ -268,14 +268,14 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         status: Status = "completed" if done else "in_progress"
         if block.kind == "tool":
             item = wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=block.call_id,
-                                                  name=block.name, arguments=block.text, status=status))
+                                                 name=block.name, arguments=block.text, status=status))
         elif block.kind == "thinking":
             thinking = {"type": "thinking", "thinking": block.text, "signature": block.signature}
             item = _reasoning_item(item_id, thinking if done else None)
         else:
             content: list[ResponseOutputText | ResponseOutputRefusal] = [_text_part(block.text)] if done else []
             item = wire(ResponseOutputMessage(type="message", id=item_id, status=status, role="assistant",
-                                               content=content))
+                                              content=content))
         return self._placed(block.position, item, done)
 
     def started(self, message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
