@@ -1,12 +1,13 @@
 """The Responses API's response store: ``store``, ``previous_response_id`` and ``item_reference``.
 
-Clients such as the Vercel AI SDK refer to earlier output by id instead of sending it again. Redis
-keeps (the stack's, so any replica can continue a response), under ``REDIS__KEY_PREFIX`` +
-``responses:{owner}:`` (the caller's key id, so another key's responses do not exist: 404):
-``r:{id}`` one ``Stored`` response (its own input items only: a conversation is rebuilt by walking
-``previous``), ``items`` (item id -> response id, for ``item_reference``), ``meta`` (response id
--> ``Meta``) and ``bytes`` (their total, for the per-key size cap). Every key lives
-``RESPONSES__RETENTION_DAYS``, renewed for a chain a new response continues. Nothing is logged.
+Clients such as the Vercel AI SDK refer to earlier output by id instead of sending it again, so
+each stored response is kept in Redis (the stack's, so any replica can continue it) under
+``REDIS__KEY_PREFIX`` + ``responses:{owner}:``, the owner being the caller's key id (another key's
+responses do not exist for it: 404). ``r:{id}`` holds one ``Stored``, with only that request's own
+input items (a conversation is rebuilt by walking ``previous``, never copied per turn); ``items``
+maps item ids to response ids (``item_reference``); ``meta`` and ``bytes`` serve the per-key size
+cap. Every key lives ``RESPONSES__RETENTION_DAYS``, renewed for a chain a new response continues.
+Nothing stored is ever logged.
 """
 
 from __future__ import annotations
