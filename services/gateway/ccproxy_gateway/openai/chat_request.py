@@ -15,6 +15,7 @@ from ccproxy_gateway.openai.models import (
     AssistantMessage,
     ChatCompletionRequest,
     FunctionMessage,
+    JSONSchemaFormat,
     NamedFunction,
     NamedToolChoice,
     SystemMessage,
@@ -118,16 +119,11 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
     tools += [anthropic_tool(f.name, f.description, f.parameters) for f in req.functions or []]
     fmt, tool = req.response_format, None
     if fmt is not None and fmt.type != "text":
-        spec = fmt.json_schema if fmt.type == "json_schema" else None
-        if fmt.type == "json_schema" and spec is None:
+        if fmt.type == "json_schema" and fmt.json_schema is None:
             raise ProxyError(400, "response_format.json_schema: required for type json_schema",
                              param="response_format.json_schema")
-        tool = json_tool(
-            spec.schema_ if spec else None,
-            spec.name if spec else None,
-            spec.description if spec else None,
-            "response_format.json_schema.schema",
-        )
+        spec = (fmt.json_schema if fmt.type == "json_schema" else None) or JSONSchemaFormat(name=None)
+        tool = json_tool(spec.schema_, spec.name, spec.description, "response_format.json_schema.schema")
     stream = bool(req.stream)
     finish_body(body, tools, _tool_choice(req) if tools else None, req.user, stream, tool, options)
     return ChatPlan(
