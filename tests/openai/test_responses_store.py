@@ -21,7 +21,7 @@ import redis as redis_sync
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import ResponsesSettings
-from ccproxy_gateway.openai.responses_models import ResponsesRequest
+from ccproxy_gateway.openai.models import ResponsesRequest
 from ccproxy_gateway.response_store import ResponseStore
 from tests.accounts.helpers import REDIS_URL, make_team
 from tests.accounts.test_keys import create_key

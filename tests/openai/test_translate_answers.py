@@ -18,22 +18,18 @@ from pydantic import TypeAdapter
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import SSEDecoder, iter_events
-from ccproxy_gateway.openai import (
-    ChatStreamTranslator,
-    ModelMap,
+from ccproxy_gateway.openai.chat_request import ChatPlan, parse_chat_request, translate_chat_request
+from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.reasoning import decode_reasoning
+from ccproxy_gateway.openai.responses import (
+    ResponsesPlan,
     ResponsesStreamTranslator,
-    chat_completion,
-    chat_stream,
-    parse_chat_request,
     parse_responses_request,
     response_object,
-    responses_stream,
-    translate_chat_request,
     translate_responses_request,
 )
-from ccproxy_gateway.openai.chat_request import ChatPlan
-from ccproxy_gateway.openai.reasoning import decode_reasoning
-from ccproxy_gateway.openai.responses import ResponsesPlan
+from ccproxy_gateway.openai.stream import translate_stream
 
 RECORDED = Path(__file__).parent / "recorded"
 STREAMS = sorted(p.stem for p in RECORDED.glob("*.sse"))
@@ -99,7 +95,7 @@ async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
 
 async def chat_frames(name: str, plan: ChatPlan, size: int = 7) -> list[bytes]:
     translator = ChatStreamTranslator(plan, created=1)
-    return [f async for f in chat_stream(iter_events(chunked(raw(name), size)), translator)]
+    return [f async for f in translate_stream(iter_events(chunked(raw(name), size)), translator)]
 
 
 def chat_chunks(frames: list[bytes]) -> list[dict[str, Any]]:
@@ -259,7 +255,7 @@ async def test_connection_lost_mid_stream_is_an_error_event_too() -> None:
         raise ProxyError(502, "upstream connection lost (ClientPayloadError)")
 
     translator = ChatStreamTranslator(chat_plan(stream=True))
-    chunks = chat_chunks([f async for f in chat_stream(iter_events(broken()), translator)])
+    chunks = chat_chunks([f async for f in translate_stream(iter_events(broken()), translator)])
     assert chunks[-1]["error"]["code"] == "api_error" and "connection lost" in chunks[-1]["error"]["message"]
 
 
@@ -267,7 +263,7 @@ async def test_truncated_stream_is_an_error_not_a_success() -> None:
     async def truncated() -> AsyncIterator[bytes]:
         yield raw("tool_use")[:900]
 
-    frames = [f async for f in chat_stream(iter_events(truncated()), ChatStreamTranslator(chat_plan(stream=True)))]
+    frames = [f async for f in translate_stream(iter_events(truncated()), ChatStreamTranslator(chat_plan(stream=True)))]
     assert b"[DONE]" not in frames[-1] and b'"error"' in frames[-1]
 
 
@@ -281,7 +277,7 @@ async def test_chunks_leave_as_soon_as_their_event_arrives() -> None:
             pulled.append(n)
             yield piece + b"\n\n"
 
-    stream = chat_stream(iter_events(upstream()), ChatStreamTranslator(chat_plan(stream=True)))
+    stream = translate_stream(iter_events(upstream()), ChatStreamTranslator(chat_plan(stream=True)))
     seen = []
     async for frame in stream:
         chunk = orjson.loads(frame[6:]) if frame != b"data: [DONE]\n\n" else None
@@ -351,7 +347,7 @@ def parsed_json(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def response_events(name: str, plan: ResponsesPlan, size: int = 5) -> list[tuple[str, dict[str, Any]]]:
     translator = ResponsesStreamTranslator(plan, created=1)
-    frames = [f async for f in responses_stream(iter_events(chunked(raw(name), size)), translator)]
+    frames = [f async for f in translate_stream(iter_events(chunked(raw(name), size)), translator)]
     decoded = [(e.event, orjson.loads(e.data)) for f in frames for e in SSEDecoder().feed(f)]
     assert len(decoded) == len(frames)
     return decoded

@@ -1,14 +1,10 @@
-"""OpenAI-compatible routes of API mode: translate in, forward as Anthropic, translate out.
-
-The forwarder only ever sees an Anthropic Messages request; the translation (ccproxy_gateway.openai)
-is pure, so this module is just the I/O around it: client auth, body, forwarding, metrics, and
-turning the upstream's error answers into OpenAI errors with their status kept.
-"""
+"""OpenAI-compatible routes of API mode: the I/O around the pure translation (ccproxy_gateway.openai):
+body, forwarding as Anthropic, metrics, and the upstream's errors as OpenAI errors, status kept."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -24,8 +20,10 @@ from ccproxy_core.metrics import Metrics
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import iter_events
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.openai import CHAT, RESPONSES, ModelMap, OpenAIFormat
-from ccproxy_gateway.relay import Answers, Usage, client_headers
+from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.stream import translate_stream
+from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute, metered
 
@@ -56,19 +54,13 @@ class OpenAIRoutes:
 
     def routes(self, prefix: str = "/api/v1") -> list[BaseRoute]:
         return [
-            ApiRoute(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"],
+            ApiRoute(f"{prefix}/chat/completions", partial(self.answer, fmt=CHAT), methods=["POST"],
                      client_format="openai-chat", metered=True),
-            ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses",
-                     metered=True),
+            ApiRoute(f"{prefix}/responses", partial(self.answer, fmt=RESPONSES), methods=["POST"],
+                     client_format="openai-responses", metered=True),
         ]
 
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._answer(request, CHAT)
-
-    async def responses(self, request: Request) -> Response:
-        return await self._answer(request, RESPONSES)
-
-    async def _answer(self, request: Request, fmt: OpenAIFormat) -> Response:
+    async def answer(self, request: Request, fmt: OpenAIFormat) -> Response:
         started = time.perf_counter()
         store = self.gateway.responses
         raw = await self.gateway.read_body(request)
@@ -76,8 +68,9 @@ class OpenAIRoutes:
         reply = await self._forward(request, plan.body, plan.client_model, plan.stream)
         if plan.stream:
             tr = fmt.translator(plan)
-            frames = kept_stream(fmt.stream(iter_events(reply), tr), tr, store, turn)
-            return self._stream(request, reply, frames, started, lambda: tr.usage)
+            frames = kept_stream(translate_stream(iter_events(reply), tr), tr, store, turn)
+            headers = {**self._headers(reply), "content-type": "text/event-stream", "cache-control": "no-cache"}
+            return self.gateway.answers.relay_upstream(request, started, reply, frames, lambda: tr.usage, headers)
         answer = fmt.whole(await self._message(request, reply, started), plan)
         await keep(store, turn, answer)
         return JSONResponse(answer, headers=self._headers(reply))
@@ -119,10 +112,3 @@ class OpenAIRoutes:
         if "request-id" in headers:
             headers["x-request-id"] = headers["request-id"]
         return headers
-
-    def _stream(
-        self, request: Request, reply: UpstreamReply, frames: AsyncIterator[bytes], started: float,
-        usage: Callable[[], Usage],
-    ) -> Response:
-        headers = {**self._headers(reply), "content-type": "text/event-stream", "cache-control": "no-cache"}
-        return self.gateway.answers.relay_upstream(request, started, reply, frames, usage, headers)

@@ -55,7 +55,9 @@ from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.metering import KeyMeter
-from ccproxy_gateway.openai import CHAT, RESPONSES, ModelMap, OpenAIFormat
+from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.stream import translate_stream
 from ccproxy_gateway.relay import Usage
 from ccproxy_gateway.response_store import keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute
@@ -344,7 +346,7 @@ class SdkRoutes:
         if plan.stream:
             translator = fmt.translator(plan)
             events = as_sse(as_text_blocks(run.rest(), self.settings.claude.pretty_format))
-            frames = kept_stream(fmt.stream(events, translator), translator, store, turn)
+            frames = kept_stream(translate_stream(events, translator), translator, store, turn)
             return self._stream(request, run, frames, started, headers)
         answer = fmt.whole(await self._collect(request, run, started, openai=True), plan)
         await keep(store, turn, answer)

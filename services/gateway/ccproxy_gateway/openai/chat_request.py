@@ -1,9 +1,6 @@
-"""An OpenAI Chat Completions request as an Anthropic Messages request.
-
-What Claude can honour is translated; what it cannot is refused with a 400 naming the parameter
-(``n`` > 1, ``logprobs``, ``logit_bias``, audio) or, where ignoring it cannot make an answer
-wrong, ignored as docs/openai.md lists.
-"""
+"""An OpenAI Chat Completions request as an Anthropic Messages request. What Claude cannot honour
+is refused with a 400 naming the parameter, or ignored where that cannot make an answer wrong
+(docs/openai.md lists which)."""
 
 from __future__ import annotations
 
@@ -12,23 +9,19 @@ from typing import Any
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import OpenAISettings
-from ccproxy_gateway.openai.chat_models import (
+from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, parse_arguments
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.models import (
     AssistantMessage,
-    AudioPart,
     ChatCompletionRequest,
-    FilePart,
     FunctionMessage,
-    ImagePart,
+    JSONSchemaFormat,
     NamedFunction,
     NamedToolChoice,
-    RefusalPart,
     SystemMessage,
-    TextPart,
     ToolMessage,
     UserMessage,
 )
-from ccproxy_gateway.openai.content import anthropic_tool, file_block, image_block, parse_arguments
-from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block
 from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
 from ccproxy_gateway.openai.structured import json_tool
@@ -55,36 +48,6 @@ def _refuse_unsupported(req: ChatCompletionRequest) -> None:
         raise ProxyError(400, "modalities: Claude answers in text only", param="modalities")
 
 
-def _text(content: str | list[TextPart] | list[Any]) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for part in content:
-        if isinstance(part, TextPart) and part.text:
-            blocks.append({"type": "text", "text": part.text})
-        elif isinstance(part, RefusalPart) and part.refusal:
-            blocks.append({"type": "text", "text": part.refusal})
-    return blocks
-
-
-def _user_blocks(msg: UserMessage, where: str) -> list[dict[str, Any]]:
-    if isinstance(msg.content, str):
-        return _text(msg.content)
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(msg.content):
-        at = f"{where}.content.{j}"
-        if isinstance(part, TextPart):
-            if part.text:
-                blocks.append({"type": "text", "text": part.text})
-        elif isinstance(part, ImagePart):
-            blocks.append(image_block(part.image_url.url, at + ".image_url.url"))
-        elif isinstance(part, FilePart):
-            blocks.append(file_block(part.file.file_data, part.file.file_id, at + ".file", part.file.filename))
-        elif isinstance(part, AudioPart):
-            raise ProxyError(400, f"{at}: Claude does not accept audio input", param=at)
-    return blocks
-
-
 def _thinking_blocks(msg: AssistantMessage, where: str) -> list[dict[str, Any]]:
     if msg.thinking_blocks:
         return [clean_thinking_block(b, f"{where}.thinking_blocks.{k}") for k, b in enumerate(msg.thinking_blocks)]
@@ -103,13 +66,13 @@ def translate_messages(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]]
     for i, msg in enumerate(req.messages):
         where = f"messages.{i}"
         if isinstance(msg, SystemMessage):
-            system.extend(_text(msg.content))
+            system.extend(content_blocks(msg.content, where + ".content"))
         elif isinstance(msg, UserMessage):
-            turns.add("user", _user_blocks(msg, where))
+            turns.add("user", content_blocks(msg.content, where + ".content"))
         elif isinstance(msg, AssistantMessage):
             blocks = _thinking_blocks(msg, where)
             if msg.content is not None:
-                blocks.extend(_text(msg.content))
+                blocks.extend(content_blocks(msg.content, where + ".content"))
             for j, call in enumerate(msg.tool_calls or []):
                 args = parse_arguments(call.function.arguments, f"{where}.tool_calls.{j}.function.arguments")
                 blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": args})
@@ -120,9 +83,7 @@ def translate_messages(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]]
                 blocks.append({"type": "tool_use", "id": call_id, "name": msg.function_call.name, "input": args})
             turns.add("assistant", blocks)
         elif isinstance(msg, ToolMessage):
-            content: str | list[dict[str, Any]] = (
-                msg.content if isinstance(msg.content, str) else _text(msg.content)
-            )
+            content = msg.content if isinstance(msg.content, str) else content_blocks(msg.content, where)
             turns.add("user", [{"type": "tool_result", "tool_use_id": msg.tool_call_id, "content": content}])
         elif isinstance(msg, FunctionMessage):
             if not legacy_call_ids:
@@ -158,16 +119,11 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
     tools += [anthropic_tool(f.name, f.description, f.parameters) for f in req.functions or []]
     fmt, tool = req.response_format, None
     if fmt is not None and fmt.type != "text":
-        spec = fmt.json_schema if fmt.type == "json_schema" else None
-        if fmt.type == "json_schema" and spec is None:
+        if fmt.type == "json_schema" and fmt.json_schema is None:
             raise ProxyError(400, "response_format.json_schema: required for type json_schema",
                              param="response_format.json_schema")
-        tool = json_tool(
-            spec.schema_ if spec else None,
-            spec.name if spec else None,
-            spec.description if spec else None,
-            "response_format.json_schema.schema",
-        )
+        spec = (fmt.json_schema if fmt.type == "json_schema" else None) or JSONSchemaFormat(name=None)
+        tool = json_tool(spec.schema_, spec.name, spec.description, "response_format.json_schema.schema")
     stream = bool(req.stream)
     finish_body(body, tools, _tool_choice(req) if tools else None, req.user, stream, tool, options)
     return ChatPlan(

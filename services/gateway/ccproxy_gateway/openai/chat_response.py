@@ -1,14 +1,9 @@
-"""Anthropic answers as OpenAI Chat Completions: a whole message, or a stream event by event.
-
-The stream translator keeps only what the next chunk needs (block kinds by index, the open
-thinking block's text for its ``thinking_blocks`` delta, token counts): each Anthropic event is
-answered with its chunks at once, so a text delta reaches the client as soon as it arrives.
-"""
+"""Anthropic answers as OpenAI Chat Completions: a whole message, or a stream event by event
+(each event's chunks at once, so a text delta reaches the client as soon as it arrives)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -20,14 +15,10 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC
 from ccproxy_core.models import TokenUsage
-from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.chat_request import ChatPlan
-from ccproxy_gateway.openai.content import answer_parts, finish_reason
+from ccproxy_gateway.openai.content import finish_reason
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, joined_reasoning
-from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
-from ccproxy_gateway.openai.structured import JSON_TOOL
-
-DONE = b"data: [DONE]\n\n"
+from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
 
 
 def completion_id(message_id: str | None) -> str:
@@ -46,80 +37,38 @@ def chat_usage(tokens: TokenUsage) -> CompletionUsage:
     )
 
 
-def _dump(reply: ChatCompletion | ChatCompletionChunk) -> dict[str, Any]:
-    """The reply as sent: the fields set, so ``None`` only where OpenAI writes it too."""
-    return reply.model_dump(exclude_unset=True)
-
-
 def chat_completion(message: dict[str, Any], plan: ChatPlan, created: int | None = None) -> dict[str, Any]:
     """A whole Anthropic message as a ``chat.completion`` body."""
-    texts: list[str] = []
-    calls: list[ToolCall] = []
-    thinking: list[dict[str, Any]] = []
-    answered_json = False
-    for _, kind, value in answer_parts(message, plan.json_mode):
-        if kind in ("text", "json"):
-            texts.append(value)
-            answered_json = answered_json or kind == "json"
-        elif kind == "call":
-            arguments = orjson.dumps(value.get("input", {})).decode()
-            calls.append(ToolCall(id=value["id"], type="function", function=Function(name=value["name"],
-                                                                                      arguments=arguments)))
-        else:
-            thinking.append(value)
+    translator = ChatStreamTranslator(plan, created)
+    translator.take_whole(message)
+    texts = [block.text for block in translator.done if block.kind in ("text", "json")]
+    calls = [ToolCall(id=block.call_id, type="function", function=Function(name=block.name, arguments=block.text))
+             for block in translator.done if block.kind == "tool"]
     extra: dict[str, Any] = {"tool_calls": calls} if calls else {}
-    if thinking:
+    if thinking := translator.reasoning:
         # ccproxy's thinking round trip (reasoning.py): fields of its own, beside OpenAI's.
         extra.update(reasoning_content=joined_reasoning(thinking), thinking_blocks=thinking)
-        REASONING_MEMORY.remember(extra["reasoning_content"], thinking)
     out = ChatCompletionMessage(role="assistant", content="".join(texts) if texts else None, **extra)
-    reason = finish_reason(message.get("stop_reason"))
-    if answered_json and not calls:
-        reason = "stop"
-    tokens = TokenUsage()
-    tokens.add(message.get("usage"))
-    body = ChatCompletion(
-        id=completion_id(message.get("id")),
-        object="chat.completion",
-        created=created or int(time.time()),
-        model=plan.client_model,
-        choices=[Choice(index=0, message=out, finish_reason=reason, logprobs=None)],  # type: ignore[arg-type]
-        usage=chat_usage(tokens),
-    )
-    return _dump(body)
-
-
-def stream_error(error_type: str, message: str) -> dict[str, Any]:
-    """The body of an error in the middle of a stream (the OpenAI SDK raises on it)."""
-    return {
-        "error": {
-            "message": message,
-            "type": OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type),
-            "param": None,
-            "code": error_type,
-        }
-    }
+    choice = Choice(index=0, message=out, finish_reason=translator.finish_reason(), logprobs=None)  # type: ignore[arg-type]
+    return wire(ChatCompletion(id=translator.id, object="chat.completion", created=translator.created,
+                               model=plan.client_model, choices=[choice], usage=chat_usage(translator.usage.tokens)))
 
 
 class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
-    """Anthropic stream events in, ``chat.completion.chunk`` bodies out, one event at a time."""
+    """Anthropic stream events in, ``chat.completion.chunk`` bodies out. A failure ends the stream
+    with an OpenAI error body and no ``[DONE]`` (the answer is incomplete: the OpenAI SDK raises)."""
+
+    ended_early = "the upstream stream ended before the message was complete"
+    end = b"data: [DONE]\n\n"
 
     def __init__(self, plan: ChatPlan, created: int | None = None) -> None:
-        super().__init__(created)
+        super().__init__(plan.json_mode, created)
         self.plan = plan
         self.id = completion_id(None)
-        #: Anthropic block index -> "text" | "tool" | "json" | "thinking" | "other".
-        self._kinds: dict[int, str] = {}
-        #: Anthropic block index -> OpenAI tool call index, and whether arguments were sent.
+        #: Anthropic block index -> OpenAI tool call index.
         self._calls: dict[int, int] = {}
-        self._args_sent: set[int] = set()
-        self._thinking_text: list[str] = []
-        self._signature = ""
-        self._reasoning: list[dict[str, Any]] = []
-        self._answered_json = False
-        #: JSON mode: text is held until it is clear whether the JSON tool follows (then it is
-        #: not the answer and is dropped) or not (then it is the answer, sent at the end).
-        self._held: list[str] = []
+        #: Thinking blocks, as sent back (redacted ones included).
+        self.reasoning: list[dict[str, Any]] = []
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         # The hot path (one call per text delta): built as a dict, in the shape of OpenAI's
@@ -129,124 +78,67 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.plan.client_model,
-            "choices": [{
-                "index": 0,
-                "delta": delta,
-                "finish_reason": finish,
-                "logprobs": None,
-            }],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
 
-    def _arguments(self, index: int, arguments: str) -> dict[str, Any]:
-        return self._chunk({"tool_calls": [{"index": self._calls[index], "function": {"arguments": arguments}}]})
+    def _arguments(self, block: Block, arguments: str) -> dict[str, Any]:
+        return self._chunk({"tool_calls": [{"index": self._calls[block.index], "function": {"arguments": arguments}}]})
 
-    def _message_start(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _thinking(self, block: dict[str, Any]) -> dict[str, Any]:
+        self.reasoning.append(block)
+        return self._chunk({"thinking_blocks": [block]})
+
+    def frame(self, out: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(out) + b"\n\n"
+
+    def started(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         self.id = completion_id(message.get("id"))
         yield self._chunk({"role": "assistant", "content": ""})
 
-    def _start(self, index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        kind = block.get("type")
-        if kind == "text":
-            self._kinds[index] = "text"
-            if block.get("text"):
-                yield from self._text(block["text"])
-        elif kind == "tool_use" and self.plan.json_mode and block.get("name") == JSON_TOOL:
-            self._kinds[index] = "json"
-            self._answered_json = True
-            self._held.clear()
-        elif kind == "tool_use":
-            self._kinds[index] = "tool"
-            call = self._calls[index] = len(self._calls)
-            function = {"name": block.get("name"), "arguments": ""}
-            yield self._chunk({"tool_calls": [{"index": call, "id": block.get("id"), "type": "function",
+    def opened(self, block: Block) -> Iterator[dict[str, Any]]:
+        if block.kind == "tool":
+            call = self._calls[block.index] = len(self._calls)
+            function = {"name": block.name, "arguments": ""}
+            yield self._chunk({"tool_calls": [{"index": call, "id": block.call_id, "type": "function",
                                                "function": function}]})
-        elif kind == "thinking":
-            self._kinds[index] = "thinking"
-            self._thinking_text = [block.get("thinking") or ""]
-            self._signature = block.get("signature") or ""
-            if any(b["type"] == "thinking" for b in self._reasoning):
-                yield self._chunk({"reasoning_content": "\n\n"})  # as joined_reasoning() does
-            if block.get("thinking"):
-                yield self._chunk({"reasoning_content": block["thinking"]})
-        elif kind == "redacted_thinking":
-            self._kinds[index] = "other"
-            redacted = {"type": "redacted_thinking", "data": block.get("data", "")}
-            self._reasoning.append(redacted)
-            yield self._chunk({"thinking_blocks": [redacted]})
-        else:
-            self._kinds[index] = "other"  # server tools and future blocks: nothing OpenAI can show
+        elif block.kind == "thinking" and any(b["type"] == "thinking" for b in self.reasoning):
+            yield self._chunk({"reasoning_content": "\n\n"})  # as joined_reasoning() does
 
-    def _text(self, text: str) -> Iterator[dict[str, Any]]:
-        if self.plan.json_mode and not self._answered_json:
-            self._held.append(text)
-        elif not self._answered_json:
+    def added(self, block: Block, text: str) -> Iterator[dict[str, Any]]:
+        if block.kind == "tool":
+            yield self._arguments(block, text)
+        elif block.kind == "thinking":
+            yield self._chunk({"reasoning_content": text})
+        else:
             yield self._chunk({"content": text})
 
-    def _delta(self, index: int, delta: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        kind = self._kinds.get(index)
-        dtype = delta.get("type")
-        if dtype == "text_delta" and kind == "text":
-            if delta.get("text"):
-                yield from self._text(delta["text"])
-        elif dtype == "input_json_delta" and delta.get("partial_json"):
-            self._args_sent.add(index)
-            if kind == "json":
-                yield self._chunk({"content": delta["partial_json"]})
-            elif kind == "tool":
-                yield self._arguments(index, delta["partial_json"])
-        elif dtype == "thinking_delta" and kind == "thinking":
-            if delta.get("thinking"):
-                self._thinking_text.append(delta["thinking"])
-                yield self._chunk({"reasoning_content": delta["thinking"]})
-        elif dtype == "signature_delta" and kind == "thinking":
-            self._signature += delta.get("signature", "")
-
-    def _stop(self, index: int) -> Iterator[dict[str, Any]]:
-        kind = self._kinds.get(index)
-        if kind == "tool" and index not in self._args_sent:
+    def closed(self, block: Block) -> Iterator[dict[str, Any]]:
+        if block.kind == "tool" and not block.parts:
             # A tool without parameters streams no arguments; OpenAI clients expect "{}".
-            yield self._arguments(index, "{}")
-        elif kind == "json" and index not in self._args_sent:
+            yield self._arguments(block, "{}")
+        elif block.kind == "json" and not block.parts:
             yield self._chunk({"content": "{}"})
-        elif kind == "thinking":
-            block = {"type": "thinking", "thinking": "".join(self._thinking_text), "signature": self._signature}
-            self._thinking_text = []
-            self._reasoning.append(block)
-            yield self._chunk({"thinking_blocks": [block]})
+        elif block.kind == "thinking":
+            yield self._thinking({"type": "thinking", "thinking": block.text, "signature": block.signature})
 
-    def finish(self) -> Iterator[dict[str, Any]]:
-        if self.finished:
-            return
-        self.finished = True
-        if self._reasoning:
-            REASONING_MEMORY.remember(joined_reasoning(self._reasoning), self._reasoning)
-        reason = finish_reason(self.usage.stop_reason)
-        if self._answered_json and not self._calls:
-            reason = "stop"
-        if self._held:
-            yield self._chunk({"content": "".join(self._held)})
-            self._held.clear()
-        yield self._chunk({}, finish=reason)
+    def redacted(self, index: int, position: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield self._thinking(block)
+
+    def ended(self) -> Iterator[dict[str, Any]]:
+        if self.reasoning:
+            REASONING_MEMORY.remember(joined_reasoning(self.reasoning), self.reasoning)
+        yield self._chunk({}, finish=self.finish_reason())
         if self.plan.include_usage:
-            yield _dump(ChatCompletionChunk(
+            yield wire(ChatCompletionChunk(
                 id=self.id, object="chat.completion.chunk", created=self.created, model=self.plan.client_model,
                 choices=[], usage=chat_usage(self.usage.tokens),
             ))
 
-    def fail(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
-        self.finished = self.failed = True
-        self.usage.error_type = error_type
-        yield stream_error(error_type, message)
+    def finish_reason(self) -> str:
+        """OpenAI's; an answer given through the JSON tool simply stopped."""
+        return "stop" if self.answered_json and not self._calls else finish_reason(self.usage.stop_reason)
 
-
-def _frame(chunk: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
-def chat_stream(events: AsyncIterator[ServerSentEvent], translator: ChatStreamTranslator) -> AsyncIterator[bytes]:
-    """SSE bytes for the client, as the upstream's events arrive. An error, in the upstream's
-    stream or on the connection, ends the stream with an OpenAI error body and no ``[DONE]``
-    (the answer is incomplete, and the OpenAI SDK raises on it)."""
-    return translate_stream(
-        events, translator, _frame, "the upstream stream ended before the message was complete", end=DONE
-    )
+    def failure(self, error_type: str, message: str) -> Iterator[dict[str, Any]]:
+        # An error body mid-stream: the OpenAI SDK raises on it.
+        openai_type = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
+        yield {"error": {"message": message, "type": openai_type, "param": None, "code": error_type}}

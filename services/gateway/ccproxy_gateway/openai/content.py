@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import orjson
 
 from ccproxy_core.errors import ProxyError
-from ccproxy_gateway.openai.structured import JSON_TOOL
+
+#: An Anthropic content block.
+Block = dict[str, Any]
+
+
+class Part(Protocol):
+    """An OpenAI content part (models.py) that knows its Anthropic block."""
+
+    def block(self, where: str) -> Block | None: ...
+
+
+def text_block(text: str | None) -> Block | None:
+    return {"type": "text", "text": text} if text else None
+
+
+def content_blocks(content: str | Sequence[Part], where: str) -> list[Block]:
+    """A message's content (text, or parts: ``where`` is their path, for errors) as blocks;
+    empty text is left out."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = [part.block(f"{where}.{j}") for j, part in enumerate(content)]
+    return [block for block in blocks if block is not None]
+
 
 _DATA_URL = re.compile(r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
@@ -107,26 +129,3 @@ FINISH_REASONS = {
 
 def finish_reason(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
-
-
-
-def answer_parts(
-    message: dict[str, Any], json_mode: bool
-) -> Iterator[tuple[int, Literal["text", "json", "call", "thinking"], Any]]:
-    """A whole answer's blocks as ``(index, kind, value)``: ``text`` and ``json`` (the JSON tool's
-    input) as text, ``call`` the tool_use block, ``thinking`` the block to send back later. Once
-    the JSON tool answered, text Claude wrote around the call is left out: it is not JSON."""
-    blocks = message.get("content") or []
-    json_answer = json_mode and any(b.get("type") == "tool_use" and b.get("name") == JSON_TOOL for b in blocks)
-    for n, block in enumerate(blocks):
-        kind = block.get("type")
-        if kind == "text" and not json_answer:
-            yield n, "text", block.get("text", "")
-        elif kind == "tool_use" and json_mode and block.get("name") == JSON_TOOL:
-            yield n, "json", orjson.dumps(block.get("input", {})).decode()
-        elif kind == "tool_use":
-            yield n, "call", block
-        elif kind == "thinking":
-            yield n, "thinking", {"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}
-        elif kind == "redacted_thinking":
-            yield n, "thinking", {"type": "redacted_thinking", "data": block["data"]}

@@ -3,21 +3,19 @@ either mode (API, SDK): parse, translate, answer whole, or relay a stream."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ccproxy_core.settings import OpenAISettings
-from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.chat_request import parse_chat_request, translate_chat_request
-from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion, chat_stream
+from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.request import Plan
 from ccproxy_gateway.openai.responses import (
     ResponsesStreamTranslator,
     parse_responses_request,
     response_object,
-    responses_stream,
     translate_responses_request,
 )
 from ccproxy_gateway.openai.stream import StreamTranslator
@@ -32,12 +30,10 @@ class OpenAIFormat:
     translate: Callable[[Any, ModelMap, OpenAISettings], Plan]
     #: A whole Anthropic message and the plan -> the client's answer.
     whole: Callable[[dict[str, Any], Any], dict[str, Any]]
-    #: The plan -> the stream translator, and the stream function that drives it.
+    #: The plan -> the stream translator (``stream.translate_stream`` drives it).
     translator: Callable[[Any], StreamTranslator[Any]]
-    stream: Callable[[AsyncIterator[ServerSentEvent], Any], AsyncIterator[bytes]]
 
 
-CHAT = OpenAIFormat(False, parse_chat_request, translate_chat_request, chat_completion, ChatStreamTranslator,
-                    chat_stream)
+CHAT = OpenAIFormat(False, parse_chat_request, translate_chat_request, chat_completion, ChatStreamTranslator)
 RESPONSES = OpenAIFormat(True, parse_responses_request, translate_responses_request, response_object,
-                         ResponsesStreamTranslator, responses_stream)
+                         ResponsesStreamTranslator)

@@ -1,10 +1,7 @@
-"""OpenAI model names to Claude models: an ordered rule list, first match wins.
-
-Order of lookup: the configured rules (``MODELS__RULES``), so a user can also redirect Claude
-names (a retired model to its successor); then Claude names pass through unchanged; then the
-built-in rules below; an unknown name goes upstream as it is, so a typo is the upstream's clear
-404, not a silent substitution. Replies report the name the client asked for.
-"""
+"""OpenAI model names to Claude models, first matching rule wins: the configured rules
+(``MODELS__RULES``, which may redirect Claude names too), then Claude names unchanged, then the
+built-in rules; an unknown name goes upstream as is (the upstream's clear 404, not a silent
+substitution). Replies report the name the client asked for."""
 
 from __future__ import annotations
 
@@ -40,53 +37,41 @@ DEFAULT_RULES: tuple[ModelRule, ...] = (
 )
 
 
-class _Compiled:
-    __slots__ = ("kind", "match", "pattern", "target")
-
-    def __init__(self, rule: ModelRule) -> None:
-        self.kind = rule.kind
-        self.match = rule.match
-        self.target = rule.target
-        try:
-            self.pattern = re.compile(rule.match) if rule.kind == "regex" else None
-        except re.error as exc:
-            raise ValueError(f"model rule {rule.match!r}: not a valid regular expression ({exc})") from exc
-
-    def matches(self, name: str) -> bool:
-        if self.kind == "exact":
-            return name == self.match
-        if self.kind == "prefix":
-            return name.startswith(self.match)
-        assert self.pattern is not None
-        return self.pattern.search(name) is not None
-
-
 class ModelMap:
     def __init__(self, rules: Sequence[ModelRule] = (), defaults: Sequence[ModelRule] = DEFAULT_RULES) -> None:
-        self._rules = [_Compiled(r) for r in rules]
-        self._defaults = [_Compiled(r) for r in defaults]
+        self._rules = list(rules)
+        self._defaults = list(defaults)
+        self._patterns: dict[str, re.Pattern[str]] = {}
+        for rule in (*rules, *defaults):
+            try:
+                if rule.kind == "regex":
+                    self._patterns[rule.match] = re.compile(rule.match)
+            except re.error as exc:
+                raise ValueError(f"model rule {rule.match!r}: not a valid regular expression ({exc})") from exc
 
     @classmethod
     def from_settings(cls, settings: ModelsSettings) -> ModelMap:
         return cls(settings.rules, DEFAULT_RULES if settings.default_rules else ())
 
+    def _target(self, rules: list[ModelRule], name: str) -> str | None:
+        for rule in rules:
+            if rule.kind == "regex":
+                hit = self._patterns[rule.match].search(name) is not None
+            else:
+                hit = name == rule.match or (rule.kind == "prefix" and name.startswith(rule.match))
+            if hit:
+                return rule.target
+        return None
+
     def resolve(self, name: str) -> str:
         """The Claude model to ask for ``name``."""
-        for rule in self._rules:
-            if rule.matches(name):
-                return rule.target
+        if (target := self._target(self._rules, name)) is not None:
+            return target
         if name.startswith("claude-") or find_model(name) is not None:
             return name
-        for rule in self._defaults:
-            if rule.matches(name):
-                return rule.target
-        return name
+        return self._target(self._defaults, name) or name
 
     def aliases(self) -> list[str]:
         """Names worth listing in ``/v1/models``: every exact or prefix rule's name (a regex
         names no model), in rule order, without duplicates."""
-        seen: dict[str, None] = {}
-        for rule in (*self._rules, *self._defaults):
-            if rule.kind != "regex":
-                seen.setdefault(rule.match, None)
-        return list(seen)
+        return list(dict.fromkeys(rule.match for rule in (*self._rules, *self._defaults) if rule.kind != "regex"))

@@ -1,16 +1,9 @@
-"""Extended thinking for OpenAI clients: effort to budget, and the thinking round trip.
-
-Claude refuses a tool-use continuation with thinking on unless the previous assistant turn's
-thinking blocks come back exactly, signatures included. OpenAI clients know nothing of
-signatures, so ccproxy hands them the blocks in a shape they send back untouched:
-
-- Chat Completions: ``reasoning_content`` (the text, for display) and ``thinking_blocks`` (the
-  exact blocks, the convention LiteLLM uses). A client that keeps the assistant message as it
-  came (``message.model_dump()``) sends both back. For clients that keep only
-  ``reasoning_content``, the blocks are also remembered in-process by that text (a bounded LRU,
-  best effort: it does not survive a restart).
-- Responses: a ``reasoning`` item whose ``encrypted_content`` is the block itself, encoded
-  (``ccproxy.v1.`` + base64url JSON); clients send reasoning items back with it (Codex does).
+"""Extended thinking for OpenAI clients: effort to budget, and the thinking round trip. Claude
+refuses a tool-use continuation with thinking on unless the previous turn's thinking blocks come
+back exactly, signatures included, so ccproxy hands them out in a shape clients send back as is:
+Chat Completions' ``reasoning_content`` (text) and ``thinking_blocks`` (the blocks, LiteLLM's
+convention; also remembered in-process by their text, for clients that keep only the text), and
+Responses' reasoning items with the block, encoded, as ``encrypted_content`` (Codex sends it back).
 """
 
 from __future__ import annotations
@@ -40,17 +33,13 @@ def thinking_config(
     param: str = "reasoning_effort",
     model_limit: int | None = None,
 ) -> tuple[dict[str, Any] | None, int]:
-    """(``thinking`` for the Anthropic body or None, the ``max_tokens`` to send).
-
-    OpenAI's token limit counts reasoning, like Anthropic's ``max_tokens``: with a client limit
-    the budget is at most half of it (room left for the answer); without one, the answer gets
-    ``default_max_tokens`` on top of the budget, both within ``model_limit`` (the model's output
-    limit; the client's own limit is checked against it before).
-    """
+    """(``thinking`` or None, the ``max_tokens`` to send). OpenAI's token limit counts reasoning,
+    like Anthropic's: with a client limit the budget is at most half of it (room for the answer);
+    without one, the answer gets ``default_max_tokens`` on top, both within ``model_limit``."""
     if effort is None or effort == "none":
-        if max_tokens is not None:
-            return None, max_tokens
-        return None, min(default_max_tokens, model_limit) if model_limit else default_max_tokens
+        if max_tokens is None:
+            max_tokens = min(default_max_tokens, model_limit or default_max_tokens)
+        return None, max_tokens
     table = {**DEFAULT_REASONING_BUDGETS, **budgets}
     if effort not in table:
         choices = ", ".join(["none", *table])
@@ -63,12 +52,8 @@ def thinking_config(
             budget = max(MIN_BUDGET, min(budget, total // 2))
         return {"type": "enabled", "budget_tokens": budget}, total
     if max_tokens <= MIN_BUDGET:
-        raise ProxyError(
-            400,
-            f"the token limit ({max_tokens}) must be above {MIN_BUDGET} when {param} is set: "
-            "Claude's extended thinking needs at least 1024 tokens",
-            param=param,
-        )
+        raise ProxyError(400, f"the token limit ({max_tokens}) must be above {MIN_BUDGET} when {param} is set: "
+                         "Claude's extended thinking needs at least 1024 tokens", param=param)
     return {"type": "enabled", "budget_tokens": max(MIN_BUDGET, min(budget, max_tokens // 2))}, max_tokens
 
 
@@ -84,9 +69,7 @@ def clean_thinking_block(block: Any, where: str) -> dict[str, Any]:
             return {"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}
         if block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
             return {"type": "redacted_thinking", "data": block["data"]}
-    raise ProxyError(
-        400, f"{where}: expected a thinking or redacted_thinking block as ccproxy sent it", param=where
-    )
+    raise ProxyError(400, f"{where}: expected a thinking or redacted_thinking block as ccproxy sent it", param=where)
 
 
 def joined_reasoning(blocks: list[dict[str, Any]]) -> str:
@@ -102,21 +85,15 @@ class ReasoningMemory:
         self._capacity = capacity
         self._entries: OrderedDict[bytes, list[dict[str, Any]]] = OrderedDict()
 
-    @staticmethod
-    def key(text: str) -> bytes:
-        return hashlib.sha256(text.encode()).digest()
-
     def remember(self, text: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        key = self.key(text)
+        key = hashlib.sha256(text.encode()).digest()
         self._entries[key] = blocks
         self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
+        if len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
 
     def recall(self, text: str) -> list[dict[str, Any]] | None:
-        return self._entries.get(self.key(text))
+        return self._entries.get(hashlib.sha256(text.encode()).digest())
 
 
 #: One per process: the gateway that answered is the one the client comes back to.

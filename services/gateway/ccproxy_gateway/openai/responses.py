@@ -1,21 +1,13 @@
-"""The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream.
-
-The translation sees the whole conversation in ``input``: ``previous_response_id`` and
-``item_reference`` are filled in from the response store (ccproxy_gateway.response_store) before
-it; where there is none, they are refused with a 400 that says so, as is ``conversation``.
-
-Streaming follows OpenAI's event sequence: ``response.created``, ``response.in_progress``, then
-per output item ``response.output_item.added``, its deltas (``response.output_text.delta``,
-``response.function_call_arguments.delta``, ``response.reasoning_summary_text.delta``), its
-``.done`` events and ``response.output_item.done``; then ``response.completed`` (or
-``response.incomplete``) with the full response and usage, as the protocol requires.
+"""The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream (OpenAI's
+event sequence: created, in_progress, each output item added, its deltas and done events, then
+completed/incomplete with the whole response). ``previous_response_id`` and ``item_reference``
+are filled in by the response store before translation; without one they are refused (a 400).
 """
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,33 +22,26 @@ from openai.types.responses import (
 )
 from openai.types.responses.response_reasoning_item import Summary
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
-from pydantic import BaseModel
 
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
-from ccproxy_core.sse import ServerSentEvent, encode_event
-from ccproxy_gateway.openai.content import answer_parts, anthropic_tool, file_block, image_block, parse_arguments
+from ccproxy_core.sse import encode_event
+from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, parse_arguments
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
-from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
-from ccproxy_gateway.openai.responses_models import (
+from ccproxy_gateway.openai.models import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionToolChoice,
-    InputFile,
-    InputImage,
     InputMessage,
-    InputRefusal,
-    InputText,
     ItemReference,
     ReasoningItem,
-    ResponseError,
-    ResponseObject,
     ResponsesRequest,
 )
-from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
-from ccproxy_gateway.openai.structured import JSON_TOOL, json_tool
+from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
+from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
+from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
+from ccproxy_gateway.openai.structured import json_tool
 
 #: An output item as sent (built through the ``openai`` package's own types).
 Item = dict[str, Any]
@@ -90,39 +75,6 @@ def _refuse_unsupported(req: ResponsesRequest) -> None:
         raise ProxyError(400, "top_logprobs: Claude does not return log probabilities", param="top_logprobs")
 
 
-def _part_blocks(parts: str | list[Any], where: str) -> list[dict[str, Any]]:
-    if isinstance(parts, str):
-        return [{"type": "text", "text": parts}] if parts else []
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(parts):
-        at = f"{where}.{j}"
-        if isinstance(part, InputText):
-            if part.text:
-                blocks.append({"type": "text", "text": part.text})
-        elif isinstance(part, InputRefusal):
-            if part.refusal:
-                blocks.append({"type": "text", "text": part.refusal})
-        elif isinstance(part, InputImage):
-            if not part.image_url:
-                raise ProxyError(400, f"{at}: file ids are not supported; send image_url", param=at)
-            blocks.append(image_block(part.image_url, at + ".image_url"))
-        elif isinstance(part, InputFile):
-            blocks.append(file_block(part.file_data, part.file_id or part.file_url, at, part.filename))
-    return blocks
-
-
-def _tool_output(output: str | list[Any], where: str) -> str | list[dict[str, Any]]:
-    if isinstance(output, str):
-        return output
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(output):
-        if part.type in ("input_text", "output_text", "text") and part.text:
-            blocks.append({"type": "text", "text": part.text})
-        elif part.type == "input_image" and part.image_url:
-            blocks.append(image_block(part.image_url, f"{where}.{j}.image_url"))
-    return blocks
-
-
 def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(system blocks, messages) from ``instructions`` and ``input``, order kept."""
     system: list[dict[str, Any]] = []
@@ -133,7 +85,7 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
     for i, item in enumerate(items):
         where = f"input.{i}"
         if isinstance(item, InputMessage):
-            blocks = _part_blocks(item.content, where + ".content")
+            blocks = content_blocks(item.content, where + ".content")
             if item.role in ("system", "developer"):
                 if any(b["type"] != "text" for b in blocks):
                     raise ProxyError(400, f"{where}: system and developer messages take text only", param=where)
@@ -144,7 +96,8 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
             args = parse_arguments(item.arguments, where + ".arguments")
             turns.add("assistant", [{"type": "tool_use", "id": item.call_id, "name": item.name, "input": args}])
         elif isinstance(item, FunctionCallOutputItem):
-            content = _tool_output(item.output, where + ".output")
+            output = item.output
+            content = output if isinstance(output, str) else content_blocks(output, where + ".output")
             turns.add("user", [{"type": "tool_result", "tool_use_id": item.call_id, "content": content}])
         elif isinstance(item, ReasoningItem):
             block = decode_reasoning(item.encrypted_content)
@@ -187,19 +140,14 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
     finish_body(body, tools, _tool_choice(req) if tools else None, req.user or req.safety_identifier, stream, tool,
                 options)
     plan = ResponsesPlan(body=body, client_model=req.model, stream=stream, json_mode=tool is not None)
+    # What the response repeats of the request, as OpenAI writes it (its defaults where not sent).
+    sent = req.model_dump(include={"tool_choice", "tools", "reasoning", "text", "metadata"}, exclude_none=True,
+                          by_alias=True)
     plan.echo = {
-        "instructions": req.instructions,
-        "max_output_tokens": req.max_output_tokens,
-        "parallel_tool_calls": req.parallel_tool_calls is not False,
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-        "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
-        "reasoning": req.reasoning.model_dump(exclude_none=True) if req.reasoning else {},
-        "text": req.text.model_dump(exclude_none=True, by_alias=True) if req.text else {"format": {"type": "text"}},
-        "metadata": req.metadata or {},
-        "store": False,
-        "user": req.user,
+        "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
+        "parallel_tool_calls": req.parallel_tool_calls is not False, "temperature": req.temperature,
+        "top_p": req.top_p, "tool_choice": "auto", "tools": [], "reasoning": {}, "text": {"format": {"type": "text"}},
+        "metadata": {}, "store": False, "user": req.user, **sent,
     }
     return plan
 
@@ -208,7 +156,7 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
 
 
 def _usage(tokens: TokenUsage) -> Item:
-    return _wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
+    return wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
         input_tokens=tokens.prompt_tokens,
         input_tokens_details=InputTokensDetails(
             cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
@@ -232,23 +180,8 @@ def _base_id(message_id: str | None) -> str:
     return (message_id or uuid.uuid4().hex).removeprefix("msg_")
 
 
-def _wire(model: BaseModel) -> Item:
-    """An ``openai`` type as sent: the fields set (so no ``null`` OpenAI would not write)."""
-    return model.model_dump(exclude_unset=True)
-
-
 def _text_part(text: str) -> ResponseOutputText:
     return ResponseOutputText(type="output_text", text=text, annotations=[], logprobs=[])
-
-
-def _message(item_id: str, status: Status, text: str | None = None) -> Item:
-    content: list[ResponseOutputText | ResponseOutputRefusal] = [] if text is None else [_text_part(text)]
-    return _wire(ResponseOutputMessage(type="message", id=item_id, status=status, role="assistant", content=content))
-
-
-def _call(item_id: str, call_id: str, name: str, arguments: str, status: Status) -> Item:
-    return _wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=call_id, name=name,
-                                          arguments=arguments, status=status))
 
 
 def _summary(text: str) -> Summary:
@@ -258,227 +191,145 @@ def _summary(text: str) -> Summary:
 def _reasoning_item(item_id: str, block: dict[str, Any] | None = None) -> Item:
     """A reasoning item: opened (no block yet), or done, its block in ``encrypted_content``."""
     if block is None:
-        return _wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=[]))
+        return wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=[]))
     summary = [_summary(block["thinking"])] if block.get("thinking") else []
-    return _wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=summary,
-                                       encrypted_content=encode_reasoning(block)))
+    return wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=summary,
+                                      encrypted_content=encode_reasoning(block)))
 
 
-def _response(plan: ResponsesPlan, base: str, created: int, status: str, **fields: Any) -> ResponseObject:
-    return ResponseObject(
-        id=f"resp_{base}", created_at=created, status=status, model=plan.client_model, **plan.echo, **fields
-    )
+def _response(
+    plan: ResponsesPlan, base: str, created: int, status: str, output: list[Item] | None = None,
+    usage: Item | None = None, error: Item | None = None, incomplete: Item | None = None,
+) -> Item:
+    """A ``response`` object; strict clients expect its ``null`` fields to be there."""
+    return {
+        "id": f"resp_{base}", "object": "response", "created_at": created, "status": status,
+        "model": plan.client_model, "output": output or [], "usage": usage, "error": error,
+        "incomplete_details": incomplete, "previous_response_id": None, "truncation": "disabled", **plan.echo,
+    }
 
 
-def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> dict[str, Any]:
+def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> Item:
     """A whole Anthropic message as a ``response`` object."""
-    base = _base_id(message.get("id"))
-    output: list[Item] = []
-    for n, kind, value in answer_parts(message, plan.json_mode):
-        if kind in ("text", "json"):
-            output.append(_message(f"msg_{base}_{n}", "completed", value))
-        elif kind == "call":
-            output.append(_call(f"fc_{value['id']}", value["id"], value["name"],
-                                orjson.dumps(value.get("input", {})).decode(), "completed"))
-        else:
-            output.append(_reasoning_item(f"rs_{base}_{n}", value))
-    tokens = TokenUsage()
-    tokens.add(message.get("usage"))
-    status, incomplete = _status(message.get("stop_reason"))
-    return _response(plan, base, created or int(time.time()), status, output=output, usage=_usage(tokens),
-                     incomplete_details=incomplete).dump()
+    translator = ResponsesStreamTranslator(plan, created)
+    translator.take_whole(message)
+    assert translator.response is not None  # take_whole ends the message
+    return translator.response
 
 
-@dataclass(slots=True)
-class _OpenItem:
-    output_index: int
-    kind: str  # "text" | "json" | "tool" | "thinking"
-    item_id: str
-    text: list[str] = field(default_factory=list)
-    call_id: str = ""
-    name: str = ""
-    signature: str = ""
+#: Which part an item's text events name: its summary's first, or its content's first.
+_PART_INDEX = {"thinking": {"summary_index": 0}, "text": {"content_index": 0}, "json": {"content_index": 0}}
 
 
 class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     """Anthropic stream events in, Responses API events out (``(type, body)`` pairs)."""
 
+    ended_early = "the upstream stream ended before the response was complete"
+
     def __init__(self, plan: ResponsesPlan, created: int | None = None) -> None:
-        super().__init__(created)
+        super().__init__(plan.json_mode, created)
         self.plan = plan
         self.base = "ccproxy"
         self.output: list[Item] = []
         #: The finished response (completed or incomplete), once ``finish`` made it.
         self.response: dict[str, Any] | None = None
         self._seq = 0
-        self._open: dict[int, _OpenItem] = {}
-        self._next_output = 0
-        #: JSON mode: text held until it is clear whether the JSON tool follows (then the text is
-        #: not the answer and is dropped) or not (then it becomes a message at the end).
-        self._held: list[str] = []
-        self._held_index: int | None = None
-        self._answered_json = False
+
+    def frame(self, out: tuple[str, dict[str, Any]]) -> bytes:
+        return encode_event(out[0], orjson.dumps(out[1]))
 
     def _event(self, kind: str, **fields: Any) -> tuple[str, dict[str, Any]]:
         body = {"type": kind, "sequence_number": self._seq, **fields}
         self._seq += 1
         return kind, body
 
-    def _response(self, status: str, **fields: Any) -> dict[str, Any]:
-        return _response(self.plan, self.base, self.created, status, **fields).dump()
+    def _on(self, kind: str, block: Block, **fields: Any) -> tuple[str, dict[str, Any]]:
+        """An event about one output item; its text events also name the part (its first)."""
+        where = _PART_INDEX.get(block.kind, {})
+        return self._event(kind, item_id=self._item_id(block), output_index=block.position, **where, **fields)
 
-    def _message_start(self, message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _item_id(self, block: Block) -> str:
+        if block.kind == "tool":
+            return f"fc_{block.call_id}"
+        return f"{'rs' if block.kind == 'thinking' else 'msg'}_{self.base}_{block.index}"
+
+    def _response(self, status: str, **fields: Any) -> Item:
+        return _response(self.plan, self.base, self.created, status, **fields)
+
+    def _placed(self, position: int, item: Item, done: bool) -> tuple[str, dict[str, Any]]:
+        """``response.output_item.added``, or ``.done`` (the item then joins the output)."""
+        if done:
+            self.output.append(item)
+        return self._event(f"response.output_item.{'done' if done else 'added'}", output_index=position, item=item)
+
+    def _item(self, block: Block, done: bool) -> tuple[str, dict[str, Any]]:
+        """A block's output item as it stands: opened, or done."""
+        item_id = self._item_id(block)
+        status: Status = "completed" if done else "in_progress"
+        if block.kind == "tool":
+            item = wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=block.call_id,
+                                                 name=block.name, arguments=block.text, status=status))
+        elif block.kind == "thinking":
+            thinking = {"type": "thinking", "thinking": block.text, "signature": block.signature}
+            item = _reasoning_item(item_id, thinking if done else None)
+        else:
+            content: list[ResponseOutputText | ResponseOutputRefusal] = [_text_part(block.text)] if done else []
+            item = wire(ResponseOutputMessage(type="message", id=item_id, status=status, role="assistant",
+                                              content=content))
+        return self._placed(block.position, item, done)
+
+    def started(self, message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         self.base = _base_id(message.get("id"))
         yield self._event("response.created", response=self._response("in_progress"))
         yield self._event("response.in_progress", response=self._response("in_progress"))
 
-    def _open_item(self, index: int, kind: str, item_id: str, **extra: Any) -> _OpenItem:
-        item = _OpenItem(output_index=self._next_output, kind=kind, item_id=item_id, **extra)
-        self._next_output += 1
-        self._open[index] = item
-        return item
+    def opened(self, block: Block) -> Iterator[tuple[str, dict[str, Any]]]:
+        yield self._item(block, done=False)
+        if block.kind == "thinking":
+            yield self._on("response.reasoning_summary_part.added", block, part=wire(_summary("")))
+        elif block.kind != "tool":
+            yield self._on("response.content_part.added", block, part=wire(_text_part("")))
 
-    def _open_message(self, index: int, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        item = self._open_item(index, kind, f"msg_{self.base}_{index}")
-        message = _message(item.item_id, "in_progress")
-        yield self._event("response.output_item.added", output_index=item.output_index, item=message)
-        yield self._event("response.content_part.added", item_id=item.item_id, output_index=item.output_index,
-                          content_index=0, part=_wire(_text_part("")))
-
-    def _start(self, index: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        kind = block.get("type")
-        json_tool = kind == "tool_use" and self.plan.json_mode and block.get("name") == JSON_TOOL
-        if kind == "text" and self.plan.json_mode:
-            if not self._answered_json:
-                self._held.append(block.get("text") or "")
-                self._held_index = index if self._held_index is None else self._held_index
-        elif kind == "text" or json_tool:
-            if json_tool:
-                self._answered_json = True
-                self._held.clear()
-            yield from self._open_message(index, "text" if kind == "text" else "json")
-            if block.get("text"):
-                yield from self._text(self._open[index], block["text"])
-        elif kind == "tool_use":
-            item = self._open_item(index, "tool", f"fc_{block.get('id')}", call_id=block.get("id", ""),
-                                   name=block.get("name", ""))
-            call = _call(item.item_id, item.call_id, item.name, "", "in_progress")
-            yield self._event("response.output_item.added", output_index=item.output_index, item=call)
-        elif kind == "thinking":
-            item = self._open_item(index, "thinking", f"rs_{self.base}_{index}",
-                                   signature=block.get("signature") or "")
-            yield self._event("response.output_item.added", output_index=item.output_index,
-                              item=_reasoning_item(item.item_id))
-            yield self._event("response.reasoning_summary_part.added", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, part=_wire(_summary("")))
-            if block.get("thinking"):
-                yield from self._summary(item, block["thinking"])
-        elif kind == "redacted_thinking":
-            done = _reasoning_item(f"rs_{self.base}_{index}", {"type": "redacted_thinking",
-                                                                "data": block.get("data", "")})
-            output_index = self._next_output
-            self._next_output += 1
-            yield self._event("response.output_item.added", output_index=output_index,
-                              item=_reasoning_item(done["id"]))
-            self.output.append(done)
-            yield self._event("response.output_item.done", output_index=output_index, item=done)
-
-    def _text(self, item: _OpenItem, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        item.text.append(text)
-        yield self._event("response.output_text.delta", item_id=item.item_id, output_index=item.output_index,
-                          content_index=0, delta=text, logprobs=[])
-
-    def _summary(self, item: _OpenItem, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        item.text.append(text)
-        yield self._event("response.reasoning_summary_text.delta", item_id=item.item_id,
-                          output_index=item.output_index, summary_index=0, delta=text)
-
-    def _delta(self, index: int, delta: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        item = self._open.get(index)
-        dtype = delta.get("type")
-        if item is None:
-            if dtype == "text_delta" and self.plan.json_mode and not self._answered_json and delta.get("text"):
-                self._held.append(delta["text"])
-            return
-        if dtype == "text_delta" and item.kind == "text" and delta.get("text"):
-            yield from self._text(item, delta["text"])
-        elif dtype == "input_json_delta" and delta.get("partial_json"):
-            if item.kind == "json":
-                yield from self._text(item, delta["partial_json"])
-            elif item.kind == "tool":
-                item.text.append(delta["partial_json"])
-                yield self._event("response.function_call_arguments.delta", item_id=item.item_id,
-                                  output_index=item.output_index, delta=delta["partial_json"])
-        elif dtype == "thinking_delta" and item.kind == "thinking" and delta.get("thinking"):
-            yield from self._summary(item, delta["thinking"])
-        elif dtype == "signature_delta" and item.kind == "thinking":
-            item.signature += delta.get("signature", "")
-
-    def _stop(self, index: int) -> Iterator[tuple[str, dict[str, Any]]]:
-        item = self._open.pop(index, None)
-        if item is None:
-            return
-        text = "".join(item.text)
-        if item.kind in ("text", "json"):
-            if item.kind == "json" and not text:
-                yield from self._text(item, "{}")
-                text = "{}"
-            part = _wire(_text_part(text))
-            yield self._event("response.output_text.done", item_id=item.item_id, output_index=item.output_index,
-                              content_index=0, text=text, logprobs=[])
-            yield self._event("response.content_part.done", item_id=item.item_id, output_index=item.output_index,
-                              content_index=0, part=part)
-            done = _message(item.item_id, "completed", text)
-        elif item.kind == "tool":
-            arguments = text or "{}"
-            yield self._event("response.function_call_arguments.done", item_id=item.item_id,
-                              output_index=item.output_index, name=item.name, arguments=arguments)
-            done = _call(item.item_id, item.call_id, item.name, arguments, "completed")
+    def added(self, block: Block, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        if block.kind == "tool":
+            yield self._on("response.function_call_arguments.delta", block, delta=text)
+        elif block.kind == "thinking":
+            yield self._on("response.reasoning_summary_text.delta", block, delta=text)
         else:
-            yield self._event("response.reasoning_summary_text.done", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, text=text)
-            yield self._event("response.reasoning_summary_part.done", item_id=item.item_id,
-                              output_index=item.output_index, summary_index=0, part=_wire(_summary(text)))
-            done = _reasoning_item(item.item_id, {"type": "thinking", "thinking": text, "signature": item.signature})
-        self.output.append(done)
-        yield self._event("response.output_item.done", output_index=item.output_index, item=done)
+            yield self._on("response.output_text.delta", block, delta=text, logprobs=[])
 
-    def finish(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        if self.finished:
-            return
-        self.finished = True
-        if self._held and self._held_index is not None:
-            # JSON mode, but Claude answered in text: that text is the answer.
-            yield from self._open_message(self._held_index, "text")
-            yield from self._text(self._open[self._held_index], "".join(self._held))
-            yield from self._stop(self._held_index)
+    def closed(self, block: Block) -> Iterator[tuple[str, dict[str, Any]]]:
+        if block.kind in ("tool", "json") and not block.parts:
+            block.parts.append("{}")  # no input streamed: an empty object, as OpenAI clients expect
+            if block.kind == "json":
+                yield from self.added(block, "{}")
+        text = block.text
+        if block.kind == "tool":
+            yield self._on("response.function_call_arguments.done", block, name=block.name, arguments=text)
+        elif block.kind == "thinking":
+            yield self._on("response.reasoning_summary_text.done", block, text=text)
+            yield self._on("response.reasoning_summary_part.done", block, part=wire(_summary(text)))
+        else:
+            yield self._on("response.output_text.done", block, text=text, logprobs=[])
+            yield self._on("response.content_part.done", block, part=wire(_text_part(text)))
+        yield self._item(block, done=True)
+
+    def redacted(self, index: int, position: int, block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        item_id = f"rs_{self.base}_{index}"
+        yield self._placed(position, _reasoning_item(item_id), False)
+        yield self._placed(position, _reasoning_item(item_id, block), True)
+
+    def ended(self) -> Iterator[tuple[str, dict[str, Any]]]:
         status, incomplete = _status(self.usage.stop_reason)
-        response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
-                                  incomplete_details=incomplete)
-        self.response = response
-        yield self._event("response.completed" if status == "completed" else "response.incomplete",
-                          response=response)
+        self.response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
+                                       incomplete=incomplete)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        yield self._event(kind, response=self.response)
 
-    def fail(self, error_type: str, message: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def failure(self, error_type: str, message: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """OpenAI's two failure events: ``error``, then ``response.failed`` with the response."""
-        self.finished = self.failed = True
-        self.usage.error_type = error_type
         code = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
         yield self._event("error", code=code, message=message, param=None)
         response = self._response("failed", output=self.output, usage=_usage(self.usage.tokens),
-                                  error=ResponseError(code=code, message=message))
+                                  error={"code": code, "message": message})
         yield self._event("response.failed", response=response)
-
-
-def _frame(pair: tuple[str, dict[str, Any]]) -> bytes:
-    return encode_event(pair[0], orjson.dumps(pair[1]))
-
-
-def responses_stream(
-    events: AsyncIterator[ServerSentEvent], translator: ResponsesStreamTranslator
-) -> AsyncIterator[bytes]:
-    """SSE bytes for the client as the upstream's events arrive; an error ends the stream with
-    ``error`` and ``response.failed``."""
-    return translate_stream(
-        events, translator, _frame, "the upstream stream ended before the response was complete"
-    )

@@ -1,15 +1,8 @@
-"""JSON mode (``response_format`` / ``text.format``) through a tool Claude must call.
-
-Asking Claude for JSON in words works most of the time; a tool call works every time: its input
-is always a JSON object, validated against the tool's ``input_schema``. So JSON mode adds one
-tool, ``json_response``, whose schema is the client's (``json_schema``) or any object
-(``json_object``), and forces it. Its input comes back to the client as the message text (and
-streams as text deltas), the finish reason ``stop``, so the client sees plain JSON content.
-
-Forcing is impossible in two cases, where the tool is offered and the system prompt asks for it
-instead: with extended thinking (Claude refuses a forced tool then), and when the client's own
-tools are in play with ``tool_choice`` auto (Claude must stay free to call those; ``any`` is
-used, which still rules out a plain-text answer).
+"""JSON mode (``response_format`` / ``text.format``) through a tool Claude must call, whose input
+is always a JSON object valid against its schema (words only work most of the time). Its input
+is the answer's text and streams as text, finish reason ``stop``. Where forcing the tool is
+impossible (with thinking; or with the client's tools and ``tool_choice`` auto, when ``any`` is
+used) the system prompt asks for it instead.
 """
 
 from __future__ import annotations
