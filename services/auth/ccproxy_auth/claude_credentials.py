@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ccproxy_core.settings import Settings
+
 log = logging.getLogger(__name__)
 
 KEYRING_SERVICE = "Claude Code-credentials"
@@ -135,6 +137,14 @@ class KeyringStore:
         import keyring
 
         keyring.set_password(KEYRING_SERVICE, self.username, json.dumps(with_oauth(self._get() or {}, oauth)))
+
+
+def cli_stores(settings: Settings) -> list[CredentialStore]:
+    """Where the Claude CLI keeps its login: its credentials file, then (if used) the keyring."""
+    stores: list[CredentialStore] = [FileStore(settings.claude_config_dir() / ".credentials.json")]
+    if settings.auth.use_keyring:
+        stores.append(KeyringStore())
+    return stores
 
 
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:

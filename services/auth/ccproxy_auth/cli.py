@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ccproxy_auth.accounts import AccountError, AccountStore
-from ccproxy_auth.claude_credentials import CredentialsError, CredentialStore, FileStore, KeyringStore
+from ccproxy_auth.claude_credentials import CredentialsError, FileStore, cli_stores
 from ccproxy_core.cli import fail, load_settings
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import Settings
@@ -140,10 +140,7 @@ def import_(
             typer.echo(f"Imported a copy: account {saved.name}. The source file's refresh token will stop "
                        "working once ccproxy refreshes; log that CLI in again if you keep using it.")
             return
-        sources: list[CredentialStore] = [FileStore(settings.claude_config_dir() / ".credentials.json")]
-        if settings.auth.use_keyring:
-            sources.append(KeyringStore())
-        for source in sources:
+        for source in cli_stores(settings):
             if source.load() is not None:
                 saved = store.link_cli(account, source)
                 typer.echo(f"Linked account {saved.name} to the Claude CLI's login ({source.name}).")

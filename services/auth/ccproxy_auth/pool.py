@@ -1,16 +1,11 @@
 """The account pool: which upstream account serves a request, and what a 429 or 401 does to it.
 
-Selection: a conversation sticks to the account it started on (its prompt cache lives there)
-for ``AUTH__STICKY_TTL_SECONDS``; a new one gets an account by ``AUTH__STRATEGY``: round robin,
-least recently rate-limited, or fill-first (the first account until it is limited).
-
-Cooldowns: a 429 is read, not just counted. A spent 5-hour or 7-day quota
-(``anthropic-ratelimit-unified-*`` says ``rejected``) cools the account down until the window's
-reset and the request switches account; a short throttle (``retry-after`` at most
-``AUTH__THROTTLE_WAIT_SECONDS``) waits and retries on the same account, keeping its cache; a
-longer one cools down for ``retry-after``. A 529 cools down briefly. A 401 that survives a
-refresh marks the account unhealthy (logged as an error, counted in metrics) until it answers
-again. All of it lives in Redis with expiries, so every replica sees it and it survives restarts.
+A conversation sticks to its account (its prompt cache lives there); a new one is placed by
+``AUTH__STRATEGY``. A 429 is read, not just counted: a spent 5-hour or 7-day quota cools the account
+down until the window's reset (the request switches), a short throttle retries on the same
+account, a longer one cools down for ``retry-after``; a 401 that survives a refresh marks the
+account unhealthy until it answers again. All of it lives in Redis with expiries, so every
+replica sees it and it survives restarts.
 """
 
 from __future__ import annotations
@@ -20,46 +15,29 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
 from ccproxy_auth.accounts import Account, AccountError, AccountKind, AccountStore
-from ccproxy_auth.claude_credentials import CredentialStore
 from ccproxy_auth.manager import CredentialManager
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import UNIFIED, header_number
+from ccproxy_core.metrics import Metrics
+from ccproxy_core.redis import as_text
 from ccproxy_core.routing import HINT_ACCOUNTS, HINT_SESSION, Outcome
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import DEFAULT_ACCOUNT, Credential, CredentialStatus
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", Counter, Gauge)
 
 #: Seconds an account's state read from Redis is trusted before it is read again.
 STATE_TTL = 1.0
 #: (cooldown, why unhealthy, last rate-limited at) of one account.
 State = tuple["Cooldown | None", "str | None", "float | None"]
-
-
-class AccountManager(CredentialManager):
-    """The token source of one named account: its own store, never the global settings'."""
-
-    def __init__(
-        self, settings: Settings, redis: Any, name: str, store: CredentialStore | None, api_key: str | None
-    ) -> None:
-        super().__init__(settings, redis, account=name)
-        self._api_key = api_key
-        self._fixed = store
-
-    def stores(self) -> list[CredentialStore]:
-        return [self._fixed] if self._fixed is not None else []
-
-    @property
-    def origin(self) -> tuple[str | None, str | None]:
-        """Where its credential comes from: (API key, credential store's name)."""
-        return self._api_key, self._fixed.name if self._fixed is not None else None
 
 
 @dataclass(slots=True)
@@ -154,33 +132,23 @@ def read_limit(status: int, headers: Mapping[str, str], settings: Settings, now:
 
 
 class PoolMetrics:
-    def __init__(self, registry: CollectorRegistry | None, service: str, shared: Any = None) -> None:
-        self.service = service
-        registry = registry or CollectorRegistry()
-        self.cooldowns = getattr(shared, "cooldowns", None) or Counter(
-            "ccproxy_account_cooldowns_total", "Upstream accounts put in cooldown, by account and reason",
-            ["service", "account", "reason"], registry=registry,
-        )
-        self.refreshes = getattr(shared, "refreshes", None) or Counter(
-            "ccproxy_token_refreshes_total", "OAuth token refreshes by outcome", ["service", "outcome"],
-            registry=registry,
-        )
-        self.unhealthy = Counter(
-            "ccproxy_account_unhealthy_total", "Accounts marked unhealthy (a 401 that survived a refresh)",
-            ["service", "account"], registry=registry,
-        )
-        self.healthy = Gauge(
-            "ccproxy_account_healthy", "1 if the account is healthy, 0 if it needs a new login",
-            ["service", "account"], registry=registry,
-        )
-        self.cooling = Gauge(
-            "ccproxy_account_cooldown_seconds", "Seconds left in the account's cooldown (0: none)",
-            ["service", "account"], registry=registry,
-        )
-        self.utilization = Gauge(
-            "ccproxy_account_quota_utilization", "Last seen subscription quota use, 0..1, by window",
-            ["service", "account", "window"], registry=registry,
-        )
+    """The pool's metrics, in the registry of the service that serves ``/metrics``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.service = metrics.service
+        self.cooldowns = metrics.cooldowns
+        self.refreshes = metrics.refreshes
+
+        def add(kind: type[M], name: str, doc: str, *labels: str) -> M:
+            return kind(name, doc, ["service", "account", *labels], registry=metrics.registry)
+
+        self.unhealthy = add(Counter, "ccproxy_account_unhealthy_total",
+                             "Accounts marked unhealthy (a 401 that survived a refresh)")
+        self.healthy = add(Gauge, "ccproxy_account_healthy", "1 if the account is healthy, 0 if it needs a new login")
+        self.cooling = add(Gauge, "ccproxy_account_cooldown_seconds",
+                           "Seconds left in the account's cooldown (0: none)")
+        self.utilization = add(Gauge, "ccproxy_account_quota_utilization",
+                               "Last seen subscription quota use, 0..1, by window", "window")
 
 
 class AccountPool:
@@ -192,15 +160,13 @@ class AccountPool:
         redis: Any,
         store: AccountStore | None = None,
         *,
-        registry: CollectorRegistry | None = None,
-        metrics: Any = None,
-        service: str = "auth",
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.store = store or AccountStore(settings)
         self.prefix = f"{settings.redis.key_prefix}pool:"
-        self.metrics = PoolMetrics(registry or getattr(metrics, "registry", None), service, metrics)
+        self.metrics = PoolMetrics(metrics or Metrics("auth"))
         self._members: list[Member] = []
         self._version: tuple[Any, ...] | None = None
         self._checked = 0.0
@@ -210,15 +176,9 @@ class AccountPool:
         #: States read from Redis, trusted for STATE_TTL (what this process sets is seen at once).
         self._state_cache: dict[str, tuple[float, State]] = {}
 
-    @property
-    def refresh_count(self) -> int:
-        return sum(source.refresh_count for source in self._sources.values())
-
-    def attach_metrics(self, metrics: Any) -> None:
-        """Count into a service's registry (``/metrics``), e.g. the gateway's in one process."""
-        self.metrics = PoolMetrics(metrics.registry, metrics.service, metrics)
-
-    # -- members ------------------------------------------------------------------------
+    def attach_metrics(self, metrics: Metrics) -> None:
+        """Count into another service's metrics, e.g. the gateway's in one process."""
+        self.metrics = PoolMetrics(metrics)
 
     def invalidate(self) -> None:
         """Re-read the accounts on next use (this process just changed them)."""
@@ -248,32 +208,28 @@ class AccountPool:
                 log.warning("account %s is not usable: %s", account.name, exc)
         if not members:
             # No accounts configured: the Claude CLI's login or AUTH__API_KEY, as always.
-            source = self._sources.get(DEFAULT_ACCOUNT)
-            if source is None or type(source) is not CredentialManager:
-                source = CredentialManager(self.settings, self.redis, account=DEFAULT_ACCOUNT)
-                source.on_refresh = self._count_refresh
-                self._sources[DEFAULT_ACCOUNT] = source
             kind: AccountKind = "api_key" if self.settings.auth.api_key else "claude_cli"
-            members.append(Member(Account(name=DEFAULT_ACCOUNT, kind=kind, created_at=0), source))
+            members.append(Member(Account(name=DEFAULT_ACCOUNT, kind=kind, created_at=0), self._source(None)))
         return members
 
-    def _source(self, account: Account) -> CredentialManager:
-        """One manager per account, kept across reloads (its lock and cache must survive) while
-        its API key or credential store stays the same."""
-        store: CredentialStore | None = None
-        api_key: str | None = None
-        if account.kind == "api_key":
+    def _source(self, account: Account | None) -> CredentialManager:
+        """The manager of ``account`` (None: the CLI login), kept across reloads (its lock and cache
+        must survive) while its API key and credential store stay the same."""
+        if account is None:
+            manager = CredentialManager(self.settings, self.redis)
+        elif account.kind == "api_key":
             api_key = (self.store.secret(account.name) or {}).get("api_key")
             if not api_key:
                 raise AccountError("no API key stored")
+            manager = CredentialManager(self.settings, self.redis, account.name, [], api_key)
         else:
-            store = self.store.credential_store(account)
-        existing = self._sources.get(account.name)
-        if isinstance(existing, AccountManager) and existing.origin == (api_key, store and store.name):
+            manager = CredentialManager(self.settings, self.redis, account.name, [self.store.credential_store(account)])
+        existing = self._sources.get(manager.account)
+        if existing is not None and existing.origin == manager.origin:
             return existing
-        source = self._sources[account.name] = AccountManager(self.settings, self.redis, account.name, store, api_key)
-        source.on_refresh = self._count_refresh
-        return source
+        manager.on_refresh = self._count_refresh
+        self._sources[manager.account] = manager
+        return manager
 
     def _count_refresh(self, outcome: str) -> None:
         self.metrics.refreshes.labels(self.metrics.service, outcome).inc()
@@ -284,48 +240,33 @@ class AccountPool:
                 return m
         raise ProxyError(503, f"upstream account {name!r} is not configured", "api_error")
 
-    # -- redis keys ---------------------------------------------------------------------
-
     def _k(self, account: str, what: str) -> str:
         return f"{self.prefix}acct:{account}:{what}"
 
     async def _states(self, names: list[str]) -> dict[str, State]:
         now_m = time.monotonic()
-        cached = {n: self._state_cache[n] for n in names if n in self._state_cache}
-        if len(cached) == len(names) and all(now_m - at < STATE_TTL for at, _ in cached.values()):
-            now = time.time()
-            return {
-                n: (c if c is not None and c.until > now else None, bad, lim)
-                for n, (_, (c, bad, lim)) in cached.items()
-            }
-        pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.get(self._k(name, "cooldown"))
-            pipe.get(self._k(name, "unhealthy"))
-            pipe.get(self._k(name, "limited_at"))
-        raw = await pipe.execute()
+        cache = self._state_cache
+        stale = [n for n in names if n not in cache or now_m - cache[n][0] >= STATE_TTL]
+        fields = ("cooldown", "unhealthy", "limited_at")
+        raw = await self.redis.mget([self._k(n, what) for n in stale for what in fields]) if stale else []
         now = time.time()
-        out: dict[str, tuple[Cooldown | None, str | None, float | None]] = {}
-        for i, name in enumerate(names):
+        for i, name in enumerate(stale):
             cd_raw, bad_raw, limited_raw = raw[3 * i: 3 * i + 3]
             cooldown = Cooldown.model_validate_json(cd_raw) if cd_raw else None
-            if cooldown is not None and cooldown.until <= now:
-                cooldown = None
-            problem = bad_raw.decode() if isinstance(bad_raw, bytes) else bad_raw
-            limited = float(limited_raw) if limited_raw else None
-            out[name] = (cooldown, problem, limited)
-            self._state_cache[name] = (now_m, out[name])
+            problem = as_text(bad_raw) if bad_raw is not None else None
+            self._state_cache[name] = (now_m, (cooldown, problem, float(limited_raw) if limited_raw else None))
             if problem:
                 self._unhealthy_seen.add(name)
             else:
                 self._unhealthy_seen.discard(name)
             self.metrics.healthy.labels(self.metrics.service, name).set(0 if problem else 1)
-            self.metrics.cooling.labels(self.metrics.service, name).set(
-                max(0.0, cooldown.until - now) if cooldown else 0
-            )
+            left = max(0.0, cooldown.until - now) if cooldown else 0
+            self.metrics.cooling.labels(self.metrics.service, name).set(left)
+        out: dict[str, State] = {}
+        for name in names:
+            cooldown, problem, limited = self._state_cache[name][1]
+            out[name] = (cooldown if cooldown is not None and cooldown.until > now else None, problem, limited)
         return out
-
-    # -- AccountRouter ------------------------------------------------------------------
 
     async def pick(
         self,
@@ -480,8 +421,6 @@ class AccountPool:
             if w.utilization is not None:
                 self.metrics.utilization.labels(self.metrics.service, account, name).set(w.utilization)
 
-    # -- administration -----------------------------------------------------------------
-
     async def clear(self, account: str) -> None:
         """Forget cooldown and unhealthy marks (after a new login or a manual refresh)."""
         await self.redis.delete(self._k(account, "cooldown"), self._k(account, "unhealthy"))
@@ -527,8 +466,6 @@ class AccountPool:
                 )
             )
         return out
-
-    # -- TokenSource --------------------------------------------------------------------
 
     async def get(self, *, rejected: str | None = None) -> Credential:
         if rejected is not None:
