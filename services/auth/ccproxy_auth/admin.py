@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth import login
+from ccproxy_auth import oauth
 from ccproxy_auth.accounts import AccountError, AccountStore, check_name
 from ccproxy_auth.keys import KeyAdminError, KeyStore
 from ccproxy_auth.pool import AccountPool
@@ -99,7 +99,7 @@ def _refused() -> Iterator[None]:
     """What the admin asked cannot be done: a 400 that says why (a 404 for an unknown key)."""
     try:
         yield
-    except (AccountError, KeyAdminError, login.LoginError) as exc:
+    except (AccountError, KeyAdminError, oauth.LoginError) as exc:
         raise ProxyError(exc.status if isinstance(exc, KeyAdminError) else 400, str(exc)) from exc
 
 
@@ -199,7 +199,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         body = await _parse(request, OAuthStartBody)
         with _refused():
             name = check_name(body.name)
-        pending = login.start(settings.oauth, manual=True)
+        pending = oauth.start(settings.oauth, manual=True)
         login_id = secrets.token_urlsafe(16)
         record = {"name": name, "verifier": pending.verifier, "state": pending.state,
                   "redirect_uri": pending.redirect_uri, "owner": owner(request)}
@@ -213,10 +213,10 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         if record is None or record["owner"] != owner(request):
             raise ProxyError(404, "no such login in progress (it expires after 15 minutes); start again",
                              "not_found_error")
-        pending = login.PendingLogin(record["verifier"], record["state"], record["redirect_uri"], "")
+        pending = oauth.PendingLogin(record["verifier"], record["state"], record["redirect_uri"], "")
         with _refused():
-            code = login.parse_pasted(body.pasted, pending)
-            oauth_pair = await login.finish(settings.oauth, pending, code)
+            code = oauth.parse_pasted(body.pasted, pending)
+            oauth_pair = await oauth.finish(settings.oauth, pending, code)
             account = AccountStore(settings).add_oauth(record["name"], oauth_pair)
         await redis.delete(pending_prefix + body.login_id)
         pool.invalidate()

@@ -113,22 +113,14 @@ class KeyringStore:
 
     def _get(self) -> dict[str, Any] | None:
         try:
-            import keyring
             from keyring.errors import KeyringError
         except ImportError:
             return None
         try:
-            raw = keyring.get_password(KEYRING_SERVICE, self.username)
+            return keyring_json(KEYRING_SERVICE, self.username, "the keyring entry")
         except (KeyringError, RuntimeError) as exc:
             log.debug("keyring unavailable: %s", type(exc).__name__)
             return None
-        if not raw:
-            return None
-        try:
-            doc = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise CredentialsError("the keyring entry is not valid JSON") from exc
-        return doc if isinstance(doc, dict) else None
 
     def load(self) -> ClaudeOAuth | None:
         return oauth_in(self._get(), "the keyring entry")
@@ -137,6 +129,20 @@ class KeyringStore:
         import keyring
 
         keyring.set_password(KEYRING_SERVICE, self.username, json.dumps(with_oauth(self._get() or {}, oauth)))
+
+
+def keyring_json(service: str, username: str, where: str) -> dict[str, Any] | None:
+    """A keyring entry that holds a JSON object, None if there is none."""
+    import keyring
+
+    raw = keyring.get_password(service, username)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CredentialsError(f"{where} is not valid JSON") from exc
+    return doc if isinstance(doc, dict) else None
 
 
 def cli_stores(settings: Settings) -> list[CredentialStore]:

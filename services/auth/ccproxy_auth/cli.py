@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
 def _failing() -> Iterator[None]:
     """An account or key that cannot be changed as asked: exit 1 with the reason."""
     from ccproxy_auth.keys import KeyAdminError
-    from ccproxy_auth.login import LoginError
+    from ccproxy_auth.oauth import LoginError
 
     try:
         yield
@@ -73,7 +73,7 @@ def login(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the callback.")] = 300.0,
 ) -> None:
     """Log in to a Claude subscription (OAuth, PKCE) and store it as a named account."""
-    import ccproxy_auth.login as flow
+    import ccproxy_auth.oauth as flow
 
     settings = load_settings()
     store = AccountStore(settings)
@@ -99,7 +99,7 @@ def login(
     with _failing():
         saved = store.add_oauth(account, asyncio.run(run()))
     _clear_marks(settings, saved.name)
-    typer.echo(f"Logged in: account {saved.name} (secrets in the {store.secrets.name} store).")
+    typer.echo(f"Logged in: account {saved.name} (secrets in the {store.secret_backend} store).")
 
 
 def _has_display() -> bool:
