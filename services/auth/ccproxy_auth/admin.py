@@ -1,14 +1,7 @@
-"""The auth service's HTTP surface for accounts and client keys.
-
-Internal (internal secret, for the forwarder and the gateway): ``POST /internal/pick`` and
-``/internal/report`` (the account pool), ``/internal/keys/{lookup,any,admit,settle}``.
-Admin (``Authorization: Bearer $SECURITY__ADMIN_TOKEN``, or the web console's session with its
-CSRF token; off while the token is unset): ``GET /admin/accounts``,
-``POST /admin/accounts/{name}/refresh``, ``DELETE /admin/accounts/{name}``, ``POST /admin/accounts``
-(an API-key account), ``POST /admin/oauth/start`` and ``/admin/oauth/finish`` (a subscription, by
-the manual OAuth flow: open the URL, paste ``code#state``), ``GET|POST /admin/keys``,
-``PATCH /admin/keys/{key}`` (limits), ``DELETE /admin/keys/{key}`` (revoke).
-Answers never carry a secret, except the new key in the answer to ``POST /admin/keys``.
+"""The auth service's HTTP surface for accounts and client keys: the internal routes (internal
+secret; the forwarder's pick and report, the gateway's key lookups, admissions and settlements)
+and the admin API (the admin token, or the console's session with its CSRF token; off while
+``SECURITY__ADMIN_TOKEN`` is unset). No answer carries a secret but a new key, once.
 """
 
 from __future__ import annotations
@@ -87,9 +80,7 @@ OAUTH_PENDING_SECONDS = 900
 
 async def _parse(request: Request, model: type[B]) -> B:
     try:
-        return model.model_validate(orjson.loads(await request.body() or b"{}"))
-    except orjson.JSONDecodeError as exc:
-        raise ProxyError(400, f"invalid body: {exc}") from exc
+        return model.model_validate_json(await request.body() or b"{}")
     except ValidationError as exc:
         raise validation_error(exc) from exc
 
@@ -110,6 +101,9 @@ def need_keys(keys: KeyStore | None, hint: str = "") -> KeyStore:
 
 
 def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
+    async def accounts(request: Request) -> Response:
+        return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
+
     async def pick(request: Request) -> Response:
         body = await _parse(request, PickBody)
         credential = await pool.pick(body.hints, exclude=body.exclude, rejected=body.rejected, account=body.account)
@@ -120,9 +114,6 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
         body = await _parse(request, ReportBody)
         outcome = await pool.report(body.account, body.status, body.headers, body.hints)
         return json_response(outcome.model_dump())
-
-    async def accounts(request: Request) -> Response:
-        return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
 
     def find_key(field: str, find: Callable[[KeyStore, str], Awaitable[KeyInfo | None]]) -> Endpoint:
         """``{"key": ...}`` for the body's ``field`` (a key hash, a session digest), or null."""

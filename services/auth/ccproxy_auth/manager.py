@@ -174,19 +174,15 @@ class CredentialManager:
         return found
 
     def _usable(self, oauth_: ClaudeOAuth, rejected: str | None) -> bool:
-        if rejected is not None and oauth_.access_token == rejected:
-            return False
-        if oauth_.expires_at is None:
-            return True
-        margin = self._settings.oauth.refresh_margin_seconds
-        return oauth_.expires_at / 1000 - time.time() > margin
+        """Not refused by the upstream, and not within the refresh margin of its expiry."""
+        return self._still_valid(oauth_, rejected, self._settings.oauth.refresh_margin_seconds)
 
     @staticmethod
-    def _still_valid(oauth_: ClaudeOAuth, rejected: str | None) -> bool:
-        """Not expired yet (inside the refresh margin) and not refused by the upstream."""
+    def _still_valid(oauth_: ClaudeOAuth, rejected: str | None, margin: float = 0.0) -> bool:
+        """Not refused by the upstream, and not expired yet (it may be within the refresh margin)."""
         if rejected is not None and oauth_.access_token == rejected:
             return False
-        return oauth_.expires_at is None or oauth_.expires_at / 1000 > time.time()
+        return oauth_.expires_at is None or oauth_.expires_at / 1000 - time.time() > margin
 
     def _backing_off(self, current: ClaudeOAuth, rejected: str | None) -> bool:
         """While the backoff of a failed refresh lasts for this very refresh token: True if the
@@ -205,18 +201,15 @@ class CredentialManager:
         if cached is not None and cached[0] is oauth_:
             return cached[1]
         expires = oauth_.expires_at / 1000 if oauth_.expires_at else None
-        credential = Credential(
-            kind="oauth", secret=SecretStr(oauth_.access_token), expires_at=expires, account=self.account
-        )
+        credential = Credential(kind="oauth", secret=SecretStr(oauth_.access_token), expires_at=expires,
+                                account=self.account)
         self._issued = (oauth_, credential)
         return credential
 
     async def _refresh(self, current: ClaudeOAuth) -> ClaudeOAuth:
         if not current.refresh_token:
-            raise ProxyError(
-                401, "Claude access token expired and there is no refresh token; log in again.",
-                "authentication_error",
-            )
+            raise ProxyError(401, "Claude access token expired and there is no refresh token; log in again.",
+                             "authentication_error")
         try:
             answer = await oauth.refresh(self._settings.oauth, current.refresh_token)
         except oauth.OAuthError as exc:
@@ -226,16 +219,11 @@ class CredentialManager:
         self.on_refresh("ok")
         register_secret(answer.access_token)
         register_secret(answer.refresh_token)
-        updated = current.model_copy(
-            update={
-                "access_token": answer.access_token,
-                "refresh_token": answer.refresh_token or current.refresh_token,
-                "expires_at": answer.expires_at_ms(),
-            }
-        )
-        store = self._store
-        if store is not None:
-            await asyncio.to_thread(store.save, updated)
+        rotated = {"access_token": answer.access_token, "refresh_token": answer.refresh_token or current.refresh_token,
+                   "expires_at": answer.expires_at_ms()}
+        updated = current.model_copy(update=rotated)
+        if self._store is not None:
+            await asyncio.to_thread(self._store.save, updated)
         self._cached = updated
         if self._redis is not None:  # when, for the console (the pool reads it as refreshed_at)
             with contextlib.suppress(*UNAVAILABLE):
@@ -250,16 +238,11 @@ class CredentialManager:
         delay = REFRESH_BACKOFF_SECONDS
         if previous is not None and previous.refresh_token == refresh_token:
             delay = min(previous.delay * 2, REFRESH_BACKOFF_MAX_SECONDS)
+        error = ProxyError(503, f"Claude token refresh failed ({exc}); retry later.",
+                           headers={"retry-after": str(int(delay))})
         if exc.refused:
-            error = ProxyError(
-                401,
-                f"Claude token refresh failed ({exc}); log in again with `claude` or `ccproxy auth login`.",
-                "authentication_error",
-            )
-        else:
-            error = ProxyError(
-                503, f"Claude token refresh failed ({exc}); retry later.", headers={"retry-after": str(int(delay))}
-            )
+            error = ProxyError(401, f"Claude token refresh failed ({exc}); log in again with `claude` or "
+                               "`ccproxy auth login`.", "authentication_error")
         self._failure = RefreshFailure(refresh_token, error, time.monotonic() + delay, delay)
         log.warning("token refresh for account %s failed: %s; next attempt in %.0f s unless the login changes",
                     self.account, exc, delay)
@@ -271,15 +254,12 @@ class CredentialManager:
             if self._redis is None:
                 yield
                 return
-            lock = RedisLock(
-                self._redis, f"{self._settings.redis.key_prefix}lock:refresh:{self.account}", ttl=LOCK_TTL
-            )
+            lock = RedisLock(self._redis, f"{self._settings.redis.key_prefix}lock:refresh:{self.account}", ttl=LOCK_TTL)
             async with unavailable_as_503("the token refresh"):
                 acquired = await lock.acquire(wait=LOCK_TTL + 5)
             if not acquired:
-                raise ProxyError(
-                    503, "timed out waiting for another replica's token refresh", headers={"retry-after": "5"}
-                )
+                raise ProxyError(503, "timed out waiting for another replica's token refresh",
+                                 headers={"retry-after": "5"})
             try:
                 yield
             finally:

@@ -17,7 +17,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-import orjson
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
@@ -57,6 +56,14 @@ class QuotaWindow(BaseModel):
     reset: float | None = None
 
 
+class Quota(BaseModel):
+    """The last quota headers an account's answers carried (kept in Redis, for ``auth status``)."""
+
+    status: str | None = None
+    windows: dict[str, QuotaWindow] = {}
+    updated_at: float | None = None
+
+
 class AccountState(BaseModel):
     """One account as ``auth status`` and ``/internal/accounts`` show it (no secret)."""
 
@@ -81,19 +88,12 @@ def quota_windows(headers: Mapping[str, str]) -> dict[str, QuotaWindow]:
     """``anthropic-ratelimit-unified-<window>-{status,utilization,reset}`` by window."""
     windows: dict[str, QuotaWindow] = {}
     for name, value in headers.items():
-        if not name.startswith(UNIFIED):
+        window, _, field = name.removeprefix(UNIFIED).rpartition("-")
+        if not name.startswith(UNIFIED) or not window or window == "overage":
             continue
-        rest = name[len(UNIFIED):]
-        window, _, field = rest.rpartition("-")
-        if not window or field not in ("status", "utilization", "reset") or window == "overage":
-            continue
-        entry = windows.setdefault(window, QuotaWindow())
-        if field == "status":
-            entry.status = value
-        elif field == "utilization":
-            entry.utilization = header_number(value)
-        else:
-            entry.reset = header_number(value)
+        if field in ("status", "utilization", "reset"):
+            entry = windows.setdefault(window, QuotaWindow())
+            setattr(entry, field, value if field == "status" else header_number(value))
     return windows
 
 
@@ -397,10 +397,8 @@ class AccountPool:
         self._state_cache.pop(account, None)
         self.metrics.unhealthy.labels(self.metrics.service, account).inc()
         self.metrics.healthy.labels(self.metrics.service, account).set(0)
-        log.error(
-            "upstream account %s is UNHEALTHY: %s; log in again (`ccproxy auth login --account %s`)",
-            account, why, account,
-        )
+        log.error("upstream account %s is UNHEALTHY: %s; log in again (`ccproxy auth login --account %s`)",
+                  account, why, account)
 
     async def _note_quota(self, account: str, headers: Mapping[str, str]) -> None:
         windows = quota_windows(headers)
@@ -411,12 +409,8 @@ class AccountPool:
         if self._quota_seen.get(account) == fingerprint:
             return
         self._quota_seen[account] = fingerprint
-        snapshot = {
-            "status": overall,
-            "windows": {k: w.model_dump(exclude_none=True) for k, w in windows.items()},
-            "updated_at": time.time(),
-        }
-        await self.redis.set(self._k(account, "quota"), orjson.dumps(snapshot))
+        snapshot = Quota(status=overall, windows=windows, updated_at=time.time())
+        await self.redis.set(self._k(account, "quota"), snapshot.model_dump_json(exclude_none=True))
         for name, w in windows.items():
             if w.utilization is not None:
                 self.metrics.utilization.labels(self.metrics.service, account, name).set(w.utilization)
@@ -446,7 +440,7 @@ class AccountPool:
         for member, status, quota_raw, refreshed_raw in zip(members, statuses, quotas, refreshed, strict=True):
             name = member.account.name
             cooldown, problem, limited = states[name]
-            quota = orjson.loads(quota_raw) if quota_raw else {}
+            quota = Quota.model_validate_json(quota_raw) if quota_raw else Quota()
             out.append(
                 AccountState(
                     name=name,
@@ -459,9 +453,9 @@ class AccountPool:
                     problem=problem or status.detail,
                     cooldown=cooldown,
                     last_limited_at=limited,
-                    quota={k: QuotaWindow.model_validate(v) for k, v in (quota.get("windows") or {}).items()},
-                    quota_status=quota.get("status"),
-                    quota_updated_at=quota.get("updated_at"),
+                    quota=quota.windows,
+                    quota_status=quota.status,
+                    quota_updated_at=quota.updated_at,
                     refreshed_at=float(refreshed_raw) if refreshed_raw else None,
                 )
             )
