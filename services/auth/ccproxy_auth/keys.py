@@ -351,32 +351,30 @@ class KeyStore:
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
         """The (usable) key behind a ``/me`` session (its id's SHA-256), for GET reads elsewhere."""
         key_id, role = await self.redis.hmget(session_key(self.prefix, sid_digest), "key_id", "role")
-        if key_id is None or role is None or as_text(role) != "member":
-            return None
-        info = await self.get(as_text(key_id))
-        return info if info is not None and info.usable() else None
+        return await self._usable(key_id) if role is not None and as_text(role) == "member" else None
 
     async def lookup(self, presented: str) -> KeyInfo | None:
         return await self.lookup_hash(hash_key(presented))
 
     async def lookup_hash(self, digest: str) -> KeyInfo | None:
-        key_id = await self.redis.get(f"{self.p}hash:{digest}")
+        return await self._usable(await self.redis.get(f"{self.p}hash:{digest}"))
+
+    async def _usable(self, key_id: Any) -> KeyInfo | None:
         info = await self.get(as_text(key_id)) if key_id is not None else None
         return info if info is not None and info.usable() else None
 
     async def any_keys(self, fresh: bool = False) -> bool:
         return bool(await self.redis.scard(f"{self.p}all"))
 
-    async def admit(
-        self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
-    ) -> Admission:
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int,
+                    reserve_micro_usd: int = 0) -> Admission:
         now = time.time()
         tokens, micro = estimate(model, body_bytes, max_tokens)
         period_id = period_bounds(key.period, now)[0] if key.period else None
         rid = secrets.token_hex(8)
         result = await self._admit(
             keys=[self._key(key.id, w) for w in ("", "rpm", "tpm", _spend(period_id), "reserved", "resv", "resamt")],
-            args=[repr(now), micro, tokens, rid, RESERVATION_TTL, _bounded(reserve_micro_usd, MAX_AMOUNT)],
+            args=[repr(now), micro, tokens, rid, RESERVATION_TTL, reserve_micro_usd],  # the script clamps it
         )
         verdict = [as_text(v) for v in result]
         if verdict[0] != "ok":
@@ -392,24 +390,14 @@ class KeyStore:
             wait = max(1, math.ceil(float(verdict[1])))
             limit = key.rpm if what == "rpm" else key.tpm
             unit = "requests" if what == "rpm" else "tokens"
-            return ProxyError(
-                429,
-                f"client key {key.name!r} is over its rate limit of {limit} {unit} per minute; "
-                f"retry in {wait} s",
-                "rate_limit_error",
-                headers={"retry-after": str(wait)},
-            )
+            return ProxyError(429, f"client key {key.name!r} is over its rate limit of {limit} {unit} per minute; "
+                              f"retry in {wait} s", "rate_limit_error", headers={"retry-after": str(wait)})
         assert key.period is not None and key.budget_usd is not None
         _, _, end = period_bounds(key.period, now)
-        spent = int(verdict[1]) / MICRO
-        held = int(verdict[2]) / MICRO
-        return ProxyError(
-            402,
-            f"client key {key.name!r} has spent its budget of ${key.budget_usd:.2f} per {key.period} "
-            f"(${spent:.4f} spent, ${held:.4f} held by requests in flight, this one needs up to "
-            f"${micro / MICRO:.4f}); it resets at {end:%Y-%m-%d %H:%M} UTC",
-            "billing_error",
-        )
+        spent, held = int(verdict[1]) / MICRO, int(verdict[2]) / MICRO
+        return ProxyError(402, f"client key {key.name!r} has spent its budget of ${key.budget_usd:.2f} per "
+                          f"{key.period} (${spent:.4f} spent, ${held:.4f} held by requests in flight, this one "
+                          f"needs up to ${micro / MICRO:.4f}); it resets at {end:%Y-%m-%d %H:%M} UTC", "billing_error")
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         key = await self.get(admission.key_id)

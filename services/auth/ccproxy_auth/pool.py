@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
@@ -35,8 +35,6 @@ M = TypeVar("M", Counter, Gauge)
 
 #: Seconds an account's state read from Redis is trusted before it is read again.
 STATE_TTL = 1.0
-#: (cooldown, why unhealthy, last rate-limited at) of one account.
-State = tuple["Cooldown | None", "str | None", "float | None"]
 
 
 @dataclass(slots=True)
@@ -48,6 +46,12 @@ class Member:
 class Cooldown(BaseModel):
     until: float
     reason: str
+
+
+class State(NamedTuple):
+    cooldown: Cooldown | None
+    problem: str | None
+    limited_at: float | None
 
 
 class QuotaWindow(BaseModel):
@@ -152,7 +156,7 @@ class PoolMetrics:
 
 
 class AccountPool:
-    """A :class:`~ccproxy_core.routing.AccountRouter` and :class:`~ccproxy_core.tokens.TokenSource`."""
+    """A :class:`~ccproxy_core.routing.AccountRouter`, and its :meth:`status` says what it has."""
 
     def __init__(
         self,
@@ -254,7 +258,7 @@ class AccountPool:
             cd_raw, bad_raw, limited_raw = raw[3 * i: 3 * i + 3]
             cooldown = Cooldown.model_validate_json(cd_raw) if cd_raw else None
             problem = as_text(bad_raw) if bad_raw is not None else None
-            self._state_cache[name] = (now_m, (cooldown, problem, float(limited_raw) if limited_raw else None))
+            self._state_cache[name] = (now_m, State(cooldown, problem, float(limited_raw) if limited_raw else None))
             if problem:
                 self._unhealthy_seen.add(name)
             else:
@@ -265,7 +269,7 @@ class AccountPool:
         out: dict[str, State] = {}
         for name in names:
             cooldown, problem, limited = self._state_cache[name][1]
-            out[name] = (cooldown if cooldown is not None and cooldown.until > now else None, problem, limited)
+            out[name] = State(cooldown if cooldown is not None and cooldown.until > now else None, problem, limited)
         return out
 
     async def pick(
@@ -277,7 +281,7 @@ class AccountPool:
         account: str | None = None,
     ) -> Credential:
         if account is not None:
-            return await self._credential(self.member(account), rejected)
+            return await self.member(account).source.get(rejected=rejected)
         hints = hints or {}
         members = self.members()
         allowed = {a.strip() for a in hints.get(HINT_ACCOUNTS, "").split(",") if a.strip()}
@@ -296,7 +300,7 @@ class AccountPool:
                 raise ProxyError(503, "no upstream account can take this request (all were tried)")
             chosen = await self._choose(remaining, hints.get(HINT_SESSION))
             try:
-                return await self._credential(chosen, None)
+                return await chosen.source.get()
             except ProxyError as exc:
                 if exc.status != 401:
                     raise
@@ -308,30 +312,21 @@ class AccountPool:
                     raise
                 tried.add(chosen.account.name)
 
-    async def _credential(self, member: Member, rejected: str | None) -> Credential:
-        credential = await member.source.get(rejected=rejected)
-        if credential.account != member.account.name:
-            credential = credential.model_copy(update={"account": member.account.name})
-        return credential
-
     async def _choose(self, candidates: list[Member], session: str | None) -> Member:
         if len(candidates) == 1:
             return candidates[0]  # nothing to choose, nothing to stick to: the upstream decides
         names = [m.account.name for m in candidates]
         sticky_key = f"{self.prefix}sticky:{session}" if session else None
         states = await self._states(names)
-        if sticky_key:
-            current = await self.redis.get(sticky_key)
-            current = current.decode() if isinstance(current, bytes) else current
-        else:
-            current = None
-        usable = [m for m in candidates if states[m.account.name][0] is None and not states[m.account.name][1]]
+        current = as_text(await self.redis.get(sticky_key) or "") if sticky_key else ""
+        usable = [m for m in candidates
+                  if states[m.account.name].cooldown is None and not states[m.account.name].problem]
         if not usable:
             # Every account is cooling or unhealthy. Unhealthy ones may have been fixed (a new
             # login), and a cooldown may be over early: try the likeliest one and let the
             # upstream answer, rather than refuse in its name.
-            usable = [m for m in candidates if states[m.account.name][0] is None] or [
-                min(candidates, key=lambda m: cast(Cooldown, states[m.account.name][0]).until)
+            usable = [m for m in candidates if states[m.account.name].cooldown is None] or [
+                min(candidates, key=lambda m: cast(Cooldown, states[m.account.name].cooldown).until)
             ]
         chosen = next((m for m in usable if m.account.name == current), None)
         if chosen is None:
@@ -340,16 +335,14 @@ class AccountPool:
             await self.redis.set(sticky_key, chosen.account.name, ex=self.settings.auth.sticky_ttl_seconds)
         return chosen
 
-    async def _by_strategy(
-        self, usable: list[Member], states: Mapping[str, State]
-    ) -> Member:
+    async def _by_strategy(self, usable: list[Member], states: Mapping[str, State]) -> Member:
         strategy = self.settings.auth.strategy
         if strategy == "fill_first" or len(usable) == 1:
             return usable[0]
         turn = int(await self.redis.incr(f"{self.prefix}rr"))
         if strategy == "least_recently_limited":
-            oldest = min(states[m.account.name][2] or 0.0 for m in usable)
-            usable = [m for m in usable if (states[m.account.name][2] or 0.0) == oldest]
+            oldest = min(states[m.account.name].limited_at or 0.0 for m in usable)
+            usable = [m for m in usable if (states[m.account.name].limited_at or 0.0) == oldest]
         return usable[turn % len(usable)]
 
     async def report(
@@ -461,20 +454,10 @@ class AccountPool:
             )
         return out
 
-    async def get(self, *, rejected: str | None = None) -> Credential:
-        if rejected is not None:
-            # A plain TokenSource caller retrying after a 401: refresh the account it came from.
-            for member in self.members():
-                cached = member.source._cached
-                if cached is not None and cached.access_token == rejected:
-                    return await self._credential(member, rejected)
-        return await self.pick()
-
     async def status(self) -> CredentialStatus:
         members = self.members()
         if len(members) == 1:
-            status = await members[0].source.status()
-            return status.model_copy(update={"account": members[0].account.name})
+            return await members[0].source.status()
         states = await self.accounts()
         usable = [s for s in states if s.available]
         return CredentialStatus(
