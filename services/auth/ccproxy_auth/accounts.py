@@ -26,6 +26,7 @@ from ccproxy_auth.claude_credentials import (
     KeyringStore,
     keyring_json,
     oauth_in,
+    read_json,
     write_private_json,
 )
 from ccproxy_core.logging import register_secret
@@ -100,12 +101,9 @@ class AccountStore:
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AccountError(f"cannot read {path.name}: {exc}") from exc
-        return doc if isinstance(doc, dict) else None
+            return read_json(path)
+        except CredentialsError as exc:
+            raise AccountError(str(exc)) from exc
 
     def list(self) -> list[Account]:
         """Every account, in fill-first order (priority, then age)."""

@@ -81,26 +81,11 @@ class FileStore:
         self.path = path
         self.name = f"file:{path}"
 
-    def _document(self) -> dict[str, Any] | None:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CredentialsError(f"cannot read {self.path}: {exc.strerror}") from exc
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CredentialsError(f"{self.path} is not valid JSON (line {exc.lineno})") from exc
-        if not isinstance(doc, dict):
-            raise CredentialsError(f"{self.path} does not hold a JSON object")
-        return doc
-
     def load(self) -> ClaudeOAuth | None:
-        return oauth_in(self._document(), str(self.path))
+        return oauth_in(read_json(self.path), str(self.path))
 
     def save(self, oauth: ClaudeOAuth) -> None:
-        write_private_json(self.path, with_oauth(self._document() or {}, oauth))
+        write_private_json(self.path, with_oauth(read_json(self.path) or {}, oauth))
 
 
 class KeyringStore:
@@ -151,6 +136,21 @@ def cli_stores(settings: Settings) -> list[CredentialStore]:
     if settings.auth.use_keyring:
         stores.append(KeyringStore())
     return stores
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, None if there is no such file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise CredentialsError(f"{path} is not valid JSON (line {exc.lineno})") from exc
+    if not isinstance(doc, dict):
+        raise CredentialsError(f"{path} does not hold a JSON object")
+    return doc
 
 
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:

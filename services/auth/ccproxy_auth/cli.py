@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
 @contextlib.contextmanager
 def _failing() -> Iterator[None]:
-    """An account or key that cannot be changed as asked: exit 1 with the reason."""
+    """An account or key that cannot be changed as asked: exit with the reason."""
     from ccproxy_auth.keys import KeyAdminError
     from ccproxy_auth.oauth import LoginError
 
