@@ -158,14 +158,8 @@ class PoolMetrics:
 class AccountPool:
     """A :class:`~ccproxy_core.routing.AccountRouter`, and its :meth:`status` says what it has."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        redis: Any,
-        store: AccountStore | None = None,
-        *,
-        metrics: Metrics | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, redis: Any, store: AccountStore | None = None, *,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self.store = store or AccountStore(settings)
@@ -272,14 +266,8 @@ class AccountPool:
             out[name] = State(cooldown if cooldown is not None and cooldown.until > now else None, problem, limited)
         return out
 
-    async def pick(
-        self,
-        hints: Mapping[str, str] | None = None,
-        *,
-        exclude: Collection[str] = (),
-        rejected: str | None = None,
-        account: str | None = None,
-    ) -> Credential:
+    async def pick(self, hints: Mapping[str, str] | None = None, *, exclude: Collection[str] = (),
+                   rejected: str | None = None, account: str | None = None) -> Credential:
         if account is not None:
             return await self.member(account).source.get(rejected=rejected)
         hints = hints or {}
@@ -288,10 +276,8 @@ class AccountPool:
         if allowed:
             members = [m for m in members if m.account.name in allowed]
             if not members:
-                raise ProxyError(
-                    403, "this client key may only use upstream accounts that do not exist: "
-                    + ", ".join(sorted(allowed)), "permission_error",
-                )
+                raise ProxyError(403, "this client key may only use upstream accounts that do not exist: "
+                                 + ", ".join(sorted(allowed)), "permission_error")
         candidates = [m for m in members if m.account.name not in exclude]
         tried: set[str] = set()
         while True:
