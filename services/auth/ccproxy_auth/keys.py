@@ -294,13 +294,14 @@ class KeyStore:
 
     async def get(self, key_id: str) -> KeyInfo | None:
         raw = await self.redis.hgetall(self._key(key_id))
-        # The record writes 0 or "" for "none": dropped, the model's defaults apply.
-        r = {as_text(k): as_text(v) for k, v in raw.items() if as_text(v) not in ("", "0")}
+        r = {as_text(k): as_text(v) for k, v in raw.items()}
         if not r:
             return None
-        budget_micro = int(r.get("budget_micro", 0))
+        # The record holds "" for "none" and 0 for "no limit": left out, the model's defaults apply.
+        fields = {k: v for k, v in r.items() if v != "" and (v != "0" or k not in ("rpm", "tpm"))}
+        budget_micro = int(r.get("budget_micro") or 0)
         accounts = [a for a in r.get("accounts", "").split(",") if a]
-        return KeyInfo.model_validate({**r, "budget_usd": budget_micro / MICRO or None, "accounts": accounts})
+        return KeyInfo.model_validate({**fields, "budget_usd": budget_micro / MICRO or None, "accounts": accounts})
 
     async def revoke(self, id_or_name: str) -> KeyInfo:
         info = await self._need(id_or_name)
