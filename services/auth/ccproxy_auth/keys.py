@@ -158,7 +158,7 @@ def check_limits(limits: dict[str, Any]) -> None:
             raise KeyAdminError(f"--{flag} must be a whole number from 1 to {top}")
     budget_usd, expires_at = limits.get("budget_usd"), limits.get("expires_at")
     if budget_usd is not None and not (isinstance(budget_usd, int | float) and math.isfinite(budget_usd)
-                                       and math.floor(budget_usd * MICRO) >= 1 and budget_usd <= MAX_BUDGET_USD):
+                                       and budget_usd <= MAX_BUDGET_USD and math.floor(budget_usd * MICRO) >= 1):
         raise KeyAdminError(f"--budget-usd must be an amount from $0.000001 to ${MAX_BUDGET_USD:,.0f}")
     if expires_at is not None and not (isinstance(expires_at, int | float) and math.isfinite(expires_at)
                                        and 0 < expires_at < 253402300800):  # before the year 10000
