@@ -2,10 +2,11 @@
 
 A conversation sticks to its account (its prompt cache lives there); a new one is placed by
 ``AUTH__STRATEGY``. A 429 is read, not just counted: a spent 5-hour or 7-day quota cools the account
-down until the window's reset (the request switches), a short throttle retries on the same
-account, a longer one cools down for ``retry-after``; a 401 that survives a refresh marks the
-account unhealthy until it answers again. All of it lives in Redis with expiries, so every
-replica sees it and it survives restarts.
+down until the window's reset (the request switches), a short throttle (``retry-after`` up to
+``AUTH__THROTTLE_WAIT_SECONDS``) retries on the same account, keeping its cache, a longer one cools
+down for ``retry-after``, a 529 briefly; a 401 that survives a refresh marks the account unhealthy
+until it answers again. All of it lives in Redis with expiries, so every replica sees it and it
+survives restarts.
 """
 
 from __future__ import annotations
