@@ -1,13 +1,9 @@
 """Named upstream accounts: Claude subscriptions (OAuth), linked Claude CLI logins, API keys.
 
-An account is two things kept apart: its description (name, kind, subscription type; no secret)
-in ``<data dir>/accounts/<name>.json``, and its secret (token pair or API key) in the OS keyring
-when one exists, else inside that same file, which is always mode 0600. Nothing secret goes to
-Redis. One file per account, so two auth replicas refreshing two accounts never overwrite each
-other; a refresh of one account is single-flight (see :mod:`ccproxy_auth.manager`).
-
-A ``claude_cli`` account owns no secret of its own: it points at the Claude CLI's credentials
-(file or keyring) and writes each rotated pair back there, so the CLI keeps working.
+One file per account, ``<data dir>/accounts/<name>.json`` (mode 0600, so two replicas refreshing
+two accounts never overwrite each other), holding its description and, without an OS keyring,
+its secret; nothing secret goes to Redis. A ``claude_cli`` account owns no secret: it points at
+the CLI's credentials and writes each rotated pair back there, so the CLI keeps working.
 """
 
 from __future__ import annotations
@@ -28,7 +24,9 @@ from ccproxy_auth.claude_credentials import (
     CredentialStore,
     FileStore,
     KeyringStore,
+    keyring_json,
     oauth_in,
+    read_json,
     write_private_json,
 )
 from ccproxy_core.logging import register_secret
@@ -69,9 +67,6 @@ def check_name(name: str) -> str:
     return name
 
 
-# -- where secrets live ---------------------------------------------------------------------
-
-
 def keyring_usable() -> bool:
     """True when a real OS keyring backend exists (not the fail/null/chained-with-nothing ones)."""
     try:
@@ -90,47 +85,6 @@ def keyring_usable() -> bool:
     return "null" not in type(backend).__module__
 
 
-class SecretBox:
-    """Secrets by account name: the OS keyring, or the account's own 0600 file."""
-
-    def __init__(self, use_keyring: bool) -> None:
-        self.use_keyring = use_keyring
-        self.name = "keyring" if use_keyring else "file"
-
-    def get(self, name: str, doc: dict[str, Any]) -> dict[str, Any] | None:
-        if not self.use_keyring:
-            secret = doc.get("secret")
-            return secret if isinstance(secret, dict) else None
-        import keyring
-
-        raw = keyring.get_password(KEYRING_SERVICE, f"account:{name}")
-        if not raw:
-            return None
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise CredentialsError(f"the keyring entry of account {name} is not valid JSON") from exc
-        return value if isinstance(value, dict) else None
-
-    def put(self, name: str, doc: dict[str, Any], secret: dict[str, Any]) -> dict[str, Any]:
-        """Store ``secret``; returns the document to write to the account's file."""
-        if not self.use_keyring:
-            return {**doc, "secret": secret}
-        import keyring
-
-        keyring.set_password(KEYRING_SERVICE, f"account:{name}", json.dumps(secret))
-        return {k: v for k, v in doc.items() if k != "secret"}
-
-    def delete(self, name: str) -> None:
-        if not self.use_keyring:
-            return
-        import keyring
-        from keyring.errors import PasswordDeleteError
-
-        with contextlib.suppress(PasswordDeleteError):
-            keyring.delete_password(KEYRING_SERVICE, f"account:{name}")
-
-
 class AccountStore:
     """The accounts of this deployment, on disk under the data directory (the auth volume)."""
 
@@ -138,21 +92,18 @@ class AccountStore:
         self.settings = settings
         self.root = Path(settings.data_dir) / "accounts"
         backend = settings.auth.secret_backend
-        self.secrets = SecretBox(backend == "keyring" or (backend == "auto" and keyring_usable()))
-
-    # -- reading ------------------------------------------------------------------------
+        self.use_keyring = backend == "keyring" or (backend == "auto" and keyring_usable())
+        #: Where the secrets are: "keyring", or "file" (inside each account's file).
+        self.secret_backend = "keyring" if self.use_keyring else "file"
 
     def path(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.json"
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AccountError(f"cannot read {path.name}: {exc}") from exc
-        return doc if isinstance(doc, dict) else None
+            return read_json(path)
+        except CredentialsError as exc:
+            raise AccountError(str(exc)) from exc
 
     def list(self) -> list[Account]:
         """Every account, in fill-first order (priority, then age)."""
@@ -183,21 +134,27 @@ class AccountStore:
         doc = self._read(self.path(name))
         if doc is None:
             return None
-        secret = self.secrets.get(name, doc)
-        if secret:
-            for value in secret.values():
-                if isinstance(value, str):
-                    register_secret(value)
+        secret = doc.get("secret")
+        if self.use_keyring:
+            secret = keyring_json(KEYRING_SERVICE, f"account:{name}", f"the keyring entry of account {name}")
+        if not isinstance(secret, dict):
+            return None
+        for value in secret.values():
+            if isinstance(value, str):
+                register_secret(value)
         return secret
-
-    # -- writing ------------------------------------------------------------------------
 
     def save(self, account: Account, secret: dict[str, Any] | None = None) -> Account:
         path = self.path(account.name)
         doc: dict[str, Any] = self._read(path) or {}
         doc["account"] = account.model_dump(mode="json")
-        if secret is not None:
-            doc = self.secrets.put(account.name, doc, secret)
+        if secret is not None and self.use_keyring:
+            import keyring
+
+            keyring.set_password(KEYRING_SERVICE, f"account:{account.name}", json.dumps(secret))
+            doc.pop("secret", None)
+        elif secret is not None:
+            doc["secret"] = secret
         write_private_json(path, doc)
         return account
 
@@ -205,15 +162,18 @@ class AccountStore:
         path = self.path(name)
         if not path.exists():
             return False
-        self.secrets.delete(check_name(name))
+        if self.use_keyring:
+            import keyring
+            from keyring.errors import PasswordDeleteError
+
+            with contextlib.suppress(PasswordDeleteError):
+                keyring.delete_password(KEYRING_SERVICE, f"account:{check_name(name)}")
         path.unlink()
         return True
 
-    def add_oauth(self, name: str, oauth: ClaudeOAuth, *, replace: bool = True) -> Account:
+    def add_oauth(self, name: str, oauth: ClaudeOAuth) -> Account:
         name = check_name(name)
         existing = self.get(name)
-        if existing is not None and not replace:
-            raise AccountError(f"account {name} exists already")
         account = Account(
             name=name,
             kind="oauth",
@@ -250,8 +210,6 @@ class AccountStore:
         )
         return self.save(account)
 
-    # -- the credential stores the token manager reads and writes ------------------------
-
     def credential_store(self, account: Account) -> CredentialStore:
         if account.kind == "claude_cli":
             source = account.source or ""
@@ -271,7 +229,7 @@ class OwnedStore:
     def __init__(self, accounts: AccountStore, name: str) -> None:
         self._accounts = accounts
         self.account = name
-        self.name = f"ccproxy:{accounts.secrets.name}"
+        self.name = f"ccproxy:{accounts.secret_backend}"
 
     def load(self) -> ClaudeOAuth | None:
         return oauth_in(self._accounts.secret(self.account), f"account {self.account}")

@@ -1,14 +1,7 @@
-"""The auth service's HTTP surface for accounts and client keys.
-
-Internal (internal secret, for the forwarder and the gateway): ``POST /internal/pick`` and
-``/internal/report`` (the account pool), ``/internal/keys/{lookup,any,admit,settle}``.
-Admin (``Authorization: Bearer $SECURITY__ADMIN_TOKEN``, or the web console's session with its
-CSRF token; off while the token is unset): ``GET /admin/accounts``,
-``POST /admin/accounts/{name}/refresh``, ``DELETE /admin/accounts/{name}``, ``POST /admin/accounts``
-(an API-key account), ``POST /admin/oauth/start`` and ``/admin/oauth/finish`` (a subscription, by
-the manual OAuth flow: open the URL, paste ``code#state``), ``GET|POST /admin/keys``,
-``PATCH /admin/keys/{key}`` (limits), ``DELETE /admin/keys/{key}`` (revoke).
-Answers never carry a secret, except the new key in the answer to ``POST /admin/keys``.
+"""The auth service's HTTP surface for accounts and client keys: the internal routes (internal
+secret; the forwarder's pick and report, the gateway's key lookups, admissions and settlements)
+and the admin API (the admin token, or the console's session with its CSRF token; off while
+``SECURITY__ADMIN_TOKEN`` is unset). No answer carries a secret but a new key, once.
 """
 
 from __future__ import annotations
@@ -24,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth import login
+from ccproxy_auth import oauth
 from ccproxy_auth.accounts import AccountError, AccountStore, check_name
 from ccproxy_auth.keys import KeyAdminError, KeyStore
 from ccproxy_auth.pool import AccountPool
@@ -87,9 +80,7 @@ OAUTH_PENDING_SECONDS = 900
 
 async def _parse(request: Request, model: type[B]) -> B:
     try:
-        return model.model_validate(orjson.loads(await request.body() or b"{}"))
-    except orjson.JSONDecodeError as exc:
-        raise ProxyError(400, f"invalid body: {exc}") from exc
+        return model.model_validate_json(await request.body() or b"{}")
     except ValidationError as exc:
         raise validation_error(exc) from exc
 
@@ -99,7 +90,7 @@ def _refused() -> Iterator[None]:
     """What the admin asked cannot be done: a 400 that says why (a 404 for an unknown key)."""
     try:
         yield
-    except (AccountError, KeyAdminError, login.LoginError) as exc:
+    except (AccountError, KeyAdminError, oauth.LoginError) as exc:
         raise ProxyError(exc.status if isinstance(exc, KeyAdminError) else 400, str(exc)) from exc
 
 
@@ -110,6 +101,9 @@ def need_keys(keys: KeyStore | None, hint: str = "") -> KeyStore:
 
 
 def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
+    async def accounts(request: Request) -> Response:
+        return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
+
     async def pick(request: Request) -> Response:
         body = await _parse(request, PickBody)
         credential = await pool.pick(body.hints, exclude=body.exclude, rejected=body.rejected, account=body.account)
@@ -120,9 +114,6 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
         body = await _parse(request, ReportBody)
         outcome = await pool.report(body.account, body.status, body.headers, body.hints)
         return json_response(outcome.model_dump())
-
-    async def accounts(request: Request) -> Response:
-        return json_response([s.model_dump(mode="json") for s in await pool.accounts()])
 
     def find_key(field: str, find: Callable[[KeyStore, str], Awaitable[KeyInfo | None]]) -> Endpoint:
         """``{"key": ...}`` for the body's ``field`` (a key hash, a session digest), or null."""
@@ -199,7 +190,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         body = await _parse(request, OAuthStartBody)
         with _refused():
             name = check_name(body.name)
-        pending = login.start(settings.oauth, manual=True)
+        pending = oauth.start(settings.oauth, manual=True)
         login_id = secrets.token_urlsafe(16)
         record = {"name": name, "verifier": pending.verifier, "state": pending.state,
                   "redirect_uri": pending.redirect_uri, "owner": owner(request)}
@@ -213,10 +204,10 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         if record is None or record["owner"] != owner(request):
             raise ProxyError(404, "no such login in progress (it expires after 15 minutes); start again",
                              "not_found_error")
-        pending = login.PendingLogin(record["verifier"], record["state"], record["redirect_uri"], "")
+        pending = oauth.PendingLogin(record["verifier"], record["state"], record["redirect_uri"], "")
         with _refused():
-            code = login.parse_pasted(body.pasted, pending)
-            oauth_pair = await login.finish(settings.oauth, pending, code)
+            code = oauth.parse_pasted(body.pasted, pending)
+            oauth_pair = await oauth.finish(settings.oauth, pending, code)
             account = AccountStore(settings).add_oauth(record["name"], oauth_pair)
         await redis.delete(pending_prefix + body.login_id)
         pool.invalidate()

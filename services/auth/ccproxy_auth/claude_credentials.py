@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ccproxy_core.settings import Settings
+
 log = logging.getLogger(__name__)
 
 KEYRING_SERVICE = "Claude Code-credentials"
@@ -79,26 +81,11 @@ class FileStore:
         self.path = path
         self.name = f"file:{path}"
 
-    def _document(self) -> dict[str, Any] | None:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CredentialsError(f"cannot read {self.path}: {exc.strerror}") from exc
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CredentialsError(f"{self.path} is not valid JSON (line {exc.lineno})") from exc
-        if not isinstance(doc, dict):
-            raise CredentialsError(f"{self.path} does not hold a JSON object")
-        return doc
-
     def load(self) -> ClaudeOAuth | None:
-        return oauth_in(self._document(), str(self.path))
+        return oauth_in(read_json(self.path), str(self.path))
 
     def save(self, oauth: ClaudeOAuth) -> None:
-        write_private_json(self.path, with_oauth(self._document() or {}, oauth))
+        write_private_json(self.path, with_oauth(read_json(self.path) or {}, oauth))
 
 
 class KeyringStore:
@@ -111,22 +98,14 @@ class KeyringStore:
 
     def _get(self) -> dict[str, Any] | None:
         try:
-            import keyring
             from keyring.errors import KeyringError
         except ImportError:
             return None
         try:
-            raw = keyring.get_password(KEYRING_SERVICE, self.username)
+            return keyring_json(KEYRING_SERVICE, self.username, "the keyring entry")
         except (KeyringError, RuntimeError) as exc:
             log.debug("keyring unavailable: %s", type(exc).__name__)
             return None
-        if not raw:
-            return None
-        try:
-            doc = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise CredentialsError("the keyring entry is not valid JSON") from exc
-        return doc if isinstance(doc, dict) else None
 
     def load(self) -> ClaudeOAuth | None:
         return oauth_in(self._get(), "the keyring entry")
@@ -135,6 +114,43 @@ class KeyringStore:
         import keyring
 
         keyring.set_password(KEYRING_SERVICE, self.username, json.dumps(with_oauth(self._get() or {}, oauth)))
+
+
+def keyring_json(service: str, username: str, where: str) -> dict[str, Any] | None:
+    """A keyring entry that holds a JSON object, None if there is none."""
+    import keyring
+
+    raw = keyring.get_password(service, username)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CredentialsError(f"{where} is not valid JSON") from exc
+    return doc if isinstance(doc, dict) else None
+
+
+def cli_stores(settings: Settings) -> list[CredentialStore]:
+    """Where the Claude CLI keeps its login: its credentials file, then (if used) the keyring."""
+    stores: list[CredentialStore] = [FileStore(settings.claude_config_dir() / ".credentials.json")]
+    if settings.auth.use_keyring:
+        stores.append(KeyringStore())
+    return stores
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, None if there is no such file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise CredentialsError(f"{path} is not valid JSON (line {exc.lineno})") from exc
+    if not isinstance(doc, dict):
+        raise CredentialsError(f"{path} does not hold a JSON object")
+    return doc
 
 
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:

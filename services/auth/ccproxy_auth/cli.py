@@ -1,30 +1,34 @@
-"""``ccproxy auth …`` (upstream accounts) and ``ccproxy keys …`` (client keys).
-
-Both act on the same durable state the auth service uses: account files (and the keyring) under
-the data directory, and Redis (``REDIS__URL``) for pool state and client keys. In the stack, run
-them inside the auth container (``docker compose exec auth ccproxy keys create …``) or against
-Redis from the host. No command prints a secret, except ``keys create``, once.
+"""``ccproxy auth …`` (upstream accounts) and ``ccproxy keys …`` (client keys), on the auth
+service's own state: account files under the data directory, pool state and keys in Redis
+(``REDIS__URL``). No command prints a secret, except ``keys create``, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ccproxy_auth.accounts import AccountError, AccountStore
+from ccproxy_auth.claude_credentials import CredentialsError, FileStore, cli_stores
 from ccproxy_core.cli import fail, load_settings
+from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import DEFAULT_ACCOUNT
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from ccproxy_auth.keys import KeyStore
+    from ccproxy_auth.pool import AccountPool, AccountState
 
 auth_app = typer.Typer(help="Upstream accounts: log in, import, add API keys, status.", no_args_is_help=True)
 keys_app = typer.Typer(help="Client keys: one per team member, with limits and budgets.", no_args_is_help=True)
@@ -36,11 +40,16 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
 
 
-def _run(coro: Awaitable[T]) -> T:
-    async def main() -> T:
-        return await coro
+@contextlib.contextmanager
+def _failing() -> Iterator[None]:
+    """An account or key that cannot be changed as asked: exit with the reason."""
+    from ccproxy_auth.keys import KeyAdminError
+    from ccproxy_auth.oauth import LoginError
 
-    return asyncio.run(main())
+    try:
+        yield
+    except (AccountError, CredentialsError, KeyAdminError, LoginError) as exc:
+        fail(str(exc))
 
 
 def _when(ts: float | None) -> str:
@@ -49,14 +58,11 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _pool(settings: Settings) -> Any:
+def _pool(settings: Settings) -> AccountPool:
     from ccproxy_auth.pool import AccountPool
     from ccproxy_core.redis import connect
 
     return AccountPool(settings, connect(settings.redis))
-
-
-# -- auth ----------------------------------------------------------------------------------
 
 
 @auth_app.command()
@@ -67,8 +73,7 @@ def login(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the callback.")] = 300.0,
 ) -> None:
     """Log in to a Claude subscription (OAuth, PKCE) and store it as a named account."""
-    import ccproxy_auth.login as flow
-    from ccproxy_auth.accounts import AccountError, AccountStore
+    import ccproxy_auth.oauth as flow
 
     settings = load_settings()
     store = AccountStore(settings)
@@ -91,13 +96,10 @@ def login(
             code = await flow.wait_for_callback(pending, timeout)
         return await flow.finish(settings.oauth, pending, code)
 
-    try:
-        oauth_pair = _run(run())
-        saved = store.add_oauth(account, oauth_pair)
-    except (flow.LoginError, AccountError) as exc:
-        fail(str(exc))
+    with _failing():
+        saved = store.add_oauth(account, asyncio.run(run()))
     _clear_marks(settings, saved.name)
-    typer.echo(f"Logged in: account {saved.name} (secrets in the {store.secrets.name} store).")
+    typer.echo(f"Logged in: account {saved.name} (secrets in the {store.secret_backend} store).")
 
 
 def _has_display() -> bool:
@@ -109,7 +111,7 @@ def _clear_marks(settings: Settings, name: str) -> None:
     if settings.redis.url is None:
         return
     try:
-        _run(_pool(settings).clear(name))
+        asyncio.run(_pool(settings).clear(name))
     except Exception as exc:  # Redis down: the mark clears itself on the next success anyway
         typer.echo(f"note: could not clear the account's marks in Redis ({type(exc).__name__})", err=True)
 
@@ -127,14 +129,9 @@ def import_(
     writes each rotated token pair back there, so the CLI keeps working. ``--from FILE`` copies a
     login (e.g. from another machine) into ccproxy's own store instead.
     """
-    from pathlib import Path
-
-    from ccproxy_auth.accounts import AccountError, AccountStore
-    from ccproxy_auth.claude_credentials import CredentialsError, CredentialStore, FileStore, KeyringStore
-
     settings = load_settings()
     store = AccountStore(settings)
-    try:
+    with _failing():
         if from_file:
             found = FileStore(Path(from_file)).load()
             if found is None:
@@ -143,16 +140,11 @@ def import_(
             typer.echo(f"Imported a copy: account {saved.name}. The source file's refresh token will stop "
                        "working once ccproxy refreshes; log that CLI in again if you keep using it.")
             return
-        sources: list[CredentialStore] = [FileStore(settings.claude_config_dir() / ".credentials.json")]
-        if settings.auth.use_keyring:
-            sources.append(KeyringStore())
-        for source in sources:
+        for source in cli_stores(settings):
             if source.load() is not None:
                 saved = store.link_cli(account, source)
                 typer.echo(f"Linked account {saved.name} to the Claude CLI's login ({source.name}).")
                 return
-    except (AccountError, CredentialsError) as exc:
-        fail(str(exc))
     fail("no Claude CLI login found (run `claude` and /login, or pass --from FILE)")
 
 
@@ -162,64 +154,52 @@ def add_key(
     key: Annotated[str | None, typer.Option(help="The Anthropic API key; '-' reads stdin; unset: prompt.")] = None,
 ) -> None:
     """Add an Anthropic API key as an account (sent upstream as x-api-key)."""
-    from ccproxy_auth.accounts import AccountError, AccountStore
-
     settings = load_settings()
     if key == "-":
         key = sys.stdin.readline().strip()
     elif key is None:
         key = typer.prompt("Anthropic API key", hide_input=True)
-    try:
+    with _failing():
         saved = AccountStore(settings).add_api_key(account, key or "")
-    except AccountError as exc:
-        fail(str(exc))
     typer.echo(f"Added API-key account {saved.name}.")
 
 
-def _account_rows(settings: Settings) -> list[dict[str, Any]]:
-    pool = _pool(settings)
-    try:
-        states = _run(pool.accounts())
-    except Exception as exc:
-        from ccproxy_core.redis import is_unavailable, redacted
+def _accounts(settings: Settings) -> list[AccountState]:
+    from ccproxy_core.redis import is_unavailable, redacted
 
+    try:
+        return asyncio.run(_pool(settings).accounts())
+    except Exception as exc:
         if not is_unavailable(exc):
             raise
         fail(f"Redis ({redacted(settings.redis.url)}) is unreachable: {type(exc).__name__}")
-    return [s.model_dump(mode="json") for s in states]
 
 
-def _print_accounts(rows: list[dict[str, Any]]) -> None:
-    now = time.time()
-    for row in rows:
-        health = "healthy" if row["healthy"] else f"UNHEALTHY ({row.get('problem') or 'unknown'})"
-        plan = f" ({row['subscription_type']})" if row.get("subscription_type") else ""
-        typer.echo(f"{row['name']}: {row['kind']}{plan}")
-        typer.echo(f"  health:   {health}")
-        if row.get("source"):
-            typer.echo(f"  source:   {row['source']}")
-        if row.get("expires_at"):
-            left = row["expires_at"] - now
-            state = f"in {left / 3600:.1f} h" if left > 0 else "expired (refreshes on next use)"
-            typer.echo(f"  expires:  {_when(row['expires_at'])} ({state})")
-        cooldown = row.get("cooldown")
-        if cooldown:
-            typer.echo(f"  cooldown: until {_when(cooldown['until'])} ({cooldown['reason']}, "
-                       f"{max(0, cooldown['until'] - now):.0f} s left)")
-        quota = row.get("quota") or {}
-        if quota:
-            parts = []
-            for window, q in sorted(quota.items()):
-                util = q.get("utilization")
-                text = f"{window} {util * 100:.0f}%" if util is not None else window
-                if q.get("status") and q["status"] != "allowed":
-                    text += f" {q['status']}"
-                if q.get("reset"):
-                    text += f" (resets {_when(q['reset'])})"
-                parts.append(text)
-            typer.echo("  quota:    " + ", ".join(parts))
-        if row.get("last_limited_at"):
-            typer.echo(f"  limited:  last at {_when(row['last_limited_at'])}")
+def _print_account(row: AccountState, now: float) -> None:
+    plan = f" ({row.subscription_type})" if row.subscription_type else ""
+    typer.echo(f"{row.name}: {row.kind}{plan}")
+    typer.echo("  health:   " + ("healthy" if row.healthy else f"UNHEALTHY ({row.problem or 'unknown'})"))
+    if row.source:
+        typer.echo(f"  source:   {row.source}")
+    if row.expires_at:
+        left = row.expires_at - now
+        state = f"in {left / 3600:.1f} h" if left > 0 else "expired (refreshes on next use)"
+        typer.echo(f"  expires:  {_when(row.expires_at)} ({state})")
+    if row.cooldown:
+        typer.echo(f"  cooldown: until {_when(row.cooldown.until)} ({row.cooldown.reason}, "
+                   f"{max(0, row.cooldown.until - now):.0f} s left)")
+    parts = []
+    for window, q in sorted(row.quota.items()):
+        text = f"{window} {q.utilization * 100:.0f}%" if q.utilization is not None else window
+        if q.status and q.status != "allowed":
+            text += f" {q.status}"
+        if q.reset:
+            text += f" (resets {_when(q.reset)})"
+        parts.append(text)
+    if parts:
+        typer.echo("  quota:    " + ", ".join(parts))
+    if row.last_limited_at:
+        typer.echo(f"  limited:  last at {_when(row.last_limited_at)}")
 
 
 @auth_app.command()
@@ -227,31 +207,25 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Each account's kind, subscription, expiry, health, cooldown and quota (no secrets)."""
-    settings = load_settings()
-    rows = _account_rows(settings)
+    rows = _accounts(load_settings())
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
         return
-    _print_accounts(rows)
+    for row in rows:
+        _print_account(row, time.time())
 
 
-@auth_app.command()
-def info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Same as `auth status` (the name earlier ccproxy versions used)."""
-    status(as_json)
+auth_app.command("info", help="Same as `auth status` (the name earlier ccproxy versions used).")(status)
 
 
 @auth_app.command()
 def validate() -> None:
     """Exit 0 if at least one account can serve requests, 1 otherwise."""
-    rows = _account_rows(load_settings())
-    usable = [r for r in rows if r["available"]]
+    rows = _accounts(load_settings())
     for row in rows:
-        mark = "ok" if row["available"] else "NOT usable: " + str(
-            row.get("problem") or ("cooling down" if row.get("cooldown") else "unknown")
-        )
-        typer.echo(f"{row['name']}: {mark}")
-    if not usable:
+        why = row.problem or ("cooling down" if row.cooldown else "unknown")
+        typer.echo(f"{row.name}: " + ("ok" if row.available else f"NOT usable: {why}"))
+    if not any(row.available for row in rows):
         raise typer.Exit(1)
 
 
@@ -260,15 +234,13 @@ def refresh(
     account: Annotated[str | None, typer.Option(help="Only this account (default: every OAuth account).")] = None,
 ) -> None:
     """Refresh OAuth tokens now (single-flight with running services via the Redis lock)."""
-    from ccproxy_core.errors import ProxyError
-
     settings = load_settings()
     pool = _pool(settings)
     names = [account] if account else [m.account.name for m in pool.members() if m.account.kind != "api_key"]
     failed = False
     for name in names:
         try:
-            credential = _run(pool.refresh(name))
+            credential = asyncio.run(pool.refresh(name))
         except ProxyError as exc:
             typer.echo(f"{name}: refresh failed: {exc.message}", err=True)
             failed = True
@@ -283,22 +255,14 @@ def logout(
     account: Annotated[str, typer.Option(help="The account to remove.")] = DEFAULT_ACCOUNT,
 ) -> None:
     """Remove an account and its stored secrets (a linked CLI login itself is left alone)."""
-    from ccproxy_auth.accounts import AccountError, AccountStore
-
-    settings = load_settings()
-    try:
-        removed = AccountStore(settings).remove(account)
-    except AccountError as exc:
-        fail(str(exc))
+    with _failing():
+        removed = AccountStore(load_settings()).remove(account)
     if not removed:
         fail(f"no account named {account!r}")
     typer.echo(f"Removed account {account}.")
 
 
-# -- keys ----------------------------------------------------------------------------------
-
-
-def _keys(settings: Settings) -> Any:
+def _keys(settings: Settings) -> KeyStore:
     if settings.redis.url is None:
         fail("client keys live in Redis: set REDIS__URL (the stack sets it), or use "
               "SECURITY__AUTH_TOKEN for a single shared token")
@@ -336,27 +300,15 @@ def create(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a client key. The key is printed once; only its hash is stored."""
-    from ccproxy_auth.keys import KeyAdminError
-
     if period is not None and period not in ("day", "week", "month"):
         raise typer.BadParameter("period must be day, week or month")
     settings = load_settings()
     store = _keys(settings)
     expires_at = parse_expiry(expires) if expires else None
-    try:
-        info, plain = _run(
-            store.create(
-                name,
-                accounts=[a.strip() for a in accounts.split(",") if a.strip()] if accounts else None,
-                rpm=rpm,
-                tpm=tpm,
-                budget_usd=budget_usd,
-                period=period,
-                expires_at=expires_at,
-            )
-        )
-    except KeyAdminError as exc:
-        fail(str(exc))
+    allowed = [a.strip() for a in accounts.split(",") if a.strip()] if accounts else None
+    with _failing():
+        info, plain = asyncio.run(store.create(name, accounts=allowed, rpm=rpm, tpm=tpm, budget_usd=budget_usd,
+                                               period=period, expires_at=expires_at))
     if as_json:
         typer.echo(json.dumps({**info.model_dump(), "key": plain}))
         return
@@ -370,7 +322,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Every key: limits, budget, and spend (this period and in total). Never the key itself."""
-    rows = _run(_keys(load_settings()).listing(include_revoked))
+    rows = asyncio.run(_keys(load_settings()).listing(include_revoked))
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -399,10 +351,6 @@ def list_(
 @keys_app.command()
 def revoke(key: Annotated[str, typer.Argument(help="The key's id (k_…) or name.")]) -> None:
     """Revoke a key: every gateway refuses it within SECURITY__KEY_CACHE_SECONDS."""
-    from ccproxy_auth.keys import KeyAdminError
-
-    try:
-        info = _run(_keys(load_settings()).revoke(key))
-    except KeyAdminError as exc:
-        fail(str(exc))
+    with _failing():
+        info = asyncio.run(_keys(load_settings()).revoke(key))
     typer.echo(f"Revoked key {info.id} ({info.name}).")

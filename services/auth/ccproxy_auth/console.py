@@ -1,12 +1,7 @@
-"""The web console (``/admin``) and the member page (``/me``), served by the auth service.
-
-Auth owns what both act on (client keys, upstream accounts), so the pages live here: static
-HTML and vanilla JavaScript (``static/``) calling auth's JSON endpoints with a session cookie
-(:mod:`ccproxy_auth.sessions`). ``/admin`` signs in with ``SECURITY__ADMIN_TOKEN`` and then uses
-the admin API (:mod:`ccproxy_auth.admin`); without that token it shows only how to set it.
-``/me`` signs in with a member's own client key and shows that key's limits and spend
-(``/me/state``); its recent requests and pending approvals the page reads from ``/logs/query``
-and ``/permissions``, which accept the member session for GET reads (``ccproxy_core.identity``).
+"""The web console (``/admin``) and the member page (``/me``): static pages (``static/``) calling
+auth's JSON endpoints with a session cookie (:mod:`ccproxy_auth.sessions`). ``/admin`` signs in
+with ``SECURITY__ADMIN_TOKEN`` and uses the admin API; ``/me`` signs in with a member's own key and
+shows its limits and spend, its requests and approvals read from ``/logs`` and ``/permissions``.
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ from ccproxy_auth.pool import AccountPool
 from ccproxy_auth.sessions import (
     ADMIN_COOKIE,
     ADMIN_SESSION_SECONDS,
-    MEMBER_COOKIE,
     MEMBER_SESSION_SECONDS,
     AdminAccess,
     Session,
@@ -37,6 +31,7 @@ from ccproxy_auth.sessions import (
     set_cookie,
 )
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.identity import MEMBER_COOKIE
 from ccproxy_core.settings import Settings
 
 #: What the pages may load: their own files, nothing inline, no frames (clickjacking).
@@ -109,8 +104,6 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
 
         return endpoint
 
-    # -- /admin ---------------------------------------------------------------------------------
-
     async def admin_page(request: Request) -> Response:
         page = "admin.html" if access.enabled else "admin_off.html"
         return Response(_static(page), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
@@ -126,8 +119,6 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         response = _json({"signed_in": True, "csrf": found.csrf, "keys": keys is not None})
         set_cookie(request, response, ADMIN_COOKIE, sid, ADMIN_SESSION_SECONDS)
         return response
-
-    # -- /me ------------------------------------------------------------------------------------
 
     async def member(request: Request) -> Session | None:
         if keys is None:

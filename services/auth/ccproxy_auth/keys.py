@@ -1,20 +1,10 @@
-"""Client keys: one per team member, stored hashed, with rate limits and a budget.
+"""Client keys: one per team member, stored hashed (shown once), with rate limits and a budget.
 
-A key is shown once, at creation; Redis keeps only its SHA-256. Each request is *admitted* by
-one Lua script (atomic, so fifty concurrent requests cannot all slip under a limit that allows
-five): it refuses a revoked or expired key, takes one request from the rpm bucket, checks the
-tpm bucket, and reserves the request's estimated cost against the budget of the current period
-(spend + outstanding reservations + this estimate <= budget). When the answer is over, a second
-script *settles*: it releases the reservation, adds the real cost to the period's spend and
-corrects the tpm bucket with the real token count. Reservations carry an expiry, so a gateway
-that dies mid-request cannot hold budget forever.
-
-rpm and tpm are token buckets (capacity N, refilled N per minute). The estimate reserved for a
-request is its input (body bytes / 4 tokens) plus its ``max_tokens`` of output at the model's
-price (:mod:`ccproxy_core.pricing`, the source the settled cost uses too), an upper bound in
-practice, so the budget holds. An
-SDK-mode run (many upstream calls) reserves a fixed amount instead (``CLAUDE__RUN_RESERVATION_USD``,
-less if less is left), which its Claude Code is then not allowed to spend more than.
+Admission is one Lua script, atomic so fifty concurrent requests cannot all slip under a limit of
+five: it refuses a revoked or expired key, takes from the rpm/tpm token buckets and reserves the
+request's estimated cost (input bytes / 4 plus ``max_tokens`` at the model's price, or a whole
+SDK run's ``CLAUDE__RUN_RESERVATION_USD``) against the period's budget. Settlement releases the
+reservation and books the real cost. Reservations expire, so a dead gateway cannot hold budget.
 """
 
 from __future__ import annotations
@@ -43,21 +33,16 @@ from ccproxy_core.redis import as_text
 MICRO = 1_000_000
 #: A request's reservation expires after this long (longer than any stream).
 RESERVATION_TTL = 3600
-#: Every amount (micro-USD or tokens) that reaches Redis is clamped to [0, MAX_AMOUNT], whatever
-#: a request said: 10**15 micro-USD is $1e9, 10**15 tokens more than any request can use, and both
-#: stay far below 2**53 (exact in Lua's doubles) and 2**63 (Redis counters), so a reservation can
-#: neither go negative nor overflow.
+#: Every amount (micro-USD or tokens) reaching Redis is clamped to [0, MAX_AMOUNT]: far below 2**53
+#: (exact in Lua's doubles), so a reservation can neither go negative nor overflow.
 MAX_AMOUNT = 10**15
 #: The largest token counts taken from a request or a usage report (bigger ones are clamped).
 MAX_TOKENS = 10**12
 #: Seconds a period's spend counter outlives its last settlement (longer than any period).
 SPEND_TTL = 40 * 24 * 3600
 
-#: Lua shared by both scripts. ``clamp`` bounds any number to [0, MAX_AMOUNT]; ``int`` writes one
-#: as Redis wants an integer (Lua would print 1e15 as "1e+15"); ``release`` gives back a
-#: reservation and ``heal`` resets a counter, so none is ever left below zero (one an old gateway
-#: drove negative heals here); ``refill`` is a token bucket's level ``now`` (capacity ``cap``,
-#: refilled ``cap`` per minute).
+#: Lua shared by both scripts: ``int`` because Lua would print 1e15 as "1e+15"; ``release`` and
+#: ``heal`` leave no counter below zero; ``refill``: a bucket of ``cap`` refilled ``cap`` a minute.
 _PRELUDE = """
 local function clamp(value) return math.max(0, math.min(tonumber(value) or 0, @MAX@)) end
 local function int(value) return string.format('%d', clamp(value)) end
@@ -66,6 +51,16 @@ local function heal(counter) if count(counter) < 0 then redis.call('SET', counte
 local function release(counter, amount)
   if clamp(amount) <= 0 then return end
   if redis.call('DECRBY', counter, int(amount)) < 0 then redis.call('SET', counter, 0) end
+end
+-- give back reservation ``rid`` (recorded as "micro:tokens"); returns the tokens it estimated
+local function unreserve(amounts, expiries, held, rid)
+  local amt = redis.call('HGET', amounts, rid)
+  redis.call('ZREM', expiries, rid)
+  if not amt then return 0 end
+  redis.call('HDEL', amounts, rid)
+  local micro, tokens = string.match(amt, '^(-?%d+):?(-?%d*)')
+  release(held, tonumber(micro) or 0)
+  return clamp(tokens)
 end
 local function refill(bucket, cap, now)
   local b = redis.call('HMGET', bucket, 'level', 'ts')
@@ -83,15 +78,7 @@ if rec[3] and rec[3] ~= '' and tonumber(rec[3]) <= now then return {'expired'} e
 local est_micro = clamp(ARGV[2])
 local est_tokens = clamp(ARGV[3])
 -- release reservations whose request never settled (a gateway died)
-local stale = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
-for _, rid in ipairs(stale) do
-  local amt = redis.call('HGET', KEYS[7], rid)
-  if amt then
-    release(KEYS[5], tonumber(string.match(amt, '^(-?%d+)')) or 0)
-    redis.call('HDEL', KEYS[7], rid)
-  end
-  redis.call('ZREM', KEYS[6], rid)
-end
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)) do unreserve(KEYS[7], KEYS[6], KEYS[5], rid) end
 local rpm = tonumber(rec[4]) or 0
 local rpm_level = nil
 if rpm > 0 then
@@ -127,15 +114,7 @@ return {'ok', want}
 """
 
 SETTLE = _PRELUDE + """
-local amt = redis.call('HGET', KEYS[1], ARGV[1])
-local est_tokens = 0
-if amt then
-  local micro, tokens = string.match(amt, '^(-?%d+):(-?%d+)')
-  release(KEYS[3], tonumber(micro) or 0)
-  est_tokens = clamp(tokens)
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
+local est_tokens = unreserve(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 local actual = int(ARGV[2])
 heal(KEYS[4])
 local spent = redis.call('INCRBY', KEYS[4], actual)
@@ -171,21 +150,16 @@ MAX_TPM = 10**10
 MAX_BUDGET_USD = 1_000_000.0
 
 
-def check_limits(
-    *, rpm: int | None = None, tpm: int | None = None, budget_usd: float | None = None,
-    expires_at: float | None = None,
-) -> None:
+def check_limits(limits: dict[str, Any]) -> None:
     """Raise KeyAdminError unless every limit given is a finite, positive, sane number."""
-    for value, flag, top in ((rpm, "--rpm", MAX_RPM), (tpm, "--tpm", MAX_TPM)):
-        if value is None:
-            continue
-        if type(value) is not int or not 1 <= value <= top:
-            raise KeyAdminError(f"{flag} must be a whole number from 1 to {top}")
+    for flag, top in (("rpm", MAX_RPM), ("tpm", MAX_TPM)):
+        value = limits.get(flag)
+        if value is not None and (type(value) is not int or not 1 <= value <= top):
+            raise KeyAdminError(f"--{flag} must be a whole number from 1 to {top}")
+    budget_usd, expires_at = limits.get("budget_usd"), limits.get("expires_at")
     if budget_usd is not None and not (isinstance(budget_usd, int | float) and math.isfinite(budget_usd)
-                                       and 0 < budget_usd <= MAX_BUDGET_USD):
-        raise KeyAdminError(f"--budget-usd must be a positive amount up to {MAX_BUDGET_USD:,.0f}")
-    if budget_usd is not None and math.floor(budget_usd * MICRO) < 1:
-        raise KeyAdminError("--budget-usd must be at least $0.000001")
+                                       and budget_usd <= MAX_BUDGET_USD and math.floor(budget_usd * MICRO) >= 1):
+        raise KeyAdminError(f"--budget-usd must be an amount from $0.000001 to ${MAX_BUDGET_USD:,.0f}")
     if expires_at is not None and not (isinstance(expires_at, int | float) and math.isfinite(expires_at)
                                        and 0 < expires_at < 253402300800):  # before the year 10000
         raise KeyAdminError("--expires must be a date before the year 10000")
@@ -233,14 +207,6 @@ def usage_cost_micro(usage: UsageReport) -> int:
     return _bounded(math.ceil(usd * MICRO), MAX_AMOUNT)
 
 
-def _opt_float(text: str | None) -> float | None:
-    return float(text) if text else None
-
-
-def _opt_int(text: str | None) -> int | None:
-    return int(float(text)) if text and float(text) > 0 else None
-
-
 #: The per-key token totals settlement adds up (and ``SETTLE`` writes, in this order).
 TOKEN_TOTALS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 #: What :meth:`KeyStore.update` may change.
@@ -264,6 +230,17 @@ def _limits_record(info: KeyInfo) -> dict[str, str]:
     }
 
 
+def _with_limits(info: KeyInfo, changes: dict[str, Any]) -> KeyInfo:
+    """``info`` with :data:`LIMITS` changed, checked; a budget without a period is monthly."""
+    if unknown := set(changes) - LIMITS:
+        raise KeyAdminError(f"cannot change {', '.join(sorted(unknown))}")
+    check_limits(changes)
+    merged = info.model_copy(update=changes)
+    if merged.budget_usd is not None and merged.period is None:
+        merged.period = "month"
+    return merged
+
+
 class KeyStore:
     """Client keys in Redis (durable with its append-only file): a :class:`KeyAuthority`."""
 
@@ -278,30 +255,15 @@ class KeyStore:
         """Where a key's record (no ``what``) or one of its counters lives."""
         return f"{self.p}id:{key_id}:{what}" if what else f"{self.p}id:{key_id}"
 
-    # -- administration --------------------------------------------------------------------
-
-    async def create(
-        self,
-        name: str,
-        *,
-        accounts: list[str] | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        budget_usd: float | None = None,
-        period: Period | None = None,
-        expires_at: float | None = None,
-    ) -> tuple[KeyInfo, str]:
-        """A new key; the plain key is returned here and never again."""
+    async def create(self, name: str, **limits: Any) -> tuple[KeyInfo, str]:
+        """A new key with :data:`LIMITS` (None: none); the plain key is returned here and never again."""
         name = name.strip()
         if not name:
             raise KeyAdminError("a key needs a name")
-        check_limits(rpm=rpm, tpm=tpm, budget_usd=budget_usd, expires_at=expires_at)
-        if budget_usd is not None and period is None:
-            period = "month"
         key_id = "k_" + secrets.token_hex(6)
         plain = KEY_PREFIX + secrets.token_urlsafe(32)
-        info = KeyInfo(id=key_id, name=name, hint=plain[-4:], created_at=time.time(), expires_at=expires_at,
-                       rpm=rpm, tpm=tpm, budget_usd=budget_usd, period=period, accounts=accounts or [])
+        blank = KeyInfo(id=key_id, name=name, hint=plain[-4:], created_at=time.time())
+        info = _with_limits(blank, {k: v for k, v in limits.items() if v is not None})
         name_key = f"{self.p}name:{name}"
         record = {"id": key_id, "name": name, "hash": hash_key(plain), "hint": info.hint,
                   "created_at": repr(info.created_at), "revoked_at": "", **_limits_record(info)}
@@ -320,37 +282,26 @@ class KeyStore:
             raise
         return info, plain
 
-    async def find(self, id_or_name: str) -> KeyInfo | None:
+    async def _need(self, id_or_name: str) -> KeyInfo:
+        """The key by its id (``k_…``) or its name; UnknownKey if there is none."""
         key_id: Any = id_or_name
         if not id_or_name.startswith("k_"):
             key_id = await self.redis.get(f"{self.p}name:{id_or_name}")
-        return await self.get(as_text(key_id)) if key_id is not None else None
-
-    async def _need(self, id_or_name: str) -> KeyInfo:
-        info = await self.find(id_or_name)
+        info = await self.get(as_text(key_id)) if key_id is not None else None
         if info is None:
             raise UnknownKey(f"no key {id_or_name!r}")
         return info
 
     async def get(self, key_id: str) -> KeyInfo | None:
         raw = await self.redis.hgetall(self._key(key_id))
-        if not raw:
-            return None
         r = {as_text(k): as_text(v) for k, v in raw.items()}
+        if not r:
+            return None
+        # The record holds "" for "none" and 0 for "no limit": left out, the model's defaults apply.
+        fields = {k: v for k, v in r.items() if v != "" and (v != "0" or k not in ("rpm", "tpm"))}
         budget_micro = int(r.get("budget_micro") or 0)
-        return KeyInfo(
-            id=r["id"],
-            name=r["name"],
-            hint=r.get("hint", ""),
-            created_at=float(r.get("created_at") or 0),
-            expires_at=_opt_float(r.get("expires_at")),
-            revoked_at=_opt_float(r.get("revoked_at")),
-            rpm=_opt_int(r.get("rpm")),
-            tpm=_opt_int(r.get("tpm")),
-            budget_usd=budget_micro / MICRO if budget_micro else None,
-            period=(r.get("period") or None),  # type: ignore[arg-type]
-            accounts=[a for a in (r.get("accounts") or "").split(",") if a],
-        )
+        accounts = [a for a in r.get("accounts", "").split(",") if a]
+        return KeyInfo.model_validate({**fields, "budget_usd": budget_micro / MICRO or None, "accounts": accounts})
 
     async def revoke(self, id_or_name: str) -> KeyInfo:
         info = await self._need(id_or_name)
@@ -366,14 +317,8 @@ class KeyStore:
 
     async def update(self, id_or_name: str, changes: dict[str, Any]) -> KeyInfo:
         """Change a key's :data:`LIMITS`; a field given as None is removed. Its spend so far is kept."""
-        info = await self._need(id_or_name)
-        if unknown := set(changes) - LIMITS:
-            raise KeyAdminError(f"cannot change {', '.join(sorted(unknown))}")
-        check_limits(**{k: v for k, v in changes.items() if k in ("rpm", "tpm", "budget_usd", "expires_at")})
-        merged = info.model_copy(update=changes)
-        if merged.budget_usd is not None and merged.period is None:
-            merged.period = "month"
-        await self.redis.hset(self._key(info.id), mapping=_limits_record(merged))
+        merged = _with_limits(await self._need(id_or_name), changes)
+        await self.redis.hset(self._key(merged.id), mapping=_limits_record(merged))
         return merged
 
     async def listing(self, include_revoked: bool = False) -> list[dict[str, Any]]:
@@ -407,34 +352,30 @@ class KeyStore:
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
         """The (usable) key behind a ``/me`` session (its id's SHA-256), for GET reads elsewhere."""
         key_id, role = await self.redis.hmget(session_key(self.prefix, sid_digest), "key_id", "role")
-        if key_id is None or role is None or as_text(role) != "member":
-            return None
-        info = await self.get(as_text(key_id))
-        return info if info is not None and info.usable() else None
-
-    # -- KeyAuthority ----------------------------------------------------------------------
+        return await self._usable(key_id) if role is not None and as_text(role) == "member" else None
 
     async def lookup(self, presented: str) -> KeyInfo | None:
         return await self.lookup_hash(hash_key(presented))
 
     async def lookup_hash(self, digest: str) -> KeyInfo | None:
-        key_id = await self.redis.get(f"{self.p}hash:{digest}")
+        return await self._usable(await self.redis.get(f"{self.p}hash:{digest}"))
+
+    async def _usable(self, key_id: Any) -> KeyInfo | None:
         info = await self.get(as_text(key_id)) if key_id is not None else None
         return info if info is not None and info.usable() else None
 
     async def any_keys(self, fresh: bool = False) -> bool:
         return bool(await self.redis.scard(f"{self.p}all"))
 
-    async def admit(
-        self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
-    ) -> Admission:
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int,
+                    reserve_micro_usd: int = 0) -> Admission:
         now = time.time()
         tokens, micro = estimate(model, body_bytes, max_tokens)
         period_id = period_bounds(key.period, now)[0] if key.period else None
         rid = secrets.token_hex(8)
         result = await self._admit(
             keys=[self._key(key.id, w) for w in ("", "rpm", "tpm", _spend(period_id), "reserved", "resv", "resamt")],
-            args=[repr(now), micro, tokens, rid, RESERVATION_TTL, _bounded(reserve_micro_usd, MAX_AMOUNT)],
+            args=[repr(now), micro, tokens, rid, RESERVATION_TTL, reserve_micro_usd],  # the script clamps it
         )
         verdict = [as_text(v) for v in result]
         if verdict[0] != "ok":
@@ -450,24 +391,14 @@ class KeyStore:
             wait = max(1, math.ceil(float(verdict[1])))
             limit = key.rpm if what == "rpm" else key.tpm
             unit = "requests" if what == "rpm" else "tokens"
-            return ProxyError(
-                429,
-                f"client key {key.name!r} is over its rate limit of {limit} {unit} per minute; "
-                f"retry in {wait} s",
-                "rate_limit_error",
-                headers={"retry-after": str(wait)},
-            )
+            return ProxyError(429, f"client key {key.name!r} is over its rate limit of {limit} {unit} per minute; "
+                              f"retry in {wait} s", "rate_limit_error", headers={"retry-after": str(wait)})
         assert key.period is not None and key.budget_usd is not None
         _, _, end = period_bounds(key.period, now)
-        spent = int(verdict[1]) / MICRO
-        held = int(verdict[2]) / MICRO
-        return ProxyError(
-            402,
-            f"client key {key.name!r} has spent its budget of ${key.budget_usd:.2f} per {key.period} "
-            f"(${spent:.4f} spent, ${held:.4f} held by requests in flight, this one needs up to "
-            f"${micro / MICRO:.4f}); it resets at {end:%Y-%m-%d %H:%M} UTC",
-            "billing_error",
-        )
+        spent, held = int(verdict[1]) / MICRO, int(verdict[2]) / MICRO
+        return ProxyError(402, f"client key {key.name!r} has spent its budget of ${key.budget_usd:.2f} per "
+                          f"{key.period} (${spent:.4f} spent, ${held:.4f} held by requests in flight, this one "
+                          f"needs up to ${micro / MICRO:.4f}); it resets at {end:%Y-%m-%d %H:%M} UTC", "billing_error")
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         key = await self.get(admission.key_id)

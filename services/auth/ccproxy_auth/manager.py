@@ -1,15 +1,11 @@
 """Hands out a usable upstream credential, refreshing it single-flight.
 
-Twenty requests that meet an expired token must cause one refresh, not twenty: refresh tokens
-rotate and each works once, so a second concurrent refresh would lose the account. Inside one
-process an asyncio lock serialises refreshes; across processes (auth replicas) a lock in Redis
-does, with a timeout so a crashed holder cannot block refresh forever. After taking the lock we
-re-read the store (the fencing check): if someone else already refreshed, we use their token.
-
-A refresh that fails is single-flight too: callers waiting on the lock share its failure, and
-no new attempt is made with the same refresh token for a growing interval (30 s, doubling up to
-30 min) — a dead refresh token must not hammer the token endpoint. A new login (the stored
-refresh token changed on disk) is tried at once. Meanwhile a still-valid access token is used.
+Refresh tokens rotate and each works once, so twenty requests meeting an expired token must
+cause one refresh: an asyncio lock in the process, a Redis lock (with a timeout) across replicas,
+and after taking it a re-read of the store in case someone else refreshed (the fencing check).
+A failed refresh is shared by its waiters and not retried with the same refresh token for a
+growing interval (30 s doubling to 30 min), so a dead token does not hammer the token endpoint;
+a new login is tried at once, and meanwhile a still-valid access token is used.
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -30,8 +25,7 @@ from ccproxy_auth.claude_credentials import (
     ClaudeOAuth,
     CredentialsError,
     CredentialStore,
-    FileStore,
-    KeyringStore,
+    cli_stores,
 )
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.logging import register_secret
@@ -70,9 +64,13 @@ NO_CREDENTIALS = (
 
 
 class CredentialManager:
-    """The token source of one account (the Claude CLI's login, or an API key)."""
+    """The token source of one account: an API key, or a login in one of ``stores`` (None: the
+    Claude CLI's login, or ``AUTH__API_KEY``)."""
 
-    def __init__(self, settings: Settings, redis: Any | None = None, account: str = DEFAULT_ACCOUNT) -> None:
+    def __init__(
+        self, settings: Settings, redis: Any | None = None, account: str = DEFAULT_ACCOUNT,
+        stores: list[CredentialStore] | None = None, api_key: str | None = None,
+    ) -> None:
         self._settings = settings
         self._redis = redis
         self.account = account
@@ -80,23 +78,20 @@ class CredentialManager:
         self._cached: ClaudeOAuth | None = None
         self._issued: tuple[ClaudeOAuth, Credential] | None = None
         self._store: CredentialStore | None = None
-        self.refresh_count = 0
         #: Told each refresh's outcome ("ok" or "failed"): the pool counts them in its metrics.
         self.on_refresh: Callable[[str], None] = lambda outcome: None
         self._failure: RefreshFailure | None = None
-        api_key = settings.auth.api_key
-        self._api_key = api_key.get_secret_value() if api_key else None
+        if stores is None:
+            stores = cli_stores(settings)
+            api_key = settings.auth.api_key.get_secret_value() if settings.auth.api_key else None
+        self._stores = stores
+        self._api_key = api_key
         register_secret(self._api_key)
-
-    # -- where the credentials are ------------------------------------------------------
+        #: Where its credential comes from; the pool keeps the manager while this stays the same.
+        self.origin = (api_key, tuple(store.name for store in stores))
 
     def stores(self) -> list[CredentialStore]:
-        stores: list[CredentialStore] = [
-            FileStore(Path(self._settings.claude_config_dir()) / ".credentials.json")
-        ]
-        if self._settings.auth.use_keyring:
-            stores.append(KeyringStore())
-        return stores
+        return self._stores
 
     def _load(self) -> ClaudeOAuth | None:
         """Read the credentials again from wherever they are (the CLI may have changed them)."""
@@ -110,8 +105,6 @@ class CredentialManager:
                 return found
         self._cached = None
         return None
-
-    # -- TokenSource --------------------------------------------------------------------
 
     async def get(self, *, rejected: str | None = None) -> Credential:
         if self._api_key:
@@ -171,8 +164,6 @@ class CredentialManager:
             detail=detail,
         )
 
-    # -- internals ----------------------------------------------------------------------
-
     def _load_or_fail(self) -> ClaudeOAuth:
         try:
             found = self._load()
@@ -183,19 +174,15 @@ class CredentialManager:
         return found
 
     def _usable(self, oauth_: ClaudeOAuth, rejected: str | None) -> bool:
-        if rejected is not None and oauth_.access_token == rejected:
-            return False
-        if oauth_.expires_at is None:
-            return True
-        margin = self._settings.oauth.refresh_margin_seconds
-        return oauth_.expires_at / 1000 - time.time() > margin
+        """Not refused by the upstream, and not within the refresh margin of its expiry."""
+        return self._still_valid(oauth_, rejected, self._settings.oauth.refresh_margin_seconds)
 
     @staticmethod
-    def _still_valid(oauth_: ClaudeOAuth, rejected: str | None) -> bool:
-        """Not expired yet (inside the refresh margin) and not refused by the upstream."""
+    def _still_valid(oauth_: ClaudeOAuth, rejected: str | None, margin: float = 0.0) -> bool:
+        """Not refused by the upstream, and not expired yet (it may be within the refresh margin)."""
         if rejected is not None and oauth_.access_token == rejected:
             return False
-        return oauth_.expires_at is None or oauth_.expires_at / 1000 > time.time()
+        return oauth_.expires_at is None or oauth_.expires_at / 1000 - time.time() > margin
 
     def _backing_off(self, current: ClaudeOAuth, rejected: str | None) -> bool:
         """While the backoff of a failed refresh lasts for this very refresh token: True if the
@@ -214,38 +201,29 @@ class CredentialManager:
         if cached is not None and cached[0] is oauth_:
             return cached[1]
         expires = oauth_.expires_at / 1000 if oauth_.expires_at else None
-        credential = Credential(
-            kind="oauth", secret=SecretStr(oauth_.access_token), expires_at=expires, account=self.account
-        )
+        credential = Credential(kind="oauth", secret=SecretStr(oauth_.access_token), expires_at=expires,
+                                account=self.account)
         self._issued = (oauth_, credential)
         return credential
 
     async def _refresh(self, current: ClaudeOAuth) -> ClaudeOAuth:
         if not current.refresh_token:
-            raise ProxyError(
-                401, "Claude access token expired and there is no refresh token; log in again.",
-                "authentication_error",
-            )
+            raise ProxyError(401, "Claude access token expired and there is no refresh token; log in again.",
+                             "authentication_error")
         try:
             answer = await oauth.refresh(self._settings.oauth, current.refresh_token)
         except oauth.OAuthError as exc:
             self.on_refresh("failed")
             raise self._failed(current.refresh_token, exc) from exc
         self._failure = None
-        self.refresh_count += 1
         self.on_refresh("ok")
         register_secret(answer.access_token)
         register_secret(answer.refresh_token)
-        updated = current.model_copy(
-            update={
-                "access_token": answer.access_token,
-                "refresh_token": answer.refresh_token or current.refresh_token,
-                "expires_at": answer.expires_at_ms(),
-            }
-        )
-        store = self._store
-        if store is not None:
-            await asyncio.to_thread(store.save, updated)
+        rotated = {"access_token": answer.access_token, "refresh_token": answer.refresh_token or current.refresh_token,
+                   "expires_at": answer.expires_at_ms()}
+        updated = current.model_copy(update=rotated)
+        if self._store is not None:
+            await asyncio.to_thread(self._store.save, updated)
         self._cached = updated
         if self._redis is not None:  # when, for the console (the pool reads it as refreshed_at)
             with contextlib.suppress(*UNAVAILABLE):
@@ -260,16 +238,11 @@ class CredentialManager:
         delay = REFRESH_BACKOFF_SECONDS
         if previous is not None and previous.refresh_token == refresh_token:
             delay = min(previous.delay * 2, REFRESH_BACKOFF_MAX_SECONDS)
+        error = ProxyError(503, f"Claude token refresh failed ({exc}); retry later.",
+                           headers={"retry-after": str(int(delay))})
         if exc.refused:
-            error = ProxyError(
-                401,
-                f"Claude token refresh failed ({exc}); log in again with `claude` or `ccproxy auth login`.",
-                "authentication_error",
-            )
-        else:
-            error = ProxyError(
-                503, f"Claude token refresh failed ({exc}); retry later.", headers={"retry-after": str(int(delay))}
-            )
+            error = ProxyError(401, f"Claude token refresh failed ({exc}); log in again with `claude` or "
+                               "`ccproxy auth login`.", "authentication_error")
         self._failure = RefreshFailure(refresh_token, error, time.monotonic() + delay, delay)
         log.warning("token refresh for account %s failed: %s; next attempt in %.0f s unless the login changes",
                     self.account, exc, delay)
@@ -281,15 +254,12 @@ class CredentialManager:
             if self._redis is None:
                 yield
                 return
-            lock = RedisLock(
-                self._redis, f"{self._settings.redis.key_prefix}lock:refresh:{self.account}", ttl=LOCK_TTL
-            )
+            lock = RedisLock(self._redis, f"{self._settings.redis.key_prefix}lock:refresh:{self.account}", ttl=LOCK_TTL)
             async with unavailable_as_503("the token refresh"):
                 acquired = await lock.acquire(wait=LOCK_TTL + 5)
             if not acquired:
-                raise ProxyError(
-                    503, "timed out waiting for another replica's token refresh", headers={"retry-after": "5"}
-                )
+                raise ProxyError(503, "timed out waiting for another replica's token refresh",
+                                 headers={"retry-after": "5"})
             try:
                 yield
             finally:

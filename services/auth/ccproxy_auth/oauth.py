@@ -1,12 +1,25 @@
-"""The OAuth token endpoint of the Claude CLI's public client (refresh and code exchange)."""
+"""OAuth with the Claude CLI's public client: logging in (PKCE, S256) and refreshing tokens.
+
+A login comes back from the authorize page to a local callback server on the redirect URI's port,
+or, where no browser can reach this machine (a server, a container), by the manual flow: the page
+shows ``code#state`` and the user pastes it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import secrets
 import time
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+from aiohttp import web
 from pydantic import BaseModel
 
+from ccproxy_auth.claude_credentials import ClaudeOAuth
 from ccproxy_core.settings import OAuthSettings
 
 
@@ -30,33 +43,14 @@ class TokenResponse(BaseModel):
 
 
 async def refresh(settings: OAuthSettings, refresh_token: str) -> TokenResponse:
-    payload = {
-        "grant_type": "refresh_token",
-        "refresh_token": refresh_token,
-        "client_id": settings.client_id,
-    }
-    return await _post(settings.token_url, payload)
+    return await _post(settings, {"grant_type": "refresh_token", "refresh_token": refresh_token})
 
 
-async def exchange_code(
-    settings: OAuthSettings, code: str, state: str, verifier: str, redirect_uri: str
-) -> TokenResponse:
-    payload = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "redirect_uri": redirect_uri,
-        "client_id": settings.client_id,
-        "code_verifier": verifier,
-        "state": state,
-    }
-    return await _post(settings.token_url, payload)
-
-
-async def _post(url: str, payload: dict[str, str]) -> TokenResponse:
+async def _post(settings: OAuthSettings, grant: dict[str, str]) -> TokenResponse:
     timeout = aiohttp.ClientTimeout(total=30)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.post(url, json=payload) as resp:
+            async with session.post(settings.token_url, json={**grant, "client_id": settings.client_id}) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
                     reason = body.get("error") if isinstance(body, dict) else None
@@ -68,3 +62,105 @@ async def _post(url: str, payload: dict[str, str]) -> TokenResponse:
         raise OAuthError(f"token endpoint unreachable: {type(exc).__name__}") from exc
     except ValueError as exc:
         raise OAuthError("token endpoint answered something that is not a token") from exc
+
+
+class LoginError(Exception):
+    """The login did not complete; the message says why (never a code or token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLogin:
+    verifier: str
+    state: str
+    redirect_uri: str
+    url: str
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def start(settings: OAuthSettings, manual: bool = False) -> PendingLogin:
+    """A new login: the URL to open, and what the exchange will need."""
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(32)
+    redirect_uri = settings.manual_redirect_uri if manual else settings.redirect_uri
+    query = {
+        "code": "true",
+        "client_id": settings.client_id,
+        "response_type": "code",
+        "redirect_uri": redirect_uri,
+        "scope": settings.scopes,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": state,
+    }
+    return PendingLogin(verifier, state, redirect_uri, f"{settings.authorize_url}?{urlencode(query)}")
+
+
+def parse_pasted(pasted: str, pending: PendingLogin) -> str:
+    """``code#state`` from the manual flow's page; the state must be ours (no CSRF)."""
+    code, sep, state = pasted.strip().partition("#")
+    if not code:
+        raise LoginError("nothing pasted: copy the whole code shown after you authorize")
+    if sep and state != pending.state:
+        raise LoginError("the pasted code belongs to another login attempt (state mismatch); start again")
+    return code
+
+
+async def wait_for_callback(pending: PendingLogin, wait: float = 300.0) -> str:
+    """Serve the redirect URI on its own port until the browser comes back with the code."""
+    parts = urlsplit(pending.redirect_uri)
+    host = parts.hostname or "localhost"
+    port = parts.port or 80
+    path = parts.path or "/"
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[str] = loop.create_future()
+
+    async def callback(request: web.Request) -> web.Response:
+        q = request.query
+        if q.get("error"):
+            if not result.done():
+                result.set_exception(LoginError(f"authorization refused: {q.get('error')}"))
+            return web.Response(text="Login refused. You can close this tab.", status=400)
+        if q.get("state") != pending.state or not q.get("code"):
+            return web.Response(text="Unexpected login callback (state mismatch).", status=400)
+        if not result.done():
+            result.set_result(q["code"])
+        return web.Response(text="ccproxy: login complete. You can close this tab.")
+
+    app = web.Application()
+    app.router.add_get(path, callback)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    bind = "127.0.0.1" if host in ("localhost", "127.0.0.1") else host
+    site = web.TCPSite(runner, bind, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise LoginError(
+            f"cannot listen on {bind}:{port} for the login callback ({exc.strerror}); "
+            "free the port or use --manual"
+        ) from exc
+    try:
+        return await asyncio.wait_for(result, wait)
+    except TimeoutError as exc:
+        raise LoginError(f"no login callback within {wait:.0f} s; try again or use --manual") from exc
+    finally:
+        await runner.cleanup()
+
+
+async def finish(settings: OAuthSettings, pending: PendingLogin, code: str) -> ClaudeOAuth:
+    """Exchange the code (with our PKCE verifier) for a token pair."""
+    grant = {"grant_type": "authorization_code", "code": code, "redirect_uri": pending.redirect_uri,
+             "code_verifier": pending.verifier, "state": pending.state}
+    try:
+        answer = await _post(settings, grant)
+    except OAuthError as exc:
+        raise LoginError(f"the code exchange failed: {exc}") from exc
+    scopes = (answer.scope or settings.scopes).split()
+    return ClaudeOAuth.model_validate({"access_token": answer.access_token, "refresh_token": answer.refresh_token,
+                                       "expires_at": answer.expires_at_ms(), "scopes": scopes})

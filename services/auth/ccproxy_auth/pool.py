@@ -1,16 +1,12 @@
 """The account pool: which upstream account serves a request, and what a 429 or 401 does to it.
 
-Selection: a conversation sticks to the account it started on (its prompt cache lives there)
-for ``AUTH__STICKY_TTL_SECONDS``; a new one gets an account by ``AUTH__STRATEGY``: round robin,
-least recently rate-limited, or fill-first (the first account until it is limited).
-
-Cooldowns: a 429 is read, not just counted. A spent 5-hour or 7-day quota
-(``anthropic-ratelimit-unified-*`` says ``rejected``) cools the account down until the window's
-reset and the request switches account; a short throttle (``retry-after`` at most
-``AUTH__THROTTLE_WAIT_SECONDS``) waits and retries on the same account, keeping its cache; a
-longer one cools down for ``retry-after``. A 529 cools down briefly. A 401 that survives a
-refresh marks the account unhealthy (logged as an error, counted in metrics) until it answers
-again. All of it lives in Redis with expiries, so every replica sees it and it survives restarts.
+A conversation sticks to its account (its prompt cache lives there); a new one is placed by
+``AUTH__STRATEGY``. A 429 is read, not just counted: a spent 5-hour or 7-day quota cools the account
+down until the window's reset (the request switches), a short throttle (``retry-after`` up to
+``AUTH__THROTTLE_WAIT_SECONDS``) retries on the same account, keeping its cache, a longer one cools
+down for ``retry-after``, a 529 briefly; a 401 that survives a refresh marks the account unhealthy
+until it answers again. All of it lives in Redis with expiries, so every replica sees it and it
+survives restarts.
 """
 
 from __future__ import annotations
@@ -20,46 +16,26 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
-import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
 from ccproxy_auth.accounts import Account, AccountError, AccountKind, AccountStore
-from ccproxy_auth.claude_credentials import CredentialStore
 from ccproxy_auth.manager import CredentialManager
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import UNIFIED, header_number
+from ccproxy_core.metrics import Metrics
+from ccproxy_core.redis import as_text
 from ccproxy_core.routing import HINT_ACCOUNTS, HINT_SESSION, Outcome
 from ccproxy_core.settings import Settings
 from ccproxy_core.tokens import DEFAULT_ACCOUNT, Credential, CredentialStatus
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", Counter, Gauge)
 
 #: Seconds an account's state read from Redis is trusted before it is read again.
 STATE_TTL = 1.0
-#: (cooldown, why unhealthy, last rate-limited at) of one account.
-State = tuple["Cooldown | None", "str | None", "float | None"]
-
-
-class AccountManager(CredentialManager):
-    """The token source of one named account: its own store, never the global settings'."""
-
-    def __init__(
-        self, settings: Settings, redis: Any, name: str, store: CredentialStore | None, api_key: str | None
-    ) -> None:
-        super().__init__(settings, redis, account=name)
-        self._api_key = api_key
-        self._fixed = store
-
-    def stores(self) -> list[CredentialStore]:
-        return [self._fixed] if self._fixed is not None else []
-
-    @property
-    def origin(self) -> tuple[str | None, str | None]:
-        """Where its credential comes from: (API key, credential store's name)."""
-        return self._api_key, self._fixed.name if self._fixed is not None else None
 
 
 @dataclass(slots=True)
@@ -73,10 +49,24 @@ class Cooldown(BaseModel):
     reason: str
 
 
+class State(NamedTuple):
+    cooldown: Cooldown | None
+    problem: str | None
+    limited_at: float | None
+
+
 class QuotaWindow(BaseModel):
     status: str | None = None
     utilization: float | None = None
     reset: float | None = None
+
+
+class Quota(BaseModel):
+    """The last quota headers an account's answers carried (kept in Redis, for ``auth status``)."""
+
+    status: str | None = None
+    windows: dict[str, QuotaWindow] = {}
+    updated_at: float | None = None
 
 
 class AccountState(BaseModel):
@@ -103,19 +93,12 @@ def quota_windows(headers: Mapping[str, str]) -> dict[str, QuotaWindow]:
     """``anthropic-ratelimit-unified-<window>-{status,utilization,reset}`` by window."""
     windows: dict[str, QuotaWindow] = {}
     for name, value in headers.items():
-        if not name.startswith(UNIFIED):
+        window, _, field = name.removeprefix(UNIFIED).rpartition("-")
+        if not name.startswith(UNIFIED) or not window or window == "overage":
             continue
-        rest = name[len(UNIFIED):]
-        window, _, field = rest.rpartition("-")
-        if not window or field not in ("status", "utilization", "reset") or window == "overage":
-            continue
-        entry = windows.setdefault(window, QuotaWindow())
-        if field == "status":
-            entry.status = value
-        elif field == "utilization":
-            entry.utilization = header_number(value)
-        else:
-            entry.reset = header_number(value)
+        if field in ("status", "utilization", "reset"):
+            entry = windows.setdefault(window, QuotaWindow())
+            setattr(entry, field, value if field == "status" else header_number(value))
     return windows
 
 
@@ -154,53 +137,35 @@ def read_limit(status: int, headers: Mapping[str, str], settings: Settings, now:
 
 
 class PoolMetrics:
-    def __init__(self, registry: CollectorRegistry | None, service: str, shared: Any = None) -> None:
-        self.service = service
-        registry = registry or CollectorRegistry()
-        self.cooldowns = getattr(shared, "cooldowns", None) or Counter(
-            "ccproxy_account_cooldowns_total", "Upstream accounts put in cooldown, by account and reason",
-            ["service", "account", "reason"], registry=registry,
-        )
-        self.refreshes = getattr(shared, "refreshes", None) or Counter(
-            "ccproxy_token_refreshes_total", "OAuth token refreshes by outcome", ["service", "outcome"],
-            registry=registry,
-        )
-        self.unhealthy = Counter(
-            "ccproxy_account_unhealthy_total", "Accounts marked unhealthy (a 401 that survived a refresh)",
-            ["service", "account"], registry=registry,
-        )
-        self.healthy = Gauge(
-            "ccproxy_account_healthy", "1 if the account is healthy, 0 if it needs a new login",
-            ["service", "account"], registry=registry,
-        )
-        self.cooling = Gauge(
-            "ccproxy_account_cooldown_seconds", "Seconds left in the account's cooldown (0: none)",
-            ["service", "account"], registry=registry,
-        )
-        self.utilization = Gauge(
-            "ccproxy_account_quota_utilization", "Last seen subscription quota use, 0..1, by window",
-            ["service", "account", "window"], registry=registry,
-        )
+    """The pool's metrics, in the registry of the service that serves ``/metrics``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.service = metrics.service
+        self.cooldowns = metrics.cooldowns
+        self.refreshes = metrics.refreshes
+
+        def add(kind: type[M], name: str, doc: str, *labels: str) -> M:
+            return kind(name, doc, ["service", "account", *labels], registry=metrics.registry)
+
+        self.unhealthy = add(Counter, "ccproxy_account_unhealthy_total",
+                             "Accounts marked unhealthy (a 401 that survived a refresh)")
+        self.healthy = add(Gauge, "ccproxy_account_healthy", "1 if the account is healthy, 0 if it needs a new login")
+        self.cooling = add(Gauge, "ccproxy_account_cooldown_seconds",
+                           "Seconds left in the account's cooldown (0: none)")
+        self.utilization = add(Gauge, "ccproxy_account_quota_utilization",
+                               "Last seen subscription quota use, 0..1, by window", "window")
 
 
 class AccountPool:
-    """A :class:`~ccproxy_core.routing.AccountRouter` and :class:`~ccproxy_core.tokens.TokenSource`."""
+    """A :class:`~ccproxy_core.routing.AccountRouter`, and its :meth:`status` says what it has."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        redis: Any,
-        store: AccountStore | None = None,
-        *,
-        registry: CollectorRegistry | None = None,
-        metrics: Any = None,
-        service: str = "auth",
-    ) -> None:
+    def __init__(self, settings: Settings, redis: Any, store: AccountStore | None = None, *,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self.store = store or AccountStore(settings)
         self.prefix = f"{settings.redis.key_prefix}pool:"
-        self.metrics = PoolMetrics(registry or getattr(metrics, "registry", None), service, metrics)
+        self.metrics = PoolMetrics(metrics or Metrics("auth"))
         self._members: list[Member] = []
         self._version: tuple[Any, ...] | None = None
         self._checked = 0.0
@@ -210,15 +175,9 @@ class AccountPool:
         #: States read from Redis, trusted for STATE_TTL (what this process sets is seen at once).
         self._state_cache: dict[str, tuple[float, State]] = {}
 
-    @property
-    def refresh_count(self) -> int:
-        return sum(source.refresh_count for source in self._sources.values())
-
-    def attach_metrics(self, metrics: Any) -> None:
-        """Count into a service's registry (``/metrics``), e.g. the gateway's in one process."""
-        self.metrics = PoolMetrics(metrics.registry, metrics.service, metrics)
-
-    # -- members ------------------------------------------------------------------------
+    def attach_metrics(self, metrics: Metrics) -> None:
+        """Count into another service's metrics, e.g. the gateway's in one process."""
+        self.metrics = PoolMetrics(metrics)
 
     def invalidate(self) -> None:
         """Re-read the accounts on next use (this process just changed them)."""
@@ -248,32 +207,28 @@ class AccountPool:
                 log.warning("account %s is not usable: %s", account.name, exc)
         if not members:
             # No accounts configured: the Claude CLI's login or AUTH__API_KEY, as always.
-            source = self._sources.get(DEFAULT_ACCOUNT)
-            if source is None or type(source) is not CredentialManager:
-                source = CredentialManager(self.settings, self.redis, account=DEFAULT_ACCOUNT)
-                source.on_refresh = self._count_refresh
-                self._sources[DEFAULT_ACCOUNT] = source
             kind: AccountKind = "api_key" if self.settings.auth.api_key else "claude_cli"
-            members.append(Member(Account(name=DEFAULT_ACCOUNT, kind=kind, created_at=0), source))
+            members.append(Member(Account(name=DEFAULT_ACCOUNT, kind=kind, created_at=0), self._source(None)))
         return members
 
-    def _source(self, account: Account) -> CredentialManager:
-        """One manager per account, kept across reloads (its lock and cache must survive) while
-        its API key or credential store stays the same."""
-        store: CredentialStore | None = None
-        api_key: str | None = None
-        if account.kind == "api_key":
+    def _source(self, account: Account | None) -> CredentialManager:
+        """The manager of ``account`` (None: the CLI login), kept across reloads (its lock and cache
+        must survive) while its API key and credential store stay the same."""
+        if account is None:
+            manager = CredentialManager(self.settings, self.redis)
+        elif account.kind == "api_key":
             api_key = (self.store.secret(account.name) or {}).get("api_key")
             if not api_key:
                 raise AccountError("no API key stored")
+            manager = CredentialManager(self.settings, self.redis, account.name, [], api_key)
         else:
-            store = self.store.credential_store(account)
-        existing = self._sources.get(account.name)
-        if isinstance(existing, AccountManager) and existing.origin == (api_key, store and store.name):
+            manager = CredentialManager(self.settings, self.redis, account.name, [self.store.credential_store(account)])
+        existing = self._sources.get(manager.account)
+        if existing is not None and existing.origin == manager.origin:
             return existing
-        source = self._sources[account.name] = AccountManager(self.settings, self.redis, account.name, store, api_key)
-        source.on_refresh = self._count_refresh
-        return source
+        manager.on_refresh = self._count_refresh
+        self._sources[manager.account] = manager
+        return manager
 
     def _count_refresh(self, outcome: str) -> None:
         self.metrics.refreshes.labels(self.metrics.service, outcome).inc()
@@ -284,69 +239,46 @@ class AccountPool:
                 return m
         raise ProxyError(503, f"upstream account {name!r} is not configured", "api_error")
 
-    # -- redis keys ---------------------------------------------------------------------
-
     def _k(self, account: str, what: str) -> str:
         return f"{self.prefix}acct:{account}:{what}"
 
     async def _states(self, names: list[str]) -> dict[str, State]:
         now_m = time.monotonic()
-        cached = {n: self._state_cache[n] for n in names if n in self._state_cache}
-        if len(cached) == len(names) and all(now_m - at < STATE_TTL for at, _ in cached.values()):
-            now = time.time()
-            return {
-                n: (c if c is not None and c.until > now else None, bad, lim)
-                for n, (_, (c, bad, lim)) in cached.items()
-            }
-        pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.get(self._k(name, "cooldown"))
-            pipe.get(self._k(name, "unhealthy"))
-            pipe.get(self._k(name, "limited_at"))
-        raw = await pipe.execute()
+        cache = self._state_cache
+        stale = [n for n in names if n not in cache or now_m - cache[n][0] >= STATE_TTL]
+        fields = ("cooldown", "unhealthy", "limited_at")
+        raw = await self.redis.mget([self._k(n, what) for n in stale for what in fields]) if stale else []
         now = time.time()
-        out: dict[str, tuple[Cooldown | None, str | None, float | None]] = {}
-        for i, name in enumerate(names):
+        for i, name in enumerate(stale):
             cd_raw, bad_raw, limited_raw = raw[3 * i: 3 * i + 3]
             cooldown = Cooldown.model_validate_json(cd_raw) if cd_raw else None
-            if cooldown is not None and cooldown.until <= now:
-                cooldown = None
-            problem = bad_raw.decode() if isinstance(bad_raw, bytes) else bad_raw
-            limited = float(limited_raw) if limited_raw else None
-            out[name] = (cooldown, problem, limited)
-            self._state_cache[name] = (now_m, out[name])
+            problem = as_text(bad_raw) if bad_raw is not None else None
+            self._state_cache[name] = (now_m, State(cooldown, problem, float(limited_raw) if limited_raw else None))
             if problem:
                 self._unhealthy_seen.add(name)
             else:
                 self._unhealthy_seen.discard(name)
             self.metrics.healthy.labels(self.metrics.service, name).set(0 if problem else 1)
-            self.metrics.cooling.labels(self.metrics.service, name).set(
-                max(0.0, cooldown.until - now) if cooldown else 0
-            )
+            left = max(0.0, cooldown.until - now) if cooldown else 0
+            self.metrics.cooling.labels(self.metrics.service, name).set(left)
+        out: dict[str, State] = {}
+        for name in names:
+            cooldown, problem, limited = self._state_cache[name][1]
+            out[name] = State(cooldown if cooldown is not None and cooldown.until > now else None, problem, limited)
         return out
 
-    # -- AccountRouter ------------------------------------------------------------------
-
-    async def pick(
-        self,
-        hints: Mapping[str, str] | None = None,
-        *,
-        exclude: Collection[str] = (),
-        rejected: str | None = None,
-        account: str | None = None,
-    ) -> Credential:
+    async def pick(self, hints: Mapping[str, str] | None = None, *, exclude: Collection[str] = (),
+                   rejected: str | None = None, account: str | None = None) -> Credential:
         if account is not None:
-            return await self._credential(self.member(account), rejected)
+            return await self.member(account).source.get(rejected=rejected)
         hints = hints or {}
         members = self.members()
         allowed = {a.strip() for a in hints.get(HINT_ACCOUNTS, "").split(",") if a.strip()}
         if allowed:
             members = [m for m in members if m.account.name in allowed]
             if not members:
-                raise ProxyError(
-                    403, "this client key may only use upstream accounts that do not exist: "
-                    + ", ".join(sorted(allowed)), "permission_error",
-                )
+                raise ProxyError(403, "this client key may only use upstream accounts that do not exist: "
+                                 + ", ".join(sorted(allowed)), "permission_error")
         candidates = [m for m in members if m.account.name not in exclude]
         tried: set[str] = set()
         while True:
@@ -355,7 +287,7 @@ class AccountPool:
                 raise ProxyError(503, "no upstream account can take this request (all were tried)")
             chosen = await self._choose(remaining, hints.get(HINT_SESSION))
             try:
-                return await self._credential(chosen, None)
+                return await chosen.source.get()
             except ProxyError as exc:
                 if exc.status != 401:
                     raise
@@ -367,30 +299,21 @@ class AccountPool:
                     raise
                 tried.add(chosen.account.name)
 
-    async def _credential(self, member: Member, rejected: str | None) -> Credential:
-        credential = await member.source.get(rejected=rejected)
-        if credential.account != member.account.name:
-            credential = credential.model_copy(update={"account": member.account.name})
-        return credential
-
     async def _choose(self, candidates: list[Member], session: str | None) -> Member:
         if len(candidates) == 1:
             return candidates[0]  # nothing to choose, nothing to stick to: the upstream decides
         names = [m.account.name for m in candidates]
         sticky_key = f"{self.prefix}sticky:{session}" if session else None
         states = await self._states(names)
-        if sticky_key:
-            current = await self.redis.get(sticky_key)
-            current = current.decode() if isinstance(current, bytes) else current
-        else:
-            current = None
-        usable = [m for m in candidates if states[m.account.name][0] is None and not states[m.account.name][1]]
+        current = as_text(await self.redis.get(sticky_key) or "") if sticky_key else ""
+        usable = [m for m in candidates
+                  if states[m.account.name].cooldown is None and not states[m.account.name].problem]
         if not usable:
             # Every account is cooling or unhealthy. Unhealthy ones may have been fixed (a new
             # login), and a cooldown may be over early: try the likeliest one and let the
             # upstream answer, rather than refuse in its name.
-            usable = [m for m in candidates if states[m.account.name][0] is None] or [
-                min(candidates, key=lambda m: cast(Cooldown, states[m.account.name][0]).until)
+            usable = [m for m in candidates if states[m.account.name].cooldown is None] or [
+                min(candidates, key=lambda m: cast(Cooldown, states[m.account.name].cooldown).until)
             ]
         chosen = next((m for m in usable if m.account.name == current), None)
         if chosen is None:
@@ -399,16 +322,14 @@ class AccountPool:
             await self.redis.set(sticky_key, chosen.account.name, ex=self.settings.auth.sticky_ttl_seconds)
         return chosen
 
-    async def _by_strategy(
-        self, usable: list[Member], states: Mapping[str, State]
-    ) -> Member:
+    async def _by_strategy(self, usable: list[Member], states: Mapping[str, State]) -> Member:
         strategy = self.settings.auth.strategy
         if strategy == "fill_first" or len(usable) == 1:
             return usable[0]
         turn = int(await self.redis.incr(f"{self.prefix}rr"))
         if strategy == "least_recently_limited":
-            oldest = min(states[m.account.name][2] or 0.0 for m in usable)
-            usable = [m for m in usable if (states[m.account.name][2] or 0.0) == oldest]
+            oldest = min(states[m.account.name].limited_at or 0.0 for m in usable)
+            usable = [m for m in usable if (states[m.account.name].limited_at or 0.0) == oldest]
         return usable[turn % len(usable)]
 
     async def report(
@@ -456,10 +377,8 @@ class AccountPool:
         self._state_cache.pop(account, None)
         self.metrics.unhealthy.labels(self.metrics.service, account).inc()
         self.metrics.healthy.labels(self.metrics.service, account).set(0)
-        log.error(
-            "upstream account %s is UNHEALTHY: %s; log in again (`ccproxy auth login --account %s`)",
-            account, why, account,
-        )
+        log.error("upstream account %s is UNHEALTHY: %s; log in again (`ccproxy auth login --account %s`)",
+                  account, why, account)
 
     async def _note_quota(self, account: str, headers: Mapping[str, str]) -> None:
         windows = quota_windows(headers)
@@ -470,17 +389,11 @@ class AccountPool:
         if self._quota_seen.get(account) == fingerprint:
             return
         self._quota_seen[account] = fingerprint
-        snapshot = {
-            "status": overall,
-            "windows": {k: w.model_dump(exclude_none=True) for k, w in windows.items()},
-            "updated_at": time.time(),
-        }
-        await self.redis.set(self._k(account, "quota"), orjson.dumps(snapshot))
+        snapshot = Quota(status=overall, windows=windows, updated_at=time.time())
+        await self.redis.set(self._k(account, "quota"), snapshot.model_dump_json(exclude_none=True))
         for name, w in windows.items():
             if w.utilization is not None:
                 self.metrics.utilization.labels(self.metrics.service, account, name).set(w.utilization)
-
-    # -- administration -----------------------------------------------------------------
 
     async def clear(self, account: str) -> None:
         """Forget cooldown and unhealthy marks (after a new login or a manual refresh)."""
@@ -507,7 +420,7 @@ class AccountPool:
         for member, status, quota_raw, refreshed_raw in zip(members, statuses, quotas, refreshed, strict=True):
             name = member.account.name
             cooldown, problem, limited = states[name]
-            quota = orjson.loads(quota_raw) if quota_raw else {}
+            quota = Quota.model_validate_json(quota_raw) if quota_raw else Quota()
             out.append(
                 AccountState(
                     name=name,
@@ -520,30 +433,18 @@ class AccountPool:
                     problem=problem or status.detail,
                     cooldown=cooldown,
                     last_limited_at=limited,
-                    quota={k: QuotaWindow.model_validate(v) for k, v in (quota.get("windows") or {}).items()},
-                    quota_status=quota.get("status"),
-                    quota_updated_at=quota.get("updated_at"),
+                    quota=quota.windows,
+                    quota_status=quota.status,
+                    quota_updated_at=quota.updated_at,
                     refreshed_at=float(refreshed_raw) if refreshed_raw else None,
                 )
             )
         return out
 
-    # -- TokenSource --------------------------------------------------------------------
-
-    async def get(self, *, rejected: str | None = None) -> Credential:
-        if rejected is not None:
-            # A plain TokenSource caller retrying after a 401: refresh the account it came from.
-            for member in self.members():
-                cached = member.source._cached
-                if cached is not None and cached.access_token == rejected:
-                    return await self._credential(member, rejected)
-        return await self.pick()
-
     async def status(self) -> CredentialStatus:
         members = self.members()
         if len(members) == 1:
-            status = await members[0].source.status()
-            return status.model_copy(update={"account": members[0].account.name})
+            return await members[0].source.status()
         states = await self.accounts()
         usable = [s for s in states if s.available]
         return CredentialStatus(

@@ -1,12 +1,6 @@
-"""The auth service on its own (``ccproxy run auth``): upstream tokens over internal HTTP.
-
-``POST /internal/pick`` answers the credential a forward should use now (the account pool,
-refreshing single-flight across every replica that shares the Redis, ``REDIS__URL``), and
-``/internal/report`` takes back what the upstream said of it (:mod:`ccproxy_auth.admin`);
-``GET /internal/status`` says what may be said without revealing a secret. Every ``/internal``
-path needs the internal secret; ``/health`` and ``/metrics`` are for the orchestrator. ``/admin``
-(the web console and the admin API) and ``/me`` (the member page) are routed by Traefik to this
-service (:mod:`ccproxy_auth.console`).
+"""The auth service on its own (``ccproxy run auth``): the account pool and client keys over
+internal HTTP (:mod:`ccproxy_auth.admin`), ``/internal/status`` and the orchestrator's ``/health``
+and ``/metrics``; Traefik routes ``/admin`` and ``/me`` here too (:mod:`ccproxy_auth.console`).
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Browser sessions of the web console (``/admin``) and the member page (``/me``).
 
-A sign-in (the admin token, or a member's own client key) gives a random session id in an
-HttpOnly, SameSite=Strict cookie; Redis keeps, under the id's SHA-256 (a dump of Redis holds no
-usable cookie), who it is, a CSRF token and a fingerprint of the admin token it was opened with
-(changing ``SECURITY__ADMIN_TOKEN`` ends every admin session). The token or key itself is never
-stored, never put in the cookie, a URL or a page. Every state-changing request with a session
-must carry the CSRF token in ``x-csrf-token``; a cross-site ``Origin`` is refused as well.
-
-Failed sign-ins are counted per client address in Redis (shared by auth replicas): after
-:data:`MAX_FAILURES` within :data:`FAILURE_WINDOW` seconds, further attempts get 429.
+A sign-in (the admin token, or a member's own key) gives a random id in an HttpOnly,
+SameSite=Strict cookie; Redis keeps, under the id's SHA-256 (a dump of Redis holds no usable
+cookie), the role, a CSRF token every change must carry, and a fingerprint of the admin token
+(changing ``SECURITY__ADMIN_TOKEN`` ends every admin session). Failed sign-ins are counted per
+client address: after :data:`MAX_FAILURES` within :data:`FAILURE_WINDOW` seconds, 429.
 """
 
 from __future__ import annotations
@@ -25,11 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.identity import MEMBER_COOKIE
 from ccproxy_core.redis import as_text
 from ccproxy_core.settings import Settings
-
-__all__ = ["ADMIN_COOKIE", "MEMBER_COOKIE", "AdminAccess", "Session", "SessionStore"]
 
 ADMIN_COOKIE = "ccproxy_admin"
 CSRF_HEADER = "x-csrf-token"
@@ -96,8 +89,6 @@ class SessionStore:
     async def delete(self, session: Session) -> None:
         await self.redis.delete(session_key(self.prefix, session.digest))
 
-    # -- failed sign-ins -----------------------------------------------------------------------
-
     def _failures(self, request: Request) -> str:
         peer = request.client.host if request.client else "?"
         return f"{self.prefix}console:failures:{peer}"
@@ -157,15 +148,12 @@ class AdminAccess:
     def enabled(self) -> bool:
         return self._token is not None
 
-    def matches(self, presented: str) -> bool:
-        return self._token is not None and hmac.compare_digest(presented.strip().encode(), self._token)
-
     async def _check_token(self, request: Request, presented: str) -> None:
         """404 while off; 401 for a wrong token, 429 after many (counted per client address)."""
         if not self.enabled:
             raise ProxyError(404, "the admin API is off (set SECURITY__ADMIN_TOKEN)", "not_found_error")
         await self.sessions.check_not_blocked(request)
-        if not self.matches(presented):
+        if self._token is None or not hmac.compare_digest(presented.strip().encode(), self._token):
             await self.sessions.failed(request)
             raise ProxyError(401, "wrong admin token", "authentication_error")
 
