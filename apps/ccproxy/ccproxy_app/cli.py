@@ -57,9 +57,7 @@ def serve(
     check_bind(settings)
     startup_report(settings)
     try:
-        serve_app(build_local_app(settings), settings.server.host, settings.server.port, settings.server.log_level,
-                  settings.server.header_timeout, settings.server.body_timeout,
-                  settings.server.forwarded_allow_ips)
+        serve_app(build_local_app(settings), settings.server)
     except StartupError as exc:
         fail(str(exc))
 

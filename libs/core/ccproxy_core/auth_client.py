@@ -1,7 +1,4 @@
-"""The services' HTTP client of the auth service's ``/internal`` API (the secret on every call,
-auth's errors raised as the ProxyError they carry). The forwarder's token client, which caches,
-is :class:`ccproxy_core.routing.RoutingAuthClient`.
-"""
+"""The services' HTTP client of the auth service's ``/internal`` API."""
 
 from __future__ import annotations
 
@@ -19,14 +16,16 @@ STATUS_PATH = "/internal/status"
 
 
 class AuthServiceHttp:
-    """Calls to the auth service's ``/internal`` API over pooled keep-alive HTTP, shared by its
-    clients (tokens here, client keys in ccproxy_core.client_keys): the secret in every request,
-    auth's own errors raised as the ProxyError they carry, transport failures as a 503."""
+    """Pooled keep-alive calls with the internal secret: auth's own errors raised as the ProxyError
+    they carry, transport failures as a 503. Shared by the token, pool and client-key clients."""
 
-    def __init__(self, base_url: str, internal_secret: str, timeout: float) -> None:
+    #: Seconds for one call.
+    timeout = 10.0
+
+    def __init__(self, base_url: str, internal_secret: str) -> None:
         self._base_url = base_url.rstrip("/")
         self._headers = {INTERNAL_SECRET_HEADER: internal_secret}
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=3)
+        self._timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=3)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -41,7 +40,6 @@ class AuthServiceHttp:
             await self._session.close()
 
     async def _post(self, path: str, body: BaseModel | dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` (a wire model from ccproxy_core, the one auth validates it with) as JSON."""
         payload = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
         return await self._call("POST", path, orjson.dumps(payload))
 
@@ -50,17 +48,13 @@ class AuthServiceHttp:
         if body is not None:
             headers["content-type"] = "application/json"
         try:
-            async with self._client().request(
-                method, self._base_url + path, data=body, headers=headers
-            ) as resp:
+            async with self._client().request(method, self._base_url + path, data=body, headers=headers) as resp:
                 raw = await resp.read()
                 status, ours = resp.status, PROXY_ERROR_HEADER in resp.headers
                 retry_after = resp.headers.get("retry-after")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise ProxyError(
-                503, f"the auth service is unreachable ({type(exc).__name__}); retry shortly",
-                headers={"retry-after": "2"},
-            ) from exc
+            raise ProxyError(503, f"the auth service is unreachable ({type(exc).__name__}); retry shortly",
+                             headers={"retry-after": "2"}) from exc
         if status == 200:
             try:
                 data = orjson.loads(raw)
@@ -73,18 +67,14 @@ class AuthServiceHttp:
         if parsed is None:
             raise ProxyError(502, f"the auth service answered {status}")
         error_type, message = parsed
-        raise ProxyError(
-            status, message, error_type, headers={"retry-after": retry_after} if retry_after else None
-        )
+        raise ProxyError(status, message, error_type, headers={"retry-after": retry_after} if retry_after else None)
 
 
 class AuthClient(AuthServiceHttp):
-    """What the gateway and the forwarder ask auth over HTTP: the credentials' status here,
-    tokens in :class:`ccproxy_core.routing.RoutingAuthClient`."""
+    """The credentials' status; tokens in :class:`ccproxy_core.routing.RoutingAuthClient`."""
 
-    def __init__(self, base_url: str, internal_secret: str, *, timeout: float = 90.0) -> None:
-        # Long enough for auth to wait on another replica's refresh (lock ttl) and do its own.
-        super().__init__(base_url, internal_secret, timeout)
+    #: Long enough for auth to wait on another replica's refresh (lock ttl) and do its own.
+    timeout = 90.0
 
     async def status(self) -> CredentialStatus:
         try:

@@ -1,16 +1,6 @@
-"""The ``ccproxy`` command's scaffold: what every image's ``ccproxy`` offers, whatever it installs.
-
-This module imports no service. The installed packages say what they add, through entry points:
-
-- ``ccproxy.services``: ``NAME = "module:factory"``; ``ccproxy run NAME`` calls
-  ``factory(settings)`` and serves the ASGI app it returns (a worker runs itself and returns None);
-- ``ccproxy.commands``: ``NAME = "module:register"``; ``register(app)`` adds that package's
-  commands (``auth``/``keys`` from the auth service, ``permission-handler`` from permissions,
-  ``serve``/``up``/``init-env`` from the composition root, ``apps/ccproxy``).
-
-So the gateway image's ``ccproxy`` runs the gateway and answers ``healthcheck``, the auth image's
-also manages keys and accounts, and a full install (``uv sync``) has every command.
-"""
+"""The ``ccproxy`` command's scaffold, in every image: the installed packages add their services
+(``ccproxy.services``, for ``ccproxy run``) and commands (``ccproxy.commands``) through entry points,
+so each image's ``ccproxy`` offers what it can run (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -23,8 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 
-from ccproxy_core.cli_sdk import OVERRIDES as CLAUDE_FLAG_OVERRIDES
-from ccproxy_core.cli_sdk import with_claude_flags
+from ccproxy_core.cli_sdk import OVERRIDES, with_claude_flags
 from ccproxy_core.server import StartupError, http_ok, serve_app
 from ccproxy_core.settings import Settings, is_loopback
 
@@ -33,7 +22,7 @@ COMMAND_GROUP = "ccproxy.commands"
 
 app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI APIs.", no_args_is_help=True)
 
-#: ``ccproxy run NAME``: the services installed here, ``name -> "module:factory"`` (loaded only when run).
+#: ``ccproxy run NAME``: the services installed here, ``name -> "module:factory"``.
 SERVICES: dict[str, str] = {ep.name: ep.value for ep in sorted(entry_points(group=SERVICE_GROUP), key=lambda e: e.name)}
 
 
@@ -46,7 +35,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings with CLI flags on top (``section__key=value``, None: not given); a bad config
     file is one clear line, not a traceback."""
     init: dict[str, Any] = {}
-    for dotted, value in {**overrides, **CLAUDE_FLAG_OVERRIDES}.items():
+    for dotted, value in {**overrides, **OVERRIDES}.items():
         if value is None:
             continue
         *path, key = dotted.split("__")
@@ -100,9 +89,7 @@ def run_service(
         factory: Callable[[Settings], Any] = found[service].load()
         web = factory(settings)
         if web is not None:  # None: a worker, which ran until it was stopped
-            serve_app(web, settings.server.host, settings.server.port, settings.server.log_level,
-                      settings.server.header_timeout, settings.server.body_timeout,
-                      settings.server.forwarded_allow_ips)
+            serve_app(web, settings.server)
     except StartupError as exc:
         fail(f"{service}: {exc}")
 
@@ -116,20 +103,10 @@ def healthcheck(
     raise typer.Exit(0 if http_ok(target, timeout=5) else 1)
 
 
-_registered: set[str] = set()
-
-
-def add_installed_commands() -> None:
-    """Let each installed package add its commands (``ccproxy.commands`` entry points), once."""
-    for ep in entry_points(group=COMMAND_GROUP):
-        if ep.name not in _registered:
-            _registered.add(ep.name)
-            register: Callable[[typer.Typer], None] = ep.load()
-            register(app)
-
-
 def main() -> None:
-    add_installed_commands()
+    for ep in entry_points(group=COMMAND_GROUP):
+        register: Callable[[typer.Typer], None] = ep.load()
+        register(app)
     try:
         app()
     except StartupError as exc:

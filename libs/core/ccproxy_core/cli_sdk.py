@@ -1,10 +1,6 @@
-"""SDK mode on the command line: the flags earlier ccproxy versions had.
-
-``--claude-code-options-cwd``, ``--claude-code-options-permission-mode``,
-``--claude-sdk-message-mode`` ... are the ``CLAUDE__*`` settings under their old names, and win
-over the environment like every flag. :func:`with_claude_flags` adds them to a command without
-the command listing them (``serve`` and ``run`` take them).
-"""
+"""SDK mode's flags from earlier ccproxy versions (``--claude-code-options-cwd`` ...): the
+``CLAUDE__*`` settings under their old names, winning over the environment like every flag.
+:func:`with_claude_flags` adds them to a command (``serve``, ``run``) without it listing them."""
 
 from __future__ import annotations
 
@@ -17,69 +13,53 @@ import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Flag -> (setting under ``CLAUDE__``, type, help).
-FLAGS: dict[str, tuple[str, type, str]] = {
-    "claude_code_options_cwd": ("options__cwd", str, "Working directory of Claude Code (CLAUDE__OPTIONS__CWD)."),
-    "claude_code_options_permission_mode": (
-        "options__permission_mode", str,
-        "default, acceptEdits, plan, bypassPermissions, dontAsk, auto (CLAUDE__OPTIONS__PERMISSION_MODE).",
-    ),
-    "claude_code_options_model": ("options__model", str, "Model for every run (CLAUDE__OPTIONS__MODEL)."),
-    "claude_code_options_max_turns": ("options__max_turns", int, "Turn limit (CLAUDE__OPTIONS__MAX_TURNS)."),
-    "claude_code_options_allowed_tools": (
-        "options__allowed_tools", str, "Comma-separated tools allowed without asking.",
-    ),
-    "claude_code_options_disallowed_tools": ("options__disallowed_tools", str, "Comma-separated tools never allowed."),
-    "claude_code_options_append_system_prompt": (
-        "options__append_system_prompt", str, "Text appended to Claude Code's system prompt.",
-    ),
-    "claude_code_options_max_thinking_tokens": (
-        "options__max_thinking_tokens", int, "Thinking budget (CLAUDE__OPTIONS__MAX_THINKING_TOKENS).",
-    ),
-    "claude_sdk_message_mode": ("sdk_message_mode", str, "forward, formatted or ignore (CLAUDE__SDK_MESSAGE_MODE)."),
-    "claude_sdk_pretty_format": ("pretty_format", bool, "Pretty-print formatted tool use (CLAUDE__PRETTY_FORMAT)."),
-    "claude_workspace_root": ("workspace_root", str, "Runs' cwd must be inside it (CLAUDE__WORKSPACE_ROOT)."),
-    "max_concurrent_runs": (
-        "max_concurrent_runs", int, "Runs one sdk-worker does at once (CLAUDE__MAX_CONCURRENT_RUNS).",
-    ),
+#: Flag -> its setting under ``CLAUDE__`` and its type (a list is given comma-separated).
+FLAGS: dict[str, tuple[str, type]] = {
+    "claude_code_options_cwd": ("options__cwd", str),
+    "claude_code_options_permission_mode": ("options__permission_mode", str),
+    "claude_code_options_model": ("options__model", str),
+    "claude_code_options_max_turns": ("options__max_turns", int),
+    "claude_code_options_allowed_tools": ("options__allowed_tools", list),
+    "claude_code_options_disallowed_tools": ("options__disallowed_tools", list),
+    "claude_code_options_append_system_prompt": ("options__append_system_prompt", str),
+    "claude_code_options_max_thinking_tokens": ("options__max_thinking_tokens", int),
+    "claude_sdk_message_mode": ("sdk_message_mode", str),
+    "claude_sdk_pretty_format": ("pretty_format", bool),
+    "claude_workspace_root": ("workspace_root", str),
+    "max_concurrent_runs": ("max_concurrent_runs", int),
 }
-LIST_FLAGS = ("claude_code_options_allowed_tools", "claude_code_options_disallowed_tools")
 
 #: What the flags of the running command set, as ``load_settings`` keywords (it adds them).
 OVERRIDES: dict[str, Any] = {}
 
 
-def _param(name: str, kind: type, help_text: str) -> inspect.Parameter:
+def _param(name: str, setting: str, kind: type) -> inspect.Parameter:
     flag = "--" + name.replace("_", "-")
+    help_text = f"CLAUDE__{setting.upper()}" + (", comma-separated" if kind is list else "")
     if kind is bool:
         option = typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
     else:
         option = typer.Option(flag, help=help_text)
+    value_type = str if kind is list else kind
     return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[value_type | None, option]
     )
-
-
-def overrides_from_flags(values: dict[str, Any]) -> dict[str, Any]:
-    """The flags that were given, as ``load_settings`` keywords (``claude__options__cwd=...``)."""
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is not None:
-            split = name in LIST_FLAGS
-            out["claude__" + FLAGS[name][0]] = [v.strip() for v in value.split(",") if v.strip()] if split else value
-    return out
 
 
 def with_claude_flags(fn: F) -> F:
     """Give the command ``fn`` the SDK-mode flags; their values land in :data:`OVERRIDES`."""
     signature = inspect.signature(fn, eval_str=True)
-    params = [*signature.parameters.values(), *(_param(n, k, h) for n, (_p, k, h) in FLAGS.items())]
+    params = [*signature.parameters.values(), *(_param(name, *spec) for name, spec in FLAGS.items())]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        flags = {name: kwargs.pop(name, None) for name in FLAGS}
         OVERRIDES.clear()
-        OVERRIDES.update(overrides_from_flags(flags))
+        for name, (setting, kind) in FLAGS.items():
+            value = kwargs.pop(name, None)
+            if value is not None and kind is list:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if value is not None:
+                OVERRIDES["claude__" + setting] = value
         return fn(*args, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
