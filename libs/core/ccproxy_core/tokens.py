@@ -1,8 +1,5 @@
-"""The credential the forwarder puts on an upstream request, and who hands it out.
-
-Auth owns credentials; the forwarder only asks a :class:`TokenSource` for one. In one process
-the source is auth's manager itself; in the stack it is an HTTP client to the auth service.
-"""
+"""The credential the forwarder puts on an upstream request, from a :class:`TokenSource` (auth's
+manager in process, an HTTP client of auth in the stack)."""
 
 from __future__ import annotations
 
@@ -40,8 +37,7 @@ class CredentialStatus(BaseModel):
 
 class TokenSource(Protocol):
     async def get(self, *, rejected: str | None = None) -> Credential:
-        """A usable credential. ``rejected``: a secret the upstream just refused (401), so
-        refresh unless someone already replaced it. Raises ProxyError when there is none."""
+        """``rejected``: a secret the upstream just refused (401): refresh unless already replaced."""
         ...
 
     async def status(self) -> CredentialStatus: ...
