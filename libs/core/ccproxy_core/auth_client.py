@@ -9,13 +9,13 @@ import orjson
 from pydantic import BaseModel
 
 from ccproxy_core.errors import ProxyError, parse_anthropic_error
-from ccproxy_core.internal import INTERNAL_REFUSED, INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
+from ccproxy_core.internal import INTERNAL_REFUSED, PROXY_ERROR_HEADER, InternalClient
 from ccproxy_core.tokens import CredentialStatus
 
 STATUS_PATH = "/internal/status"
 
 
-class AuthServiceHttp:
+class AuthServiceHttp(InternalClient):
     """Pooled keep-alive calls with the internal secret: auth's own errors raised as the ProxyError
     they carry, transport failures as a 503. Shared by the token, pool and client-key clients."""
 
@@ -23,30 +23,14 @@ class AuthServiceHttp:
     timeout = 10.0
 
     def __init__(self, base_url: str, internal_secret: str) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._headers = {INTERNAL_SECRET_HEADER: internal_secret}
-        self._timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=3)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), timeout=self._timeout
-            )
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        super().__init__(base_url, internal_secret, timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=3))
 
     async def _post(self, path: str, body: BaseModel | dict[str, Any]) -> dict[str, Any]:
         payload = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
         return await self._call("POST", path, orjson.dumps(payload))
 
     async def _call(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
-        headers = dict(self._headers)
-        if body is not None:
-            headers["content-type"] = "application/json"
+        headers = {"content-type": "application/json"} if body is not None else {}
         try:
             async with self._client().request(method, self._base_url + path, data=body, headers=headers) as resp:
                 raw = await resp.read()

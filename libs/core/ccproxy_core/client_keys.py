@@ -182,12 +182,9 @@ class HttpKeyAuthority(AuthServiceHttp):
     async def admit(
         self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
     ) -> Admission:
-        data = await self._post(
-            f"{KEYS_PATH}/admit",
-            AdmitBody(key_id=key.id, model=model, body_bytes=body_bytes, max_tokens=max_tokens,
-                      reserve_micro_usd=reserve_micro_usd),
-        )
-        return Admission.model_validate(data)
+        body = AdmitBody(key_id=key.id, model=model, body_bytes=body_bytes, max_tokens=max_tokens,
+                         reserve_micro_usd=reserve_micro_usd)
+        return Admission.model_validate(await self._post(f"{KEYS_PATH}/admit", body))
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         data = await self._post(f"{KEYS_PATH}/settle", SettleBody(admission=admission, usage=usage))

@@ -13,7 +13,7 @@ import orjson
 
 from ccproxy_core.client_keys import KeyInfo
 from ccproxy_core.errors import ProxyError, upstream_error
-from ccproxy_core.internal import INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
+from ccproxy_core.internal import PROXY_ERROR_HEADER, InternalClient
 
 if TYPE_CHECKING:
     from ccproxy_core.models import TokenUsage
@@ -104,30 +104,18 @@ HOP_BY_HOP = frozenset({
 })
 
 
-class HttpForwarder:
+class HttpForwarder(InternalClient):
     """The gateway's client of a forwarder running as its own service."""
 
     def __init__(self, base_url: str, internal_secret: str, read_timeout: float = 600.0) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._secret = internal_secret
-        self._read_timeout = read_timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._read_timeout),
-                auto_decompress=False,
-            )
-        return self._session
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
+        super().__init__(base_url, internal_secret, timeout=timeout, auto_decompress=False)
 
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
         headers = {
             k: v for k, v in request.headers.items()
             if k.lower() not in HOP_BY_HOP and not k.lower().startswith(INTERNAL_HEADER_PREFIX)
         }
-        headers[INTERNAL_SECRET_HEADER] = self._secret
         if request.method == "POST":
             headers["content-type"] = "application/json"
         if request.key is not None:
@@ -150,10 +138,6 @@ class HttpForwarder:
         return UpstreamReply(
             resp.status, reply_headers, _iter_body(resp), _closer(resp), account=reply_headers.get("x-ccproxy-account")
         )
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
 
 async def _iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -4,7 +4,9 @@ header, and ccproxy's own errors are marked (``x-ccproxy-error``) apart from the
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
+import aiohttp
 import orjson
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -48,6 +50,26 @@ def require_internal_secret(settings: Settings) -> str:
         raise StartupError("SECURITY__INTERNAL_SECRET is too short: use at least 16 random characters")
     register_secret(value)
     return value
+
+
+class InternalClient:
+    """A client of another service: one keep-alive session with the internal secret on every
+    request, opened in the running loop on first use (and again if closed)."""
+
+    def __init__(self, base_url: str, secret: str, **session: Any) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._options = {"headers": {INTERNAL_SECRET_HEADER: secret}, **session}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(connector=connector, **self._options)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 def json_response(data: object, status: int = 200) -> Response:

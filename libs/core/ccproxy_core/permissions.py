@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 from pydantic import AliasChoices, BaseModel, Field
 
-from ccproxy_core.internal import INTERNAL_SECRET_HEADER
+from ccproxy_core.internal import InternalClient
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +75,13 @@ def denied_message(view: PermissionView) -> str:
     return f"Permission to use {view.tool_name} was denied."
 
 
-class HttpPermissionGate:
+class HttpPermissionGate(InternalClient):
     """The permissions service's internal API: one create, then long polls, so a dropped connection
     or a service restart costs only a retry (the decision is in Redis)."""
 
     def __init__(self, url: str, internal_secret: str | None, poll_seconds: float = 20.0) -> None:
-        self._url = url.rstrip("/")
-        self._headers = {INTERNAL_SECRET_HEADER: internal_secret or ""}
+        super().__init__(url, internal_secret or "")
         self._poll = poll_seconds
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers)
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     async def ask(self, ask: PermissionAsk) -> PermissionView:
         view = await self._retrying("POST", "/internal/permissions", time.time() + 30, json=ask.model_dump(mode="json"))
@@ -114,7 +103,7 @@ class HttpPermissionGate:
 
     async def _cancel(self, request_id: str) -> None:
         async with self._client().post(
-            f"{self._url}/internal/permissions/{request_id}/cancel", timeout=aiohttp.ClientTimeout(total=5)
+            f"{self._base_url}/internal/permissions/{request_id}/cancel", timeout=aiohttp.ClientTimeout(total=5)
         ) as resp:
             await resp.read()
 
@@ -123,7 +112,7 @@ class HttpPermissionGate:
         while True:
             try:
                 async with self._client().request(
-                    method, self._url + path, timeout=aiohttp.ClientTimeout(total=self._poll + 15), **kwargs
+                    method, self._base_url + path, timeout=aiohttp.ClientTimeout(total=self._poll + 15), **kwargs
                 ) as resp:
                     body = await resp.read()
                     if resp.status == 200:

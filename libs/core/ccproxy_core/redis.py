@@ -29,14 +29,10 @@ def connect(settings: RedisSettings) -> Redis:
     """A client for ``REDIS__URL``, or for a new embedded server (shared by whoever shares the client)."""
     if settings.url is None:
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    # After a Redis restart every pooled connection is dead: retry once on a new one.
     return Redis.from_url(
-        settings.url,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.socket_timeout,
-        # After a Redis restart every pooled connection is dead: retry once on a new one.
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[redis_errors.ConnectionError],
-        health_check_interval=30,
+        settings.url, socket_connect_timeout=settings.connect_timeout, socket_timeout=settings.socket_timeout,
+        retry=Retry(NoBackoff(), 1), retry_on_error=[redis_errors.ConnectionError], health_check_interval=30,
     )
 
 

@@ -56,11 +56,7 @@ class Outcome(BaseModel):
 
 class AccountRouter(Protocol):
     async def pick(
-        self,
-        hints: Mapping[str, str] | None = None,
-        *,
-        exclude: Collection[str] = (),
-        rejected: str | None = None,
+        self, hints: Mapping[str, str] | None = None, *, exclude: Collection[str] = (), rejected: str | None = None,
         account: str | None = None,
     ) -> Credential:
         """``account``: this one (a retry after a 401 of the ``rejected`` token). ProxyError if none can."""
@@ -142,20 +138,15 @@ class RoutingAuthClient(AuthClient):
         return not credential.expires_within(self._margin)
 
     async def pick(
-        self,
-        hints: Mapping[str, str] | None = None,
-        *,
-        exclude: Collection[str] = (),
-        rejected: str | None = None,
+        self, hints: Mapping[str, str] | None = None, *, exclude: Collection[str] = (), rejected: str | None = None,
         account: str | None = None,
     ) -> Credential:
         cached = self._cached
         if time.monotonic() < self._single_until and not exclude and self._fresh(cached, rejected):
             assert cached is not None
             return cached
-        data = await self._post(
-            PICK_PATH, PickBody(hints=dict(hints or {}), exclude=list(exclude), rejected=rejected, account=account)
-        )
+        body = PickBody(hints=dict(hints or {}), exclude=list(exclude), rejected=rejected, account=account)
+        data = await self._post(PICK_PATH, body)
         self.fetches += 1
         self._single_until = time.monotonic() + SINGLE_TTL if data.pop("single", False) else 0.0
         credential = Credential.model_validate(data)
