@@ -14,8 +14,7 @@ from typing import Annotated
 import typer
 
 from ccproxy_core import logging as cclog
-from ccproxy_core.cli import check_bind, fail, load_settings
-from ccproxy_core.cli_sdk import with_claude_flags
+from ccproxy_core.cli import check_bind, fail, load_settings, with_claude_flags
 from ccproxy_core.server import StartupError, bind, serve_app
 from ccproxy_core.settings import Settings
 

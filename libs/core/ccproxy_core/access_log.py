@@ -113,10 +113,8 @@ class RequestLog:
     """One request's log while it is served: routes fill in :attr:`draft`, its one event, through
     ``request.state.access_log``; its times, status and outcome are set when the request is over."""
 
-    def __init__(
-        self, endpoint: str, method: str = "POST", mode: Literal["api", "sdk"] = "api",
-        client_format: str = "anthropic", user_agent: str = "", client_addr: str = "", request_id: str | None = None,
-    ) -> None:
+    def __init__(self, endpoint: str, request_id: str | None = None, **fields: Any) -> None:
+        """``fields``: more of the draft's (``method``, ``client_format``, ``user_agent`` ...)."""
         self.wall_start = time.time()
         self.started = time.perf_counter()
         self.first_byte: float | None = None
@@ -124,8 +122,7 @@ class RequestLog:
         start = _utc(self.wall_start)
         self.draft = AccessLogEvent(
             request_id=request_id or f"req_{uuid.uuid4().hex}", started_at=start, finished_at=start,
-            duration_ms=0.0, endpoint=endpoint, method=method, mode=mode, client_format=client_format,
-            user_agent=user_agent, client_addr=client_addr, status=0,
+            duration_ms=0.0, endpoint=endpoint, status=0, **fields,
         )
         #: Where the event goes when the request is over (set by whoever opened the log).
         self.sink: Callable[[AccessLogEvent], None] | None = None

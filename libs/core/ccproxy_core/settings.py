@@ -52,7 +52,6 @@ MIN_AUTH_TOKEN_LENGTH = 16
 class SecuritySettings(BaseModel):
     #: Token clients must send (``x-api-key`` or ``Authorization: Bearer``); unset or blank: no client auth.
     auth_token: SecretStr | None = None
-    #: Shared secret of internal calls between the stack's services.
     internal_secret: SecretStr | None = None
     #: Token of the admin API (accounts, client keys); unset: the admin API is off.
     admin_token: SecretStr | None = None
@@ -93,7 +92,6 @@ class OAuthSettings(BaseModel):
     scopes: str = "org:create_api_key user:profile user:inference"
     redirect_uri: str = "http://localhost:54545/callback"
     manual_redirect_uri: str = "https://console.anthropic.com/oauth/code/callback"
-    #: Refresh this many seconds before the access token expires.
     refresh_margin_seconds: int = 300
 
 
@@ -106,7 +104,6 @@ class AuthSettings(BaseModel):
     api_key: SecretStr | None = None
     #: Where account secrets live: the OS keyring, a 0600 file under the data dir, or auto.
     secret_backend: Literal["auto", "keyring", "file"] = "auto"
-    #: How the pool picks an account for a new conversation.
     strategy: Literal["round_robin", "least_recently_limited", "fill_first"] = "round_robin"
     #: How long a conversation stays on its account (prompt cache).
     sticky_ttl_seconds: int = 3600
@@ -181,7 +178,6 @@ class ClaudeSettings(BaseModel):
 
     #: How Claude Code's own tool uses and results reach the client.
     sdk_message_mode: Literal["forward", "formatted", "ignore"] = "forward"
-    #: In ``formatted`` mode, indent the JSON of tool inputs and results.
     pretty_format: bool = True
     options: ClaudeOptions = Field(default_factory=ClaudeOptions)
     #: Unset: ``./node_modules/.bin/claude`` (the pinned npm CLI), else ``claude`` on PATH, else the SDK's.
@@ -256,9 +252,7 @@ class PermissionsSettings(BaseModel):
 
     #: Seconds a request waits for a human decision; then it is denied.
     timeout_seconds: float = 120.0
-    #: Between pings on ``/permissions/stream``.
     keepalive_seconds: float = 15.0
-    #: Seconds a decided request can still be looked up.
     retention_seconds: float = 3600.0
 
 
