@@ -169,7 +169,6 @@ class RequestLog:
             self.sink(self.event(self._outcome))
 
     def note_upstream(self, reply: UpstreamReply) -> None:
-        """Account, upstream request id, and the quota headers of an upstream answer."""
         d, headers = self.draft, reply.headers
         d.account = reply.account or d.account
         d.upstream_request_id = headers.get("request-id", d.upstream_request_id)
@@ -189,7 +188,6 @@ class RequestLog:
         d.stop_reason = stop_reason or d.stop_reason
 
     def event(self, outcome: Outcome | None = None) -> AccessLogEvent:
-        """The finished event: the draft with its times, status and outcome set."""
         end = time.perf_counter()
         d = self.draft
         d.status = d.status or 500

@@ -51,6 +51,8 @@ class AuthServiceHttp(InternalClient):
         if parsed is None:
             raise ProxyError(502, f"the auth service answered {status}")
         error_type, message = parsed
+        if status == 403 and message == INTERNAL_REFUSED:  # our own secret: a deployment mistake, not the client's
+            raise ProxyError(502, f"the auth service refused this service: {message}")
         raise ProxyError(status, message, error_type, headers={"retry-after": retry_after} if retry_after else None)
 
 
@@ -65,12 +67,3 @@ class AuthClient(AuthServiceHttp):
             return CredentialStatus.model_validate(await self._call("GET", STATUS_PATH))
         except ProxyError as exc:
             return CredentialStatus(available=False, detail=exc.message)
-
-    async def _call(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
-        try:
-            return await super()._call(method, path, body)
-        except ProxyError as exc:
-            if exc.status == 403 and exc.message == INTERNAL_REFUSED:
-                # Our own secret was refused: a deployment mistake, not the client's.
-                raise ProxyError(502, f"the auth service refused this service: {exc.message}") from None
-            raise

@@ -71,8 +71,6 @@ class Settlement(BaseModel):
 
 
 class AdmitBody(BaseModel):
-    """:meth:`KeyAuthority.admit`'s arguments, the key by its id."""
-
     key_id: str
     model: str = ""
     body_bytes: int = 0
@@ -87,7 +85,6 @@ class SettleBody(BaseModel):
 
 class KeyAuthority(Protocol):
     async def lookup(self, presented: str) -> KeyInfo | None:
-        """The key behind ``presented``, or None if there is no usable one."""
         ...
 
     async def any_keys(self, fresh: bool = False) -> bool:
@@ -166,8 +163,6 @@ class CachedKeys:
 
 
 class HttpKeyAuthority(AuthServiceHttp):
-    """The auth service's client keys, over HTTP (the gateway in the stack)."""
-
     async def lookup(self, presented: str) -> KeyInfo | None:
         data = await self._post(f"{KEYS_PATH}/lookup", {"hash": hash_key(presented)})
         return KeyInfo.model_validate(data["key"]) if data.get("key") else None

@@ -35,8 +35,6 @@ OPENAI_TYPE_BY_ANTHROPIC: dict[str, str] = {
 
 
 class ProxyError(Exception):
-    """An error the client should see, with its status and Anthropic error type."""
-
     def __init__(
         self, status: int, message: str, error_type: str | None = None, headers: dict[str, str] | None = None,
         param: str | None = None,

@@ -44,7 +44,6 @@ UNIFIED = "anthropic-ratelimit-unified-"
 
 
 def header_number(value: str | None) -> float | None:
-    """A numeric upstream header, or None when it is missing or not a number."""
     if value is None:
         return None
     try:
@@ -105,8 +104,6 @@ HOP_BY_HOP = frozenset({
 
 
 class HttpForwarder(InternalClient):
-    """The gateway's client of a forwarder running as its own service."""
-
     def __init__(self, base_url: str, internal_secret: str, read_timeout: float = 600.0) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
         super().__init__(base_url, internal_secret, timeout=timeout, auto_decompress=False)

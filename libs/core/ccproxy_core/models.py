@@ -122,7 +122,6 @@ class TokenUsage(BaseModel):
         return self.prompt_tokens + self.output_tokens
 
     def by_kind(self) -> tuple[tuple[str, int], ...]:
-        """``(kind, tokens)`` as the metrics label them."""
         return (("input", self.input_tokens), ("output", self.output_tokens),
                 ("cache_read", self.cache_read_tokens), ("cache_write", self.cache_write_tokens))
 

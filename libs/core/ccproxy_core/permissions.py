@@ -45,8 +45,6 @@ class PermissionDecision(BaseModel):
 
 
 class PermissionView(PermissionAsk):
-    """A request as clients see it (``GET /permissions/{id}``, stream events)."""
-
     id: str
     created_at: float
     expires_at: float

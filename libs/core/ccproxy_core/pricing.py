@@ -83,8 +83,6 @@ def _rates(prices: ModelPrice, source: str = "genai-prices") -> Rates:
 
 
 class Pricing:
-    """Prices for one process: genai-prices' table, the overrides, and the dearest fallback."""
-
     def __init__(self, overrides: Mapping[str, PriceOverride] | None = None) -> None:
         # From genai-prices' bundled data: never fetched at run time.
         self.provider: Provider = data_snapshot.get_snapshot().find_provider(None, "anthropic", None)
@@ -115,7 +113,6 @@ class Pricing:
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 - one Pricing per process; keyed by day (prices have start dates)
     def dearest(self, day: str) -> Rates:
-        """The highest rate of each kind over every Claude model and override, on ``day``."""
         when = datetime.fromisoformat(day).replace(tzinfo=UTC)
         tables = [_rates(m.get_prices(when)) for m in self.provider.models] + list(self._overrides.values())
 

@@ -37,7 +37,6 @@ def connect(settings: RedisSettings) -> Redis:
 
 
 def redacted(url: str | None) -> str:
-    """``REDIS__URL`` without its password."""
     if not url:
         return "embedded"
     parts = urllib.parse.urlsplit(url)
@@ -91,7 +90,6 @@ class RedisLock:
         self._held = False
 
     async def acquire(self, wait: float) -> bool:
-        """Try for up to ``wait`` seconds; Redis errors propagate."""
         deadline = time.monotonic() + wait
         try:
             await asyncio.wait_for(self._local.acquire(), timeout=wait)

@@ -30,8 +30,6 @@ SINGLE_TTL = 10.0
 
 
 class PickBody(BaseModel):
-    """:meth:`AccountRouter.pick`'s arguments."""
-
     hints: dict[str, str] = Field(default_factory=dict)
     exclude: list[str] = Field(default_factory=list)
     rejected: str | None = None
@@ -46,8 +44,6 @@ class ReportBody(BaseModel):
 
 
 class Outcome(BaseModel):
-    """What the forwarder should do after an upstream answer."""
-
     action: Literal["done", "retry_same", "switch"] = "done"
     #: Seconds to wait first (``retry_same``).
     wait: float = 0.0

@@ -62,8 +62,6 @@ class SdkJob(BaseModel):
 
 
 class SdkResult(TokenUsage):
-    """The summary a worker writes after the last event."""
-
     session_id: str | None = None
     stop_reason: str | None = None
     #: As Claude Code reckons it.
@@ -132,7 +130,6 @@ def dumps(value: Any) -> bytes:
 
 
 def arq_pool(redis: Redis, queue: str) -> ArqRedis:
-    """An arq client sharing ``redis``'s connections (real Redis or the embedded stand-in)."""
     return ArqRedis(
         connection_pool=redis.connection_pool, job_serializer=dumps, job_deserializer=orjson.loads,
         default_queue_name=queue,

@@ -24,8 +24,6 @@ class Credential(BaseModel):
 
 
 class CredentialStatus(BaseModel):
-    """What may be said about credentials without revealing them (health, status pages)."""
-
     available: bool
     kind: str | None = None
     source: str | None = None
