@@ -52,20 +52,17 @@ def header_number(value: str | None) -> float | None:
         return None
 
 
+@dataclass(eq=False)
 class UpstreamReply:
     """The upstream's answer: status and headers now, body as it arrives."""
 
-    def __init__(
-        self, status: int, headers: dict[str, str], chunks: AsyncIterator[bytes],
-        close: Callable[[], Awaitable[None]], account: str | None = None,
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self._chunks = chunks
-        self._close = close
-        self.account = account
-        #: Billing's hook (the gateway's metered forwarder sets it): told the answer's usage.
-        self.on_usage: Callable[[TokenUsage], None] | None = None
+    status: int
+    headers: dict[str, str]
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+    account: str | None = None
+    #: Billing's hook (the gateway's metered forwarder sets it): told the answer's usage.
+    on_usage: Callable[[TokenUsage], None] | None = None
 
     def settle(self, usage: TokenUsage) -> None:
         """Hand the answer's usage to billing, once."""
@@ -78,16 +75,16 @@ class UpstreamReply:
         return self.headers.get("content-type", "").startswith("text/event-stream")
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks
+        return self.chunks
 
     async def read(self) -> bytes:
         try:
-            return b"".join([chunk async for chunk in self._chunks])
+            return b"".join([chunk async for chunk in self.chunks])
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
-        await self._close()
+        await self.close()
 
 
 class Forwarder(Protocol):
