@@ -70,31 +70,27 @@ class SlowClientProtocol(HttpToolsProtocol):
         self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
+        self._cancel_timers()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._cancel_body_timer()
+        self._cancel_timers()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
-        self._cancel_body_timer()
+        self._cancel_timers()
         super().connection_lost(exc)
 
     def _arm_header_timer(self) -> None:
-        self._cancel_header_timer()
+        self._cancel_timers()
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
 
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _cancel_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+    def _cancel_timers(self) -> None:
+        """Requests on a connection are parsed in turn: at most one timer runs at a time."""
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
