@@ -1,10 +1,9 @@
-"""The credential the forwarder puts on an upstream request, from a :class:`TokenSource` (auth's
-manager in process, an HTTP client of auth in the stack)."""
+"""The credential the forwarder puts on an upstream request (auth hands it out), and its status."""
 
 from __future__ import annotations
 
 import time
-from typing import Literal, Protocol
+from typing import Literal
 
 from pydantic import BaseModel, SecretStr
 
@@ -32,10 +31,3 @@ class CredentialStatus(BaseModel):
     subscription_type: str | None = None
     detail: str | None = None
 
-
-class TokenSource(Protocol):
-    async def get(self, *, rejected: str | None = None) -> Credential:
-        """``rejected``: a secret the upstream just refused (401): refresh unless already replaced."""
-        ...
-
-    async def status(self) -> CredentialStatus: ...
