@@ -191,12 +191,9 @@ class RequestLog:
         end = time.perf_counter()
         d = self.draft
         d.status = d.status or 500
-        if outcome is None:
-            if d.status == 499:
-                outcome = "cancelled"
-            else:
-                outcome = "ok" if d.status < 400 and not d.error_type else "error"
-        d.outcome = outcome
+        if outcome is None and d.status == 499:
+            outcome = "cancelled"
+        d.outcome = outcome or ("ok" if d.status < 400 and not d.error_type else "error")
         if self.first_byte is not None:
             d.first_byte_at = _utc(self.wall_start + self.first_byte - self.started)
         d.finished_at = _utc(self.wall_start + end - self.started)

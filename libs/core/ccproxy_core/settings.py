@@ -187,12 +187,10 @@ class ClaudeSettings(BaseModel):
     #: ``UID[:GID]`` Claude Code runs as, so it cannot read the worker's memory or secrets (docs/sdk.md).
     run_as_user: str | None = None
     #: Options a client may set per request (body field ``claude_options``); others get a 403.
-    overridable_options: list[str] = Field(
-        default_factory=lambda: [
-            "model", "max_turns", "cwd", "permission_mode", "disallowed_tools",
-            "append_system_prompt", "max_thinking_tokens",
-        ]
-    )
+    overridable_options: list[str] = Field(default_factory=lambda: [
+        "model", "max_turns", "cwd", "permission_mode", "disallowed_tools", "append_system_prompt",
+        "max_thinking_tokens",
+    ])
     #: Seconds a request may wait for a free sdk-worker (then 503), and a run may take.
     queue_timeout: float = 30.0
     run_timeout: float = 900.0
