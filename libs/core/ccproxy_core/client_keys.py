@@ -10,8 +10,8 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from ccproxy_core.auth_client import AuthServiceHttp
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.internal import AuthServiceHttp
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.redis import UNAVAILABLE
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 import orjson
 from pydantic import BaseModel, Field
 
-from ccproxy_core.auth_client import AuthClient
+from ccproxy_core.internal import AuthClient
 from ccproxy_core.logging import register_secret
 from ccproxy_core.tokens import Credential
 
