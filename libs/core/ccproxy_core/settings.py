@@ -27,11 +27,6 @@ def default_data_dir() -> Path:
     return Path(base) / "ccproxy"
 
 
-def toml_files() -> list[Path]:
-    """Most specific first (pydantic-settings merges them)."""
-    return [Path(".ccproxy.toml"), Path("ccproxy.toml"), Path.home() / ".config" / "ccproxy" / "config.toml"]
-
-
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -283,13 +278,9 @@ class ServicesSettings(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_nested_delimiter="__",
-        env_file=".env",
-        env_file_encoding="utf-8",
-        # Compose passes `${AUTH__API_KEY:-}` as "": unset.
-        env_ignore_empty=True,
-        extra="ignore",
-        toml_file=toml_files(),
+        env_nested_delimiter="__", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        env_ignore_empty=True,  # compose passes `${AUTH__API_KEY:-}` as "": unset
+        toml_file=[Path(".ccproxy.toml"), Path("ccproxy.toml"), Path.home() / ".config" / "ccproxy" / "config.toml"],
     )
 
     server: ServerSettings = Field(default_factory=ServerSettings)
@@ -311,11 +302,8 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         secrets_dir = os.environ.get(SECRETS_DIR_ENV) or None
