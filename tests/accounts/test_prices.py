@@ -172,7 +172,7 @@ def test_an_unknown_model_warns_once_and_costs_the_dearest_price(
 def test_warnings_about_unknown_models_are_bounded(fresh: Pricing, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="ccproxy_core.pricing")
     for n in range(pricing.MAX_WARNED + 50):
-        fresh.cost(f"claude-invented-{n}", 1, 1)
+        fresh.usd(f"claude-invented-{n}", 1, 1)
     assert len(caplog.records) == pricing.MAX_WARNED + 1
     assert "further unknown models are not logged" in caplog.records[-1].getMessage()
 

@@ -14,8 +14,7 @@ from typing import Annotated
 import typer
 
 from ccproxy_core import logging as cclog
-from ccproxy_core.cli import check_bind, fail, load_settings
-from ccproxy_core.cli_sdk import with_claude_flags
+from ccproxy_core.cli import check_bind, fail, load_settings, with_claude_flags
 from ccproxy_core.server import StartupError, bind, serve_app
 from ccproxy_core.settings import Settings
 
@@ -57,9 +56,7 @@ def serve(
     check_bind(settings)
     startup_report(settings)
     try:
-        serve_app(build_local_app(settings), settings.server.host, settings.server.port, settings.server.log_level,
-                  settings.server.header_timeout, settings.server.body_timeout,
-                  settings.server.forwarded_allow_ips)
+        serve_app(build_local_app(settings), settings.server)
     except StartupError as exc:
         fail(str(exc))
 

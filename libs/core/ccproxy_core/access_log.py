@@ -1,15 +1,8 @@
-"""Access-log events: one per client request, from the gateway to analytics through Redis.
+"""Access-log events: one per client request, from the gateway to analytics through a Redis stream.
 
-The gateway builds a :class:`RequestLog` when a request arrives, the route fills it in as it
-learns things (model, account, usage), and when the answer is over (sent, failed or cancelled)
-it becomes one :class:`AccessLogEvent` handed to :class:`AccessLogEmitter`.
-
-Emitting never waits and never fails: ``emit`` appends to a bounded in-memory buffer and a
-background task moves the buffer to a Redis stream (``XADD ... MAXLEN ~``). While Redis is
-unreachable the buffer holds the events and the task retries; only when the buffer is full are
-the oldest events dropped, and each drop is counted (``ccproxy_access_log_events_total
-{outcome="dropped"}``) and logged. The event never carries a secret: the client is named by its
-key's id and name, never the key.
+Emitting never waits and never fails: events go to a bounded in-memory buffer that a background
+task writes to Redis, retrying while Redis is away; only a full buffer drops (the oldest, counted
+and logged). An event names the client by its key's id and name, never the key.
 """
 
 from __future__ import annotations
@@ -40,15 +33,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Stream field that holds the JSON event (one field, so the schema can grow).
+#: The one stream field holding the JSON event, so the schema can grow.
 EVENT_FIELD = "e"
 
 Outcome = Literal["ok", "error", "cancelled"]
 
 #: How long the emitter waits for more events before writing a part-filled batch.
 LINGER_SECONDS = 0.01
-#: Cap on the embedded Redis stand-in's stream (``ccproxy serve``): ~25 MB of events, enough
-#: for 20 batches of the consumer and the live tail's replay.
+#: Cap on the embedded stream (``ccproxy serve``): ~25 MB, 20 consumer batches and the tail's replay.
 EMBEDDED_STREAM_MAXLEN = 20_000
 
 
@@ -61,15 +53,14 @@ class AccessLogEvent(BaseModel):
     first_byte_at: datetime | None = None
     finished_at: datetime
     duration_ms: float
-    #: First content token of a stream (``content_block_delta``); None for non-stream answers.
+    #: To a stream's first content token; None for non-stream answers.
     ttft_ms: float | None = None
     mode: Literal["api", "sdk"] = "api"
     #: Route template, e.g. ``/api/v1/messages`` (never a query string).
     endpoint: str
     method: str = "POST"
     client_format: str = "anthropic"
-    #: Who asked: the caller's id and name (``ccproxy_core.identity``: ``LEAD.id`` for the shared
-    #: token, ``ANONYMOUS.id`` with no client auth). Never the key itself.
+    #: The caller's id and name (``ccproxy_core.identity``), never the key itself.
     key_id: str = ANONYMOUS.id
     key_name: str = ""
     account: str = ""
@@ -89,14 +80,13 @@ class AccessLogEvent(BaseModel):
     upstream_request_id: str = ""
     user_agent: str = ""
     client_addr: str = ""
-    #: The subscription's quota as the upstream reported it on this answer
-    #: (``anthropic-ratelimit-unified-*``): status and 5-hour / 7-day utilisation (0..1).
+    #: The subscription's quota from ``anthropic-ratelimit-unified-*``: 5-hour / 7-day use (0..1).
     quota_status: str = ""
     quota_5h_utilization: float | None = None
     quota_7d_utilization: float | None = None
-    #: Seconds the upstream asked us to wait (``retry-after`` on 429/529): an account cooldown.
+    #: ``retry-after`` of a 429/529: the account's cooldown.
     retry_after_s: float | None = None
-    #: SDK mode: the Claude Code session, its turns, tool uses and permission prompts.
+    #: SDK mode only.
     sdk_session_id: str = ""
     sdk_turns: int = 0
     sdk_tool_uses: int = 0
@@ -120,24 +110,11 @@ def _utc(ts: float) -> datetime:
 
 
 class RequestLog:
-    """What the gateway learns about one request while serving it: a draft of its one event.
+    """One request's log while it is served: routes fill in :attr:`draft`, its one event, through
+    ``request.state.access_log``; its times, status and outcome are set when the request is over."""
 
-    Routes reach it through ``request.state.access_log`` and fill in :attr:`draft` (the event
-    itself, the fields analytics stores); when the request is over its times, status, outcome
-    and cost are set and the draft is emitted. Times are taken with ``time.time()`` for wall
-    clock and ``time.perf_counter()`` for durations.
-    """
-
-    def __init__(
-        self,
-        endpoint: str,
-        method: str = "POST",
-        mode: Literal["api", "sdk"] = "api",
-        client_format: str = "anthropic",
-        user_agent: str = "",
-        client_addr: str = "",
-        request_id: str | None = None,
-    ) -> None:
+    def __init__(self, endpoint: str, request_id: str | None = None, **fields: Any) -> None:
+        """``fields``: more of the draft's (``method``, ``client_format``, ``user_agent`` ...)."""
         self.wall_start = time.time()
         self.started = time.perf_counter()
         self.first_byte: float | None = None
@@ -145,8 +122,7 @@ class RequestLog:
         start = _utc(self.wall_start)
         self.draft = AccessLogEvent(
             request_id=request_id or f"req_{uuid.uuid4().hex}", started_at=start, finished_at=start,
-            duration_ms=0.0, endpoint=endpoint, method=method, mode=mode, client_format=client_format,
-            user_agent=user_agent, client_addr=client_addr, status=0,
+            duration_ms=0.0, endpoint=endpoint, status=0, **fields,
         )
         #: Where the event goes when the request is over (set by whoever opened the log).
         self.sink: Callable[[AccessLogEvent], None] | None = None
@@ -172,8 +148,7 @@ class RequestLog:
             self.draft.status = status
 
     def hold(self) -> None:
-        """Something still runs for this request after the response (a stream's relay): the
-        event waits for its :meth:`release`, so it carries the stream's usage."""
+        """A stream's relay outlives the response: the event waits for its release, to carry its usage."""
         self._holds += 1
 
     def release(self) -> None:
@@ -181,8 +156,7 @@ class RequestLog:
         self._emit_when_done()
 
     def close(self, outcome: Outcome | None = None) -> None:
-        """The response is over (sent, failed or cancelled); emit once nothing holds it.
-        ``outcome`` overrides the one the status implies (``cancelled`` mid-stream)."""
+        """The response is over; emit once nothing holds it. ``outcome`` overrides the status's."""
         self._closed = True
         self._outcome = outcome
         self._emit_when_done()
@@ -195,7 +169,6 @@ class RequestLog:
             self.sink(self.event(self._outcome))
 
     def note_upstream(self, reply: UpstreamReply) -> None:
-        """Account, upstream request id, and the quota headers of an upstream answer."""
         d, headers = self.draft, reply.headers
         d.account = reply.account or d.account
         d.upstream_request_id = headers.get("request-id", d.upstream_request_id)
@@ -215,16 +188,12 @@ class RequestLog:
         d.stop_reason = stop_reason or d.stop_reason
 
     def event(self, outcome: Outcome | None = None) -> AccessLogEvent:
-        """The finished event: the draft with its times, status and outcome set."""
         end = time.perf_counter()
         d = self.draft
         d.status = d.status or 500
-        if outcome is None:
-            if d.status == 499:
-                outcome = "cancelled"
-            else:
-                outcome = "ok" if d.status < 400 and not d.error_type else "error"
-        d.outcome = outcome
+        if outcome is None and d.status == 499:
+            outcome = "cancelled"
+        d.outcome = outcome or ("ok" if d.status < 400 and not d.error_type else "error")
         if self.first_byte is not None:
             d.first_byte_at = _utc(self.wall_start + self.first_byte - self.started)
         d.finished_at = _utc(self.wall_start + end - self.started)
@@ -235,19 +204,11 @@ class RequestLog:
 
 
 class AccessLogEmitter:
-    """Fire-and-forget delivery of events to a Redis stream, with a bounded buffer and retry.
-
-    With no Redis (``redis=None``) events are only counted: for tests that build a gateway alone.
-    """
+    """Fire-and-forget delivery to a Redis stream; with no Redis (a gateway alone) events are only counted."""
 
     def __init__(
-        self,
-        redis: Redis | None,
-        stream: str,
-        maxlen: int = 1_000_000,
-        buffer_size: int = 10_000,
-        metrics: Metrics | None = None,
-        batch: int = 500,
+        self, redis: Redis | None, stream: str, maxlen: int = 1_000_000, buffer_size: int = 10_000,
+        metrics: Metrics | None = None, batch: int = 500,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -256,8 +217,6 @@ class AccessLogEmitter:
         self.metrics = metrics
         self._buffer: collections.deque[AccessLogEvent] = collections.deque()
         self._inflight = 0
-        self._drained = asyncio.Event()
-        self._drained.set()
         self._buffer_size = buffer_size
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -268,23 +227,15 @@ class AccessLogEmitter:
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis, metrics: Metrics | None = None) -> AccessLogEmitter:
-        """To ``REDIS__URL``'s stream, or the embedded Redis stand-in's (``ccproxy serve``), on the
-        process's one client (``redis``, owned by whoever built the app)."""
         a = settings.analytics
         maxlen = a.stream_maxlen
         if settings.redis.url is None:
-            # The embedded stream lives in this process's memory and dies with it: keeping
-            # 1M events there grew `ccproxy serve` by ~1.3 KB per request served (to ~1.3 GB)
-            # and slowed every full garbage collection (docs/performance.md).
+            # In this process's memory, 1M events grew `ccproxy serve` to ~1.3 GB (docs/performance.md).
             maxlen = min(maxlen, EMBEDDED_STREAM_MAXLEN)
-        return cls(
-            redis, settings.redis.key_prefix + a.stream, maxlen=maxlen,
-            buffer_size=a.buffer_size, metrics=metrics,
-        )
+        return cls(redis, settings.redis.key_prefix + a.stream, maxlen, a.buffer_size, metrics)
 
     @property
     def buffered(self) -> int:
-        """Events not yet in Redis (waiting, or being written now)."""
         return len(self._buffer) + self._inflight
 
     def emit(self, event: AccessLogEvent) -> None:
@@ -298,12 +249,9 @@ class AccessLogEmitter:
                 now = time.monotonic()
                 if now - self._last_drop_warning > 10:
                     self._last_drop_warning = now
-                    log.warning(
-                        "access log: Redis unreachable and %d events buffered; dropping the oldest "
-                        "(%d dropped so far)", self._buffer_size, self.dropped,
-                    )
+                    log.warning("access log: Redis unreachable and %d events buffered; dropping the oldest "
+                                "(%d dropped so far)", self._buffer_size, self.dropped)
             self._buffer.append(event)
-            self._drained.clear()
             self._gauge()
             self._ensure_task()
             self._wake.set()
@@ -311,7 +259,6 @@ class AccessLogEmitter:
             log.exception("access log: could not queue an event")
 
     def _drop_oldest(self, keep: int) -> None:
-        """Drop the oldest events until at most ``keep`` are buffered, each one counted."""
         while len(self._buffer) > keep:
             self._buffer.popleft()
             self.dropped += 1
@@ -342,21 +289,15 @@ class AccessLogEmitter:
                 await self._wake.wait()
                 continue
             if len(self._buffer) < self.batch and not self._closing:
-                # Let the events of the next few milliseconds join this pipeline: one XADD
-                # pipeline per request costs ~80 us an event on the embedded Redis, ~45 us in
-                # batches (and fewer round trips to a real one).
+                # Batching the next few ms' events: ~45 us an event on the embedded Redis, not ~80.
                 await asyncio.sleep(LINGER_SECONDS)
             try:
                 await self._send_some()
                 delay = 0.05
                 if self._redis_down_since is not None:
-                    log.info(
-                        "access log: Redis reachable again after %.0f s; %d events buffered",
-                        time.monotonic() - self._redis_down_since, len(self._buffer),
-                    )
+                    log.info("access log: Redis reachable again after %.0f s; %d events buffered",
+                             time.monotonic() - self._redis_down_since, len(self._buffer))
                     self._redis_down_since = None
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 if self._redis_down_since is None:
                     self._redis_down_since = time.monotonic()
@@ -376,8 +317,7 @@ class AccessLogEmitter:
                 pipe.xadd(self.stream, event.to_stream(), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
             await pipe.execute()
         except BaseException:
-            # Back to the front, in order, to be sent again (a retried pipeline may write an
-            # event twice; analytics deduplicates on request id).
+            # Back to the front, in order (a retry may write one twice: analytics deduplicates).
             self._buffer.extendleft(reversed(events))
             self._drop_oldest(self._buffer_size)
             raise
@@ -385,18 +325,14 @@ class AccessLogEmitter:
             self._inflight = 0
             self._gauge()
         self._count("sent", len(events))
-        if not self._buffer:
-            self._drained.set()
 
     async def flush(self, within: float = 5.0) -> bool:
         """Wait until every event is in Redis (True) or ``within`` seconds pass (False)."""
-        if not self.buffered:
-            return True
-        self._ensure_task()
-        self._wake.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await self._drained.wait()
+        deadline = time.monotonic() + within
+        while self.buffered and time.monotonic() < deadline:
+            self._ensure_task()
+            self._wake.set()
+            await asyncio.sleep(LINGER_SECONDS)
         return not self.buffered
 
     async def aclose(self, within: float = 5.0) -> None:
@@ -414,8 +350,7 @@ class AccessLogEmitter:
 
 
 def parse_time(value: str) -> datetime:
-    """ISO 8601 or epoch seconds, as UTC (for query filters). ValueError for anything else,
-    including epoch seconds no datetime can hold (1e20, inf: a client's mistake, not a crash)."""
+    """ISO 8601 or epoch seconds, as UTC (query filters); ValueError also for 1e20 or inf."""
     try:
         seconds = float(value)
     except ValueError:
@@ -425,12 +360,3 @@ def parse_time(value: str) -> datetime:
         return _utc(seconds)
     except (OverflowError, OSError, ValueError) as exc:
         raise ValueError(f"{value!r} is out of range") from exc
-
-
-__all__ = [
-    "EVENT_FIELD",
-    "AccessLogEmitter",
-    "AccessLogEvent",
-    "RequestLog",
-    "parse_time",
-]

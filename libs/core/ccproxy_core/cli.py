@@ -1,30 +1,20 @@
-"""The ``ccproxy`` command's scaffold: what every image's ``ccproxy`` offers, whatever it installs.
-
-This module imports no service. The installed packages say what they add, through entry points:
-
-- ``ccproxy.services``: ``NAME = "module:factory"``; ``ccproxy run NAME`` calls
-  ``factory(settings)`` and serves the ASGI app it returns (a worker runs itself and returns None);
-- ``ccproxy.commands``: ``NAME = "module:register"``; ``register(app)`` adds that package's
-  commands (``auth``/``keys`` from the auth service, ``permission-handler`` from permissions,
-  ``serve``/``up``/``init-env`` from the composition root, ``apps/ccproxy``).
-
-So the gateway image's ``ccproxy`` runs the gateway and answers ``healthcheck``, the auth image's
-also manages keys and accounts, and a full install (``uv sync``) has every command.
-"""
+"""The ``ccproxy`` command's scaffold, in every image: the installed packages add their services
+(``ccproxy.services``, for ``ccproxy run``) and commands (``ccproxy.commands``) through entry points,
+so each image's ``ccproxy`` offers what it can run (docs/architecture.md)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import secrets
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
 
-from ccproxy_core.cli_sdk import OVERRIDES as CLAUDE_FLAG_OVERRIDES
-from ccproxy_core.cli_sdk import with_claude_flags
 from ccproxy_core.server import StartupError, http_ok, serve_app
 from ccproxy_core.settings import Settings, is_loopback
 
@@ -33,8 +23,68 @@ COMMAND_GROUP = "ccproxy.commands"
 
 app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI APIs.", no_args_is_help=True)
 
-#: ``ccproxy run NAME``: the services installed here, ``name -> "module:factory"`` (loaded only when run).
+#: ``ccproxy run NAME``: the services installed here, ``name -> "module:factory"``.
 SERVICES: dict[str, str] = {ep.name: ep.value for ep in sorted(entry_points(group=SERVICE_GROUP), key=lambda e: e.name)}
+
+
+# SDK mode's flags from earlier ccproxy versions (``--claude-code-options-cwd`` ...): the
+# ``CLAUDE__*`` settings under their old names, winning over the environment like every flag;
+# :func:`with_claude_flags` adds them to a command (``serve``, ``run``) without it listing them.
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Flag -> its setting under ``CLAUDE__`` and its type (a list is given comma-separated).
+FLAGS: dict[str, tuple[str, type]] = {
+    "claude_code_options_cwd": ("options__cwd", str),
+    "claude_code_options_permission_mode": ("options__permission_mode", str),
+    "claude_code_options_model": ("options__model", str),
+    "claude_code_options_max_turns": ("options__max_turns", int),
+    "claude_code_options_allowed_tools": ("options__allowed_tools", list),
+    "claude_code_options_disallowed_tools": ("options__disallowed_tools", list),
+    "claude_code_options_append_system_prompt": ("options__append_system_prompt", str),
+    "claude_code_options_max_thinking_tokens": ("options__max_thinking_tokens", int),
+    "claude_sdk_message_mode": ("sdk_message_mode", str),
+    "claude_sdk_pretty_format": ("pretty_format", bool),
+    "claude_workspace_root": ("workspace_root", str),
+    "max_concurrent_runs": ("max_concurrent_runs", int),
+}
+
+#: What the flags of the running command set, as ``load_settings`` keywords (it adds them).
+OVERRIDES: dict[str, Any] = {}
+
+
+def _param(name: str, setting: str, kind: type) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    help_text = f"CLAUDE__{setting.upper()}" + (", comma-separated" if kind is list else "")
+    if kind is bool:
+        option = typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
+    else:
+        option = typer.Option(flag, help=help_text)
+    value_type = str if kind is list else kind
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[value_type | None, option]
+    )
+
+
+def with_claude_flags(fn: F) -> F:
+    """Give the command ``fn`` the SDK-mode flags; their values land in :data:`OVERRIDES`."""
+    signature = inspect.signature(fn, eval_str=True)
+    params = [*signature.parameters.values(), *(_param(name, *spec) for name, spec in FLAGS.items())]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        OVERRIDES.clear()
+        for name, (setting, kind) in FLAGS.items():
+            value = kwargs.pop(name, None)
+            if value is not None and kind is list:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if value is not None:
+                OVERRIDES["claude__" + setting] = value
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must see the new signature, not fn's
+    return wrapper  # type: ignore[return-value]
 
 
 def fail(message: str) -> NoReturn:
@@ -46,7 +96,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings with CLI flags on top (``section__key=value``, None: not given); a bad config
     file is one clear line, not a traceback."""
     init: dict[str, Any] = {}
-    for dotted, value in {**overrides, **CLAUDE_FLAG_OVERRIDES}.items():
+    for dotted, value in {**overrides, **OVERRIDES}.items():
         if value is None:
             continue
         *path, key = dotted.split("__")
@@ -100,9 +150,7 @@ def run_service(
         factory: Callable[[Settings], Any] = found[service].load()
         web = factory(settings)
         if web is not None:  # None: a worker, which ran until it was stopped
-            serve_app(web, settings.server.host, settings.server.port, settings.server.log_level,
-                      settings.server.header_timeout, settings.server.body_timeout,
-                      settings.server.forwarded_allow_ips)
+            serve_app(web, settings.server)
     except StartupError as exc:
         fail(f"{service}: {exc}")
 
@@ -116,20 +164,10 @@ def healthcheck(
     raise typer.Exit(0 if http_ok(target, timeout=5) else 1)
 
 
-_registered: set[str] = set()
-
-
-def add_installed_commands() -> None:
-    """Let each installed package add its commands (``ccproxy.commands`` entry points), once."""
-    for ep in entry_points(group=COMMAND_GROUP):
-        if ep.name not in _registered:
-            _registered.add(ep.name)
-            register: Callable[[typer.Typer], None] = ep.load()
-            register(app)
-
-
 def main() -> None:
-    add_installed_commands()
+    for ep in entry_points(group=COMMAND_GROUP):
+        register: Callable[[typer.Typer], None] = ep.load()
+        register(app)
     try:
         app()
     except StartupError as exc:

@@ -1,9 +1,5 @@
-"""Per-member client keys, as the gateway sees them: look up, admit (reserve), settle.
-
-Auth owns the keys (``ccproxy_auth.keys``); the gateway only asks a :class:`KeyAuthority`. A
-lookup is cached for ``SECURITY__KEY_CACHE_SECONDS`` (a revoked key stops working on every
-replica within that), but admission is never cached: rate limits and budgets are checked and
-reserved atomically in Redis for every request, then settled from the real usage.
+"""Per-member client keys, as the gateway sees them: look up (cached a few seconds), admit (rate
+limits and budget reserved in Redis on every request, never cached) and settle. Auth owns them.
 """
 
 from __future__ import annotations
@@ -14,15 +10,14 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from ccproxy_core.auth_client import AuthServiceHttp
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.internal import AuthServiceHttp
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.redis import UNAVAILABLE
 
 Period = Literal["day", "week", "month"]
 KEY_PREFIX = "ccp_"
-#: The auth service's internal key endpoints live under this path (``lookup``, ``any``, ``session``,
-#: ``admit``, ``settle``): the gateway's :class:`HttpKeyAuthority` calls them, auth serves them.
+#: Auth's internal key endpoints (``lookup``, ``any``, ``session``, ``admit``, ``settle``).
 KEYS_PATH = "/internal/keys"
 
 
@@ -32,8 +27,6 @@ def hash_key(presented: str) -> str:
 
 
 class KeyInfo(BaseModel):
-    """A client key without its secret."""
-
     id: str
     name: str
     hint: str = ""
@@ -67,19 +60,17 @@ class Admission(BaseModel):
     estimated_micro_usd: int = 0
 
 
-#: What a settlement is told was spent (the name the key store's callers know it by).
+#: What a settlement is told was spent.
 UsageReport = TokenUsage
 
 
 class Settlement(BaseModel):
     cost_usd: float = 0.0
-    #: Spend of the key in its current budget period after this request (or in total).
+    #: The key's spend in its budget period (or in total) after this request.
     spent_usd: float = 0.0
 
 
 class AdmitBody(BaseModel):
-    """``POST /internal/keys/admit``: :meth:`KeyAuthority.admit`'s arguments, the key by its id."""
-
     key_id: str
     model: str = ""
     body_bytes: int = 0
@@ -88,34 +79,27 @@ class AdmitBody(BaseModel):
 
 
 class SettleBody(BaseModel):
-    """``POST /internal/keys/settle``: :meth:`KeyAuthority.settle`'s arguments."""
-
     admission: Admission
     usage: UsageReport
 
 
 class KeyAuthority(Protocol):
     async def lookup(self, presented: str) -> KeyInfo | None:
-        """The key behind ``presented``, or None if there is no such (usable) key."""
         ...
 
     async def any_keys(self, fresh: bool = False) -> bool:
-        """Whether client keys are in use (then every request must carry one); ``fresh``: not
-        from a cache."""
+        """Whether client keys are in use (then every request must carry one)."""
         ...
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
-        """The usable key behind a member page session (the SHA-256 of its cookie), or None."""
+        """The usable key behind a member page session (by its cookie's SHA-256), or None."""
         ...
 
     async def admit(
         self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
     ) -> Admission:
-        """Check and reserve rate limits and budget; raises ProxyError (429/402) if over.
-
-        ``reserve_micro_usd`` (SDK mode: a whole run): reserve up to that much of a budget instead
-        of the request's estimate, less if less is left but never less than the estimate; the
-        admission's ``estimated_micro_usd`` says how much was reserved."""
+        """Check and reserve rate limits and budget (429/402 if over). ``reserve_micro_usd`` (an SDK
+        run): reserve up to that much instead of the estimate (``estimated_micro_usd`` says what)."""
         ...
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
@@ -123,17 +107,13 @@ class KeyAuthority(Protocol):
 
 
 def looks_like_key(presented: str) -> bool:
-    """Whether ``presented`` has the shape of a client key (``ccp_…``), so may be one just made."""
+    """Has the shape of a client key, so may be one just made."""
     return presented.startswith(KEY_PREFIX)
 
 
 class CachedKeys:
-    """A :class:`KeyAuthority` with lookups cached locally for a few seconds.
-
-    Only what can stop being true soon is trusted from the cache: a key found stays found for
-    ``ttl`` (so a revoked key stops within it). "No such key" is not cached for key-shaped
-    strings: ``ccproxy keys create`` on any host must make a key usable at once on every
-    gateway, and a miss costs one lookup, as an unknown key always did."""
+    """A :class:`KeyAuthority` with lookups cached for ``ttl`` (a revoked key stops within it); "no
+    such key" is not cached for key-shaped strings, so a key just made works at once everywhere."""
 
     def __init__(self, inner: KeyAuthority, ttl: float = 5.0) -> None:
         self.inner = inner
@@ -162,8 +142,7 @@ class CachedKeys:
         try:
             value = await self.inner.any_keys()
         except (ProxyError, *UNAVAILABLE) as exc:
-            # The authority is away (auth down, Redis restarting): a fresh question falls back to
-            # the last answer, as a cached one would have been; with none, the outage shows.
+            # The authority is away: a fresh question falls back to the last answer, if any.
             if not fresh or self._any is None or (isinstance(exc, ProxyError) and exc.status < 500):
                 raise
             return self._any[1]
@@ -184,11 +163,6 @@ class CachedKeys:
 
 
 class HttpKeyAuthority(AuthServiceHttp):
-    """The auth service's client keys, over HTTP (the gateway in the stack)."""
-
-    def __init__(self, base_url: str, internal_secret: str, timeout: float = 10.0) -> None:
-        super().__init__(base_url, internal_secret, timeout)
-
     async def lookup(self, presented: str) -> KeyInfo | None:
         data = await self._post(f"{KEYS_PATH}/lookup", {"hash": hash_key(presented)})
         return KeyInfo.model_validate(data["key"]) if data.get("key") else None
@@ -203,12 +177,9 @@ class HttpKeyAuthority(AuthServiceHttp):
     async def admit(
         self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
     ) -> Admission:
-        data = await self._post(
-            f"{KEYS_PATH}/admit",
-            AdmitBody(key_id=key.id, model=model, body_bytes=body_bytes, max_tokens=max_tokens,
-                      reserve_micro_usd=reserve_micro_usd),
-        )
-        return Admission.model_validate(data)
+        body = AdmitBody(key_id=key.id, model=model, body_bytes=body_bytes, max_tokens=max_tokens,
+                         reserve_micro_usd=reserve_micro_usd)
+        return Admission.model_validate(await self._post(f"{KEYS_PATH}/admit", body))
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         data = await self._post(f"{KEYS_PATH}/settle", SettleBody(admission=admission, usage=usage))

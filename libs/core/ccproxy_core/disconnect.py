@@ -1,9 +1,5 @@
-"""Work that only matters while the caller is still connected.
-
-The gateway (its client) and the api-forwarder (the gateway) both await an upstream call or a
-queued job on behalf of someone who may hang up; when they do, the work is cancelled so the
-upstream request does not go on for nobody.
-"""
+"""Work that only matters while the caller is connected: cancelled when it hangs up, so an upstream
+request does not go on for nobody."""
 
 from __future__ import annotations
 

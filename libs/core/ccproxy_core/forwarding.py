@@ -1,8 +1,5 @@
-"""The contract between the gateway and the api-forwarder.
-
-The gateway hands the forwarder one Anthropic-format request; the forwarder answers with the
-upstream's status, headers and a byte stream, relayed untouched. In one process this is a method
-call; in the stack, :class:`HttpForwarder` carries the same thing over pooled keep-alive HTTP.
+"""The contract between the gateway and the api-forwarder: one Anthropic request in, the upstream's
+status, headers and bytes out, untouched. A method call in one process, :class:`HttpForwarder` in the stack.
 """
 
 from __future__ import annotations
@@ -15,8 +12,8 @@ import aiohttp
 import orjson
 
 from ccproxy_core.client_keys import KeyInfo
-from ccproxy_core.errors import ProxyError, parse_anthropic_error
-from ccproxy_core.internal import INTERNAL_SECRET_HEADER, PROXY_ERROR_HEADER
+from ccproxy_core.errors import ProxyError, upstream_error
+from ccproxy_core.internal import PROXY_ERROR_HEADER, InternalClient
 
 if TYPE_CHECKING:
     from ccproxy_core.models import TokenUsage
@@ -24,37 +21,29 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class ForwardRequest:
-    #: Upstream path, e.g. ``/v1/messages`` or ``/v1/messages/count_tokens``.
+    #: Upstream path, e.g. ``/v1/messages``.
     path: str
     #: The client's headers (the forwarder decides which to drop).
     headers: dict[str, str]
-    #: The parsed JSON body: the forwarder injects the identity block into it (ignored for GET).
+    #: The forwarder injects the identity block into it (ignored for GET).
     body: dict[str, Any]
-    #: Query string without ``?`` (Claude Code sends ``beta=true``).
+    #: Without ``?`` (Claude Code sends ``beta=true``).
     query: str = ""
-    #: ``POST`` (the Messages API) or ``GET`` (``/v1/models``: no body, no identity block).
     method: str = "POST"
-    #: The caller's client key (``request.user.key``): metered by the gateway, routed to its
-    #: accounts only by the forwarder; never sent upstream.
+    #: The caller's client key: metered by the gateway, routed to its accounts by the forwarder.
     key: KeyInfo | None = None
-    #: The route costs money (its ``ApiRoute`` says ``metered``): the gateway admits the key's
-    #: limits before forwarding and settles after. Never sent to the forwarder service.
+    #: The gateway admits and settles the key's limits (the route's ``metered``); not sent on.
     metered: bool = False
 
 
-#: How :class:`HttpForwarder` carries ``ForwardRequest.key`` to the forwarder service (a
-#: client's own ``x-ccproxy-*`` headers are dropped first, so a client cannot pose as a key).
+#: How :class:`HttpForwarder` carries ``ForwardRequest.key``; a client's own ``x-ccproxy-*`` are dropped.
 FORWARD_KEY_HEADER = "x-ccproxy-key"
 INTERNAL_HEADER_PREFIX = "x-ccproxy-"
-
-
 #: Prefix of the upstream's subscription quota headers (``-status``, ``-5h-utilization``, ``-reset``).
 UNIFIED = "anthropic-ratelimit-unified-"
 
 
 def header_number(value: str | None) -> float | None:
-    """A numeric upstream header (``retry-after``, a quota's utilization or reset), or None when
-    it is missing or not a number (the upstream's headers are read, never trusted to parse)."""
     if value is None:
         return None
     try:
@@ -63,27 +52,20 @@ def header_number(value: str | None) -> float | None:
         return None
 
 
+@dataclass(eq=False)
 class UpstreamReply:
     """The upstream's answer: status and headers now, body as it arrives."""
 
-    def __init__(
-        self,
-        status: int,
-        headers: dict[str, str],
-        chunks: AsyncIterator[bytes],
-        close: Callable[[], Awaitable[None]],
-        account: str | None = None,
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self._chunks = chunks
-        self._close = close
-        self.account = account
-        #: Billing's hook (the gateway's metered forwarder sets it): told the answer's usage.
-        self.on_usage: Callable[[TokenUsage], None] | None = None
+    status: int
+    headers: dict[str, str]
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+    account: str | None = None
+    #: Billing's hook (the gateway's metered forwarder sets it): told the answer's usage.
+    on_usage: Callable[[TokenUsage], None] | None = None
 
     def settle(self, usage: TokenUsage) -> None:
-        """Hand the answer's usage, read once by whoever relayed it, to billing (once)."""
+        """Hand the answer's usage to billing, once."""
         hook, self.on_usage = self.on_usage, None
         if hook is not None:
             hook(usage)
@@ -93,68 +75,41 @@ class UpstreamReply:
         return self.headers.get("content-type", "").startswith("text/event-stream")
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks
+        return self.chunks
 
     async def read(self) -> bytes:
         try:
-            return b"".join([chunk async for chunk in self._chunks])
+            return b"".join([chunk async for chunk in self.chunks])
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
-        await self._close()
+        await self.close()
 
 
 class Forwarder(Protocol):
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
-        """Send ``request`` upstream. Raises ProxyError when no upstream answer exists
-        (no credentials, upstream unreachable, timeout)."""
+        """Raises ProxyError when there is no upstream answer (no credentials, unreachable, timeout)."""
         ...
 
 
 #: Response headers that describe the connection, not the content: never relayed.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "content-encoding",
-        "host",
-    }
-)
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "content-length", "content-encoding", "host",
+})
 
 
-class HttpForwarder:
-    """The gateway's client of a forwarder running as its own service."""
-
+class HttpForwarder(InternalClient):
     def __init__(self, base_url: str, internal_secret: str, read_timeout: float = 600.0) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._secret = internal_secret
-        self._read_timeout = read_timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._read_timeout),
-                auto_decompress=False,
-            )
-        return self._session
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
+        super().__init__(base_url, internal_secret, timeout=timeout, auto_decompress=False)
 
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
         headers = {
             k: v for k, v in request.headers.items()
             if k.lower() not in HOP_BY_HOP and not k.lower().startswith(INTERNAL_HEADER_PREFIX)
         }
-        headers[INTERNAL_SECRET_HEADER] = self._secret
         if request.method == "POST":
             headers["content-type"] = "application/json"
         if request.key is not None:
@@ -170,27 +125,13 @@ class HttpForwarder:
         except (aiohttp.ClientError, OSError) as exc:
             raise ProxyError(502, f"api-forwarder unreachable: {type(exc).__name__}") from exc
         reply_headers = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
-        if reply_headers.pop(PROXY_ERROR_HEADER, None):
+        if reply_headers.pop(PROXY_ERROR_HEADER, None):  # the forwarder's own error, not the upstream's
             body = await resp.read()
             resp.release()
-            parsed = parse_anthropic_error(body)
-            error_type, message = parsed or ("api_error", "api-forwarder error")
-            raise ProxyError(resp.status, message, error_type, headers=_retry_after(reply_headers))
+            raise upstream_error(resp.status, body, reply_headers)
         return UpstreamReply(
-            resp.status,
-            reply_headers,
-            _iter_body(resp),
-            _closer(resp),
-            account=reply_headers.get("x-ccproxy-account"),
+            resp.status, reply_headers, _iter_body(resp), _closer(resp), account=reply_headers.get("x-ccproxy-account")
         )
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-def _retry_after(headers: dict[str, str]) -> dict[str, str]:
-    return {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
 
 
 async def _iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -1,9 +1,5 @@
-"""Logging that cannot leak secrets.
-
-Every record passes through :class:`RedactingFilter`, which masks anything that looks like a
-token (``sk-ant-…``, bearer values, JWT-ish strings) and every secret registered at run time
-with :func:`register_secret` (access and refresh tokens, client keys, internal secrets).
-"""
+"""Logging that cannot leak secrets: every record is masked of token-shaped strings and of every
+secret registered at run time (:func:`register_secret`)."""
 
 from __future__ import annotations
 
@@ -31,23 +27,19 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "[REDACTED]")
     for pattern in _PATTERNS:
-        text = pattern.sub(
-            lambda m: (m.group(1) if m.groups() else "") + "[REDACTED]", text
-        )
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[REDACTED]", text)
     return text
 
 
 #: Longest log message kept (a 50 MB upstream error must not become a 50 MB log line).
 MAX_MESSAGE_CHARS = 4096
-#: Characters of a credential: runs of them are the candidates :func:`scrub_secret` looks at.
 _TOKENISH = re.compile(r"[A-Za-z0-9._~+/=\-]{8,}")
 #: A run sharing this many consecutive characters with a secret is a piece of it.
 _FRAGMENT = 8
 
 
 def scrub_secret(text: str, secret: str) -> str:
-    """``text`` without ``secret`` and without any piece of it (a prefix, suffix or middle part
-    of at least 8 characters, as an upstream may echo a credential it refused)."""
+    """``text`` without any piece of ``secret`` of 8 characters (an upstream may echo part of one)."""
     if len(secret) < _FRAGMENT:
         return text
     pieces = {secret[i:i + _FRAGMENT] for i in range(len(secret) - _FRAGMENT + 1)}
@@ -64,8 +56,7 @@ def scrub_secret(text: str, secret: str) -> str:
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        # Cut before redacting (cheap on huge messages), with slack so a secret that straddles
-        # the cut is still whole when it is redacted; then cut to the limit.
+        # Cut before redacting (cheap), with slack so a secret straddling the limit is still whole.
         clean = redact(message[: MAX_MESSAGE_CHARS + 512])
         if len(message) > MAX_MESSAGE_CHARS:
             clean = f"{clean[:MAX_MESSAGE_CHARS]}… [truncated: {len(message)} characters in all]"
@@ -79,7 +70,6 @@ class RedactingFilter(logging.Filter):
 
 
 def configure(level: str = "info") -> None:
-    """Install one redacting handler on the root logger (and on uvicorn's loggers)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())

@@ -1,7 +1,5 @@
-"""Prometheus metrics, one registry per service instance (so one process can host several).
-
-Labels never carry secrets: routes are templates, accounts are names, keys are key ids.
-"""
+"""Prometheus metrics, a registry per service (one process may host several). Labels carry no
+secret: routes are templates, accounts names, keys ids."""
 
 from __future__ import annotations
 
@@ -16,15 +14,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.types import Scope
 
-#: The route label of a request no route matched (a 404): one label, whatever the path was.
+#: The route label of a request no route matched, whatever its path.
 UNMATCHED = "<unmatched>"
-#: Attribute :func:`label_routes` sets on a route inside a Mount: the Mount's template + its own.
 _TEMPLATE_ATTR = "ccproxy_template"
 
 
 def label_routes(routes: Iterable[BaseRoute], prefix: str = "") -> None:
-    """Give every route inside a Mount its full template (Starlette's ``scope["route"]`` is the
-    innermost route, whose ``path`` is relative to the Mount). Call once on an app's routes."""
+    """Give every route inside a Mount its full template (its ``path`` is relative to the Mount)."""
     for route in routes:
         path = getattr(route, "path", None)
         if prefix and isinstance(path, str):
@@ -34,8 +30,7 @@ def label_routes(routes: Iterable[BaseRoute], prefix: str = "") -> None:
 
 
 def route_label(scope: Scope) -> str:
-    """The matched route's template (``/permissions/{request_id}``), never the raw path: labels
-    from raw paths grow ``/metrics`` with every random URL anyone sends."""
+    """The matched route's template, never the raw path (which would grow a label per random URL)."""
     route = scope.get("route")
     if route is None:
         return UNMATCHED
@@ -44,8 +39,6 @@ def route_label(scope: Scope) -> str:
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-
-
 M = TypeVar("M", Counter, Gauge, Histogram)
 
 
@@ -53,9 +46,7 @@ class Metrics:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry()
         self.service = service
-        #: ``SECURITY__METRICS_TOKEN``: when set, ``/metrics`` answers only ``Authorization: Bearer``
-        #: it. In the stack every container (Claude Code's too) reaches the services' ports, and
-        #: the metrics carry every key's tokens and cost.
+        #: ``SECURITY__METRICS_TOKEN``: every container (Claude Code's too) reaches the services' ports.
         self.token: str | None = None
         self.requests = self._add(Counter, "ccproxy_requests_total", "Client requests by route and status",
                                   "route", "status")
@@ -80,21 +71,17 @@ class Metrics:
                                     "Time a job waited in a queue before a worker took it", "queue")
         self.permissions_pending = self._add(Gauge, "ccproxy_permission_requests_pending",
                                              "Tool-permission requests waiting for a decision")
-        self.access_log_events = self._add(
-            Counter, "ccproxy_access_log_events_total",
-            "Access-log events by outcome (emitted, sent, dropped; analytics: inserted, invalid)", "outcome",
-        )
+        self.access_log_events = self._add(Counter, "ccproxy_access_log_events_total",
+                                           "Access-log events by outcome (emitted, sent, dropped; analytics: "
+                                           "inserted, invalid)", "outcome")
         self.access_log_buffered = self._add(Gauge, "ccproxy_access_log_buffered",
                                              "Access-log events held in memory because Redis is unreachable")
-        self.access_log_backlog = self._add(
-            Gauge, "ccproxy_access_log_backlog",
-            "Access-log events in the Redis stream not yet written to ClickHouse (lag + pending)",
-        )
+        self.access_log_backlog = self._add(Gauge, "ccproxy_access_log_backlog", "Access-log events in the Redis "
+                                            "stream not yet written to ClickHouse (lag + pending)")
         self.access_log_insert_errors = self._add(Counter, "ccproxy_access_log_insert_errors_total",
                                                   "Failed ClickHouse inserts (retried)")
 
     def _add(self, kind: type[M], name: str, doc: str, *labels: str) -> M:
-        """A metric in this registry, labelled with the service first (histograms: latency buckets)."""
         extra: dict[str, Any] = {"buckets": LATENCY_BUCKETS} if kind is Histogram else {}
         return kind(name, doc, ["service", *labels], registry=self.registry, **extra)
 

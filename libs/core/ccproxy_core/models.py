@@ -1,10 +1,5 @@
-"""The Claude models ccproxy lists, their output limits, and the ``/v1/models`` body.
-
-The list is data (``data/models.json``), not code, so adding a model is a one-line change. It
-holds what the price source does not: display names, release dates (the static listing, served
-when the upstream's cannot be had) and each model's largest ``max_tokens`` (input validation).
-Prices come from genai-prices (:mod:`ccproxy_core.pricing`). The listing body carries both the
-Anthropic and the OpenAI field names, so ``client.models.list()`` parses it in either official SDK.
+"""The Claude models ccproxy lists (``data/models.json``: names, dates, output limits; prices are
+in :mod:`ccproxy_core.pricing`), token usage, and the ``/v1/models`` body either official SDK parses.
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ class ModelInfo(BaseModel):
     display_name: str
     created_at: str
     aliases: list[str] = Field(default_factory=list)
-    #: The largest ``max_tokens`` the API accepts for this model.
     max_output_tokens: int
 
 
@@ -44,18 +38,14 @@ def known_models() -> tuple[ModelInfo, ...]:
 
 @functools.lru_cache(maxsize=256)  # every Messages request asks; model names are few
 def max_output_tokens(model: str) -> int:
-    """The largest ``max_tokens`` ``model`` may ask for: the table's value, or for a model the
-    table does not know (a newer one) the table's ``unknown_max_output_tokens``."""
+    """The table's value, or its ``unknown_max_output_tokens`` for a newer model."""
     info = find_model(model)
     return info.max_output_tokens if info is not None else int(_table()["unknown_max_output_tokens"])
 
 
 def check_token_limit(value: Any, model: str, param: str = "max_tokens") -> int:
-    """``value`` as a token limit for ``model``: an integer from 1 to the model's output limit.
-
-    Raises a 400 ProxyError otherwise. Budgets reserve ``max_tokens`` of output before a request
-    goes upstream, so a negative, boolean or astronomically large limit must never get that far.
-    """
+    """``value`` if it is an integer from 1 to ``model``'s output limit, else a 400: budgets reserve
+    ``max_tokens`` before a request goes upstream, so a negative or huge one must not get that far."""
     if type(value) is not int:  # bool is an int subclass: true is not a token limit
         raise ProxyError(400, f"{param}: must be a positive integer, not {json.dumps(value)[:40]}", param=param)
     limit = max_output_tokens(model)
@@ -68,9 +58,8 @@ def check_token_limit(value: Any, model: str, param: str = "max_tokens") -> int:
 
 
 def find_model(name: str) -> ModelInfo | None:
-    """The listed model ``name`` is, by id or alias, or a dated variant of (the longest listed
-    name it extends with ``-``: ``claude-opus-4-6-20991231`` is Opus 4.6, not Opus 4)."""
-    # An exact name is the longest match there can be; of equally long ones, the first listed wins.
+    """The listed model ``name`` is (by id or alias) or is a dated variant of: the longest listed
+    name it extends with ``-`` (``claude-opus-4-6-20991231`` is Opus 4.6, not Opus 4)."""
     matches = [(len(known), model) for model in known_models() for known in (model.id, *model.aliases)
                if name == known or name.startswith(known + "-")]
     return max(matches, key=lambda match: match[0])[1] if matches else None
@@ -89,20 +78,18 @@ _WIRE = {"input_tokens": "input_tokens", "output_tokens": "output_tokens",
 
 
 class TokenUsage(BaseModel):
-    """The tokens one answer used, of which model: the one value billing (auth), metrics, the
-    access log, SDK results and the OpenAI usage objects all read."""
+    """The tokens one answer used, of which model: what billing, metrics and the access log read."""
 
     model: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
-    #: Of ``cache_write_tokens``, those written to the 1-hour cache (dearer than 5-minute writes).
+    #: Of ``cache_write_tokens``, those written to the (dearer) 1-hour cache.
     cache_write_1h_tokens: int = 0
 
     def add(self, usage: dict[str, Any] | None) -> None:
-        """Take in an Anthropic ``usage`` object (message_start, then message_delta: later
-        non-zero numbers win)."""
+        """Take in an Anthropic ``usage`` object (message_start, then message_delta: later non-zero wins)."""
         if not usage:
             return
         for ours, theirs in _WIRE.items():
@@ -116,7 +103,6 @@ class TokenUsage(BaseModel):
         self.cache_write_1h_tokens = one_hour_writes(usage)
 
     def anthropic(self) -> dict[str, Any]:
-        """The numbers as an Anthropic ``usage`` object."""
         one_hour = min(self.cache_write_1h_tokens, self.cache_write_tokens)
         return {
             **{theirs: getattr(self, ours) for ours, theirs in _WIRE.items()},
@@ -136,21 +122,12 @@ class TokenUsage(BaseModel):
         return self.prompt_tokens + self.output_tokens
 
     def by_kind(self) -> tuple[tuple[str, int], ...]:
-        """``(kind, tokens)`` as the metrics label them."""
-        return (
-            ("input", self.input_tokens),
-            ("output", self.output_tokens),
-            ("cache_read", self.cache_read_tokens),
-            ("cache_write", self.cache_write_tokens),
-        )
+        return (("input", self.input_tokens), ("output", self.output_tokens),
+                ("cache_read", self.cache_read_tokens), ("cache_write", self.cache_write_tokens))
 
     def cost(self) -> float:
-        """USD at the model's price (:mod:`ccproxy_core.pricing`: genai-prices, the operator's
-        overrides, the dearest known price for a model without one)."""
-        return cost_usd(
-            self.model, self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens,
-            self.cache_write_1h_tokens,
-        )
+        return cost_usd(self.model, self.input_tokens, self.output_tokens, self.cache_read_tokens,
+                        self.cache_write_tokens, self.cache_write_1h_tokens)
 
 
 def _entry(model_id: str, display_name: str, created_at: str, owned_by: str) -> dict[str, Any]:
@@ -164,23 +141,16 @@ def _alias_entry(alias: str) -> dict[str, Any]:
 
 
 def models_listing(extra_aliases: list[str] | None = None) -> dict[str, Any]:
-    """One body for both SDKs: Anthropic's ``type/display_name/created_at`` and
-    OpenAI's ``object/created/owned_by`` on every entry."""
+    """Anthropic's ``type/display_name/created_at`` and OpenAI's ``object/created/owned_by`` on every entry."""
     data = [_entry(m.id, m.display_name, m.created_at, "anthropic") for m in known_models()]
     data.extend(_alias_entry(alias) for alias in extra_aliases or [])
-    return {
-        "object": "list",
-        "data": data,
-        "has_more": False,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"object": "list", "data": data, "has_more": False, "first_id": first, "last_id": last}
 
 
 def upstream_listing(upstream: dict[str, Any], extra_aliases: list[str] | None = None) -> dict[str, Any]:
-    """The upstream's ``GET /v1/models`` page with the OpenAI fields added to each entry, and the
-    aliases after its last page, so either SDK parses it. Raises ValueError on a body that is
-    not a models page (the caller then serves :func:`models_listing`)."""
+    """The upstream's ``GET /v1/models`` page with the OpenAI fields, and the aliases after its last
+    page; ValueError on a body that is not a models page."""
     entries = upstream.get("data")
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in entries):
         raise ValueError("not a models page")

@@ -1,9 +1,6 @@
-"""Tool-permission requests: the wire models, and how an SDK run asks for a decision.
-
-Claude Code asks before running a tool; the sdk-worker turns that into a :class:`PermissionAsk`
-and hands it to a :class:`PermissionGate`, which returns once a human (or the timeout) decided.
-The permissions service owns the requests (Redis); in the stack the worker reaches it with
-:class:`HttpPermissionGate`, in ``ccproxy serve`` the service's own gate is called in process.
+"""Tool-permission requests: the wire models, and the :class:`PermissionGate` an SDK run asks, which
+returns once a human (or the timeout) decided: the permissions service's own in process,
+:class:`HttpPermissionGate` in the stack.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 from pydantic import AliasChoices, BaseModel, Field
 
-from ccproxy_core.internal import INTERNAL_SECRET_HEADER
+from ccproxy_core.internal import InternalClient
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +22,14 @@ Status = Literal["pending", "allowed", "denied", "expired", "cancelled"]
 
 
 class PermissionAsk(BaseModel):
-    """What a run wants to do, and on whose behalf."""
-
     tool_name: str
-    #: The tool's full input: arbitrary JSON.
     input: dict[str, Any]
     key_id: str
     key_name: str
-    #: The SDK's own sentence for it ("Claude wants to write hello.txt"), when it gave one.
+    #: The SDK's own sentence for it ("Claude wants to write hello.txt").
     title: str | None = None
     tool_use_id: str | None = None
     session_id: str | None = None
-    #: The gateway request / job this run answers.
     run_id: str | None = None
 
 
@@ -52,8 +45,6 @@ class PermissionDecision(BaseModel):
 
 
 class PermissionView(PermissionAsk):
-    """A request as clients see it (``GET /permissions/{id}``, stream events)."""
-
     id: str
     created_at: float
     expires_at: float
@@ -62,8 +53,6 @@ class PermissionView(PermissionAsk):
 
 
 class PermissionResponse(BaseModel):
-    """``POST /permissions/{id}/respond``."""
-
     behavior: Literal["allow", "deny"]
     updated_input: dict[str, Any] | None = Field(
         default=None, validation_alias=AliasChoices("updated_input", "updatedInput")
@@ -73,55 +62,34 @@ class PermissionResponse(BaseModel):
 
 class PermissionGate(Protocol):
     async def ask(self, ask: PermissionAsk) -> PermissionView:
-        """Create the request and wait until it is decided; the returned view has a decision.
-
-        Cancelling the call withdraws the request (the run went away).
-        """
+        """Create the request and wait for its decision; cancelling withdraws it."""
         ...
 
 
 def denied_message(view: PermissionView) -> str:
-    """What Claude is told (and what the client sees) when a request ends without an allow."""
+    """What Claude (and the client) is told when a request ends without an allow."""
     if view.decision and view.decision.message:
         return view.decision.message
     return f"Permission to use {view.tool_name} was denied."
 
 
-class HttpPermissionGate:
-    """The permissions service's internal API, robust to the connection dropping mid-wait.
-
-    The request is created once; the wait is a series of long polls, so a blip between worker
-    and service (or a service restart) only costs a retry: the decision is in Redis.
-    """
+class HttpPermissionGate(InternalClient):
+    """The permissions service's internal API: one create, then long polls, so a dropped connection
+    or a service restart costs only a retry (the decision is in Redis)."""
 
     def __init__(self, url: str, internal_secret: str | None, poll_seconds: float = 20.0) -> None:
-        self._url = url.rstrip("/")
-        self._headers = {INTERNAL_SECRET_HEADER: internal_secret or ""}
+        super().__init__(url, internal_secret or "")
         self._poll = poll_seconds
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers)
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     async def ask(self, ask: PermissionAsk) -> PermissionView:
-        view = await self._retrying(
-            "POST", "/internal/permissions", deadline=time.time() + 30, json=ask.model_dump(mode="json")
-        )
+        view = await self._retrying("POST", "/internal/permissions", time.time() + 30, json=ask.model_dump(mode="json"))
         if view is None:
             raise RuntimeError("the permissions service cannot be reached")
         try:
             while view.status == "pending":
                 # Past the request's own expiry plus a margin, stop waiting for an unreachable service.
-                deadline = view.expires_at + 30
-                got = await self._retrying(
-                    "GET", f"/internal/permissions/{view.id}/wait?timeout={self._poll:g}", deadline=deadline
-                )
+                path = f"/internal/permissions/{view.id}/wait?timeout={self._poll:g}"
+                got = await self._retrying("GET", path, view.expires_at + 30)
                 if got is None:
                     return ended(view, "expired", "the permissions service could not be reached.")
                 view = got
@@ -133,7 +101,7 @@ class HttpPermissionGate:
 
     async def _cancel(self, request_id: str) -> None:
         async with self._client().post(
-            f"{self._url}/internal/permissions/{request_id}/cancel", timeout=aiohttp.ClientTimeout(total=5)
+            f"{self._base_url}/internal/permissions/{request_id}/cancel", timeout=aiohttp.ClientTimeout(total=5)
         ) as resp:
             await resp.read()
 
@@ -142,7 +110,7 @@ class HttpPermissionGate:
         while True:
             try:
                 async with self._client().request(
-                    method, self._url + path, timeout=aiohttp.ClientTimeout(total=self._poll + 15), **kwargs
+                    method, self._base_url + path, timeout=aiohttp.ClientTimeout(total=self._poll + 15), **kwargs
                 ) as resp:
                     body = await resp.read()
                     if resp.status == 200:
@@ -159,7 +127,7 @@ class HttpPermissionGate:
 
 
 def refusal(status: Status, message: str) -> PermissionDecision:
-    """A deny that no human made (expired, cancelled, lost): its status and what Claude is told."""
+    """A deny no human made (expired, cancelled, lost)."""
     return PermissionDecision(behavior="deny", status=status, message=message, decided_at=time.time())
 
 
@@ -168,5 +136,5 @@ def denial(view: PermissionView, status: Status, why: str) -> PermissionDecision
 
 
 def ended(view: PermissionView, status: Status, why: str) -> PermissionView:
-    """``view`` closed here, without the service's decision: denied, saying ``why``."""
+    """``view`` closed here, without the service's decision."""
     return view.model_copy(update={"status": status, "decision": denial(view, status, why)})

@@ -1,20 +1,7 @@
-"""What tokens cost: genai-prices' Anthropic table, under the operator's overrides.
-
-genai-prices (pydantic's maintained price data, pinned in uv.lock; bump it to learn new models)
-knows every Claude model's input, output, cache-read and (5-minute and 1-hour) cache-write
-price, when each price started, and the long-context tiers (every token of a request whose
-prompt passes the tier's start costs the tier's price). ``PRICING__OVERRIDES`` wins over it,
-for a negotiated price or a model it does not know yet.
-
-A model neither knows is priced at the *dearest* known price, for reservations and for the
-spend a key is charged alike: a made-up model name must not slip past a budget. Its access-log
-cost is that same upper bound (what the key was charged), and a warning names the model once.
-
-The hot path asks for a price on every answer and every admission, so the model lookup is
-cached and the sum is genai-prices' own per-unit function (``calc_unit_price``, the one its
-``calc_price`` uses) on the token numbers ccproxy counts, without its generic usage machinery
-(about 200 µs a call, against about 5 µs); a test checks both give the same figure for every
-Claude model.
+"""What tokens cost: genai-prices' Anthropic table (dated prices, long-context tiers; pinned in
+uv.lock), under ``PRICING__OVERRIDES``. A model neither knows costs the *dearest* known price, so
+a made-up name cannot slip past a budget. The sum is genai-prices' own ``calc_unit_price`` on our
+token counts, without its generic usage machinery (~5 µs a call, not ~200; a test checks they agree).
 """
 
 from __future__ import annotations
@@ -55,8 +42,8 @@ class Rates:
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,
              cache_write_1h: int = 0) -> Decimal:
-        """``cache_write_1h`` is the part of ``cache_write`` written to the 1-hour cache."""
-        # A tier applies by the whole prompt: uncached input plus cache reads and writes.
+        """``cache_write_1h`` is the part of ``cache_write`` written to the 1-hour cache; a tier
+        applies by the whole prompt."""
         prompt = input_tokens + cache_read + cache_write
         one_hour = min(cache_write_1h, cache_write)
         return (
@@ -69,7 +56,6 @@ class Rates:
 
 
 def _top(value: PriceValue) -> Decimal:
-    """The highest rate ``value`` can reach (a tiered price's dearest tier)."""
     if value is None:
         return Decimal(0)
     if isinstance(value, TieredPrices):
@@ -88,8 +74,7 @@ def _override_rates(price: PriceOverride) -> Rates:
 
 
 def _rates(prices: ModelPrice, source: str = "genai-prices") -> Rates:
-    # Without a cache price, cached tokens are input tokens (as genai-prices' calc_price counts them).
-    # A model without a 1-hour price charges those writes as writes.
+    # Without a cache price, cached tokens are input tokens (as genai-prices counts them).
     base = prices.input_mtok
     read, write, write_1h = prices.cache_read_mtok, prices.cache_write_mtok, prices.cache_write_1h_mtok
     write = base if write is None else write
@@ -98,10 +83,8 @@ def _rates(prices: ModelPrice, source: str = "genai-prices") -> Rates:
 
 
 class Pricing:
-    """Prices for one process: genai-prices' table, the overrides, and the dearest fallback."""
-
     def __init__(self, overrides: Mapping[str, PriceOverride] | None = None) -> None:
-        # genai-prices' Anthropic entry, from its bundled data: ccproxy never fetches prices at run time.
+        # From genai-prices' bundled data: never fetched at run time.
         self.provider: Provider = data_snapshot.get_snapshot().find_provider(None, "anthropic", None)
         self._overrides = {name.lower(): _override_rates(p) for name, p in (overrides or {}).items()}
         # Longest first, so ``claude-opus-4-1`` wins over ``claude-opus-4`` for a dated name.
@@ -111,7 +94,6 @@ class Pricing:
         self.find = functools.lru_cache(maxsize=1024)(self._find)
 
     def _find(self, model: str) -> ModelInfo | Rates | None:
-        """An override's rates, else genai-prices' model, else None (cached per name)."""
         name = model.lower()
         for prefix in self._override_names:
             if name == prefix or name.startswith(prefix + "-") or name.startswith(prefix + "@"):
@@ -119,8 +101,7 @@ class Pricing:
         return self.provider.find_model(name)
 
     def rates(self, model: str, at: datetime | None = None) -> Rates:
-        """``model``'s rates at ``at`` (now), or the dearest known ones (and a warning) for a
-        model without a price."""
+        """``model``'s rates at ``at`` (now), or the dearest known ones (and a warning)."""
         found = self.find(model)
         if isinstance(found, Rates):
             return found
@@ -132,7 +113,6 @@ class Pricing:
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 - one Pricing per process; keyed by day (prices have start dates)
     def dearest(self, day: str) -> Rates:
-        """The highest rate of each kind over every Claude model and override, on ``day``."""
         when = datetime.fromisoformat(day).replace(tzinfo=UTC)
         tables = [_rates(m.get_prices(when)) for m in self.provider.models] + list(self._overrides.values())
 
@@ -155,24 +135,17 @@ class Pricing:
 
     def usd(self, model: str, input_tokens: int, output_tokens: int, cache_read: int = 0,
             cache_write: int = 0, cache_write_1h: int = 0) -> Decimal:
-        """Exact USD for these tokens of ``model`` (0 for no tokens, without looking the model up:
-        a refused request names no model worth a warning)."""
+        """Exact USD; no tokens cost 0 without a look-up (a refused request's model is worth no warning)."""
         if not (input_tokens or output_tokens or cache_read or cache_write):
             return Decimal(0)
         return self.rates(model).cost(input_tokens, output_tokens, cache_read, cache_write, cache_write_1h)
-
-    def cost(self, model: str, input_tokens: int, output_tokens: int, cache_read: int = 0,
-             cache_write: int = 0, cache_write_1h: int = 0) -> float:
-        """USD for these tokens of ``model``, to the 8th decimal (the access log's ``cost_usd``)."""
-        usd = self.usd(model, input_tokens, output_tokens, cache_read, cache_write, cache_write_1h)
-        return round(float(usd), 8)
 
 
 _current: Pricing | None = None
 
 
 def configure(overrides: Mapping[str, PriceOverride] | None) -> Pricing:
-    """Set this process's prices (each service does so from its settings when it starts)."""
+    """Set this process's prices (each service, from its settings, when it starts)."""
     global _current
     _current = Pricing(overrides)
     return _current
@@ -188,6 +161,5 @@ def current() -> Pricing:
 
 def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,
              cache_write_1h: int = 0) -> float:
-    """USD for these tokens of ``model`` at this process's prices (``cache_write_1h``: the part of
-    ``cache_write`` written to the 1-hour cache)."""
-    return current().cost(model, input_tokens, output_tokens, cache_read, cache_write, cache_write_1h)
+    """USD at this process's prices, to the 8th decimal (the access log's ``cost_usd``)."""
+    return round(float(current().usd(model, input_tokens, output_tokens, cache_read, cache_write, cache_write_1h)), 8)

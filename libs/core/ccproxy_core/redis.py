@@ -1,12 +1,6 @@
-"""Redis for every service: the real server when ``REDIS__URL`` is set, else an embedded stand-in.
-
-``ccproxy serve`` needs no Redis: :func:`connect` hands it a fakeredis client on an in-process
-server of its own, so code written against Redis (locks, streams, pub/sub) runs unchanged. Each
-process calls :func:`connect` once, where it is composed (``serve``'s wiring, a service's
-factory), and hands that client to every part that needs Redis. In the stack the
-same call returns a redis-py asyncio client with short timeouts: a Redis outage must turn into a
-quick, clear 503 (:func:`unavailable_as_503`), never a hang, and the client reconnects by itself
-when Redis is back (a dead pooled connection is retried once on a fresh one).
+"""Redis for every service: ``REDIS__URL``'s, else an in-process fakeredis (``ccproxy serve``). Each
+process connects once where it is composed and hands the client to every part; a Redis outage is
+a quick 503 (:func:`unavailable_as_503`), never a hang.
 """
 
 from __future__ import annotations
@@ -27,31 +21,22 @@ from redis.backoff import NoBackoff
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import RedisSettings
 
-__all__ = ["REDIS_DOWN", "Redis", "RedisLock", "as_text", "connect", "is_unavailable", "redacted", "unavailable_as_503",
-           "unavailable_error"]
-
 #: Errors that mean "Redis cannot be reached right now" (as opposed to a bad command).
 UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, asyncio.TimeoutError)
 
 
 def connect(settings: RedisSettings) -> Redis:
-    """A client for ``REDIS__URL``, or, when it is unset, for a new embedded server (the process's
-    one client holds it, so everything sharing the client shares the data)."""
+    """A client for ``REDIS__URL``, or for a new embedded server (shared by whoever shares the client)."""
     if settings.url is None:
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    # After a Redis restart every pooled connection is dead: retry once on a new one.
     return Redis.from_url(
-        settings.url,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.socket_timeout,
-        # After a Redis restart every pooled connection is dead: retry once on a new one.
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[redis_errors.ConnectionError],
-        health_check_interval=30,
+        settings.url, socket_connect_timeout=settings.connect_timeout, socket_timeout=settings.socket_timeout,
+        retry=Retry(NoBackoff(), 1), retry_on_error=[redis_errors.ConnectionError], health_check_interval=30,
     )
 
 
 def redacted(url: str | None) -> str:
-    """``REDIS__URL`` fit for a message: its password (compose sets one) replaced by ``***``."""
     if not url:
         return "embedded"
     parts = urllib.parse.urlsplit(url)
@@ -66,45 +51,34 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE)
 
 
-#: Exception classes for a Starlette ``exception_handlers`` entry (see :func:`unavailable_error`).
+#: For a Starlette ``exception_handlers`` entry (see :func:`unavailable_error`).
 REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError)
 
 
 def unavailable_error(exc: BaseException, what: str = "this request") -> ProxyError:
     """The 503 a client can act on (retry later) for "Redis is down"."""
-    return ProxyError(
-        503, f"Redis is unavailable, so {what} cannot be served right now; retry shortly "
-        f"({type(exc).__name__})", headers={"retry-after": "2"},
-    )
+    return ProxyError(503, f"Redis is unavailable, so {what} cannot be served right now; retry shortly "
+                           f"({type(exc).__name__})", headers={"retry-after": "2"})
 
 
 @contextlib.asynccontextmanager
 async def unavailable_as_503(what: str = "this request") -> AsyncIterator[None]:
-    """Turn "Redis is down" into the 503 a client can act on (retry later)."""
     try:
         yield
     except UNAVAILABLE as exc:
         raise unavailable_error(exc, what) from exc
 
 
-#: This process's lock token (see :class:`RedisLock`).
 _PROCESS_TOKEN = secrets.token_hex(16)
 #: One holder per key inside this process; Redis arbitrates between processes.
 _local_locks: dict[str, asyncio.Lock] = {}
 
 
 class RedisLock:
-    """A lock shared by every process using one Redis, that a crashed holder cannot keep.
-
-    ``SET key token NX PX ttl``: the lock expires by itself ``ttl`` seconds after it was taken,
-    so a holder that dies frees it at the latest then. Release deletes the key only while it
-    still holds our token (a holder that outlived its ttl must not free someone else's lock).
-    What the lock protects must still be re-checked once it is held (the fencing check): the
-    previous holder may have done the work already.
-
-    The token is the process's own and holders inside one process take turns, because a ``SET``
-    whose answer was lost (Redis frozen, then back) may have taken the lock after all: finding
-    our token on the key then means it is ours to use, not a stranger's to wait out.
+    """A lock across processes that a crashed holder cannot keep (``SET NX PX ttl``; released only
+    while it holds our token). Re-check what it protects once held: the last holder may have done it.
+    The token is the process's, its holders taking turns: a ``SET`` whose answer was lost may have
+    taken the lock after all, and our token on the key then means it is ours.
     """
 
     def __init__(self, redis: Redis, key: str, ttl: float) -> None:
@@ -116,7 +90,6 @@ class RedisLock:
         self._held = False
 
     async def acquire(self, wait: float) -> bool:
-        """Try for up to ``wait`` seconds. Redis errors propagate (see :func:`unavailable_as_503`)."""
         deadline = time.monotonic() + wait
         try:
             await asyncio.wait_for(self._local.acquire(), timeout=wait)
@@ -150,7 +123,7 @@ class RedisLock:
         return value is not None and as_text(value) == self._token
 
     async def release(self) -> None:
-        """Compare-and-delete in a transaction (WATCH), which fakeredis runs too (no Lua needed)."""
+        """Compare-and-delete with WATCH, which fakeredis runs too (no Lua)."""
         if not self._held:
             return
         self._held = False

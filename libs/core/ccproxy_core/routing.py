@@ -1,11 +1,7 @@
-"""Choosing an upstream account per request, and telling the pool how it went.
-
-The forwarder asks an :class:`AccountRouter` for a credential *for this request* (hints: the
-conversation's sticky key, the accounts a client key may use) and reports every answer that
-says something about the account (429, 529, 401, rate-limit headers). The router answers what to
-do next: nothing, wait and retry on the same account (a short throttle keeps the prompt cache),
-or switch to another account once. In one process the router is auth's pool itself; in the stack
-it is :class:`RoutingAuthClient`, the same calls over HTTP.
+"""Choosing an upstream account per request, and telling the pool how it went: the forwarder asks
+an :class:`AccountRouter` (auth's pool, or :class:`RoutingAuthClient` over HTTP) for a credential,
+and reports each telling answer (429, 529, 401, rate-limit headers) to learn whether to retry the
+same account (a short throttle keeps the prompt cache) or switch once.
 """
 
 from __future__ import annotations
@@ -13,19 +9,19 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Collection, Mapping
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel, Field
 
-from ccproxy_core.auth_client import AuthClient
+from ccproxy_core.internal import AuthClient
 from ccproxy_core.logging import register_secret
 from ccproxy_core.tokens import Credential
 
 PICK_PATH = "/internal/pick"
 REPORT_PATH = "/internal/report"
 
-#: Hint names the pool picks by (the forwarder builds them: ``routing_hints``, from the body and the key).
+#: Hint names the pool picks by (the forwarder's ``routing_hints``).
 HINT_SESSION = "session"
 HINT_ACCOUNTS = "accounts"
 HINT_KEY = "key"
@@ -34,8 +30,6 @@ SINGLE_TTL = 10.0
 
 
 class PickBody(BaseModel):
-    """``POST /internal/pick``: :meth:`AccountRouter.pick`'s arguments (the client sends, auth reads it)."""
-
     hints: dict[str, str] = Field(default_factory=dict)
     exclude: list[str] = Field(default_factory=list)
     rejected: str | None = None
@@ -43,8 +37,6 @@ class PickBody(BaseModel):
 
 
 class ReportBody(BaseModel):
-    """``POST /internal/report``: :meth:`AccountRouter.report`'s arguments."""
-
     account: str
     status: int
     headers: dict[str, str] = Field(default_factory=dict)
@@ -52,42 +44,29 @@ class ReportBody(BaseModel):
 
 
 class Outcome(BaseModel):
-    """What the forwarder should do after an upstream answer."""
-
     action: Literal["done", "retry_same", "switch"] = "done"
     #: Seconds to wait first (``retry_same``).
     wait: float = 0.0
     reason: str | None = None
 
 
-@runtime_checkable
 class AccountRouter(Protocol):
     async def pick(
-        self,
-        hints: Mapping[str, str] | None = None,
-        *,
-        exclude: Collection[str] = (),
-        rejected: str | None = None,
+        self, hints: Mapping[str, str] | None = None, *, exclude: Collection[str] = (), rejected: str | None = None,
         account: str | None = None,
     ) -> Credential:
-        """A credential for this request. ``account``: this one (a retry after a 401, with
-        ``rejected`` the refused token). Raises ProxyError when no account can take it."""
+        """``account``: this one (a retry after a 401 of the ``rejected`` token). ProxyError if none can."""
         ...
 
     async def report(
         self, account: str, status: int, headers: Mapping[str, str], hints: Mapping[str, str] | None = None
     ) -> Outcome:
-        """The upstream answered ``status`` with ``headers`` on ``account``."""
         ...
 
 
 def session_key(body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
-    """What keeps one conversation on one account (and its prompt cache).
-
-    ``metadata.user_id`` (Claude Code puts its session in it), else Claude Code's session
-    header, else a hash of the cached prefix: everything up to the first ``cache_control``
-    breakpoint, which stays the same for the whole conversation. None: nothing to stick to.
-    """
+    """What keeps one conversation on one account (and its prompt cache): ``metadata.user_id``, else
+    Claude Code's session header, else a hash of the prefix up to the first ``cache_control``."""
     metadata = body.get("metadata")
     if isinstance(metadata, Mapping):
         user_id = metadata.get("user_id")
@@ -136,17 +115,15 @@ def cached_prefix(body: Mapping[str, Any]) -> list[Any] | None:
 
 
 class RoutingAuthClient(AuthClient):
-    """The auth service's pool, over HTTP. With one account the token is cached as before
-    (no call per request); with several, auth picks the account of every request."""
+    """The auth service's pool over HTTP; with one account the token is cached (no call per request)."""
 
     def __init__(self, base_url: str, internal_secret: str, *, margin_seconds: float = 60.0) -> None:
         super().__init__(base_url, internal_secret)
         self._margin = margin_seconds
         self._cached: Credential | None = None
-        #: Calls made to auth for a token (a metric: the cache really caches).
+        #: Calls made to auth for a token (a metric).
         self.fetches = 0
-        #: Until when auth's answer "one account" holds: picking is trivial, the token is cached
-        #: (re-asked every SINGLE_TTL seconds, so a newly added account is used soon).
+        #: Until when auth's "one account" holds (re-asked every SINGLE_TTL seconds).
         self._single_until = 0.0
 
     def _fresh(self, credential: Credential | None, rejected: str | None) -> bool:
@@ -157,20 +134,15 @@ class RoutingAuthClient(AuthClient):
         return not credential.expires_within(self._margin)
 
     async def pick(
-        self,
-        hints: Mapping[str, str] | None = None,
-        *,
-        exclude: Collection[str] = (),
-        rejected: str | None = None,
+        self, hints: Mapping[str, str] | None = None, *, exclude: Collection[str] = (), rejected: str | None = None,
         account: str | None = None,
     ) -> Credential:
         cached = self._cached
         if time.monotonic() < self._single_until and not exclude and self._fresh(cached, rejected):
             assert cached is not None
             return cached
-        data = await self._post(
-            PICK_PATH, PickBody(hints=dict(hints or {}), exclude=list(exclude), rejected=rejected, account=account)
-        )
+        body = PickBody(hints=dict(hints or {}), exclude=list(exclude), rejected=rejected, account=account)
+        data = await self._post(PICK_PATH, body)
         self.fetches += 1
         self._single_until = time.monotonic() + SINGLE_TTL if data.pop("single", False) else 0.0
         credential = Credential.model_validate(data)

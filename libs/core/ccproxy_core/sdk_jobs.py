@@ -1,19 +1,7 @@
-"""SDK mode's contract between the gateway and the sdk-workers: the job, its record stream, and
-the few Redis keys both sides touch.
-
-The gateway enqueues an arq job (function :data:`JOB_FUNCTION`, one argument: a
-:class:`SdkJob` as JSON). The worker that takes it first *claims* it, then writes records to a
-Redis stream of the job's own: Anthropic stream events as it produces them, then a summary and
-an end marker. The gateway reads that stream with ``XREAD BLOCK`` and relays each event as it
-arrives, so nothing waits for the run to finish.
-
-Two things race and are settled by one ``SET NX`` on the job's claim key: a worker starting the
-job, and the gateway giving up on it (queue timeout, client gone). Whoever sets the key first
-wins; a job the gateway gave up on is never run, and a job a worker claimed is always cancelled
-through arq's abort set, which the worker polls.
-
-arq's own keys (``arq:job:*``, ``arq:abort`` ...) are global names fixed by arq; ours all sit under
-``REDIS__KEY_PREFIX``, the queue included.
+"""SDK mode's contract between the gateway and the sdk-workers: an arq job (an :class:`SdkJob`),
+and the Redis stream of its records (Anthropic events, a summary, an end) the gateway relays as
+they come. A worker starting a job and the gateway giving up on it race for one ``SET NX`` on the
+job's claim key: a job given up is never run, a job claimed is cancelled through arq's abort set.
 """
 
 from __future__ import annotations
@@ -37,7 +25,6 @@ from ccproxy_core.models import TokenUsage
 from ccproxy_core.redis import as_text
 from ccproxy_core.settings import ClaudeSettings
 
-#: The arq function name the worker registers.
 JOB_FUNCTION = "run_sdk_job"
 
 #: Record names that are ccproxy's own (everything else is an Anthropic stream event).
@@ -46,50 +33,38 @@ RESULT = "ccproxy.result"
 ERROR = "ccproxy.error"
 END = "ccproxy.end"
 
-#: Claim values.
 CLAIM_RUN = "run"
 CLAIM_GIVEN_UP = "given-up"
 
-#: How long a job's records and claim stay in Redis after they were written (seconds).
+#: Seconds a job's records and claim stay in Redis.
 RECORD_TTL = 3600
-#: Seconds between a worker's health reports (arq writes a key that lives one second longer).
+#: Seconds between a worker's health reports (arq's key lives one second longer).
 HEALTH_INTERVAL = 5
-#: Silence after which the gateway checks that the worker running a job is still alive.
+#: Silence after which the gateway checks that the job's worker is still alive.
 LIVENESS_AFTER = 10.0
-#: Seconds between a running job's heartbeats, and how long each one lives. The gateway calls a
-#: run dead only when its heartbeat is gone, so a worker whose event loop stalls for up to
-#: ``HEARTBEAT_TTL - HEARTBEAT_INTERVAL`` seconds (a loaded machine, a long GC, a frozen
-#: container) keeps its runs; a worker killed for real is noticed within about
-#: ``LIVENESS_AFTER + HEARTBEAT_TTL`` seconds of its last record.
+#: A run's heartbeat: a worker stalled for up to TTL - INTERVAL seconds keeps its runs.
 HEARTBEAT_INTERVAL = 3.0
 HEARTBEAT_TTL = 20
 
 
 class SdkJob(BaseModel):
-    """One client request for Claude Code, as the gateway hands it to a worker."""
-
     id: str
-    #: The request in Anthropic Messages form (OpenAI requests are translated by the gateway).
+    #: The request in Anthropic Messages form.
     body: dict[str, Any]
-    #: A Claude Code session to continue (path ``/sdk/{session_id}/...`` or the session header).
     session_id: str | None = None
-    #: Per-request options (``claude_options``), already checked against the allow-list.
+    #: ``claude_options``, already checked against the allow-list.
     options: dict[str, Any] = Field(default_factory=dict)
-    #: Who asked (the client key's id and name, never the key): permission prompts and logs.
     key_id: str = ANONYMOUS.id
     key_name: str = ""
-    #: USD reserved for this run against the client key's budget: Claude Code may spend no more.
+    #: USD reserved for this run against the key's budget: Claude Code may spend no more.
     budget_usd: float | None = None
     enqueued_at: float = Field(default_factory=time.time)
 
 
 class SdkResult(TokenUsage):
-    """The summary a worker writes after the last event: the run's tokens (billing, metrics)
-    and what the access log needs besides."""
-
     session_id: str | None = None
     stop_reason: str | None = None
-    #: What Claude Code itself reckons the run cost.
+    #: As Claude Code reckons it.
     cost_usd: float | None = None
     num_turns: int = 0
     tool_uses: int = 0
@@ -98,8 +73,6 @@ class SdkResult(TokenUsage):
 
 
 class SdkKeys:
-    """Every Redis key of SDK mode, under one prefix."""
-
     def __init__(self, prefix: str, queue_name: str = "sdk:queue") -> None:
         self.prefix = prefix
         self.queue = prefix + queue_name
@@ -111,15 +84,15 @@ class SdkKeys:
         return f"{self.prefix}sdk:claim:{job_id}"
 
     def health(self, worker: str) -> str:
-        """Exists while ``worker`` is alive (arq's health check key); /sdk/status lists them."""
+        """Exists while ``worker`` is alive (arq's health check key)."""
         return f"{self.prefix}sdk:health:{worker}"
 
     def alive(self, job_id: str) -> str:
-        """Exists while a worker runs ``job_id`` (its heartbeat, every HEARTBEAT_INTERVAL s)."""
+        """Exists while a worker runs ``job_id`` (its heartbeat)."""
         return f"{self.prefix}sdk:alive:{job_id}"
 
     def session(self, session_id: str) -> str:
-        """Hash: who owns the session (the client key's id), which worker last ran it, its cwd, when."""
+        """Hash: the owner (a key's id), the worker that last ran it, its cwd, when."""
         return f"{self.prefix}sdk:session:{session_id}"
 
     def session_lock(self, session_id: str) -> str:
@@ -131,9 +104,8 @@ class SdkKeys:
 
 
 def session_uuid(client_id: str, owner: str = "") -> str:
-    """Claude Code wants UUIDs; a client may name its session anything, mapped alike for one
-    ``owner`` (the client key's id): two keys naming a session "demo" get two sessions. A UUID is
-    taken as it is (one an answer named); :func:`own_session` keeps it to its owner."""
+    """Claude Code wants UUIDs: another name is mapped to one per ``owner`` (two keys' "demo" are
+    two sessions); a UUID is kept as it is, and :func:`own_session` keeps it to its owner."""
     try:
         return str(uuid.UUID(client_id))
     except ValueError:
@@ -141,8 +113,7 @@ def session_uuid(client_id: str, owner: str = "") -> str:
 
 
 async def own_session(redis: Redis, keys: SdkKeys, session_id: str, owner: str, ttl: int) -> None:
-    """Make ``session_id`` ``owner``'s if nobody has it; raise 404 if another key owns it (a
-    session is a conversation: nobody else may read or continue it, as for permission requests)."""
+    """Make ``session_id`` ``owner``'s if nobody has it; 404 if another key owns it."""
     key = keys.session(session_id)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hsetnx(key, "owner", owner)
@@ -159,11 +130,8 @@ def dumps(value: Any) -> bytes:
 
 
 def arq_pool(redis: Redis, queue: str) -> ArqRedis:
-    """An arq client sharing ``redis``'s connections (real Redis or the embedded stand-in)."""
     return ArqRedis(
-        connection_pool=redis.connection_pool,
-        job_serializer=dumps,
-        job_deserializer=orjson.loads,
+        connection_pool=redis.connection_pool, job_serializer=dumps, job_deserializer=orjson.loads,
         default_queue_name=queue,
     )
 
@@ -174,8 +142,7 @@ async def claim(redis: Redis, keys: SdkKeys, job_id: str, value: str) -> bool:
 
 
 async def heartbeat(redis: Redis, keys: SdkKeys, job_id: str) -> None:
-    """Say that ``job_id`` is running, every HEARTBEAT_INTERVAL s until cancelled (the worker runs
-    it beside each job); a failed beat (Redis away a moment) is retried at the next one."""
+    """Say that ``job_id`` is running until cancelled (the worker runs it beside each job)."""
     while True:
         try:
             await redis.set(keys.alive(job_id), "1", ex=HEARTBEAT_TTL)
@@ -204,12 +171,9 @@ class SdkQueue:
         self.block_ms = 1000
 
     async def submit(self, job: SdkJob) -> None:
+        # _expires: a job nobody started in time is dropped by arq too, not only by our claim.
         queued = await self.arq.enqueue_job(
-            JOB_FUNCTION,
-            job.model_dump(mode="json"),
-            _job_id=job.id,
-            _queue_name=self.keys.queue,
-            # A job nobody started in time is dropped by arq too, not only by our claim.
+            JOB_FUNCTION, job.model_dump(mode="json"), _job_id=job.id, _queue_name=self.keys.queue,
             _expires=self.settings.queue_timeout + 60,
         )
         if queued is None:
@@ -228,12 +192,8 @@ class SdkQueue:
         return False
 
     async def records(self, job_id: str, ping_after: float | None = None) -> AsyncIterator[tuple[str, Any]]:
-        """Yield ``(name, data)`` records of ``job_id`` until its end marker; with ``ping_after``,
-        also a ``("ping", {...})`` after that many seconds without a record.
-
-        Raises ProxyError 503 when no worker started the job within ``queue_timeout``, and 504
-        when the run outlives ``run_timeout`` (the job is cancelled in both cases).
-        """
+        """``(name, data)`` records of ``job_id`` until its end, and a ``ping`` after ``ping_after``
+        silent seconds. 503 when no worker started it in time, 504 when the run takes too long."""
         key = self.keys.records(job_id)
         last_id = "0-0"
         started = False
@@ -246,9 +206,7 @@ class SdkQueue:
                 last_ping = now
                 yield "ping", {"type": "ping"}
             if worker and now - max(last_record, last_check) >= LIVENESS_AFTER:
-                # A worker that died (killed, its host gone) writes nothing more: do not wait for
-                # the run timeout when the run's own heartbeat says it is gone. (arq's health key alone
-                # outlives a report by one second: a short stall would fail a live run.)
+                # A dead worker writes nothing more: its run's heartbeat says so before the timeout.
                 last_check = now
                 if not await self.redis.exists(self.keys.alive(job_id), self.keys.health(worker)):
                     raise ProxyError(502, f"the sdk-worker running this request ({worker}) stopped")
@@ -256,13 +214,9 @@ class SdkQueue:
             if remaining <= 0:
                 if not started:
                     if await self.give_up(job_id):
-                        raise ProxyError(
-                            503,
-                            f"no sdk-worker was free within {self.settings.queue_timeout:g} s "
-                            "(CLAUDE__QUEUE_TIMEOUT); retry later or add workers",
-                            "overloaded_error",
-                            headers={"retry-after": "5"},
-                        )
+                        raise ProxyError(503, f"no sdk-worker was free within {self.settings.queue_timeout:g} s "
+                                         "(CLAUDE__QUEUE_TIMEOUT); retry later or add workers",
+                                         "overloaded_error", headers={"retry-after": "5"})
                     # A worker claimed it just now: its start record is on the way.
                     started = True
                     deadline = time.monotonic() + self.settings.run_timeout
@@ -286,8 +240,7 @@ class SdkQueue:
                         return
 
     async def cancel(self, job_id: str) -> bool:
-        """The client went away: make sure the run stops (best effort, never raises). True if
-        the job never started (so it spent nothing)."""
+        """The client went away: stop the run (never raises). True if it never started."""
         try:
             return await asyncio.shield(self.give_up(job_id))
         except Exception:  # Redis down: the run ends at its own timeout

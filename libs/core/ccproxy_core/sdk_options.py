@@ -1,13 +1,6 @@
-"""Which Claude Code options a client may set per request, and where a run may work.
-
-A request's ``claude_options`` may only narrow the operator's ``CLAUDE__OPTIONS__*``, never widen
-them: :func:`check_overrides` refuses (403) what would widen (a laxer permission mode, tools the
-operator did not pre-approve, directories it did not add), and :func:`apply_overrides` merges the
-rest so it can only narrow (disallowed tools are added to the operator's, limits only go down, a
-system prompt is appended to the operator's).
-
-Checked twice: by the gateway, so a refused request gets its 403 before it waits in a queue,
-and by the worker, which must not trust a job it did not check itself.
+"""Which Claude Code options a request may set, and where a run may work. ``claude_options`` may
+only narrow the operator's: :func:`check_overrides` refuses (403) what would widen them and
+:func:`apply_overrides` merges the rest. Both gateway (a 403 before the queue) and worker check.
 """
 
 from __future__ import annotations
@@ -20,20 +13,16 @@ from pydantic import ValidationError
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.settings import ClaudeOptions, Settings
 
-#: Options that exist (``CLAUDE__OPTIONS__*``).
 OPTION_NAMES = frozenset(ClaudeOptions.model_fields)
 #: Never per request, whatever the allow-list says: they run commands or widen access silently.
 NEVER_PER_REQUEST = frozenset({"mcp_servers", "permission_prompt_tool_name"})
-#: Permission modes from the strictest to the laxest: a request may only move towards the front
-#: of the operator's mode (unset: Claude Code's ``default``). ``dontAsk`` denies what is not
-#: pre-approved instead of asking; ``auto`` lets a classifier approve without asking.
+#: Permission modes from the strictest to the laxest (``dontAsk`` denies instead of asking).
 PERMISSION_ORDER = ("plan", "dontAsk", "default", "acceptEdits", "auto", "bypassPermissions")
 #: Limits a request may lower but never raise.
 LIMITS = ("max_turns", "max_budget_usd", "max_thinking_tokens")
 
 
 def workspace_root(settings: Settings) -> Path:
-    """The directory every run's ``cwd`` must be inside."""
     claude = settings.claude
     if claude.workspace_root is not None:
         root = claude.workspace_root

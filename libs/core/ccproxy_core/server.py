@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ccproxy_core.errors import ClientFormat, ProxyError, path_format, render_error
+from ccproxy_core.settings import ServerSettings
 
 
 class StartupError(Exception):
@@ -31,10 +32,8 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise StartupError(
-                f"port {port} on {host} is already in use; stop the other process or pick another "
-                f"port with --port (or SERVER__PORT)"
-            ) from exc
+            raise StartupError(f"port {port} on {host} is already in use; stop the other process or pick another "
+                               "port with --port (or SERVER__PORT)") from exc
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -42,17 +41,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class SlowClientProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with two limits uvicorn lacks (a client sending half its
-    headers, or half its body, held a connection and its memory forever):
-
-    - a request's headers must arrive within ``header_timeout`` seconds of the connection opening
-      or of the request's first byte;
-    - its body may not pause for more than ``body_timeout`` seconds.
-
-    Too slow: a 408 (JSON in the client's format, as far as the path tells it) and the
-    connection is closed; the app sees the client go away. Costs nothing on a request whose body
-    arrives with its headers: the body timer is only armed when a read ends mid-body.
-    """
+    """uvicorn's httptools protocol with the limits uvicorn lacks (half-sent headers or body held a
+    connection forever): headers within ``header_timeout`` seconds, no body pause over
+    ``body_timeout``; else a 408 and the connection closed. The body timer is armed only mid-body."""
 
     header_timeout = 10.0
     body_timeout = 30.0
@@ -70,7 +61,7 @@ class SlowClientProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_at = self.loop.time()
         elif cycle is not None and cycle.more_body and not self.transport.is_closing():
-            # Mid-body (also of a request already answered, e.g. 401, whose body still trickles in).
+            # Mid-body, also of a request already answered (a 401 whose body still trickles in).
             self._body_at = self.loop.time()
             self._body_timer = self.loop.call_later(self.body_timeout, self._body_too_slow)
 
@@ -79,31 +70,27 @@ class SlowClientProtocol(HttpToolsProtocol):
         self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
+        self._cancel_timers()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._cancel_body_timer()
+        self._cancel_timers()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
-        self._cancel_body_timer()
+        self._cancel_timers()
         super().connection_lost(exc)
 
     def _arm_header_timer(self) -> None:
-        self._cancel_header_timer()
+        self._cancel_timers()
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
 
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _cancel_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+    def _cancel_timers(self) -> None:
+        """Requests on a connection are parsed in turn: at most one timer runs at a time."""
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
@@ -136,55 +123,33 @@ class SlowClientProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def serve_app(
-    app: ASGIApp, host: str, port: int, log_level: str = "info",
-    header_timeout: float = 10.0, body_timeout: float = 30.0, forwarded_allow_ips: str = "127.0.0.1",
-) -> None:
-    sock = bind(host, port)
-    protocol = type(
-        "SlowClientProtocol", (SlowClientProtocol,), {"header_timeout": header_timeout, "body_timeout": body_timeout}
-    )
+def serve_app(app: ASGIApp, server: ServerSettings) -> None:
+    sock = bind(server.host, server.port)
+    limits = {"header_timeout": server.header_timeout, "body_timeout": server.body_timeout}
+    protocol = type("SlowClientProtocol", (SlowClientProtocol,), limits)
     config = uvicorn.Config(
-        app,
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http=protocol,
-        log_config=None,
-        log_level=log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_keep_alive=75,
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
+        app, loop="uvloop" if sys.platform != "win32" else "asyncio", http=protocol, log_config=None,
+        log_level=server.log_level, access_log=False, lifespan="on", timeout_keep_alive=75,
+        proxy_headers=True, forwarded_allow_ips=server.forwarded_allow_ips,
     )
     FrozenStartServer(config).run(sockets=[sock])
 
 
 class FrozenStartServer(uvicorn.Server):
-    """uvicorn, with the garbage collector tuned for a request-serving process.
-
-    Measured on ``ccproxy serve`` (bench, c=50, CPU per proxied request; gc callbacks for the
-    collector's own time): with CPython's defaults the cyclic collector took ~1.3 s of CPU
-    per 20k requests, because objects of requests in flight survived the tiny first generation
-    (700 allocations) and were traversed again in the older ones, along with the ~200k
-    objects start-up leaves (pydantic schemas, routes, chDB's and the SDKs' modules). A first
-    generation of 10,000 lets nearly all of a request's objects die before a collection, and
-    ``gc.freeze()`` after start-up takes the long-lived ones out of every collection:
-    collector time 1.3 -> 0.4 s, CPU per request ~615 -> ~460 µs. Reference counting still
-    frees everything acyclic at once; only cyclic garbage waits a little longer.
-    """
+    """uvicorn, with the garbage collector tuned for serving: a first generation of 10,000 lets a
+    request's objects die before a collection, and ``gc.freeze()`` takes start-up's ~200k objects
+    out of every one (bench: collector time 1.3 -> 0.4 s per 20k requests, CPU ~615 -> ~460 µs each)."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         gc.set_threshold(GC_FIRST_GENERATION, 10, 10)
         freeze()
-        # Some of it is built lazily, by the first requests and background tasks (the access
-        # log's ClickHouse client, first-use imports): freeze once more when that is done.
+        # Some is built lazily by the first requests (first-use imports): freeze once more after.
         asyncio.get_running_loop().call_later(REFREEZE_AFTER_SECONDS, freeze)
 
 
-#: Allocations between two collections of the youngest generation (CPython's default: 700).
+#: CPython's default: 700.
 GC_FIRST_GENERATION = 10_000
-#: When to freeze the long-lived objects a second time.
 REFREEZE_AFTER_SECONDS = 5.0
 
 
@@ -194,7 +159,7 @@ def freeze() -> None:
 
 
 def http_ok(url: str, timeout: float = 2.0, verify: bool = True) -> bool:
-    """GET ``url`` answers 2xx. ``verify=False``: accept any TLS certificate (our own Traefik's)."""
+    """GET ``url`` answers 2xx. ``verify=False``: any TLS certificate (our own Traefik's)."""
     context = None
     if not verify:
         import ssl

@@ -1,9 +1,5 @@
-"""Server-sent events: an incremental decoder and an encoder.
-
-The relay path never decodes: it forwards bytes as they come. Decoding is for the places that
-must understand a stream (translation to OpenAI, usage accounting), and works on arbitrary
-chunk boundaries, since the network splits events anywhere.
-"""
+"""Server-sent events: an encoder, and a decoder for arbitrary chunk boundaries (for translation and
+usage; the relay itself never decodes)."""
 
 from __future__ import annotations
 
@@ -23,8 +19,6 @@ class ServerSentEvent:
 
 
 class SSEDecoder:
-    """Feed bytes, get complete events (per the WHATWG event-stream rules we need)."""
-
     def __init__(self) -> None:
         self._buffer = b""
         self._event = ""
@@ -32,12 +26,10 @@ class SSEDecoder:
 
     @property
     def idle(self) -> bool:
-        """No partial line or event is pending: the next chunk starts a fresh event."""
         return not self._buffer and not self._event and not self._data
 
     def feed(self, chunk: bytes) -> Iterator[ServerSentEvent]:
-        # Scan with an index and keep the unread tail once: re-slicing the buffer after every
-        # line made a large chunk cost O(n^2) copying.
+        # Scan by index and keep the tail once: re-slicing per line was O(n^2) on a large chunk.
         buffer = self._buffer + chunk if self._buffer else chunk
         start = 0
         try:

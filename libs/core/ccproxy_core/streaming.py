@@ -1,12 +1,5 @@
-"""The relay path: one loop that relays every stream, and a streamed response without a task
-group per stream.
-
-uvicorn speaks ASGI 2.3, so Starlette's ``StreamingResponse`` runs every stream inside an anyio
-task group, with a second task listening for the client's disconnect: ~46 µs of CPU per stream
-before its first byte (against ~2 µs for the send loop itself), paid once per hop. This one
-streams in the caller's task and watches for the disconnect with one plain asyncio task, which
-cancels the stream when the client goes away, exactly as the task group did.
-"""
+"""The one relay loop, and a streamed response without a task group per stream (Starlette's costs
+~46 µs of CPU per stream under uvicorn's ASGI 2.3; one watcher task does the same for ~2)."""
 
 from __future__ import annotations
 
@@ -45,8 +38,7 @@ class RelayResponse(StreamingResponse):
         try:
             await self.stream_response(send)
         except asyncio.CancelledError:
-            # The client went away (unless someone else cancelled this task as well): the
-            # stream ends here, as Starlette's does, without an error.
+            # The client went away (unless someone else cancelled us too): end without an error.
             if not gone or current.uncancel() > 0:
                 raise
         finally:
@@ -69,10 +61,8 @@ async def relay(
     feed: Callable[[bytes], None] | None = None,
     on_error: Callable[[ProxyError], bytes] | None = error_event,
 ) -> AsyncIterator[bytes]:
-    """The one relay loop: each chunk goes out as it arrives (a stream is never collected), and
-    ``feed`` sees it after it went. A :class:`ProxyError` once output began becomes ``on_error``'s
-    last chunk (None: raised). ``on_end(seconds to the first chunk)`` runs however the relay
-    ends: finished, failed, or cancelled because the client went away."""
+    """Each chunk goes out as it arrives, then ``feed`` sees it; a :class:`ProxyError` becomes
+    ``on_error``'s last chunk (None: raised); ``on_end(seconds to the first chunk)`` runs however it ends."""
     first: float | None = None
     try:
         async for chunk in chunks:

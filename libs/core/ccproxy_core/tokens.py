@@ -1,18 +1,16 @@
-"""The credential the forwarder puts on an upstream request, and who hands it out.
-
-Auth owns credentials; the forwarder only asks a :class:`TokenSource` for one. In one process
-the source is auth's manager itself; in the stack it is an HTTP client to the auth service.
-"""
+"""The credential the forwarder puts on an upstream request (auth hands it out), and its status."""
 
 from __future__ import annotations
 
 import time
-from typing import Literal, Protocol
+from typing import Literal
 
 from pydantic import BaseModel, SecretStr
 
 #: The account of a single-account setup (``ccproxy auth login`` with no ``--account``).
 DEFAULT_ACCOUNT = "default"
+#: Where auth answers a :class:`CredentialStatus`.
+STATUS_PATH = "/internal/status"
 
 
 class Credential(BaseModel):
@@ -27,8 +25,6 @@ class Credential(BaseModel):
 
 
 class CredentialStatus(BaseModel):
-    """What may be said about credentials without revealing them (health, status pages)."""
-
     available: bool
     kind: str | None = None
     source: str | None = None
@@ -37,11 +33,3 @@ class CredentialStatus(BaseModel):
     subscription_type: str | None = None
     detail: str | None = None
 
-
-class TokenSource(Protocol):
-    async def get(self, *, rejected: str | None = None) -> Credential:
-        """A usable credential. ``rejected``: a secret the upstream just refused (401), so
-        refresh unless someone already replaced it. Raises ProxyError when there is none."""
-        ...
-
-    async def status(self) -> CredentialStatus: ...

@@ -16,13 +16,13 @@ from starlette.routing import Route
 
 from ccproxy_auth.admin import internal_routes, local_accounts
 from ccproxy_auth.console import web_routes
-from ccproxy_core.auth_client import STATUS_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan
 from ccproxy_core.metrics import Metrics, route_label
 from ccproxy_core.redis import REDIS_DOWN, UNAVAILABLE, connect, unavailable_error
 from ccproxy_core.settings import Settings
+from ccproxy_core.tokens import STATUS_PATH
 
 log = logging.getLogger(__name__)
 

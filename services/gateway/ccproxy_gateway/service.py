@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from ccproxy_core.auth_client import AuthClient
 from ccproxy_core.client_keys import HttpKeyAuthority
 from ccproxy_core.forwarding import HttpForwarder
 from ccproxy_core.identity import ClosedMount
-from ccproxy_core.internal import require_internal_secret
+from ccproxy_core.internal import AuthClient, require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan
 from ccproxy_core.redis import connect
 from ccproxy_core.server import StartupError
