@@ -229,10 +229,6 @@ class ClaudeSettings(BaseModel):
     queue_timeout: float = 30.0
     #: Seconds a run may take; then Claude Code is stopped.
     run_timeout: float = 900.0
-    #: USD reserved against a client key's budget for each run (a run makes many upstream calls,
-    #: so the request's own estimate would let concurrent runs overshoot). Less when less is left;
-    #: the run is stopped once it has cost that much (Claude Code's ``max_budget_usd``).
-    run_reservation_usd: float = 1.0
     #: Runs one sdk-worker does at once (each one is a Claude Code process).
     max_concurrent_runs: int = 4
     #: The arq queue (under ``REDIS__KEY_PREFIX``); workers and gateways of one deployment share it.
@@ -332,6 +328,9 @@ class ServicesSettings(BaseModel):
     permissions_url: str | None = None
     #: Stack: the analytics service; Traefik routes ``/logs/*`` there (``ccproxy up``, compose).
     analytics_url: str | None = None
+    #: The gateway: Traefik routes the public paths there, and SDK-mode runs call its ``/api``.
+    #: Unset: this process's own server (``ccproxy serve``).
+    gateway_url: str | None = None
 
 
 class Settings(BaseSettings):
