@@ -11,9 +11,8 @@ OpenAI, and so every upstream call of an SDK run, made with its run token).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -48,21 +47,13 @@ class KeyMeter:
             max_tokens = 4096
         return await self.keys.admit(key, str(body.get("model") or ""), len(orjson.dumps(body)), max_tokens)
 
-    def settle(self, admission: Admission | None, usage: TokenUsage | Awaitable[TokenUsage]) -> None:
-        """Settle ``admission`` with ``usage``, which may still be on its way (an awaitable)."""
+    def settle(self, admission: Admission | None, usage: TokenUsage) -> None:
         if admission is None:
-            if inspect.iscoroutine(usage):
-                usage.close()  # nothing to settle: the usage is not needed
             return
 
         async def settle() -> None:
-            real = TokenUsage()
             try:
-                real = usage if isinstance(usage, TokenUsage) else await usage
-            except Exception as exc:  # unknown usage: release the reservation all the same
-                log.warning("usage of a request of key %s is unknown: %s", admission.key_id, exc)
-            try:
-                await self.keys.settle(admission, real)
+                await self.keys.settle(admission, usage)
             except Exception as exc:  # the reservation expires by itself; say so, do not crash
                 log.warning("could not settle the usage of key %s: %s", admission.key_id, exc)
 

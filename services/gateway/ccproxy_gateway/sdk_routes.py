@@ -90,8 +90,7 @@ class SdkRun:
             try:
                 name, data = await self._records.__anext__()
             except StopAsyncIteration:
-                self.done = True
-                return None
+                break
             except ProxyError as exc:  # no worker in time, the worker died, the run timed out
                 if self.first_output is None:
                     raise  # still time for a status code (and its retry-after)
@@ -104,13 +103,13 @@ class SdkRun:
                 self.result = SdkResult.model_validate(data)
                 continue
             if name == END:
-                self.done = True
-                return None
+                break
             if name == ERROR:
                 self.error = data
             elif self.first_output is None and name != "ping":
                 self.first_output = time.perf_counter()
             return name, data
+        self.done = True
         return None
 
     async def wait_head(self) -> None:

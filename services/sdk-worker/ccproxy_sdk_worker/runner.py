@@ -296,12 +296,9 @@ class Runner:
         system_prompt: Any = {"type": "preset", "preset": "claude_code"}
         if appended:
             system_prompt["append"] = appended
-        stderr_lines: list[str] = []
 
         def on_stderr(line: str) -> None:
-            if len(stderr_lines) < 50:
-                stderr_lines.append(line)
-                log.debug("claude[%s]: %s", job.id, line.rstrip())
+            log.debug("claude[%s]: %s", job.id, line.rstrip())
 
         return ClaudeAgentOptions(
             cli_path=self.cli_path,
