@@ -171,7 +171,7 @@ class KeyBackend(AuthenticationBackend):
         try:
             if key is not None and key.startswith(RUN_TOKEN_PREFIX) and self.runs is not None:
                 # Only /api: no run starts runs, decides permissions or reads the logs.
-                grant = await self.runs.grant(key) if _under(conn, ("/api",)) else None
+                grant = await self.runs.grant(key) if under(_path(conn), "/api") else None
                 if grant is None:
                     return Credentials(refusal=ProxyError(401, INVALID_KEY)), ANONYMOUS
                 return Credentials(["authenticated", "run"]), grant.caller()
@@ -213,12 +213,16 @@ def _session_read(conn: HTTPConnection) -> bool:
     """A safe read by the member page: its cookie, GET/HEAD, a path it may read."""
     if conn.scope.get("method") not in ("GET", "HEAD") or not conn.cookies.get(MEMBER_COOKIE):
         return False
-    return _under(conn, SESSION_READ_PREFIXES)
+    return any(under(_path(conn), p) for p in SESSION_READ_PREFIXES)
 
 
-def _under(conn: HTTPConnection, prefixes: Sequence[str]) -> bool:
-    path = "/" + conn.url.path.lstrip("/")
-    return any(path == p or path.startswith(p + "/") for p in prefixes)
+def _path(conn: HTTPConnection) -> str:
+    return "/" + conn.url.path.lstrip("/")
+
+
+def under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it (``/api`` covers ``/api/v1``, never ``/apis``)."""
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def caller_middleware(backend: KeyBackend) -> Middleware:
@@ -289,15 +293,12 @@ class ClosedMount(BaseRoute):
         self.routes = list(routes)
         for route in self.routes:
             path = getattr(route, "path", None)
-            if not isinstance(path, str) or not self._covers(path):
+            if not isinstance(path, str) or not under(path, self.prefix):
                 raise ValueError(f"route {path!r} is not under the mount {self.prefix!r}")
             _close(route)
 
-    def _covers(self, path: str) -> bool:
-        return path == self.prefix or path.startswith(self.prefix + "/")
-
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] not in ("http", "websocket") or not self._covers(get_route_path(scope)):
+        if scope["type"] not in ("http", "websocket") or not under(get_route_path(scope), self.prefix):
             return Match.NONE, {}
         partial: Scope | None = None
         for route in self.routes:
@@ -329,8 +330,7 @@ def guard_routes(routes: Iterable[BaseRoute], prefixes: Sequence[str] = GUARDED_
     order: list[BaseRoute | str] = []
     for route in routes:
         path = getattr(route, "path", None)
-        prefix = next((p for p in prefixes if isinstance(path, str) and (path == p or path.startswith(p + "/"))),
-                      None)
+        prefix = next((p for p in prefixes if isinstance(path, str) and under(path, p)), None)
         if prefix is None or isinstance(route, ClosedMount):
             order.append(route)
             continue
