@@ -18,7 +18,6 @@ permissions and the analytics services all build their apps this way.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import secrets
@@ -177,7 +176,7 @@ class KeyBackend(AuthenticationBackend):
                 return Credentials(["authenticated", "run"]), grant.caller()
             if key is None and self.keys is not None and _session_read(conn):
                 sid = conn.cookies[MEMBER_COOKIE]
-                found = await self.keys.member_session(hashlib.sha256(sid.encode()).hexdigest())
+                found = await self.keys.member_session(hash_key(sid))
                 if found is not None:
                     member = Caller(id=found.id, name=found.name or found.id, key=found)
                     return Credentials(["authenticated", "session"]), member

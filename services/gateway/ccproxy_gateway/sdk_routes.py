@@ -232,11 +232,11 @@ class SdkRoutes:
         ]
         for prefix in ("/sdk/v1", "/sdk/{session_id}/v1"):
             routes += [
-                ApiRoute(f"{prefix}/messages", self.messages, methods=["POST"], metered=True),
+                # Not metered: Claude Code's own calls to /api are (module docstring).
+                ApiRoute(f"{prefix}/messages", self.messages, methods=["POST"]),
                 ApiRoute(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"],
-                         client_format="openai-chat", metered=True),
-                ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses",
-                         metered=True),
+                         client_format="openai-chat"),
+                ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses"),
             ]
         return routes
 
