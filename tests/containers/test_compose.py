@@ -505,6 +505,12 @@ def test_claude_code_cannot_reach_the_worker_its_secrets_or_redis(deployment: De
         f"python3 -c '{redis}'",
         # Every key's tokens and cost, on the gateway's own port (no Traefik in between).
         "python3 -c 'import urllib.request as r; print(\"metrics said\", r.urlopen(\"http://gateway:8000/metrics\").status)'",
+        # An upstream credential: none in Claude Code's config directory, none mounted, none in its
+        # environment; its one key is its run's token, which the gateway refuses outside /api.
+        'echo "config=$CLAUDE_CONFIG_DIR"', 'ls -A "$CLAUDE_CONFIG_DIR" /data/claude', 'echo "key=$ANTHROPIC_API_KEY"',
+        "python3 -c 'import os, urllib.request as r, urllib.error as e\ntry: r.urlopen(r.Request("
+        "\"http://gateway:8000/sdk/v1/models\", headers={\"x-api-key\": os.environ[\"ANTHROPIC_API_KEY\"]}))\n"
+        "except e.HTTPError as x: print(\"sdk refused\", x.code)'",
     ]
     command = "".join(f"{step} 2>&1; " for step in steps)
     prompt = f"look around [[fake:call=Bash?{urllib.parse.urlencode({'command': command})}]]"
@@ -525,6 +531,10 @@ def test_claude_code_cannot_reach_the_worker_its_secrets_or_redis(deployment: De
     assert "Operation not permitted" in answer, answer[-3000:]  # kill -0 <worker>
     assert "redis said" in answer and "NOAUTH" in answer, answer[-3000:]  # reached, and refused
     assert "HTTP Error 401" in answer and "ccproxy_cost_usd_total" not in answer, answer[-3000:]
+    assert "key=ccp_run_" in answer and "sdk refused 401" in answer, answer[-3000:]
+    assert ".credentials.json" not in answer, answer[-3000:]
+    for secret in (deployment.credentials["accessToken"], deployment.credentials["refreshToken"]):
+        assert secret not in answer
     for name in SECRET_NAMES:
         assert deployment.env[name] not in answer, name
     assert "SECURITY__" not in answer and "REDIS__URL" not in answer

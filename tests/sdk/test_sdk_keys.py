@@ -1,17 +1,19 @@
-"""Client-key limits and budgets in SDK mode: ``ccproxy serve`` on the real Redis, its worker in
-process, the real CLI, keys made with ``ccproxy keys create``, the official SDKs as clients.
+"""Client keys in SDK mode: ``ccproxy serve`` on the real Redis, its worker in process, the real
+CLI, keys made with ``ccproxy keys create``, the official SDKs as clients.
 
-A refused request must never reach the queue; a run is settled with its real usage when it ends,
-fails, or its client leaves, so ``keys list`` shows the spend and no reservation is left held.
+Claude Code holds no upstream credential: it calls the gateway's ``/api`` with a token of its run
+only, so each of its upstream calls is admitted, billed and logged as the member's own API request
+(the spend recorded once), and the token dies with the run. The ``/sdk`` request is admitted like
+one API request: a refused one never reaches the queue, and it holds nothing.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import urllib.parse
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -22,7 +24,6 @@ import pytest
 import redis
 
 from ccproxy_auth.keys import MICRO, estimate
-from ccproxy_core.pricing import cost_usd
 from tests.accounts.helpers import Team
 from tests.accounts.test_keys import create_key, keys_list
 from tests.sdk.conftest import SdkSetup, cli_processes, launch_sdk_serve
@@ -33,14 +34,27 @@ from tests.support.stack import SHARED_REDIS, delete_prefix
 pytestmark = [pytest.mark.claude_cli, pytest.mark.timeout(240)]
 
 MODEL = "claude-sonnet-4-5"
+#: What the agent tries with its run token, from inside the run (a Bash tool use runs it).
+PROBE = """
+import os, urllib.error, urllib.request
+base, token = os.environ["ANTHROPIC_BASE_URL"].removesuffix("/api"), os.environ["ANTHROPIC_API_KEY"]
+for path in ("/api/v1/models", "/sdk/v1/models", "/logs/usage", "/permissions"):
+    request = urllib.request.Request(base + path, headers={"x-api-key": token})
+    try:
+        status = urllib.request.urlopen(request, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    print("probe", path, status)
+"""
 
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream) -> Iterator[tuple[SdkSetup, Team]]:
-    """One run at a time (so queued jobs run in order), client keys on the shared Redis."""
+    """One run at a time (so queued jobs run in order), client keys on the shared Redis; the
+    operator allows Bash (no permission prompt)."""
     root = tmp_path_factory.mktemp("sdk-keys")
     setup, proc = launch_sdk_serve(root, fake_upstream, REDIS__URL=SHARED_REDIS, CLAUDE__MAX_CONCURRENT_RUNS="1",
-                                   SECURITY__KEY_CACHE_SECONDS="1")
+                                   SECURITY__KEY_CACHE_SECONDS="1", CLAUDE__OPTIONS__ALLOWED_TOOLS='["Bash"]')
     try:
         team = Team(root / "run", fake_upstream, setup.env)
         # Once a key exists every request needs one; the gateway sees that within its cache time.
@@ -71,23 +85,28 @@ def held_micro_usd(setup: SdkSetup, key_id: str) -> int:
     return int(raw or 0)
 
 
-def access_event(setup: SdkSetup, key_id: str) -> dict[str, Any] | None:
+def access_events(setup: SdkSetup, key_id: str) -> list[dict[str, Any]]:
+    found = []
     for _, fields in redis.Redis.from_url(SHARED_REDIS).xrange(setup.key_prefix + "access-log"):
         doc = json.loads(fields[b"e"])
-        if doc.get("key_id") == key_id and doc.get("mode") == "sdk":
-            return doc  # type: ignore[no-any-return]
-    return None
+        if doc.get("key_id") == key_id:
+            found.append(doc)
+    return found
 
 
-def test_rate_limit_refuses_the_third_run_in_the_clients_format_and_queues_nothing(
+def run_tokens_left(setup: SdkSetup) -> list[bytes]:
+    return list(redis.Redis.from_url(SHARED_REDIS).scan_iter(match=f"{setup.key_prefix}sdk:run-token:*"))
+
+
+def test_rate_limit_refuses_a_run_in_the_clients_format_and_queues_nothing(
     keyed: tuple[SdkSetup, Team], fake_upstream: FakeUpstream
 ) -> None:
     setup, team = keyed
     key = create_key(team, "--name", "rpm-two", "--rpm", "2")["key"]
     barrier = create_key(team, "--name", "barrier")["key"]
-    sdk = anthropic_client(setup, key)
-    for _ in range(2):
-        sdk.messages.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+    api = anthropic.Anthropic(base_url=f"{setup.url}/api", api_key=key, max_retries=0, timeout=60)
+    for _ in range(2):  # the minute's two requests, in API mode
+        api.messages.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi"}])
     refused_words = [uuid.uuid4().hex[:10] for _ in range(2)]
     with pytest.raises(openai.RateLimitError) as oai:
         openai_client(setup, key).chat.completions.create(
@@ -96,8 +115,8 @@ def test_rate_limit_refuses_the_third_run_in_the_clients_format_and_queues_nothi
     assert oai.value.body["type"] == "rate_limit_exceeded"  # type: ignore[index]
     assert "'rpm-two'" in oai.value.body["message"] and "2 requests per minute" in oai.value.body["message"]  # type: ignore[index]
     with pytest.raises(anthropic.RateLimitError) as ant:
-        sdk.messages.create(model=MODEL, max_tokens=20, stream=True,
-                            messages=[{"role": "user", "content": f"fourth {refused_words[1]}"}])
+        fourth = [{"role": "user", "content": f"fourth {refused_words[1]}"}]
+        anthropic_client(setup, key).messages.create(model=MODEL, max_tokens=20, stream=True, messages=fourth)
     assert ant.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert int(ant.value.response.headers["retry-after"]) >= 1
     # One worker, one run at a time, jobs in order: had a refused request been queued, it would
@@ -108,51 +127,84 @@ def test_rate_limit_refuses_the_third_run_in_the_clients_format_and_queues_nothi
     )
     assert reached_upstream(fake_upstream, barrier_word)
     assert not [w for w in refused_words if reached_upstream(fake_upstream, w)]
-    row = wait_until(lambda: (r := keys_list(team)["rpm-two"])["requests"] == 2 and r, timeout=10,
-                     message="two settlements")
-    assert row["spent_usd"] > 0  # no budget, but the spend is counted all the same
-    assert row["input_tokens"] > 0
 
 
-def test_a_budget_for_one_run_refuses_the_next_and_keys_list_shows_the_spend(
-    keyed: tuple[SdkSetup, Team],
+def test_a_runs_calls_are_its_members_billed_once_and_its_token_holds_nothing_more(
+    keyed: tuple[SdkSetup, Team], fake_upstream: FakeUpstream
+) -> None:
+    """Think like the agent: a Bash tool use looks for a credential and tries its run token
+    everywhere. It finds none but the token, which works on /api alone, and only for the run."""
+    setup, team = keyed
+    created = create_key(team, "--name", "runner", "--budget-usd", "5", "--period", "day")
+    (setup.workspace / "probe.py").write_text(PROBE)
+    marker = uuid.uuid4().hex[:10]
+    command = (f'echo {marker}; echo "config=$CLAUDE_CONFIG_DIR"; ls -A "$CLAUDE_CONFIG_DIR"; '
+               'echo "token=$ANTHROPIC_API_KEY"; env; python3 probe.py')
+    prompt = f"look around [[fake:call=Bash?{urllib.parse.urlencode({'command': command})}]]"
+    raw = anthropic_client(setup, created["key"]).messages.with_raw_response.create(
+        model=MODEL, max_tokens=50, messages=[{"role": "user", "content": prompt}])
+    answer = "".join(b.text for b in raw.parse().content if b.type == "text")
+    session = raw.headers["x-claude-session-id"]
+    assert marker in answer, answer[-3000:]
+    # No upstream credential: not in its config directory (which holds no .credentials.json), not
+    # in its environment; the only key it has is its run's token, for the gateway's /api.
+    listing = answer.split("config=", 1)[1].split("token=", 1)[0]
+    assert ".credentials.json" not in listing, listing
+    login = setup.workspace.parent / "claude" / ".credentials.json"  # the serve's upstream login (conftest)
+    upstream = json.loads(login.read_text())["claudeAiOauth"]
+    assert upstream["accessToken"] not in answer and upstream["refreshToken"] not in answer
+    assert f"ANTHROPIC_BASE_URL={setup.url}/api" in answer
+    token = re.search(r"token=(ccp_run_[\w-]+)", answer)
+    assert token, answer[-3000:]
+    for path, status in (("/api/v1/models", 200), ("/sdk/v1/models", 401), ("/logs/usage", 401),
+                         ("/permissions", 401)):
+        assert f"probe {path} {status}" in answer, (path, answer[-3000:])
+    # Its upstream calls are the member's /api requests, marked with the run's session; their
+    # cost is the spend, recorded once: the /sdk row has the run's summary, no tokens, no cost.
+    def rows() -> list[dict[str, Any]] | None:
+        events = [e for e in access_events(setup, created["id"]) if e.get("sdk_session_id") == session]
+        return events if [e for e in events if e["mode"] == "sdk"] else None
+
+    events = wait_until(rows, timeout=15, message="the run's access-log events")
+    run = next(e for e in events if e["mode"] == "sdk")
+    assert run["cost_usd"] == 0 and run["input_tokens"] == 0 and run["sdk_cost_usd"] > 0 and run["sdk_tool_uses"] == 1
+    calls = [e for e in events if e["mode"] == "api" and e["endpoint"] == "/api/v1/messages"]
+    assert len(calls) >= 2 and all(c["key_id"] == created["id"] and c["cost_usd"] > 0 for c in calls)
+    spent = sum(e["cost_usd"] for e in events)
+    row = wait_until(lambda: (r := keys_list(team)["runner"])["spent_usd"] >= spent - 2e-6 and r, timeout=10,
+                     message="the calls settled")
+    assert row["spent_usd"] == pytest.approx(spent, abs=2e-6) and row["period_spent_usd"] == row["spent_usd"]
+    assert held_micro_usd(setup, created["id"]) == 0
+    # The run is over: its token is gone from Redis and refused.
+    assert not run_tokens_left(setup)
+    after = httpx.post(f"{setup.url}/api/v1/messages", headers={"x-api-key": token.group(1)}, timeout=30,
+                       json={"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    assert after.status_code == 401, after.text
+
+
+def test_a_budget_a_run_would_exceed_gives_the_member_the_error(
+    keyed: tuple[SdkSetup, Team], fake_upstream: FakeUpstream
 ) -> None:
     setup, team = keyed
-    body = {"max_tokens": 50, "messages": [{"role": "user", "content": "spend"}], "model": MODEL}
+    word = uuid.uuid4().hex[:10]
+    body = {"max_tokens": 50, "messages": [{"role": "user", "content": f"spend {word}"}], "model": MODEL}
     _, per_request = estimate(MODEL, len(orjson.dumps(body)), 50)
-    budget = 2 * per_request / MICRO  # the first run is admitted; what it really costs is more
-    created = create_key(team, "--name", "one-run", "--budget-usd", repr(budget), "--period", "day")
-    sdk = anthropic_client(setup, created["key"])
-    assert keys_list(team)["one-run"]["period_spent_usd"] == 0
-    answer = sdk.messages.create(**body)  # type: ignore[call-overload]
-    assert answer.usage.input_tokens > 0
-    row = wait_until(lambda: (r := keys_list(team)["one-run"])["requests"] == 1 and r, timeout=10,
-                     message="the run settled")
-    # Settled from the run's tokens at list price (what the access log's cost_usd says too).
-    usage = answer.usage
-    one_hour = usage.cache_creation.ephemeral_1h_input_tokens if usage.cache_creation else 0
-    expected = cost_usd(MODEL, usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens or 0,
-                        usage.cache_creation_input_tokens or 0, one_hour)
-    assert row["input_tokens"] == usage.input_tokens and row["output_tokens"] == usage.output_tokens
-    assert row["period_spent_usd"] == pytest.approx(expected, abs=2e-6) and row["spent_usd"] > 0
-    assert row["period_spent_usd"] + per_request / MICRO > budget, "a run of Claude Code costs more than its estimate"
-    assert held_micro_usd(setup, created["id"]) == 0
-    # The access log's cost_usd is the same figure; Claude Code's own one is kept as sdk_cost_usd.
-    doc = wait_until(lambda: access_event(setup, created["id"]), timeout=10, message="the access-log event")
-    assert doc["cost_usd"] == pytest.approx(row["spent_usd"], abs=2e-6) and doc["sdk_cost_usd"] > 0
+    # Room for the /sdk request's own estimate, none for a call of Claude Code (its prompt and
+    # max_tokens are far larger): the run's first call is refused, and the member gets the 402.
+    budget = 3 * per_request / MICRO
+    created = create_key(team, "--name", "small-budget", "--budget-usd", repr(budget), "--period", "day")
     with pytest.raises(anthropic.APIStatusError) as caught:
-        sdk.messages.create(**body)  # type: ignore[call-overload]
-    assert caught.value.status_code == 402
+        anthropic_client(setup, created["key"]).messages.create(**body)  # type: ignore[call-overload]
+    assert caught.value.status_code == 402, caught.value.body
     error = caught.value.body["error"]  # type: ignore[index]
-    assert error["type"] == "billing_error"
-    assert "'one-run'" in error["message"] and f"budget of ${budget:.2f} per day" in error["message"]
-    with pytest.raises(openai.APIStatusError) as oai:
-        openai_client(setup, created["key"]).chat.completions.create(model=MODEL, messages=body["messages"])  # type: ignore[arg-type]
-    assert oai.value.status_code == 402 and oai.value.body["type"] == "insufficient_quota"  # type: ignore[index]
-    assert keys_list(team)["one-run"]["requests"] == 1
+    assert error["type"] == "billing_error" and "'small-budget'" in error["message"], error
+    assert not reached_upstream(fake_upstream, word)
+    row = keys_list(team)["small-budget"]
+    assert row["spent_usd"] == 0 and held_micro_usd(setup, created["id"]) == 0
+    assert not run_tokens_left(setup)
 
 
-def test_a_run_its_client_left_or_that_failed_is_settled_and_releases_its_reservation(
+def test_a_run_its_client_left_or_that_failed_holds_nothing_after(
     keyed: tuple[SdkSetup, Team], fake_upstream: FakeUpstream
 ) -> None:
     setup, team = keyed
@@ -163,61 +215,16 @@ def test_a_run_its_client_left_or_that_failed_is_settled_and_releases_its_reserv
                                  messages=[{"role": "user", "content": f"stall {word} [[fake:stall]]"}])
     with stream:
         assert next(iter(stream)).type == "message_start"
-        assert held_micro_usd(setup, created["id"]) > 0  # reserved while it runs
-    # Gone: the worker stops Claude Code and reports what the cut-off call had used (its input).
-    row: dict[str, Any] = wait_until(lambda: (r := keys_list(team)["leaver"])["requests"] == 1 and r, timeout=30,
-                                     message="the abandoned run settled")
-    assert row["input_tokens"] > 0 and row["spent_usd"] > 0
-    assert held_micro_usd(setup, created["id"]) == 0
+        assert held_micro_usd(setup, created["id"]) > 0  # Claude Code's call in flight holds its estimate
+        assert run_tokens_left(setup)
+    # Gone: the worker stops Claude Code; its call is settled with what it used (its input).
+    row: dict[str, Any] = wait_until(lambda: (r := keys_list(team)["leaver"])["spent_usd"] > 0 and r, timeout=30,
+                                     message="the abandoned call settled")
+    assert row["input_tokens"] > 0
+    wait_until(lambda: held_micro_usd(setup, created["id"]) == 0 and not run_tokens_left(setup), timeout=15,
+               message="nothing held and no run token left")
     wait_until(lambda: not cli_processes(setup.key_prefix), timeout=15, message="the CLI to stop")
     # A run that fails (the upstream refuses Claude Code's call): an error, and nothing held.
     with pytest.raises(anthropic.BadRequestError):
         sdk.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "no [[fake:error=400]]"}])
-    wait_until(lambda: keys_list(team)["leaver"]["requests"] == 2, timeout=10, message="the failed run settled")
-    assert held_micro_usd(setup, created["id"]) == 0
-
-
-def cli_command_line(key_prefix: str) -> list[str]:
-    """The argv of a Claude Code process running for a worker under ``key_prefix`` ([] if none)."""
-    for pid in cli_processes(key_prefix):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        return [a.decode() for a in argv]
-    return []
-
-
-def test_runs_in_flight_each_reserve_a_run_and_claude_code_may_not_spend_more(
-    keyed: tuple[SdkSetup, Team],
-) -> None:
-    setup, team = keyed
-    # The default CLAUDE__RUN_RESERVATION_USD is $1: this budget holds exactly two runs at once,
-    # though each request's own estimate is a tiny fraction of a dollar.
-    created = create_key(team, "--name", "two-runs", "--budget-usd", "2", "--period", "day")
-    sdk = anthropic_client(setup, created["key"])
-
-    def ask(_: int) -> Any:
-        try:  # slow events: the admitted runs are still in flight when the last one asks
-            return sdk.messages.create(model=MODEL, max_tokens=50,
-                                       messages=[{"role": "user", "content": "run [[fake:slow=0.3]]"}])
-        except anthropic.APIStatusError as exc:
-            return exc
-
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(ask, i) for i in range(3)]
-        # One worker, one run at a time: the first runs while the second waits, both reserved.
-        argv = wait_until(lambda: cli_command_line(setup.key_prefix), timeout=30, message="a run's Claude Code")
-        assert held_micro_usd(setup, created["id"]) == 2 * MICRO
-        outcomes = [f.result(timeout=120) for f in futures]
-    assert argv[argv.index("--max-budget-usd") + 1] == "1.0"  # the run may not spend more than it holds
-    refused = [o for o in outcomes if isinstance(o, anthropic.APIStatusError)]
-    assert len(refused) == 1 and len(outcomes) - len(refused) == 2
-    assert refused[0].status_code == 402
-    error = refused[0].body["error"]  # type: ignore[index]
-    assert error["type"] == "billing_error" and "'two-runs'" in error["message"]
-    assert "budget of $2.00 per day" in error["message"]
-    row = wait_until(lambda: (r := keys_list(team)["two-runs"])["requests"] == 2 and r, timeout=10,
-                     message="both runs settled")
-    assert 0 < row["period_spent_usd"] < 1  # settled with the real usage, not the reservation
-    assert held_micro_usd(setup, created["id"]) == 0
+    assert held_micro_usd(setup, created["id"]) == 0 and not run_tokens_left(setup)

@@ -53,10 +53,11 @@ def read_prompt(setup: SdkSetup) -> list[dict[str, Any]]:
     return [{"role": "user", "content": f"read it [[fake:call=Read?file_path={setup.notes}]]"}]
 
 
-def logged(setup: SdkSetup, session: str) -> dict[str, Any] | None:
+def logged(setup: SdkSetup, session: str) -> list[dict[str, Any]]:
+    """The access-log rows of an SDK session: its /sdk request and its Claude Code's /api calls."""
     with urllib.request.urlopen(f"{setup.url}/logs/query?limit=200", timeout=10) as resp:  # noqa: S310
         rows = json.loads(resp.read())["data"]
-    return next((r for r in rows if r.get("sdk_session_id") == session), None)
+    return [r for r in rows if r.get("sdk_session_id") == session]
 
 
 def test_formatted_mode_shows_tool_use_as_compact_text(formatted: SdkSetup) -> None:
@@ -72,13 +73,19 @@ def test_formatted_mode_shows_tool_use_as_compact_text(formatted: SdkSetup) -> N
     assert '{"id":' in text  # CLAUDE__PRETTY_FORMAT=false: compact JSON
     assert formatted.notes_text in text
     assert text.count("I'll call Read.") == 1
-    # The access log has the run: usage, Claude Code's own cost, its session, turns and tool uses.
+    # The access log has the run: its /sdk row (Claude Code's own cost, turns, tool uses) and the
+    # /api rows of its upstream calls (tokens and cost, each once), all under its session.
     session = raw.headers["x-claude-session-id"]
-    row = wait_until(lambda: logged(formatted, session), timeout=20, message="the access-log row")
-    assert row["mode"] == "sdk" and row["status"] == 200
-    assert row["input_tokens"] > 0 and row["output_tokens"] > 0
+    rows = wait_until(lambda: len(found := logged(formatted, session)) >= 3 and found, timeout=20,
+                      message="the run's access-log rows")
+    row = next(r for r in rows if r["mode"] == "sdk")
+    assert row["status"] == 200 and row["endpoint"] == "/sdk/v1/messages"
+    assert row["input_tokens"] == 0 and row["output_tokens"] == 0 and row["cost_usd"] == 0
     assert row["sdk_cost_usd"] > 0 and row["sdk_turns"] >= 1 and row["sdk_tool_uses"] == 1
     assert row["ttft_ms"] is not None and 0 < row["ttft_ms"] <= row["duration_ms"]
+    calls = [r for r in rows if r["mode"] == "api" and r["endpoint"] == "/api/v1/messages"]
+    assert len(calls) >= 2  # the Read tool use, then the answer
+    assert all(c["status"] == 200 and c["input_tokens"] > 0 and c["cost_usd"] > 0 for c in calls)
 
 
 def test_ignore_mode_hides_tool_use(ignoring: tuple[SdkSetup, Proc]) -> None:

@@ -74,6 +74,17 @@ def test_messages_non_streaming(sdk_stack: SdkSetup, fake_upstream: FakeUpstream
     [body] = upstream_bodies(fake_upstream, f"say {word}")
     assert len(body["tools"]) > 5
     assert any(r["headers"].get("x-claude-code-session-id") == session for r in fake_upstream.requests())
+    # Through the gateway: Claude Code holds a run token, the api-forwarder sent the account's
+    # login, and the call is an /api request of the run's caller, marked with its session.
+    [call] = [r for r in fake_upstream.requests(path="/v1/messages") if f"say {word}" in json.dumps(r["body"])]
+    assert call["auth"]["kind"] == "oauth"
+
+    def api_events() -> list[dict[str, Any]]:
+        stream = redis.Redis.from_url(SHARED_REDIS).xrange(sdk_stack.key_prefix + "access-log")
+        events = [json.loads(fields[b"e"]) for _, fields in stream]
+        return [e for e in events if e["sdk_session_id"] == session and e["endpoint"] == "/api/v1/messages"]
+
+    assert wait_until(api_events, timeout=15, message="the run's call in the access log")[0]["status"] == 200
 
 
 def test_messages_streaming_with_a_real_tool_use(sdk_stack: SdkSetup) -> None:

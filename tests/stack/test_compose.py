@@ -203,6 +203,10 @@ def test_volumes_keep_state(compose: dict[str, Any]) -> None:
     # Read-write (a refresh writes the rotated pair back), defaulting to the named volume.
     assert credentials == f"${{CLAUDE_CONFIG_HOST_DIR:-claude-credentials}}:{config_dir}"
     assert "ccproxy-data:" + environment(auth)["DATA_DIR"] in auth["volumes"]
+    # Claude Code holds no upstream credential: the sdk-worker mounts none (its runs call the gateway).
+    worker = compose["services"]["sdk-worker"]
+    assert not [v for v in worker["volumes"] if "claude" in v.split(":")[0].lower()], worker["volumes"]
+    assert environment(worker)["SERVICES__GATEWAY_URL"] == "http://gateway:8000"
 
 
 def test_traefik_uses_the_repo_routing_file(compose: dict[str, Any]) -> None:
@@ -323,9 +327,8 @@ ALLOWED_ENV = {
     "permissions": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
                     "SECURITY__METRICS_TOKEN", "SERVICES__AUTH_URL"},
     "sdk-worker": {"SERVER__HOST", "SERVER__PORT", "SERVER__LOG_LEVEL", "CCPROXY_SECRETS_DIR",
-                   "CLAUDE__RUN_AS_USER", "SERVICES__PERMISSIONS_URL", "ANTHROPIC__BASE_URL", "AUTH__API_KEY",
-                   "AUTH__CLAUDE_CONFIG_DIR", "AUTH__USE_KEYRING", "CLAUDE__WORKSPACE_ROOT",
-                   "CLAUDE__OPTIONS__PERMISSION_MODE"},
+                   "CLAUDE__RUN_AS_USER", "SERVICES__PERMISSIONS_URL", "SERVICES__GATEWAY_URL",
+                   "CLAUDE__WORKSPACE_ROOT", "CLAUDE__OPTIONS__PERMISSION_MODE"},
     "analytics": {"SERVER__HOST", "SERVER__PORT", "SECURITY__AUTH_TOKEN", "SECURITY__INTERNAL_SECRET", "REDIS__URL",
                   "SECURITY__METRICS_TOKEN", "CLICKHOUSE__URL", "ANALYTICS__RETENTION_DAYS", "SERVICES__AUTH_URL"},
 }
@@ -333,7 +336,7 @@ ALLOWED_ENV = {
 #: act as the lead or admin, read or drop the access log).
 AGENT_FORBIDDEN = {"SECURITY__AUTH_TOKEN", "SECURITY__ADMIN_TOKEN", "SECURITY__METRICS_TOKEN", "CLICKHOUSE_PASSWORD",
                    "GRAFANA_CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECURITY__INTERNAL_SECRET",
-                   "REDIS_PASSWORD"}
+                   "REDIS_PASSWORD", "AUTH__API_KEY", "ANTHROPIC__BASE_URL"}
 
 
 def test_each_container_gets_only_its_variables(compose: dict[str, Any]) -> None:

@@ -178,6 +178,7 @@ def plan_stack(
         "SERVICES__FORWARDER_URL": f"http://127.0.0.1:{forwarder_port}",
         "SERVICES__PERMISSIONS_URL": f"http://127.0.0.1:{permissions_port}",
         "SERVICES__ANALYTICS_URL": f"http://127.0.0.1:{analytics_port}",
+        "SERVICES__GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
     }
     services += [
         ccproxy_service("auth", auth_port, common),

@@ -5,7 +5,8 @@ by :func:`presented_key` alone), resolves it through the key authority (auth's k
 or over HTTP, cached briefly by :class:`~ccproxy_core.client_keys.CachedKeys`) and sets
 ``request.user`` to a :class:`Caller`: a member key (id, name, limits), the holder of
 ``SECURITY__AUTH_TOKEN`` (:data:`LEAD`), everyone on a machine without client auth
-(:data:`LOCAL`), or nobody (:data:`ANONYMOUS`, with the reason in ``request.auth``).
+(:data:`LOCAL`), or nobody (:data:`ANONYMOUS`, with the reason in ``request.auth``). A run token
+(:class:`RunTokens`) is the caller who started that SDK run, on ``/api`` only.
 
 It never refuses by itself (``/health`` and ``/metrics`` stay open): the mounts do. A
 :class:`ClosedMount` holds the routes under one prefix (``/api``, ``/sdk``, ``/permissions``,
@@ -17,11 +18,13 @@ permissions and the analytics services all build their apps this way.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import math
+import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from pydantic import BaseModel
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
 from starlette.datastructures import Headers, URLPath
 from starlette.middleware import Middleware
@@ -30,9 +33,9 @@ from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, Match, Mount, NoMatchFound, Route, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority, KeyAuthority, KeyInfo, looks_like_key
+from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority, KeyAuthority, KeyInfo, hash_key, looks_like_key
 from ccproxy_core.errors import ProxyError
-from ccproxy_core.redis import UNAVAILABLE, unavailable_error
+from ccproxy_core.redis import UNAVAILABLE, Redis, unavailable_error
 from ccproxy_core.settings import Settings
 
 #: The closed mounts of every app: routes under them need a caller (when client auth is on)
@@ -45,6 +48,8 @@ MEMBER_COOKIE = "ccproxy_me"
 SESSION_READ_PREFIXES = ("/logs", "/permissions")
 MISSING_KEY = "missing client key: send it as x-api-key or Authorization: Bearer"
 INVALID_KEY = "invalid client key"
+#: A run token's prefix (SDK mode's Claude Code calls ``/api`` with one, :class:`RunTokens`).
+RUN_TOKEN_PREFIX = "ccp_run_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,8 @@ class Caller(BaseUser):
     #: The member key with its limits (rate, budget, accounts); None for the others.
     key: KeyInfo | None = None
     authenticated: bool = True
+    #: The SDK session whose Claude Code called with a run token ("" for a client).
+    sdk_session: str = ""
 
     @property
     def is_authenticated(self) -> bool:
@@ -93,6 +100,45 @@ class Credentials(AuthCredentials):
         self.refusal = refusal
 
 
+class RunGrant(BaseModel):
+    """What a run token stands for; Redis keeps it under the token's SHA-256, never the token."""
+
+    caller_id: str
+    caller_name: str = ""
+    #: The member key that started the run (without its secret); None for LEAD or LOCAL.
+    key: KeyInfo | None = None
+    job_id: str
+    session_id: str
+
+    def caller(self) -> Caller:
+        if self.key is not None:
+            return Caller(id=self.caller_id, name=self.caller_name or self.caller_id, key=self.key,
+                          sdk_session=self.session_id)
+        return replace(LEAD if self.caller_id == LEAD.id else LOCAL, sdk_session=self.session_id)
+
+
+class RunTokens:
+    """Per-run tokens of SDK mode. Claude Code holds no upstream credential: it calls the gateway's
+    ``/api`` with a token its worker minted for that one run, so each of its calls is the run's
+    caller's (metered, limited, logged as theirs) and nothing more (refused outside ``/api``)."""
+
+    def __init__(self, redis: Redis, key_prefix: str) -> None:
+        self.redis = redis
+        self.prefix = key_prefix + "sdk:run-token:"
+
+    async def mint(self, grant: RunGrant, ttl: float) -> str:
+        token = RUN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        await self.redis.set(self.prefix + hash_key(token), grant.model_dump_json(), ex=math.ceil(ttl))
+        return token
+
+    async def revoke(self, token: str) -> None:
+        await self.redis.delete(self.prefix + hash_key(token))
+
+    async def grant(self, token: str) -> RunGrant | None:
+        raw = await self.redis.get(self.prefix + hash_key(token))
+        return RunGrant.model_validate_json(raw) if raw is not None else None
+
+
 def presented_key(headers: Headers) -> str | None:
     """The key sent as ``x-api-key`` (preferred) or ``Authorization: Bearer``."""
     key = headers.get("x-api-key")
@@ -108,9 +154,10 @@ class KeyBackend(AuthenticationBackend):
     """The shared token and per-member keys. Client auth is on when the token is set or any
     client key exists; then a request without a valid key is :data:`ANONYMOUS`."""
 
-    def __init__(self, token: str | None, keys: KeyAuthority | None = None) -> None:
+    def __init__(self, token: str | None, keys: KeyAuthority | None = None, runs: RunTokens | None = None) -> None:
         self._token = token.encode() if token else None
         self.keys = keys
+        self.runs = runs
         #: Whether client keys exist (refreshed on every request, cached by ``keys``).
         self._keys_active = False
 
@@ -121,9 +168,15 @@ class KeyBackend(AuthenticationBackend):
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
         key = presented_key(conn.headers)
         try:
+            if key is not None and key.startswith(RUN_TOKEN_PREFIX) and self.runs is not None:
+                # Only /api: no run starts runs, decides permissions or reads the logs.
+                grant = await self.runs.grant(key) if under(_path(conn), "/api") else None
+                if grant is None:
+                    return Credentials(refusal=ProxyError(401, INVALID_KEY)), ANONYMOUS
+                return Credentials(["authenticated", "run"]), grant.caller()
             if key is None and self.keys is not None and _session_read(conn):
                 sid = conn.cookies[MEMBER_COOKIE]
-                found = await self.keys.member_session(hashlib.sha256(sid.encode()).hexdigest())
+                found = await self.keys.member_session(hash_key(sid))
                 if found is not None:
                     member = Caller(id=found.id, name=found.name or found.id, key=found)
                     return Credentials(["authenticated", "session"]), member
@@ -159,8 +212,16 @@ def _session_read(conn: HTTPConnection) -> bool:
     """A safe read by the member page: its cookie, GET/HEAD, a path it may read."""
     if conn.scope.get("method") not in ("GET", "HEAD") or not conn.cookies.get(MEMBER_COOKIE):
         return False
-    path = "/" + conn.url.path.lstrip("/")
-    return any(path == p or path.startswith(p + "/") for p in SESSION_READ_PREFIXES)
+    return any(under(_path(conn), p) for p in SESSION_READ_PREFIXES)
+
+
+def _path(conn: HTTPConnection) -> str:
+    return "/" + conn.url.path.lstrip("/")
+
+
+def under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it (``/api`` covers ``/api/v1``, never ``/apis``)."""
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def caller_middleware(backend: KeyBackend) -> Middleware:
@@ -231,15 +292,12 @@ class ClosedMount(BaseRoute):
         self.routes = list(routes)
         for route in self.routes:
             path = getattr(route, "path", None)
-            if not isinstance(path, str) or not self._covers(path):
+            if not isinstance(path, str) or not under(path, self.prefix):
                 raise ValueError(f"route {path!r} is not under the mount {self.prefix!r}")
             _close(route)
 
-    def _covers(self, path: str) -> bool:
-        return path == self.prefix or path.startswith(self.prefix + "/")
-
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] not in ("http", "websocket") or not self._covers(get_route_path(scope)):
+        if scope["type"] not in ("http", "websocket") or not under(get_route_path(scope), self.prefix):
             return Match.NONE, {}
         partial: Scope | None = None
         for route in self.routes:
@@ -271,8 +329,7 @@ def guard_routes(routes: Iterable[BaseRoute], prefixes: Sequence[str] = GUARDED_
     order: list[BaseRoute | str] = []
     for route in routes:
         path = getattr(route, "path", None)
-        prefix = next((p for p in prefixes if isinstance(path, str) and (path == p or path.startswith(p + "/"))),
-                      None)
+        prefix = next((p for p in prefixes if isinstance(path, str) and under(path, p)), None)
         if prefix is None or isinstance(route, ClosedMount):
             order.append(route)
             continue

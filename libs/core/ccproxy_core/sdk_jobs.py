@@ -19,6 +19,7 @@ from arq.utils import timestamp_ms
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
+from ccproxy_core.client_keys import KeyInfo
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.identity import ANONYMOUS
 from ccproxy_core.models import TokenUsage
@@ -56,8 +57,8 @@ class SdkJob(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     key_id: str = ANONYMOUS.id
     key_name: str = ""
-    #: USD reserved for this run against the key's budget: Claude Code may spend no more.
-    budget_usd: float | None = None
+    #: The member key behind ``key_id`` (no secret): its run token's calls carry its limits.
+    key: KeyInfo | None = None
     enqueued_at: float = Field(default_factory=time.time)
 
 

@@ -189,8 +189,6 @@ class ClaudeSettings(BaseModel):
     #: Seconds a request may wait for a free sdk-worker (then 503), and a run may take.
     queue_timeout: float = 30.0
     run_timeout: float = 900.0
-    #: USD reserved against a key's budget per run (a run's many calls outrun one estimate); its cap.
-    run_reservation_usd: float = 1.0
     max_concurrent_runs: int = 4
     queue_name: str = "sdk:queue"
     poll_interval: float = 0.1
@@ -274,6 +272,9 @@ class ServicesSettings(BaseModel):
     auth_url: str | None = None
     permissions_url: str | None = None
     analytics_url: str | None = None
+    #: The gateway: Traefik routes the public paths there, and SDK-mode runs call its ``/api``.
+    #: Unset: this process's own server (``ccproxy serve``).
+    gateway_url: str | None = None
 
 
 class Settings(BaseSettings):

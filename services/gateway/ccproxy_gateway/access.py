@@ -36,8 +36,10 @@ class AccessLogMiddleware:  # plain ASGI: a streamed body passes through untouch
         user_agent = Headers(scope=scope).get("user-agent", "")[:300]
         log = RequestLog(scope["path"], scope["method"], user_agent=user_agent, client_addr=client[0] if client else "")
         user = scope.get("user")  # the caller, resolved by the backend's middleware in front
-        if isinstance(user, Caller) and user.is_authenticated and user != LOCAL:
-            log.set_identity(user.id, user.name)
+        if isinstance(user, Caller) and user.is_authenticated:
+            if user.id != LOCAL.id:
+                log.set_identity(user.id, user.name)
+            log.draft.sdk_session_id = user.sdk_session  # a call of that SDK run's Claude Code
         log.sink = self.emitter.emit
         scope.setdefault("state", {})["access_log"] = log
         completed = failed = False

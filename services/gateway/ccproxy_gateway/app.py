@@ -27,7 +27,7 @@ from ccproxy_core.client_keys import KeyAuthority
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
-from ccproxy_core.identity import ClosedMount, KeyBackend, caller, caller_middleware, guard_routes, public
+from ccproxy_core.identity import ClosedMount, KeyBackend, RunTokens, caller, caller_middleware, guard_routes, public
 from ccproxy_core.lifespan import Lifespan
 from ccproxy_core.metrics import Metrics, label_routes, route_label
 from ccproxy_core.models import check_token_limit
@@ -79,7 +79,8 @@ class Gateway:
         self.access_log = access_log
         token = settings.security.auth_token
         keys = keys_enabled(keys, settings.security.key_cache_seconds)  # None: the shared token only
-        self.auth = KeyBackend(token.get_secret_value() if token else None, keys)
+        runs = RunTokens(redis, settings.redis.key_prefix) if redis is not None else None  # SDK runs' own
+        self.auth = KeyBackend(token.get_secret_value() if token else None, keys, runs)
         #: Admission and settlement of limited keys, for API mode (the forwarder) and SDK mode.
         self.meter = KeyMeter(keys) if keys is not None else None
         if self.meter is not None:

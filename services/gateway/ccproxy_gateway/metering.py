@@ -5,16 +5,14 @@ place a request made with a limited key is *admitted* (rate limits and budget re
 atomically by auth, in Redis) before it costs anything, and *settled* with its real usage once
 it is over. API mode reaches it through :class:`MeteredForwarder`, which wraps the forwarder
 and meters the key each ``ForwardRequest`` carries (every API-mode request, Anthropic or
-OpenAI); SDK mode calls it around each Claude Code run (:mod:`ccproxy_gateway.sdk_routes`).
+OpenAI, and so every upstream call of an SDK run, made with its run token).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import math
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -38,38 +36,24 @@ class KeyMeter:
         self.keys = keys
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def admit(
-        self, key: KeyInfo | None, body: Mapping[str, Any], run_usd: float | None = None
-    ) -> Admission | None:
+    async def admit(self, key: KeyInfo | None, body: Mapping[str, Any]) -> Admission | None:
         """Reserve for a Messages ``body``; None for a key without limits (nothing to settle).
-        Raises ProxyError 429 (rate limit) or 402 (budget) when the key may not spend it.
-
-        ``run_usd`` (SDK mode): a key with a budget reserves up to that much for the whole run
-        (less if less is left); ``Admission.estimated_micro_usd`` is what was reserved."""
+        Raises ProxyError 429 (rate limit) or 402 (budget) when the key may not spend it."""
         if key is None or not key.limited:
             return None
         # The routes refused a bad max_tokens already; an absent one (SDK mode) estimates 4096.
         max_tokens = body.get("max_tokens")
         if type(max_tokens) is not int or max_tokens < 1:
             max_tokens = 4096
-        reserve = math.ceil(run_usd * 1_000_000) if run_usd and key.budget_usd else 0
-        return await self.keys.admit(key, str(body.get("model") or ""), len(orjson.dumps(body)), max_tokens, reserve)
+        return await self.keys.admit(key, str(body.get("model") or ""), len(orjson.dumps(body)), max_tokens)
 
-    def settle(self, admission: Admission | None, usage: TokenUsage | Awaitable[TokenUsage]) -> None:
-        """Settle ``admission`` with ``usage``, which may still be on its way (an awaitable)."""
+    def settle(self, admission: Admission | None, usage: TokenUsage) -> None:
         if admission is None:
-            if inspect.iscoroutine(usage):
-                usage.close()  # nothing to settle: the usage is not needed
             return
 
         async def settle() -> None:
-            real = TokenUsage()
             try:
-                real = usage if isinstance(usage, TokenUsage) else await usage
-            except Exception as exc:  # unknown usage: release the reservation all the same
-                log.warning("usage of a request of key %s is unknown: %s", admission.key_id, exc)
-            try:
-                await self.keys.settle(admission, real)
+                await self.keys.settle(admission, usage)
             except Exception as exc:  # the reservation expires by itself; say so, do not crash
                 log.warning("could not settle the usage of key %s: %s", admission.key_id, exc)
 

@@ -9,11 +9,13 @@ upstream's 429...) is an HTTP error; one after output began is an ``error`` even
 A client that goes away cancels its job: before a worker took it, it is never run; after, the
 worker is told through arq's abort set and stops Claude Code.
 
-A limited client key is admitted (rate limits, budget reservation) by the gateway's
-:class:`~ccproxy_gateway.metering.KeyMeter` before anything is queued, as in API mode, and the
-reservation is settled with the run's usage when the request is over, however it ended. A key
-with a budget reserves ``CLAUDE__RUN_RESERVATION_USD`` per run (less if less is left), which is
-also the run's ``max_budget_usd``, so concurrent runs cannot together overshoot the budget.
+Billing: Claude Code calls the gateway's ``/api`` with a token of its run
+(:class:`~ccproxy_core.identity.RunTokens`), so each of its upstream calls is admitted, billed
+and logged as the member's own API request (marked with the run's ``sdk_session_id``). The
+``/sdk`` request itself is admitted like one API request and released at once: a member over a
+rate limit or out of budget gets the 429/402 and nothing is queued. Its access-log event is the
+run's summary (turns, tool uses, Claude Code's own reckoning of the cost) with no tokens or
+cost of its own: those are on its calls, so no sum counts a run twice.
 
 Sessions: ``/sdk/{session_id}/v1/...`` or the ``x-claude-session-id`` header continue a Claude
 Code session; every answer names its session in the same header, so a client can continue a
@@ -34,7 +36,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.client_keys import Admission
 from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import LOCAL, caller, public
@@ -54,7 +55,6 @@ from ccproxy_core.sdk_jobs import (
 from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.metering import KeyMeter
 from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.stream import translate_stream
@@ -70,21 +70,12 @@ SESSION_HEADER = "x-claude-session-id"
 PING_AFTER = 10.0
 #: Block types that are ccproxy's own (``forward`` mode), which OpenAI formats have no place for.
 SDK_BLOCKS = ("tool_use_sdk", "tool_result_sdk")
-#: Seconds to wait for a stopped run's summary (what it spent) before settling without it.
-LATE_USAGE_WAIT = 15.0
 
 
 class SdkRun:
     """One job's records, read in order: the head (up to the first output), then the rest."""
 
-    def __init__(
-        self,
-        queue: SdkQueue,
-        job: SdkJob,
-        records: AsyncIterator[tuple[str, Any]],
-        meter: KeyMeter | None = None,
-        admission: Admission | None = None,
-    ) -> None:
+    def __init__(self, queue: SdkQueue, job: SdkJob, records: AsyncIterator[tuple[str, Any]]) -> None:
         self.queue = queue
         self.job = job
         self._records = records
@@ -93,11 +84,7 @@ class SdkRun:
         self.error: dict[str, Any] | None = None
         #: Nothing more is read (the run's end, an error, or the request gave up on it).
         self.done = False
-        #: The worker's end marker was read: whatever the run reports is in.
-        self.ended = False
         self.first_output: float | None = None
-        self.meter = meter
-        self.admission = admission
 
     async def _next(self) -> tuple[str, Any] | None:
         """The next record worth relaying; None at the end. Bookkeeping records are absorbed."""
@@ -105,11 +92,8 @@ class SdkRun:
             try:
                 name, data = await self._records.__anext__()
             except StopAsyncIteration:
-                self.done = self.ended = True
-                return None
+                break
             except ProxyError as exc:  # no worker in time, the worker died, the run timed out
-                # Only a run stopped for its time limit still reports what it spent.
-                self.ended = exc.status != 504
                 if self.first_output is None:
                     raise  # still time for a status code (and its retry-after)
                 self.done = True
@@ -121,13 +105,13 @@ class SdkRun:
                 self.result = SdkResult.model_validate(data)
                 continue
             if name == END:
-                self.done = self.ended = True
-                return None
+                break
             if name == ERROR:
                 self.error = data
             elif self.first_output is None and name != "ping":
                 self.first_output = time.perf_counter()
             return name, data
+        self.done = True
         return None
 
     async def wait_head(self) -> None:
@@ -164,39 +148,16 @@ class SdkRun:
             pass
 
     async def end(self) -> None:
-        """The request is over (answered, failed, or its client left): stop the run if it still
-        goes, and settle the key's reservation (once) with what the run spent."""
-        ran = True
+        """The request is over (answered, failed, or its client left): stop the run if it still goes."""
         if not self.done:
             with anyio.CancelScope(shield=True):
-                ran = not await self.queue.cancel(self.job.id)
+                await self.queue.cancel(self.job.id)
             self.done = True
-        if self.meter is None or self.admission is None:
-            return
-        admission, self.admission = self.admission, None
-        if self.result is None and self.ended is False and ran:
-            # Stopped mid-run: the worker still reports what was spent, just before its end marker.
-            self.meter.settle(admission, self._late_usage())
-        else:
-            self.meter.settle(admission, self.usage().tokens)
 
     def usage(self) -> Usage:
-        """The run's usage as the worker reported it (none: nothing known to be spent)."""
+        """The /sdk answer's usage: the model and stop reason, no tokens (its calls have them)."""
         result = self.result or SdkResult()
-        return Usage(result, result.stop_reason, first_token=self.first_output)
-
-    async def _late_usage(self) -> TokenUsage:
-        """Read the stopped run's records afresh (the request's reader may be gone with its
-        task) for its summary; settle with what is known if it does not come in time."""
-        with anyio.move_on_after(LATE_USAGE_WAIT):
-            try:
-                async for name, data in self.queue.records(self.job.id):
-                    if name == RESULT:
-                        self.result = SdkResult.model_validate(data)
-                        break
-            except ProxyError:
-                pass
-        return self.usage().tokens
+        return Usage(TokenUsage(model=result.model), result.stop_reason, first_token=self.first_output)
 
 
 def as_text_blocks(records: AsyncIterator[tuple[str, Any]], pretty: bool) -> AsyncIterator[tuple[str, Any]]:
@@ -273,11 +234,11 @@ class SdkRoutes:
         ]
         for prefix in ("/sdk/v1", "/sdk/{session_id}/v1"):
             routes += [
-                ApiRoute(f"{prefix}/messages", self.messages, methods=["POST"], metered=True),
+                # Not metered: Claude Code's own calls to /api are (module docstring).
+                ApiRoute(f"{prefix}/messages", self.messages, methods=["POST"]),
                 ApiRoute(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"],
-                         client_format="openai-chat", metered=True),
-                ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses",
-                         metered=True),
+                         client_format="openai-chat"),
+                ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses"),
             ]
         return routes
 
@@ -368,6 +329,7 @@ class SdkRoutes:
             options=options,
             key_id=key_id,
             key_name=key_name,
+            key=user.key,
         )
         if named:  # a session id from an answer of someone else's is nobody's business here
             async with unavailable_as_503("SDK mode"):
@@ -378,23 +340,13 @@ class SdkRoutes:
             d = access.draft
             d.mode, d.model_requested = "sdk", str(body.get("model") or "")
             d.stream, d.sdk_session_id = body.get("stream") is True, job.session_id or ""
-        # Rate limits and budget, as in API mode: a refused request never reaches the queue.
-        meter = self.gateway.meter
-        key = user.key
-        # A run makes many upstream calls: a key with a budget reserves a fixed amount per run
-        # (CLAUDE__RUN_RESERVATION_USD, less if less is left), and the run may not spend more.
-        run_usd = self.settings.claude.run_reservation_usd
-        admission = await meter.admit(key, body, run_usd) if meter else None
-        if admission is not None and key is not None and key.budget_usd:
-            job.budget_usd = admission.estimated_micro_usd / 1_000_000
-        try:
-            async with unavailable_as_503("SDK mode"):
-                await self.queue.submit(job)
-        except BaseException:
-            if meter is not None:
-                meter.settle(admission, TokenUsage())
-            raise
-        run = SdkRun(self.queue, job, self.queue.records(job.id, ping_after=PING_AFTER), meter, admission)
+        # Rate limits and the budget left, as for one API request: a refused run is never queued.
+        # Nothing stays held: the run's own calls to /api are each admitted and billed.
+        if self.gateway.meter is not None:
+            self.gateway.meter.settle(await self.gateway.meter.admit(user.key, body), TokenUsage())
+        async with unavailable_as_503("SDK mode"):
+            await self.queue.submit(job)
+        run = SdkRun(self.queue, job, self.queue.records(job.id, ping_after=PING_AFTER))
         try:
             async with unavailable_as_503("SDK mode"):
                 await until_disconnect(request, run.wait_head())
@@ -430,7 +382,7 @@ class SdkRoutes:
             await run.drain()  # the summary (usage, cost) follows the last event
 
         async def end(usage: Usage) -> None:
-            await run.end()  # settles the key's reservation with what the run spent
+            await run.end()
             self._note(request, run)
 
         headers = {**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}

@@ -7,6 +7,10 @@ cancellation and can skip killing the CLI on a bare asyncio cancel. So the SDK r
 its own inside an anyio cancel scope, and a cancelled job cancels that scope and waits for the
 SDK to close the CLI. As a last resort every process started for the job (found by the
 ``CCPROXY_SDK_RUN`` variable in its environment) is killed when the job ends.
+
+The CLI never holds an upstream credential (the agent could read it and spend outside any
+budget): it calls the gateway's ``/api`` with a token of its run only
+(:class:`~ccproxy_core.identity.RunTokens`), from a config directory of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +35,7 @@ from claude_agent_sdk.types import CanUseTool, SessionStore
 from redis.asyncio import Redis
 
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.identity import RunGrant, RunTokens
 from ccproxy_core.redis import RedisLock
 from ccproxy_core.sdk_jobs import (
     CLAIM_RUN,
@@ -80,6 +86,15 @@ def find_cli(configured: str | None) -> str | None:
     return shutil.which("claude")
 
 
+def gateway_url(settings: Settings) -> str:
+    """Where runs call the gateway: ``SERVICES__GATEWAY_URL``, else this process's own server
+    (``ccproxy serve``; a wildcard address is reached on loopback)."""
+    if settings.services.gateway_url:
+        return settings.services.gateway_url.rstrip("/")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.server.host, settings.server.host)
+    return f"http://[{host}]:{settings.server.port}" if ":" in host else f"http://{host}:{settings.server.port}"
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -126,6 +141,8 @@ class Runner:
         self.cli_path = find_cli(settings.claude.cli_path)
         self.root = workspace_root(settings)
         self.permission_hook = permission_hook
+        self.api_url = gateway_url(settings) + "/api"
+        self.run_tokens = RunTokens(redis, settings.redis.key_prefix)
 
     async def run(self, job: SdkJob) -> dict[str, Any]:
         if not await claim(self.redis, self.keys, job.id, CLAIM_RUN):
@@ -171,8 +188,6 @@ class Runner:
     async def _run(self, job: SdkJob) -> SdkResult:
         overrides = check_overrides(job.options, self.settings)
         opts = apply_overrides(overrides, self.settings)  # only ever narrower than the operator's
-        if job.budget_usd is not None:  # what the gateway reserved of the client key's budget
-            opts.max_budget_usd = min(job.budget_usd, opts.max_budget_usd or job.budget_usd)
         cwd = resolve_cwd(opts.cwd, self.root)
         if cwd == self.root:
             cwd.mkdir(parents=True, exist_ok=True)
@@ -220,7 +235,6 @@ class Runner:
             for name, data in builder.notice(text):
                 await write_record(self.redis, self.keys, job.id, name, data)
 
-        options = self._options(job, opts, cwd, model, session_id, resume, notify)
         content = user_content(last)
         if not content:
             raise ProxyError(400, "messages: the last user message is empty", param="messages")
@@ -233,7 +247,7 @@ class Runner:
                 "session_id": session_id,
             }
 
-        async def consume() -> None:
+        async def consume(options: ClaudeAgentOptions) -> None:
             try:
                 async for message in query(prompt=prompt(), options=options):
                     for name, data in builder.feed(message):
@@ -246,12 +260,13 @@ class Runner:
 
         started = time.perf_counter()
         try:
-            await self._cancellable(consume())
+            async with self._run_env(job, session_id) as env:
+                options = self._options(job, opts, cwd, model, session_id, resume, notify, env)
+                await self._cancellable(consume(options))
             if not builder.finished:
                 raise ProxyError(502, "Claude Code ended without a result")
         except BaseException:
-            # Cut short (cancelled, failed): what it spent so far still counts against the key's
-            # budget, so the summary goes out before the error and the end marker.
+            # Cut short (cancelled, failed): the summary so far (turns, tool uses) goes out all the same.
             with contextlib.suppress(Exception):
                 spent = builder.spent().model_copy(update={"worker": self.name})
                 await asyncio.shield(write_record(self.redis, self.keys, job.id, RESULT, spent.model_dump()))
@@ -275,17 +290,15 @@ class Runner:
         session_id: str,
         resume: str | None,
         notify: Notify,
+        env: dict[str, str],
     ) -> ClaudeAgentOptions:
         appended = "\n\n".join(t for t in (opts.append_system_prompt, system_text(job.body)) if t)
         system_prompt: Any = {"type": "preset", "preset": "claude_code"}
         if appended:
             system_prompt["append"] = appended
-        stderr_lines: list[str] = []
 
         def on_stderr(line: str) -> None:
-            if len(stderr_lines) < 50:
-                stderr_lines.append(line)
-                log.debug("claude[%s]: %s", job.id, line.rstrip())
+            log.debug("claude[%s]: %s", job.id, line.rstrip())
 
         return ClaudeAgentOptions(
             cli_path=self.cli_path,
@@ -305,7 +318,7 @@ class Runner:
             session_id=None if resume else session_id,
             include_partial_messages=True,
             session_store=cast(SessionStore, self.store),
-            env=self._env(job),
+            env=env,
             # The CLI's uid (Popen's ``user``; an int needs no passwd entry); its group is ours.
             user=cast(Any, self.run_as.uid) if self.run_as else None,
             stderr=on_stderr,
@@ -315,18 +328,28 @@ class Runner:
             else None,
         )
 
-    def _env(self, job: SdkJob) -> dict[str, str]:
-        """What the CLI needs: where the API is, whose credentials, and the job marker."""
-        env = {
-            "ANTHROPIC_BASE_URL": self.settings.anthropic.base_url,
-            "CLAUDE_CONFIG_DIR": str(self.settings.claude_config_dir()),
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            RUN_ENV: job.id,
-        }
-        if self.settings.auth.api_key is not None:
-            env["ANTHROPIC_API_KEY"] = self.settings.auth.api_key.get_secret_value()
-        return env
+    @contextlib.asynccontextmanager
+    async def _run_env(self, job: SdkJob, session_id: str) -> AsyncIterator[dict[str, str]]:
+        """The CLI's environment for one run: the gateway's ``/api`` with a token of this run only
+        (its TTL bounded by the run's time limit), an empty config directory, the job marker. The
+        token and the directory are gone when the run ends, however it ends."""
+        grant = RunGrant(caller_id=job.key_id, caller_name=job.key_name, key=job.key, job_id=job.id,
+                         session_id=session_id)
+        token = await self.run_tokens.mint(grant, self.settings.claude.run_timeout + 30)
+        config_dir = tempfile.mkdtemp(prefix="ccproxy-claude-")
+        try:
+            yield {
+                "ANTHROPIC_BASE_URL": self.api_url,
+                "ANTHROPIC_API_KEY": token,
+                "CLAUDE_CONFIG_DIR": config_dir,
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                "DISABLE_AUTOUPDATER": "1",
+                RUN_ENV: job.id,
+            }
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.run_tokens.revoke(token))
+            shutil.rmtree(config_dir, ignore_errors=True)
 
     async def _cancellable(self, work: Any) -> None:
         """Run ``work`` so that cancelling us cancels it the way the SDK cleans up after."""
