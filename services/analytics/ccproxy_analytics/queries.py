@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,24 +27,13 @@ STATUS_CODE = re.compile(r"[0-9]{1,3}")
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
 
-#: ``group_by`` names of /logs/usage and the expressions behind them.
-GROUPS = {
-    "key": ("key_id", "key_id"),
-    "account": ("account", "account"),
-    "model": ("if(model_used != '', model_used, model_requested)", "model"),
-    "mode": ("mode", "mode"),
-    "endpoint": ("endpoint", "endpoint"),
-    "outcome": ("outcome", "outcome"),
-    "status": ("status", "status"),
-    "error_type": ("error_type", "error_type"),
-}
-BUCKETS = {
-    "minute": "toStartOfMinute(started_at)",
-    "hour": "toStartOfHour(started_at)",
-    "day": "toStartOfDay(started_at)",
-    "none": None,
-}
-
+#: ``group_by`` names of /logs/usage and the column (or alias) each groups on.
+GROUPS = {"key": "key_id", "account": "account", "model": "model", "mode": "mode", "endpoint": "endpoint",
+          "outcome": "outcome", "status": "status", "error_type": "error_type"}
+#: The ``model`` a request is grouped under: the one that answered, else the one asked for.
+MODEL = "if(model_used != '', model_used, model_requested) AS model"
+BUCKETS = {"minute": "toStartOfMinute(started_at)", "hour": "toStartOfHour(started_at)",
+           "day": "toStartOfDay(started_at)", "none": None}
 
 #: Filters that are one column's value: filter name -> column.
 _EQUAL = {"key": "key_id", "account": "account", "mode": "mode", "outcome": "outcome"}
@@ -74,26 +63,17 @@ class Filters:
             since = parse_time(q["since"]) if q.get("since") else until - default_window
         except (ValueError, OverflowError, OSError) as exc:  # OSError: a time the OS cannot convert
             raise ProxyError(400, f"since/until: not a time ({exc}); use ISO 8601 or epoch seconds") from exc
-        status = q.get("status") or None
+        values = {name: q.get(name) or None for name in ("key", "account", "model", "status", "mode", "outcome")}
+        status = values["status"]
         if status is not None and not (STATUS_CODE.fullmatch(status) or STATUS_CLASS.fullmatch(status)):
             raise ProxyError(400, "status: an HTTP status (429) or a class (4xx)", param="status")
-        mode = q.get("mode") or None
-        if mode is not None and mode not in ("api", "sdk"):
-            raise ProxyError(400, "mode: api or sdk", param="mode")
-        outcome = q.get("outcome") or None
-        if outcome is not None and outcome not in ("ok", "error", "cancelled"):
-            raise ProxyError(400, "outcome: ok, error or cancelled", param="outcome")
-        return cls(
-            since=min(max(since, EARLIEST), LATEST), until=min(max(until, EARLIEST), LATEST),
-            key=q.get("key") or None, account=q.get("account") or None,
-            model=q.get("model") or None, status=status, mode=mode, outcome=outcome,
-        )
+        for name, allowed in (("mode", ("api", "sdk")), ("outcome", ("ok", "error", "cancelled"))):
+            if values[name] is not None and values[name] not in allowed:
+                raise ProxyError(400, f"{name}: one of {', '.join(allowed)}", param=name)
+        return cls(since=min(max(since, EARLIEST), LATEST), until=min(max(until, EARLIEST), LATEST), **values)
 
     def where(self) -> tuple[list[str], dict[str, Any]]:
-        clauses = [
-            "started_at >= {since:DateTime64(3, 'UTC')}",
-            "started_at < {until:DateTime64(3, 'UTC')}",
-        ]
+        clauses = ["started_at >= {since:DateTime64(3, 'UTC')}", "started_at < {until:DateTime64(3, 'UTC')}"]
         params: dict[str, Any] = {"since": _dt(self.since), "until": _dt(self.until)}
         for name, column in _EQUAL.items():
             if (value := getattr(self, name)) is not None:
@@ -120,13 +100,6 @@ class Filters:
             return False
         code = str(event.status)
         return self.status is None or (code == self.status if self.status.isdigit() else code[0] == self.status[0])
-
-
-@dataclass
-class Page:
-    rows: list[dict[str, Any]]
-    next_cursor: str | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def encode_cursor(started_at: datetime, request_id: str) -> str:
@@ -176,11 +149,11 @@ def logs_query(table: str, filters: Filters, limit: int, cursor: str | None) -> 
     return sql, params
 
 
-def page(rows: list[dict[str, Any]], limit: int) -> Page:
-    more = len(rows) > limit
-    rows = rows[:limit]
-    cursor = encode_cursor(rows[-1]["started_at"], rows[-1]["request_id"]) if more and rows else None
-    return Page(rows, cursor)
+def page(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The page's rows and the cursor to the next page (None on the last)."""
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], encode_cursor(rows[limit - 1]["started_at"], rows[limit - 1]["request_id"])
 
 
 def usage_query(
@@ -200,9 +173,8 @@ def usage_query(
         select.append(f"{bucket_expr} AS bucket")
         keys.append("bucket")
     for name in group_by:
-        expr, alias = GROUPS[name]
-        select.append(f"{expr} AS {alias}")
-        keys.append(alias)
+        select.append(MODEL if name == "model" else GROUPS[name])
+        keys.append(GROUPS[name])
         if name == "key":
             select.append("any(key_name) AS key_name")
     select += [

@@ -1,26 +1,22 @@
 """Wiring: the consumer, the store and the log API from settings, in the stack or embedded.
 
-``ccproxy run analytics`` consumes the stream and serves :func:`create_service_app`: the log API
-at ``/logs/*`` (Traefik routes it here; client keys are checked as the permissions service
-does: the shared token, or member keys looked up in auth), ``/health`` and ``/metrics``.
-``ccproxy serve`` builds the same :class:`Analytics` in its own process on the embedded Redis
-stand-in and chDB, and mounts its routes in the gateway.
+``ccproxy run analytics`` consumes the stream and serves :func:`create_service_app`: ``/logs/*``
+(client keys checked as in the permissions service), ``/health`` and ``/metrics``. ``ccproxy serve``
+builds the same :class:`Analytics` on the embedded Redis and chDB and mounts its routes in the gateway.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_analytics.api import LogsApi
+from ccproxy_analytics.api import LogsApi, json
 from ccproxy_analytics.consumer import AccessLogConsumer
-from ccproxy_analytics.store import ClickHouse, embedded_dsn
+from ccproxy_analytics.store import ClickHouse
 from ccproxy_core.errors import ProxyError, render_error
 from ccproxy_core.identity import ClosedMount, caller_middleware, key_backend
 from ccproxy_core.internal import require_internal_secret
@@ -29,45 +25,34 @@ from ccproxy_core.metrics import Metrics
 from ccproxy_core.redis import Redis, connect
 from ccproxy_core.settings import Settings
 
-log = logging.getLogger(__name__)
-
 
 def clickhouse_dsn(settings: Settings) -> str:
     """``CLICKHOUSE__URL`` (a server, or an explicit ``chdb://`` path), else chDB under the data dir."""
     if settings.clickhouse.url:
         return settings.clickhouse.url
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return embedded_dsn(settings.data_dir)
+    return f"chdb://{(settings.data_dir / 'clickhouse').resolve()}"
 
 
 class Analytics:
-    def __init__(
-        self,
-        settings: Settings,
-        redis: Redis,
-        metrics: Metrics | None = None,
-        consumer_name: str | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, redis: Redis, metrics: Metrics | None = None) -> None:
         a = settings.analytics
-        self.settings = settings
         self.metrics = metrics or Metrics("analytics").guarded(settings.security.metrics_token)
         self.redis = redis
-        self.stream = settings.redis.key_prefix + a.stream
-        self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database,
-                                settings.analytics.retention_days)
+        self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database, a.retention_days)
         self.consumer = AccessLogConsumer(
-            self.redis, self.store, self.stream, group=a.group, consumer=consumer_name,
-            batch_size=a.batch_size, batch_seconds=a.batch_seconds, backlog_warning=a.backlog_warning,
-            stream_maxlen=a.stream_maxlen, metrics=self.metrics,
+            redis, self.store, settings.redis.key_prefix + a.stream, group=a.group, batch_size=a.batch_size,
+            batch_seconds=a.batch_seconds, backlog_warning=a.backlog_warning, stream_maxlen=a.stream_maxlen,
+            metrics=self.metrics,
         )
         # Callers are resolved by the app's backend (the gateway's in serve, key_backend here).
-        self.api = LogsApi(self.store, self.redis, self.stream, consumer=self.consumer)
+        self.api = LogsApi(self.consumer)
 
     def routes(self) -> list[BaseRoute]:
         return self.api.routes()
 
     async def start(self) -> None:
-        """Start consuming; connecting to ClickHouse and migrating happen in the background."""
+        """Connecting to ClickHouse and migrating happen in the consumer's task, not here."""
         self.consumer.start()
 
     async def stop(self) -> None:
@@ -81,17 +66,13 @@ def create_service_app(settings: Settings) -> Starlette:
     analytics = Analytics(settings, connect(settings.redis))
 
     async def health(request: Request) -> Response:
-        checks: dict[str, Any] = {}
-        ready = True
         try:
             await analytics.redis.ping()
-            checks["redis"] = {"available": True}
+            redis: dict[str, Any] = {"available": True}
         except Exception as exc:
-            checks["redis"] = {"available": False, "detail": type(exc).__name__}
-            ready = False
-        checks["clickhouse"] = {"available": analytics.consumer.state.clickhouse_ok is not False}
-        body = {"status": "ok", "service": "analytics", "ready": ready, "checks": checks}
-        return Response(orjson.dumps(body), media_type="application/json")
+            redis = {"available": False, "detail": type(exc).__name__}
+        checks = {"redis": redis, "clickhouse": {"available": analytics.consumer.state.clickhouse_ok is not False}}
+        return json({"status": "ok", "service": "analytics", "ready": redis["available"], "checks": checks})
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
@@ -109,5 +90,4 @@ def create_service_app(settings: Settings) -> Starlette:
         middleware=[caller_middleware(key_backend(settings, secret))],
     )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
-    app.state.analytics = analytics
     return app
