@@ -1,10 +1,9 @@
 """The stack as local processes: what ``ccproxy up`` runs, with the names compose uses.
 
-Each service is its own OS process (``ccproxy run NAME``), configured only through the
-environment variables compose sets, behind the real Traefik with the repo's routing file
-(``deploy/traefik/routes.yml``). A :class:`Supervisor` starts them in dependency order, waits
-until each answers, restarts one that dies (as compose's ``restart: unless-stopped`` would),
-and stops them all, last started first, on Ctrl-C or SIGTERM.
+Each service is its own OS process (``ccproxy run NAME``), configured only through the environment
+variables compose sets, behind the real Traefik with the repo's ``deploy/traefik/routes.yml``. A
+:class:`Supervisor` starts them, waits until each answers, restarts one that dies (compose's
+``restart: unless-stopped``) and stops them all, last started first, on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,6 +27,10 @@ from ccproxy_core.server import StartupError, http_ok
 #: Where the routing file lives in a checkout (the same file compose mounts into Traefik).
 ROUTES_RELATIVE = Path("deploy") / "traefik" / "routes.yml"
 
+#: The ccproxy services in start order, and the setting that tells the others where each listens.
+SERVICES = {"auth": "SERVICES__AUTH_URL", "api-forwarder": "SERVICES__FORWARDER_URL", "gateway": None,
+            "permissions": "SERVICES__PERMISSIONS_URL", "sdk-worker": None, "analytics": "SERVICES__ANALYTICS_URL"}
+
 
 @dataclass
 class Service:
@@ -37,19 +40,18 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     #: True once the service answers (polled after start).
     ready: Callable[[], bool] = lambda: True
-    #: Restart it when it dies while the stack runs.
-    restart: bool = True
+
+
+@dataclass
+class StackPlan:
+    services: list[Service]
+    url: str
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def ccproxy_argv(*args: str) -> list[str]:
-    """``ccproxy ARGS`` with this interpreter, so a venv's ccproxy runs the venv's code."""
-    return [sys.executable, "-m", "ccproxy_core", *args]
 
 
 def redis_ok(port: int) -> bool:
@@ -63,14 +65,11 @@ def redis_ok(port: int) -> bool:
 
 def find_routes_file() -> Path:
     """The repo's routing file: next to this checkout's sources, else under the current directory."""
-    here = Path(__file__).resolve()
-    for base in (*here.parents, Path.cwd()):
-        candidate = base / ROUTES_RELATIVE
-        if candidate.is_file():
-            return candidate
+    for base in (*Path(__file__).resolve().parents, Path.cwd()):
+        if (base / ROUTES_RELATIVE).is_file():
+            return base / ROUTES_RELATIVE
     raise StartupError(
-        f"cannot find the Traefik routing file {ROUTES_RELATIVE}; run from a ccproxy checkout or "
-        "pass --routes PATH"
+        f"cannot find the Traefik routing file {ROUTES_RELATIVE}; run from a ccproxy checkout or pass --routes PATH"
     )
 
 
@@ -85,18 +84,12 @@ def find_traefik() -> str:
     return found
 
 
-def traefik_service(
-    *, host: str, port: int, routes: Path, gateway_url: str, ping_port: int, env: dict[str, str] | None = None
-) -> Service:
-    """Traefik with the routing file; ``/ping`` only on an internal entrypoint.
-
-    Ready once the gateway's ``/health`` answers through it: ``/ping`` answers before the
-    routing file is loaded, and a request in between would get Traefik's 404.
-    """
+def traefik_service(*, host: str, port: int, routes: Path, scheme: str, env: dict[str, str]) -> Service:
+    """Traefik with the routing file; ``/ping`` only on an internal entrypoint. Ready once the
+    gateway's ``/health`` answers through it: ``/ping`` answers before the routing file is loaded."""
     bind = f"[{host}]" if ":" in host else host
-    tls = bool((env or {}).get("TLS__CERT_FILE") or os.environ.get("TLS__CERT_FILE"))
     local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else bind)
-    public_health = f"{'https' if tls else 'http'}://{local}:{port}/health"
+    ping_port = free_port()
     argv = [
         find_traefik(),
         f"--entryPoints.web.address={bind}:{port}",
@@ -110,18 +103,15 @@ def traefik_service(
         "--global.sendAnonymousUsage=false",
         "--log.level=ERROR",
     ]
-    return Service(
-        "traefik",
-        argv,
-        env={"SERVICES__GATEWAY_URL": gateway_url, **(env or {})},
-        ready=lambda: http_ok(f"http://127.0.0.1:{ping_port}/ping") and http_ok(public_health, verify=False),
-    )
+    return Service("traefik", argv, env, ready=lambda: http_ok(f"http://127.0.0.1:{ping_port}/ping")
+                   and http_ok(f"{scheme}://{local}:{port}/health", verify=False))
 
 
 def ccproxy_service(name: str, port: int, env: dict[str, str]) -> Service:
+    """``ccproxy run NAME`` with this interpreter, so a venv's ccproxy runs the venv's code."""
     return Service(
         name,
-        ccproxy_argv("run", name),
+        [sys.executable, "-m", "ccproxy_core", "run", name],
         env={"SERVER__HOST": "127.0.0.1", "SERVER__PORT": str(port), **env},
         ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"),
     )
@@ -143,12 +133,6 @@ def redis_service(port: int, data_dir: Path | None) -> Service:
     return Service("redis", argv, ready=lambda: redis_ok(port))
 
 
-@dataclass
-class StackPlan:
-    services: list[Service]
-    url: str
-
-
 def plan_stack(
     *,
     host: str,
@@ -159,47 +143,24 @@ def plan_stack(
     routes: Path,
     extra_env: dict[str, str] | None = None,
 ) -> StackPlan:
-    """Redis (when no ``REDIS__URL``), auth, api-forwarder, gateway, permissions, sdk-worker,
-    analytics (the access log, embedded chDB unless ``CLICKHOUSE__URL``), Traefik, in start order."""
+    """Redis (when no ``REDIS__URL``), the six :data:`SERVICES` (analytics on embedded chDB unless
+    ``CLICKHOUSE__URL``), then Traefik, in start order."""
+    extra = extra_env or {}
     services: list[Service] = []
     if redis_url is None:
         redis_port = free_port()
         services.append(redis_service(redis_port, redis_dir))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    auth_port, forwarder_port, gateway_port = free_port(), free_port(), free_port()
-    permissions_port = free_port()
-    worker_port = free_port()
-    analytics_port = free_port()
-    common = {
-        **(extra_env or {}),
-        "SECURITY__INTERNAL_SECRET": internal_secret,
-        "REDIS__URL": redis_url,
-        "SERVICES__AUTH_URL": f"http://127.0.0.1:{auth_port}",
-        "SERVICES__FORWARDER_URL": f"http://127.0.0.1:{forwarder_port}",
-        "SERVICES__PERMISSIONS_URL": f"http://127.0.0.1:{permissions_port}",
-        "SERVICES__ANALYTICS_URL": f"http://127.0.0.1:{analytics_port}",
-    }
-    services += [
-        ccproxy_service("auth", auth_port, common),
-        ccproxy_service("api-forwarder", forwarder_port, common),
-        ccproxy_service("gateway", gateway_port, common),
-        ccproxy_service("permissions", permissions_port, common),
-        ccproxy_service("sdk-worker", worker_port, common),
-        ccproxy_service("analytics", analytics_port, common),
-        traefik_service(
-            host=host, port=port, routes=routes, gateway_url=f"http://127.0.0.1:{gateway_port}",
-            ping_port=free_port(),
-            env={
-                **(extra_env or {}),
-                "SERVICES__PERMISSIONS_URL": common["SERVICES__PERMISSIONS_URL"],
-                "SERVICES__ANALYTICS_URL": common["SERVICES__ANALYTICS_URL"],
-                "SERVICES__AUTH_URL": common["SERVICES__AUTH_URL"],  # /admin and /me
-            },
-        ),
-    ]
+    ports = {name: free_port() for name in SERVICES}
+    urls = {setting: f"http://127.0.0.1:{ports[name]}" for name, setting in SERVICES.items() if setting}
+    common = {**extra, "SECURITY__INTERNAL_SECRET": internal_secret, "REDIS__URL": redis_url, **urls}
+    services += [ccproxy_service(name, service_port, common) for name, service_port in ports.items()]
+    scheme = "https" if extra.get("TLS__CERT_FILE") or os.environ.get("TLS__CERT_FILE") else "http"
+    # Traefik reads where each service is (routes.yml's env lookups), not the secrets.
+    gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+    traefik_env = {**extra, **urls, "SERVICES__GATEWAY_URL": gateway_url}
+    services.append(traefik_service(host=host, port=port, routes=routes, scheme=scheme, env=traefik_env))
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    tls = (extra_env or {}).get("TLS__CERT_FILE") or os.environ.get("TLS__CERT_FILE")
-    scheme = "https" if tls else "http"
     return StackPlan(services, f"{scheme}://{shown}:{port}")
 
 
@@ -212,60 +173,50 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class Supervisor:
     """Starts, watches, restarts and stops a list of services."""
 
-    def __init__(self, services: Iterable[Service], *, log_dir: Path | None = None, say: Callable[[str], None]
-                 = lambda line: print(line, file=sys.stderr, flush=True)) -> None:
+    def __init__(self, services: Iterable[Service], *, log_dir: Path | None = None,
+                 say: Callable[[str], None] = _say) -> None:
         self.services = list(services)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {}
-        self._log_dir = log_dir
-        self._logs: list[IO[bytes]] = []
-        self._say = say
-        self._stopping = threading.Event()
+        self.log_dir = log_dir
+        self.say = say
+        #: Set by a signal or :meth:`stop`; every wait notices it (safe from a signal handler).
+        self.stopping = threading.Event()
 
-    def _spawn(self, service: Service) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **service.env}
+    def _spawn(self, service: Service) -> None:
         out: IO[bytes] | None = None
-        if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self._log_dir / f"{service.name}.log", "ab")
-            self._logs.append(out)
-        proc = subprocess.Popen(
-            service.argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT if out is not None else None,
-            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-        self.procs[service.name] = proc
-        return proc
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
-    def request_stop(self) -> None:
-        """Safe from a signal handler: the loops notice and :meth:`stop` does the work."""
-        self._stopping.set()
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{service.name}.log", "ab")  # the child keeps its own copy
+        try:
+            self.procs[service.name] = subprocess.Popen(
+                service.argv,
+                env={**os.environ, **service.env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        finally:
+            if out is not None:
+                out.close()
 
     def _wait_ready(self, service: Service, deadline: float) -> None:
         proc = self.procs[service.name]
-        while not service.ready():
-            if self.stopping:
-                return
+        while not service.ready() and not self.stopping.is_set():
             if proc.poll() is not None:
                 raise StartupError(f"{service.name} exited with code {proc.returncode} while starting")
             if time.monotonic() > deadline:
                 raise StartupError(f"{service.name} did not become ready in time")
             time.sleep(0.05)
-
-    def start_one(self, service: Service, timeout: float = 30.0) -> None:
-        self._spawn(service)
-        self._wait_ready(service, time.monotonic() + timeout)
 
     def start(self, timeout: float = 60.0) -> None:
         """Start all at once (each retries the others, as in compose), then wait for each in order."""
@@ -274,33 +225,30 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         for service in self.services:
             self._wait_ready(service, deadline)
-            if self.stopping:
+            if self.stopping.is_set():
                 return
-            self._say(f"ccproxy up: {service.name} ready (pid {self.procs[service.name].pid})")
-
-    def service(self, name: str) -> Service:
-        return next(s for s in self.services if s.name == name)
+            self.say(f"ccproxy up: {service.name} ready (pid {self.procs[service.name].pid})")
 
     def watch(self) -> None:
         """Until :meth:`stop`: restart a service that died, with a growing pause."""
-        while not self._stopping.wait(0.2):
+        while not self.stopping.wait(0.2):
             for service in self.services:
-                proc = self.procs.get(service.name)
-                if proc is None or proc.poll() is None or not service.restart:
+                proc = self.procs[service.name]
+                if proc.poll() is None:
                     continue
-                count = self.restarts.get(service.name, 0) + 1
-                self.restarts[service.name] = count
-                self._say(f"ccproxy up: {service.name} exited with code {proc.returncode}; restarting")
-                if self._stopping.wait(min(0.5 * 2 ** (count - 1), 10.0)):
+                count = self.restarts[service.name] = self.restarts.get(service.name, 0) + 1
+                self.say(f"ccproxy up: {service.name} exited with code {proc.returncode}; restarting")
+                if self.stopping.wait(min(0.5 * 2 ** (count - 1), 10.0)):
                     return
+                self._spawn(service)
                 try:
-                    self.start_one(service)
+                    self._wait_ready(service, time.monotonic() + 30)
                 except StartupError as exc:
-                    self._say(f"ccproxy up: {exc}")
+                    self.say(f"ccproxy up: {exc}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, last started first; SIGKILL what is still running after ``timeout``."""
-        self._stopping.set()
+        self.stopping.set()
         for service in reversed(self.services):
             proc = self.procs.get(service.name)
             if proc is not None and proc.poll() is None:
@@ -311,26 +259,20 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for out in self._logs:
-            out.close()
 
-
-def run_until_signalled(supervisor: Supervisor, url: str) -> None:
-    """Start everything, then supervise until SIGINT/SIGTERM; stop everything either way."""
-
-    def on_signal(signum: int, _frame: object) -> None:
-        supervisor.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        supervisor.start()
-        if not supervisor.stopping:
-            supervisor._say(f"ccproxy up: serving on {url} (Ctrl-C stops every service)")
-            supervisor.watch()
-    finally:
-        supervisor.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def run(self, url: str) -> None:
+        """Start everything, then supervise until SIGINT/SIGTERM; stop everything either way."""
+        previous = {sig: signal.signal(sig, lambda _sig, _frame: self.stopping.set())
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            if not self.stopping.is_set():
+                self.say(f"ccproxy up: serving on {url} (Ctrl-C stops every service)")
+                self.watch()
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 #: The images' own user, for a .env made by root (containers never run as root).
@@ -361,20 +303,15 @@ def env_values(text: str) -> dict[str, str]:
     return values
 
 
-def worker_secret_files(values: dict[str, str]) -> dict[str, str]:
-    """The sdk-worker's secrets as files, each named like the setting it holds
-    (``CCPROXY_SECRETS_DIR``): in its environment Claude Code could read them."""
-    return {
+def write_worker_secrets(directory: Path, values: dict[str, str]) -> None:
+    """The sdk-worker's secrets as files named like their settings (``CCPROXY_SECRETS_DIR``): in its
+    environment Claude Code could read them. Each 0400 in a 0700 directory, replaced whole."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    files = {
         "security__internal_secret": values["SECURITY__INTERNAL_SECRET"],
         "redis__url": f"redis://:{values['REDIS_PASSWORD']}@redis:6379/0",
     }
-
-
-def write_secret_files(directory: Path, files: dict[str, str]) -> None:
-    """Each file read-only for its owner (0400) in a directory only its owner enters (0700),
-    replaced whole (never a moment with other modes)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory.chmod(0o700)
     for name, value in files.items():
         path = directory / name
         path.unlink(missing_ok=True)
@@ -384,11 +321,8 @@ def write_secret_files(directory: Path, files: dict[str, str]) -> None:
 
 
 def render_env(example: str, secrets_dir: Path | None = None) -> str:
-    """``.env.example`` with its empty secrets filled in, this user's ids and where the sdk-worker's
-    secret files are (``ccproxy init-env``).
-
-    Only ``NAME=`` lines with nothing after the ``=`` are filled; everything else is kept as written.
-    """
+    """``.env.example`` with its empty ``NAME=`` lines filled in (fresh secrets, this user's ids, where
+    the sdk-worker's secret files are); everything else is kept as written."""
     import secrets
 
     fill = {
