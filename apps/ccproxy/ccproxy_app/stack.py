@@ -8,19 +8,19 @@ variables compose sets, behind the real Traefik with the repo's ``deploy/traefik
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from ccproxy_core.server import StartupError, http_ok
 
@@ -183,96 +183,86 @@ class Supervisor:
     def __init__(self, services: Iterable[Service], *, log_dir: Path | None = None,
                  say: Callable[[str], None] = _say) -> None:
         self.services = list(services)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.restarts: dict[str, int] = {}
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.log_dir = log_dir
         self.say = say
-        #: Set by a signal or :meth:`stop`; every wait notices it (safe from a signal handler).
-        self.stopping = threading.Event()
 
-    def _spawn(self, service: Service) -> None:
-        out: IO[bytes] | None = None
+    def run(self, url: str) -> None:
+        """Start everything, then supervise until SIGINT/SIGTERM; stop everything either way."""
+        asyncio.run(self._main(url))
+
+    async def _main(self, url: str) -> None:
+        work = asyncio.create_task(self._start_and_watch(url))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, work.cancel)
+        try:
+            await work
+        except asyncio.CancelledError:
+            pass  # a signal: stopping is what was asked for
+        finally:
+            await self._stop()
+
+    async def _start_and_watch(self, url: str) -> None:
+        """Start all at once (each retries the others, as in compose), wait for each in order, then
+        restart any that dies, with a growing pause (compose's ``restart: unless-stopped``)."""
+        for service in self.services:
+            await self._spawn(service)
+        deadline = time.monotonic() + 60
+        for service in self.services:
+            await self._wait_ready(service, deadline)
+            self.say(f"ccproxy up: {service.name} ready (pid {self.procs[service.name].pid})")
+        self.say(f"ccproxy up: serving on {url} (Ctrl-C stops every service)")
+        await asyncio.gather(*(self._keep_running(service) for service in self.services))
+
+    async def _keep_running(self, service: Service) -> None:
+        for restarts in itertools.count():
+            code = await self.procs[service.name].wait()
+            self.say(f"ccproxy up: {service.name} exited with code {code}; restarting")
+            await asyncio.sleep(min(0.5 * 2**restarts, 10.0))
+            await self._spawn(service)
+            try:
+                await self._wait_ready(service, time.monotonic() + 30)
+            except StartupError as exc:
+                self.say(f"ccproxy up: {exc}")
+
+    async def _spawn(self, service: Service) -> None:
+        out: int | None = None  # the log file, closed here once the child has its own copy
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{service.name}.log", "ab")  # the child keeps its own copy
+            out = os.open(self.log_dir / f"{service.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            self.procs[service.name] = subprocess.Popen(
-                service.argv,
-                env={**os.environ, **service.env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
+            self.procs[service.name] = await asyncio.create_subprocess_exec(
+                *service.argv, env={**os.environ, **service.env}, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT if out is not None else None,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         finally:
             if out is not None:
-                out.close()
+                os.close(out)
 
-    def _wait_ready(self, service: Service, deadline: float) -> None:
+    async def _wait_ready(self, service: Service, deadline: float) -> None:
         proc = self.procs[service.name]
-        while not service.ready() and not self.stopping.is_set():
-            if proc.poll() is not None:
+        while not await asyncio.to_thread(service.ready):
+            if proc.returncode is not None:
                 raise StartupError(f"{service.name} exited with code {proc.returncode} while starting")
             if time.monotonic() > deadline:
                 raise StartupError(f"{service.name} did not become ready in time")
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start all at once (each retries the others, as in compose), then wait for each in order."""
-        for service in self.services:
-            self._spawn(service)
-        deadline = time.monotonic() + timeout
-        for service in self.services:
-            self._wait_ready(service, deadline)
-            if self.stopping.is_set():
-                return
-            self.say(f"ccproxy up: {service.name} ready (pid {self.procs[service.name].pid})")
-
-    def watch(self) -> None:
-        """Until :meth:`stop`: restart a service that died, with a growing pause."""
-        while not self.stopping.wait(0.2):
-            for service in self.services:
-                proc = self.procs[service.name]
-                if proc.poll() is None:
-                    continue
-                count = self.restarts[service.name] = self.restarts.get(service.name, 0) + 1
-                self.say(f"ccproxy up: {service.name} exited with code {proc.returncode}; restarting")
-                if self.stopping.wait(min(0.5 * 2 ** (count - 1), 10.0)):
-                    return
-                self._spawn(service)
-                try:
-                    self._wait_ready(service, time.monotonic() + 30)
-                except StartupError as exc:
-                    self.say(f"ccproxy up: {exc}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, last started first; SIGKILL what is still running after ``timeout``."""
-        self.stopping.set()
+    async def _stop(self) -> None:
+        """SIGTERM, last started first; SIGKILL what is still running 10 s later."""
         for service in reversed(self.services):
             proc = self.procs.get(service.name)
-            if proc is not None and proc.poll() is None:
+            if proc is not None and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
+                    proc.terminate()
                 try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
+                    async with asyncio.timeout(10):
+                        await proc.wait()
+                except TimeoutError:
                     proc.kill()
-                    proc.wait()
-
-    def run(self, url: str) -> None:
-        """Start everything, then supervise until SIGINT/SIGTERM; stop everything either way."""
-        previous = {sig: signal.signal(sig, lambda _sig, _frame: self.stopping.set())
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            self.start()
-            if not self.stopping.is_set():
-                self.say(f"ccproxy up: serving on {url} (Ctrl-C stops every service)")
-                self.watch()
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                    await proc.wait()
 
 
 #: The images' own user, for a .env made by root (containers never run as root).
