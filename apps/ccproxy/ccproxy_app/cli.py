@@ -102,7 +102,7 @@ def init_env(
 ) -> None:
     """Write .env for `docker compose` from .env.example, with fresh secrets and your user id,
     and the sdk-worker's secrets as files in secrets/ beside it."""
-    from ccproxy_app.stack import env_values, render_env, write_worker_secrets
+    from ccproxy_app.stack import render_env, write_worker_secrets
 
     if output.exists() and not force:
         fail(f"{output} exists; keep it, or pass --force to replace it (its secrets change)")
@@ -111,8 +111,7 @@ def init_env(
     except OSError as exc:
         fail(f"cannot read {example}: {exc.strerror}")
     secrets_dir = (output.parent / "secrets").absolute()
-    rendered = render_env(text, secrets_dir=secrets_dir)
-    values = env_values(rendered)
+    rendered, values = render_env(text, secrets_dir=secrets_dir)
     missing = [n for n in ("SECURITY__INTERNAL_SECRET", "REDIS_PASSWORD") if not values.get(n)]
     if missing:
         fail(f"{example} has no line for {', '.join(missing)}")

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from ccproxy_core.server import StartupError, http_ok
 
 #: Where the routing file lives in a checkout (the same file compose mounts into Traefik).
@@ -54,15 +56,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def redis_ok(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 def find_routes_file() -> Path:
     """The repo's routing file: next to this checkout's sources, else under the current directory."""
     for base in (*Path(__file__).resolve().parents, Path.cwd()):
@@ -92,16 +85,10 @@ def traefik_service(*, host: str, port: int, routes: Path, scheme: str, env: dic
     ping_port = free_port()
     argv = [
         find_traefik(),
-        f"--entryPoints.web.address={bind}:{port}",
-        "--entryPoints.web.transport.lifeCycle.graceTimeOut=3s",
-        f"--entryPoints.ping.address=127.0.0.1:{ping_port}",
-        "--ping=true",
-        "--ping.entryPoint=ping",
-        f"--providers.file.filename={routes}",
-        "--providers.file.watch=false",
-        "--global.checkNewVersion=false",
-        "--global.sendAnonymousUsage=false",
-        "--log.level=ERROR",
+        f"--entryPoints.web.address={bind}:{port}", "--entryPoints.web.transport.lifeCycle.graceTimeOut=3s",
+        f"--entryPoints.ping.address=127.0.0.1:{ping_port}", "--ping=true", "--ping.entryPoint=ping",
+        f"--providers.file.filename={routes}", "--providers.file.watch=false",
+        "--global.checkNewVersion=false", "--global.sendAnonymousUsage=false", "--log.level=ERROR",
     ]
     return Service("traefik", argv, env, ready=lambda: http_ok(f"http://127.0.0.1:{ping_port}/ping")
                    and http_ok(f"{scheme}://{local}:{port}/health", verify=False))
@@ -109,12 +96,9 @@ def traefik_service(*, host: str, port: int, routes: Path, scheme: str, env: dic
 
 def ccproxy_service(name: str, port: int, env: dict[str, str]) -> Service:
     """``ccproxy run NAME`` with this interpreter, so a venv's ccproxy runs the venv's code."""
-    return Service(
-        name,
-        [sys.executable, "-m", "ccproxy_core", "run", name],
-        env={"SERVER__HOST": "127.0.0.1", "SERVER__PORT": str(port), **env},
-        ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"),
-    )
+    return Service(name, [sys.executable, "-m", "ccproxy_core", "run", name],
+                   env={"SERVER__HOST": "127.0.0.1", "SERVER__PORT": str(port), **env},
+                   ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"))
 
 
 def redis_service(port: int, data_dir: Path | None) -> Service:
@@ -130,19 +114,17 @@ def redis_service(port: int, data_dir: Path | None) -> Service:
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--appendonly", "yes", "--dir", str(data_dir)]
-    return Service("redis", argv, ready=lambda: redis_ok(port))
+    return Service("redis", argv, ready=lambda: _redis_ok(port))
 
 
-def plan_stack(
-    *,
-    host: str,
-    port: int,
-    internal_secret: str,
-    redis_url: str | None,
-    redis_dir: Path | None,
-    routes: Path,
-    extra_env: dict[str, str] | None = None,
-) -> StackPlan:
+def _redis_ok(port: int) -> bool:
+    with contextlib.suppress(redis.RedisError), redis.Redis(port=port, socket_timeout=1) as client:
+        return bool(client.ping())
+    return False
+
+
+def plan_stack(*, host: str, port: int, internal_secret: str, redis_url: str | None, redis_dir: Path | None,
+               routes: Path, extra_env: dict[str, str] | None = None) -> StackPlan:
     """Redis (when no ``REDIS__URL``), the six :data:`SERVICES` (analytics on embedded chDB unless
     ``CLICKHOUSE__URL``), then Traefik, in start order."""
     extra = extra_env or {}
@@ -283,16 +265,6 @@ def container_ids() -> tuple[str, str]:
     return str(uid), str(gid)
 
 
-def env_values(text: str) -> dict[str, str]:
-    """The ``NAME=value`` lines of an env file (comments and blank lines left out)."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and name.strip() and not name.lstrip().startswith("#"):
-            values[name.strip()] = value.strip()
-    return values
-
-
 def write_worker_secrets(directory: Path, values: dict[str, str]) -> None:
     """The sdk-worker's secrets as files named like their settings (``CCPROXY_SECRETS_DIR``): in its
     environment Claude Code could read them. Each 0400 in a 0700 directory, replaced whole."""
@@ -310,30 +282,31 @@ def write_worker_secrets(directory: Path, values: dict[str, str]) -> None:
             out.write(value + "\n")
 
 
-def render_env(example: str, secrets_dir: Path | None = None) -> str:
+#: The secrets ``init-env`` makes, and how many random bytes each gets.
+SECRETS = {"SECURITY__INTERNAL_SECRET": 32, "REDIS_PASSWORD": 32, "SECURITY__METRICS_TOKEN": 32,
+           "CLICKHOUSE_PASSWORD": 24, "GRAFANA_CLICKHOUSE_PASSWORD": 24, "GRAFANA_ADMIN_PASSWORD": 18}
+
+
+def render_env(example: str, secrets_dir: Path | None = None) -> tuple[str, dict[str, str]]:
     """``.env.example`` with its empty ``NAME=`` lines filled in (fresh secrets, this user's ids, where
-    the sdk-worker's secret files are); everything else is kept as written."""
+    the sdk-worker's secret files are), everything else kept as written; and the values it sets."""
     import secrets
 
-    fill = {
-        "SECURITY__INTERNAL_SECRET": secrets.token_urlsafe(32),
-        "REDIS_PASSWORD": secrets.token_urlsafe(32),
-        "SECURITY__AUTH_TOKEN": "cc-" + secrets.token_urlsafe(32),
-        "SECURITY__METRICS_TOKEN": secrets.token_urlsafe(32),
-        "CLICKHOUSE_PASSWORD": secrets.token_urlsafe(24),
-        "GRAFANA_CLICKHOUSE_PASSWORD": secrets.token_urlsafe(24),
-        "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(18),
-        **dict(zip(("CCPROXY_UID", "CCPROXY_GID"), container_ids(), strict=True)),
-    }
+    fill = {name: secrets.token_urlsafe(size) for name, size in SECRETS.items()}
+    fill["SECURITY__AUTH_TOKEN"] = "cc-" + secrets.token_urlsafe(32)
+    fill["CCPROXY_UID"], fill["CCPROXY_GID"] = container_ids()
     if secrets_dir is not None:
         fill["CCPROXY_SECRETS_HOST_DIR"] = str(secrets_dir)
     claude_dir = Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
     if (claude_dir / ".credentials.json").is_file():
         fill["CLAUDE_CONFIG_HOST_DIR"] = str(claude_dir.resolve())
-    lines = []
+    lines, values = [], {}
     for line in example.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and not value.strip() and name.strip() in fill:
-            line = f"{name.strip()}={fill[name.strip()]}"
+        name, sep, value = (part.strip() for part in line.partition("="))
+        if sep and name and not name.startswith("#"):
+            if not value and name in fill:
+                value = fill[name]
+                line = f"{name}={value}"
+            values[name] = value
         lines.append(line)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", values
