@@ -66,12 +66,8 @@ def up(
     host: Host = None,
     port: Port = None,
     auth_token: AuthToken = None,
-    routes: Annotated[
-        Path | None, typer.Option(help="Traefik routing file (default: the repo's deploy/traefik/routes.yml).")
-    ] = None,
-    log_dir: Annotated[
-        Path | None, typer.Option(help="Write each service's output to DIR/NAME.log instead of the terminal.")
-    ] = None,
+    routes: Annotated[Path | None, typer.Option(help="Traefik routing file (default: the repo's one).")] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="Write each service's output to DIR/NAME.log.")] = None,
 ) -> None:
     """Run the stack as local processes: Redis, the six services, behind Traefik."""
     from ccproxy_app import stack
@@ -79,14 +75,12 @@ def up(
     settings = load_settings(server__host=host, server__port=port, security__auth_token=auth_token)
     check_bind(settings)
     configured = settings.security.internal_secret
+    host, port = settings.server.host, settings.server.port
     try:
-        bind(settings.server.host, settings.server.port).close()  # a busy port: one clear line now
+        bind(host, port).close()  # a busy port: one clear line now
         plan = stack.plan_stack(
-            host=settings.server.host,
-            port=settings.server.port,
+            host=host, port=port, redis_url=settings.redis.url, redis_dir=settings.data_dir / "redis",
             internal_secret=configured.get_secret_value() if configured else secrets.token_urlsafe(32),
-            redis_url=settings.redis.url,
-            redis_dir=settings.data_dir / "redis",
             routes=routes or stack.find_routes_file(),
             extra_env={"SECURITY__AUTH_TOKEN": auth_token} if auth_token else {},
         )
