@@ -155,19 +155,17 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def say(line: str) -> None:
+    print(f"ccproxy up: {line}", file=sys.stderr, flush=True)
 
 
 class Supervisor:
     """Starts, watches, restarts and stops a list of services."""
 
-    def __init__(self, services: Iterable[Service], *, log_dir: Path | None = None,
-                 say: Callable[[str], None] = _say) -> None:
+    def __init__(self, services: Iterable[Service], *, log_dir: Path | None = None) -> None:
         self.services = list(services)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.log_dir = log_dir
-        self.say = say
 
     def run(self, url: str) -> None:
         """Start everything, then supervise until SIGINT/SIGTERM; stop everything either way."""
@@ -192,20 +190,20 @@ class Supervisor:
         deadline = time.monotonic() + 60
         for service in self.services:
             await self._wait_ready(service, deadline)
-            self.say(f"ccproxy up: {service.name} ready (pid {self.procs[service.name].pid})")
-        self.say(f"ccproxy up: serving on {url} (Ctrl-C stops every service)")
+            say(f"{service.name} ready (pid {self.procs[service.name].pid})")
+        say(f"serving on {url} (Ctrl-C stops every service)")
         await asyncio.gather(*(self._keep_running(service) for service in self.services))
 
     async def _keep_running(self, service: Service) -> None:
         for restarts in itertools.count():
             code = await self.procs[service.name].wait()
-            self.say(f"ccproxy up: {service.name} exited with code {code}; restarting")
+            say(f"{service.name} exited with code {code}; restarting")
             await asyncio.sleep(min(0.5 * 2**restarts, 10.0))
             await self._spawn(service)
             try:
                 await self._wait_ready(service, time.monotonic() + 30)
             except StartupError as exc:
-                self.say(f"ccproxy up: {exc}")
+                say(str(exc))
 
     async def _spawn(self, service: Service) -> None:
         out: int | None = None  # the log file, closed here once the child has its own copy

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: Columns written, in order; each is a field of AccessLogEvent.
 COLUMNS = [name for name in AccessLogEvent.model_fields if name != "v"]
 
-#: How often an idle consumer looks again when the read did not block (see _pause_if_early).
+#: How often an idle consumer looks again when the read did not block (see _read).
 IDLE_POLL_S = 0.05
 
 Entry = tuple[Any, Any]
@@ -143,8 +143,15 @@ class AccessLogConsumer:
 
     async def _read(self, after: str, count: int, block: int | None = None) -> list[Entry]:
         """``after``: "0" for our own unacknowledged entries, ">" for new ones."""
+        began = time.monotonic()
         resp = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: after}, count=count, block=block)
-        return [entry for _stream, entries in resp or [] for entry in entries]
+        entries = [entry for _stream, found in resp or [] for entry in found]
+        # The embedded stand-in (fakeredis) answers a blocking read at once instead of waiting: without
+        # this pause an idle `ccproxy serve` spins a whole core. Real Redis never pauses here.
+        rest = (block or 0) / 1000 - (time.monotonic() - began)
+        if not entries and rest > 0.002:
+            await asyncio.sleep(min(rest, IDLE_POLL_S))
+        return entries
 
     async def _claim_abandoned(self) -> None:
         """Take over entries another consumer read and never acknowledged (it died)."""
@@ -168,19 +175,12 @@ class AccessLogConsumer:
     async def _read_batch(self) -> list[Entry]:
         """Up to batch_size entries; waits at most batch_seconds after the first one."""
         batch: list[Entry] = []
-        deadline: float | None = None
-        while len(batch) < self.batch_size:
-            block = self.block_ms if deadline is None else int((deadline - time.monotonic()) * 1000)
-            if block <= 0:
-                break
-            began = time.monotonic()
+        deadline = time.monotonic() + self.block_ms / 1000
+        while len(batch) < self.batch_size and (block := int((deadline - time.monotonic()) * 1000)) > 0:
             entries = await self._read(">", self.batch_size - len(batch), block)
-            if not entries:
-                await _pause_if_early(began, block)
-                if deadline is None:
+            if not batch:
+                if not entries:
                     return batch  # idle: let the caller refresh metrics
-                continue
-            if deadline is None:
                 deadline = time.monotonic() + self.batch_seconds
             batch.extend(entries)
         return batch
@@ -219,6 +219,7 @@ class AccessLogConsumer:
         self.metrics.access_log_events.labels(self.metrics.service, "inserted").inc(len(rows))
 
     async def _refresh_backlog(self) -> None:
+        """Pending (read, not acknowledged) plus not read yet; a warning as it grows."""
         self._last_refresh = time.monotonic()
         groups = await self.redis.xinfo_groups(self.stream)
         length = await self.redis.xlen(self.stream)
@@ -231,11 +232,8 @@ class AccessLogConsumer:
                 lag = max(0, length - int(read)) if read is not None else length
             self.state.pending, self.state.lag = int(info.get("pending") or 0), int(lag)
             self.state.backlog = self.state.pending + self.state.lag
-        self.metrics.access_log_backlog.labels(self.metrics.service).set(self.state.backlog)
-        self._warn_backlog()
-
-    def _warn_backlog(self) -> None:
         backlog, warnings = self.state.backlog, []
+        self.metrics.access_log_backlog.labels(self.metrics.service).set(backlog)
         if backlog > self.backlog_warning:
             warnings.append(f"{backlog} access-log events wait to be written to ClickHouse "
                             f"(warning above {self.backlog_warning})")
@@ -243,16 +241,8 @@ class AccessLogConsumer:
             warnings.append(f"the access-log stream is near its cap of {self.stream_maxlen}: older events "
                             "will be trimmed before they are written")
         self.state.warnings = warnings
-        now = time.monotonic()
-        if warnings and now - self._last_warning > 30:
-            self._last_warning = now
+        if warnings and time.monotonic() - self._last_warning > 30:
+            self._last_warning = time.monotonic()
             for text in warnings:
                 log.warning("analytics: %s", text)
 
-
-async def _pause_if_early(began: float, block_ms: int) -> None:
-    """The embedded stand-in (fakeredis) answers a blocking XREADGROUP at once instead of waiting:
-    without this pause an idle ``ccproxy serve`` spins a whole core. Real Redis never waits here."""
-    rest = block_ms / 1000 - (time.monotonic() - began)
-    if rest > 0.002:
-        await asyncio.sleep(min(rest, IDLE_POLL_S))
