@@ -285,7 +285,7 @@ SECRETS = {"SECURITY__INTERNAL_SECRET": 32, "REDIS_PASSWORD": 32, "SECURITY__MET
            "CLICKHOUSE_PASSWORD": 24, "GRAFANA_CLICKHOUSE_PASSWORD": 24, "GRAFANA_ADMIN_PASSWORD": 18}
 
 
-def render_env(example: str, secrets_dir: Path | None = None) -> tuple[str, dict[str, str]]:
+def render_env(example: str, secrets_dir: Path) -> tuple[str, dict[str, str]]:
     """``.env.example`` with its empty ``NAME=`` lines filled in (fresh secrets, this user's ids, where
     the sdk-worker's secret files are), everything else kept as written; and the values it sets."""
     import secrets
@@ -293,8 +293,7 @@ def render_env(example: str, secrets_dir: Path | None = None) -> tuple[str, dict
     fill = {name: secrets.token_urlsafe(size) for name, size in SECRETS.items()}
     fill["SECURITY__AUTH_TOKEN"] = "cc-" + secrets.token_urlsafe(32)
     fill["CCPROXY_UID"], fill["CCPROXY_GID"] = container_ids()
-    if secrets_dir is not None:
-        fill["CCPROXY_SECRETS_HOST_DIR"] = str(secrets_dir)
+    fill["CCPROXY_SECRETS_HOST_DIR"] = str(secrets_dir)
     claude_dir = Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
     if (claude_dir / ".credentials.json").is_file():
         fill["CLAUDE_CONFIG_HOST_DIR"] = str(claude_dir.resolve())

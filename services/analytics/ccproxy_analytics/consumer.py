@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 #: Columns written, in order; each is a field of AccessLogEvent.
 COLUMNS = [name for name in AccessLogEvent.model_fields if name != "v"]
 
-#: How often an idle consumer looks again when the read did not block (see _read).
-IDLE_POLL_S = 0.05
-
 Entry = tuple[Any, Any]
 
 
@@ -54,18 +51,15 @@ def parse_entry(eid: Any, fields: Any) -> AccessLogEvent | None:
 
 @dataclass
 class ConsumerState:
-    """What ``/logs/status`` reports about the consumer."""
+    """The consumer's counters, as ``/logs/status`` reports them."""
 
     inserted: int = 0
     invalid: int = 0
     batches: int = 0
     last_insert_at: datetime | None = None
-    clickhouse_ok: bool | None = None
-    redis_ok: bool | None = None
     backlog: int = 0
     pending: int = 0
     lag: int = 0
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -83,6 +77,10 @@ class AccessLogConsumer:
     claim_idle_ms: int = 60_000
     block_ms: int = 1000
     state: ConsumerState = field(default_factory=ConsumerState, init=False)
+    #: Whether each answered last (None: not asked yet), and the backlog's warnings.
+    clickhouse_ok: bool | None = field(default=None, init=False)
+    redis_ok: bool | None = field(default=None, init=False)
+    warnings: list[str] = field(default_factory=list, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
     _last_warning: float = field(default=0.0, init=False)
     _last_claim: float = field(default=0.0, init=False)
@@ -103,19 +101,19 @@ class AccessLogConsumer:
         """Consume until cancelled. Survives Redis and ClickHouse outages."""
         try:
             await self.store.ready()  # connect and migrate early, so the first insert is quick
-            self.state.clickhouse_ok = True
+            self.clickhouse_ok = True
         except ClickHouseUnavailable as exc:
             log.warning("analytics: ClickHouse not reachable yet (%s); events wait in Redis", exc)
-            self.state.clickhouse_ok = False
+            self.clickhouse_ok = False
         delay = 0.2
         while True:
             try:
                 await self._ensure_group()
                 await self._consume()
             except RedisError as exc:
-                if self.state.redis_ok is not False:
+                if self.redis_ok is not False:
                     log.warning("analytics: Redis unreachable (%s); retrying", type(exc).__name__)
-                self.state.redis_ok = False
+                self.redis_ok = False
             except Exception:
                 log.exception("analytics: consumer error; restarting the loop")
             await asyncio.sleep(delay)
@@ -127,7 +125,7 @@ class AccessLogConsumer:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self.state.redis_ok = True
+        self.redis_ok = True
 
     async def _consume(self) -> None:
         # Entries delivered to this consumer before a restart and never acknowledged come first.
@@ -150,7 +148,7 @@ class AccessLogConsumer:
         # this pause an idle `ccproxy serve` spins a whole core. Real Redis never pauses here.
         rest = (block or 0) / 1000 - (time.monotonic() - began)
         if not entries and rest > 0.002:
-            await asyncio.sleep(min(rest, IDLE_POLL_S))
+            await asyncio.sleep(min(rest, 0.05))
         return entries
 
     async def _claim_abandoned(self) -> None:
@@ -203,16 +201,16 @@ class AccessLogConsumer:
                 break
             except ClickHouseUnavailable as exc:
                 self.metrics.access_log_insert_errors.labels(self.metrics.service).inc()
-                if self.state.clickhouse_ok is not False:
+                if self.clickhouse_ok is not False:
                     log.warning("analytics: ClickHouse insert failed (%s); events wait in Redis", exc)
-                self.state.clickhouse_ok = False
+                self.clickhouse_ok = False
                 with contextlib.suppress(RedisError):
                     await self._refresh_backlog()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if self.state.clickhouse_ok is False:
+        if self.clickhouse_ok is False:
             log.info("analytics: ClickHouse is back; writing the backlog")
-        self.state.clickhouse_ok = True
+        self.clickhouse_ok = True
         self.state.inserted += len(rows)
         self.state.batches += 1
         self.state.last_insert_at = datetime.now(UTC)
@@ -240,7 +238,7 @@ class AccessLogConsumer:
         if backlog > self.stream_maxlen * 0.8:
             warnings.append(f"the access-log stream is near its cap of {self.stream_maxlen}: older events "
                             "will be trimmed before they are written")
-        self.state.warnings = warnings
+        self.warnings = warnings
         if warnings and time.monotonic() - self._last_warning > 30:
             self._last_warning = time.monotonic()
             for text in warnings:

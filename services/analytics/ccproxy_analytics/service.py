@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -139,13 +140,9 @@ class Analytics:
             body["redis"] = {"available": False, "detail": type(exc).__name__}
             warnings.append("Redis is unreachable: gateways buffer events in memory")
         if viewer.admin:
-            consumer, st = self.consumer, self.consumer.state
-            body["consumer"] = {
-                "name": consumer.consumer, "group": consumer.group, "inserted": st.inserted, "invalid": st.invalid,
-                "batches": st.batches, "last_insert_at": st.last_insert_at, "backlog": st.backlog,
-                "pending": st.pending, "lag": st.lag,
-            }
-            warnings.extend(st.warnings)
+            consumer = self.consumer
+            body["consumer"] = {"name": consumer.consumer, "group": consumer.group, **asdict(consumer.state)}
+            warnings.extend(consumer.warnings)
         body["warnings"] = warnings
         body["status"] = "ok" if not warnings else "degraded"
         return json(body)
@@ -202,7 +199,7 @@ def create_service_app(settings: Settings) -> Starlette:
             redis: dict[str, Any] = {"available": True}
         except Exception as exc:
             redis = {"available": False, "detail": type(exc).__name__}
-        checks = {"redis": redis, "clickhouse": {"available": analytics.consumer.state.clickhouse_ok is not False}}
+        checks = {"redis": redis, "clickhouse": {"available": analytics.consumer.clickhouse_ok is not False}}
         return json({"status": "ok", "service": "analytics", "ready": redis["available"], "checks": checks})
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:

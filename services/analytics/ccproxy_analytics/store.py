@@ -109,8 +109,6 @@ class ClickHouse:
 
     async def ready(self) -> None:
         """Connect and apply migrations, once; raises ClickHouseUnavailable until it can."""
-        if self._client is not None and self._migrated:
-            return
         async with self._lock:
             if self._client is None:
                 self._client = await self._run(self._connect)
