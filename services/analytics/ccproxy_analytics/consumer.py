@@ -108,7 +108,6 @@ class AccessLogConsumer:
         delay = 0.2
         while True:
             try:
-                await self._ensure_group()
                 await self._consume()
             except RedisError as exc:
                 if self.redis_ok is not False:
@@ -119,15 +118,13 @@ class AccessLogConsumer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _ensure_group(self) -> None:
+    async def _consume(self) -> None:
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            if "BUSYGROUP" not in str(exc):  # the group exists already
                 raise
         self.redis_ok = True
-
-    async def _consume(self) -> None:
         # Entries delivered to this consumer before a restart and never acknowledged come first.
         while entries := await self._read("0", self.batch_size):
             await self._write(entries)
@@ -159,10 +156,8 @@ class AccessLogConsumer:
         self._last_claim = now
         start = "0-0"
         while True:
-            resp = await self.redis.xautoclaim(
-                self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
-                start_id=start, count=self.batch_size,
-            )
+            resp = await self.redis.xautoclaim(self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
+                                               start_id=start, count=self.batch_size)
             start, entries = as_text(resp[0]), list(resp[1])
             if entries:
                 log.info("analytics: claimed %d unacknowledged events from a stopped consumer", len(entries))
