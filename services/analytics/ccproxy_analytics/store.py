@@ -67,10 +67,8 @@ class ClickHouse:
         if self.backend == "chdb":
             return clickhouse_connect.get_client(dsn=self.dsn)
         # Short timeouts: an outage is noticed in seconds and retried by the caller.
-        return clickhouse_connect.get_client(
-            dsn=self.dsn, connect_timeout=5, send_receive_timeout=60, query_retries=0,
-            autogenerate_session_id=False,
-        )
+        return clickhouse_connect.get_client(dsn=self.dsn, connect_timeout=5, send_receive_timeout=60,
+                                             query_retries=0, autogenerate_session_id=False)
 
     def _migrate(self, client: Any) -> None:
         """The shipped migrations not applied yet, then the retention (run in the pool, as one call)."""
