@@ -77,12 +77,8 @@ class Analytics:
         await self.store.aclose()
 
     def routes(self) -> list[BaseRoute]:
-        return [
-            Route("/logs/query", self.query, methods=["GET"]),
-            Route("/logs/usage", self.usage, methods=["GET"]),
-            Route("/logs/status", self.status, methods=["GET"]),
-            Route("/logs/stream", self.stream_events, methods=["GET"]),
-        ]
+        handlers = {"query": self.query, "usage": self.usage, "status": self.status, "stream": self.stream_events}
+        return [Route(f"/logs/{name}", handler, methods=["GET"]) for name, handler in handlers.items()]
 
     def filters(self, request: Request) -> Filters:
         """The query's filters; a caller who is not an admin gets its own key's requests only."""
