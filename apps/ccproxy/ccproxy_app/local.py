@@ -53,4 +53,4 @@ def build_local_app(settings: Settings) -> Starlette:
     # (/me) check their own sign-in, so they are no closed mount.
     routes: list[BaseRoute] = [ClosedMount("/logs", analytics.routes()), ClosedMount("/sdk", sdk.routes()),
                                ClosedMount("/permissions", permissions.routes())]
-    return create_app(gateway, extra_routes=routes + web_routes(settings, tokens, keys), lifespan=parts)
+    return create_app(gateway, extra_routes=[*routes, *web_routes(settings, tokens, keys)], lifespan=parts)
