@@ -18,6 +18,10 @@ from ccproxy_core.cli import check_bind, fail, load_settings, with_claude_flags
 from ccproxy_core.server import StartupError, bind, serve_app
 from ccproxy_core.settings import Settings
 
+Host = Annotated[str | None, typer.Option(help="Address to bind (SERVER__HOST).")]
+Port = Annotated[int | None, typer.Option(help="Public port (SERVER__PORT).")]
+AuthToken = Annotated[str | None, typer.Option("--auth-token", help="Client token (SECURITY__AUTH_TOKEN).")]
+
 
 def startup_report(settings: Settings) -> None:
     """Stop on credentials that exist but cannot be read; warn when there are none."""
@@ -41,13 +45,7 @@ def startup_report(settings: Settings) -> None:
 
 
 @with_claude_flags
-def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind (SERVER__HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (SERVER__PORT).")] = None,
-    auth_token: Annotated[
-        str | None, typer.Option("--auth-token", help="Client token (SECURITY__AUTH_TOKEN).")
-    ] = None,
-) -> None:
+def serve(host: Host = None, port: Port = None, auth_token: AuthToken = None) -> None:
     """Run everything in one process, with embedded defaults."""
     from ccproxy_app.local import build_local_app
 
@@ -62,17 +60,11 @@ def serve(
 
 
 def up(
-    host: Annotated[str | None, typer.Option(help="Address Traefik binds (SERVER__HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Public port (SERVER__PORT).")] = None,
-    auth_token: Annotated[
-        str | None, typer.Option("--auth-token", help="Client token (SECURITY__AUTH_TOKEN).")
-    ] = None,
-    routes: Annotated[
-        Path | None, typer.Option(help="Traefik routing file (default: the repo's deploy/traefik/routes.yml).")
-    ] = None,
-    log_dir: Annotated[
-        Path | None, typer.Option(help="Write each service's output to DIR/NAME.log instead of the terminal.")
-    ] = None,
+    host: Host = None,
+    port: Port = None,
+    auth_token: AuthToken = None,
+    routes: Annotated[Path | None, typer.Option(help="Traefik routing file (default: the repo's one).")] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="Write each service's output to DIR/NAME.log.")] = None,
 ) -> None:
     """Run the stack as local processes: Redis, the six services, behind Traefik."""
     from ccproxy_app import stack
@@ -80,21 +72,16 @@ def up(
     settings = load_settings(server__host=host, server__port=port, security__auth_token=auth_token)
     check_bind(settings)
     configured = settings.security.internal_secret
-    extra_env: dict[str, str] = {}
-    if auth_token:
-        extra_env["SECURITY__AUTH_TOKEN"] = auth_token
+    host, port = settings.server.host, settings.server.port
     try:
-        bind(settings.server.host, settings.server.port).close()  # a busy port: one clear line now
+        bind(host, port).close()  # a busy port: one clear line now
         plan = stack.plan_stack(
-            host=settings.server.host,
-            port=settings.server.port,
+            host=host, port=port, redis_url=settings.redis.url, redis_dir=settings.data_dir / "redis",
             internal_secret=configured.get_secret_value() if configured else secrets.token_urlsafe(32),
-            redis_url=settings.redis.url,
-            redis_dir=settings.data_dir / "redis",
             routes=routes or stack.find_routes_file(),
-            extra_env=extra_env,
+            extra_env={"SECURITY__AUTH_TOKEN": auth_token} if auth_token else {},
         )
-        stack.run_until_signalled(stack.Supervisor(plan.services, log_dir=log_dir), plan.url)
+        stack.Supervisor(plan.services, log_dir=log_dir).run(plan.url)
     except StartupError as exc:
         fail(str(exc))
 
@@ -106,7 +93,7 @@ def init_env(
 ) -> None:
     """Write .env for `docker compose` from .env.example, with fresh secrets and your user id,
     and the sdk-worker's secrets as files in secrets/ beside it."""
-    from ccproxy_app.stack import env_values, render_env, worker_secret_files, write_secret_files
+    from ccproxy_app.stack import render_env, write_worker_secrets
 
     if output.exists() and not force:
         fail(f"{output} exists; keep it, or pass --force to replace it (its secrets change)")
@@ -115,15 +102,14 @@ def init_env(
     except OSError as exc:
         fail(f"cannot read {example}: {exc.strerror}")
     secrets_dir = (output.parent / "secrets").absolute()
-    rendered = render_env(text, secrets_dir=secrets_dir)
-    values = env_values(rendered)
+    rendered, values = render_env(text, secrets_dir=secrets_dir)
     missing = [n for n in ("SECURITY__INTERNAL_SECRET", "REDIS_PASSWORD") if not values.get(n)]
     if missing:
         fail(f"{example} has no line for {', '.join(missing)}")
     output.write_text(rendered, encoding="utf-8")
     output.chmod(0o600)
     # Compose mounts these into the sdk-worker (compose.yaml `secrets:`); they repeat what .env holds.
-    write_secret_files(Path(values.get("CCPROXY_SECRETS_HOST_DIR") or secrets_dir), worker_secret_files(values))
+    write_worker_secrets(Path(values.get("CCPROXY_SECRETS_HOST_DIR") or secrets_dir), values)
     typer.echo(f"wrote {output} and {secrets_dir}/; clients authenticate with the SECURITY__AUTH_TOKEN in {output}")
 
 

@@ -28,8 +28,7 @@ from ccproxy_sdk_worker.worker import in_process as sdk_worker
 
 def build_local_app(settings: Settings) -> Starlette:
     """Gateway, api-forwarder, auth, sdk-worker, permissions and analytics in one app."""
-    # The process's one Redis client (the embedded stand-in unless REDIS__URL), handed to every
-    # part: the account pool and client keys, SDK jobs, permissions, stored responses, the access log.
+    # The process's one Redis client (the embedded stand-in unless REDIS__URL), handed to every part.
     redis = connect(settings.redis)
     # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
     tokens, keys = local_accounts(settings, redis)
@@ -37,14 +36,9 @@ def build_local_app(settings: Settings) -> Starlette:
     responses = ResponseStore(redis, settings.responses, settings.redis.key_prefix)
     gateway = Gateway(settings, forwarder, tokens.status, keys=keys, responses=responses, redis=redis)
     tokens.attach_metrics(gateway.metrics)
-    # The access log: gateway -> (embedded) Redis stream -> analytics -> chDB, /logs/* mounted here.
     analytics = Analytics(settings, redis, metrics=gateway.metrics)
-    # SDK mode: the same arq worker as `ccproxy run sdk-worker`, in process, on the embedded Redis.
-    sdk = SdkRoutes(gateway, redis)
-    # Tool permissions: /permissions/* on this app, the worker's prompts answered in process.
-    permissions = EmbeddedPermissions(settings, redis)
-    # One app, one caller: the gateway's backend resolves the key once for /api, /sdk,
-    # /permissions and /logs alike, and their closed mounts (below) refuse anonymous callers.
+    sdk = SdkRoutes(gateway, redis)  # runs on the in-process worker below, through the same Redis
+    permissions = EmbeddedPermissions(settings, redis)  # the worker's prompts are answered in process
     # Started in this order, stopped in reverse; a part that fails to start stops those before it.
     parts = lifespan(
         closing(redis.aclose),
@@ -54,11 +48,9 @@ def build_local_app(settings: Settings) -> Starlette:
         running(permissions.start, permissions.stop),
         lambda: sdk_worker(settings, redis, permission_hook(permissions.gate)),
     )
-    # Each part's routes in its own closed mount: anonymous callers are refused there unless a
-    # route is public(...) (the probes, the permissions page).
+    # One caller per request: the gateway's backend resolves the key once, and each closed mount
+    # refuses anonymous callers unless a route is public(...). The console (/admin) and member page
+    # (/me) check their own sign-in, so they are no closed mount.
     routes: list[BaseRoute] = [ClosedMount("/logs", analytics.routes()), ClosedMount("/sdk", sdk.routes()),
-              ClosedMount("/permissions", permissions.routes())]
-    # The web console (/admin) and the member page (/me) with the admin API behind them: each
-    # checks its own sign-in (the admin token or a member's key), so they are no closed mount.
-    routes += web_routes(settings, tokens, keys)
-    return create_app(gateway, extra_routes=routes, lifespan=parts)
+                               ClosedMount("/permissions", permissions.routes())]
+    return create_app(gateway, extra_routes=[*routes, *web_routes(settings, tokens, keys)], lifespan=parts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,32 +19,28 @@ from ccproxy_core.errors import ProxyError
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
-STATUS_CLASS = re.compile(r"[1-5]xx")
-#: ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-STATUS_CODE = re.compile(r"[0-9]{1,3}")
+#: An HTTP status (ASCII digits only: str.isdigit() also accepts "²", which int() refuses) or a class.
+STATUS = re.compile(r"[0-9]{1,3}|[1-5]xx")
 #: The range of ClickHouse's DateTime64: a filter reaching past it means "from the start" or "to
 #: the end" (sent as is, year 1 or 9999 made the query fail: a 503 for the client's own choice).
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
 
-#: ``group_by`` names of /logs/usage and the expressions behind them.
-GROUPS = {
-    "key": ("key_id", "key_id"),
-    "account": ("account", "account"),
-    "model": ("if(model_used != '', model_used, model_requested)", "model"),
-    "mode": ("mode", "mode"),
-    "endpoint": ("endpoint", "endpoint"),
-    "outcome": ("outcome", "outcome"),
-    "status": ("status", "status"),
-    "error_type": ("error_type", "error_type"),
-}
-BUCKETS = {
-    "minute": "toStartOfMinute(started_at)",
-    "hour": "toStartOfHour(started_at)",
-    "day": "toStartOfDay(started_at)",
-    "none": None,
-}
-
+#: ``group_by`` names of /logs/usage and the column (or alias) each groups on.
+GROUPS = {"key": "key_id", "account": "account", "model": "model", "mode": "mode", "endpoint": "endpoint",
+          "outcome": "outcome", "status": "status", "error_type": "error_type"}
+#: The ``model`` a request is grouped under: the one that answered, else the one asked for.
+MODEL = "if(model_used != '', model_used, model_requested) AS model"
+#: What /logs/usage adds up for each group: requests, tokens, cost and latency percentiles.
+TOTALS = [
+    "count() AS requests", "countIf(outcome = 'error') AS errors", "countIf(outcome = 'cancelled') AS cancelled",
+    *(f"sum({tokens}) AS {tokens}" for tokens in ("input_tokens", "output_tokens", "cache_read_tokens",
+                                                  "cache_write_tokens")),
+    "round(sum(cost_usd), 6) AS cost_usd", "round(sum(ifNull(sdk_cost_usd, 0)), 6) AS sdk_cost_usd",
+    *(f"round(quantile({q / 100})({name}_ms), 3) AS {name}_p{q}_ms" for name in ("duration", "ttft") for q in (50, 95)),
+]
+BUCKETS = {"minute": "toStartOfMinute(started_at)", "hour": "toStartOfHour(started_at)",
+           "day": "toStartOfDay(started_at)", "none": None}
 
 #: Filters that are one column's value: filter name -> column.
 _EQUAL = {"key": "key_id", "account": "account", "mode": "mode", "outcome": "outcome"}
@@ -74,26 +70,17 @@ class Filters:
             since = parse_time(q["since"]) if q.get("since") else until - default_window
         except (ValueError, OverflowError, OSError) as exc:  # OSError: a time the OS cannot convert
             raise ProxyError(400, f"since/until: not a time ({exc}); use ISO 8601 or epoch seconds") from exc
-        status = q.get("status") or None
-        if status is not None and not (STATUS_CODE.fullmatch(status) or STATUS_CLASS.fullmatch(status)):
+        values = {name: q.get(name) or None for name in ("key", "account", "model", "status", "mode", "outcome")}
+        status = values["status"]
+        if status is not None and not STATUS.fullmatch(status):
             raise ProxyError(400, "status: an HTTP status (429) or a class (4xx)", param="status")
-        mode = q.get("mode") or None
-        if mode is not None and mode not in ("api", "sdk"):
-            raise ProxyError(400, "mode: api or sdk", param="mode")
-        outcome = q.get("outcome") or None
-        if outcome is not None and outcome not in ("ok", "error", "cancelled"):
-            raise ProxyError(400, "outcome: ok, error or cancelled", param="outcome")
-        return cls(
-            since=min(max(since, EARLIEST), LATEST), until=min(max(until, EARLIEST), LATEST),
-            key=q.get("key") or None, account=q.get("account") or None,
-            model=q.get("model") or None, status=status, mode=mode, outcome=outcome,
-        )
+        for name, allowed in (("mode", ("api", "sdk")), ("outcome", ("ok", "error", "cancelled"))):
+            if values[name] is not None and values[name] not in allowed:
+                raise ProxyError(400, f"{name}: one of {', '.join(allowed)}", param=name)
+        return cls(since=min(max(since, EARLIEST), LATEST), until=min(max(until, EARLIEST), LATEST), **values)
 
     def where(self) -> tuple[list[str], dict[str, Any]]:
-        clauses = [
-            "started_at >= {since:DateTime64(3, 'UTC')}",
-            "started_at < {until:DateTime64(3, 'UTC')}",
-        ]
+        clauses = ["started_at >= {since:DateTime64(3, 'UTC')}", "started_at < {until:DateTime64(3, 'UTC')}"]
         params: dict[str, Any] = {"since": _dt(self.since), "until": _dt(self.until)}
         for name, column in _EQUAL.items():
             if (value := getattr(self, name)) is not None:
@@ -120,13 +107,6 @@ class Filters:
             return False
         code = str(event.status)
         return self.status is None or (code == self.status if self.status.isdigit() else code[0] == self.status[0])
-
-
-@dataclass
-class Page:
-    rows: list[dict[str, Any]]
-    next_cursor: str | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def encode_cursor(started_at: datetime, request_id: str) -> str:
@@ -164,9 +144,7 @@ def logs_query(table: str, filters: Filters, limit: int, cursor: str | None) -> 
     clauses, params = filters.where()
     if cursor:
         ts, request_id = decode_cursor(cursor)
-        clauses.append(
-            "(started_at, request_id) < ({cursor_ts:DateTime64(3, 'UTC')}, {cursor_id:String})"
-        )
+        clauses.append("(started_at, request_id) < ({cursor_ts:DateTime64(3, 'UTC')}, {cursor_id:String})")
         params["cursor_ts"], params["cursor_id"] = _dt(ts), request_id
     params["limit"] = limit + 1  # one more tells whether there is a next page
     sql = (
@@ -176,51 +154,29 @@ def logs_query(table: str, filters: Filters, limit: int, cursor: str | None) -> 
     return sql, params
 
 
-def page(rows: list[dict[str, Any]], limit: int) -> Page:
-    more = len(rows) > limit
-    rows = rows[:limit]
-    cursor = encode_cursor(rows[-1]["started_at"], rows[-1]["request_id"]) if more and rows else None
-    return Page(rows, cursor)
+def page(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The page's rows and the cursor to the next page (None on the last)."""
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], encode_cursor(rows[limit - 1]["started_at"], rows[limit - 1]["request_id"])
 
 
-def usage_query(
-    table: str, filters: Filters, group_by: list[str], bucket: str
-) -> tuple[str, dict[str, Any]]:
-    """Totals of requests, tokens, cost (and latency percentiles) per group and time bucket."""
+def usage_query(table: str, filters: Filters, group_by: list[str], bucket: str) -> tuple[str, dict[str, Any]]:
+    """:data:`TOTALS` per group and time bucket."""
     unknown = [g for g in group_by if g not in GROUPS]
     if unknown:
         raise ProxyError(400, f"group_by: unknown {unknown}; choose from {sorted(GROUPS)}", param="group_by")
     if bucket not in BUCKETS:
         raise ProxyError(400, f"bucket: one of {sorted(BUCKETS)}", param="bucket")
     clauses, params = filters.where()
-    select: list[str] = []
-    keys: list[str] = []
-    bucket_expr = BUCKETS[bucket]
-    if bucket_expr:
-        select.append(f"{bucket_expr} AS bucket")
-        keys.append("bucket")
+    select = [f"{BUCKETS[bucket]} AS bucket"] if BUCKETS[bucket] else []
+    keys = ["bucket"] if BUCKETS[bucket] else []
     for name in group_by:
-        expr, alias = GROUPS[name]
-        select.append(f"{expr} AS {alias}")
-        keys.append(alias)
+        select.append(MODEL if name == "model" else GROUPS[name])
+        keys.append(GROUPS[name])
         if name == "key":
             select.append("any(key_name) AS key_name")
-    select += [
-        "count() AS requests",
-        "countIf(outcome = 'error') AS errors",
-        "countIf(outcome = 'cancelled') AS cancelled",
-        "sum(input_tokens) AS input_tokens",
-        "sum(output_tokens) AS output_tokens",
-        "sum(cache_read_tokens) AS cache_read_tokens",
-        "sum(cache_write_tokens) AS cache_write_tokens",
-        "round(sum(cost_usd), 6) AS cost_usd",
-        "round(sum(ifNull(sdk_cost_usd, 0)), 6) AS sdk_cost_usd",
-        "round(quantile(0.5)(duration_ms), 3) AS duration_p50_ms",
-        "round(quantile(0.95)(duration_ms), 3) AS duration_p95_ms",
-        "round(quantile(0.5)(ttft_ms), 3) AS ttft_p50_ms",
-        "round(quantile(0.95)(ttft_ms), 3) AS ttft_p95_ms",
-    ]
-    sql = f"SELECT {', '.join(select)} FROM {table} FINAL WHERE {' AND '.join(clauses)}"  # noqa: S608
+    sql = f"SELECT {', '.join(select + TOTALS)} FROM {table} FINAL WHERE {' AND '.join(clauses)}"  # noqa: S608
     if keys:
         sql += f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
     return sql, params

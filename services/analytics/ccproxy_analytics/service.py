@@ -1,35 +1,46 @@
-"""Wiring: the consumer, the store and the log API from settings, in the stack or embedded.
+"""The analytics service: the consumer, the store and the log API (``/logs/*``) from settings.
 
-``ccproxy run analytics`` consumes the stream and serves :func:`create_service_app`: the log API
-at ``/logs/*`` (Traefik routes it here; client keys are checked as the permissions service
-does: the shared token, or member keys looked up in auth), ``/health`` and ``/metrics``.
-``ccproxy serve`` builds the same :class:`Analytics` in its own process on the embedded Redis
-stand-in and chDB, and mounts its routes in the gateway.
+``ccproxy run analytics`` serves :func:`create_service_app` (client keys checked as in the permissions
+service); ``ccproxy serve`` mounts the same :class:`Analytics` routes in the gateway, on the embedded
+Redis and chDB. An admin sees every key's requests, any other caller only its own key's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_analytics.api import LogsApi
-from ccproxy_analytics.consumer import AccessLogConsumer
-from ccproxy_analytics.store import ClickHouse, embedded_dsn
+from ccproxy_analytics.consumer import AccessLogConsumer, parse_entry
+from ccproxy_analytics.queries import Filters, logs_query, page, parse_limit, usage_query
+from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
+from ccproxy_core.access_log import AccessLogEvent
 from ccproxy_core.errors import ProxyError, render_error
-from ccproxy_core.identity import ClosedMount, caller_middleware, key_backend
+from ccproxy_core.identity import ClosedMount, caller, caller_middleware, key_backend
 from ccproxy_core.internal import require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.metrics import Metrics
-from ccproxy_core.redis import Redis, connect
+from ccproxy_core.redis import Redis, as_text, connect
 from ccproxy_core.settings import Settings
+from ccproxy_core.sse import encode_event
 
 log = logging.getLogger(__name__)
+
+JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
+
+
+def json(body: Any) -> Response:
+    return Response(orjson.dumps(body, option=JSON_OPTIONS), media_type="application/json")
 
 
 def clickhouse_dsn(settings: Settings) -> str:
@@ -37,42 +48,140 @@ def clickhouse_dsn(settings: Settings) -> str:
     if settings.clickhouse.url:
         return settings.clickhouse.url
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return embedded_dsn(settings.data_dir)
+    return f"chdb://{(settings.data_dir / 'clickhouse').resolve()}"
 
 
 class Analytics:
-    def __init__(
-        self,
-        settings: Settings,
-        redis: Redis,
-        metrics: Metrics | None = None,
-        consumer_name: str | None = None,
-    ) -> None:
+    """The consumer writing the stream to ClickHouse, and the routes reading both. Callers are
+    resolved by the app's backend (the gateway's in serve, key_backend in the stack)."""
+
+    keepalive_seconds = 15.0
+
+    def __init__(self, settings: Settings, redis: Redis, metrics: Metrics | None = None) -> None:
         a = settings.analytics
-        self.settings = settings
         self.metrics = metrics or Metrics("analytics").guarded(settings.security.metrics_token)
         self.redis = redis
         self.stream = settings.redis.key_prefix + a.stream
-        self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database,
-                                settings.analytics.retention_days)
+        self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database, a.retention_days)
         self.consumer = AccessLogConsumer(
-            self.redis, self.store, self.stream, group=a.group, consumer=consumer_name,
-            batch_size=a.batch_size, batch_seconds=a.batch_seconds, backlog_warning=a.backlog_warning,
-            stream_maxlen=a.stream_maxlen, metrics=self.metrics,
+            redis, self.store, self.stream, group=a.group, batch_size=a.batch_size, batch_seconds=a.batch_seconds,
+            backlog_warning=a.backlog_warning, stream_maxlen=a.stream_maxlen, metrics=self.metrics,
         )
-        # Callers are resolved by the app's backend (the gateway's in serve, key_backend here).
-        self.api = LogsApi(self.store, self.redis, self.stream, consumer=self.consumer)
-
-    def routes(self) -> list[BaseRoute]:
-        return self.api.routes()
 
     async def start(self) -> None:
-        """Start consuming; connecting to ClickHouse and migrating happen in the background."""
+        """Connecting to ClickHouse and migrating happen in the consumer's task, not here."""
         self.consumer.start()
 
     async def stop(self) -> None:
         await self.consumer.stop()
         await self.store.aclose()
+
+    def routes(self) -> list[BaseRoute]:
+        handlers = {"query": self.query, "usage": self.usage, "status": self.status, "stream": self.stream_events}
+        return [Route(f"/logs/{name}", handler, methods=["GET"]) for name, handler in handlers.items()]
+
+    def filters(self, request: Request) -> Filters:
+        """The query's filters; a caller who is not an admin gets its own key's requests only."""
+        viewer = caller(request)  # the app's backend resolved it; anonymous never gets here
+        filters = Filters.from_query(dict(request.query_params))
+        if not viewer.admin:
+            if filters.key is not None and filters.key != viewer.id:
+                raise ProxyError(403, "you may only see your own key's requests", "permission_error")
+            filters.key = viewer.id
+        return filters
+
+    async def query(self, request: Request) -> Response:
+        filters = self.filters(request)
+        limit = parse_limit(request.query_params.get("limit"))
+        sql, params = logs_query(self.store.table, filters, limit, request.query_params.get("cursor"))
+        rows, cursor = page(await self._rows(sql, params), limit)
+        return json({"data": rows, "has_more": cursor is not None, "next_cursor": cursor})
+
+    async def usage(self, request: Request) -> Response:
+        filters = self.filters(request)
+        raw = request.query_params.get("group_by")
+        group_by = [g for g in (raw if raw is not None else "key,model").split(",") if g and g != "none"]
+        bucket = request.query_params.get("bucket", "none")
+        rows = await self._rows(*usage_query(self.store.table, filters, group_by, bucket))
+        return json({"data": rows, "group_by": group_by, "bucket": bucket,
+                     "since": filters.since, "until": filters.until})
+
+    async def _rows(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            return await self.store.query(sql, params)
+        except ClickHouseUnavailable as exc:
+            # The database's own text stays in the log: it can name tables, users and hosts.
+            log.warning("access-log query failed: %s", exc)
+            raise ProxyError(503, "the access log is unavailable right now; try again shortly",
+                             headers={"retry-after": "5"}) from exc
+
+    async def status(self, request: Request) -> Response:
+        """The admin sees the pipeline (stream length, consumer counters, every stored row); a
+        member sees whether the log works and how many of the stored rows are its own."""
+        viewer = caller(request)
+        body: dict[str, Any] = {"backend": self.store.backend, "database": self.store.database}
+        warnings: list[str] = []
+        where, params = ("", {}) if viewer.admin else (" WHERE key_id = {key:String}", {"key": viewer.id})
+        try:
+            async with asyncio.timeout(5):
+                rows = await self.store.query(f"SELECT count() AS rows FROM {self.store.table}{where}", params)  # noqa: S608
+            body["clickhouse"] = {"available": True, "rows_stored": rows[0]["rows"]}
+        except (ClickHouseUnavailable, TimeoutError) as exc:
+            body["clickhouse"] = {"available": False, "detail": str(exc) or "timed out"}
+            warnings.append("ClickHouse is unreachable: events wait in Redis until it is back")
+        try:
+            length = await self.redis.xlen(self.stream)
+            body["redis"] = {"available": True, "stream_length": length} if viewer.admin else {"available": True}
+        except RedisError as exc:
+            body["redis"] = {"available": False, "detail": type(exc).__name__}
+            warnings.append("Redis is unreachable: gateways buffer events in memory")
+        if viewer.admin:
+            consumer = self.consumer
+            body["consumer"] = {"name": consumer.consumer, "group": consumer.group, **asdict(consumer.state)}
+            warnings.extend(consumer.warnings)
+        body["warnings"] = warnings
+        body["status"] = "ok" if not warnings else "degraded"
+        return json(body)
+
+    async def stream_events(self, request: Request) -> Response:
+        """Reads the Redis stream directly (``XREAD``): requests show as the gateways finish them."""
+        filters = self.filters(request)
+        raw_replay = request.query_params.get("replay", "")
+        replay = min(int(raw_replay), 500) if raw_replay.isascii() and raw_replay.isdigit() else 0
+        return StreamingResponse(self._events(filters.matches, replay), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def _events(self, wanted: Callable[[AccessLogEvent], bool], replay: int) -> AsyncIterator[bytes]:
+        """The last ``replay`` entries, then every new one; a keepalive comment when quiet."""
+        yield b": connected\n\n"
+        last, entries, quiet_since = "0-0", [], time.monotonic()
+        try:
+            newest = await self.redis.xrevrange(self.stream, count=max(replay, 1))
+            last = as_text(newest[0][0]) if newest else last
+            entries = list(reversed(newest)) if replay else []
+        except RedisError as exc:
+            yield _redis_down(exc)
+        while True:
+            for eid, fields in entries:
+                last = as_text(eid)
+                event = parse_entry(eid, fields)
+                if event is not None and wanted(event):
+                    quiet_since = time.monotonic()
+                    yield encode_event("request", orjson.dumps(event.model_dump(mode="json")))
+            if time.monotonic() - quiet_since > self.keepalive_seconds:
+                quiet_since = time.monotonic()
+                yield b": keepalive\n\n"
+            try:
+                resp = await self.redis.xread({self.stream: last}, count=200, block=1000)
+                entries = [entry for _stream, found in resp or [] for entry in found]
+            except RedisError as exc:
+                entries = []
+                yield _redis_down(exc)
+                await asyncio.sleep(2)
+
+
+def _redis_down(exc: RedisError) -> bytes:
+    return encode_event("error", orjson.dumps({"detail": f"Redis unavailable: {type(exc).__name__}"}))
 
 
 def create_service_app(settings: Settings) -> Starlette:
@@ -81,17 +190,13 @@ def create_service_app(settings: Settings) -> Starlette:
     analytics = Analytics(settings, connect(settings.redis))
 
     async def health(request: Request) -> Response:
-        checks: dict[str, Any] = {}
-        ready = True
         try:
             await analytics.redis.ping()
-            checks["redis"] = {"available": True}
+            redis: dict[str, Any] = {"available": True}
         except Exception as exc:
-            checks["redis"] = {"available": False, "detail": type(exc).__name__}
-            ready = False
-        checks["clickhouse"] = {"available": analytics.consumer.state.clickhouse_ok is not False}
-        body = {"status": "ok", "service": "analytics", "ready": ready, "checks": checks}
-        return Response(orjson.dumps(body), media_type="application/json")
+            redis = {"available": False, "detail": type(exc).__name__}
+        checks = {"redis": redis, "clickhouse": {"available": analytics.consumer.clickhouse_ok is not False}}
+        return json({"status": "ok", "service": "analytics", "ready": redis["available"], "checks": checks})
 
     async def on_proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
@@ -109,5 +214,4 @@ def create_service_app(settings: Settings) -> Starlette:
         middleware=[caller_middleware(key_backend(settings, secret))],
     )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
-    app.state.analytics = analytics
     return app
