@@ -169,6 +169,19 @@ async def test_one_usage_reaches_billing_metrics_and_the_access_log(
     assert cost == pytest.approx(SPENT.cost())
     assert (gateway.metrics.registry.get_sample_value("ccproxy_active_streams", {"service": "gateway"}) or 0) == 0
     assert forwarder.closed == 1  # the upstream answer was closed, once
+    assert (event.method, event.endpoint) == ("POST", path)
+
+
+async def test_every_request_gets_its_own_access_log_id(parts: tuple[Gateway, FakeKeys, Events]) -> None:
+    """The consumer drops an event whose ``request_id`` it has seen: a shared id loses rows."""
+    gateway, _, events = parts
+    body = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hello"}]}
+    transport = httpx.ASGITransport(app=create_app(gateway))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        for _ in range(3):
+            assert (await client.post("/api/v1/messages", json=body, headers={"x-api-key": KEY})).status_code == 200
+    ids = [event.request_id for event in events.events]
+    assert len(ids) == 3 and len(set(ids)) == 3 and all(i.startswith("req_") for i in ids), ids
 
 
 async def test_relay_sends_each_chunk_before_the_next_arrives() -> None:

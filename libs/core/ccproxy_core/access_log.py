@@ -113,7 +113,7 @@ class RequestLog:
     """One request's log while it is served: routes fill in :attr:`draft`, its one event, through
     ``request.state.access_log``; its times, status and outcome are set when the request is over."""
 
-    def __init__(self, endpoint: str, request_id: str | None = None, **fields: Any) -> None:
+    def __init__(self, endpoint: str, *, request_id: str | None = None, **fields: Any) -> None:
         """``fields``: more of the draft's (``method``, ``client_format``, ``user_agent`` ...)."""
         self.wall_start = time.time()
         self.started = time.perf_counter()
