@@ -116,22 +116,21 @@ RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
 COPY --from=cli /opt/claude /opt/claude
 COPY --from=venv-sdk-worker /opt/venv /opt/venv
 # Compose runs Claude Code as the host user's uid (CCPROXY_UID, CLAUDE__RUN_AS_USER), not only
-# 10001: the workspace and the credentials directory (which seed their volumes) are writable by any
-# uid, sticky like /tmp, so files stay their writer's. HOME stays root's and read-only, like the
+# 10001: the workspace (which seeds its volume) is writable by any uid, sticky like /tmp, so files
+# stay their writer's. No upstream credential is here: Claude Code calls the gateway with a token
+# of its run only (docs/stack.md). HOME stays root's and read-only, like the
 # working directory: the worker reads settings (.ccproxy.toml, ~/.config/ccproxy) from neither,
 # and Claude Code cannot plant one there; npm/npx (MCP servers) cache under /tmp.
 # /etc/ccproxy/secrets: where compose mounts the worker's secret files; only root may enter it,
 # so Claude Code's user cannot read them even where it owns the files (made by `make env`).
 RUN rm -rf /home/ccproxy && install -d -o root -g root -m 0755 /home/ccproxy \
-    && mkdir -p /workspace /data/claude \
+    && mkdir -p /workspace \
     && install -d -o root -g root -m 0700 /etc/ccproxy/secrets \
-    && chown ccproxy:ccproxy /workspace /data/claude \
-    && chmod 1777 /workspace /data/claude
+    && chown ccproxy:ccproxy /workspace \
+    && chmod 1777 /workspace
 ENV PATH=/opt/venv/bin:/opt/claude/node_modules/.bin:$PATH \
     CLAUDE__CLI_PATH=/opt/claude/node_modules/.bin/claude \
     CLAUDE__WORKSPACE_ROOT=/workspace \
-    AUTH__CLAUDE_CONFIG_DIR=/data/claude \
-    AUTH__USE_KEYRING=false \
     DISABLE_AUTOUPDATER=1 \
     NPM_CONFIG_CACHE=/tmp/.npm
 # Alone (docker run) it runs as ccproxy, Claude Code too; compose starts it as root without

@@ -417,8 +417,10 @@ def test_sdk_worker_image_settings_and_workspace() -> None:
     # agent's writable workspace.
     assert workdirs[-1] != "/workspace" and not workdirs[-1].startswith("/workspace/")
     # Any uid (CCPROXY_UID) can write the volumes these directories seed; files stay their writer's.
-    assert re.search(r"chmod 1777 /workspace /data/claude", text)
+    assert re.search(r"chmod 1777 /workspace$", text, re.M)
     assert re.search(r"chmod 1777 /data/claude", stages["auth"])
+    # No upstream credential in the worker's image: no credentials directory, no auth settings.
+    assert "/data/claude" not in stages["sdk-worker"] and "AUTH__" not in stages["sdk-worker"]
     assert "NPM_CONFIG_CACHE=/tmp/" in text  # npx (MCP servers) never needs a writable HOME
     assert "install -d -o root -g root -m 0755 /home/ccproxy" in text  # HOME: no settings planted there
     # claude-agent-sdk's bundled CLI is not shipped; the pinned one is used.
