@@ -113,6 +113,12 @@ def sample_events(now: datetime) -> list[AccessLogEvent]:
               status=500 if n == 3 else 200, error_type="api_error" if n == 3 else "")
         for n in range(4)
     ]
+    # Each run's Claude Code calls: /api events of the run's member, under its session, with the cost.
+    events += [
+        event(50 + 2 * n + call, now, sdk_session_id=f"s{n}", key_id=f"key_{(40 + n) % 3}",
+              key_name=["alice", "bob", "carol"][(40 + n) % 3], cost_usd=0.25)
+        for n in range(4) for call in range(2)
+    ]
     return events
 
 
@@ -207,3 +213,22 @@ def test_queries_count_a_duplicated_event_once(clickhouse: tuple[Any, datetime])
                  {name: AllValue(v["allValue"]) for name, v in
                   ((v["name"], v) for v in usage["templating"]["list"])})
     assert client.query(sql).result_rows[0][0] == len(sample_events(now))
+
+
+def test_sdk_runs_by_member_counts_runs_and_the_cost_of_their_calls(clickhouse: tuple[Any, datetime]) -> None:
+    """A run's cost is on its Claude Code's /api events (its /sdk event carries none): the SDK
+    table counts runs from the /sdk events and the list cost from the run's calls, each once."""
+    client, now = clickhouse
+    sdk = json.loads((GRAFANA / "dashboards" / "ccproxy-sdk.json").read_text())
+    table = next(p for p in panels(sdk) if p["title"] == "SDK runs by member")
+    sql = expand(table["targets"][0]["rawSql"], now - timedelta(days=1), now + timedelta(minutes=1), 60,
+                 {v["name"]: AllValue(v["allValue"]) for v in sdk["templating"]["list"]})
+    result = client.query(sql)
+    rows = {r[0]: dict(zip(result.column_names, r, strict=True)) for r in result.result_rows}
+    runs = [e for e in sample_events(now) if e.mode == "sdk"]
+    calls = [e for e in sample_events(now) if e.mode == "api" and e.sdk_session_id]
+    assert sum(r["runs"] for r in rows.values()) == len(runs) == 4
+    for member, shown in rows.items():
+        mine = [e for e in calls if e.key_name == member]
+        assert shown["list_cost_usd"] == pytest.approx(sum(e.cost_usd for e in mine)) and mine, member
+        assert shown["runs"] == sum(1 for e in runs if e.key_name == member)
