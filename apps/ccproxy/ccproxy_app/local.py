@@ -52,7 +52,7 @@ def build_local_app(settings: Settings) -> Starlette:
         running(analytics.start, analytics.stop),
         closing(gateway.access_log.aclose),  # flushed to the stream before analytics stops
         running(permissions.start, permissions.stop),
-        lambda: sdk_worker(settings, redis, permission_hook(permissions.gate)),
+        lambda: sdk_worker(settings, redis, permission_hook(permissions)),
     )
     # Each part's routes in its own closed mount: anonymous callers are refused there unless a
     # route is public(...) (the probes, the permissions page).

@@ -1,8 +1,6 @@
-"""The permissions service's HTTP API: the public approval endpoints and the worker's internal ones.
-
-Public (routed by Traefik under ``/permissions``, client key required when auth is on): the SSE
-``stream``, the listing, one request, ``respond`` and the ``ui`` page. Internal (shared secret,
-checked by the service's ``RequireInternalSecret``; never routed): create, wait, cancel.
+"""The permissions service's HTTP API. Public (under ``/permissions``, client key required when
+auth is on): the SSE ``stream``, the listing, one request, ``respond`` and the ``ui`` page.
+Internal (shared secret, never routed by Traefik): the worker's create, wait, cancel.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.errors import ProxyError, anthropic_error_body, validation_error
 from ccproxy_core.identity import Caller, caller, public
 from ccproxy_core.permissions import PermissionAsk, PermissionResponse, PermissionView
 from ccproxy_core.redis import unavailable_as_503
@@ -49,9 +47,7 @@ async def parsed(model: type[Model], request: Request) -> Model:
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ProxyError(400, f"{where}: {first['msg']}") from exc
+        raise validation_error(exc) from exc
 
 
 class PermissionsApi:
@@ -69,7 +65,7 @@ class PermissionsApi:
 
     async def get(self, request: Request) -> Response:
         _, view = await self.visible_view(request)
-        return found(view, view.id)
+        return Response(view_json(view), media_type="application/json")
 
     async def listing(self, request: Request) -> Response:
         identity = caller(request)
@@ -161,30 +157,25 @@ class PermissionsApi:
 
 def routes(api: PermissionsApi, internal: bool = True) -> list[BaseRoute]:
     """The public routes (and the worker's internal ones), for this service's app or another's."""
-    client_routes: list[BaseRoute] = [
+    served: list[BaseRoute] = [
         Route("/permissions", api.listing, methods=["GET"]),
         Route("/permissions/stream", api.stream, methods=["GET"]),
         public(Route("/permissions/ui", api.ui, methods=["GET"])),  # the page asks for the key
         Route("/permissions/{request_id}", api.get, methods=["GET"]),
         Route("/permissions/{request_id}/respond", api.respond, methods=["POST"]),
     ]
-    if not internal:
-        return client_routes
-    return [
-        *client_routes,
-        Route("/internal/permissions", api.internal_create, methods=["POST"]),
-        Route("/internal/permissions/{request_id}/wait", api.internal_wait, methods=["GET"]),
-        Route("/internal/permissions/{request_id}/cancel", api.internal_cancel, methods=["POST"]),
-    ]
+    if internal:
+        served += [
+            Route("/internal/permissions", api.internal_create, methods=["POST"]),
+            Route("/internal/permissions/{request_id}/wait", api.internal_wait, methods=["GET"]),
+            Route("/internal/permissions/{request_id}/cancel", api.internal_cancel, methods=["POST"]),
+        ]
+    return served
 
 
 class EmbeddedPermissions(PermissionBroker):
-    """The service inside ``ccproxy serve``: the broker on the one app's Redis, its public routes on
-    that app (the worker in this process needs no internal API), itself as that worker's gate."""
-
-    @property
-    def gate(self) -> PermissionBroker:
-        return self
+    """The service inside ``ccproxy serve``: public routes only, as the worker in this process asks
+    the broker itself (its :class:`~ccproxy_core.permissions.PermissionGate`)."""
 
     def routes(self) -> list[BaseRoute]:
         return routes(PermissionsApi(self), internal=False)
