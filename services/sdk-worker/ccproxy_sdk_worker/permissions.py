@@ -1,10 +1,6 @@
-"""Claude Code's permission prompts (``can_use_tool``), sent to the permissions service.
-
-Every tool use the permission mode does not already allow becomes a request on behalf of the job's
-client key, and the run waits for the decision. Allow runs the tool (with the approver's edited
-input, if any); deny, timeout or an unreachable service answer Claude with a message, and a
-timeout is also shown to the client, since nobody saw the request. Why not an MCP permission
-tool: docs/permissions.md.
+"""Claude Code's ``can_use_tool`` prompts as permission requests on behalf of the job's key; the run
+waits for the decision. Deny, timeout or an unreachable service answer Claude with a message; a
+timeout or an unreachable service is also shown to the client. Why not an MCP tool: docs/permissions.md.
 """
 
 from __future__ import annotations
