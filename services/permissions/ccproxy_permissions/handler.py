@@ -11,7 +11,7 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Annotated, Any, Literal, TextIO
+from typing import Annotated, Any, Literal
 
 import aiohttp
 import orjson
@@ -32,11 +32,9 @@ class Unauthorized(Exception):
 
 
 class TerminalHandler:
-    def __init__(self, url: str, key: str | None, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin) -> None:
+    def __init__(self, url: str, key: str | None) -> None:
         self.url = url.rstrip("/")
         self.headers = {"x-api-key": key} if key else {}
-        self.out = out
-        self.stdin = stdin
         self.inbox: Inbox = asyncio.Queue()
         #: Waiting for an answer, in arrival order; the first is the one shown.
         self.pending: dict[str, PermissionView] = {}
@@ -46,13 +44,13 @@ class TerminalHandler:
         self.editing = False
 
     def say(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        print(text, flush=True)
 
     def _start_reader(self) -> None:
         loop = asyncio.get_running_loop()
 
         def read() -> None:
-            for line in self.stdin:
+            for line in sys.stdin:
                 loop.call_soon_threadsafe(self.inbox.put_nowait, ("line", line.rstrip("\r\n")))
             loop.call_soon_threadsafe(self.inbox.put_nowait, ("eof", None))
 
@@ -115,8 +113,7 @@ class TerminalHandler:
         self.say(f"(denied automatically in {max(0, round(view.expires_at - time.time()))} s)")
 
     def ask(self) -> None:
-        self.out.write(EDIT_PROMPT if self.editing else PROMPT)
-        self.out.flush()
+        print(EDIT_PROMPT if self.editing else PROMPT, end="", flush=True)
 
     async def decide(self, session: aiohttp.ClientSession, view: PermissionView, body: dict[str, Any]) -> None:
         """Send the decision. When it could not be sent the request is dropped from the prompt;

@@ -59,15 +59,12 @@ class EventBuilder:
         self._calls: dict[str | None, TokenUsage] = {}
         self._reported = False
 
-    def feed(self, message: object) -> list[Event]:
-        return list(self._feed(message))
-
-    def notice(self, text: str) -> list[Event]:
+    def notice(self, text: str) -> Iterator[Event]:
         """A line of ccproxy's own (a permission timed out) as its own text block: called while
         Claude Code waits on a permission, so no block of a turn is open."""
-        return list(self._text_block(text))
+        return self._text_block(text)
 
-    def _feed(self, message: object) -> Iterator[Event]:
+    def feed(self, message: object) -> Iterator[Event]:
         if isinstance(message, SystemMessage) and message.subtype == "init":
             self.result.session_id = message.data.get("session_id") or self.result.session_id
         elif isinstance(message, StreamEvent):

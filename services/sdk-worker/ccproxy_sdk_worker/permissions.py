@@ -32,14 +32,13 @@ def permission_hook(gate: PermissionGate) -> PermissionHook:
             except Exception as exc:
                 log.warning("run %s: permission for %s not asked: %s", job.id, tool_name, exc)
                 message = f"Permission to use {tool_name} was denied: the permissions service cannot be reached."
-                await notify(f"\n[ccproxy] {message}\n")
-                return PermissionResultDeny(message=message)
-            decision = view.decision
-            log.info("run %s: permission %s for %s: %s", job.id, view.id, tool_name, view.status)
-            if decision is not None and decision.behavior == "allow":
-                return PermissionResultAllow(updated_input=decision.updated_input)
-            message = denied_message(view)
-            if view.status == "expired":
+                unseen = True
+            else:
+                log.info("run %s: permission %s for %s: %s", job.id, view.id, tool_name, view.status)
+                if view.decision is not None and view.decision.behavior == "allow":
+                    return PermissionResultAllow(updated_input=view.decision.updated_input)
+                message, unseen = denied_message(view), view.status == "expired"
+            if unseen:  # nobody saw the request: the client is told too
                 await notify(f"\n[ccproxy] {message}\n")
             return PermissionResultDeny(message=message)
 
