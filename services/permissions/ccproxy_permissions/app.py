@@ -37,7 +37,6 @@ def view_json(view: PermissionView) -> bytes:
 
 
 def found(view: PermissionView | None, request_id: str) -> Response:
-    """The request as JSON; 404 if there is none (or none this caller may see)."""
     if view is None:
         raise ProxyError(404, f"no permission request {request_id}")
     return Response(view_json(view), media_type="application/json")
@@ -107,8 +106,7 @@ class PermissionsApi:
                     yield encode_event(REQUEST, view_json(view))
 
         async def body() -> AsyncIterator[bytes]:
-            # Listening before the replay: a request made meanwhile comes twice, never zero times
-            # (clients key requests by id).
+            # Listen before the replay: a request made meanwhile comes twice (clients key by id), never zero times.
             with broker.listen(listener):
                 yield b": connected\n\n"
                 async for frame in pending_events():

@@ -57,7 +57,6 @@ class TerminalHandler:
         threading.Thread(target=read, name="permission-handler-stdin", daemon=True).start()
 
     async def follow(self, session: aiohttp.ClientSession) -> None:
-        """Follow the stream for ever, reconnecting with a growing pause (at most 10 s)."""
         pause = 0.5
         connected_once = False
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=90)

@@ -21,8 +21,6 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunAs:
-    """The uid and (only) gid Claude Code runs as."""
-
     uid: int
     gid: int
 
@@ -67,7 +65,6 @@ def readable_by(path: Path, who: RunAs) -> bool:
 
 
 def exposed_secrets(secrets_dir: Path, who: RunAs) -> list[Path]:
-    """The files of ``secrets_dir`` that ``who`` could read (there must be none)."""
     return [entry for entry in sorted(secrets_dir.iterdir()) if entry.is_file() and readable_by(entry, who)]
 
 

@@ -47,7 +47,7 @@ def build_worker(
     settings: Settings, redis: Redis, name: str | None, permission_hook: PermissionHook | None, run_as: RunAs | None
 ) -> Worker:
     if settings.redis.url is None:
-        arq.worker.log_redis_info = _skip_info  # fakeredis has no INFO
+        arq.worker.log_redis_info = _skip_info
     claude = settings.claude
     keys = SdkKeys(settings.redis.key_prefix, claude.queue_name)
     runner = Runner(settings, redis, name, permission_hook, run_as)
