@@ -36,9 +36,9 @@ class PermissionStore:
     def _decision(self, request_id: str) -> str:
         return f"{self.prefix}decision:{request_id}"
 
-    async def create(self, ask: PermissionAsk) -> PermissionView:
+    async def create(self, ask: PermissionAsk, wait_seconds: float | None = None) -> PermissionView:
         now = time.time()
-        wait = self.settings.timeout_seconds
+        wait = self.settings.timeout_seconds if wait_seconds is None else wait_seconds
         view = PermissionView(**ask.model_dump(), id="perm_" + secrets.token_urlsafe(12), created_at=now,
                               expires_at=now + wait)
         async with self.redis.pipeline(transaction=True) as pipe:
