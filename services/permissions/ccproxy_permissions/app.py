@@ -6,7 +6,6 @@ Internal (shared secret, never routed by Traefik): the worker's create, wait, ca
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -92,13 +91,11 @@ class PermissionsApi:
         def listener(item: tuple[str, PermissionView] | None) -> None:
             if item is not None and not visible(identity, item[1]):
                 return
-            try:
-                queue.put_nowait(item)
-            except asyncio.QueueFull:
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    while True:
-                        queue.get_nowait()
-                queue.put_nowait(None)
+            if queue.full():
+                while not queue.empty():
+                    queue.get_nowait()
+                item = None
+            queue.put_nowait(item)
 
         async def pending_events() -> AsyncIterator[bytes]:
             for view in await broker.store.pending():

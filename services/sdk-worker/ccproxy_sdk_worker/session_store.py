@@ -62,9 +62,8 @@ class RedisSessionStore:
             await self.redis.delete(self._key(key), self._key(key) + ":uuids")
             await self.redis.srem(base + ":subkeys", key["subpath"])  # type: ignore[misc]
             return
-        subpaths = await self.list_subkeys(key)
         doomed = [base, base + ":uuids", base + ":subkeys"]
-        for sub in subpaths:
+        for sub in await self.list_subkeys(key):
             sub_key = self.keys.transcript(key["session_id"], sub)
             doomed += [sub_key, sub_key + ":uuids"]
         await self.redis.delete(*doomed)
