@@ -46,7 +46,7 @@ def build_local_app(settings: Settings) -> Starlette:
         running(analytics.start, analytics.stop),
         closing(gateway.access_log.aclose),  # flushed to the stream before analytics stops
         running(permissions.start, permissions.stop),
-        lambda: sdk_worker(settings, redis, permission_hook(permissions.gate)),
+        lambda: sdk_worker(settings, redis, permission_hook(permissions)),
     )
     # One caller per request: the gateway's backend resolves the key once, and each closed mount
     # refuses anonymous callers unless a route is public(...). The console (/admin) and member page

@@ -1,9 +1,6 @@
-"""Sends one Anthropic request upstream and hands back the answer as it arrives.
-
-One pooled keep-alive aiohttp session per process; the account pool (an
-:class:`~ccproxy_core.routing.AccountRouter`: in process, or auth's over HTTP) picks each request's
-account and hears of its 429s, 529s and dead tokens. Every retry (a fresh token on a 401, a stale
-pooled connection, a throttled or spent account) happens before any byte reached the client.
+"""One Anthropic request upstream, the answer back as it arrives, on one pooled aiohttp session. The
+account pool (:class:`~ccproxy_core.routing.AccountRouter`) picks the account and hears of its 429s,
+529s and dead tokens; every retry (fresh token, stale connection, other account) precedes the first byte.
 """
 
 from __future__ import annotations

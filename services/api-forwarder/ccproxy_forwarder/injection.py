@@ -65,7 +65,6 @@ def _system_blocks(system: Any) -> list[dict[str, Any]]:
 
 
 def has_identity(system: Any) -> bool:
-    """Did the client already open its system prompt with a Claude Code identity?"""
     for block in _system_blocks(system):
         if not isinstance(block, dict) or block.get("type") != "text":
             continue
@@ -77,8 +76,6 @@ def has_identity(system: Any) -> bool:
 
 
 def count_cache_breakpoints(body: dict[str, Any]) -> int:
-    """cache_control markers anywhere in tools, system and messages."""
-
     def walk(node: Any) -> int:
         if isinstance(node, dict):
             own = 1 if isinstance(node.get("cache_control"), dict) else 0

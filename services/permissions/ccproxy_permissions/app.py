@@ -1,14 +1,11 @@
-"""The permissions service's HTTP API: the public approval endpoints and the worker's internal ones.
-
-Public (routed by Traefik under ``/permissions``, client key required when auth is on): the SSE
-``stream``, the listing, one request, ``respond`` and the ``ui`` page. Internal (shared secret,
-checked by the service's ``RequireInternalSecret``; never routed): create, wait, cancel.
+"""The permissions service's HTTP API. Public (under ``/permissions``, client key required when
+auth is on): the SSE ``stream``, the listing, one request, ``respond`` and the ``ui`` page.
+Internal (shared secret, never routed by Traefik): the worker's create, wait, cancel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -20,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.errors import ProxyError, anthropic_error_body
+from ccproxy_core.errors import ProxyError, anthropic_error_body, validation_error
 from ccproxy_core.identity import Caller, caller, public
 from ccproxy_core.permissions import PermissionAsk, PermissionResponse, PermissionView
 from ccproxy_core.redis import unavailable_as_503
@@ -39,7 +36,6 @@ def view_json(view: PermissionView) -> bytes:
 
 
 def found(view: PermissionView | None, request_id: str) -> Response:
-    """The request as JSON; 404 if there is none (or none this caller may see)."""
     if view is None:
         raise ProxyError(404, f"no permission request {request_id}")
     return Response(view_json(view), media_type="application/json")
@@ -49,9 +45,7 @@ async def parsed(model: type[Model], request: Request) -> Model:
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ProxyError(400, f"{where}: {first['msg']}") from exc
+        raise validation_error(exc) from exc
 
 
 class PermissionsApi:
@@ -69,7 +63,7 @@ class PermissionsApi:
 
     async def get(self, request: Request) -> Response:
         _, view = await self.visible_view(request)
-        return found(view, view.id)
+        return Response(view_json(view), media_type="application/json")
 
     async def listing(self, request: Request) -> Response:
         identity = caller(request)
@@ -97,13 +91,11 @@ class PermissionsApi:
         def listener(item: tuple[str, PermissionView] | None) -> None:
             if item is not None and not visible(identity, item[1]):
                 return
-            try:
-                queue.put_nowait(item)
-            except asyncio.QueueFull:
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    while True:
-                        queue.get_nowait()
-                queue.put_nowait(None)
+            if queue.full():
+                while not queue.empty():
+                    queue.get_nowait()
+                item = None
+            queue.put_nowait(item)
 
         async def pending_events() -> AsyncIterator[bytes]:
             for view in await broker.store.pending():
@@ -111,8 +103,7 @@ class PermissionsApi:
                     yield encode_event(REQUEST, view_json(view))
 
         async def body() -> AsyncIterator[bytes]:
-            # Listening before the replay: a request made meanwhile comes twice, never zero times
-            # (clients key requests by id).
+            # Listen before the replay: a request made meanwhile comes twice (clients key by id), never zero times.
             with broker.listen(listener):
                 yield b": connected\n\n"
                 async for frame in pending_events():
@@ -161,30 +152,25 @@ class PermissionsApi:
 
 def routes(api: PermissionsApi, internal: bool = True) -> list[BaseRoute]:
     """The public routes (and the worker's internal ones), for this service's app or another's."""
-    client_routes: list[BaseRoute] = [
+    served: list[BaseRoute] = [
         Route("/permissions", api.listing, methods=["GET"]),
         Route("/permissions/stream", api.stream, methods=["GET"]),
         public(Route("/permissions/ui", api.ui, methods=["GET"])),  # the page asks for the key
         Route("/permissions/{request_id}", api.get, methods=["GET"]),
         Route("/permissions/{request_id}/respond", api.respond, methods=["POST"]),
     ]
-    if not internal:
-        return client_routes
-    return [
-        *client_routes,
-        Route("/internal/permissions", api.internal_create, methods=["POST"]),
-        Route("/internal/permissions/{request_id}/wait", api.internal_wait, methods=["GET"]),
-        Route("/internal/permissions/{request_id}/cancel", api.internal_cancel, methods=["POST"]),
-    ]
+    if internal:
+        served += [
+            Route("/internal/permissions", api.internal_create, methods=["POST"]),
+            Route("/internal/permissions/{request_id}/wait", api.internal_wait, methods=["GET"]),
+            Route("/internal/permissions/{request_id}/cancel", api.internal_cancel, methods=["POST"]),
+        ]
+    return served
 
 
 class EmbeddedPermissions(PermissionBroker):
-    """The service inside ``ccproxy serve``: the broker on the one app's Redis, its public routes on
-    that app (the worker in this process needs no internal API), itself as that worker's gate."""
-
-    @property
-    def gate(self) -> PermissionBroker:
-        return self
+    """The service inside ``ccproxy serve``: public routes only, as the worker in this process asks
+    the broker itself (its :class:`~ccproxy_core.permissions.PermissionGate`)."""
 
     def routes(self) -> list[BaseRoute]:
         return routes(PermissionsApi(self), internal=False)

@@ -1,9 +1,7 @@
-"""The broker: create, wait, decide, expire; shared by the HTTP app and the in-process gate.
-
-One Redis pub/sub subscription per process is fanned out to every stream and waiter in it. Pub/sub
-is fire-and-forget (a message published while the connection was down is gone), so messages are
-only a wake-up call: after a resubscribe every listener is told to re-read Redis, and a waiter
-re-reads every ``RECHECK_SECONDS`` anyway.
+"""Create, wait, decide, expire; shared by the HTTP app and the in-process gate. One pub/sub
+subscription per process fans out to every stream and waiter. Pub/sub loses what is published while
+disconnected, so a message is only a wake-up: after a resubscribe every listener re-reads Redis,
+and a waiter re-reads every ``RECHECK_SECONDS`` anyway.
 """
 
 from __future__ import annotations
@@ -168,8 +166,7 @@ class PermissionBroker:
     async def respond(
         self, view: PermissionView, response: PermissionResponse, identity: Caller
     ) -> PermissionView | None:
-        """Apply a human's decision to ``view`` (one ``identity`` may see); None if it is gone,
-        AlreadyDecided if too late."""
+        """A human's decision on ``view``; None if it is gone, AlreadyDecided if too late."""
         if view.status != "pending":
             raise AlreadyDecided(view)
         allow = response.behavior == "allow"

@@ -1,10 +1,7 @@
-"""``ccproxy permission-handler``: approve tool uses from a terminal.
-
-Follows ``/permissions/stream`` (reconnecting when the connection drops; the server replays what
-is still pending), shows one request at a time and reads y / n / e. Typed lines (read by a thread,
-so a blocked read never blocks the loop) and the stream's events go through one inbox in the
-order they came, so a request decided elsewhere meanwhile (web page, another handler, the
-timeout) leaves the prompt at once, and a line typed before a request arrived answers nothing.
+"""``ccproxy permission-handler``: follows ``/permissions/stream`` (the server replays what is pending
+on a reconnect) and asks y / n / e for one request at a time. Typed lines (a thread reads them) and
+events share one inbox in arrival order, so a request decided elsewhere leaves the prompt at once
+and a line typed before a request arrived answers nothing.
 """
 
 from __future__ import annotations
@@ -14,11 +11,13 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Any, Literal, TextIO
+from typing import Annotated, Any, Literal
 
 import aiohttp
 import orjson
+import typer
 
+from ccproxy_core.cli import load_settings
 from ccproxy_core.permissions import PermissionView
 from ccproxy_core.sse import iter_events
 
@@ -33,11 +32,9 @@ class Unauthorized(Exception):
 
 
 class TerminalHandler:
-    def __init__(self, url: str, key: str | None, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin) -> None:
+    def __init__(self, url: str, key: str | None) -> None:
         self.url = url.rstrip("/")
         self.headers = {"x-api-key": key} if key else {}
-        self.out = out
-        self.stdin = stdin
         self.inbox: Inbox = asyncio.Queue()
         #: Waiting for an answer, in arrival order; the first is the one shown.
         self.pending: dict[str, PermissionView] = {}
@@ -47,20 +44,19 @@ class TerminalHandler:
         self.editing = False
 
     def say(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        print(text, flush=True)
 
     def _start_reader(self) -> None:
         loop = asyncio.get_running_loop()
 
         def read() -> None:
-            for line in self.stdin:
+            for line in sys.stdin:
                 loop.call_soon_threadsafe(self.inbox.put_nowait, ("line", line.rstrip("\r\n")))
             loop.call_soon_threadsafe(self.inbox.put_nowait, ("eof", None))
 
         threading.Thread(target=read, name="permission-handler-stdin", daemon=True).start()
 
     async def follow(self, session: aiohttp.ClientSession) -> None:
-        """Follow the stream for ever, reconnecting with a growing pause (at most 10 s)."""
         pause = 0.5
         connected_once = False
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=90)
@@ -116,8 +112,7 @@ class TerminalHandler:
         self.say(f"(denied automatically in {max(0, round(view.expires_at - time.time()))} s)")
 
     def ask(self) -> None:
-        self.out.write(EDIT_PROMPT if self.editing else PROMPT)
-        self.out.flush()
+        print(EDIT_PROMPT if self.editing else PROMPT, end="", flush=True)
 
     async def decide(self, session: aiohttp.ClientSession, view: PermissionView, body: dict[str, Any]) -> None:
         """Send the decision. When it could not be sent the request is dropped from the prompt;
@@ -206,3 +201,30 @@ class TerminalHandler:
                 raise refused
         return 0
 
+
+
+def permission_handler(
+    url: Annotated[
+        str | None, typer.Option(help="ccproxy's address (default: http://SERVER__HOST:SERVER__PORT).")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(envvar="CCPROXY_API_KEY", help="Your client key (default: SECURITY__AUTH_TOKEN)."),
+    ] = None,
+) -> None:
+    """Approve or deny Claude Code's tool uses (SDK mode) from this terminal: y / n / e(dit)."""
+    settings = load_settings()
+    if url is None:
+        url = f"http://{settings.server.host}:{settings.server.port}"
+    if key is None and settings.security.auth_token is not None:
+        key = settings.security.auth_token.get_secret_value()
+    try:
+        code = asyncio.run(TerminalHandler(url, key).run())
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """The ``ccproxy.commands`` entry point."""
+    app.command("permission-handler")(permission_handler)

@@ -1,5 +1,4 @@
-"""The permissions service on its own (``ccproxy run permissions``): Redis required, the
-internal API behind the shared secret, client keys checked by :func:`~ccproxy_core.identity.key_backend`."""
+"""``ccproxy run permissions``: Redis required, the internal API behind the shared secret."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Permission requests in Redis: the only state there is, so any replica can serve any client.
-
-Under ``REDIS__KEY_PREFIX`` + ``perm:``: ``req:{id}`` the request as created (kept ``retention``
-past its deadline, so a decided one can still be looked up); ``decision:{id}`` written with
-``SET NX``, so the first decision wins atomically whoever made it (the expiry is just another
-decision); ``pending`` the undecided ids scored by deadline; channel ``events`` gets
-``{"event", "view"}`` for every new and decided request, from the one writer that won.
+"""Permission requests in Redis (the only state, so any replica serves any client), under
+``REDIS__KEY_PREFIX`` + ``perm:``: ``req:{id}`` as created, kept ``retention`` past its deadline;
+``decision:{id}`` by ``SET NX``, so the first decision (the expiry too) wins; ``pending`` the undecided
+ids by deadline; channel ``events`` gets ``{"event", "view"}`` from the writer that won.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""Claude Code's SDK messages as one Anthropic message stream.
-
-A run is several API calls (one per turn of its tool loop); the client gets one message: one
-``message_start``, the content blocks of every turn renumbered in order, one ``message_delta``
-with the run's total usage, one ``message_stop``. Text and thinking come from the partial stream
-events; the complete ``AssistantMessage`` after each turn repeats them and is used only for a
-turn that did not stream, so no text is sent twice. Claude Code's own tool uses and results are
-shown per ``CLAUDE__SDK_MESSAGE_MODE``: ``forward`` as blocks of their own types
-(``tool_use_sdk``, ``tool_result_sdk``: no client mistakes them for a tool call it should run),
-``formatted`` as text in such a tag (JSON pretty or compact per ``CLAUDE__PRETTY_FORMAT``),
-``ignore`` not at all.
+"""A Claude Code run (one API call per turn) as one Anthropic message: every turn's blocks renumbered,
+one ``message_delta`` with the run's total usage. Text comes from the partial events; a turn's
+``AssistantMessage`` repeats it and is used only if that turn did not stream. Claude Code's own tool
+uses/results follow ``CLAUDE__SDK_MESSAGE_MODE`` (own block types, so no client runs them; tagged text; none).
 """
 
 from __future__ import annotations
@@ -46,8 +39,6 @@ class RunFailed(ProxyError):
 
 
 class EventBuilder:
-    """Feed SDK messages in order; get Anthropic ``(event, data)`` pairs."""
-
     def __init__(self, message_id: str, model: str, mode: MessageMode = "forward", pretty: bool = True) -> None:
         self.message_id = message_id
         self.model = model
@@ -68,16 +59,12 @@ class EventBuilder:
         self._calls: dict[str | None, TokenUsage] = {}
         self._reported = False
 
-    def feed(self, message: object) -> list[Event]:
-        return list(self._feed(message))
+    def notice(self, text: str) -> Iterator[Event]:
+        """A line of ccproxy's own (a permission timed out) as its own text block: called while
+        Claude Code waits on a permission, so no block of a turn is open."""
+        return self._text_block(text)
 
-    def notice(self, text: str) -> list[Event]:
-        """A line of ccproxy's own (a permission that timed out), as a text block of its own.
-
-        Called while Claude Code waits on a permission, when no block of a turn is open."""
-        return list(self._text_block(text))
-
-    def _feed(self, message: object) -> Iterator[Event]:
+    def feed(self, message: object) -> Iterator[Event]:
         if isinstance(message, SystemMessage) and message.subtype == "init":
             self.result.session_id = message.data.get("session_id") or self.result.session_id
         elif isinstance(message, StreamEvent):
@@ -102,7 +89,6 @@ class EventBuilder:
         return self.result
 
     def _seen(self) -> dict[str, Any]:
-        """The usage of the API calls seen so far, summed, as an Anthropic ``usage`` object."""
         total = TokenUsage()
         for call in [*self._done, *self._calls.values()]:
             for name in COUNTS:
@@ -136,7 +122,6 @@ class EventBuilder:
                                       "content_block": block}
 
     def _block(self, block: dict[str, Any], deltas: list[dict[str, Any]] | None = None) -> Iterator[Event]:
-        """A whole block at once: start (with the block), its deltas, stop."""
         yield from self._open_block(block)
         index = self._next_index - 1
         for delta in deltas or []:
@@ -193,7 +178,6 @@ class EventBuilder:
                                                        "is_error": bool(is_error)})
 
     def _sdk_block(self, kind: str, fields: dict[str, Any]) -> Iterator[Event]:
-        """A tool use or result of Claude Code's own, shown per the message mode."""
         if self.mode == "forward":
             yield from self._block({"type": kind, **fields, "source": SOURCE})
         elif self.mode == "formatted":

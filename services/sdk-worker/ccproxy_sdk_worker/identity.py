@@ -1,19 +1,7 @@
-"""Claude Code under a user of its own (``CLAUDE__RUN_AS_USER``), out of the worker's reach.
-
-Claude Code runs whatever command the agent asks for. Under the worker's own user it could read
-``/proc/<worker>/environ``, the worker's memory and secret files, then approve its own permission
-requests or rewrite budgets in Redis. So in the stack the worker starts as root with only
-CAP_SETUID, CAP_SETGID and CAP_DAC_READ_SEARCH (compose), reads its settings and secret files,
-checks the agent's user can read none of ``CCPROXY_SECRETS_DIR``, and then :func:`prepare`:
-
-- takes the CLI's group as its only group (claude-agent-sdk's ``user`` sets no group);
-- keeps root as its real and saved uid and takes the CLI's user as its effective one: its file
-  accesses are the CLI's own, it may signal the CLI and read its ``/proc`` entries (stopping a
-  run), and it has no capability left in effect. The kernel lets a process trace or read the
-  ``/proc`` files of another only when all three of the other's uids are its own, and signal it
-  only when the other's real or saved uid is, so the agent gets nothing back;
-- the CLI is started with ``user=`` that uid: ``setreuid`` in the child sets every uid to it, so it
-  keeps no capability and cannot become root again (``no-new-privileges`` stops setuid programs).
+"""Claude Code under a user of its own (``CLAUDE__RUN_AS_USER``), out of the worker's reach: under the
+worker's user the agent's commands could read its environ, memory and secret files, then approve
+their own permissions or rewrite budgets in Redis. The worker starts as root with only CAP_SETUID,
+CAP_SETGID and CAP_DAC_READ_SEARCH (compose), reads its settings and secrets, then :func:`prepare`.
 """
 
 from __future__ import annotations
@@ -33,8 +21,6 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunAs:
-    """The uid and (only) gid Claude Code runs as."""
-
     uid: int
     gid: int
 
@@ -79,13 +65,12 @@ def readable_by(path: Path, who: RunAs) -> bool:
 
 
 def exposed_secrets(secrets_dir: Path, who: RunAs) -> list[Path]:
-    """The files of ``secrets_dir`` that ``who`` could read (there must be none)."""
     return [entry for entry in sorted(secrets_dir.iterdir()) if entry.is_file() and readable_by(entry, who)]
 
 
 def prepare(settings: Settings) -> RunAs | None:
-    """Become what runs Claude Code as ``CLAUDE__RUN_AS_USER`` (see the module's docstring);
-    None when it is unset or is this process's own user (then nothing changes)."""
+    """Become what runs Claude Code as ``CLAUDE__RUN_AS_USER``; None when it is unset or is this
+    process's own user (then nothing changes)."""
     value = settings.claude.run_as_user
     if not value:
         return None
@@ -103,9 +88,12 @@ def prepare(settings: Settings) -> RunAs | None:
                 "read them: mount the secret files in a directory only root may enter (compose: /etc/ccproxy/secrets)"
             )
     try:
-        os.setgroups([])
+        os.setgroups([])  # the CLI's group as the only one: claude-agent-sdk's ``user`` sets no group
         os.setresgid(who.gid, who.gid, who.gid)
-        # Real and saved uid stay root's: that is what keeps the agent (uid who.uid) out.
+        # Effective uid the CLI's (its file access, no capability in effect), real and saved root's: we
+        # may signal the CLI and read its /proc (stopping a run), while the kernel lets it trace, read
+        # or signal us only if our real/saved uids were its own. The CLI starts with ``user=who.uid``:
+        # setreuid sets all its uids, so it cannot become root again (no-new-privileges: no setuid).
         os.setresuid(0, who.uid, 0)
     except PermissionError:
         raise StartupError(

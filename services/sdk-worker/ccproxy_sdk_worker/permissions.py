@@ -1,10 +1,6 @@
-"""Claude Code's permission prompts (``can_use_tool``), sent to the permissions service.
-
-Every tool use the permission mode does not already allow becomes a request on behalf of the job's
-client key, and the run waits for the decision. Allow runs the tool (with the approver's edited
-input, if any); deny, timeout or an unreachable service answer Claude with a message, and a
-timeout is also shown to the client, since nobody saw the request. Why not an MCP permission
-tool: docs/permissions.md.
+"""Claude Code's ``can_use_tool`` prompts as permission requests on behalf of the job's key; the run
+waits for the decision. Deny, timeout or an unreachable service answer Claude with a message; a
+timeout or an unreachable service is also shown to the client. Why not an MCP tool: docs/permissions.md.
 """
 
 from __future__ import annotations
@@ -36,14 +32,13 @@ def permission_hook(gate: PermissionGate) -> PermissionHook:
             except Exception as exc:
                 log.warning("run %s: permission for %s not asked: %s", job.id, tool_name, exc)
                 message = f"Permission to use {tool_name} was denied: the permissions service cannot be reached."
-                await notify(f"\n[ccproxy] {message}\n")
-                return PermissionResultDeny(message=message)
-            decision = view.decision
-            log.info("run %s: permission %s for %s: %s", job.id, view.id, tool_name, view.status)
-            if decision is not None and decision.behavior == "allow":
-                return PermissionResultAllow(updated_input=decision.updated_input)
-            message = denied_message(view)
-            if view.status == "expired":
+                unseen = True
+            else:
+                log.info("run %s: permission %s for %s: %s", job.id, view.id, tool_name, view.status)
+                if view.decision is not None and view.decision.behavior == "allow":
+                    return PermissionResultAllow(updated_input=view.decision.updated_input)
+                message, unseen = denied_message(view), view.status == "expired"
+            if unseen:  # nobody saw the request: the client is told too
                 await notify(f"\n[ccproxy] {message}\n")
             return PermissionResultDeny(message=message)
 

@@ -1,10 +1,7 @@
-"""Claude Code session transcripts in Redis (claude-agent-sdk's ``SessionStore``).
-
-The SDK mirrors every line of a session's JSONL file here and writes them back for the CLI on
-resume, so a session continues on any worker (and survives a worker's restart). Keys are by
-session id only (the SDK's cwd-derived ``project_key`` is ignored: a session resumes whatever
-directory the next request names); lines are deduplicated by their ``uuid``, the SDK's
-idempotency key; every key expires after ``CLAUDE__SESSION_TTL`` without use.
+"""Claude Code session transcripts in Redis (claude-agent-sdk's ``SessionStore``), so a session
+resumes on any worker. Keyed by session id only (``project_key`` derives from the cwd, and a session
+resumes in whatever directory the next request names); lines deduplicated by ``uuid`` (the SDK's
+idempotency key); every key expires after ``CLAUDE__SESSION_TTL`` unused.
 """
 
 from __future__ import annotations
@@ -19,8 +16,6 @@ from ccproxy_core.sdk_jobs import SdkKeys
 
 
 class RedisSessionStore:
-    """The SDK's ``SessionStore`` protocol: append, load, list_subkeys, delete."""
-
     def __init__(self, redis: Redis, keys: SdkKeys, ttl: int) -> None:
         self.redis = redis
         self.keys = keys
@@ -67,9 +62,8 @@ class RedisSessionStore:
             await self.redis.delete(self._key(key), self._key(key) + ":uuids")
             await self.redis.srem(base + ":subkeys", key["subpath"])  # type: ignore[misc]
             return
-        subpaths = await self.list_subkeys(key)
         doomed = [base, base + ":uuids", base + ":subkeys"]
-        for sub in subpaths:
+        for sub in await self.list_subkeys(key):
             sub_key = self.keys.transcript(key["session_id"], sub)
             doomed += [sub_key, sub_key + ":uuids"]
         await self.redis.delete(*doomed)

@@ -1,13 +1,7 @@
-"""The client's conversation as Claude Code takes it: a prompt, and a session behind it.
-
-The last user message is the prompt. What came before it becomes the transcript of a Claude Code
-session (the JSONL lines Claude Code itself writes), which the run resumes: Claude Code sends
-those turns upstream as real user and assistant messages, images included. A conversation that
-already is a Claude Code session (the client named it) has its transcript in Redis already.
-
-Only what the Messages API accepts in a past turn is kept: text, images and documents. Blocks
-that were ccproxy's own output (``tool_use_sdk``, ``tool_result_sdk``) are dropped, and a
-client's own tool calls and results become text, since Claude Code never had those tools.
+"""The client's conversation as Claude Code takes it: the last user message is the prompt; the
+earlier ones become a session transcript (Claude Code's JSONL) that the run resumes, so they go upstream
+as real turns. Kept: text, images, documents; our ``tool_*_sdk`` blocks are dropped; the client's own
+tool calls and results become text (Claude Code never had those tools).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""The sdk-worker process: an arq worker whose one function runs Claude Code.
-
-``ccproxy run sdk-worker`` runs :func:`main`; ``ccproxy serve`` runs the same worker as a task
-of its own loop (:func:`in_process`) on the embedded Redis, where arq's one start-up call that
-fakeredis lacks (``INFO``, only logged) is skipped. Several workers share one queue; each takes at
-most ``CLAUDE__MAX_CONCURRENT_RUNS`` jobs at once, and a job is never retried (a run has side
-effects: files written, commands run).
+"""An arq worker whose one function runs Claude Code: :func:`main` for ``ccproxy run sdk-worker``,
+:func:`in_process` for ``ccproxy serve``. Workers share one queue, each running at most
+``CLAUDE__MAX_CONCURRENT_RUNS`` jobs; a job is never retried (a run has side effects).
 """
 
 from __future__ import annotations
@@ -44,14 +40,14 @@ RESTART_MAX = 10.0
 
 
 async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
-    return None
+    """arq's start-up ``INFO`` call, only logged, that fakeredis lacks."""
 
 
 def build_worker(
     settings: Settings, redis: Redis, name: str | None, permission_hook: PermissionHook | None, run_as: RunAs | None
 ) -> Worker:
     if settings.redis.url is None:
-        arq.worker.log_redis_info = _skip_info  # fakeredis has no INFO
+        arq.worker.log_redis_info = _skip_info
     claude = settings.claude
     keys = SdkKeys(settings.redis.key_prefix, claude.queue_name)
     runner = Runner(settings, redis, name, permission_hook, run_as)
@@ -88,10 +84,8 @@ def build_worker(
 
 
 class Supervised:
-    """A worker that comes back: arq's loop ends at the first Redis error (a restart, a failover),
-    and a worker whose loop is gone takes no job again while its process looks healthy. So the
-    loop is run again, by a fresh worker of the same name, after a backoff (1 s, doubling up to
-    :data:`RESTART_MAX`), each time said in the log."""
+    """arq's loop ends at the first Redis error (a restart, a failover), leaving a healthy-looking
+    process that takes no job: so a fresh worker of the same name runs it again, after a backoff."""
 
     def __init__(
         self, settings: Settings, redis: Redis, hook: PermissionHook | None, run_as: RunAs | None = None
@@ -123,8 +117,7 @@ class Supervised:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Supervised]:
-        """:meth:`run` as a task of this loop; on the way out it and the runs in progress are
-        cancelled (their CLIs stop), with up to 20 seconds to wind down."""
+        """:meth:`run` as a task; on the way out it and the runs (their CLIs) get 20 s to wind down."""
         loop = asyncio.ensure_future(self.run())
         try:
             yield self
@@ -140,13 +133,10 @@ class Supervised:
 def in_process(
     settings: Settings, redis: Redis, permission_hook: PermissionHook | None = None
 ) -> contextlib.AbstractAsyncContextManager[Supervised]:
-    """A (supervised) worker as a task of the current event loop (``ccproxy serve``)."""
     return Supervised(settings, redis, permission_hook).running()
 
 
 def health_app(supervised: Supervised, redis: Redis) -> Starlette:
-    """``GET /health`` like every service (compose healthcheck, ``ccproxy up``, the stack tests)."""
-
     async def health(request: Request) -> Response:
         try:
             ready = bool(await asyncio.wait_for(redis.ping(), 2))
@@ -168,11 +158,8 @@ def health_app(supervised: Supervised, redis: Redis) -> Starlette:
 
 
 def scrub_environment(environ: Any = os.environ) -> list[str]:
-    """Remove every ccproxy setting from this process's environment, once the settings are loaded.
-
-    claude-agent-sdk starts the CLI with this process's environment (plus what the runner passes),
-    so Claude Code and any command it runs would otherwise see ``SECURITY__INTERNAL_SECRET`` and
-    every other setting of the worker (and where its secret files are). Returns the names removed."""
+    """Remove every ccproxy setting (and where the secret files are) from the environment, which the
+    CLI and its commands inherit; once the settings are loaded. Returns the names removed."""
     sections = {name.upper() for name in Settings.model_fields}
     removed = [name for name in environ
                if name.upper() in sections or (name.upper().split("__", 1)[0] in sections and "__" in name)
@@ -183,8 +170,7 @@ def scrub_environment(environ: Any = os.environ) -> list[str]:
 
 
 def main(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM, with ``/health`` on ``SERVER__PORT``; runs in progress are
-    cancelled on the way out, their CLIs stopped."""
+    """Run until SIGINT/SIGTERM, with ``/health`` on ``SERVER__PORT``."""
     if settings.redis.url is None:
         raise StartupError("the sdk-worker needs the Redis the gateway uses: set REDIS__URL "
                            "(ccproxy serve runs a worker in process)")
