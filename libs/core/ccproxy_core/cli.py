@@ -27,12 +27,9 @@ app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI API
 SERVICES: dict[str, str] = {ep.name: ep.value for ep in sorted(entry_points(group=SERVICE_GROUP), key=lambda e: e.name)}
 
 
-# SDK mode's flags from earlier ccproxy versions (``--claude-code-options-cwd`` ...): the
-# ``CLAUDE__*`` settings under their old names, winning over the environment like every flag;
-# :func:`with_claude_flags` adds them to a command (``serve``, ``run``) without it listing them.
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Flag -> its setting under ``CLAUDE__`` and its type (a list is given comma-separated).
+#: Earlier versions' SDK-mode flags: ``CLAUDE__*`` settings under their old names (a list comma-separated).
 FLAGS: dict[str, tuple[str, type]] = {
     "claude_code_options_cwd": ("options__cwd", str),
     "claude_code_options_permission_mode": ("options__permission_mode", str),
@@ -48,7 +45,7 @@ FLAGS: dict[str, tuple[str, type]] = {
     "max_concurrent_runs": ("max_concurrent_runs", int),
 }
 
-#: What the flags of the running command set, as ``load_settings`` keywords (it adds them).
+#: What the running command's flags set, as ``load_settings`` keywords.
 OVERRIDES: dict[str, Any] = {}
 
 
@@ -66,7 +63,7 @@ def _param(name: str, setting: str, kind: type) -> inspect.Parameter:
 
 
 def with_claude_flags(fn: F) -> F:
-    """Give the command ``fn`` the SDK-mode flags; their values land in :data:`OVERRIDES`."""
+    """Adds :data:`FLAGS` to a command (``serve``, ``run``) without it listing them."""
     signature = inspect.signature(fn, eval_str=True)
     params = [*signature.parameters.values(), *(_param(name, *spec) for name, spec in FLAGS.items())]
 
