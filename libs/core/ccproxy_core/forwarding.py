@@ -130,16 +130,22 @@ class HttpForwarder(InternalClient):
             resp.release()
             raise upstream_error(resp.status, body, reply_headers)
         return UpstreamReply(
-            resp.status, reply_headers, _iter_body(resp), _closer(resp), account=reply_headers.get("x-ccproxy-account")
+            resp.status, reply_headers, iter_body(resp, "api-forwarder"), _closer(resp),
+            account=reply_headers.get("x-ccproxy-account"),
         )
 
 
-async def _iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def iter_body(resp: aiohttp.ClientResponse, source: str) -> AsyncIterator[bytes]:
+    """``resp``'s bytes as they come, closed at the end; a stall is a 504, a lost connection a 502."""
     try:
         async for chunk in resp.content.iter_any():
             yield chunk
+    except TimeoutError as exc:
+        raise ProxyError(504, f"{source} stream stalled") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise ProxyError(502, f"api-forwarder connection lost: {type(exc).__name__}") from exc
+        raise ProxyError(502, f"{source} connection lost ({type(exc).__name__})") from exc
+    finally:
+        resp.close()
 
 
 def _closer(resp: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:

@@ -4,6 +4,7 @@ secret: routes are templates, accounts names, keys ids."""
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -80,6 +81,13 @@ class Metrics:
                                             "stream not yet written to ClickHouse (lag + pending)")
         self.access_log_insert_errors = self._add(Counter, "ccproxy_access_log_insert_errors_total",
                                                   "Failed ClickHouse inserts (retried)")
+
+    def answered(self, route: str, status: int, started: float, first_byte: float | None) -> None:
+        """A request answered (now, ``started`` at ``perf_counter()``), ``first_byte`` seconds in."""
+        self.requests.labels(self.service, route, str(status)).inc()
+        self.latency.labels(self.service, route, str(status)).observe(time.perf_counter() - started)
+        if first_byte is not None:
+            self.first_byte.labels(self.service, route).observe(first_byte)
 
     def _add(self, kind: type[M], name: str, doc: str, *labels: str) -> M:
         extra: dict[str, Any] = {"buckets": LATENCY_BUCKETS} if kind is Histogram else {}
