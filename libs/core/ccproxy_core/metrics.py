@@ -5,37 +5,22 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount
 from starlette.types import Scope
 
 #: The route label of a request no route matched, whatever its path.
 UNMATCHED = "<unmatched>"
-_TEMPLATE_ATTR = "ccproxy_template"
-
-
-def label_routes(routes: Iterable[BaseRoute], prefix: str = "") -> None:
-    """Give every route inside a Mount its full template (its ``path`` is relative to the Mount)."""
-    for route in routes:
-        path = getattr(route, "path", None)
-        if prefix and isinstance(path, str):
-            setattr(route, _TEMPLATE_ATTR, prefix + path)
-        if isinstance(route, Mount) and route.routes:
-            label_routes(route.routes, prefix + route.path)
 
 
 def route_label(scope: Scope) -> str:
-    """The matched route's template, never the raw path (which would grow a label per random URL)."""
-    route = scope.get("route")
-    if route is None:
-        return UNMATCHED
-    template = getattr(route, _TEMPLATE_ATTR, None) or getattr(route, "path", None)
+    """The matched route's template, never the raw path (which would grow a label per random URL).
+    Routes keep their whole paths (``ClosedMount``); a Starlette ``Mount`` with routes would need a prefix."""
+    template = getattr(scope.get("route"), "path", None)
     return template if isinstance(template, str) else UNMATCHED
 
 
