@@ -107,7 +107,7 @@ class RequestLog:
     """One request's log while it is served: routes fill in :attr:`draft` through
     ``request.state.access_log``; times, status and outcome are set when the request is over."""
 
-    def __init__(self, endpoint: str, request_id: str | None = None, **fields: Any) -> None:
+    def __init__(self, endpoint: str, *, request_id: str | None = None, **fields: Any) -> None:
         self.wall_start = time.time()
         self.started = time.perf_counter()
         self.first_byte: float | None = None

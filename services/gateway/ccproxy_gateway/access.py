@@ -34,7 +34,8 @@ class AccessLogMiddleware:  # plain ASGI: a streamed body passes through untouch
             return
         client = scope.get("client")
         user_agent = Headers(scope=scope).get("user-agent", "")[:300]
-        log = RequestLog(scope["path"], scope["method"], user_agent=user_agent, client_addr=client[0] if client else "")
+        log = RequestLog(scope["path"], method=scope["method"], user_agent=user_agent,
+                         client_addr=client[0] if client else "")
         user = scope.get("user")  # the caller, resolved by the backend's middleware in front
         if isinstance(user, Caller) and user.is_authenticated:
             if user.id != LOCAL.id:
