@@ -34,7 +34,6 @@ EVENT_FIELD = "e"
 
 Outcome = Literal["ok", "error", "cancelled"]
 
-#: How long the emitter waits for more events before writing a part-filled batch.
 LINGER_SECONDS = 0.01
 #: Cap on the embedded stream (``ccproxy serve``): ~25 MB, 20 consumer batches and the tail's replay.
 EMBEDDED_STREAM_MAXLEN = 20_000
@@ -52,7 +51,6 @@ class AccessLogEvent(BaseModel):
     #: To a stream's first content token; None for non-stream answers.
     ttft_ms: float | None = None
     mode: Literal["api", "sdk"] = "api"
-    #: Route template (never a query string).
     endpoint: str
     method: str = "POST"
     client_format: str = "anthropic"
@@ -80,7 +78,6 @@ class AccessLogEvent(BaseModel):
     quota_5h_utilization: float | None = None
     quota_7d_utilization: float | None = None
     retry_after_s: float | None = None
-    #: SDK mode only.
     sdk_session_id: str = ""
     sdk_turns: int = 0
     sdk_tool_uses: int = 0

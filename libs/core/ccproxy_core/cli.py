@@ -23,7 +23,6 @@ COMMAND_GROUP = "ccproxy.commands"
 
 app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI APIs.", no_args_is_help=True)
 
-#: ``ccproxy run NAME``: the services installed here, ``name -> "module:factory"``.
 SERVICES: dict[str, str] = {ep.name: ep.value for ep in sorted(entry_points(group=SERVICE_GROUP), key=lambda e: e.name)}
 
 
@@ -45,7 +44,6 @@ FLAGS: dict[str, tuple[str, type]] = {
     "max_concurrent_runs": ("max_concurrent_runs", int),
 }
 
-#: What the running command's flags set, as ``load_settings`` keywords.
 OVERRIDES: dict[str, Any] = {}
 
 

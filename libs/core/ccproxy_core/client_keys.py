@@ -16,7 +16,6 @@ from ccproxy_core.redis import UNAVAILABLE
 
 Period = Literal["day", "week", "month"]
 KEY_PREFIX = "ccp_"
-#: Auth's internal key endpoints (``lookup``, ``any``, ``session``, ``admit``, ``settle``).
 KEYS_PATH = "/internal/keys"
 
 
@@ -59,7 +58,6 @@ class Admission(BaseModel):
     estimated_micro_usd: int = 0
 
 
-#: What a settlement is told was spent.
 UsageReport = TokenUsage
 
 

@@ -21,13 +21,11 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class ForwardRequest:
-    #: Upstream path, e.g. ``/v1/messages``.
     path: str
     #: The client's headers (the forwarder decides which to drop).
     headers: dict[str, str]
     #: The forwarder injects the identity block into it (ignored for GET).
     body: dict[str, Any]
-    #: Without ``?`` (Claude Code sends ``beta=true``).
     query: str = ""
     method: str = "POST"
     #: The caller's client key: metered by the gateway, routed to its accounts by the forwarder.
@@ -59,7 +57,7 @@ class UpstreamReply:
     status: int
     headers: dict[str, str]
     chunks: AsyncIterator[bytes]
-    close: Callable[[], Awaitable[None]]
+    aclose: Callable[[], Awaitable[None]]
     account: str | None = None
     #: Billing's hook (the gateway's metered forwarder sets it): told the answer's usage.
     on_usage: Callable[[TokenUsage], None] | None = None
@@ -82,9 +80,6 @@ class UpstreamReply:
             return b"".join([chunk async for chunk in self.chunks])
         finally:
             await self.aclose()
-
-    async def aclose(self) -> None:
-        await self.close()
 
 
 class Forwarder(Protocol):

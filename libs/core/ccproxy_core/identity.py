@@ -68,7 +68,6 @@ class Caller(BaseUser):
 
 
 ANONYMOUS = Caller(id="anonymous", name="anonymous", authenticated=False)
-#: Everyone, when client auth is off (a developer's own machine).
 LOCAL = Caller(id="anonymous", name="anonymous", admin=True)
 LEAD = Caller(id="default", name="admin", admin=True)
 

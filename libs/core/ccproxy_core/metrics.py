@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
-#: The route label of a request no route matched, whatever its path.
 UNMATCHED = "<unmatched>"
 
 

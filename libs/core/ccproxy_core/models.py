@@ -1,6 +1,5 @@
-"""The Claude models ccproxy lists (``data/models.json``: names, dates, output limits; prices are
-in :mod:`ccproxy_core.pricing`), token usage, and the ``/v1/models`` body either official SDK parses.
-"""
+"""The Claude models ccproxy lists (``data/models.json``: names, dates, output limits), token usage,
+and the ``/v1/models`` body either official SDK parses."""
 
 from __future__ import annotations
 
@@ -48,10 +47,8 @@ def check_token_limit(value: Any, model: str, param: str = "max_tokens") -> int:
         raise ProxyError(400, f"{param}: must be a positive integer, not {json.dumps(value)[:40]}", param=param)
     limit = max_output_tokens(model)
     if not 1 <= value <= limit:
-        raise ProxyError(
-            400, f"{param}: must be an integer from 1 to {limit} (the output limit of {model!r}), not {value}",
-            param=param,
-        )
+        message = f"{param}: must be an integer from 1 to {limit} (the output limit of {model!r}), not {value}"
+        raise ProxyError(400, message, param=param)
     return value
 
 

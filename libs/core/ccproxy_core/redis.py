@@ -27,7 +27,6 @@ from ccproxy_core.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 
-#: Errors that mean "Redis cannot be reached right now" (as opposed to a bad command).
 UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, asyncio.TimeoutError)
 
 

@@ -47,7 +47,6 @@ HEARTBEAT_TTL = 20
 
 class SdkJob(BaseModel):
     id: str
-    #: In Anthropic Messages form.
     body: dict[str, Any]
     session_id: str | None = None
     #: ``claude_options``, already checked against the allow-list.
@@ -61,7 +60,6 @@ class SdkJob(BaseModel):
 class SdkResult(TokenUsage):
     session_id: str | None = None
     stop_reason: str | None = None
-    #: As Claude Code reckons it.
     cost_usd: float | None = None
     num_turns: int = 0
     tool_uses: int = 0
