@@ -254,10 +254,8 @@ class AccessLogEmitter:
 
     def _ensure_task(self) -> None:
         if self._task is None or self._task.done():
-            try:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next emit in one starts the task
                 self._task = asyncio.get_running_loop().create_task(self._run(), name="access-log-emitter")
-            except RuntimeError:  # no running loop: the next emit in one starts the task
-                pass
 
     def _count(self, outcome: str, n: int = 1) -> None:
         if self.metrics is not None:

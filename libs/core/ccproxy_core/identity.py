@@ -51,8 +51,8 @@ class Caller(BaseUser):
     sdk_session: str = ""
 
     @classmethod
-    def member(cls, key: KeyInfo, name: str = "", sdk_session: str = "") -> Caller:
-        return cls(id=key.id, name=name or key.name or key.id, key=key, sdk_session=sdk_session)
+    def member(cls, key: KeyInfo) -> Caller:
+        return cls(id=key.id, name=key.name or key.id, key=key)
 
     @property
     def is_authenticated(self) -> bool:
@@ -92,7 +92,8 @@ class RunGrant(BaseModel):
 
     def caller(self) -> Caller:
         if self.key is not None:
-            return replace(Caller.member(self.key, self.caller_name, self.session_id), id=self.caller_id)
+            name = self.caller_name or self.caller_id
+            return Caller(id=self.caller_id, name=name, key=self.key, sdk_session=self.session_id)
         return replace(LEAD if self.caller_id == LEAD.id else LOCAL, sdk_session=self.session_id)
 
 

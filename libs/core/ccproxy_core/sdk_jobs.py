@@ -5,6 +5,7 @@ on its claim key: a job given up is never run, a job claimed is cancelled throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -139,10 +140,8 @@ async def claim(redis: Redis, keys: SdkKeys, job_id: str, value: str) -> bool:
 async def heartbeat(redis: Redis, keys: SdkKeys, job_id: str) -> None:
     """Runs beside each job until cancelled."""
     while True:
-        try:
+        with contextlib.suppress(Exception):  # the next beat retries; the TTL covers the gap
             await redis.set(keys.alive(job_id), "1", ex=HEARTBEAT_TTL)
-        except Exception:  # noqa: S110 (the next beat retries; the TTL covers the gap)
-            pass
         await asyncio.sleep(HEARTBEAT_INTERVAL)
 
 
@@ -236,7 +235,6 @@ class SdkQueue:
 
     async def cancel(self, job_id: str) -> bool:
         """Never raises (with Redis down the run ends at its own timeout). True if it never started."""
-        try:
+        with contextlib.suppress(Exception):
             return await asyncio.shield(self.give_up(job_id))
-        except Exception:
-            return False
+        return False
