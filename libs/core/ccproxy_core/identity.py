@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 
 from pydantic import BaseModel
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
-from starlette.datastructures import Headers, URLPath
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
-from starlette.routing import BaseRoute, Match, Mount, NoMatchFound, Route, get_route_path
+from starlette.routing import BaseRoute, Match, Mount, Route, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ccproxy_core.client_keys import CachedKeys, HttpKeyAuthority, KeyAuthority, KeyInfo, hash_key, looks_like_key
@@ -267,14 +267,6 @@ class ClosedMount(BaseRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await scope["route"].handle(scope, receive, send)  # the inner route matches() chose
-
-    def url_path_for(self, name: str, /, **path_params: object) -> URLPath:
-        for route in self.routes:
-            try:
-                return route.url_path_for(name, **path_params)
-            except NoMatchFound:
-                continue
-        raise NoMatchFound(name, path_params)
 
 
 def guard_routes(routes: Iterable[BaseRoute], prefixes: Sequence[str] = GUARDED_PREFIXES) -> list[BaseRoute]:
