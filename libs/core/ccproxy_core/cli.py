@@ -9,7 +9,7 @@ import inspect
 import secrets
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -23,7 +23,7 @@ COMMAND_GROUP = "ccproxy.commands"
 
 app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI APIs.", no_args_is_help=True)
 
-SERVICES: dict[str, str] = {ep.name: ep.value for ep in sorted(entry_points(group=SERVICE_GROUP), key=lambda e: e.name)}
+SERVICES: dict[str, EntryPoint] = dict(sorted((ep.name, ep) for ep in entry_points(group=SERVICE_GROUP)))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -134,15 +134,14 @@ def run_service(
     """Run one service of the stack (what each compose container and `ccproxy up` run)."""
     from ccproxy_core import logging as cclog
 
-    found = entry_points(group=SERVICE_GROUP, name=service)
-    if not found:
+    if service not in SERVICES:
         fail(f"unknown service {service!r}; installed here: {', '.join(SERVICES) or 'none'}")
     settings = load_settings(server__host=host, server__port=port)
     cclog.configure(settings.server.log_level)
     if service == "gateway":
         check_bind(settings)
     try:
-        factory: Callable[[Settings], Any] = found[service].load()
+        factory: Callable[[Settings], Any] = SERVICES[service].load()
         web = factory(settings)
         if web is not None:  # None: a worker, which ran until it was stopped
             serve_app(web, settings.server)
