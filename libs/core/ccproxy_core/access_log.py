@@ -1,9 +1,6 @@
-"""Access-log events: one per client request, from the gateway to analytics through a Redis stream.
-
-Emitting never waits and never fails: events go to a bounded in-memory buffer that a background
-task writes to Redis, retrying while Redis is away; only a full buffer drops (the oldest, counted
-and logged). An event names the client by its key's id and name, never the key.
-"""
+"""Access-log events, one per client request, from the gateway to analytics through a Redis stream.
+Emitting never waits and never fails: a bounded buffer is written to Redis in the background,
+retried while Redis is away; only a full buffer drops (the oldest, counted and logged)."""
 
 from __future__ import annotations
 
@@ -33,19 +30,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The one stream field holding the JSON event, so the schema can grow.
 EVENT_FIELD = "e"
 
 Outcome = Literal["ok", "error", "cancelled"]
 
-#: How long the emitter waits for more events before writing a part-filled batch.
 LINGER_SECONDS = 0.01
 #: Cap on the embedded stream (``ccproxy serve``): ~25 MB, 20 consumer batches and the tail's replay.
 EMBEDDED_STREAM_MAXLEN = 20_000
 
 
 class AccessLogEvent(BaseModel):
-    """One finished client request. Times are UTC; durations in milliseconds."""
+    """One finished client request. Times are UTC; durations in milliseconds; the key never, only its id."""
 
     v: int = 1
     request_id: str
@@ -56,11 +51,9 @@ class AccessLogEvent(BaseModel):
     #: To a stream's first content token; None for non-stream answers.
     ttft_ms: float | None = None
     mode: Literal["api", "sdk"] = "api"
-    #: Route template, e.g. ``/api/v1/messages`` (never a query string).
     endpoint: str
     method: str = "POST"
     client_format: str = "anthropic"
-    #: The caller's id and name (``ccproxy_core.identity``), never the key itself.
     key_id: str = ANONYMOUS.id
     key_name: str = ""
     account: str = ""
@@ -84,9 +77,7 @@ class AccessLogEvent(BaseModel):
     quota_status: str = ""
     quota_5h_utilization: float | None = None
     quota_7d_utilization: float | None = None
-    #: ``retry-after`` of a 429/529: the account's cooldown.
     retry_after_s: float | None = None
-    #: SDK mode only.
     sdk_session_id: str = ""
     sdk_turns: int = 0
     sdk_tool_uses: int = 0
@@ -110,11 +101,10 @@ def _utc(ts: float) -> datetime:
 
 
 class RequestLog:
-    """One request's log while it is served: routes fill in :attr:`draft`, its one event, through
-    ``request.state.access_log``; its times, status and outcome are set when the request is over."""
+    """One request's log while it is served: routes fill in :attr:`draft` through
+    ``request.state.access_log``; times, status and outcome are set when the request is over."""
 
     def __init__(self, endpoint: str, *, request_id: str | None = None, **fields: Any) -> None:
-        """``fields``: more of the draft's (``method``, ``client_format``, ``user_agent`` ...)."""
         self.wall_start = time.time()
         self.started = time.perf_counter()
         self.first_byte: float | None = None
@@ -124,7 +114,6 @@ class RequestLog:
             request_id=request_id or f"req_{uuid.uuid4().hex}", started_at=start, finished_at=start,
             duration_ms=0.0, endpoint=endpoint, status=0, **fields,
         )
-        #: Where the event goes when the request is over (set by whoever opened the log).
         self.sink: Callable[[AccessLogEvent], None] | None = None
         self.finished = False
         self._holds = 0
@@ -139,11 +128,11 @@ class RequestLog:
         self.draft.key_id, self.draft.key_name = key_id, key_name
 
     def set_error(self, status: int, error_type: str) -> None:
-        """The error the client was answered with (499: the client went away first)."""
+        """499: the client went away first."""
         self.draft.status, self.draft.error_type = status, error_type
 
     def set_status(self, status: int) -> None:
-        """The status actually sent; a cancelled request stays cancelled (499)."""
+        """A cancelled request stays cancelled (499)."""
         if self.draft.status != 499:
             self.draft.status = status
 
@@ -179,7 +168,6 @@ class RequestLog:
             d.retry_after_s = header_number(headers.get("retry-after"))
 
     def set_usage(self, usage: TokenUsage, cost: float | None = None, stop_reason: str | None = None) -> None:
-        """The answer's tokens and their cost (computed from ``usage`` unless given)."""
         d = self.draft
         d.model_used = usage.model or d.model_used
         d.input_tokens, d.output_tokens = usage.input_tokens, usage.output_tokens
@@ -239,7 +227,7 @@ class AccessLogEmitter:
         return len(self._buffer) + self._inflight
 
     def emit(self, event: AccessLogEvent) -> None:
-        """Queue ``event`` for the stream. Never blocks, never raises."""
+        """Never blocks, never raises."""
         try:
             self._count("emitted")
             if self.redis is None:
@@ -266,10 +254,8 @@ class AccessLogEmitter:
 
     def _ensure_task(self) -> None:
         if self._task is None or self._task.done():
-            try:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next emit in one starts the task
                 self._task = asyncio.get_running_loop().create_task(self._run(), name="access-log-emitter")
-            except RuntimeError:  # no running loop: the next emit in one starts the task
-                pass
 
     def _count(self, outcome: str, n: int = 1) -> None:
         if self.metrics is not None:
@@ -327,7 +313,7 @@ class AccessLogEmitter:
         self._count("sent", len(events))
 
     async def flush(self, within: float = 5.0) -> bool:
-        """Wait until every event is in Redis (True) or ``within`` seconds pass (False)."""
+        """True once every event is in Redis, False if ``within`` seconds pass first."""
         deadline = time.monotonic() + within
         while self.buffered and time.monotonic() < deadline:
             self._ensure_task()
@@ -336,7 +322,6 @@ class AccessLogEmitter:
         return not self.buffered
 
     async def aclose(self, within: float = 5.0) -> None:
-        """Send what is buffered (for up to ``within`` seconds), then stop."""
         if self.redis is not None and self.buffered:
             if not await self.flush(within):
                 log.warning("access log: %d events not sent at shutdown", self.buffered)
@@ -350,7 +335,7 @@ class AccessLogEmitter:
 
 
 def parse_time(value: str) -> datetime:
-    """ISO 8601 or epoch seconds, as UTC (query filters); ValueError also for 1e20 or inf."""
+    """ISO 8601 or epoch seconds, as UTC; ValueError also for 1e20 or inf."""
     try:
         seconds = float(value)
     except ValueError:

@@ -9,7 +9,7 @@ import inspect
 import secrets
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -23,16 +23,12 @@ COMMAND_GROUP = "ccproxy.commands"
 
 app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI APIs.", no_args_is_help=True)
 
-#: ``ccproxy run NAME``: the services installed here, ``name -> "module:factory"``.
-SERVICES: dict[str, str] = {ep.name: ep.value for ep in sorted(entry_points(group=SERVICE_GROUP), key=lambda e: e.name)}
+SERVICES: dict[str, EntryPoint] = dict(sorted((ep.name, ep) for ep in entry_points(group=SERVICE_GROUP)))
 
 
-# SDK mode's flags from earlier ccproxy versions (``--claude-code-options-cwd`` ...): the
-# ``CLAUDE__*`` settings under their old names, winning over the environment like every flag;
-# :func:`with_claude_flags` adds them to a command (``serve``, ``run``) without it listing them.
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Flag -> its setting under ``CLAUDE__`` and its type (a list is given comma-separated).
+#: Earlier versions' SDK-mode flags: ``CLAUDE__*`` settings under their old names (a list comma-separated).
 FLAGS: dict[str, tuple[str, type]] = {
     "claude_code_options_cwd": ("options__cwd", str),
     "claude_code_options_permission_mode": ("options__permission_mode", str),
@@ -48,7 +44,6 @@ FLAGS: dict[str, tuple[str, type]] = {
     "max_concurrent_runs": ("max_concurrent_runs", int),
 }
 
-#: What the flags of the running command set, as ``load_settings`` keywords (it adds them).
 OVERRIDES: dict[str, Any] = {}
 
 
@@ -66,7 +61,7 @@ def _param(name: str, setting: str, kind: type) -> inspect.Parameter:
 
 
 def with_claude_flags(fn: F) -> F:
-    """Give the command ``fn`` the SDK-mode flags; their values land in :data:`OVERRIDES`."""
+    """Adds :data:`FLAGS` to a command (``serve``, ``run``) without it listing them."""
     signature = inspect.signature(fn, eval_str=True)
     params = [*signature.parameters.values(), *(_param(name, *spec) for name, spec in FLAGS.items())]
 
@@ -139,15 +134,14 @@ def run_service(
     """Run one service of the stack (what each compose container and `ccproxy up` run)."""
     from ccproxy_core import logging as cclog
 
-    found = entry_points(group=SERVICE_GROUP, name=service)
-    if not found:
+    if service not in SERVICES:
         fail(f"unknown service {service!r}; installed here: {', '.join(SERVICES) or 'none'}")
     settings = load_settings(server__host=host, server__port=port)
     cclog.configure(settings.server.log_level)
     if service == "gateway":
         check_bind(settings)
     try:
-        factory: Callable[[Settings], Any] = found[service].load()
+        factory: Callable[[Settings], Any] = SERVICES[service].load()
         web = factory(settings)
         if web is not None:  # None: a worker, which ran until it was stopped
             serve_app(web, settings.server)

@@ -1,6 +1,5 @@
 """Per-member client keys, as the gateway sees them: look up (cached a few seconds), admit (rate
-limits and budget reserved in Redis on every request, never cached) and settle. Auth owns them.
-"""
+limits and budget reserved in Redis on every request, never cached) and settle. Auth owns them."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from ccproxy_core.redis import UNAVAILABLE
 
 Period = Literal["day", "week", "month"]
 KEY_PREFIX = "ccp_"
-#: Auth's internal key endpoints (``lookup``, ``any``, ``session``, ``admit``, ``settle``).
 KEYS_PATH = "/internal/keys"
 
 
@@ -60,7 +58,6 @@ class Admission(BaseModel):
     estimated_micro_usd: int = 0
 
 
-#: What a settlement is told was spent.
 UsageReport = TokenUsage
 
 
@@ -75,6 +72,7 @@ class AdmitBody(BaseModel):
     model: str = ""
     body_bytes: int = 0
     max_tokens: int = 0
+    #: Unused since SDK runs stopped reserving; auth's ``admit`` still reads it.
     reserve_micro_usd: int = 0
 
 
@@ -92,14 +90,11 @@ class KeyAuthority(Protocol):
         ...
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
-        """The usable key behind a member page session (by its cookie's SHA-256), or None."""
+        """By the member page cookie's SHA-256."""
         ...
 
-    async def admit(
-        self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
-    ) -> Admission:
-        """Check and reserve rate limits and budget (429/402 if over). ``reserve_micro_usd`` (an SDK
-        run): reserve up to that much instead of the estimate (``estimated_micro_usd`` says what)."""
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
+        """Check and reserve rate limits and budget (429/402 if over)."""
         ...
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
@@ -107,13 +102,12 @@ class KeyAuthority(Protocol):
 
 
 def looks_like_key(presented: str) -> bool:
-    """Has the shape of a client key, so may be one just made."""
     return presented.startswith(KEY_PREFIX)
 
 
 class CachedKeys:
-    """A :class:`KeyAuthority` with lookups cached for ``ttl`` (a revoked key stops within it); "no
-    such key" is not cached for key-shaped strings, so a key just made works at once everywhere."""
+    """Lookups cached for ``ttl`` (a revoked key stops within it); "no such key" is not cached for
+    key-shaped strings, so a key just made works at once everywhere."""
 
     def __init__(self, inner: KeyAuthority, ttl: float = 5.0) -> None:
         self.inner = inner
@@ -153,10 +147,8 @@ class CachedKeys:
         # Not cached: a signed-out session must stop at once, and only the member page uses it.
         return await self.inner.member_session(sid_digest)
 
-    async def admit(
-        self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
-    ) -> Admission:
-        return await self.inner.admit(key, model, body_bytes, max_tokens, reserve_micro_usd)
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
+        return await self.inner.admit(key, model, body_bytes, max_tokens)
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         return await self.inner.settle(admission, usage)
@@ -174,11 +166,8 @@ class HttpKeyAuthority(AuthServiceHttp):
         data = await self._post(f"{KEYS_PATH}/session", {"digest": sid_digest})
         return KeyInfo.model_validate(data["key"]) if data.get("key") else None
 
-    async def admit(
-        self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int, reserve_micro_usd: int = 0
-    ) -> Admission:
-        body = AdmitBody(key_id=key.id, model=model, body_bytes=body_bytes, max_tokens=max_tokens,
-                         reserve_micro_usd=reserve_micro_usd)
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
+        body = AdmitBody(key_id=key.id, model=model, body_bytes=body_bytes, max_tokens=max_tokens)
         return Admission.model_validate(await self._post(f"{KEYS_PATH}/admit", body))
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:

@@ -18,7 +18,6 @@ def path_format(path: str) -> ClientFormat:
     openai = path.endswith(("/chat/completions", "/responses")) or "/responses/" in path
     return "openai" if openai else "anthropic"
 
-#: Anthropic error type for each status code we produce or relay.
 ANTHROPIC_TYPE_BY_STATUS: dict[int, str] = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
     404: "not_found_error", 408: "timeout_error", 413: "request_too_large", 415: "invalid_request_error",

@@ -21,13 +21,11 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class ForwardRequest:
-    #: Upstream path, e.g. ``/v1/messages``.
     path: str
     #: The client's headers (the forwarder decides which to drop).
     headers: dict[str, str]
     #: The forwarder injects the identity block into it (ignored for GET).
     body: dict[str, Any]
-    #: Without ``?`` (Claude Code sends ``beta=true``).
     query: str = ""
     method: str = "POST"
     #: The caller's client key: metered by the gateway, routed to its accounts by the forwarder.
@@ -59,7 +57,7 @@ class UpstreamReply:
     status: int
     headers: dict[str, str]
     chunks: AsyncIterator[bytes]
-    close: Callable[[], Awaitable[None]]
+    aclose: Callable[[], Awaitable[None]]
     account: str | None = None
     #: Billing's hook (the gateway's metered forwarder sets it): told the answer's usage.
     on_usage: Callable[[TokenUsage], None] | None = None
@@ -82,9 +80,6 @@ class UpstreamReply:
             return b"".join([chunk async for chunk in self.chunks])
         finally:
             await self.aclose()
-
-    async def aclose(self) -> None:
-        await self.close()
 
 
 class Forwarder(Protocol):
@@ -130,16 +125,22 @@ class HttpForwarder(InternalClient):
             resp.release()
             raise upstream_error(resp.status, body, reply_headers)
         return UpstreamReply(
-            resp.status, reply_headers, _iter_body(resp), _closer(resp), account=reply_headers.get("x-ccproxy-account")
+            resp.status, reply_headers, iter_body(resp, "api-forwarder"), _closer(resp),
+            account=reply_headers.get("x-ccproxy-account"),
         )
 
 
-async def _iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def iter_body(resp: aiohttp.ClientResponse, source: str) -> AsyncIterator[bytes]:
+    """``resp``'s bytes as they come, closed at the end; a stall is a 504, a lost connection a 502."""
     try:
         async for chunk in resp.content.iter_any():
             yield chunk
+    except TimeoutError as exc:
+        raise ProxyError(504, f"{source} stream stalled") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise ProxyError(502, f"api-forwarder connection lost: {type(exc).__name__}") from exc
+        raise ProxyError(502, f"{source} connection lost ({type(exc).__name__})") from exc
+    finally:
+        resp.close()
 
 
 def _closer(resp: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:

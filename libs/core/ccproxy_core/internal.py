@@ -1,6 +1,5 @@
 """Internal service-to-service calls: ``/internal`` paths need ``SECURITY__INTERNAL_SECRET`` in one
-header, and ccproxy's own errors are marked (``x-ccproxy-error``) apart from the upstream's. The
-clients of the auth service's ``/internal`` API start from :class:`AuthServiceHttp`."""
+header, and ccproxy's own errors are marked (``x-ccproxy-error``) apart from the upstream's."""
 
 from __future__ import annotations
 
@@ -25,12 +24,6 @@ INTERNAL_REFUSED = "internal call refused: missing or wrong SECURITY__INTERNAL_S
 INTERNAL_SECRET_HEADER = "x-ccproxy-internal-secret"
 PROXY_ERROR_HEADER = "x-ccproxy-error"
 INTERNAL_PREFIX = "/internal"
-
-
-def check_internal_secret(expected: str | None, presented: str | None) -> bool:
-    if not expected or not presented:
-        return False
-    return hmac.compare_digest(expected.encode(), presented.encode())
 
 
 def internal_error(exc: ProxyError) -> Response:
@@ -80,32 +73,25 @@ def json_response(data: object, status: int = 200) -> Response:
 
 
 class RequireInternalSecret:
-
     def __init__(self, app: ASGIApp, secret: str) -> None:
         if not secret:
             raise ValueError("an internal secret is required")
         self.app = app
-        self._secret = secret
+        self._secret = secret.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _is_internal(scope.get("path", "")):
-            if not check_internal_secret(self._secret, Headers(scope=scope).get(INTERNAL_SECRET_HEADER)):
-                refused = ProxyError(403, INTERNAL_REFUSED, "permission_error")
-                await internal_error(refused)(scope, receive, send)
+        path = "/" + scope.get("path", "").lstrip("/")  # "//internal/..." is internal too
+        if scope["type"] == "http" and (path == INTERNAL_PREFIX or path.startswith(INTERNAL_PREFIX + "/")):
+            presented = Headers(scope=scope).get(INTERNAL_SECRET_HEADER, "")
+            if not hmac.compare_digest(self._secret, presented.encode()):
+                await internal_error(ProxyError(403, INTERNAL_REFUSED, "permission_error"))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def _is_internal(path: str) -> bool:
-    path = "/" + path.lstrip("/")  # "//internal/..." is internal too
-    return path == INTERNAL_PREFIX or path.startswith(INTERNAL_PREFIX + "/")
-
-
 class AuthServiceHttp(InternalClient):
-    """Pooled keep-alive calls with the internal secret: auth's own errors raised as the ProxyError
-    they carry, transport failures as a 503. Shared by the token, pool and client-key clients."""
+    """Auth's own errors raised as the ProxyError they carry, transport failures as a 503."""
 
-    #: Seconds for one call.
     timeout = 10.0
 
     def __init__(self, base_url: str, internal_secret: str) -> None:

@@ -79,5 +79,4 @@ def configure(level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []
-        lg.propagate = True
-    logging.getLogger("uvicorn.access").addFilter(RedactingFilter())
+        lg.propagate = True  # to the root's handler, whose filter redacts every record

@@ -4,37 +4,22 @@ secret: routes are templates, accounts names, keys ids."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+import time
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount
 from starlette.types import Scope
 
-#: The route label of a request no route matched, whatever its path.
 UNMATCHED = "<unmatched>"
-_TEMPLATE_ATTR = "ccproxy_template"
-
-
-def label_routes(routes: Iterable[BaseRoute], prefix: str = "") -> None:
-    """Give every route inside a Mount its full template (its ``path`` is relative to the Mount)."""
-    for route in routes:
-        path = getattr(route, "path", None)
-        if prefix and isinstance(path, str):
-            setattr(route, _TEMPLATE_ATTR, prefix + path)
-        if isinstance(route, Mount) and route.routes:
-            label_routes(route.routes, prefix + route.path)
 
 
 def route_label(scope: Scope) -> str:
-    """The matched route's template, never the raw path (which would grow a label per random URL)."""
-    route = scope.get("route")
-    if route is None:
-        return UNMATCHED
-    template = getattr(route, _TEMPLATE_ATTR, None) or getattr(route, "path", None)
+    """The matched route's template, never the raw path (which would grow a label per random URL).
+    Routes keep their whole paths (``ClosedMount``); a Starlette ``Mount`` with routes would need a prefix."""
+    template = getattr(scope.get("route"), "path", None)
     return template if isinstance(template, str) else UNMATCHED
 
 
@@ -80,6 +65,13 @@ class Metrics:
                                             "stream not yet written to ClickHouse (lag + pending)")
         self.access_log_insert_errors = self._add(Counter, "ccproxy_access_log_insert_errors_total",
                                                   "Failed ClickHouse inserts (retried)")
+
+    def answered(self, route: str, status: int, started: float, first_byte: float | None) -> None:
+        """A request answered (now, ``started`` at ``perf_counter()``), ``first_byte`` seconds in."""
+        self.requests.labels(self.service, route, str(status)).inc()
+        self.latency.labels(self.service, route, str(status)).observe(time.perf_counter() - started)
+        if first_byte is not None:
+            self.first_byte.labels(self.service, route).observe(first_byte)
 
     def _add(self, kind: type[M], name: str, doc: str, *labels: str) -> M:
         extra: dict[str, Any] = {"buckets": LATENCY_BUCKETS} if kind is Histogram else {}

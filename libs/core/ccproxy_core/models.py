@@ -1,13 +1,10 @@
-"""The Claude models ccproxy lists (``data/models.json``: names, dates, output limits; prices are
-in :mod:`ccproxy_core.pricing`), token usage, and the ``/v1/models`` body either official SDK parses.
-"""
+"""The Claude models ccproxy lists (``data/models.json``: names, dates, output limits), token usage,
+and the ``/v1/models`` body either official SDK parses."""
 
 from __future__ import annotations
 
-import calendar
 import functools
 import json
-import time
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -50,10 +47,8 @@ def check_token_limit(value: Any, model: str, param: str = "max_tokens") -> int:
         raise ProxyError(400, f"{param}: must be a positive integer, not {json.dumps(value)[:40]}", param=param)
     limit = max_output_tokens(model)
     if not 1 <= value <= limit:
-        raise ProxyError(
-            400, f"{param}: must be an integer from 1 to {limit} (the output limit of {model!r}), not {value}",
-            param=param,
-        )
+        message = f"{param}: must be an integer from 1 to {limit} (the output limit of {model!r}), not {value}"
+        raise ProxyError(400, message, param=param)
     return value
 
 
@@ -130,22 +125,18 @@ class TokenUsage(BaseModel):
                         self.cache_write_tokens, self.cache_write_1h_tokens)
 
 
-def _entry(model_id: str, display_name: str, created_at: str, owned_by: str) -> dict[str, Any]:
-    created = calendar.timegm(time.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ"))
-    return {"type": "model", "id": model_id, "display_name": display_name, "created_at": created_at,
-            "object": "model", "created": created, "owned_by": owned_by}
-
-
 def _alias_entry(alias: str) -> dict[str, Any]:
-    return _entry(alias, alias, "2024-01-01T00:00:00Z", "ccproxy")
+    return {"type": "model", "id": alias, "display_name": alias, "created_at": "2024-01-01T00:00:00Z",
+            "object": "model", "created": 1704067200, "owned_by": "ccproxy"}
 
 
 def models_listing(extra_aliases: list[str] | None = None) -> dict[str, Any]:
     """Anthropic's ``type/display_name/created_at`` and OpenAI's ``object/created/owned_by`` on every entry."""
-    data = [_entry(m.id, m.display_name, m.created_at, "anthropic") for m in known_models()]
-    data.extend(_alias_entry(alias) for alias in extra_aliases or [])
-    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-    return {"object": "list", "data": data, "has_more": False, "first_id": first, "last_id": last}
+    data = [{"type": "model", "id": m.id, "display_name": m.display_name, "created_at": m.created_at}
+            for m in known_models()]
+    page = upstream_listing({"data": data, "has_more": False}, extra_aliases)
+    ids = [entry["id"] for entry in page["data"]]
+    return {**page, "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
 
 
 def upstream_listing(upstream: dict[str, Any], extra_aliases: list[str] | None = None) -> dict[str, Any]:

@@ -1,7 +1,5 @@
 """Tool-permission requests: the wire models, and the :class:`PermissionGate` an SDK run asks, which
-returns once a human (or the timeout) decided: the permissions service's own in process,
-:class:`HttpPermissionGate` in the stack.
-"""
+returns once a human (or the timeout) decided: the service's own in process, HTTP in the stack."""
 
 from __future__ import annotations
 
@@ -68,9 +66,7 @@ class PermissionGate(Protocol):
 
 def denied_message(view: PermissionView) -> str:
     """What Claude (and the client) is told when a request ends without an allow."""
-    if view.decision and view.decision.message:
-        return view.decision.message
-    return f"Permission to use {view.tool_name} was denied."
+    return (view.decision and view.decision.message) or f"Permission to use {view.tool_name} was denied."
 
 
 class HttpPermissionGate(InternalClient):

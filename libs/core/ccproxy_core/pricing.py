@@ -1,8 +1,6 @@
-"""What tokens cost: genai-prices' Anthropic table (dated prices, long-context tiers; pinned in
-uv.lock), under ``PRICING__OVERRIDES``. A model neither knows costs the *dearest* known price, so
-a made-up name cannot slip past a budget. The sum is genai-prices' own ``calc_unit_price`` on our
-token counts, without its generic usage machinery (~5 µs a call, not ~200; a test checks they agree).
-"""
+"""What tokens cost: genai-prices' Anthropic table (pinned in uv.lock) under ``PRICING__OVERRIDES``.
+A model neither knows costs the *dearest* known price, so a made-up name cannot slip past a budget.
+The sum is genai-prices' ``calc_unit_price`` without its generic usage machinery (~5 µs, not ~200)."""
 
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ from ccproxy_core.settings import PriceOverride
 log = logging.getLogger(__name__)
 
 MTOK = 1_000_000
-#: Distinct unknown model names warned about, at most (a client can invent any number of them).
+#: A client can invent any number of model names: warn of this many.
 MAX_WARNED = 256
 
 PriceValue = Decimal | TieredPrices | None
@@ -30,7 +28,7 @@ PriceValue = Decimal | TieredPrices | None
 
 @dataclass(frozen=True)
 class Rates:
-    """USD per million tokens of each kind; a tiered rate switches on the prompt's size."""
+    """USD per million tokens; a tiered rate switches on the prompt's size."""
 
     input: PriceValue
     output: PriceValue
@@ -42,8 +40,7 @@ class Rates:
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,
              cache_write_1h: int = 0) -> Decimal:
-        """``cache_write_1h`` is the part of ``cache_write`` written to the 1-hour cache; a tier
-        applies by the whole prompt."""
+        """``cache_write_1h``: the part of ``cache_write`` written to the 1-hour cache."""
         prompt = input_tokens + cache_read + cache_write
         one_hour = min(cache_write_1h, cache_write)
         return (
@@ -145,14 +142,14 @@ _current: Pricing | None = None
 
 
 def configure(overrides: Mapping[str, PriceOverride] | None) -> Pricing:
-    """Set this process's prices (each service, from its settings, when it starts)."""
+    """Each service, from its settings, when it starts."""
     global _current
     _current = Pricing(overrides)
     return _current
 
 
 def current() -> Pricing:
-    """This process's prices: the last :func:`configure`, else genai-prices' alone."""
+    """The last :func:`configure`'s, else genai-prices' alone."""
     global _current
     if _current is None:
         _current = Pricing()
@@ -161,5 +158,5 @@ def current() -> Pricing:
 
 def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,
              cache_write_1h: int = 0) -> float:
-    """USD at this process's prices, to the 8th decimal (the access log's ``cost_usd``)."""
+    """To the 8th decimal (the access log's ``cost_usd``)."""
     return round(float(current().usd(model, input_tokens, output_tokens, cache_read, cache_write, cache_write_1h)), 8)

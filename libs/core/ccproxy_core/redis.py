@@ -1,27 +1,32 @@
 """Redis for every service: ``REDIS__URL``'s, else an in-process fakeredis (``ccproxy serve``). Each
-process connects once where it is composed and hands the client to every part; a Redis outage is
-a quick 503 (:func:`unavailable_as_503`), never a hang.
-"""
+process connects once where it is composed and hands the client to every part; an outage is a
+quick 503 (:func:`unavailable_as_503`), never a hang."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import fakeredis
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import RedisSettings
 
-#: Errors that mean "Redis cannot be reached right now" (as opposed to a bad command).
+log = logging.getLogger(__name__)
+
 UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, asyncio.TimeoutError)
 
 
@@ -47,11 +52,7 @@ def redacted(url: str | None) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, UNAVAILABLE)
-
-
-#: For a Starlette ``exception_handlers`` entry (see :func:`unavailable_error`).
+#: :data:`UNAVAILABLE` as Starlette's ``exception_handlers`` see it.
 REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError)
 
 
@@ -59,6 +60,27 @@ def unavailable_error(exc: BaseException, what: str = "this request") -> ProxyEr
     """The 503 a client can act on (retry later) for "Redis is down"."""
     return ProxyError(503, f"Redis is unavailable, so {what} cannot be served right now; retry shortly "
                            f"({type(exc).__name__})", headers={"retry-after": "2"})
+
+
+def error_handlers(
+    render: Callable[[Request, ProxyError], Response], crashes: bool = False
+) -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    """Starlette's ``exception_handlers``: a ProxyError, an HTTPException (no such route or method) and Redis
+    down (a 503 to retry) all answered by ``render``; ``crashes``: any other error too, as a logged 500."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ProxyError):
+            error = exc
+        elif isinstance(exc, HTTPException):
+            error = ProxyError(exc.status_code, str(exc.detail))
+        elif isinstance(exc, REDIS_DOWN):
+            error = unavailable_error(exc)
+        else:
+            log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
+            error = ProxyError(500, "internal error in ccproxy")
+        return render(request, error)
+
+    return dict.fromkeys((ProxyError, HTTPException, *REDIS_DOWN, *([Exception] if crashes else [])), handle)
 
 
 @contextlib.asynccontextmanager
@@ -75,11 +97,8 @@ _local_locks: dict[str, asyncio.Lock] = {}
 
 
 class RedisLock:
-    """A lock across processes that a crashed holder cannot keep (``SET NX PX ttl``; released only
-    while it holds our token). Re-check what it protects once held: the last holder may have done it.
-    The token is the process's, its holders taking turns: a ``SET`` whose answer was lost may have
-    taken the lock after all, and our token on the key then means it is ours.
-    """
+    """A lock across processes that a crashed holder cannot keep (``SET NX PX ttl``). The token is the
+    process's, its holders taking turns: a ``SET`` whose answer was lost may have taken it after all."""
 
     def __init__(self, redis: Redis, key: str, ttl: float) -> None:
         self._redis = redis

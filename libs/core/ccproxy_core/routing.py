@@ -1,14 +1,12 @@
-"""Choosing an upstream account per request, and telling the pool how it went: the forwarder asks
-an :class:`AccountRouter` (auth's pool, or :class:`RoutingAuthClient` over HTTP) for a credential,
-and reports each telling answer (429, 529, 401, rate-limit headers) to learn whether to retry the
-same account (a short throttle keeps the prompt cache) or switch once.
-"""
+"""Choosing an upstream account per request: the forwarder asks an :class:`AccountRouter` (auth's
+pool, or :class:`RoutingAuthClient` over HTTP) for a credential, and reports each telling answer
+(429, 529, 401, rate-limit headers) to learn whether to retry the same account or switch once."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -21,7 +19,6 @@ from ccproxy_core.tokens import Credential
 PICK_PATH = "/internal/pick"
 REPORT_PATH = "/internal/report"
 
-#: Hint names the pool picks by (the forwarder's ``routing_hints``).
 HINT_SESSION = "session"
 HINT_ACCOUNTS = "accounts"
 HINT_KEY = "key"
@@ -45,7 +42,7 @@ class ReportBody(BaseModel):
 
 class Outcome(BaseModel):
     action: Literal["done", "retry_same", "switch"] = "done"
-    #: Seconds to wait first (``retry_same``).
+    #: Seconds to wait before ``retry_same`` (a short throttle keeps the prompt cache).
     wait: float = 0.0
     reason: str | None = None
 
@@ -68,10 +65,9 @@ def session_key(body: Mapping[str, Any], headers: Mapping[str, str]) -> str | No
     """What keeps one conversation on one account (and its prompt cache): ``metadata.user_id``, else
     Claude Code's session header, else a hash of the prefix up to the first ``cache_control``."""
     metadata = body.get("metadata")
-    if isinstance(metadata, Mapping):
-        user_id = metadata.get("user_id")
-        if isinstance(user_id, str) and user_id:
-            return "u:" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+    user_id = metadata.get("user_id") if isinstance(metadata, Mapping) else None
+    if isinstance(user_id, str) and user_id:
+        return "u:" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
     for name, value in headers.items():
         if name.lower() == "x-claude-code-session-id" and value:
             return "s:" + hashlib.sha256(value.encode()).hexdigest()[:32]
@@ -84,34 +80,30 @@ def session_key(body: Mapping[str, Any], headers: Mapping[str, str]) -> str | No
 def cached_prefix(body: Mapping[str, Any]) -> list[Any] | None:
     """tools, system, messages in cache order, cut after the first block with cache_control."""
     parts: list[Any] = [body.get("model")]
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        for tool in tools:
-            parts.append(tool)
-            if isinstance(tool, dict) and "cache_control" in tool:
-                return parts
-    system = body.get("system")
-    if isinstance(system, list):
-        for block in system:
-            parts.append(block)
-            if isinstance(block, dict) and "cache_control" in block:
-                return parts
-    elif system is not None:
-        parts.append(system)
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, list):
-                for block in content:
-                    parts.append([message.get("role"), block])
-                    if isinstance(block, dict) and "cache_control" in block:
-                        return parts
-            else:
-                parts.append([message.get("role"), content])
+    for part, block in _cache_order(body):
+        parts.append(part)
+        if isinstance(block, dict) and "cache_control" in block:
+            return parts
     return None
+
+
+def _cache_order(body: Mapping[str, Any]) -> Iterator[tuple[Any, Any]]:
+    """(what the prefix holds, the block that may end it)."""
+    tools, system, messages = body.get("tools"), body.get("system"), body.get("messages")
+    if isinstance(tools, list):
+        yield from ((tool, tool) for tool in tools)
+    if isinstance(system, list):
+        yield from ((block, block) for block in system)
+    elif system is not None:
+        yield system, None
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            yield from (([message.get("role"), block], block) for block in content)
+        else:
+            yield [message.get("role"), content], None
 
 
 class RoutingAuthClient(AuthClient):
@@ -121,17 +113,14 @@ class RoutingAuthClient(AuthClient):
         super().__init__(base_url, internal_secret)
         self._margin = margin_seconds
         self._cached: Credential | None = None
-        #: Calls made to auth for a token (a metric).
-        self.fetches = 0
+        self.fetches = 0  # a metric: calls made to auth for a token
         #: Until when auth's "one account" holds (re-asked every SINGLE_TTL seconds).
         self._single_until = 0.0
 
     def _fresh(self, credential: Credential | None, rejected: str | None) -> bool:
-        if credential is None:
+        if credential is None or credential.expires_within(self._margin):
             return False
-        if rejected is not None and credential.secret.get_secret_value() == rejected:
-            return False
-        return not credential.expires_within(self._margin)
+        return rejected is None or credential.secret.get_secret_value() != rejected
 
     async def pick(
         self, hints: Mapping[str, str] | None = None, *, exclude: Collection[str] = (), rejected: str | None = None,

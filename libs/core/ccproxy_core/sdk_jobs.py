@@ -1,12 +1,11 @@
-"""SDK mode's contract between the gateway and the sdk-workers: an arq job (an :class:`SdkJob`),
-and the Redis stream of its records (Anthropic events, a summary, an end) the gateway relays as
-they come. A worker starting a job and the gateway giving up on it race for one ``SET NX`` on the
-job's claim key: a job given up is never run, a job claimed is cancelled through arq's abort set.
-"""
+"""SDK mode's contract between gateway and sdk-workers: an arq job (:class:`SdkJob`) and the Redis
+stream of its records. A worker starting a job and the gateway giving up on it race for one ``SET NX``
+on its claim key: a job given up is never run, a job claimed is cancelled through arq's abort set."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ from ccproxy_core.settings import ClaudeSettings
 
 JOB_FUNCTION = "run_sdk_job"
 
-#: Record names that are ccproxy's own (everything else is an Anthropic stream event).
+#: ccproxy's own record names (every other record is an Anthropic stream event).
 START = "ccproxy.start"
 RESULT = "ccproxy.result"
 ERROR = "ccproxy.error"
@@ -37,7 +36,6 @@ END = "ccproxy.end"
 CLAIM_RUN = "run"
 CLAIM_GIVEN_UP = "given-up"
 
-#: Seconds a job's records and claim stay in Redis.
 RECORD_TTL = 3600
 #: Seconds between a worker's health reports (arq's key lives one second longer).
 HEALTH_INTERVAL = 5
@@ -50,7 +48,6 @@ HEARTBEAT_TTL = 20
 
 class SdkJob(BaseModel):
     id: str
-    #: The request in Anthropic Messages form.
     body: dict[str, Any]
     session_id: str | None = None
     #: ``claude_options``, already checked against the allow-list.
@@ -59,13 +56,11 @@ class SdkJob(BaseModel):
     key_name: str = ""
     #: The member key behind ``key_id`` (no secret): its run token's calls carry its limits.
     key: KeyInfo | None = None
-    enqueued_at: float = Field(default_factory=time.time)
 
 
 class SdkResult(TokenUsage):
     session_id: str | None = None
     stop_reason: str | None = None
-    #: As Claude Code reckons it.
     cost_usd: float | None = None
     num_turns: int = 0
     tool_uses: int = 0
@@ -85,11 +80,11 @@ class SdkKeys:
         return f"{self.prefix}sdk:claim:{job_id}"
 
     def health(self, worker: str) -> str:
-        """Exists while ``worker`` is alive (arq's health check key)."""
+        """arq's health check key: exists while ``worker`` is alive."""
         return f"{self.prefix}sdk:health:{worker}"
 
     def alive(self, job_id: str) -> str:
-        """Exists while a worker runs ``job_id`` (its heartbeat)."""
+        """The run's heartbeat."""
         return f"{self.prefix}sdk:alive:{job_id}"
 
     def session(self, session_id: str) -> str:
@@ -105,8 +100,8 @@ class SdkKeys:
 
 
 def session_uuid(client_id: str, owner: str = "") -> str:
-    """Claude Code wants UUIDs: another name is mapped to one per ``owner`` (two keys' "demo" are
-    two sessions); a UUID is kept as it is, and :func:`own_session` keeps it to its owner."""
+    """Claude Code wants UUIDs: another name maps to one per ``owner`` (two keys' "demo" are two
+    sessions); a UUID is kept, and :func:`own_session` keeps it to its owner."""
     try:
         return str(uuid.UUID(client_id))
     except ValueError:
@@ -114,7 +109,7 @@ def session_uuid(client_id: str, owner: str = "") -> str:
 
 
 async def own_session(redis: Redis, keys: SdkKeys, session_id: str, owner: str, ttl: int) -> None:
-    """Make ``session_id`` ``owner``'s if nobody has it; 404 if another key owns it."""
+    """404 if another key owns ``session_id``."""
     key = keys.session(session_id)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hsetnx(key, "owner", owner)
@@ -138,17 +133,15 @@ def arq_pool(redis: Redis, queue: str) -> ArqRedis:
 
 
 async def claim(redis: Redis, keys: SdkKeys, job_id: str, value: str) -> bool:
-    """Settle the start/give-up race: True if ``value`` won."""
+    """The start/give-up race: True if ``value`` won."""
     return bool(await redis.set(keys.claim(job_id), value, nx=True, ex=RECORD_TTL))
 
 
 async def heartbeat(redis: Redis, keys: SdkKeys, job_id: str) -> None:
-    """Say that ``job_id`` is running until cancelled (the worker runs it beside each job)."""
+    """Runs beside each job until cancelled."""
     while True:
-        try:
+        with contextlib.suppress(Exception):  # the next beat retries; the TTL covers the gap
             await redis.set(keys.alive(job_id), "1", ex=HEARTBEAT_TTL)
-        except Exception:  # noqa: S110 (the next beat retries; the TTL covers the gap)
-            pass
         await asyncio.sleep(HEARTBEAT_INTERVAL)
 
 
@@ -161,7 +154,7 @@ async def write_record(redis: Redis, keys: SdkKeys, job_id: str, name: str, data
 
 
 class SdkQueue:
-    """The gateway's side: submit a job, read its records as they come, cancel it."""
+    """The gateway's side."""
 
     def __init__(self, redis: Redis, settings: ClaudeSettings, key_prefix: str) -> None:
         self.redis = redis
@@ -181,7 +174,7 @@ class SdkQueue:
             raise ProxyError(409, f"a request with id {job.id} is already queued")
 
     async def give_up(self, job_id: str) -> bool:
-        """Stop ``job_id`` wherever it is. True if it never started (and now never will)."""
+        """True if ``job_id`` never started (and now never will)."""
         if await claim(self.redis, self.keys, job_id, CLAIM_GIVEN_UP):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.keys.queue, job_id)
@@ -193,8 +186,8 @@ class SdkQueue:
         return False
 
     async def records(self, job_id: str, ping_after: float | None = None) -> AsyncIterator[tuple[str, Any]]:
-        """``(name, data)`` records of ``job_id`` until its end, and a ``ping`` after ``ping_after``
-        silent seconds. 503 when no worker started it in time, 504 when the run takes too long."""
+        """``(name, data)`` until the end, a ``ping`` after ``ping_after`` silent seconds; 503 when no
+        worker started it in time, 504 when the run takes too long."""
         key = self.keys.records(job_id)
         last_id = "0-0"
         started = False
@@ -241,8 +234,7 @@ class SdkQueue:
                         return
 
     async def cancel(self, job_id: str) -> bool:
-        """The client went away: stop the run (never raises). True if it never started."""
-        try:
+        """Never raises (with Redis down the run ends at its own timeout). True if it never started."""
+        with contextlib.suppress(Exception):
             return await asyncio.shield(self.give_up(job_id))
-        except Exception:  # Redis down: the run ends at its own timeout
-            return False
+        return False

@@ -1,6 +1,6 @@
 """Settings for every ccproxy process, first found wins: CLI flags, environment (``SERVER__PORT``),
 secret files in ``CCPROXY_SECRETS_DIR`` (how compose keeps the sdk-worker's secrets out of its
-environment), ``.env``, TOML (``.ccproxy.toml``, ``ccproxy.toml``, ``~/.config/ccproxy/config.toml``)."""
+environment), ``.env``, TOML. What each one does: README's table (a test keeps it complete)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-#: A directory of files named like variables (``security__internal_secret``), each holding its value.
 SECRETS_DIR_ENV = "CCPROXY_SECRETS_DIR"
 
 
@@ -31,16 +30,13 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
-    #: Largest request body accepted, in bytes (images make bodies large).
     max_body_bytes: int = 32 * 1024 * 1024
     #: The reverse proxies whose ``X-Forwarded-For``/``-Proto`` are believed (IPs or CIDRs, ``*``: any).
     forwarded_allow_ips: str = "127.0.0.1"
-    #: Seconds to send a request's headers, and longest pause in its body (then 408).
     header_timeout: float = 10.0
     body_timeout: float = 30.0
 
 
-#: The shortest ``SECURITY__AUTH_TOKEN`` accepted (``ccproxy generate-token`` makes 43 characters).
 MIN_AUTH_TOKEN_LENGTH = 16
 
 
@@ -48,9 +44,7 @@ class SecuritySettings(BaseModel):
     #: Token clients must send (``x-api-key`` or ``Authorization: Bearer``); unset or blank: no client auth.
     auth_token: SecretStr | None = None
     internal_secret: SecretStr | None = None
-    #: Token of the admin API (accounts, client keys); unset: the admin API is off.
     admin_token: SecretStr | None = None
-    #: Bearer token ``/metrics`` asks for; unset: open.
     metrics_token: SecretStr | None = None
     #: How long a gateway trusts a client-key lookup; a revoked key stops working within this.
     key_cache_seconds: float = 5.0
@@ -73,10 +67,8 @@ class AnthropicSettings(BaseModel):
     base_url: str = "https://api.anthropic.com"
     version: str = "2023-06-01"
     connect_timeout: float = 10.0
-    #: Longest silence from the upstream (before its headers, between chunks).
     read_timeout: float = 600.0
     max_connections: int = 200
-    #: How long the upstream's ``GET /v1/models`` answer is kept (0: not kept).
     models_cache_seconds: float = 300.0
 
 
@@ -91,20 +83,13 @@ class OAuthSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    #: Claude CLI config dir; unset: ``$CLAUDE_CONFIG_DIR`` or ``~/.claude``.
     claude_config_dir: Path | None = None
-    #: Also look in the OS keyring (``Claude Code-credentials``).
     use_keyring: bool = True
-    #: An Anthropic API key to use instead of a subscription.
     api_key: SecretStr | None = None
-    #: Where account secrets live: the OS keyring, a 0600 file under the data dir, or auto.
     secret_backend: Literal["auto", "keyring", "file"] = "auto"
     strategy: Literal["round_robin", "least_recently_limited", "fill_first"] = "round_robin"
-    #: How long a conversation stays on its account (prompt cache).
     sticky_ttl_seconds: int = 3600
-    #: A 429 asking to wait at most this long is a throttle: wait, keep the account.
     throttle_wait_seconds: float = 10.0
-    #: Cooldowns after a 429 that says neither how long nor which quota, and after a 529 without retry-after.
     default_cooldown_seconds: float = 60.0
     overload_cooldown_seconds: float = 15.0
 
@@ -112,7 +97,6 @@ class AuthSettings(BaseModel):
 class RedisSettings(BaseModel):
     #: Unset: an in-process stand-in (``ccproxy serve``).
     url: str | None = None
-    #: Of every key this deployment writes, so several can share one Redis.
     key_prefix: str = "ccproxy:"
     #: Short, so a Redis outage is a quick 503, not a hang.
     connect_timeout: float = 2.0
@@ -120,7 +104,6 @@ class RedisSettings(BaseModel):
 
 
 class ClickHouseSettings(BaseModel):
-    #: Unset: embedded (``ccproxy serve``).
     url: str | None = None
     database: str = "ccproxy"
 
@@ -129,17 +112,12 @@ class AnalyticsSettings(BaseModel):
     """The access log's path: gateway -> Redis stream -> analytics -> ClickHouse (docs/analytics.md)."""
 
     stream: str = "access-log"
-    #: Events wait in the stream while ClickHouse is down, up to about this many.
     stream_maxlen: int = 1_000_000
-    #: Events a gateway holds while Redis is unreachable (then the oldest are dropped).
     buffer_size: int = 10_000
     group: str = "analytics"
-    #: Events per ClickHouse insert, and the longest an event waits for a batch to fill.
     batch_size: int = 1000
     batch_seconds: float = 1.0
-    #: Warn (and say so in ``/logs/status``) when more events than this wait.
     backlog_warning: int = 10_000
-    #: Days a row is kept (a TTL on the table); 0 keeps all.
     retention_days: int = 0
 
 
@@ -149,33 +127,26 @@ PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions", 
 class ClaudeOptions(BaseModel):
     """What every SDK-mode run starts from (claude-agent-sdk's options; docs/sdk.md)."""
 
-    #: Relative paths are under the workspace root. Unset: the root.
     cwd: str | None = None
     permission_mode: PermissionMode | None = None
     allowed_tools: list[str] = Field(default_factory=list)
     disallowed_tools: list[str] = Field(default_factory=list)
     max_turns: int | None = None
-    #: Unset: the model the client asked for.
     model: str | None = None
     append_system_prompt: str | None = None
     max_thinking_tokens: int | None = None
-    #: By name, as in ``.mcp.json``.
     mcp_servers: dict[str, Any] = Field(default_factory=dict)
     add_dirs: list[str] = Field(default_factory=list)
-    #: MCP tool Claude Code asks before a tool use (``--permission-prompt-tool``).
     permission_prompt_tool_name: str | None = None
-    #: USD, as Claude Code reckons it.
     max_budget_usd: float | None = None
 
 
 class ClaudeSettings(BaseModel):
     """SDK mode: Claude Code runs on sdk-workers (docs/sdk.md)."""
 
-    #: How Claude Code's own tool uses and results reach the client.
     sdk_message_mode: Literal["forward", "formatted", "ignore"] = "forward"
     pretty_format: bool = True
     options: ClaudeOptions = Field(default_factory=ClaudeOptions)
-    #: Unset: ``./node_modules/.bin/claude`` (the pinned npm CLI), else ``claude`` on PATH, else the SDK's.
     cli_path: str | None = None
     #: Every run's ``cwd`` must lie inside it. Unset: ``options.cwd``, else ``<data_dir>/workspace``.
     workspace_root: Path | None = None
@@ -186,13 +157,11 @@ class ClaudeSettings(BaseModel):
         "model", "max_turns", "cwd", "permission_mode", "disallowed_tools", "append_system_prompt",
         "max_thinking_tokens",
     ])
-    #: Seconds a request may wait for a free sdk-worker (then 503), and a run may take.
     queue_timeout: float = 30.0
     run_timeout: float = 900.0
     max_concurrent_runs: int = 4
     queue_name: str = "sdk:queue"
     poll_interval: float = 0.1
-    #: Seconds an unused session stays resumable (its transcript is kept in Redis).
     session_ttl: int = 7 * 24 * 3600
 
 
@@ -209,47 +178,39 @@ class ModelsSettings(BaseModel):
 
     #: Tried first, in order (environment: a JSON list; TOML: ``[[models.rules]]``).
     rules: list[ModelRule] = Field(default_factory=list)
-    #: Then the built-in ones (``gpt-4o`` -> Sonnet, ...).
     default_rules: bool = True
 
 
-#: Thinking budget per ``reasoning_effort`` (``none``: no thinking).
 DEFAULT_REASONING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576, "xhigh": 32768}
 
 
 class OpenAISettings(BaseModel):
     """The OpenAI-compatible endpoints' choices where Claude needs a value OpenAI leaves open."""
 
-    #: When the client set none (Anthropic requires one).
     default_max_tokens: int = 8192
     reasoning_budgets: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_REASONING_BUDGETS))
-    #: Cache the system prompt and the conversation so far, as OpenAI does implicitly.
     prompt_cache: bool = True
 
 
 class ResponsesSettings(BaseModel):
     """The Responses API's stored responses, in Redis per client key (docs/openai.md)."""
 
-    #: Renewed when a later response continues it.
     retention_days: float = 30.0
-    #: Past it the oldest responses are evicted.
     max_bytes_per_key: int = 100_000_000
-    #: Longest ``previous_response_id`` chain followed; a longer one is a 400.
     max_chain: int = 1000
 
 
 class PermissionsSettings(BaseModel):
     """SDK-mode tool permissions (docs/permissions.md)."""
 
-    #: Seconds a request waits for a human decision; then it is denied.
     timeout_seconds: float = 120.0
     keepalive_seconds: float = 15.0
     retention_seconds: float = 3600.0
 
 
 class PriceOverride(BaseModel):
-    """An operator's price for one model, USD per million tokens (no long-context tier). The cache
-    prices default to Anthropic's ratios to ``input``: 0.1 (read), 1.25 (write), 2 (1-hour write)."""
+    """USD per million tokens (no long-context tier); unset cache prices follow Anthropic's ratios
+    to ``input``: 0.1 (read), 1.25 (write), 2 (1-hour write)."""
 
     input: float = Field(ge=0, allow_inf_nan=False)
     output: float = Field(ge=0, allow_inf_nan=False)
@@ -272,8 +233,6 @@ class ServicesSettings(BaseModel):
     auth_url: str | None = None
     permissions_url: str | None = None
     analytics_url: str | None = None
-    #: The gateway: Traefik routes the public paths there, and SDK-mode runs call its ``/api``.
-    #: Unset: this process's own server (``ccproxy serve``).
     gateway_url: str | None = None
 
 

@@ -9,7 +9,6 @@ from pydantic import BaseModel, SecretStr
 
 #: The account of a single-account setup (``ccproxy auth login`` with no ``--account``).
 DEFAULT_ACCOUNT = "default"
-#: Where auth answers a :class:`CredentialStatus`.
 STATUS_PATH = "/internal/status"
 
 

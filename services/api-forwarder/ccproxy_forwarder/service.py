@@ -18,7 +18,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ccproxy_core.client_keys import KeyInfo
-from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import FORWARD_KEY_HEADER, ForwardRequest
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
@@ -27,7 +26,7 @@ from ccproxy_core.metrics import Metrics
 from ccproxy_core.routing import RoutingAuthClient
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
-from ccproxy_core.streaming import RelayResponse, relay
+from ccproxy_core.streaming import RelayResponse, relay, until_disconnect
 from ccproxy_forwarder.forwarder import ApiForwarder
 
 log = logging.getLogger(__name__)

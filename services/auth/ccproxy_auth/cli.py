@@ -165,12 +165,12 @@ def add_key(
 
 
 def _accounts(settings: Settings) -> list[AccountState]:
-    from ccproxy_core.redis import is_unavailable, redacted
+    from ccproxy_core.redis import UNAVAILABLE, redacted
 
     try:
         return asyncio.run(_pool(settings).accounts())
     except Exception as exc:
-        if not is_unavailable(exc):
+        if not isinstance(exc, UNAVAILABLE):
             raise
         fail(f"Redis ({redacted(settings.redis.url)}) is unreachable: {type(exc).__name__}")
 

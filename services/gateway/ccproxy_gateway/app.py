@@ -24,15 +24,15 @@ from starlette.types import Scope
 from ccproxy_core import pricing
 from ccproxy_core.access_log import AccessLogEmitter
 from ccproxy_core.client_keys import KeyAuthority
-from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, parse_anthropic_error, render_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest
 from ccproxy_core.identity import ClosedMount, KeyBackend, RunTokens, caller, caller_middleware, guard_routes, public
 from ccproxy_core.lifespan import Lifespan
-from ccproxy_core.metrics import Metrics, label_routes, route_label
+from ccproxy_core.metrics import Metrics, route_label
 from ccproxy_core.models import check_token_limit
 from ccproxy_core.redis import REDIS_DOWN, Redis, unavailable_error
 from ccproxy_core.settings import Settings
+from ccproxy_core.streaming import until_disconnect
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object
@@ -236,5 +236,4 @@ def create_app(
     )
     # No trailing-slash redirects: their absolute `location` would echo the client's Host header.
     app.router.redirect_slashes = False
-    label_routes(app.routes)
     return app

@@ -12,13 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, upstream_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
 from ccproxy_core.identity import caller
 from ccproxy_core.metrics import Metrics
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import iter_events
+from ccproxy_core.streaming import until_disconnect
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap

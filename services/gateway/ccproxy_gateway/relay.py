@@ -16,13 +16,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.forwarding import UpstreamReply
 from ccproxy_core.metrics import Metrics, route_label
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.sse import SSEDecoder
-from ccproxy_core.streaming import RelayResponse, error_event, relay
+from ccproxy_core.streaming import RelayResponse, error_event, relay, until_disconnect
 from ccproxy_gateway.access import request_log
 
 

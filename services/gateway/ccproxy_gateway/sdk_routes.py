@@ -36,7 +36,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ccproxy_core.disconnect import until_disconnect
 from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import LOCAL, caller, public
 from ccproxy_core.models import TokenUsage
@@ -54,6 +53,7 @@ from ccproxy_core.sdk_jobs import (
 )
 from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
+from ccproxy_core.streaming import until_disconnect
 from ccproxy_gateway.access import request_log
 from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
