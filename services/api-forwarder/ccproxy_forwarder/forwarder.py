@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from ccproxy_core.errors import ANTHROPIC_TYPE_BY_STATUS, ProxyError, anthropic_error_body
-from ccproxy_core.forwarding import HOP_BY_HOP, UNIFIED, ForwardRequest, UpstreamReply
+from ccproxy_core.forwarding import HOP_BY_HOP, UNIFIED, ForwardRequest, UpstreamReply, iter_body
 from ccproxy_core.logging import scrub_secret
 from ccproxy_core.routing import HINT_ACCOUNTS, HINT_KEY, HINT_SESSION, AccountRouter, session_key
 from ccproxy_core.settings import AnthropicSettings
@@ -80,7 +80,7 @@ class ApiForwarder:
         async def close() -> None:
             resp.close()
 
-        chunks = self._relay(resp)
+        chunks = iter_body(resp, "upstream")
         if resp.status >= 400:  # small: read whole
             chunks = _once(await self._error_body(resp, credential, headers))
         return UpstreamReply(resp.status, headers, chunks, close, account=credential.account)
@@ -200,13 +200,3 @@ class ApiForwarder:
                 raise ProxyError(502, f"upstream unreachable ({type(exc).__name__})") from exc
         raise AssertionError("unreachable")
 
-    async def _relay(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in resp.content.iter_any():
-                yield chunk
-        except TimeoutError as exc:
-            raise ProxyError(504, "upstream stream stalled") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ProxyError(502, f"upstream connection lost ({type(exc).__name__})") from exc
-        finally:
-            resp.close()

@@ -23,6 +23,7 @@ from ccproxy_core.forwarding import FORWARD_KEY_HEADER, ForwardRequest
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan
 from ccproxy_core.metrics import Metrics
+from ccproxy_core.redis import error_handlers
 from ccproxy_core.routing import RoutingAuthClient
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
@@ -73,11 +74,7 @@ def create_service_app(settings: Settings) -> Starlette:
 
         async def end(first_byte: float | None) -> None:
             await reply.aclose()
-            status = str(reply.status)
-            if first_byte is not None:
-                metrics.first_byte.labels(metrics.service, ROUTE).observe(first_byte)
-            metrics.requests.labels(metrics.service, ROUTE, status).inc()
-            metrics.latency.labels(metrics.service, ROUTE, status).observe(time.perf_counter() - started)
+            metrics.answered(ROUTE, reply.status, started, first_byte)
 
         if not reply.is_stream:
             # A plain response: a streamed one costs a task group per request (docs/performance.md).
@@ -91,8 +88,7 @@ def create_service_app(settings: Settings) -> Starlette:
         checks = {"auth": creds.model_dump(exclude_none=True)}
         return json_response({"status": "ok", "service": "api-forwarder", "ready": creds.available, "checks": checks})
 
-    async def on_proxy_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProxyError)
+    def on_error(request: Request, exc: ProxyError) -> Response:
         metrics.requests.labels(metrics.service, ROUTE, str(exc.status)).inc()
         if exc.status >= 500:
             log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
@@ -105,6 +101,6 @@ def create_service_app(settings: Settings) -> Starlette:
             Route("/metrics", metrics.endpoint, methods=["GET"]),
         ],
         middleware=[Middleware(RequireInternalSecret, secret=secret)],
-        exception_handlers={ProxyError: on_proxy_error},
+        exception_handlers=error_handlers(on_error),
         lifespan=lifespan(closing(tokens.aclose), closing(forwarder.aclose)),
     )

@@ -14,7 +14,7 @@ from ccproxy_core.identity import caller_middleware, guard_routes, key_backend
 from ccproxy_core.internal import RequireInternalSecret, require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.metrics import Metrics
-from ccproxy_core.redis import connect, unavailable_as_503
+from ccproxy_core.redis import connect, error_handlers, unavailable_as_503
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
 from ccproxy_permissions.app import PermissionsApi, routes
@@ -42,8 +42,7 @@ def create_service_app(settings: Settings) -> Starlette:
             metrics.permissions_pending.labels(metrics.service).set(len(await broker.store.pending()))
         return await metrics.endpoint(request)
 
-    async def proxy_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProxyError)
+    def proxy_error(request: Request, exc: ProxyError) -> Response:
         return Response(anthropic_error_body(exc.error_type, exc.message), status_code=exc.status,
                         media_type="application/json", headers=exc.headers)
 
@@ -54,7 +53,7 @@ def create_service_app(settings: Settings) -> Starlette:
             Route("/metrics", scrape, methods=["GET"]),
         ]),
         middleware=[caller_middleware(key_backend(settings, secret))],
-        exception_handlers={ProxyError: proxy_error},
+        exception_handlers=error_handlers(proxy_error),
         lifespan=lifespan(closing(redis.aclose), running(broker.start, broker.stop)),
     )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
