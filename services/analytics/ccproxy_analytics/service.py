@@ -1,9 +1,7 @@
-"""The analytics service: the consumer, the store and the log API (``/logs/*``) from settings.
+"""The analytics service: the consumer, the store and the log API (``/logs/*``).
 
-``ccproxy run analytics`` serves :func:`create_service_app` (client keys checked as in the permissions
-service); ``ccproxy serve`` mounts the same :class:`Analytics` routes in the gateway, on the embedded
-Redis and chDB. An admin sees every key's requests, any other caller only its own key's.
-"""
+``ccproxy run analytics`` serves :func:`create_service_app`; ``ccproxy serve`` mounts the same routes in the
+gateway, on the embedded Redis and chDB. An admin sees every key's requests, any other caller its own key's."""
 
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ccproxy_analytics.consumer import AccessLogConsumer, parse_entry
-from ccproxy_analytics.queries import Filters, logs_query, page, parse_limit, usage_query
+from ccproxy_analytics.queries import Filters, encode_cursor, logs_query, parse_limit, usage_query
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
 from ccproxy_core.access_log import AccessLogEvent
 from ccproxy_core.errors import ProxyError, render_error
@@ -94,8 +92,9 @@ class Analytics:
         filters = self.filters(request)
         limit = parse_limit(request.query_params.get("limit"))
         sql, params = logs_query(self.store.table, filters, limit, request.query_params.get("cursor"))
-        rows, cursor = page(await self._rows(sql, params), limit)
-        return json({"data": rows, "has_more": cursor is not None, "next_cursor": cursor})
+        rows = await self._rows(sql, params)
+        cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        return json({"data": rows[:limit], "has_more": cursor is not None, "next_cursor": cursor})
 
     async def usage(self, request: Request) -> Response:
         filters = self.filters(request)
@@ -116,8 +115,8 @@ class Analytics:
                              headers={"retry-after": "5"}) from exc
 
     async def status(self, request: Request) -> Response:
-        """The admin sees the pipeline (stream length, consumer counters, every stored row); a
-        member sees whether the log works and how many of the stored rows are its own."""
+        """The admin sees the pipeline (stream length, consumer counters, every row); a member whether
+        the log works and how many of the rows are its own."""
         viewer = caller(request)
         body: dict[str, Any] = {"backend": self.store.backend, "database": self.store.database}
         warnings: list[str] = []
@@ -136,12 +135,10 @@ class Analytics:
             body["redis"] = {"available": False, "detail": type(exc).__name__}
             warnings.append("Redis is unreachable: gateways buffer events in memory")
         if viewer.admin:
-            consumer = self.consumer
-            body["consumer"] = {"name": consumer.consumer, "group": consumer.group, **asdict(consumer.state)}
-            warnings.extend(consumer.warnings)
-        body["warnings"] = warnings
-        body["status"] = "ok" if not warnings else "degraded"
-        return json(body)
+            body["consumer"] = {"name": self.consumer.consumer, "group": self.consumer.group,
+                                **asdict(self.consumer.state)}
+            warnings.extend(self.consumer.warnings)
+        return json({**body, "warnings": warnings, "status": "degraded" if warnings else "ok"})
 
     async def stream_events(self, request: Request) -> Response:
         """Reads the Redis stream directly (``XREAD``): requests show as the gateways finish them."""
@@ -186,8 +183,7 @@ def _redis_down(exc: RedisError) -> bytes:
 
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
-    # This process's one Redis client: the stream consumed, the log API's reads.
-    analytics = Analytics(settings, connect(settings.redis))
+    analytics = Analytics(settings, connect(settings.redis))  # one Redis client for the consumer and the API
 
     async def health(request: Request) -> Response:
         try:

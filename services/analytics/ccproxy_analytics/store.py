@@ -1,10 +1,7 @@
-"""ClickHouse, through one client for both places it runs.
-
-``clickhouse-connect`` speaks ClickHouse's HTTP interface to a server (``CLICKHOUSE__URL``, e.g.
-``http://default:secret@clickhouse:8123``) and, with a ``chdb://`` DSN, drives chDB (the same engine,
-in process) for ``ccproxy serve``: the same SQL, schema and wire format. The client is synchronous,
-so calls run in a small thread pool; chDB calls are kept to one thread.
-"""
+"""ClickHouse through ``clickhouse-connect``: a server's HTTP interface (``CLICKHOUSE__URL``, e.g.
+``http://default:secret@clickhouse:8123``) or, with a ``chdb://`` DSN, chDB in process for ``ccproxy serve``
+(the same engine, SQL and schema). The client is synchronous, so calls run in a small thread pool; chDB
+calls are kept to one thread."""
 
 from __future__ import annotations
 
@@ -34,16 +31,6 @@ def migrations() -> list[tuple[int, str, str]]:
                   if f.name.endswith(".sql") and f.name[:4].isdigit())
 
 
-def statements(sql: str) -> list[str]:
-    """Split a migration file on ``;`` at line ends, dropping comment-only parts."""
-    out = []
-    for part in re.split(r";\s*(?:\n|$)", sql):
-        text = "\n".join(ln for ln in part.splitlines() if not ln.strip().startswith("--")).strip()
-        if text:
-            out.append(text)
-    return out
-
-
 class ClickHouse:
     def __init__(self, dsn: str, database: str = "ccproxy", retention_days: int = 0) -> None:
         if not IDENTIFIER.match(database):
@@ -51,15 +38,12 @@ class ClickHouse:
         self.dsn = dsn
         self.database = database
         self.retention_days = max(0, int(retention_days))
+        self.table = f"{database}.access_log"
         self.backend = "chdb" if dsn.startswith("chdb:") else "http"
         self._pool = ThreadPoolExecutor(max_workers=1 if self.backend == "chdb" else 4, thread_name_prefix="ch")
         self._client: Any = None
         self._migrated = False
         self._lock = asyncio.Lock()
-
-    @property
-    def table(self) -> str:
-        return f"{self.database}.access_log"
 
     def _connect(self) -> Any:
         import clickhouse_connect
@@ -84,11 +68,13 @@ class ClickHouse:
             if version in done:
                 continue
             log.info("analytics: applying migration %s", name)
-            for statement in statements(sql.replace("{db}", db)):
-                client.command(statement)
+            # One statement per ``;`` at a line end; comment-only parts are skipped.
+            for part in re.split(r";\s*(?:\n|$)", sql.replace("{db}", db)):
+                text = "\n".join(ln for ln in part.splitlines() if not ln.strip().startswith("--")).strip()
+                if text:
+                    client.command(text)
             client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
-        # The TTL from ANALYTICS__RETENTION_DAYS (0: none), set at every start so a changed setting
-        # applies; left alone when the table already has it.
+        # The TTL from ANALYTICS__RETENTION_DAYS (0: none), checked at every start so a changed setting applies.
         rows = client.query("SELECT create_table_query FROM system.tables WHERE database = {db:String} "
                             "AND name = 'access_log'", parameters={"db": db}).result_rows
         current = rows[0][0] if rows else ""
