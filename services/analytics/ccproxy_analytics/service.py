@@ -199,13 +199,11 @@ def create_service_app(settings: Settings) -> Starlette:
         return Response(render_error(exc, "anthropic"), status_code=exc.status,
                         media_type="application/json", headers=exc.headers)
 
-    routes: list[BaseRoute] = [
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
-        ClosedMount("/logs", analytics.routes()),  # a caller is needed unless a route is public(...)
-    ]
     app = Starlette(
-        routes=routes, exception_handlers={ProxyError: on_proxy_error},
+        routes=[Route("/health", health, methods=["GET"]),
+                Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
+                ClosedMount("/logs", analytics.routes())],  # a caller is needed unless a route is public(...)
+        exception_handlers={ProxyError: on_proxy_error},
         lifespan=lifespan(closing(analytics.redis.aclose), running(analytics.start, analytics.stop)),
         middleware=[caller_middleware(key_backend(settings, secret))],
     )
