@@ -5,7 +5,6 @@ in-process implementations where the stack has HTTP ones."""
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute
 
 from ccproxy_analytics.service import Analytics
 from ccproxy_auth.admin import local_accounts
@@ -45,6 +44,6 @@ def build_local_app(settings: Settings) -> Starlette:
     )
     # The gateway's backend resolves the caller once; each closed mount refuses anonymous callers unless a
     # route is public(...). The console (/admin) and member page (/me) check their own sign-in.
-    routes: list[BaseRoute] = [ClosedMount("/logs", analytics.routes()), ClosedMount("/sdk", sdk.routes()),
-                               ClosedMount("/permissions", permissions.routes())]
-    return create_app(gateway, extra_routes=[*routes, *web_routes(settings, tokens, keys)], lifespan=parts)
+    return create_app(gateway, lifespan=parts, extra_routes=[
+        ClosedMount("/logs", analytics.routes()), ClosedMount("/sdk", sdk.routes()),
+        ClosedMount("/permissions", permissions.routes()), *web_routes(settings, tokens, keys)])

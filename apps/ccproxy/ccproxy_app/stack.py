@@ -136,8 +136,6 @@ def say(line: str) -> None:
 
 
 class Supervisor:
-    """Starts, watches, restarts and stops a list of services."""
-
     def __init__(self, services: Iterable[Service], *, log_dir: Path | None = None) -> None:
         self.services = list(services)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -217,10 +215,6 @@ class Supervisor:
                     await proc.wait()
 
 
-#: The images' own user, for a .env made by root (containers never run as root).
-IMAGE_UID = 10001
-
-
 def container_ids() -> tuple[str, str]:
     """The uid and gid compose runs auth and the sdk-worker as: the user's, so files they write in
     shared directories stay theirs; under sudo the invoking user's; never root's."""
@@ -231,7 +225,7 @@ def container_ids() -> tuple[str, str]:
         sudo_uid, sudo_gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
         if sudo_uid.isdigit() and sudo_uid != "0":
             return sudo_uid, sudo_gid if sudo_gid.isdigit() else sudo_uid
-        return str(IMAGE_UID), str(IMAGE_UID)
+        return "10001", "10001"  # the images' own user: containers never run as root
     return str(uid), str(gid)
 
 
@@ -252,15 +246,12 @@ def write_worker_secrets(directory: Path, values: dict[str, str]) -> None:
             out.write(value + "\n")
 
 
-#: The secrets ``init-env`` makes, and how many random bytes each gets.
-SECRETS = {"SECURITY__INTERNAL_SECRET": 32, "REDIS_PASSWORD": 32, "SECURITY__METRICS_TOKEN": 32,
-           "CLICKHOUSE_PASSWORD": 24, "GRAFANA_CLICKHOUSE_PASSWORD": 24, "GRAFANA_ADMIN_PASSWORD": 18}
-
-
 def render_env(example: str, secrets_dir: Path) -> tuple[str, dict[str, str]]:
     """``.env.example`` with its empty ``NAME=`` lines filled in (fresh secrets, this user's ids, where
     the sdk-worker's secret files are), everything else kept as written; and the values it sets."""
-    fill = {name: secrets.token_urlsafe(size) for name, size in SECRETS.items()}
+    sizes = {"SECURITY__INTERNAL_SECRET": 32, "REDIS_PASSWORD": 32, "SECURITY__METRICS_TOKEN": 32,
+             "CLICKHOUSE_PASSWORD": 24, "GRAFANA_CLICKHOUSE_PASSWORD": 24, "GRAFANA_ADMIN_PASSWORD": 18}
+    fill = {name: secrets.token_urlsafe(size) for name, size in sizes.items()}  # random bytes of each
     fill["SECURITY__AUTH_TOKEN"] = "cc-" + secrets.token_urlsafe(32)
     fill["CCPROXY_UID"], fill["CCPROXY_GID"] = container_ids()
     fill["CCPROXY_SECRETS_HOST_DIR"] = str(secrets_dir)

@@ -171,21 +171,16 @@ class AccessLogConsumer:
         return batch
 
     async def _write(self, entries: list[Entry]) -> None:
+        """Insert (retried until ClickHouse takes it), then ack; an entry trimmed before it was read has no fields."""
         events = [parse_entry(eid, fields) for eid, fields in entries if fields is not None]
         rows = [row(event) for event in events if event is not None]
         if invalid := len(events) - len(rows):
             self.state.invalid += invalid
             self.metrics.access_log_events.labels(self.metrics.service, "invalid").inc(invalid)
-        if rows:
-            await self._insert_until_done(rows)
-        await self.redis.xack(self.stream, self.group, *[eid for eid, _ in entries])
-
-    async def _insert_until_done(self, rows: list[list[Any]]) -> None:
         delay = 0.2
-        while True:
+        while rows:
             try:
                 await self.store.insert(self.store.table, rows, COLUMNS)
-                break
             except ClickHouseUnavailable as exc:
                 self.metrics.access_log_insert_errors.labels(self.metrics.service).inc()
                 if self.clickhouse_ok is not False:
@@ -195,13 +190,16 @@ class AccessLogConsumer:
                     await self._refresh_backlog()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if self.clickhouse_ok is False:
-            log.info("analytics: ClickHouse is back; writing the backlog")
-        self.clickhouse_ok = True
-        self.state.inserted += len(rows)
-        self.state.batches += 1
-        self.state.last_insert_at = datetime.now(UTC)
-        self.metrics.access_log_events.labels(self.metrics.service, "inserted").inc(len(rows))
+                continue
+            if self.clickhouse_ok is False:
+                log.info("analytics: ClickHouse is back; writing the backlog")
+            self.clickhouse_ok = True
+            self.state.inserted += len(rows)
+            self.state.batches += 1
+            self.state.last_insert_at = datetime.now(UTC)
+            self.metrics.access_log_events.labels(self.metrics.service, "inserted").inc(len(rows))
+            break
+        await self.redis.xack(self.stream, self.group, *[eid for eid, _ in entries])
 
     async def _refresh_backlog(self) -> None:
         """Pending (read, not acknowledged) plus not read yet; a warning as it grows."""

@@ -98,8 +98,7 @@ class Analytics:
 
     async def usage(self, request: Request) -> Response:
         filters = self.filters(request)
-        raw = request.query_params.get("group_by")
-        group_by = [g for g in (raw if raw is not None else "key,model").split(",") if g and g != "none"]
+        group_by = [g for g in request.query_params.get("group_by", "key,model").split(",") if g and g != "none"]
         bucket = request.query_params.get("bucket", "none")
         rows = await self._rows(*usage_query(self.store.table, filters, group_by, bucket))
         return json({"data": rows, "group_by": group_by, "bucket": bucket,

@@ -24,13 +24,6 @@ class ClickHouseUnavailable(Exception):
     """ClickHouse could not be reached or refused the statement; the caller retries."""
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every migration shipped in the package, in order."""
-    folder = resources.files("ccproxy_analytics").joinpath("migrations")
-    return sorted((int(f.name[:4]), f.name, f.read_text()) for f in folder.iterdir()
-                  if f.name.endswith(".sql") and f.name[:4].isdigit())
-
-
 class ClickHouse:
     def __init__(self, dsn: str, database: str = "ccproxy", retention_days: int = 0) -> None:
         if not IDENTIFIER.match(database):
@@ -58,18 +51,18 @@ class ClickHouse:
         """The shipped migrations not applied yet, then the retention (run in the pool, as one call)."""
         db = self.database
         client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-        client.command(
-            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
-            "applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version"
-        )
+        client.command(f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
+                       "applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version")
         applied = client.query(f"SELECT version FROM {db}.schema_migrations FINAL")  # noqa: S608
         done = {version for (version,) in applied.result_rows}
-        for version, name, sql in migrations():
+        folder = resources.files("ccproxy_analytics").joinpath("migrations")  # NNNN_name.sql, in order
+        for name in sorted(f.name for f in folder.iterdir() if f.name.endswith(".sql") and f.name[:4].isdigit()):
+            version = int(name[:4])
             if version in done:
                 continue
             log.info("analytics: applying migration %s", name)
             # One statement per ``;`` at a line end; comment-only parts are skipped.
-            for part in re.split(r";\s*(?:\n|$)", sql.replace("{db}", db)):
+            for part in re.split(r";\s*(?:\n|$)", folder.joinpath(name).read_text().replace("{db}", db)):
                 text = "\n".join(ln for ln in part.splitlines() if not ln.strip().startswith("--")).strip()
                 if text:
                     client.command(text)
