@@ -24,9 +24,6 @@ import redis
 
 from ccproxy_core.server import StartupError, bind, http_ok
 
-#: The routing file in a checkout (the one compose mounts into Traefik).
-ROUTES_RELATIVE = Path("deploy") / "traefik" / "routes.yml"
-
 #: The ccproxy services in start order, and the setting that tells the others where each listens.
 SERVICES = {"auth": "SERVICES__AUTH_URL", "api-forwarder": "SERVICES__FORWARDER_URL",
             "gateway": "SERVICES__GATEWAY_URL", "permissions": "SERVICES__PERMISSIONS_URL", "sdk-worker": None,
@@ -47,11 +44,12 @@ def free_port() -> int:
 
 
 def find_routes_file() -> Path:
-    """The repo's routing file: next to this checkout's sources, else under the current directory."""
+    """The file compose mounts into Traefik: next to this checkout's sources, else under the current directory."""
+    relative = Path("deploy") / "traefik" / "routes.yml"
     for base in (*Path(__file__).resolve().parents, Path.cwd()):
-        if (base / ROUTES_RELATIVE).is_file():
-            return base / ROUTES_RELATIVE
-    raise StartupError(f"cannot find the Traefik routing file {ROUTES_RELATIVE}; run from a ccproxy checkout or "
+        if (base / relative).is_file():
+            return base / relative
+    raise StartupError(f"cannot find the Traefik routing file {relative}; run from a ccproxy checkout or "
                        "pass --routes PATH")
 
 
@@ -140,6 +138,8 @@ class Supervisor:
         self.services = list(services)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.log_dir = log_dir
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
 
     async def run(self, url: str) -> None:
         """Start everything, then supervise until SIGINT/SIGTERM; stop everything either way."""
@@ -176,20 +176,14 @@ class Supervisor:
                 say(str(exc))
 
     async def _spawn(self, service: Service) -> None:
-        out: int | None = None  # the log file, closed here once the child has its own copy
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = os.open(self.log_dir / f"{service.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
+        with contextlib.ExitStack() as files:  # the log file is closed here once the child has its own copy
+            out = files.enter_context((self.log_dir / f"{service.name}.log").open("ab")) if self.log_dir else None
             self.procs[service.name] = await asyncio.create_subprocess_exec(
                 *service.argv, env={**os.environ, **service.env}, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT if out is not None else None,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
-        finally:
-            if out is not None:
-                os.close(out)
 
     async def _wait_ready(self, service: Service, deadline: float) -> None:
         proc = self.procs[service.name]

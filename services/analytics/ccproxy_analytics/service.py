@@ -41,14 +41,6 @@ def json(body: Any) -> Response:
     return Response(orjson.dumps(body, option=JSON_OPTIONS), media_type="application/json")
 
 
-def clickhouse_dsn(settings: Settings) -> str:
-    """``CLICKHOUSE__URL`` (a server, or an explicit ``chdb://`` path), else chDB under the data dir."""
-    if settings.clickhouse.url:
-        return settings.clickhouse.url
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return f"chdb://{(settings.data_dir / 'clickhouse').resolve()}"
-
-
 class Analytics:
     """The consumer writing the stream to ClickHouse, and the routes reading both. Callers are
     resolved by the app's backend (the gateway's in serve, key_backend in the stack)."""
@@ -60,7 +52,10 @@ class Analytics:
         self.metrics = metrics or Metrics("analytics").guarded(settings.security.metrics_token)
         self.redis = redis
         self.stream = settings.redis.key_prefix + a.stream
-        self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database, a.retention_days)
+        if not settings.clickhouse.url:  # a server, or an explicit chdb:// path; else chDB under the data dir
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        dsn = settings.clickhouse.url or f"chdb://{(settings.data_dir / 'clickhouse').resolve()}"
+        self.store = ClickHouse(dsn, settings.clickhouse.database, a.retention_days)
         self.consumer = AccessLogConsumer(
             redis, self.store, self.stream, group=a.group, batch_size=a.batch_size, batch_seconds=a.batch_seconds,
             backlog_warning=a.backlog_warning, stream_maxlen=a.stream_maxlen, metrics=self.metrics,

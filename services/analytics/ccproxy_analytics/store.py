@@ -6,6 +6,7 @@ calls are kept to one thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Sequence
@@ -106,10 +107,8 @@ class ClickHouse:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            try:
+            with contextlib.suppress(ClickHouseUnavailable):  # closing is best effort
                 await self._run(client.close)
-            except ClickHouseUnavailable as exc:  # closing is best effort
-                log.debug("clickhouse close: %s", exc)
         self._pool.shutdown(wait=False)
 
 
