@@ -206,9 +206,7 @@ class AccessLogConsumer:
         self._last_refresh = time.monotonic()
         groups = await self.redis.xinfo_groups(self.stream)
         length = await self.redis.xlen(self.stream)
-        for info in groups:
-            if as_text(info.get("name")) != self.group:
-                continue
+        for info in (group for group in groups if as_text(group.get("name")) == self.group):
             lag = info.get("lag")
             if lag is None:  # unknown after trimming: count what was not read yet at most
                 read = info.get("entries-read")

@@ -66,8 +66,7 @@ class Filters:
         except (ValueError, OverflowError, OSError) as exc:  # OSError: a time the OS cannot convert
             raise ProxyError(400, f"since/until: not a time ({exc}); use ISO 8601 or epoch seconds") from exc
         values = {name: q.get(name) or None for name in ("key", "account", "model", "status", "mode", "outcome")}
-        status = values["status"]
-        if status is not None and not STATUS.fullmatch(status):
+        if values["status"] is not None and not STATUS.fullmatch(values["status"]):
             raise ProxyError(400, "status: an HTTP status (429) or a class (4xx)", param="status")
         for name, allowed in (("mode", ("api", "sdk")), ("outcome", ("ok", "error", "cancelled"))):
             if values[name] is not None and values[name] not in allowed:
@@ -151,8 +150,7 @@ def usage_query(table: str, filters: Filters, group_by: list[str], bucket: str) 
     if bucket not in BUCKETS:
         raise ProxyError(400, f"bucket: one of {sorted(BUCKETS)}", param="bucket")
     clauses, params = filters.where()
-    select = [f"{BUCKETS[bucket]} AS bucket"] if BUCKETS[bucket] else []
-    keys = ["bucket"] if BUCKETS[bucket] else []
+    select, keys = ([f"{BUCKETS[bucket]} AS bucket"], ["bucket"]) if BUCKETS[bucket] else ([], [])
     for name in group_by:
         select.append(MODEL if name == "model" else GROUPS[name])
         keys.append(GROUPS[name])
