@@ -141,7 +141,7 @@ def launch_stack(
                         overrides={"REDIS__KEY_PREFIX": prefix, **(env or {})})
     secret = secrets.token_urlsafe(32)
     services, url = plan_stack(host="127.0.0.1", port=free_port(), internal_secret=secret, redis_url=redis_url,
-                      redis_dir=None, routes=ROUTES)
+                      redis_dir=run_dir / "redis", routes=ROUTES)
     stack = StackProc(url, {}, {}, secret, redis_url, prefix)
     try:
         for service in services:

@@ -82,18 +82,14 @@ def ccproxy_service(name: str, port: int, env: dict[str, str]) -> Service:
                    ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"))
 
 
-def redis_service(port: int, data_dir: Path | None) -> Service:
+def redis_service(port: int, data_dir: Path) -> Service:
     binary = shutil.which("redis-server")
     if binary is None:
         raise StartupError("REDIS__URL is not set and redis-server is not installed: install Redis (e.g. "
                            "`apt-get install redis-server`) or point REDIS__URL at one")
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    if data_dir is None:
-        argv += ["--appendonly", "no"]
-    else:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        argv += ["--appendonly", "yes", "--dir", str(data_dir)]
-    return Service("redis", argv, ready=lambda: _redis_ok(port))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Service("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "yes",
+                             "--dir", str(data_dir)], ready=lambda: _redis_ok(port))
 
 
 def _redis_ok(port: int) -> bool:
@@ -102,7 +98,7 @@ def _redis_ok(port: int) -> bool:
     return False
 
 
-def plan_stack(*, host: str, port: int, internal_secret: str, redis_url: str | None, redis_dir: Path | None,
+def plan_stack(*, host: str, port: int, internal_secret: str, redis_url: str | None, redis_dir: Path,
                routes: Path, extra_env: dict[str, str] | None = None) -> tuple[list[Service], str]:
     """Redis (when no ``REDIS__URL``), the six :data:`SERVICES` (analytics on embedded chDB unless
     ``CLICKHOUSE__URL``), then Traefik, in start order; and the public URL."""
