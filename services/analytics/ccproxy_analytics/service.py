@@ -34,11 +34,11 @@ from ccproxy_core.sse import encode_event
 
 log = logging.getLogger(__name__)
 
-JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
-
 
 def json(body: Any) -> Response:
-    return Response(orjson.dumps(body, option=JSON_OPTIONS), media_type="application/json")
+    """Datetimes in UTC with a ``Z`` (chDB's naive ones too), and chDB's numpy numbers."""
+    options = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
+    return Response(orjson.dumps(body, option=options), media_type="application/json")
 
 
 class Analytics:
