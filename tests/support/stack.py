@@ -140,11 +140,11 @@ def launch_stack(
     base = isolated_env(run_dir, fake_url=fake_url, claude_config_dir=claude_config_dir,
                         overrides={"REDIS__KEY_PREFIX": prefix, **(env or {})})
     secret = secrets.token_urlsafe(32)
-    plan = plan_stack(host="127.0.0.1", port=free_port(), internal_secret=secret, redis_url=redis_url,
-                      redis_dir=None, routes=ROUTES)
-    stack = StackProc(plan.url, {}, {}, secret, redis_url, prefix)
+    services, url = plan_stack(host="127.0.0.1", port=free_port(), internal_secret=secret, redis_url=redis_url,
+                      redis_dir=run_dir / "redis", routes=ROUTES)
+    stack = StackProc(url, {}, {}, secret, redis_url, prefix)
     try:
-        for service in plan.services:
+        for service in services:
             stack.specs[service.name] = (service, base, run_dir)
         stack.start_all(timeout)
         stack.url = stack.services["traefik"].url  # https:// when TLS__CERT_FILE is set

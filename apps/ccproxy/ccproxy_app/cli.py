@@ -1,11 +1,9 @@
-"""The commands that need several services: ``serve``, ``up`` and ``init-env``.
-
-They join the scaffold in ``ccproxy_core.cli`` through this package's ``ccproxy.commands``
-entry point, so only a full install (``uv sync``, ``make run``) has them; an image has not.
-"""
+"""The commands that need several services: ``serve``, ``up`` and ``init-env``. They join ``ccproxy_core.cli``
+through this package's ``ccproxy.commands`` entry point, so only a full install (``uv sync``) has them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from ccproxy_app import stack
 from ccproxy_core import logging as cclog
 from ccproxy_core.cli import check_bind, fail, load_settings, with_claude_flags
 from ccproxy_core.server import StartupError, bind, serve_app
@@ -28,13 +27,12 @@ def startup_report(settings: Settings) -> None:
     from ccproxy_auth.claude_credentials import CredentialsError
     from ccproxy_auth.manager import CredentialManager
 
-    manager = CredentialManager(settings)
     log = logging.getLogger("ccproxy")
     if settings.auth.api_key is not None:
         log.info("credentials: Anthropic API key from settings")
         return
     try:
-        found = next((c for c in (store.load() for store in manager.stores()) if c is not None), None)
+        found = next(filter(None, (store.load() for store in CredentialManager(settings).stores())), None)
     except CredentialsError as exc:
         fail(f"{exc}; fix or remove the file, then log in again with `claude`")
     if found is None:
@@ -67,21 +65,19 @@ def up(
     log_dir: Annotated[Path | None, typer.Option(help="Write each service's output to DIR/NAME.log.")] = None,
 ) -> None:
     """Run the stack as local processes: Redis, the six services, behind Traefik."""
-    from ccproxy_app import stack
-
     settings = load_settings(server__host=host, server__port=port, security__auth_token=auth_token)
     check_bind(settings)
     configured = settings.security.internal_secret
     host, port = settings.server.host, settings.server.port
     try:
         bind(host, port).close()  # a busy port: one clear line now
-        plan = stack.plan_stack(
+        services, url = stack.plan_stack(
             host=host, port=port, redis_url=settings.redis.url, redis_dir=settings.data_dir / "redis",
             internal_secret=configured.get_secret_value() if configured else secrets.token_urlsafe(32),
             routes=routes or stack.find_routes_file(),
             extra_env={"SECURITY__AUTH_TOKEN": auth_token} if auth_token else {},
         )
-        stack.Supervisor(plan.services, log_dir=log_dir).run(plan.url)
+        asyncio.run(stack.Supervisor(services, log_dir=log_dir).run(url))
     except StartupError as exc:
         fail(str(exc))
 
@@ -93,8 +89,6 @@ def init_env(
 ) -> None:
     """Write .env for `docker compose` from .env.example, with fresh secrets and your user id,
     and the sdk-worker's secrets as files in secrets/ beside it."""
-    from ccproxy_app.stack import render_env, write_worker_secrets
-
     if output.exists() and not force:
         fail(f"{output} exists; keep it, or pass --force to replace it (its secrets change)")
     try:
@@ -102,14 +96,13 @@ def init_env(
     except OSError as exc:
         fail(f"cannot read {example}: {exc.strerror}")
     secrets_dir = (output.parent / "secrets").absolute()
-    rendered, values = render_env(text, secrets_dir=secrets_dir)
-    missing = [n for n in ("SECURITY__INTERNAL_SECRET", "REDIS_PASSWORD") if not values.get(n)]
-    if missing:
+    rendered, values = stack.render_env(text, secrets_dir=secrets_dir)
+    if missing := [n for n in ("SECURITY__INTERNAL_SECRET", "REDIS_PASSWORD") if not values.get(n)]:
         fail(f"{example} has no line for {', '.join(missing)}")
     output.write_text(rendered, encoding="utf-8")
     output.chmod(0o600)
     # Compose mounts these into the sdk-worker (compose.yaml `secrets:`); they repeat what .env holds.
-    write_worker_secrets(Path(values.get("CCPROXY_SECRETS_HOST_DIR") or secrets_dir), values)
+    stack.write_worker_secrets(Path(values.get("CCPROXY_SECRETS_HOST_DIR") or secrets_dir), values)
     typer.echo(f"wrote {output} and {secrets_dir}/; clients authenticate with the SECURITY__AUTH_TOKEN in {output}")
 
 

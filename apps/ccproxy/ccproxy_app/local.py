@@ -1,14 +1,10 @@
-"""``ccproxy serve``'s wiring: every service in one process, on the embedded defaults.
-
-The composition root is the one place that imports several services: it builds each from the
-same settings and hands them what they share (the account pool, the gateway's metrics, one
-Redis), with in-process implementations where the stack has HTTP ones.
-"""
+"""``ccproxy serve``'s wiring, the one place that imports several services: each is built from the same
+settings and handed what they share (the account pool, the gateway's metrics, one Redis), with
+in-process implementations where the stack has HTTP ones."""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute
 
 from ccproxy_analytics.service import Analytics
 from ccproxy_auth.admin import local_accounts
@@ -28,8 +24,7 @@ from ccproxy_sdk_worker.worker import in_process as sdk_worker
 
 def build_local_app(settings: Settings) -> Starlette:
     """Gateway, api-forwarder, auth, sdk-worker, permissions and analytics in one app."""
-    # The process's one Redis client (the embedded stand-in unless REDIS__URL), handed to every part.
-    redis = connect(settings.redis)
+    redis = connect(settings.redis)  # the embedded stand-in unless REDIS__URL
     # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
     tokens, keys = local_accounts(settings, redis)
     forwarder = ApiForwarder(settings.anthropic, tokens)
@@ -39,7 +34,6 @@ def build_local_app(settings: Settings) -> Starlette:
     analytics = Analytics(settings, redis, metrics=gateway.metrics)
     sdk = SdkRoutes(gateway, redis)  # runs on the in-process worker below, through the same Redis
     permissions = EmbeddedPermissions(settings, redis)  # the worker's prompts are answered in process
-    # Started in this order, stopped in reverse; a part that fails to start stops those before it.
     parts = lifespan(
         closing(redis.aclose),
         closing(forwarder.aclose),
@@ -48,9 +42,8 @@ def build_local_app(settings: Settings) -> Starlette:
         running(permissions.start, permissions.stop),
         lambda: sdk_worker(settings, redis, permission_hook(permissions)),
     )
-    # One caller per request: the gateway's backend resolves the key once, and each closed mount
-    # refuses anonymous callers unless a route is public(...). The console (/admin) and member page
-    # (/me) check their own sign-in, so they are no closed mount.
-    routes: list[BaseRoute] = [ClosedMount("/logs", analytics.routes()), ClosedMount("/sdk", sdk.routes()),
-                               ClosedMount("/permissions", permissions.routes())]
-    return create_app(gateway, extra_routes=[*routes, *web_routes(settings, tokens, keys)], lifespan=parts)
+    # The gateway's backend resolves the caller once; each closed mount refuses anonymous callers unless a
+    # route is public(...). The console (/admin) and member page (/me) check their own sign-in.
+    return create_app(gateway, lifespan=parts, extra_routes=[
+        ClosedMount("/logs", analytics.routes()), ClosedMount("/sdk", sdk.routes()),
+        ClosedMount("/permissions", permissions.routes()), *web_routes(settings, tokens, keys)])

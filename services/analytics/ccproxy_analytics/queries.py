@@ -1,9 +1,7 @@
-"""The log query API's SQL: filters, keyset pagination, usage totals.
+"""The log query API's SQL (the same on chDB and a ClickHouse server): filters, keyset pages, usage totals.
 
-Every value is a server-side bound parameter (``{name:Type}``), never spliced into the SQL;
-only the database name (checked to be an identifier) and column names from fixed lists are.
-The same SQL runs on chDB and on a ClickHouse server.
-"""
+Every value is a server-side bound parameter (``{name:Type}``); only the database name (checked to be an
+identifier) and column names from fixed lists are spliced into the SQL."""
 
 from __future__ import annotations
 
@@ -21,8 +19,7 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 #: An HTTP status (ASCII digits only: str.isdigit() also accepts "²", which int() refuses) or a class.
 STATUS = re.compile(r"[0-9]{1,3}|[1-5]xx")
-#: The range of ClickHouse's DateTime64: a filter reaching past it means "from the start" or "to
-#: the end" (sent as is, year 1 or 9999 made the query fail: a 503 for the client's own choice).
+#: DateTime64's range: times past it are clamped (year 1 or 9999 made the query fail with a 503).
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -31,7 +28,6 @@ GROUPS = {"key": "key_id", "account": "account", "model": "model", "mode": "mode
           "outcome": "outcome", "status": "status", "error_type": "error_type"}
 #: The ``model`` a request is grouped under: the one that answered, else the one asked for.
 MODEL = "if(model_used != '', model_used, model_requested) AS model"
-#: What /logs/usage adds up for each group: requests, tokens, cost and latency percentiles.
 TOTALS = [
     "count() AS requests", "countIf(outcome = 'error') AS errors", "countIf(outcome = 'cancelled') AS cancelled",
     *(f"sum({tokens}) AS {tokens}" for tokens in ("input_tokens", "output_tokens", "cache_read_tokens",
@@ -42,12 +38,12 @@ TOTALS = [
 BUCKETS = {"minute": "toStartOfMinute(started_at)", "hour": "toStartOfHour(started_at)",
            "day": "toStartOfDay(started_at)", "none": None}
 
-#: Filters that are one column's value: filter name -> column.
+#: Filters on one column's value.
 _EQUAL = {"key": "key_id", "account": "account", "mode": "mode", "outcome": "outcome"}
 
 
 def _dt(value: datetime) -> str:
-    """A DateTime64(3) parameter value (UTC, millisecond precision)."""
+    """A DateTime64(3, 'UTC') parameter."""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
@@ -63,16 +59,14 @@ class Filters:
     outcome: str | None = None
 
     @classmethod
-    def from_query(cls, q: dict[str, str], default_window: timedelta = timedelta(days=1)) -> Filters:
-        now = datetime.now(UTC)
+    def from_query(cls, q: dict[str, str]) -> Filters:
         try:
-            until = parse_time(q["until"]) if q.get("until") else now + timedelta(minutes=1)
-            since = parse_time(q["since"]) if q.get("since") else until - default_window
+            until = parse_time(q["until"]) if q.get("until") else datetime.now(UTC) + timedelta(minutes=1)
+            since = parse_time(q["since"]) if q.get("since") else until - timedelta(days=1)
         except (ValueError, OverflowError, OSError) as exc:  # OSError: a time the OS cannot convert
             raise ProxyError(400, f"since/until: not a time ({exc}); use ISO 8601 or epoch seconds") from exc
         values = {name: q.get(name) or None for name in ("key", "account", "model", "status", "mode", "outcome")}
-        status = values["status"]
-        if status is not None and not STATUS.fullmatch(status):
+        if values["status"] is not None and not STATUS.fullmatch(values["status"]):
             raise ProxyError(400, "status: an HTTP status (429) or a class (4xx)", param="status")
         for name, allowed in (("mode", ("api", "sdk")), ("outcome", ("ok", "error", "cancelled"))):
             if values[name] is not None and values[name] not in allowed:
@@ -109,22 +103,19 @@ class Filters:
         return self.status is None or (code == self.status if self.status.isdigit() else code[0] == self.status[0])
 
 
-def encode_cursor(started_at: datetime, request_id: str) -> str:
-    ms = round(started_at.timestamp() * 1000)
-    return base64.urlsafe_b64encode(f"{ms}|{request_id}".encode()).decode().rstrip("=")
-
-
-#: The latest instant a cursor may name (DateTime64's range ends in 2299).
-_CURSOR_MAX_MS = 10_000_000_000_000
+def encode_cursor(last: dict[str, Any]) -> str:
+    """Names the last row of a page; the next page starts after it."""
+    ms = round(last["started_at"].timestamp() * 1000)
+    return base64.urlsafe_b64encode(f"{ms}|{last['request_id']}".encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The (started_at, request_id) a cursor from :func:`encode_cursor` names; 400 for anything
-    else (a forged cursor may decode to any text, e.g. a number no datetime can hold)."""
+    """400 for anything but a cursor we made: a forged one may decode to a number no datetime can hold."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ms, _, request_id = raw.partition("|")
-        if not (ms.isascii() and ms.isdigit() and len(ms) <= 14 and int(ms) < _CURSOR_MAX_MS):
+        # At most 10^13 ms: DateTime64's range ends in 2299.
+        if not (ms.isascii() and ms.isdigit() and len(ms) <= 14 and int(ms) < 10**13):
             raise ValueError("not a time in milliseconds")
         return datetime.fromtimestamp(int(ms) / 1000, UTC), request_id
     except (ValueError, UnicodeDecodeError, OverflowError, OSError) as exc:
@@ -147,30 +138,19 @@ def logs_query(table: str, filters: Filters, limit: int, cursor: str | None) -> 
         clauses.append("(started_at, request_id) < ({cursor_ts:DateTime64(3, 'UTC')}, {cursor_id:String})")
         params["cursor_ts"], params["cursor_id"] = _dt(ts), request_id
     params["limit"] = limit + 1  # one more tells whether there is a next page
-    sql = (
-        f"SELECT {', '.join(COLUMNS)} FROM {table} FINAL WHERE {' AND '.join(clauses)} "  # noqa: S608
-        "ORDER BY started_at DESC, request_id DESC LIMIT {limit:UInt32}"
-    )
+    sql = (f"SELECT {', '.join(COLUMNS)} FROM {table} FINAL WHERE {' AND '.join(clauses)} "  # noqa: S608
+           "ORDER BY started_at DESC, request_id DESC LIMIT {limit:UInt32}")
     return sql, params
-
-
-def page(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
-    """The page's rows and the cursor to the next page (None on the last)."""
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], encode_cursor(rows[limit - 1]["started_at"], rows[limit - 1]["request_id"])
 
 
 def usage_query(table: str, filters: Filters, group_by: list[str], bucket: str) -> tuple[str, dict[str, Any]]:
     """:data:`TOTALS` per group and time bucket."""
-    unknown = [g for g in group_by if g not in GROUPS]
-    if unknown:
+    if unknown := [g for g in group_by if g not in GROUPS]:
         raise ProxyError(400, f"group_by: unknown {unknown}; choose from {sorted(GROUPS)}", param="group_by")
     if bucket not in BUCKETS:
         raise ProxyError(400, f"bucket: one of {sorted(BUCKETS)}", param="bucket")
     clauses, params = filters.where()
-    select = [f"{BUCKETS[bucket]} AS bucket"] if BUCKETS[bucket] else []
-    keys = ["bucket"] if BUCKETS[bucket] else []
+    select, keys = ([f"{BUCKETS[bucket]} AS bucket"], ["bucket"]) if BUCKETS[bucket] else ([], [])
     for name in group_by:
         select.append(MODEL if name == "model" else GROUPS[name])
         keys.append(GROUPS[name])

@@ -1,9 +1,7 @@
-"""The analytics service: the consumer, the store and the log API (``/logs/*``) from settings.
+"""The analytics service: the consumer, the store and the log API (``/logs/*``).
 
-``ccproxy run analytics`` serves :func:`create_service_app` (client keys checked as in the permissions
-service); ``ccproxy serve`` mounts the same :class:`Analytics` routes in the gateway, on the embedded
-Redis and chDB. An admin sees every key's requests, any other caller only its own key's.
-"""
+``ccproxy run analytics`` serves :func:`create_service_app`; ``ccproxy serve`` mounts the same routes in the
+gateway, on the embedded Redis and chDB. An admin sees every key's requests, any other caller its own key's."""
 
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ccproxy_analytics.consumer import AccessLogConsumer, parse_entry
-from ccproxy_analytics.queries import Filters, logs_query, page, parse_limit, usage_query
+from ccproxy_analytics.queries import Filters, encode_cursor, logs_query, parse_limit, usage_query
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
 from ccproxy_core.access_log import AccessLogEvent
 from ccproxy_core.errors import ProxyError, render_error
@@ -36,19 +34,11 @@ from ccproxy_core.sse import encode_event
 
 log = logging.getLogger(__name__)
 
-JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
-
 
 def json(body: Any) -> Response:
-    return Response(orjson.dumps(body, option=JSON_OPTIONS), media_type="application/json")
-
-
-def clickhouse_dsn(settings: Settings) -> str:
-    """``CLICKHOUSE__URL`` (a server, or an explicit ``chdb://`` path), else chDB under the data dir."""
-    if settings.clickhouse.url:
-        return settings.clickhouse.url
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return f"chdb://{(settings.data_dir / 'clickhouse').resolve()}"
+    """Datetimes in UTC with a ``Z`` (chDB's naive ones too), and chDB's numpy numbers."""
+    options = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
+    return Response(orjson.dumps(body, option=options), media_type="application/json")
 
 
 class Analytics:
@@ -62,7 +52,10 @@ class Analytics:
         self.metrics = metrics or Metrics("analytics").guarded(settings.security.metrics_token)
         self.redis = redis
         self.stream = settings.redis.key_prefix + a.stream
-        self.store = ClickHouse(clickhouse_dsn(settings), settings.clickhouse.database, a.retention_days)
+        if not settings.clickhouse.url:  # a server, or an explicit chdb:// path; else chDB under the data dir
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        dsn = settings.clickhouse.url or f"chdb://{(settings.data_dir / 'clickhouse').resolve()}"
+        self.store = ClickHouse(dsn, settings.clickhouse.database, a.retention_days)
         self.consumer = AccessLogConsumer(
             redis, self.store, self.stream, group=a.group, batch_size=a.batch_size, batch_seconds=a.batch_seconds,
             backlog_warning=a.backlog_warning, stream_maxlen=a.stream_maxlen, metrics=self.metrics,
@@ -94,13 +87,13 @@ class Analytics:
         filters = self.filters(request)
         limit = parse_limit(request.query_params.get("limit"))
         sql, params = logs_query(self.store.table, filters, limit, request.query_params.get("cursor"))
-        rows, cursor = page(await self._rows(sql, params), limit)
-        return json({"data": rows, "has_more": cursor is not None, "next_cursor": cursor})
+        rows = await self._rows(sql, params)
+        cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        return json({"data": rows[:limit], "has_more": cursor is not None, "next_cursor": cursor})
 
     async def usage(self, request: Request) -> Response:
         filters = self.filters(request)
-        raw = request.query_params.get("group_by")
-        group_by = [g for g in (raw if raw is not None else "key,model").split(",") if g and g != "none"]
+        group_by = [g for g in request.query_params.get("group_by", "key,model").split(",") if g and g != "none"]
         bucket = request.query_params.get("bucket", "none")
         rows = await self._rows(*usage_query(self.store.table, filters, group_by, bucket))
         return json({"data": rows, "group_by": group_by, "bucket": bucket,
@@ -116,8 +109,8 @@ class Analytics:
                              headers={"retry-after": "5"}) from exc
 
     async def status(self, request: Request) -> Response:
-        """The admin sees the pipeline (stream length, consumer counters, every stored row); a
-        member sees whether the log works and how many of the stored rows are its own."""
+        """The admin sees the pipeline (stream length, consumer counters, every row); a member whether
+        the log works and how many of the rows are its own."""
         viewer = caller(request)
         body: dict[str, Any] = {"backend": self.store.backend, "database": self.store.database}
         warnings: list[str] = []
@@ -136,12 +129,10 @@ class Analytics:
             body["redis"] = {"available": False, "detail": type(exc).__name__}
             warnings.append("Redis is unreachable: gateways buffer events in memory")
         if viewer.admin:
-            consumer = self.consumer
-            body["consumer"] = {"name": consumer.consumer, "group": consumer.group, **asdict(consumer.state)}
-            warnings.extend(consumer.warnings)
-        body["warnings"] = warnings
-        body["status"] = "ok" if not warnings else "degraded"
-        return json(body)
+            body["consumer"] = {"name": self.consumer.consumer, "group": self.consumer.group,
+                                **asdict(self.consumer.state)}
+            warnings.extend(self.consumer.warnings)
+        return json({**body, "warnings": warnings, "status": "degraded" if warnings else "ok"})
 
     async def stream_events(self, request: Request) -> Response:
         """Reads the Redis stream directly (``XREAD``): requests show as the gateways finish them."""
@@ -186,8 +177,7 @@ def _redis_down(exc: RedisError) -> bytes:
 
 def create_service_app(settings: Settings) -> Starlette:
     secret = require_internal_secret(settings)
-    # This process's one Redis client: the stream consumed, the log API's reads.
-    analytics = Analytics(settings, connect(settings.redis))
+    analytics = Analytics(settings, connect(settings.redis))  # one Redis client for the consumer and the API
 
     async def health(request: Request) -> Response:
         try:
@@ -203,13 +193,11 @@ def create_service_app(settings: Settings) -> Starlette:
         return Response(render_error(exc, "anthropic"), status_code=exc.status,
                         media_type="application/json", headers=exc.headers)
 
-    routes: list[BaseRoute] = [
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
-        ClosedMount("/logs", analytics.routes()),  # a caller is needed unless a route is public(...)
-    ]
     app = Starlette(
-        routes=routes, exception_handlers={ProxyError: on_proxy_error},
+        routes=[Route("/health", health, methods=["GET"]),
+                Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
+                ClosedMount("/logs", analytics.routes())],  # a caller is needed unless a route is public(...)
+        exception_handlers={ProxyError: on_proxy_error},
         lifespan=lifespan(closing(analytics.redis.aclose), running(analytics.start, analytics.stop)),
         middleware=[caller_middleware(key_backend(settings, secret))],
     )

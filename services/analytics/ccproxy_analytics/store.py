@@ -1,14 +1,12 @@
-"""ClickHouse, through one client for both places it runs.
-
-``clickhouse-connect`` speaks ClickHouse's HTTP interface to a server (``CLICKHOUSE__URL``, e.g.
-``http://default:secret@clickhouse:8123``) and, with a ``chdb://`` DSN, drives chDB (the same engine,
-in process) for ``ccproxy serve``: the same SQL, schema and wire format. The client is synchronous,
-so calls run in a small thread pool; chDB calls are kept to one thread.
-"""
+"""ClickHouse through ``clickhouse-connect``: a server's HTTP interface (``CLICKHOUSE__URL``, e.g.
+``http://default:secret@clickhouse:8123``) or, with a ``chdb://`` DSN, chDB in process for ``ccproxy serve``
+(the same engine, SQL and schema). The client is synchronous, so calls run in a small thread pool; chDB
+calls are kept to one thread."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Sequence
@@ -27,23 +25,6 @@ class ClickHouseUnavailable(Exception):
     """ClickHouse could not be reached or refused the statement; the caller retries."""
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every migration shipped in the package, in order."""
-    folder = resources.files("ccproxy_analytics").joinpath("migrations")
-    return sorted((int(f.name[:4]), f.name, f.read_text()) for f in folder.iterdir()
-                  if f.name.endswith(".sql") and f.name[:4].isdigit())
-
-
-def statements(sql: str) -> list[str]:
-    """Split a migration file on ``;`` at line ends, dropping comment-only parts."""
-    out = []
-    for part in re.split(r";\s*(?:\n|$)", sql):
-        text = "\n".join(ln for ln in part.splitlines() if not ln.strip().startswith("--")).strip()
-        if text:
-            out.append(text)
-    return out
-
-
 class ClickHouse:
     def __init__(self, dsn: str, database: str = "ccproxy", retention_days: int = 0) -> None:
         if not IDENTIFIER.match(database):
@@ -51,15 +32,12 @@ class ClickHouse:
         self.dsn = dsn
         self.database = database
         self.retention_days = max(0, int(retention_days))
+        self.table = f"{database}.access_log"
         self.backend = "chdb" if dsn.startswith("chdb:") else "http"
         self._pool = ThreadPoolExecutor(max_workers=1 if self.backend == "chdb" else 4, thread_name_prefix="ch")
         self._client: Any = None
         self._migrated = False
         self._lock = asyncio.Lock()
-
-    @property
-    def table(self) -> str:
-        return f"{self.database}.access_log"
 
     def _connect(self) -> Any:
         import clickhouse_connect
@@ -74,21 +52,23 @@ class ClickHouse:
         """The shipped migrations not applied yet, then the retention (run in the pool, as one call)."""
         db = self.database
         client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-        client.command(
-            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
-            "applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version"
-        )
+        client.command(f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
+                       "applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version")
         applied = client.query(f"SELECT version FROM {db}.schema_migrations FINAL")  # noqa: S608
         done = {version for (version,) in applied.result_rows}
-        for version, name, sql in migrations():
+        folder = resources.files("ccproxy_analytics").joinpath("migrations")  # NNNN_name.sql, in order
+        for name in sorted(f.name for f in folder.iterdir() if f.name.endswith(".sql") and f.name[:4].isdigit()):
+            version = int(name[:4])
             if version in done:
                 continue
             log.info("analytics: applying migration %s", name)
-            for statement in statements(sql.replace("{db}", db)):
-                client.command(statement)
+            # One statement per ``;`` at a line end; comment-only parts are skipped.
+            for part in re.split(r";\s*(?:\n|$)", folder.joinpath(name).read_text().replace("{db}", db)):
+                text = "\n".join(ln for ln in part.splitlines() if not ln.strip().startswith("--")).strip()
+                if text:
+                    client.command(text)
             client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
-        # The TTL from ANALYTICS__RETENTION_DAYS (0: none), set at every start so a changed setting
-        # applies; left alone when the table already has it.
+        # The TTL from ANALYTICS__RETENTION_DAYS (0: none), checked at every start so a changed setting applies.
         rows = client.query("SELECT create_table_query FROM system.tables WHERE database = {db:String} "
                             "AND name = 'access_log'", parameters={"db": db}).result_rows
         current = rows[0][0] if rows else ""
@@ -127,10 +107,8 @@ class ClickHouse:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            try:
+            with contextlib.suppress(ClickHouseUnavailable):  # closing is best effort
                 await self._run(client.close)
-            except ClickHouseUnavailable as exc:  # closing is best effort
-                log.debug("clickhouse close: %s", exc)
         self._pool.shutdown(wait=False)
 
 
