@@ -19,9 +19,9 @@ from starlette.routing import Route
 
 from ccproxy_auth import oauth
 from ccproxy_auth.accounts import AccountError, AccountStore, check_name
-from ccproxy_auth.keys import KeyAdminError, KeyStore
+from ccproxy_auth.console import AdminAccess, Endpoint, Session, SessionStore, console_routes
+from ccproxy_auth.keys import KeyAdminError, KeyStore, need_keys
 from ccproxy_auth.pool import AccountPool
-from ccproxy_auth.sessions import AdminAccess, Session
 from ccproxy_core import pricing
 from ccproxy_core.client_keys import KEYS_PATH, AdmitBody, KeyInfo, Period, SettleBody
 from ccproxy_core.errors import ProxyError, validation_error
@@ -31,7 +31,6 @@ from ccproxy_core.routing import PICK_PATH, REPORT_PATH, PickBody, ReportBody
 from ccproxy_core.settings import Settings
 
 B = TypeVar("B", bound=BaseModel)
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def local_accounts(settings: Settings, redis: Redis, metrics: Any = None) -> tuple[AccountPool, KeyStore | None]:
@@ -94,10 +93,11 @@ def _refused() -> Iterator[None]:
         raise ProxyError(exc.status if isinstance(exc, KeyAdminError) else 400, str(exc)) from exc
 
 
-def need_keys(keys: KeyStore | None, hint: str = "") -> KeyStore:
-    if keys is None:
-        raise ProxyError(503, f"client keys need a real Redis (REDIS__URL){hint}")
-    return keys
+def web_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -> list[Route]:
+    """The console, the member page and the admin API they use, on the pool's Redis (the
+    embedded one in ``ccproxy serve`` without ``REDIS__URL``: sessions then last one process)."""
+    access = AdminAccess(settings, SessionStore(pool.redis, settings.redis.key_prefix))
+    return [*console_routes(access, keys), *admin_routes(settings, pool, keys, access)]
 
 
 def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
@@ -217,15 +217,13 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
     async def update_key(request: Request) -> Response:
         body = await _parse(request, KeyLimitsBody)
         changes = {name: getattr(body, name) for name in body.model_fields_set}
-        if "accounts" in changes:
-            changes["accounts"] = [a.strip() for a in changes["accounts"] or [] if a.strip()]
         with _refused():
             info = await need_keys(keys).update(request.path_params["key"], changes)
         return json_response(info.model_dump())
 
     async def list_keys(request: Request) -> Response:
         include = request.query_params.get("all") in ("1", "true")
-        return json_response(await need_keys(keys).listing(include))
+        return json_response([row.model_dump() for row in await need_keys(keys).listing(include)])
 
     async def create_key(request: Request) -> Response:
         body = await _parse(request, CreateKeyBody)

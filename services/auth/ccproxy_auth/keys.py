@@ -16,7 +16,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ccproxy_auth.sessions import session_key
 from ccproxy_core.client_keys import (
     KEY_PREFIX,
     Admission,
@@ -133,6 +132,19 @@ return spent
 """
 
 
+class KeyUsage(KeyInfo):
+    """A key with its spend (``keys list``, the admin API, ``/me``): in total, and this period's for a budget."""
+
+    spent_usd: float = 0.0
+    period_spent_usd: float | None = None
+    period_ends_at: float | None = None
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
 class KeyAdminError(ValueError):
     """A key operation cannot be done (bad limits, duplicate name); ``status`` for the admin API."""
 
@@ -235,10 +247,23 @@ def _with_limits(info: KeyInfo, changes: dict[str, Any]) -> KeyInfo:
     if unknown := set(changes) - LIMITS:
         raise KeyAdminError(f"cannot change {', '.join(sorted(unknown))}")
     check_limits(changes)
+    if "accounts" in changes:
+        changes["accounts"] = [a.strip() for a in changes["accounts"] or [] if a.strip()]
     merged = info.model_copy(update=changes)
     if merged.budget_usd is not None and merged.period is None:
         merged.period = "month"
     return merged
+
+
+def session_key(prefix: str, sid_digest: str) -> str:
+    """Where a console session lives in Redis: the key store reads member sessions (``/me``) there."""
+    return f"{prefix}console:session:{sid_digest}"
+
+
+def need_keys(keys: KeyStore | None, hint: str = "") -> KeyStore:
+    if keys is None:
+        raise ProxyError(503, f"client keys need a real Redis (REDIS__URL){hint}")
+    return keys
 
 
 class KeyStore:
@@ -321,33 +346,25 @@ class KeyStore:
         await self.redis.hset(self._key(merged.id), mapping=_limits_record(merged))
         return merged
 
-    async def listing(self, include_revoked: bool = False) -> list[dict[str, Any]]:
-        """Every key with its spend: this period's (budget keys) and in total."""
-        rows: list[dict[str, Any]] = []
+    async def listing(self, include_revoked: bool = False) -> list[KeyUsage]:
+        rows: list[KeyUsage] = []
         for key_id in sorted(as_text(i) for i in await self.redis.smembers(f"{self.p}all")):
             info = await self.get(key_id)
             if info is not None and (info.revoked_at is None or include_revoked):
                 rows.append(await self.usage(info))
         return rows
 
-    async def usage(self, info: KeyInfo) -> dict[str, Any]:
-        """``info`` with its spend: this period's (with the period's end) and in total."""
+    async def usage(self, info: KeyInfo) -> KeyUsage:
         raw_totals = await self.redis.hgetall(self._key(info.id, "total"))
         totals = {as_text(k): int(as_text(v)) for k, v in raw_totals.items()}
-        period_spend = period_end = None
+        spent = totals.get("spend_micro", 0) / MICRO
+        usage = KeyUsage.model_validate({**info.model_dump(), **totals, "spent_usd": spent})
         if info.period:
             pid, _, end = period_bounds(info.period, time.time())
             raw = await self.redis.get(self._key(info.id, f"spend:{pid}"))
-            period_spend = int(as_text(raw)) / MICRO if raw else 0.0
-            period_end = end.timestamp()
-        return {
-            **info.model_dump(),
-            "spent_usd": totals.get("spend_micro", 0) / MICRO,
-            "period_spent_usd": period_spend,
-            "period_ends_at": period_end,
-            "requests": totals.get("requests", 0),
-            **{name: totals.get(name, 0) for name in TOKEN_TOTALS},
-        }
+            usage.period_spent_usd = int(as_text(raw)) / MICRO if raw else 0.0
+            usage.period_ends_at = end.timestamp()
+        return usage
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
         """The (usable) key behind a ``/me`` session (its id's SHA-256), for GET reads elsewhere."""

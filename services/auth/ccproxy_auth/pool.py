@@ -1,13 +1,7 @@
 """The account pool: which upstream account serves a request, and what a 429 or 401 does to it.
 
-A conversation sticks to its account (its prompt cache lives there); a new one is placed by
-``AUTH__STRATEGY``. A 429 is read, not just counted: a spent 5-hour or 7-day quota cools the account
-down until the window's reset (the request switches), a short throttle (``retry-after`` up to
-``AUTH__THROTTLE_WAIT_SECONDS``) retries on the same account, keeping its cache, a longer one cools
-down for ``retry-after``, a 529 briefly; a 401 that survives a refresh marks the account unhealthy
-until it answers again. All of it lives in Redis with expiries, so every replica sees it and it
-survives restarts.
-"""
+A conversation sticks to its account (its cache). A spent quota cools it down until the window resets, a throttle
+up to AUTH__THROTTLE_WAIT_SECONDS retries on it, a longer one or a 529 cools it, a 401 after a refresh: unhealthy."""
 
 from __future__ import annotations
 

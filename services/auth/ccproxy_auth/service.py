@@ -14,8 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth.admin import internal_routes, local_accounts
-from ccproxy_auth.console import web_routes
+from ccproxy_auth.admin import internal_routes, local_accounts, web_routes
 from ccproxy_core.auth_client import STATUS_PATH
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
