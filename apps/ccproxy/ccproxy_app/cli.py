@@ -31,7 +31,7 @@ def startup_report(settings: Settings) -> None:
         log.info("credentials: Anthropic API key from settings")
         return
     try:
-        found = next((c for c in (store.load() for store in manager.stores()) if c is not None), None)
+        found = next((c for c in (store.load() for store in manager.stores) if c is not None), None)
     except CredentialsError as exc:
         fail(f"{exc}; fix or remove the file, then log in again with `claude`")
     if found is None:

@@ -145,8 +145,11 @@ class AccountStore:
         return secret
 
     def save(self, account: Account, secret: dict[str, Any] | None = None) -> Account:
+        """Write ``account``; one added again keeps its age and priority (its place in the fill-first order)."""
         path = self.path(account.name)
         doc: dict[str, Any] = self._read(path) or {}
+        kept = {k: v for k, v in (doc.get("account") or {}).items() if k in ("created_at", "priority")}
+        account = account.model_copy(update=kept)
         doc["account"] = account.model_dump(mode="json")
         if secret is not None and self.use_keyring:
             import keyring
@@ -172,16 +175,8 @@ class AccountStore:
         return True
 
     def add_oauth(self, name: str, oauth: ClaudeOAuth) -> Account:
-        name = check_name(name)
-        existing = self.get(name)
-        account = Account(
-            name=name,
-            kind="oauth",
-            subscription_type=oauth.subscription_type,
-            scopes=oauth.scopes,
-            created_at=existing.created_at if existing else time.time(),
-            priority=existing.priority if existing else 0,
-        )
+        account = Account(name=check_name(name), kind="oauth", subscription_type=oauth.subscription_type,
+                          scopes=oauth.scopes)
         return self.save(account, {"claudeAiOauth": oauth.dump()})
 
     def add_api_key(self, name: str, api_key: str) -> Account:
@@ -189,11 +184,7 @@ class AccountStore:
         if not api_key.strip():
             raise AccountError("the API key is empty")
         register_secret(api_key)
-        existing = self.get(name)
-        account = Account(
-            name=name, kind="api_key", created_at=existing.created_at if existing else time.time()
-        )
-        return self.save(account, {"api_key": api_key.strip()})
+        return self.save(Account(name=name, kind="api_key"), {"api_key": api_key.strip()})
 
     def link_cli(self, name: str, source: CredentialStore) -> Account:
         """An account that uses (and writes back) the Claude CLI's own login."""
@@ -201,13 +192,8 @@ class AccountStore:
         found = source.load()
         if found is None:
             raise AccountError(f"no Claude CLI login found in {source.name}; run `claude` and /login first")
-        account = Account(
-            name=name,
-            kind="claude_cli",
-            source=source.name,
-            subscription_type=found.subscription_type,
-            scopes=found.scopes,
-        )
+        account = Account(name=name, kind="claude_cli", source=source.name,
+                          subscription_type=found.subscription_type, scopes=found.scopes)
         return self.save(account)
 
     def credential_store(self, account: Account) -> CredentialStore:

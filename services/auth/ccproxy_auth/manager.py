@@ -84,18 +84,15 @@ class CredentialManager:
         if stores is None:
             stores = cli_stores(settings)
             api_key = settings.auth.api_key.get_secret_value() if settings.auth.api_key else None
-        self._stores = stores
+        self.stores = stores
         self._api_key = api_key
         register_secret(self._api_key)
         #: Where its credential comes from; the pool keeps the manager while this stays the same.
         self.origin = (api_key, tuple(store.name for store in stores))
 
-    def stores(self) -> list[CredentialStore]:
-        return self._stores
-
     def _load(self) -> ClaudeOAuth | None:
         """Read the credentials again from wherever they are (the CLI may have changed them)."""
-        for store in self.stores():
+        for store in self.stores:
             found = store.load()
             if found is not None:
                 self._store = store

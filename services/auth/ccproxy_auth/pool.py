@@ -180,14 +180,11 @@ class AccountPool:
     def members(self) -> list[Member]:
         """The accounts, re-read when their files change (checked at most once a second)."""
         now = time.monotonic()
-        if self._version is not None and now - self._checked < 1.0:
-            return self._members
-        self._checked = now
-        version = self.store.version()
-        if version == self._version:
-            return self._members
-        self._version = version
-        self._members = self._build()
+        if self._version is None or now - self._checked >= 1.0:
+            self._checked = now
+            version = self.store.version()
+            if version != self._version:
+                self._version, self._members = version, self._build()
         return self._members
 
     def _build(self) -> list[Member]:
