@@ -22,7 +22,7 @@ from ccproxy_core.settings import Settings
 
 def startup_report(settings: Settings) -> None:
     """Stop on credentials that exist but cannot be read; warn when there are none."""
-    from ccproxy_auth.claude_credentials import CredentialsError
+    from ccproxy_auth.accounts import CredentialsError
     from ccproxy_auth.manager import CredentialManager
 
     manager = CredentialManager(settings)

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ccproxy_auth.accounts import AccountError, AccountStore
-from ccproxy_auth.claude_credentials import CredentialsError, FileStore, cli_stores
+from ccproxy_auth.accounts import AccountError, AccountStore, FileStore, cli_stores
 from ccproxy_core.cli import fail, load_settings
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import Settings
@@ -48,7 +47,7 @@ def _failing() -> Iterator[None]:
 
     try:
         yield
-    except (AccountError, CredentialsError, KeyAdminError, LoginError) as exc:
+    except (AccountError, KeyAdminError, LoginError) as exc:
         fail(str(exc))
 
 

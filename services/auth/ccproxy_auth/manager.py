@@ -21,12 +21,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from ccproxy_auth import oauth
-from ccproxy_auth.claude_credentials import (
-    ClaudeOAuth,
-    CredentialsError,
-    CredentialStore,
-    cli_stores,
-)
+from ccproxy_auth.accounts import ClaudeOAuth, CredentialsError, CredentialStore, cli_stores
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.logging import register_secret
 from ccproxy_core.redis import UNAVAILABLE, RedisLock, unavailable_as_503

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel
 
-from ccproxy_auth.claude_credentials import ClaudeOAuth
+from ccproxy_auth.accounts import ClaudeOAuth
 from ccproxy_core.settings import OAuthSettings
 
 
