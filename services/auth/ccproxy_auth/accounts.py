@@ -72,8 +72,6 @@ def with_oauth(doc: dict[str, Any], oauth: ClaudeOAuth) -> dict[str, Any]:
 
 
 class CredentialStore(Protocol):
-    """Somewhere the CLI's credentials live."""
-
     name: str
 
     def load(self) -> ClaudeOAuth | None: ...
@@ -124,7 +122,6 @@ class KeyringStore:
 
 
 def keyring_json(service: str, username: str, where: str) -> dict[str, Any] | None:
-    """A keyring entry that holds a JSON object, None if there is none."""
     import keyring
 
     raw = keyring.get_password(service, username)
@@ -319,7 +316,6 @@ class AccountStore:
         return self.save(Account(name=name, kind="api_key"), {"api_key": api_key.strip()})
 
     def link_cli(self, name: str, source: CredentialStore) -> Account:
-        """An account that uses (and writes back) the Claude CLI's own login."""
         name = check_name(name)
         found = source.load()
         if found is None:

@@ -1,8 +1,6 @@
-"""The auth service's HTTP surface for accounts and client keys: the internal routes (internal
-secret; the forwarder's pick and report, the gateway's key lookups, admissions and settlements)
-and the admin API (the admin token, or the console's session with its CSRF token; off while
-``SECURITY__ADMIN_TOKEN`` is unset). No answer carries a secret but a new key, once.
-"""
+"""Auth's HTTP surface for accounts and client keys: the internal routes (internal secret: the forwarder's pick
+and report, the gateway's key lookups, admissions, settlements) and the admin API (the admin token, or a console
+session with its CSRF token; off without ``SECURITY__ADMIN_TOKEN``). No answer carries a secret but a new key, once."""
 
 from __future__ import annotations
 

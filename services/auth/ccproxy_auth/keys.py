@@ -1,11 +1,7 @@
-"""Client keys: one per team member, stored hashed (shown once), with rate limits and a budget.
-
-Admission is one Lua script, atomic so fifty concurrent requests cannot all slip under a limit of
-five: it refuses a revoked or expired key, takes from the rpm/tpm token buckets and reserves the
-request's estimated cost (input bytes / 4 plus ``max_tokens`` at the model's price, or a whole
-SDK run's ``CLAUDE__RUN_RESERVATION_USD``) against the period's budget. Settlement releases the
-reservation and books the real cost. Reservations expire, so a dead gateway cannot hold budget.
-"""
+"""Client keys: one per team member, stored hashed (shown once), with rate limits and a budget. Admission is
+one Lua script, atomic (fifty concurrent requests cannot all slip under a limit of five): rpm/tpm buckets, and the
+estimated cost (input bytes / 4 plus max_tokens, or an SDK run's CLAUDE__RUN_RESERVATION_USD) reserved against the
+period's budget; settlement books the real cost. Reservations expire, so a dead gateway holds no budget."""
 
 from __future__ import annotations
 
@@ -163,7 +159,6 @@ MAX_BUDGET_USD = 1_000_000.0
 
 
 def check_limits(limits: dict[str, Any]) -> None:
-    """Raise KeyAdminError unless every limit given is a finite, positive, sane number."""
     for flag, top in (("rpm", MAX_RPM), ("tpm", MAX_TPM)):
         value = limits.get(flag)
         if value is not None and (type(value) is not int or not 1 <= value <= top):
@@ -277,7 +272,6 @@ class KeyStore:
         self._settle = redis.register_script(SETTLE)
 
     def _key(self, key_id: str, what: str = "") -> str:
-        """Where a key's record (no ``what``) or one of its counters lives."""
         return f"{self.p}id:{key_id}:{what}" if what else f"{self.p}id:{key_id}"
 
     async def create(self, name: str, **limits: Any) -> tuple[KeyInfo, str]:

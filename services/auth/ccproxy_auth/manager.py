@@ -1,12 +1,7 @@
-"""Hands out a usable upstream credential, refreshing it single-flight.
-
-Refresh tokens rotate and each works once, so twenty requests meeting an expired token must
-cause one refresh: an asyncio lock in the process, a Redis lock (with a timeout) across replicas,
-and after taking it a re-read of the store in case someone else refreshed (the fencing check).
-A failed refresh is shared by its waiters and not retried with the same refresh token for a
-growing interval (30 s doubling to 30 min), so a dead token does not hammer the token endpoint;
-a new login is tried at once, and meanwhile a still-valid access token is used.
-"""
+"""Hands out a usable upstream credential, refreshing it single-flight: refresh tokens rotate and each works once,
+so an asyncio lock, a Redis lock across replicas, and a re-read of the store once it is taken (someone may have
+refreshed). A failed refresh is shared by its waiters and not retried with the same token for 30 s doubling to
+30 min (no hammering the endpoint); a new login is tried at once, a still-valid access token used meanwhile."""
 
 from __future__ import annotations
 
@@ -41,8 +36,6 @@ REFRESH_BACKOFF_MAX_SECONDS = 1800.0
 
 @dataclass(slots=True)
 class RefreshFailure:
-    """The last failed refresh of an account: which refresh token, what it gave, when to retry."""
-
     refresh_token: str
     error: ProxyError
     retry_at: float
@@ -125,7 +118,7 @@ class CredentialManager:
                 latest = await asyncio.to_thread(self._load_or_fail)
                 if latest.refresh_token != current.refresh_token and self._usable(latest, rejected):
                     return self._credential(latest)
-                if self._still_valid(latest, rejected):
+                if self._usable(latest, rejected, margin=0):
                     return self._credential(latest)  # refreshing ahead of expiry failed: not yet fatal
                 raise
 
@@ -165,13 +158,10 @@ class CredentialManager:
             raise ProxyError(401, NO_CREDENTIALS, "authentication_error")
         return found
 
-    def _usable(self, oauth_: ClaudeOAuth, rejected: str | None) -> bool:
-        """Not refused by the upstream, and not within the refresh margin of its expiry."""
-        return self._still_valid(oauth_, rejected, self._settings.oauth.refresh_margin_seconds)
-
-    @staticmethod
-    def _still_valid(oauth_: ClaudeOAuth, rejected: str | None, margin: float = 0.0) -> bool:
-        """Not refused by the upstream, and not expired yet (it may be within the refresh margin)."""
+    def _usable(self, oauth_: ClaudeOAuth, rejected: str | None, margin: float | None = None) -> bool:
+        """Not refused by the upstream, and not expiring within ``margin`` (default: the refresh margin)."""
+        if margin is None:
+            margin = self._settings.oauth.refresh_margin_seconds
         if rejected is not None and oauth_.access_token == rejected:
             return False
         return oauth_.expires_at is None or oauth_.expires_at / 1000 - time.time() > margin
@@ -182,7 +172,7 @@ class CredentialManager:
         failure = self._failure
         if failure is None or not failure.blocks(current.refresh_token):
             return False
-        if self._still_valid(current, rejected):
+        if self._usable(current, rejected, margin=0):
             return True
         raise failure.error
 

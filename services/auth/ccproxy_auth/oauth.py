@@ -1,9 +1,6 @@
-"""OAuth with the Claude CLI's public client: logging in (PKCE, S256) and refreshing tokens.
-
-A login comes back from the authorize page to a local callback server on the redirect URI's port,
-or, where no browser can reach this machine (a server, a container), by the manual flow: the page
-shows ``code#state`` and the user pastes it.
-"""
+"""OAuth with the Claude CLI's public client: logging in (PKCE, S256) and refreshing tokens. A login comes back
+to a local callback server on the redirect URI's port or, where no browser can reach this machine (a server, a
+container), by the manual flow: the page shows ``code#state`` and the user pastes it."""
 
 from __future__ import annotations
 
@@ -83,7 +80,6 @@ def pkce_pair() -> tuple[str, str]:
 
 
 def start(settings: OAuthSettings, manual: bool = False) -> PendingLogin:
-    """A new login: the URL to open, and what the exchange will need."""
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(32)
     redirect_uri = settings.manual_redirect_uri if manual else settings.redirect_uri
