@@ -102,10 +102,8 @@ class KeyringStore:
         self.username = username or getpass.getuser()
 
     def _get(self) -> dict[str, Any] | None:
-        try:
-            from keyring.errors import KeyringError
-        except ImportError:
-            return None
+        from keyring.errors import KeyringError
+
         try:
             return keyring_json(KEYRING_SERVICE, self.username, "the keyring entry")
         except (KeyringError, RuntimeError) as exc:
@@ -203,11 +201,9 @@ def check_name(name: str) -> str:
 
 def keyring_usable() -> bool:
     """True when a real OS keyring backend exists (not the fail/null/chained-with-nothing ones)."""
-    try:
-        import keyring
-        from keyring.backends import chainer, fail
-    except ImportError:
-        return False
+    import keyring
+    from keyring.backends import chainer, fail
+
     try:
         backend = keyring.get_keyring()
     except Exception:

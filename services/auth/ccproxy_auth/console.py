@@ -55,7 +55,6 @@ def fingerprint(secret: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Session:
     digest: str
-    role: Role
     csrf: str
     key_id: str = ""
     admin_fp: str = ""
@@ -92,7 +91,7 @@ class SessionStore:
         r = {as_text(k): as_text(v) for k, v in raw.items()}
         if r.get("role") != role:
             return None
-        return Session(found, role, r.get("csrf", ""), r.get("key_id", ""), r.get("admin_fp", ""))
+        return Session(found, r.get("csrf", ""), r.get("key_id", ""), r.get("admin_fp", ""))
 
     async def delete(self, session: Session) -> None:
         await self.redis.delete(session_key(self.prefix, session.digest))

@@ -83,16 +83,8 @@ def start(settings: OAuthSettings, manual: bool = False) -> PendingLogin:
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(32)
     redirect_uri = settings.manual_redirect_uri if manual else settings.redirect_uri
-    query = {
-        "code": "true",
-        "client_id": settings.client_id,
-        "response_type": "code",
-        "redirect_uri": redirect_uri,
-        "scope": settings.scopes,
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "state": state,
-    }
+    query = {"code": "true", "client_id": settings.client_id, "response_type": "code", "redirect_uri": redirect_uri,
+             "scope": settings.scopes, "code_challenge": challenge, "code_challenge_method": "S256", "state": state}
     return PendingLogin(verifier, state, redirect_uri, f"{settings.authorize_url}?{urlencode(query)}")
 
 

@@ -412,24 +412,15 @@ class AccountPool:
             name = member.account.name
             cooldown, problem, limited = states[name]
             quota = Quota.model_validate_json(quota_raw) if quota_raw else Quota()
-            out.append(
-                AccountState(
-                    name=name,
-                    kind=member.account.kind,
-                    source=status.source,
-                    subscription_type=status.subscription_type or member.account.subscription_type,
-                    expires_at=status.expires_at,
-                    available=status.available and problem is None and cooldown is None,
-                    healthy=problem is None and status.available,
-                    problem=problem or status.detail,
-                    cooldown=cooldown,
-                    last_limited_at=limited,
-                    quota=quota.windows,
-                    quota_status=quota.status,
-                    quota_updated_at=quota.updated_at,
-                    refreshed_at=float(refreshed_raw) if refreshed_raw else None,
-                )
-            )
+            out.append(AccountState(
+                name=name, kind=member.account.kind, source=status.source, expires_at=status.expires_at,
+                subscription_type=status.subscription_type or member.account.subscription_type,
+                available=status.available and problem is None and cooldown is None,
+                healthy=problem is None and status.available, problem=problem or status.detail,
+                cooldown=cooldown, last_limited_at=limited,
+                quota=quota.windows, quota_status=quota.status, quota_updated_at=quota.updated_at,
+                refreshed_at=float(refreshed_raw) if refreshed_raw else None,
+            ))
         return out
 
     async def status(self) -> CredentialStatus:
@@ -438,10 +429,6 @@ class AccountPool:
             return await members[0].source.status()
         states = await self.accounts()
         usable = [s for s in states if s.available]
-        return CredentialStatus(
-            available=bool(usable),
-            kind="pool",
-            source=f"{len(states)} accounts",
-            account=",".join(s.name for s in usable) or None,
-            detail=f"{len(usable)} of {len(states)} accounts usable",
-        )
+        return CredentialStatus(available=bool(usable), kind="pool", source=f"{len(states)} accounts",
+                                account=",".join(s.name for s in usable) or None,
+                                detail=f"{len(usable)} of {len(states)} accounts usable")
