@@ -12,15 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ccproxy_core.client_keys import (
-    KEY_PREFIX,
-    Admission,
-    KeyInfo,
-    Period,
-    Settlement,
-    UsageReport,
-    hash_key,
-)
+from ccproxy_core.client_keys import KEY_PREFIX, Admission, KeyInfo, Period, Settlement, UsageReport, hash_key
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.pricing import current
 from ccproxy_core.redis import as_text

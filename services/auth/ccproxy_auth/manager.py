@@ -45,10 +45,8 @@ class RefreshFailure:
         return refresh_token == self.refresh_token and time.monotonic() < self.retry_at
 
 
-NO_CREDENTIALS = (
-    "No Claude credentials found. Log in with the Claude CLI (`claude`, then /login), "
-    "or set AUTH__API_KEY to use an Anthropic API key."
-)
+NO_CREDENTIALS = ("No Claude credentials found. Log in with the Claude CLI (`claude`, then /login), "
+                  "or set AUTH__API_KEY to use an Anthropic API key.")
 
 
 class CredentialManager:
@@ -139,15 +137,9 @@ class CredentialManager:
         failure = self._failure
         if not valid and failure is not None and failure.refresh_token == found.refresh_token:
             detail = f"access token expired and its refresh failed: {failure.error.message}"
-        return CredentialStatus(
-            available=detail is None,
-            kind="oauth",
-            source=self._store.name if self._store else None,
-            account=self.account,
-            expires_at=expires,
-            subscription_type=found.subscription_type,
-            detail=detail,
-        )
+        source = self._store.name if self._store else None
+        return CredentialStatus(available=detail is None, kind="oauth", source=source, account=self.account,
+                                expires_at=expires, subscription_type=found.subscription_type, detail=detail)
 
     def _load_or_fail(self) -> ClaudeOAuth:
         try:
