@@ -4,9 +4,8 @@ session with its CSRF token; off without ``SECURITY__ADMIN_TOKEN``). No answer c
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -80,15 +79,6 @@ async def _parse(request: Request, model: type[B]) -> B:
         return model.model_validate_json(await request.body() or b"{}")
     except ValidationError as exc:
         raise validation_error(exc) from exc
-
-
-@contextlib.contextmanager
-def _refused() -> Iterator[None]:
-    """What the admin asked cannot be done: a 400 that says why (a 404 for an unknown key)."""
-    try:
-        yield
-    except (AccountError, KeyAdminError, oauth.LoginError) as exc:
-        raise ProxyError(exc.status if isinstance(exc, KeyAdminError) else 400, str(exc)) from exc
 
 
 def web_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -> list[Route]:
@@ -166,8 +156,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
 
     async def add_api_key_account(request: Request) -> Response:
         body = await _parse(request, ApiKeyAccountBody)
-        with _refused():
-            account = AccountStore(settings).add_api_key(body.name, body.api_key)
+        account = AccountStore(settings).add_api_key(body.name, body.api_key)
         pool.invalidate()
         return json_response(account.model_dump(mode="json"), status=201)
 
@@ -176,8 +165,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         return json_response({"account": credential.account, "expires_at": credential.expires_at})
 
     async def remove_account(request: Request) -> Response:
-        with _refused():
-            removed = AccountStore(settings).remove(request.path_params["name"])
+        removed = AccountStore(settings).remove(request.path_params["name"])
         if not removed:
             raise ProxyError(404, "no such account", "not_found_error")
         pool.invalidate()
@@ -186,8 +174,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
 
     async def oauth_start(request: Request) -> Response:
         body = await _parse(request, OAuthStartBody)
-        with _refused():
-            name = check_name(body.name)
+        name = check_name(body.name)
         pending = oauth.start(settings.oauth, manual=True)
         login_id = secrets.token_urlsafe(16)
         record = {"name": name, "verifier": pending.verifier, "state": pending.state,
@@ -203,10 +190,9 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
             raise ProxyError(404, "no such login in progress (it expires after 15 minutes); start again",
                              "not_found_error")
         pending = oauth.PendingLogin(record["verifier"], record["state"], record["redirect_uri"], "")
-        with _refused():
-            code = oauth.parse_pasted(body.pasted, pending)
-            oauth_pair = await oauth.finish(settings.oauth, pending, code)
-            account = AccountStore(settings).add_oauth(record["name"], oauth_pair)
+        code = oauth.parse_pasted(body.pasted, pending)
+        oauth_pair = await oauth.finish(settings.oauth, pending, code)
+        account = AccountStore(settings).add_oauth(record["name"], oauth_pair)
         await redis.delete(pending_prefix + body.login_id)
         pool.invalidate()
         await pool.clear(account.name)
@@ -215,8 +201,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
     async def update_key(request: Request) -> Response:
         body = await _parse(request, KeyLimitsBody)
         changes = {name: getattr(body, name) for name in body.model_fields_set}
-        with _refused():
-            info = await need_keys(keys).update(request.path_params["key"], changes)
+        info = await need_keys(keys).update(request.path_params["key"], changes)
         return json_response(info.model_dump())
 
     async def list_keys(request: Request) -> Response:
@@ -225,19 +210,20 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
 
     async def create_key(request: Request) -> Response:
         body = await _parse(request, CreateKeyBody)
-        with _refused():
-            info, plain = await need_keys(keys).create(**body.model_dump())
+        info, plain = await need_keys(keys).create(**body.model_dump())
         return json_response({**info.model_dump(), "key": plain}, status=201)
 
     async def revoke_key(request: Request) -> Response:
-        with _refused():
-            info = await need_keys(keys).revoke(request.path_params["key"])
+        info = await need_keys(keys).revoke(request.path_params["key"])
         return json_response(info.model_dump())
 
     def admin_only(endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
             request.state.admin = await access.check(request)
-            return await endpoint(request)
+            try:
+                return await endpoint(request)
+            except (AccountError, KeyAdminError, oauth.LoginError) as exc:  # cannot be done: a 400 that says why
+                raise ProxyError(exc.status if isinstance(exc, KeyAdminError) else 400, str(exc)) from exc
 
         return guarded
 

@@ -271,13 +271,11 @@ def _keys(settings: Settings) -> KeyStore:
     return KeyStore(connect(settings.redis), settings.redis.key_prefix)
 
 
-def parse_expiry(text: str, now: float | None = None) -> float:
+def parse_expiry(text: str) -> float:
     """``30d``, ``12h``, ``90m`` from now, or a date ``2026-12-31`` (UTC midnight) / ISO time."""
-    now = time.time() if now is None else now
     match = re.fullmatch(r"(\d+)([mhdw])", text.strip())
     if match:
-        n, unit = int(match.group(1)), match.group(2)
-        return now + n * {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[unit]
+        return time.time() + int(match.group(1)) * {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[match.group(2)]
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError as exc:

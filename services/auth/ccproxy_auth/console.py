@@ -190,12 +190,8 @@ PAGE_HEADERS = {
     "x-content-type-options": "nosniff",
     "cache-control": "no-store",
 }
-ASSETS = {
-    "console.css": "text/css; charset=utf-8",
-    "console.js": "text/javascript; charset=utf-8",
-    "admin.js": "text/javascript; charset=utf-8",
-    "me.js": "text/javascript; charset=utf-8",
-}
+ASSETS = {"console.css": "text/css", "console.js": "text/javascript", "admin.js": "text/javascript",
+          "me.js": "text/javascript"}
 
 
 def _static(name: str) -> str:
@@ -223,7 +219,8 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         name = request.path_params["name"]
         if name not in ASSETS:
             raise ProxyError(404, "no such file", "not_found_error")
-        return Response(_static(name), media_type=ASSETS[name], headers={"cache-control": "no-cache"})
+        media_type = f"{ASSETS[name]}; charset=utf-8"
+        return Response(_static(name), media_type=media_type, headers={"cache-control": "no-cache"})
 
     def sign_out(cookie: str, find: Callable[[Request], Awaitable[Session | None]]) -> Endpoint:
         async def endpoint(request: Request) -> Response:

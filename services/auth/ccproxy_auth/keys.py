@@ -187,10 +187,8 @@ def _bounded(value: int | float, top: int = MAX_TOKENS) -> int:
 
 
 def estimate(model: str, body_bytes: int, max_tokens: int) -> tuple[int, int]:
-    """(tokens, micro-USD) a request may use at most, for reservations. A model without a price
-    reserves at the dearest known one, so a made-up model name cannot slip past a budget; a
-    prompt past a long-context tier's start reserves at the tier's price. Inputs are clamped (a
-    negative ``max_tokens`` reserves the input alone, never a negative amount)."""
+    """(tokens, micro-USD) a request may use at most, for reservations. A model without a price reserves at the
+    dearest one (a made-up name cannot slip past a budget), a long prompt at its tier's; inputs are clamped."""
     input_tokens = max(1, _bounded(body_bytes) // 4)
     output_tokens = _bounded(max_tokens)
     tokens = input_tokens + output_tokens

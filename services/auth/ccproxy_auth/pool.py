@@ -116,12 +116,11 @@ def read_limit(status: int, headers: Mapping[str, str], settings: Settings, now:
         if w.status == "rejected" or (w.utilization is not None and w.utilization >= 1.0)
     ]
     if headers.get(UNIFIED + "status") == "rejected" or spent:
-        claim = headers.get(UNIFIED + "representative-claim")
         resets = [w.reset for _, w in spent if w.reset]
         reset = max(resets) if resets else header_number(headers.get(UNIFIED + "reset"))
         if reset is None or reset <= now:
             reset = now + (retry_after or auth.default_cooldown_seconds)
-        label = claim or (spent[0][0] if spent else "unified")
+        label = headers.get(UNIFIED + "representative-claim") or (spent[0][0] if spent else "unified")
         return Verdict(reason=f"quota:{label}", until=reset)
     if retry_after is not None and retry_after <= auth.throttle_wait_seconds:
         return Verdict(reason="throttle", wait=retry_after)
@@ -153,11 +152,10 @@ class PoolMetrics:
 class AccountPool:
     """A :class:`~ccproxy_core.routing.AccountRouter`, and its :meth:`status` says what it has."""
 
-    def __init__(self, settings: Settings, redis: Any, store: AccountStore | None = None, *,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, redis: Any, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.redis = redis
-        self.store = store or AccountStore(settings)
+        self.store = AccountStore(settings)
         self.prefix = f"{settings.redis.key_prefix}pool:"
         self.metrics = PoolMetrics(metrics or Metrics("auth"))
         self._members: list[Member] = []
