@@ -243,8 +243,8 @@ def refresh(
         except ProxyError as exc:
             typer.echo(f"{name}: refresh failed: {exc.message}", err=True)
             failed = True
-            continue
-        typer.echo(f"{name}: refreshed, valid until {_when(credential.expires_at)}")
+        else:
+            typer.echo(f"{name}: refreshed, valid until {_when(credential.expires_at)}")
     if failed:
         raise typer.Exit(1)
 

@@ -51,9 +51,8 @@ async def _post(settings: OAuthSettings, grant: dict[str, str]) -> TokenResponse
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
                     reason = body.get("error") if isinstance(body, dict) else None
-                    raise OAuthError(
-                        f"token endpoint answered {resp.status} ({reason or 'no reason'})", refused=resp.status < 500
-                    )
+                    why = f"token endpoint answered {resp.status} ({reason or 'no reason'})"
+                    raise OAuthError(why, refused=resp.status < 500)
                 return TokenResponse.model_validate(body)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise OAuthError(f"token endpoint unreachable: {type(exc).__name__}") from exc

@@ -269,12 +269,8 @@ class AccountPool:
                 raise ProxyError(403, "this client key may only use upstream accounts that do not exist: "
                                  + ", ".join(sorted(allowed)), "permission_error")
         candidates = [m for m in members if m.account.name not in exclude]
-        tried: set[str] = set()
-        while True:
-            remaining = [m for m in candidates if m.account.name not in tried]
-            if not remaining:
-                raise ProxyError(503, "no upstream account can take this request (all were tried)")
-            chosen = await self._choose(remaining, hints.get(HINT_SESSION))
+        while candidates:
+            chosen = await self._choose(candidates, hints.get(HINT_SESSION))
             try:
                 return await chosen.source.get()
             except ProxyError as exc:
@@ -284,9 +280,10 @@ class AccountPool:
                 # its manager backs off from refreshing), and the next one, if any, serves.
                 if chosen.account.name not in self._unhealthy_seen:
                     await self.mark_unhealthy(chosen.account.name, exc.message)
-                if len(remaining) == 1:
+                if len(candidates) == 1:
                     raise
-                tried.add(chosen.account.name)
+                candidates.remove(chosen)
+        raise ProxyError(503, "no upstream account can take this request (all were tried)")
 
     async def _choose(self, candidates: list[Member], session: str | None) -> Member:
         if len(candidates) == 1:
