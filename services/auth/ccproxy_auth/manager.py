@@ -112,12 +112,11 @@ class CredentialManager:
             try:
                 return self._credential(await self._refresh(current))
             except ProxyError:
-                # A holder that outlived its lock may have rotated the pair meanwhile: use theirs.
+                # A holder that outlived its lock may have rotated the pair meanwhile, or this refresh was
+                # ahead of expiry: while a token still works, the failure is not fatal yet.
                 latest = await asyncio.to_thread(self._load_or_fail)
-                if latest.refresh_token != current.refresh_token and self._usable(latest, rejected):
-                    return self._credential(latest)
                 if self._usable(latest, rejected, margin=0):
-                    return self._credential(latest)  # refreshing ahead of expiry failed: not yet fatal
+                    return self._credential(latest)
                 raise
 
     async def status(self) -> CredentialStatus:
