@@ -89,9 +89,9 @@ async def test_settlement_releases_the_reservation_and_records_real_spend(redis:
     # Real spend is far below the estimates: there is room again.
     await store.admit(info, MODEL, 400, 50)
     rows = await store.listing()
-    row = next(r for r in rows if r["name"] == "erin")
-    assert row["requests"] == 2 and row["input_tokens"] == 20
-    assert row["period_spent_usd"] == pytest.approx(2 * settled.cost_usd)
+    row = next(r for r in rows if r.name == "erin")
+    assert row.requests == 2 and row.input_tokens == 20
+    assert row.period_spent_usd == pytest.approx(2 * settled.cost_usd)
 
 
 async def test_rpm_is_a_bucket_that_refills(redis: Redis, prefix: str) -> None:

@@ -16,7 +16,7 @@ import anthropic
 import httpx2 as httpx
 from keyrings.alt.file import PlaintextKeyring
 
-from ccproxy_auth.claude_credentials import KEYRING_SERVICE
+from ccproxy_auth.accounts import KEYRING_SERVICE
 from tests.e2e_api.conftest import CLIENT_KEY, MODEL
 from tests.support.fake import FakeUpstream
 from tests.support.process import Proc

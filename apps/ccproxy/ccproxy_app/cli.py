@@ -24,7 +24,7 @@ AuthToken = Annotated[str | None, typer.Option("--auth-token", help="Client toke
 
 def startup_report(settings: Settings) -> None:
     """Stop on credentials that exist but cannot be read; warn when there are none."""
-    from ccproxy_auth.claude_credentials import CredentialsError
+    from ccproxy_auth.accounts import CredentialsError
     from ccproxy_auth.manager import CredentialManager
 
     log = logging.getLogger("ccproxy")
@@ -32,7 +32,7 @@ def startup_report(settings: Settings) -> None:
         log.info("credentials: Anthropic API key from settings")
         return
     try:
-        found = next(filter(None, (store.load() for store in CredentialManager(settings).stores())), None)
+        found = next(filter(None, (store.load() for store in CredentialManager(settings).stores)), None)
     except CredentialsError as exc:
         fail(f"{exc}; fix or remove the file, then log in again with `claude`")
     if found is None:

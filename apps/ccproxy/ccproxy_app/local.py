@@ -7,8 +7,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from ccproxy_analytics.service import Analytics
-from ccproxy_auth.admin import local_accounts
-from ccproxy_auth.console import web_routes
+from ccproxy_auth.admin import local_accounts, web_routes
 from ccproxy_core.identity import ClosedMount
 from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.redis import connect

@@ -1,14 +1,11 @@
-"""The auth service's HTTP surface for accounts and client keys: the internal routes (internal
-secret; the forwarder's pick and report, the gateway's key lookups, admissions and settlements)
-and the admin API (the admin token, or the console's session with its CSRF token; off while
-``SECURITY__ADMIN_TOKEN`` is unset). No answer carries a secret but a new key, once.
-"""
+"""Auth's HTTP surface for accounts and client keys: the internal routes (internal secret: the forwarder's pick
+and report, the gateway's key lookups, admissions, settlements) and the admin API (the admin token, or a console
+session with its CSRF token; off without ``SECURITY__ADMIN_TOKEN``). No answer carries a secret but a new key, once."""
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -19,9 +16,9 @@ from starlette.routing import Route
 
 from ccproxy_auth import oauth
 from ccproxy_auth.accounts import AccountError, AccountStore, check_name
-from ccproxy_auth.keys import KeyAdminError, KeyStore
+from ccproxy_auth.console import AdminAccess, Endpoint, Session, SessionStore, console_routes
+from ccproxy_auth.keys import KeyAdminError, KeyStore, need_keys
 from ccproxy_auth.pool import AccountPool
-from ccproxy_auth.sessions import AdminAccess, Session
 from ccproxy_core import pricing
 from ccproxy_core.client_keys import KEYS_PATH, AdmitBody, KeyInfo, Period, SettleBody
 from ccproxy_core.errors import ProxyError, validation_error
@@ -31,7 +28,6 @@ from ccproxy_core.routing import PICK_PATH, REPORT_PATH, PickBody, ReportBody
 from ccproxy_core.settings import Settings
 
 B = TypeVar("B", bound=BaseModel)
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def local_accounts(settings: Settings, redis: Redis, metrics: Any = None) -> tuple[AccountPool, KeyStore | None]:
@@ -85,19 +81,11 @@ async def _parse(request: Request, model: type[B]) -> B:
         raise validation_error(exc) from exc
 
 
-@contextlib.contextmanager
-def _refused() -> Iterator[None]:
-    """What the admin asked cannot be done: a 400 that says why (a 404 for an unknown key)."""
-    try:
-        yield
-    except (AccountError, KeyAdminError, oauth.LoginError) as exc:
-        raise ProxyError(exc.status if isinstance(exc, KeyAdminError) else 400, str(exc)) from exc
-
-
-def need_keys(keys: KeyStore | None, hint: str = "") -> KeyStore:
-    if keys is None:
-        raise ProxyError(503, f"client keys need a real Redis (REDIS__URL){hint}")
-    return keys
+def web_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None) -> list[Route]:
+    """The console, the member page and the admin API they use, on the pool's Redis (the
+    embedded one in ``ccproxy serve`` without ``REDIS__URL``: sessions then last one process)."""
+    access = AdminAccess(settings, SessionStore(pool.redis, settings.redis.key_prefix))
+    return [*console_routes(access, keys), *admin_routes(settings, pool, keys, access)]
 
 
 def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
@@ -168,8 +156,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
 
     async def add_api_key_account(request: Request) -> Response:
         body = await _parse(request, ApiKeyAccountBody)
-        with _refused():
-            account = AccountStore(settings).add_api_key(body.name, body.api_key)
+        account = AccountStore(settings).add_api_key(body.name, body.api_key)
         pool.invalidate()
         return json_response(account.model_dump(mode="json"), status=201)
 
@@ -178,8 +165,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         return json_response({"account": credential.account, "expires_at": credential.expires_at})
 
     async def remove_account(request: Request) -> Response:
-        with _refused():
-            removed = AccountStore(settings).remove(request.path_params["name"])
+        removed = AccountStore(settings).remove(request.path_params["name"])
         if not removed:
             raise ProxyError(404, "no such account", "not_found_error")
         pool.invalidate()
@@ -188,8 +174,7 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
 
     async def oauth_start(request: Request) -> Response:
         body = await _parse(request, OAuthStartBody)
-        with _refused():
-            name = check_name(body.name)
+        name = check_name(body.name)
         pending = oauth.start(settings.oauth, manual=True)
         login_id = secrets.token_urlsafe(16)
         record = {"name": name, "verifier": pending.verifier, "state": pending.state,
@@ -205,10 +190,9 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
             raise ProxyError(404, "no such login in progress (it expires after 15 minutes); start again",
                              "not_found_error")
         pending = oauth.PendingLogin(record["verifier"], record["state"], record["redirect_uri"], "")
-        with _refused():
-            code = oauth.parse_pasted(body.pasted, pending)
-            oauth_pair = await oauth.finish(settings.oauth, pending, code)
-            account = AccountStore(settings).add_oauth(record["name"], oauth_pair)
+        code = oauth.parse_pasted(body.pasted, pending)
+        oauth_pair = await oauth.finish(settings.oauth, pending, code)
+        account = AccountStore(settings).add_oauth(record["name"], oauth_pair)
         await redis.delete(pending_prefix + body.login_id)
         pool.invalidate()
         await pool.clear(account.name)
@@ -217,31 +201,29 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
     async def update_key(request: Request) -> Response:
         body = await _parse(request, KeyLimitsBody)
         changes = {name: getattr(body, name) for name in body.model_fields_set}
-        if "accounts" in changes:
-            changes["accounts"] = [a.strip() for a in changes["accounts"] or [] if a.strip()]
-        with _refused():
-            info = await need_keys(keys).update(request.path_params["key"], changes)
+        info = await need_keys(keys).update(request.path_params["key"], changes)
         return json_response(info.model_dump())
 
     async def list_keys(request: Request) -> Response:
         include = request.query_params.get("all") in ("1", "true")
-        return json_response(await need_keys(keys).listing(include))
+        return json_response([row.model_dump() for row in await need_keys(keys).listing(include)])
 
     async def create_key(request: Request) -> Response:
         body = await _parse(request, CreateKeyBody)
-        with _refused():
-            info, plain = await need_keys(keys).create(**body.model_dump())
+        info, plain = await need_keys(keys).create(**body.model_dump())
         return json_response({**info.model_dump(), "key": plain}, status=201)
 
     async def revoke_key(request: Request) -> Response:
-        with _refused():
-            info = await need_keys(keys).revoke(request.path_params["key"])
+        info = await need_keys(keys).revoke(request.path_params["key"])
         return json_response(info.model_dump())
 
     def admin_only(endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
             request.state.admin = await access.check(request)
-            return await endpoint(request)
+            try:
+                return await endpoint(request)
+            except (AccountError, KeyAdminError, oauth.LoginError) as exc:  # cannot be done: a 400 that says why
+                raise ProxyError(exc.status if isinstance(exc, KeyAdminError) else 400, str(exc)) from exc
 
         return guarded
 

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ccproxy_auth.accounts import AccountError, AccountStore
-from ccproxy_auth.claude_credentials import CredentialsError, FileStore, cli_stores
+from ccproxy_auth.accounts import AccountError, AccountStore, FileStore, cli_stores
 from ccproxy_core.cli import fail, load_settings
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import Settings
@@ -48,7 +47,7 @@ def _failing() -> Iterator[None]:
 
     try:
         yield
-    except (AccountError, CredentialsError, KeyAdminError, LoginError) as exc:
+    except (AccountError, KeyAdminError, LoginError) as exc:
         fail(str(exc))
 
 
@@ -244,8 +243,8 @@ def refresh(
         except ProxyError as exc:
             typer.echo(f"{name}: refresh failed: {exc.message}", err=True)
             failed = True
-            continue
-        typer.echo(f"{name}: refreshed, valid until {_when(credential.expires_at)}")
+        else:
+            typer.echo(f"{name}: refreshed, valid until {_when(credential.expires_at)}")
     if failed:
         raise typer.Exit(1)
 
@@ -272,13 +271,11 @@ def _keys(settings: Settings) -> KeyStore:
     return KeyStore(connect(settings.redis), settings.redis.key_prefix)
 
 
-def parse_expiry(text: str, now: float | None = None) -> float:
+def parse_expiry(text: str) -> float:
     """``30d``, ``12h``, ``90m`` from now, or a date ``2026-12-31`` (UTC midnight) / ISO time."""
-    now = time.time() if now is None else now
     match = re.fullmatch(r"(\d+)([mhdw])", text.strip())
     if match:
-        n, unit = int(match.group(1)), match.group(2)
-        return now + n * {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[unit]
+        return time.time() + int(match.group(1)) * {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[match.group(2)]
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError as exc:
@@ -305,7 +302,7 @@ def create(
     settings = load_settings()
     store = _keys(settings)
     expires_at = parse_expiry(expires) if expires else None
-    allowed = [a.strip() for a in accounts.split(",") if a.strip()] if accounts else None
+    allowed = accounts.split(",") if accounts else None
     with _failing():
         info, plain = asyncio.run(store.create(name, accounts=allowed, rpm=rpm, tpm=tpm, budget_usd=budget_usd,
                                                period=period, expires_at=expires_at))
@@ -324,27 +321,23 @@ def list_(
     """Every key: limits, budget, and spend (this period and in total). Never the key itself."""
     rows = asyncio.run(_keys(load_settings()).listing(include_revoked))
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([row.model_dump() for row in rows], indent=2))
         return
     if not rows:
         typer.echo("No client keys.")
         return
     for row in rows:
-        limits = []
-        if row.get("rpm"):
-            limits.append(f"{row['rpm']} rpm")
-        if row.get("tpm"):
-            limits.append(f"{row['tpm']} tpm")
-        if row.get("budget_usd"):
-            limits.append(f"${row['period_spent_usd']:.4f} of ${row['budget_usd']:.2f}/{row['period']}")
-        state = "revoked" if row.get("revoked_at") else (
-            "expired" if row.get("expires_at") and row["expires_at"] < time.time() else "active"
-        )
+        limits = [f"{row.rpm} rpm"] if row.rpm else []
+        if row.tpm:
+            limits.append(f"{row.tpm} tpm")
+        if row.budget_usd:
+            limits.append(f"${row.period_spent_usd or 0:.4f} of ${row.budget_usd:.2f}/{row.period}")
+        state = "revoked" if row.revoked_at else ("active" if row.usable() else "expired")
         typer.echo(
-            f"{row['id']}  {row['name']:<16} …{row['hint']}  {state:<8} spent ${row['spent_usd']:.4f} "
-            f"in {row['requests']} requests" + (f"  [{', '.join(limits)}]" if limits else "")
-            + (f"  accounts: {','.join(row['accounts'])}" if row.get("accounts") else "")
-            + (f"  expires {_when(row['expires_at'])}" if row.get("expires_at") else "")
+            f"{row.id}  {row.name:<16} …{row.hint}  {state:<8} spent ${row.spent_usd:.4f} in {row.requests} requests"
+            + (f"  [{', '.join(limits)}]" if limits else "")
+            + (f"  accounts: {','.join(row.accounts)}" if row.accounts else "")
+            + (f"  expires {_when(row.expires_at)}" if row.expires_at else "")
         )
 
 

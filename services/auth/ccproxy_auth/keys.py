@@ -1,11 +1,7 @@
-"""Client keys: one per team member, stored hashed (shown once), with rate limits and a budget.
-
-Admission is one Lua script, atomic so fifty concurrent requests cannot all slip under a limit of
-five: it refuses a revoked or expired key, takes from the rpm/tpm token buckets and reserves the
-request's estimated cost (input bytes / 4 plus ``max_tokens`` at the model's price, or a whole
-SDK run's ``CLAUDE__RUN_RESERVATION_USD``) against the period's budget. Settlement releases the
-reservation and books the real cost. Reservations expire, so a dead gateway cannot hold budget.
-"""
+"""Client keys: one per team member, stored hashed (shown once), with rate limits and a budget. Admission is
+one Lua script, atomic (fifty concurrent requests cannot all slip under a limit of five): rpm/tpm buckets, and the
+estimated cost (input bytes / 4 plus max_tokens, or an SDK run's CLAUDE__RUN_RESERVATION_USD) reserved against the
+period's budget; settlement books the real cost. Reservations expire, so a dead gateway holds no budget."""
 
 from __future__ import annotations
 
@@ -16,16 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ccproxy_auth.sessions import session_key
-from ccproxy_core.client_keys import (
-    KEY_PREFIX,
-    Admission,
-    KeyInfo,
-    Period,
-    Settlement,
-    UsageReport,
-    hash_key,
-)
+from ccproxy_core.client_keys import KEY_PREFIX, Admission, KeyInfo, Period, Settlement, UsageReport, hash_key
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.pricing import current
 from ccproxy_core.redis import as_text
@@ -133,6 +120,19 @@ return spent
 """
 
 
+class KeyUsage(KeyInfo):
+    """A key with its spend (``keys list``, the admin API, ``/me``): in total, and this period's for a budget."""
+
+    spent_usd: float = 0.0
+    period_spent_usd: float | None = None
+    period_ends_at: float | None = None
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
 class KeyAdminError(ValueError):
     """A key operation cannot be done (bad limits, duplicate name); ``status`` for the admin API."""
 
@@ -151,7 +151,6 @@ MAX_BUDGET_USD = 1_000_000.0
 
 
 def check_limits(limits: dict[str, Any]) -> None:
-    """Raise KeyAdminError unless every limit given is a finite, positive, sane number."""
     for flag, top in (("rpm", MAX_RPM), ("tpm", MAX_TPM)):
         value = limits.get(flag)
         if value is not None and (type(value) is not int or not 1 <= value <= top):
@@ -188,10 +187,8 @@ def _bounded(value: int | float, top: int = MAX_TOKENS) -> int:
 
 
 def estimate(model: str, body_bytes: int, max_tokens: int) -> tuple[int, int]:
-    """(tokens, micro-USD) a request may use at most, for reservations. A model without a price
-    reserves at the dearest known one, so a made-up model name cannot slip past a budget; a
-    prompt past a long-context tier's start reserves at the tier's price. Inputs are clamped (a
-    negative ``max_tokens`` reserves the input alone, never a negative amount)."""
+    """(tokens, micro-USD) a request may use at most, for reservations. A model without a price reserves at the
+    dearest one (a made-up name cannot slip past a budget), a long prompt at its tier's; inputs are clamped."""
     input_tokens = max(1, _bounded(body_bytes) // 4)
     output_tokens = _bounded(max_tokens)
     tokens = input_tokens + output_tokens
@@ -235,10 +232,23 @@ def _with_limits(info: KeyInfo, changes: dict[str, Any]) -> KeyInfo:
     if unknown := set(changes) - LIMITS:
         raise KeyAdminError(f"cannot change {', '.join(sorted(unknown))}")
     check_limits(changes)
+    if "accounts" in changes:
+        changes["accounts"] = [a.strip() for a in changes["accounts"] or [] if a.strip()]
     merged = info.model_copy(update=changes)
     if merged.budget_usd is not None and merged.period is None:
         merged.period = "month"
     return merged
+
+
+def session_key(prefix: str, sid_digest: str) -> str:
+    """Where a console session lives in Redis: the key store reads member sessions (``/me``) there."""
+    return f"{prefix}console:session:{sid_digest}"
+
+
+def need_keys(keys: KeyStore | None, hint: str = "") -> KeyStore:
+    if keys is None:
+        raise ProxyError(503, f"client keys need a real Redis (REDIS__URL){hint}")
+    return keys
 
 
 class KeyStore:
@@ -252,7 +262,6 @@ class KeyStore:
         self._settle = redis.register_script(SETTLE)
 
     def _key(self, key_id: str, what: str = "") -> str:
-        """Where a key's record (no ``what``) or one of its counters lives."""
         return f"{self.p}id:{key_id}:{what}" if what else f"{self.p}id:{key_id}"
 
     async def create(self, name: str, **limits: Any) -> tuple[KeyInfo, str]:
@@ -321,33 +330,25 @@ class KeyStore:
         await self.redis.hset(self._key(merged.id), mapping=_limits_record(merged))
         return merged
 
-    async def listing(self, include_revoked: bool = False) -> list[dict[str, Any]]:
-        """Every key with its spend: this period's (budget keys) and in total."""
-        rows: list[dict[str, Any]] = []
+    async def listing(self, include_revoked: bool = False) -> list[KeyUsage]:
+        rows: list[KeyUsage] = []
         for key_id in sorted(as_text(i) for i in await self.redis.smembers(f"{self.p}all")):
             info = await self.get(key_id)
             if info is not None and (info.revoked_at is None or include_revoked):
                 rows.append(await self.usage(info))
         return rows
 
-    async def usage(self, info: KeyInfo) -> dict[str, Any]:
-        """``info`` with its spend: this period's (with the period's end) and in total."""
+    async def usage(self, info: KeyInfo) -> KeyUsage:
         raw_totals = await self.redis.hgetall(self._key(info.id, "total"))
         totals = {as_text(k): int(as_text(v)) for k, v in raw_totals.items()}
-        period_spend = period_end = None
+        spent = totals.get("spend_micro", 0) / MICRO
+        usage = KeyUsage.model_validate({**info.model_dump(), **totals, "spent_usd": spent})
         if info.period:
             pid, _, end = period_bounds(info.period, time.time())
             raw = await self.redis.get(self._key(info.id, f"spend:{pid}"))
-            period_spend = int(as_text(raw)) / MICRO if raw else 0.0
-            period_end = end.timestamp()
-        return {
-            **info.model_dump(),
-            "spent_usd": totals.get("spend_micro", 0) / MICRO,
-            "period_spent_usd": period_spend,
-            "period_ends_at": period_end,
-            "requests": totals.get("requests", 0),
-            **{name: totals.get(name, 0) for name in TOKEN_TOTALS},
-        }
+            usage.period_spent_usd = int(as_text(raw)) / MICRO if raw else 0.0
+            usage.period_ends_at = end.timestamp()
+        return usage
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
         """The (usable) key behind a ``/me`` session (its id's SHA-256), for GET reads elsewhere."""

@@ -1,12 +1,7 @@
-"""Hands out a usable upstream credential, refreshing it single-flight.
-
-Refresh tokens rotate and each works once, so twenty requests meeting an expired token must
-cause one refresh: an asyncio lock in the process, a Redis lock (with a timeout) across replicas,
-and after taking it a re-read of the store in case someone else refreshed (the fencing check).
-A failed refresh is shared by its waiters and not retried with the same refresh token for a
-growing interval (30 s doubling to 30 min), so a dead token does not hammer the token endpoint;
-a new login is tried at once, and meanwhile a still-valid access token is used.
-"""
+"""Hands out a usable upstream credential, refreshing it single-flight: refresh tokens rotate and each works once,
+so an asyncio lock, a Redis lock across replicas, and a re-read of the store once it is taken (someone may have
+refreshed). A failed refresh is shared by its waiters and not retried with the same token for 30 s doubling to
+30 min (no hammering the endpoint); a new login is tried at once, a still-valid access token used meanwhile."""
 
 from __future__ import annotations
 
@@ -21,12 +16,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from ccproxy_auth import oauth
-from ccproxy_auth.claude_credentials import (
-    ClaudeOAuth,
-    CredentialsError,
-    CredentialStore,
-    cli_stores,
-)
+from ccproxy_auth.accounts import ClaudeOAuth, CredentialsError, CredentialStore, cli_stores
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.logging import register_secret
 from ccproxy_core.redis import UNAVAILABLE, RedisLock, unavailable_as_503
@@ -46,8 +36,6 @@ REFRESH_BACKOFF_MAX_SECONDS = 1800.0
 
 @dataclass(slots=True)
 class RefreshFailure:
-    """The last failed refresh of an account: which refresh token, what it gave, when to retry."""
-
     refresh_token: str
     error: ProxyError
     retry_at: float
@@ -57,10 +45,8 @@ class RefreshFailure:
         return refresh_token == self.refresh_token and time.monotonic() < self.retry_at
 
 
-NO_CREDENTIALS = (
-    "No Claude credentials found. Log in with the Claude CLI (`claude`, then /login), "
-    "or set AUTH__API_KEY to use an Anthropic API key."
-)
+NO_CREDENTIALS = ("No Claude credentials found. Log in with the Claude CLI (`claude`, then /login), "
+                  "or set AUTH__API_KEY to use an Anthropic API key.")
 
 
 class CredentialManager:
@@ -84,18 +70,15 @@ class CredentialManager:
         if stores is None:
             stores = cli_stores(settings)
             api_key = settings.auth.api_key.get_secret_value() if settings.auth.api_key else None
-        self._stores = stores
+        self.stores = stores
         self._api_key = api_key
         register_secret(self._api_key)
         #: Where its credential comes from; the pool keeps the manager while this stays the same.
         self.origin = (api_key, tuple(store.name for store in stores))
 
-    def stores(self) -> list[CredentialStore]:
-        return self._stores
-
     def _load(self) -> ClaudeOAuth | None:
         """Read the credentials again from wherever they are (the CLI may have changed them)."""
-        for store in self.stores():
+        for store in self.stores:
             found = store.load()
             if found is not None:
                 self._store = store
@@ -129,12 +112,11 @@ class CredentialManager:
             try:
                 return self._credential(await self._refresh(current))
             except ProxyError:
-                # A holder that outlived its lock may have rotated the pair meanwhile: use theirs.
+                # A holder that outlived its lock may have rotated the pair meanwhile, or this refresh was
+                # ahead of expiry: while a token still works, the failure is not fatal yet.
                 latest = await asyncio.to_thread(self._load_or_fail)
-                if latest.refresh_token != current.refresh_token and self._usable(latest, rejected):
+                if self._usable(latest, rejected, margin=0):
                     return self._credential(latest)
-                if self._still_valid(latest, rejected):
-                    return self._credential(latest)  # refreshing ahead of expiry failed: not yet fatal
                 raise
 
     async def status(self) -> CredentialStatus:
@@ -154,15 +136,9 @@ class CredentialManager:
         failure = self._failure
         if not valid and failure is not None and failure.refresh_token == found.refresh_token:
             detail = f"access token expired and its refresh failed: {failure.error.message}"
-        return CredentialStatus(
-            available=detail is None,
-            kind="oauth",
-            source=self._store.name if self._store else None,
-            account=self.account,
-            expires_at=expires,
-            subscription_type=found.subscription_type,
-            detail=detail,
-        )
+        source = self._store.name if self._store else None
+        return CredentialStatus(available=detail is None, kind="oauth", source=source, account=self.account,
+                                expires_at=expires, subscription_type=found.subscription_type, detail=detail)
 
     def _load_or_fail(self) -> ClaudeOAuth:
         try:
@@ -173,13 +149,10 @@ class CredentialManager:
             raise ProxyError(401, NO_CREDENTIALS, "authentication_error")
         return found
 
-    def _usable(self, oauth_: ClaudeOAuth, rejected: str | None) -> bool:
-        """Not refused by the upstream, and not within the refresh margin of its expiry."""
-        return self._still_valid(oauth_, rejected, self._settings.oauth.refresh_margin_seconds)
-
-    @staticmethod
-    def _still_valid(oauth_: ClaudeOAuth, rejected: str | None, margin: float = 0.0) -> bool:
-        """Not refused by the upstream, and not expired yet (it may be within the refresh margin)."""
+    def _usable(self, oauth_: ClaudeOAuth, rejected: str | None, margin: float | None = None) -> bool:
+        """Not refused by the upstream, and not expiring within ``margin`` (default: the refresh margin)."""
+        if margin is None:
+            margin = self._settings.oauth.refresh_margin_seconds
         if rejected is not None and oauth_.access_token == rejected:
             return False
         return oauth_.expires_at is None or oauth_.expires_at / 1000 - time.time() > margin
@@ -190,7 +163,7 @@ class CredentialManager:
         failure = self._failure
         if failure is None or not failure.blocks(current.refresh_token):
             return False
-        if self._still_valid(current, rejected):
+        if self._usable(current, rejected, margin=0):
             return True
         raise failure.error
 

@@ -1,9 +1,6 @@
-"""OAuth with the Claude CLI's public client: logging in (PKCE, S256) and refreshing tokens.
-
-A login comes back from the authorize page to a local callback server on the redirect URI's port,
-or, where no browser can reach this machine (a server, a container), by the manual flow: the page
-shows ``code#state`` and the user pastes it.
-"""
+"""OAuth with the Claude CLI's public client: logging in (PKCE, S256) and refreshing tokens. A login comes back
+to a local callback server on the redirect URI's port or, where no browser can reach this machine (a server, a
+container), by the manual flow: the page shows ``code#state`` and the user pastes it."""
 
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel
 
-from ccproxy_auth.claude_credentials import ClaudeOAuth
+from ccproxy_auth.accounts import ClaudeOAuth
 from ccproxy_core.settings import OAuthSettings
 
 
@@ -54,9 +51,8 @@ async def _post(settings: OAuthSettings, grant: dict[str, str]) -> TokenResponse
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
                     reason = body.get("error") if isinstance(body, dict) else None
-                    raise OAuthError(
-                        f"token endpoint answered {resp.status} ({reason or 'no reason'})", refused=resp.status < 500
-                    )
+                    why = f"token endpoint answered {resp.status} ({reason or 'no reason'})"
+                    raise OAuthError(why, refused=resp.status < 500)
                 return TokenResponse.model_validate(body)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise OAuthError(f"token endpoint unreachable: {type(exc).__name__}") from exc
@@ -83,20 +79,11 @@ def pkce_pair() -> tuple[str, str]:
 
 
 def start(settings: OAuthSettings, manual: bool = False) -> PendingLogin:
-    """A new login: the URL to open, and what the exchange will need."""
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(32)
     redirect_uri = settings.manual_redirect_uri if manual else settings.redirect_uri
-    query = {
-        "code": "true",
-        "client_id": settings.client_id,
-        "response_type": "code",
-        "redirect_uri": redirect_uri,
-        "scope": settings.scopes,
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "state": state,
-    }
+    query = {"code": "true", "client_id": settings.client_id, "response_type": "code", "redirect_uri": redirect_uri,
+             "scope": settings.scopes, "code_challenge": challenge, "code_challenge_method": "S256", "state": state}
     return PendingLogin(verifier, state, redirect_uri, f"{settings.authorize_url}?{urlencode(query)}")
 
 

@@ -1,13 +1,7 @@
 """The account pool: which upstream account serves a request, and what a 429 or 401 does to it.
 
-A conversation sticks to its account (its prompt cache lives there); a new one is placed by
-``AUTH__STRATEGY``. A 429 is read, not just counted: a spent 5-hour or 7-day quota cools the account
-down until the window's reset (the request switches), a short throttle (``retry-after`` up to
-``AUTH__THROTTLE_WAIT_SECONDS``) retries on the same account, keeping its cache, a longer one cools
-down for ``retry-after``, a 529 briefly; a 401 that survives a refresh marks the account unhealthy
-until it answers again. All of it lives in Redis with expiries, so every replica sees it and it
-survives restarts.
-"""
+A conversation sticks to its account (its cache). A spent quota cools it down until the window resets, a throttle
+up to AUTH__THROTTLE_WAIT_SECONDS retries on it, a longer one or a 529 cools it, a 401 after a refresh: unhealthy."""
 
 from __future__ import annotations
 
@@ -122,12 +116,11 @@ def read_limit(status: int, headers: Mapping[str, str], settings: Settings, now:
         if w.status == "rejected" or (w.utilization is not None and w.utilization >= 1.0)
     ]
     if headers.get(UNIFIED + "status") == "rejected" or spent:
-        claim = headers.get(UNIFIED + "representative-claim")
         resets = [w.reset for _, w in spent if w.reset]
         reset = max(resets) if resets else header_number(headers.get(UNIFIED + "reset"))
         if reset is None or reset <= now:
             reset = now + (retry_after or auth.default_cooldown_seconds)
-        label = claim or (spent[0][0] if spent else "unified")
+        label = headers.get(UNIFIED + "representative-claim") or (spent[0][0] if spent else "unified")
         return Verdict(reason=f"quota:{label}", until=reset)
     if retry_after is not None and retry_after <= auth.throttle_wait_seconds:
         return Verdict(reason="throttle", wait=retry_after)
@@ -159,11 +152,10 @@ class PoolMetrics:
 class AccountPool:
     """A :class:`~ccproxy_core.routing.AccountRouter`, and its :meth:`status` says what it has."""
 
-    def __init__(self, settings: Settings, redis: Any, store: AccountStore | None = None, *,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, redis: Any, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.redis = redis
-        self.store = store or AccountStore(settings)
+        self.store = AccountStore(settings)
         self.prefix = f"{settings.redis.key_prefix}pool:"
         self.metrics = PoolMetrics(metrics or Metrics("auth"))
         self._members: list[Member] = []
@@ -186,14 +178,11 @@ class AccountPool:
     def members(self) -> list[Member]:
         """The accounts, re-read when their files change (checked at most once a second)."""
         now = time.monotonic()
-        if self._version is not None and now - self._checked < 1.0:
-            return self._members
-        self._checked = now
-        version = self.store.version()
-        if version == self._version:
-            return self._members
-        self._version = version
-        self._members = self._build()
+        if self._version is None or now - self._checked >= 1.0:
+            self._checked = now
+            version = self.store.version()
+            if version != self._version:
+                self._version, self._members = version, self._build()
         return self._members
 
     def _build(self) -> list[Member]:
@@ -280,12 +269,8 @@ class AccountPool:
                 raise ProxyError(403, "this client key may only use upstream accounts that do not exist: "
                                  + ", ".join(sorted(allowed)), "permission_error")
         candidates = [m for m in members if m.account.name not in exclude]
-        tried: set[str] = set()
-        while True:
-            remaining = [m for m in candidates if m.account.name not in tried]
-            if not remaining:
-                raise ProxyError(503, "no upstream account can take this request (all were tried)")
-            chosen = await self._choose(remaining, hints.get(HINT_SESSION))
+        while candidates:
+            chosen = await self._choose(candidates, hints.get(HINT_SESSION))
             try:
                 return await chosen.source.get()
             except ProxyError as exc:
@@ -295,9 +280,10 @@ class AccountPool:
                 # its manager backs off from refreshing), and the next one, if any, serves.
                 if chosen.account.name not in self._unhealthy_seen:
                     await self.mark_unhealthy(chosen.account.name, exc.message)
-                if len(remaining) == 1:
+                if len(candidates) == 1:
                     raise
-                tried.add(chosen.account.name)
+                candidates.remove(chosen)
+        raise ProxyError(503, "no upstream account can take this request (all were tried)")
 
     async def _choose(self, candidates: list[Member], session: str | None) -> Member:
         if len(candidates) == 1:
@@ -421,24 +407,15 @@ class AccountPool:
             name = member.account.name
             cooldown, problem, limited = states[name]
             quota = Quota.model_validate_json(quota_raw) if quota_raw else Quota()
-            out.append(
-                AccountState(
-                    name=name,
-                    kind=member.account.kind,
-                    source=status.source,
-                    subscription_type=status.subscription_type or member.account.subscription_type,
-                    expires_at=status.expires_at,
-                    available=status.available and problem is None and cooldown is None,
-                    healthy=problem is None and status.available,
-                    problem=problem or status.detail,
-                    cooldown=cooldown,
-                    last_limited_at=limited,
-                    quota=quota.windows,
-                    quota_status=quota.status,
-                    quota_updated_at=quota.updated_at,
-                    refreshed_at=float(refreshed_raw) if refreshed_raw else None,
-                )
-            )
+            out.append(AccountState(
+                name=name, kind=member.account.kind, source=status.source, expires_at=status.expires_at,
+                subscription_type=status.subscription_type or member.account.subscription_type,
+                available=status.available and problem is None and cooldown is None,
+                healthy=problem is None and status.available, problem=problem or status.detail,
+                cooldown=cooldown, last_limited_at=limited,
+                quota=quota.windows, quota_status=quota.status, quota_updated_at=quota.updated_at,
+                refreshed_at=float(refreshed_raw) if refreshed_raw else None,
+            ))
         return out
 
     async def status(self) -> CredentialStatus:
@@ -447,10 +424,6 @@ class AccountPool:
             return await members[0].source.status()
         states = await self.accounts()
         usable = [s for s in states if s.available]
-        return CredentialStatus(
-            available=bool(usable),
-            kind="pool",
-            source=f"{len(states)} accounts",
-            account=",".join(s.name for s in usable) or None,
-            detail=f"{len(usable)} of {len(states)} accounts usable",
-        )
+        return CredentialStatus(available=bool(usable), kind="pool", source=f"{len(states)} accounts",
+                                account=",".join(s.name for s in usable) or None,
+                                detail=f"{len(usable)} of {len(states)} accounts usable")

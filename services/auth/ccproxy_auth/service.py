@@ -14,8 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ccproxy_auth.admin import internal_routes, local_accounts
-from ccproxy_auth.console import web_routes
+from ccproxy_auth.admin import internal_routes, local_accounts, web_routes
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.internal import RequireInternalSecret, internal_error, json_response, require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan
@@ -52,21 +51,15 @@ def create_service_app(settings: Settings) -> Starlette:
                 ready = False
         return json_response({"status": "ok", "service": "auth", "ready": ready, "checks": checks})
 
-    async def on_proxy_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProxyError)
-        metrics.requests.labels(metrics.service, route_label(request.scope), str(exc.status)).inc()
-        if exc.status >= 500:
-            log.warning("%s -> %d %s", request.url.path, exc.status, exc.message)
-        return internal_error(exc)
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        # No such route or method (an admin client's typo): JSON like every other answer here.
-        assert isinstance(exc, HTTPException)
-        return internal_error(ProxyError(exc.status_code, str(exc.detail)))
-
-    async def on_redis_down(request: Request, exc: Exception) -> Response:
-        # Whatever needed Redis (refresh lock, account state, key limits): a clear 503, not a 500.
-        return await on_proxy_error(request, unavailable_error(exc))
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):  # no such route or method (an admin client's typo): JSON too
+            return internal_error(ProxyError(exc.status_code, str(exc.detail)))
+        # Redis down (refresh lock, account state, key limits): a clear 503, not a 500.
+        error = exc if isinstance(exc, ProxyError) else unavailable_error(exc)
+        metrics.requests.labels(metrics.service, route_label(request.scope), str(error.status)).inc()
+        if error.status >= 500:
+            log.warning("%s -> %d %s", request.url.path, error.status, error.message)
+        return internal_error(error)
 
     app = Starlette(
         routes=[
@@ -77,11 +70,7 @@ def create_service_app(settings: Settings) -> Starlette:
             *web_routes(settings, manager, keys),  # /admin (console + API) and /me
         ],
         middleware=[Middleware(RequireInternalSecret, secret=secret)],
-        exception_handlers={
-            ProxyError: on_proxy_error,
-            HTTPException: on_http_error,
-            **dict.fromkeys(REDIS_DOWN, on_redis_down),
-        },
+        exception_handlers=dict.fromkeys((ProxyError, HTTPException, *REDIS_DOWN), on_error),
         lifespan=lifespan(closing(redis.aclose)),
     )
     app.router.redirect_slashes = False  # a redirect's absolute location would echo the Host header
