@@ -62,8 +62,7 @@ class Keys:
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
         return self.sessions.get(sid_digest)
 
-    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int,
-                    reserve_micro_usd: int = 0) -> Admission:
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
         return Admission(key_id=key.id, key_name=key.name)
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:

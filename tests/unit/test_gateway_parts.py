@@ -92,8 +92,7 @@ class FakeKeys:
     async def any_keys(self, fresh: bool = False) -> bool:
         return True
 
-    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int,
-                    reserve_micro_usd: int = 0) -> Admission:
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
         return Admission(key_id=key.id, key_name=key.name)
 
     async def settle(self, admission: Admission, usage: TokenUsage) -> Settlement:

@@ -72,8 +72,6 @@ class AdmitBody(BaseModel):
     model: str = ""
     body_bytes: int = 0
     max_tokens: int = 0
-    #: Unused since SDK runs stopped reserving; auth's ``admit`` still reads it.
-    reserve_micro_usd: int = 0
 
 
 class SettleBody(BaseModel):

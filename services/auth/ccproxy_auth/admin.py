@@ -121,7 +121,7 @@ def internal_routes(pool: AccountPool, keys: KeyStore | None) -> list[Route]:
         key = await store.get(body.key_id)
         if key is None:
             raise ProxyError(401, "unknown client key", "authentication_error")
-        admission = await store.admit(key, body.model, body.body_bytes, body.max_tokens, body.reserve_micro_usd)
+        admission = await store.admit(key, body.model, body.body_bytes, body.max_tokens)
         return json_response(admission.model_dump())
 
     async def settle(request: Request) -> Response:

@@ -1,7 +1,7 @@
 """Client keys: one per team member, stored hashed (shown once), with rate limits and a budget. Admission is
 one Lua script, atomic (fifty concurrent requests cannot all slip under a limit of five): rpm/tpm buckets, and the
-estimated cost (input bytes / 4 plus max_tokens, or an SDK run's CLAUDE__RUN_RESERVATION_USD) reserved against the
-period's budget; settlement books the real cost. Reservations expire, so a dead gateway holds no budget."""
+estimated cost (input bytes / 4 plus max_tokens) reserved against the period's budget; settlement books the real
+cost. Reservations expire, so a dead gateway holds no budget."""
 
 from __future__ import annotations
 
@@ -85,9 +85,6 @@ local want = est_micro
 if budget > 0 then
   local spent = math.max(0, count(KEYS[4]))
   local held = math.max(0, count(KEYS[5]))
-  local run = clamp(ARGV[6])
-  -- a whole run (SDK mode): up to ARGV[6], what is left if less, never less than the estimate
-  if run > 0 then want = math.max(est_micro, math.min(run, budget - spent - held)) end
   if spent + held + want > budget then return {'budget', int(spent), int(held)} end
 end
 if rpm_level then redis.call('HSET', KEYS[2], 'level', tostring(rpm_level), 'ts', ARGV[1]) end
@@ -368,15 +365,14 @@ class KeyStore:
     async def any_keys(self, fresh: bool = False) -> bool:
         return bool(await self.redis.scard(f"{self.p}all"))
 
-    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int,
-                    reserve_micro_usd: int = 0) -> Admission:
+    async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
         now = time.time()
         tokens, micro = estimate(model, body_bytes, max_tokens)
         period_id = period_bounds(key.period, now)[0] if key.period else None
         rid = secrets.token_hex(8)
         result = await self._admit(
             keys=[self._key(key.id, w) for w in ("", "rpm", "tpm", _spend(period_id), "reserved", "resv", "resamt")],
-            args=[repr(now), micro, tokens, rid, RESERVATION_TTL, reserve_micro_usd],  # the script clamps it
+            args=[repr(now), micro, tokens, rid, RESERVATION_TTL],  # the script clamps amounts
         )
         verdict = [as_text(v) for v in result]
         if verdict[0] != "ok":
