@@ -23,12 +23,12 @@ from ccproxy_analytics.consumer import AccessLogConsumer, parse_entry
 from ccproxy_analytics.queries import Filters, encode_cursor, logs_query, parse_limit, usage_query
 from ccproxy_analytics.store import ClickHouse, ClickHouseUnavailable
 from ccproxy_core.access_log import AccessLogEvent
-from ccproxy_core.errors import ProxyError, render_error
+from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import ClosedMount, caller, caller_middleware, key_backend
 from ccproxy_core.internal import require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.metrics import Metrics
-from ccproxy_core.redis import Redis, as_text, connect
+from ccproxy_core.redis import Redis, as_text, connect, error_handlers
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import encode_event
 
@@ -188,16 +188,14 @@ def create_service_app(settings: Settings) -> Starlette:
         checks = {"redis": redis, "clickhouse": {"available": analytics.consumer.clickhouse_ok is not False}}
         return json({"status": "ok", "service": "analytics", "ready": redis["available"], "checks": checks})
 
-    async def on_proxy_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProxyError)
-        return Response(render_error(exc, "anthropic"), status_code=exc.status,
-                        media_type="application/json", headers=exc.headers)
+    def render(request: Request, exc: ProxyError) -> Response:
+        return Response(anthropic_error_body(exc.error_type, exc.message), exc.status, exc.headers, "application/json")
 
     app = Starlette(
         routes=[Route("/health", health, methods=["GET"]),
                 Route("/metrics", analytics.metrics.endpoint, methods=["GET"]),
                 ClosedMount("/logs", analytics.routes())],  # a caller is needed unless a route is public(...)
-        exception_handlers={ProxyError: on_proxy_error},
+        exception_handlers=error_handlers(render),
         lifespan=lifespan(closing(analytics.redis.aclose), running(analytics.start, analytics.stop)),
         middleware=[caller_middleware(key_backend(settings, secret))],
     )

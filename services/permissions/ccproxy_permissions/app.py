@@ -1,7 +1,7 @@
 """The permissions service's HTTP API. Public (under ``/permissions``, client key required when
 auth is on): the SSE ``stream``, the listing, one request, ``respond`` and the ``ui`` page.
 Internal (shared secret, never routed by Traefik): the worker's create, wait, cancel.
-"""
+Redis down is the app's error handlers' 503 (:func:`ccproxy_core.redis.error_handlers`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from starlette.routing import BaseRoute, Route
 from ccproxy_core.errors import ProxyError, anthropic_error_body, validation_error
 from ccproxy_core.identity import Caller, caller, public
 from ccproxy_core.permissions import PermissionAsk, PermissionResponse, PermissionView
-from ccproxy_core.redis import unavailable_as_503
 from ccproxy_core.sse import encode_event
 from ccproxy_permissions.broker import AlreadyDecided, PermissionBroker, visible
 from ccproxy_permissions.store import REQUEST
@@ -55,8 +54,7 @@ class PermissionsApi:
     async def visible_view(self, request: Request) -> tuple[Caller, PermissionView]:
         identity = caller(request)
         request_id = request.path_params["request_id"]
-        async with unavailable_as_503("permission requests"):
-            view = await self.broker.store.get(request_id)
+        view = await self.broker.store.get(request_id)
         if view is None or not visible(identity, view):
             raise ProxyError(404, f"no permission request {request_id}")
         return identity, view
@@ -67,16 +65,14 @@ class PermissionsApi:
 
     async def listing(self, request: Request) -> Response:
         identity = caller(request)
-        async with unavailable_as_503("permission requests"):
-            pending = [v.model_dump(mode="json") for v in await self.broker.store.pending() if visible(identity, v)]
+        pending = [v.model_dump(mode="json") for v in await self.broker.store.pending() if visible(identity, v)]
         return Response(orjson.dumps({"data": pending}), media_type="application/json")
 
     async def respond(self, request: Request) -> Response:
         identity, view = await self.visible_view(request)
         response = await parsed(PermissionResponse, request)
         try:
-            async with unavailable_as_503("permission requests"):
-                decided = await self.broker.respond(view, response, identity)
+            decided = await self.broker.respond(view, response, identity)
         except AlreadyDecided as exc:
             body = orjson.loads(anthropic_error_body("invalid_request_error", str(exc)))
             body["permission"] = exc.view.model_dump(mode="json")
@@ -120,8 +116,7 @@ class PermissionsApi:
                     else:
                         yield encode_event(item[0], view_json(item[1]))
 
-        async with unavailable_as_503("the permission stream"):
-            await broker.store.redis.ping()
+        await broker.store.redis.ping()  # Redis down: a 503 now, not a stream that breaks
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
@@ -131,8 +126,7 @@ class PermissionsApi:
 
     async def internal_create(self, request: Request) -> Response:
         ask = await parsed(PermissionAsk, request)
-        async with unavailable_as_503("permission requests"):
-            view = await self.broker.create(ask)
+        view = await self.broker.create(ask)
         return found(view, view.id)
 
     async def internal_wait(self, request: Request) -> Response:
@@ -141,13 +135,11 @@ class PermissionsApi:
         except ValueError as exc:
             raise ProxyError(400, "timeout: a number of seconds") from exc
         request_id = request.path_params["request_id"]
-        async with unavailable_as_503("permission requests"):
-            return found(await self.broker.wait(request_id, seconds), request_id)
+        return found(await self.broker.wait(request_id, seconds), request_id)
 
     async def internal_cancel(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
-        async with unavailable_as_503("permission requests"):
-            return found(await self.broker.cancel(request_id), request_id)
+        return found(await self.broker.cancel(request_id), request_id)
 
 
 def routes(api: PermissionsApi, internal: bool = True) -> list[BaseRoute]:

@@ -14,7 +14,7 @@ from ccproxy_core.identity import caller_middleware, guard_routes, key_backend
 from ccproxy_core.internal import RequireInternalSecret, require_internal_secret
 from ccproxy_core.lifespan import closing, lifespan, running
 from ccproxy_core.metrics import Metrics
-from ccproxy_core.redis import connect, error_handlers, unavailable_as_503
+from ccproxy_core.redis import connect, error_handlers
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
 from ccproxy_permissions.app import PermissionsApi, routes
@@ -33,8 +33,7 @@ def create_service_app(settings: Settings) -> Starlette:
     metrics = Metrics("permissions").guarded(settings.security.metrics_token)
 
     async def health(request: Request) -> Response:
-        async with unavailable_as_503("the permissions service"):
-            await redis.ping()
+        await redis.ping()  # Redis down: the error handlers' 503
         return JSONResponse({"status": "ok", "service": "permissions"})
 
     async def scrape(request: Request) -> Response:
