@@ -58,14 +58,6 @@ class Caller(BaseUser):
     def is_authenticated(self) -> bool:
         return self.authenticated
 
-    @property
-    def display_name(self) -> str:
-        return self.name
-
-    @property
-    def identity(self) -> str:
-        return self.id
-
 
 ANONYMOUS = Caller(id="anonymous", name="anonymous", authenticated=False)
 LOCAL = Caller(id="anonymous", name="anonymous", admin=True)
