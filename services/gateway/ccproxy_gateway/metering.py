@@ -70,10 +70,7 @@ class MeteredForwarder:
         return getattr(self.inner, name)
 
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
-        key = request.key
-        if key is None:
-            return await self.inner.forward(request)
-        admission = await self.meter.admit(key, request.body) if request.metered else None
+        admission = await self.meter.admit(request.key, request.body) if request.metered else None
         try:
             reply = await self.inner.forward(request)
         except BaseException:

@@ -103,9 +103,7 @@ class SdkRun:
         while True:
             record = await self._next()
             if record is None:
-                if self.error is None:
-                    raise ProxyError(502, "the sdk-worker ended the run without an answer")
-                return
+                raise ProxyError(502, "the sdk-worker ended the run without an answer")
             if record[0] == ERROR:
                 data = record[1]
                 raise ProxyError(int(data.get("status", 500)), str(data.get("message")), data.get("type"))
@@ -159,11 +157,6 @@ async def as_text_blocks(records: AsyncIterator[tuple[str, Any]], pretty: bool) 
             yield name, data
 
 
-async def as_sse(records: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[ServerSentEvent]:
-    async for name, data in records:
-        yield ServerSentEvent(name, orjson.dumps(data).decode())
-
-
 def accumulate(events: list[tuple[str, Any]]) -> dict[str, Any]:
     """One Anthropic message from its stream events (the non-streaming answer)."""
     message: dict[str, Any] = {}
@@ -184,7 +177,7 @@ def accumulate(events: list[tuple[str, Any]]) -> dict[str, Any]:
             elif kind == "signature_delta":
                 block["signature"] = delta.get("signature", "")
         elif name == "message_delta":
-            message.update({k: v for k, v in (data.get("delta") or {}).items()})
+            message.update(data.get("delta") or {})
             message["usage"] = {**(message.get("usage") or {}), **(data.get("usage") or {})}
         elif name == "error":
             error = data.get("error") or {}
@@ -218,8 +211,6 @@ class SdkRoutes:
             ]
         return routes
 
-    # -- plain routes ---------------------------------------------------------------------------
-
     async def preflight(self, request: Request) -> Response:
         return Response(status_code=200)
 
@@ -245,8 +236,6 @@ class SdkRoutes:
                 "client_auth": self.gateway.auth.enabled,
             }
         )
-
-    # -- the three formats ----------------------------------------------------------------------
 
     async def messages(self, request: Request) -> Response:
         from ccproxy_gateway.app import validate_messages_request
@@ -277,13 +266,12 @@ class SdkRoutes:
         records = as_text_blocks(run.rest(), self.settings.claude.pretty_format)
         if plan.stream:
             translator = fmt.translator(plan)
-            frames = kept_stream(translate_stream(as_sse(records), translator), translator, store, turn)
+            events = (ServerSentEvent(name, orjson.dumps(data).decode()) async for name, data in records)
+            frames = kept_stream(translate_stream(events, translator), translator, store, turn)
             return self._stream(request, run, frames, started)
         answer = fmt.whole(await self._collect(request, run, records, started), plan)
         await keep(store, turn, answer)
         return JSONResponse(answer, headers=run.headers)
-
-    # -- the job --------------------------------------------------------------------------------
 
     async def _start(self, request: Request, body: dict[str, Any], raw_options: Any) -> SdkRun:
         """Check, enqueue, and wait for the run's first output (or its error)."""
@@ -310,8 +298,7 @@ class SdkRoutes:
             d = access.draft
             d.mode, d.model_requested = "sdk", str(body.get("model") or "")
             d.stream, d.sdk_session_id = body.get("stream") is True, job.session_id or ""
-        # Rate limits and the budget left, as for one API request: a refused run is never queued.
-        # Nothing stays held: the run's own calls to /api are each admitted and billed.
+        # Admitted like one API request (a refused run is never queued), released at once: its /api calls are billed.
         if self.gateway.meter is not None:
             self.gateway.meter.settle(await self.gateway.meter.admit(user.key, body), TokenUsage())
         async with unavailable_as_503("SDK mode"):

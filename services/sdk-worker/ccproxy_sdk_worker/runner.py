@@ -85,10 +85,6 @@ def gateway_url(settings: Settings) -> str:
     return f"http://[{host}]:{settings.server.port}" if ":" in host else f"http://{host}:{settings.server.port}"
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
 def kill_leftovers(job_id: str) -> int:
     """The last resort, whoever cancelled: SIGKILL every process whose environment has ``RUN_ENV=job_id``."""
     marker = f"{RUN_ENV}={job_id}".encode()
@@ -96,12 +92,8 @@ def kill_leftovers(job_id: str) -> int:
     for entry in Path("/proc").glob("[0-9]*"):
         if int(entry.name) == os.getpid():
             continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # gone already, or not ours to read or kill
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed += 1
     return killed
@@ -110,18 +102,12 @@ def kill_leftovers(job_id: str) -> int:
 class Runner:
     """Runs jobs for one worker process (its arq function calls :meth:`run`)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        redis: Redis,
-        name: str | None = None,
-        permission_hook: PermissionHook | None = None,
-        run_as: RunAs | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, redis: Redis, name: str | None = None,
+                 permission_hook: PermissionHook | None = None, run_as: RunAs | None = None) -> None:
         self.settings = settings
         self.run_as = run_as  # Claude Code's own user (CLAUDE__RUN_AS_USER), or None
         self.redis = redis
-        self.name = name or worker_name()
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.keys = SdkKeys(settings.redis.key_prefix, settings.claude.queue_name)
         self.store = RedisSessionStore(redis, self.keys, settings.claude.session_ttl)
         self.cli_path = find_cli(settings.claude.cli_path)
@@ -159,8 +145,7 @@ class Runner:
                 await asyncio.shield(write_record(self.redis, self.keys, job.id, END, {}))
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.redis.delete(self.keys.alive(job.id)))
-            killed = kill_leftovers(job.id)
-            if killed:
+            if killed := kill_leftovers(job.id):
                 log.warning("run %s: killed %d leftover Claude Code process(es)", job.id, killed)
 
     async def _error(self, job: SdkJob, exc: ProxyError) -> None:
@@ -215,12 +200,8 @@ class Runner:
             raise ProxyError(400, "messages: the last user message is empty", param="messages")
 
         async def prompt() -> AsyncIterator[dict[str, Any]]:
-            yield {
-                "type": "user",
-                "message": {"role": "user", "content": content},
-                "parent_tool_use_id": None,
-                "session_id": session_id,
-            }
+            message = {"role": "user", "content": content}
+            yield {"type": "user", "message": message, "parent_tool_use_id": None, "session_id": session_id}
 
         async def consume(options: ClaudeAgentOptions) -> None:
             try:
@@ -309,19 +290,17 @@ class Runner:
     async def _cancellable(self, work: Any) -> None:
         """The SDK's clean-up is written for anyio cancellation and can skip killing the CLI on a bare
         asyncio cancel (arq's): so ``work`` runs in an anyio scope that a cancel cancels, then waits for."""
-        scopes: list[anyio.CancelScope] = []
+        scope = anyio.CancelScope()
 
         async def inner() -> None:
-            with anyio.CancelScope() as scope:
-                scopes.append(scope)
+            with scope:
                 await work
 
         task = asyncio.ensure_future(inner())
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            if scopes:
-                scopes[0].cancel()
+            scope.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(task), 15)
             raise
