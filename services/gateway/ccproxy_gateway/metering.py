@@ -1,11 +1,7 @@
-"""Per-member client keys at the gateway: may the caller spend, and what did it cost.
-
-Who is asking is ``request.user`` (:mod:`ccproxy_core.identity`). :class:`KeyMeter` is the one
-place a request made with a limited key is *admitted* (rate limits and budget reserved
-atomically by auth, in Redis) before it costs anything, and *settled* with its real usage once
-it is over. API mode reaches it through :class:`MeteredForwarder`, which wraps the forwarder
-and meters the key each ``ForwardRequest`` carries (every API-mode request, Anthropic or
-OpenAI, and so every upstream call of an SDK run, made with its run token).
+"""Per-member client keys at the gateway: the one place a limited key's request is *admitted*
+(rate limits and budget reserved atomically by auth) before it costs anything, and *settled*
+with its real usage after. Every upstream call goes through :class:`MeteredForwarder`, so an SDK
+run's calls (made with its run token) are metered like the member's own API requests.
 """
 
 from __future__ import annotations
@@ -25,12 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class KeyMeter:
-    """Admit a request of a limited client key before it runs; settle it with the real usage after.
-
-    Settlement runs in the background (it never delays an answer) and always happens once per
-    admission, with zero usage when nothing was spent, so a reservation is released rather than
-    left to expire.
-    """
+    """Settlement runs in the background (it never delays an answer), once per admission, with
+    zero usage when nothing was spent, so a reservation is released rather than left to expire."""
 
     def __init__(self, keys: KeyAuthority) -> None:
         self.keys = keys
@@ -68,9 +60,7 @@ class KeyMeter:
 
 
 class MeteredForwarder:
-    """A :class:`Forwarder` that admits and settles (through a :class:`KeyMeter`) the Messages
-    requests made with a client key (``ForwardRequest.key``, the caller's; the forwarder routes
-    by the same field)."""
+    """A :class:`Forwarder` metering the client key each ``ForwardRequest`` carries."""
 
     def __init__(self, inner: Forwarder, meter: KeyMeter) -> None:
         self.inner = inner
@@ -80,10 +70,7 @@ class MeteredForwarder:
         return getattr(self.inner, name)
 
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
-        key = request.key
-        if key is None:
-            return await self.inner.forward(request)
-        admission = await self.meter.admit(key, request.body) if request.metered else None
+        admission = await self.meter.admit(request.key, request.body) if request.metered else None
         try:
             reply = await self.inner.forward(request)
         except BaseException:
@@ -92,9 +79,6 @@ class MeteredForwarder:
         if admission is not None:  # settled with the usage the gateway's relay reads (relay.py)
             reply.on_usage = lambda usage: self.meter.settle(admission, usage)
         return reply
-
-    async def drain(self) -> None:
-        await self.meter.drain()
 
 
 def keys_enabled(keys: KeyAuthority | None, ttl: float) -> KeyAuthority | None:

@@ -1,25 +1,7 @@
-"""SDK mode's public API: ``/sdk/v1/...``, answered by Claude Code on the sdk-workers.
-
-A request becomes an arq job (ccproxy_core.sdk_jobs); the gateway then reads the job's record
-stream and relays each Anthropic event as it arrives, or collects them into one message, in the
-format the client spoke (OpenAI through ccproxy_gateway.openai, as in API mode). The status code is
-decided by the first record: an error before any output (a refused option, a busy session, the
-upstream's 429...) is an HTTP error; one after output began is an ``error`` event.
-
-A client that goes away cancels its job: before a worker took it, it is never run; after, the
-worker is told through arq's abort set and stops Claude Code.
-
-Billing: Claude Code calls the gateway's ``/api`` with a token of its run
-(:class:`~ccproxy_core.identity.RunTokens`), so each of its upstream calls is admitted, billed
-and logged as the member's own API request (marked with the run's ``sdk_session_id``). The
-``/sdk`` request itself is admitted like one API request and released at once: a member over a
-rate limit or out of budget gets the 429/402 and nothing is queued. Its access-log event is the
-run's summary (turns, tool uses, Claude Code's own reckoning of the cost) with no tokens or
-cost of its own: those are on its calls, so no sum counts a run twice.
-
-Sessions: ``/sdk/{session_id}/v1/...`` or the ``x-claude-session-id`` header continue a Claude
-Code session; every answer names its session in the same header, so a client can continue a
-conversation it did not name.
+"""SDK mode's public API, ``/sdk/v1/...``: each request is an arq job (ccproxy_core.sdk_jobs) whose
+records are relayed in the client's format. Claude Code's upstream calls are billed on ``/api``
+with its run token, so the ``/sdk`` request is only admitted (a 429/402 is never queued) and logs
+the run's summary without tokens: no sum counts a run twice. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -65,15 +47,16 @@ from ccproxy_gateway.routes import ApiRoute
 if TYPE_CHECKING:
     from ccproxy_gateway.app import Gateway
 
+#: Continues a Claude Code session (as does ``/sdk/{session_id}/v1``); every answer names its session in it.
 SESSION_HEADER = "x-claude-session-id"
 #: Seconds of silence (Claude Code running a long tool) after which a stream gets a ``ping``.
 PING_AFTER = 10.0
-#: Block types that are ccproxy's own (``forward`` mode), which OpenAI formats have no place for.
+#: Block types that are ccproxy's own (``forward`` mode).
 SDK_BLOCKS = ("tool_use_sdk", "tool_result_sdk")
 
 
 class SdkRun:
-    """One job's records, read in order: the head (up to the first output), then the rest."""
+    """One job's records: the head (up to the first output, which decides the status code), then the rest."""
 
     def __init__(self, queue: SdkQueue, job: SdkJob, records: AsyncIterator[tuple[str, Any]]) -> None:
         self.queue = queue
@@ -85,9 +68,10 @@ class SdkRun:
         #: Nothing more is read (the run's end, an error, or the request gave up on it).
         self.done = False
         self.first_output: float | None = None
+        self.headers = {SESSION_HEADER: job.session_id or ""}
 
     async def _next(self) -> tuple[str, Any] | None:
-        """The next record worth relaying; None at the end. Bookkeeping records are absorbed."""
+        """The next record worth relaying (bookkeeping absorbed); None at the end."""
         while not self.done:
             try:
                 name, data = await self._records.__anext__()
@@ -119,9 +103,7 @@ class SdkRun:
         while True:
             record = await self._next()
             if record is None:
-                if self.error is None:
-                    raise ProxyError(502, "the sdk-worker ended the run without an answer")
-                return
+                raise ProxyError(502, "the sdk-worker ended the run without an answer")
             if record[0] == ERROR:
                 data = record[1]
                 raise ProxyError(int(data.get("status", 500)), str(data.get("message")), data.get("type"))
@@ -143,12 +125,8 @@ class SdkRun:
             else:
                 yield name, data
 
-    async def drain(self) -> None:
-        async for _ in self.rest():
-            pass
-
     async def end(self) -> None:
-        """The request is over (answered, failed, or its client left): stop the run if it still goes."""
+        """Stop the run if it still goes (the client left): through arq's abort set once a worker has it."""
         if not self.done:
             with anyio.CancelScope(shield=True):
                 await self.queue.cancel(self.job.id)
@@ -160,32 +138,23 @@ class SdkRun:
         return Usage(TokenUsage(model=result.model), result.stop_reason, first_token=self.first_output)
 
 
-def as_text_blocks(records: AsyncIterator[tuple[str, Any]], pretty: bool) -> AsyncIterator[tuple[str, Any]]:
-    """``tool_use_sdk`` / ``tool_result_sdk`` blocks as text blocks (for OpenAI clients)."""
-
-    async def gen() -> AsyncIterator[tuple[str, Any]]:
-        async for name, data in records:
-            if name == "content_block_start" and (data.get("content_block") or {}).get("type") in SDK_BLOCKS:
-                block = dict(data["content_block"])
-                kind = block.pop("type")
-                block.pop("source", None)
-                text = orjson.dumps(block, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
-                index = data.get("index", 0)
-                text_block = {"type": "text", "text": ""}
-                yield name, {"type": "content_block_start", "index": index, "content_block": text_block}
-                yield "content_block_delta", {
-                    "type": "content_block_delta", "index": index,
-                    "delta": {"type": "text_delta", "text": f"\n<{kind}>\n{text}\n</{kind}>\n"},
-                }
-            else:
-                yield name, data
-
-    return gen()
-
-
-async def as_sse(records: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[ServerSentEvent]:
+async def as_text_blocks(records: AsyncIterator[tuple[str, Any]], pretty: bool) -> AsyncIterator[tuple[str, Any]]:
+    """``tool_use_sdk`` / ``tool_result_sdk`` blocks as text blocks (OpenAI formats have no place for them)."""
     async for name, data in records:
-        yield ServerSentEvent(name, orjson.dumps(data).decode())
+        if name == "content_block_start" and (data.get("content_block") or {}).get("type") in SDK_BLOCKS:
+            block = dict(data["content_block"])
+            kind = block.pop("type")
+            block.pop("source", None)
+            text = orjson.dumps(block, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
+            index = data.get("index", 0)
+            text_block = {"type": "text", "text": ""}
+            yield name, {"type": "content_block_start", "index": index, "content_block": text_block}
+            yield "content_block_delta", {
+                "type": "content_block_delta", "index": index,
+                "delta": {"type": "text_delta", "text": f"\n<{kind}>\n{text}\n</{kind}>\n"},
+            }
+        else:
+            yield name, data
 
 
 def accumulate(events: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -208,7 +177,7 @@ def accumulate(events: list[tuple[str, Any]]) -> dict[str, Any]:
             elif kind == "signature_delta":
                 block["signature"] = delta.get("signature", "")
         elif name == "message_delta":
-            message.update({k: v for k, v in (data.get("delta") or {}).items()})
+            message.update(data.get("delta") or {})
             message["usage"] = {**(message.get("usage") or {}), **(data.get("usage") or {})}
         elif name == "error":
             error = data.get("error") or {}
@@ -242,8 +211,6 @@ class SdkRoutes:
             ]
         return routes
 
-    # -- plain routes ---------------------------------------------------------------------------
-
     async def preflight(self, request: Request) -> Response:
         return Response(status_code=200)
 
@@ -270,8 +237,6 @@ class SdkRoutes:
             }
         )
 
-    # -- the three formats ----------------------------------------------------------------------
-
     async def messages(self, request: Request) -> Response:
         from ccproxy_gateway.app import validate_messages_request
 
@@ -280,15 +245,10 @@ class SdkRoutes:
         raw_options = body.pop("claude_options", None)
         validate_messages_request(body)
         run = await self._start(request, body, raw_options)
-        headers = {SESSION_HEADER: run.job.session_id or ""}
         if body.get("stream") is True:
-            async def frames() -> AsyncIterator[bytes]:
-                async for name, data in run.rest():
-                    yield encode_event(name, orjson.dumps(data))
-
-            return self._stream(request, run, frames(), started, headers)
-        message = await self._collect(request, run, started)
-        return JSONResponse(message, headers=headers)
+            frames = (encode_event(name, orjson.dumps(data)) async for name, data in run.rest())
+            return self._stream(request, run, frames, started)
+        return JSONResponse(await self._collect(request, run, run.rest(), started), headers=run.headers)
 
     async def chat_completions(self, request: Request) -> Response:
         return await self._openai(request, CHAT)
@@ -303,17 +263,15 @@ class SdkRoutes:
         store = self.gateway.responses
         plan, turn = await plan_request(fmt, raw, request, store, self.model_map, self.settings.openai)
         run = await self._start(request, plan.body, raw_options)
-        headers = {SESSION_HEADER: run.job.session_id or ""}
+        records = as_text_blocks(run.rest(), self.settings.claude.pretty_format)
         if plan.stream:
             translator = fmt.translator(plan)
-            events = as_sse(as_text_blocks(run.rest(), self.settings.claude.pretty_format))
+            events = (ServerSentEvent(name, orjson.dumps(data).decode()) async for name, data in records)
             frames = kept_stream(translate_stream(events, translator), translator, store, turn)
-            return self._stream(request, run, frames, started, headers)
-        answer = fmt.whole(await self._collect(request, run, started, openai=True), plan)
+            return self._stream(request, run, frames, started)
+        answer = fmt.whole(await self._collect(request, run, records, started), plan)
         await keep(store, turn, answer)
-        return JSONResponse(answer, headers=headers)
-
-    # -- the job --------------------------------------------------------------------------------
+        return JSONResponse(answer, headers=run.headers)
 
     async def _start(self, request: Request, body: dict[str, Any], raw_options: Any) -> SdkRun:
         """Check, enqueue, and wait for the run's first output (or its error)."""
@@ -340,8 +298,7 @@ class SdkRoutes:
             d = access.draft
             d.mode, d.model_requested = "sdk", str(body.get("model") or "")
             d.stream, d.sdk_session_id = body.get("stream") is True, job.session_id or ""
-        # Rate limits and the budget left, as for one API request: a refused run is never queued.
-        # Nothing stays held: the run's own calls to /api are each admitted and billed.
+        # Admitted like one API request (a refused run is never queued), released at once: its /api calls are billed.
         if self.gateway.meter is not None:
             self.gateway.meter.settle(await self.gateway.meter.admit(user.key, body), TokenUsage())
         async with unavailable_as_503("SDK mode"):
@@ -355,11 +312,10 @@ class SdkRoutes:
             raise
         return run
 
-    async def _collect(self, request: Request, run: SdkRun, started: float, openai: bool = False) -> dict[str, Any]:
+    async def _collect(
+        self, request: Request, run: SdkRun, records: AsyncIterator[tuple[str, Any]], started: float
+    ) -> dict[str, Any]:
         async def read_all() -> list[tuple[str, Any]]:
-            records = run.rest()
-            if openai:
-                records = as_text_blocks(records, self.settings.claude.pretty_format)
             return [r async for r in records if r[0] != "ping"]
 
         try:
@@ -373,19 +329,18 @@ class SdkRoutes:
             first = run.first_output - started if run.first_output is not None else None
             self.gateway.answers.done(request, started, run.usage(), first_byte=first)
 
-    def _stream(
-        self, request: Request, run: SdkRun, frames: AsyncIterator[bytes], started: float, headers: dict[str, str]
-    ) -> Response:
+    def _stream(self, request: Request, run: SdkRun, frames: AsyncIterator[bytes], started: float) -> Response:
         async def relayed() -> AsyncIterator[bytes]:
             async for frame in frames:
                 yield frame
-            await run.drain()  # the summary (usage, cost) follows the last event
+            async for _ in run.rest():  # the summary (usage, cost) follows the last event
+                pass
 
         async def end(usage: Usage) -> None:
             await run.end()
             self._note(request, run)
 
-        headers = {**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}
+        headers = {**run.headers, "content-type": "text/event-stream", "cache-control": "no-cache"}
         return self.gateway.answers.stream(request, started, relayed(), run.usage, end, headers)
 
     @staticmethod

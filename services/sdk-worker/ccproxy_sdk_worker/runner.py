@@ -1,16 +1,7 @@
 """One SDK-mode job: Claude Code run through claude-agent-sdk, its output written to Redis.
 
-Cancellation must stop the CLI, a Node process, within seconds, whoever cancels (the client went
-away and the gateway aborted the job through arq, the run timed out, the worker is shutting
-down). arq cancels the job's asyncio task; the SDK's own clean-up is written for anyio
-cancellation and can skip killing the CLI on a bare asyncio cancel. So the SDK runs in a task of
-its own inside an anyio cancel scope, and a cancelled job cancels that scope and waits for the
-SDK to close the CLI. As a last resort every process started for the job (found by the
-``CCPROXY_SDK_RUN`` variable in its environment) is killed when the job ends.
-
-The CLI never holds an upstream credential (the agent could read it and spend outside any
-budget): it calls the gateway's ``/api`` with a token of its run only
-(:class:`~ccproxy_core.identity.RunTokens`), from a config directory of its own.
+The CLI never holds an upstream credential (the agent could read it and spend outside any budget):
+it calls the gateway's ``/api`` with a token of its run only (ccproxy_core.identity.RunTokens).
 """
 
 from __future__ import annotations
@@ -62,23 +53,23 @@ from ccproxy_sdk_worker.transcript import split_conversation, system_text, trans
 
 log = logging.getLogger(__name__)
 
-#: Set in the environment of every CLI process a job starts: how leftovers are found.
+#: In the environment of every CLI process a job starts: how leftovers are found.
 RUN_ENV = "CCPROXY_SDK_RUN"
+
+#: ClaudeOptions fields ccproxy resolves itself; the others are ClaudeAgentOptions' own, by name.
+NOT_SDK_OPTIONS = {"cwd", "model", "append_system_prompt"}
 
 #: Shows the client a line of ccproxy's own in the answer (a permission that timed out).
 Notify = Callable[[str], Awaitable[None]]
-#: Where a permission prompt goes (``ccproxy_sdk_worker.permissions``): given the job, its session
-#: id and a :data:`Notify`, the ``can_use_tool`` callback for the run, or None to leave Claude
+#: The run's ``can_use_tool`` callback (``ccproxy_sdk_worker.permissions``), or None to leave Claude
 #: Code's permission mode alone.
 PermissionHook = Callable[[SdkJob, str, Notify], CanUseTool | None]
 
 
 def find_cli(configured: str | None) -> str | None:
-    """The Claude Code CLI to run; None lets the SDK use the CLI it bundles (the same version today,
-    but the npm package is the one the repo pins)."""
+    """The repo's pinned CLI (npm) before the one the SDK bundles; None lets the SDK use its own."""
     if configured:
         return configured
-    # The repo's pinned CLI: under the current directory, or the checkout this code runs from.
     for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
         local = base / "node_modules" / ".bin" / "claude"
         if local.exists():
@@ -87,34 +78,22 @@ def find_cli(configured: str | None) -> str | None:
 
 
 def gateway_url(settings: Settings) -> str:
-    """Where runs call the gateway: ``SERVICES__GATEWAY_URL``, else this process's own server
-    (``ccproxy serve``; a wildcard address is reached on loopback)."""
+    """``SERVICES__GATEWAY_URL``, else this process's own server (``ccproxy serve``), a wildcard on loopback."""
     if settings.services.gateway_url:
         return settings.services.gateway_url.rstrip("/")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.server.host, settings.server.host)
     return f"http://[{host}]:{settings.server.port}" if ":" in host else f"http://{host}:{settings.server.port}"
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
 def kill_leftovers(job_id: str) -> int:
-    """SIGKILL every process whose environment carries ``RUN_ENV=job_id`` (Linux ``/proc``)."""
+    """The last resort, whoever cancelled: SIGKILL every process whose environment has ``RUN_ENV=job_id``."""
     marker = f"{RUN_ENV}={job_id}".encode()
     killed = 0
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return 0
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for entry in Path("/proc").glob("[0-9]*"):
+        if int(entry.name) == os.getpid():
             continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # gone already, or not ours to read or kill
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed += 1
     return killed
@@ -123,19 +102,12 @@ def kill_leftovers(job_id: str) -> int:
 class Runner:
     """Runs jobs for one worker process (its arq function calls :meth:`run`)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        redis: Redis,
-        name: str | None = None,
-        permission_hook: PermissionHook | None = None,
-        run_as: RunAs | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, redis: Redis, name: str | None = None,
+                 permission_hook: PermissionHook | None = None, run_as: RunAs | None = None) -> None:
         self.settings = settings
-        #: Claude Code's own user (``CLAUDE__RUN_AS_USER``, set up by ``identity.prepare``), or None.
-        self.run_as = run_as
+        self.run_as = run_as  # Claude Code's own user (CLAUDE__RUN_AS_USER), or None
         self.redis = redis
-        self.name = name or worker_name()
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.keys = SdkKeys(settings.redis.key_prefix, settings.claude.queue_name)
         self.store = RedisSessionStore(redis, self.keys, settings.claude.session_ttl)
         self.cli_path = find_cli(settings.claude.cli_path)
@@ -173,8 +145,7 @@ class Runner:
                 await asyncio.shield(write_record(self.redis, self.keys, job.id, END, {}))
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.redis.delete(self.keys.alive(job.id)))
-            killed = kill_leftovers(job.id)
-            if killed:
+            if killed := kill_leftovers(job.id):
                 log.warning("run %s: killed %d leftover Claude Code process(es)", job.id, killed)
 
     async def _error(self, job: SdkJob, exc: ProxyError) -> None:
@@ -182,8 +153,6 @@ class Runner:
             self.redis, self.keys, job.id, ERROR,
             {"status": exc.status, "type": exc.error_type, "message": exc.message},
         )
-
-    # -- the run ------------------------------------------------------------------------------
 
     async def _run(self, job: SdkJob) -> SdkResult:
         overrides = check_overrides(job.options, self.settings)
@@ -193,10 +162,9 @@ class Runner:
             cwd.mkdir(parents=True, exist_ok=True)
         elif not cwd.is_dir():
             raise ProxyError(400, f"cwd {opts.cwd!r} does not exist in the workspace", param="cwd")
-        history, last = split_conversation(job.body)
         model = overrides.get("model") or self.settings.claude.options.model or str(job.body.get("model") or "")
         if job.session_id is None:
-            return await self._run_session(job, opts, cwd, model, str(uuid.uuid4()), history, last)
+            return await self._run_session(job, opts, cwd, model, str(uuid.uuid4()))
         session_id = session_uuid(job.session_id)
         lock = RedisLock(self.redis, self.keys.session_lock(session_id), self.settings.claude.run_timeout + 60)
         if not await lock.acquire(self.settings.claude.queue_timeout):
@@ -204,21 +172,13 @@ class Runner:
         try:
             # The gateway checked already; a worker trusts no job it did not check itself.
             await own_session(self.redis, self.keys, session_id, job.key_id, self.settings.claude.session_ttl)
-            return await self._run_session(job, opts, cwd, model, session_id, history, last)
+            return await self._run_session(job, opts, cwd, model, session_id)
         finally:
             with contextlib.suppress(Exception):
                 await lock.release()
 
-    async def _run_session(
-        self,
-        job: SdkJob,
-        opts: ClaudeOptions,
-        cwd: Path,
-        model: str,
-        session_id: str,
-        history: list[dict[str, Any]],
-        last: dict[str, Any],
-    ) -> SdkResult:
+    async def _run_session(self, job: SdkJob, opts: ClaudeOptions, cwd: Path, model: str, session_id: str) -> SdkResult:
+        history, last = split_conversation(job.body)
         resume: str | None = None
         if await self.store.exists(session_id):
             resume = session_id  # Claude Code has the history already: only the new message goes
@@ -240,12 +200,8 @@ class Runner:
             raise ProxyError(400, "messages: the last user message is empty", param="messages")
 
         async def prompt() -> AsyncIterator[dict[str, Any]]:
-            yield {
-                "type": "user",
-                "message": {"role": "user", "content": content},
-                "parent_tool_use_id": None,
-                "session_id": session_id,
-            }
+            message = {"role": "user", "content": content}
+            yield {"type": "user", "message": message, "parent_tool_use_id": None, "session_id": session_id}
 
         async def consume(options: ClaudeAgentOptions) -> None:
             try:
@@ -282,37 +238,18 @@ class Runner:
         return result
 
     def _options(
-        self,
-        job: SdkJob,
-        opts: ClaudeOptions,
-        cwd: Path,
-        model: str,
-        session_id: str,
-        resume: str | None,
-        notify: Notify,
-        env: dict[str, str],
+        self, job: SdkJob, opts: ClaudeOptions, cwd: Path, model: str, session_id: str, resume: str | None,
+        notify: Notify, env: dict[str, str],
     ) -> ClaudeAgentOptions:
         appended = "\n\n".join(t for t in (opts.append_system_prompt, system_text(job.body)) if t)
         system_prompt: Any = {"type": "preset", "preset": "claude_code"}
         if appended:
             system_prompt["append"] = appended
-
-        def on_stderr(line: str) -> None:
-            log.debug("claude[%s]: %s", job.id, line.rstrip())
-
         return ClaudeAgentOptions(
+            **opts.model_dump(exclude=NOT_SDK_OPTIONS),
             cli_path=self.cli_path,
             cwd=str(cwd),
             model=model or None,
-            permission_mode=opts.permission_mode,
-            allowed_tools=list(opts.allowed_tools),
-            disallowed_tools=list(opts.disallowed_tools),
-            max_turns=opts.max_turns,
-            max_thinking_tokens=opts.max_thinking_tokens,
-            max_budget_usd=opts.max_budget_usd,
-            mcp_servers=dict(opts.mcp_servers),
-            add_dirs=list(opts.add_dirs),
-            permission_prompt_tool_name=opts.permission_prompt_tool_name,
             system_prompt=system_prompt,
             resume=resume,
             session_id=None if resume else session_id,
@@ -321,7 +258,7 @@ class Runner:
             env=env,
             # The CLI's uid (Popen's ``user``; an int needs no passwd entry); its group is ours.
             user=cast(Any, self.run_as.uid) if self.run_as else None,
-            stderr=on_stderr,
+            stderr=lambda line: log.debug("claude[%s]: %s", job.id, line.rstrip()),
             # A permission prompt tool of the user's own wins (the SDK takes one or the other).
             can_use_tool=self.permission_hook(job, session_id, notify)
             if self.permission_hook and not opts.permission_prompt_tool_name
@@ -330,9 +267,8 @@ class Runner:
 
     @contextlib.asynccontextmanager
     async def _run_env(self, job: SdkJob, session_id: str) -> AsyncIterator[dict[str, str]]:
-        """The CLI's environment for one run: the gateway's ``/api`` with a token of this run only
-        (its TTL bounded by the run's time limit), an empty config directory, the job marker. The
-        token and the directory are gone when the run ends, however it ends."""
+        """The gateway's ``/api`` with a token of this run only and an empty config directory, both
+        gone when the run ends, however it ends (the token's TTL bounds it if the worker dies)."""
         grant = RunGrant(caller_id=job.key_id, caller_name=job.key_name, key=job.key, job_id=job.id,
                          session_id=session_id)
         token = await self.run_tokens.mint(grant, self.settings.claude.run_timeout + 30)
@@ -352,20 +288,19 @@ class Runner:
             shutil.rmtree(config_dir, ignore_errors=True)
 
     async def _cancellable(self, work: Any) -> None:
-        """Run ``work`` so that cancelling us cancels it the way the SDK cleans up after."""
-        scopes: list[anyio.CancelScope] = []
+        """The SDK's clean-up is written for anyio cancellation and can skip killing the CLI on a bare
+        asyncio cancel (arq's): so ``work`` runs in an anyio scope that a cancel cancels, then waits for."""
+        scope = anyio.CancelScope()
 
         async def inner() -> None:
-            with anyio.CancelScope() as scope:
-                scopes.append(scope)
+            with scope:
                 await work
 
         task = asyncio.ensure_future(inner())
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            if scopes:
-                scopes[0].cancel()
+            scope.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(task), 15)
             raise
