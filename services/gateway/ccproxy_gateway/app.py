@@ -42,7 +42,7 @@ from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.stream import translate_stream
 from ccproxy_gateway.relay import Answers, client_headers
-from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request, stored_routes
+from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute, error_format, metered
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ def create_app(
                      client_format="openai-chat", metered=True),
             ApiRoute("/api/v1/responses", partial(gateway.forward_openai, fmt=RESPONSES), methods=["POST"],
                      client_format="openai-responses", metered=True),
-            *(stored_routes(stored, ("/api/v1",)) if stored is not None else []),
+            *(stored.routes(("/api/v1",)) if stored is not None else []),
         ]),
         Route("/dashboard", dashboard, methods=["GET"]),
         Route("/dashboard/", dashboard, methods=["GET"]),
@@ -249,7 +249,7 @@ def create_app(
         # The composition root's parts (SDK mode, permissions, logs) come in their closed mounts;
         # a plain route given under /api, /sdk, /permissions or /logs is put into its mount.
         *guard_routes(extra_routes or []),
-        ClosedMount("/sdk", stored_routes(stored, ("/sdk/v1", "/sdk/{session_id}/v1")) if stored is not None else []),
+        ClosedMount("/sdk", stored.routes(("/sdk/v1", "/sdk/{session_id}/v1")) if stored is not None else []),
         # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
         ClosedMount("/api", [public(HeadProbe("/api/{rest:path}", preflight))]),
         ClosedMount("/sdk", [public(HeadProbe("/sdk/{rest:path}", preflight))]),
