@@ -16,15 +16,12 @@ from ccproxy_gateway.openai.models import (
     ChatCompletionRequest,
     FunctionMessage,
     JSONSchemaFormat,
-    NamedFunction,
-    NamedToolChoice,
     SystemMessage,
     ToolMessage,
     UserMessage,
 )
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block
-from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
-from ccproxy_gateway.openai.structured import json_tool
+from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, json_tool, parse_request, tool_choice
 
 
 @dataclass(slots=True)
@@ -94,27 +91,9 @@ def translate_messages(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]]
     return system, turns.messages
 
 
-def _tool_choice(req: ChatCompletionRequest) -> dict[str, Any] | None:
-    choice = req.tool_choice if req.tool_choice is not None else req.function_call
-    if isinstance(choice, NamedToolChoice):
-        return tool_choice(None, choice.function.name, req.parallel_tool_calls)
-    if isinstance(choice, NamedFunction):
-        return tool_choice(None, choice.name, req.parallel_tool_calls)
-    return tool_choice(choice, None, req.parallel_tool_calls)
-
-
 def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options: OpenAISettings) -> ChatPlan:
     _refuse_unsupported(req)
     system, messages = translate_messages(req)
-    limit = req.max_completion_tokens or req.max_tokens
-    body = anthropic_body(
-        models.resolve(req.model),
-        (limit, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"),
-        (req.reasoning_effort, "reasoning_effort"), options, system, messages, req.temperature, req.top_p,
-    )
-    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-    if stops := [s for s in stops if s]:
-        body["stop_sequences"] = stops
     tools = [anthropic_tool(t.function.name, t.function.description, t.function.parameters) for t in req.tools or []]
     tools += [anthropic_tool(f.name, f.description, f.parameters) for f in req.functions or []]
     fmt, tool = req.response_format, None
@@ -124,12 +103,22 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
                              param="response_format.json_schema")
         spec = (fmt.json_schema if fmt.type == "json_schema" else None) or JSONSchemaFormat(name=None)
         tool = json_tool(spec.schema_, spec.name, spec.description, "response_format.json_schema.schema")
-    stream = bool(req.stream)
-    finish_body(body, tools, _tool_choice(req) if tools else None, req.user, stream, tool, options)
+    choice = req.tool_choice if req.tool_choice is not None else req.function_call
+    limit = req.max_completion_tokens or req.max_tokens
+    body = anthropic_body(
+        models.resolve(req.model), system, messages, options,
+        limit=(limit, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"),
+        effort=(req.reasoning_effort, "reasoning_effort"), temperature=req.temperature, top_p=req.top_p,
+        tools=tools, choice=tool_choice(choice, req.parallel_tool_calls), user=req.user,
+        stream=bool(req.stream), json_mode=tool,
+    )
+    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    if stops := [s for s in stops if s]:
+        body["stop_sequences"] = stops
     return ChatPlan(
         body=body,
         client_model=req.model,
-        stream=stream,
+        stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         json_mode=tool is not None,
     )

@@ -32,16 +32,14 @@ from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.models import (
     FunctionCallItem,
     FunctionCallOutputItem,
-    FunctionToolChoice,
     InputMessage,
     ItemReference,
     ReasoningItem,
     ResponsesRequest,
 )
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
-from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
+from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, json_tool, parse_request, tool_choice
 from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
-from ccproxy_gateway.openai.structured import json_tool
 
 #: An output item as sent (built through the ``openai`` package's own types).
 Item = dict[str, Any]
@@ -108,26 +106,9 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
     return system, turns.messages
 
 
-def _tool_choice(req: ResponsesRequest) -> dict[str, Any] | None:
-    choice = req.tool_choice
-    if isinstance(choice, dict):
-        raise ProxyError(
-            400, f"tool_choice: type {choice.get('type')!r} is not supported; use none, auto, required "
-            "or a function", param="tool_choice",
-        )
-    if isinstance(choice, FunctionToolChoice):
-        return tool_choice(None, choice.name, req.parallel_tool_calls)
-    return tool_choice(choice, None, req.parallel_tool_calls)
-
-
 def translate_responses_request(req: ResponsesRequest, models: ModelMap, options: OpenAISettings) -> ResponsesPlan:
     _refuse_unsupported(req)
     system, messages = translate_input(req)
-    body = anthropic_body(
-        models.resolve(req.model), (req.max_output_tokens, "max_output_tokens"),
-        (req.reasoning.effort if req.reasoning else None, "reasoning.effort"), options, system, messages,
-        req.temperature, req.top_p,
-    )
     # Hosted tools (web search, file search, computer use ...) have no Claude counterpart here.
     tools = [anthropic_tool(t.name, t.description, t.parameters) for t in req.tools or [] if t.type == "function"
              and t.name]
@@ -136,10 +117,17 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
         if fmt.type == "json_schema" and fmt.schema_ is None:
             raise ProxyError(400, "text.format.schema: required for type json_schema", param="text.format.schema")
         tool = json_tool(fmt.schema_, fmt.name, fmt.description, "text.format.schema")
-    stream = bool(req.stream)
-    finish_body(body, tools, _tool_choice(req) if tools else None, req.user or req.safety_identifier, stream, tool,
-                options)
-    plan = ResponsesPlan(body=body, client_model=req.model, stream=stream, json_mode=tool is not None)
+    choice = req.tool_choice if tools else None
+    if isinstance(choice, dict):
+        raise ProxyError(400, f"tool_choice: type {choice.get('type')!r} is not supported; use none, auto, required "
+                         "or a function", param="tool_choice")
+    body = anthropic_body(
+        models.resolve(req.model), system, messages, options, limit=(req.max_output_tokens, "max_output_tokens"),
+        effort=(req.reasoning.effort if req.reasoning else None, "reasoning.effort"), temperature=req.temperature,
+        top_p=req.top_p, tools=tools, choice=tool_choice(choice, req.parallel_tool_calls), stream=bool(req.stream),
+        user=req.user or req.safety_identifier, json_mode=tool,
+    )
+    plan = ResponsesPlan(body=body, client_model=req.model, stream=bool(req.stream), json_mode=tool is not None)
     # What the response repeats of the request, as OpenAI writes it (its defaults where not sent).
     sent = req.model_dump(include={"tool_choice", "tools", "reasoning", "text", "metadata"}, exclude_none=True,
                           by_alias=True)

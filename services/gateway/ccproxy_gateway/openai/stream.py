@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.sse import ServerSentEvent
-from ccproxy_gateway.openai.structured import JSON_TOOL
+from ccproxy_gateway.openai.request import JSON_TOOL
 from ccproxy_gateway.relay import Usage
 
 #: What a translator yields for one event: a chunk body (chat), an ``(event, body)`` pair (responses).
