@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccproxy_core.settings import OpenAISettings
-from ccproxy_gateway.openai.chat_request import parse_chat_request, translate_chat_request
-from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion
+from ccproxy_gateway.openai.chat import ChatStreamTranslator, chat_completion, parse_chat_request, translate_chat_request
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.request import Plan
 from ccproxy_gateway.openai.responses import (
