@@ -1,14 +1,7 @@
-"""The Responses API's response store: ``store``, ``previous_response_id`` and ``item_reference``.
-
-Clients such as the Vercel AI SDK refer to earlier output by id instead of sending it again, so
-each stored response is kept in Redis (the stack's, so any replica can continue it) under
-``REDIS__KEY_PREFIX`` + ``responses:{owner}:``, the owner being the caller's key id (another key's
-responses do not exist for it: 404). ``r:{id}`` holds one ``Stored``, with only that request's own
-input items (a conversation is rebuilt by walking ``previous``, never copied per turn); ``items``
-maps item ids to response ids (``item_reference``); ``meta`` and ``bytes`` serve the per-key size
-cap. Every key lives ``RESPONSES__RETENTION_DAYS``, renewed for a chain a new response continues.
-Nothing stored is ever logged.
-"""
+"""The Responses API's store (``store``, ``previous_response_id``, ``item_reference``) in Redis, under
+``{REDIS__KEY_PREFIX}responses:{owner}:`` (the caller's key id: another key's responses are a 404): ``r:{id}``
+one ``Stored`` with only its request's own input (a conversation is rebuilt along ``previous``), ``items`` item
+id -> response id, ``meta``/``bytes`` for the size cap. Kept RESPONSES__RETENTION_DAYS, renewed when continued."""
 
 from __future__ import annotations
 
@@ -316,9 +309,8 @@ async def plan_request(
     fmt: OpenAIFormat, raw: dict[str, Any], request: Request, store: ResponseStore | None, models: ModelMap,
     options: OpenAISettings,
 ) -> tuple[Plan, Turn | None]:
-    """The request's plan, with its stored conversation filled in for a format that has one (no
-    store: the translation refuses ``previous_response_id`` and ``item_reference``), and the turn
-    to keep once it is answered (None: nothing to keep)."""
+    """The request's plan, its stored conversation filled in (no store: the translation refuses
+    references), and the turn to keep once answered (None: nothing to keep)."""
     req = fmt.parse(raw)
     turn = None
     if fmt.stored and store is not None:

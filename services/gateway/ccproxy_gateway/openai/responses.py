@@ -1,8 +1,7 @@
-"""The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream (OpenAI's
-event sequence: created, in_progress, each output item added, its deltas and done events, then
-completed/incomplete with the whole response). ``previous_response_id`` and ``item_reference``
-are filled in by the response store before translation; without one they are refused (a 400).
-"""
+"""The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream (created,
+in_progress, each output item added, its deltas and done events, then completed/incomplete with the
+whole response). ``previous_response_id`` and ``item_reference`` are filled in by the response store
+before translation; without one they are a 400."""
 
 from __future__ import annotations
 

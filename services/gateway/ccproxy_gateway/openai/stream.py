@@ -206,9 +206,8 @@ class StreamTranslator(ABC, Generic[T]):
 async def translate_stream(
     events: AsyncIterator[ServerSentEvent], translator: StreamTranslator[T]
 ) -> AsyncIterator[bytes]:
-    """SSE bytes for the client, as the upstream's events arrive. An error, in the upstream's
-    stream or on the connection, or a stream that ends without ``message_stop``, ends it with the
-    format's failure."""
+    """SSE bytes for the client as the upstream's events arrive; an error (in the stream or on the
+    connection) or a stream without ``message_stop`` ends it with the format's failure."""
     frame = translator.frame
     try:
         async for event in events:
