@@ -142,6 +142,11 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
 # --- answers -------------------------------------------------------------------------------------
 
 
+#: Anthropic stop reasons that leave a response incomplete, and why in OpenAI's words.
+_INCOMPLETE = {"max_tokens": "max_output_tokens", "model_context_window_exceeded": "max_output_tokens",
+               "refusal": "content_filter"}
+
+
 def _usage(tokens: TokenUsage) -> Item:
     return wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
         input_tokens=tokens.prompt_tokens,
@@ -152,19 +157,6 @@ def _usage(tokens: TokenUsage) -> Item:
         output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
         total_tokens=tokens.total,
     ))
-
-
-def _status(stop_reason: str | None) -> tuple[str, dict[str, Any] | None]:
-    if stop_reason in ("max_tokens", "model_context_window_exceeded"):
-        return "incomplete", {"reason": "max_output_tokens"}
-    if stop_reason == "refusal":
-        return "incomplete", {"reason": "content_filter"}
-    return "completed", None
-
-
-def _base_id(message_id: str | None) -> str:
-    # Unique either way: a stored response is found by its id, its items by theirs.
-    return (message_id or uuid.uuid4().hex).removeprefix("msg_")
 
 
 def _text_part(text: str) -> ResponseOutputText:
@@ -182,18 +174,6 @@ def _reasoning_item(item_id: str, block: dict[str, Any] | None = None) -> Item:
     summary = [_summary(block["thinking"])] if block.get("thinking") else []
     return wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=summary,
                                       encrypted_content=encode_reasoning(block)))
-
-
-def _response(
-    plan: ResponsesPlan, base: str, created: int, status: str, output: list[Item] | None = None,
-    usage: Item | None = None, error: Item | None = None, incomplete: Item | None = None,
-) -> Item:
-    """A ``response`` object; strict clients expect its ``null`` fields to be there."""
-    return {
-        "id": f"resp_{base}", "object": "response", "created_at": created, "status": status,
-        "model": plan.client_model, "output": output or [], "usage": usage, "error": error,
-        "incomplete_details": incomplete, "previous_response_id": None, "truncation": "disabled", **plan.echo,
-    }
 
 
 def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> Item:
@@ -240,8 +220,17 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             return f"fc_{block.call_id}"
         return f"{'rs' if block.kind == 'thinking' else 'msg'}_{self.base}_{block.index}"
 
-    def _response(self, status: str, **fields: Any) -> Item:
-        return _response(self.plan, self.base, self.created, status, **fields)
+    def _response(
+        self, status: str, output: list[Item] | None = None, usage: Item | None = None, error: Item | None = None,
+        incomplete: Item | None = None,
+    ) -> Item:
+        """A ``response`` object; strict clients expect its ``null`` fields to be there."""
+        return {
+            "id": f"resp_{self.base}", "object": "response", "created_at": self.created, "status": status,
+            "model": self.plan.client_model, "output": output or [], "usage": usage, "error": error,
+            "incomplete_details": incomplete, "previous_response_id": None, "truncation": "disabled",
+            **self.plan.echo,
+        }
 
     def _placed(self, position: int, item: Item, done: bool) -> tuple[str, dict[str, Any]]:
         """``response.output_item.added``, or ``.done`` (the item then joins the output)."""
@@ -266,7 +255,8 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         return self._placed(block.position, item, done)
 
     def started(self, message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        self.base = _base_id(message.get("id"))
+        # Unique either way: a stored response is found by its id, its items by theirs.
+        self.base = (message.get("id") or uuid.uuid4().hex).removeprefix("msg_")
         yield self._event("response.created", response=self._response("in_progress"))
         yield self._event("response.in_progress", response=self._response("in_progress"))
 
@@ -307,9 +297,10 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         yield self._placed(position, _reasoning_item(item_id, block), True)
 
     def ended(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        status, incomplete = _status(self.usage.stop_reason)
+        reason = _INCOMPLETE.get(self.usage.stop_reason or "")
+        status = "incomplete" if reason else "completed"
         self.response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
-                                       incomplete=incomplete)
+                                       incomplete={"reason": reason} if reason else None)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         yield self._event(kind, response=self.response)
 
