@@ -18,8 +18,13 @@ from pydantic import TypeAdapter
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import SSEDecoder, iter_events
-from ccproxy_gateway.openai.chat_request import ChatPlan, parse_chat_request, translate_chat_request
-from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion
+from ccproxy_gateway.openai.chat import (
+    ChatPlan,
+    ChatStreamTranslator,
+    chat_completion,
+    parse_chat_request,
+    translate_chat_request,
+)
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import decode_reasoning
 from ccproxy_gateway.openai.responses import (

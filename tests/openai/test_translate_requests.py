@@ -11,12 +11,11 @@ import pytest
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import ModelRule, ModelsSettings, OpenAISettings
-from ccproxy_gateway.openai.chat_request import ChatPlan, parse_chat_request, translate_chat_request
-from ccproxy_gateway.openai.chat_response import chat_completion
+from ccproxy_gateway.openai.chat import ChatPlan, chat_completion, parse_chat_request, translate_chat_request
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
+from ccproxy_gateway.openai.request import INSTRUCTION, JSON_TOOL
 from ccproxy_gateway.openai.responses import parse_responses_request, translate_responses_request
-from ccproxy_gateway.openai.structured import INSTRUCTION, JSON_TOOL
 
 RECORDED = json.loads((Path(__file__).parent / "recorded" / "requests.json").read_text())
 MODELS = ModelMap()

@@ -1,8 +1,6 @@
-"""One access-log event per client API request, whatever happens to it: a
-:class:`~ccproxy_core.access_log.RequestLog` draft is opened when the request comes in (its times
-include finding the caller), routes fill it in (:func:`request_log`), and when the response is over
-(sent, failed or cancelled) the matched route says whether and under what it is logged.
-"""
+"""One access-log event per client API request, whatever happens to it: a draft ``RequestLog`` is
+opened as the request comes in (its times include finding the caller), routes fill it in
+(:func:`request_log`), and when the response is over the matched route says whether it is logged."""
 
 from __future__ import annotations
 

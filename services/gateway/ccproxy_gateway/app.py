@@ -24,24 +24,25 @@ from starlette.types import Scope
 from ccproxy_core import pricing
 from ccproxy_core.access_log import AccessLogEmitter
 from ccproxy_core.client_keys import KeyAuthority
-from ccproxy_core.errors import ProxyError, parse_anthropic_error, render_error
-from ccproxy_core.forwarding import Forwarder, ForwardRequest
+from ccproxy_core.errors import ProxyError, parse_anthropic_error, render_error, upstream_error
+from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
 from ccproxy_core.identity import ClosedMount, KeyBackend, RunTokens, caller, caller_middleware, guard_routes, public
 from ccproxy_core.lifespan import Lifespan
 from ccproxy_core.metrics import Metrics, route_label
-from ccproxy_core.models import check_token_limit
 from ccproxy_core.redis import REDIS_DOWN, Redis, unavailable_error
 from ccproxy_core.settings import Settings
+from ccproxy_core.sse import iter_events
 from ccproxy_core.streaming import until_disconnect
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
-from ccproxy_gateway.body import read_json_object
+from ccproxy_gateway.body import read_json_object, validate_messages_request
 from ccproxy_gateway.metering import KeyMeter, MeteredForwarder, keys_enabled
 from ccproxy_gateway.model_catalog import ModelCatalog
+from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai_routes import OpenAIRoutes
+from ccproxy_gateway.openai.stream import translate_stream
 from ccproxy_gateway.relay import Answers, client_headers
-from ccproxy_gateway.response_store import ResponseStore, stored_routes
+from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute, error_format, metered
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ class Gateway:
         self.meter = KeyMeter(keys) if keys is not None else None
         if self.meter is not None:
             self.forwarder = MeteredForwarder(forwarder, self.meter)
-        aliases = ModelMap.from_settings(settings.models).aliases()
-        self.catalog = ModelCatalog(self.forwarder, settings.anthropic.models_cache_seconds, aliases)
+        self.model_map = ModelMap.from_settings(settings.models)
+        self.catalog = ModelCatalog(self.forwarder, settings.anthropic.models_cache_seconds, self.model_map.aliases())
 
     async def models(self, request: Request) -> Response:
         query = request.scope.get("query_string", b"").decode()
@@ -95,44 +96,72 @@ class Gateway:
     async def read_body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(request, self.settings.server.max_body_bytes)
 
-    async def forward_anthropic(self, request: Request, path: str) -> Response:
-        """The API-mode Messages path: validate lightly, forward, relay."""
-        started = time.perf_counter()
-        body = await self.read_body(request)
-        validate_messages_request(body, count_tokens=path.endswith("count_tokens"))
+    async def forward(
+        self, request: Request, path: str, headers: dict[str, str], body: dict[str, Any], model: str, stream: bool,
+        query: str = "",
+    ) -> UpstreamReply:
+        """One upstream forward for every API-mode route, until the client goes away, with what it
+        asked for and who answered on the access log and metrics."""
         access = request_log(request)
         if access is not None:
-            access.draft.model_requested = body["model"]
-            access.draft.stream = body.get("stream") is True
-        query = request.scope.get("query_string", b"").decode()  # not request.url.query: ~10 µs per request
-        forward = ForwardRequest(path=path, headers=dict(request.headers), body=body, query=query,
-                                 key=caller(request).key, metered=metered(request))
-        reply = await until_disconnect(request, self.forwarder.forward(forward))
+            access.draft.model_requested = model
+            access.draft.stream = stream
+        forward = ForwardRequest(path=path, headers=headers, body=body, query=query, key=caller(request).key,
+                                 metered=metered(request))
+        reply: UpstreamReply = await until_disconnect(request, self.forwarder.forward(forward))
         self.metrics.upstream.labels(self.metrics.service, str(reply.status), reply.account or "").inc()
         if access is not None:
             access.note_upstream(reply)
+        return reply
+
+    async def forward_anthropic(self, request: Request, path: str) -> Response:
+        started = time.perf_counter()
+        body = await self.read_body(request)
+        validate_messages_request(body, count_tokens=path.endswith("count_tokens"))
+        query = request.scope.get("query_string", b"").decode()  # not request.url.query: ~10 µs per request
+        reply = await self.forward(request, path, dict(request.headers), body, body["model"],
+                                   body.get("stream") is True, query)
         if reply.is_stream and reply.status == 200:
             return self.answers.relay_upstream(request, started, reply)
         content, usage = await self.answers.read(request, reply)
         self.answers.done(request, started, usage, reply.status)
+        access = request_log(request)
         if access is not None and reply.status >= 400:
             access.draft.error_type = (parse_anthropic_error(content) or ("api_error", ""))[0]
         return Response(content, status_code=reply.status, headers=client_headers(reply))
 
-
-def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) -> None:
-    """Check only what ccproxy itself relies on (``max_tokens``: what a budget reserves, up to the
-    model's output limit); everything else passes through untouched."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ProxyError(400, "model: a model name is required", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        raise ProxyError(400, "messages: a list of messages is required", param="messages")
-    if not count_tokens and "max_tokens" in body:
-        check_token_limit(body["max_tokens"], model)
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise ProxyError(400, "stream: must be a boolean", param="stream")
+    async def forward_openai(self, request: Request, fmt: OpenAIFormat) -> Response:
+        """Chat Completions or Responses as a Messages forward; an upstream error keeps its status
+        and ``retry-after`` but is rendered as OpenAI's (by the app's error handler)."""
+        started = time.perf_counter()
+        store = self.responses
+        raw = await self.read_body(request)
+        plan, turn = await plan_request(fmt, raw, request, store, self.model_map, self.settings.openai)
+        # Only these client headers mean something upstream (betas such as 1M context).
+        sent = {k: request.headers[k] for k in ("anthropic-beta", "anthropic-version") if k in request.headers}
+        reply = await self.forward(request, "/v1/messages", sent, plan.body, plan.client_model, plan.stream)
+        if reply.status != 200:
+            raise upstream_error(reply.status, (await self.answers.read(request, reply))[0], reply.headers)
+        headers = client_headers(reply)
+        del headers["content-type"]
+        if "request-id" in headers:
+            headers["x-request-id"] = headers["request-id"]
+        if plan.stream:
+            tr = fmt.translator(plan)
+            frames = kept_stream(translate_stream(iter_events(reply), tr), tr, store, turn)
+            headers |= {"content-type": "text/event-stream", "cache-control": "no-cache"}
+            return self.answers.relay_upstream(request, started, reply, frames, lambda: tr.usage, headers)
+        content, usage = await self.answers.read(request, reply)
+        self.answers.done(request, started, usage)
+        try:
+            message = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            raise ProxyError(502, "the upstream's answer is not valid JSON") from exc
+        if not isinstance(message, dict):
+            raise ProxyError(502, "the upstream's answer is not a message")
+        answer = fmt.whole(message, plan)
+        await keep(store, turn, answer)
+        return JSONResponse(answer, headers=headers)
 
 
 class HeadProbe(Route):
@@ -148,7 +177,6 @@ def create_app(
     gateway: Gateway, extra_routes: list[BaseRoute] | None = None, lifespan: Lifespan | None = None
 ) -> Starlette:
     """``lifespan`` (:func:`ccproxy_core.lifespan.lifespan`): the parts the caller starts and stops."""
-    openai = OpenAIRoutes(gateway)
     messages = partial(gateway.forward_anthropic, path="/v1/messages")
     count_tokens = partial(gateway.forward_anthropic, path="/v1/messages/count_tokens")
 
@@ -210,8 +238,11 @@ def create_app(
             ApiRoute("/api/v1/models", gateway.models, methods=["GET"]),
             Route("/api/models", gateway.models, methods=["GET"]),
             Route("/api/status", status, methods=["GET"]),
-            *openai.routes("/api/v1"),
-            *(stored_routes(stored, ("/api/v1",)) if stored is not None else []),
+            ApiRoute("/api/v1/chat/completions", partial(gateway.forward_openai, fmt=CHAT), methods=["POST"],
+                     client_format="openai-chat", metered=True),
+            ApiRoute("/api/v1/responses", partial(gateway.forward_openai, fmt=RESPONSES), methods=["POST"],
+                     client_format="openai-responses", metered=True),
+            *(stored.routes(("/api/v1",)) if stored is not None else []),
         ]),
         Route("/dashboard", dashboard, methods=["GET"]),
         Route("/dashboard/", dashboard, methods=["GET"]),
@@ -219,7 +250,7 @@ def create_app(
         # The composition root's parts (SDK mode, permissions, logs) come in their closed mounts;
         # a plain route given under /api, /sdk, /permissions or /logs is put into its mount.
         *guard_routes(extra_routes or []),
-        ClosedMount("/sdk", stored_routes(stored, ("/sdk/v1", "/sdk/{session_id}/v1")) if stored is not None else []),
+        ClosedMount("/sdk", stored.routes(("/sdk/v1", "/sdk/{session_id}/v1")) if stored is not None else []),
         # Claude Code probes reachability with a HEAD under its base URL (e.g. `/api/api/hello`).
         ClosedMount("/api", [public(HeadProbe("/api/{rest:path}", preflight))]),
         ClosedMount("/sdk", [public(HeadProbe("/sdk/{rest:path}", preflight))]),

@@ -8,6 +8,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.models import check_token_limit
 
 MAX_DEPTH = 255
 
@@ -45,3 +46,18 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         except orjson.JSONEncodeError as exc:
             raise ProxyError(400, f"request body is nested too deeply: at most {MAX_DEPTH} levels") from exc
     return data
+
+
+def validate_messages_request(body: dict[str, Any], count_tokens: bool = False) -> None:
+    """Check only what ccproxy itself relies on (``max_tokens``: what a budget reserves, up to the
+    model's output limit); everything else passes through untouched."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ProxyError(400, "model: a model name is required", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise ProxyError(400, "messages: a list of messages is required", param="messages")
+    if not count_tokens and "max_tokens" in body:
+        check_token_limit(body["max_tokens"], model)
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ProxyError(400, "stream: must be a boolean", param="stream")

@@ -1,9 +1,6 @@
-"""Where every answer goes out and ends, whatever its format (Anthropic, OpenAI) and mode (API, SDK).
-
-However it ends, its :class:`Usage` is read once (the stream tap below, the OpenAI translators, a
-whole message, the SDK run's summary) and handed as one value to billing (the reply's settlement),
-metrics and the access log, so the three cannot disagree. A stream is never collected.
-"""
+"""Where every answer goes out and ends, whatever its format and mode. Its :class:`Usage` is read
+once (the stream tap below, the OpenAI translators, a whole message, the SDK run's summary) and
+handed as one value to billing, metrics and the access log, so the three cannot disagree."""
 
 from __future__ import annotations
 
@@ -27,15 +24,12 @@ from ccproxy_gateway.access import request_log
 
 @dataclass(slots=True)
 class Usage:
-    """``first_token``: when the first content token passed (``time.perf_counter()``)."""
-
     tokens: TokenUsage = field(default_factory=TokenUsage)
     stop_reason: str | None = None
     error_type: str | None = None
-    first_token: float | None = None
+    first_token: float | None = None  # time.perf_counter() when the first content token passed
 
     def read(self, name: str, data: dict[str, Any]) -> None:
-        """Take in one Anthropic stream event."""
         if name == "content_block_delta":
             if self.first_token is None:
                 self.first_token = time.perf_counter()
@@ -58,15 +52,15 @@ _READ = frozenset({"message_start", "message_delta", "error"})
 
 
 class StreamUsageTap:
-    """Reads the :class:`Usage` of a relayed Anthropic stream from its raw chunks."""
+    """The :class:`Usage` of a relayed Anthropic stream, read from its raw chunks."""
 
     def __init__(self) -> None:
         self.usage = Usage()
         self._decoder = SSEDecoder()
 
     def _skippable(self, chunk: bytes) -> bool:
-        """Whole events none of which the tap needs (nearly every content delta): a few substring
-        searches instead of a line-by-line parse."""
+        """Whole events the tap does not need (nearly every content delta): a few substring searches
+        instead of a line-by-line parse."""
         if not chunk.endswith(b"\n\n") or not self._decoder.idle:
             return False
         a, b, c, d = _WANTED
@@ -91,26 +85,10 @@ class StreamUsageTap:
                     self.usage.read(event.event, data)
 
     def failed(self, exc: ProxyError) -> bytes:
-        """The stream failed after its status and headers went: it ends with an error event."""
         self.usage.error_type = exc.error_type
         return error_event(exc)
 
 
-def usage_from_message(body: bytes) -> Usage:
-    """The usage of a whole Anthropic message (a non-stream answer)."""
-    usage = Usage()
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return usage
-    if isinstance(data, dict):
-        usage.tokens.model = data.get("model") or ""
-        usage.tokens.add(data.get("usage"))
-        usage.stop_reason = data.get("stop_reason")
-    return usage
-
-
-#: Upstream response headers worth passing on to the client.
 RELAYED_HEADERS = ("request-id", "retry-after", "anthropic-organization-id", "x-should-retry")
 
 
@@ -125,7 +103,6 @@ class Answers:
         self.metrics = metrics
 
     def record(self, request: Request, status: int, started: float, usage: Usage, first_byte: float | None) -> None:
-        """Metrics for one answered request, and its usage onto its access log."""
         m, tokens, route, access = self.metrics, usage.tokens, route_label(request.scope), request_log(request)
         cost = tokens.cost()
         key = access.draft.key_id if access is not None else ""
@@ -134,10 +111,7 @@ class Answers:
             access.first_token = usage.first_token
             if usage.error_type:
                 access.draft.error_type = usage.error_type
-        m.requests.labels(m.service, route, str(status)).inc()
-        m.latency.labels(m.service, route, str(status)).observe(time.perf_counter() - started)
-        if first_byte is not None:
-            m.first_byte.labels(m.service, route).observe(first_byte)
+        m.answered(route, status, started, first_byte)
         if tokens.model:
             for kind, n in tokens.by_kind():
                 if n:
@@ -147,18 +121,22 @@ class Answers:
 
     def done(self, request: Request, started: float, usage: Usage, status: int = 200,
              first_byte: float | None = None) -> None:
-        """A whole (non-stream) answer was sent: ``first_byte`` defaults to now."""
         first = time.perf_counter() - started if first_byte is None else first_byte
         self.record(request, status, started, usage, first)
 
     async def read(self, request: Request, reply: UpstreamReply) -> tuple[bytes, Usage]:
-        """A whole upstream answer and its usage (none unless 200), settled with billing however
-        the read ends (a client gone midway settles nothing spent)."""
+        """A whole upstream answer and its usage (none unless 200), settled however the read ends
+        (a client gone midway settles nothing spent)."""
         usage = Usage()
         try:
             body = await until_disconnect(request, reply.read())
-            if reply.status == 200:
-                usage = usage_from_message(body)
+            message = orjson.loads(body) if reply.status == 200 else None
+            if isinstance(message, dict):
+                usage.tokens.model = message.get("model") or ""
+                usage.tokens.add(message.get("usage"))
+                usage.stop_reason = message.get("stop_reason")
+            return body, usage
+        except orjson.JSONDecodeError:
             return body, usage
         finally:
             reply.settle(usage.tokens)
@@ -175,8 +153,8 @@ class Answers:
         feed: Callable[[bytes], None] | None = None,
         on_error: Callable[[ProxyError], bytes] | None = None,
     ) -> Response:
-        """Relay ``frames``; when the relay ends, ``end(usage)`` settles and closes the source,
-        then the same usage goes to metrics and the access log (which waits for it)."""
+        """Relay ``frames``; when it ends, ``end(usage)`` settles and closes the source, then the
+        same usage goes to metrics and the access log (which waits for it)."""
         m, access = self.metrics, request_log(request)
         m.active_streams.labels(m.service).inc()
         if access is not None:

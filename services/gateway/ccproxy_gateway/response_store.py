@@ -1,14 +1,7 @@
-"""The Responses API's response store: ``store``, ``previous_response_id`` and ``item_reference``.
-
-Clients such as the Vercel AI SDK refer to earlier output by id instead of sending it again, so
-each stored response is kept in Redis (the stack's, so any replica can continue it) under
-``REDIS__KEY_PREFIX`` + ``responses:{owner}:``, the owner being the caller's key id (another key's
-responses do not exist for it: 404). ``r:{id}`` holds one ``Stored``, with only that request's own
-input items (a conversation is rebuilt by walking ``previous``, never copied per turn); ``items``
-maps item ids to response ids (``item_reference``); ``meta`` and ``bytes`` serve the per-key size
-cap. Every key lives ``RESPONSES__RETENTION_DAYS``, renewed for a chain a new response continues.
-Nothing stored is ever logged.
-"""
+"""The Responses API's store (``store``, ``previous_response_id``, ``item_reference``) in Redis, under
+``{REDIS__KEY_PREFIX}responses:{owner}:`` (the caller's key id: another key's responses are a 404): ``r:{id}``
+one ``Stored`` with only its request's own input (a conversation is rebuilt along ``previous``), ``items`` item
+id -> response id, ``meta``/``bytes`` for the size cap. Kept RESPONSES__RETENTION_DAYS, renewed when continued."""
 
 from __future__ import annotations
 
@@ -67,10 +60,6 @@ def owner_of(request: Request) -> str:
     """The caller's id (its client key's; ``LEAD.id`` for the shared token, ``LOCAL.id`` without
     client auth)."""
     return caller(request).id
-
-
-def not_found(response_id: str) -> ProxyError:
-    return ProxyError(404, f"Response with id '{response_id}' not found.", "not_found_error")
 
 
 def _own_items(req: ResponsesRequest) -> list[Item]:
@@ -190,21 +179,13 @@ class ResponseStore:
             pipe.expire(self._key(owner, what), self.ttl)
         await pipe.execute()
 
-    async def _found(self, owner: str, response_id: str) -> Stored:
+    async def _found(self, request: Request) -> tuple[str, str, Stored]:
+        """(owner, response id, the stored response) of a route's ``{response_id}``: the caller's own only."""
+        owner, response_id = owner_of(request), request.path_params["response_id"]
         stored = await self._record(owner, response_id)
         if stored is None:
-            raise not_found(response_id)
-        return stored
-
-    async def get(self, owner: str, response_id: str) -> Item:
-        async with unavailable_as_503("the response store"):
-            return (await self._found(owner, response_id)).response
-
-    async def input_items(self, owner: str, response_id: str) -> list[Item]:
-        """The response's own input items, in the order they were sent (references shown as the
-        items they name while those are stored)."""
-        async with unavailable_as_503("the response store"):
-            return await self._resolve(owner, (await self._found(owner, response_id)).input, None)
+            raise ProxyError(404, f"Response with id '{response_id}' not found.", "not_found_error")
+        return owner, response_id, stored
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -232,13 +213,6 @@ class ResponseStore:
                 await self._evict(owner)
         except UNAVAILABLE as exc:
             log.warning("response store: could not keep a response (%s)", type(exc).__name__)
-
-    async def delete(self, owner: str, response_id: str) -> None:
-        async with unavailable_as_503("the response store"):
-            if not await self.redis.exists(self._key(owner, f"r:{response_id}")):
-                raise not_found(response_id)
-            raw = await self.redis.hget(self._key(owner, "meta"), response_id)  # type: ignore[misc]
-            await self._forget(owner, {response_id: Meta.model_validate_json(raw) if raw else Meta()})
 
     async def _forget(self, owner: str, metas: dict[str, Meta]) -> None:
         """Remove responses (response id -> its ``Meta``) and their index entries."""
@@ -273,6 +247,60 @@ class ResponseStore:
             # The count, recomputed: what expired on its own was still in it.
             await self.redis.set(self._key(owner, "bytes"), max(total, 0), ex=self.ttl)
 
+    # -- GET /v1/responses/{id}, its input_items, DELETE, as OpenAI documents them --------------
+
+    def routes(self, prefixes: tuple[str, ...]) -> list[BaseRoute]:
+        out: list[BaseRoute] = []
+        for prefix in prefixes:
+            one = f"{prefix}/responses/{{response_id}}"
+            out += [
+                ApiRoute(one, self.get, methods=["GET"], client_format="openai-responses"),
+                ApiRoute(one, self.delete, methods=["DELETE"], client_format="openai-responses"),
+                ApiRoute(f"{one}/input_items", self.input_items, methods=["GET"], client_format="openai-responses"),
+            ]
+        return out
+
+    async def get(self, request: Request) -> Response:
+        if request.query_params.get("stream", "").lower() == "true":
+            raise ProxyError(400, "stream: a stored response is returned whole, not streamed again", param="stream")
+        async with unavailable_as_503("the response store"):
+            return JSONResponse((await self._found(request))[2].response)
+
+    async def delete(self, request: Request) -> Response:
+        async with unavailable_as_503("the response store"):
+            owner, response_id, _ = await self._found(request)
+            raw = await self.redis.hget(self._key(owner, "meta"), response_id)  # type: ignore[misc]
+            await self._forget(owner, {response_id: Meta.model_validate_json(raw) if raw else Meta()})
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+    async def input_items(self, request: Request) -> Response:
+        """The response's own input items (references shown as the items they name while stored)."""
+        query = request.query_params
+        limit = query.get("limit", "20")
+        if not limit.isdigit() or not 1 <= int(limit) <= 100:
+            raise ProxyError(400, "limit: an integer from 1 to 100", param="limit")
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ProxyError(400, "order: asc or desc", param="order")
+        async with unavailable_as_503("the response store"):
+            owner, _, stored = await self._found(request)
+            items = await self._resolve(owner, stored.input, None)
+        if order == "desc":
+            items.reverse()
+        if after := query.get("after"):
+            ids = [item.get("id") for item in items]
+            if after not in ids:
+                raise ProxyError(400, f"after: no input item with id '{after}' in this response", param="after")
+            items = items[ids.index(after) + 1:]
+        page = items[: int(limit)]
+        return JSONResponse({
+            "object": "list",
+            "data": page,
+            "first_id": page[0].get("id") if page else None,
+            "last_id": page[-1].get("id") if page else None,
+            "has_more": len(items) > len(page),
+        })
+
 
 # --- what the routes use ---------------------------------------------------------------------------
 
@@ -281,9 +309,8 @@ async def plan_request(
     fmt: OpenAIFormat, raw: dict[str, Any], request: Request, store: ResponseStore | None, models: ModelMap,
     options: OpenAISettings,
 ) -> tuple[Plan, Turn | None]:
-    """The request's plan, with its stored conversation filled in for a format that has one (no
-    store: the translation refuses ``previous_response_id`` and ``item_reference``), and the turn
-    to keep once it is answered (None: nothing to keep)."""
+    """The request's plan, its stored conversation filled in (no store: the translation refuses
+    references), and the turn to keep once answered (None: nothing to keep)."""
     req = fmt.parse(raw)
     turn = None
     if fmt.stored and store is not None:
@@ -317,59 +344,3 @@ def kept_stream(
             yield frame
 
     return kept()
-
-
-class StoredResponseRoutes:
-    """``GET /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items``, ``DELETE
-    /v1/responses/{id}``, as OpenAI documents them, over the caller's own responses."""
-
-    def __init__(self, store: ResponseStore) -> None:
-        self.store = store
-
-    def routes(self, prefix: str) -> list[BaseRoute]:
-        one = f"{prefix}/responses/{{response_id}}"
-        return [
-            ApiRoute(one, self.get, methods=["GET"], client_format="openai-responses"),
-            ApiRoute(one, self.delete, methods=["DELETE"], client_format="openai-responses"),
-            ApiRoute(f"{one}/input_items", self.input_items, methods=["GET"], client_format="openai-responses"),
-        ]
-
-    async def get(self, request: Request) -> Response:
-        if request.query_params.get("stream", "").lower() == "true":
-            raise ProxyError(400, "stream: a stored response is returned whole, not streamed again", param="stream")
-        return JSONResponse(await self.store.get(owner_of(request), request.path_params["response_id"]))
-
-    async def delete(self, request: Request) -> Response:
-        response_id = request.path_params["response_id"]
-        await self.store.delete(owner_of(request), response_id)
-        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
-
-    async def input_items(self, request: Request) -> Response:
-        query = request.query_params
-        limit = query.get("limit", "20")
-        if not limit.isdigit() or not 1 <= int(limit) <= 100:
-            raise ProxyError(400, "limit: an integer from 1 to 100", param="limit")
-        order = query.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise ProxyError(400, "order: asc or desc", param="order")
-        items = await self.store.input_items(owner_of(request), request.path_params["response_id"])
-        if order == "desc":
-            items.reverse()
-        if after := query.get("after"):
-            ids = [item.get("id") for item in items]
-            if after not in ids:
-                raise ProxyError(400, f"after: no input item with id '{after}' in this response", param="after")
-            items = items[ids.index(after) + 1:]
-        page = items[: int(limit)]
-        return JSONResponse({
-            "object": "list",
-            "data": page,
-            "first_id": page[0].get("id") if page else None,
-            "last_id": page[-1].get("id") if page else None,
-            "has_more": len(items) > len(page),
-        })
-
-
-def stored_routes(store: ResponseStore, prefixes: tuple[str, ...]) -> list[BaseRoute]:
-    routes = StoredResponseRoutes(store)
-    return [route for prefix in prefixes for route in routes.routes(prefix)]

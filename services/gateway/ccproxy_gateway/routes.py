@@ -1,8 +1,6 @@
-"""A client API route, declared once: the format it speaks, whether it costs money, whether it is
-in the access log. The error handlers, the access log and metering read the matched route
-(``scope["route"]``, set by Starlette's router) instead of lists of paths, so a new endpoint is
-one line in a route list (docs/architecture.md, "Adding things").
-"""
+"""A client API route, declared once: its format, whether it costs money, whether it is logged. The
+error handlers, the access log and metering read the matched route (``scope["route"]``) instead of
+lists of paths, so a new endpoint is one line in a route list (docs/architecture.md)."""
 
 from __future__ import annotations
 

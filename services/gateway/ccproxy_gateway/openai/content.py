@@ -102,9 +102,8 @@ _CACHEABLE = frozenset({"text", "image", "document", "tool_use", "tool_result"})
 
 
 def add_cache_breakpoints(body: dict[str, Any]) -> None:
-    """OpenAI caches prompt prefixes by itself; Claude only where told. Two breakpoints (of the
-    four allowed): the end of the system prompt (tools and system, stable across turns) and the
-    end of the conversation (the next turn reads it back)."""
+    """OpenAI caches prompt prefixes by itself, Claude only where told: two breakpoints (of four), the
+    end of the system prompt (stable across turns) and of the conversation (the next turn reads it)."""
     marker = {"type": "ephemeral"}
     system = body.get("system")
     if system and system[-1].get("type") == "text":

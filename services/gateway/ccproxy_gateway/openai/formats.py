@@ -8,16 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccproxy_core.settings import OpenAISettings
-from ccproxy_gateway.openai.chat_request import parse_chat_request, translate_chat_request
-from ccproxy_gateway.openai.chat_response import ChatStreamTranslator, chat_completion
+from ccproxy_gateway.openai import chat, responses
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.request import Plan
-from ccproxy_gateway.openai.responses import (
-    ResponsesStreamTranslator,
-    parse_responses_request,
-    response_object,
-    translate_responses_request,
-)
 from ccproxy_gateway.openai.stream import StreamTranslator
 
 
@@ -34,6 +27,7 @@ class OpenAIFormat:
     translator: Callable[[Any], StreamTranslator[Any]]
 
 
-CHAT = OpenAIFormat(False, parse_chat_request, translate_chat_request, chat_completion, ChatStreamTranslator)
-RESPONSES = OpenAIFormat(True, parse_responses_request, translate_responses_request, response_object,
-                         ResponsesStreamTranslator)
+CHAT = OpenAIFormat(False, chat.parse_chat_request, chat.translate_chat_request, chat.chat_completion,
+                    chat.ChatStreamTranslator)
+RESPONSES = OpenAIFormat(True, responses.parse_responses_request, responses.translate_responses_request,
+                         responses.response_object, responses.ResponsesStreamTranslator)

@@ -1,9 +1,7 @@
-"""The two OpenAI request formats' wire models (replies are the ``openai`` package's types).
-Lenient where OpenAI is (unknown fields are kept, so the translator can refuse by name what Claude
-cannot honour), strict where a wrong shape would reach upstream as something else (parts, roles,
-calls). Each content part knows its Anthropic block (``block``). A Responses input item is told
-apart by ``type`` (a message may omit it, as OpenAI allows); one ccproxy cannot translate is a 400
-naming it, never skipped."""
+"""The two OpenAI request formats' wire models (replies are the ``openai`` package's types). Lenient
+where OpenAI is (unknown fields kept, so the translator can refuse by name what Claude cannot honour),
+strict where a wrong shape would reach upstream as something else. Each content part knows its
+Anthropic block; an input item ccproxy cannot translate is a 400 naming it, never skipped."""
 
 from __future__ import annotations
 

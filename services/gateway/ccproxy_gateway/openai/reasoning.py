@@ -1,10 +1,7 @@
-"""Extended thinking for OpenAI clients: effort to budget, and the thinking round trip. Claude
-refuses a tool-use continuation with thinking on unless the previous turn's thinking blocks come
-back exactly, signatures included, so ccproxy hands them out in a shape clients send back as is:
-Chat Completions' ``reasoning_content`` (text) and ``thinking_blocks`` (the blocks, LiteLLM's
-convention; also remembered in-process by their text, for clients that keep only the text), and
-Responses' reasoning items with the block, encoded, as ``encrypted_content`` (Codex sends it back).
-"""
+"""Extended thinking for OpenAI clients: effort to budget, and the round trip (Claude refuses a
+tool-use continuation unless the turn's thinking blocks come back exactly, signatures included):
+Chat's ``reasoning_content`` + ``thinking_blocks`` (LiteLLM's convention; also remembered here by
+text), Responses' reasoning items with the block encoded in ``encrypted_content`` (Codex sends it back)."""
 
 from __future__ import annotations
 
@@ -33,9 +30,8 @@ def thinking_config(
     param: str = "reasoning_effort",
     model_limit: int | None = None,
 ) -> tuple[dict[str, Any] | None, int]:
-    """(``thinking`` or None, the ``max_tokens`` to send). OpenAI's token limit counts reasoning,
-    like Anthropic's: with a client limit the budget is at most half of it (room for the answer);
-    without one, the answer gets ``default_max_tokens`` on top, both within ``model_limit``."""
+    """(``thinking`` or None, ``max_tokens``). Both APIs' limits count reasoning: with a client limit the
+    budget is at most half of it; without, the answer gets ``default_max_tokens`` on top, within ``model_limit``."""
     if effort is None or effort == "none":
         if max_tokens is None:
             max_tokens = min(default_max_tokens, model_limit or default_max_tokens)

@@ -1,5 +1,5 @@
 """What the two request translations (Chat Completions, Responses) share: parsing, turns, tool
-choice, and the Anthropic body around the messages."""
+choice, JSON mode, and the Anthropic body around the messages."""
 
 from __future__ import annotations
 
@@ -8,15 +8,25 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ccproxy_core.errors import validation_error
+from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.models import check_token_limit, max_output_tokens
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_gateway.openai.content import add_cache_breakpoints
+from ccproxy_gateway.openai.models import NamedFunction, NamedToolChoice
 from ccproxy_gateway.openai.reasoning import thinking_config
-from ccproxy_gateway.openai.structured import apply_json_mode
 
 M = TypeVar("M", bound=BaseModel)
 _MODES = {"none": "none", "auto": "auto", "required": "any"}
+
+# JSON mode (``response_format`` / ``text.format``) goes through a tool Claude must call: its input is
+# always a JSON object valid against the schema (words only work most of the time), and it streams
+# as the answer's text. Where forcing the tool is impossible (with thinking; with the client's tools
+# and tool_choice auto, when ``any`` is used) the system prompt asks for it instead.
+JSON_TOOL = "json_response"
+INSTRUCTION = (
+    f"Give your final answer by calling the `{JSON_TOOL}` tool; its input is the JSON response. "
+    "Do not answer in plain text."
+)
 
 
 @dataclass(slots=True)
@@ -53,22 +63,41 @@ class Turns:
             self.messages.append({"role": role, "content": list(blocks)})
 
 
-def tool_choice(mode: str | None, name: str | None, parallel: bool | None) -> dict[str, Any] | None:
-    """Anthropic's ``tool_choice`` from OpenAI's (a mode, or a function's name) and
-    ``parallel_tool_calls``."""
-    out: dict[str, Any] | None = {"type": "tool", "name": name} if name else {"type": _MODES[mode]} if mode else None
+def tool_choice(choice: str | NamedFunction | NamedToolChoice | None, parallel: bool | None) -> dict[str, Any] | None:
+    """Anthropic's ``tool_choice`` from OpenAI's (a mode, or a function) and ``parallel_tool_calls``."""
+    if isinstance(choice, NamedToolChoice):
+        choice = choice.function
+    out: dict[str, Any] | None = None
+    if isinstance(choice, NamedFunction):
+        out = {"type": "tool", "name": choice.name}
+    elif choice is not None:
+        out = {"type": _MODES[choice]}
     if parallel is False and (out is None or out["type"] != "none"):
         out = {**(out or {"type": "auto"}), "disable_parallel_tool_use": True}
     return out
 
 
+def json_tool(schema: dict[str, Any] | None, name: str | None, description: str | None, where: str) -> dict[str, Any]:
+    if schema is None:
+        schema = {"type": "object"}
+    elif schema.get("type", "object") != "object":
+        raise ProxyError(400, f"{where}: the schema's root must be an object", param=where)
+    text = "Return the final answer as this JSON object."
+    if name:
+        text += f" Schema: {name}."
+    if description:
+        text += f" {description}"
+    return {"name": JSON_TOOL, "description": text, "input_schema": schema}
+
+
 def anthropic_body(
-    model: str, limit: tuple[int | None, str], effort: tuple[str | None, str],
-    options: OpenAISettings, system: list[dict[str, Any]], messages: list[dict[str, Any]],
-    temperature: float | None, top_p: float | None,
+    model: str, system: list[dict[str, Any]], messages: list[dict[str, Any]], options: OpenAISettings, *,
+    limit: tuple[int | None, str], effort: tuple[str | None, str], temperature: float | None, top_p: float | None,
+    tools: list[dict[str, Any]], choice: dict[str, Any] | None, user: str | None, stream: bool,
+    json_mode: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The body's model, token limit, thinking and sampling. ``limit`` and ``effort`` are each
-    (value, the client's parameter name, for errors)."""
+    """The Anthropic request around the translated messages. ``limit`` and ``effort``: (value, the
+    client's parameter name, for errors); ``json_mode``: the JSON tool, or None."""
     if limit[0] is not None:
         check_token_limit(limit[0], model, limit[1])
     thinking, max_tokens = thinking_config(
@@ -85,14 +114,6 @@ def anthropic_body(
         body["temperature"] = min(temperature, 1.0)
     elif top_p is not None:
         body["top_p"] = top_p
-    return body
-
-
-def finish_body(
-    body: dict[str, Any], tools: list[dict[str, Any]], choice: dict[str, Any] | None, user: str | None,
-    stream: bool, json_tool: dict[str, Any] | None, options: OpenAISettings,
-) -> None:
-    """Tools, caller, streaming, JSON mode (``json_tool``) and prompt caching."""
     if tools:
         body["tools"] = tools
         if choice is not None:
@@ -101,7 +122,26 @@ def finish_body(
         body["metadata"] = {"user_id": user}
     if stream:
         body["stream"] = True
-    if json_tool is not None:
-        apply_json_mode(body, json_tool, client_tools=bool(tools))
+    if json_mode is not None:
+        _apply_json_mode(body, json_mode, client_tools=bool(tools))
     if options.prompt_cache:
         add_cache_breakpoints(body)
+    return body
+
+
+def _apply_json_mode(body: dict[str, Any], tool: dict[str, Any], client_tools: bool) -> None:
+    body["tools"] = [*body.get("tools", []), tool]
+    choice = body.get("tool_choice") or {}
+    if body.get("thinking"):
+        body["tool_choice"] = {"type": "auto"} if choice.get("type") in (None, "any", "none") else choice
+        _instruct(body)
+    elif not client_tools or choice.get("type") == "none":
+        body["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
+    elif choice.get("type") in (None, "auto", "any"):
+        body["tool_choice"] = {**choice, "type": "any"}
+        _instruct(body)
+    # A named client tool stays forced: that turn is a tool call, not the final answer.
+
+
+def _instruct(body: dict[str, Any]) -> None:
+    body["system"] = [*body.get("system", []), {"type": "text", "text": INSTRUCTION}]

@@ -1,8 +1,7 @@
-"""The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream (OpenAI's
-event sequence: created, in_progress, each output item added, its deltas and done events, then
-completed/incomplete with the whole response). ``previous_response_id`` and ``item_reference``
-are filled in by the response store before translation; without one they are refused (a 400).
-"""
+"""The OpenAI Responses API over Anthropic Messages: request, whole answer, and stream (created,
+in_progress, each output item added, its deltas and done events, then completed/incomplete with the
+whole response). ``previous_response_id`` and ``item_reference`` are filled in by the response store
+before translation; without one they are a 400."""
 
 from __future__ import annotations
 
@@ -32,16 +31,14 @@ from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.models import (
     FunctionCallItem,
     FunctionCallOutputItem,
-    FunctionToolChoice,
     InputMessage,
     ItemReference,
     ReasoningItem,
     ResponsesRequest,
 )
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
-from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, finish_body, parse_request, tool_choice
+from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, json_tool, parse_request, tool_choice
 from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
-from ccproxy_gateway.openai.structured import json_tool
 
 #: An output item as sent (built through the ``openai`` package's own types).
 Item = dict[str, Any]
@@ -108,26 +105,9 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
     return system, turns.messages
 
 
-def _tool_choice(req: ResponsesRequest) -> dict[str, Any] | None:
-    choice = req.tool_choice
-    if isinstance(choice, dict):
-        raise ProxyError(
-            400, f"tool_choice: type {choice.get('type')!r} is not supported; use none, auto, required "
-            "or a function", param="tool_choice",
-        )
-    if isinstance(choice, FunctionToolChoice):
-        return tool_choice(None, choice.name, req.parallel_tool_calls)
-    return tool_choice(choice, None, req.parallel_tool_calls)
-
-
 def translate_responses_request(req: ResponsesRequest, models: ModelMap, options: OpenAISettings) -> ResponsesPlan:
     _refuse_unsupported(req)
     system, messages = translate_input(req)
-    body = anthropic_body(
-        models.resolve(req.model), (req.max_output_tokens, "max_output_tokens"),
-        (req.reasoning.effort if req.reasoning else None, "reasoning.effort"), options, system, messages,
-        req.temperature, req.top_p,
-    )
     # Hosted tools (web search, file search, computer use ...) have no Claude counterpart here.
     tools = [anthropic_tool(t.name, t.description, t.parameters) for t in req.tools or [] if t.type == "function"
              and t.name]
@@ -136,10 +116,17 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
         if fmt.type == "json_schema" and fmt.schema_ is None:
             raise ProxyError(400, "text.format.schema: required for type json_schema", param="text.format.schema")
         tool = json_tool(fmt.schema_, fmt.name, fmt.description, "text.format.schema")
-    stream = bool(req.stream)
-    finish_body(body, tools, _tool_choice(req) if tools else None, req.user or req.safety_identifier, stream, tool,
-                options)
-    plan = ResponsesPlan(body=body, client_model=req.model, stream=stream, json_mode=tool is not None)
+    choice = req.tool_choice if tools else None
+    if isinstance(choice, dict):
+        raise ProxyError(400, f"tool_choice: type {choice.get('type')!r} is not supported; use none, auto, required "
+                         "or a function", param="tool_choice")
+    body = anthropic_body(
+        models.resolve(req.model), system, messages, options, limit=(req.max_output_tokens, "max_output_tokens"),
+        effort=(req.reasoning.effort if req.reasoning else None, "reasoning.effort"), temperature=req.temperature,
+        top_p=req.top_p, tools=tools, choice=tool_choice(choice, req.parallel_tool_calls), stream=bool(req.stream),
+        user=req.user or req.safety_identifier, json_mode=tool,
+    )
+    plan = ResponsesPlan(body=body, client_model=req.model, stream=bool(req.stream), json_mode=tool is not None)
     # What the response repeats of the request, as OpenAI writes it (its defaults where not sent).
     sent = req.model_dump(include={"tool_choice", "tools", "reasoning", "text", "metadata"}, exclude_none=True,
                           by_alias=True)
@@ -155,6 +142,11 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
 # --- answers -------------------------------------------------------------------------------------
 
 
+#: Anthropic stop reasons that leave a response incomplete, and why in OpenAI's words.
+_INCOMPLETE = {"max_tokens": "max_output_tokens", "model_context_window_exceeded": "max_output_tokens",
+               "refusal": "content_filter"}
+
+
 def _usage(tokens: TokenUsage) -> Item:
     return wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
         input_tokens=tokens.prompt_tokens,
@@ -165,19 +157,6 @@ def _usage(tokens: TokenUsage) -> Item:
         output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
         total_tokens=tokens.total,
     ))
-
-
-def _status(stop_reason: str | None) -> tuple[str, dict[str, Any] | None]:
-    if stop_reason in ("max_tokens", "model_context_window_exceeded"):
-        return "incomplete", {"reason": "max_output_tokens"}
-    if stop_reason == "refusal":
-        return "incomplete", {"reason": "content_filter"}
-    return "completed", None
-
-
-def _base_id(message_id: str | None) -> str:
-    # Unique either way: a stored response is found by its id, its items by theirs.
-    return (message_id or uuid.uuid4().hex).removeprefix("msg_")
 
 
 def _text_part(text: str) -> ResponseOutputText:
@@ -195,18 +174,6 @@ def _reasoning_item(item_id: str, block: dict[str, Any] | None = None) -> Item:
     summary = [_summary(block["thinking"])] if block.get("thinking") else []
     return wire(ResponseReasoningItem(type="reasoning", id=item_id, summary=summary,
                                       encrypted_content=encode_reasoning(block)))
-
-
-def _response(
-    plan: ResponsesPlan, base: str, created: int, status: str, output: list[Item] | None = None,
-    usage: Item | None = None, error: Item | None = None, incomplete: Item | None = None,
-) -> Item:
-    """A ``response`` object; strict clients expect its ``null`` fields to be there."""
-    return {
-        "id": f"resp_{base}", "object": "response", "created_at": created, "status": status,
-        "model": plan.client_model, "output": output or [], "usage": usage, "error": error,
-        "incomplete_details": incomplete, "previous_response_id": None, "truncation": "disabled", **plan.echo,
-    }
 
 
 def response_object(message: dict[str, Any], plan: ResponsesPlan, created: int | None = None) -> Item:
@@ -253,8 +220,17 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             return f"fc_{block.call_id}"
         return f"{'rs' if block.kind == 'thinking' else 'msg'}_{self.base}_{block.index}"
 
-    def _response(self, status: str, **fields: Any) -> Item:
-        return _response(self.plan, self.base, self.created, status, **fields)
+    def _response(
+        self, status: str, output: list[Item] | None = None, usage: Item | None = None, error: Item | None = None,
+        incomplete: Item | None = None,
+    ) -> Item:
+        """A ``response`` object; strict clients expect its ``null`` fields to be there."""
+        return {
+            "id": f"resp_{self.base}", "object": "response", "created_at": self.created, "status": status,
+            "model": self.plan.client_model, "output": output or [], "usage": usage, "error": error,
+            "incomplete_details": incomplete, "previous_response_id": None, "truncation": "disabled",
+            **self.plan.echo,
+        }
 
     def _placed(self, position: int, item: Item, done: bool) -> tuple[str, dict[str, Any]]:
         """``response.output_item.added``, or ``.done`` (the item then joins the output)."""
@@ -279,7 +255,8 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         return self._placed(block.position, item, done)
 
     def started(self, message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        self.base = _base_id(message.get("id"))
+        # Unique either way: a stored response is found by its id, its items by theirs.
+        self.base = (message.get("id") or uuid.uuid4().hex).removeprefix("msg_")
         yield self._event("response.created", response=self._response("in_progress"))
         yield self._event("response.in_progress", response=self._response("in_progress"))
 
@@ -320,9 +297,10 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         yield self._placed(position, _reasoning_item(item_id, block), True)
 
     def ended(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        status, incomplete = _status(self.usage.stop_reason)
+        reason = _INCOMPLETE.get(self.usage.stop_reason or "")
+        status = "incomplete" if reason else "completed"
         self.response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
-                                       incomplete=incomplete)
+                                       incomplete={"reason": reason} if reason else None)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         yield self._event(kind, response=self.response)
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.sse import ServerSentEvent
-from ccproxy_gateway.openai.structured import JSON_TOOL
+from ccproxy_gateway.openai.request import JSON_TOOL
 from ccproxy_gateway.relay import Usage
 
 #: What a translator yields for one event: a chunk body (chat), an ``(event, body)`` pair (responses).
@@ -206,9 +206,8 @@ class StreamTranslator(ABC, Generic[T]):
 async def translate_stream(
     events: AsyncIterator[ServerSentEvent], translator: StreamTranslator[T]
 ) -> AsyncIterator[bytes]:
-    """SSE bytes for the client, as the upstream's events arrive. An error, in the upstream's
-    stream or on the connection, or a stream that ends without ``message_stop``, ends it with the
-    format's failure."""
+    """SSE bytes for the client as the upstream's events arrive; an error (in the stream or on the
+    connection) or a stream without ``message_stop`` ends it with the format's failure."""
     frame = translator.frame
     try:
         async for event in events:
