@@ -20,7 +20,7 @@ from tests.identity.test_identity import MEMBER, MESSAGE, Forwarder, Keys, _ok, 
 
 
 def grant(**changes: object) -> RunGrant:
-    base = RunGrant(caller_id="k_ann", caller_name="ann", key=member_key(), job_id="job1", session_id="sess-1")
+    base = RunGrant(caller_id="k_ann", key=member_key(), job_id="job1", session_id="sess-1")
     return base.model_copy(update=changes)
 
 

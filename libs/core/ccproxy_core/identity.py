@@ -76,7 +76,6 @@ class RunGrant(BaseModel):
     """What a run token stands for; Redis keeps it under the token's SHA-256, never the token."""
 
     caller_id: str
-    caller_name: str = ""
     #: The member key that started the run (without its secret); None for LEAD or LOCAL.
     key: KeyInfo | None = None
     job_id: str
@@ -84,8 +83,7 @@ class RunGrant(BaseModel):
 
     def caller(self) -> Caller:
         if self.key is not None:
-            name = self.caller_name or self.caller_id
-            return Caller(id=self.caller_id, name=name, key=self.key, sdk_session=self.session_id)
+            return replace(Caller.member(self.key), sdk_session=self.session_id)
         return replace(LEAD if self.caller_id == LEAD.id else LOCAL, sdk_session=self.session_id)
 
 

@@ -269,8 +269,7 @@ class Runner:
     async def _run_env(self, job: SdkJob, session_id: str) -> AsyncIterator[dict[str, str]]:
         """The gateway's ``/api`` with a token of this run only and an empty config directory, both
         gone when the run ends, however it ends (the token's TTL bounds it if the worker dies)."""
-        grant = RunGrant(caller_id=job.key_id, caller_name=job.key_name, key=job.key, job_id=job.id,
-                         session_id=session_id)
+        grant = RunGrant(caller_id=job.key_id, key=job.key, job_id=job.id, session_id=session_id)
         token = await self.run_tokens.mint(grant, self.settings.claude.run_timeout + 30)
         config_dir = tempfile.mkdtemp(prefix="ccproxy-claude-")
         try:
