@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ccproxy_core.tokens import Credential
 from ccproxy_forwarder.injection import (
     IDENTITY,
-    count_cache_breakpoints,
     has_identity,
     inject_identity,
     merge_betas,
@@ -14,6 +15,18 @@ from ccproxy_forwarder.injection import (
 
 OAUTH = Credential(kind="oauth", secret="sk-ant-oat01-secret", account="a")
 API_KEY = Credential(kind="api_key", secret="sk-ant-api03-secret", account="k")
+
+
+def count_cache_breakpoints(body: dict[str, Any]) -> int:
+    def walk(node: Any) -> int:
+        if isinstance(node, dict):
+            own = 1 if isinstance(node.get("cache_control"), dict) else 0
+            return own + sum(walk(v) for k, v in node.items() if k != "cache_control")
+        if isinstance(node, list):
+            return sum(walk(item) for item in node)
+        return 0
+
+    return sum(walk(body.get(key)) for key in ("tools", "system", "messages"))
 
 
 def test_client_credentials_and_hop_by_hop_headers_are_dropped() -> None:

@@ -149,8 +149,7 @@ class Supervisor:
             await self._stop()
 
     async def _start_and_watch(self, url: str) -> None:
-        """Start all at once (each retries the others, as in compose), wait for each in order, then
-        restart any that dies, with a growing pause (compose's ``restart: unless-stopped``)."""
+        """Start all at once (each retries the others, as in compose), wait for each in order, then keep them up."""
         for service in self.services:
             await self._spawn(service)
         deadline = time.monotonic() + 60

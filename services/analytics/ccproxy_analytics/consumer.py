@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import time
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 COLUMNS = [name for name in AccessLogEvent.model_fields if name != "v"]
 
 Entry = tuple[Any, Any]
+#: A retry's pauses, in seconds: doubling, then 5 s each.
+BACKOFF = (0.2, 0.4, 0.8, 1.6, 3.2)
 
 
 def row(event: AccessLogEvent) -> list[Any]:
@@ -98,8 +101,7 @@ class AccessLogConsumer:
         except ClickHouseUnavailable as exc:
             log.warning("analytics: ClickHouse not reachable yet (%s); events wait in Redis", exc)
             self.clickhouse_ok = False
-        delay = 0.2
-        while True:
+        for pause in itertools.chain(BACKOFF, itertools.repeat(5.0)):
             try:
                 await self._consume()
             except RedisError as exc:
@@ -108,8 +110,7 @@ class AccessLogConsumer:
                 self.redis_ok = False
             except Exception:
                 log.exception("analytics: consumer error; restarting the loop")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(pause)
 
     async def _consume(self) -> None:
         try:
@@ -177,8 +178,7 @@ class AccessLogConsumer:
         if invalid := len(events) - len(rows):
             self.state.invalid += invalid
             self.metrics.access_log_events.labels(self.metrics.service, "invalid").inc(invalid)
-        delay = 0.2
-        while rows:
+        for pause in itertools.chain(BACKOFF, itertools.repeat(5.0)) if rows else ():
             try:
                 await self.store.insert(self.store.table, rows, COLUMNS)
             except ClickHouseUnavailable as exc:
@@ -188,8 +188,7 @@ class AccessLogConsumer:
                 self.clickhouse_ok = False
                 with contextlib.suppress(RedisError):
                     await self._refresh_backlog()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(pause)
                 continue
             if self.clickhouse_ok is False:
                 log.info("analytics: ClickHouse is back; writing the backlog")

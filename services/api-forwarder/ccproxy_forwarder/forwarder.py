@@ -1,7 +1,6 @@
 """One Anthropic request upstream, the answer back as it arrives, on one pooled aiohttp session. The
 account pool (:class:`~ccproxy_core.routing.AccountRouter`) picks the account and hears of its 429s,
-529s and dead tokens; every retry (fresh token, stale connection, other account) precedes the first byte.
-"""
+529s and dead tokens; every retry (fresh token, stale connection, other account) precedes the first byte."""
 
 from __future__ import annotations
 
@@ -38,15 +37,10 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
 def routing_hints(request: ForwardRequest) -> dict[str, str]:
     """What the pool picks an account by: the conversation (sticky), the caller's key and the
     accounts that key may use (all, when it names none)."""
-    hints: dict[str, str] = {}
-    session = session_key(request.body, request.headers)
-    if session:
-        hints[HINT_SESSION] = session
-    if request.key is not None:
-        hints[HINT_KEY] = request.key.id
-        if request.key.accounts:
-            hints[HINT_ACCOUNTS] = ",".join(request.key.accounts)
-    return hints
+    key = request.key
+    hints = {HINT_SESSION: session_key(request.body, request.headers) or "", HINT_KEY: key.id if key else "",
+             HINT_ACCOUNTS: ",".join(key.accounts) if key else ""}
+    return {name: value for name, value in hints.items() if value}
 
 
 class ApiForwarder:
@@ -112,15 +106,13 @@ class ApiForwarder:
         once more (same account after a short wait, or another one)."""
         router, hints = self._router, routing_hints(request)
         credential = await router.pick(hints)
-        tried: list[str] = []
         retried = False
         while True:
             resp = await self._send(request, credential)
             if resp.status == 401 and credential.kind == "oauth":
                 try:
-                    refreshed = await router.pick(
-                        hints, account=credential.account, rejected=credential.secret.get_secret_value()
-                    )
+                    refreshed = await router.pick(hints, account=credential.account,
+                                                  rejected=credential.secret.get_secret_value())
                 except ProxyError as exc:
                     if exc.status != 401:
                         resp.close()
@@ -145,9 +137,8 @@ class ApiForwarder:
                 resp.close()
                 await asyncio.sleep(outcome.wait)
                 continue
-            tried.append(credential.account)
             try:
-                following = await router.pick(hints, exclude=tried)
+                following = await router.pick(hints, exclude=[credential.account])
             except ProxyError:
                 return credential, resp  # no other account: the client gets the upstream's answer
             log.info("account %s %s: retrying on %s", credential.account, outcome.reason, following.account)
@@ -187,16 +178,14 @@ class ApiForwarder:
             headers.pop("content-type", None)  # no body, and no identity block to inject
         else:
             data = orjson.dumps(inject_identity(request.body) if credential.kind == "oauth" else request.body)
-        for attempt in (1, 2):
+        for _attempt in (1, 2):  # once more after a pooled keep-alive connection the upstream had already closed
             try:
                 return await self._client().request(request.method, url, data=data, headers=headers)
-            except aiohttp.ServerDisconnectedError as exc:
-                # A pooled keep-alive connection the upstream had already closed: retry once.
-                if attempt == 2:
-                    raise ProxyError(502, "upstream closed the connection") from exc
+            except aiohttp.ServerDisconnectedError:
+                continue
             except TimeoutError as exc:
                 raise ProxyError(504, "upstream did not answer in time") from exc
             except (aiohttp.ClientError, OSError) as exc:
                 raise ProxyError(502, f"upstream unreachable ({type(exc).__name__})") from exc
-        raise AssertionError("unreachable")
+        raise ProxyError(502, "upstream closed the connection")
 

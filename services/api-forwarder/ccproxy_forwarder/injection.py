@@ -75,18 +75,6 @@ def has_identity(system: Any) -> bool:
     return False
 
 
-def count_cache_breakpoints(body: dict[str, Any]) -> int:
-    def walk(node: Any) -> int:
-        if isinstance(node, dict):
-            own = 1 if isinstance(node.get("cache_control"), dict) else 0
-            return own + sum(walk(v) for k, v in node.items() if k != "cache_control")
-        if isinstance(node, list):
-            return sum(walk(item) for item in node)
-        return 0
-
-    return sum(walk(body.get(key)) for key in ("tools", "system", "messages"))
-
-
 def inject_identity(body: dict[str, Any]) -> dict[str, Any]:
     """Open the system prompt with the identity; keep the client's blocks unchanged after it. The
     identity has no cache_control of its own, so the client's breakpoints (at most 4) stay within the limit."""

@@ -1,7 +1,6 @@
 """``ccproxy run api-forwarder``: ``/internal/forward/v1/...`` serves :class:`ccproxy_core.forwarding.HttpForwarder`.
 Our own errors (no token, upstream unreachable) are marked ``x-ccproxy-error`` for the gateway to
-render in the client's format; an upstream error is relayed as sent.
-"""
+render in the client's format; an upstream error is relayed as sent."""
 
 from __future__ import annotations
 
