@@ -135,9 +135,6 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
     )
 
 
-# --- answers -------------------------------------------------------------------------------------
-
-
 def completion_id(message_id: str | None) -> str:
     return "chatcmpl-" + (message_id or "ccproxy")
 

@@ -35,40 +35,32 @@ def content_blocks(content: str | Sequence[Part], where: str) -> list[Block]:
 
 _DATA_URL = re.compile(r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_PDF = frozenset({"application/pdf"})
+_IMAGE_URLS = "an http(s) URL or a base64 data URL of " + ", ".join(sorted(IMAGE_TYPES))
 
 
-def image_block(url: str, where: str) -> dict[str, Any]:
-    """An Anthropic image block: data URLs inline (base64), http(s) URLs as URL sources."""
+def _base64_source(url: str, media_types: frozenset[str], where: str, expected: str) -> dict[str, Any]:
+    """A base64 data URL of one of ``media_types`` as an Anthropic source; else a 400."""
+    match = _DATA_URL.match(url)
+    media = (match["media"] or "").lower().replace("image/jpg", "image/jpeg") if match else ""
+    if match is None or media not in media_types or ";base64" not in match["params"]:
+        raise ProxyError(400, f"{where}: expected {expected}", param=where)
+    return {"type": "base64", "media_type": media, "data": match["data"]}
+
+
+def image_block(url: str, where: str) -> Block:
+    """Data URLs inline (base64), http(s) URLs as URL sources."""
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
-    match = _DATA_URL.match(url)
-    if match is None:
-        raise ProxyError(400, f"{where}: an image URL must be http(s) or a base64 data URL", param=where)
-    media = (match["media"] or "").lower()
-    if media == "image/jpg":
-        media = "image/jpeg"
-    if media not in IMAGE_TYPES:
-        raise ProxyError(
-            400, f"{where}: image type {media or 'unknown'!r} is not one of {', '.join(sorted(IMAGE_TYPES))}",
-            param=where,
-        )
-    if ";base64" not in match["params"]:
-        raise ProxyError(400, f"{where}: image data URLs must be base64-encoded", param=where)
-    return {"type": "image", "source": {"type": "base64", "media_type": media, "data": match["data"]}}
+    return {"type": "image", "source": _base64_source(url, IMAGE_TYPES, where, _IMAGE_URLS)}
 
 
-def file_block(file_data: str | None, file_id: str | None, where: str, filename: str | None = None) -> dict[str, Any]:
+def file_block(file_data: str | None, file_id: str | None, where: str, filename: str | None = None) -> Block:
     """A PDF sent inline becomes a document block; file ids need OpenAI's file store, which
     ccproxy has not."""
     if file_id and not file_data:
         raise ProxyError(400, f"{where}: file ids are not supported; send the file inline as file_data", param=where)
-    match = _DATA_URL.match(file_data or "")
-    if match is None or (match["media"] or "").lower() != "application/pdf" or ";base64" not in match["params"]:
-        raise ProxyError(400, f"{where}: only PDF files, as base64 data URLs, are supported", param=where)
-    block: dict[str, Any] = {
-        "type": "document",
-        "source": {"type": "base64", "media_type": "application/pdf", "data": match["data"]},
-    }
+    block = {"type": "document", "source": _base64_source(file_data or "", _PDF, where, "a PDF as a base64 data URL")}
     if filename:
         block["title"] = filename
     return block

@@ -183,9 +183,6 @@ class ChatCompletionRequest(_Lenient):
     audio: dict[str, Any] | None = None
 
 
-# --- Responses ---------------------------------------------------------------------------------
-
-
 class InputText(_Lenient):
     type: Literal["input_text", "output_text", "text"]
     text: str

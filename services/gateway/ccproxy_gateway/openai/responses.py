@@ -139,9 +139,6 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
     return plan
 
 
-# --- answers -------------------------------------------------------------------------------------
-
-
 #: Anthropic stop reasons that leave a response incomplete, and why in OpenAI's words.
 _INCOMPLETE = {"max_tokens": "max_output_tokens", "model_context_window_exceeded": "max_output_tokens",
                "refusal": "content_filter"}
