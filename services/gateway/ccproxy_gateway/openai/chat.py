@@ -19,7 +19,7 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
-from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, finish_reason, parse_arguments
+from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, finish_reason, tool_result, tool_use
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.models import (
     AssistantMessage,
@@ -31,7 +31,7 @@ from ccproxy_gateway.openai.models import (
     UserMessage,
 )
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block, joined_reasoning
-from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, json_tool, parse_request, tool_choice
+from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, parse_request, tool_choice
 from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
 
 
@@ -69,37 +69,34 @@ def translate_messages(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]]
     """(system blocks, messages). System and developer messages anywhere become the system
     prompt, in order (Claude has no mid-conversation system turn)."""
     system: list[dict[str, Any]] = []
-    turns = Turns()
+    messages: list[dict[str, Any]] = []
     legacy_call_ids: list[str] = []
     for i, msg in enumerate(req.messages):
         where = f"messages.{i}"
         if isinstance(msg, SystemMessage):
             system.extend(content_blocks(msg.content, where + ".content"))
         elif isinstance(msg, UserMessage):
-            turns.add("user", content_blocks(msg.content, where + ".content"))
+            add_turn(messages, "user", content_blocks(msg.content, where + ".content"))
         elif isinstance(msg, AssistantMessage):
             blocks = _thinking_blocks(msg, where)
             if msg.content is not None:
                 blocks.extend(content_blocks(msg.content, where + ".content"))
             for j, call in enumerate(msg.tool_calls or []):
-                args = parse_arguments(call.function.arguments, f"{where}.tool_calls.{j}.function.arguments")
-                blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": args})
-            if msg.function_call is not None:
-                call_id = f"call_legacy_{i}"
-                legacy_call_ids.append(call_id)
-                args = parse_arguments(msg.function_call.arguments, f"{where}.function_call.arguments")
-                blocks.append({"type": "tool_use", "id": call_id, "name": msg.function_call.name, "input": args})
-            turns.add("assistant", blocks)
+                fn = call.function
+                blocks.append(tool_use(call.id, fn.name, fn.arguments, f"{where}.tool_calls.{j}.function.arguments"))
+            if (legacy := msg.function_call) is not None:
+                legacy_call_ids.append(f"call_legacy_{i}")
+                arguments = f"{where}.function_call.arguments"
+                blocks.append(tool_use(legacy_call_ids[-1], legacy.name, legacy.arguments, arguments))
+            add_turn(messages, "assistant", blocks)
         elif isinstance(msg, ToolMessage):
-            content = msg.content if isinstance(msg.content, str) else content_blocks(msg.content, where)
-            turns.add("user", [{"type": "tool_result", "tool_use_id": msg.tool_call_id, "content": content}])
+            add_turn(messages, "user", [tool_result(msg.tool_call_id, msg.content, where)])
         elif isinstance(msg, FunctionMessage):
             if not legacy_call_ids:
                 raise ProxyError(400, f"{where}: a function message must follow an assistant function_call",
                                  param=where)
-            turns.add("user", [{"type": "tool_result", "tool_use_id": legacy_call_ids.pop(0),
-                                "content": msg.content or ""}])
-    return system, turns.messages
+            add_turn(messages, "user", [tool_result(legacy_call_ids.pop(0), msg.content or "", where)])
+    return system, messages
 
 
 def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options: OpenAISettings) -> ChatPlan:

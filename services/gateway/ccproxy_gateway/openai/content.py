@@ -76,17 +76,23 @@ def anthropic_tool(name: str, description: str | None, parameters: dict[str, Any
     return tool
 
 
-def parse_arguments(arguments: str, where: str) -> dict[str, Any]:
-    """A tool call's JSON arguments as the object Anthropic's ``tool_use.input`` must be."""
-    if not arguments.strip():
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except orjson.JSONDecodeError as exc:
-        raise ProxyError(400, f"{where}: not valid JSON ({exc})", param=where) from exc
-    if not isinstance(value, dict):
-        raise ProxyError(400, f"{where}: must be a JSON object", param=where)
-    return value
+def tool_use(call_id: str, name: str, arguments: str, where: str) -> Block:
+    """A tool call as Claude's ``tool_use`` block; its JSON ``arguments`` must be the object ``input`` is."""
+    args: Any = {}
+    if arguments.strip():
+        try:
+            args = orjson.loads(arguments)
+        except orjson.JSONDecodeError as exc:
+            raise ProxyError(400, f"{where}: not valid JSON ({exc})", param=where) from exc
+        if not isinstance(args, dict):
+            raise ProxyError(400, f"{where}: must be a JSON object", param=where)
+    return {"type": "tool_use", "id": call_id, "name": name, "input": args}
+
+
+def tool_result(call_id: str, content: str | Sequence[Part], where: str) -> Block:
+    """A tool's output as Claude's ``tool_result`` block: text as is, parts as blocks."""
+    return {"type": "tool_result", "tool_use_id": call_id,
+            "content": content if isinstance(content, str) else content_blocks(content, where)}
 
 
 #: Blocks Claude accepts a cache_control on (not thinking blocks).

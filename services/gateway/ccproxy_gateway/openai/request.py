@@ -47,20 +47,12 @@ def parse_request(model: type[M], data: dict[str, Any]) -> M:
         raise validation_error(exc) from exc
 
 
-class Turns:
-    """Anthropic messages built in order; consecutive same-role turns merge into one."""
-
-    def __init__(self, skip_empty: bool = False) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.skip_empty = skip_empty
-
-    def add(self, role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks and self.skip_empty:
-            return
-        if self.messages and self.messages[-1]["role"] == role:
-            self.messages[-1]["content"].extend(blocks)
-        else:
-            self.messages.append({"role": role, "content": list(blocks)})
+def add_turn(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Append a turn to Anthropic ``messages``; consecutive same-role turns merge into one."""
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"].extend(blocks)
+    else:
+        messages.append({"role": role, "content": list(blocks)})
 
 
 def tool_choice(choice: str | NamedFunction | NamedToolChoice | None, parallel: bool | None) -> dict[str, Any] | None:

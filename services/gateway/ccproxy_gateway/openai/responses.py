@@ -26,7 +26,7 @@ from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import encode_event
-from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, parse_arguments
+from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, tool_result, tool_use
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.models import (
     FunctionCallItem,
@@ -37,7 +37,7 @@ from ccproxy_gateway.openai.models import (
     ResponsesRequest,
 )
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
-from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, json_tool, parse_request, tool_choice
+from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, parse_request, tool_choice
 from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
 
 #: An output item as sent (built through the ``openai`` package's own types).
@@ -77,7 +77,7 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
     system: list[dict[str, Any]] = []
     if req.instructions:
         system.append({"type": "text", "text": req.instructions})
-    turns = Turns(skip_empty=True)
+    messages: list[dict[str, Any]] = []
     items = [InputMessage(role="user", content=req.input)] if isinstance(req.input, str) else req.input
     for i, item in enumerate(items):
         where = f"input.{i}"
@@ -87,22 +87,19 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
                 if any(b["type"] != "text" for b in blocks):
                     raise ProxyError(400, f"{where}: system and developer messages take text only", param=where)
                 system.extend(blocks)
-            else:
-                turns.add(item.role, blocks)
+            elif blocks:
+                add_turn(messages, item.role, blocks)
         elif isinstance(item, FunctionCallItem):
-            args = parse_arguments(item.arguments, where + ".arguments")
-            turns.add("assistant", [{"type": "tool_use", "id": item.call_id, "name": item.name, "input": args}])
+            add_turn(messages, "assistant", [tool_use(item.call_id, item.name, item.arguments, where + ".arguments")])
         elif isinstance(item, FunctionCallOutputItem):
-            output = item.output
-            content = output if isinstance(output, str) else content_blocks(output, where + ".output")
-            turns.add("user", [{"type": "tool_result", "tool_use_id": item.call_id, "content": content}])
+            add_turn(messages, "user", [tool_result(item.call_id, item.output, where + ".output")])
         elif isinstance(item, ReasoningItem):
             block = decode_reasoning(item.encrypted_content)
             if block is not None:
-                turns.add("assistant", [block])
+                add_turn(messages, "assistant", [block])
         elif isinstance(item, ItemReference):
             raise ProxyError(400, f"{where}: item_reference: {NO_STORE}", param=where)
-    return system, turns.messages
+    return system, messages
 
 
 def translate_responses_request(req: ResponsesRequest, models: ModelMap, options: OpenAISettings) -> ResponsesPlan:
