@@ -32,7 +32,7 @@ from ccproxy_gateway.openai.models import (
 )
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block, joined_reasoning
 from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, parse_request, tool_choice
-from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
+from ccproxy_gateway.openai.stream import Block, OpenAIFormat, StreamTranslator, wire
 
 
 @dataclass(slots=True)
@@ -132,10 +132,6 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
     )
 
 
-def completion_id(message_id: str | None) -> str:
-    return "chatcmpl-" + (message_id or "ccproxy")
-
-
 def chat_usage(tokens: TokenUsage) -> CompletionUsage:
     return CompletionUsage(
         prompt_tokens=tokens.prompt_tokens,
@@ -175,7 +171,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
     def __init__(self, plan: ChatPlan, created: int | None = None) -> None:
         super().__init__(plan.json_mode, created)
         self.plan = plan
-        self.id = completion_id(None)
+        self.id = "chatcmpl-ccproxy"
         #: Anthropic block index -> OpenAI tool call index.
         self._calls: dict[int, int] = {}
         #: Thinking blocks, as sent back (redacted ones included).
@@ -203,7 +199,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         return b"data: " + orjson.dumps(out) + b"\n\n"
 
     def started(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        self.id = completion_id(message.get("id"))
+        self.id = "chatcmpl-" + (message.get("id") or "ccproxy")
         yield self._chunk({"role": "assistant", "content": ""})
 
     def opened(self, block: Block) -> Iterator[dict[str, Any]]:
@@ -253,3 +249,6 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         # An error body mid-stream: the OpenAI SDK raises on it.
         openai_type = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
         yield {"error": {"message": message, "type": openai_type, "param": None, "code": error_type}}
+
+
+CHAT = OpenAIFormat(False, parse_chat_request, translate_chat_request, chat_completion, ChatStreamTranslator)

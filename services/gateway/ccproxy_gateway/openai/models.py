@@ -17,12 +17,18 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class TextPart(_Lenient):
-    type: Literal["text"]
+class InputText(_Lenient):
+    type: Literal["input_text", "output_text", "text"]
     text: str
 
     def block(self, where: str) -> Block | None:
         return text_block(self.text)
+
+
+class TextPart(InputText):
+    """Chat's text part (Responses takes the other names too)."""
+
+    type: Literal["text"]
 
 
 class RefusalPart(_Lenient):
@@ -48,7 +54,11 @@ class ImagePart(_Lenient):
 class FileData(_Lenient):
     file_data: str | None = None
     file_id: str | None = None
+    file_url: str | None = None
     filename: str | None = None
+
+    def block(self, where: str) -> Block | None:
+        return file_block(self.file_data, self.file_id or self.file_url, where, self.filename)
 
 
 class FilePart(_Lenient):
@@ -56,7 +66,7 @@ class FilePart(_Lenient):
     file: FileData
 
     def block(self, where: str) -> Block | None:
-        return file_block(self.file.file_data, self.file.file_id, where + ".file", self.file.filename)
+        return self.file.block(where + ".file")
 
 
 class AudioPart(_Lenient):
@@ -183,14 +193,6 @@ class ChatCompletionRequest(_Lenient):
     audio: dict[str, Any] | None = None
 
 
-class InputText(_Lenient):
-    type: Literal["input_text", "output_text", "text"]
-    text: str
-
-    def block(self, where: str) -> Block | None:
-        return text_block(self.text)
-
-
 class InputImage(_Lenient):
     type: Literal["input_image"]
     image_url: str | None = None
@@ -201,15 +203,8 @@ class InputImage(_Lenient):
         return image_block(self.image_url, where + ".image_url")
 
 
-class InputFile(_Lenient):
+class InputFile(FileData):
     type: Literal["input_file"]
-    file_data: str | None = None
-    file_id: str | None = None
-    file_url: str | None = None
-    filename: str | None = None
-
-    def block(self, where: str) -> Block | None:
-        return file_block(self.file_data, self.file_id or self.file_url, where, self.filename)
 
 
 InputPart = Annotated[InputText | RefusalPart | InputImage | InputFile, Field(discriminator="type")]

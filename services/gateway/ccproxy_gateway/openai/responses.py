@@ -38,7 +38,7 @@ from ccproxy_gateway.openai.models import (
 )
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
 from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, parse_request, tool_choice
-from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
+from ccproxy_gateway.openai.stream import Block, OpenAIFormat, StreamTranslator, wire
 
 #: An output item as sent (built through the ``openai`` package's own types).
 Item = dict[str, Any]
@@ -305,3 +305,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         response = self._response("failed", output=self.output, usage=_usage(self.usage.tokens),
                                   error={"code": code, "message": message})
         yield self._event("response.failed", response=response)
+
+
+RESPONSES = OpenAIFormat(True, parse_responses_request, translate_responses_request, response_object,
+                         ResponsesStreamTranslator)

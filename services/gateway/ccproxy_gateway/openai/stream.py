@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -15,8 +15,10 @@ import orjson
 from pydantic import BaseModel
 
 from ccproxy_core.errors import ProxyError
+from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent
-from ccproxy_gateway.openai.request import JSON_TOOL
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.request import JSON_TOOL, Plan
 from ccproxy_gateway.relay import Usage
 
 #: What a translator yields for one event: a chunk body (chat), an ``(event, body)`` pair (responses).
@@ -201,6 +203,22 @@ class StreamTranslator(ABC, Generic[T]):
 
     @abstractmethod
     def failure(self, error_type: str, message: str) -> Iterator[T]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIFormat:
+    """Chat Completions or Responses behind one interface, so one route serves either format in
+    either mode (API, SDK): parse, translate, answer whole, or relay a stream."""
+
+    #: Whether requests may refer to stored responses (ccproxy_gateway.response_store).
+    stored: bool
+    parse: Callable[[dict[str, Any]], Any]
+    #: The parsed request -> its plan (``ChatPlan`` / ``ResponsesPlan``).
+    translate: Callable[[Any, ModelMap, OpenAISettings], Plan]
+    #: A whole Anthropic message and the plan -> the client's answer.
+    whole: Callable[[dict[str, Any], Any], dict[str, Any]]
+    #: The plan -> the stream translator (``translate_stream`` drives it).
+    translator: Callable[[Any], StreamTranslator[Any]]
 
 
 async def translate_stream(
