@@ -31,17 +31,13 @@ from ccproxy_gateway.openai.models import (
     UserMessage,
 )
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block, joined_reasoning
-from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, parse_request, tool_choice
+from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, tool_choice
 from ccproxy_gateway.openai.stream import Block, OpenAIFormat, StreamTranslator, wire
 
 
 @dataclass(slots=True)
 class ChatPlan(Plan):
     include_usage: bool = False
-
-
-def parse_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
-    return parse_request(ChatCompletionRequest, data)
 
 
 def _refuse_unsupported(req: ChatCompletionRequest) -> None:
@@ -123,23 +119,15 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     if stops := [s for s in stops if s]:
         body["stop_sequences"] = stops
-    return ChatPlan(
-        body=body,
-        client_model=req.model,
-        stream=bool(req.stream),
-        include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        json_mode=tool is not None,
-    )
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return ChatPlan(body, req.model, bool(req.stream), json_mode=tool is not None, include_usage=include_usage)
 
 
 def chat_usage(tokens: TokenUsage) -> CompletionUsage:
     return CompletionUsage(
-        prompt_tokens=tokens.prompt_tokens,
-        completion_tokens=tokens.output_tokens,
-        total_tokens=tokens.total,
+        prompt_tokens=tokens.prompt_tokens, completion_tokens=tokens.output_tokens, total_tokens=tokens.total,
         prompt_tokens_details=PromptTokensDetails(  # cache_write_tokens: ccproxy's own, for billing
-            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
-        ),
+            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens),
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0),
     )
 
@@ -251,4 +239,4 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         yield {"error": {"message": message, "type": openai_type, "param": None, "code": error_type}}
 
 
-CHAT = OpenAIFormat(False, parse_chat_request, translate_chat_request, chat_completion, ChatStreamTranslator)
+CHAT = OpenAIFormat(False, ChatCompletionRequest, translate_chat_request, chat_completion, ChatStreamTranslator)

@@ -1,21 +1,18 @@
-"""What the two request translations (Chat Completions, Responses) share: parsing, turns, tool
+"""What the two request translations (Chat Completions, Responses) share: turns, tool
 choice, JSON mode, and the Anthropic body around the messages."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
-from ccproxy_core.errors import ProxyError, validation_error
+from ccproxy_core.errors import ProxyError
 from ccproxy_core.models import check_token_limit, max_output_tokens
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_gateway.openai.content import add_cache_breakpoints
 from ccproxy_gateway.openai.models import NamedFunction, NamedToolChoice
 from ccproxy_gateway.openai.reasoning import thinking_config
 
-M = TypeVar("M", bound=BaseModel)
 _MODES = {"none": "none", "auto": "auto", "required": "any"}
 
 # JSON mode (``response_format`` / ``text.format``) goes through a tool Claude must call: its input is
@@ -38,13 +35,6 @@ class Plan:
     client_model: str
     stream: bool
     json_mode: bool = False
-
-
-def parse_request(model: type[M], data: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
 
 
 def add_turn(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:

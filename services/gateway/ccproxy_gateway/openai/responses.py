@@ -37,7 +37,7 @@ from ccproxy_gateway.openai.models import (
     ResponsesRequest,
 )
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
-from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, parse_request, tool_choice
+from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, tool_choice
 from ccproxy_gateway.openai.stream import Block, OpenAIFormat, StreamTranslator, wire
 
 #: An output item as sent (built through the ``openai`` package's own types).
@@ -54,10 +54,6 @@ NO_STORE = (
 class ResponsesPlan(Plan):
     #: Request fields the response object repeats back.
     echo: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_responses_request(data: dict[str, Any]) -> ResponsesRequest:
-    return parse_request(ResponsesRequest, data)
 
 
 def _refuse_unsupported(req: ResponsesRequest) -> None:
@@ -143,13 +139,10 @@ _INCOMPLETE = {"max_tokens": "max_output_tokens", "model_context_window_exceeded
 
 def _usage(tokens: TokenUsage) -> Item:
     return wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
-        input_tokens=tokens.prompt_tokens,
+        input_tokens=tokens.prompt_tokens, output_tokens=tokens.output_tokens, total_tokens=tokens.total,
         input_tokens_details=InputTokensDetails(
-            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
-        ),
-        output_tokens=tokens.output_tokens,
+            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens),
         output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
-        total_tokens=tokens.total,
     ))
 
 
@@ -307,5 +300,5 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         yield self._event("response.failed", response=response)
 
 
-RESPONSES = OpenAIFormat(True, parse_responses_request, translate_responses_request, response_object,
+RESPONSES = OpenAIFormat(True, ResponsesRequest, translate_responses_request, response_object,
                          ResponsesStreamTranslator)

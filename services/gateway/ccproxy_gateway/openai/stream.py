@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from ccproxy_core.errors import ProxyError
+from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.model_map import ModelMap
@@ -212,13 +212,20 @@ class OpenAIFormat:
 
     #: Whether requests may refer to stored responses (ccproxy_gateway.response_store).
     stored: bool
-    parse: Callable[[dict[str, Any]], Any]
+    request: type[BaseModel]
     #: The parsed request -> its plan (``ChatPlan`` / ``ResponsesPlan``).
     translate: Callable[[Any, ModelMap, OpenAISettings], Plan]
     #: A whole Anthropic message and the plan -> the client's answer.
     whole: Callable[[dict[str, Any], Any], dict[str, Any]]
     #: The plan -> the stream translator (``translate_stream`` drives it).
     translator: Callable[[Any], StreamTranslator[Any]]
+
+    def parse(self, data: dict[str, Any]) -> Any:
+        """The request as its model; a wrong shape is the client's 400 naming the field."""
+        try:
+            return self.request.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from exc
 
 
 async def translate_stream(
