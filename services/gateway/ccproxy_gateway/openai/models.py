@@ -166,28 +166,33 @@ class StreamOptions(_Lenient):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(_Lenient):
+class _Request(_Lenient):
+    """The fields both request formats share."""
+
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = False
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    parallel_tool_calls: bool | None = None
+    user: str | None = None
+    top_logprobs: int | None = None
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
     stream_options: StreamOptions | None = None
     #: Strict: a budget reserves this many tokens, so ``true`` or ``"5"`` is not a limit.
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = None
     stop: str | list[str] | None = None
     tools: list[ChatTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = None
     function_call: Literal["none", "auto"] | NamedFunction | None = None
     response_format: ResponseFormat | None = None
     reasoning_effort: str | None = None
-    user: str | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
@@ -291,18 +296,13 @@ class ReasoningConfig(_Lenient):
     effort: str | None = None
 
 
-class ResponsesRequest(_Lenient):
-    model: str
+class ResponsesRequest(_Request):
     input: str | list[InputItem]
     instructions: str | None = None
-    stream: bool | None = False
     tools: list[ResponsesTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
     #: Strict: a budget reserves this many tokens, so ``true`` or ``"5"`` is not a limit.
     max_output_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
     previous_response_id: str | None = None
@@ -310,6 +310,4 @@ class ResponsesRequest(_Lenient):
     background: bool | None = None
     store: bool | None = None
     metadata: dict[str, Any] | None = None
-    user: str | None = None
     safety_identifier: str | None = None
-    top_logprobs: int | None = None

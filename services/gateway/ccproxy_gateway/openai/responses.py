@@ -42,7 +42,6 @@ from ccproxy_gateway.openai.stream import Block, OpenAIFormat, StreamTranslator,
 
 #: An output item as sent (built through the ``openai`` package's own types).
 Item = dict[str, Any]
-Status = Literal["in_progress", "completed", "incomplete"]
 
 NO_STORE = (
     "no response store here: send the whole conversation in `input` (with store: false) "
@@ -207,16 +206,12 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             return f"fc_{block.call_id}"
         return f"{'rs' if block.kind == 'thinking' else 'msg'}_{self.base}_{block.index}"
 
-    def _response(
-        self, status: str, output: list[Item] | None = None, usage: Item | None = None, error: Item | None = None,
-        incomplete: Item | None = None,
-    ) -> Item:
+    def _response(self, status: str, **fields: Any) -> Item:
         """A ``response`` object; strict clients expect its ``null`` fields to be there."""
         return {
             "id": f"resp_{self.base}", "object": "response", "created_at": self.created, "status": status,
-            "model": self.plan.client_model, "output": output or [], "usage": usage, "error": error,
-            "incomplete_details": incomplete, "previous_response_id": None, "truncation": "disabled",
-            **self.plan.echo,
+            "model": self.plan.client_model, "output": [], "usage": None, "error": None, "incomplete_details": None,
+            "previous_response_id": None, "truncation": "disabled", **self.plan.echo, **fields,
         }
 
     def _placed(self, position: int, item: Item, done: bool) -> tuple[str, dict[str, Any]]:
@@ -228,7 +223,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     def _item(self, block: Block, done: bool) -> tuple[str, dict[str, Any]]:
         """A block's output item as it stands: opened, or done."""
         item_id = self._item_id(block)
-        status: Status = "completed" if done else "in_progress"
+        status: Literal["completed", "in_progress"] = "completed" if done else "in_progress"
         if block.kind == "tool":
             item = wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=block.call_id,
                                                  name=block.name, arguments=block.text, status=status))
@@ -287,7 +282,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         reason = _INCOMPLETE.get(self.usage.stop_reason or "")
         status = "incomplete" if reason else "completed"
         self.response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
-                                       incomplete={"reason": reason} if reason else None)
+                                       incomplete_details={"reason": reason} if reason else None)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         yield self._event(kind, response=self.response)
 
