@@ -208,11 +208,8 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
             yield self._chunk({"content": text})
 
     def closed(self, block: Block) -> Iterator[dict[str, Any]]:
-        if block.kind == "tool" and not block.parts:
-            # A tool without parameters streams no arguments; OpenAI clients expect "{}".
-            yield self._arguments(block, "{}")
-        elif block.kind == "json" and not block.parts:
-            yield self._chunk({"content": "{}"})
+        if block.kind in ("tool", "json") and not block.parts:
+            yield from self.added(block, "{}")  # no input streamed: OpenAI clients expect "{}"
         elif block.kind == "thinking":
             yield self._thinking({"type": "thinking", "thinking": block.text, "signature": block.signature})
 

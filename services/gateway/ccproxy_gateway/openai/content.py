@@ -25,8 +25,7 @@ def text_block(text: str | None) -> Block | None:
 
 
 def content_blocks(content: str | Sequence[Part], where: str) -> list[Block]:
-    """A message's content (text, or parts: ``where`` is their path, for errors) as blocks;
-    empty text is left out."""
+    """A message's content as blocks (``where``: the parts' path, for errors); empty text is left out."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     blocks = [part.block(f"{where}.{j}") for j, part in enumerate(content)]
@@ -56,8 +55,7 @@ def image_block(url: str, where: str) -> Block:
 
 
 def file_block(file_data: str | None, file_id: str | None, where: str, filename: str | None = None) -> Block:
-    """A PDF sent inline becomes a document block; file ids need OpenAI's file store, which
-    ccproxy has not."""
+    """A PDF sent inline as a document block; file ids need OpenAI's file store, which ccproxy has not."""
     if file_id and not file_data:
         raise ProxyError(400, f"{where}: file ids are not supported; send the file inline as file_data", param=where)
     block = {"type": "document", "source": _base64_source(file_data or "", _PDF, where, "a PDF as a base64 data URL")}

@@ -125,10 +125,8 @@ class FunctionMessage(_Lenient):
     content: str | None = None
 
 
-ChatMessage = Annotated[
-    SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
-    Field(discriminator="role"),
-]
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+                        Field(discriminator="role")]
 
 
 class FunctionDefinition(_Lenient):

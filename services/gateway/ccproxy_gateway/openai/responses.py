@@ -43,10 +43,8 @@ from ccproxy_gateway.openai.stream import Block, OpenAIFormat, StreamTranslator,
 #: An output item as sent (built through the ``openai`` package's own types).
 Item = dict[str, Any]
 
-NO_STORE = (
-    "no response store here: send the whole conversation in `input` (with store: false) "
-    "instead of referring to an earlier response"
-)
+NO_STORE = ("no response store here: send the whole conversation in `input` (with store: false) "
+            "instead of referring to an earlier response")
 
 
 @dataclass(slots=True)
@@ -118,17 +116,16 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
         top_p=req.top_p, tools=tools, choice=tool_choice(choice, req.parallel_tool_calls), stream=bool(req.stream),
         user=req.user or req.safety_identifier, json_mode=tool,
     )
-    plan = ResponsesPlan(body=body, client_model=req.model, stream=bool(req.stream), json_mode=tool is not None)
     # What the response repeats of the request, as OpenAI writes it (its defaults where not sent).
     sent = req.model_dump(include={"tool_choice", "tools", "reasoning", "text", "metadata"}, exclude_none=True,
                           by_alias=True)
-    plan.echo = {
+    echo = {
         "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
         "parallel_tool_calls": req.parallel_tool_calls is not False, "temperature": req.temperature,
         "top_p": req.top_p, "tool_choice": "auto", "tools": [], "reasoning": {}, "text": {"format": {"type": "text"}},
         "metadata": {}, "store": False, "user": req.user, **sent,
     }
-    return plan
+    return ResponsesPlan(body, req.model, bool(req.stream), json_mode=tool is not None, echo=echo)
 
 
 #: Anthropic stop reasons that leave a response incomplete, and why in OpenAI's words.

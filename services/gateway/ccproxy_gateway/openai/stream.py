@@ -27,10 +27,8 @@ Kind = Literal["text", "json", "tool", "thinking"]
 _KINDS: dict[str, Kind] = {"text": "text", "tool_use": "tool", "thinking": "thinking"}
 #: The delta type that adds to a block of each kind, and the delta's field holding the text.
 _ADDS: dict[Kind, tuple[str, str]] = {
-    "text": ("text_delta", "text"),
-    "json": ("input_json_delta", "partial_json"),
-    "tool": ("input_json_delta", "partial_json"),
-    "thinking": ("thinking_delta", "thinking"),
+    "text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking"),
+    "json": ("input_json_delta", "partial_json"), "tool": ("input_json_delta", "partial_json"),
 }
 
 
@@ -153,8 +151,7 @@ class StreamTranslator(ABC, Generic[T]):
         yield from self.ended()
 
     def take_whole(self, message: dict[str, Any]) -> None:
-        """Read a whole Anthropic message, as the events of its stream (the output is not needed:
-        the format builds its answer from what the translator kept)."""
+        """Read a whole message as its stream's events; the format's answer is what the translator kept."""
         events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": {**message, "content": []}})]
         for index, block in enumerate(message.get("content") or []):
             events.append(("content_block_start", {"index": index, "content_block": block}))
