@@ -169,10 +169,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         # The hot path (one call per text delta): built as a dict, in the shape of OpenAI's
         # ChatCompletionChunk (the unit tests check it), at a fraction of a model's cost.
         return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.plan.client_model,
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.plan.client_model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
 

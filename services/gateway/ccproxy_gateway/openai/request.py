@@ -20,10 +20,8 @@ _MODES = {"none": "none", "auto": "auto", "required": "any"}
 # as the answer's text. Where forcing the tool is impossible (with thinking; with the client's tools
 # and tool_choice auto, when ``any`` is used) the system prompt asks for it instead.
 JSON_TOOL = "json_response"
-INSTRUCTION = (
-    f"Give your final answer by calling the `{JSON_TOOL}` tool; its input is the JSON response. "
-    "Do not answer in plain text."
-)
+INSTRUCTION = (f"Give your final answer by calling the `{JSON_TOOL}` tool; its input is the JSON response. "
+               "Do not answer in plain text.")
 
 
 @dataclass(slots=True)
