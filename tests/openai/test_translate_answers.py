@@ -18,19 +18,13 @@ from pydantic import TypeAdapter
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import SSEDecoder, iter_events
-from ccproxy_gateway.openai.chat import (
-    ChatPlan,
-    ChatStreamTranslator,
-    chat_completion,
-    parse_chat_request,
-    translate_chat_request,
-)
+from ccproxy_gateway.openai.chat import CHAT, ChatPlan, ChatStreamTranslator, chat_completion, translate_chat_request
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import decode_reasoning
 from ccproxy_gateway.openai.responses import (
+    RESPONSES,
     ResponsesPlan,
     ResponsesStreamTranslator,
-    parse_responses_request,
     response_object,
     translate_responses_request,
 )
@@ -47,14 +41,14 @@ def chat_plan(stream: bool = False, json_mode: bool = False, include_usage: bool
         data["stream_options"] = {"include_usage": True}
     if json_mode:
         data["response_format"] = {"type": "json_object"}
-    return translate_chat_request(parse_chat_request(data), ModelMap(), OpenAISettings())
+    return translate_chat_request(CHAT.parse(data), ModelMap(), OpenAISettings())
 
 
 def responses_plan(stream: bool = False, json_mode: bool = False) -> ResponsesPlan:
     data: dict[str, Any] = {"model": "gpt-5", "input": "hi", "stream": stream}
     if json_mode:
         data["text"] = {"format": {"type": "json_object"}}
-    return translate_responses_request(parse_responses_request(data), ModelMap(), OpenAISettings())
+    return translate_responses_request(RESPONSES.parse(data), ModelMap(), OpenAISettings())
 
 
 def raw(name: str) -> bytes:

@@ -11,11 +11,11 @@ import pytest
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.settings import ModelRule, ModelsSettings, OpenAISettings
-from ccproxy_gateway.openai.chat import ChatPlan, chat_completion, parse_chat_request, translate_chat_request
+from ccproxy_gateway.openai.chat import CHAT, ChatPlan, chat_completion, translate_chat_request
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning, thinking_config
 from ccproxy_gateway.openai.request import INSTRUCTION, JSON_TOOL
-from ccproxy_gateway.openai.responses import parse_responses_request, translate_responses_request
+from ccproxy_gateway.openai.responses import RESPONSES, translate_responses_request
 
 RECORDED = json.loads((Path(__file__).parent / "recorded" / "requests.json").read_text())
 MODELS = ModelMap()
@@ -24,11 +24,11 @@ OPTIONS = OpenAISettings(prompt_cache=False)
 
 
 def chat(data: dict[str, Any], options: OpenAISettings = OPTIONS, models: ModelMap = MODELS) -> ChatPlan:
-    return translate_chat_request(parse_chat_request(copy.deepcopy(data)), models, options)
+    return translate_chat_request(CHAT.parse(copy.deepcopy(data)), models, options)
 
 
 def responses(data: dict[str, Any]) -> dict[str, Any]:
-    return translate_responses_request(parse_responses_request(copy.deepcopy(data)), MODELS, OPTIONS).body
+    return translate_responses_request(RESPONSES.parse(copy.deepcopy(data)), MODELS, OPTIONS).body
 
 
 def user(text: str = "hi") -> list[dict[str, Any]]:
@@ -249,15 +249,15 @@ def test_prompt_cache_breakpoints_on_system_and_conversation_end(api: str) -> No
     if api == "chat":
         data = {"model": "gpt-4o", "messages": [
             {"role": "system", "content": "sys"}, *user("q1"), {"role": "assistant", "content": "a1"}, *user("q2")]}
-        body = translate_chat_request(parse_chat_request(data), MODELS, options).body
-        prefill = translate_chat_request(parse_chat_request({"model": "gpt-4o", "messages": [
+        body = translate_chat_request(CHAT.parse(data), MODELS, options).body
+        prefill = translate_chat_request(CHAT.parse({"model": "gpt-4o", "messages": [
             *user(), {"role": "assistant", "content": None, "thinking_blocks": [thinking]}]}), MODELS, options).body
     else:
         data = {"model": "gpt-5", "instructions": "sys", "input": [
             {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
             {"role": "user", "content": "q2"}]}
-        body = translate_responses_request(parse_responses_request(data), MODELS, options).body
-        prefill = translate_responses_request(parse_responses_request({"model": "gpt-5", "input": [
+        body = translate_responses_request(RESPONSES.parse(data), MODELS, options).body
+        prefill = translate_responses_request(RESPONSES.parse({"model": "gpt-5", "input": [
             {"role": "user", "content": "hi"}, {"type": "reasoning", "encrypted_content": encode_reasoning(thinking)}],
         }), MODELS, options).body
     marked = [b for m in body["messages"] for b in m["content"] if "cache_control" in b]

@@ -38,9 +38,10 @@ from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object, validate_messages_request
 from ccproxy_gateway.metering import KeyMeter, MeteredForwarder, keys_enabled
 from ccproxy_gateway.model_catalog import ModelCatalog
-from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
+from ccproxy_gateway.openai.chat import CHAT
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.stream import translate_stream
+from ccproxy_gateway.openai.responses import RESPONSES
+from ccproxy_gateway.openai.stream import OpenAIFormat, translate_stream
 from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute, error_format, metered

@@ -22,11 +22,11 @@ from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.identity import caller
 from ccproxy_core.redis import UNAVAILABLE, as_text, unavailable_as_503
 from ccproxy_core.settings import OpenAISettings, ResponsesSettings
-from ccproxy_gateway.openai.formats import OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.models import InputItem, InputMessage, ResponsesRequest
 from ccproxy_gateway.openai.request import Plan
 from ccproxy_gateway.openai.responses import ResponsesPlan
+from ccproxy_gateway.openai.stream import OpenAIFormat
 from ccproxy_gateway.routes import ApiRoute
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,10 @@ from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_core.streaming import until_disconnect
 from ccproxy_gateway.access import request_log
-from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
+from ccproxy_gateway.openai.chat import CHAT
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.stream import translate_stream
+from ccproxy_gateway.openai.responses import RESPONSES
+from ccproxy_gateway.openai.stream import OpenAIFormat, translate_stream
 from ccproxy_gateway.relay import Usage
 from ccproxy_gateway.response_store import keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute

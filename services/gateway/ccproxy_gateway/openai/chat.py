@@ -19,7 +19,7 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
-from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, finish_reason, parse_arguments
+from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, finish_reason, tool_result, tool_use
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.models import (
     AssistantMessage,
@@ -31,17 +31,13 @@ from ccproxy_gateway.openai.models import (
     UserMessage,
 )
 from ccproxy_gateway.openai.reasoning import REASONING_MEMORY, clean_thinking_block, joined_reasoning
-from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, json_tool, parse_request, tool_choice
-from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
+from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, tool_choice
+from ccproxy_gateway.openai.stream import Block, OpenAIFormat, StreamTranslator, wire
 
 
 @dataclass(slots=True)
 class ChatPlan(Plan):
     include_usage: bool = False
-
-
-def parse_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
-    return parse_request(ChatCompletionRequest, data)
 
 
 def _refuse_unsupported(req: ChatCompletionRequest) -> None:
@@ -69,37 +65,34 @@ def translate_messages(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]]
     """(system blocks, messages). System and developer messages anywhere become the system
     prompt, in order (Claude has no mid-conversation system turn)."""
     system: list[dict[str, Any]] = []
-    turns = Turns()
+    messages: list[dict[str, Any]] = []
     legacy_call_ids: list[str] = []
     for i, msg in enumerate(req.messages):
         where = f"messages.{i}"
         if isinstance(msg, SystemMessage):
             system.extend(content_blocks(msg.content, where + ".content"))
         elif isinstance(msg, UserMessage):
-            turns.add("user", content_blocks(msg.content, where + ".content"))
+            add_turn(messages, "user", content_blocks(msg.content, where + ".content"))
         elif isinstance(msg, AssistantMessage):
             blocks = _thinking_blocks(msg, where)
             if msg.content is not None:
                 blocks.extend(content_blocks(msg.content, where + ".content"))
             for j, call in enumerate(msg.tool_calls or []):
-                args = parse_arguments(call.function.arguments, f"{where}.tool_calls.{j}.function.arguments")
-                blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": args})
-            if msg.function_call is not None:
-                call_id = f"call_legacy_{i}"
-                legacy_call_ids.append(call_id)
-                args = parse_arguments(msg.function_call.arguments, f"{where}.function_call.arguments")
-                blocks.append({"type": "tool_use", "id": call_id, "name": msg.function_call.name, "input": args})
-            turns.add("assistant", blocks)
+                fn = call.function
+                blocks.append(tool_use(call.id, fn.name, fn.arguments, f"{where}.tool_calls.{j}.function.arguments"))
+            if (legacy := msg.function_call) is not None:
+                legacy_call_ids.append(f"call_legacy_{i}")
+                arguments = f"{where}.function_call.arguments"
+                blocks.append(tool_use(legacy_call_ids[-1], legacy.name, legacy.arguments, arguments))
+            add_turn(messages, "assistant", blocks)
         elif isinstance(msg, ToolMessage):
-            content = msg.content if isinstance(msg.content, str) else content_blocks(msg.content, where)
-            turns.add("user", [{"type": "tool_result", "tool_use_id": msg.tool_call_id, "content": content}])
+            add_turn(messages, "user", [tool_result(msg.tool_call_id, msg.content, where)])
         elif isinstance(msg, FunctionMessage):
             if not legacy_call_ids:
                 raise ProxyError(400, f"{where}: a function message must follow an assistant function_call",
                                  param=where)
-            turns.add("user", [{"type": "tool_result", "tool_use_id": legacy_call_ids.pop(0),
-                                "content": msg.content or ""}])
-    return system, turns.messages
+            add_turn(messages, "user", [tool_result(legacy_call_ids.pop(0), msg.content or "", where)])
+    return system, messages
 
 
 def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options: OpenAISettings) -> ChatPlan:
@@ -126,30 +119,15 @@ def translate_chat_request(req: ChatCompletionRequest, models: ModelMap, options
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     if stops := [s for s in stops if s]:
         body["stop_sequences"] = stops
-    return ChatPlan(
-        body=body,
-        client_model=req.model,
-        stream=bool(req.stream),
-        include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        json_mode=tool is not None,
-    )
-
-
-# --- answers -------------------------------------------------------------------------------------
-
-
-def completion_id(message_id: str | None) -> str:
-    return "chatcmpl-" + (message_id or "ccproxy")
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return ChatPlan(body, req.model, bool(req.stream), json_mode=tool is not None, include_usage=include_usage)
 
 
 def chat_usage(tokens: TokenUsage) -> CompletionUsage:
     return CompletionUsage(
-        prompt_tokens=tokens.prompt_tokens,
-        completion_tokens=tokens.output_tokens,
-        total_tokens=tokens.total,
+        prompt_tokens=tokens.prompt_tokens, completion_tokens=tokens.output_tokens, total_tokens=tokens.total,
         prompt_tokens_details=PromptTokensDetails(  # cache_write_tokens: ccproxy's own, for billing
-            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
-        ),
+            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens),
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0),
     )
 
@@ -181,7 +159,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
     def __init__(self, plan: ChatPlan, created: int | None = None) -> None:
         super().__init__(plan.json_mode, created)
         self.plan = plan
-        self.id = completion_id(None)
+        self.id = "chatcmpl-ccproxy"
         #: Anthropic block index -> OpenAI tool call index.
         self._calls: dict[int, int] = {}
         #: Thinking blocks, as sent back (redacted ones included).
@@ -191,10 +169,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         # The hot path (one call per text delta): built as a dict, in the shape of OpenAI's
         # ChatCompletionChunk (the unit tests check it), at a fraction of a model's cost.
         return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.plan.client_model,
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.plan.client_model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
 
@@ -209,7 +184,7 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         return b"data: " + orjson.dumps(out) + b"\n\n"
 
     def started(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        self.id = completion_id(message.get("id"))
+        self.id = "chatcmpl-" + (message.get("id") or "ccproxy")
         yield self._chunk({"role": "assistant", "content": ""})
 
     def opened(self, block: Block) -> Iterator[dict[str, Any]]:
@@ -230,11 +205,8 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
             yield self._chunk({"content": text})
 
     def closed(self, block: Block) -> Iterator[dict[str, Any]]:
-        if block.kind == "tool" and not block.parts:
-            # A tool without parameters streams no arguments; OpenAI clients expect "{}".
-            yield self._arguments(block, "{}")
-        elif block.kind == "json" and not block.parts:
-            yield self._chunk({"content": "{}"})
+        if block.kind in ("tool", "json") and not block.parts:
+            yield from self.added(block, "{}")  # no input streamed: OpenAI clients expect "{}"
         elif block.kind == "thinking":
             yield self._thinking({"type": "thinking", "thinking": block.text, "signature": block.signature})
 
@@ -259,3 +231,6 @@ class ChatStreamTranslator(StreamTranslator[dict[str, Any]]):
         # An error body mid-stream: the OpenAI SDK raises on it.
         openai_type = OPENAI_TYPE_BY_ANTHROPIC.get(error_type, error_type)
         yield {"error": {"message": message, "type": openai_type, "param": None, "code": error_type}}
+
+
+CHAT = OpenAIFormat(False, ChatCompletionRequest, translate_chat_request, chat_completion, ChatStreamTranslator)

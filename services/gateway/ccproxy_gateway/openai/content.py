@@ -25,8 +25,7 @@ def text_block(text: str | None) -> Block | None:
 
 
 def content_blocks(content: str | Sequence[Part], where: str) -> list[Block]:
-    """A message's content (text, or parts: ``where`` is their path, for errors) as blocks;
-    empty text is left out."""
+    """A message's content as blocks (``where``: the parts' path, for errors); empty text is left out."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     blocks = [part.block(f"{where}.{j}") for j, part in enumerate(content)]
@@ -35,40 +34,31 @@ def content_blocks(content: str | Sequence[Part], where: str) -> list[Block]:
 
 _DATA_URL = re.compile(r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_PDF = frozenset({"application/pdf"})
+_IMAGE_URLS = "an http(s) URL or a base64 data URL of " + ", ".join(sorted(IMAGE_TYPES))
 
 
-def image_block(url: str, where: str) -> dict[str, Any]:
-    """An Anthropic image block: data URLs inline (base64), http(s) URLs as URL sources."""
+def _base64_source(url: str, media_types: frozenset[str], where: str, expected: str) -> dict[str, Any]:
+    """A base64 data URL of one of ``media_types`` as an Anthropic source; else a 400."""
+    match = _DATA_URL.match(url)
+    media = (match["media"] or "").lower().replace("image/jpg", "image/jpeg") if match else ""
+    if match is None or media not in media_types or ";base64" not in match["params"]:
+        raise ProxyError(400, f"{where}: expected {expected}", param=where)
+    return {"type": "base64", "media_type": media, "data": match["data"]}
+
+
+def image_block(url: str, where: str) -> Block:
+    """Data URLs inline (base64), http(s) URLs as URL sources."""
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
-    match = _DATA_URL.match(url)
-    if match is None:
-        raise ProxyError(400, f"{where}: an image URL must be http(s) or a base64 data URL", param=where)
-    media = (match["media"] or "").lower()
-    if media == "image/jpg":
-        media = "image/jpeg"
-    if media not in IMAGE_TYPES:
-        raise ProxyError(
-            400, f"{where}: image type {media or 'unknown'!r} is not one of {', '.join(sorted(IMAGE_TYPES))}",
-            param=where,
-        )
-    if ";base64" not in match["params"]:
-        raise ProxyError(400, f"{where}: image data URLs must be base64-encoded", param=where)
-    return {"type": "image", "source": {"type": "base64", "media_type": media, "data": match["data"]}}
+    return {"type": "image", "source": _base64_source(url, IMAGE_TYPES, where, _IMAGE_URLS)}
 
 
-def file_block(file_data: str | None, file_id: str | None, where: str, filename: str | None = None) -> dict[str, Any]:
-    """A PDF sent inline becomes a document block; file ids need OpenAI's file store, which
-    ccproxy has not."""
+def file_block(file_data: str | None, file_id: str | None, where: str, filename: str | None = None) -> Block:
+    """A PDF sent inline as a document block; file ids need OpenAI's file store, which ccproxy has not."""
     if file_id and not file_data:
         raise ProxyError(400, f"{where}: file ids are not supported; send the file inline as file_data", param=where)
-    match = _DATA_URL.match(file_data or "")
-    if match is None or (match["media"] or "").lower() != "application/pdf" or ";base64" not in match["params"]:
-        raise ProxyError(400, f"{where}: only PDF files, as base64 data URLs, are supported", param=where)
-    block: dict[str, Any] = {
-        "type": "document",
-        "source": {"type": "base64", "media_type": "application/pdf", "data": match["data"]},
-    }
+    block = {"type": "document", "source": _base64_source(file_data or "", _PDF, where, "a PDF as a base64 data URL")}
     if filename:
         block["title"] = filename
     return block
@@ -84,17 +74,23 @@ def anthropic_tool(name: str, description: str | None, parameters: dict[str, Any
     return tool
 
 
-def parse_arguments(arguments: str, where: str) -> dict[str, Any]:
-    """A tool call's JSON arguments as the object Anthropic's ``tool_use.input`` must be."""
-    if not arguments.strip():
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except orjson.JSONDecodeError as exc:
-        raise ProxyError(400, f"{where}: not valid JSON ({exc})", param=where) from exc
-    if not isinstance(value, dict):
-        raise ProxyError(400, f"{where}: must be a JSON object", param=where)
-    return value
+def tool_use(call_id: str, name: str, arguments: str, where: str) -> Block:
+    """A tool call as Claude's ``tool_use`` block; its JSON ``arguments`` must be the object ``input`` is."""
+    args: Any = {}
+    if arguments.strip():
+        try:
+            args = orjson.loads(arguments)
+        except orjson.JSONDecodeError as exc:
+            raise ProxyError(400, f"{where}: not valid JSON ({exc})", param=where) from exc
+        if not isinstance(args, dict):
+            raise ProxyError(400, f"{where}: must be a JSON object", param=where)
+    return {"type": "tool_use", "id": call_id, "name": name, "input": args}
+
+
+def tool_result(call_id: str, content: str | Sequence[Part], where: str) -> Block:
+    """A tool's output as Claude's ``tool_result`` block: text as is, parts as blocks."""
+    return {"type": "tool_result", "tool_use_id": call_id,
+            "content": content if isinstance(content, str) else content_blocks(content, where)}
 
 
 #: Blocks Claude accepts a cache_control on (not thinking blocks).
@@ -115,15 +111,8 @@ def add_cache_breakpoints(body: dict[str, Any]) -> None:
 
 
 #: Anthropic stop_reason to OpenAI finish_reason.
-FINISH_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
+FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                  "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
 
 
 def finish_reason(stop_reason: str | None) -> str:

@@ -15,25 +15,18 @@ OPUS = "claude-opus-5-5"
 SONNET = "claude-sonnet-5-5"
 HAIKU = "claude-haiku-5-5"
 
+
+def _prefixes(target: str, *names: str) -> tuple[ModelRule, ...]:
+    return tuple(ModelRule(match=name, kind="prefix", target=target) for name in names)
+
+
 #: Small models to Haiku, reasoning flagships to Opus, the rest to Sonnet; specific names first.
 DEFAULT_RULES: tuple[ModelRule, ...] = (
-    ModelRule(match="gpt-4o-mini", kind="prefix", target=HAIKU),
-    ModelRule(match="gpt-4.1-mini", kind="prefix", target=HAIKU),
-    ModelRule(match="gpt-4.1-nano", kind="prefix", target=HAIKU),
-    ModelRule(match="gpt-5-mini", kind="prefix", target=HAIKU),
-    ModelRule(match="gpt-5-nano", kind="prefix", target=HAIKU),
-    ModelRule(match="gpt-3.5-turbo", kind="prefix", target=HAIKU),
+    *_prefixes(HAIKU, "gpt-4o-mini", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5-mini", "gpt-5-nano", "gpt-3.5-turbo"),
     ModelRule(match=r"^gpt-.*-(mini|nano)\b", kind="regex", target=HAIKU),
-    ModelRule(match="o1-mini", kind="prefix", target=SONNET),
-    ModelRule(match="o3-mini", kind="prefix", target=SONNET),
-    ModelRule(match="o4-mini", kind="prefix", target=SONNET),
-    ModelRule(match="o1", kind="prefix", target=OPUS),
-    ModelRule(match="o3", kind="prefix", target=OPUS),
-    ModelRule(match="gpt-4o", kind="prefix", target=SONNET),
-    ModelRule(match="gpt-4.1", kind="prefix", target=SONNET),
-    ModelRule(match="gpt-4-turbo", kind="prefix", target=SONNET),
-    ModelRule(match="gpt-4", kind="prefix", target=SONNET),
-    ModelRule(match="gpt-5", kind="prefix", target=SONNET),
+    *_prefixes(SONNET, "o1-mini", "o3-mini", "o4-mini"),
+    *_prefixes(OPUS, "o1", "o3"),
+    *_prefixes(SONNET, "gpt-4o", "gpt-4.1", "gpt-4-turbo", "gpt-4", "gpt-5"),
 )
 
 

@@ -17,12 +17,18 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class TextPart(_Lenient):
-    type: Literal["text"]
+class InputText(_Lenient):
+    type: Literal["input_text", "output_text", "text"]
     text: str
 
     def block(self, where: str) -> Block | None:
         return text_block(self.text)
+
+
+class TextPart(InputText):
+    """Chat's text part (Responses takes the other names too)."""
+
+    type: Literal["text"]
 
 
 class RefusalPart(_Lenient):
@@ -48,7 +54,11 @@ class ImagePart(_Lenient):
 class FileData(_Lenient):
     file_data: str | None = None
     file_id: str | None = None
+    file_url: str | None = None
     filename: str | None = None
+
+    def block(self, where: str) -> Block | None:
+        return file_block(self.file_data, self.file_id or self.file_url, where, self.filename)
 
 
 class FilePart(_Lenient):
@@ -56,7 +66,7 @@ class FilePart(_Lenient):
     file: FileData
 
     def block(self, where: str) -> Block | None:
-        return file_block(self.file.file_data, self.file.file_id, where + ".file", self.file.filename)
+        return self.file.block(where + ".file")
 
 
 class AudioPart(_Lenient):
@@ -115,10 +125,8 @@ class FunctionMessage(_Lenient):
     content: str | None = None
 
 
-ChatMessage = Annotated[
-    SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
-    Field(discriminator="role"),
-]
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+                        Field(discriminator="role")]
 
 
 class FunctionDefinition(_Lenient):
@@ -156,42 +164,36 @@ class StreamOptions(_Lenient):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(_Lenient):
+class _Request(_Lenient):
+    """The fields both request formats share."""
+
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = False
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    parallel_tool_calls: bool | None = None
+    user: str | None = None
+    top_logprobs: int | None = None
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
     stream_options: StreamOptions | None = None
     #: Strict: a budget reserves this many tokens, so ``true`` or ``"5"`` is not a limit.
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = None
     stop: str | list[str] | None = None
     tools: list[ChatTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = None
     function_call: Literal["none", "auto"] | NamedFunction | None = None
     response_format: ResponseFormat | None = None
     reasoning_effort: str | None = None
-    user: str | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
-
-
-# --- Responses ---------------------------------------------------------------------------------
-
-
-class InputText(_Lenient):
-    type: Literal["input_text", "output_text", "text"]
-    text: str
-
-    def block(self, where: str) -> Block | None:
-        return text_block(self.text)
 
 
 class InputImage(_Lenient):
@@ -204,15 +206,8 @@ class InputImage(_Lenient):
         return image_block(self.image_url, where + ".image_url")
 
 
-class InputFile(_Lenient):
+class InputFile(FileData):
     type: Literal["input_file"]
-    file_data: str | None = None
-    file_id: str | None = None
-    file_url: str | None = None
-    filename: str | None = None
-
-    def block(self, where: str) -> Block | None:
-        return file_block(self.file_data, self.file_id or self.file_url, where, self.filename)
 
 
 InputPart = Annotated[InputText | RefusalPart | InputImage | InputFile, Field(discriminator="type")]
@@ -299,18 +294,13 @@ class ReasoningConfig(_Lenient):
     effort: str | None = None
 
 
-class ResponsesRequest(_Lenient):
-    model: str
+class ResponsesRequest(_Request):
     input: str | list[InputItem]
     instructions: str | None = None
-    stream: bool | None = False
     tools: list[ResponsesTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
     #: Strict: a budget reserves this many tokens, so ``true`` or ``"5"`` is not a limit.
     max_output_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
     previous_response_id: str | None = None
@@ -318,6 +308,4 @@ class ResponsesRequest(_Lenient):
     background: bool | None = None
     store: bool | None = None
     metadata: dict[str, Any] | None = None
-    user: str | None = None
     safety_identifier: str | None = None
-    top_logprobs: int | None = None

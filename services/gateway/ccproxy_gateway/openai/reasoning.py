@@ -53,9 +53,6 @@ def thinking_config(
     return {"type": "enabled", "budget_tokens": max(MIN_BUDGET, min(budget, max_tokens // 2))}, max_tokens
 
 
-# --- Chat Completions: thinking_blocks -----------------------------------------------------------
-
-
 def clean_thinking_block(block: Any, where: str) -> dict[str, Any]:
     """A client-sent thinking block, checked and reduced to what Anthropic accepts."""
     if isinstance(block, dict):
@@ -94,9 +91,6 @@ class ReasoningMemory:
 
 #: One per process: the gateway that answered is the one the client comes back to.
 REASONING_MEMORY = ReasoningMemory()
-
-
-# --- Responses: encrypted_content ----------------------------------------------------------------
 
 
 def encode_reasoning(block: dict[str, Any]) -> str:

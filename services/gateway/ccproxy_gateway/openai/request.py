@@ -1,21 +1,18 @@
-"""What the two request translations (Chat Completions, Responses) share: parsing, turns, tool
+"""What the two request translations (Chat Completions, Responses) share: turns, tool
 choice, JSON mode, and the Anthropic body around the messages."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
-from ccproxy_core.errors import ProxyError, validation_error
+from ccproxy_core.errors import ProxyError
 from ccproxy_core.models import check_token_limit, max_output_tokens
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_gateway.openai.content import add_cache_breakpoints
 from ccproxy_gateway.openai.models import NamedFunction, NamedToolChoice
 from ccproxy_gateway.openai.reasoning import thinking_config
 
-M = TypeVar("M", bound=BaseModel)
 _MODES = {"none": "none", "auto": "auto", "required": "any"}
 
 # JSON mode (``response_format`` / ``text.format``) goes through a tool Claude must call: its input is
@@ -23,10 +20,8 @@ _MODES = {"none": "none", "auto": "auto", "required": "any"}
 # as the answer's text. Where forcing the tool is impossible (with thinking; with the client's tools
 # and tool_choice auto, when ``any`` is used) the system prompt asks for it instead.
 JSON_TOOL = "json_response"
-INSTRUCTION = (
-    f"Give your final answer by calling the `{JSON_TOOL}` tool; its input is the JSON response. "
-    "Do not answer in plain text."
-)
+INSTRUCTION = (f"Give your final answer by calling the `{JSON_TOOL}` tool; its input is the JSON response. "
+               "Do not answer in plain text.")
 
 
 @dataclass(slots=True)
@@ -40,27 +35,12 @@ class Plan:
     json_mode: bool = False
 
 
-def parse_request(model: type[M], data: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
-
-
-class Turns:
-    """Anthropic messages built in order; consecutive same-role turns merge into one."""
-
-    def __init__(self, skip_empty: bool = False) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.skip_empty = skip_empty
-
-    def add(self, role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks and self.skip_empty:
-            return
-        if self.messages and self.messages[-1]["role"] == role:
-            self.messages[-1]["content"].extend(blocks)
-        else:
-            self.messages.append({"role": role, "content": list(blocks)})
+def add_turn(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Append a turn to Anthropic ``messages``; consecutive same-role turns merge into one."""
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"].extend(blocks)
+    else:
+        messages.append({"role": role, "content": list(blocks)})
 
 
 def tool_choice(choice: str | NamedFunction | NamedToolChoice | None, parallel: bool | None) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ from ccproxy_core.errors import OPENAI_TYPE_BY_ANTHROPIC, ProxyError
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import encode_event
-from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, parse_arguments
+from ccproxy_gateway.openai.content import anthropic_tool, content_blocks, tool_result, tool_use
 from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.models import (
     FunctionCallItem,
@@ -37,27 +37,20 @@ from ccproxy_gateway.openai.models import (
     ResponsesRequest,
 )
 from ccproxy_gateway.openai.reasoning import decode_reasoning, encode_reasoning
-from ccproxy_gateway.openai.request import Plan, Turns, anthropic_body, json_tool, parse_request, tool_choice
-from ccproxy_gateway.openai.stream import Block, StreamTranslator, wire
+from ccproxy_gateway.openai.request import Plan, add_turn, anthropic_body, json_tool, tool_choice
+from ccproxy_gateway.openai.stream import Block, OpenAIFormat, StreamTranslator, wire
 
 #: An output item as sent (built through the ``openai`` package's own types).
 Item = dict[str, Any]
-Status = Literal["in_progress", "completed", "incomplete"]
 
-NO_STORE = (
-    "no response store here: send the whole conversation in `input` (with store: false) "
-    "instead of referring to an earlier response"
-)
+NO_STORE = ("no response store here: send the whole conversation in `input` (with store: false) "
+            "instead of referring to an earlier response")
 
 
 @dataclass(slots=True)
 class ResponsesPlan(Plan):
     #: Request fields the response object repeats back.
     echo: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_responses_request(data: dict[str, Any]) -> ResponsesRequest:
-    return parse_request(ResponsesRequest, data)
 
 
 def _refuse_unsupported(req: ResponsesRequest) -> None:
@@ -77,7 +70,7 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
     system: list[dict[str, Any]] = []
     if req.instructions:
         system.append({"type": "text", "text": req.instructions})
-    turns = Turns(skip_empty=True)
+    messages: list[dict[str, Any]] = []
     items = [InputMessage(role="user", content=req.input)] if isinstance(req.input, str) else req.input
     for i, item in enumerate(items):
         where = f"input.{i}"
@@ -87,22 +80,19 @@ def translate_input(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[d
                 if any(b["type"] != "text" for b in blocks):
                     raise ProxyError(400, f"{where}: system and developer messages take text only", param=where)
                 system.extend(blocks)
-            else:
-                turns.add(item.role, blocks)
+            elif blocks:
+                add_turn(messages, item.role, blocks)
         elif isinstance(item, FunctionCallItem):
-            args = parse_arguments(item.arguments, where + ".arguments")
-            turns.add("assistant", [{"type": "tool_use", "id": item.call_id, "name": item.name, "input": args}])
+            add_turn(messages, "assistant", [tool_use(item.call_id, item.name, item.arguments, where + ".arguments")])
         elif isinstance(item, FunctionCallOutputItem):
-            output = item.output
-            content = output if isinstance(output, str) else content_blocks(output, where + ".output")
-            turns.add("user", [{"type": "tool_result", "tool_use_id": item.call_id, "content": content}])
+            add_turn(messages, "user", [tool_result(item.call_id, item.output, where + ".output")])
         elif isinstance(item, ReasoningItem):
             block = decode_reasoning(item.encrypted_content)
             if block is not None:
-                turns.add("assistant", [block])
+                add_turn(messages, "assistant", [block])
         elif isinstance(item, ItemReference):
             raise ProxyError(400, f"{where}: item_reference: {NO_STORE}", param=where)
-    return system, turns.messages
+    return system, messages
 
 
 def translate_responses_request(req: ResponsesRequest, models: ModelMap, options: OpenAISettings) -> ResponsesPlan:
@@ -126,20 +116,16 @@ def translate_responses_request(req: ResponsesRequest, models: ModelMap, options
         top_p=req.top_p, tools=tools, choice=tool_choice(choice, req.parallel_tool_calls), stream=bool(req.stream),
         user=req.user or req.safety_identifier, json_mode=tool,
     )
-    plan = ResponsesPlan(body=body, client_model=req.model, stream=bool(req.stream), json_mode=tool is not None)
     # What the response repeats of the request, as OpenAI writes it (its defaults where not sent).
     sent = req.model_dump(include={"tool_choice", "tools", "reasoning", "text", "metadata"}, exclude_none=True,
                           by_alias=True)
-    plan.echo = {
+    echo = {
         "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
         "parallel_tool_calls": req.parallel_tool_calls is not False, "temperature": req.temperature,
         "top_p": req.top_p, "tool_choice": "auto", "tools": [], "reasoning": {}, "text": {"format": {"type": "text"}},
         "metadata": {}, "store": False, "user": req.user, **sent,
     }
-    return plan
-
-
-# --- answers -------------------------------------------------------------------------------------
+    return ResponsesPlan(body, req.model, bool(req.stream), json_mode=tool is not None, echo=echo)
 
 
 #: Anthropic stop reasons that leave a response incomplete, and why in OpenAI's words.
@@ -149,13 +135,10 @@ _INCOMPLETE = {"max_tokens": "max_output_tokens", "model_context_window_exceeded
 
 def _usage(tokens: TokenUsage) -> Item:
     return wire(ResponseUsage(  # cache_write_tokens: ccproxy's own, for billing
-        input_tokens=tokens.prompt_tokens,
+        input_tokens=tokens.prompt_tokens, output_tokens=tokens.output_tokens, total_tokens=tokens.total,
         input_tokens_details=InputTokensDetails(
-            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens
-        ),
-        output_tokens=tokens.output_tokens,
+            cached_tokens=tokens.cache_read_tokens, cache_write_tokens=tokens.cache_write_tokens),
         output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
-        total_tokens=tokens.total,
     ))
 
 
@@ -220,16 +203,12 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
             return f"fc_{block.call_id}"
         return f"{'rs' if block.kind == 'thinking' else 'msg'}_{self.base}_{block.index}"
 
-    def _response(
-        self, status: str, output: list[Item] | None = None, usage: Item | None = None, error: Item | None = None,
-        incomplete: Item | None = None,
-    ) -> Item:
+    def _response(self, status: str, **fields: Any) -> Item:
         """A ``response`` object; strict clients expect its ``null`` fields to be there."""
         return {
             "id": f"resp_{self.base}", "object": "response", "created_at": self.created, "status": status,
-            "model": self.plan.client_model, "output": output or [], "usage": usage, "error": error,
-            "incomplete_details": incomplete, "previous_response_id": None, "truncation": "disabled",
-            **self.plan.echo,
+            "model": self.plan.client_model, "output": [], "usage": None, "error": None, "incomplete_details": None,
+            "previous_response_id": None, "truncation": "disabled", **self.plan.echo, **fields,
         }
 
     def _placed(self, position: int, item: Item, done: bool) -> tuple[str, dict[str, Any]]:
@@ -241,7 +220,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
     def _item(self, block: Block, done: bool) -> tuple[str, dict[str, Any]]:
         """A block's output item as it stands: opened, or done."""
         item_id = self._item_id(block)
-        status: Status = "completed" if done else "in_progress"
+        status: Literal["completed", "in_progress"] = "completed" if done else "in_progress"
         if block.kind == "tool":
             item = wire(ResponseFunctionToolCall(type="function_call", id=item_id, call_id=block.call_id,
                                                  name=block.name, arguments=block.text, status=status))
@@ -300,7 +279,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         reason = _INCOMPLETE.get(self.usage.stop_reason or "")
         status = "incomplete" if reason else "completed"
         self.response = self._response(status, output=self.output, usage=_usage(self.usage.tokens),
-                                       incomplete={"reason": reason} if reason else None)
+                                       incomplete_details={"reason": reason} if reason else None)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         yield self._event(kind, response=self.response)
 
@@ -311,3 +290,7 @@ class ResponsesStreamTranslator(StreamTranslator[tuple[str, dict[str, Any]]]):
         response = self._response("failed", output=self.output, usage=_usage(self.usage.tokens),
                                   error={"code": code, "message": message})
         yield self._event("response.failed", response=response)
+
+
+RESPONSES = OpenAIFormat(True, ResponsesRequest, translate_responses_request, response_object,
+                         ResponsesStreamTranslator)

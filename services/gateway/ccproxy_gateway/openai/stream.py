@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from ccproxy_core.errors import ProxyError
+from ccproxy_core.errors import ProxyError, validation_error
+from ccproxy_core.settings import OpenAISettings
 from ccproxy_core.sse import ServerSentEvent
-from ccproxy_gateway.openai.request import JSON_TOOL
+from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.request import JSON_TOOL, Plan
 from ccproxy_gateway.relay import Usage
 
 #: What a translator yields for one event: a chunk body (chat), an ``(event, body)`` pair (responses).
@@ -25,10 +27,8 @@ Kind = Literal["text", "json", "tool", "thinking"]
 _KINDS: dict[str, Kind] = {"text": "text", "tool_use": "tool", "thinking": "thinking"}
 #: The delta type that adds to a block of each kind, and the delta's field holding the text.
 _ADDS: dict[Kind, tuple[str, str]] = {
-    "text": ("text_delta", "text"),
-    "json": ("input_json_delta", "partial_json"),
-    "tool": ("input_json_delta", "partial_json"),
-    "thinking": ("thinking_delta", "thinking"),
+    "text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking"),
+    "json": ("input_json_delta", "partial_json"), "tool": ("input_json_delta", "partial_json"),
 }
 
 
@@ -151,8 +151,7 @@ class StreamTranslator(ABC, Generic[T]):
         yield from self.ended()
 
     def take_whole(self, message: dict[str, Any]) -> None:
-        """Read a whole Anthropic message, as the events of its stream (the output is not needed:
-        the format builds its answer from what the translator kept)."""
+        """Read a whole message as its stream's events; the format's answer is what the translator kept."""
         events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": {**message, "content": []}})]
         for index, block in enumerate(message.get("content") or []):
             events.append(("content_block_start", {"index": index, "content_block": block}))
@@ -201,6 +200,29 @@ class StreamTranslator(ABC, Generic[T]):
 
     @abstractmethod
     def failure(self, error_type: str, message: str) -> Iterator[T]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIFormat:
+    """Chat Completions or Responses behind one interface, so one route serves either format in
+    either mode (API, SDK): parse, translate, answer whole, or relay a stream."""
+
+    #: Whether requests may refer to stored responses (ccproxy_gateway.response_store).
+    stored: bool
+    request: type[BaseModel]
+    #: The parsed request -> its plan (``ChatPlan`` / ``ResponsesPlan``).
+    translate: Callable[[Any, ModelMap, OpenAISettings], Plan]
+    #: A whole Anthropic message and the plan -> the client's answer.
+    whole: Callable[[dict[str, Any], Any], dict[str, Any]]
+    #: The plan -> the stream translator (``translate_stream`` drives it).
+    translator: Callable[[Any], StreamTranslator[Any]]
+
+    def parse(self, data: dict[str, Any]) -> Any:
+        """The request as its model; a wrong shape is the client's 400 naming the field."""
+        try:
+            return self.request.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from exc
 
 
 async def translate_stream(
