@@ -36,9 +36,9 @@ class PermissionStore:
     def _decision(self, request_id: str) -> str:
         return f"{self.prefix}decision:{request_id}"
 
-    async def create(self, ask: PermissionAsk, wait_seconds: float | None = None) -> PermissionView:
+    async def create(self, ask: PermissionAsk) -> PermissionView:
         now = time.time()
-        wait = self.settings.timeout_seconds if wait_seconds is None else wait_seconds
+        wait = self.settings.timeout_seconds
         view = PermissionView(**ask.model_dump(), id="perm_" + secrets.token_urlsafe(12), created_at=now,
                               expires_at=now + wait)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -57,9 +57,8 @@ class PermissionStore:
         ids = [as_text(i) for i in await self.redis.zrange(self._pending, 0, -1)]
         if not ids:
             return []
-        raws = await self.redis.mget([self._req(i) for i in ids])
-        decisions = await self.redis.mget([self._decision(i) for i in ids])
-        views = [merge(raw, decided) for raw, decided in zip(raws, decisions, strict=True)]
+        found = await self.redis.mget([key for i in ids for key in (self._req(i), self._decision(i))])
+        views = [merge(raw, decided) for raw, decided in zip(found[::2], found[1::2], strict=True)]
         stale = [i for i, view in zip(ids, views, strict=True) if view is None or view.status != "pending"]
         if stale:
             await self.redis.zrem(self._pending, *stale)

@@ -16,17 +16,18 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
 from claude_agent_sdk import ClaudeAgentOptions, ResultError, query
-from claude_agent_sdk.types import CanUseTool, SessionStore
+from claude_agent_sdk.types import SessionStore
 from redis.asyncio import Redis
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.identity import RunGrant, RunTokens
+from ccproxy_core.permissions import PermissionGate
 from ccproxy_core.redis import RedisLock
 from ccproxy_core.sdk_jobs import (
     CLAIM_RUN,
@@ -48,6 +49,7 @@ from ccproxy_core.sdk_options import apply_overrides, check_overrides, resolve_c
 from ccproxy_core.settings import ClaudeOptions, Settings
 from ccproxy_sdk_worker.convert import EventBuilder
 from ccproxy_sdk_worker.identity import RunAs
+from ccproxy_sdk_worker.permissions import Notify, can_use_tool
 from ccproxy_sdk_worker.session_store import RedisSessionStore
 from ccproxy_sdk_worker.transcript import split_conversation, system_text, transcript, user_content
 
@@ -58,12 +60,6 @@ RUN_ENV = "CCPROXY_SDK_RUN"
 
 #: ClaudeOptions fields ccproxy resolves itself; the others are ClaudeAgentOptions' own, by name.
 NOT_SDK_OPTIONS = {"cwd", "model", "append_system_prompt"}
-
-#: Shows the client a line of ccproxy's own in the answer (a permission that timed out).
-Notify = Callable[[str], Awaitable[None]]
-#: The run's ``can_use_tool`` callback (``ccproxy_sdk_worker.permissions``), or None to leave Claude
-#: Code's permission mode alone.
-PermissionHook = Callable[[SdkJob, str, Notify], CanUseTool | None]
 
 
 def find_cli(configured: str | None) -> str | None:
@@ -103,7 +99,7 @@ class Runner:
     """Runs jobs for one worker process (its arq function calls :meth:`run`)."""
 
     def __init__(self, settings: Settings, redis: Redis, name: str | None = None,
-                 permission_hook: PermissionHook | None = None, run_as: RunAs | None = None) -> None:
+                 gate: PermissionGate | None = None, run_as: RunAs | None = None) -> None:
         self.settings = settings
         self.run_as = run_as  # Claude Code's own user (CLAUDE__RUN_AS_USER), or None
         self.redis = redis
@@ -112,7 +108,8 @@ class Runner:
         self.store = RedisSessionStore(redis, self.keys, settings.claude.session_ttl)
         self.cli_path = find_cli(settings.claude.cli_path)
         self.root = workspace_root(settings)
-        self.permission_hook = permission_hook
+        #: Where tool uses are asked (None: Claude Code's permission mode alone decides).
+        self.gate = gate
         self.api_url = gateway_url(settings) + "/api"
         self.run_tokens = RunTokens(redis, settings.redis.key_prefix)
 
@@ -260,8 +257,8 @@ class Runner:
             user=cast(Any, self.run_as.uid) if self.run_as else None,
             stderr=lambda line: log.debug("claude[%s]: %s", job.id, line.rstrip()),
             # A permission prompt tool of the user's own wins (the SDK takes one or the other).
-            can_use_tool=self.permission_hook(job, session_id, notify)
-            if self.permission_hook and not opts.permission_prompt_tool_name
+            can_use_tool=can_use_tool(self.gate, job, session_id, notify)
+            if self.gate and not opts.permission_prompt_tool_name
             else None,
         )
 

@@ -1,5 +1,5 @@
 """An arq worker whose one function runs Claude Code: :func:`main` for ``ccproxy run sdk-worker``,
-:func:`in_process` for ``ccproxy serve``. Workers share one queue, each running at most
+:meth:`Supervised.running` for ``ccproxy serve``. Workers share one queue, each running at most
 ``CLAUDE__MAX_CONCURRENT_RUNS`` jobs; a job is never retried (a run has side effects).
 """
 
@@ -25,13 +25,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ccproxy_core.metrics import Metrics
+from ccproxy_core.permissions import PermissionGate
 from ccproxy_core.redis import connect
 from ccproxy_core.sdk_jobs import HEALTH_INTERVAL, JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
 from ccproxy_core.server import StartupError, bind
 from ccproxy_core.settings import SECRETS_DIR_ENV, Settings
 from ccproxy_sdk_worker.identity import RunAs, prepare
-from ccproxy_sdk_worker.permissions import hook_from_settings
-from ccproxy_sdk_worker.runner import PermissionHook, Runner
+from ccproxy_sdk_worker.permissions import gate_from_settings
+from ccproxy_sdk_worker.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,13 @@ async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
 
 
 def build_worker(
-    settings: Settings, redis: Redis, name: str | None, permission_hook: PermissionHook | None, run_as: RunAs | None
+    settings: Settings, redis: Redis, name: str | None, gate: PermissionGate | None, run_as: RunAs | None
 ) -> Worker:
     if settings.redis.url is None:
         arq.worker.log_redis_info = _skip_info
     claude = settings.claude
     keys = SdkKeys(settings.redis.key_prefix, claude.queue_name)
-    runner = Runner(settings, redis, name, permission_hook, run_as)
+    runner = Runner(settings, redis, name, gate, run_as)
     metrics = Metrics("sdk-worker")
 
     async def run_sdk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +89,9 @@ class Supervised:
     process that takes no job: so a fresh worker of the same name runs it again, after a backoff."""
 
     def __init__(
-        self, settings: Settings, redis: Redis, hook: PermissionHook | None, run_as: RunAs | None = None
+        self, settings: Settings, redis: Redis, gate: PermissionGate | None, run_as: RunAs | None = None
     ) -> None:
-        self._make = functools.partial(build_worker, settings, redis, permission_hook=hook, run_as=run_as)
+        self._make = functools.partial(build_worker, settings, redis, gate=gate, run_as=run_as)
         #: The worker running now (a new object after each restart).
         self.worker = self._make(None)
         self.name: str = self.worker.ctx["runner"].name
@@ -128,12 +129,6 @@ class Supervised:
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.gather(loop, *running, return_exceptions=True), 20)
-
-
-def in_process(
-    settings: Settings, redis: Redis, permission_hook: PermissionHook | None = None
-) -> contextlib.AbstractAsyncContextManager[Supervised]:
-    return Supervised(settings, redis, permission_hook).running()
 
 
 def health_app(supervised: Supervised, redis: Redis) -> Starlette:
@@ -181,7 +176,7 @@ def main(settings: Settings) -> None:
 
     async def run() -> None:
         redis = connect(settings.redis)
-        supervised = Supervised(settings, redis, hook_from_settings(settings), run_as)
+        supervised = Supervised(settings, redis, gate_from_settings(settings), run_as)
         server = uvicorn.Server(uvicorn.Config(health_app(supervised, redis), log_config=None,
                                                log_level=settings.server.log_level, access_log=False, lifespan="off"))
         try:
