@@ -39,14 +39,10 @@ Model = TypeVar("Model", bound=BaseModel)
 STREAM_QUEUE = 1000
 
 
-def view_json(view: PermissionView) -> bytes:
-    return orjson.dumps(view.model_dump(mode="json"))
-
-
 def found(view: PermissionView | None, request_id: str) -> Response:
     if view is None:
         raise ProxyError(404, f"no permission request {request_id}")
-    return Response(view_json(view), media_type="application/json")
+    return Response(view.model_dump_json(), media_type="application/json")
 
 
 async def parsed(model: type[Model], request: Request) -> Model:
@@ -70,7 +66,7 @@ class PermissionsApi:
 
     async def get(self, request: Request) -> Response:
         _, view = await self.visible_view(request)
-        return Response(view_json(view), media_type="application/json")
+        return Response(view.model_dump_json(), media_type="application/json")
 
     async def listing(self, request: Request) -> Response:
         identity = caller(request)
@@ -105,7 +101,7 @@ class PermissionsApi:
         async def pending_events() -> AsyncIterator[bytes]:
             for view in await broker.store.pending():
                 if visible(identity, view):
-                    yield encode_event(REQUEST, view_json(view))
+                    yield encode_event(REQUEST, view.model_dump_json())
 
         async def body() -> AsyncIterator[bytes]:
             # Listen before the replay: a request made meanwhile comes twice (clients key by id), never zero times.
@@ -123,7 +119,7 @@ class PermissionsApi:
                         async for frame in pending_events():
                             yield frame
                     else:
-                        yield encode_event(item[0], view_json(item[1]))
+                        yield encode_event(item[0], item[1].model_dump_json())
 
         await broker.store.redis.ping()  # Redis down: a 503 now, not a stream that breaks
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}

@@ -89,11 +89,8 @@ class EventBuilder:
         return self.result
 
     def _seen(self) -> dict[str, Any]:
-        total = TokenUsage()
-        for call in [*self._done, *self._calls.values()]:
-            for name in COUNTS:
-                setattr(total, name, getattr(total, name) + getattr(call, name))
-        return total.anthropic()
+        calls = [*self._done, *self._calls.values()]
+        return TokenUsage(**{name: sum(getattr(call, name) for call in calls) for name in COUNTS}).anthropic()
 
     def _count(self, agent: str | None, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -168,10 +165,8 @@ class EventBuilder:
             elif isinstance(block, ToolUseBlock | ServerToolUseBlock):
                 self.result.tool_uses += 1
                 yield from self._sdk_block("tool_use_sdk", {"id": block.id, "name": block.name, "input": block.input})
-            elif isinstance(block, ToolResultBlock):
-                yield from self._tool_result(block.tool_use_id, block.content, block.is_error)
-            elif isinstance(block, ServerToolResultBlock):
-                yield from self._tool_result(block.tool_use_id, block.content, None)
+            elif isinstance(block, ToolResultBlock | ServerToolResultBlock):
+                yield from self._tool_result(block.tool_use_id, block.content, getattr(block, "is_error", None))
 
     def _tool_result(self, tool_use_id: str, content: Any, is_error: bool | None) -> Iterator[Event]:
         yield from self._sdk_block("tool_result_sdk", {"tool_use_id": tool_use_id, "content": content,

@@ -146,10 +146,8 @@ class Runner:
                 log.warning("run %s: killed %d leftover Claude Code process(es)", job.id, killed)
 
     async def _error(self, job: SdkJob, exc: ProxyError) -> None:
-        await write_record(
-            self.redis, self.keys, job.id, ERROR,
-            {"status": exc.status, "type": exc.error_type, "message": exc.message},
-        )
+        error = {"status": exc.status, "type": exc.error_type, "message": exc.message}
+        await write_record(self.redis, self.keys, job.id, ERROR, error)
 
     async def _run(self, job: SdkJob) -> SdkResult:
         overrides = check_overrides(job.options, self.settings)
@@ -176,14 +174,11 @@ class Runner:
 
     async def _run_session(self, job: SdkJob, opts: ClaudeOptions, cwd: Path, model: str, session_id: str) -> SdkResult:
         history, last = split_conversation(job.body)
-        resume: str | None = None
-        if await self.store.exists(session_id):
-            resume = session_id  # Claude Code has the history already: only the new message goes
-        elif history:
-            entries = transcript(history, session_id, str(cwd), model)
-            if entries:
-                await self.store.append({"project_key": "", "session_id": session_id}, entries)
-                resume = session_id
+        # A session Claude Code has already gets only the new message; else the history becomes its transcript.
+        known = await self.store.exists(session_id)
+        entries = [] if known else transcript(history, session_id, str(cwd), model)
+        await self.store.append({"project_key": "", "session_id": session_id}, entries)
+        resume = session_id if known or entries else None
         builder = EventBuilder(
             f"msg_{job.id}", model, self.settings.claude.sdk_message_mode, self.settings.claude.pretty_format
         )

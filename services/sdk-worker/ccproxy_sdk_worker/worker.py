@@ -73,7 +73,6 @@ def build_worker(
         poll_delay=claude.poll_interval,
         allow_abort_jobs=True,
         retry_jobs=False,
-        max_tries=1,
         keep_result=0,
         handle_signals=False,  # main's uvicorn (or serve's) owns SIGINT/SIGTERM
         job_serializer=dumps,
