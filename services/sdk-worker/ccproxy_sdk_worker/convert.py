@@ -59,11 +59,6 @@ class EventBuilder:
         self._calls: dict[str | None, TokenUsage] = {}
         self._reported = False
 
-    def notice(self, text: str) -> Iterator[Event]:
-        """A line of ccproxy's own (a permission timed out) as its own text block: called while
-        Claude Code waits on a permission, so no block of a turn is open."""
-        return self._text_block(text)
-
     def feed(self, message: object) -> Iterator[Event]:
         if isinstance(message, SystemMessage) and message.subtype == "init":
             self.result.session_id = message.data.get("session_id") or self.result.session_id
@@ -125,7 +120,7 @@ class EventBuilder:
             yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
         yield "content_block_stop", {"type": "content_block_stop", "index": index}
 
-    def _text_block(self, text: str) -> Iterator[Event]:
+    def text_block(self, text: str) -> Iterator[Event]:
         yield from self._block({"type": "text", "text": ""}, [{"type": "text_delta", "text": text}])
 
     def _stream_event(self, event: dict[str, Any]) -> Iterator[Event]:
@@ -156,7 +151,7 @@ class EventBuilder:
         streamed = message.message_id in self._streamed
         for block in message.content:
             if isinstance(block, TextBlock) and not streamed and block.text:
-                yield from self._text_block(block.text)
+                yield from self.text_block(block.text)
             elif isinstance(block, ThinkingBlock) and not streamed:
                 yield from self._block({"type": "thinking", "thinking": "", "signature": ""}, [
                     {"type": "thinking_delta", "thinking": block.thinking},
@@ -178,7 +173,7 @@ class EventBuilder:
         elif self.mode == "formatted":
             spacing: dict[str, Any] = {"indent": 2} if self.pretty else {"separators": (",", ":")}
             text = json.dumps(fields, ensure_ascii=False, default=str, **spacing)
-            yield from self._text_block(f"\n<{kind}>\n{text}\n</{kind}>\n")
+            yield from self.text_block(f"\n<{kind}>\n{text}\n</{kind}>\n")
 
     def _result(self, message: ResultMessage) -> Iterator[Event]:
         usage = message.usage or {}
@@ -203,7 +198,7 @@ class EventBuilder:
         yield from self._start()
         if message.is_error and message.subtype.startswith("error_") and self._next_index == 0:
             # max turns or budget hit before any text: say so rather than answer with nothing.
-            yield from self._text_block(f"[Claude Code stopped: {message.subtype}]")
+            yield from self.text_block(f"[Claude Code stopped: {message.subtype}]")
         self.finished = True
         yield "message_delta", {
             "type": "message_delta",

@@ -184,7 +184,8 @@ class Runner:
         )
 
         async def notify(text: str) -> None:
-            for name, data in builder.notice(text):
+            # Called while Claude Code waits on a permission: no block of a turn is open.
+            for name, data in builder.text_block(text):
                 await write_record(self.redis, self.keys, job.id, name, data)
 
         content = user_content(last)

@@ -36,9 +36,6 @@ from ccproxy_sdk_worker.runner import Runner
 
 log = logging.getLogger(__name__)
 
-#: Longest wait (seconds) before a stopped worker loop is started again.
-RESTART_MAX = 10.0
-
 
 async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
     """arq's start-up ``INFO`` call, only logged, that fakeredis lacks."""
@@ -109,7 +106,7 @@ class Supervised:
                 delay = 1.0  # it ran a good while: this is a new incident
             log.error("sdk-worker %s stopped (%s); starting it again in %.0f s", self.name, reason, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX)
+            delay = min(delay * 2, 10.0)
             # Runs the old loop started go on to their end; the new loop takes new jobs.
             self.worker = self._make(self.name)
             self.restarts += 1
