@@ -167,8 +167,6 @@ class PermissionBroker:
         self, view: PermissionView, response: PermissionResponse, identity: Caller
     ) -> PermissionView | None:
         """A human's decision on ``view``; None if it is gone, AlreadyDecided if too late."""
-        if view.status != "pending":
-            raise AlreadyDecided(view)
         allow = response.behavior == "allow"
         reason = f": {response.message}" if response.message else "."
         decision = PermissionDecision(
