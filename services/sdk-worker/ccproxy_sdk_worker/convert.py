@@ -53,9 +53,9 @@ class EventBuilder:
         self._streamed: set[str] = set()
         self._stop_reason: str | None = None
         self.finished = False
-        #: Usage of the API calls seen streaming: those done, and each agent's call in progress
-        #: (None: the main agent; else the tool use that started a subagent).
-        self._done: list[TokenUsage] = []
+        #: Usage of every API call seen streaming, and each agent's latest call (None: the main agent;
+        #: else the tool use that started a subagent), which its ``message_delta`` events update.
+        self._usages: list[TokenUsage] = []
         self._calls: dict[str | None, TokenUsage] = {}
         self._reported = False
 
@@ -84,16 +84,14 @@ class EventBuilder:
         return self.result
 
     def _seen(self) -> dict[str, Any]:
-        calls = [*self._done, *self._calls.values()]
-        return TokenUsage(**{name: sum(getattr(call, name) for call in calls) for name in COUNTS}).anthropic()
+        return TokenUsage(**{name: sum(getattr(call, name) for call in self._usages) for name in COUNTS}).anthropic()
 
     def _count(self, agent: str | None, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "message_start":
-            if agent in self._calls:
-                self._done.append(self._calls[agent])
             self._calls[agent] = TokenUsage()
             self._calls[agent].add((event.get("message") or {}).get("usage"))
+            self._usages.append(self._calls[agent])
         elif kind == "message_delta" and agent in self._calls:
             self._calls[agent].add(event.get("usage"))  # the call's totals so far, not increments
 

@@ -50,8 +50,7 @@ from ccproxy_core.settings import ClaudeOptions, Settings
 from ccproxy_sdk_worker.convert import EventBuilder
 from ccproxy_sdk_worker.identity import RunAs
 from ccproxy_sdk_worker.permissions import Notify, can_use_tool
-from ccproxy_sdk_worker.session_store import RedisSessionStore
-from ccproxy_sdk_worker.transcript import split_conversation, system_text, transcript, user_content
+from ccproxy_sdk_worker.transcript import RedisSessionStore, split_conversation, system_text, transcript, user_content
 
 log = logging.getLogger(__name__)
 
