@@ -16,18 +16,18 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
-from claude_agent_sdk import ClaudeAgentOptions, ResultError, query
-from claude_agent_sdk.types import SessionStore
+from claude_agent_sdk import ClaudeAgentOptions, PermissionResultAllow, PermissionResultDeny, ResultError, query
+from claude_agent_sdk.types import CanUseTool, PermissionResult, SessionStore, ToolPermissionContext
 from redis.asyncio import Redis
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.identity import RunGrant, RunTokens
-from ccproxy_core.permissions import PermissionGate
+from ccproxy_core.permissions import PermissionAsk, PermissionGate, denied_message
 from ccproxy_core.redis import RedisLock
 from ccproxy_core.sdk_jobs import (
     CLAIM_RUN,
@@ -49,7 +49,6 @@ from ccproxy_core.sdk_options import apply_overrides, check_overrides, resolve_c
 from ccproxy_core.settings import ClaudeOptions, Settings
 from ccproxy_sdk_worker.convert import EventBuilder
 from ccproxy_sdk_worker.identity import RunAs
-from ccproxy_sdk_worker.permissions import Notify, can_use_tool
 from ccproxy_sdk_worker.transcript import RedisSessionStore, split_conversation, system_text, transcript, user_content
 
 log = logging.getLogger(__name__)
@@ -59,6 +58,36 @@ RUN_ENV = "CCPROXY_SDK_RUN"
 
 #: ClaudeOptions fields ccproxy resolves itself; the others are ClaudeAgentOptions' own, by name.
 NOT_SDK_OPTIONS = {"cwd", "model", "append_system_prompt"}
+
+#: Shows the client a line of ccproxy's own in the answer (a permission that timed out).
+Notify = Callable[[str], Awaitable[None]]
+
+
+def can_use_tool(gate: PermissionGate, job: SdkJob, session_id: str, notify: Notify) -> CanUseTool:
+    """Claude Code's prompts as permission requests on behalf of the job's key; the run waits for the
+    decision. Deny, timeout or an unreachable service answer Claude with a message; a timeout or an
+    unreachable service is also shown to the client. Why not an MCP tool: docs/permissions.md."""
+
+    async def decide(tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext) -> PermissionResult:
+        ask = PermissionAsk(tool_name=tool_name, input=tool_input, key_id=job.key_id,
+                            key_name=job.key_name or job.key_id, title=context.title,
+                            tool_use_id=context.tool_use_id, session_id=session_id, run_id=job.id)
+        try:
+            view = await gate.ask(ask)
+        except Exception as exc:
+            log.warning("run %s: permission for %s not asked: %s", job.id, tool_name, exc)
+            message = f"Permission to use {tool_name} was denied: the permissions service cannot be reached."
+            unseen = True
+        else:
+            log.info("run %s: permission %s for %s: %s", job.id, view.id, tool_name, view.status)
+            if view.decision is not None and view.decision.behavior == "allow":
+                return PermissionResultAllow(updated_input=view.decision.updated_input)
+            message, unseen = denied_message(view), view.status == "expired"
+        if unseen:  # nobody saw the request: the client is told too
+            await notify(f"\n[ccproxy] {message}\n")
+        return PermissionResultDeny(message=message)
+
+    return decide
 
 
 def find_cli(configured: str | None) -> str | None:

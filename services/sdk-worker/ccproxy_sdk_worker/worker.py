@@ -25,13 +25,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ccproxy_core.metrics import Metrics
-from ccproxy_core.permissions import PermissionGate
+from ccproxy_core.permissions import HttpPermissionGate, PermissionGate
 from ccproxy_core.redis import connect
 from ccproxy_core.sdk_jobs import HEALTH_INTERVAL, JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
 from ccproxy_core.server import StartupError, bind
 from ccproxy_core.settings import SECRETS_DIR_ENV, Settings
 from ccproxy_sdk_worker.identity import RunAs, prepare
-from ccproxy_sdk_worker.permissions import gate_from_settings
 from ccproxy_sdk_worker.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -125,6 +124,17 @@ class Supervised:
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.gather(loop, *running, return_exceptions=True), 20)
+
+
+def gate_from_settings(settings: Settings) -> PermissionGate | None:
+    """The stack's gate: the permissions service at ``SERVICES__PERMISSIONS_URL``; unset, what the
+    permission mode does not allow is refused (the CLI cannot ask anyone)."""
+    url = settings.services.permissions_url
+    if not url:
+        log.warning("SERVICES__PERMISSIONS_URL is not set: tool uses the permission mode does not allow are refused")
+        return None
+    secret = settings.security.internal_secret
+    return HttpPermissionGate(url, secret.get_secret_value() if secret else None)
 
 
 def health_app(supervised: Supervised, redis: Redis) -> Starlette:
