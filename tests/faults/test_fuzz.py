@@ -34,7 +34,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from ccproxy_core.permissions import PermissionAsk
 from ccproxy_core.settings import PermissionsSettings
-from ccproxy_permissions.store import PermissionStore
+from ccproxy_permissions.broker import PermissionStore
 from tests.faults.fuzz_strategies import CONTENT_TYPES as CONTENT_TYPE_LIST
 from tests.faults.fuzz_strategies import (
     EDGE_FLOATS,

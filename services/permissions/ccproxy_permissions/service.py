@@ -30,8 +30,7 @@ from ccproxy_core.redis import connect, error_handlers
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
 from ccproxy_core.sse import encode_event
-from ccproxy_permissions.broker import AlreadyDecided, PermissionBroker, visible
-from ccproxy_permissions.store import REQUEST
+from ccproxy_permissions.broker import REQUEST, AlreadyDecided, PermissionBroker, visible
 
 Model = TypeVar("Model", bound=BaseModel)
 
