@@ -96,8 +96,8 @@ def transcript(history: list[dict[str, Any]], session_id: str, cwd: str, model: 
 class RedisSessionStore:
     """The transcripts in Redis (claude-agent-sdk's ``SessionStore``), so a session resumes on any worker.
     Keyed by session id only (``project_key`` derives from the cwd, and a session resumes in whatever
-    directory the next request names); lines deduplicated by ``uuid`` (the SDK's idempotency key); every
-    key expires after ``CLAUDE__SESSION_TTL`` unused."""
+    directory the next request names); lines deduplicated by ``uuid`` (the SDK's idempotency key); keys
+    expire after ``CLAUDE__SESSION_TTL`` unused (no ``delete``: only ``delete_session_via_store`` calls it)."""
 
     def __init__(self, redis: Redis, keys: SdkKeys, ttl: int) -> None:
         self.redis = redis
@@ -138,18 +138,6 @@ class RedisSessionStore:
     async def list_subkeys(self, key: Any) -> list[str]:
         members = await self.redis.smembers(self.keys.transcript(key["session_id"]) + ":subkeys")  # type: ignore[misc]
         return sorted(as_text(m) for m in members)
-
-    async def delete(self, key: Any) -> None:
-        base = self.keys.transcript(key["session_id"])
-        if key.get("subpath"):
-            await self.redis.delete(self._key(key), self._key(key) + ":uuids")
-            await self.redis.srem(base + ":subkeys", key["subpath"])  # type: ignore[misc]
-            return
-        doomed = [base, base + ":uuids", base + ":subkeys"]
-        for sub in await self.list_subkeys(key):
-            sub_key = self.keys.transcript(key["session_id"], sub)
-            doomed += [sub_key, sub_key + ":uuids"]
-        await self.redis.delete(*doomed)
 
     async def exists(self, session_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.transcript(session_id)))
