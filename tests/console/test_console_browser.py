@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from ccproxy_core.permissions import PermissionAsk
 from ccproxy_core.settings import PermissionsSettings
-from ccproxy_permissions.store import PermissionStore
+from ccproxy_permissions.broker import PermissionStore
 from tests.accounts.helpers import MODEL, REDIS_URL, Team, nonce
 from tests.console.conftest import (
     ADMIN,

@@ -34,7 +34,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from ccproxy_core.permissions import PermissionAsk
 from ccproxy_core.settings import PermissionsSettings
-from ccproxy_permissions.store import PermissionStore
+from ccproxy_permissions.broker import PermissionStore
 from tests.faults.fuzz_strategies import CONTENT_TYPES as CONTENT_TYPE_LIST
 from tests.faults.fuzz_strategies import (
     EDGE_FLOATS,
@@ -115,12 +115,12 @@ def _create_pending(prefix: str, key_id: str, n: int) -> list[str]:
     async def create() -> list[str]:
         client = AsyncRedis.from_url(REDIS_URL)
         try:
-            store = PermissionStore(client, prefix, PermissionsSettings())
+            store = PermissionStore(client, prefix, PermissionsSettings(timeout_seconds=600))
             ids = []
             for i in range(n):
                 ask = PermissionAsk(tool_name="Write", input={"file_path": f"fuzz-{i}.txt", "content": "x"},
                                     key_id=key_id, key_name="fuzz-member", title="fuzz")
-                ids.append((await store.create(ask, wait_seconds=600)).id)
+                ids.append((await store.create(ask)).id)
             return ids
         finally:
             await client.aclose()

@@ -80,7 +80,8 @@ async def test_serve_undoes_its_start_up_when_the_sdk_worker_cannot_start(
     from ccproxy_analytics.service import Analytics
     from ccproxy_core.redis import connect
     from ccproxy_forwarder.forwarder import ApiForwarder
-    from ccproxy_permissions.app import EmbeddedPermissions
+    from ccproxy_permissions.broker import PermissionBroker
+    from ccproxy_sdk_worker.worker import Supervised
 
     journal: list[str] = []
 
@@ -91,8 +92,8 @@ async def test_serve_undoes_its_start_up_when_the_sdk_worker_cannot_start(
 
     monkeypatch.setattr(Analytics, "start", record("start analytics"))
     monkeypatch.setattr(Analytics, "stop", record("stop analytics"))
-    monkeypatch.setattr(EmbeddedPermissions, "start", record("start permissions"))
-    monkeypatch.setattr(EmbeddedPermissions, "stop", record("stop permissions"))
+    monkeypatch.setattr(PermissionBroker, "start", record("start permissions"))
+    monkeypatch.setattr(PermissionBroker, "stop", record("stop permissions"))
     monkeypatch.setattr(ApiForwarder, "aclose", record("close forwarder"))
 
     def one_client(settings: Any) -> Any:
@@ -110,7 +111,7 @@ async def test_serve_undoes_its_start_up_when_the_sdk_worker_cannot_start(
         raise Boom("the sdk-worker cannot start")
         yield
 
-    monkeypatch.setattr(local, "sdk_worker", broken_worker)
+    monkeypatch.setattr(Supervised, "running", broken_worker)
     app = local.build_local_app(Settings(data_dir=tmp_path))
     with pytest.raises(Boom):
         async with app.router.lifespan_context(app):

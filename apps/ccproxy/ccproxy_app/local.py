@@ -16,9 +16,9 @@ from ccproxy_forwarder.forwarder import ApiForwarder
 from ccproxy_gateway.app import Gateway, create_app
 from ccproxy_gateway.response_store import ResponseStore
 from ccproxy_gateway.sdk_routes import SdkRoutes
-from ccproxy_permissions.app import EmbeddedPermissions
-from ccproxy_sdk_worker.permissions import permission_hook
-from ccproxy_sdk_worker.worker import in_process as sdk_worker
+from ccproxy_permissions.broker import PermissionBroker
+from ccproxy_permissions.service import routes as permission_routes
+from ccproxy_sdk_worker.worker import Supervised
 
 
 def build_local_app(settings: Settings) -> Starlette:
@@ -32,17 +32,18 @@ def build_local_app(settings: Settings) -> Starlette:
     tokens.attach_metrics(gateway.metrics)
     analytics = Analytics(settings, redis, metrics=gateway.metrics)
     sdk = SdkRoutes(gateway, redis)  # runs on the in-process worker below, through the same Redis
-    permissions = EmbeddedPermissions(settings, redis)  # the worker's prompts are answered in process
+    permissions = PermissionBroker(settings, redis)  # the worker's prompts are answered in process
     parts = lifespan(
         closing(redis.aclose),
         closing(forwarder.aclose),
         running(analytics.start, analytics.stop),
         closing(gateway.access_log.aclose),  # flushed to the stream before analytics stops
         running(permissions.start, permissions.stop),
-        lambda: sdk_worker(settings, redis, permission_hook(permissions)),
+        lambda: Supervised(settings, redis, permissions).running(),
     )
     # The gateway's backend resolves the caller once; each closed mount refuses anonymous callers unless a
     # route is public(...). The console (/admin) and member page (/me) check their own sign-in.
     return create_app(gateway, lifespan=parts, extra_routes=[
         ClosedMount("/logs", analytics.routes()), ClosedMount("/sdk", sdk.routes()),
-        ClosedMount("/permissions", permissions.routes()), *web_routes(settings, tokens, keys)])
+        ClosedMount("/permissions", permission_routes(permissions, internal=False)),
+        *web_routes(settings, tokens, keys)])

@@ -202,7 +202,6 @@ class TerminalHandler:
         return 0
 
 
-
 def permission_handler(
     url: Annotated[
         str | None, typer.Option(help="ccproxy's address (default: http://SERVER__HOST:SERVER__PORT).")

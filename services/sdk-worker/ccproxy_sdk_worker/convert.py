@@ -53,16 +53,11 @@ class EventBuilder:
         self._streamed: set[str] = set()
         self._stop_reason: str | None = None
         self.finished = False
-        #: Usage of the API calls seen streaming: those done, and each agent's call in progress
-        #: (None: the main agent; else the tool use that started a subagent).
-        self._done: list[TokenUsage] = []
+        #: Usage of every API call seen streaming, and each agent's latest call (None: the main agent;
+        #: else the tool use that started a subagent), which its ``message_delta`` events update.
+        self._usages: list[TokenUsage] = []
         self._calls: dict[str | None, TokenUsage] = {}
         self._reported = False
-
-    def notice(self, text: str) -> Iterator[Event]:
-        """A line of ccproxy's own (a permission timed out) as its own text block: called while
-        Claude Code waits on a permission, so no block of a turn is open."""
-        return self._text_block(text)
 
     def feed(self, message: object) -> Iterator[Event]:
         if isinstance(message, SystemMessage) and message.subtype == "init":
@@ -89,19 +84,14 @@ class EventBuilder:
         return self.result
 
     def _seen(self) -> dict[str, Any]:
-        total = TokenUsage()
-        for call in [*self._done, *self._calls.values()]:
-            for name in COUNTS:
-                setattr(total, name, getattr(total, name) + getattr(call, name))
-        return total.anthropic()
+        return TokenUsage(**{name: sum(getattr(call, name) for call in self._usages) for name in COUNTS}).anthropic()
 
     def _count(self, agent: str | None, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "message_start":
-            if agent in self._calls:
-                self._done.append(self._calls[agent])
             self._calls[agent] = TokenUsage()
             self._calls[agent].add((event.get("message") or {}).get("usage"))
+            self._usages.append(self._calls[agent])
         elif kind == "message_delta" and agent in self._calls:
             self._calls[agent].add(event.get("usage"))  # the call's totals so far, not increments
 
@@ -128,7 +118,7 @@ class EventBuilder:
             yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
         yield "content_block_stop", {"type": "content_block_stop", "index": index}
 
-    def _text_block(self, text: str) -> Iterator[Event]:
+    def text_block(self, text: str) -> Iterator[Event]:
         yield from self._block({"type": "text", "text": ""}, [{"type": "text_delta", "text": text}])
 
     def _stream_event(self, event: dict[str, Any]) -> Iterator[Event]:
@@ -159,7 +149,7 @@ class EventBuilder:
         streamed = message.message_id in self._streamed
         for block in message.content:
             if isinstance(block, TextBlock) and not streamed and block.text:
-                yield from self._text_block(block.text)
+                yield from self.text_block(block.text)
             elif isinstance(block, ThinkingBlock) and not streamed:
                 yield from self._block({"type": "thinking", "thinking": "", "signature": ""}, [
                     {"type": "thinking_delta", "thinking": block.thinking},
@@ -168,10 +158,8 @@ class EventBuilder:
             elif isinstance(block, ToolUseBlock | ServerToolUseBlock):
                 self.result.tool_uses += 1
                 yield from self._sdk_block("tool_use_sdk", {"id": block.id, "name": block.name, "input": block.input})
-            elif isinstance(block, ToolResultBlock):
-                yield from self._tool_result(block.tool_use_id, block.content, block.is_error)
-            elif isinstance(block, ServerToolResultBlock):
-                yield from self._tool_result(block.tool_use_id, block.content, None)
+            elif isinstance(block, ToolResultBlock | ServerToolResultBlock):
+                yield from self._tool_result(block.tool_use_id, block.content, getattr(block, "is_error", None))
 
     def _tool_result(self, tool_use_id: str, content: Any, is_error: bool | None) -> Iterator[Event]:
         yield from self._sdk_block("tool_result_sdk", {"tool_use_id": tool_use_id, "content": content,
@@ -183,7 +171,7 @@ class EventBuilder:
         elif self.mode == "formatted":
             spacing: dict[str, Any] = {"indent": 2} if self.pretty else {"separators": (",", ":")}
             text = json.dumps(fields, ensure_ascii=False, default=str, **spacing)
-            yield from self._text_block(f"\n<{kind}>\n{text}\n</{kind}>\n")
+            yield from self.text_block(f"\n<{kind}>\n{text}\n</{kind}>\n")
 
     def _result(self, message: ResultMessage) -> Iterator[Event]:
         usage = message.usage or {}
@@ -208,7 +196,7 @@ class EventBuilder:
         yield from self._start()
         if message.is_error and message.subtype.startswith("error_") and self._next_index == 0:
             # max turns or budget hit before any text: say so rather than answer with nothing.
-            yield from self._text_block(f"[Claude Code stopped: {message.subtype}]")
+            yield from self.text_block(f"[Claude Code stopped: {message.subtype}]")
         self.finished = True
         yield "message_delta", {
             "type": "message_delta",

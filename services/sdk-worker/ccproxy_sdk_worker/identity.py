@@ -79,14 +79,13 @@ def prepare(settings: Settings) -> RunAs | None:
         log.warning("CLAUDE__RUN_AS_USER is the worker's own user: Claude Code can read the worker's memory")
         return None
     secrets_dir = os.environ.get(SECRETS_DIR_ENV)
-    if secrets_dir:
-        exposed = exposed_secrets(Path(secrets_dir), who)
-        if exposed:
-            names = ", ".join(p.name for p in exposed)
-            raise StartupError(
-                f"{SECRETS_DIR_ENV}: {names} can be read by CLAUDE__RUN_AS_USER ({who.uid}), so Claude Code could "
-                "read them: mount the secret files in a directory only root may enter (compose: /etc/ccproxy/secrets)"
-            )
+    exposed = exposed_secrets(Path(secrets_dir), who) if secrets_dir else []
+    if exposed:
+        names = ", ".join(p.name for p in exposed)
+        raise StartupError(
+            f"{SECRETS_DIR_ENV}: {names} can be read by CLAUDE__RUN_AS_USER ({who.uid}), so Claude Code could "
+            "read them: mount the secret files in a directory only root may enter (compose: /etc/ccproxy/secrets)"
+        )
     try:
         os.setgroups([])  # the CLI's group as the only one: claude-agent-sdk's ``user`` sets no group
         os.setresgid(who.gid, who.gid, who.gid)

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
-from claude_agent_sdk import ClaudeAgentOptions, ResultError, query
-from claude_agent_sdk.types import CanUseTool, SessionStore
+from claude_agent_sdk import ClaudeAgentOptions, PermissionResultAllow, PermissionResultDeny, ResultError, query
+from claude_agent_sdk.types import CanUseTool, PermissionResult, SessionStore, ToolPermissionContext
 from redis.asyncio import Redis
 
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.identity import RunGrant, RunTokens
+from ccproxy_core.permissions import PermissionAsk, PermissionGate, denied_message
 from ccproxy_core.redis import RedisLock
 from ccproxy_core.sdk_jobs import (
     CLAIM_RUN,
@@ -48,8 +49,7 @@ from ccproxy_core.sdk_options import apply_overrides, check_overrides, resolve_c
 from ccproxy_core.settings import ClaudeOptions, Settings
 from ccproxy_sdk_worker.convert import EventBuilder
 from ccproxy_sdk_worker.identity import RunAs
-from ccproxy_sdk_worker.session_store import RedisSessionStore
-from ccproxy_sdk_worker.transcript import split_conversation, system_text, transcript, user_content
+from ccproxy_sdk_worker.transcript import RedisSessionStore, split_conversation, system_text, transcript, user_content
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,33 @@ NOT_SDK_OPTIONS = {"cwd", "model", "append_system_prompt"}
 
 #: Shows the client a line of ccproxy's own in the answer (a permission that timed out).
 Notify = Callable[[str], Awaitable[None]]
-#: The run's ``can_use_tool`` callback (``ccproxy_sdk_worker.permissions``), or None to leave Claude
-#: Code's permission mode alone.
-PermissionHook = Callable[[SdkJob, str, Notify], CanUseTool | None]
+
+
+def can_use_tool(gate: PermissionGate, job: SdkJob, session_id: str, notify: Notify) -> CanUseTool:
+    """Claude Code's prompts as permission requests on behalf of the job's key; the run waits for the
+    decision. Deny, timeout or an unreachable service answer Claude with a message; a timeout or an
+    unreachable service is also shown to the client. Why not an MCP tool: docs/permissions.md."""
+
+    async def decide(tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext) -> PermissionResult:
+        ask = PermissionAsk(tool_name=tool_name, input=tool_input, key_id=job.key_id,
+                            key_name=job.key_name or job.key_id, title=context.title,
+                            tool_use_id=context.tool_use_id, session_id=session_id, run_id=job.id)
+        try:
+            view = await gate.ask(ask)
+        except Exception as exc:
+            log.warning("run %s: permission for %s not asked: %s", job.id, tool_name, exc)
+            message = f"Permission to use {tool_name} was denied: the permissions service cannot be reached."
+            unseen = True
+        else:
+            log.info("run %s: permission %s for %s: %s", job.id, view.id, tool_name, view.status)
+            if view.decision is not None and view.decision.behavior == "allow":
+                return PermissionResultAllow(updated_input=view.decision.updated_input)
+            message, unseen = denied_message(view), view.status == "expired"
+        if unseen:  # nobody saw the request: the client is told too
+            await notify(f"\n[ccproxy] {message}\n")
+        return PermissionResultDeny(message=message)
+
+    return decide
 
 
 def find_cli(configured: str | None) -> str | None:
@@ -103,7 +127,7 @@ class Runner:
     """Runs jobs for one worker process (its arq function calls :meth:`run`)."""
 
     def __init__(self, settings: Settings, redis: Redis, name: str | None = None,
-                 permission_hook: PermissionHook | None = None, run_as: RunAs | None = None) -> None:
+                 gate: PermissionGate | None = None, run_as: RunAs | None = None) -> None:
         self.settings = settings
         self.run_as = run_as  # Claude Code's own user (CLAUDE__RUN_AS_USER), or None
         self.redis = redis
@@ -112,7 +136,8 @@ class Runner:
         self.store = RedisSessionStore(redis, self.keys, settings.claude.session_ttl)
         self.cli_path = find_cli(settings.claude.cli_path)
         self.root = workspace_root(settings)
-        self.permission_hook = permission_hook
+        #: Where tool uses are asked (None: Claude Code's permission mode alone decides).
+        self.gate = gate
         self.api_url = gateway_url(settings) + "/api"
         self.run_tokens = RunTokens(redis, settings.redis.key_prefix)
 
@@ -149,10 +174,8 @@ class Runner:
                 log.warning("run %s: killed %d leftover Claude Code process(es)", job.id, killed)
 
     async def _error(self, job: SdkJob, exc: ProxyError) -> None:
-        await write_record(
-            self.redis, self.keys, job.id, ERROR,
-            {"status": exc.status, "type": exc.error_type, "message": exc.message},
-        )
+        error = {"status": exc.status, "type": exc.error_type, "message": exc.message}
+        await write_record(self.redis, self.keys, job.id, ERROR, error)
 
     async def _run(self, job: SdkJob) -> SdkResult:
         overrides = check_overrides(job.options, self.settings)
@@ -179,20 +202,18 @@ class Runner:
 
     async def _run_session(self, job: SdkJob, opts: ClaudeOptions, cwd: Path, model: str, session_id: str) -> SdkResult:
         history, last = split_conversation(job.body)
-        resume: str | None = None
-        if await self.store.exists(session_id):
-            resume = session_id  # Claude Code has the history already: only the new message goes
-        elif history:
-            entries = transcript(history, session_id, str(cwd), model)
-            if entries:
-                await self.store.append({"project_key": "", "session_id": session_id}, entries)
-                resume = session_id
+        # A session Claude Code has already gets only the new message; else the history becomes its transcript.
+        known = await self.store.exists(session_id)
+        entries = [] if known else transcript(history, session_id, str(cwd), model)
+        await self.store.append({"project_key": "", "session_id": session_id}, entries)
+        resume = session_id if known or entries else None
         builder = EventBuilder(
             f"msg_{job.id}", model, self.settings.claude.sdk_message_mode, self.settings.claude.pretty_format
         )
 
         async def notify(text: str) -> None:
-            for name, data in builder.notice(text):
+            # Called while Claude Code waits on a permission: no block of a turn is open.
+            for name, data in builder.text_block(text):
                 await write_record(self.redis, self.keys, job.id, name, data)
 
         content = user_content(last)
@@ -260,8 +281,8 @@ class Runner:
             user=cast(Any, self.run_as.uid) if self.run_as else None,
             stderr=lambda line: log.debug("claude[%s]: %s", job.id, line.rstrip()),
             # A permission prompt tool of the user's own wins (the SDK takes one or the other).
-            can_use_tool=self.permission_hook(job, session_id, notify)
-            if self.permission_hook and not opts.permission_prompt_tool_name
+            can_use_tool=can_use_tool(self.gate, job, session_id, notify)
+            if self.gate and not opts.permission_prompt_tool_name
             else None,
         )
 

@@ -1,5 +1,5 @@
 """An arq worker whose one function runs Claude Code: :func:`main` for ``ccproxy run sdk-worker``,
-:func:`in_process` for ``ccproxy serve``. Workers share one queue, each running at most
+:meth:`Supervised.running` for ``ccproxy serve``. Workers share one queue, each running at most
 ``CLAUDE__MAX_CONCURRENT_RUNS`` jobs; a job is never retried (a run has side effects).
 """
 
@@ -25,18 +25,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ccproxy_core.metrics import Metrics
+from ccproxy_core.permissions import HttpPermissionGate, PermissionGate
 from ccproxy_core.redis import connect
 from ccproxy_core.sdk_jobs import HEALTH_INTERVAL, JOB_FUNCTION, SdkJob, SdkKeys, arq_pool, dumps
 from ccproxy_core.server import StartupError, bind
 from ccproxy_core.settings import SECRETS_DIR_ENV, Settings
 from ccproxy_sdk_worker.identity import RunAs, prepare
-from ccproxy_sdk_worker.permissions import hook_from_settings
-from ccproxy_sdk_worker.runner import PermissionHook, Runner
+from ccproxy_sdk_worker.runner import Runner
 
 log = logging.getLogger(__name__)
-
-#: Longest wait (seconds) before a stopped worker loop is started again.
-RESTART_MAX = 10.0
 
 
 async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
@@ -44,13 +41,13 @@ async def _skip_info(*_args: Any, **_kwargs: Any) -> None:
 
 
 def build_worker(
-    settings: Settings, redis: Redis, name: str | None, permission_hook: PermissionHook | None, run_as: RunAs | None
+    settings: Settings, redis: Redis, name: str | None, gate: PermissionGate | None, run_as: RunAs | None
 ) -> Worker:
     if settings.redis.url is None:
         arq.worker.log_redis_info = _skip_info
     claude = settings.claude
     keys = SdkKeys(settings.redis.key_prefix, claude.queue_name)
-    runner = Runner(settings, redis, name, permission_hook, run_as)
+    runner = Runner(settings, redis, name, gate, run_as)
     metrics = Metrics("sdk-worker")
 
     async def run_sdk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +69,6 @@ def build_worker(
         poll_delay=claude.poll_interval,
         allow_abort_jobs=True,
         retry_jobs=False,
-        max_tries=1,
         keep_result=0,
         handle_signals=False,  # main's uvicorn (or serve's) owns SIGINT/SIGTERM
         job_serializer=dumps,
@@ -88,9 +84,9 @@ class Supervised:
     process that takes no job: so a fresh worker of the same name runs it again, after a backoff."""
 
     def __init__(
-        self, settings: Settings, redis: Redis, hook: PermissionHook | None, run_as: RunAs | None = None
+        self, settings: Settings, redis: Redis, gate: PermissionGate | None, run_as: RunAs | None = None
     ) -> None:
-        self._make = functools.partial(build_worker, settings, redis, permission_hook=hook, run_as=run_as)
+        self._make = functools.partial(build_worker, settings, redis, gate=gate, run_as=run_as)
         #: The worker running now (a new object after each restart).
         self.worker = self._make(None)
         self.name: str = self.worker.ctx["runner"].name
@@ -109,7 +105,7 @@ class Supervised:
                 delay = 1.0  # it ran a good while: this is a new incident
             log.error("sdk-worker %s stopped (%s); starting it again in %.0f s", self.name, reason, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX)
+            delay = min(delay * 2, 10.0)
             # Runs the old loop started go on to their end; the new loop takes new jobs.
             self.worker = self._make(self.name)
             self.restarts += 1
@@ -130,10 +126,15 @@ class Supervised:
                 await asyncio.wait_for(asyncio.gather(loop, *running, return_exceptions=True), 20)
 
 
-def in_process(
-    settings: Settings, redis: Redis, permission_hook: PermissionHook | None = None
-) -> contextlib.AbstractAsyncContextManager[Supervised]:
-    return Supervised(settings, redis, permission_hook).running()
+def gate_from_settings(settings: Settings) -> PermissionGate | None:
+    """The stack's gate: the permissions service at ``SERVICES__PERMISSIONS_URL``; unset, what the
+    permission mode does not allow is refused (the CLI cannot ask anyone)."""
+    url = settings.services.permissions_url
+    if not url:
+        log.warning("SERVICES__PERMISSIONS_URL is not set: tool uses the permission mode does not allow are refused")
+        return None
+    secret = settings.security.internal_secret
+    return HttpPermissionGate(url, secret.get_secret_value() if secret else None)
 
 
 def health_app(supervised: Supervised, redis: Redis) -> Starlette:
@@ -181,7 +182,7 @@ def main(settings: Settings) -> None:
 
     async def run() -> None:
         redis = connect(settings.redis)
-        supervised = Supervised(settings, redis, hook_from_settings(settings), run_as)
+        supervised = Supervised(settings, redis, gate_from_settings(settings), run_as)
         server = uvicorn.Server(uvicorn.Config(health_app(supervised, redis), log_config=None,
                                                log_level=settings.server.log_level, access_log=False, lifespan="off"))
         try:
