@@ -50,10 +50,7 @@ OVERRIDES: dict[str, Any] = {}
 def _param(name: str, setting: str, kind: type) -> inspect.Parameter:
     flag = "--" + name.replace("_", "-")
     help_text = f"CLAUDE__{setting.upper()}" + (", comma-separated" if kind is list else "")
-    if kind is bool:
-        option = typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
-    else:
-        option = typer.Option(flag, help=help_text)
+    option = typer.Option(f"{flag}/--no-{flag[2:]}" if kind is bool else flag, help=help_text, show_default=False)
     value_type = str if kind is list else kind
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[value_type | None, option]

@@ -85,15 +85,12 @@ class KeyAuthority(Protocol):
 
     async def any_keys(self, fresh: bool = False) -> bool:
         """Whether client keys are in use (then every request must carry one)."""
-        ...
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
         """By the member page cookie's SHA-256."""
-        ...
 
     async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
         """Check and reserve rate limits and budget (429/402 if over)."""
-        ...
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         ...

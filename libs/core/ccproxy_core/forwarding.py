@@ -85,7 +85,6 @@ class UpstreamReply:
 class Forwarder(Protocol):
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
         """Raises ProxyError when there is no upstream answer (no credentials, unreachable, timeout)."""
-        ...
 
 
 #: Response headers that describe the connection, not the content: never relayed.

@@ -46,7 +46,7 @@ class Caller(BaseUser):
     admin: bool = False
     #: The member key with its limits (rate, budget, accounts); None for the others.
     key: KeyInfo | None = None
-    authenticated: bool = True
+    is_authenticated: bool = True
     #: The SDK session whose Claude Code called with a run token ("" for a client).
     sdk_session: str = ""
 
@@ -54,12 +54,8 @@ class Caller(BaseUser):
     def member(cls, key: KeyInfo) -> Caller:
         return cls(id=key.id, name=key.name or key.id, key=key)
 
-    @property
-    def is_authenticated(self) -> bool:
-        return self.authenticated
 
-
-ANONYMOUS = Caller(id="anonymous", name="anonymous", authenticated=False)
+ANONYMOUS = Caller(id="anonymous", name="anonymous", is_authenticated=False)
 LOCAL = Caller(id="anonymous", name="anonymous", admin=True)
 LEAD = Caller(id="default", name="admin", admin=True)
 
@@ -269,9 +265,8 @@ def guard_routes(routes: Iterable[BaseRoute], prefixes: Sequence[str] = GUARDED_
         prefix = next((p for p in prefixes if isinstance(path, str) and under(path, p)), None)
         if prefix is None or isinstance(route, ClosedMount):
             order.append(route)
-        elif prefix not in grouped:
-            grouped[prefix] = [route]
-            order.append(prefix)
         else:
-            grouped[prefix].append(route)
+            if prefix not in grouped:
+                order.append(prefix)
+            grouped.setdefault(prefix, []).append(route)
     return [ClosedMount(item, grouped[item]) if isinstance(item, str) else item for item in order]

@@ -150,10 +150,7 @@ def configure(overrides: Mapping[str, PriceOverride] | None) -> Pricing:
 
 def current() -> Pricing:
     """The last :func:`configure`'s, else genai-prices' alone."""
-    global _current
-    if _current is None:
-        _current = Pricing()
-    return _current
+    return _current or configure(None)
 
 
 def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,

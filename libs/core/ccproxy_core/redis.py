@@ -104,7 +104,6 @@ class RedisLock:
         self._redis = redis
         self.key = key
         self.ttl = ttl
-        self._token = _PROCESS_TOKEN
         self._local = _local_locks.setdefault(key, asyncio.Lock())
         self._held = False
 
@@ -125,10 +124,10 @@ class RedisLock:
         ttl_ms = int(self.ttl * 1000)
         pause = 0.02
         while True:
-            if await self._redis.set(self.key, self._token, nx=True, px=ttl_ms):
+            if await self._redis.set(self.key, _PROCESS_TOKEN, nx=True, px=ttl_ms):
                 return True
             value = await self._redis.get(self.key)
-            if value is not None and as_text(value) == self._token:
+            if value is not None and as_text(value) == _PROCESS_TOKEN:
                 # Taken by an earlier attempt of ours whose answer was lost: ours, for a full ttl.
                 await self._redis.pexpire(self.key, ttl_ms)
                 return True
@@ -136,10 +135,6 @@ class RedisLock:
                 return False
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
-
-    async def owned(self) -> bool:
-        value = await self._redis.get(self.key)
-        return value is not None and as_text(value) == self._token
 
     async def release(self) -> None:
         """Compare-and-delete with WATCH, which fakeredis runs too (no Lua)."""
@@ -151,7 +146,7 @@ class RedisLock:
                 try:
                     await pipe.watch(self.key)
                     value = await pipe.get(self.key)
-                    if value is None or as_text(value) != self._token:
+                    if value is None or as_text(value) != _PROCESS_TOKEN:
                         return
                     pipe.multi()
                     pipe.delete(self.key)

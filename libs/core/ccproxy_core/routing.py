@@ -53,7 +53,6 @@ class AccountRouter(Protocol):
         account: str | None = None,
     ) -> Credential:
         """``account``: this one (a retry after a 401 of the ``rejected`` token). ProxyError if none can."""
-        ...
 
     async def report(
         self, account: str, status: int, headers: Mapping[str, str], hints: Mapping[str, str] | None = None
