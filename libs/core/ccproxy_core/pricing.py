@@ -97,12 +97,12 @@ class Pricing:
                 return self._overrides[prefix]
         return self.provider.find_model(name)
 
-    def rates(self, model: str, at: datetime | None = None) -> Rates:
-        """``model``'s rates at ``at`` (now), or the dearest known ones (and a warning)."""
+    def rates(self, model: str) -> Rates:
+        """``model``'s rates now, or the dearest known ones (and a warning)."""
         found = self.find(model)
         if isinstance(found, Rates):
             return found
-        when = at or datetime.now(tz=UTC)
+        when = datetime.now(tz=UTC)
         if found is not None:
             return _rates(found.get_prices(when))
         self._warn(model)

@@ -143,7 +143,8 @@ class RedisLock:
         self._held = False
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                try:
+                # WatchError: it changed hands (expired and retaken) in between, not ours to delete.
+                with contextlib.suppress(redis_errors.WatchError):
                     await pipe.watch(self.key)
                     value = await pipe.get(self.key)
                     if value is None or as_text(value) != _PROCESS_TOKEN:
@@ -151,8 +152,6 @@ class RedisLock:
                     pipe.multi()
                     pipe.delete(self.key)
                     await pipe.execute()
-                except redis_errors.WatchError:
-                    return  # it changed hands (expired and retaken) in between: not ours to delete
         finally:
             self._local.release()
 

@@ -23,13 +23,8 @@ LIMITS = ("max_turns", "max_budget_usd", "max_thinking_tokens")
 
 
 def workspace_root(settings: Settings) -> Path:
-    claude = settings.claude
-    if claude.workspace_root is not None:
-        root = claude.workspace_root
-    elif claude.options.cwd:
-        root = Path(claude.options.cwd)
-    else:
-        root = settings.data_dir / "workspace"
+    cwd = settings.claude.options.cwd
+    root = settings.claude.workspace_root or (Path(cwd) if cwd else settings.data_dir / "workspace")
     return root.expanduser().resolve()
 
 
