@@ -267,10 +267,8 @@ class AccessLogEmitter:
 
     async def _run(self) -> None:
         delay = 0.05
-        while True:
+        while self._buffer or not self._closing:
             if not self._buffer:
-                if self._closing:
-                    return
                 self._wake.clear()
                 await self._wake.wait()
                 continue

@@ -70,13 +70,13 @@ def _override_rates(price: PriceOverride) -> Rates:
     return Rates(dec(price.input), dec(price.output), dec(read), dec(write), dec(write_1h), "override")
 
 
-def _rates(prices: ModelPrice, source: str = "genai-prices") -> Rates:
+def _rates(prices: ModelPrice) -> Rates:
     # Without a cache price, cached tokens are input tokens (as genai-prices counts them).
     base = prices.input_mtok
     read, write, write_1h = prices.cache_read_mtok, prices.cache_write_mtok, prices.cache_write_1h_mtok
     write = base if write is None else write
     return Rates(base, prices.output_mtok, base if read is None else read, write,
-                 write if write_1h is None else write_1h, source)
+                 write if write_1h is None else write_1h, "genai-prices")
 
 
 class Pricing:
