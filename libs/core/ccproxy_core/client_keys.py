@@ -42,9 +42,8 @@ class KeyInfo(BaseModel):
     def limited(self) -> bool:
         return bool(self.rpm or self.tpm or self.budget_usd)
 
-    def usable(self, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+    def usable(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > time.time())
 
 
 class Admission(BaseModel):

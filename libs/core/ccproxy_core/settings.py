@@ -264,10 +264,8 @@ class Settings(BaseSettings):
         return init_settings, env_settings, secret_files, dotenv_settings, TomlConfigSettingsSource(settings_cls)
 
     def claude_config_dir(self) -> Path:
-        if self.auth.claude_config_dir is not None:
-            return self.auth.claude_config_dir
         env = os.environ.get("CLAUDE_CONFIG_DIR")
-        return Path(env) if env else Path.home() / ".claude"
+        return self.auth.claude_config_dir or (Path(env) if env else Path.home() / ".claude")
 
 
 def is_loopback(host: str) -> bool:
