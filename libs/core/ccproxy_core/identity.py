@@ -105,13 +105,9 @@ class RunTokens:
 
 
 def presented_key(headers: Headers) -> str | None:
-    key = headers.get("x-api-key")
-    if key:
-        return key
     scheme, _, value = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
+    bearer = value.strip() if scheme.lower() == "bearer" else ""
+    return headers.get("x-api-key") or bearer or None
 
 
 class KeyBackend(AuthenticationBackend):
@@ -160,20 +156,18 @@ class KeyBackend(AuthenticationBackend):
         if key is not None and self._token is not None and hmac.compare_digest(key.encode(), self._token):
             return LEAD
         # A key-shaped string is looked up even while "no keys exist" is cached: a key just made works at once.
-        found = None
         if key is not None and self.keys is not None and (self._keys_active or looks_like_key(key)):
             found = await self.keys.lookup(key)
-        if found is not None:
-            self._keys_active = True
-            return Caller.member(found)
+            if found is not None:
+                self._keys_active = True
+                return Caller.member(found)
         return None if self.enabled else LOCAL
 
 
 def _session_read(conn: HTTPConnection, path: str) -> bool:
     """A safe read by the member page: its cookie, GET/HEAD, a path it may read."""
-    if conn.scope.get("method") not in ("GET", "HEAD") or not conn.cookies.get(MEMBER_COOKIE):
-        return False
-    return any(under(path, prefix) for prefix in SESSION_READ_PREFIXES)
+    safe = conn.scope.get("method") in ("GET", "HEAD") and bool(conn.cookies.get(MEMBER_COOKIE))
+    return safe and any(under(path, prefix) for prefix in SESSION_READ_PREFIXES)
 
 
 def under(path: str, prefix: str) -> bool:
