@@ -18,12 +18,9 @@ from pydantic import ValidationError
 from ccproxy_core.server import StartupError, http_ok, serve_app
 from ccproxy_core.settings import Settings, is_loopback
 
-SERVICE_GROUP = "ccproxy.services"
-COMMAND_GROUP = "ccproxy.commands"
-
 app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI APIs.", no_args_is_help=True)
 
-SERVICES: dict[str, EntryPoint] = dict(sorted((ep.name, ep) for ep in entry_points(group=SERVICE_GROUP)))
+SERVICES: dict[str, EntryPoint] = dict(sorted((ep.name, ep) for ep in entry_points(group="ccproxy.services")))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -156,7 +153,7 @@ def healthcheck(
 
 
 def main() -> None:
-    for ep in entry_points(group=COMMAND_GROUP):
+    for ep in entry_points(group="ccproxy.commands"):
         register: Callable[[typer.Typer], None] = ep.load()
         register(app)
     try:
