@@ -267,10 +267,8 @@ class AccessLogEmitter:
 
     async def _run(self) -> None:
         delay = 0.05
-        while True:
+        while self._buffer or not self._closing:
             if not self._buffer:
-                if self._closing:
-                    return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -322,9 +320,8 @@ class AccessLogEmitter:
         return not self.buffered
 
     async def aclose(self, within: float = 5.0) -> None:
-        if self.redis is not None and self.buffered:
-            if not await self.flush(within):
-                log.warning("access log: %d events not sent at shutdown", self.buffered)
+        if self.redis is not None and self.buffered and not await self.flush(within):
+            log.warning("access log: %d events not sent at shutdown", self.buffered)
         self._closing = True
         self._wake.set()
         if self._task is not None:

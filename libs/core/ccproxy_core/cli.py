@@ -18,12 +18,9 @@ from pydantic import ValidationError
 from ccproxy_core.server import StartupError, http_ok, serve_app
 from ccproxy_core.settings import Settings, is_loopback
 
-SERVICE_GROUP = "ccproxy.services"
-COMMAND_GROUP = "ccproxy.commands"
-
 app = typer.Typer(help="ccproxy: use Claude through the Anthropic and OpenAI APIs.", no_args_is_help=True)
 
-SERVICES: dict[str, EntryPoint] = dict(sorted((ep.name, ep) for ep in entry_points(group=SERVICE_GROUP)))
+SERVICES: dict[str, EntryPoint] = dict(sorted((ep.name, ep) for ep in entry_points(group="ccproxy.services")))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,10 +47,7 @@ OVERRIDES: dict[str, Any] = {}
 def _param(name: str, setting: str, kind: type) -> inspect.Parameter:
     flag = "--" + name.replace("_", "-")
     help_text = f"CLAUDE__{setting.upper()}" + (", comma-separated" if kind is list else "")
-    if kind is bool:
-        option = typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
-    else:
-        option = typer.Option(flag, help=help_text)
+    option = typer.Option(f"{flag}/--no-{flag[2:]}" if kind is bool else flag, help=help_text, show_default=False)
     value_type = str if kind is list else kind
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[value_type | None, option]
@@ -159,7 +153,7 @@ def healthcheck(
 
 
 def main() -> None:
-    for ep in entry_points(group=COMMAND_GROUP):
+    for ep in entry_points(group="ccproxy.commands"):
         register: Callable[[typer.Typer], None] = ep.load()
         register(app)
     try:

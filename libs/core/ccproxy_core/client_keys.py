@@ -42,9 +42,8 @@ class KeyInfo(BaseModel):
     def limited(self) -> bool:
         return bool(self.rpm or self.tpm or self.budget_usd)
 
-    def usable(self, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+    def usable(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > time.time())
 
 
 class Admission(BaseModel):
@@ -85,15 +84,12 @@ class KeyAuthority(Protocol):
 
     async def any_keys(self, fresh: bool = False) -> bool:
         """Whether client keys are in use (then every request must carry one)."""
-        ...
 
     async def member_session(self, sid_digest: str) -> KeyInfo | None:
         """By the member page cookie's SHA-256."""
-        ...
 
     async def admit(self, key: KeyInfo, model: str, body_bytes: int, max_tokens: int) -> Admission:
         """Check and reserve rate limits and budget (429/402 if over)."""
-        ...
 
     async def settle(self, admission: Admission, usage: UsageReport) -> Settlement:
         ...

@@ -42,10 +42,8 @@ UNIFIED = "anthropic-ratelimit-unified-"
 
 
 def header_number(value: str | None) -> float | None:
-    if value is None:
-        return None
     try:
-        return float(value)
+        return float(value) if value is not None else None
     except ValueError:
         return None
 
@@ -85,7 +83,6 @@ class UpstreamReply:
 class Forwarder(Protocol):
     async def forward(self, request: ForwardRequest) -> UpstreamReply:
         """Raises ProxyError when there is no upstream answer (no credentials, unreachable, timeout)."""
-        ...
 
 
 #: Response headers that describe the connection, not the content: never relayed.
@@ -105,7 +102,8 @@ class HttpForwarder(InternalClient):
             k: v for k, v in request.headers.items()
             if k.lower() not in HOP_BY_HOP and not k.lower().startswith(INTERNAL_HEADER_PREFIX)
         }
-        if request.method == "POST":
+        data = None if request.method == "GET" else orjson.dumps(request.body)
+        if data is not None:
             headers["content-type"] = "application/json"
         if request.key is not None:
             headers[FORWARD_KEY_HEADER] = request.key.model_dump_json()
@@ -113,10 +111,7 @@ class HttpForwarder(InternalClient):
         if request.query:
             url += "?" + request.query
         try:
-            if request.method == "GET":
-                resp = await self._client().get(url, headers=headers)
-            else:
-                resp = await self._client().post(url, data=orjson.dumps(request.body), headers=headers)
+            resp = await self._client().request(request.method, url, data=data, headers=headers)
         except (aiohttp.ClientError, OSError) as exc:
             raise ProxyError(502, f"api-forwarder unreachable: {type(exc).__name__}") from exc
         reply_headers = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}

@@ -46,7 +46,7 @@ class Caller(BaseUser):
     admin: bool = False
     #: The member key with its limits (rate, budget, accounts); None for the others.
     key: KeyInfo | None = None
-    authenticated: bool = True
+    is_authenticated: bool = True
     #: The SDK session whose Claude Code called with a run token ("" for a client).
     sdk_session: str = ""
 
@@ -54,12 +54,8 @@ class Caller(BaseUser):
     def member(cls, key: KeyInfo) -> Caller:
         return cls(id=key.id, name=key.name or key.id, key=key)
 
-    @property
-    def is_authenticated(self) -> bool:
-        return self.authenticated
 
-
-ANONYMOUS = Caller(id="anonymous", name="anonymous", authenticated=False)
+ANONYMOUS = Caller(id="anonymous", name="anonymous", is_authenticated=False)
 LOCAL = Caller(id="anonymous", name="anonymous", admin=True)
 LEAD = Caller(id="default", name="admin", admin=True)
 
@@ -109,13 +105,9 @@ class RunTokens:
 
 
 def presented_key(headers: Headers) -> str | None:
-    key = headers.get("x-api-key")
-    if key:
-        return key
     scheme, _, value = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
+    bearer = value.strip() if scheme.lower() == "bearer" else ""
+    return headers.get("x-api-key") or bearer or None
 
 
 class KeyBackend(AuthenticationBackend):
@@ -164,20 +156,18 @@ class KeyBackend(AuthenticationBackend):
         if key is not None and self._token is not None and hmac.compare_digest(key.encode(), self._token):
             return LEAD
         # A key-shaped string is looked up even while "no keys exist" is cached: a key just made works at once.
-        found = None
         if key is not None and self.keys is not None and (self._keys_active or looks_like_key(key)):
             found = await self.keys.lookup(key)
-        if found is not None:
-            self._keys_active = True
-            return Caller.member(found)
+            if found is not None:
+                self._keys_active = True
+                return Caller.member(found)
         return None if self.enabled else LOCAL
 
 
 def _session_read(conn: HTTPConnection, path: str) -> bool:
     """A safe read by the member page: its cookie, GET/HEAD, a path it may read."""
-    if conn.scope.get("method") not in ("GET", "HEAD") or not conn.cookies.get(MEMBER_COOKIE):
-        return False
-    return any(under(path, prefix) for prefix in SESSION_READ_PREFIXES)
+    safe = conn.scope.get("method") in ("GET", "HEAD") and bool(conn.cookies.get(MEMBER_COOKIE))
+    return safe and any(under(path, prefix) for prefix in SESSION_READ_PREFIXES)
 
 
 def under(path: str, prefix: str) -> bool:
@@ -269,9 +259,8 @@ def guard_routes(routes: Iterable[BaseRoute], prefixes: Sequence[str] = GUARDED_
         prefix = next((p for p in prefixes if isinstance(path, str) and under(path, p)), None)
         if prefix is None or isinstance(route, ClosedMount):
             order.append(route)
-        elif prefix not in grouped:
-            grouped[prefix] = [route]
-            order.append(prefix)
         else:
-            grouped[prefix].append(route)
+            if prefix not in grouped:
+                order.append(prefix)
+            grouped.setdefault(prefix, []).append(route)
     return [ClosedMount(item, grouped[item]) if isinstance(item, str) else item for item in order]

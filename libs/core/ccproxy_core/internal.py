@@ -3,6 +3,7 @@ header, and ccproxy's own errors are marked (``x-ccproxy-error``) apart from the
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from typing import Any
 
@@ -112,13 +113,11 @@ class AuthServiceHttp(InternalClient):
             raise ProxyError(503, f"the auth service is unreachable ({type(exc).__name__}); retry shortly",
                              headers={"retry-after": "2"}) from exc
         if status == 200:
-            try:
+            with contextlib.suppress(orjson.JSONDecodeError):
                 data = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise ProxyError(502, "the auth service answered something that is not JSON") from exc
-            if not isinstance(data, dict):
-                raise ProxyError(502, "the auth service answered something that is not an object")
-            return data
+                if isinstance(data, dict):
+                    return data
+            raise ProxyError(502, "the auth service answered something that is not a JSON object")
         parsed = parse_anthropic_error(raw) if ours else None
         if parsed is None:
             raise ProxyError(502, f"the auth service answered {status}")

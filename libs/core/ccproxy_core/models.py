@@ -125,11 +125,6 @@ class TokenUsage(BaseModel):
                         self.cache_write_tokens, self.cache_write_1h_tokens)
 
 
-def _alias_entry(alias: str) -> dict[str, Any]:
-    return {"type": "model", "id": alias, "display_name": alias, "created_at": "2024-01-01T00:00:00Z",
-            "object": "model", "created": 1704067200, "owned_by": "ccproxy"}
-
-
 def models_listing(extra_aliases: list[str] | None = None) -> dict[str, Any]:
     """Anthropic's ``type/display_name/created_at`` and OpenAI's ``object/created/owned_by`` on every entry."""
     data = [{"type": "model", "id": m.id, "display_name": m.display_name, "created_at": m.created_at}
@@ -157,5 +152,7 @@ def upstream_listing(upstream: dict[str, Any], extra_aliases: list[str] | None =
     if not has_more:
         # Only on the last page: the Anthropic SDK pages on with ``after_id=last_id``.
         ids = {entry["id"] for entry in data}
-        data.extend(_alias_entry(alias) for alias in extra_aliases or [] if alias not in ids)
+        data.extend({"type": "model", "id": alias, "display_name": alias, "created_at": "2024-01-01T00:00:00Z",
+                     "object": "model", "created": 1704067200, "owned_by": "ccproxy"}
+                    for alias in extra_aliases or [] if alias not in ids)
     return {**upstream, "object": "list", "data": data, "has_more": has_more}

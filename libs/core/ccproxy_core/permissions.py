@@ -61,7 +61,6 @@ class PermissionResponse(BaseModel):
 class PermissionGate(Protocol):
     async def ask(self, ask: PermissionAsk) -> PermissionView:
         """Create the request and wait for its decision; cancelling withdraws it."""
-        ...
 
 
 def denied_message(view: PermissionView) -> str:

@@ -70,13 +70,13 @@ def _override_rates(price: PriceOverride) -> Rates:
     return Rates(dec(price.input), dec(price.output), dec(read), dec(write), dec(write_1h), "override")
 
 
-def _rates(prices: ModelPrice, source: str = "genai-prices") -> Rates:
+def _rates(prices: ModelPrice) -> Rates:
     # Without a cache price, cached tokens are input tokens (as genai-prices counts them).
     base = prices.input_mtok
     read, write, write_1h = prices.cache_read_mtok, prices.cache_write_mtok, prices.cache_write_1h_mtok
     write = base if write is None else write
     return Rates(base, prices.output_mtok, base if read is None else read, write,
-                 write if write_1h is None else write_1h, source)
+                 write if write_1h is None else write_1h, "genai-prices")
 
 
 class Pricing:
@@ -97,12 +97,12 @@ class Pricing:
                 return self._overrides[prefix]
         return self.provider.find_model(name)
 
-    def rates(self, model: str, at: datetime | None = None) -> Rates:
-        """``model``'s rates at ``at`` (now), or the dearest known ones (and a warning)."""
+    def rates(self, model: str) -> Rates:
+        """``model``'s rates now, or the dearest known ones (and a warning)."""
         found = self.find(model)
         if isinstance(found, Rates):
             return found
-        when = at or datetime.now(tz=UTC)
+        when = datetime.now(tz=UTC)
         if found is not None:
             return _rates(found.get_prices(when))
         self._warn(model)
@@ -150,10 +150,7 @@ def configure(overrides: Mapping[str, PriceOverride] | None) -> Pricing:
 
 def current() -> Pricing:
     """The last :func:`configure`'s, else genai-prices' alone."""
-    global _current
-    if _current is None:
-        _current = Pricing()
-    return _current
+    return _current or configure(None)
 
 
 def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0,

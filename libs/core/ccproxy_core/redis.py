@@ -104,7 +104,6 @@ class RedisLock:
         self._redis = redis
         self.key = key
         self.ttl = ttl
-        self._token = _PROCESS_TOKEN
         self._local = _local_locks.setdefault(key, asyncio.Lock())
         self._held = False
 
@@ -125,10 +124,10 @@ class RedisLock:
         ttl_ms = int(self.ttl * 1000)
         pause = 0.02
         while True:
-            if await self._redis.set(self.key, self._token, nx=True, px=ttl_ms):
+            if await self._redis.set(self.key, _PROCESS_TOKEN, nx=True, px=ttl_ms):
                 return True
             value = await self._redis.get(self.key)
-            if value is not None and as_text(value) == self._token:
+            if value is not None and as_text(value) == _PROCESS_TOKEN:
                 # Taken by an earlier attempt of ours whose answer was lost: ours, for a full ttl.
                 await self._redis.pexpire(self.key, ttl_ms)
                 return True
@@ -137,10 +136,6 @@ class RedisLock:
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
 
-    async def owned(self) -> bool:
-        value = await self._redis.get(self.key)
-        return value is not None and as_text(value) == self._token
-
     async def release(self) -> None:
         """Compare-and-delete with WATCH, which fakeredis runs too (no Lua)."""
         if not self._held:
@@ -148,16 +143,15 @@ class RedisLock:
         self._held = False
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                try:
+                # WatchError: it changed hands (expired and retaken) in between, not ours to delete.
+                with contextlib.suppress(redis_errors.WatchError):
                     await pipe.watch(self.key)
                     value = await pipe.get(self.key)
-                    if value is None or as_text(value) != self._token:
+                    if value is None or as_text(value) != _PROCESS_TOKEN:
                         return
                     pipe.multi()
                     pipe.delete(self.key)
                     await pipe.execute()
-                except redis_errors.WatchError:
-                    return  # it changed hands (expired and retaken) in between: not ours to delete
         finally:
             self._local.release()
 

@@ -53,7 +53,6 @@ class AccountRouter(Protocol):
         account: str | None = None,
     ) -> Credential:
         """``account``: this one (a retry after a 401 of the ``rejected`` token). ProxyError if none can."""
-        ...
 
     async def report(
         self, account: str, status: int, headers: Mapping[str, str], hints: Mapping[str, str] | None = None
@@ -117,18 +116,14 @@ class RoutingAuthClient(AuthClient):
         #: Until when auth's "one account" holds (re-asked every SINGLE_TTL seconds).
         self._single_until = 0.0
 
-    def _fresh(self, credential: Credential | None, rejected: str | None) -> bool:
-        if credential is None or credential.expires_within(self._margin):
-            return False
-        return rejected is None or credential.secret.get_secret_value() != rejected
-
     async def pick(
         self, hints: Mapping[str, str] | None = None, *, exclude: Collection[str] = (), rejected: str | None = None,
         account: str | None = None,
     ) -> Credential:
         cached = self._cached
-        if time.monotonic() < self._single_until and not exclude and self._fresh(cached, rejected):
-            assert cached is not None
+        if (cached is not None and time.monotonic() < self._single_until and not exclude
+                and not cached.expires_within(self._margin)
+                and (rejected is None or cached.secret.get_secret_value() != rejected)):
             return cached
         body = PickBody(hints=dict(hints or {}), exclude=list(exclude), rejected=rejected, account=account)
         data = await self._post(PICK_PATH, body)

@@ -161,8 +161,6 @@ class SdkQueue:
         self.settings = settings
         self.keys = SdkKeys(key_prefix, settings.queue_name)
         self.arq = arq_pool(redis, self.keys.queue)
-        #: XREAD BLOCK must end before the client's socket timeout would.
-        self.block_ms = 1000
 
     async def submit(self, job: SdkJob) -> None:
         # _expires: a job nobody started in time is dropped by arq too, not only by our claim.
@@ -217,7 +215,8 @@ class SdkQueue:
                     continue
                 await self.give_up(job_id)
                 raise ProxyError(504, f"the Claude Code run took longer than {self.settings.run_timeout:g} s")
-            block = int(min(self.block_ms, remaining * 1000)) or 1
+            # A second at most: XREAD BLOCK must end before the client's socket timeout would.
+            block = int(min(1000, remaining * 1000)) or 1
             reply = await self.redis.xread({key: last_id}, block=block, count=100)
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:

@@ -23,13 +23,8 @@ LIMITS = ("max_turns", "max_budget_usd", "max_thinking_tokens")
 
 
 def workspace_root(settings: Settings) -> Path:
-    claude = settings.claude
-    if claude.workspace_root is not None:
-        root = claude.workspace_root
-    elif claude.options.cwd:
-        root = Path(claude.options.cwd)
-    else:
-        root = settings.data_dir / "workspace"
+    cwd = settings.claude.options.cwd
+    root = settings.claude.workspace_root or (Path(cwd) if cwd else settings.data_dir / "workspace")
     return root.expanduser().resolve()
 
 
@@ -77,12 +72,12 @@ def check_overrides(raw: Any, settings: Settings) -> dict[str, Any]:
             raise _refuse(403, f"permission_mode {checked.permission_mode} is less strict than this server's "
                                f"{server_mode} (CLAUDE__OPTIONS__PERMISSION_MODE); a request may only make it "
                                f"stricter ({', '.join(stricter)})")
-    extra = [t for t in checked.allowed_tools if t not in operator.allowed_tools] if "allowed_tools" in raw else []
+    extra = [t for t in checked.allowed_tools if t not in operator.allowed_tools]
     if extra:
         raise _refuse(403, f"allowed_tools {', '.join(extra)} are not pre-approved on this server "
                            "(CLAUDE__OPTIONS__ALLOWED_TOOLS); a request may only pre-approve fewer tools")
-    granted = {_resolved(d) for d in operator.add_dirs}
-    extra = [d for d in checked.add_dirs if _resolved(d) not in granted] if "add_dirs" in raw else []
+    granted = {Path(d).expanduser().resolve() for d in operator.add_dirs}
+    extra = [d for d in checked.add_dirs if Path(d).expanduser().resolve() not in granted]
     if extra:
         raise _refuse(403, f"add_dirs {', '.join(extra)} are not granted on this server (CLAUDE__OPTIONS__ADD_DIRS)")
     if checked.cwd is not None:
@@ -112,7 +107,3 @@ def apply_overrides(overrides: dict[str, Any], settings: Settings) -> ClaudeOpti
         if name in update and update[name] is None:
             update[name] = getattr(operator, name)  # null means "the server's"
     return operator.model_copy(update=update)
-
-
-def _resolved(path: str) -> Path:
-    return Path(path).expanduser().resolve()

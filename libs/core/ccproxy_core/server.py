@@ -10,6 +10,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -46,62 +47,55 @@ class SlowClientProtocol(HttpToolsProtocol):
 
     header_timeout = 10.0
     body_timeout = 30.0
-    _header_timer: asyncio.TimerHandle | None = None
-    _body_timer: asyncio.TimerHandle | None = None
-    _body_at = 0.0
+    #: The one pending limit: the headers' (armed at each message's start) or the body's (from its first bytes).
+    _timer: asyncio.TimerHandle | None = None
+    _data_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_timer()
+        self._arm(self._headers_too_slow, self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        self._data_at = self.loop.time()
         super().data_received(data)
         cycle = self.cycle
-        if self._body_timer is not None:
-            self._body_at = self.loop.time()
-        elif cycle is not None and cycle.more_body and not self.transport.is_closing():
+        if self._timer is None and cycle is not None and cycle.more_body and not self.transport.is_closing():
             # Mid-body, also of a request already answered (a 401 whose body still trickles in).
-            self._body_at = self.loop.time()
-            self._body_timer = self.loop.call_later(self.body_timeout, self._body_too_slow)
+            self._arm(self._body_too_slow, self.body_timeout)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm_header_timer()
+        self._arm(self._headers_too_slow, self.header_timeout)
 
     def on_headers_complete(self) -> None:
-        self._cancel_timers()
+        self._arm(None)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._cancel_timers()
+        self._arm(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timers()
+        self._arm(None)
         super().connection_lost(exc)
 
-    def _arm_header_timer(self) -> None:
-        self._cancel_timers()
-        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        self._header_timer = self._body_timer = None
+    def _arm(self, callback: Callable[[], None] | None, delay: float = 0.0) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, callback) if callback is not None else None
 
     def _headers_too_slow(self) -> None:
-        self._header_timer = None
+        self._timer = None
         self._refuse(f"the request headers did not arrive within {self.header_timeout:g} s", "anthropic")
 
     def _body_too_slow(self) -> None:
-        self._body_timer = None
+        self._timer = None
         cycle = self.cycle
         if cycle is None or not cycle.more_body or self.transport.is_closing():
             return
-        idle = self.loop.time() - self._body_at
+        idle = self.loop.time() - self._data_at
         if idle < self.body_timeout:  # bytes came meanwhile: wait for the rest of the pause
-            self._body_timer = self.loop.call_later(self.body_timeout - idle, self._body_too_slow)
+            self._arm(self._body_too_slow, self.body_timeout - idle)
             return
         fmt = path_format(str(cycle.scope.get("path", "")))
         if not cycle.response_started:

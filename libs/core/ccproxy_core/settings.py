@@ -31,7 +31,6 @@ class ServerSettings(BaseModel):
     port: int = 8000
     log_level: str = "info"
     max_body_bytes: int = 32 * 1024 * 1024
-    #: The reverse proxies whose ``X-Forwarded-For``/``-Proto`` are believed (IPs or CIDRs, ``*``: any).
     forwarded_allow_ips: str = "127.0.0.1"
     header_timeout: float = 10.0
     body_timeout: float = 30.0
@@ -41,12 +40,10 @@ MIN_AUTH_TOKEN_LENGTH = 16
 
 
 class SecuritySettings(BaseModel):
-    #: Token clients must send (``x-api-key`` or ``Authorization: Bearer``); unset or blank: no client auth.
     auth_token: SecretStr | None = None
     internal_secret: SecretStr | None = None
     admin_token: SecretStr | None = None
     metrics_token: SecretStr | None = None
-    #: How long a gateway trusts a client-key lookup; a revoked key stops working within this.
     key_cache_seconds: float = 5.0
 
     @field_validator("auth_token", mode="after")
@@ -95,7 +92,6 @@ class AuthSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
-    #: Unset: an in-process stand-in (``ccproxy serve``).
     url: str | None = None
     key_prefix: str = "ccproxy:"
     #: Short, so a Redis outage is a quick 503, not a hang.
@@ -148,11 +144,8 @@ class ClaudeSettings(BaseModel):
     pretty_format: bool = True
     options: ClaudeOptions = Field(default_factory=ClaudeOptions)
     cli_path: str | None = None
-    #: Every run's ``cwd`` must lie inside it. Unset: ``options.cwd``, else ``<data_dir>/workspace``.
     workspace_root: Path | None = None
-    #: ``UID[:GID]`` Claude Code runs as, so it cannot read the worker's memory or secrets (docs/sdk.md).
     run_as_user: str | None = None
-    #: Options a client may set per request (body field ``claude_options``); others get a 403.
     overridable_options: list[str] = Field(default_factory=lambda: [
         "model", "max_turns", "cwd", "permission_mode", "disallowed_tools", "append_system_prompt",
         "max_thinking_tokens",
@@ -176,7 +169,6 @@ class ModelRule(BaseModel):
 class ModelsSettings(BaseModel):
     """How OpenAI clients' model names become Claude models (docs/openai.md)."""
 
-    #: Tried first, in order (environment: a JSON list; TOML: ``[[models.rules]]``).
     rules: list[ModelRule] = Field(default_factory=list)
     default_rules: bool = True
 
@@ -222,7 +214,6 @@ class PriceOverride(BaseModel):
 class PricingSettings(BaseModel):
     """What tokens cost, for the access log, metrics and key budgets (docs/accounts.md)."""
 
-    #: Win over genai-prices', by model name or a prefix of dated names (environment: a JSON object).
     overrides: dict[str, PriceOverride] = Field(default_factory=dict)
 
 
@@ -273,10 +264,8 @@ class Settings(BaseSettings):
         return init_settings, env_settings, secret_files, dotenv_settings, TomlConfigSettingsSource(settings_cls)
 
     def claude_config_dir(self) -> Path:
-        if self.auth.claude_config_dir is not None:
-            return self.auth.claude_config_dir
         env = os.environ.get("CLAUDE_CONFIG_DIR")
-        return Path(env) if env else Path.home() / ".claude"
+        return self.auth.claude_config_dir or (Path(env) if env else Path.home() / ".claude")
 
 
 def is_loopback(host: str) -> bool:
