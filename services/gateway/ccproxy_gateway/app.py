@@ -23,7 +23,7 @@ from starlette.types import Scope
 
 from ccproxy_core import pricing
 from ccproxy_core.access_log import AccessLogEmitter
-from ccproxy_core.client_keys import KeyAuthority
+from ccproxy_core.client_keys import CachedKeys, KeyAuthority
 from ccproxy_core.errors import ProxyError, parse_anthropic_error, render_error, upstream_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
 from ccproxy_core.identity import ClosedMount, KeyBackend, RunTokens, caller, caller_middleware, guard_routes, public
@@ -36,13 +36,12 @@ from ccproxy_core.streaming import until_disconnect
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object, validate_messages_request
-from ccproxy_gateway.metering import KeyMeter, MeteredForwarder, keys_enabled
+from ccproxy_gateway.metering import KeyMeter, MeteredForwarder
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.stream import translate_stream
 from ccproxy_gateway.relay import Answers, client_headers
-from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
+from ccproxy_gateway.response_store import Exchange, ResponseStore
 from ccproxy_gateway.routes import ApiRoute, error_format, metered
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,9 @@ class Gateway:
                           else AccessLogEmitter(None, "", metrics=self.metrics))
         self.access_log = access_log
         token = settings.security.auth_token
-        keys = keys_enabled(keys, settings.security.key_cache_seconds)  # None: the shared token only
+        if keys is not None and not isinstance(keys, CachedKeys):  # None: the shared token only
+            # Lookups cached: revocation reaches every replica within SECURITY__KEY_CACHE_SECONDS.
+            keys = CachedKeys(keys, settings.security.key_cache_seconds)
         runs = RunTokens(redis, settings.redis.key_prefix) if redis is not None else None  # SDK runs' own
         self.auth = KeyBackend(token.get_secret_value() if token else None, keys, runs)
         #: Admission and settlement of limited keys, for API mode (the forwarder) and SDK mode.
@@ -134,9 +135,9 @@ class Gateway:
         """Chat Completions or Responses as a Messages forward; an upstream error keeps its status
         and ``retry-after`` but is rendered as OpenAI's (by the app's error handler)."""
         started = time.perf_counter()
-        store = self.responses
         raw = await self.read_body(request)
-        plan, turn = await plan_request(fmt, raw, request, store, self.model_map, self.settings.openai)
+        exchange = await Exchange.open(fmt, raw, request, self.responses, self.model_map, self.settings.openai)
+        plan = exchange.plan
         # Only these client headers mean something upstream (betas such as 1M context).
         sent = {k: request.headers[k] for k in ("anthropic-beta", "anthropic-version") if k in request.headers}
         reply = await self.forward(request, "/v1/messages", sent, plan.body, plan.client_model, plan.stream)
@@ -147,8 +148,7 @@ class Gateway:
         if "request-id" in headers:
             headers["x-request-id"] = headers["request-id"]
         if plan.stream:
-            tr = fmt.translator(plan)
-            frames = kept_stream(translate_stream(iter_events(reply), tr), tr, store, turn)
+            frames, tr = exchange.stream(iter_events(reply))
             headers |= {"content-type": "text/event-stream", "cache-control": "no-cache"}
             return self.answers.relay_upstream(request, started, reply, frames, lambda: tr.usage, headers)
         content, usage = await self.answers.read(request, reply)
@@ -159,9 +159,12 @@ class Gateway:
             raise ProxyError(502, "the upstream's answer is not valid JSON") from exc
         if not isinstance(message, dict):
             raise ProxyError(502, "the upstream's answer is not a message")
-        answer = fmt.whole(message, plan)
-        await keep(store, turn, answer)
-        return JSONResponse(answer, headers=headers)
+        return JSONResponse(await exchange.answer(message), headers=headers)
+
+
+async def preflight(request: Request) -> Response:
+    """Older Claude Code versions send HEAD to the base URL before anything else."""
+    return Response(status_code=200)
 
 
 class HeadProbe(Route):
@@ -179,10 +182,6 @@ def create_app(
     """``lifespan`` (:func:`ccproxy_core.lifespan.lifespan`): the parts the caller starts and stops."""
     messages = partial(gateway.forward_anthropic, path="/v1/messages")
     count_tokens = partial(gateway.forward_anthropic, path="/v1/messages/count_tokens")
-
-    async def preflight(request: Request) -> Response:
-        # Older Claude Code versions send HEAD to the base URL before anything else.
-        return Response(status_code=200)
 
     async def dashboard(request: Request) -> Response:
         return FileResponse(STATIC / "dashboard.html", headers={"cache-control": "no-cache"})

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ccproxy_core.client_keys import Admission, CachedKeys, KeyAuthority, KeyInfo
+from ccproxy_core.client_keys import Admission, KeyAuthority, KeyInfo
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
 from ccproxy_core.models import TokenUsage
 
@@ -80,9 +80,3 @@ class MeteredForwarder:
             reply.on_usage = lambda usage: self.meter.settle(admission, usage)
         return reply
 
-
-def keys_enabled(keys: KeyAuthority | None, ttl: float) -> KeyAuthority | None:
-    """The key authority with its lookups cached (revocation reaches every replica within ttl)."""
-    if keys is None:
-        return None
-    return keys if isinstance(keys, CachedKeys) else CachedKeys(keys, ttl)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 import anyio
 import orjson
@@ -37,15 +38,12 @@ from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_core.streaming import until_disconnect
 from ccproxy_gateway.access import request_log
+from ccproxy_gateway.app import Gateway, preflight
+from ccproxy_gateway.body import validate_messages_request
 from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
-from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.stream import translate_stream
 from ccproxy_gateway.relay import Usage
-from ccproxy_gateway.response_store import keep, kept_stream, plan_request
+from ccproxy_gateway.response_store import Exchange
 from ccproxy_gateway.routes import ApiRoute
-
-if TYPE_CHECKING:
-    from ccproxy_gateway.app import Gateway
 
 #: Continues a Claude Code session (as does ``/sdk/{session_id}/v1``); every answer names its session in it.
 SESSION_HEADER = "x-claude-session-id"
@@ -191,32 +189,26 @@ class SdkRoutes:
         self.gateway = gateway
         self.settings = gateway.settings
         self.queue = SdkQueue(redis, self.settings.claude, self.settings.redis.key_prefix)
-        self.model_map = ModelMap.from_settings(self.settings.models)
 
     def routes(self) -> list[BaseRoute]:
         routes: list[BaseRoute] = [
-            public(Route("/sdk", self.preflight, methods=["HEAD", "GET"])),
-            public(Route("/sdk/", self.preflight, methods=["HEAD", "GET"])),
-            ApiRoute("/sdk/v1/models", self.models, methods=["GET"]),
-            Route("/sdk/models", self.models, methods=["GET"]),
+            public(Route("/sdk", preflight, methods=["HEAD", "GET"])),
+            public(Route("/sdk/", preflight, methods=["HEAD", "GET"])),
+            # The same listing as API mode's: the models Claude Code can run are the upstream's.
+            ApiRoute("/sdk/v1/models", self.gateway.models, methods=["GET"]),
+            Route("/sdk/models", self.gateway.models, methods=["GET"]),
             Route("/sdk/status", self.status, methods=["GET"]),
         ]
         for prefix in ("/sdk/v1", "/sdk/{session_id}/v1"):
             routes += [
                 # Not metered: Claude Code's own calls to /api are (module docstring).
-                ApiRoute(f"{prefix}/messages", self.messages, methods=["POST"]),
-                ApiRoute(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"],
+                ApiRoute(f"{prefix}/messages", self.answer, methods=["POST"]),
+                ApiRoute(f"{prefix}/chat/completions", partial(self.answer, fmt=CHAT), methods=["POST"],
                          client_format="openai-chat"),
-                ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses"),
+                ApiRoute(f"{prefix}/responses", partial(self.answer, fmt=RESPONSES), methods=["POST"],
+                         client_format="openai-responses"),
             ]
         return routes
-
-    async def preflight(self, request: Request) -> Response:
-        return Response(status_code=200)
-
-    async def models(self, request: Request) -> Response:
-        # The same listing as API mode's: the models Claude Code can run are the upstream's.
-        return await self.gateway.models(request)
 
     async def status(self, request: Request) -> Response:
         redis, keys = self.queue.redis, self.queue.keys
@@ -237,41 +229,27 @@ class SdkRoutes:
             }
         )
 
-    async def messages(self, request: Request) -> Response:
-        from ccproxy_gateway.app import validate_messages_request
-
+    async def answer(self, request: Request, fmt: OpenAIFormat | None = None) -> Response:
+        """A Messages request (``fmt`` None) or an OpenAI one as a run, streamed or whole."""
         started = time.perf_counter()
         body = await self.gateway.read_body(request)
         raw_options = body.pop("claude_options", None)
-        validate_messages_request(body)
-        run = await self._start(request, body, raw_options)
-        if body.get("stream") is True:
-            frames = (encode_event(name, orjson.dumps(data)) async for name, data in run.rest())
-            return self._stream(request, run, frames, started)
-        return JSONResponse(await self._collect(request, run, run.rest(), started), headers=run.headers)
-
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._openai(request, CHAT)
-
-    async def responses(self, request: Request) -> Response:
-        return await self._openai(request, RESPONSES)
-
-    async def _openai(self, request: Request, fmt: OpenAIFormat) -> Response:
-        started = time.perf_counter()
-        raw = await self.gateway.read_body(request)
-        raw_options = raw.pop("claude_options", None)
-        store = self.gateway.responses
-        plan, turn = await plan_request(fmt, raw, request, store, self.model_map, self.settings.openai)
-        run = await self._start(request, plan.body, raw_options)
+        if fmt is None:
+            validate_messages_request(body)
+            run = await self._start(request, body, raw_options)
+            if body.get("stream") is True:
+                frames = (encode_event(name, orjson.dumps(data)) async for name, data in run.rest())
+                return self._stream(request, run, frames, started)
+            return JSONResponse(await self._collect(request, run, run.rest(), started), headers=run.headers)
+        gateway = self.gateway
+        exchange = await Exchange.open(fmt, body, request, gateway.responses, gateway.model_map, self.settings.openai)
+        run = await self._start(request, exchange.plan.body, raw_options)
         records = as_text_blocks(run.rest(), self.settings.claude.pretty_format)
-        if plan.stream:
-            translator = fmt.translator(plan)
+        if exchange.plan.stream:
             events = (ServerSentEvent(name, orjson.dumps(data).decode()) async for name, data in records)
-            frames = kept_stream(translate_stream(events, translator), translator, store, turn)
-            return self._stream(request, run, frames, started)
-        answer = fmt.whole(await self._collect(request, run, records, started), plan)
-        await keep(store, turn, answer)
-        return JSONResponse(answer, headers=run.headers)
+            return self._stream(request, run, exchange.stream(events)[0], started)
+        message = await self._collect(request, run, records, started)
+        return JSONResponse(await exchange.answer(message), headers=run.headers)
 
     async def _start(self, request: Request, body: dict[str, Any], raw_options: Any) -> SdkRun:
         """Check, enqueue, and wait for the run's first output (or its error)."""
