@@ -1,6 +1,5 @@
 """The gateway's public API as a Starlette app: plain route functions over a :class:`Gateway`,
-which holds what they share (settings, the forwarder, client auth, metrics, the access log).
-"""
+which holds what they share (settings, the forwarder, client auth, metrics, the access log)."""
 
 from __future__ import annotations
 

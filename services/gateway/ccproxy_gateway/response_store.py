@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -51,12 +52,6 @@ class Stored(BaseModel):
         return [*self.input, *(self.response.get("output") or [])]
 
 
-def owner_of(request: Request) -> str:
-    """The caller's id (its client key's; ``LEAD.id`` for the shared token, ``LOCAL.id`` without
-    client auth)."""
-    return caller(request).id
-
-
 def _own_items(req: ResponsesRequest) -> list[Item]:
     """The request's input items as stored: each with an id (OpenAI lists input items by id), text
     content as parts (OpenAI's shape), references as they are."""
@@ -90,7 +85,6 @@ class ResponseStore:
         self.ttl = max(1, int(settings.retention_days * 86400))
 
     def _key(self, owner: str, what: str) -> str:
-        """``r:{id}`` or one of the owner's indexes (module docstring)."""
         return f"{self.prefix}{owner}:{what}"
 
 
@@ -174,7 +168,7 @@ class ResponseStore:
 
     async def _found(self, request: Request) -> tuple[str, str, Stored]:
         """(owner, response id, the stored response) of a route's ``{response_id}``: the caller's own only."""
-        owner, response_id = owner_of(request), request.path_params["response_id"]
+        owner, response_id = caller(request).id, request.path_params["response_id"]
         stored = await self._record(owner, response_id)
         if stored is None:
             raise ProxyError(404, f"Response with id '{response_id}' not found.", "not_found_error")
@@ -293,9 +287,8 @@ class Exchange:
 
     fmt: OpenAIFormat
     plan: Plan
-    store: ResponseStore | None
-    #: What to keep once answered; None: nothing.
-    turn: Turn | None
+    #: Keeps the answer; None: nothing to keep.
+    save: Callable[[Item], Awaitable[None]] | None
 
     @classmethod
     async def open(
@@ -306,16 +299,16 @@ class Exchange:
         req = fmt.parse(raw)
         turn = None
         if fmt.stored and store is not None:
-            req, turn = await store.prepare(owner_of(request), req)
+            req, turn = await store.prepare(caller(request).id, req)
         plan = fmt.translate(req, models, options)
         if turn is not None and isinstance(plan, ResponsesPlan):  # what the response says about storage
             plan.echo["store"] = turn.store
             plan.echo["previous_response_id"] = turn.previous
-        return cls(fmt, plan, store, turn)
+        return cls(fmt, plan, partial(store.save, turn) if store is not None and turn is not None else None)
 
     async def _keep(self, response: Item) -> None:
-        if self.store is not None and self.turn is not None and response.get("status") in ("completed", "incomplete"):
-            await self.store.save(self.turn, response)
+        if self.save is not None and response.get("status") in ("completed", "incomplete"):
+            await self.save(response)
 
     async def answer(self, message: dict[str, Any]) -> Item:
         """The client's whole answer to an Anthropic ``message``, kept."""
@@ -328,7 +321,7 @@ class Exchange:
         kept *before* its ``response.completed`` goes out, so a client that continues it at once finds it."""
         translator = self.fmt.translator(self.plan)
         frames = translate_stream(events, translator)
-        if self.turn is None:
+        if self.save is None:
             return frames, translator
 
         async def kept() -> AsyncIterator[bytes]:

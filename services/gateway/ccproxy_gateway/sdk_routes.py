@@ -1,8 +1,7 @@
 """SDK mode's public API, ``/sdk/v1/...``: each request is an arq job (ccproxy_core.sdk_jobs) whose
 records are relayed in the client's format. Claude Code's upstream calls are billed on ``/api``
 with its run token, so the ``/sdk`` request is only admitted (a 429/402 is never queued) and logs
-the run's summary without tokens: no sum counts a run twice. See docs/architecture.md.
-"""
+the run's summary without tokens: no sum counts a run twice. See docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -23,17 +22,7 @@ from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import LOCAL, caller, public
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.redis import as_text, unavailable_as_503
-from ccproxy_core.sdk_jobs import (
-    END,
-    ERROR,
-    RESULT,
-    START,
-    SdkJob,
-    SdkQueue,
-    SdkResult,
-    own_session,
-    session_uuid,
-)
+from ccproxy_core.sdk_jobs import END, ERROR, RESULT, START, SdkJob, SdkQueue, SdkResult, own_session, session_uuid
 from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_core.streaming import until_disconnect
@@ -216,18 +205,13 @@ class SdkRoutes:
             queued = await redis.zcard(keys.queue)
             workers = [as_text(k) async for k in redis.scan_iter(match=keys.health("*"), count=100)]
         claude = self.settings.claude
-        return JSONResponse(
-            {
-                "status": "ok" if workers else "degraded",
-                "mode": "sdk",
-                "queue": {"name": keys.queue, "queued": queued},
-                "workers": sorted(w.removeprefix(keys.health("")) for w in workers),
-                "message_mode": claude.sdk_message_mode,
-                "workspace_root": str(workspace_root(self.settings)),
-                "overridable_options": claude.overridable_options,
-                "client_auth": self.gateway.auth.enabled,
-            }
-        )
+        return JSONResponse({
+            "status": "ok" if workers else "degraded", "mode": "sdk",
+            "queue": {"name": keys.queue, "queued": queued},
+            "workers": sorted(w.removeprefix(keys.health("")) for w in workers),
+            "message_mode": claude.sdk_message_mode, "workspace_root": str(workspace_root(self.settings)),
+            "overridable_options": claude.overridable_options, "client_auth": self.gateway.auth.enabled,
+        })
 
     async def answer(self, request: Request, fmt: OpenAIFormat | None = None) -> Response:
         """A Messages request (``fmt`` None) or an OpenAI one as a run, streamed or whole."""

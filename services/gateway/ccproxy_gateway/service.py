@@ -1,6 +1,5 @@
 """The gateway on its own (``ccproxy run gateway``): the routes of ``ccproxy serve``, over an
-api-forwarder and auth reached by HTTP.
-"""
+api-forwarder and auth reached by HTTP."""
 
 from __future__ import annotations
 
