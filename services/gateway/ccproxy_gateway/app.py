@@ -39,6 +39,7 @@ from ccproxy_gateway.metering import KeyMeter, MeteredForwarder
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_gateway.openai.responses import ResponsesPlan
 from ccproxy_gateway.relay import Answers, client_headers
 from ccproxy_gateway.response_store import Exchange, ResponseStore
 from ccproxy_gateway.routes import ApiRoute, error_format, metered
@@ -96,6 +97,17 @@ class Gateway:
     async def read_body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(request, self.settings.server.max_body_bytes)
 
+    async def exchange(self, request: Request, fmt: OpenAIFormat, raw: dict[str, Any]) -> Exchange:
+        """The request's plan, its stored conversation filled in (no store: the translation refuses references)."""
+        req, turn, store = fmt.parse(raw), None, self.responses
+        if fmt.stored and store is not None:
+            req, turn = await store.prepare(caller(request).id, req)
+        plan = fmt.translate(req, self.model_map, self.settings.openai)
+        if turn is not None and isinstance(plan, ResponsesPlan):  # what the response says about storage
+            plan.echo["store"] = turn.store
+            plan.echo["previous_response_id"] = turn.previous
+        return Exchange(fmt, plan, partial(store.save, turn) if store is not None and turn is not None else None)
+
     async def forward(
         self, request: Request, path: str, headers: dict[str, str], body: dict[str, Any], model: str, stream: bool,
         query: str = "",
@@ -134,8 +146,7 @@ class Gateway:
         """Chat Completions or Responses as a Messages forward; an upstream error keeps its status
         and ``retry-after`` but is rendered as OpenAI's (by the app's error handler)."""
         started = time.perf_counter()
-        raw = await self.read_body(request)
-        exchange = await Exchange.open(fmt, raw, request, self.responses, self.model_map, self.settings.openai)
+        exchange = await self.exchange(request, fmt, await self.read_body(request))
         plan = exchange.plan
         # Only these client headers mean something upstream (betas such as 1M context).
         sent = {k: request.headers[k] for k in ("anthropic-beta", "anthropic-version") if k in request.headers}

@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -23,13 +22,11 @@ from starlette.routing import BaseRoute
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.identity import caller
 from ccproxy_core.redis import UNAVAILABLE, as_text, unavailable_as_503
-from ccproxy_core.settings import OpenAISettings, ResponsesSettings
+from ccproxy_core.settings import ResponsesSettings
 from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.formats import OpenAIFormat
-from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.models import InputItem, InputMessage, ResponsesRequest
 from ccproxy_gateway.openai.request import Plan
-from ccproxy_gateway.openai.responses import ResponsesPlan
 from ccproxy_gateway.openai.stream import StreamTranslator, translate_stream
 from ccproxy_gateway.routes import ApiRoute
 
@@ -289,22 +286,6 @@ class Exchange:
     plan: Plan
     #: Keeps the answer; None: nothing to keep.
     save: Callable[[Item], Awaitable[None]] | None
-
-    @classmethod
-    async def open(
-        cls, fmt: OpenAIFormat, raw: dict[str, Any], request: Request, store: ResponseStore | None,
-        models: ModelMap, options: OpenAISettings,
-    ) -> Exchange:
-        """The request's plan, its stored conversation filled in (no store: the translation refuses references)."""
-        req = fmt.parse(raw)
-        turn = None
-        if fmt.stored and store is not None:
-            req, turn = await store.prepare(caller(request).id, req)
-        plan = fmt.translate(req, models, options)
-        if turn is not None and isinstance(plan, ResponsesPlan):  # what the response says about storage
-            plan.echo["store"] = turn.store
-            plan.echo["previous_response_id"] = turn.previous
-        return cls(fmt, plan, partial(store.save, turn) if store is not None and turn is not None else None)
 
     async def _keep(self, response: Item) -> None:
         if self.save is not None and response.get("status") in ("completed", "incomplete"):

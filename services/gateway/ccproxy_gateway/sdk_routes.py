@@ -31,7 +31,6 @@ from ccproxy_gateway.app import Gateway, preflight
 from ccproxy_gateway.body import validate_messages_request
 from ccproxy_gateway.openai.formats import CHAT, RESPONSES, OpenAIFormat
 from ccproxy_gateway.relay import Usage
-from ccproxy_gateway.response_store import Exchange
 from ccproxy_gateway.routes import ApiRoute
 
 #: Continues a Claude Code session (as does ``/sdk/{session_id}/v1``); every answer names its session in it.
@@ -225,8 +224,7 @@ class SdkRoutes:
                 frames = (encode_event(name, orjson.dumps(data)) async for name, data in run.rest())
                 return self._stream(request, run, frames, started)
             return JSONResponse(await self._collect(request, run, run.rest(), started), headers=run.headers)
-        gateway = self.gateway
-        exchange = await Exchange.open(fmt, body, request, gateway.responses, gateway.model_map, self.settings.openai)
+        exchange = await self.gateway.exchange(request, fmt, body)
         run = await self._start(request, exchange.plan.body, raw_options)
         records = as_text_blocks(run.rest(), self.settings.claude.pretty_format)
         if exchange.plan.stream:
