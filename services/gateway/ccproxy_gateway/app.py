@@ -135,7 +135,7 @@ class Gateway:
                                    body.get("stream") is True, query)
         if reply.is_stream and reply.status == 200:
             return self.answers.relay_upstream(request, started, reply)
-        content, usage = await self.answers.read(request, reply)
+        content, _, usage = await self.answers.read(request, reply)
         self.answers.done(request, started, usage, reply.status)
         access = request_log(request)
         if access is not None and reply.status >= 400:
@@ -161,14 +161,10 @@ class Gateway:
             frames, tr = exchange.stream(iter_events(reply))
             headers |= {"content-type": "text/event-stream", "cache-control": "no-cache"}
             return self.answers.relay_upstream(request, started, reply, frames, lambda: tr.usage, headers)
-        content, usage = await self.answers.read(request, reply)
+        _, message, usage = await self.answers.read(request, reply)
         self.answers.done(request, started, usage)
-        try:
-            message = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            raise ProxyError(502, "the upstream's answer is not valid JSON") from exc
-        if not isinstance(message, dict):
-            raise ProxyError(502, "the upstream's answer is not a message")
+        if message is None:
+            raise ProxyError(502, "the upstream's answer is not a JSON message")
         return JSONResponse(await exchange.answer(message), headers=headers)
 
 

@@ -4,6 +4,7 @@ handed as one value to billing, metrics and the access log, so the three cannot 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -124,20 +125,21 @@ class Answers:
         first = time.perf_counter() - started if first_byte is None else first_byte
         self.record(request, status, started, usage, first)
 
-    async def read(self, request: Request, reply: UpstreamReply) -> tuple[bytes, Usage]:
-        """A whole upstream answer and its usage (none unless 200), settled however the read ends
-        (a client gone midway settles nothing spent)."""
-        usage = Usage()
+    async def read(self, request: Request, reply: UpstreamReply) -> tuple[bytes, dict[str, Any] | None, Usage]:
+        """A whole upstream answer, its message (a 200's, if JSON) and usage, settled however the read
+        ends (a client gone midway settles nothing spent)."""
+        usage, message = Usage(), None
         try:
             body = await until_disconnect(request, reply.read())
-            message = orjson.loads(body) if reply.status == 200 else None
-            if isinstance(message, dict):
-                usage.tokens.model = message.get("model") or ""
-                usage.tokens.add(message.get("usage"))
-                usage.stop_reason = message.get("stop_reason")
-            return body, usage
-        except orjson.JSONDecodeError:
-            return body, usage
+            if reply.status == 200:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    message = orjson.loads(body)
+            if not isinstance(message, dict):
+                return body, None, usage
+            usage.tokens.model = message.get("model") or ""
+            usage.tokens.add(message.get("usage"))
+            usage.stop_reason = message.get("stop_reason")
+            return body, message, usage
         finally:
             reply.settle(usage.tokens)
 

@@ -45,8 +45,10 @@ class Stored(BaseModel):
     input: list[Item]
     response: Item
 
-    def items(self) -> list[Item]:
-        return [*self.input, *(self.response.get("output") or [])]
+    def items(self) -> dict[str, Item]:
+        """Its items by id (a reference is not an item of its own)."""
+        return {item["id"]: item for item in [*self.input, *(self.response.get("output") or [])]
+                if item.get("id") and item.get("type") != "item_reference"}
 
 
 def _own_items(req: ResponsesRequest) -> list[Item]:
@@ -139,8 +141,7 @@ class ResponseStore:
             stored = await self._record(owner, response_id)
             if stored is not None:
                 kept.append(response_id)
-                found |= {item["id"]: item for item in stored.items()
-                          if item.get("id") and item.get("type") != "item_reference"}
+                found |= stored.items()
         await self._touch(owner, kept)
         out = list(items)
         for i, item_id in refs.items():
@@ -180,7 +181,7 @@ class ResponseStore:
         owner, response_id = turn.owner, str(response["id"])
         stored = Stored(previous=turn.previous, input=turn.own_input, response=response)
         raw = stored.model_dump_json()
-        item_ids = [str(i["id"]) for i in stored.items() if i.get("id") and i.get("type") != "item_reference"]
+        item_ids = list(stored.items())
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self._key(owner, f"r:{response_id}"), raw, ex=self.ttl)
         if item_ids:
