@@ -53,15 +53,9 @@ STATIC = Path(__file__).parent / "static"
 
 class Gateway:
     def __init__(
-        self,
-        settings: Settings,
-        forwarder: Forwarder,
-        credential_status: Callable[[], Awaitable[CredentialStatus]],
-        metrics: Metrics | None = None,
-        access_log: AccessLogEmitter | None = None,
-        keys: KeyAuthority | None = None,
-        responses: ResponseStore | None = None,
-        redis: Redis | None = None,
+        self, settings: Settings, forwarder: Forwarder, credential_status: Callable[[], Awaitable[CredentialStatus]],
+        metrics: Metrics | None = None, access_log: AccessLogEmitter | None = None, keys: KeyAuthority | None = None,
+        responses: ResponseStore | None = None, redis: Redis | None = None,
     ) -> None:
         self.settings = settings
         # What answers cost in the access log and metrics (auth settles keys at the same prices).
@@ -136,7 +130,7 @@ class Gateway:
         if reply.is_stream and reply.status == 200:
             return self.answers.relay_upstream(request, started, reply)
         content, _, usage = await self.answers.read(request, reply)
-        self.answers.done(request, started, usage, reply.status)
+        self.answers.record(request, reply.status, started, usage, time.perf_counter() - started)
         access = request_log(request)
         if access is not None and reply.status >= 400:
             access.draft.error_type = (parse_anthropic_error(content) or ("api_error", ""))[0]
@@ -162,7 +156,7 @@ class Gateway:
             headers |= {"content-type": "text/event-stream", "cache-control": "no-cache"}
             return self.answers.relay_upstream(request, started, reply, frames, lambda: tr.usage, headers)
         _, message, usage = await self.answers.read(request, reply)
-        self.answers.done(request, started, usage)
+        self.answers.record(request, 200, started, usage, time.perf_counter() - started)
         if message is None:
             raise ProxyError(502, "the upstream's answer is not a JSON message")
         return JSONResponse(await exchange.answer(message), headers=headers)

@@ -86,7 +86,6 @@ class ResponseStore:
     def _key(self, owner: str, what: str) -> str:
         return f"{self.prefix}{owner}:{what}"
 
-
     async def prepare(self, owner: str, req: ResponsesRequest) -> tuple[ResponsesRequest, Turn]:
         """The request with its whole conversation in ``input`` (the chain before it, references
         resolved), and what to store once it is answered."""
@@ -152,7 +151,6 @@ class ResponseStore:
                 raise ProxyError(404, f"Item with id '{item_id}' not found.", "not_found_error", param=at)
         return out
 
-
     async def _record(self, owner: str, response_id: str) -> Stored | None:
         raw = await self.redis.get(self._key(owner, f"r:{response_id}"))
         return None if raw is None else Stored.model_validate_json(raw)
@@ -171,7 +169,6 @@ class ResponseStore:
         if stored is None:
             raise ProxyError(404, f"Response with id '{response_id}' not found.", "not_found_error")
         return owner, response_id, stored
-
 
     async def save(self, turn: Turn, response: Item) -> None:
         """Keep an answered response. A Redis failure here is logged, not raised: the client has

@@ -238,26 +238,19 @@ class SdkRoutes:
         options = check_overrides(raw_options, self.settings)
         named = request.path_params.get("session_id") or request.headers.get(SESSION_HEADER)
         user = caller(request)
-        key_id, key_name = user.id, "" if user == LOCAL else user.name
-        job = SdkJob(
-            id=uuid.uuid4().hex,
-            body=body,
-            # A name is the caller's own: another key's "demo" is another session.
-            session_id=session_uuid(named, key_id) if named else str(uuid.uuid4()),
-            options=options,
-            key_id=key_id,
-            key_name=key_name,
-            key=user.key,
-        )
+        # A name is the caller's own: another key's "demo" is another session.
+        session_id = session_uuid(named, user.id) if named else str(uuid.uuid4())
+        job = SdkJob(id=uuid.uuid4().hex, body=body, session_id=session_id, options=options, key_id=user.id,
+                     key_name="" if user == LOCAL else user.name, key=user.key)
         if named:  # a session id from an answer of someone else's is nobody's business here
             async with unavailable_as_503("SDK mode"):
-                await own_session(self.queue.redis, self.queue.keys, str(job.session_id), key_id,
+                await own_session(self.queue.redis, self.queue.keys, session_id, user.id,
                                   self.settings.claude.session_ttl)
         access = request_log(request)
         if access is not None:
             d = access.draft
             d.mode, d.model_requested = "sdk", str(body.get("model") or "")
-            d.stream, d.sdk_session_id = body.get("stream") is True, job.session_id or ""
+            d.stream, d.sdk_session_id = body.get("stream") is True, session_id
         # Admitted like one API request (a refused run is never queued), released at once: its /api calls are billed.
         if self.gateway.meter is not None:
             self.gateway.meter.settle(await self.gateway.meter.admit(user.key, body), TokenUsage())
@@ -286,8 +279,8 @@ class SdkRoutes:
             return accumulate(events)
         finally:
             self._note(request, run)
-            first = run.first_output - started if run.first_output is not None else None
-            self.gateway.answers.done(request, started, run.usage(), first_byte=first)
+            first = (run.first_output or time.perf_counter()) - started
+            self.gateway.answers.record(request, 200, started, run.usage(), first)
 
     def _stream(self, request: Request, run: SdkRun, frames: AsyncIterator[bytes], started: float) -> Response:
         async def relayed() -> AsyncIterator[bytes]:
