@@ -55,13 +55,15 @@ class Gateway:
     def __init__(
         self, settings: Settings, forwarder: Forwarder, credential_status: Callable[[], Awaitable[CredentialStatus]],
         metrics: Metrics | None = None, access_log: AccessLogEmitter | None = None, keys: KeyAuthority | None = None,
-        responses: ResponseStore | None = None, redis: Redis | None = None,
+        redis: Redis | None = None,
     ) -> None:
         self.settings = settings
         # What answers cost in the access log and metrics (auth settles keys at the same prices).
         pricing.configure(settings.pricing.overrides)
-        #: The Responses API's store (``previous_response_id``, ``item_reference``); None: none.
-        self.responses = responses
+        #: The Responses API's store (``previous_response_id``, ``item_reference``) on the process's one
+        #: Redis client (any replica continues any response); None without Redis.
+        self.responses = (ResponseStore(redis, settings.responses, settings.redis.key_prefix) if redis is not None
+                          else None)
         self.forwarder = forwarder
         self.credential_status = credential_status
         self.metrics = metrics or Metrics("gateway").guarded(settings.security.metrics_token)
