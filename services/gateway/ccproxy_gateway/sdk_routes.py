@@ -47,67 +47,56 @@ class SdkRun:
     def __init__(self, queue: SdkQueue, job: SdkJob, records: AsyncIterator[tuple[str, Any]]) -> None:
         self.queue = queue
         self.job = job
-        self._records = records
         self.head: list[tuple[str, Any]] = []
         self.result: SdkResult | None = None
         self.error: dict[str, Any] | None = None
-        #: Nothing more is read (the run's end, an error, or the request gave up on it).
+        #: Nothing more to read (the run's end, an error, or the request gave up on it).
         self.done = False
         self.first_output: float | None = None
         self.headers = {SESSION_HEADER: job.session_id or ""}
+        self._relayed = self._relay(records)
 
-    async def _next(self) -> tuple[str, Any] | None:
-        """The next record worth relaying (bookkeeping absorbed); None at the end."""
-        while not self.done:
-            try:
-                name, data = await self._records.__anext__()
-            except StopAsyncIteration:
-                break
-            except ProxyError as exc:  # no worker in time, the worker died, the run timed out
-                if self.first_output is None:
-                    raise  # still time for a status code (and its retry-after)
-                self.done = True
-                self.error = {"status": exc.status, "type": exc.error_type, "message": exc.message}
-                return ERROR, self.error
-            if name == START:
-                continue
-            if name == RESULT:
-                self.result = SdkResult.model_validate(data)
-                continue
-            if name == END:
-                break
-            if name == ERROR:
-                self.error = data
-            elif self.first_output is None and name != "ping":
-                self.first_output = time.perf_counter()
-            return name, data
+    async def _relay(self, records: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
+        """The records worth relaying (bookkeeping absorbed)."""
+        try:
+            async for name, data in records:
+                if name == END:
+                    break
+                if name == RESULT:
+                    self.result = SdkResult.model_validate(data)
+                elif name == ERROR:
+                    self.error = data
+                    yield name, data
+                elif name != START:
+                    if self.first_output is None and name != "ping":
+                        self.first_output = time.perf_counter()
+                    yield name, data
+        except ProxyError as exc:  # no worker in time, the worker died, the run timed out
+            if self.first_output is None:
+                raise  # still time for a status code (and its retry-after)
+            self.done = True
+            self.error = {"status": exc.status, "type": exc.error_type, "message": exc.message}
+            yield ERROR, self.error
         self.done = True
-        return None
 
     async def wait_head(self) -> None:
         """Read until the first output; an error before it is raised as the answer's status."""
-        while True:
-            record = await self._next()
-            if record is None:
-                raise ProxyError(502, "the sdk-worker ended the run without an answer")
-            if record[0] == ERROR:
-                data = record[1]
+        async for name, data in self._relayed:
+            if name == ERROR:
                 raise ProxyError(int(data.get("status", 500)), str(data.get("message")), data.get("type"))
-            if record[0] == "ping":
-                continue
-            self.head.append(record)
-            return
+            if name != "ping":
+                self.head.append((name, data))
+                return
+        raise ProxyError(502, "the sdk-worker ended the run without an answer")
 
     async def rest(self) -> AsyncIterator[tuple[str, Any]]:
         """The head, then every later record to the end (errors as Anthropic ``error`` events)."""
         for record in self.head:
             yield record
         self.head = []
-        while (nxt := await self._next()) is not None:
-            name, data = nxt
+        async for name, data in self._relayed:
             if name == ERROR:
-                body = orjson.loads(anthropic_error_body(str(data.get("type")), str(data.get("message"))))
-                yield "error", body
+                yield "error", orjson.loads(anthropic_error_body(str(data.get("type")), str(data.get("message"))))
             else:
                 yield name, data
 
@@ -133,8 +122,7 @@ async def as_text_blocks(records: AsyncIterator[tuple[str, Any]], pretty: bool) 
             block.pop("source", None)
             text = orjson.dumps(block, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
             index = data.get("index", 0)
-            text_block = {"type": "text", "text": ""}
-            yield name, {"type": "content_block_start", "index": index, "content_block": text_block}
+            yield name, {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
             yield "content_block_delta", {
                 "type": "content_block_delta", "index": index,
                 "delta": {"type": "text_delta", "text": f"\n<{kind}>\n{text}\n</{kind}>\n"},
