@@ -14,7 +14,6 @@ from ccproxy_core.redis import connect
 from ccproxy_core.settings import Settings
 from ccproxy_forwarder.forwarder import ApiForwarder
 from ccproxy_gateway.app import Gateway, create_app
-from ccproxy_gateway.response_store import ResponseStore
 from ccproxy_gateway.sdk_routes import SdkRoutes
 from ccproxy_permissions.broker import PermissionBroker
 from ccproxy_permissions.service import routes as permission_routes
@@ -27,8 +26,7 @@ def build_local_app(settings: Settings) -> Starlette:
     # The account pool (named accounts, else the CLI login) and, with REDIS__URL, client keys.
     tokens, keys = local_accounts(settings, redis)
     forwarder = ApiForwarder(settings.anthropic, tokens)
-    responses = ResponseStore(redis, settings.responses, settings.redis.key_prefix)
-    gateway = Gateway(settings, forwarder, tokens.status, keys=keys, responses=responses, redis=redis)
+    gateway = Gateway(settings, forwarder, tokens.status, keys=keys, redis=redis)
     tokens.attach_metrics(gateway.metrics)
     analytics = Analytics(settings, redis, metrics=gateway.metrics)
     sdk = SdkRoutes(gateway, redis)  # runs on the in-process worker below, through the same Redis

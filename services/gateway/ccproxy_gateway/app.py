@@ -1,6 +1,5 @@
 """The gateway's public API as a Starlette app: plain route functions over a :class:`Gateway`,
-which holds what they share (settings, the forwarder, client auth, metrics, the access log).
-"""
+which holds what they share (settings, the forwarder, client auth, metrics, the access log)."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from starlette.types import Scope
 
 from ccproxy_core import pricing
 from ccproxy_core.access_log import AccessLogEmitter
-from ccproxy_core.client_keys import KeyAuthority
+from ccproxy_core.client_keys import CachedKeys, KeyAuthority
 from ccproxy_core.errors import ProxyError, parse_anthropic_error, render_error, upstream_error
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
 from ccproxy_core.identity import ClosedMount, KeyBackend, RunTokens, caller, caller_middleware, guard_routes, public
@@ -36,14 +35,14 @@ from ccproxy_core.streaming import until_disconnect
 from ccproxy_core.tokens import CredentialStatus
 from ccproxy_gateway.access import AccessLogMiddleware, request_log
 from ccproxy_gateway.body import read_json_object, validate_messages_request
-from ccproxy_gateway.metering import KeyMeter, MeteredForwarder, keys_enabled
+from ccproxy_gateway.metering import KeyMeter, MeteredForwarder
 from ccproxy_gateway.model_catalog import ModelCatalog
 from ccproxy_gateway.openai.chat import CHAT
 from ccproxy_gateway.openai.model_map import ModelMap
-from ccproxy_gateway.openai.responses import RESPONSES
-from ccproxy_gateway.openai.stream import OpenAIFormat, translate_stream
+from ccproxy_gateway.openai.responses import RESPONSES, ResponsesPlan
+from ccproxy_gateway.openai.stream import OpenAIFormat
 from ccproxy_gateway.relay import Answers, client_headers
-from ccproxy_gateway.response_store import ResponseStore, keep, kept_stream, plan_request
+from ccproxy_gateway.response_store import Exchange, ResponseStore
 from ccproxy_gateway.routes import ApiRoute, error_format, metered
 
 log = logging.getLogger(__name__)
@@ -55,21 +54,17 @@ STATIC = Path(__file__).parent / "static"
 
 class Gateway:
     def __init__(
-        self,
-        settings: Settings,
-        forwarder: Forwarder,
-        credential_status: Callable[[], Awaitable[CredentialStatus]],
-        metrics: Metrics | None = None,
-        access_log: AccessLogEmitter | None = None,
-        keys: KeyAuthority | None = None,
-        responses: ResponseStore | None = None,
+        self, settings: Settings, forwarder: Forwarder, credential_status: Callable[[], Awaitable[CredentialStatus]],
+        metrics: Metrics | None = None, access_log: AccessLogEmitter | None = None, keys: KeyAuthority | None = None,
         redis: Redis | None = None,
     ) -> None:
         self.settings = settings
         # What answers cost in the access log and metrics (auth settles keys at the same prices).
         pricing.configure(settings.pricing.overrides)
-        #: The Responses API's store (``previous_response_id``, ``item_reference``); None: none.
-        self.responses = responses
+        #: The Responses API's store (``previous_response_id``, ``item_reference``) on the process's one
+        #: Redis client (any replica continues any response); None without Redis.
+        self.responses = (ResponseStore(redis, settings.responses, settings.redis.key_prefix) if redis is not None
+                          else None)
         self.forwarder = forwarder
         self.credential_status = credential_status
         self.metrics = metrics or Metrics("gateway").guarded(settings.security.metrics_token)
@@ -80,7 +75,9 @@ class Gateway:
                           else AccessLogEmitter(None, "", metrics=self.metrics))
         self.access_log = access_log
         token = settings.security.auth_token
-        keys = keys_enabled(keys, settings.security.key_cache_seconds)  # None: the shared token only
+        if keys is not None and not isinstance(keys, CachedKeys):  # None: the shared token only
+            # Lookups cached: revocation reaches every replica within SECURITY__KEY_CACHE_SECONDS.
+            keys = CachedKeys(keys, settings.security.key_cache_seconds)
         runs = RunTokens(redis, settings.redis.key_prefix) if redis is not None else None  # SDK runs' own
         self.auth = KeyBackend(token.get_secret_value() if token else None, keys, runs)
         #: Admission and settlement of limited keys, for API mode (the forwarder) and SDK mode.
@@ -96,6 +93,17 @@ class Gateway:
 
     async def read_body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(request, self.settings.server.max_body_bytes)
+
+    async def exchange(self, request: Request, fmt: OpenAIFormat, raw: dict[str, Any]) -> Exchange:
+        """The request's plan, its stored conversation filled in (no store: the translation refuses references)."""
+        req, turn, store = fmt.parse(raw), None, self.responses
+        if fmt.stored and store is not None:
+            req, turn = await store.prepare(caller(request).id, req)
+        plan = fmt.translate(req, self.model_map, self.settings.openai)
+        if turn is not None and isinstance(plan, ResponsesPlan):  # what the response says about storage
+            plan.echo["store"] = turn.store
+            plan.echo["previous_response_id"] = turn.previous
+        return Exchange(fmt, plan, partial(store.save, turn) if store is not None and turn is not None else None)
 
     async def forward(
         self, request: Request, path: str, headers: dict[str, str], body: dict[str, Any], model: str, stream: bool,
@@ -124,8 +132,8 @@ class Gateway:
                                    body.get("stream") is True, query)
         if reply.is_stream and reply.status == 200:
             return self.answers.relay_upstream(request, started, reply)
-        content, usage = await self.answers.read(request, reply)
-        self.answers.done(request, started, usage, reply.status)
+        content, _, usage = await self.answers.read(request, reply)
+        self.answers.record(request, reply.status, started, usage, time.perf_counter() - started)
         access = request_log(request)
         if access is not None and reply.status >= 400:
             access.draft.error_type = (parse_anthropic_error(content) or ("api_error", ""))[0]
@@ -135,9 +143,8 @@ class Gateway:
         """Chat Completions or Responses as a Messages forward; an upstream error keeps its status
         and ``retry-after`` but is rendered as OpenAI's (by the app's error handler)."""
         started = time.perf_counter()
-        store = self.responses
-        raw = await self.read_body(request)
-        plan, turn = await plan_request(fmt, raw, request, store, self.model_map, self.settings.openai)
+        exchange = await self.exchange(request, fmt, await self.read_body(request))
+        plan = exchange.plan
         # Only these client headers mean something upstream (betas such as 1M context).
         sent = {k: request.headers[k] for k in ("anthropic-beta", "anthropic-version") if k in request.headers}
         reply = await self.forward(request, "/v1/messages", sent, plan.body, plan.client_model, plan.stream)
@@ -148,21 +155,19 @@ class Gateway:
         if "request-id" in headers:
             headers["x-request-id"] = headers["request-id"]
         if plan.stream:
-            tr = fmt.translator(plan)
-            frames = kept_stream(translate_stream(iter_events(reply), tr), tr, store, turn)
+            frames, tr = exchange.stream(iter_events(reply))
             headers |= {"content-type": "text/event-stream", "cache-control": "no-cache"}
             return self.answers.relay_upstream(request, started, reply, frames, lambda: tr.usage, headers)
-        content, usage = await self.answers.read(request, reply)
-        self.answers.done(request, started, usage)
-        try:
-            message = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            raise ProxyError(502, "the upstream's answer is not valid JSON") from exc
-        if not isinstance(message, dict):
-            raise ProxyError(502, "the upstream's answer is not a message")
-        answer = fmt.whole(message, plan)
-        await keep(store, turn, answer)
-        return JSONResponse(answer, headers=headers)
+        _, message, usage = await self.answers.read(request, reply)
+        self.answers.record(request, 200, started, usage, time.perf_counter() - started)
+        if message is None:
+            raise ProxyError(502, "the upstream's answer is not a JSON message")
+        return JSONResponse(await exchange.answer(message), headers=headers)
+
+
+async def preflight(request: Request) -> Response:
+    """Older Claude Code versions send HEAD to the base URL before anything else."""
+    return Response(status_code=200)
 
 
 class HeadProbe(Route):
@@ -180,10 +185,6 @@ def create_app(
     """``lifespan`` (:func:`ccproxy_core.lifespan.lifespan`): the parts the caller starts and stops."""
     messages = partial(gateway.forward_anthropic, path="/v1/messages")
     count_tokens = partial(gateway.forward_anthropic, path="/v1/messages/count_tokens")
-
-    async def preflight(request: Request) -> Response:
-        # Older Claude Code versions send HEAD to the base URL before anything else.
-        return Response(status_code=200)
 
     async def dashboard(request: Request) -> Response:
         return FileResponse(STATIC / "dashboard.html", headers={"cache-control": "no-cache"})

@@ -1,8 +1,7 @@
 """Per-member client keys at the gateway: the one place a limited key's request is *admitted*
 (rate limits and budget reserved atomically by auth) before it costs anything, and *settled*
 with its real usage after. Every upstream call goes through :class:`MeteredForwarder`, so an SDK
-run's calls (made with its run token) are metered like the member's own API requests.
-"""
+run's calls (made with its run token) are metered like the member's own API requests."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ccproxy_core.client_keys import Admission, CachedKeys, KeyAuthority, KeyInfo
+from ccproxy_core.client_keys import Admission, KeyAuthority, KeyInfo
 from ccproxy_core.forwarding import Forwarder, ForwardRequest, UpstreamReply
 from ccproxy_core.models import TokenUsage
 
@@ -26,7 +25,8 @@ class KeyMeter:
 
     def __init__(self, keys: KeyAuthority) -> None:
         self.keys = keys
-        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Settlements in flight, kept referenced until done.
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     async def admit(self, key: KeyInfo | None, body: Mapping[str, Any]) -> Admission | None:
         """Reserve for a Messages ``body``; None for a key without limits (nothing to settle).
@@ -50,13 +50,8 @@ class KeyMeter:
                 log.warning("could not settle the usage of key %s: %s", admission.key_id, exc)
 
         task = asyncio.get_running_loop().create_task(settle())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def drain(self) -> None:
-        """Wait for settlements in flight (shutdown, tests)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
 
 class MeteredForwarder:
@@ -80,9 +75,3 @@ class MeteredForwarder:
             reply.on_usage = lambda usage: self.meter.settle(admission, usage)
         return reply
 
-
-def keys_enabled(keys: KeyAuthority | None, ttl: float) -> KeyAuthority | None:
-    """The key authority with its lookups cached (revocation reaches every replica within ttl)."""
-    if keys is None:
-        return None
-    return keys if isinstance(keys, CachedKeys) else CachedKeys(keys, ttl)

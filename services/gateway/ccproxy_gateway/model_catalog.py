@@ -1,7 +1,6 @@
 """``GET /v1/models``: the upstream's list (it knows models the packaged ``models.json`` does not
 yet), cached per query string for ``ANTHROPIC__MODELS_CACHE_SECONDS`` (IDEs poll it); the static
-list when the upstream cannot answer, so a listing never fails.
-"""
+list when the upstream cannot answer, so a listing never fails."""
 
 from __future__ import annotations
 

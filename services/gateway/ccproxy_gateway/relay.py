@@ -4,6 +4,7 @@ handed as one value to billing, metrics and the access log, so the three cannot 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class Answers:
         self.metrics = metrics
 
     def record(self, request: Request, status: int, started: float, usage: Usage, first_byte: float | None) -> None:
+        """An answer's usage and times to the access log and metrics (``first_byte``: seconds in)."""
         m, tokens, route, access = self.metrics, usage.tokens, route_label(request.scope), request_log(request)
         cost = tokens.cost()
         key = access.draft.key_id if access is not None else ""
@@ -119,39 +121,28 @@ class Answers:
             if cost:
                 m.cost.labels(m.service, tokens.model, key).inc(cost)
 
-    def done(self, request: Request, started: float, usage: Usage, status: int = 200,
-             first_byte: float | None = None) -> None:
-        first = time.perf_counter() - started if first_byte is None else first_byte
-        self.record(request, status, started, usage, first)
-
-    async def read(self, request: Request, reply: UpstreamReply) -> tuple[bytes, Usage]:
-        """A whole upstream answer and its usage (none unless 200), settled however the read ends
-        (a client gone midway settles nothing spent)."""
-        usage = Usage()
+    async def read(self, request: Request, reply: UpstreamReply) -> tuple[bytes, dict[str, Any] | None, Usage]:
+        """A whole upstream answer, its message (a 200's, if JSON) and usage, settled however the read
+        ends (a client gone midway settles nothing spent)."""
+        usage, message = Usage(), None
         try:
             body = await until_disconnect(request, reply.read())
-            message = orjson.loads(body) if reply.status == 200 else None
-            if isinstance(message, dict):
-                usage.tokens.model = message.get("model") or ""
-                usage.tokens.add(message.get("usage"))
-                usage.stop_reason = message.get("stop_reason")
-            return body, usage
-        except orjson.JSONDecodeError:
-            return body, usage
+            if reply.status == 200:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    message = orjson.loads(body)
+            if not isinstance(message, dict):
+                return body, None, usage
+            usage.tokens.model = message.get("model") or ""
+            usage.tokens.add(message.get("usage"))
+            usage.stop_reason = message.get("stop_reason")
+            return body, message, usage
         finally:
             reply.settle(usage.tokens)
 
     def stream(
-        self,
-        request: Request,
-        started: float,
-        frames: AsyncIterator[bytes],
-        usage: Callable[[], Usage],
-        end: Callable[[Usage], Awaitable[None]],
-        headers: dict[str, str],
-        status: int = 200,
-        feed: Callable[[bytes], None] | None = None,
-        on_error: Callable[[ProxyError], bytes] | None = None,
+        self, request: Request, started: float, frames: AsyncIterator[bytes], usage: Callable[[], Usage],
+        end: Callable[[Usage], Awaitable[None]], headers: dict[str, str], status: int = 200,
+        feed: Callable[[bytes], None] | None = None, on_error: Callable[[ProxyError], bytes] | None = None,
     ) -> Response:
         """Relay ``frames``; when it ends, ``end(usage)`` settles and closes the source, then the
         same usage goes to metrics and the access log (which waits for it)."""

@@ -1,18 +1,19 @@
 """The Responses API's store (``store``, ``previous_response_id``, ``item_reference``) in Redis, under
 ``{REDIS__KEY_PREFIX}responses:{owner}:`` (the caller's key id: another key's responses are a 404): ``r:{id}``
 one ``Stored`` with only its request's own input (a conversation is rebuilt along ``previous``), ``items`` item
-id -> response id, ``meta``/``bytes`` for the size cap. Kept RESPONSES__RETENTION_DAYS, renewed when continued."""
+id -> response id, ``saved`` response ids by time saved and ``bytes`` (an upper bound of their size) for the
+size cap. Kept RESPONSES__RETENTION_DAYS, renewed when continued."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,12 +22,11 @@ from starlette.routing import BaseRoute
 from ccproxy_core.errors import ProxyError, validation_error
 from ccproxy_core.identity import caller
 from ccproxy_core.redis import UNAVAILABLE, as_text, unavailable_as_503
-from ccproxy_core.settings import OpenAISettings, ResponsesSettings
-from ccproxy_gateway.openai.model_map import ModelMap
+from ccproxy_core.settings import ResponsesSettings
+from ccproxy_core.sse import ServerSentEvent
 from ccproxy_gateway.openai.models import InputItem, InputMessage, ResponsesRequest
 from ccproxy_gateway.openai.request import Plan
-from ccproxy_gateway.openai.responses import ResponsesPlan
-from ccproxy_gateway.openai.stream import OpenAIFormat
+from ccproxy_gateway.openai.stream import OpenAIFormat, StreamTranslator, translate_stream
 from ccproxy_gateway.routes import ApiRoute
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ Item = dict[str, Any]
 _ITEMS = TypeAdapter(list[InputItem])
 #: Id prefixes OpenAI uses, for stored input items the client sent without an id.
 _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
-_INDEXES = ("items", "meta", "bytes")
+_INDEXES = ("items", "saved", "bytes")
 
 
 class Stored(BaseModel):
@@ -44,22 +44,10 @@ class Stored(BaseModel):
     input: list[Item]
     response: Item
 
-    def items(self) -> list[Item]:
-        return [*self.input, *(self.response.get("output") or [])]
-
-
-class Meta(BaseModel):
-    """What eviction needs to know of a stored response without reading it."""
-
-    bytes: int = 0
-    at: float = 0
-    items: list[str] = Field(default_factory=list)
-
-
-def owner_of(request: Request) -> str:
-    """The caller's id (its client key's; ``LEAD.id`` for the shared token, ``LOCAL.id`` without
-    client auth)."""
-    return caller(request).id
+    def items(self) -> dict[str, Item]:
+        """Its items by id (a reference is not an item of its own)."""
+        return {item["id"]: item for item in [*self.input, *(self.response.get("output") or [])]
+                if item.get("id") and item.get("type") != "item_reference"}
 
 
 def _own_items(req: ResponsesRequest) -> list[Item]:
@@ -95,10 +83,7 @@ class ResponseStore:
         self.ttl = max(1, int(settings.retention_days * 86400))
 
     def _key(self, owner: str, what: str) -> str:
-        """``r:{id}`` or one of the owner's indexes (module docstring)."""
         return f"{self.prefix}{owner}:{what}"
-
-    # -- a request's input -----------------------------------------------------------------------
 
     async def prepare(self, owner: str, req: ResponsesRequest) -> tuple[ResponsesRequest, Turn]:
         """The request with its whole conversation in ``input`` (the chain before it, references
@@ -154,8 +139,7 @@ class ResponseStore:
             stored = await self._record(owner, response_id)
             if stored is not None:
                 kept.append(response_id)
-                found |= {item["id"]: item for item in stored.items()
-                          if item.get("id") and item.get("type") != "item_reference"}
+                found |= stored.items()
         await self._touch(owner, kept)
         out = list(items)
         for i, item_id in refs.items():
@@ -165,8 +149,6 @@ class ResponseStore:
                 at = f"input.{i}" if where == "input" else where
                 raise ProxyError(404, f"Item with id '{item_id}' not found.", "not_found_error", param=at)
         return out
-
-    # -- reads -----------------------------------------------------------------------------------
 
     async def _record(self, owner: str, response_id: str) -> Stored | None:
         raw = await self.redis.get(self._key(owner, f"r:{response_id}"))
@@ -181,13 +163,11 @@ class ResponseStore:
 
     async def _found(self, request: Request) -> tuple[str, str, Stored]:
         """(owner, response id, the stored response) of a route's ``{response_id}``: the caller's own only."""
-        owner, response_id = owner_of(request), request.path_params["response_id"]
+        owner, response_id = caller(request).id, request.path_params["response_id"]
         stored = await self._record(owner, response_id)
         if stored is None:
             raise ProxyError(404, f"Response with id '{response_id}' not found.", "not_found_error")
         return owner, response_id, stored
-
-    # -- writes ----------------------------------------------------------------------------------
 
     async def save(self, turn: Turn, response: Item) -> None:
         """Keep an answered response. A Redis failure here is logged, not raised: the client has
@@ -197,13 +177,12 @@ class ResponseStore:
         owner, response_id = turn.owner, str(response["id"])
         stored = Stored(previous=turn.previous, input=turn.own_input, response=response)
         raw = stored.model_dump_json()
-        item_ids = [str(i["id"]) for i in stored.items() if i.get("id") and i.get("type") != "item_reference"]
-        meta = Meta(bytes=len(raw), at=time.time(), items=item_ids)
+        item_ids = list(stored.items())
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self._key(owner, f"r:{response_id}"), raw, ex=self.ttl)
         if item_ids:
             pipe.hset(self._key(owner, "items"), mapping=dict.fromkeys(item_ids, response_id))
-        pipe.hset(self._key(owner, "meta"), mapping={response_id: meta.model_dump_json()})
+        pipe.zadd(self._key(owner, "saved"), {response_id: time.time()})
         pipe.incrby(self._key(owner, "bytes"), len(raw))
         for what in _INDEXES:
             pipe.expire(self._key(owner, what), self.ttl)
@@ -214,40 +193,35 @@ class ResponseStore:
         except UNAVAILABLE as exc:
             log.warning("response store: could not keep a response (%s)", type(exc).__name__)
 
-    async def _forget(self, owner: str, metas: dict[str, Meta]) -> None:
-        """Remove responses (response id -> its ``Meta``) and their index entries."""
+    async def _forget(self, owner: str, response_ids: set[str]) -> None:
+        """Remove responses and their index entries (``bytes`` stays an upper bound: ``_evict`` recounts)."""
+        holders = await self.redis.hgetall(self._key(owner, "items"))  # type: ignore[misc]
+        items = [item for item, holder in holders.items() if as_text(holder) in response_ids]
         pipe = self.redis.pipeline(transaction=True)
-        for response_id, meta in metas.items():
-            pipe.delete(self._key(owner, f"r:{response_id}"))
-            pipe.hdel(self._key(owner, "meta"), response_id)
-            if meta.items:
-                pipe.hdel(self._key(owner, "items"), *meta.items)
-        if freed := sum(meta.bytes for meta in metas.values()):
-            pipe.decrby(self._key(owner, "bytes"), freed)
+        pipe.delete(*(self._key(owner, f"r:{r}") for r in response_ids))
+        pipe.zrem(self._key(owner, "saved"), *response_ids)
+        if items:
+            pipe.hdel(self._key(owner, "items"), *items)
         await pipe.execute()
 
     async def _evict(self, owner: str) -> None:
         """Over ``RESPONSES__MAX_BYTES_PER_KEY``: forget what expired, then the oldest responses
         until the key is under its cap again (approximate when replicas write at once)."""
-        raw = await self.redis.hgetall(self._key(owner, "meta"))  # type: ignore[misc]
-        metas = {as_text(k): Meta.model_validate_json(v) for k, v in raw.items()}
+        saved = [as_text(r) for r in await self.redis.zrange(self._key(owner, "saved"), 0, -1)]  # oldest first
         pipe = self.redis.pipeline(transaction=False)
-        for response_id in metas:
-            pipe.exists(self._key(owner, f"r:{response_id}"))
-        alive = dict(zip(metas, await pipe.execute(), strict=True))
-        evicted = {r: meta for r, meta in metas.items() if not alive[r]}
-        total = sum(meta.bytes for r, meta in metas.items() if alive[r])
-        for response_id in sorted((r for r in metas if alive[r]), key=lambda r: metas[r].at):
+        for response_id in saved:
+            pipe.strlen(self._key(owner, f"r:{response_id}"))  # 0: expired
+        sizes = dict(zip(saved, await pipe.execute(), strict=True))
+        total = sum(sizes.values())
+        evicted = {r for r, size in sizes.items() if not size}
+        for response_id in saved:
             if total <= self.settings.max_bytes_per_key:
                 break
-            total -= metas[response_id].bytes
-            evicted[response_id] = metas[response_id]
+            total -= sizes[response_id]
+            evicted.add(response_id)
         if evicted:
             await self._forget(owner, evicted)
-            # The count, recomputed: what expired on its own was still in it.
-            await self.redis.set(self._key(owner, "bytes"), max(total, 0), ex=self.ttl)
-
-    # -- GET /v1/responses/{id}, its input_items, DELETE, as OpenAI documents them --------------
+        await self.redis.set(self._key(owner, "bytes"), total, ex=self.ttl)
 
     def routes(self, prefixes: tuple[str, ...]) -> list[BaseRoute]:
         out: list[BaseRoute] = []
@@ -269,8 +243,7 @@ class ResponseStore:
     async def delete(self, request: Request) -> Response:
         async with unavailable_as_503("the response store"):
             owner, response_id, _ = await self._found(request)
-            raw = await self.redis.hget(self._key(owner, "meta"), response_id)  # type: ignore[misc]
-            await self._forget(owner, {response_id: Meta.model_validate_json(raw) if raw else Meta()})
+            await self._forget(owner, {response_id})
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
     async def input_items(self, request: Request) -> Response:
@@ -302,45 +275,40 @@ class ResponseStore:
         })
 
 
-# --- what the routes use ---------------------------------------------------------------------------
+@dataclass(slots=True)
+class Exchange:
+    """One OpenAI request in either mode (API, SDK): its plan, and its answer kept when it asks to be."""
 
+    fmt: OpenAIFormat
+    plan: Plan
+    #: Keeps the answer; None: nothing to keep.
+    save: Callable[[Item], Awaitable[None]] | None
 
-async def plan_request(
-    fmt: OpenAIFormat, raw: dict[str, Any], request: Request, store: ResponseStore | None, models: ModelMap,
-    options: OpenAISettings,
-) -> tuple[Plan, Turn | None]:
-    """The request's plan, its stored conversation filled in (no store: the translation refuses
-    references), and the turn to keep once answered (None: nothing to keep)."""
-    req = fmt.parse(raw)
-    turn = None
-    if fmt.stored and store is not None:
-        req, turn = await store.prepare(owner_of(request), req)
-    plan = fmt.translate(req, models, options)
-    if turn is not None and isinstance(plan, ResponsesPlan):  # what the response says about storage
-        plan.echo["store"] = turn.store
-        plan.echo["previous_response_id"] = turn.previous
-    return plan, turn
+    async def _keep(self, response: Item) -> None:
+        if self.save is not None and response.get("status") in ("completed", "incomplete"):
+            await self.save(response)
 
+    async def answer(self, message: dict[str, Any]) -> Item:
+        """The client's whole answer to an Anthropic ``message``, kept."""
+        answer = self.fmt.whole(message, self.plan)
+        await self._keep(answer)
+        return answer
 
-async def keep(store: ResponseStore | None, turn: Turn | None, response: Item) -> None:
-    if store is not None and turn is not None and response.get("status") in ("completed", "incomplete"):
-        await store.save(turn, response)
+    def stream(self, events: AsyncIterator[ServerSentEvent]) -> tuple[AsyncIterator[bytes], StreamTranslator[Any]]:
+        """The client's frames of an Anthropic stream, and their translator (its usage). The response is
+        kept *before* its ``response.completed`` goes out, so a client that continues it at once finds it."""
+        translator = self.fmt.translator(self.plan)
+        frames = translate_stream(events, translator)
+        if self.save is None:
+            return frames, translator
 
+        async def kept() -> AsyncIterator[bytes]:
+            saved = None
+            async for frame in frames:
+                response = getattr(translator, "response", None)
+                if saved is None and response is not None:
+                    saved = response
+                    await self._keep(saved)
+                yield frame
 
-def kept_stream(
-    frames: AsyncIterator[bytes], translator: Any, store: ResponseStore | None, turn: Turn | None,
-) -> AsyncIterator[bytes]:
-    """The stream's frames, the response stored *before* its ``response.completed`` goes out, so a
-    client that continues it at once finds it."""
-    if store is None or turn is None:
-        return frames
-
-    async def kept() -> AsyncIterator[bytes]:
-        saved = None
-        async for frame in frames:
-            if saved is None and translator.response is not None:
-                saved = translator.response
-                await keep(store, turn, saved)
-            yield frame
-
-    return kept()
+        return kept(), translator

@@ -19,14 +19,8 @@ SpokenFormat = Literal["anthropic", "openai-chat", "openai-responses"]
 
 class ApiRoute(Route):
     def __init__(
-        self,
-        path: str,
-        endpoint: Callable[..., Any],
-        *,
-        methods: list[str],
-        client_format: SpokenFormat = "anthropic",
-        metered: bool = False,
-        logged: bool = True,
+        self, path: str, endpoint: Callable[..., Any], *, methods: list[str], client_format: SpokenFormat = "anthropic",
+        metered: bool = False, logged: bool = True,
     ) -> None:
         super().__init__(path, endpoint, methods=methods)
         self.client_format: SpokenFormat = client_format

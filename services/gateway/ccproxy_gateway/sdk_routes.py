@@ -1,15 +1,15 @@
 """SDK mode's public API, ``/sdk/v1/...``: each request is an arq job (ccproxy_core.sdk_jobs) whose
 records are relayed in the client's format. Claude Code's upstream calls are billed on ``/api``
 with its run token, so the ``/sdk`` request is only admitted (a 429/402 is never queued) and logs
-the run's summary without tokens: no sum counts a run twice. See docs/architecture.md.
-"""
+the run's summary without tokens: no sum counts a run twice. See docs/architecture.md."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 import anyio
 import orjson
@@ -22,31 +22,18 @@ from ccproxy_core.errors import ProxyError, anthropic_error_body
 from ccproxy_core.identity import LOCAL, caller, public
 from ccproxy_core.models import TokenUsage
 from ccproxy_core.redis import as_text, unavailable_as_503
-from ccproxy_core.sdk_jobs import (
-    END,
-    ERROR,
-    RESULT,
-    START,
-    SdkJob,
-    SdkQueue,
-    SdkResult,
-    own_session,
-    session_uuid,
-)
+from ccproxy_core.sdk_jobs import END, ERROR, RESULT, START, SdkJob, SdkQueue, SdkResult, own_session, session_uuid
 from ccproxy_core.sdk_options import check_overrides, workspace_root
 from ccproxy_core.sse import ServerSentEvent, encode_event
 from ccproxy_core.streaming import until_disconnect
 from ccproxy_gateway.access import request_log
+from ccproxy_gateway.app import Gateway, preflight
+from ccproxy_gateway.body import validate_messages_request
 from ccproxy_gateway.openai.chat import CHAT
-from ccproxy_gateway.openai.model_map import ModelMap
 from ccproxy_gateway.openai.responses import RESPONSES
-from ccproxy_gateway.openai.stream import OpenAIFormat, translate_stream
+from ccproxy_gateway.openai.stream import OpenAIFormat
 from ccproxy_gateway.relay import Usage
-from ccproxy_gateway.response_store import keep, kept_stream, plan_request
 from ccproxy_gateway.routes import ApiRoute
-
-if TYPE_CHECKING:
-    from ccproxy_gateway.app import Gateway
 
 #: Continues a Claude Code session (as does ``/sdk/{session_id}/v1``); every answer names its session in it.
 SESSION_HEADER = "x-claude-session-id"
@@ -62,67 +49,56 @@ class SdkRun:
     def __init__(self, queue: SdkQueue, job: SdkJob, records: AsyncIterator[tuple[str, Any]]) -> None:
         self.queue = queue
         self.job = job
-        self._records = records
         self.head: list[tuple[str, Any]] = []
         self.result: SdkResult | None = None
         self.error: dict[str, Any] | None = None
-        #: Nothing more is read (the run's end, an error, or the request gave up on it).
+        #: Nothing more to read (the run's end, an error, or the request gave up on it).
         self.done = False
         self.first_output: float | None = None
         self.headers = {SESSION_HEADER: job.session_id or ""}
+        self._relayed = self._relay(records)
 
-    async def _next(self) -> tuple[str, Any] | None:
-        """The next record worth relaying (bookkeeping absorbed); None at the end."""
-        while not self.done:
-            try:
-                name, data = await self._records.__anext__()
-            except StopAsyncIteration:
-                break
-            except ProxyError as exc:  # no worker in time, the worker died, the run timed out
-                if self.first_output is None:
-                    raise  # still time for a status code (and its retry-after)
-                self.done = True
-                self.error = {"status": exc.status, "type": exc.error_type, "message": exc.message}
-                return ERROR, self.error
-            if name == START:
-                continue
-            if name == RESULT:
-                self.result = SdkResult.model_validate(data)
-                continue
-            if name == END:
-                break
-            if name == ERROR:
-                self.error = data
-            elif self.first_output is None and name != "ping":
-                self.first_output = time.perf_counter()
-            return name, data
+    async def _relay(self, records: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
+        """The records worth relaying (bookkeeping absorbed)."""
+        try:
+            async for name, data in records:
+                if name == END:
+                    break
+                if name == RESULT:
+                    self.result = SdkResult.model_validate(data)
+                elif name == ERROR:
+                    self.error = data
+                    yield name, data
+                elif name != START:
+                    if self.first_output is None and name != "ping":
+                        self.first_output = time.perf_counter()
+                    yield name, data
+        except ProxyError as exc:  # no worker in time, the worker died, the run timed out
+            if self.first_output is None:
+                raise  # still time for a status code (and its retry-after)
+            self.done = True
+            self.error = {"status": exc.status, "type": exc.error_type, "message": exc.message}
+            yield ERROR, self.error
         self.done = True
-        return None
 
     async def wait_head(self) -> None:
         """Read until the first output; an error before it is raised as the answer's status."""
-        while True:
-            record = await self._next()
-            if record is None:
-                raise ProxyError(502, "the sdk-worker ended the run without an answer")
-            if record[0] == ERROR:
-                data = record[1]
+        async for name, data in self._relayed:
+            if name == ERROR:
                 raise ProxyError(int(data.get("status", 500)), str(data.get("message")), data.get("type"))
-            if record[0] == "ping":
-                continue
-            self.head.append(record)
-            return
+            if name != "ping":
+                self.head.append((name, data))
+                return
+        raise ProxyError(502, "the sdk-worker ended the run without an answer")
 
     async def rest(self) -> AsyncIterator[tuple[str, Any]]:
         """The head, then every later record to the end (errors as Anthropic ``error`` events)."""
         for record in self.head:
             yield record
         self.head = []
-        while (nxt := await self._next()) is not None:
-            name, data = nxt
+        async for name, data in self._relayed:
             if name == ERROR:
-                body = orjson.loads(anthropic_error_body(str(data.get("type")), str(data.get("message"))))
-                yield "error", body
+                yield "error", orjson.loads(anthropic_error_body(str(data.get("type")), str(data.get("message"))))
             else:
                 yield name, data
 
@@ -148,8 +124,7 @@ async def as_text_blocks(records: AsyncIterator[tuple[str, Any]], pretty: bool) 
             block.pop("source", None)
             text = orjson.dumps(block, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
             index = data.get("index", 0)
-            text_block = {"type": "text", "text": ""}
-            yield name, {"type": "content_block_start", "index": index, "content_block": text_block}
+            yield name, {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
             yield "content_block_delta", {
                 "type": "content_block_delta", "index": index,
                 "delta": {"type": "text_delta", "text": f"\n<{kind}>\n{text}\n</{kind}>\n"},
@@ -192,32 +167,26 @@ class SdkRoutes:
         self.gateway = gateway
         self.settings = gateway.settings
         self.queue = SdkQueue(redis, self.settings.claude, self.settings.redis.key_prefix)
-        self.model_map = ModelMap.from_settings(self.settings.models)
 
     def routes(self) -> list[BaseRoute]:
         routes: list[BaseRoute] = [
-            public(Route("/sdk", self.preflight, methods=["HEAD", "GET"])),
-            public(Route("/sdk/", self.preflight, methods=["HEAD", "GET"])),
-            ApiRoute("/sdk/v1/models", self.models, methods=["GET"]),
-            Route("/sdk/models", self.models, methods=["GET"]),
+            public(Route("/sdk", preflight, methods=["HEAD", "GET"])),
+            public(Route("/sdk/", preflight, methods=["HEAD", "GET"])),
+            # The same listing as API mode's: the models Claude Code can run are the upstream's.
+            ApiRoute("/sdk/v1/models", self.gateway.models, methods=["GET"]),
+            Route("/sdk/models", self.gateway.models, methods=["GET"]),
             Route("/sdk/status", self.status, methods=["GET"]),
         ]
         for prefix in ("/sdk/v1", "/sdk/{session_id}/v1"):
             routes += [
                 # Not metered: Claude Code's own calls to /api are (module docstring).
-                ApiRoute(f"{prefix}/messages", self.messages, methods=["POST"]),
-                ApiRoute(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"],
+                ApiRoute(f"{prefix}/messages", self.answer, methods=["POST"]),
+                ApiRoute(f"{prefix}/chat/completions", partial(self.answer, fmt=CHAT), methods=["POST"],
                          client_format="openai-chat"),
-                ApiRoute(f"{prefix}/responses", self.responses, methods=["POST"], client_format="openai-responses"),
+                ApiRoute(f"{prefix}/responses", partial(self.answer, fmt=RESPONSES), methods=["POST"],
+                         client_format="openai-responses"),
             ]
         return routes
-
-    async def preflight(self, request: Request) -> Response:
-        return Response(status_code=200)
-
-    async def models(self, request: Request) -> Response:
-        # The same listing as API mode's: the models Claude Code can run are the upstream's.
-        return await self.gateway.models(request)
 
     async def status(self, request: Request) -> Response:
         redis, keys = self.queue.redis, self.queue.keys
@@ -225,80 +194,53 @@ class SdkRoutes:
             queued = await redis.zcard(keys.queue)
             workers = [as_text(k) async for k in redis.scan_iter(match=keys.health("*"), count=100)]
         claude = self.settings.claude
-        return JSONResponse(
-            {
-                "status": "ok" if workers else "degraded",
-                "mode": "sdk",
-                "queue": {"name": keys.queue, "queued": queued},
-                "workers": sorted(w.removeprefix(keys.health("")) for w in workers),
-                "message_mode": claude.sdk_message_mode,
-                "workspace_root": str(workspace_root(self.settings)),
-                "overridable_options": claude.overridable_options,
-                "client_auth": self.gateway.auth.enabled,
-            }
-        )
+        return JSONResponse({
+            "status": "ok" if workers else "degraded", "mode": "sdk",
+            "queue": {"name": keys.queue, "queued": queued},
+            "workers": sorted(w.removeprefix(keys.health("")) for w in workers),
+            "message_mode": claude.sdk_message_mode, "workspace_root": str(workspace_root(self.settings)),
+            "overridable_options": claude.overridable_options, "client_auth": self.gateway.auth.enabled,
+        })
 
-    async def messages(self, request: Request) -> Response:
-        from ccproxy_gateway.app import validate_messages_request
-
+    async def answer(self, request: Request, fmt: OpenAIFormat | None = None) -> Response:
+        """A Messages request (``fmt`` None) or an OpenAI one as a run, streamed or whole."""
         started = time.perf_counter()
         body = await self.gateway.read_body(request)
         raw_options = body.pop("claude_options", None)
-        validate_messages_request(body)
-        run = await self._start(request, body, raw_options)
-        if body.get("stream") is True:
-            frames = (encode_event(name, orjson.dumps(data)) async for name, data in run.rest())
-            return self._stream(request, run, frames, started)
-        return JSONResponse(await self._collect(request, run, run.rest(), started), headers=run.headers)
-
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._openai(request, CHAT)
-
-    async def responses(self, request: Request) -> Response:
-        return await self._openai(request, RESPONSES)
-
-    async def _openai(self, request: Request, fmt: OpenAIFormat) -> Response:
-        started = time.perf_counter()
-        raw = await self.gateway.read_body(request)
-        raw_options = raw.pop("claude_options", None)
-        store = self.gateway.responses
-        plan, turn = await plan_request(fmt, raw, request, store, self.model_map, self.settings.openai)
-        run = await self._start(request, plan.body, raw_options)
+        if fmt is None:
+            validate_messages_request(body)
+            run = await self._start(request, body, raw_options)
+            if body.get("stream") is True:
+                frames = (encode_event(name, orjson.dumps(data)) async for name, data in run.rest())
+                return self._stream(request, run, frames, started)
+            return JSONResponse(await self._collect(request, run, run.rest(), started), headers=run.headers)
+        exchange = await self.gateway.exchange(request, fmt, body)
+        run = await self._start(request, exchange.plan.body, raw_options)
         records = as_text_blocks(run.rest(), self.settings.claude.pretty_format)
-        if plan.stream:
-            translator = fmt.translator(plan)
+        if exchange.plan.stream:
             events = (ServerSentEvent(name, orjson.dumps(data).decode()) async for name, data in records)
-            frames = kept_stream(translate_stream(events, translator), translator, store, turn)
-            return self._stream(request, run, frames, started)
-        answer = fmt.whole(await self._collect(request, run, records, started), plan)
-        await keep(store, turn, answer)
-        return JSONResponse(answer, headers=run.headers)
+            return self._stream(request, run, exchange.stream(events)[0], started)
+        message = await self._collect(request, run, records, started)
+        return JSONResponse(await exchange.answer(message), headers=run.headers)
 
     async def _start(self, request: Request, body: dict[str, Any], raw_options: Any) -> SdkRun:
         """Check, enqueue, and wait for the run's first output (or its error)."""
         options = check_overrides(raw_options, self.settings)
         named = request.path_params.get("session_id") or request.headers.get(SESSION_HEADER)
         user = caller(request)
-        key_id, key_name = user.id, "" if user == LOCAL else user.name
-        job = SdkJob(
-            id=uuid.uuid4().hex,
-            body=body,
-            # A name is the caller's own: another key's "demo" is another session.
-            session_id=session_uuid(named, key_id) if named else str(uuid.uuid4()),
-            options=options,
-            key_id=key_id,
-            key_name=key_name,
-            key=user.key,
-        )
+        # A name is the caller's own: another key's "demo" is another session.
+        session_id = session_uuid(named, user.id) if named else str(uuid.uuid4())
+        job = SdkJob(id=uuid.uuid4().hex, body=body, session_id=session_id, options=options, key_id=user.id,
+                     key_name="" if user == LOCAL else user.name, key=user.key)
         if named:  # a session id from an answer of someone else's is nobody's business here
             async with unavailable_as_503("SDK mode"):
-                await own_session(self.queue.redis, self.queue.keys, str(job.session_id), key_id,
+                await own_session(self.queue.redis, self.queue.keys, session_id, user.id,
                                   self.settings.claude.session_ttl)
         access = request_log(request)
         if access is not None:
             d = access.draft
             d.mode, d.model_requested = "sdk", str(body.get("model") or "")
-            d.stream, d.sdk_session_id = body.get("stream") is True, job.session_id or ""
+            d.stream, d.sdk_session_id = body.get("stream") is True, session_id
         # Admitted like one API request (a refused run is never queued), released at once: its /api calls are billed.
         if self.gateway.meter is not None:
             self.gateway.meter.settle(await self.gateway.meter.admit(user.key, body), TokenUsage())
@@ -327,8 +269,8 @@ class SdkRoutes:
             return accumulate(events)
         finally:
             self._note(request, run)
-            first = run.first_output - started if run.first_output is not None else None
-            self.gateway.answers.done(request, started, run.usage(), first_byte=first)
+            first = (run.first_output or time.perf_counter()) - started
+            self.gateway.answers.record(request, 200, started, run.usage(), first)
 
     def _stream(self, request: Request, run: SdkRun, frames: AsyncIterator[bytes], started: float) -> Response:
         async def relayed() -> AsyncIterator[bytes]:

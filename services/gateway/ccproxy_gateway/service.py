@@ -1,6 +1,5 @@
 """The gateway on its own (``ccproxy run gateway``): the routes of ``ccproxy serve``, over an
-api-forwarder and auth reached by HTTP.
-"""
+api-forwarder and auth reached by HTTP."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from ccproxy_core.redis import connect
 from ccproxy_core.server import StartupError
 from ccproxy_core.settings import Settings
 from ccproxy_gateway.app import Gateway, create_app
-from ccproxy_gateway.response_store import ResponseStore
 from ccproxy_gateway.sdk_routes import SdkRoutes
 
 
@@ -35,8 +33,7 @@ def create_service_app(settings: Settings) -> Starlette:
     keys = HttpKeyAuthority(settings.services.auth_url, secret) if settings.redis.url else None
     # The process's one Redis client: SDK jobs, stored responses (any replica continues any), the access log.
     redis = connect(settings.redis)
-    responses = ResponseStore(redis, settings.responses, settings.redis.key_prefix)
-    gateway = Gateway(settings, forwarder, auth.status, keys=keys, responses=responses, redis=redis)
+    gateway = Gateway(settings, forwarder, auth.status, keys=keys, redis=redis)
     sdk = SdkRoutes(gateway, redis)
     # Stopped in reverse: what the access log still buffers goes to Redis before Redis is closed.
     parts = [closing(redis.aclose), *([closing(keys.aclose)] if keys is not None else []),
