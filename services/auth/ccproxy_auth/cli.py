@@ -168,37 +168,35 @@ def _accounts(settings: Settings) -> list[AccountState]:
 
     try:
         return asyncio.run(_pool(settings).accounts())
-    except Exception as exc:
-        if not isinstance(exc, UNAVAILABLE):
-            raise
+    except UNAVAILABLE as exc:
         fail(f"Redis ({redacted(settings.redis.url)}) is unreachable: {type(exc).__name__}")
 
 
 def _print_account(row: AccountState, now: float) -> None:
-    plan = f" ({row.subscription_type})" if row.subscription_type else ""
-    typer.echo(f"{row.name}: {row.kind}{plan}")
-    typer.echo("  health:   " + ("healthy" if row.healthy else f"UNHEALTHY ({row.problem or 'unknown'})"))
-    if row.source:
-        typer.echo(f"  source:   {row.source}")
+    expires: str | None = None
+    cooldown: str | None = None
     if row.expires_at:
         left = row.expires_at - now
         state = f"in {left / 3600:.1f} h" if left > 0 else "expired (refreshes on next use)"
-        typer.echo(f"  expires:  {_when(row.expires_at)} ({state})")
+        expires = f"{_when(row.expires_at)} ({state})"
     if row.cooldown:
-        typer.echo(f"  cooldown: until {_when(row.cooldown.until)} ({row.cooldown.reason}, "
-                   f"{max(0, row.cooldown.until - now):.0f} s left)")
-    parts = []
+        left = max(0, row.cooldown.until - now)
+        cooldown = f"until {_when(row.cooldown.until)} ({row.cooldown.reason}, {left:.0f} s left)"
+    quota = []
     for window, q in sorted(row.quota.items()):
         text = f"{window} {q.utilization * 100:.0f}%" if q.utilization is not None else window
         if q.status and q.status != "allowed":
             text += f" {q.status}"
-        if q.reset:
-            text += f" (resets {_when(q.reset)})"
-        parts.append(text)
-    if parts:
-        typer.echo("  quota:    " + ", ".join(parts))
-    if row.last_limited_at:
-        typer.echo(f"  limited:  last at {_when(row.last_limited_at)}")
+        quota.append(text + (f" (resets {_when(q.reset)})" if q.reset else ""))
+    lines = {
+        "health": "healthy" if row.healthy else f"UNHEALTHY ({row.problem or 'unknown'})",
+        "source": row.source, "expires": expires, "cooldown": cooldown, "quota": ", ".join(quota),
+        "limited": f"last at {_when(row.last_limited_at)}" if row.last_limited_at else None,
+    }
+    typer.echo(f"{row.name}: {row.kind}" + (f" ({row.subscription_type})" if row.subscription_type else ""))
+    for label, value in lines.items():
+        if value:
+            typer.echo(f"  {label + ':':<10}{value}")
 
 
 @auth_app.command()
