@@ -80,7 +80,8 @@ def login(
     typer.echo("Open this address to log in to your Claude account:\n")
     typer.echo(pending.url + "\n", err=False)
     sys.stdout.flush()
-    if browser and _has_display():
+    has_display = sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if browser and has_display:
         import webbrowser
 
         webbrowser.open(pending.url)
@@ -99,10 +100,6 @@ def login(
         saved = store.add_oauth(account, asyncio.run(run()))
     _clear_marks(settings, saved.name)
     typer.echo(f"Logged in: account {saved.name} (secrets in the {store.secret_backend} store).")
-
-
-def _has_display() -> bool:
-    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def _clear_marks(settings: Settings, name: str) -> None:
@@ -231,8 +228,7 @@ def refresh(
     account: Annotated[str | None, typer.Option(help="Only this account (default: every OAuth account).")] = None,
 ) -> None:
     """Refresh OAuth tokens now (single-flight with running services via the Redis lock)."""
-    settings = load_settings()
-    pool = _pool(settings)
+    pool = _pool(load_settings())
     names = [account] if account else [m.account.name for m in pool.members() if m.account.kind != "api_key"]
     failed = False
     for name in names:
@@ -297,8 +293,7 @@ def create(
     """Create a client key. The key is printed once; only its hash is stored."""
     if period is not None and period not in ("day", "week", "month"):
         raise typer.BadParameter("period must be day, week or month")
-    settings = load_settings()
-    store = _keys(settings)
+    store = _keys(load_settings())
     expires_at = parse_expiry(expires) if expires else None
     allowed = accounts.split(",") if accounts else None
     with _failing():

@@ -147,20 +147,6 @@ MAX_TPM = 10**10
 MAX_BUDGET_USD = 1_000_000.0
 
 
-def check_limits(limits: dict[str, Any]) -> None:
-    for flag, top in (("rpm", MAX_RPM), ("tpm", MAX_TPM)):
-        value = limits.get(flag)
-        if value is not None and (type(value) is not int or not 1 <= value <= top):
-            raise KeyAdminError(f"--{flag} must be a whole number from 1 to {top}")
-    budget_usd, expires_at = limits.get("budget_usd"), limits.get("expires_at")
-    if budget_usd is not None and not (isinstance(budget_usd, int | float) and math.isfinite(budget_usd)
-                                       and budget_usd <= MAX_BUDGET_USD and math.floor(budget_usd * MICRO) >= 1):
-        raise KeyAdminError(f"--budget-usd must be an amount from $0.000001 to ${MAX_BUDGET_USD:,.0f}")
-    if expires_at is not None and not (isinstance(expires_at, int | float) and math.isfinite(expires_at)
-                                       and 0 < expires_at < 253402300800):  # before the year 10000
-        raise KeyAdminError("--expires must be a date before the year 10000")
-
-
 def period_bounds(period: Period, now: float) -> tuple[str, datetime, datetime]:
     """(id, start, end) of the UTC calendar period around ``now``."""
     at = datetime.fromtimestamp(now, UTC)
@@ -228,7 +214,17 @@ def _with_limits(info: KeyInfo, changes: dict[str, Any]) -> KeyInfo:
     """``info`` with :data:`LIMITS` changed, checked; a budget without a period is monthly."""
     if unknown := set(changes) - LIMITS:
         raise KeyAdminError(f"cannot change {', '.join(sorted(unknown))}")
-    check_limits(changes)
+    for flag, top in (("rpm", MAX_RPM), ("tpm", MAX_TPM)):
+        value = changes.get(flag)
+        if value is not None and (type(value) is not int or not 1 <= value <= top):
+            raise KeyAdminError(f"--{flag} must be a whole number from 1 to {top}")
+    budget_usd, expires_at = changes.get("budget_usd"), changes.get("expires_at")
+    if budget_usd is not None and not (isinstance(budget_usd, int | float) and math.isfinite(budget_usd)
+                                       and budget_usd <= MAX_BUDGET_USD and math.floor(budget_usd * MICRO) >= 1):
+        raise KeyAdminError(f"--budget-usd must be an amount from $0.000001 to ${MAX_BUDGET_USD:,.0f}")
+    if expires_at is not None and not (isinstance(expires_at, int | float) and math.isfinite(expires_at)
+                                       and 0 < expires_at < 253402300800):  # before the year 10000
+        raise KeyAdminError("--expires must be a date before the year 10000")
     if "accounts" in changes:
         changes["accounts"] = [a.strip() for a in changes["accounts"] or [] if a.strip()]
     merged = info.model_copy(update=changes)

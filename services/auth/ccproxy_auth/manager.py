@@ -104,10 +104,8 @@ class CredentialManager:
         async with self._single_flight():
             # Fencing: the token may have been refreshed while we waited for the lock.
             current = await asyncio.to_thread(self._load_or_fail)
-            if self._usable(current, rejected):
-                return self._credential(current)
-            # Callers that waited for a refresh that failed share its failure.
-            if self._backing_off(current, rejected):
+            # Callers that waited for a refresh that failed share its failure (_backing_off raises it).
+            if self._usable(current, rejected) or self._backing_off(current, rejected):
                 return self._credential(current)
             try:
                 return self._credential(await self._refresh(current))

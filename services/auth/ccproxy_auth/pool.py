@@ -171,10 +171,6 @@ class AccountPool:
         """Count into another service's metrics, e.g. the gateway's in one process."""
         self.metrics = PoolMetrics(metrics)
 
-    def invalidate(self) -> None:
-        """Re-read the accounts on next use (this process just changed them)."""
-        self._version = None
-
     def members(self) -> list[Member]:
         """The accounts, re-read when their files change (checked at most once a second)."""
         now = time.monotonic()
@@ -215,12 +211,9 @@ class AccountPool:
         existing = self._sources.get(manager.account)
         if existing is not None and existing.origin == manager.origin:
             return existing
-        manager.on_refresh = self._count_refresh
+        manager.on_refresh = lambda outcome: self.metrics.refreshes.labels(self.metrics.service, outcome).inc()
         self._sources[manager.account] = manager
         return manager
-
-    def _count_refresh(self, outcome: str) -> None:
-        self.metrics.refreshes.labels(self.metrics.service, outcome).inc()
 
     def member(self, name: str) -> Member:
         for m in self.members():
@@ -379,7 +372,9 @@ class AccountPool:
                 self.metrics.utilization.labels(self.metrics.service, account, name).set(w.utilization)
 
     async def clear(self, account: str) -> None:
-        """Forget cooldown and unhealthy marks (after a new login or a manual refresh)."""
+        """Forget cooldown and unhealthy marks (after a new login or a manual refresh), and re-read the
+        accounts on next use (this process may just have changed them)."""
+        self._version = None
         await self.redis.delete(self._k(account, "cooldown"), self._k(account, "unhealthy"))
         self._unhealthy_seen.discard(account)
         self._state_cache.pop(account, None)
