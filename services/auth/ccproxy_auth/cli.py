@@ -98,18 +98,12 @@ def login(
 
     with _failing():
         saved = store.add_oauth(account, asyncio.run(run()))
-    _clear_marks(settings, saved.name)
+    if settings.redis.url is not None:  # a new login makes an unhealthy account usable again
+        try:
+            asyncio.run(_pool(settings).clear(saved.name))
+        except Exception as exc:  # Redis down: the mark clears itself on the next success anyway
+            typer.echo(f"note: could not clear the account's marks in Redis ({type(exc).__name__})", err=True)
     typer.echo(f"Logged in: account {saved.name} (secrets in the {store.secret_backend} store).")
-
-
-def _clear_marks(settings: Settings, name: str) -> None:
-    """A new login makes an unhealthy account usable again (only with a real Redis)."""
-    if settings.redis.url is None:
-        return
-    try:
-        asyncio.run(_pool(settings).clear(name))
-    except Exception as exc:  # Redis down: the mark clears itself on the next success anyway
-        typer.echo(f"note: could not clear the account's marks in Redis ({type(exc).__name__})", err=True)
 
 
 @auth_app.command("import")

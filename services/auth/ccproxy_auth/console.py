@@ -134,12 +134,9 @@ class AdminAccess:
     def __init__(self, settings: Settings, sessions: SessionStore) -> None:
         value = settings.security.admin_token.get_secret_value() if settings.security.admin_token else ""
         self._token = value.encode() if value.strip() else None  # empty: off, never "anyone"
+        self.enabled = self._token is not None
         self.fingerprint = fingerprint(value) if self._token else ""
         self.sessions = sessions
-
-    @property
-    def enabled(self) -> bool:
-        return self._token is not None
 
     async def check_token(self, request: Request, presented: str) -> None:
         """404 while off; 401 for a wrong token, 429 after many (counted per client address)."""

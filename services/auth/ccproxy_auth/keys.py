@@ -81,15 +81,14 @@ if tpm > 0 then
   tpm_level = level - est_tokens
 end
 local budget = tonumber(rec[6]) or 0
-local want = est_micro
 if budget > 0 then
   local spent = math.max(0, count(KEYS[4]))
   local held = math.max(0, count(KEYS[5]))
-  if spent + held + want > budget then return {'budget', int(spent), int(held)} end
+  if spent + held + est_micro > budget then return {'budget', int(spent), int(held)} end
 end
 if rpm_level then redis.call('HSET', KEYS[2], 'level', tostring(rpm_level), 'ts', ARGV[1]) end
 if tpm_level then redis.call('HSET', KEYS[3], 'level', tostring(tpm_level), 'ts', ARGV[1]) end
-want = int(want)
+local want = int(est_micro)
 heal(KEYS[5])
 redis.call('INCRBY', KEYS[5], want)
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[5]), ARGV[4])
