@@ -77,8 +77,7 @@ def login(
     settings = load_settings()
     store = AccountStore(settings)
     pending = flow.start(settings.oauth, manual=manual)
-    typer.echo("Open this address to log in to your Claude account:\n")
-    typer.echo(pending.url + "\n", err=False)
+    typer.echo(f"Open this address to log in to your Claude account:\n\n{pending.url}\n")
     sys.stdout.flush()
     has_display = sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     if browser and has_display:
