@@ -54,7 +54,7 @@ class CredentialManager:
     Claude CLI's login, or ``AUTH__API_KEY``)."""
 
     def __init__(
-        self, settings: Settings, redis: Any | None = None, account: str = DEFAULT_ACCOUNT,
+        self, settings: Settings, redis: Any, account: str = DEFAULT_ACCOUNT,
         stores: list[CredentialStore] | None = None, api_key: str | None = None,
     ) -> None:
         self._settings = settings
@@ -196,10 +196,9 @@ class CredentialManager:
         if self._store is not None:
             await asyncio.to_thread(self._store.save, updated)
         self._cached = updated
-        if self._redis is not None:  # when, for the console (the pool reads it as refreshed_at)
-            with contextlib.suppress(*UNAVAILABLE):
-                key = f"{self._settings.redis.key_prefix}pool:acct:{self.account}:refreshed"
-                await self._redis.set(key, repr(time.time()))
+        with contextlib.suppress(*UNAVAILABLE):  # when, for the console (the pool reads it as refreshed_at)
+            key = f"{self._settings.redis.key_prefix}pool:acct:{self.account}:refreshed"
+            await self._redis.set(key, repr(time.time()))
         log.info("refreshed the access token of account %s", self.account)
         return updated
 
@@ -222,9 +221,6 @@ class CredentialManager:
     @contextlib.asynccontextmanager
     async def _single_flight(self) -> AsyncIterator[None]:
         async with self._lock:
-            if self._redis is None:
-                yield
-                return
             lock = RedisLock(self._redis, f"{self._settings.redis.key_prefix}lock:refresh:{self.account}", ttl=LOCK_TTL)
             async with unavailable_as_503("the token refresh"):
                 acquired = await lock.acquire(wait=LOCK_TTL + 5)
