@@ -24,15 +24,14 @@ AuthToken = Annotated[str | None, typer.Option("--auth-token", help="Client toke
 
 def startup_report(settings: Settings) -> None:
     """Stop on credentials that exist but cannot be read; warn when there are none."""
-    from ccproxy_auth.accounts import CredentialsError
-    from ccproxy_auth.manager import CredentialManager
+    from ccproxy_auth.accounts import CredentialsError, cli_stores
 
     log = logging.getLogger("ccproxy")
     if settings.auth.api_key is not None:
         log.info("credentials: Anthropic API key from settings")
         return
     try:
-        found = next(filter(None, (store.load() for store in CredentialManager(settings).stores)), None)
+        found = next(filter(None, (store.load() for store in cli_stores(settings))), None)
     except CredentialsError as exc:
         fail(f"{exc}; fix or remove the file, then log in again with `claude`")
     if found is None:

@@ -208,11 +208,8 @@ def keyring_usable() -> bool:
         backend = keyring.get_keyring()
     except Exception:
         return False
-    if isinstance(backend, fail.Keyring):
-        return False
-    if isinstance(backend, chainer.ChainerBackend) and not backend.backends:
-        return False
-    return "null" not in type(backend).__module__
+    empty_chain = isinstance(backend, chainer.ChainerBackend) and not backend.backends
+    return not (isinstance(backend, fail.Keyring) or empty_chain or "null" in type(backend).__module__)
 
 
 class AccountStore:
@@ -232,8 +229,6 @@ class AccountStore:
     def list(self) -> list[Account]:
         """Every account, in fill-first order (priority, then age)."""
         found: list[Account] = []
-        if not self.root.is_dir():
-            return found
         for path in sorted(self.root.glob("*.json")):
             try:
                 doc = read_json(path)
@@ -250,8 +245,6 @@ class AccountStore:
 
     def version(self) -> tuple[tuple[str, int], ...]:
         """Changes whenever an account is added, removed or rewritten (cheap: stat only)."""
-        if not self.root.is_dir():
-            return ()
         return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in self.root.glob("*.json")))
 
     def secret(self, name: str) -> dict[str, Any] | None:
@@ -260,8 +253,7 @@ class AccountStore:
             return None
         secret = doc.get("secret")
         if self.use_keyring:
-            where = f"the keyring entry of account {name}"
-            secret = keyring_json(ACCOUNTS_KEYRING_SERVICE, f"account:{name}", where)
+            secret = keyring_json(ACCOUNTS_KEYRING_SERVICE, f"account:{name}", f"the keyring entry of account {name}")
         if not isinstance(secret, dict):
             return None
         for value in secret.values():

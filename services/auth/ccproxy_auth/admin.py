@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ccproxy_auth import oauth
-from ccproxy_auth.accounts import AccountError, AccountStore, check_name
+from ccproxy_auth.accounts import AccountError, check_name
 from ccproxy_auth.console import AdminAccess, Endpoint, Session, SessionStore, console_routes
 from ccproxy_auth.keys import KeyAdminError, KeyStore, need_keys
 from ccproxy_auth.pool import AccountPool
@@ -156,8 +156,8 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
 
     async def add_api_key_account(request: Request) -> Response:
         body = await _parse(request, ApiKeyAccountBody)
-        account = AccountStore(settings).add_api_key(body.name, body.api_key)
-        pool.invalidate()
+        account = pool.store.add_api_key(body.name, body.api_key)
+        await pool.clear(account.name)
         return json_response(account.model_dump(mode="json"), status=201)
 
     async def refresh_account(request: Request) -> Response:
@@ -165,10 +165,8 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         return json_response({"account": credential.account, "expires_at": credential.expires_at})
 
     async def remove_account(request: Request) -> Response:
-        removed = AccountStore(settings).remove(request.path_params["name"])
-        if not removed:
+        if not pool.store.remove(request.path_params["name"]):
             raise ProxyError(404, "no such account", "not_found_error")
-        pool.invalidate()
         await pool.clear(request.path_params["name"])
         return Response(status_code=204)
 
@@ -192,9 +190,8 @@ def admin_routes(settings: Settings, pool: AccountPool, keys: KeyStore | None, a
         pending = oauth.PendingLogin(record["verifier"], record["state"], record["redirect_uri"], "")
         code = oauth.parse_pasted(body.pasted, pending)
         oauth_pair = await oauth.finish(settings.oauth, pending, code)
-        account = AccountStore(settings).add_oauth(record["name"], oauth_pair)
+        account = pool.store.add_oauth(record["name"], oauth_pair)
         await redis.delete(pending_prefix + body.login_id)
-        pool.invalidate()
         await pool.clear(account.name)
         return json_response(account.model_dump(mode="json"), status=201)
 

@@ -77,10 +77,10 @@ def login(
     settings = load_settings()
     store = AccountStore(settings)
     pending = flow.start(settings.oauth, manual=manual)
-    typer.echo("Open this address to log in to your Claude account:\n")
-    typer.echo(pending.url + "\n", err=False)
+    typer.echo(f"Open this address to log in to your Claude account:\n\n{pending.url}\n")
     sys.stdout.flush()
-    if browser and _has_display():
+    has_display = sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if browser and has_display:
         import webbrowser
 
         webbrowser.open(pending.url)
@@ -97,22 +97,12 @@ def login(
 
     with _failing():
         saved = store.add_oauth(account, asyncio.run(run()))
-    _clear_marks(settings, saved.name)
+    if settings.redis.url is not None:  # a new login makes an unhealthy account usable again
+        try:
+            asyncio.run(_pool(settings).clear(saved.name))
+        except Exception as exc:  # Redis down: the mark clears itself on the next success anyway
+            typer.echo(f"note: could not clear the account's marks in Redis ({type(exc).__name__})", err=True)
     typer.echo(f"Logged in: account {saved.name} (secrets in the {store.secret_backend} store).")
-
-
-def _has_display() -> bool:
-    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def _clear_marks(settings: Settings, name: str) -> None:
-    """A new login makes an unhealthy account usable again (only with a real Redis)."""
-    if settings.redis.url is None:
-        return
-    try:
-        asyncio.run(_pool(settings).clear(name))
-    except Exception as exc:  # Redis down: the mark clears itself on the next success anyway
-        typer.echo(f"note: could not clear the account's marks in Redis ({type(exc).__name__})", err=True)
 
 
 @auth_app.command("import")
@@ -168,37 +158,35 @@ def _accounts(settings: Settings) -> list[AccountState]:
 
     try:
         return asyncio.run(_pool(settings).accounts())
-    except Exception as exc:
-        if not isinstance(exc, UNAVAILABLE):
-            raise
+    except UNAVAILABLE as exc:
         fail(f"Redis ({redacted(settings.redis.url)}) is unreachable: {type(exc).__name__}")
 
 
 def _print_account(row: AccountState, now: float) -> None:
-    plan = f" ({row.subscription_type})" if row.subscription_type else ""
-    typer.echo(f"{row.name}: {row.kind}{plan}")
-    typer.echo("  health:   " + ("healthy" if row.healthy else f"UNHEALTHY ({row.problem or 'unknown'})"))
-    if row.source:
-        typer.echo(f"  source:   {row.source}")
+    expires: str | None = None
+    cooldown: str | None = None
     if row.expires_at:
         left = row.expires_at - now
         state = f"in {left / 3600:.1f} h" if left > 0 else "expired (refreshes on next use)"
-        typer.echo(f"  expires:  {_when(row.expires_at)} ({state})")
+        expires = f"{_when(row.expires_at)} ({state})"
     if row.cooldown:
-        typer.echo(f"  cooldown: until {_when(row.cooldown.until)} ({row.cooldown.reason}, "
-                   f"{max(0, row.cooldown.until - now):.0f} s left)")
-    parts = []
+        left = max(0, row.cooldown.until - now)
+        cooldown = f"until {_when(row.cooldown.until)} ({row.cooldown.reason}, {left:.0f} s left)"
+    quota = []
     for window, q in sorted(row.quota.items()):
         text = f"{window} {q.utilization * 100:.0f}%" if q.utilization is not None else window
         if q.status and q.status != "allowed":
             text += f" {q.status}"
-        if q.reset:
-            text += f" (resets {_when(q.reset)})"
-        parts.append(text)
-    if parts:
-        typer.echo("  quota:    " + ", ".join(parts))
-    if row.last_limited_at:
-        typer.echo(f"  limited:  last at {_when(row.last_limited_at)}")
+        quota.append(text + (f" (resets {_when(q.reset)})" if q.reset else ""))
+    lines = {
+        "health": "healthy" if row.healthy else f"UNHEALTHY ({row.problem or 'unknown'})",
+        "source": row.source, "expires": expires, "cooldown": cooldown, "quota": ", ".join(quota),
+        "limited": f"last at {_when(row.last_limited_at)}" if row.last_limited_at else None,
+    }
+    typer.echo(f"{row.name}: {row.kind}" + (f" ({row.subscription_type})" if row.subscription_type else ""))
+    for label, value in lines.items():
+        if value:
+            typer.echo(f"  {label + ':':<10}{value}")
 
 
 @auth_app.command()
@@ -233,8 +221,7 @@ def refresh(
     account: Annotated[str | None, typer.Option(help="Only this account (default: every OAuth account).")] = None,
 ) -> None:
     """Refresh OAuth tokens now (single-flight with running services via the Redis lock)."""
-    settings = load_settings()
-    pool = _pool(settings)
+    pool = _pool(load_settings())
     names = [account] if account else [m.account.name for m in pool.members() if m.account.kind != "api_key"]
     failed = False
     for name in names:
@@ -299,8 +286,7 @@ def create(
     """Create a client key. The key is printed once; only its hash is stored."""
     if period is not None and period not in ("day", "week", "month"):
         raise typer.BadParameter("period must be day, week or month")
-    settings = load_settings()
-    store = _keys(settings)
+    store = _keys(load_settings())
     expires_at = parse_expiry(expires) if expires else None
     allowed = accounts.split(",") if accounts else None
     with _failing():

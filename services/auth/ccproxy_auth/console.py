@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ccproxy_auth.keys import KeyStore, need_keys, session_key
+from ccproxy_core.client_keys import hash_key
 from ccproxy_core.errors import ProxyError
 from ccproxy_core.identity import MEMBER_COOKIE
 from ccproxy_core.redis import as_text
@@ -41,10 +42,6 @@ Role = Literal["admin", "member"]
 
 def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json", headers={"cache-control": "no-store"})
-
-
-def digest(sid: str) -> str:
-    return hashlib.sha256(sid.encode()).hexdigest()
 
 
 def fingerprint(secret: str) -> str:
@@ -71,7 +68,7 @@ class SessionStore:
         sid = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(24)
         ttl = ADMIN_SESSION_SECONDS if role == "admin" else MEMBER_SESSION_SECONDS
-        key = session_key(self.prefix, digest(sid))
+        key = session_key(self.prefix, hash_key(sid))
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"role": role, "csrf": csrf, "key_id": key_id, "admin_fp": admin_fp,
                                 "created_at": repr(time.time())})
@@ -86,7 +83,7 @@ class SessionStore:
     async def get(self, sid: str | None, role: Role) -> Session | None:
         if not sid or len(sid) > 100:
             return None
-        found = digest(sid)
+        found = hash_key(sid)  # what the gateway looks a member cookie up by
         raw = await self.redis.hgetall(session_key(self.prefix, found))
         r = {as_text(k): as_text(v) for k, v in raw.items()}
         if r.get("role") != role:
@@ -137,23 +134,16 @@ class AdminAccess:
     def __init__(self, settings: Settings, sessions: SessionStore) -> None:
         value = settings.security.admin_token.get_secret_value() if settings.security.admin_token else ""
         self._token = value.encode() if value.strip() else None  # empty: off, never "anyone"
+        self.enabled = self._token is not None
         self.fingerprint = fingerprint(value) if self._token else ""
         self.sessions = sessions
 
-    @property
-    def enabled(self) -> bool:
-        return self._token is not None
-
-    async def _check_token(self, request: Request, presented: str) -> None:
+    async def check_token(self, request: Request, presented: str) -> None:
         """404 while off; 401 for a wrong token, 429 after many (counted per client address)."""
         if not self.enabled:
             raise ProxyError(404, "the admin API is off (set SECURITY__ADMIN_TOKEN)", "not_found_error")
         right = self._token is not None and hmac.compare_digest(presented.strip().encode(), self._token)
         await self.sessions.attempt(request, right, ProxyError(401, "wrong admin token", "authentication_error"))
-
-    async def sign_in(self, request: Request, presented: str, **answer: Any) -> Response:
-        await self._check_token(request, presented)
-        return await self.sessions.open(request, "admin", admin_fp=self.fingerprint, **answer)
 
     async def session(self, request: Request) -> Session | None:
         """The request's admin session, if it was opened with the current admin token."""
@@ -168,8 +158,8 @@ class AdminAccess:
         """Let the admin through or raise: 404 while off, 401 without a valid token or session,
         403 for a change without the session's CSRF token, 429 after many wrong tokens."""
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" or not self.enabled:  # off: _check_token answers 404
-            await self._check_token(request, value)
+        if scheme.lower() == "bearer" or not self.enabled:  # off: check_token answers 404
+            await self.check_token(request, value)
             return None
         found = await self.session(request)
         if found is None:
@@ -245,7 +235,8 @@ def console_routes(access: AdminAccess, keys: KeyStore | None) -> list[Route]:
         return _json({"signed_in": True, "enabled": True, "csrf": found.csrf, "keys": keys is not None})
 
     async def admin_sign_in(request: Request) -> Response:
-        return await access.sign_in(request, await _secret_from_body(request, "token"), keys=keys is not None)
+        await access.check_token(request, await _secret_from_body(request, "token"))
+        return await sessions.open(request, "admin", admin_fp=access.fingerprint, keys=keys is not None)
 
     async def member(request: Request) -> Session | None:
         if keys is None:

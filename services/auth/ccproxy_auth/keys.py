@@ -81,15 +81,14 @@ if tpm > 0 then
   tpm_level = level - est_tokens
 end
 local budget = tonumber(rec[6]) or 0
-local want = est_micro
 if budget > 0 then
   local spent = math.max(0, count(KEYS[4]))
   local held = math.max(0, count(KEYS[5]))
-  if spent + held + want > budget then return {'budget', int(spent), int(held)} end
+  if spent + held + est_micro > budget then return {'budget', int(spent), int(held)} end
 end
 if rpm_level then redis.call('HSET', KEYS[2], 'level', tostring(rpm_level), 'ts', ARGV[1]) end
 if tpm_level then redis.call('HSET', KEYS[3], 'level', tostring(tpm_level), 'ts', ARGV[1]) end
-want = int(want)
+local want = int(est_micro)
 heal(KEYS[5])
 redis.call('INCRBY', KEYS[5], want)
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[5]), ARGV[4])
@@ -145,20 +144,6 @@ class UnknownKey(KeyAdminError):
 MAX_RPM = 1_000_000
 MAX_TPM = 10**10
 MAX_BUDGET_USD = 1_000_000.0
-
-
-def check_limits(limits: dict[str, Any]) -> None:
-    for flag, top in (("rpm", MAX_RPM), ("tpm", MAX_TPM)):
-        value = limits.get(flag)
-        if value is not None and (type(value) is not int or not 1 <= value <= top):
-            raise KeyAdminError(f"--{flag} must be a whole number from 1 to {top}")
-    budget_usd, expires_at = limits.get("budget_usd"), limits.get("expires_at")
-    if budget_usd is not None and not (isinstance(budget_usd, int | float) and math.isfinite(budget_usd)
-                                       and budget_usd <= MAX_BUDGET_USD and math.floor(budget_usd * MICRO) >= 1):
-        raise KeyAdminError(f"--budget-usd must be an amount from $0.000001 to ${MAX_BUDGET_USD:,.0f}")
-    if expires_at is not None and not (isinstance(expires_at, int | float) and math.isfinite(expires_at)
-                                       and 0 < expires_at < 253402300800):  # before the year 10000
-        raise KeyAdminError("--expires must be a date before the year 10000")
 
 
 def period_bounds(period: Period, now: float) -> tuple[str, datetime, datetime]:
@@ -228,7 +213,17 @@ def _with_limits(info: KeyInfo, changes: dict[str, Any]) -> KeyInfo:
     """``info`` with :data:`LIMITS` changed, checked; a budget without a period is monthly."""
     if unknown := set(changes) - LIMITS:
         raise KeyAdminError(f"cannot change {', '.join(sorted(unknown))}")
-    check_limits(changes)
+    for flag, top in (("rpm", MAX_RPM), ("tpm", MAX_TPM)):
+        value = changes.get(flag)
+        if value is not None and (type(value) is not int or not 1 <= value <= top):
+            raise KeyAdminError(f"--{flag} must be a whole number from 1 to {top}")
+    budget_usd, expires_at = changes.get("budget_usd"), changes.get("expires_at")
+    if budget_usd is not None and not (isinstance(budget_usd, int | float) and math.isfinite(budget_usd)
+                                       and budget_usd <= MAX_BUDGET_USD and math.floor(budget_usd * MICRO) >= 1):
+        raise KeyAdminError(f"--budget-usd must be an amount from $0.000001 to ${MAX_BUDGET_USD:,.0f}")
+    if expires_at is not None and not (isinstance(expires_at, int | float) and math.isfinite(expires_at)
+                                       and 0 < expires_at < 253402300800):  # before the year 10000
+        raise KeyAdminError("--expires must be a date before the year 10000")
     if "accounts" in changes:
         changes["accounts"] = [a.strip() for a in changes["accounts"] or [] if a.strip()]
     merged = info.model_copy(update=changes)

@@ -54,7 +54,7 @@ class CredentialManager:
     Claude CLI's login, or ``AUTH__API_KEY``)."""
 
     def __init__(
-        self, settings: Settings, redis: Any | None = None, account: str = DEFAULT_ACCOUNT,
+        self, settings: Settings, redis: Any, account: str = DEFAULT_ACCOUNT,
         stores: list[CredentialStore] | None = None, api_key: str | None = None,
     ) -> None:
         self._settings = settings
@@ -104,10 +104,8 @@ class CredentialManager:
         async with self._single_flight():
             # Fencing: the token may have been refreshed while we waited for the lock.
             current = await asyncio.to_thread(self._load_or_fail)
-            if self._usable(current, rejected):
-                return self._credential(current)
-            # Callers that waited for a refresh that failed share its failure.
-            if self._backing_off(current, rejected):
+            # Callers that waited for a refresh that failed share its failure (_backing_off raises it).
+            if self._usable(current, rejected) or self._backing_off(current, rejected):
                 return self._credential(current)
             try:
                 return self._credential(await self._refresh(current))
@@ -198,10 +196,9 @@ class CredentialManager:
         if self._store is not None:
             await asyncio.to_thread(self._store.save, updated)
         self._cached = updated
-        if self._redis is not None:  # when, for the console (the pool reads it as refreshed_at)
-            with contextlib.suppress(*UNAVAILABLE):
-                key = f"{self._settings.redis.key_prefix}pool:acct:{self.account}:refreshed"
-                await self._redis.set(key, repr(time.time()))
+        with contextlib.suppress(*UNAVAILABLE):  # when, for the console (the pool reads it as refreshed_at)
+            key = f"{self._settings.redis.key_prefix}pool:acct:{self.account}:refreshed"
+            await self._redis.set(key, repr(time.time()))
         log.info("refreshed the access token of account %s", self.account)
         return updated
 
@@ -224,9 +221,6 @@ class CredentialManager:
     @contextlib.asynccontextmanager
     async def _single_flight(self) -> AsyncIterator[None]:
         async with self._lock:
-            if self._redis is None:
-                yield
-                return
             lock = RedisLock(self._redis, f"{self._settings.redis.key_prefix}lock:refresh:{self.account}", ttl=LOCK_TTL)
             async with unavailable_as_503("the token refresh"):
                 acquired = await lock.acquire(wait=LOCK_TTL + 5)

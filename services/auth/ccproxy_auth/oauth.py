@@ -72,14 +72,9 @@ class PendingLogin:
     url: str
 
 
-def pkce_pair() -> tuple[str, str]:
+def start(settings: OAuthSettings, manual: bool = False) -> PendingLogin:
     verifier = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    return verifier, challenge
-
-
-def start(settings: OAuthSettings, manual: bool = False) -> PendingLogin:
-    verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(32)
     redirect_uri = settings.manual_redirect_uri if manual else settings.redirect_uri
     query = {"code": "true", "client_id": settings.client_id, "response_type": "code", "redirect_uri": redirect_uri,
@@ -100,9 +95,7 @@ def parse_pasted(pasted: str, pending: PendingLogin) -> str:
 async def wait_for_callback(pending: PendingLogin, wait: float = 300.0) -> str:
     """Serve the redirect URI on its own port until the browser comes back with the code."""
     parts = urlsplit(pending.redirect_uri)
-    host = parts.hostname or "localhost"
     port = parts.port or 80
-    path = parts.path or "/"
     loop = asyncio.get_running_loop()
     result: asyncio.Future[str] = loop.create_future()
 
@@ -119,10 +112,10 @@ async def wait_for_callback(pending: PendingLogin, wait: float = 300.0) -> str:
         return web.Response(text="ccproxy: login complete. You can close this tab.")
 
     app = web.Application()
-    app.router.add_get(path, callback)
+    app.router.add_get(parts.path or "/", callback)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    bind = "127.0.0.1" if host in ("localhost", "127.0.0.1") else host
+    bind = parts.hostname if parts.hostname not in (None, "localhost", "127.0.0.1") else "127.0.0.1"
     site = web.TCPSite(runner, bind, port)
     try:
         await site.start()

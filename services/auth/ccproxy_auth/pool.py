@@ -171,10 +171,6 @@ class AccountPool:
         """Count into another service's metrics, e.g. the gateway's in one process."""
         self.metrics = PoolMetrics(metrics)
 
-    def invalidate(self) -> None:
-        """Re-read the accounts on next use (this process just changed them)."""
-        self._version = None
-
     def members(self) -> list[Member]:
         """The accounts, re-read when their files change (checked at most once a second)."""
         now = time.monotonic()
@@ -215,12 +211,9 @@ class AccountPool:
         existing = self._sources.get(manager.account)
         if existing is not None and existing.origin == manager.origin:
             return existing
-        manager.on_refresh = self._count_refresh
+        manager.on_refresh = lambda outcome: self.metrics.refreshes.labels(self.metrics.service, outcome).inc()
         self._sources[manager.account] = manager
         return manager
-
-    def _count_refresh(self, outcome: str) -> None:
-        self.metrics.refreshes.labels(self.metrics.service, outcome).inc()
 
     def member(self, name: str) -> Member:
         for m in self.members():
@@ -345,17 +338,14 @@ class AccountPool:
                 return Outcome(reason=verdict.reason)  # the client retries after retry-after itself
             return Outcome(action="retry_same", wait=verdict.wait, reason=verdict.reason)
         assert verdict.until is not None
-        await self.cool_down(account, verdict.until, verdict.reason)
-        return Outcome(action="switch", reason=verdict.reason)
-
-    async def cool_down(self, account: str, until: float, reason: str) -> None:
-        ms = max(1, int((until - time.time()) * 1000))
-        cooldown = Cooldown(until=until, reason=reason)
+        ms = max(1, int((verdict.until - now) * 1000))
+        cooldown = Cooldown(until=verdict.until, reason=verdict.reason)
         await self.redis.set(self._k(account, "cooldown"), cooldown.model_dump_json(), px=ms)
         self._state_cache.pop(account, None)
-        self.metrics.cooldowns.labels(self.metrics.service, account, reason.split(":")[0]).inc()
+        self.metrics.cooldowns.labels(self.metrics.service, account, verdict.reason.split(":")[0]).inc()
         self.metrics.cooling.labels(self.metrics.service, account).set(ms / 1000)
-        log.warning("account %s cools down for %.0f s (%s)", account, ms / 1000, reason)
+        log.warning("account %s cools down for %.0f s (%s)", account, ms / 1000, verdict.reason)
+        return Outcome(action="switch", reason=verdict.reason)
 
     async def mark_unhealthy(self, account: str, why: str) -> None:
         await self.redis.set(self._k(account, "unhealthy"), why)
@@ -382,7 +372,9 @@ class AccountPool:
                 self.metrics.utilization.labels(self.metrics.service, account, name).set(w.utilization)
 
     async def clear(self, account: str) -> None:
-        """Forget cooldown and unhealthy marks (after a new login or a manual refresh)."""
+        """Forget cooldown and unhealthy marks (after a new login or a manual refresh), and re-read the
+        accounts on next use (this process may just have changed them)."""
+        self._version = None
         await self.redis.delete(self._k(account, "cooldown"), self._k(account, "unhealthy"))
         self._unhealthy_seen.discard(account)
         self._state_cache.pop(account, None)
@@ -397,13 +389,12 @@ class AccountPool:
 
     async def accounts(self) -> list[AccountState]:
         members = self.members()
-        names = [m.account.name for m in members]
-        states = await self._states(names) if names else {}
-        quotas = await self.redis.mget([self._k(n, "quota") for n in names]) if names else []
-        refreshed = await self.redis.mget([self._k(n, "refreshed") for n in names]) if names else []
+        names = [m.account.name for m in members]  # never empty: see _build
+        states = await self._states(names)
+        raw = await self.redis.mget([self._k(n, what) for n in names for what in ("quota", "refreshed")])
         statuses = await asyncio.gather(*(m.source.status() for m in members))
         out: list[AccountState] = []
-        for member, status, quota_raw, refreshed_raw in zip(members, statuses, quotas, refreshed, strict=True):
+        for member, status, quota_raw, refreshed_raw in zip(members, statuses, raw[::2], raw[1::2], strict=True):
             name = member.account.name
             cooldown, problem, limited = states[name]
             quota = Quota.model_validate_json(quota_raw) if quota_raw else Quota()

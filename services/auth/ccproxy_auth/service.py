@@ -35,8 +35,7 @@ def create_service_app(settings: Settings) -> Starlette:
     manager, keys = local_accounts(settings, redis, metrics)
 
     async def status(request: Request) -> Response:
-        found = await manager.status()
-        return json_response(found.model_dump())
+        return json_response((await manager.status()).model_dump())
 
     async def health(request: Request) -> Response:
         creds = await manager.status()
