@@ -12,6 +12,7 @@ import itertools
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,8 +30,11 @@ log = logging.getLogger(__name__)
 COLUMNS = [name for name in AccessLogEvent.model_fields if name != "v"]
 
 Entry = tuple[Any, Any]
-#: A retry's pauses, in seconds: doubling, then 5 s each.
-BACKOFF = (0.2, 0.4, 0.8, 1.6, 3.2)
+
+
+def pauses() -> Iterator[float]:
+    """A retry's pauses, in seconds: doubling from 0.2, then 5 s each."""
+    return itertools.chain((0.2, 0.4, 0.8, 1.6, 3.2), itertools.repeat(5.0))
 
 
 def row(event: AccessLogEvent) -> list[Any]:
@@ -101,7 +105,7 @@ class AccessLogConsumer:
         except ClickHouseUnavailable as exc:
             log.warning("analytics: ClickHouse not reachable yet (%s); events wait in Redis", exc)
             self.clickhouse_ok = False
-        for pause in itertools.chain(BACKOFF, itertools.repeat(5.0)):
+        for pause in pauses():
             try:
                 await self._consume()
             except RedisError as exc:
@@ -178,7 +182,7 @@ class AccessLogConsumer:
         if invalid := len(events) - len(rows):
             self.state.invalid += invalid
             self.metrics.access_log_events.labels(self.metrics.service, "invalid").inc(invalid)
-        for pause in itertools.chain(BACKOFF, itertools.repeat(5.0)) if rows else ():
+        for pause in pauses() if rows else ():
             try:
                 await self.store.insert(self.store.table, rows, COLUMNS)
             except ClickHouseUnavailable as exc:
