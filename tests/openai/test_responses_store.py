@@ -167,6 +167,26 @@ def test_get_input_items_and_delete(server: OpenAIServer) -> None:
         client.responses.create(model="gpt-5", input="more", previous_response_id=response.id)
 
 
+def test_delete_forgets_only_the_items_its_response_holds(server: OpenAIServer) -> None:
+    client = server.client()
+    first = client.responses.create(model="gpt-5", input="one", store=True)
+    own_input = client.responses.input_items.list(first.id).data[0].id
+    answer = first.output[0].id
+    # A later request sends the first answer again, with its id: the later response holds that item now.
+    resent = {"type": "message", "role": "assistant", "id": answer,
+              "content": [{"type": "output_text", "text": "sent again"}]}
+    client.responses.create(model="gpt-5", input=[resent, {"role": "user", "content": "two"}], store=True)  # type: ignore[list-item]
+    client.responses.delete(first.id)
+
+    def refer(item_id: str) -> None:
+        reference = {"type": "item_reference", "id": item_id}
+        client.responses.create(model="gpt-5", input=[reference, {"role": "user", "content": "go on"}])  # type: ignore[list-item]
+
+    refer(answer)  # still the later response's
+    with pytest.raises(openai.NotFoundError):
+        refer(own_input)  # gone with the first
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_store_false_keeps_nothing(server: OpenAIServer, streamed: bool) -> None:
     client = server.client()

@@ -193,15 +193,21 @@ class ResponseStore:
         except UNAVAILABLE as exc:
             log.warning("response store: could not keep a response (%s)", type(exc).__name__)
 
-    async def _forget(self, owner: str, response_ids: set[str]) -> None:
-        """Remove responses and their index entries (``bytes`` stays an upper bound: ``_evict`` recounts)."""
-        holders = await self.redis.hgetall(self._key(owner, "items"))  # type: ignore[misc]
-        items = [item for item, holder in holders.items() if as_text(holder) in response_ids]
+    async def _forget(self, owner: str, response_ids: set[str], candidates: list[str] | None = None) -> None:
+        """Remove responses and the index entries that name them (``bytes`` stays an upper bound: ``_evict``
+        recounts). ``candidates``: the item ids they may hold, when known; else every entry is looked at."""
+        index = self._key(owner, "items")
+        if candidates is None:
+            holders = await self.redis.hgetall(index)  # type: ignore[misc]
+        else:  # an item sent again later is held by the later response: not ours to remove
+            found = await self.redis.hmget(index, candidates) if candidates else []  # type: ignore[misc]
+            holders = dict(zip(candidates, found, strict=True))
+        items = [item for item, holder in holders.items() if holder is not None and as_text(holder) in response_ids]
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*(self._key(owner, f"r:{r}") for r in response_ids))
         pipe.zrem(self._key(owner, "saved"), *response_ids)
         if items:
-            pipe.hdel(self._key(owner, "items"), *items)
+            pipe.hdel(index, *items)
         await pipe.execute()
 
     async def _evict(self, owner: str) -> None:
@@ -242,8 +248,8 @@ class ResponseStore:
 
     async def delete(self, request: Request) -> Response:
         async with unavailable_as_503("the response store"):
-            owner, response_id, _ = await self._found(request)
-            await self._forget(owner, {response_id})
+            owner, response_id, stored = await self._found(request)
+            await self._forget(owner, {response_id}, list(stored.items()))
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
     async def input_items(self, request: Request) -> Response:
